@@ -1,0 +1,588 @@
+//! Analytics over stored spans: RED statistics grouped by any attribute, slowest spans and
+//! outliers, error groups, critical paths, trace comparison, Kafka hop latency and a
+//! service graph with per-edge statistics.
+//!
+//! Everything here reads spans through `TraceStore::scan_spans` (or whole traces where a
+//! parent must be seen) and aggregates latencies in [`LatencySketch`]es, so memory stays
+//! bounded by the number of groups, not spans, and percentiles carry the sketch's error.
+
+use std::collections::{BTreeMap, HashMap};
+
+use spindle_model::{for_each_edge, semconv, AttributeValue, Span, SpanId, SpanKind, TraceId};
+use spindle_store::TraceQuery;
+
+use crate::sketch::LatencySketch;
+use crate::{QueryError, QueryService, Trace};
+
+/// Calls, errors and latency of one group over one interval.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub calls: u64,
+    pub errors: u64,
+    pub latency: LatencySketch,
+}
+
+impl Stats {
+    fn add(&mut self, span: &Span) {
+        self.calls += 1;
+        if span.is_error() {
+            self.errors += 1;
+        }
+        self.latency.add(span.duration_nanos());
+    }
+
+    pub fn error_ratio(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.calls as f64
+        }
+    }
+}
+
+/// RED of one group: a series of `step`-long points and the total over the range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupStats {
+    /// The attribute's value, as text; `None` when not grouped.
+    pub group: Option<String>,
+    pub total: Stats,
+    /// Points keyed by their start (unix ns).
+    pub series: BTreeMap<u64, Stats>,
+}
+
+/// Reads an attribute of the span, falling back to its resource; `service.name` and the
+/// span's own name are addressable too.
+pub fn attribute_text(span: &Span, key: &str) -> Option<String> {
+    match key {
+        "service.name" | "service" => return Some(span.service_name().to_string()),
+        "span.name" | "operation" => return Some(span.name.clone()),
+        _ => {}
+    }
+    span.attribute(key)
+        .or_else(|| spindle_model::find_attribute(&span.resource.attributes, key))
+        .map(AttributeValue::to_display_string)
+}
+
+/// A span found by a latency query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRef {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub service: String,
+    pub operation: String,
+    pub start_unix_nano: u64,
+    pub duration_nanos: u64,
+    pub error: bool,
+}
+
+impl SpanRef {
+    fn of(span: &Span) -> Self {
+        SpanRef {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            service: span.service_name().to_string(),
+            operation: span.name.clone(),
+            start_unix_nano: span.start_time_unix_nano,
+            duration_nanos: span.duration_nanos(),
+            error: span.is_error(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorGroup {
+    pub service: String,
+    pub operation: String,
+    /// `exception.type` of an event, else `error.type`, else the status message.
+    pub error_type: String,
+    pub count: u64,
+    pub example_traces: Vec<TraceId>,
+    pub last_seen_unix_nano: u64,
+}
+
+/// A stretch of the critical path: `span` was what the trace waited on in `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathSegment {
+    pub span_id: SpanId,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StructureDiff {
+    /// `service:operation` from the root down, joined by ` > `.
+    pub path: String,
+    pub count_a: u64,
+    pub count_b: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationDelta {
+    pub service: String,
+    pub operation: String,
+    pub count_a: u64,
+    pub count_b: u64,
+    pub total_nanos_a: u64,
+    pub total_nanos_b: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceComparison {
+    pub structure: Vec<StructureDiff>,
+    pub operations: Vec<OperationDelta>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphEdge {
+    pub parent: String,
+    pub child: String,
+    pub stats: Stats,
+}
+
+impl QueryService {
+    /// RED statistics of spans matching `query`, grouped by the value of `group_by`
+    /// (spans without it are left out) or not grouped, in points of `step_nanos`.
+    pub fn red(&self, query: &TraceQuery, group_by: Option<&str>, step_nanos: u64) -> Result<Vec<GroupStats>, QueryError> {
+        let step = step_nanos.max(1);
+        let mut groups: BTreeMap<Option<String>, GroupStats> = BTreeMap::new();
+        self.store.scan_spans(query, &mut |span| {
+            let group = match group_by {
+                Some(key) => match attribute_text(span, key) {
+                    Some(v) => Some(v),
+                    None => return,
+                },
+                None => None,
+            };
+            let entry = groups.entry(group.clone()).or_insert_with(|| GroupStats {
+                group,
+                total: Stats::default(),
+                series: BTreeMap::new(),
+            });
+            entry.total.add(span);
+            let slot = span.start_time_unix_nano / step * step;
+            entry.series.entry(slot).or_default().add(span);
+        })?;
+        Ok(groups.into_values().collect())
+    }
+
+    /// The `limit` longest spans matching `query`, longest first.
+    pub fn slowest(&self, query: &TraceQuery, limit: usize) -> Result<Vec<SpanRef>, QueryError> {
+        let mut top: Vec<SpanRef> = Vec::new();
+        self.store.scan_spans(query, &mut |span| {
+            let duration = span.duration_nanos();
+            if top.len() < limit || top.last().is_some_and(|last| duration > last.duration_nanos) {
+                let at = top.partition_point(|s| s.duration_nanos >= duration);
+                top.insert(at, SpanRef::of(span));
+                top.truncate(limit);
+            }
+        })?;
+        Ok(top)
+    }
+
+    /// Spans matching `query` slower than its `quantile` (e.g. 0.99), slowest first, at
+    /// most `limit`; also returns the threshold used (ns).
+    pub fn outliers(&self, query: &TraceQuery, quantile: f64, limit: usize) -> Result<(u64, Vec<SpanRef>), QueryError> {
+        let mut sketch = LatencySketch::default();
+        self.store.scan_spans(query, &mut |span| sketch.add(span.duration_nanos()))?;
+        let Some(threshold) = sketch.quantile(quantile) else { return Ok((0, Vec::new())) };
+        let threshold = threshold as u64;
+        let above = TraceQuery {
+            duration_min_nanos: Some(threshold.saturating_add(1).max(query.duration_min_nanos.unwrap_or(0))),
+            ..query.clone()
+        };
+        Ok((threshold, self.slowest(&above, limit)?))
+    }
+
+    /// Error spans matching `query`, grouped by service, operation and error type, the
+    /// largest group first.
+    pub fn error_groups(&self, query: &TraceQuery, examples: usize) -> Result<Vec<ErrorGroup>, QueryError> {
+        let mut groups: HashMap<(String, String, String), ErrorGroup> = HashMap::new();
+        self.store.scan_spans(query, &mut |span| {
+            if !span.is_error() {
+                return;
+            }
+            let error_type = span
+                .events
+                .iter()
+                .find_map(|e| spindle_model::find_attribute(&e.attributes, semconv::EXCEPTION_TYPE))
+                .or_else(|| span.attribute(semconv::ERROR_TYPE))
+                .map(AttributeValue::to_display_string)
+                .unwrap_or_else(|| span.status.message.clone());
+            let key = (span.service_name().to_string(), span.name.clone(), error_type);
+            let group = groups.entry(key.clone()).or_insert_with(|| ErrorGroup {
+                service: key.0,
+                operation: key.1,
+                error_type: key.2,
+                count: 0,
+                example_traces: Vec::new(),
+                last_seen_unix_nano: 0,
+            });
+            group.count += 1;
+            group.last_seen_unix_nano = group.last_seen_unix_nano.max(span.start_time_unix_nano);
+            if group.example_traces.len() < examples && !group.example_traces.contains(&span.trace_id) {
+                group.example_traces.push(span.trace_id);
+            }
+        })?;
+        let mut out: Vec<ErrorGroup> = groups.into_values().collect();
+        out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.service, &a.operation).cmp(&(&b.service, &b.operation))));
+        Ok(out)
+    }
+
+    /// Producer-end → consumer-start latency of Kafka hops whose consumer started in the
+    /// query's window, per topic, in points of `step_nanos`. A `service` filter keeps hops
+    /// where it is the producing or the consuming service; other span filters do not apply
+    /// (a hop is a pair of spans, not one).
+    pub fn kafka_hops(&self, query: &TraceQuery, step_nanos: u64) -> Result<BTreeMap<String, BTreeMap<u64, LatencySketch>>, QueryError> {
+        let messaging = TraceQuery { service: None, operation: None, span_kind: None, attributes: vec![], ..query.clone() };
+        let mut producers: HashMap<(TraceId, SpanId), (u64, String, String)> = HashMap::new();
+        let mut consumers: Vec<(TraceId, SpanId, u64, Option<String>, String)> = Vec::new();
+        let earlier = TraceQuery {
+            // A producer may have ended a little before the window's consumers started.
+            start_time_min_unix_nano: messaging.start_time_min_unix_nano.saturating_sub(600_000_000_000),
+            ..messaging.clone()
+        };
+        self.store.scan_spans(&earlier, &mut |span| {
+            if span.attribute(semconv::MESSAGING_SYSTEM).and_then(AttributeValue::as_str) != Some("kafka") {
+                return;
+            }
+            let topic = span.attribute(semconv::MESSAGING_DESTINATION_NAME).map(AttributeValue::to_display_string);
+            match span.kind {
+                SpanKind::Producer => {
+                    producers.insert(
+                        (span.trace_id, span.span_id),
+                        (span.end_time_unix_nano, topic.unwrap_or_default(), span.service_name().to_string()),
+                    );
+                }
+                SpanKind::Consumer if span.start_time_unix_nano >= messaging.start_time_min_unix_nano => {
+                    consumers.push((
+                        span.trace_id,
+                        span.parent_span_id,
+                        span.start_time_unix_nano,
+                        topic,
+                        span.service_name().to_string(),
+                    ));
+                }
+                _ => {}
+            }
+        })?;
+        let step = step_nanos.max(1);
+        let mut out: BTreeMap<String, BTreeMap<u64, LatencySketch>> = BTreeMap::new();
+        for (trace, parent, start, topic, consumer_service) in consumers {
+            if let Some((end, producer_topic, producer_service)) = producers.get(&(trace, parent)) {
+                if query.service.as_ref().is_some_and(|s| *s != consumer_service && s != producer_service) {
+                    continue;
+                }
+                let topic = topic.unwrap_or_else(|| producer_topic.clone());
+                out.entry(topic).or_default().entry(start / step * step).or_default().add(start.saturating_sub(*end));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The service graph of traces that started in the query's window, with calls, errors
+    /// and latency per edge; virtual nodes for Kafka and databases included.
+    pub fn service_graph(&self, query: &TraceQuery) -> Result<Vec<GraphEdge>, QueryError> {
+        let all = TraceQuery { limit: usize::MAX, ..query.clone() };
+        let mut edges: BTreeMap<(String, String), Stats> = BTreeMap::new();
+        for id in self.store.find_trace_ids(&all)? {
+            let spans = self.store.get_trace(id)?;
+            for_each_edge(&spans, |parent, child, call| {
+                edges.entry((parent.to_string(), child.to_string())).or_default().add(call);
+            });
+        }
+        Ok(edges.into_iter().map(|((parent, child), stats)| GraphEdge { parent, child, stats }).collect())
+    }
+}
+
+/// The critical path of a trace: the chain of work that decided when it ended. Walking
+/// back from the end, at each span the child whose subtree finished last is what was
+/// waited for; before that child started, the span's own work (or an earlier child) was.
+///
+/// Children are not clipped to their parent's end: a Kafka consumer runs after its
+/// producer span ended, and that work belongs on the path. A span's subtree reaches to
+/// its latest descendant's end, and the path starts at the root whose subtree ends last.
+/// The web UI computes the same path (`ui/src/model/critical-path.ts`).
+pub fn critical_path(trace: &Trace) -> Vec<PathSegment> {
+    let index: HashMap<SpanId, usize> = trace.spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); trace.spans.len()];
+    let mut roots = Vec::new();
+    for (i, span) in trace.spans.iter().enumerate() {
+        match index.get(&span.parent_span_id) {
+            Some(&p) if p != i => children[p].push(i),
+            _ => roots.push(i),
+        }
+    }
+    // Subtree ends, children before parents (an explicit post-order: no recursion, so
+    // deep traces cannot overflow the stack; a cycle is visited once).
+    let mut ends: Vec<u64> = trace.spans.iter().map(|s| s.end_time_unix_nano).collect();
+    let mut order = Vec::with_capacity(trace.spans.len());
+    let mut seen = vec![false; trace.spans.len()];
+    let mut stack: Vec<usize> = roots.clone();
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        order.push(i);
+        stack.extend(children[i].iter().copied().filter(|c| !seen[*c]));
+    }
+    for &i in order.iter().rev() {
+        for &c in &children[i] {
+            ends[i] = ends[i].max(ends[c]);
+        }
+    }
+    let Some(&root) = roots.iter().max_by_key(|&&r| (ends[r], std::cmp::Reverse(r))) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut visited = vec![false; trace.spans.len()];
+    let mut work = vec![(root, ends[root])];
+    while let Some((i, bound)) = work.pop() {
+        if std::mem::replace(&mut visited[i], true) {
+            continue;
+        }
+        let span = &trace.spans[i];
+        let start = span.start_time_unix_nano;
+        let mut cursor = bound;
+        let mut kids = children[i].clone();
+        kids.sort_by_key(|&c| std::cmp::Reverse(ends[c]));
+        for c in kids {
+            if cursor <= start {
+                break;
+            }
+            let child = &trace.spans[c];
+            // A child that started after the cursor ran while a later sibling was the bottleneck.
+            if child.start_time_unix_nano >= cursor {
+                continue;
+            }
+            let child_end = ends[c].min(cursor);
+            if child_end < cursor {
+                out.push(PathSegment { span_id: span.span_id, start_unix_nano: child_end, end_unix_nano: cursor });
+            }
+            work.push((c, child_end));
+            cursor = child.start_time_unix_nano.max(start);
+        }
+        if cursor > start {
+            out.push(PathSegment { span_id: span.span_id, start_unix_nano: start, end_unix_nano: cursor });
+        }
+    }
+    out.sort_by_key(|s| s.start_unix_nano);
+    out
+}
+
+fn paths(trace: &Trace) -> Vec<String> {
+    let by_id: HashMap<SpanId, &Span> = trace.spans.iter().map(|s| (s.span_id, s)).collect();
+    trace
+        .spans
+        .iter()
+        .map(|span| {
+            let mut parts = vec![format!("{}:{}", span.service_name(), span.name)];
+            let mut cur = span;
+            while let Some(parent) = by_id.get(&cur.parent_span_id) {
+                if parts.len() > 1000 {
+                    break;
+                }
+                parts.push(format!("{}:{}", parent.service_name(), parent.name));
+                cur = parent;
+            }
+            parts.reverse();
+            parts.join(" > ")
+        })
+        .collect()
+}
+
+/// Structure (paths present in one trace and not the other, or a different number of
+/// times) and per-operation latency of two traces.
+pub fn compare(a: &Trace, b: &Trace) -> TraceComparison {
+    let mut structure: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for p in paths(a) {
+        structure.entry(p).or_default().0 += 1;
+    }
+    for p in paths(b) {
+        structure.entry(p).or_default().1 += 1;
+    }
+    let mut ops: BTreeMap<(String, String), OperationDelta> = BTreeMap::new();
+    for (side, trace) in [(0, a), (1, b)] {
+        for span in &trace.spans {
+            let key = (span.service_name().to_string(), span.name.clone());
+            let d = ops.entry(key.clone()).or_insert_with(|| OperationDelta {
+                service: key.0,
+                operation: key.1,
+                count_a: 0,
+                count_b: 0,
+                total_nanos_a: 0,
+                total_nanos_b: 0,
+            });
+            if side == 0 {
+                d.count_a += 1;
+                d.total_nanos_a += span.duration_nanos();
+            } else {
+                d.count_b += 1;
+                d.total_nanos_b += span.duration_nanos();
+            }
+        }
+    }
+    TraceComparison {
+        structure: structure.into_iter().map(|(path, (count_a, count_b))| StructureDiff { path, count_a, count_b }).collect(),
+        operations: ops.into_values().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use spindle_model::{KeyValue, Resource, Status, StatusCode};
+    use spindle_store::{EmbeddedStore, StoreOptions, SyncPolicy, TraceStore};
+    use spindle_workload::Workload;
+
+    use super::*;
+    use crate::sketch::{exact_quantile, RELATIVE_ERROR};
+
+    fn service_with(seed: u64, traces: usize) -> (tempfile::TempDir, QueryService, Vec<Span>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(StoreOptions { sync: SyncPolicy::Always, ..StoreOptions::new(dir.path()) }).unwrap();
+        let spans = Workload::new(seed).batch(traces, 1_700_000_000_000_000_000, 3_600_000_000_000);
+        for chunk in spans.chunks(1000) {
+            store.append(chunk.to_vec()).unwrap();
+        }
+        (dir, QueryService::new(Arc::new(store)), spans)
+    }
+
+    /// Property: for random workloads and filters, grouped RED equals brute force —
+    /// counts exactly, percentiles within the sketch's documented error.
+    #[test]
+    fn red_by_attribute_matches_brute_force() {
+        for seed in 1..=6u64 {
+            let (_dir, query, spans) = service_with(seed, 300 + seed as usize * 50);
+            let operation = ["calculate_bsm", "GET /quote", "check_limits"][seed as usize % 3];
+            let filter = TraceQuery { operation: Some(operation.into()), limit: usize::MAX, ..Default::default() };
+            let groups = query.red(&filter, Some("user.tier"), 600_000_000_000).unwrap();
+            let mut expected: BTreeMap<String, Vec<&Span>> = BTreeMap::new();
+            for s in spans.iter().filter(|s| s.name == operation) {
+                expected.entry(attribute_text(s, "user.tier").unwrap()).or_default().push(s);
+            }
+            assert_eq!(groups.len(), expected.len(), "seed {seed}");
+            for g in &groups {
+                let members = &expected[g.group.as_ref().unwrap()];
+                assert_eq!(g.total.calls, members.len() as u64);
+                assert_eq!(g.total.errors, members.iter().filter(|s| s.is_error()).count() as u64);
+                assert_eq!(g.series.values().map(|p| p.calls).sum::<u64>(), g.total.calls);
+                let mut durations: Vec<u64> = members.iter().map(|s| s.duration_nanos()).collect();
+                durations.sort_unstable();
+                for q in [0.5, 0.9, 0.95, 0.99] {
+                    let exact = exact_quantile(&durations, q).unwrap() as f64;
+                    let got = g.total.latency.quantile(q).unwrap();
+                    assert!((got - exact).abs() <= RELATIVE_ERROR * exact + 1e-6, "seed {seed} q {q}: {got} vs {exact}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn slowest_outliers_and_error_groups_match_brute_force() {
+        let (_dir, query, spans) = service_with(9, 400);
+        let all = TraceQuery { service: Some("pricing".into()), limit: usize::MAX, ..Default::default() };
+        let mut pricing: Vec<&Span> = spans.iter().filter(|s| s.service_name() == "pricing").collect();
+        pricing.sort_by(|a, b| b.duration_nanos().cmp(&a.duration_nanos()));
+        let slowest = query.slowest(&all, 5).unwrap();
+        let got: Vec<u64> = slowest.iter().map(|s| s.duration_nanos).collect();
+        let want: Vec<u64> = pricing.iter().take(5).map(|s| s.duration_nanos()).collect();
+        assert_eq!(got, want);
+
+        let (threshold, outliers) = query.outliers(&all, 0.99, 1000).unwrap();
+        assert!(!outliers.is_empty());
+        assert!(outliers.iter().all(|o| o.duration_nanos > threshold));
+        assert_eq!(outliers.len(), pricing.iter().filter(|s| s.duration_nanos() > threshold).count());
+
+        let groups = query.error_groups(&TraceQuery { limit: usize::MAX, ..Default::default() }, 3).unwrap();
+        let errors = spans.iter().filter(|s| s.is_error()).count() as u64;
+        assert_eq!(groups.iter().map(|g| g.count).sum::<u64>(), errors);
+        assert!(groups.windows(2).all(|w| w[0].count >= w[1].count));
+        assert!(groups.iter().all(|g| !g.example_traces.is_empty() && g.example_traces.len() <= 3));
+    }
+
+    fn span(id: u64, parent: u64, service: &str, start: u64, end: u64) -> Span {
+        Span {
+            trace_id: TraceId(1),
+            span_id: SpanId(id),
+            parent_span_id: SpanId(parent),
+            name: format!("op{id}"),
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            resource: Arc::new(Resource { attributes: vec![KeyValue::string("service.name", service)], ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn critical_path_follows_the_last_finishing_child() {
+        // root 0..100; A 10..40; B 30..90 with child C 35..95 (ends after B: clipped).
+        let trace = crate::assemble(
+            TraceId(1),
+            vec![span(1, 0, "s", 0, 100), span(2, 1, "s", 10, 40), span(3, 1, "s", 30, 90), span(4, 3, "s", 35, 95)],
+        );
+        let path: Vec<(u64, u64, u64)> =
+            critical_path(&trace).iter().map(|p| (p.span_id.0, p.start_unix_nano, p.end_unix_nano)).collect();
+        assert_eq!(path, vec![(1, 0, 10), (2, 10, 30), (3, 30, 35), (4, 35, 95), (1, 95, 100)]);
+        let total: u64 = critical_path(&trace).iter().map(|p| p.end_unix_nano - p.start_unix_nano).sum();
+        assert_eq!(total, 100, "the path covers the root exactly once");
+    }
+
+    #[test]
+    fn critical_path_follows_kafka_consumers_past_the_producer_end() {
+        // producer 10..20 under root 0..25; its consumer 40..90 runs after both ended.
+        let trace = crate::assemble(
+            TraceId(1),
+            vec![span(1, 0, "ingest", 0, 25), span(2, 1, "ingest", 10, 20), span(3, 2, "proc", 40, 90)],
+        );
+        let path: Vec<(u64, u64, u64)> =
+            critical_path(&trace).iter().map(|p| (p.span_id.0, p.start_unix_nano, p.end_unix_nano)).collect();
+        assert_eq!(path, vec![(1, 0, 10), (2, 10, 40), (3, 40, 90)]);
+    }
+
+    #[test]
+    fn comparison_reports_structure_and_latency_deltas() {
+        let a = crate::assemble(TraceId(1), vec![span(1, 0, "api", 0, 100), span(2, 1, "db", 10, 40)]);
+        let b = crate::assemble(
+            TraceId(2),
+            vec![span(1, 0, "api", 0, 300), span(2, 1, "db", 10, 200), span(5, 1, "cache", 5, 8)],
+        );
+        let c = compare(&a, &b);
+        let only_b: Vec<&StructureDiff> = c.structure.iter().filter(|d| d.count_a == 0).collect();
+        assert_eq!(only_b.len(), 1);
+        assert_eq!(only_b[0].path, "api:op1 > cache:op5");
+        let db = c.operations.iter().find(|o| o.service == "db").unwrap();
+        assert_eq!((db.total_nanos_a, db.total_nanos_b), (30, 190));
+    }
+
+    #[test]
+    fn kafka_hops_and_graph_edges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(StoreOptions { sync: SyncPolicy::Always, ..StoreOptions::new(dir.path()) }).unwrap();
+        let kafka = |mut s: Span, kind: SpanKind| {
+            s.kind = kind;
+            s.attributes = vec![KeyValue::string("messaging.system", "kafka"), KeyValue::string("messaging.destination.name", "ticks")];
+            s
+        };
+        let mut db = span(4, 3, "storage", 1_000_050, 1_000_090);
+        db.kind = SpanKind::Client;
+        db.attributes = vec![KeyValue::string("db.system", "postgresql")];
+        db.status = Status { code: StatusCode::Error, message: "deadlock".into() };
+        store
+            .append(vec![
+                span(1, 0, "ingestion", 1_000_000, 1_000_020),
+                kafka(span(2, 1, "ingestion", 1_000_005, 1_000_010), SpanKind::Producer),
+                kafka(span(3, 2, "storage", 1_000_040, 1_000_100), SpanKind::Consumer),
+                db,
+            ])
+            .unwrap();
+        let query = QueryService::new(Arc::new(store));
+        let hops = query.kafka_hops(&TraceQuery::default(), 1_000_000_000).unwrap();
+        let sketch = hops["ticks"].values().next().unwrap();
+        assert_eq!((sketch.count(), sketch.max()), (1, 30));
+        let graph = query.service_graph(&TraceQuery::default()).unwrap();
+        let edges: Vec<(&str, &str, u64, u64)> =
+            graph.iter().map(|e| (e.parent.as_str(), e.child.as_str(), e.stats.calls, e.stats.errors)).collect();
+        assert_eq!(edges, vec![("ingestion", "kafka", 1, 0), ("kafka", "storage", 1, 0), ("storage", "postgresql", 1, 1)]);
+    }
+}

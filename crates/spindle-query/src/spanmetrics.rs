@@ -1,0 +1,217 @@
+//! Span metrics: calls, errors and latency sketches per (service, operation, kind, status)
+//! and per minute, derived from spans as they are ingested.
+//!
+//! These are the pre-aggregates behind the Jaeger SPM API and RED dashboards, so those
+//! never rescan spans. Aggregation is two-step: [`BatchAggregate::from_spans`] groups one
+//! batch under borrowed keys (cheap, before the batch moves into the store) and
+//! [`SpanMetrics::merge`] adds it once the store has accepted the batch, so nothing
+//! refused is counted. The whole state serializes for persistence by the caller.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use spindle_model::{Span, SpanKind, StatusCode, TraceId};
+
+use crate::sketch::LatencySketch;
+
+pub const BUCKET_NANOS: u64 = 60_000_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeriesKey {
+    pub service: String,
+    pub operation: String,
+    pub kind: SpanKind,
+    pub status: StatusCode,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub calls: u64,
+    pub latency: LatencySketch,
+    /// A recent trace of this series, for exemplars and "show me one" links.
+    pub example_trace: Option<TraceId>,
+}
+
+impl Aggregate {
+    pub fn merge(&mut self, other: &Aggregate) {
+        self.calls += other.calls;
+        self.latency.merge(&other.latency);
+        if other.example_trace.is_some() {
+            self.example_trace = other.example_trace;
+        }
+    }
+}
+
+/// One batch, grouped by series and minute.
+#[derive(Debug, Default)]
+pub struct BatchAggregate {
+    groups: HashMap<(u64, SeriesKey), Aggregate>,
+}
+
+impl BatchAggregate {
+    pub fn from_spans(spans: &[Span]) -> Self {
+        let mut borrowed: HashMap<(u64, &str, &str, SpanKind, StatusCode), Aggregate> = HashMap::new();
+        for span in spans {
+            let minute = span.start_time_unix_nano / BUCKET_NANOS;
+            let agg = borrowed
+                .entry((minute, span.service_name(), span.name.as_str(), span.kind, span.status.code))
+                .or_default();
+            agg.calls += 1;
+            agg.latency.add(span.duration_nanos());
+            agg.example_trace = Some(span.trace_id);
+        }
+        BatchAggregate {
+            groups: borrowed
+                .into_iter()
+                .map(|((minute, service, operation, kind, status), agg)| {
+                    let key = SeriesKey { service: service.into(), operation: operation.into(), kind, status };
+                    ((minute, key), agg)
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Per series, the batch's total (all minutes together).
+    pub fn totals(&self) -> HashMap<&SeriesKey, Aggregate> {
+        let mut out: HashMap<&SeriesKey, Aggregate> = HashMap::new();
+        for ((_, key), agg) in &self.groups {
+            out.entry(key).or_default().merge(agg);
+        }
+        out
+    }
+}
+
+/// Minute buckets of every series.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanMetrics {
+    buckets: BTreeMap<u64, HashMap<SeriesKey, Aggregate>>,
+}
+
+/// Which series a metrics query covers.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesFilter {
+    /// Empty means every service.
+    pub services: Vec<String>,
+    /// Empty means every kind.
+    pub kinds: Vec<SpanKind>,
+    pub operation: Option<String>,
+}
+
+impl SeriesFilter {
+    fn matches(&self, key: &SeriesKey) -> bool {
+        (self.services.is_empty() || self.services.iter().any(|s| *s == key.service))
+            && (self.kinds.is_empty() || self.kinds.contains(&key.kind))
+            && self.operation.as_ref().is_none_or(|o| *o == key.operation)
+    }
+}
+
+/// One point of a series: calls, errors and latencies over `[start, start + step)`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Point {
+    pub start_unix_nano: u64,
+    pub calls: u64,
+    pub errors: u64,
+    pub latency: LatencySketch,
+}
+
+impl SpanMetrics {
+    pub fn merge(&mut self, batch: BatchAggregate) {
+        for ((minute, key), agg) in batch.groups {
+            self.buckets.entry(minute).or_default().entry(key).or_default().merge(&agg);
+        }
+    }
+
+    /// Drops minutes that start before `unix_nano` (retention).
+    pub fn drop_before(&mut self, unix_nano: u64) {
+        let keep = self.buckets.split_off(&(unix_nano / BUCKET_NANOS));
+        self.buckets = keep;
+    }
+
+    pub fn minutes(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Series over `[start, end)` in steps of `step` (rounded up to whole minutes),
+    /// grouped by service, or by service and operation.
+    pub fn series(
+        &self,
+        filter: &SeriesFilter,
+        start_unix_nano: u64,
+        end_unix_nano: u64,
+        step_nanos: u64,
+        by_operation: bool,
+    ) -> BTreeMap<(String, Option<String>), Vec<Point>> {
+        let step = step_nanos.max(BUCKET_NANOS).div_ceil(BUCKET_NANOS) * BUCKET_NANOS;
+        let first = start_unix_nano / step * step;
+        let mut out: BTreeMap<(String, Option<String>), BTreeMap<u64, Point>> = BTreeMap::new();
+        let range = (start_unix_nano / BUCKET_NANOS)..=(end_unix_nano.saturating_sub(1) / BUCKET_NANOS);
+        for (minute, series) in self.buckets.range(range) {
+            let slot = (minute * BUCKET_NANOS).max(first) / step * step;
+            for (key, agg) in series.iter().filter(|(k, _)| filter.matches(k)) {
+                let group = (key.service.clone(), by_operation.then(|| key.operation.clone()));
+                let point = out
+                    .entry(group)
+                    .or_default()
+                    .entry(slot)
+                    .or_insert_with(|| Point { start_unix_nano: slot, ..Default::default() });
+                point.calls += agg.calls;
+                if key.status == StatusCode::Error {
+                    point.errors += agg.calls;
+                }
+                point.latency.merge(&agg.latency);
+            }
+        }
+        out.into_iter().map(|(k, points)| (k, points.into_values().collect())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use spindle_model::{KeyValue, Resource, SpanId, Status};
+
+    use super::*;
+
+    fn span(service: &str, op: &str, minute: u64, duration: u64, error: bool) -> Span {
+        let start = minute * BUCKET_NANOS + 1;
+        Span {
+            trace_id: TraceId(minute as u128 + 1),
+            span_id: SpanId(1),
+            name: op.into(),
+            kind: SpanKind::Server,
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + duration,
+            status: Status { code: if error { StatusCode::Error } else { StatusCode::Unset }, message: String::new() },
+            resource: Arc::new(Resource { attributes: vec![KeyValue::string("service.name", service)], ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn series_roll_minutes_into_steps_and_count_errors() {
+        let mut m = SpanMetrics::default();
+        m.merge(BatchAggregate::from_spans(&[
+            span("a", "x", 10, 1_000, false),
+            span("a", "x", 10, 3_000, true),
+            span("a", "y", 11, 2_000, false),
+            span("b", "x", 11, 5_000, false),
+            span("a", "x", 13, 4_000, false),
+        ]));
+        let filter = SeriesFilter { services: vec!["a".into()], ..Default::default() };
+        let series = m.series(&filter, 10 * BUCKET_NANOS, 14 * BUCKET_NANOS, 2 * BUCKET_NANOS, false);
+        let points = &series[&("a".to_string(), None)];
+        assert_eq!(points.len(), 2);
+        assert_eq!((points[0].calls, points[0].errors), (3, 1));
+        assert_eq!((points[1].calls, points[1].errors), (1, 0));
+        assert_eq!(points[1].start_unix_nano, 12 * BUCKET_NANOS);
+        let by_op = m.series(&filter, 0, u64::MAX, BUCKET_NANOS, true);
+        assert_eq!(by_op.len(), 2);
+        m.drop_before(11 * BUCKET_NANOS);
+        assert_eq!(m.minutes(), 2);
+    }
+}

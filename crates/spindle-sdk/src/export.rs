@@ -1,0 +1,584 @@
+//! The bounded span queue and the export worker that drains it.
+//!
+//! [`QueuedSpanProcessor`] is the only way spans leave the process. Application threads only
+//! ever `try_send` a finished span into a bounded channel: when the channel is full the span is
+//! dropped and counted, so a slow or dead backend costs the service an atomic increment, never
+//! a wait or unbounded memory. Nobody waits on that channel, so a send wakes no thread: the
+//! worker is woken once per full batch (and by its timer), not once per span.
+//!
+//! The worker is a dedicated OS thread running its own current-thread tokio runtime, and the
+//! exporter (tonic or reqwest) is built inside it. Export, flush and shutdown therefore never
+//! need a worker of the application's runtime: shutting down from a `current_thread` runtime,
+//! or from a multi-thread runtime with one worker, cannot deadlock (the failure mode of
+//! opentelemetry-rust issues #2715 and #2802, where the exporter's tasks live on the
+//! application's runtime while its only thread blocks on shutdown). Every wait on the worker
+//! is bounded by a timeout.
+//!
+//! This module must not log from the application's thread inside `on_end`: that runs inside a
+//! `tracing` subscriber callback, where events would be discarded or recurse.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::Context;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::BatchSettings;
+use crate::error::InitError;
+
+thread_local! {
+    static ON_EXPORT_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True on the export worker thread. The OpenTelemetry layer ignores spans there, so the
+/// exporter's own transport spans (h2, hyper, tonic) never feed back into the queue.
+pub(crate) fn on_export_worker() -> bool {
+    ON_EXPORT_WORKER.with(Cell::get)
+}
+
+/// Counters of the span pipeline, readable while the service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExportStats {
+    /// Spans handed to the exporter in a batch that it accepted.
+    pub exported: u64,
+    /// Spans dropped because the queue was full or tracing was shut down.
+    pub dropped: u64,
+    /// Spans lost because their export failed or timed out.
+    pub failed: u64,
+    /// Export requests that failed or timed out.
+    pub failed_exports: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct StatsCounters {
+    exported: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+    failed_exports: AtomicU64,
+}
+
+impl StatsCounters {
+    pub(crate) fn snapshot(&self) -> ExportStats {
+        ExportStats {
+            exported: self.exported.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            failed_exports: self.failed_exports.load(Ordering::Relaxed),
+        }
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An object-safe view of [`SpanExporter`], whose `export` returns `impl Future`.
+pub(crate) trait DynSpanExporter: Send + Sync + std::fmt::Debug {
+    fn export_boxed(&self, batch: Vec<SpanData>) -> BoxFuture<'_, OTelSdkResult>;
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult;
+    fn set_resource(&mut self, resource: &Resource);
+}
+
+impl<E: SpanExporter> DynSpanExporter for E {
+    fn export_boxed(&self, batch: Vec<SpanData>) -> BoxFuture<'_, OTelSdkResult> {
+        Box::pin(self.export(batch))
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        SpanExporter::shutdown_with_timeout(self, timeout)
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        SpanExporter::set_resource(self, resource)
+    }
+}
+
+/// Builds the exporter; runs on the worker thread, inside its runtime.
+pub(crate) type MakeExporter =
+    Box<dyn FnOnce() -> Result<Box<dyn DynSpanExporter>, InitError> + Send>;
+
+enum Control {
+    Flush(std::sync::mpsc::Sender<OTelSdkResult>),
+    Shutdown(std::sync::mpsc::Sender<OTelSdkResult>),
+    SetResource(Resource),
+}
+
+/// What application threads and the worker share besides the channel itself.
+#[derive(Debug)]
+struct QueueSignal {
+    /// Spans in the channel (sent and not yet received).
+    len: AtomicUsize,
+    /// Woken when `len` reaches a full batch.
+    batch_ready: Notify,
+    batch_size: usize,
+}
+
+/// A span processor with a bounded queue, drained by a dedicated export thread.
+#[derive(Debug)]
+pub(crate) struct QueuedSpanProcessor {
+    spans: SyncSender<SpanData>,
+    signal: Arc<QueueSignal>,
+    control: mpsc::UnboundedSender<Control>,
+    stats: Arc<StatsCounters>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    is_shut_down: AtomicBool,
+    flush_timeout: Duration,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Control::Flush(_) => "flush",
+            Control::Shutdown(_) => "shutdown",
+            Control::SetResource(_) => "set_resource",
+        })
+    }
+}
+
+impl QueuedSpanProcessor {
+    /// Starts the worker thread, builds the exporter on it and returns once it is ready.
+    pub(crate) fn start(
+        make_exporter: MakeExporter,
+        resource: Resource,
+        batch: BatchSettings,
+        drop_log_interval: Duration,
+        stats: Arc<StatsCounters>,
+    ) -> Result<Self, InitError> {
+        let (span_tx, span_rx) = std::sync::mpsc::sync_channel(batch.max_queue_size);
+        let signal = Arc::new(QueueSignal {
+            len: AtomicUsize::new(0),
+            batch_ready: Notify::new(),
+            batch_size: batch.max_export_batch_size,
+        });
+        let worker_signal = Arc::clone(&signal);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), InitError>>();
+        let worker_stats = Arc::clone(&stats);
+        let worker = std::thread::Builder::new()
+            .name("spindle-sdk-export".to_owned())
+            .spawn(move || {
+                ON_EXPORT_WORKER.with(|f| f.set(true));
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(InitError::Worker(e)));
+                        return;
+                    }
+                };
+                // tonic spawns its connection tasks when the exporter is built, so building
+                // must happen inside this runtime.
+                let exporter = {
+                    let _entered = runtime.enter();
+                    make_exporter()
+                };
+                let mut exporter = match exporter {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                exporter.set_resource(&resource);
+                let _ = ready_tx.send(Ok(()));
+                let worker = ExportWorker {
+                    exporter,
+                    spans: span_rx,
+                    signal: worker_signal,
+                    batch,
+                    stats: worker_stats,
+                    drop_log_interval,
+                    failure_log: RateLimitedLog::new(drop_log_interval),
+                    logged_dropped: 0,
+                    last_drop_log: None,
+                };
+                runtime.block_on(worker.run(control_rx));
+            })
+            .map_err(InitError::Worker)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = worker.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = worker.join();
+                return Err(InitError::Worker(std::io::Error::other(
+                    "the export worker stopped while starting",
+                )));
+            }
+        }
+        Ok(Self {
+            spans: span_tx,
+            signal,
+            control: control_tx,
+            stats,
+            worker: Mutex::new(Some(worker)),
+            is_shut_down: AtomicBool::new(false),
+            flush_timeout: batch.export_timeout.saturating_mul(2),
+        })
+    }
+
+    fn request(
+        &self,
+        make: impl FnOnce(std::sync::mpsc::Sender<OTelSdkResult>) -> Control,
+        timeout: Duration,
+    ) -> OTelSdkResult {
+        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+        self.control.send(make(reply_tx)).map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        // A blocking wait is safe on any thread, even the only thread of a current-thread
+        // runtime: the worker owns its own runtime and never needs the caller's.
+        match reply_rx.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(OTelSdkError::Timeout(timeout)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(OTelSdkError::AlreadyShutdown)
+            }
+        }
+    }
+}
+
+impl SpanProcessor for QueuedSpanProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        // Counted before the send so the worker never sees the count below what it receives.
+        let queued = self.signal.len.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.spans.try_send(span).is_err() {
+            self.signal.len.fetch_sub(1, Ordering::AcqRel);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        } else if queued == self.signal.batch_size {
+            self.signal.batch_ready.notify_one();
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        if self.is_shut_down.load(Ordering::Acquire) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        self.request(Control::Flush, self.flush_timeout)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if self.is_shut_down.swap(true, Ordering::AcqRel) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        let result = self.request(Control::Shutdown, timeout);
+        if result.is_ok() {
+            // The worker answered and is returning: joining takes microseconds. After a
+            // timeout the thread is left to finish on its own rather than waited for.
+            if let Ok(mut worker) = self.worker.lock() {
+                if let Some(handle) = worker.take() {
+                    let _ = handle.join();
+                }
+            }
+        }
+        result
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        let _ = self.control.send(Control::SetResource(resource.clone()));
+    }
+}
+
+/// Logs a repeated condition at most once per interval.
+#[derive(Debug)]
+struct RateLimitedLog {
+    interval: Duration,
+    last: Option<Instant>,
+}
+
+impl RateLimitedLog {
+    fn new(interval: Duration) -> Self {
+        Self { interval, last: None }
+    }
+
+    fn ready(&mut self, now: Instant) -> bool {
+        match self.last {
+            Some(last) if now.duration_since(last) < self.interval => false,
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+}
+
+struct ExportWorker {
+    exporter: Box<dyn DynSpanExporter>,
+    spans: Receiver<SpanData>,
+    signal: Arc<QueueSignal>,
+    batch: BatchSettings,
+    stats: Arc<StatsCounters>,
+    drop_log_interval: Duration,
+    failure_log: RateLimitedLog,
+    logged_dropped: u64,
+    last_drop_log: Option<Instant>,
+}
+
+/// How much of the queue one pass of the worker exports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Full batches only; a partial batch waits for the timer.
+    FullBatches,
+    /// Everything queued, the last batch possibly partial.
+    Everything,
+}
+
+impl ExportWorker {
+    async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
+        let mut ticker = tokio::time::interval(self.batch.scheduled_delay);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let signal = Arc::clone(&self.signal);
+        loop {
+            tokio::select! {
+                biased;
+                message = control.recv() => match message {
+                    Some(Control::Flush(reply)) => {
+                        let result = self.drain(Drain::Everything).await;
+                        let _ = reply.send(result);
+                    }
+                    Some(Control::SetResource(resource)) => self.exporter.set_resource(&resource),
+                    Some(Control::Shutdown(reply)) => {
+                        let result = self.drain(Drain::Everything).await;
+                        self.log_drops(true);
+                        let shutdown = self.exporter.shutdown_with_timeout(self.batch.export_timeout);
+                        let _ = reply.send(result.and(shutdown));
+                        return;
+                    }
+                    None => {
+                        // The processor is gone without a shutdown: export what is left.
+                        let _ = self.drain(Drain::Everything).await;
+                        return;
+                    }
+                },
+                _ = ticker.tick() => {
+                    let _ = self.drain(Drain::Everything).await;
+                    self.log_drops(false);
+                }
+                _ = signal.batch_ready.notified() => {
+                    let _ = self.drain(Drain::FullBatches).await;
+                    ticker.reset();
+                }
+            }
+        }
+    }
+
+    /// Exports queued spans in batches; the result of the last failed export, if any.
+    async fn drain(&mut self, how: Drain) -> OTelSdkResult {
+        let size = self.batch.max_export_batch_size;
+        let mut result = Ok(());
+        loop {
+            let queued = self.signal.len.load(Ordering::Acquire);
+            if queued == 0 || (how == Drain::FullBatches && queued < size) {
+                return result;
+            }
+            let mut batch = Vec::with_capacity(queued.min(size));
+            while batch.len() < size {
+                match self.spans.try_recv() {
+                    Ok(span) => {
+                        self.signal.len.fetch_sub(1, Ordering::AcqRel);
+                        batch.push(span);
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            if batch.is_empty() {
+                // Counted but not yet sent by its thread: picked up on the next pass.
+                return result;
+            }
+            if let Err(e) = self.export(batch).await {
+                result = Err(e);
+            }
+            // Drops happen while exports are slow: report them between batches too.
+            self.log_drops(false);
+        }
+    }
+
+    async fn export(&mut self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let count = batch.len() as u64;
+        let timeout = self.batch.export_timeout;
+        let result = match tokio::time::timeout(timeout, self.exporter.export_boxed(batch)).await {
+            Ok(result) => result,
+            Err(_) => Err(OTelSdkError::Timeout(timeout)),
+        };
+        match &result {
+            Ok(()) => {
+                self.stats.exported.fetch_add(count, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.stats.failed.fetch_add(count, Ordering::Relaxed);
+                let failures = self.stats.failed_exports.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.failure_log.ready(Instant::now()) {
+                    tracing::warn!(
+                        %error,
+                        spans = count,
+                        failed_exports = failures,
+                        "span export failed, spans lost; the service is unaffected"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    /// Reports new drops at most once per interval (or now, when shutting down).
+    fn log_drops(&mut self, force: bool) {
+        let dropped = self.stats.dropped.load(Ordering::Relaxed);
+        if dropped == self.logged_dropped {
+            return;
+        }
+        let now = Instant::now();
+        let due = match self.last_drop_log {
+            None => true,
+            Some(last) => force || now.duration_since(last) >= self.drop_log_interval,
+        };
+        if due {
+            tracing::warn!(
+                dropped_since_last_report = dropped - self.logged_dropped,
+                dropped_total = dropped,
+                "span queue full, spans dropped; the service is unaffected"
+            );
+            self.logged_dropped = dropped;
+            self.last_drop_log = Some(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanEvents, SpanLinks};
+    use std::borrow::Cow;
+    use std::time::SystemTime;
+
+    fn span(n: u64) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(u128::from(n) + 1),
+                SpanId::from(n + 1),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: Cow::Owned(format!("span-{n}")),
+            start_time: SystemTime::now(),
+            end_time: SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    fn settings(queue: usize, batch: usize) -> BatchSettings {
+        BatchSettings {
+            max_queue_size: queue,
+            max_export_batch_size: batch,
+            scheduled_delay: Duration::from_secs(3600),
+            export_timeout: Duration::from_millis(500),
+        }
+    }
+
+    fn start(
+        exporter: impl DynSpanExporter + 'static,
+        batch: BatchSettings,
+    ) -> (QueuedSpanProcessor, Arc<StatsCounters>) {
+        let stats = Arc::new(StatsCounters::default());
+        let make: MakeExporter = Box::new(move || Ok(Box::new(exporter) as Box<dyn DynSpanExporter>));
+        let p = QueuedSpanProcessor::start(
+            make,
+            Resource::builder_empty().build(),
+            batch,
+            Duration::from_secs(10),
+            Arc::clone(&stats),
+        )
+        .expect("worker starts");
+        (p, stats)
+    }
+
+    #[test]
+    fn flush_exports_every_queued_span_in_batches() {
+        let exporter = InMemorySpanExporter::default();
+        let (p, stats) = start(exporter.clone(), settings(100, 7));
+        for n in 0..50 {
+            p.on_end(span(n));
+        }
+        p.force_flush().expect("flush succeeds");
+        let got = exporter.get_finished_spans().expect("spans readable");
+        assert_eq!(got.len(), 50);
+        assert_eq!(stats.snapshot(), ExportStats { exported: 50, ..ExportStats::default() });
+        p.shutdown_with_timeout(Duration::from_secs(5)).expect("shutdown succeeds");
+        assert!(p.force_flush().is_err(), "flush after shutdown is refused");
+    }
+
+    /// An exporter that never finishes, like a backend that accepts the connection and hangs.
+    #[derive(Debug)]
+    struct HangingExporter;
+    impl SpanExporter for HangingExporter {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_hanging_backend_drops_and_counts_instead_of_blocking() {
+        let (p, stats) = start(HangingExporter, settings(16, 4));
+        let started = Instant::now();
+        for n in 0..10_000 {
+            p.on_end(span(n));
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "on_end never waits for export");
+        let s = stats.snapshot();
+        assert!(s.dropped >= 10_000 - 16 - 4, "queue is bounded: {s:?}");
+        // Shutdown waits at most its timeout even though the exporter hangs.
+        let started = Instant::now();
+        let _ = p.shutdown_with_timeout(Duration::from_secs(3));
+        assert!(started.elapsed() < Duration::from_secs(4));
+        let s = stats.snapshot();
+        assert!(s.failed_exports >= 1, "timed out exports are counted: {s:?}");
+    }
+
+    #[test]
+    fn unsampled_spans_are_not_queued() {
+        let exporter = InMemorySpanExporter::default();
+        let (p, _stats) = start(exporter.clone(), settings(10, 10));
+        let mut s = span(1);
+        s.span_context = SpanContext::new(
+            TraceId::from(9u128),
+            SpanId::from(9u64),
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        );
+        p.on_end(s);
+        p.force_flush().expect("flush");
+        assert!(exporter.get_finished_spans().expect("readable").is_empty());
+    }
+
+    #[test]
+    fn rate_limited_log_fires_once_per_interval() {
+        let mut log = RateLimitedLog::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(log.ready(t0));
+        assert!(!log.ready(t0 + Duration::from_secs(9)));
+        assert!(log.ready(t0 + Duration::from_secs(10)));
+    }
+}

@@ -1,0 +1,126 @@
+//! A tower layer that traces every request an axum server handles.
+//!
+//! Each request gets a SERVER span named `{METHOD} {route}` (the matched axum route template,
+//! like `GET /stocks/{symbol}`, never the raw path, so names stay few), whose parent is the
+//! context the caller sent in W3C headers. Add it with `Router::layer` so the matched route is
+//! known:
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use spindle_sdk::http::axum::ServerTracingLayer;
+//!
+//! let app: Router = Router::new()
+//!     .route("/recommendations", get(|| async { "[]" }))
+//!     .layer(ServerTracingLayer::new());
+//! ```
+
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use axum::extract::MatchedPath;
+use http::{Request, Response};
+use tower::{Layer, Service};
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::propagation::{record_error, set_remote_parent};
+
+/// Wraps a service so that every request runs in a SERVER span; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerTracingLayer {
+    _private: (),
+}
+
+impl ServerTracingLayer {
+    /// A layer with the semantic-convention defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for ServerTracingLayer {
+    type Service = ServerTracingService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerTracingService { inner }
+    }
+}
+
+/// The service [`ServerTracingLayer`] produces.
+#[derive(Debug, Clone)]
+pub struct ServerTracingService<S> {
+    inner: S,
+}
+
+/// The response future of [`ServerTracingService`].
+pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+impl<S, B, ResBody> Service<Request<B>> for ServerTracingService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Display,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let span = server_span(&request);
+        let future = span.in_scope(|| self.inner.call(request));
+        Box::pin(async move {
+            let result = future.instrument(span.clone()).await;
+            match &result {
+                Ok(response) => {
+                    let status = response.status();
+                    span.record("http.response.status_code", status.as_u16());
+                    if status.is_server_error() {
+                        span.record("otel.status_code", "ERROR");
+                        span.record("error.type", status.as_str());
+                    }
+                }
+                Err(error) => {
+                    span.record("error.type", "service_error");
+                    record_error(&span, error);
+                }
+            }
+            result
+        })
+    }
+}
+
+/// The SERVER span for `request`, parented on the W3C context in its headers.
+pub fn server_span<B>(request: &Request<B>) -> tracing::Span {
+    let method = request.method().as_str();
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    // Without a matched route (404s, plain tower services) the name is the method alone.
+    let name = match route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_owned(),
+    };
+    let span = tracing::info_span!(
+        target: "spindle_sdk::http",
+        "http.server",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = request.uri().path(),
+        url.scheme = request.uri().scheme_str(),
+        user_agent.original = Empty,
+        http.response.status_code = Empty,
+        error.type = Empty,
+    );
+    if let Some(agent) = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        span.record("user_agent.original", agent);
+    }
+    set_remote_parent(&span, super::extract_from_headers(request.headers()));
+    span
+}

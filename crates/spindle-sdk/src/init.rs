@@ -1,0 +1,329 @@
+//! Turning settings into a running pipeline: subscriber, tracer provider, export worker.
+//!
+//! Owns the builder and the order of installation. Whatever fails here degrades to plain
+//! logging in [`SpindleBuilder::init`]; only the `try_*` methods return the error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::Resource;
+use tracing::Subscriber;
+use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{Layer, Registry};
+
+use crate::config::{BuilderSettings, LogFormat, Protocol, SamplerConfig, Settings};
+use crate::error::InitError;
+use crate::export::{on_export_worker, DynSpanExporter, MakeExporter, QueuedSpanProcessor, StatsCounters};
+use crate::guard::TracingGuard;
+
+/// A `tracing` layer as returned by [`SpindleBuilder::into_layer`].
+pub type BoxedLayer<S> = Box<dyn Layer<S> + Send + Sync + 'static>;
+
+/// Configures tracing for one service; start with [`crate::builder`].
+///
+/// Every setting has a default and a matching `OTEL_*` variable (see the crate documentation);
+/// a value set here wins over the variable.
+#[derive(Debug)]
+pub struct SpindleBuilder {
+    settings: BuilderSettings,
+    exporter: Option<Box<dyn DynSpanExporter>>,
+}
+
+impl SpindleBuilder {
+    pub(crate) fn new(service_name: &str) -> Self {
+        Self {
+            settings: BuilderSettings { service_name: service_name.to_owned(), ..Default::default() },
+            exporter: None,
+        }
+    }
+
+    /// Where spans are sent: `http://host:4317` for gRPC, `http://host:4318` for HTTP
+    /// (`/v1/traces` is appended when the URL has no path). Default `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// else localhost on the protocol's port.
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.settings.endpoint = Some(url.into());
+        self
+    }
+
+    /// The OTLP transport. Default `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.settings.protocol = Some(protocol);
+        self
+    }
+
+    /// Which traces to record. Default `OTEL_TRACES_SAMPLER`, else parent-based always-on.
+    pub fn sampler(mut self, sampler: SamplerConfig) -> Self {
+        self.settings.sampler = Some(sampler);
+        self
+    }
+
+    /// Shorthand for a parent-based sampler recording `ratio` (0 to 1) of new traces: callers'
+    /// decisions are followed, so a trace is never cut in the middle.
+    pub fn sample_ratio(self, ratio: f64) -> Self {
+        self.sampler(SamplerConfig::ParentBased(crate::config::ParentBasedRoot::Ratio(ratio)))
+    }
+
+    /// Adds a resource attribute (`deployment.environment.name`, `service.version`, ...) to every
+    /// span; `OTEL_RESOURCE_ATTRIBUTES` is read as well.
+    pub fn resource_attribute(mut self, key: &'static str, value: impl Into<Value>) -> Self {
+        self.settings.resource_attributes.push(KeyValue::new(key, value));
+        self
+    }
+
+    /// Which events are logged to standard output, in `RUST_LOG` syntax (`info,h2=warn`).
+    /// Default `RUST_LOG`, else `info`.
+    pub fn log_filter(mut self, filter: impl Into<String>) -> Self {
+        self.settings.log_filter = Some(filter.into());
+        self
+    }
+
+    /// Which `tracing` spans become OpenTelemetry spans, in `RUST_LOG` syntax. Default `info`,
+    /// which includes every `#[instrument]` at its default level.
+    pub fn span_filter(mut self, filter: impl Into<String>) -> Self {
+        self.settings.span_filter = Some(filter.into());
+        self
+    }
+
+    /// Adds to every span its source location (`code.file.path`, `code.line.number`, ...),
+    /// thread (`thread.id`, `thread.name`) and busy / idle time. Off by default: it costs about
+    /// 0.5 µs and five attributes per span (see docs/PERFORMANCE.md).
+    pub fn span_details(mut self, enabled: bool) -> Self {
+        self.settings.span_details = enabled;
+        self
+    }
+
+    /// Text (default) or JSON log lines.
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.settings.log_format = format;
+        self
+    }
+
+    /// Spans queued for export at most; more are dropped and counted. Default
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`, else 2048.
+    pub fn max_queue_size(mut self, spans: usize) -> Self {
+        self.settings.max_queue_size = Some(spans);
+        self
+    }
+
+    /// Spans per export request at most. Default `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, else 512.
+    pub fn max_export_batch_size(mut self, spans: usize) -> Self {
+        self.settings.max_export_batch_size = Some(spans);
+        self
+    }
+
+    /// How long a partial batch waits. Default `OTEL_BSP_SCHEDULE_DELAY` (ms), else 1 s.
+    pub fn scheduled_delay(mut self, delay: Duration) -> Self {
+        self.settings.scheduled_delay = Some(delay);
+        self
+    }
+
+    /// How long one export may take. Default `OTEL_BSP_EXPORT_TIMEOUT` (ms), else 10 s.
+    pub fn export_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.export_timeout = Some(timeout);
+        self
+    }
+
+    /// How long dropping the guard may wait for the last spans. Default 5 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.shutdown_timeout = Some(timeout);
+        self
+    }
+
+    /// How often, at most, dropped spans and failed exports are reported in the log.
+    /// Default 10 s.
+    pub fn drop_log_interval(mut self, interval: Duration) -> Self {
+        self.settings.drop_log_interval = Some(interval);
+        self
+    }
+
+    /// Turns span export off (`true`) or on (`false`) regardless of `OTEL_SDK_DISABLED`;
+    /// logging works either way.
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.settings.disabled = Some(disabled);
+        self
+    }
+
+    /// Sends spans to `exporter` instead of OTLP (for example an in-memory exporter in tests).
+    /// The exporter still runs on the SDK's own export thread behind the bounded queue.
+    pub fn exporter<E: SpanExporter + 'static>(mut self, exporter: E) -> Self {
+        self.exporter = Some(Box::new(exporter));
+        self
+    }
+
+    /// Installs logging and tracing globally and returns the guard that flushes on drop.
+    ///
+    /// Never fails and never panics: when export cannot be set up (bad settings, another
+    /// subscriber already installed), the reason is logged and the service continues with
+    /// plain logging; [`TracingGuard::is_exporting`] then returns `false`.
+    pub fn init(self) -> TracingGuard {
+        let log_format = self.settings.log_format;
+        let log_filter = self.settings.log_filter.clone();
+        match self.try_init() {
+            Ok(guard) => guard,
+            Err(error) => {
+                // Install plain logging if nobody did; if somebody did, their subscriber logs.
+                let filter = log_filter
+                    .and_then(|f| EnvFilter::try_new(f).ok())
+                    .unwrap_or_else(|| {
+                        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+                    });
+                let subscriber = Registry::default().with(fmt_layer(log_format).with_filter(filter));
+                let _ = tracing::subscriber::set_global_default(subscriber);
+                tracing::warn!(%error, "tracing export unavailable, continuing with logs only");
+                TracingGuard::disabled()
+            }
+        }
+    }
+
+    /// Like [`SpindleBuilder::init`], but returns the error instead of degrading to logs.
+    /// `OTEL_SDK_DISABLED=true` is not an error: it installs logging only.
+    pub fn try_init(self) -> Result<TracingGuard, InitError> {
+        let settings = Settings::resolve(&self.settings, |k| std::env::var(k).ok())?;
+        let log_filter = env_filter("log_filter", &settings.log_filter)?;
+        let log_layer = fmt_layer(settings.log_format).with_filter(log_filter);
+        if settings.disabled {
+            tracing::subscriber::set_global_default(Registry::default().with(log_layer))
+                .map_err(|_| InitError::SubscriberAlreadySet)?;
+            tracing::info!(service = %settings.service_name, "span export disabled, logging only");
+            return Ok(TracingGuard::disabled());
+        }
+        let (otel_layer, guard) = build_pipeline(settings.clone(), self.exporter)?;
+        let subscriber = Registry::default().with(log_layer).with(otel_layer);
+        if tracing::subscriber::set_global_default(subscriber).is_err() {
+            let _ = guard.shutdown();
+            return Err(InitError::SubscriberAlreadySet);
+        }
+        if let Some(provider) = guard.provider() {
+            opentelemetry::global::set_tracer_provider(provider.clone());
+        }
+        opentelemetry::global::set_text_map_propagator(crate::propagation::new_w3c_propagator());
+        tracing::info!(
+            service = %settings.service_name,
+            endpoint = %settings.endpoint,
+            protocol = ?settings.protocol,
+            "tracing initialised"
+        );
+        Ok(guard)
+    }
+
+    /// Builds the OpenTelemetry layer without installing anything globally, for services that
+    /// compose their own subscriber (or tests that run several "services" in one process).
+    /// The layer applies the span filter; logging is left to the caller.
+    pub fn into_layer<S>(self) -> Result<(BoxedLayer<S>, TracingGuard), InitError>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+    {
+        let mut settings = Settings::resolve(&self.settings, |k| std::env::var(k).ok())?;
+        if settings.disabled {
+            settings.sampler = SamplerConfig::AlwaysOff;
+        }
+        build_pipeline(settings, self.exporter)
+    }
+}
+
+fn env_filter(name: &'static str, directives: &str) -> Result<EnvFilter, InitError> {
+    EnvFilter::try_new(directives).map_err(|e| InitError::InvalidSetting {
+        name,
+        value: directives.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn fmt_layer<S>(format: LogFormat) -> BoxedLayer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    // Colours only for a person at a terminal, never into log files or collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    match format {
+        LogFormat::Text => Box::new(tracing_subscriber::fmt::layer().with_ansi(ansi)),
+        LogFormat::Json => Box::new(tracing_subscriber::fmt::layer().json()),
+    }
+}
+
+fn build_pipeline<S>(
+    settings: Settings,
+    exporter: Option<Box<dyn DynSpanExporter>>,
+) -> Result<(BoxedLayer<S>, TracingGuard), InitError>
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    let span_filter = env_filter("span_filter", &settings.span_filter)?;
+    let make_exporter: MakeExporter = match exporter {
+        Some(e) => Box::new(move || Ok(e)),
+        None => otlp_exporter(&settings),
+    };
+    let resource = Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .with_attributes(settings.resource_attributes.clone())
+        .build();
+    let stats = Arc::new(StatsCounters::default());
+    let processor = QueuedSpanProcessor::start(
+        make_exporter,
+        resource.clone(),
+        settings.batch,
+        settings.drop_log_interval,
+        Arc::clone(&stats),
+    )?;
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(settings.sampler.to_sampler())
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer_with_scope(
+        InstrumentationScope::builder("spindle-sdk")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    );
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_error_records_to_exceptions(true)
+        .with_location(settings.span_details)
+        .with_threads(settings.span_details)
+        .with_tracked_inactivity(settings.span_details)
+        .with_filter(span_filter.and(filter_fn(|_| !on_export_worker())));
+    let guard = TracingGuard::exporting(provider, stats, settings.shutdown_timeout);
+    Ok((Box::new(layer), guard))
+}
+
+/// An async client, run on the export worker's runtime (never the blocking client, which
+/// would start a runtime inside ours).
+fn http_client(timeout: Duration) -> Result<reqwest::Client, InitError> {
+    reqwest::Client::builder().timeout(timeout).build().map_err(InitError::HttpClient)
+}
+
+fn otlp_exporter(settings: &Settings) -> MakeExporter {
+    let protocol = settings.protocol;
+    let endpoint = settings.endpoint.clone();
+    let timeout = settings.batch.export_timeout;
+    Box::new(move || {
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        let built = match protocol {
+            Protocol::Grpc => builder
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .with_timeout(timeout)
+                .build(),
+            Protocol::HttpProtobuf | Protocol::HttpJson => builder
+                .with_http()
+                .with_protocol(if protocol == Protocol::HttpJson {
+                    opentelemetry_otlp::Protocol::HttpJson
+                } else {
+                    opentelemetry_otlp::Protocol::HttpBinary
+                })
+                .with_http_client(http_client(timeout)?)
+                .with_endpoint(endpoint.clone())
+                .with_timeout(timeout)
+                .build(),
+        };
+        built
+            .map(|e| Box::new(e) as Box<dyn DynSpanExporter>)
+            .map_err(|source| InitError::Exporter { endpoint, source })
+    })
+}

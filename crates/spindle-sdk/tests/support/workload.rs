@@ -1,0 +1,98 @@
+//! A CPU-bound request handler shaped like the seed's processor service, and process
+//! measurements (CPU time, resident memory). Shared by the backend-down test and the overhead
+//! benchmark so both measure the same thing.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+/// Standard normal CDF via the Abramowitz–Stegun erf approximation (7 digits).
+fn norm_cdf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.3275911 * x.abs() / std::f64::consts::SQRT_2);
+    let poly = t * (0.254829592
+        + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let erf = 1.0 - poly * (-(x * x) / 2.0).exp();
+    if x >= 0.0 {
+        0.5 * (1.0 + erf)
+    } else {
+        0.5 * (1.0 - erf)
+    }
+}
+
+/// Black–Scholes price of a European call.
+fn bsm_call(spot: f64, strike: f64, years: f64, rate: f64, vol: f64) -> f64 {
+    let d1 = ((spot / strike).ln() + (rate + vol * vol / 2.0) * years) / (vol * years.sqrt());
+    let d2 = d1 - vol * years.sqrt();
+    spot * norm_cdf(d1) - strike * (-rate * years).exp() * norm_cdf(d2)
+}
+
+/// Prices `strikes` calls around `spot`: the CPU-bound part of a request.
+pub fn price_chain(spot: f64, strikes: usize) -> f64 {
+    (0..strikes)
+        .map(|i| bsm_call(black_box(spot), spot * (0.5 + i as f64 / strikes as f64), 0.5, 0.01, 0.2))
+        .sum()
+}
+
+/// One request of the seed's processor service: four spans with attributes around
+/// `strikes` option prices. Without a subscriber the spans cost (almost) nothing.
+pub fn handle_request(id: u64, strikes: usize) -> f64 {
+    let symbol = ["7203", "6758", "9984", "AAPL"][(id % 4) as usize];
+    let span = tracing::info_span!("process_message", symbol, message.id = id, partition = 0_i64);
+    let _entered = span.enter();
+    let spot = tracing::info_span!("clean_data", symbol, records = 4_i64)
+        .in_scope(|| 100.0 + (id % 7) as f64);
+    let value = tracing::info_span!("calculate_bsm", symbol, strikes = strikes as i64, model = "bsm", vol = 0.2)
+        .in_scope(|| price_chain(spot, strikes));
+    tracing::info_span!("send_enriched", topic = "enriched-data", symbol, bytes = 96_i64)
+        .in_scope(|| black_box(value))
+}
+
+/// CPU time of the whole process (every thread, the SDK's export thread included).
+pub fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) works on linux");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time of the calling thread only.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) works on linux");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Resident set size of the process in bytes.
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm readable");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm has a resident field");
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(4096) as u64
+}
+
+/// The number of strikes that makes one request cost about `target` of CPU here.
+pub fn calibrate(target: Duration) -> usize {
+    let mut strikes = 1_000;
+    loop {
+        let start = process_cpu_time();
+        black_box(price_chain(100.0, strikes));
+        let spent = process_cpu_time() - start;
+        if spent >= Duration::from_millis(20) {
+            return ((strikes as f64) * target.as_secs_f64() / spent.as_secs_f64()).max(1.0) as usize;
+        }
+        strikes *= 2;
+    }
+}
+
+/// The median of `values` (which must not be empty).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}

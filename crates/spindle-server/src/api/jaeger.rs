@@ -1,0 +1,265 @@
+//! Jaeger's internal JSON API (`/api/*`), the one Jaeger UI and Grafana call.
+//!
+//! Envelope: `{"data":…,"total":n,"limit":0,"offset":0,"errors":null}`; errors as
+//! `{"data":null,…,"errors":[{"code":400,"msg":"…"}]}`. Times in µs (traces) and ms
+//! (dependencies), durations in Go syntax. Searching without `service` searches all
+//! services (Jaeger refuses; its issue #423).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Serialize;
+use serde_json::{json, Value};
+use spindle_codec::jaeger_json;
+use spindle_model::{SpanKind, TraceId};
+use spindle_query::Trace;
+use spindle_store::TraceQuery;
+
+use super::params::{now_unix_nano, ParamError, Params};
+use super::{blocking, json_response, ApiState};
+
+const DEFAULT_SEARCH_WINDOW_NANOS: u64 = 48 * 3600 * 1_000_000_000;
+const DEFAULT_DEPENDENCIES_LOOKBACK_MS: u64 = 24 * 3600 * 1000;
+pub const DEFAULT_LIMIT: usize = 100;
+
+#[derive(Serialize)]
+struct Envelope<T: Serialize> {
+    data: T,
+    total: usize,
+    limit: usize,
+    offset: usize,
+    errors: Option<Vec<Value>>,
+}
+
+fn ok<T: Serialize>(data: T, total: usize) -> Response {
+    json_response(StatusCode::OK, &Envelope { data, total, limit: 0, offset: 0, errors: None })
+}
+
+pub fn error(status: StatusCode, msg: String) -> Response {
+    let errors = vec![json!({"code": status.as_u16(), "msg": msg})];
+    json_response(status, &Envelope { data: Value::Null, total: 0, limit: 0, offset: 0, errors: Some(errors) })
+}
+
+fn bad_request(e: ParamError) -> Response {
+    error(StatusCode::BAD_REQUEST, e.message)
+}
+
+fn internal(msg: String) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, msg)
+}
+
+pub async fn services(State(state): State<ApiState>) -> Response {
+    let query = state.query.clone();
+    match blocking(move || query.services()).await {
+        Ok(services) => {
+            let total = services.len();
+            ok(services, total)
+        }
+        Err(e) => internal(e),
+    }
+}
+
+pub async fn service_operations(State(state): State<ApiState>, Path(service): Path<String>) -> Response {
+    let query = state.query.clone();
+    match blocking(move || query.operations(&service, None)).await {
+        Ok(ops) => {
+            let mut names: Vec<String> = ops.into_iter().map(|o| o.name).collect();
+            names.dedup();
+            let total = names.len();
+            ok(names, total)
+        }
+        Err(e) => internal(e),
+    }
+}
+
+pub fn parse_span_kind(params: &Params, names: &[&str]) -> Result<Option<SpanKind>, ParamError> {
+    match params.get(names) {
+        None => Ok(None),
+        Some((k, v)) => SpanKind::from_jaeger_str(v)
+            .map(|kind| (kind != SpanKind::Unspecified).then_some(kind))
+            .ok_or_else(|| ParamError::new(k, v, "one of server, client, producer, consumer, internal")),
+    }
+}
+
+pub async fn operations(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw.as_deref());
+    let Some(service) = params.value(&["service"]).map(str::to_string) else {
+        return bad_request(ParamError::missing("service", "a service name"));
+    };
+    let kind = match parse_span_kind(&params, &["spanKind"]) {
+        Ok(k) => k,
+        Err(e) => return bad_request(e),
+    };
+    let query = state.query.clone();
+    match blocking(move || query.operations(&service, kind)).await {
+        Ok(ops) => {
+            let data: Vec<Value> =
+                ops.iter().map(|o| json!({"name": o.name, "spanKind": o.kind.as_jaeger_str()})).collect();
+            let total = data.len();
+            ok(data, total)
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// Parses a trace id as Jaeger's API takes it: up to 32 hex characters.
+pub fn parse_trace_id(name: &str, value: &str) -> Result<TraceId, ParamError> {
+    TraceId::from_hex(value)
+        .ok()
+        .filter(|t| t.is_valid())
+        .ok_or_else(|| ParamError::new(name, value, "a non-zero trace id of 1 to 32 hex characters"))
+}
+
+/// `tags` (a JSON object, URL-encoded) and repeated `tag=key:value`.
+fn parse_tags(params: &Params) -> Result<Vec<(String, String)>, ParamError> {
+    let mut out = Vec::new();
+    if let Some(text) = params.value(&["tags"]) {
+        out.extend(parse_attribute_map("tags", text)?);
+    }
+    for tag in params.all("tag") {
+        let (k, v) = tag.split_once(':').ok_or_else(|| ParamError::new("tag", tag, "key:value"))?;
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// A JSON object of attribute filters; non-string values are taken as their JSON text.
+pub fn parse_attribute_map(name: &str, text: &str) -> Result<Vec<(String, String)>, ParamError> {
+    let map: BTreeMap<String, Value> = serde_json::from_str(text)
+        .map_err(|_| ParamError::new(name, text, r#"a JSON object such as {"http.status_code":"500"}"#))?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect())
+}
+
+fn parse_limit(params: &Params, names: &[&str]) -> Result<usize, ParamError> {
+    match params.get(names) {
+        None => Ok(DEFAULT_LIMIT),
+        Some((k, v)) => v.parse::<usize>().ok().filter(|l| *l > 0).ok_or_else(|| ParamError::new(k, v, "a positive integer")),
+    }
+}
+
+pub(super) fn search_query(params: &Params) -> Result<TraceQuery, ParamError> {
+    let micros = "microseconds since the unix epoch";
+    let end = params.u64(&["end"], micros)?.map(|us| us.saturating_mul(1000)).unwrap_or_else(now_unix_nano);
+    let start = params
+        .u64(&["start"], micros)?
+        .map(|us| us.saturating_mul(1000))
+        .unwrap_or_else(|| end.saturating_sub(DEFAULT_SEARCH_WINDOW_NANOS));
+    if start > end {
+        return Err(ParamError { message: format!("invalid time range: start ({start} ns) is after end ({end} ns)") });
+    }
+    let min = params.duration_nanos(&["minDuration"])?;
+    let max = params.duration_nanos(&["maxDuration"])?;
+    if let (Some(min), Some(max)) = (min, max) {
+        if min > max {
+            return Err(ParamError { message: "invalid durations: minDuration is greater than maxDuration".into() });
+        }
+    }
+    Ok(TraceQuery {
+        service: params.value(&["service"]).map(str::to_string),
+        operation: params.value(&["operation"]).map(str::to_string),
+        span_kind: parse_span_kind(params, &["spanKind"])?,
+        attributes: parse_tags(params)?,
+        start_time_min_unix_nano: start,
+        start_time_max_unix_nano: end,
+        duration_min_nanos: min,
+        duration_max_nanos: max,
+        limit: parse_limit(params, &["limit"])?,
+    })
+}
+
+fn traces_json(traces: &[Trace]) -> Vec<jaeger_json::Trace> {
+    traces.iter().map(|t| jaeger_json::trace(t.trace_id, &t.spans)).collect()
+}
+
+pub async fn find_traces(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw.as_deref());
+    let ids: Result<Vec<TraceId>, ParamError> = params.all("traceID").map(|v| parse_trace_id("traceID", v)).collect();
+    let ids = match ids {
+        Ok(ids) => ids,
+        Err(e) => return bad_request(e),
+    };
+    let query = state.query.clone();
+    if !ids.is_empty() {
+        // Jaeger's multi-get: found traces in data, missing ones as 404 errors.
+        let result = blocking(move || {
+            let mut found = Vec::new();
+            let mut missing = Vec::new();
+            for id in ids {
+                match query.get_trace(id)? {
+                    Some(t) => found.push(t),
+                    None => missing.push(id),
+                }
+            }
+            Ok((found, missing))
+        })
+        .await;
+        return match result {
+            Ok((found, missing)) => {
+                let errors: Vec<Value> = missing
+                    .iter()
+                    .map(|id| json!({"code": 404, "msg": "trace not found", "traceID": id.to_jaeger_hex()}))
+                    .collect();
+                let data = traces_json(&found);
+                json_response(
+                    StatusCode::OK,
+                    &Envelope { data, total: 0, limit: 0, offset: 0, errors: (!errors.is_empty()).then_some(errors) },
+                )
+            }
+            Err(e) => internal(e),
+        };
+    }
+    let search = match search_query(&params) {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
+    };
+    match blocking(move || query.find_traces(&search)).await {
+        Ok(traces) => ok(traces_json(&traces), 0),
+        Err(e) => internal(e),
+    }
+}
+
+pub async fn get_trace(State(state): State<ApiState>, Path(trace_id): Path<String>) -> Response {
+    let id = match parse_trace_id("traceID", &trace_id) {
+        Ok(id) => id,
+        Err(e) => return bad_request(e),
+    };
+    let query = state.query.clone();
+    match blocking(move || query.get_trace(id)).await {
+        Ok(Some(trace)) => ok(traces_json(std::slice::from_ref(&trace)), 0),
+        Ok(None) => error(StatusCode::NOT_FOUND, "trace not found".into()),
+        Err(e) => internal(e),
+    }
+}
+
+pub async fn dependencies(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw.as_deref());
+    let millis = "milliseconds";
+    let parsed = params.u64(&["endTs"], "milliseconds since the unix epoch").and_then(|end| {
+        Ok((end.unwrap_or(now_unix_nano() / 1_000_000), params.u64(&["lookback"], millis)?))
+    });
+    let (end_ms, lookback_ms) = match parsed {
+        Ok((end, lookback)) => (end, lookback.unwrap_or(DEFAULT_DEPENDENCIES_LOOKBACK_MS)),
+        Err(e) => return bad_request(e),
+    };
+    let end = end_ms.saturating_mul(1_000_000);
+    let start = end.saturating_sub(lookback_ms.saturating_mul(1_000_000));
+    let query = state.query.clone();
+    match blocking(move || query.dependencies(start, end)).await {
+        Ok(links) => {
+            let data: Vec<Value> = links
+                .iter()
+                .map(|l| json!({"parent": l.parent, "child": l.child, "callCount": l.call_count}))
+                .collect();
+            ok(data, 0)
+        }
+        Err(e) => internal(e),
+    }
+}

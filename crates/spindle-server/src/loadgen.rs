@@ -1,0 +1,239 @@
+//! `spindle loadgen`: drives a running Spindle with the reference workload over OTLP gRPC
+//! and/or HTTP, at a target rate or as fast as it will take, and reports what was
+//! acknowledged and how fast.
+//!
+//! Every connection is its own task with its own client and its own seeded workload, so
+//! a run is reproducible for a given seed and connection count.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use prost::Message;
+use spindle_workload::{Workload, SPANS_PER_TRACE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    Grpc,
+    Http,
+    /// Half the connections over gRPC, half over HTTP.
+    Both,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoadgenArgs {
+    /// OTLP gRPC endpoint
+    #[arg(long, default_value = "http://127.0.0.1:4317")]
+    pub grpc_endpoint: String,
+    /// OTLP HTTP endpoint (the base; /v1/traces is appended)
+    #[arg(long, default_value = "http://127.0.0.1:4318")]
+    pub http_endpoint: String,
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub protocol: Protocol,
+    /// Target spans per second over all connections; 0 sends as fast as possible
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// How long to run, e.g. 60s, 2m (ignored when --spans is given)
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Stop after this many spans instead of after --duration
+    #[arg(long)]
+    pub spans: Option<u64>,
+    /// Concurrent connections, each with its own request in flight
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Spans per request (rounded to whole traces of 10 spans)
+    #[arg(long, default_value_t = 1000)]
+    pub batch_spans: usize,
+    /// Workload seed; connection i uses seed + i
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    rejected: AtomicU64,
+    failed_requests: AtomicU64,
+    ack_micros: Mutex<Vec<u64>>,
+}
+
+enum Client {
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Http(reqwest::Client, String),
+}
+
+enum Outcome {
+    /// Accepted, with this many spans rejected by partial success.
+    Acked(u64),
+    /// Refused as a whole (backpressure or an error).
+    Refused(String),
+}
+
+impl Client {
+    async fn send(&mut self, request: ExportTraceServiceRequest) -> Outcome {
+        match self {
+            Client::Grpc(client) => match client.export(request).await {
+                Ok(r) => Outcome::Acked(r.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64)),
+                Err(status) => Outcome::Refused(format!("grpc {:?}: {}", status.code(), status.message())),
+            },
+            Client::Http(client, url) => {
+                let sent = client
+                    .post(url.as_str())
+                    .header("content-type", "application/x-protobuf")
+                    .body(request.encode_to_vec())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => {
+                        let body = r.bytes().await.unwrap_or_default();
+                        let rejected = ExportTraceServiceResponse::decode(body.as_ref())
+                            .ok()
+                            .and_then(|r| r.partial_success)
+                            .map_or(0, |p| p.rejected_spans.max(0) as u64);
+                        Outcome::Acked(rejected)
+                    }
+                    Ok(r) => Outcome::Refused(format!("http {}", r.status())),
+                    Err(e) => Outcome::Refused(format!("http: {e}")),
+                }
+            }
+        }
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    let traces_per_batch = (args.batch_spans / SPANS_PER_TRACE).max(1);
+    let batch_spans = (traces_per_batch * SPANS_PER_TRACE) as u64;
+    let duration = crate::api::params::parse_go_duration(&args.duration)
+        .map(Duration::from_nanos)
+        .with_context(|| format!("invalid --duration {:?}: expected e.g. 60s or 2m", args.duration))?;
+    let budget = args.spans.map(|n| Arc::new(AtomicU64::new(n.div_ceil(batch_spans))));
+    let totals = Arc::new(Totals::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+
+    let mut tasks = Vec::new();
+    for i in 0..args.connections {
+        let use_grpc = match args.protocol {
+            Protocol::Grpc => true,
+            Protocol::Http => false,
+            Protocol::Both => i % 2 == 0,
+        };
+        let mut client = if use_grpc {
+            let channel = tonic::transport::Endpoint::from_shared(args.grpc_endpoint.clone())
+                .context("invalid --grpc-endpoint")?
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {}", args.grpc_endpoint))?;
+            Client::Grpc(TraceServiceClient::new(channel).max_decoding_message_size(64 << 20))
+        } else {
+            let url = format!("{}/v1/traces", args.http_endpoint.trim_end_matches('/'));
+            Client::Http(reqwest::Client::new(), url)
+        };
+        let totals = Arc::clone(&totals);
+        let stop = Arc::clone(&stop);
+        let budget = budget.clone();
+        let seed = args.seed.wrapping_add(i as u64);
+        // Each connection paces itself at its share of the target rate.
+        let interval = (args.rate > 0)
+            .then(|| Duration::from_secs_f64(batch_spans as f64 * args.connections as f64 / args.rate as f64));
+        tasks.push(tokio::spawn(async move {
+            let mut workload = Workload::new(seed);
+            let mut next = Instant::now();
+            let mut logged_error = false;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(budget) = &budget {
+                    if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err() {
+                        break;
+                    }
+                }
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += interval;
+                }
+                let spans = workload.batch(traces_per_batch, now_nanos(), 1_000_000);
+                let request = ExportTraceServiceRequest {
+                    resource_spans: spindle_codec::otlp::spans_to_resource_spans(&spans),
+                };
+                totals.sent.fetch_add(batch_spans, Ordering::Relaxed);
+                let t = Instant::now();
+                match client.send(request).await {
+                    Outcome::Acked(rejected) => {
+                        totals.acked.fetch_add(batch_spans - rejected.min(batch_spans), Ordering::Relaxed);
+                        totals.rejected.fetch_add(rejected, Ordering::Relaxed);
+                        let micros = t.elapsed().as_micros() as u64;
+                        totals.ack_micros.lock().unwrap_or_else(|p| p.into_inner()).push(micros);
+                    }
+                    Outcome::Refused(reason) => {
+                        totals.rejected.fetch_add(batch_spans, Ordering::Relaxed);
+                        totals.failed_requests.fetch_add(1, Ordering::Relaxed);
+                        if !logged_error {
+                            eprintln!("connection {i}: request refused: {reason}");
+                            logged_error = true;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    let progress = {
+        let totals = Arc::clone(&totals);
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let acked = totals.acked.load(Ordering::Relaxed);
+                eprintln!(
+                    "t={:>4}s acked={acked} rejected={} rate={}/s",
+                    started.elapsed().as_secs(),
+                    totals.rejected.load(Ordering::Relaxed),
+                    acked - last
+                );
+                last = acked;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        })
+    };
+    if budget.is_none() {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    for task in tasks {
+        task.await.context("load task failed")?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    progress.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut acks = std::mem::take(&mut *totals.ack_micros.lock().unwrap_or_else(|p| p.into_inner()));
+    acks.sort_unstable();
+    let p99 = acks.get((acks.len() * 99 / 100).min(acks.len().saturating_sub(1))).copied().unwrap_or(0);
+    let acked = totals.acked.load(Ordering::Relaxed);
+    println!(
+        "sent={} acked={} rejected={} spans_per_sec={} p99_ack_ms={:.1}",
+        totals.sent.load(Ordering::Relaxed),
+        acked,
+        totals.rejected.load(Ordering::Relaxed),
+        (acked as f64 / elapsed) as u64,
+        p99 as f64 / 1000.0
+    );
+    Ok(())
+}

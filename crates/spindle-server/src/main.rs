@@ -1,0 +1,48 @@
+//! The `spindle` binary.
+
+mod admin;
+mod alerting;
+mod api;
+mod config;
+mod ingest;
+mod loadgen;
+mod otlp_grpc;
+mod otlp_http;
+mod receivers;
+mod server;
+mod telemetry;
+mod ui;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Cli, Command};
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("invalid log filter {filter:?} ({e}), using info");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        Some(Command::Loadgen(args)) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            return runtime.block_on(loadgen::run(args));
+        }
+        None => cli.serve,
+    };
+    let settings = args.resolve()?;
+    init_logging(&settings.log, settings.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(server::run(settings))
+}

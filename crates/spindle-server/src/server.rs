@@ -1,0 +1,180 @@
+//! `spindle serve`: opens the store, binds every listener, runs until SIGINT/SIGTERM, then
+//! stops accepting, lets in-flight requests finish and syncs the store.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use spindle_query::QueryService;
+use spindle_store::{EmbeddedStore, StoreOptions, TraceStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Settings;
+use crate::alerting::{self, Alerting};
+use crate::ingest::Ingest;
+use crate::receivers::sampling::{self, Strategies};
+use crate::receivers::{jaeger_grpc, jaeger_http, jaeger_udp, zipkin};
+use crate::telemetry::{self, Telemetry};
+use crate::{admin, api, otlp_grpc, otlp_http};
+
+async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {what} listener on {addr}"))?;
+    tracing::info!(%addr, "{what} listening");
+    Ok(listener)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn serve_http(tasks: &mut JoinSet<anyhow::Result<()>>, what: &'static str, listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
+    tasks.spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .with_context(|| format!("{what} server failed"))
+    });
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    // Admin first, so /healthz answers while the store replays its log.
+    let ready = Arc::new(AtomicBool::new(false));
+    let telemetry = Arc::new(Telemetry::new(&settings.data_dir));
+    let admin_listener = bind("admin", settings.admin_addr).await?;
+    let admin = admin::router(Arc::clone(&ready), Arc::clone(&telemetry), settings.data_dir.clone());
+    serve_http(&mut tasks, "admin", admin_listener, admin, stop_rx.clone());
+
+    let options = StoreOptions {
+        sync: settings.sync,
+        retention: settings.retention,
+        max_disk_bytes: settings.max_disk_bytes,
+        ..StoreOptions::new(settings.data_dir.clone())
+    };
+    let store: Arc<EmbeddedStore> = Arc::new(
+        tokio::task::spawn_blocking(move || EmbeddedStore::open(options))
+            .await
+            .context("store open task failed")?
+            .context("opening the store")?,
+    );
+    let dyn_store: Arc<dyn TraceStore> = store.clone();
+    let ingest = Arc::new(Ingest::new(Arc::clone(&dyn_store), settings.queue_spans, Arc::clone(&telemetry)));
+    let query = QueryService::new(Arc::clone(&dyn_store));
+
+    let grpc_listener = bind("otlp grpc", settings.otlp_grpc_addr).await?;
+    let http_listener = bind("otlp http", settings.otlp_http_addr).await?;
+    let query_listener = bind("query", settings.query_addr).await?;
+    let jaeger_http_listener = bind("jaeger http", settings.jaeger_http_addr).await?;
+    let jaeger_grpc_listener = bind("jaeger grpc", settings.jaeger_grpc_addr).await?;
+    let zipkin_listener = bind("zipkin", settings.zipkin_addr).await?;
+    let sampling_listener = bind("sampling", settings.sampling_addr).await?;
+    let compact_socket = jaeger_udp::bind(settings.jaeger_compact_addr).await?;
+    let binary_socket = jaeger_udp::bind(settings.jaeger_binary_addr).await?;
+    let strategies = Arc::new(Strategies::load(settings.sampling_strategies.clone(), settings.sampling_default_probability)?);
+
+    let grpc = otlp_grpc::service(Arc::clone(&ingest), settings.max_body_bytes);
+    let mut stop = stop_rx.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("otlp grpc server failed")
+    });
+    let jaeger_grpc = jaeger_grpc::CollectorService::new(Arc::clone(&ingest), settings.max_body_bytes);
+    let mut stop = stop_rx.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(jaeger_grpc)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(jaeger_grpc_listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("jaeger grpc server failed")
+    });
+    for (socket, flavor) in [(compact_socket, jaeger_udp::Flavor::Compact), (binary_socket, jaeger_udp::Flavor::Binary)] {
+        tasks.spawn(jaeger_udp::serve(socket, flavor, Arc::clone(&ingest), Arc::clone(&telemetry), stop_rx.clone()));
+    }
+    let jaeger_http = jaeger_http::router(Arc::clone(&ingest), Arc::clone(&strategies), settings.max_body_bytes);
+    serve_http(&mut tasks, "jaeger http", jaeger_http_listener, jaeger_http, stop_rx.clone());
+    serve_http(&mut tasks, "zipkin", zipkin_listener, zipkin::router(Arc::clone(&ingest), settings.max_body_bytes), stop_rx.clone());
+    serve_http(&mut tasks, "sampling", sampling_listener, sampling::router(Arc::clone(&strategies)), stop_rx.clone());
+    tokio::spawn(sampling::reload_loop(Arc::clone(&strategies), Duration::from_secs(2), stop_rx.clone()));
+    serve_http(&mut tasks, "otlp http", http_listener, otlp_http::router(Arc::clone(&ingest), settings.max_body_bytes), stop_rx.clone());
+    let alerting = match &settings.alert_rules {
+        Some(path) => {
+            let alerting = Arc::new(Alerting::load(
+                path,
+                settings.alertmanagers.clone(),
+                settings.alert_webhooks.clone(),
+                settings.public_url.clone(),
+            )?);
+            tokio::spawn(alerting::run(Arc::clone(&alerting), query.clone(), stop_rx.clone()));
+            Some(alerting)
+        }
+        None => None,
+    };
+    let api_state = api::ApiState { query, telemetry: Arc::clone(&telemetry), alerting };
+    serve_http(&mut tasks, "query", query_listener, api::router(api_state), stop_rx.clone());
+
+    let snapshots = tokio::spawn(telemetry::snapshot_loop(
+        Arc::clone(&telemetry),
+        Duration::from_secs(5),
+        settings.retention.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+        stop_rx.clone(),
+    ));
+    ready.store(true, Ordering::Release);
+    tracing::info!(data_dir = %settings.data_dir.display(), "spindle ready");
+
+    let failed = tokio::select! {
+        _ = wait_for_signal() => None,
+        Some(result) = tasks.join_next() => Some(result),
+    };
+    if let Some(result) = &failed {
+        tracing::error!(?result, "a server stopped unexpectedly, shutting down");
+    } else {
+        tracing::info!("shutting down: no new requests, finishing in-flight ones");
+    }
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within 10s");
+    }
+    let _ = snapshots.await;
+    let sync_store = Arc::clone(&store);
+    tokio::task::spawn_blocking(move || sync_store.sync()).await.context("store sync task failed")?.context("syncing the store")?;
+    tracing::info!("store synced, bye");
+    match failed {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(anyhow::anyhow!("server task panicked: {e}")),
+        _ => Ok(()),
+    }
+}

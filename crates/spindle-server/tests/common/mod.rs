@@ -1,0 +1,150 @@
+//! Test harness: runs the real `spindle` binary as a child process on free loopback ports
+//! with a temporary data directory.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+#[path = "../../../spindle-sdk/tests/support/ports.rs"]
+mod ports;
+use ports::pick_loopback_port;
+
+pub struct Spindle {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub query: SocketAddr,
+    pub admin: SocketAddr,
+    pub jaeger_compact: SocketAddr,
+    pub jaeger_binary: SocketAddr,
+    pub jaeger_http: SocketAddr,
+    pub jaeger_grpc: SocketAddr,
+    pub zipkin: SocketAddr,
+    pub sampling: SocketAddr,
+    extra_args: Vec<String>,
+}
+
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], pick_loopback_port(false)))
+}
+
+fn free_udp_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], pick_loopback_port(true)))
+}
+
+
+impl Spindle {
+    pub fn start(data_dir: &Path) -> Spindle {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Spindle {
+        let mut s = Spindle {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            grpc: free_addr(),
+            http: free_addr(),
+            query: free_addr(),
+            admin: free_addr(),
+            jaeger_compact: free_udp_addr(),
+            jaeger_binary: free_udp_addr(),
+            jaeger_http: free_addr(),
+            jaeger_grpc: free_addr(),
+            zipkin: free_addr(),
+            sampling: free_addr(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_spindle"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--otlp-grpc-addr", &self.grpc.to_string()])
+            .args(["--otlp-http-addr", &self.http.to_string()])
+            .args(["--query-addr", &self.query.to_string()])
+            .args(["--admin-addr", &self.admin.to_string()])
+            .args(["--jaeger-compact-addr", &self.jaeger_compact.to_string()])
+            .args(["--jaeger-binary-addr", &self.jaeger_binary.to_string()])
+            .args(["--jaeger-http-addr", &self.jaeger_http.to_string()])
+            .args(["--jaeger-grpc-addr", &self.jaeger_grpc.to_string()])
+            .args(["--zipkin-addr", &self.zipkin.to_string()])
+            .args(["--sampling-addr", &self.sampling.to_string()])
+            .args(&self.extra_args)
+            .env("SPINDLE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn spindle");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::blocking::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("http://{}/readyz", self.admin)).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("spindle exited before it was ready: {status}");
+                }
+            }
+            assert!(Instant::now() < deadline, "spindle not ready within 30s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill -TERM");
+        assert!(status.success());
+        child.wait().expect("reap")
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn query_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.query, path)
+    }
+
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::blocking::get(self.query_url(path)).expect("GET");
+        let status = r.status().as_u16();
+        let body = r.text().expect("body");
+        let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"));
+        (status, json)
+    }
+}
+
+impl Drop for Spindle {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,1020 @@
+//! The embedded store: a log-structured columnar engine in one data directory.
+//!
+//! Appends go to the write-ahead log (group-committed, synced per [`SyncPolicy`]) and then
+//! into the in-memory head. A flusher thread cuts the head every `head_max_age` or
+//! `head_max_bytes` into an immutable Parquet block and then deletes the log segments the
+//! block covers; a maintenance thread drops blocks past retention or the disk limit and
+//! merges small blocks into large ones. Queries read the head, heads being flushed, and the
+//! blocks together.
+//!
+//! Layout of the data directory:
+//! - `LOCK` — held with an exclusive file lock while a process uses the directory;
+//! - `wal/<seq>.wal` — log segments not yet wholly in blocks, replayed into the head on open;
+//! - `blocks/<id>.parquet` + `blocks/<id>.meta.json` — blocks; the meta file commits one;
+//! - `catalog.json` — services and operations of everything flushed.
+//!
+//! Architecture Invariant: a span acknowledged by `append` is in the log or in a block whose
+//! meta file exists, at every instant; it is never in both once the engine is at rest, and
+//! opening the store after a crash at any point restores exactly the acknowledged spans.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use spindle_model::{dependency_edges, links_from_edges, DependencyLink, Span, SpanKind, TraceId};
+
+use crate::batch_codec::{decode_batch, encode_batch};
+use crate::block::{self, Block, BlockMeta, BlockWriter};
+use crate::head::{Catalog, Head};
+use crate::query::{Operation, TraceQuery};
+use crate::scan::{block_trace_ids, find_in_block, light_span, light_spans};
+use crate::wal::{self, SyncPolicy, Wal};
+use crate::{StoreError, TraceStore};
+
+/// How the embedded store behaves. `StoreOptions::new(dir)` gives the defaults.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    /// When the log is fsynced; `Always` (the default) before every acknowledgement.
+    pub sync: SyncPolicy,
+    /// Drop blocks whose newest span started longer ago than this. `None` keeps everything.
+    pub retention: Option<Duration>,
+    /// Drop the oldest blocks while blocks and log together take more than this many bytes.
+    /// The head and the log are never dropped, so the directory can exceed the limit by them.
+    pub max_disk_bytes: Option<u64>,
+    /// Cut the head into a block when it is this old...
+    pub head_max_age: Duration,
+    /// ...or when this many bytes of encoded batches were appended to it.
+    pub head_max_bytes: usize,
+    /// Spans per Parquet row group (a row group is cut at the next trace boundary).
+    pub row_group_spans: usize,
+    /// Blocks with fewer spans than this are merged by compaction...
+    pub compaction_max_block_spans: u64,
+    /// ...once at least this many of them exist.
+    pub compaction_min_inputs: usize,
+    /// Fraction of one core compaction may use; it sleeps the rest so ingest keeps its rate.
+    pub compaction_duty_cycle: f64,
+    /// Whether the flusher and maintenance threads run. Tests turn them off to drive the
+    /// engine step by step with [`EmbeddedStore::flush`], `compact` and `enforce_retention`.
+    pub background: bool,
+}
+
+impl StoreOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            data_dir: data_dir.into(),
+            sync: SyncPolicy::Always,
+            retention: None,
+            max_disk_bytes: None,
+            head_max_age: Duration::from_secs(5),
+            head_max_bytes: 16 * 1024 * 1024,
+            row_group_spans: 32_768,
+            compaction_max_block_spans: 2_000_000,
+            compaction_min_inputs: 4,
+            compaction_duty_cycle: 0.5,
+            background: true,
+        }
+    }
+}
+
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+struct Inner {
+    options: StoreOptions,
+    wal_dir: PathBuf,
+    blocks_dir: PathBuf,
+    wal: Wal,
+    /// Appends hold it shared across log write and head insert; a cut holds it exclusively,
+    /// so that a rotated segment never misses a span that went into the old head.
+    gate: RwLock<()>,
+    head: RwLock<Head>,
+    /// Heads cut but not yet in a durable block, oldest first, with the first log segment
+    /// that is not theirs.
+    frozen: RwLock<Vec<(Arc<Head>, u64)>>,
+    blocks: RwLock<Vec<Arc<Block>>>,
+    catalog: Mutex<Catalog>,
+    next_block_id: AtomicU64,
+    /// Serialises cuts and block writes: blocks must be committed in cut order.
+    flush_lock: Mutex<()>,
+    /// Serialises compaction and retention, which both remove blocks.
+    maintenance_lock: Mutex<()>,
+    stop: Mutex<bool>,
+    wake: Condvar,
+    /// Signalled after every block commit; appends wait on it while memory is over budget.
+    drained: Condvar,
+    _lock: File,
+}
+
+fn read_guard<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // A panic while holding a lock cannot leave these structures half-updated in a way that
+    // matters more than refusing all reads would, so poisoning is ignored.
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_guard<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_unix_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+const CATALOG_FILE: &str = "catalog.json";
+
+fn load_catalog(dir: &Path) -> Result<Catalog, StoreError> {
+    let path = dir.join(CATALOG_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Catalog::default()),
+        Err(e) => return Err(StoreError::io(&path, e)),
+    };
+    let entries: Vec<(String, Vec<(String, SpanKind)>)> = serde_json::from_slice(&bytes)
+        .map_err(|e| StoreError::Block { path: path.display().to_string(), reason: e.to_string() })?;
+    let mut catalog = Catalog::default();
+    for (service, ops) in entries {
+        for (name, kind) in ops {
+            catalog.add(&service, &name, kind);
+        }
+    }
+    Ok(catalog)
+}
+
+fn save_catalog(dir: &Path, catalog: &Catalog) -> Result<(), StoreError> {
+    let entries: Vec<(&String, Vec<(&String, SpanKind)>)> = catalog
+        .services
+        .iter()
+        .map(|(s, ops)| (s, ops.iter().map(|o| (&o.name, o.kind)).collect()))
+        .collect();
+    let path = dir.join(CATALOG_FILE);
+    let tmp = dir.join("catalog.json.tmp");
+    let bytes = serde_json::to_vec(&entries).map_err(|e| StoreError::Encode(e.to_string()))?;
+    fs::write(&tmp, bytes)
+        .and_then(|_| File::open(&tmp)?.sync_all())
+        .and_then(|_| fs::rename(&tmp, &path))
+        .map_err(|e| StoreError::io(&path, e))
+}
+
+/// Opens every committed block, removing what crashes left behind: temporary files, Parquet
+/// files without meta, and inputs of a compaction whose output was committed.
+fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, StoreError> {
+    let mut metas = Vec::new();
+    let mut parquet_ids = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            tracing::warn!(path = %path.display(), "removing unfinished block file");
+            fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+        } else if let Some(id) = name.strip_suffix(".meta.json").and_then(|h| u64::from_str_radix(h, 16).ok()) {
+            match block::read_meta(&path) {
+                Ok(meta) if meta.id == id => metas.push(meta),
+                Ok(_) | Err(_) => tracing::error!(path = %path.display(), "ignoring unreadable block meta"),
+            }
+        } else if let Some(id) = name.strip_suffix(".parquet").and_then(|h| u64::from_str_radix(h, 16).ok()) {
+            parquet_ids.push(id);
+        }
+    }
+    let committed: HashSet<u64> = metas.iter().map(|m| m.id).collect();
+    for id in parquet_ids.iter().filter(|id| !committed.contains(id)) {
+        tracing::warn!(block = id, "removing block without meta, left by a crash");
+        Block::remove_files(dir, *id)?;
+    }
+    let replaced: HashSet<u64> = metas.iter().flat_map(|m| m.replaces.iter().copied()).collect();
+    let mut blocks = Vec::new();
+    for meta in metas {
+        if replaced.contains(&meta.id) {
+            tracing::warn!(block = meta.id, "removing block already merged by compaction");
+            Block::remove_files(dir, meta.id)?;
+            continue;
+        }
+        let id = meta.id;
+        match Block::open(dir, meta) {
+            Ok(b) => blocks.push(Arc::new(b)),
+            Err(e) => {
+                // Keeping the store available matters more than one block; keep the files
+                // for inspection under another name so that they are not opened again.
+                tracing::error!(block = id, error = %e, "block is corrupt, setting it aside");
+                for path in [block::meta_path(dir, id), block::parquet_path(dir, id)] {
+                    let _ = fs::rename(&path, path.with_extension("corrupt"));
+                }
+            }
+        }
+    }
+    blocks.sort_by_key(|b| b.meta.id);
+    Ok(blocks)
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `options.data_dir`: opens its blocks, replays
+    /// the log segments not yet in blocks, and starts the background threads.
+    pub fn open(options: StoreOptions) -> Result<Self, StoreError> {
+        let started = Instant::now();
+        let dir = options.data_dir.clone();
+        let wal_dir = dir.join("wal");
+        let blocks_dir = dir.join("blocks");
+        for d in [&wal_dir, &blocks_dir] {
+            fs::create_dir_all(d).map_err(|e| StoreError::io(d, e))?;
+        }
+        let lock_path = dir.join("LOCK");
+        let lock_file = File::create(&lock_path).map_err(|e| StoreError::io(&lock_path, e))?;
+        lock_file.try_lock().map_err(|_| StoreError::Locked { path: dir.display().to_string() })?;
+
+        let blocks = open_blocks(&blocks_dir)?;
+        let covered = blocks.iter().map(|b| b.meta.wal_covered).max().unwrap_or(0);
+        let next_block_id = blocks.iter().map(|b| b.meta.id).max().unwrap_or(0) + 1;
+        let catalog = load_catalog(&dir)?;
+
+        let mut head = Head::default();
+        let mut undecodable = 0u64;
+        let mut records = 0;
+        let mut last_seq = covered;
+        for (seq, path) in wal::segments(&wal_dir)? {
+            last_seq = last_seq.max(seq);
+            if seq <= covered {
+                // Its spans are in a block; the crash came before the segment was deleted.
+                fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                continue;
+            }
+            records += wal::replay(&path, |payload| match decode_batch(payload) {
+                Ok(spans) => head.insert(spans, payload.len()),
+                Err(e) => {
+                    undecodable += 1;
+                    tracing::error!(error = %e, "undecodable write-ahead log record");
+                }
+            })?;
+        }
+        if undecodable > 0 {
+            tracing::error!(records = undecodable, "write-ahead log records passed their checksum but could not be decoded");
+        }
+        // The replayed head keeps its own catalog; it joins the persisted one when flushed.
+        // Keep appending to the newest live segment (replay truncated any torn tail).
+        let wal = Wal::open(&wal_dir, if last_seq > covered { last_seq } else { covered + 1 }, options.sync)?;
+        tracing::info!(
+            blocks = blocks.len(),
+            records,
+            head_spans = head.span_count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            dir = %dir.display(),
+            "store opened"
+        );
+        let inner = Arc::new(Inner {
+            options,
+            wal_dir,
+            blocks_dir,
+            wal,
+            gate: RwLock::new(()),
+            head: RwLock::new(head),
+            frozen: RwLock::new(Vec::new()),
+            blocks: RwLock::new(blocks),
+            catalog: Mutex::new(catalog),
+            next_block_id: AtomicU64::new(next_block_id),
+            flush_lock: Mutex::new(()),
+            maintenance_lock: Mutex::new(()),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            drained: Condvar::new(),
+            _lock: lock_file,
+        });
+        let mut threads = Vec::new();
+        if inner.options.background {
+            let flusher = Arc::clone(&inner);
+            threads.push(
+                thread::Builder::new()
+                    .name("spindle-flush".into())
+                    .spawn(move || flusher.flush_loop())
+                    .map_err(|e| StoreError::io(Path::new("spindle-flush thread"), e))?,
+            );
+            let maintainer = Arc::clone(&inner);
+            threads.push(
+                thread::Builder::new()
+                    .name("spindle-compact".into())
+                    .spawn(move || maintainer.maintenance_loop())
+                    .map_err(|e| StoreError::io(Path::new("spindle-compact thread"), e))?,
+            );
+        }
+        Ok(EmbeddedStore { inner, threads })
+    }
+
+    /// Cuts the head into a block now and waits until the block is durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+
+    /// Runs one compaction step if one is due; returns whether blocks were merged.
+    pub fn compact(&self) -> Result<bool, StoreError> {
+        self.inner.compact_once(false)
+    }
+
+    /// Merges every block into as few as the size limit allows (tests and offline tools).
+    pub fn compact_all(&self) -> Result<bool, StoreError> {
+        self.inner.compact_once(true)
+    }
+
+    /// Drops blocks past retention (relative to `now_unix_nano`) and over the disk limit.
+    pub fn enforce_retention(&self, now_unix_nano: u64) -> Result<usize, StoreError> {
+        self.inner.enforce_retention(now_unix_nano)
+    }
+
+    /// Numbers for operators and benchmarks.
+    pub fn stats(&self) -> StoreStats {
+        let blocks = read_guard(&self.inner.blocks);
+        let head = read_guard(&self.inner.head);
+        let frozen = read_guard(&self.inner.frozen);
+        StoreStats {
+            blocks: blocks.len(),
+            block_spans: blocks.iter().map(|b| b.meta.spans).sum(),
+            block_bytes: blocks.iter().map(|b| b.meta.bytes).sum(),
+            head_spans: (head.span_count() + frozen.iter().map(|(h, _)| h.span_count()).sum::<usize>()) as u64,
+            wal_bytes: dir_size(&self.inner.wal_dir),
+        }
+    }
+
+    pub fn data_dir_size(dir: &Path) -> u64 {
+        dir_size(dir)
+    }
+}
+
+/// What the store holds, for `/metrics` and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    pub blocks: usize,
+    pub block_spans: u64,
+    pub block_bytes: u64,
+    /// Spans in memory, not yet in blocks.
+    pub head_spans: u64,
+    pub wal_bytes: u64,
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(p) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        *lock(&self.inner.stop) = true;
+        self.inner.wake.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Inner {
+    /// Sleeps up to `d`, returning early (true) when the store is closing.
+    fn sleep(&self, d: Duration) -> bool {
+        let guard = lock(&self.stop);
+        if *guard {
+            return true;
+        }
+        let (guard, _) = self.wake.wait_timeout(guard, d).unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+
+    fn flush_loop(&self) {
+        let tick = (self.options.head_max_age / 10).clamp(Duration::from_millis(10), Duration::from_millis(200));
+        loop {
+            if self.sleep(tick) {
+                break;
+            }
+            let due = {
+                let head = read_guard(&self.head);
+                !head.is_empty() && (head.age() >= self.options.head_max_age || head.bytes() >= self.options.head_max_bytes)
+            };
+            let pending = !read_guard(&self.frozen).is_empty();
+            if due || pending {
+                if let Err(e) = self.flush_inner(due) {
+                    tracing::error!(error = %e, "cutting the head into a block failed; will retry");
+                }
+            }
+        }
+    }
+
+    fn maintenance_loop(&self) {
+        loop {
+            if self.sleep(Duration::from_secs(1)) {
+                break;
+            }
+            if let Err(e) = self.enforce_retention(now_unix_nanos()) {
+                tracing::error!(error = %e, "retention pass failed");
+            }
+            match self.compact_once(false) {
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "compaction failed"),
+            }
+        }
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.flush_inner(true)
+    }
+
+    /// Backpressure: while the head and the heads waiting for their block hold more than
+    /// four cuts' worth, the append that pushed them there waits for a block to commit.
+    /// Memory stays bounded when blocks are written slower than spans arrive; the server's
+    /// bounded queue turns the wait into 429 / RESOURCE_EXHAUSTED.
+    fn wait_for_memory(&self) {
+        if !self.options.background {
+            return;
+        }
+        let budget = self.options.head_max_bytes.saturating_mul(4);
+        let pending = || {
+            read_guard(&self.head).bytes() + read_guard(&self.frozen).iter().map(|(h, _)| h.bytes()).sum::<usize>()
+        };
+        let mut guard = lock(&self.stop);
+        while !*guard && pending() > budget {
+            guard = self.drained.wait_timeout(guard, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Cuts the head (when `cut`) and writes every frozen head into a block, oldest first.
+    fn flush_inner(&self, cut: bool) -> Result<(), StoreError> {
+        let _serial = lock(&self.flush_lock);
+        if cut {
+            let _gate = write_guard(&self.gate);
+            let mut head = write_guard(&self.head);
+            if !head.is_empty() {
+                let next_seq = self.wal.rotate()?;
+                let old = std::mem::take(&mut *head);
+                write_guard(&self.frozen).push((Arc::new(old), next_seq));
+            }
+        }
+        loop {
+            let Some((head, next_seq)) = read_guard(&self.frozen).first().cloned() else { break };
+            let meta = self.write_head_block(&head, next_seq - 1)?;
+            let block = Arc::new(Block::open(&self.blocks_dir, meta)?);
+            {
+                let mut blocks = write_guard(&self.blocks);
+                blocks.push(block);
+                write_guard(&self.frozen).retain(|(h, _)| !Arc::ptr_eq(h, &head));
+            }
+            let catalog_changed = {
+                let mut catalog = lock(&self.catalog);
+                let changed = catalog.merge(head.catalog());
+                changed.then(|| catalog.clone())
+            };
+            if let Some(catalog) = catalog_changed {
+                save_catalog(&self.options.data_dir, &catalog)?;
+            }
+            wal::remove_segments_before(&self.wal_dir, next_seq)?;
+            self.drained.notify_all();
+        }
+        Ok(())
+    }
+
+    fn new_block_id(&self) -> u64 {
+        self.next_block_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn write_head_block(&self, head: &Head, wal_covered: u64) -> Result<BlockMeta, StoreError> {
+        let id = self.new_block_id();
+        let mut writer = BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans)
+            .map_err(|e| e.at(&self.blocks_dir))?;
+        let mut result = Ok(());
+        'traces: for trace_id in head.sorted_trace_ids() {
+            let Some(trace) = head.get(trace_id) else { continue };
+            let mut spans: Vec<&Span> = trace.spans.iter().collect();
+            spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
+            for span in spans {
+                if let Err(e) = writer.push(span) {
+                    result = Err(e);
+                    break 'traces;
+                }
+            }
+        }
+        match result {
+            Ok(()) => writer.finish(wal_covered, Vec::new(), 0).map_err(|e| e.at(&self.blocks_dir)),
+            Err(e) => {
+                writer.abandon();
+                Err(e.at(&self.blocks_dir))
+            }
+        }
+    }
+
+    fn enforce_retention(&self, now: u64) -> Result<usize, StoreError> {
+        let _serial = lock(&self.maintenance_lock);
+        let mut doomed: Vec<Arc<Block>> = Vec::new();
+        {
+            let mut blocks = write_guard(&self.blocks);
+            if let Some(retention) = self.options.retention {
+                let cutoff = now.saturating_sub(retention.as_nanos() as u64);
+                blocks.retain(|b| {
+                    let keep = b.meta.max_start >= cutoff;
+                    if !keep {
+                        doomed.push(Arc::clone(b));
+                    }
+                    keep
+                });
+            }
+            if let Some(limit) = self.options.max_disk_bytes {
+                let wal_bytes = dir_size(&self.wal_dir);
+                let mut total: u64 = wal_bytes + blocks.iter().map(|b| b.meta.bytes).sum::<u64>();
+                while total > limit && !blocks.is_empty() {
+                    let oldest = (0..blocks.len()).min_by_key(|&i| (blocks[i].meta.max_start, blocks[i].meta.id)).unwrap_or(0);
+                    let b = blocks.remove(oldest);
+                    total = total.saturating_sub(b.meta.bytes);
+                    doomed.push(b);
+                }
+            }
+        }
+        for b in &doomed {
+            tracing::info!(block = b.meta.id, spans = b.meta.spans, max_start = b.meta.max_start, "dropping block by retention");
+            Block::remove_files(&self.blocks_dir, b.meta.id)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Merges small blocks, oldest first. With `all`, merges every block regardless of the
+    /// minimum input count.
+    fn compact_once(&self, all: bool) -> Result<bool, StoreError> {
+        let _serial = lock(&self.maintenance_lock);
+        let limit = self.options.compaction_max_block_spans;
+        let inputs: Vec<Arc<Block>> = {
+            let blocks = read_guard(&self.blocks);
+            let mut small: Vec<Arc<Block>> = blocks.iter().filter(|b| all || b.meta.spans < limit).cloned().collect();
+            small.sort_by_key(|b| (b.meta.min_start, b.meta.id));
+            let mut chosen = Vec::new();
+            let mut total = 0;
+            for b in small {
+                if !chosen.is_empty() && total + b.meta.spans > limit.max(1) && !all {
+                    break;
+                }
+                total += b.meta.spans;
+                chosen.push(b);
+            }
+            chosen
+        };
+        let needed = if all { 2 } else { self.options.compaction_min_inputs.max(2) };
+        if inputs.len() < needed {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let meta = self.merge_blocks(&inputs)?;
+        let merged = Arc::new(Block::open(&self.blocks_dir, meta)?);
+        let ids: HashSet<u64> = inputs.iter().map(|b| b.meta.id).collect();
+        {
+            let mut blocks = write_guard(&self.blocks);
+            blocks.retain(|b| !ids.contains(&b.meta.id));
+            blocks.push(Arc::clone(&merged));
+            blocks.sort_by_key(|b| b.meta.id);
+        }
+        for id in &ids {
+            Block::remove_files(&self.blocks_dir, *id)?;
+        }
+        tracing::info!(
+            inputs = inputs.len(),
+            spans = merged.meta.spans,
+            bytes = merged.meta.bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compacted blocks"
+        );
+        Ok(true)
+    }
+
+    /// Streams the inputs through a k-way merge by trace id into one new block, holding one
+    /// decoded row group per input at a time; identical spans (client retries that landed in
+    /// different blocks) are written once.
+    fn merge_blocks(&self, inputs: &[Arc<Block>]) -> Result<BlockMeta, StoreError> {
+        struct Cursor<'a> {
+            block: &'a Block,
+            rg: usize,
+            spans: std::vec::IntoIter<Span>,
+            peeked: Option<Span>,
+        }
+        impl Cursor<'_> {
+            fn advance(&mut self) -> Result<(), StoreError> {
+                loop {
+                    if let Some(s) = self.spans.next() {
+                        self.peeked = Some(s);
+                        return Ok(());
+                    }
+                    if self.rg >= self.block.meta.row_groups.len() {
+                        self.peeked = None;
+                        return Ok(());
+                    }
+                    self.spans = self.block.row_group_spans(self.rg)?.into_iter();
+                    self.rg += 1;
+                }
+            }
+        }
+        let mut cursors = Vec::with_capacity(inputs.len());
+        for b in inputs {
+            let mut c = Cursor { block: b, rg: 0, spans: Vec::new().into_iter(), peeked: None };
+            c.advance()?;
+            cursors.push(c);
+        }
+        let id = self.new_block_id();
+        let mut writer =
+            BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans).map_err(|e| e.at(&self.blocks_dir))?;
+        let duty = self.options.compaction_duty_cycle.clamp(0.05, 1.0);
+        let mut busy_since = Instant::now();
+        let mut next_pause = self.options.row_group_spans as u64;
+        let mut trace: Vec<Span> = Vec::new();
+        let mut write_trace = |trace: &mut Vec<Span>, writer: &mut BlockWriter| -> Result<(), StoreError> {
+            trace.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
+            let mut kept: Vec<&Span> = Vec::with_capacity(trace.len());
+            for s in trace.iter() {
+                if !kept.iter().any(|k| k.span_id == s.span_id && *k == s) {
+                    kept.push(s);
+                }
+            }
+            for s in kept {
+                writer.push(s).map_err(|e| e.at(&self.blocks_dir))?;
+            }
+            trace.clear();
+            if writer.spans() >= next_pause && duty < 1.0 {
+                next_pause = writer.spans() + self.options.row_group_spans as u64;
+                // Sleep in proportion to the work done, so compaction stays near its share
+                // of one core however large the merge.
+                let busy = busy_since.elapsed();
+                if self.sleep(busy.mul_f64((1.0 - duty) / duty)) {
+                    return Err(StoreError::Closed);
+                }
+                busy_since = Instant::now();
+            }
+            Ok(())
+        };
+        let result = (|| {
+            loop {
+                let next = cursors
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| c.peeked.as_ref().map(|s| (s.trace_id, i)))
+                    .min();
+                let Some((trace_id, i)) = next else { break };
+                if trace.first().is_some_and(|s| s.trace_id != trace_id) {
+                    write_trace(&mut trace, &mut writer)?;
+                }
+                if let Some(span) = cursors[i].peeked.take() {
+                    trace.push(span);
+                }
+                cursors[i].advance()?;
+            }
+            write_trace(&mut trace, &mut writer)
+        })();
+        if let Err(e) = result {
+            writer.abandon();
+            return Err(e);
+        }
+        let wal_covered = inputs.iter().map(|b| b.meta.wal_covered).max().unwrap_or(0);
+        let level = inputs.iter().map(|b| b.meta.level).max().unwrap_or(0) + 1;
+        let replaces = inputs.iter().map(|b| b.meta.id).collect();
+        writer.finish(wal_covered, replaces, level).map_err(|e| e.at(&self.blocks_dir))
+    }
+
+    /// Heads (live and frozen) and blocks, for one query.
+    fn snapshot(&self) -> (Vec<Arc<Head>>, Vec<Arc<Block>>) {
+        let frozen = read_guard(&self.frozen).iter().map(|(h, _)| Arc::clone(h)).collect();
+        let blocks = read_guard(&self.blocks).clone();
+        (frozen, blocks)
+    }
+
+    /// The earliest start of `trace_id` over every place that holds some of it.
+    fn trace_start(&self, trace_id: TraceId, frozen: &[Arc<Head>], blocks: &[Arc<Block>]) -> Result<Option<u64>, StoreError> {
+        let mut best = read_guard(&self.head).get(trace_id).map(|t| t.start_min);
+        for h in frozen {
+            if let Some(t) = h.get(trace_id) {
+                best = Some(best.map_or(t.start_min, |b| b.min(t.start_min)));
+            }
+        }
+        for b in blocks {
+            if let Some(s) = b.trace_start(trace_id)? {
+                best = Some(best.map_or(s, |x| x.min(s)));
+            }
+        }
+        Ok(best)
+    }
+}
+
+impl TraceStore for EmbeddedStore {
+    fn append(&self, spans: Vec<Span>) -> Result<(), StoreError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let payload = encode_batch(&spans).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let bytes = payload.len();
+        let inner = &self.inner;
+        {
+            let _gate = read_guard(&inner.gate);
+            inner.wal.append(payload)?;
+            write_guard(&inner.head).insert(spans, bytes);
+        }
+        inner.wait_for_memory();
+        Ok(())
+    }
+
+    fn get_trace(&self, trace_id: TraceId) -> Result<Vec<Span>, StoreError> {
+        let (frozen, blocks) = self.inner.snapshot();
+        let mut out: Vec<Span> = Vec::new();
+        let add = |spans: Vec<Span>, out: &mut Vec<Span>| {
+            for s in spans {
+                // A retry can land in two places (head and a block); report it once.
+                if !out.iter().any(|o| o.span_id == s.span_id && *o == s) {
+                    out.push(s);
+                }
+            }
+        };
+        for b in &blocks {
+            let spans = b.get_trace(trace_id)?;
+            add(spans, &mut out);
+        }
+        for h in &frozen {
+            if let Some(t) = h.get(trace_id) {
+                add(t.spans.clone(), &mut out);
+            }
+        }
+        if let Some(t) = read_guard(&self.inner.head).get(trace_id) {
+            let spans = t.spans.clone();
+            add(spans, &mut out);
+        }
+        Ok(out)
+    }
+
+    fn find_trace_ids(&self, query: &TraceQuery) -> Result<Vec<TraceId>, StoreError> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let (frozen, mut blocks) = inner.snapshot();
+        // Candidates with an upper bound of their start: the earliest start where they matched.
+        let mut candidates: HashMap<TraceId, u64> = HashMap::new();
+        read_guard(&inner.head).find(query, &mut candidates);
+        for h in &frozen {
+            h.find(query, &mut candidates);
+        }
+        // Newest blocks first; stop once `limit` traces are certainly newer than anything an
+        // older block could add.
+        blocks.sort_by_key(|b| std::cmp::Reverse(b.meta.max_start));
+        let mut exact: HashMap<TraceId, u64> = HashMap::new();
+        let all_blocks = blocks.clone();
+        for (i, b) in blocks.iter().enumerate() {
+            if candidates.len() >= query.limit {
+                let top = self.top(&candidates, &mut exact, query.limit, &frozen, &all_blocks)?;
+                if top.len() >= query.limit && top.last().is_some_and(|(start, _)| *start > b.meta.max_start) {
+                    tracing::trace!(skipped_blocks = blocks.len() - i, "search stopped early");
+                    return Ok(top.into_iter().map(|(_, id)| id).collect());
+                }
+            }
+            find_in_block(b, query, &mut candidates)?;
+        }
+        let top = self.top(&candidates, &mut exact, query.limit, &frozen, &all_blocks)?;
+        Ok(top.into_iter().map(|(_, id)| id).collect())
+    }
+
+    fn services(&self) -> Result<Vec<String>, StoreError> {
+        let mut catalog = lock(&self.inner.catalog).clone();
+        catalog.merge(read_guard(&self.inner.head).catalog());
+        for (h, _) in read_guard(&self.inner.frozen).iter() {
+            catalog.merge(h.catalog());
+        }
+        Ok(catalog.services.keys().cloned().collect())
+    }
+
+    fn operations(&self, service: &str, kind: Option<SpanKind>) -> Result<Vec<Operation>, StoreError> {
+        let mut ops = BTreeSet::new();
+        lock(&self.inner.catalog).operations(service, kind, &mut ops);
+        read_guard(&self.inner.head).catalog().operations(service, kind, &mut ops);
+        for (h, _) in read_guard(&self.inner.frozen).iter() {
+            h.catalog().operations(service, kind, &mut ops);
+        }
+        Ok(ops.into_iter().collect())
+    }
+
+    fn dependencies(&self, start: u64, end: u64) -> Result<Vec<DependencyLink>, StoreError> {
+        let (frozen, blocks) = self.inner.snapshot();
+        let head = read_guard(&self.inner.head);
+        let heads: Vec<&Head> = std::iter::once(&*head).chain(frozen.iter().map(|h| &**h)).collect();
+        // Pass 1: traces present in more than one place must be assembled before their edges
+        // and start can be computed; all others are complete where they are.
+        let mut seen: HashSet<TraceId> = HashSet::new();
+        let mut split: HashSet<TraceId> = HashSet::new();
+        let mut note = |id: TraceId| {
+            if !seen.insert(id) {
+                split.insert(id);
+            }
+        };
+        for h in &heads {
+            h.traces().for_each(|(id, _)| note(*id));
+        }
+        let mut block_ids = Vec::with_capacity(blocks.len());
+        for b in &blocks {
+            let ids = block_trace_ids(b)?;
+            ids.iter().for_each(|id| note(*id));
+            block_ids.push(ids);
+        }
+        drop(seen);
+        let mut edges = BTreeMap::new();
+        let mut assembled: HashMap<TraceId, Vec<Span>> = HashMap::new();
+        let mut take = |trace: Vec<Span>, edges: &mut BTreeMap<(String, String), u64>| {
+            let Some(first) = trace.first() else { return };
+            if split.contains(&first.trace_id) {
+                let all = assembled.entry(first.trace_id).or_default();
+                for s in trace {
+                    if !all.contains(&s) {
+                        all.push(s);
+                    }
+                }
+                return;
+            }
+            let trace_start = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+            if trace_start >= start && trace_start <= end {
+                dependency_edges(&trace, edges);
+            }
+        };
+        for h in &heads {
+            for (_, t) in h.traces() {
+                take(t.spans.iter().map(light_span).collect(), &mut edges);
+            }
+        }
+        for b in &blocks {
+            for rg in 0..b.meta.row_groups.len() {
+                let spans = light_spans(b, rg)?;
+                let mut run: Vec<Span> = Vec::new();
+                for s in spans {
+                    if run.first().is_some_and(|f| f.trace_id != s.trace_id) {
+                        take(std::mem::take(&mut run), &mut edges);
+                    }
+                    run.push(s);
+                }
+                take(run, &mut edges);
+            }
+        }
+        for trace in assembled.into_values() {
+            let trace_start = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+            if trace_start >= start && trace_start <= end {
+                dependency_edges(&trace, &mut edges);
+            }
+        }
+        Ok(links_from_edges(edges))
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.wal.sync()
+    }
+}
+
+impl EmbeddedStore {
+    /// The `limit` best candidates by exact trace start (newest first, then larger id).
+    /// A candidate's exact start is at most its bound, so candidates are refined in bound
+    /// order and refining stops once no unrefined bound can beat the current `limit`-th.
+    fn top(
+        &self,
+        candidates: &HashMap<TraceId, u64>,
+        exact: &mut HashMap<TraceId, u64>,
+        limit: usize,
+        frozen: &[Arc<Head>],
+        blocks: &[Arc<Block>],
+    ) -> Result<Vec<(u64, TraceId)>, StoreError> {
+        let mut by_bound: Vec<(u64, TraceId)> = candidates.iter().map(|(id, b)| (*b, *id)).collect();
+        by_bound.sort_unstable_by(|a, b| b.cmp(a));
+        let mut best: Vec<(u64, TraceId)> = Vec::with_capacity(limit.min(candidates.len()).saturating_add(1));
+        for (bound, id) in by_bound {
+            if best.len() >= limit && best.last().is_some_and(|worst| (bound, id) < *worst) {
+                break;
+            }
+            let start = match exact.get(&id) {
+                Some(s) => *s,
+                None => {
+                    let s = self.inner.trace_start(id, frozen, blocks)?.unwrap_or(bound).min(bound);
+                    exact.insert(id, s);
+                    s
+                }
+            };
+            let pos = best.partition_point(|x| *x > (start, id));
+            best.insert(pos, (start, id));
+            best.truncate(limit);
+        }
+        Ok(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use spindle_model::{KeyValue, Resource, SpanId};
+
+    use super::*;
+
+    fn span(trace: u128, id: u64, parent: u64, service: &str, name: &str, start: u64) -> Span {
+        Span {
+            trace_id: TraceId(trace),
+            span_id: SpanId(id),
+            parent_span_id: SpanId(parent),
+            name: name.into(),
+            kind: SpanKind::Server,
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 1_000_000,
+            attributes: vec![KeyValue::string("symbol", format!("S{id}"))],
+            resource: Arc::new(Resource {
+                attributes: vec![KeyValue::string("service.name", service)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn options(dir: &Path) -> StoreOptions {
+        StoreOptions { background: false, ..StoreOptions::new(dir) }
+    }
+
+    fn open(dir: &Path) -> EmbeddedStore {
+        EmbeddedStore::open(options(dir)).unwrap()
+    }
+
+    fn check_basic_queries(store: &EmbeddedStore) {
+        assert_eq!(store.get_trace(TraceId(1)).unwrap().len(), 2);
+        assert_eq!(store.services().unwrap(), vec!["a".to_string(), "b".to_string()]);
+        let ids = store.find_trace_ids(&TraceQuery { service: Some("a".into()), ..Default::default() }).unwrap();
+        assert_eq!(ids, vec![TraceId(2), TraceId(1)], "newest first");
+        let ids = store
+            .find_trace_ids(&TraceQuery { attributes: vec![("symbol".into(), "S2".into())], ..Default::default() })
+            .unwrap();
+        assert_eq!(ids, vec![TraceId(1)]);
+        let deps = store.dependencies(0, u64::MAX).unwrap();
+        assert_eq!(deps.len(), 1);
+        assert_eq!((deps[0].parent.as_str(), deps[0].child.as_str(), deps[0].call_count), ("a", "b", 1));
+    }
+
+    #[test]
+    fn appended_spans_survive_reopen_and_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            store.append(vec![span(1, 1, 0, "a", "root", 10), span(1, 2, 1, "b", "child", 20)]).unwrap();
+            store.append(vec![span(2, 3, 0, "a", "other", 30)]).unwrap();
+            check_basic_queries(&store);
+        }
+        {
+            let store = open(dir.path());
+            check_basic_queries(&store);
+            store.flush().unwrap();
+            assert_eq!(store.stats().blocks, 1);
+            assert_eq!(store.stats().head_spans, 0);
+            check_basic_queries(&store);
+        }
+        let store = open(dir.path());
+        assert_eq!(store.stats().head_spans, 0, "flushed segments are not replayed");
+        check_basic_queries(&store);
+        assert_eq!(wal::segments(&dir.path().join("wal")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn retried_spans_are_not_duplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.append(vec![span(1, 1, 0, "a", "root", 10)]).unwrap();
+        store.append(vec![span(1, 1, 0, "a", "root", 10)]).unwrap();
+        assert_eq!(store.get_trace(TraceId(1)).unwrap().len(), 1);
+        store.flush().unwrap();
+        store.append(vec![span(1, 1, 0, "a", "root", 10)]).unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.get_trace(TraceId(1)).unwrap().len(), 1);
+        assert!(store.compact_all().unwrap());
+        assert_eq!(store.stats().block_spans, 1);
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(dir.path());
+        let second = EmbeddedStore::open(options(dir.path()));
+        assert!(matches!(second, Err(StoreError::Locked { .. })));
+    }
+
+    #[test]
+    fn half_written_blocks_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            store.append(vec![span(1, 1, 0, "a", "root", 10)]).unwrap();
+            store.flush().unwrap();
+        }
+        let blocks = dir.path().join("blocks");
+        fs::write(blocks.join("00000000000000ff.parquet"), b"PAR1 torn").unwrap();
+        fs::write(blocks.join("0000000000000100.parquet.tmp"), b"PAR1").unwrap();
+        let store = open(dir.path());
+        assert!(!blocks.join("00000000000000ff.parquet").exists());
+        assert!(!blocks.join("0000000000000100.parquet.tmp").exists());
+        assert_eq!(store.get_trace(TraceId(1)).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,84 @@
+//! Where spans live: the [`TraceStore`] trait and Spindle's embedded implementation.
+//!
+//! The trait is what receivers write to and what the query layer reads from; every backend
+//! (the embedded engine here, a distributed one later) implements it. The embedded store
+//! ([`EmbeddedStore`]) is durable: a batch is in its write-ahead log, synced per the
+//! configured [`SyncPolicy`], before `append` returns.
+//!
+//! Architecture Invariant: `append` returning `Ok` means the batch survives `kill -9`
+//! (with `SyncPolicy::Always`, also power loss).
+
+mod batch_codec;
+mod block;
+mod block_format;
+mod embedded;
+mod head;
+mod query;
+mod scan;
+mod wal;
+pub mod workload;
+
+use spindle_model::{DependencyLink, Span, SpanKind, TraceId};
+
+pub use embedded::{EmbeddedStore, StoreOptions, StoreStats};
+pub use query::{Operation, TraceQuery};
+pub use wal::SyncPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("io error on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("data directory {path} is in use by another process")]
+    Locked { path: String },
+    #[error("block {path} is unreadable: {reason}")]
+    Block { path: String, reason: String },
+    #[error("could not encode batch: {0}")]
+    Encode(String),
+    #[error("store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        StoreError::Io { path: path.display().to_string(), source }
+    }
+}
+
+/// A place spans are written to and read from. Implementations are shared between threads;
+/// every method may block on IO, so async callers run them on a blocking pool.
+pub trait TraceStore: Send + Sync + 'static {
+    /// Stores a batch. When this returns `Ok` the batch is durable and visible to queries.
+    fn append(&self, spans: Vec<Span>) -> Result<(), StoreError>;
+
+    /// All spans of a trace, in no particular order; empty when the trace is unknown.
+    fn get_trace(&self, trace_id: TraceId) -> Result<Vec<Span>, StoreError>;
+
+    /// Ids of traces with at least one span matching the query, newest trace first,
+    /// at most `query.limit` of them.
+    fn find_trace_ids(&self, query: &TraceQuery) -> Result<Vec<TraceId>, StoreError>;
+
+    /// Every service name seen, sorted.
+    fn services(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Operations of a service, optionally of one span kind, sorted by name then kind.
+    fn operations(&self, service: &str, kind: Option<SpanKind>) -> Result<Vec<Operation>, StoreError>;
+
+    /// Service-graph edges of traces that started in `[start_unix_nano, end_unix_nano]`.
+    fn dependencies(&self, start_unix_nano: u64, end_unix_nano: u64) -> Result<Vec<DependencyLink>, StoreError>;
+
+    /// Makes everything appended so far durable; called on shutdown.
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// Calls `visit` with every stored span matching `query` (its `limit` is ignored), in
+    /// no particular order. Analytics read through this; stores override it with a scan
+    /// that does not assemble whole traces.
+    fn scan_spans(&self, query: &TraceQuery, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
+        let all = TraceQuery { limit: usize::MAX, ..query.clone() };
+        for id in self.find_trace_ids(&all)? {
+            for span in self.get_trace(id)?.iter().filter(|s| query.matches_span(s)) {
+                visit(span);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,474 @@
+//! Column scans of one block: trace search with predicate pushdown, and the light spans the
+//! dependency graph needs.
+//!
+//! A search prunes in three steps, cheapest first: the block's meta (time range, services,
+//! attribute keys), each row group's meta (time and duration ranges), then the rows, reading
+//! first the small numeric columns and only when some row survives them the key/value lists.
+//! Matching is the same as [`TraceQuery::matches_span`] on the decoded span; the property tests
+//! hold the two against each other.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parquet::data_type::ByteArray;
+use spindle_model::{semconv, AttributeValue, KeyValue, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
+
+use crate::block::Block;
+use crate::block_format::{dedicated_index, DedicatedType, KvLeaves, Leaf, RawValue, DEDICATED};
+use crate::query::TraceQuery;
+use crate::StoreError;
+
+/// Threads one block scan uses: the machine this is sized for has two cores.
+const SCAN_THREADS: usize = 2;
+
+const DERIVED_TAGS: [&str; 6] = [
+    semconv::JAEGER_SPAN_KIND,
+    semconv::JAEGER_ERROR,
+    semconv::JAEGER_STATUS_CODE,
+    semconv::JAEGER_STATUS_DESCRIPTION,
+    semconv::JAEGER_SCOPE_NAME,
+    semconv::JAEGER_SCOPE_VERSION,
+];
+
+/// Column path of the dedicated column for `key`, and whether it holds strings.
+fn dedicated_column(key: &str) -> Option<(usize, &'static str, DedicatedType)> {
+    dedicated_index(key).map(|i| (i, DEDICATED[i].1, DEDICATED[i].2))
+}
+
+/// The value leaves a search for `text` must read: a string never parses as a number or a
+/// boolean, so for the usual textual value the int, double and bool leaves stay on disk.
+fn value_leaves(text: &str) -> [bool; 6] {
+    [true, text.parse::<i64>().is_ok(), text.parse::<f64>().is_ok(), text.parse::<bool>().is_ok(), true, true]
+}
+
+const KV_LEAVES: [&str; 7] = ["key", "str", "int", "double", "bool", "bytes", "complex"];
+
+fn kv_paths(prefix: &str, texts: &[&str]) -> Vec<String> {
+    let mut wanted = [false; 6];
+    for text in texts {
+        for (w, v) in wanted.iter_mut().zip(value_leaves(text)) {
+            *w |= v;
+        }
+    }
+    std::iter::once(true)
+        .chain(wanted)
+        .zip(KV_LEAVES)
+        .filter(|(w, _)| *w)
+        .map(|(_, leaf)| format!("{prefix}.{leaf}"))
+        .collect()
+}
+
+/// Rows of `kv` (a list per row, possibly nested) holding `key` with a value that `text`
+/// names, OR-ed into `out`. Leaves that were not read are empty and simply never match.
+fn kv_list_matches(kv: &KvLeaves, key: &str, text: &str, out: &mut [bool]) -> Result<(), StoreError> {
+    let (want_int, want_double, want_bool) = (text.parse::<i64>().ok(), text.parse::<f64>().ok(), text.parse::<bool>().ok());
+    let mut keys = kv.key.cursor();
+    let mut strs = kv.str.cursor();
+    let mut ints = (want_int.is_some()).then(|| kv.int.cursor());
+    let mut doubles = (want_double.is_some()).then(|| kv.double.cursor());
+    let mut bools = (want_bool.is_some()).then(|| kv.bool.cursor());
+    let mut bytes = kv.bytes.cursor();
+    let mut complex = kv.complex.cursor();
+    let mut row = usize::MAX;
+    while let Some(rep) = keys.peek_rep() {
+        let (_, k) = keys.next();
+        let s = strs.next().1;
+        let n = ints.as_mut().and_then(|c| c.next().1);
+        let f = doubles.as_mut().and_then(|c| c.next().1);
+        let b = bools.as_mut().and_then(|c| c.next().1);
+        let raw = bytes.next().1;
+        let c = complex.next().1;
+        if rep == 0 {
+            row = row.wrapping_add(1);
+        }
+        let Some(k) = k else { continue };
+        if k.data() != key.as_bytes() {
+            continue;
+        }
+        let matched = s.is_some_and(|s| s.data() == text.as_bytes())
+            || n.is_some_and(|n| Some(*n) == want_int)
+            || f.is_some_and(|f| Some(*f) == want_double)
+            || b.is_some_and(|b| Some(*b) == want_bool)
+            || raw.is_some_and(|r| RawValue::Bytes(r.data()).matches_text(text))
+            || c.is_some_and(|c| RawValue::Complex(c.data()).matches_text(text));
+        if matched {
+            if let Some(slot) = out.get_mut(row) {
+                *slot = true;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rows having an event named `text`.
+fn event_name_matches(names: &Leaf<ByteArray>, text: &str, out: &mut [bool]) {
+    let mut cursor = names.cursor();
+    let mut row = usize::MAX;
+    while let Some(rep) = cursor.peek_rep() {
+        let (_, name) = cursor.next();
+        if rep == 0 {
+            row = row.wrapping_add(1);
+        }
+        if name.is_some_and(|n| n.data() == text.as_bytes()) {
+            if let Some(slot) = out.get_mut(row) {
+                *slot = true;
+            }
+        }
+    }
+}
+
+fn derived_matches(kind: i32, status: i32, message: Option<&ByteArray>, key: &str, text: &str) -> bool {
+    let kind = SpanKind::from_otlp(kind);
+    let status = StatusCode::from_otlp(status);
+    match key {
+        semconv::JAEGER_SPAN_KIND => kind != SpanKind::Unspecified && kind.as_jaeger_str() == text,
+        semconv::JAEGER_ERROR => status == StatusCode::Error && text == "true",
+        semconv::JAEGER_STATUS_CODE => match status {
+            StatusCode::Ok => text == "OK",
+            StatusCode::Error => text == "ERROR",
+            StatusCode::Unset => false,
+        },
+        semconv::JAEGER_STATUS_DESCRIPTION => message.is_some_and(|m| m.data() == text.as_bytes()),
+        _ => false,
+    }
+}
+
+fn any_kv(attributes: &[KeyValue], key: &str, text: &str) -> bool {
+    attributes.iter().any(|kv| kv.key == key && kv.value.matches_text(text))
+}
+
+/// Adds to `into` every trace of `block` with a span matching `query`, with the trace's
+/// earliest start in the block (traces never straddle row groups, so that is exact).
+pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMap<TraceId, u64>) -> Result<(), StoreError> {
+    let meta = &block.meta;
+    if meta.spans == 0 || meta.max_start < query.start_time_min_unix_nano || meta.min_start > query.start_time_max_unix_nano {
+        return Ok(());
+    }
+    if let Some(service) = &query.service {
+        if meta.services.binary_search(service).is_err() {
+            return Ok(());
+        }
+    }
+    // Which sources each attribute pair can match in; a pair matching nowhere skips the block.
+    let listed = |key: &str| meta.attribute_keys.as_ref().is_none_or(|keys| keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok());
+    let mut pairs = Vec::new();
+    for (key, text) in &query.attributes {
+        let in_lists = listed(key);
+        let dedicated = dedicated_column(key);
+        let derived = DERIVED_TAGS.contains(&key.as_str());
+        let event_name = key == semconv::JAEGER_EVENT;
+        let resources: Vec<bool> = block.tables.resources.iter().map(|r| any_kv(&r.attributes, key, text)).collect();
+        let scopes: Vec<bool> = block
+            .tables
+            .scopes
+            .iter()
+            .map(|s| match key.as_str() {
+                semconv::JAEGER_SCOPE_NAME => !s.name.is_empty() && s.name == *text,
+                semconv::JAEGER_SCOPE_VERSION => !s.version.is_empty() && s.version == *text,
+                _ => false,
+            })
+            .collect();
+        let any_resource = resources.iter().any(|m| *m) || scopes.iter().any(|m| *m);
+        if !in_lists && dedicated.is_none() && !derived && !event_name && !any_resource {
+            return Ok(());
+        }
+        pairs.push(Pair { key, text, in_lists, dedicated, derived, event_name, resources, scopes });
+    }
+    let service_ok: Vec<bool> = block
+        .tables
+        .resources
+        .iter()
+        .map(|r| query.service.as_ref().is_none_or(|s| r.service_name() == s))
+        .collect();
+
+    let mut phase1: Vec<&str> = vec!["start_time_unix_nano", "duration_nanos", "resource_ref"];
+    if query.operation.is_some() {
+        phase1.push("name");
+    }
+    if query.span_kind.is_some() || pairs.iter().any(|p| p.derived) {
+        phase1.extend(["kind", "status_code", "status_message"]);
+    }
+    if pairs.iter().any(|p| p.scopes.iter().any(|m| *m)) {
+        phase1.push("scope_ref");
+    }
+    for p in &pairs {
+        if let Some((_, column, _)) = p.dedicated {
+            phase1.push(column);
+        }
+    }
+    let texts: Vec<&str> = pairs.iter().map(|p| p.text).collect();
+    let span_kv = kv_paths("attributes.key_value", &texts);
+    let event_kv = kv_paths("events.event.attributes.key_value", &texts);
+    let min_duration = query.duration_min_nanos.unwrap_or(0);
+    let max_duration = query.duration_max_nanos.unwrap_or(u64::MAX);
+
+    // Row groups are independent: two workers scan alternate ones, each into its own map.
+    let scan_row_group = |rg_index: usize, into: &mut HashMap<TraceId, u64>| -> Result<(), StoreError> {
+        let Some(rg) = meta.row_groups.get(rg_index) else { return Ok(()) };
+        if rg.max_start < query.start_time_min_unix_nano
+            || rg.min_start > query.start_time_max_unix_nano
+            || rg.max_duration < min_duration
+            || rg.min_duration > max_duration
+        {
+            return Ok(());
+        }
+        let rows = block.all_rows(rg_index);
+        let cols = block.read_columns(rg_index, Some(&phase1), rows)?;
+        let n = rows.take;
+        let mut mask = vec![false; n];
+        let refs = &cols.resource_ref.values;
+        for (row, slot) in mask.iter_mut().enumerate() {
+            let start = cols.start.values.get(row).map_or(0, |v| *v as u64);
+            let raw = cols.duration.values.get(row).copied().unwrap_or(0);
+            let duration = if raw < 0 { 0 } else { raw as u64 };
+            let resource = refs.get(row).map_or(0, |r| *r as usize);
+            *slot = start >= query.start_time_min_unix_nano
+                && start <= query.start_time_max_unix_nano
+                && duration >= min_duration
+                && duration <= max_duration
+                && service_ok.get(resource).copied().unwrap_or(false);
+        }
+        if let Some(op) = &query.operation {
+            for (slot, name) in mask.iter_mut().zip(&cols.name.values) {
+                *slot &= name.data() == op.as_bytes();
+            }
+        }
+        if let Some(kind) = query.span_kind {
+            for (slot, k) in mask.iter_mut().zip(&cols.kind.values) {
+                *slot &= *k == kind.to_otlp();
+            }
+        }
+        if !mask.iter().any(|m| *m) {
+            return Ok(());
+        }
+        // Attribute pairs: cheap sources first, lists only for rows still undecided.
+        let mut messages = Vec::new();
+        if pairs.iter().any(|p| p.derived) {
+            let mut c = cols.status_message.cursor();
+            messages = (0..n).map(|_| c.next().1).collect();
+        }
+        let mut span_lists: Option<KvLeaves> = None;
+        let mut event_lists: Option<(KvLeaves, Leaf<ByteArray>)> = None;
+        for pair in &pairs {
+            let mut hit = vec![false; n];
+            for row in 0..n {
+                if !mask[row] {
+                    continue;
+                }
+                let resource = refs.get(row).map_or(0, |r| *r as usize);
+                hit[row] = pair.resources.get(resource).copied().unwrap_or(false);
+            }
+            if pair.scopes.iter().any(|m| *m) {
+                for (row, slot) in hit.iter_mut().enumerate() {
+                    let scope = cols.scope_ref.values.get(row).map_or(0, |r| *r as usize);
+                    *slot |= pair.scopes.get(scope).copied().unwrap_or(false);
+                }
+            }
+            if pair.derived {
+                for (row, slot) in hit.iter_mut().enumerate() {
+                    let kind = cols.kind.values.get(row).copied().unwrap_or(0);
+                    let status = cols.status_code.values.get(row).copied().unwrap_or(0);
+                    let message = messages.get(row).copied().flatten();
+                    *slot |= derived_matches(kind, status, message, pair.key, pair.text);
+                }
+            }
+            if let Some((index, _, ty)) = pair.dedicated {
+                let position = DEDICATED[..index].iter().filter(|d| d.2 == ty).count();
+                match ty {
+                    DedicatedType::Str => {
+                        if let Some(leaf) = cols.dedicated_str.get(position) {
+                            let mut c = leaf.cursor();
+                            for slot in hit.iter_mut() {
+                                *slot |= c.next().1.is_some_and(|v| v.data() == pair.text.as_bytes());
+                            }
+                        }
+                    }
+                    DedicatedType::Int => {
+                        if let Some(leaf) = cols.dedicated_int.get(position) {
+                            let mut c = leaf.cursor();
+                            for slot in hit.iter_mut() {
+                                *slot |= c.next().1.is_some_and(|v| AttributeValue::Int(*v).matches_text(pair.text));
+                            }
+                        }
+                    }
+                }
+            }
+            let undecided = hit.iter().zip(&mask).any(|(h, m)| *m && !*h);
+            if undecided && pair.in_lists {
+                if span_lists.is_none() {
+                    let names: Vec<&str> = span_kv.iter().map(String::as_str).collect();
+                    span_lists = Some(block.read_columns(rg_index, Some(&names), rows)?.attributes);
+                }
+                if let Some(lists) = &span_lists {
+                    kv_list_matches(lists, pair.key, pair.text, &mut hit)?;
+                }
+            }
+            let undecided = hit.iter().zip(&mask).any(|(h, m)| *m && !*h);
+            if undecided && (pair.in_lists || pair.event_name) {
+                if event_lists.is_none() {
+                    let mut names: Vec<&str> = event_kv.iter().map(String::as_str).collect();
+                    names.push("events.event.name");
+                    let c = block.read_columns(rg_index, Some(&names), rows)?;
+                    event_lists = Some((c.event_attributes, c.event_name));
+                }
+                if let Some((lists, event_names)) = &event_lists {
+                    if pair.in_lists {
+                        kv_list_matches(lists, pair.key, pair.text, &mut hit)?;
+                    }
+                    if pair.event_name {
+                        event_name_matches(event_names, pair.text, &mut hit);
+                    }
+                }
+            }
+            for (slot, h) in mask.iter_mut().zip(&hit) {
+                *slot &= *h;
+            }
+            if !mask.iter().any(|m| *m) {
+                break;
+            }
+        }
+        if !mask.iter().any(|m| *m) {
+            return Ok(());
+        }
+        let ids = block.read_columns(rg_index, Some(&["trace_id"]), rows)?;
+        // Rows are sorted by trace id: walk runs of one trace, keeping its earliest start.
+        let mut row = 0;
+        while row < n {
+            let id = &ids.trace_id.values[row];
+            let mut end = row;
+            let mut start_min = u64::MAX;
+            let mut matched = false;
+            while end < n && ids.trace_id.values[end].data() == id.data() {
+                start_min = start_min.min(cols.start.values.get(end).map_or(0, |v| *v as u64));
+                matched |= mask[end];
+                end += 1;
+            }
+            if matched {
+                let bytes: [u8; 16] = id.data().try_into().unwrap_or([0; 16]);
+                let at = into.entry(TraceId::from_bytes(bytes)).or_insert(start_min);
+                *at = (*at).min(start_min);
+            }
+            row = end;
+        }
+        Ok(())
+    };
+    let groups = meta.row_groups.len();
+    if groups < 2 {
+        return (0..groups).try_for_each(|rg| scan_row_group(rg, into));
+    }
+    let found: Vec<Result<HashMap<TraceId, u64>, StoreError>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..SCAN_THREADS)
+            .map(|w| {
+                let scan = &scan_row_group;
+                s.spawn(move || {
+                    let mut local = HashMap::new();
+                    (w..groups).step_by(SCAN_THREADS).try_for_each(|rg| scan(rg, &mut local)).map(|()| local)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(Err(StoreError::Closed))).collect()
+    });
+    for local in found {
+        for (id, start) in local? {
+            let at = into.entry(id).or_insert(start);
+            *at = (*at).min(start);
+        }
+    }
+    Ok(())
+}
+
+struct Pair<'q> {
+    key: &'q str,
+    text: &'q str,
+    in_lists: bool,
+    dedicated: Option<(usize, &'static str, DedicatedType)>,
+    derived: bool,
+    event_name: bool,
+    resources: Vec<bool>,
+    scopes: Vec<bool>,
+}
+
+/// The trace ids of a block, one per trace, ascending.
+pub(crate) fn block_trace_ids(block: &Block) -> Result<Vec<TraceId>, StoreError> {
+    let mut out = Vec::with_capacity(block.meta.traces as usize);
+    for rg in 0..block.meta.row_groups.len() {
+        let cols = block.read_columns(rg, Some(&["trace_id"]), block.all_rows(rg))?;
+        for v in &cols.trace_id.values {
+            let bytes: [u8; 16] = v.data().try_into().unwrap_or([0; 16]);
+            let id = TraceId::from_bytes(bytes);
+            if out.last() != Some(&id) {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Keys that decide dependency edges; all have dedicated columns.
+const DEPENDENCY_KEYS: [&str; 4] =
+    [semconv::MESSAGING_SYSTEM, semconv::DB_SYSTEM, semconv::DB_SYSTEM_NAME, semconv::PEER_SERVICE];
+
+/// A span reduced to what [`spindle_model::dependency_edges`] reads.
+pub(crate) fn light_span(span: &Span) -> Span {
+    let attributes = DEPENDENCY_KEYS
+        .iter()
+        .filter_map(|key| span.attributes.iter().find(|kv| kv.key == *key))
+        .filter(|kv| matches!(kv.value, AttributeValue::String(_)))
+        .cloned()
+        .collect();
+    Span {
+        trace_id: span.trace_id,
+        span_id: span.span_id,
+        parent_span_id: span.parent_span_id,
+        kind: span.kind,
+        start_time_unix_nano: span.start_time_unix_nano,
+        attributes,
+        resource: service_resource(span.service_name()),
+        ..Default::default()
+    }
+}
+
+fn service_resource(service: &str) -> Arc<Resource> {
+    Arc::new(Resource { attributes: vec![KeyValue::string(semconv::SERVICE_NAME, service)], dropped_attributes_count: 0 })
+}
+
+/// The light spans of one row group of a block, in row order (grouped by trace).
+pub(crate) fn light_spans(block: &Block, rg: usize) -> Result<Vec<Span>, StoreError> {
+    let mut names = vec!["trace_id", "span_id", "parent_span_id", "resource_ref", "kind", "start_time_unix_nano"];
+    let dedicated: Vec<(&str, usize)> = DEPENDENCY_KEYS
+        .iter()
+        .filter_map(|k| dedicated_column(k).map(|(i, column, _)| (*k, DEDICATED[..i].iter().filter(|d| d.2 == DedicatedType::Str).count(), column)))
+        .map(|(k, position, column)| {
+            names.push(column);
+            (k, position)
+        })
+        .collect();
+    let cols = block.read_columns(rg, Some(&names), block.all_rows(rg))?;
+    // Light resources carry only the service name, so that light spans compare equal across
+    // blocks whose resource tables differ.
+    let resources: Vec<Arc<Resource>> = block.tables.resources.iter().map(|r| service_resource(r.service_name())).collect();
+    let mut cursors: Vec<_> = dedicated.iter().map(|(_, p)| cols.dedicated_str.get(*p).map(Leaf::cursor)).collect();
+    let mut out = Vec::with_capacity(cols.rows());
+    for row in 0..cols.rows() {
+        let bytes: [u8; 16] = cols.trace_id.values[row].data().try_into().unwrap_or([0; 16]);
+        let mut attributes = Vec::new();
+        for ((key, _), cursor) in dedicated.iter().zip(cursors.iter_mut()) {
+            if let Some(v) = cursor.as_mut().and_then(|c| c.next().1) {
+                let text = std::str::from_utf8(v.data()).unwrap_or_default();
+                attributes.push(KeyValue::string(*key, text));
+            }
+        }
+        let resource_ref = cols.resource_ref.values.get(row).map_or(0, |r| *r as usize);
+        out.push(Span {
+            trace_id: TraceId::from_bytes(bytes),
+            span_id: SpanId(cols.span_id.values.get(row).copied().unwrap_or(0) as u64),
+            parent_span_id: SpanId(cols.parent_span_id.values.get(row).copied().unwrap_or(0) as u64),
+            kind: SpanKind::from_otlp(cols.kind.values.get(row).copied().unwrap_or(0)),
+            start_time_unix_nano: cols.start.values.get(row).map_or(0, |v| *v as u64),
+            attributes,
+            resource: resources.get(resource_ref).cloned().unwrap_or_else(|| service_resource(semconv::UNKNOWN_SERVICE)),
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
