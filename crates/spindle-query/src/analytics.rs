@@ -2,14 +2,15 @@
 //! outliers, error groups, critical paths, trace comparison, Kafka hop latency and a
 //! service graph with per-edge statistics.
 //!
-//! Everything here reads spans through `TraceStore::scan_spans` (or whole traces where a
+//! Everything here reads spans through `TraceStore::scan_fields`, asking only for the
+//! attributes it groups or filters by (or whole traces where a
 //! parent must be seen) and aggregates latencies in [`LatencySketch`]es, so memory stays
 //! bounded by the number of groups, not spans, and percentiles carry the sketch's error.
 
 use std::collections::{BTreeMap, HashMap};
 
 use spindle_model::{for_each_edge, semconv, AttributeValue, Span, SpanId, SpanKind, TraceId};
-use spindle_store::TraceQuery;
+use spindle_store::{SpanFields, TraceQuery};
 
 use crate::sketch::LatencySketch;
 use crate::{QueryError, QueryService, Trace};
@@ -145,7 +146,8 @@ impl QueryService {
     pub fn red(&self, query: &TraceQuery, group_by: Option<&str>, step_nanos: u64) -> Result<Vec<GroupStats>, QueryError> {
         let step = step_nanos.max(1);
         let mut groups: BTreeMap<Option<String>, GroupStats> = BTreeMap::new();
-        self.store.scan_spans(query, &mut |span| {
+        let fields = SpanFields::with_attributes(group_by);
+        self.store.scan_fields(query, &fields, &mut |span| {
             let group = match group_by {
                 Some(key) => match attribute_text(span, key) {
                     Some(v) => Some(v),
@@ -168,7 +170,7 @@ impl QueryService {
     /// The `limit` longest spans matching `query`, longest first.
     pub fn slowest(&self, query: &TraceQuery, limit: usize) -> Result<Vec<SpanRef>, QueryError> {
         let mut top: Vec<SpanRef> = Vec::new();
-        self.store.scan_spans(query, &mut |span| {
+        self.store.scan_fields(query, &SpanFields::bare(), &mut |span| {
             let duration = span.duration_nanos();
             if top.len() < limit || top.last().is_some_and(|last| duration > last.duration_nanos) {
                 let at = top.partition_point(|s| s.duration_nanos >= duration);
@@ -183,7 +185,7 @@ impl QueryService {
     /// most `limit`; also returns the threshold used (ns).
     pub fn outliers(&self, query: &TraceQuery, quantile: f64, limit: usize) -> Result<(u64, Vec<SpanRef>), QueryError> {
         let mut sketch = LatencySketch::default();
-        self.store.scan_spans(query, &mut |span| sketch.add(span.duration_nanos()))?;
+        self.store.scan_fields(query, &SpanFields::bare(), &mut |span| sketch.add(span.duration_nanos()))?;
         let Some(threshold) = sketch.quantile(quantile) else { return Ok((0, Vec::new())) };
         let threshold = threshold as u64;
         let above = TraceQuery {
@@ -197,7 +199,8 @@ impl QueryService {
     /// largest group first.
     pub fn error_groups(&self, query: &TraceQuery, examples: usize) -> Result<Vec<ErrorGroup>, QueryError> {
         let mut groups: HashMap<(String, String, String), ErrorGroup> = HashMap::new();
-        self.store.scan_spans(query, &mut |span| {
+        let fields = SpanFields { attributes: Some(vec![semconv::ERROR_TYPE.to_string()]), events: true };
+        self.store.scan_fields(query, &fields, &mut |span| {
             if !span.is_error() {
                 return;
             }
@@ -241,7 +244,8 @@ impl QueryService {
             start_time_min_unix_nano: messaging.start_time_min_unix_nano.saturating_sub(600_000_000_000),
             ..messaging.clone()
         };
-        self.store.scan_spans(&earlier, &mut |span| {
+        let fields = SpanFields::with_attributes([semconv::MESSAGING_SYSTEM, semconv::MESSAGING_DESTINATION_NAME]);
+        self.store.scan_fields(&earlier, &fields, &mut |span| {
             if span.attribute(semconv::MESSAGING_SYSTEM).and_then(AttributeValue::as_str) != Some("kafka") {
                 return;
             }

@@ -882,6 +882,198 @@ impl SpanColumns {
     }
 }
 
+impl SpanColumns {
+    /// The leaves [`SpanColumns::decode_selected`] needs for `keys` (`None`: every
+    /// attribute) and, with `events`, the events.
+    pub(crate) fn selected_leaves(keys: Option<&[String]>, events: bool) -> Vec<&'static str> {
+        let mut names = vec![
+            "trace_id",
+            "span_id",
+            "parent_span_id",
+            "name",
+            "kind",
+            "start_time_unix_nano",
+            "duration_nanos",
+            "status_code",
+            "status_message",
+            "resource_ref",
+            "scope_ref",
+        ];
+        const LIST: [&str; 7] = [
+            "attributes.key_value.key",
+            "attributes.key_value.str",
+            "attributes.key_value.int",
+            "attributes.key_value.double",
+            "attributes.key_value.bool",
+            "attributes.key_value.bytes",
+            "attributes.key_value.complex",
+        ];
+        match keys {
+            None => {
+                names.extend(DEDICATED.iter().map(|d| d.1));
+                names.push("attribute_layout");
+                names.extend(LIST);
+            }
+            Some(keys) => {
+                names.extend(keys.iter().filter_map(|k| dedicated_index(k)).map(|i| DEDICATED[i].1));
+                if keys.iter().any(|k| dedicated_index(k).is_none()) {
+                    names.extend(LIST);
+                }
+            }
+        }
+        if events {
+            names.extend([
+                "events.event.time_unix_nano",
+                "events.event.name",
+                "events.event.attributes.key_value.key",
+                "events.event.attributes.key_value.str",
+                "events.event.attributes.key_value.int",
+                "events.event.attributes.key_value.double",
+                "events.event.attributes.key_value.bool",
+                "events.event.attributes.key_value.bytes",
+                "events.event.attributes.key_value.complex",
+                "events.event.dropped_attributes_count",
+            ]);
+        }
+        names
+    }
+
+    /// Rebuilds the rows where `mask` is set, from the leaves of
+    /// [`SpanColumns::selected_leaves`]: identity, name, kind, times, status, resource and
+    /// scope always; of the attributes those with a key in `keys` (all when `None`, then
+    /// in their original order); events only when their leaves were read. Leaves that were
+    /// not read are empty, which reads as "no entries".
+    pub(crate) fn decode_selected(&self, tables: &SharedTables, mask: &[bool], keys: Option<&[String]>) -> Result<Vec<Span>, FormatError> {
+        let rows = self.rows();
+        for (levels, what) in [
+            (self.span_id.levels(), "span_id"),
+            (self.parent_span_id.levels(), "parent_span_id"),
+            (self.name.levels(), "name"),
+            (self.kind.levels(), "kind"),
+            (self.start.levels(), "start_time_unix_nano"),
+            (self.duration.levels(), "duration_nanos"),
+            (self.status_code.levels(), "status_code"),
+            (self.status_message.levels(), "status_message"),
+            (self.resource_ref.levels(), "resource_ref"),
+            (self.scope_ref.levels(), "scope_ref"),
+        ] {
+            if levels != rows {
+                return Err(FormatError::Malformed(what));
+            }
+        }
+        if mask.len() != rows {
+            return Err(FormatError::Malformed("row mask"));
+        }
+        let wanted = |key: &[u8]| keys.is_none_or(|keys| keys.iter().any(|k| k.as_bytes() == key));
+        let mut status_message = self.status_message.cursor();
+        let mut layout = self.attribute_layout.cursor();
+        let mut dedicated_str: Vec<_> = self.dedicated_str.iter().map(Leaf::cursor).collect();
+        let mut dedicated_int: Vec<_> = self.dedicated_int.iter().map(Leaf::cursor).collect();
+        let mut attributes = self.attributes.cursor();
+        let mut event_time = self.event_time.cursor();
+        let mut event_name = self.event_name.cursor();
+        let mut event_attributes = self.event_attributes.cursor();
+        let mut event_dropped = self.event_dropped.cursor();
+        let lookup = |table_len: usize, index: i32, what| {
+            usize::try_from(index).ok().filter(|i| *i < table_len).ok_or(FormatError::BadReference { what, index, len: table_len })
+        };
+
+        let mut spans = Vec::with_capacity(mask.iter().filter(|m| **m).count());
+        for (row, &keep) in mask.iter().enumerate() {
+            // Every cursor advances by one row whether or not the row is kept.
+            let message = status_message.next().1;
+            let mut dedicated: Vec<KeyValue> = Vec::new();
+            let (mut si, mut ii) = (0, 0);
+            for (key, _, ty) in DEDICATED {
+                let value = match ty {
+                    DedicatedType::Str => {
+                        si += 1;
+                        dedicated_str[si - 1].next().1.map(|b| (keep && wanted(key.as_bytes())).then(|| utf8(b.data()).map(AttributeValue::String)))
+                    }
+                    DedicatedType::Int => {
+                        ii += 1;
+                        dedicated_int[ii - 1].next().1.map(|v| (keep && wanted(key.as_bytes())).then_some(Ok(AttributeValue::Int(*v))))
+                    }
+                };
+                if let Some(Some(value)) = value {
+                    dedicated.push(KeyValue { key: key.to_string(), value: value? });
+                }
+            }
+            let positions = layout.next().1;
+            let list_rep = attributes.key.leaf.max_def;
+            let mut generic = Vec::new();
+            loop {
+                let (_, entry) = attributes.next()?;
+                let Some((key, value)) = entry else { break };
+                if keep && wanted(key) {
+                    generic.push(KeyValue { key: utf8(key)?, value: value.to_value()? });
+                }
+                if attributes.peek_rep() != Some(list_rep) {
+                    break;
+                }
+            }
+            let mut events = Vec::new();
+            loop {
+                let (def, time) = event_time.next();
+                let name = event_name.next().1;
+                let attrs = event_attributes.read_list()?;
+                let dropped = event_dropped.next().1;
+                if def == 0 {
+                    break;
+                }
+                if keep {
+                    events.push(Event {
+                        time_unix_nano: time.copied().ok_or(FormatError::Malformed("events.time_unix_nano"))? as u64,
+                        name: utf8(name.ok_or(FormatError::Malformed("events.name"))?.data())?,
+                        attributes: attrs,
+                        dropped_attributes_count: dropped.copied().unwrap_or(0) as u32,
+                    });
+                }
+                if event_time.peek_rep() != Some(1) {
+                    break;
+                }
+            }
+            if !keep {
+                continue;
+            }
+            let attributes = match (keys, positions) {
+                (None, Some(raw)) => {
+                    let positions: Vec<u32> =
+                        postcard::from_bytes(raw.data()).map_err(|_| FormatError::Malformed("attribute_layout"))?;
+                    place_at(dedicated, &positions, generic)?
+                }
+                _ => {
+                    let mut all = dedicated;
+                    all.extend(generic);
+                    all
+                }
+            };
+            let start = self.start.values[row] as u64;
+            let resource_ref = self.resource_ref.values[row];
+            let scope_ref = self.scope_ref.values[row];
+            spans.push(Span {
+                trace_id: TraceId(fixed16(self.trace_id.values[row].data())?),
+                span_id: SpanId(self.span_id.values[row] as u64),
+                parent_span_id: SpanId(self.parent_span_id.values[row] as u64),
+                name: utf8(self.name.values[row].data())?,
+                kind: SpanKind::from_otlp(self.kind.values[row]),
+                start_time_unix_nano: start,
+                end_time_unix_nano: start.wrapping_add(self.duration.values[row] as u64),
+                attributes,
+                events,
+                status: Status {
+                    code: StatusCode::from_otlp(self.status_code.values[row]),
+                    message: message.map(|s| utf8(s.data())).transpose()?.unwrap_or_default(),
+                },
+                resource: Arc::clone(&tables.resources[lookup(tables.resources.len(), resource_ref, "resource")?]),
+                scope: Arc::clone(&tables.scopes[lookup(tables.scopes.len(), scope_ref, "scope")?]),
+                ..Default::default()
+            });
+        }
+        Ok(spans)
+    }
+}
+
 fn non_empty(s: &str) -> Option<ByteArray> {
     (!s.is_empty()).then(|| ByteArray::from(s))
 }

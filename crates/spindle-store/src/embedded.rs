@@ -31,9 +31,9 @@ use crate::batch_codec::{decode_batch, encode_batch};
 use crate::block::{self, Block, BlockMeta, BlockWriter};
 use crate::head::{Catalog, Head};
 use crate::query::{Operation, TraceQuery};
-use crate::scan::{block_trace_ids, find_in_block, light_span, light_spans};
+use crate::scan::{block_trace_ids, find_in_block, light_span, light_spans, scan_block};
 use crate::wal::{self, SyncPolicy, Wal};
-use crate::{StoreError, TraceStore};
+use crate::{SpanFields, StoreError, TraceStore};
 
 /// How the embedded store behaves. `StoreOptions::new(dir)` gives the defaults.
 #[derive(Debug, Clone)]
@@ -681,11 +681,21 @@ impl Inner {
         writer.finish(wal_covered, replaces, level).map_err(|e| e.at(&self.blocks_dir))
     }
 
-    /// Heads (live and frozen) and blocks, for one query.
+    /// Frozen heads and blocks, for one query.
     fn snapshot(&self) -> (Vec<Arc<Head>>, Vec<Arc<Block>>) {
         let frozen = read_guard(&self.frozen).iter().map(|(h, _)| Arc::clone(h)).collect();
         let blocks = read_guard(&self.blocks).clone();
         (frozen, blocks)
+    }
+
+    /// Reads the live head with `read`, then snapshots frozen heads and blocks, with no cut
+    /// in between: a span is then seen at least once, never missed. (Frozen heads are
+    /// taken before blocks, so one being written out meanwhile can only be seen twice.)
+    fn read_all<R>(&self, read: impl FnOnce(&Head) -> R) -> (R, Vec<Arc<Head>>, Vec<Arc<Block>>) {
+        let _no_cut = read_guard(&self.gate);
+        let from_head = read(&read_guard(&self.head));
+        let (frozen, blocks) = self.snapshot();
+        (from_head, frozen, blocks)
     }
 
     /// The earliest start of `trace_id` over every place that holds some of it.
@@ -723,7 +733,7 @@ impl TraceStore for EmbeddedStore {
     }
 
     fn get_trace(&self, trace_id: TraceId) -> Result<Vec<Span>, StoreError> {
-        let (frozen, blocks) = self.inner.snapshot();
+        let (live, frozen, blocks) = self.inner.read_all(|head| head.get(trace_id).map(|t| t.spans.clone()));
         let mut out: Vec<Span> = Vec::new();
         let add = |spans: Vec<Span>, out: &mut Vec<Span>| {
             for s in spans {
@@ -742,22 +752,35 @@ impl TraceStore for EmbeddedStore {
                 add(t.spans.clone(), &mut out);
             }
         }
-        if let Some(t) = read_guard(&self.inner.head).get(trace_id) {
-            let spans = t.spans.clone();
+        if let Some(spans) = live {
             add(spans, &mut out);
         }
         Ok(out)
+    }
+
+    fn scan_fields(&self, query: &TraceQuery, fields: &SpanFields, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
+        let visit_head = |head: &Head, visit: &mut dyn FnMut(&Span)| {
+            for (_, trace) in head.traces() {
+                trace.spans.iter().filter(|s| query.matches_span(s)).for_each(&mut *visit);
+            }
+        };
+        let ((), frozen, blocks) = self.inner.read_all(|head| visit_head(head, visit));
+        for head in &frozen {
+            visit_head(head, visit);
+        }
+        for block in &blocks {
+            scan_block(block, query, fields, visit)?;
+        }
+        Ok(())
     }
 
     fn find_trace_ids(&self, query: &TraceQuery) -> Result<Vec<TraceId>, StoreError> {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        let inner = &self.inner;
-        let (frozen, mut blocks) = inner.snapshot();
         // Candidates with an upper bound of their start: the earliest start where they matched.
         let mut candidates: HashMap<TraceId, u64> = HashMap::new();
-        read_guard(&inner.head).find(query, &mut candidates);
+        let ((), frozen, mut blocks) = self.inner.read_all(|head| head.find(query, &mut candidates));
         for h in &frozen {
             h.find(query, &mut candidates);
         }

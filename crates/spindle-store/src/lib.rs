@@ -81,4 +81,34 @@ pub trait TraceStore: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// Like [`TraceStore::scan_spans`], but the visited spans need to carry only `fields`:
+    /// a columnar store then decodes a few columns instead of whole spans. Spans may carry
+    /// more than asked; by default they are whole.
+    fn scan_fields(&self, query: &TraceQuery, fields: &SpanFields, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
+        let _ = fields;
+        self.scan_spans(query, visit)
+    }
+}
+
+/// What a projected scan must fill in besides the span's identity (trace, span and parent
+/// ids), name, kind, times, status, resource and scope, which it always carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpanFields {
+    /// Span attributes to keep, by key; `None` keeps them all.
+    pub attributes: Option<Vec<String>>,
+    /// Whether events (with their attributes) are needed.
+    pub events: bool,
+}
+
+impl SpanFields {
+    /// Only the always-present fields.
+    pub fn bare() -> Self {
+        SpanFields { attributes: Some(Vec::new()), events: false }
+    }
+
+    /// The always-present fields plus these span attributes.
+    pub fn with_attributes<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
+        SpanFields { attributes: Some(keys.into_iter().map(str::to_string).collect()), events: false }
+    }
 }

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use parquet::data_type::ByteArray;
 use spindle_model::{semconv, AttributeValue, KeyValue, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
 
-use crate::block::Block;
-use crate::block_format::{dedicated_index, DedicatedType, KvLeaves, Leaf, RawValue, DEDICATED};
+use crate::block::{Block, BlockError};
+use crate::block_format::{dedicated_index, DedicatedType, KvLeaves, Leaf, RawValue, SpanColumns, DEDICATED};
 use crate::query::TraceQuery;
-use crate::StoreError;
+use crate::{SpanFields, StoreError};
 
 /// Threads one block scan uses: the machine this is sized for has two cores.
 const SCAN_THREADS: usize = 2;
@@ -137,16 +137,29 @@ fn any_kv(attributes: &[KeyValue], key: &str, text: &str) -> bool {
     attributes.iter().any(|kv| kv.key == key && kv.value.matches_text(text))
 }
 
-/// Adds to `into` every trace of `block` with a span matching `query`, with the trace's
-/// earliest start in the block (traces never straddle row groups, so that is exact).
-pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMap<TraceId, u64>) -> Result<(), StoreError> {
+/// The rows of one block that match a query, found row group by row group.
+pub(crate) struct Matcher<'a> {
+    block: &'a Block,
+    query: &'a TraceQuery,
+    pairs: Vec<Pair<'a>>,
+    service_ok: Vec<bool>,
+    phase1: Vec<&'a str>,
+    span_kv: Vec<String>,
+    event_kv: Vec<String>,
+    min_duration: u64,
+    max_duration: u64,
+}
+
+impl<'a> Matcher<'a> {
+    /// `None` when the block's meta rules out every row.
+    pub(crate) fn new(block: &'a Block, query: &'a TraceQuery) -> Option<Self> {
     let meta = &block.meta;
     if meta.spans == 0 || meta.max_start < query.start_time_min_unix_nano || meta.min_start > query.start_time_max_unix_nano {
-        return Ok(());
+        return None;
     }
     if let Some(service) = &query.service {
         if meta.services.binary_search(service).is_err() {
-            return Ok(());
+            return None;
         }
     }
     // Which sources each attribute pair can match in; a pair matching nowhere skips the block.
@@ -170,7 +183,7 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
             .collect();
         let any_resource = resources.iter().any(|m| *m) || scopes.iter().any(|m| *m);
         if !in_lists && dedicated.is_none() && !derived && !event_name && !any_resource {
-            return Ok(());
+            return None;
         }
         pairs.push(Pair { key, text, in_lists, dedicated, derived, event_name, resources, scopes });
     }
@@ -201,19 +214,25 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
     let event_kv = kv_paths("events.event.attributes.key_value", &texts);
     let min_duration = query.duration_min_nanos.unwrap_or(0);
     let max_duration = query.duration_max_nanos.unwrap_or(u64::MAX);
+    Some(Matcher { block, query, pairs, service_ok, phase1, span_kv, event_kv, min_duration, max_duration })
+    }
 
-    // Row groups are independent: two workers scan alternate ones, each into its own map.
-    let scan_row_group = |rg_index: usize, into: &mut HashMap<TraceId, u64>| -> Result<(), StoreError> {
-        let Some(rg) = meta.row_groups.get(rg_index) else { return Ok(()) };
+    /// Which rows of row group `rg_index` match, with the columns read to decide it;
+    /// `None` when none does.
+    pub(crate) fn row_mask(&self, rg_index: usize) -> Result<Option<(Vec<bool>, SpanColumns)>, StoreError> {
+        let Matcher { block, query, pairs, service_ok, phase1, span_kv, event_kv, min_duration, max_duration } = self;
+        let (block, query, min_duration, max_duration) = (*block, *query, *min_duration, *max_duration);
+        let meta = &block.meta;
+        let Some(rg) = meta.row_groups.get(rg_index) else { return Ok(None) };
         if rg.max_start < query.start_time_min_unix_nano
             || rg.min_start > query.start_time_max_unix_nano
             || rg.max_duration < min_duration
             || rg.min_duration > max_duration
         {
-            return Ok(());
+            return Ok(None);
         }
         let rows = block.all_rows(rg_index);
-        let cols = block.read_columns(rg_index, Some(&phase1), rows)?;
+        let cols = block.read_columns(rg_index, Some(phase1), rows)?;
         let n = rows.take;
         let mut mask = vec![false; n];
         let refs = &cols.resource_ref.values;
@@ -239,7 +258,7 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
             }
         }
         if !mask.iter().any(|m| *m) {
-            return Ok(());
+            return Ok(None);
         }
         // Attribute pairs: cheap sources first, lists only for rows still undecided.
         let mut messages = Vec::new();
@@ -249,7 +268,7 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
         }
         let mut span_lists: Option<KvLeaves> = None;
         let mut event_lists: Option<(KvLeaves, Leaf<ByteArray>)> = None;
-        for pair in &pairs {
+        for pair in pairs {
             let mut hit = vec![false; n];
             for row in 0..n {
                 if !mask[row] {
@@ -327,9 +346,20 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
                 break;
             }
         }
-        if !mask.iter().any(|m| *m) {
-            return Ok(());
-        }
+        Ok(mask.iter().any(|m| *m).then_some((mask, cols)))
+    }
+}
+
+/// Adds to `into` every trace of `block` with a span matching `query`, with the trace's
+/// earliest start in the block (traces never straddle row groups, so that is exact).
+pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMap<TraceId, u64>) -> Result<(), StoreError> {
+    let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
+    let meta = &block.meta;
+    // Row groups are independent: two workers scan alternate ones, each into its own map.
+    let scan_row_group = |rg_index: usize, into: &mut HashMap<TraceId, u64>| -> Result<(), StoreError> {
+        let Some((mask, cols)) = matcher.row_mask(rg_index)? else { return Ok(()) };
+        let rows = block.all_rows(rg_index);
+        let n = rows.take;
         let ids = block.read_columns(rg_index, Some(&["trace_id"]), rows)?;
         // Rows are sorted by trace id: walk runs of one trace, keeping its earliest start.
         let mut row = 0;
@@ -375,6 +405,48 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
         }
     }
     Ok(())
+}
+
+/// Visits every span of `block` matching `query`, carrying at least `fields`. Two workers
+/// decode alternate row groups; the caller's thread visits.
+pub(crate) fn scan_block(block: &Block, query: &TraceQuery, fields: &SpanFields, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
+    let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
+    let keys = fields.attributes.as_deref();
+    let names = SpanColumns::selected_leaves(keys, fields.events);
+    let decode = |rg: usize| -> Result<Vec<Span>, StoreError> {
+        let Some((mask, _)) = matcher.row_mask(rg)? else { return Ok(Vec::new()) };
+        let cols = block.read_columns(rg, Some(&names), block.all_rows(rg))?;
+        cols.decode_selected(&block.tables, &mask, keys).map_err(|e| BlockError::from(e).at(&block.path))
+    };
+    let groups = block.meta.row_groups.len();
+    if groups < 2 {
+        for rg in 0..groups {
+            decode(rg)?.iter().for_each(&mut *visit);
+        }
+        return Ok(());
+    }
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Span>, StoreError>>(SCAN_THREADS);
+        for w in 0..SCAN_THREADS {
+            let tx = tx.clone();
+            let decode = &decode;
+            s.spawn(move || {
+                for rg in (w..groups).step_by(SCAN_THREADS) {
+                    let result = decode(rg);
+                    let failed = result.is_err();
+                    // A closed channel means the caller stopped on an error: stop too.
+                    if tx.send(result).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for spans in rx {
+            spans?.iter().for_each(&mut *visit);
+        }
+        Ok(())
+    })
 }
 
 struct Pair<'q> {
