@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -18,14 +18,18 @@ struct AdminState {
     ready: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
     data_dir: PathBuf,
+    store: StoreSlot,
 }
 
-pub fn router(ready: Arc<AtomicBool>, telemetry: Arc<Telemetry>, data_dir: PathBuf) -> Router {
+/// The store, once open: the admin port serves `/healthz` before it is.
+pub type StoreSlot = Arc<OnceLock<Arc<spindle_store::EmbeddedStore>>>;
+
+pub fn router(ready: Arc<AtomicBool>, telemetry: Arc<Telemetry>, data_dir: PathBuf, store: StoreSlot) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AdminState { ready, telemetry, data_dir })
+        .with_state(AdminState { ready, telemetry, data_dir, store })
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
@@ -43,8 +47,12 @@ async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Respons
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     let telemetry = Arc::clone(&state.telemetry);
     let dir = state.data_dir.clone();
+    let store = state.store.get().cloned();
     let body = tokio::task::spawn_blocking(move || {
         telemetry.storage_bytes.set(spindle_store::EmbeddedStore::data_dir_size(&dir) as i64);
+        if let Some(store) = store {
+            telemetry.store.set(&store.stats());
+        }
         telemetry.encode(openmetrics)
     })
     .await

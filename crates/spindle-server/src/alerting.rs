@@ -326,6 +326,9 @@ fn error_examples(query: &QueryService, window: &TraceQuery) -> anyhow::Result<V
 /// Evaluates and notifies every interval until `stop` flips.
 pub async fn run(alerting: Arc<Alerting>, query: QueryService, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(alerting.interval);
+    // An evaluation slower than the interval delays the next one instead of queueing a
+    // burst of catch-up evaluations that would hog the blocking pool.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}

@@ -67,7 +67,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let telemetry = Arc::new(Telemetry::new(&settings.data_dir));
     let admin_listener = bind("admin", settings.admin_addr).await?;
-    let admin = admin::router(Arc::clone(&ready), Arc::clone(&telemetry), settings.data_dir.clone());
+    let store_slot: admin::StoreSlot = Arc::default();
+    let admin = admin::router(Arc::clone(&ready), Arc::clone(&telemetry), settings.data_dir.clone(), Arc::clone(&store_slot));
     serve_http(&mut tasks, "admin", admin_listener, admin, stop_rx.clone());
 
     let options = StoreOptions {
@@ -82,6 +83,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .context("store open task failed")?
             .context("opening the store")?,
     );
+    let _ = store_slot.set(Arc::clone(&store));
     let dyn_store: Arc<dyn TraceStore> = store.clone();
     let ingest = Arc::new(Ingest::new(Arc::clone(&dyn_store), settings.queue_spans, Arc::clone(&telemetry)));
     let query = QueryService::new(Arc::clone(&dyn_store));

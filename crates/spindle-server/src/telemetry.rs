@@ -92,6 +92,27 @@ pub fn status_label(status: StatusCode) -> &'static str {
     }
 }
 
+/// Gauges of the embedded store; see [`StoreGauges::set`].
+#[derive(Default)]
+pub struct StoreGauges {
+    head_spans: Gauge,
+    blocks: Gauge,
+    block_spans: Gauge,
+    block_bytes: Gauge,
+    wal_bytes: Gauge,
+}
+
+impl StoreGauges {
+    pub fn set(&self, stats: &spindle_store::StoreStats) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.head_spans.set(g(stats.head_spans));
+        self.blocks.set(g(stats.blocks as u64));
+        self.block_spans.set(g(stats.block_spans));
+        self.block_bytes.set(g(stats.block_bytes));
+        self.wal_bytes.set(g(stats.wal_bytes));
+    }
+}
+
 pub struct Telemetry {
     registry: Registry,
     pub spans_received: Family<ProtocolLabels, Counter>,
@@ -100,6 +121,8 @@ pub struct Telemetry {
     pub requests_failed: Family<ProtocolLabels, Counter>,
     pub queue_spans: Gauge,
     pub storage_bytes: Gauge,
+    /// The embedded store's own figures, refreshed at each scrape.
+    pub store: StoreGauges,
     pub datagrams: Family<DatagramLabels, Counter>,
     pub query_duration: Family<EndpointLabels, Histogram>,
     calls: Family<SpanLabels, Counter>,
@@ -133,6 +156,12 @@ impl Telemetry {
         registry.register("spindle_udp_datagrams", "UDP datagrams by protocol and outcome", datagrams.clone());
         registry.register("spindle_ingest_queue_spans", "Spans accepted but not yet stored", queue_spans.clone());
         registry.register_with_unit("spindle_storage", "Size of the data directory", Unit::Bytes, storage_bytes.clone());
+        let store = StoreGauges::default();
+        registry.register("spindle_store_head_spans", "Spans in memory not yet written to blocks", store.head_spans.clone());
+        registry.register("spindle_store_blocks", "Blocks on disk", store.blocks.clone());
+        registry.register("spindle_store_block_spans", "Spans in blocks on disk", store.block_spans.clone());
+        registry.register_with_unit("spindle_store_block", "Size of the blocks on disk", Unit::Bytes, store.block_bytes.clone());
+        registry.register_with_unit("spindle_store_wal", "Size of the write-ahead log", Unit::Bytes, store.wal_bytes.clone());
         registry.register_with_unit(
             "spindle_query_duration",
             "Query API latency by endpoint",
@@ -156,6 +185,7 @@ impl Telemetry {
             requests_failed,
             queue_spans,
             storage_bytes,
+            store,
             datagrams,
             query_duration,
             calls,

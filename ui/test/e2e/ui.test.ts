@@ -41,7 +41,7 @@ afterAll(async () => {
 describe('search', () => {
   test('all services by default, with scatter plot, badges and error counts', async () => {
     await page.goto(`${base}/search?lookback=1h&limit=100`);
-    await page.waitForSelector('[data-testid=result]');
+    await waitForResults(page);
     const count = await page.textContent('[data-testid=result-count]');
     // 40 workload traces + the fast/slow/error trio (the 10k trace is older than 1h? no: 2 min) + big one.
     expect(Number(count?.split(' ')[0])).toBeGreaterThanOrEqual(43);
@@ -63,7 +63,7 @@ describe('search', () => {
     await page.waitForURL(/service=storage-service/);
     expect(page.url()).toContain('operation=db_write');
     expect(page.url()).toContain('tags=error%3Dtrue');
-    await page.waitForSelector('[data-testid=result]');
+    await waitForResults(page);
     const titles = await page.locator('[data-testid=result]').count();
     // Only traces whose db_write failed: the workload's ~10% plus the dedicated error trace.
     expect(titles).toBeGreaterThanOrEqual(1);
@@ -80,12 +80,25 @@ describe('search', () => {
 
   test('sorting by longest puts the slowest first', async () => {
     await page.goto(`${base}/search?lookback=1h&limit=100&sort=longest`);
-    await page.waitForSelector('[data-testid=result]');
+    await waitForResults(page);
     const durations = await page.locator('.result .duration').allTextContents();
     const us = durations.map(parseUs);
     expect(us).toEqual([...us].sort((a, b) => b - a));
   });
 });
+
+/**
+ * Waits for search results; when none come, fails with what the page shows instead (an
+ * error, an empty state, a spinner) rather than a bare timeout.
+ */
+async function waitForResults(p: Page): Promise<void> {
+  try {
+    await p.waitForSelector('[data-testid=result]', { timeout: 45_000 });
+  } catch (e) {
+    const shown = await p.locator('.results').textContent().catch(() => null);
+    throw new Error(`no search results at ${p.url()}; the results area shows: ${JSON.stringify(shown)} (${(e as Error).message.split('\n')[0]})`);
+  }
+}
 
 function parseUs(text: string): number {
   const m = /([\d.]+)(µs|ms|s)/.exec(text)!;
@@ -267,7 +280,7 @@ describe('compare', () => {
 
   test('two results ticked on the search page open the comparison', async () => {
     await page.goto(`${base}/search?lookback=1h`);
-    await page.waitForSelector('[data-testid=result]');
+    await waitForResults(page);
     const boxes = page.locator('[data-testid=result] input[type=checkbox]');
     await boxes.nth(0).check();
     await boxes.nth(1).check();
