@@ -49,10 +49,37 @@ pub fn dependency_edges<'a>(
     });
 }
 
+/// How a messaging peer is named: by its system alone (`kafka`, as Jaeger's dependency
+/// graph shows it) or one node per destination (`kafka/market-data-raw`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerNodes {
+    PerSystem,
+    PerDestination,
+}
+
+/// The node a messaging span points at: `system`, or `system/destination` per topic when
+/// the span names one.
+fn broker_node(span: &Span, system: &str, naming: BrokerNodes) -> String {
+    match (naming, str_attribute(span, semconv::MESSAGING_DESTINATION_NAME)) {
+        (BrokerNodes::PerDestination, Some(topic)) => format!("{system}/{topic}"),
+        _ => system.to_string(),
+    }
+}
+
 /// Calls `edge(parent, child, call)` for every edge occurrence of one trace, where `call`
 /// is the span that stands for the call: the child span of a service-to-service call,
 /// the client span of a database call, the producer or consumer span of a messaging hop.
-pub fn for_each_edge<'a>(trace: impl IntoIterator<Item = &'a Span>, mut edge: impl FnMut(&str, &str, &'a Span)) {
+/// A messaging peer is one node per system.
+pub fn for_each_edge<'a>(trace: impl IntoIterator<Item = &'a Span>, edge: impl FnMut(&str, &str, &'a Span)) {
+    for_each_edge_named(trace, BrokerNodes::PerSystem, edge)
+}
+
+/// [`for_each_edge`] with a choice of how messaging peers are named.
+pub fn for_each_edge_named<'a>(
+    trace: impl IntoIterator<Item = &'a Span>,
+    naming: BrokerNodes,
+    mut edge: impl FnMut(&str, &str, &'a Span),
+) {
     let spans: Vec<&Span> = trace.into_iter().collect();
     let by_id: HashMap<_, &Span> = spans.iter().map(|s| (s.span_id, *s)).collect();
     let mut has_remote_child: HashMap<_, bool> = HashMap::new();
@@ -66,9 +93,16 @@ pub fn for_each_edge<'a>(trace: impl IntoIterator<Item = &'a Span>, mut edge: im
     for span in spans.iter().copied() {
         let service = span.service_name();
         if let Some(system) = messaging_system(span) {
+            let mut broker = broker_node(span, system, naming);
+            if broker == system && span.kind == SpanKind::Consumer {
+                // A consumer that does not name its destination takes its producer's.
+                if let Some(parent) = by_id.get(&span.parent_span_id).filter(|p| messaging_system(p) == Some(system)) {
+                    broker = broker_node(parent, system, naming);
+                }
+            }
             match span.kind {
-                SpanKind::Producer => edge(service, system, span),
-                _ => edge(system, service, span),
+                SpanKind::Producer => edge(service, &broker, span),
+                _ => edge(&broker, service, span),
             }
             continue;
         }
@@ -85,7 +119,7 @@ pub fn for_each_edge<'a>(trace: impl IntoIterator<Item = &'a Span>, mut edge: im
             }
             match messaging_system(parent) {
                 // The producer side already drew `service → kafka`.
-                Some(system) if parent.kind == SpanKind::Producer => edge(system, service, span),
+                Some(system) if parent.kind == SpanKind::Producer => edge(&broker_node(parent, system, naming), service, span),
                 _ => edge(parent.service_name(), service, span),
             }
         }
@@ -119,6 +153,36 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn per_destination_naming_gives_the_seed_graph_one_node_per_topic() {
+        let topic = |t: &str| vec![KeyValue::string("messaging.system", "kafka"), KeyValue::string("messaging.destination.name", t)];
+        let trace = vec![
+            span(1, 0, "ingestion-service", SpanKind::Internal, vec![]),
+            span(2, 1, "ingestion-service", SpanKind::Producer, topic("market-data-raw")),
+            // A consumer that does not name its topic takes its producer's.
+            span(3, 2, "processor-service", SpanKind::Consumer, vec![KeyValue::string("messaging.system", "kafka")]),
+            span(4, 3, "processor-service", SpanKind::Producer, topic("market-data-enriched")),
+            span(5, 4, "storage-service", SpanKind::Consumer, topic("market-data-enriched")),
+            span(6, 5, "storage-service", SpanKind::Client, vec![KeyValue::string("db.system", "postgresql")]),
+            // A child of a consumer that is not itself a messaging span: its own service.
+            span(7, 3, "processor-service", SpanKind::Internal, vec![]),
+        ];
+        let mut edges: Vec<(String, String)> = Vec::new();
+        for_each_edge_named(&trace, BrokerNodes::PerDestination, |p, c, _| edges.push((p.into(), c.into())));
+        edges.sort();
+        let want: Vec<(String, String)> = [
+            ("ingestion-service", "kafka/market-data-raw"),
+            ("kafka/market-data-enriched", "storage-service"),
+            ("kafka/market-data-raw", "processor-service"),
+            ("processor-service", "kafka/market-data-enriched"),
+            ("storage-service", "postgresql"),
+        ]
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.to_string()))
+        .collect();
+        assert_eq!(edges, want);
     }
 
     #[test]

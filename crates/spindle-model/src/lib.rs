@@ -12,7 +12,7 @@ mod ids;
 pub mod semconv;
 mod span;
 
-pub use dependencies::{dependency_edges, for_each_edge, links_from_edges, DependencyLink};
+pub use dependencies::{dependency_edges, for_each_edge, for_each_edge_named, links_from_edges, BrokerNodes, DependencyLink};
 pub use ids::{IdError, SpanId, TraceId};
 pub use span::{find_attribute, 
     AttributeValue, Event, KeyValue, Link, Resource, Scope, Span, SpanKind, Status, StatusCode,

@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use spindle_model::{for_each_edge, semconv, AttributeValue, Span, SpanId, SpanKind, TraceId};
-use spindle_store::{SpanFields, TraceQuery};
+use spindle_model::{for_each_edge_named, semconv, AttributeValue, BrokerNodes, Span, SpanId, SpanKind, TraceId};
+use spindle_store::{SpanFields, TraceQuery, GRAPH_KEYS};
 
 use crate::sketch::LatencySketch;
 use crate::{QueryError, QueryService, Trace};
@@ -284,16 +284,19 @@ impl QueryService {
     }
 
     /// The service graph of traces that started in the query's window, with calls, errors
-    /// and latency per edge; virtual nodes for Kafka and databases included.
+    /// and latency per edge; virtual nodes for databases and one per Kafka topic
+    /// (`kafka/market-data-raw`) included. Only the window of `query` applies.
     pub fn service_graph(&self, query: &TraceQuery) -> Result<Vec<GraphEdge>, QueryError> {
-        let all = TraceQuery { limit: usize::MAX, ..query.clone() };
         let mut edges: BTreeMap<(String, String), Stats> = BTreeMap::new();
-        for id in self.store.find_trace_ids(&all)? {
-            let spans = self.store.get_trace(id)?;
-            for_each_edge(&spans, |parent, child, call| {
-                edges.entry((parent.to_string(), child.to_string())).or_default().add(call);
+        let fields = SpanFields::with_attributes(GRAPH_KEYS);
+        self.store.scan_traces(query.start_time_min_unix_nano, query.start_time_max_unix_nano, &fields, &mut |spans| {
+            for_each_edge_named(spans, BrokerNodes::PerDestination, |parent, child, call| {
+                match edges.get_mut(&(parent.to_string(), child.to_string())) {
+                    Some(stats) => stats.add(call),
+                    None => edges.entry((parent.to_string(), child.to_string())).or_default().add(call),
+                }
             });
-        }
+        })?;
         Ok(edges.into_iter().map(|((parent, child), stats)| GraphEdge { parent, child, stats }).collect())
     }
 }
@@ -587,6 +590,6 @@ mod tests {
         let graph = query.service_graph(&TraceQuery::default()).unwrap();
         let edges: Vec<(&str, &str, u64, u64)> =
             graph.iter().map(|e| (e.parent.as_str(), e.child.as_str(), e.stats.calls, e.stats.errors)).collect();
-        assert_eq!(edges, vec![("ingestion", "kafka", 1, 0), ("kafka", "storage", 1, 0), ("storage", "postgresql", 1, 1)]);
+        assert_eq!(edges, vec![("ingestion", "kafka/ticks", 1, 0), ("kafka/ticks", "storage", 1, 0), ("storage", "postgresql", 1, 1)]);
     }
 }

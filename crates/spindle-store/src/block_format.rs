@@ -884,8 +884,10 @@ impl SpanColumns {
 
 impl SpanColumns {
     /// The leaves [`SpanColumns::decode_selected`] needs for `keys` (`None`: every
-    /// attribute) and, with `events`, the events.
-    pub(crate) fn selected_leaves(keys: Option<&[String]>, events: bool) -> Vec<&'static str> {
+    /// attribute) and, with `events`, the events. `listed` are the keys the block's
+    /// generic lists hold (`None`: unknown): a dedicated key is there too when a value
+    /// had another type than its column's.
+    pub(crate) fn selected_leaves(keys: Option<&[String]>, events: bool, listed: Option<&[String]>) -> Vec<&'static str> {
         let mut names = vec![
             "trace_id",
             "span_id",
@@ -916,7 +918,8 @@ impl SpanColumns {
             }
             Some(keys) => {
                 names.extend(keys.iter().filter_map(|k| dedicated_index(k)).map(|i| DEDICATED[i].1));
-                if keys.iter().any(|k| dedicated_index(k).is_none()) {
+                let in_lists = |k: &String| listed.is_none_or(|l| l.binary_search(k).is_ok());
+                if keys.iter().any(in_lists) {
                     names.extend(LIST);
                 }
             }
@@ -1071,6 +1074,50 @@ impl SpanColumns {
             });
         }
         Ok(spans)
+    }
+}
+
+/// What [`SpanColumns::decode_selected`] would return for `span` had it been written to a
+/// block: the same fields, the same attributes in the same order. Lets spans held in
+/// memory be compared with spans read back from blocks.
+pub(crate) fn project(span: &Span, keys: Option<&[String]>, events: bool) -> Span {
+    let attributes = match keys {
+        None => span.attributes.clone(),
+        Some(keys) => {
+            let wanted = |key: &str| keys.iter().any(|k| k == key);
+            let mut taken = vec![false; span.attributes.len()];
+            let mut out = Vec::new();
+            for (key, _, ty) in DEDICATED {
+                let Some(p) = span.attributes.iter().position(|kv| kv.key == key) else { continue };
+                let typed = matches!(
+                    (&span.attributes[p].value, ty),
+                    (AttributeValue::String(_), DedicatedType::Str) | (AttributeValue::Int(_), DedicatedType::Int)
+                );
+                if typed {
+                    taken[p] = true;
+                    if wanted(key) {
+                        out.push(span.attributes[p].clone());
+                    }
+                }
+            }
+            out.extend(span.attributes.iter().zip(&taken).filter(|(kv, t)| !**t && wanted(&kv.key)).map(|(kv, _)| kv.clone()));
+            out
+        }
+    };
+    Span {
+        trace_id: span.trace_id,
+        span_id: span.span_id,
+        parent_span_id: span.parent_span_id,
+        name: span.name.clone(),
+        kind: span.kind,
+        start_time_unix_nano: span.start_time_unix_nano,
+        end_time_unix_nano: span.end_time_unix_nano,
+        attributes,
+        events: if events { span.events.clone() } else { Vec::new() },
+        status: span.status.clone(),
+        resource: Arc::clone(&span.resource),
+        scope: Arc::clone(&span.scope),
+        ..Default::default()
     }
 }
 

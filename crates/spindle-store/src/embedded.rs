@@ -31,9 +31,10 @@ use crate::batch_codec::{decode_batch, encode_batch};
 use crate::block::{self, Block, BlockMeta, BlockWriter};
 use crate::head::{Catalog, Head};
 use crate::query::{Operation, TraceQuery};
-use crate::scan::{block_trace_ids, find_in_block, light_span, light_spans, scan_block};
+use crate::block_format::{project, SpanColumns};
+use crate::scan::{find_in_block, row_group_trace_ids, scan_block};
 use crate::wal::{self, SyncPolicy, Wal};
-use crate::{SpanFields, StoreError, TraceStore};
+use crate::{SpanFields, StoreError, TraceStore, GRAPH_KEYS};
 
 /// How the embedded store behaves. `StoreOptions::new(dir)` gives the defaults.
 #[derive(Debug, Clone)]
@@ -823,32 +824,47 @@ impl TraceStore for EmbeddedStore {
     }
 
     fn dependencies(&self, start: u64, end: u64) -> Result<Vec<DependencyLink>, StoreError> {
-        let (frozen, blocks) = self.inner.snapshot();
-        let head = read_guard(&self.inner.head);
-        let heads: Vec<&Head> = std::iter::once(&*head).chain(frozen.iter().map(|h| &**h)).collect();
-        // Pass 1: traces present in more than one place must be assembled before their edges
-        // and start can be computed; all others are complete where they are.
+        let mut edges = BTreeMap::new();
+        self.scan_traces(start, end, &SpanFields::with_attributes(GRAPH_KEYS), &mut |trace| dependency_edges(trace, &mut edges))?;
+        Ok(links_from_edges(edges))
+    }
+
+    fn scan_traces(&self, start: u64, end: u64, fields: &SpanFields, visit: &mut dyn FnMut(&[Span])) -> Result<(), StoreError> {
+        // Spans in memory are cut to `fields` as a block would return them, so that a span
+        // held both in memory and in a block (a retry) compares equal and counts once.
+        let keys = fields.attributes.as_deref();
+        let projected = |spans: &[Span]| spans.iter().map(|s| project(s, keys, fields.events)).collect::<Vec<_>>();
+        let (live, frozen, blocks) = self.inner.read_all(|head| head.traces().map(|(_, t)| projected(&t.spans)).collect::<Vec<_>>());
+        let in_memory = live.into_iter().chain(frozen.iter().flat_map(|h| h.traces().map(|(_, t)| projected(&t.spans))));
+        // Pass 1, trace ids only: traces present in more than one place must be assembled
+        // before their start is known; traces with a span in a row group that ended before
+        // the window started before it.
         let mut seen: HashSet<TraceId> = HashSet::new();
         let mut split: HashSet<TraceId> = HashSet::new();
+        let mut early: HashSet<TraceId> = HashSet::new();
         let mut note = |id: TraceId| {
             if !seen.insert(id) {
                 split.insert(id);
             }
         };
-        for h in &heads {
-            h.traces().for_each(|(id, _)| note(*id));
-        }
-        let mut block_ids = Vec::with_capacity(blocks.len());
+        let in_memory: Vec<Vec<Span>> = in_memory.filter(|t| !t.is_empty()).collect();
+        in_memory.iter().for_each(|t| note(t[0].trace_id));
         for b in &blocks {
-            let ids = block_trace_ids(b)?;
-            ids.iter().for_each(|id| note(*id));
-            block_ids.push(ids);
+            for (rg, meta) in b.meta.row_groups.iter().enumerate() {
+                let ids = row_group_trace_ids(b, rg)?;
+                ids.iter().for_each(|id| note(*id));
+                if meta.max_start < start {
+                    early.extend(ids);
+                }
+            }
         }
         drop(seen);
-        let mut edges = BTreeMap::new();
         let mut assembled: HashMap<TraceId, Vec<Span>> = HashMap::new();
-        let mut take = |trace: Vec<Span>, edges: &mut BTreeMap<(String, String), u64>| {
+        let mut take = |trace: Vec<Span>, visit: &mut dyn FnMut(&[Span])| {
             let Some(first) = trace.first() else { return };
+            if early.contains(&first.trace_id) {
+                return;
+            }
             if split.contains(&first.trace_id) {
                 let all = assembled.entry(first.trace_id).or_default();
                 for s in trace {
@@ -860,34 +876,43 @@ impl TraceStore for EmbeddedStore {
             }
             let trace_start = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
             if trace_start >= start && trace_start <= end {
-                dependency_edges(&trace, edges);
+                visit(&trace);
             }
         };
-        for h in &heads {
-            for (_, t) in h.traces() {
-                take(t.spans.iter().map(light_span).collect(), &mut edges);
-            }
+        for trace in in_memory {
+            take(trace, visit);
         }
+        // Pass 2: row groups that overlap the window, and those holding part of a split
+        // trace; a span's row group is decoded with `fields` only.
         for b in &blocks {
-            for rg in 0..b.meta.row_groups.len() {
-                let spans = light_spans(b, rg)?;
+            let names = SpanColumns::selected_leaves(keys, fields.events, b.meta.attribute_keys.as_deref());
+            for (rg, meta) in b.meta.row_groups.iter().enumerate() {
+                let (lo, hi) = meta.trace_range();
+                let overlaps = meta.max_start >= start && meta.min_start <= end;
+                if !overlaps && (meta.max_start < start || !split.iter().any(|id| (lo..=hi).contains(&id.0))) {
+                    continue;
+                }
+                let cols = b.read_columns(rg, Some(&names), b.all_rows(rg))?;
+                let spans = cols
+                    .decode_selected(&b.tables, &vec![true; cols.rows()], keys)
+                    .map_err(|e| block::BlockError::from(e).at(&b.path))?;
                 let mut run: Vec<Span> = Vec::new();
                 for s in spans {
                     if run.first().is_some_and(|f| f.trace_id != s.trace_id) {
-                        take(std::mem::take(&mut run), &mut edges);
+                        take(std::mem::take(&mut run), visit);
                     }
                     run.push(s);
                 }
-                take(run, &mut edges);
+                take(run, visit);
             }
         }
         for trace in assembled.into_values() {
             let trace_start = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
             if trace_start >= start && trace_start <= end {
-                dependency_edges(&trace, &mut edges);
+                visit(&trace);
             }
         }
-        Ok(links_from_edges(edges))
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), StoreError> {

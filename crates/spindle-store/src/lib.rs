@@ -89,7 +89,37 @@ pub trait TraceStore: Send + Sync + 'static {
         let _ = fields;
         self.scan_spans(query, visit)
     }
+
+    /// Calls `visit` with the spans of every trace whose earliest span started in
+    /// `[start_unix_nano, end_unix_nano]`, each span carrying at least `fields`, traces in
+    /// no particular order. Service graphs read through this.
+    fn scan_traces(&self, start_unix_nano: u64, end_unix_nano: u64, fields: &SpanFields, visit: &mut dyn FnMut(&[Span])) -> Result<(), StoreError> {
+        let _ = fields;
+        let window = TraceQuery {
+            start_time_min_unix_nano: start_unix_nano,
+            start_time_max_unix_nano: end_unix_nano,
+            limit: usize::MAX,
+            ..TraceQuery::default()
+        };
+        for id in self.find_trace_ids(&window)? {
+            let trace = self.get_trace(id)?;
+            let first = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+            if (start_unix_nano..=end_unix_nano).contains(&first) {
+                visit(&trace);
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Span attributes that decide service-graph edges (see `spindle_model::for_each_edge`).
+pub const GRAPH_KEYS: [&str; 5] = [
+    spindle_model::semconv::MESSAGING_SYSTEM,
+    spindle_model::semconv::MESSAGING_DESTINATION_NAME,
+    spindle_model::semconv::DB_SYSTEM,
+    spindle_model::semconv::DB_SYSTEM_NAME,
+    spindle_model::semconv::PEER_SERVICE,
+];
 
 /// What a projected scan must fill in besides the span's identity (trace, span and parent
 /// ids), name, kind, times, status, resource and scope, which it always carries.

@@ -8,10 +8,9 @@
 //! hold the two against each other.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use parquet::data_type::ByteArray;
-use spindle_model::{semconv, AttributeValue, KeyValue, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
+use spindle_model::{semconv, AttributeValue, KeyValue, Span, SpanKind, StatusCode, TraceId};
 
 use crate::block::{Block, BlockError};
 use crate::block_format::{dedicated_index, DedicatedType, KvLeaves, Leaf, RawValue, SpanColumns, DEDICATED};
@@ -412,7 +411,7 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
 pub(crate) fn scan_block(block: &Block, query: &TraceQuery, fields: &SpanFields, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
     let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
     let keys = fields.attributes.as_deref();
-    let names = SpanColumns::selected_leaves(keys, fields.events);
+    let names = SpanColumns::selected_leaves(keys, fields.events, block.meta.attribute_keys.as_deref());
     let decode = |rg: usize| -> Result<Vec<Span>, StoreError> {
         let Some((mask, _)) = matcher.row_mask(rg)? else { return Ok(Vec::new()) };
         let cols = block.read_columns(rg, Some(&names), block.all_rows(rg))?;
@@ -460,87 +459,16 @@ struct Pair<'q> {
     scopes: Vec<bool>,
 }
 
-/// The trace ids of a block, one per trace, ascending.
-pub(crate) fn block_trace_ids(block: &Block) -> Result<Vec<TraceId>, StoreError> {
-    let mut out = Vec::with_capacity(block.meta.traces as usize);
-    for rg in 0..block.meta.row_groups.len() {
-        let cols = block.read_columns(rg, Some(&["trace_id"]), block.all_rows(rg))?;
-        for v in &cols.trace_id.values {
-            let bytes: [u8; 16] = v.data().try_into().unwrap_or([0; 16]);
-            let id = TraceId::from_bytes(bytes);
-            if out.last() != Some(&id) {
-                out.push(id);
-            }
+/// The trace ids of one row group, one per trace, ascending.
+pub(crate) fn row_group_trace_ids(block: &Block, rg: usize) -> Result<Vec<TraceId>, StoreError> {
+    let cols = block.read_columns(rg, Some(&["trace_id"]), block.all_rows(rg))?;
+    let mut out: Vec<TraceId> = Vec::new();
+    for v in &cols.trace_id.values {
+        let bytes: [u8; 16] = v.data().try_into().unwrap_or([0; 16]);
+        let id = TraceId::from_bytes(bytes);
+        if out.last() != Some(&id) {
+            out.push(id);
         }
-    }
-    Ok(out)
-}
-
-/// Keys that decide dependency edges; all have dedicated columns.
-const DEPENDENCY_KEYS: [&str; 4] =
-    [semconv::MESSAGING_SYSTEM, semconv::DB_SYSTEM, semconv::DB_SYSTEM_NAME, semconv::PEER_SERVICE];
-
-/// A span reduced to what [`spindle_model::dependency_edges`] reads.
-pub(crate) fn light_span(span: &Span) -> Span {
-    let attributes = DEPENDENCY_KEYS
-        .iter()
-        .filter_map(|key| span.attributes.iter().find(|kv| kv.key == *key))
-        .filter(|kv| matches!(kv.value, AttributeValue::String(_)))
-        .cloned()
-        .collect();
-    Span {
-        trace_id: span.trace_id,
-        span_id: span.span_id,
-        parent_span_id: span.parent_span_id,
-        kind: span.kind,
-        start_time_unix_nano: span.start_time_unix_nano,
-        attributes,
-        resource: service_resource(span.service_name()),
-        ..Default::default()
-    }
-}
-
-fn service_resource(service: &str) -> Arc<Resource> {
-    Arc::new(Resource { attributes: vec![KeyValue::string(semconv::SERVICE_NAME, service)], dropped_attributes_count: 0 })
-}
-
-/// The light spans of one row group of a block, in row order (grouped by trace).
-pub(crate) fn light_spans(block: &Block, rg: usize) -> Result<Vec<Span>, StoreError> {
-    let mut names = vec!["trace_id", "span_id", "parent_span_id", "resource_ref", "kind", "start_time_unix_nano"];
-    let dedicated: Vec<(&str, usize)> = DEPENDENCY_KEYS
-        .iter()
-        .filter_map(|k| dedicated_column(k).map(|(i, column, _)| (*k, DEDICATED[..i].iter().filter(|d| d.2 == DedicatedType::Str).count(), column)))
-        .map(|(k, position, column)| {
-            names.push(column);
-            (k, position)
-        })
-        .collect();
-    let cols = block.read_columns(rg, Some(&names), block.all_rows(rg))?;
-    // Light resources carry only the service name, so that light spans compare equal across
-    // blocks whose resource tables differ.
-    let resources: Vec<Arc<Resource>> = block.tables.resources.iter().map(|r| service_resource(r.service_name())).collect();
-    let mut cursors: Vec<_> = dedicated.iter().map(|(_, p)| cols.dedicated_str.get(*p).map(Leaf::cursor)).collect();
-    let mut out = Vec::with_capacity(cols.rows());
-    for row in 0..cols.rows() {
-        let bytes: [u8; 16] = cols.trace_id.values[row].data().try_into().unwrap_or([0; 16]);
-        let mut attributes = Vec::new();
-        for ((key, _), cursor) in dedicated.iter().zip(cursors.iter_mut()) {
-            if let Some(v) = cursor.as_mut().and_then(|c| c.next().1) {
-                let text = std::str::from_utf8(v.data()).unwrap_or_default();
-                attributes.push(KeyValue::string(*key, text));
-            }
-        }
-        let resource_ref = cols.resource_ref.values.get(row).map_or(0, |r| *r as usize);
-        out.push(Span {
-            trace_id: TraceId::from_bytes(bytes),
-            span_id: SpanId(cols.span_id.values.get(row).copied().unwrap_or(0) as u64),
-            parent_span_id: SpanId(cols.parent_span_id.values.get(row).copied().unwrap_or(0) as u64),
-            kind: SpanKind::from_otlp(cols.kind.values.get(row).copied().unwrap_or(0)),
-            start_time_unix_nano: cols.start.values.get(row).map_or(0, |v| *v as u64),
-            attributes,
-            resource: resources.get(resource_ref).cloned().unwrap_or_else(|| service_resource(semconv::UNKNOWN_SERVICE)),
-            ..Default::default()
-        });
     }
     Ok(out)
 }

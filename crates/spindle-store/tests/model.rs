@@ -260,6 +260,8 @@ fn check(store: &EmbeddedStore, model: &Model, queries: &[TraceQuery]) -> Result
     let projections = [
         SpanFields::bare(),
         SpanFields::with_attributes(["symbol", "http.response.status_code"]),
+        // Dedicated keys only: values of another type still sit in the generic lists.
+        SpanFields::with_attributes(["messaging.system", "peer.service"]),
         SpanFields { attributes: Some(vec!["db.system".into(), "k".into()]), events: true },
         SpanFields { attributes: None, events: true },
     ];

@@ -147,9 +147,15 @@ export function kafkaHops(range: { start: number; end: number }, step: string, s
 
 export interface GraphNode {
   id: string;
-  kind: 'service' | 'peer';
-  /** A peer that spans name but that sends no spans itself (Kafka, a database). */
+  /** `topic`: one destination of a broker (`kafka/market-data-raw`); `broker`: a broker
+   * whose spans name no destination; `peer`: a database or another callee. */
+  kind: 'service' | 'topic' | 'broker' | 'peer';
+  /** A peer that spans name but that sends no spans itself (a Kafka topic, a database). */
   virtual: boolean;
+  /** For topics and brokers: the messaging system, e.g. `kafka`. */
+  system?: string;
+  /** For topics: the destination name. */
+  topic?: string;
 }
 
 export interface GraphEdge {

@@ -146,12 +146,14 @@ export function edgeLabel(e: Pick<GraphEdge, 'callCount' | 'errorCount' | 'p99Ms
 const DATABASES = new Set(['postgresql', 'mysql', 'mariadb', 'mssql', 'oracle', 'db2', 'sqlite', 'redis', 'mongodb', 'cassandra', 'elasticsearch', 'opensearch', 'memcached', 'couchdb', 'couchbase', 'dynamodb', 'clickhouse', 'cockroachdb', 'spanner', 'neo4j', 'hbase', 'h2', 'derby', 'hive', 'trino', 'other_sql']);
 
 /**
- * The search tag that finds the spans naming a virtual peer. The graph does not say which
- * attribute named it: a peer that calls onward (edges out) is a broker
- * (`messaging.system`), a known database name is `db.system`, anything else `peer.service`.
+ * The search tag that finds the spans naming a virtual peer: a topic node by its
+ * destination (`messaging.destination.name`), a broker by `messaging.system`, a known
+ * database name by `db.system`, anything else by `peer.service`.
  */
 export function peerTag(id: string, g: Graph): string {
-  if (g.edges.some((e) => e.parent === id)) return `messaging.system=${id}`;
+  const node = g.nodes.find((n) => n.id === id);
+  if (node?.kind === 'topic' && node.topic) return `messaging.destination.name=${node.topic}`;
+  if (node?.kind === 'broker' || g.edges.some((e) => e.parent === id)) return `messaging.system=${node?.system ?? id}`;
   if (DATABASES.has(id)) return `db.system=${id}`;
   return `peer.service=${id}`;
 }

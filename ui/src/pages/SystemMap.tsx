@@ -45,8 +45,8 @@ export function SystemMapPage(props: { query: URLSearchParams }) {
           <div class="card">
             <MapSvg layout={data.value.layout} graph={data.value.graph} />
             <p class="muted note">
-              Calls, error % and p99 per edge over every trace that started in the range (<code>/api/spindle/graph</code>). Dashed nodes are peers that send no spans (named by{' '}
-              <code>messaging.system</code> / <code>db.system</code>). Click a service for its page, a peer for the spans that call it.
+              Calls, error % and p99 per edge over every trace that started in the range (<code>/api/spindle/graph</code>). Dashed nodes are peers that send no spans: one per Kafka topic (<code>messaging.destination.name</code>), databases (
+              <code>db.system</code>) and other callees (<code>peer.service</code>). Click a service for its page, a peer for the spans that call it.
             </p>
           </div>
         ))}

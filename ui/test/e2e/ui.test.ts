@@ -312,13 +312,16 @@ describe('system map and service page', () => {
     await page.waitForSelector('[data-testid=system-map]');
     const end = Date.now() * 1000;
     const g = await api<Graph>(`/api/spindle/graph?start=${end - 24 * 3600e6}&end=${end}`);
-    for (const node of ['ingestion-service', 'processor-service', 'storage-service', 'kafka', 'postgresql']) {
+    const [raw, enriched] = ['kafka/market-data-raw', 'kafka/market-data-enriched'];
+    for (const node of ['ingestion-service', 'processor-service', 'storage-service', raw, enriched, 'postgresql']) {
       expect(await page.locator(`[data-node="${node}"]`).count(), node).toBe(1);
     }
     expect(await page.locator('[data-node]').count()).toBe(g.nodes.length);
     for (const n of g.nodes) expect(((await page.locator(`[data-node="${n.id}"]`).getAttribute('class')) ?? '').includes('virtual'), n.id).toBe(n.virtual);
-    expect(g.nodes.filter((n) => n.virtual).map((n) => n.id)).toEqual(expect.arrayContaining(['kafka', 'postgresql']));
-    for (const edge of ['ingestion-service->kafka', 'processor-service->kafka', 'kafka->processor-service', 'kafka->storage-service', 'storage-service->postgresql']) {
+    // The seed's graph: one node per Kafka topic, so the pipeline reads left to right.
+    expect(g.nodes.filter((n) => n.virtual).map((n) => n.id)).toEqual(expect.arrayContaining([raw, enriched, 'postgresql']));
+    expect(g.nodes.find((n) => n.id === raw)).toMatchObject({ kind: 'topic', system: 'kafka', topic: 'market-data-raw' });
+    for (const edge of [`ingestion-service->${raw}`, `${raw}->processor-service`, `processor-service->${enriched}`, `${enriched}->storage-service`, 'storage-service->postgresql']) {
       expect(await page.locator(`[data-edge="${edge}"]`).count(), edge).toBe(1);
     }
     expect(await page.locator('[data-edge]').count()).toBe(g.edges.length);
@@ -334,6 +337,9 @@ describe('system map and service page', () => {
     await screenshot(page, '06-system-map');
     await page.click('[data-node="postgresql"]');
     await page.waitForURL(/\/search\?tags=db.system%3Dpostgresql/);
+    await page.goBack();
+    await page.click(`[data-node="${enriched}"]`);
+    await page.waitForURL(/\/search\?tags=messaging.destination.name%3Dmarket-data-enriched/);
     await page.goBack();
     await page.click('[data-node="storage-service"]');
     await page.waitForURL(/\/service\/storage-service/);

@@ -96,6 +96,11 @@ describe('system map', () => {
       ],
     };
     expect(peerTag('kafka', g)).toBe('messaging.system=kafka');
+    const topics = {
+      nodes: [{ id: 'kafka/market-data-raw', kind: 'topic' as const, virtual: true, system: 'kafka', topic: 'market-data-raw' }],
+      edges: [{ parent: 'kafka/market-data-raw', child: 'b', callCount: 1, errorCount: 0, p99Ms: 1 }],
+    };
+    expect(peerTag('kafka/market-data-raw', topics)).toBe('messaging.destination.name=market-data-raw');
     expect(peerTag('postgresql', g)).toBe('db.system=postgresql');
     expect(peerTag('billing-api', g)).toBe('peer.service=billing-api');
   });

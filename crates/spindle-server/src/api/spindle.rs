@@ -278,8 +278,16 @@ pub async fn graph(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Re
             }
             for e in &edges {
                 for name in [&e.parent, &e.child] {
-                    // Peers that spans name but that send no spans: Kafka, databases, …
-                    nodes.entry(name.clone()).or_insert_with(|| json!({"id": name, "kind": "peer", "virtual": true}));
+                    // Peers that spans name but that send no spans: Kafka topics, databases, …
+                    // A peer with edges out is a broker, or one topic of it (`kafka/topic`).
+                    let forwards = edges.iter().any(|x| x.parent == *name);
+                    nodes.entry(name.clone()).or_insert_with(|| match name.split_once('/') {
+                        Some((system, topic)) if forwards => {
+                            json!({"id": name, "kind": "topic", "virtual": true, "system": system, "topic": topic})
+                        }
+                        _ if forwards => json!({"id": name, "kind": "broker", "virtual": true, "system": name}),
+                        _ => json!({"id": name, "kind": "peer", "virtual": true}),
+                    });
                 }
             }
             let edges: Vec<Value> = edges
