@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::Spindle;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use serde_json::Value;
+use serde_json::{json, Value};
 use spindle_model::Span;
 use spindle_query::sketch::{exact_quantile, RELATIVE_ERROR};
 use spindle_workload::Workload;
@@ -150,9 +150,13 @@ fn span_metrics_spm_analytics_and_a_real_prometheus() {
     }
     let (_, graph) = spindle.get_json("/api/spindle/graph");
     let edges = graph["edges"].as_array().unwrap();
-    assert!(edges.iter().any(|e| e["parent"] == "quote-api" && e["child"] == "kafka"));
-    assert!(edges.iter().any(|e| e["parent"] == "kafka" && e["child"] == "ledger" && e["callCount"] == 300));
-    assert!(graph["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "kafka" && n["virtual"] == true));
+    // One node per topic in Spindle's graph; Jaeger's dependencies keep one `kafka` node.
+    assert!(edges.iter().any(|e| e["parent"] == "quote-api" && e["child"] == "kafka/ledger-events"));
+    assert!(edges.iter().any(|e| e["parent"] == "kafka/ledger-events" && e["child"] == "ledger" && e["callCount"] == 300));
+    let topic = graph["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "kafka/ledger-events").expect("topic node");
+    assert_eq!((&topic["virtual"], &topic["kind"], &topic["system"], &topic["topic"]), (&json!(true), &json!("topic"), &json!("kafka"), &json!("ledger-events")));
+    let (_, deps) = spindle.get_json(&format!("/api/dependencies?endTs={}&lookback=86400000", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()));
+    assert!(deps["data"].as_array().unwrap().iter().any(|d| d["parent"] == "kafka" && d["child"] == "ledger" && d["callCount"] == 300), "{deps}");
     let (_, hops) = spindle.get_json("/api/spindle/kafka-hops?step=1h");
     assert_eq!(hops["topics"][0]["topic"], "ledger-events");
     let hop_count: u64 = hops["topics"][0]["series"].as_array().unwrap().iter().map(|p| p["count"].as_u64().unwrap()).sum();
