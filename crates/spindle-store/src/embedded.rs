@@ -989,6 +989,45 @@ mod tests {
         EmbeddedStore::open(options(dir)).unwrap()
     }
 
+    #[test]
+    fn reads_racing_head_cuts_never_miss_a_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(StoreOptions { sync: SyncPolicy::Interval(Duration::from_secs(1)), ..options(dir.path()) }).unwrap());
+        let published = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (store, published) = (Arc::clone(&store), Arc::clone(&published));
+            thread::spawn(move || {
+                for t in 1..=150u64 {
+                    let base = t * 10;
+                    let trace: Vec<Span> = (0..3).map(|k| span(u128::from(t), base + k, 0, "api", "get", 1_000 + t)).collect();
+                    store.append(trace).unwrap();
+                    published.store(t, Ordering::SeqCst);
+                    // Every trace moves head → frozen → block while the reader reads it.
+                    store.flush().unwrap();
+                }
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() {
+            let t = published.load(Ordering::SeqCst);
+            if t == 0 {
+                continue;
+            }
+            let spans = store.get_trace(TraceId(u128::from(t))).unwrap();
+            assert_eq!(spans.len(), 3, "trace {t} read whole by get_trace");
+            let query = TraceQuery { start_time_min_unix_nano: 1_000 + t, start_time_max_unix_nano: 1_000 + t, ..TraceQuery::default() };
+            let mut seen = HashSet::new();
+            store.scan_fields(&query, &SpanFields::bare(), &mut |s| {
+                seen.insert(s.span_id);
+            }).unwrap();
+            assert_eq!(seen.len(), 3, "trace {t} seen whole by scan_fields");
+            assert_eq!(store.find_trace_ids(&query).unwrap(), vec![TraceId(u128::from(t))]);
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert!(reads > 10, "the reader raced the writer ({reads} reads)");
+    }
+
     fn check_basic_queries(store: &EmbeddedStore) {
         assert_eq!(store.get_trace(TraceId(1)).unwrap().len(), 2);
         assert_eq!(store.services().unwrap(), vec!["a".to_string(), "b".to_string()]);
