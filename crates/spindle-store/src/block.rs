@@ -426,19 +426,28 @@ pub(crate) struct RowRange {
     pub(crate) take: usize,
 }
 
-fn read_leaf<T: DataType>(rg: &dyn RowGroupReader, index: usize, rows: RowRange, leaf: &mut Leaf<T::T>) -> Result<(), BlockError> {
+/// Reads the rows of `runs` (ascending, disjoint `(first row, count)` pairs) of one leaf,
+/// one after the other, skipping the rows between them without materialising values.
+fn read_leaf<T: DataType>(rg: &dyn RowGroupReader, index: usize, runs: &[(usize, usize)], leaf: &mut Leaf<T::T>) -> Result<(), BlockError> {
     let descr = rg.metadata().column(index).column_descr_ptr();
     leaf.max_def = descr.max_def_level();
     let column = rg.get_column_reader(index)?;
     let mut reader = T::get_column_reader(column).ok_or(FormatError::Malformed("column type"))?;
-    if rows.skip > 0 {
-        reader.skip_records(rows.skip)?;
-    }
-    let def = (descr.max_def_level() > 0).then_some(&mut leaf.def);
-    let rep = (descr.max_rep_level() > 0).then_some(&mut leaf.rep);
-    let (records, _, _) = reader.read_records(rows.take, def, rep, &mut leaf.values)?;
-    if records != rows.take {
-        return Err(FormatError::Malformed("row count").into());
+    let mut at = 0;
+    for &(first, count) in runs {
+        if first < at {
+            return Err(FormatError::Malformed("row selection out of order").into());
+        }
+        if first > at && reader.skip_records(first - at)? != first - at {
+            return Err(FormatError::Malformed("row count").into());
+        }
+        let def = (descr.max_def_level() > 0).then_some(&mut leaf.def);
+        let rep = (descr.max_rep_level() > 0).then_some(&mut leaf.rep);
+        let (records, _, _) = reader.read_records(count, def, rep, &mut leaf.values)?;
+        if records != count {
+            return Err(FormatError::Malformed("row count").into());
+        }
+        at = first + count;
     }
     Ok(())
 }
@@ -493,10 +502,16 @@ impl Block {
 
     /// Reads the named leaves (all when `names` is `None`) of some rows of a row group.
     pub(crate) fn read_columns(&self, rg: usize, names: Option<&[&str]>, rows: RowRange) -> Result<SpanColumns, StoreError> {
-        self.read_columns_inner(rg, names, rows).map_err(|e| e.at(&self.path))
+        self.read_columns_inner(rg, names, &[(rows.skip, rows.take)]).map_err(|e| e.at(&self.path))
     }
 
-    fn read_columns_inner(&self, rg_index: usize, names: Option<&[&str]>, rows: RowRange) -> Result<SpanColumns, BlockError> {
+    /// Like [`Block::read_columns`] for scattered rows: the result holds the rows of `runs`
+    /// (ascending, disjoint `(first row, count)` pairs) one after the other.
+    pub(crate) fn read_column_runs(&self, rg: usize, names: &[&str], runs: &[(usize, usize)]) -> Result<SpanColumns, StoreError> {
+        self.read_columns_inner(rg, Some(names), runs).map_err(|e| e.at(&self.path))
+    }
+
+    fn read_columns_inner(&self, rg_index: usize, names: Option<&[&str]>, rows: &[(usize, usize)]) -> Result<SpanColumns, BlockError> {
         let rg = self.reader.get_row_group(rg_index)?;
         let mut columns = SpanColumns::new();
         for (name, leaf) in columns.leaves_mut() {

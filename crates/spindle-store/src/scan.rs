@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use parquet::data_type::ByteArray;
 use spindle_model::{semconv, AttributeValue, KeyValue, Span, SpanKind, StatusCode, TraceId};
 
-use crate::block::{Block, BlockError};
+use crate::block::{Block, BlockError, RowRange};
 use crate::block_format::{dedicated_index, DedicatedType, KvLeaves, Leaf, RawValue, SpanColumns, DEDICATED};
 use crate::query::TraceQuery;
 use crate::{SpanFields, StoreError};
@@ -265,8 +265,10 @@ impl<'a> Matcher<'a> {
             let mut c = cols.status_message.cursor();
             messages = (0..n).map(|_| c.next().1).collect();
         }
-        let mut span_lists: Option<KvLeaves> = None;
-        let mut event_lists: Option<(KvLeaves, Leaf<ByteArray>)> = None;
+        // List columns are the expensive read. When few rows are left, only their rows are
+        // decoded (`Selection`), the rest skipped; hits are mapped back to row numbers.
+        let mut span_lists: Option<(KvLeaves, Selection)> = None;
+        let mut event_lists: Option<(KvLeaves, Leaf<ByteArray>, Selection)> = None;
         for pair in pairs {
             let mut hit = vec![false; n];
             for row in 0..n {
@@ -315,10 +317,11 @@ impl<'a> Matcher<'a> {
             if undecided && pair.in_lists {
                 if span_lists.is_none() {
                     let names: Vec<&str> = span_kv.iter().map(String::as_str).collect();
-                    span_lists = Some(block.read_columns(rg_index, Some(&names), rows)?.attributes);
+                    let selection = Selection::of(&mask);
+                    span_lists = Some((selection.read(block, rg_index, &names, rows)?.attributes, selection));
                 }
-                if let Some(lists) = &span_lists {
-                    kv_list_matches(lists, pair.key, pair.text, &mut hit)?;
+                if let Some((lists, selection)) = &span_lists {
+                    selection.matches(&mut hit, |compact| kv_list_matches(lists, pair.key, pair.text, compact))?;
                 }
             }
             let undecided = hit.iter().zip(&mask).any(|(h, m)| *m && !*h);
@@ -326,15 +329,19 @@ impl<'a> Matcher<'a> {
                 if event_lists.is_none() {
                     let mut names: Vec<&str> = event_kv.iter().map(String::as_str).collect();
                     names.push("events.event.name");
-                    let c = block.read_columns(rg_index, Some(&names), rows)?;
-                    event_lists = Some((c.event_attributes, c.event_name));
+                    let selection = Selection::of(&mask);
+                    let c = selection.read(block, rg_index, &names, rows)?;
+                    event_lists = Some((c.event_attributes, c.event_name, selection));
                 }
-                if let Some((lists, event_names)) = &event_lists {
+                if let Some((lists, event_names, selection)) = &event_lists {
                     if pair.in_lists {
-                        kv_list_matches(lists, pair.key, pair.text, &mut hit)?;
+                        selection.matches(&mut hit, |compact| kv_list_matches(lists, pair.key, pair.text, compact))?;
                     }
                     if pair.event_name {
-                        event_name_matches(event_names, pair.text, &mut hit);
+                        selection.matches(&mut hit, |compact| {
+                            event_name_matches(event_names, pair.text, compact);
+                            Ok(())
+                        })?;
                     }
                 }
             }
@@ -346,6 +353,60 @@ impl<'a> Matcher<'a> {
             }
         }
         Ok(mask.iter().any(|m| *m).then_some((mask, cols)))
+    }
+}
+
+/// The rows of a row group a list column is read for: all of them, or, when at most a
+/// quarter survive the cheaper filters, only those (ascending row numbers).
+enum Selection {
+    All,
+    Rows(Vec<usize>),
+}
+
+impl Selection {
+    fn of(mask: &[bool]) -> Self {
+        let rows: Vec<usize> = mask.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| i).collect();
+        if rows.len() * 4 <= mask.len() {
+            Selection::Rows(rows)
+        } else {
+            Selection::All
+        }
+    }
+
+    fn read(&self, block: &Block, rg: usize, names: &[&str], rows: RowRange) -> Result<SpanColumns, StoreError> {
+        match self {
+            Selection::All => block.read_columns(rg, Some(names), rows),
+            Selection::Rows(selected) => {
+                let mut runs: Vec<(usize, usize)> = Vec::new();
+                for &r in selected {
+                    match runs.last_mut() {
+                        Some((first, count)) if *first + *count == r => *count += 1,
+                        _ => runs.push((r, 1)),
+                    }
+                }
+                block.read_column_runs(rg, names, &runs)
+            }
+        }
+    }
+
+    /// Runs `find` over the rows read (one slot per row read) and ORs its hits into `hit`
+    /// (one slot per row of the row group).
+    fn matches(&self, hit: &mut [bool], find: impl FnOnce(&mut [bool]) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        match self {
+            Selection::All => find(hit),
+            Selection::Rows(rows) => {
+                let mut compact = vec![false; rows.len()];
+                find(&mut compact)?;
+                for (row, found) in rows.iter().zip(compact) {
+                    if found {
+                        if let Some(slot) = hit.get_mut(*row) {
+                            *slot = true;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 }
 
