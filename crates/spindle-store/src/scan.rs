@@ -410,8 +410,9 @@ impl Selection {
     }
 }
 
-/// Adds to `into` every trace of `block` with a span matching `query`, with the trace's
-/// earliest start in the block (traces never straddle row groups, so that is exact).
+/// Adds to `into` every trace of `block` with a span matching `query`, with an upper bound
+/// of the trace's start: its earliest start in the block (traces never straddle row
+/// groups) or, where few rows matched, the earliest start of a matching span.
 pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMap<TraceId, u64>) -> Result<(), StoreError> {
     let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
     let meta = &block.meta;
@@ -420,6 +421,18 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
         let Some((mask, cols)) = matcher.row_mask(rg_index)? else { return Ok(()) };
         let rows = block.all_rows(rg_index);
         let n = rows.take;
+        let start_of = |row: usize| cols.start.values.get(row).map_or(0, |v| *v as u64);
+        if let Selection::Rows(matched) = Selection::of(&mask) {
+            // Few matches: read their trace ids only, each with its own start as the bound
+            // of its trace's start (the search refines the bounds it keeps).
+            let ids = Selection::Rows(matched.clone()).read(block, rg_index, &["trace_id"], rows)?;
+            for (id, row) in ids.trace_id.values.iter().zip(matched) {
+                let bytes: [u8; 16] = id.data().try_into().unwrap_or([0; 16]);
+                let at = into.entry(TraceId::from_bytes(bytes)).or_insert(u64::MAX);
+                *at = (*at).min(start_of(row));
+            }
+            return Ok(());
+        }
         let ids = block.read_columns(rg_index, Some(&["trace_id"]), rows)?;
         // Rows are sorted by trace id: walk runs of one trace, keeping its earliest start.
         let mut row = 0;
