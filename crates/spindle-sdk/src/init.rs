@@ -252,7 +252,7 @@ fn env_filter(name: &'static str, directives: &str) -> Result<EnvFilter, InitErr
 /// close of every span.
 enum SpanFilter {
     Targets(Targets),
-    Env(EnvFilter),
+    Env(Box<EnvFilter>),
 }
 
 impl SpanFilter {
@@ -262,7 +262,7 @@ impl SpanFilter {
                 return Ok(Self::Targets(targets));
             }
         }
-        env_filter("span_filter", directives).map(Self::Env)
+        env_filter("span_filter", directives).map(|env| Self::Env(Box::new(env)))
     }
 }
 
@@ -323,7 +323,7 @@ where
     let not_on_worker = filter_fn(|_| !on_export_worker());
     let layer: BoxedLayer<S> = match span_filter {
         SpanFilter::Targets(targets) => Box::new(layer.with_filter(targets.and(not_on_worker))),
-        SpanFilter::Env(env) => Box::new(layer.with_filter(env.and(not_on_worker))),
+        SpanFilter::Env(env) => Box::new(layer.with_filter((*env).and(not_on_worker))),
     };
     let guard = TracingGuard::exporting(provider, stats, settings.shutdown_timeout);
     Ok((layer, guard))

@@ -311,7 +311,7 @@ fn put_trace_state(buf: &mut Vec<u8>, field: u32, state: &TraceState) {
 
 fn varint_len(value: u64) -> usize {
     // 7 bits per byte; 0 still takes one byte.
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
@@ -621,7 +621,7 @@ mod tests {
                 TraceState::NONE,
             ),
             parent_span_id: SpanId::from(n + 1),
-            parent_span_is_remote: n % 2 == 0,
+            parent_span_is_remote: n.is_multiple_of(2),
             span_kind: SpanKind::Server,
             name: Cow::Owned(format!("GET /stocks/{n}")),
             start_time: start,

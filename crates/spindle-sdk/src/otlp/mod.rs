@@ -9,6 +9,11 @@
 //! cost 2–4 µs per span on the export thread (docs/PERFORMANCE.md); `http/json` still goes
 //! through opentelemetry-otlp.
 //!
+//! After a failed export the next one waits — 250 ms, doubling up to 5 s while failures
+//! last — before it tries again: a backend that is down then costs the export thread a timer,
+//! not an encode and a connection attempt per batch, and the bounded queue in front of it
+//! sheds the excess as counted drops (an atomic increment on the service's thread).
+//!
 //! The SDK installs it itself (see [`crate::SpindleBuilder`]); it is public for services
 //! that build their own tracer provider and for the benchmarks. Within the SDK it runs on the
 //! export worker's runtime only, which bounds every call with its own timeout; it never
@@ -35,6 +40,29 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 /// How often, at most, a partial success answer is logged.
 const PARTIAL_SUCCESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The wait before the next attempt after a first failure, and its ceiling.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// When the next export may try the backend, after failures.
+#[derive(Debug, Default)]
+struct Backoff {
+    retry_at: Option<Instant>,
+    next: Duration,
+}
+
+impl Backoff {
+    fn failed(&mut self, now: Instant) {
+        let wait = if self.next.is_zero() { FIRST_BACKOFF } else { self.next };
+        self.retry_at = Some(now + wait);
+        self.next = (wait * 2).min(MAX_BACKOFF);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+}
+
 #[derive(Debug)]
 enum Transport {
     Grpc(tonic::client::Grpc<Channel>),
@@ -48,6 +76,7 @@ pub struct OtlpExporter {
     transport: Transport,
     compression: Compression,
     last_partial_log: Mutex<Option<Instant>>,
+    backoff: Mutex<Backoff>,
 }
 
 impl OtlpExporter {
@@ -83,6 +112,7 @@ impl OtlpExporter {
             transport,
             compression,
             last_partial_log: Mutex::new(None),
+            backoff: Mutex::new(Backoff::default()),
         }
     }
 
@@ -181,10 +211,22 @@ impl SpanExporter for OtlpExporter {
         if batch.is_empty() {
             return Ok(());
         }
+        let retry_at = self.backoff.lock().ok().and_then(|b| b.retry_at);
+        if let Some(at) = retry_at {
+            // Bounded by the worker's export timeout, like any export.
+            tokio::time::sleep_until(at.into()).await;
+        }
         let request = self.encode(&batch)?;
         // The spans' memory goes back before the network wait, not after.
         drop(batch);
-        self.send(request).await
+        let result = self.send(request).await;
+        if let Ok(mut backoff) = self.backoff.lock() {
+            match &result {
+                Ok(()) => backoff.succeeded(),
+                Err(_) => backoff.failed(Instant::now()),
+            }
+        }
+        result
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -233,5 +275,28 @@ impl Decoder for RawProtobuf {
         let mut out = vec![0; src.remaining()];
         src.copy_to_slice(&mut out);
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling_and_resets_on_success() {
+        let mut backoff = Backoff::default();
+        let t0 = Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            backoff.failed(t0);
+            waits.push(backoff.retry_at.map(|at| at - t0));
+        }
+        assert_eq!(waits[0], Some(FIRST_BACKOFF));
+        assert_eq!(waits[1], Some(FIRST_BACKOFF * 2));
+        assert_eq!(waits[7], Some(MAX_BACKOFF));
+        backoff.succeeded();
+        assert_eq!(backoff.retry_at, None);
+        backoff.failed(t0);
+        assert_eq!(backoff.retry_at, Some(t0 + FIRST_BACKOFF));
     }
 }
