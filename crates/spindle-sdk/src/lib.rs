@@ -6,6 +6,8 @@
 //!
 //! - **one-call init** ([`init`], [`builder`]) with readable logs, OTLP gRPC or HTTP export,
 //!   samplers, resource attributes and the `OTEL_*` environment variables;
+//! - **cheap export**: `grpc` and `http/protobuf` spans are written to OTLP protobuf straight
+//!   from the finished spans by the SDK's own exporter ([`otlp`]), optionally gzip-compressed;
 //! - **graceful degradation**: a bounded export queue on its own thread, so a slow or dead
 //!   backend costs the service nothing but counted, rate-limited-logged drops
 //!   ([`TracingGuard::stats`]); a failed init or `OTEL_SDK_DISABLED=true` leaves plain logging;

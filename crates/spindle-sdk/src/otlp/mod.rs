@@ -1,7 +1,7 @@
 //! The SDK's own OTLP span exporter: gRPC and HTTP/protobuf.
 //!
 //! [`OtlpExporter`] encodes a batch of `SpanData` directly into the bytes of an
-//! `ExportTraceServiceRequest` ([`encode`]) and sends them as they are: a unary gRPC call
+//! `ExportTraceServiceRequest` (module `encode`) and sends them as they are: a unary gRPC call
 //! (`/opentelemetry.proto.collector.trace.v1.TraceService/Export`) over tonic's HTTP/2
 //! channel, or an OTLP/HTTP `POST` with `Content-Type: application/x-protobuf` over reqwest.
 //! Optionally gzip-compressed. It replaces opentelemetry-otlp's exporter for these two
