@@ -495,6 +495,27 @@ mod tests {
     }
 
     #[test]
+    fn compression_from_builder_then_variables() {
+        assert_eq!(resolve(&named("s"), &[]).expect("ok").compression, Compression::None);
+        let s = resolve(&named("s"), &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).expect("ok");
+        assert_eq!(s.compression, Compression::Gzip);
+        let s = resolve(
+            &named("s"),
+            &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"), ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none")],
+        )
+        .expect("ok");
+        assert_eq!(s.compression, Compression::None, "the per-signal variable wins");
+        let b = BuilderSettings { compression: Some(Compression::None), ..named("s") };
+        let s = resolve(&b, &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).expect("ok");
+        assert_eq!(s.compression, Compression::None, "the builder wins");
+        let err = resolve(&named("s"), &[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]).expect_err("rejects");
+        assert!(err.to_string().contains("zstd"), "{err}");
+        let b = BuilderSettings { protocol: Some(Protocol::HttpJson), ..named("s") };
+        let err = resolve(&b, &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).expect_err("json has no gzip");
+        assert!(err.to_string().contains("http/json"), "{err}");
+    }
+
+    #[test]
     fn samplers_parse_from_the_environment() {
         let sampler = |name: &str, arg: Option<&str>| {
             let mut vars = vec![("OTEL_TRACES_SAMPLER", name)];
