@@ -3,7 +3,10 @@
 //! the same run, requests alternating between the two so both see the same machine.
 //!
 //! Reports the ratio of CPU time (the service thread, plus the SDK's export thread for the
-//! traced service) and of p50 / p99 latency seen by the client.
+//! traced service) and of p50 / p99 latency seen by the client. The CPU ratio is given twice:
+//! from the totals, and paired — the median over adjacent request pairs of the traced
+//! request's extra CPU, plus the export thread's mean per request, over the median untraced
+//! request — which noise from other processes moves far less.
 //!
 //! ```sh
 //! cargo build --release -p spindle-server --bin spindle
@@ -163,15 +166,26 @@ fn main() {
         let cpu = |tids: &[i32]| tids.iter().map(|t| thread_cpu_ns(*t)).sum::<u64>();
         let (off_cpu0, on_cpu0, exp_cpu0) = (cpu(&[off_tid]), cpu(&[on_tid]), cpu(&exporter_tids));
         let (mut off_lat, mut on_lat) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
+        // Each service's CPU is read just before its own next request, when it has been idle
+        // since the other service's request: the difference is one request, all of it.
+        let (mut off_mark, mut on_mark) = (off_cpu0, on_cpu0);
+        let (mut off_req, mut on_req) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
         let wall = Instant::now();
         for id in 0..pairs as u64 {
             // Alternate which goes first so neither always follows the other.
-            if id % 2 == 0 {
-                off_lat.push(call(off_port, id).await);
-                on_lat.push(call(on_port, id).await);
-            } else {
-                on_lat.push(call(on_port, id).await);
-                off_lat.push(call(off_port, id).await);
+            let off_first = id % 2 == 0;
+            for side in [off_first, !off_first] {
+                let (port, tid, mark, per_request, latencies) = if side {
+                    (off_port, off_tid, &mut off_mark, &mut off_req, &mut off_lat)
+                } else {
+                    (on_port, on_tid, &mut on_mark, &mut on_req, &mut on_lat)
+                };
+                let now = cpu(&[tid]);
+                if id > 0 {
+                    per_request.push((now - *mark) as f64);
+                }
+                *mark = now;
+                latencies.push(call(port, id).await);
             }
         }
         let wall = wall.elapsed();
@@ -180,9 +194,14 @@ fn main() {
         let off_cpu = cpu(&[off_tid]) - off_cpu0;
         let export_cpu = cpu(&exporter_tids) - exp_cpu0;
         let on_cpu = cpu(&[on_tid]) - on_cpu0 + export_cpu;
-        (off_cpu, on_cpu, export_cpu, off_lat, on_lat, wall)
+        // Paired: the median over adjacent pairs of the extra CPU of the traced request, which
+        // a preemption or a cache flush by another process on this shared machine moves far
+        // less than it moves the totals.
+        let mut extra: Vec<f64> = on_req.iter().zip(&off_req).map(|(on, off)| on - off).collect();
+        let paired = (support::workload::median(&mut extra), support::workload::median(&mut off_req));
+        (off_cpu, on_cpu, export_cpu, off_lat, on_lat, wall, paired)
     });
-    let (off_cpu, on_cpu, export_cpu, mut off_lat, mut on_lat, wall) = result;
+    let (off_cpu, on_cpu, export_cpu, mut off_lat, mut on_lat, wall, (extra_ns, typical_ns)) = result;
     guard.flush().expect("flush");
     let stats = guard.stats();
     off_lat.sort_by(f64::total_cmp);
@@ -210,6 +229,14 @@ fn main() {
         "    of which export thread       {:>8.1} us ({:.2} us per span)",
         per_request(export_cpu),
         per_request(export_cpu) / 5.0
+    );
+    let export_per_request = export_cpu as f64 / pairs as f64;
+    println!(
+        "  paired: median extra cpu {:>6.1} us + export {:>5.1} us over median {:>8.1} us   {:.4}",
+        extra_ns / 1e3,
+        export_per_request / 1e3,
+        typical_ns / 1e3,
+        1.0 + (extra_ns + export_per_request) / typical_ns
     );
     println!("  latency p50      {off50:>8.3} ms {on50:>8.3} ms   {:.4}", on50 / off50);
     println!("  latency p99      {off99:>8.3} ms {on99:>8.3} ms   {:.4}", on99 / off99);

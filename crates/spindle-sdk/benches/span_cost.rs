@@ -27,6 +27,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use rdkafka::message::OwnedHeaders;
 use spindle_sdk::tracing::Dispatch;
+use spindle_sdk::Compression;
 use spindle_sdk::tracing_subscriber::layer::SubscriberExt;
 use spindle_sdk::tracing_subscriber::Registry;
 
@@ -203,8 +204,34 @@ fn export(c: &mut Cpu) {
         .with_endpoint(format!("{}/v1/traces", sink.http_endpoint))
         .build()
         .expect("http exporter");
+    // The SDK's own exporter (what `init` installs for grpc and http/protobuf).
+    let sdk_grpc = {
+        let _entered = runtime.enter();
+        spindle_sdk::otlp::OtlpExporter::grpc(&sink.grpc_endpoint, Duration::from_secs(10), Compression::None)
+            .expect("sdk grpc exporter")
+    };
+    let sdk_http = spindle_sdk::otlp::OtlpExporter::http_protobuf(
+        &format!("{}/v1/traces", sink.http_endpoint),
+        Duration::from_secs(10),
+        Compression::None,
+    )
+    .expect("sdk http exporter");
     let mut group = c.benchmark_group("export");
     group.throughput(Throughput::Elements(512));
+    group.bench_function("batch_512/sdk_grpc", |b| {
+        b.iter_batched(
+            || (0..512).map(span_data).collect::<Vec<_>>(),
+            |batch| runtime.block_on(sdk_grpc.export(batch)).expect("export"),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("batch_512/sdk_http_protobuf", |b| {
+        b.iter_batched(
+            || (0..512).map(span_data).collect::<Vec<_>>(),
+            |batch| runtime.block_on(sdk_http.export(batch)).expect("export"),
+            BatchSize::SmallInput,
+        )
+    });
     group.bench_function("batch_512/otlp_grpc", |b| {
         b.iter_batched(
             || (0..512).map(span_data).collect::<Vec<_>>(),

@@ -50,6 +50,28 @@ impl Protocol {
     }
 }
 
+/// Whether export requests are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Sent as they are (`none`, the default): on a local network or loopback, compressing
+    /// costs the service more CPU than it saves.
+    #[default]
+    None,
+    /// gzip (`gzip`), for `grpc` and `http/protobuf`.
+    Gzip,
+}
+
+impl Compression {
+    /// Parses the values `OTEL_EXPORTER_OTLP_COMPRESSION` allows.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "none" => Some(Self::None),
+            "gzip" => Some(Self::Gzip),
+            _ => None,
+        }
+    }
+}
+
 /// Which traces are recorded and exported.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SamplerConfig {
@@ -168,6 +190,7 @@ pub(crate) struct BuilderSettings {
     pub service_name: String,
     pub endpoint: Option<String>,
     pub protocol: Option<Protocol>,
+    pub compression: Option<Compression>,
     pub sampler: Option<SamplerConfig>,
     pub resource_attributes: Vec<KeyValue>,
     pub log_filter: Option<String>,
@@ -189,6 +212,7 @@ pub(crate) struct Settings {
     pub service_name: String,
     pub disabled: bool,
     pub protocol: Protocol,
+    pub compression: Compression,
     /// The full URL the exporter sends to.
     pub endpoint: String,
     pub sampler: SamplerConfig,
@@ -233,6 +257,27 @@ impl Settings {
                 })?,
             },
         };
+
+        let compression = match builder.compression {
+            Some(c) => c,
+            None => match env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+                .or_else(|| env("OTEL_EXPORTER_OTLP_COMPRESSION"))
+            {
+                None => Compression::None,
+                Some(v) => Compression::parse(&v).ok_or_else(|| InitError::InvalidSetting {
+                    name: "OTEL_EXPORTER_OTLP_COMPRESSION",
+                    value: v.clone(),
+                    reason: "expected gzip or none".to_owned(),
+                })?,
+            },
+        };
+        if compression == Compression::Gzip && protocol == Protocol::HttpJson {
+            return Err(InitError::InvalidSetting {
+                name: "OTEL_EXPORTER_OTLP_COMPRESSION",
+                value: "gzip".to_owned(),
+                reason: "gzip is supported with grpc and http/protobuf, not http/json".to_owned(),
+            });
+        }
 
         // The per-signal variable is a complete URL; the generic one is a base to which HTTP
         // appends the signal path. A builder endpoint behaves like the generic variable.
@@ -292,6 +337,7 @@ impl Settings {
             service_name,
             disabled,
             protocol,
+            compression,
             endpoint,
             sampler,
             resource_attributes: builder.resource_attributes.clone(),
@@ -446,6 +492,27 @@ mod tests {
         let err = resolve(&named("s"), &[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")])
             .expect_err("rejects");
         assert!(err.to_string().contains("carrier-pigeon"), "{err}");
+    }
+
+    #[test]
+    fn compression_from_builder_then_variables() {
+        assert_eq!(resolve(&named("s"), &[]).expect("ok").compression, Compression::None);
+        let s = resolve(&named("s"), &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).expect("ok");
+        assert_eq!(s.compression, Compression::Gzip);
+        let s = resolve(
+            &named("s"),
+            &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"), ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none")],
+        )
+        .expect("ok");
+        assert_eq!(s.compression, Compression::None, "the per-signal variable wins");
+        let b = BuilderSettings { compression: Some(Compression::None), ..named("s") };
+        let s = resolve(&b, &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).expect("ok");
+        assert_eq!(s.compression, Compression::None, "the builder wins");
+        let err = resolve(&named("s"), &[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]).expect_err("rejects");
+        assert!(err.to_string().contains("zstd"), "{err}");
+        let b = BuilderSettings { protocol: Some(Protocol::HttpJson), ..named("s") };
+        let err = resolve(&b, &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).expect_err("json has no gzip");
+        assert!(err.to_string().contains("http/json"), "{err}");
     }
 
     #[test]

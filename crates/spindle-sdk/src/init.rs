@@ -8,18 +8,19 @@ use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use opentelemetry_sdk::Resource;
 use tracing::Subscriber;
-use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{Layer, Registry};
 
-use crate::config::{BuilderSettings, LogFormat, Protocol, SamplerConfig, Settings};
+use crate::config::{BuilderSettings, Compression, LogFormat, Protocol, SamplerConfig, Settings};
 use crate::error::InitError;
 use crate::export::{on_export_worker, DynSpanExporter, MakeExporter, QueuedSpanProcessor, StatsCounters};
+use crate::otlp::OtlpExporter;
 use crate::guard::TracingGuard;
 
 /// A `tracing` layer as returned by [`SpindleBuilder::into_layer`].
@@ -57,6 +58,13 @@ impl SpindleBuilder {
         self
     }
 
+    /// Compresses export requests (`grpc` and `http/protobuf`). Default
+    /// `OTEL_EXPORTER_OTLP_COMPRESSION`, else none.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.settings.compression = Some(compression);
+        self
+    }
+
     /// Which traces to record. Default `OTEL_TRACES_SAMPLER`, else parent-based always-on.
     pub fn sampler(mut self, sampler: SamplerConfig) -> Self {
         self.settings.sampler = Some(sampler);
@@ -91,8 +99,9 @@ impl SpindleBuilder {
     }
 
     /// Adds to every span its source location (`code.file.path`, `code.line.number`, ...),
-    /// thread (`thread.id`, `thread.name`) and busy / idle time. Off by default: it costs about
-    /// 0.5 µs and five attributes per span (see docs/PERFORMANCE.md).
+    /// `tracing` target (`target`, the module path unless set), thread (`thread.id`,
+    /// `thread.name`) and busy / idle time. Off by default: it costs about 0.5 µs and six
+    /// attributes per span (see docs/PERFORMANCE.md).
     pub fn span_details(mut self, enabled: bool) -> Self {
         self.settings.span_details = enabled;
         self
@@ -235,6 +244,28 @@ fn env_filter(name: &'static str, directives: &str) -> Result<EnvFilter, InitErr
     })
 }
 
+/// Which `tracing` spans become OpenTelemetry spans.
+///
+/// Directives naming only targets and levels (`info`, `info,h2=off`) — nearly always the
+/// case — become a `Targets` filter, decided once per call site; `EnvFilter`, needed for
+/// span and field directives (`[span{field=1}]`), also takes a lock on every enter, exit and
+/// close of every span.
+enum SpanFilter {
+    Targets(Targets),
+    Env(Box<EnvFilter>),
+}
+
+impl SpanFilter {
+    fn parse(directives: &str) -> Result<Self, InitError> {
+        if !directives.contains(['[', '{']) {
+            if let Ok(targets) = directives.parse::<Targets>() {
+                return Ok(Self::Targets(targets));
+            }
+        }
+        env_filter("span_filter", directives).map(|env| Self::Env(Box::new(env)))
+    }
+}
+
 fn fmt_layer<S>(format: LogFormat) -> BoxedLayer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
@@ -254,7 +285,7 @@ fn build_pipeline<S>(
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
-    let span_filter = env_filter("span_filter", &settings.span_filter)?;
+    let span_filter = SpanFilter::parse(&settings.span_filter)?;
     let make_exporter: MakeExporter = match exporter {
         Some(e) => Box::new(move || Ok(e)),
         None => otlp_exporter(&settings),
@@ -285,11 +316,17 @@ where
         .with_tracer(tracer)
         .with_error_records_to_exceptions(true)
         .with_location(settings.span_details)
+        .with_target(settings.span_details)
         .with_threads(settings.span_details)
-        .with_tracked_inactivity(settings.span_details)
-        .with_filter(span_filter.and(filter_fn(|_| !on_export_worker())));
+        .with_tracked_inactivity(settings.span_details);
+    // The export worker's own transport spans (h2, hyper, tonic) never become spans.
+    let not_on_worker = filter_fn(|_| !on_export_worker());
+    let layer: BoxedLayer<S> = match span_filter {
+        SpanFilter::Targets(targets) => Box::new(layer.with_filter(targets.and(not_on_worker))),
+        SpanFilter::Env(env) => Box::new(layer.with_filter((*env).and(not_on_worker))),
+    };
     let guard = TracingGuard::exporting(provider, stats, settings.shutdown_timeout);
-    Ok((Box::new(layer), guard))
+    Ok((layer, guard))
 }
 
 /// An async client, run on the export worker's runtime (never the blocking client, which
@@ -300,30 +337,42 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client, InitError> {
 
 fn otlp_exporter(settings: &Settings) -> MakeExporter {
     let protocol = settings.protocol;
+    let compression = settings.compression;
     let endpoint = settings.endpoint.clone();
     let timeout = settings.batch.export_timeout;
     Box::new(move || {
-        let builder = opentelemetry_otlp::SpanExporter::builder();
-        let built = match protocol {
-            Protocol::Grpc => builder
-                .with_tonic()
-                .with_endpoint(endpoint.clone())
-                .with_timeout(timeout)
-                .build(),
-            Protocol::HttpProtobuf | Protocol::HttpJson => builder
-                .with_http()
-                .with_protocol(if protocol == Protocol::HttpJson {
-                    opentelemetry_otlp::Protocol::HttpJson
-                } else {
-                    opentelemetry_otlp::Protocol::HttpBinary
-                })
-                .with_http_client(http_client(timeout)?)
-                .with_endpoint(endpoint.clone())
-                .with_timeout(timeout)
-                .build(),
+        let exporter: Box<dyn DynSpanExporter> = match protocol {
+            // The SDK's own encoder: no intermediate protobuf structs (module `otlp`).
+            Protocol::Grpc => Box::new(OtlpExporter::grpc(&endpoint, timeout, compression)?),
+            Protocol::HttpProtobuf => Box::new(OtlpExporter::http_protobuf(&endpoint, timeout, compression)?),
+            Protocol::HttpJson => Box::new(
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
+                    .with_http_client(http_client(timeout)?)
+                    .with_endpoint(endpoint.clone())
+                    .with_timeout(timeout)
+                    .build()
+                    .map_err(|source| InitError::Exporter { endpoint: endpoint.clone(), source })?,
+            ),
         };
-        built
-            .map(|e| Box::new(e) as Box<dyn DynSpanExporter>)
-            .map_err(|source| InitError::Exporter { endpoint, source })
+        Ok(exporter)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_span_filters_avoid_env_filter() {
+        for plain in ["info", "info,h2=off", "spindle_sdk=debug,warn", "off"] {
+            assert!(matches!(SpanFilter::parse(plain), Ok(SpanFilter::Targets(_))), "{plain}");
+        }
+        for dynamic in ["[handle_request]=debug", "info,[{symbol=AAPL}]=trace"] {
+            assert!(matches!(SpanFilter::parse(dynamic), Ok(SpanFilter::Env(_))), "{dynamic}");
+        }
+        let error = SpanFilter::parse("app=loud").err().expect("an unknown level is refused");
+        assert!(error.to_string().contains("app=loud"), "{error}");
+    }
 }

@@ -6,6 +6,8 @@
 //!
 //! - **one-call init** ([`init`], [`builder`]) with readable logs, OTLP gRPC or HTTP export,
 //!   samplers, resource attributes and the `OTEL_*` environment variables;
+//! - **cheap export**: `grpc` and `http/protobuf` spans are written to OTLP protobuf straight
+//!   from the finished spans by the SDK's own exporter ([`otlp`]), optionally gzip-compressed;
 //! - **graceful degradation**: a bounded export queue on its own thread, so a slow or dead
 //!   backend costs the service nothing but counted, rate-limited-logged drops
 //!   ([`TracingGuard::stats`]); a failed init or `OTEL_SDK_DISABLED=true` leaves plain logging;
@@ -41,6 +43,7 @@
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | base URL of the collector | `http://localhost:4317` (gRPC), `:4318` (HTTP) |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | full traces URL, used as is | |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc`, `http/protobuf`, `http/json` | `grpc` |
+//! | `OTEL_EXPORTER_OTLP_COMPRESSION` | `gzip` or `none` (`grpc` and `http/protobuf` only) | `none` |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `always_on`, `traceidratio`, `parentbased_traceidratio`, ... | `parentbased_always_on` |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` | queue and batch settings (delays in ms) | 2048, 512, 1000, 10000 |
 //! | `RUST_LOG` | log filter | `info` |
@@ -61,6 +64,7 @@ mod error;
 mod export;
 mod guard;
 mod init;
+pub mod otlp;
 pub mod propagation;
 pub mod task;
 
@@ -70,7 +74,7 @@ pub mod http;
 pub mod kafka;
 
 pub use config::{
-    BatchSettings, LogFormat, ParentBasedRoot, Protocol, SamplerConfig, DEFAULT_GRPC_ENDPOINT,
+    BatchSettings, Compression, LogFormat, ParentBasedRoot, Protocol, SamplerConfig, DEFAULT_GRPC_ENDPOINT,
     DEFAULT_HTTP_ENDPOINT,
 };
 pub use error::{InitError, ShutdownError};

@@ -1,27 +1,37 @@
 //! Async helpers that keep spawned work inside the trace that started it.
 //!
 //! `tokio::spawn` starts a task with no current span, so whatever the task records would begin
-//! a new trace. These helpers carry the caller's current `tracing` span (and with it the
-//! OpenTelemetry context and baggage) into the task, together with the caller's subscriber,
-//! so they also work under a scoped (non-global) subscriber. They add no spans of their own: wrap the
-//! work in `#[tracing::instrument]` or a span to see it as a child.
+//! a new trace. These helpers carry the caller's trace into the task, together with the
+//! caller's subscriber, so they also work under a scoped (non-global) subscriber. They add no
+//! spans of their own: wrap the work in `#[tracing::instrument]` or a span to see it as a child.
+//!
+//! A detached task ([`spawn_in_current_span`]) carries the caller's OpenTelemetry context
+//! only, not its `tracing` span: holding the span would keep it open — and unexported, with an
+//! end time that is the task's — until the task finished. Work that is awaited in place
+//! ([`join_all_in_current_span`], [`spawn_blocking_in_current_span`]) runs inside the caller's
+//! span itself, so its log lines carry the span's fields too.
 
 use std::future::Future;
 
+use opentelemetry::context::FutureExt as _;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::instrument::WithSubscriber;
 use tracing::Instrument;
 
-/// Spawns `future` on the current tokio runtime as part of the current span.
+/// Spawns `future` on the current tokio runtime as part of the current trace.
 ///
 /// Spans the task creates become children of the span current at the call, even when the
-/// caller has finished by the time the task runs.
+/// caller has finished by the time the task runs. The caller's span is not held by the task:
+/// it ends (and is exported) when the caller is done with it, so a long background job never
+/// stretches the request that started it. Inside the task [`tracing::Span::current`] is
+/// therefore none until the task enters a span of its own, while
+/// [`crate::current_context`] and [`crate::current_trace_id`] still give the caller's trace.
 pub fn spawn_in_current_span<F>(future: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(future.instrument(tracing::Span::current()).with_current_subscriber())
+    tokio::spawn(future.with_context(crate::propagation::current_context()).with_current_subscriber())
 }
 
 /// Runs blocking `work` on tokio's blocking pool as part of the current span.

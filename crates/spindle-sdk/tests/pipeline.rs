@@ -260,3 +260,54 @@ fn parent_based_sampling_follows_the_caller_and_disabled_exports_nothing() {
     off.guard.flush().expect("flush");
     assert!(sink.spans().iter().all(|s| s.service != "switched-off"));
 }
+
+/// A detached task keeps its parent, but not the caller's span: the request span ends and is
+/// exported while the task still runs, and the task's span is its child nonetheless.
+#[test]
+fn detached_task_does_not_hold_the_caller_span_open() {
+    use opentelemetry_sdk::trace::InMemorySpanExporter;
+    let exporter = InMemorySpanExporter::default();
+    let (layer, guard) = spindle_sdk::builder("clstock-api")
+        .exporter(exporter.clone())
+        .sampler(SamplerConfig::AlwaysOn)
+        .scheduled_delay(Duration::from_secs(3600))
+        .into_layer::<Registry>()
+        .expect("pipeline builds");
+    let dispatch = Dispatch::new(Registry::default().with(layer));
+    let finished = |name: &str| {
+        exporter
+            .get_finished_spans()
+            .expect("readable")
+            .into_iter()
+            .find(|s| s.name == name)
+    };
+    tracing::dispatcher::with_default(&dispatch, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let (release, released) = tokio::sync::oneshot::channel::<()>();
+            let job = {
+                let request = tracing::info_span!("handle_request");
+                request.in_scope(|| {
+                    spindle_sdk::spawn_in_current_span(async move {
+                        let _ = released.await;
+                        let trace_id = spindle_sdk::current_trace_id();
+                        tracing::info_span!("train_model").in_scope(|| {});
+                        trace_id
+                    })
+                })
+            }; // the request is done here; its span must end now, not when the job does
+            guard.flush().expect("flush");
+            let request = finished("handle_request").expect("the request span ended while its job still runs");
+            assert!(finished("train_model").is_none(), "the job has not run yet");
+
+            release.send(()).expect("job waiting");
+            let job_trace = job.await.expect("job");
+            guard.flush().expect("flush");
+            let job_span = finished("train_model").expect("job span exported");
+            assert_eq!(job_span.parent_span_id, request.span_context.span_id(), "child of the request");
+            assert_eq!(job_span.span_context.trace_id(), request.span_context.trace_id());
+            assert_eq!(job_trace, Some(request.span_context.trace_id().to_string()), "current_trace_id in the job");
+            assert!(job_span.start_time >= request.end_time, "the job ran after the request ended");
+        });
+    });
+}

@@ -104,6 +104,7 @@ pub fn server_span<B>(request: &Request<B>) -> tracing::Span {
         Some(route) => format!("{method} {route}"),
         None => method.to_owned(),
     };
+    let user_agent = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
     let span = tracing::info_span!(
         target: "spindle_sdk::http",
         "http.server",
@@ -114,13 +115,15 @@ pub fn server_span<B>(request: &Request<B>) -> tracing::Span {
         http.route = route,
         url.path = request.uri().path(),
         url.scheme = request.uri().scheme_str(),
-        user_agent.original = Empty,
+        user_agent.original = user_agent,
         http.response.status_code = Empty,
         error.type = Empty,
     );
-    if let Some(agent) = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
-        span.record("user_agent.original", agent);
+    // Most requests carry no trace context; extracting from them would only build an empty
+    // context. The W3C propagator reads nothing but these two headers.
+    let headers = request.headers();
+    if headers.contains_key("traceparent") || headers.contains_key("baggage") {
+        set_remote_parent(&span, super::extract_from_headers(headers));
     }
-    set_remote_parent(&span, super::extract_from_headers(request.headers()));
     span
 }

@@ -1,0 +1,861 @@
+//! `SpanData` straight to the bytes of an OTLP `ExportTraceServiceRequest`.
+//!
+//! Written from the protobuf definitions of opentelemetry-proto
+//! (`opentelemetry/proto/collector/trace/v1/trace_service.proto`, `trace/v1/trace.proto`,
+//! `common/v1/common.proto`, `resource/v1/resource.proto`): field numbers and wire types are
+//! the constants below. Nothing is built in between — no protobuf structs, no owned copies of
+//! names, ids or attribute values — which is what makes export cheap on the export thread.
+//!
+//! Output follows proto3 conventions: scalar fields equal to their default are left out; a
+//! oneof member (`AnyValue`) is always written. Spans are grouped by instrumentation scope,
+//! in order of first appearance.
+//!
+//! Pure: no IO, cannot fail, never panics.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{SpanId, SpanKind, Status, TraceState};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
+use opentelemetry_sdk::trace::SpanData;
+use opentelemetry_sdk::Resource;
+
+/// Protobuf wire types.
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const FIXED32: u32 = 5;
+
+// ExportTraceServiceRequest
+const REQUEST_RESOURCE_SPANS: u32 = 1;
+// ResourceSpans
+const RESOURCE_SPANS_RESOURCE: u32 = 1;
+const RESOURCE_SPANS_SCOPE_SPANS: u32 = 2;
+const RESOURCE_SPANS_SCHEMA_URL: u32 = 3;
+// Resource
+const RESOURCE_ATTRIBUTES: u32 = 1;
+// ScopeSpans
+const SCOPE_SPANS_SCOPE: u32 = 1;
+const SCOPE_SPANS_SPANS: u32 = 2;
+const SCOPE_SPANS_SCHEMA_URL: u32 = 3;
+// InstrumentationScope
+const SCOPE_NAME: u32 = 1;
+const SCOPE_VERSION: u32 = 2;
+const SCOPE_ATTRIBUTES: u32 = 3;
+// Span
+const SPAN_TRACE_ID: u32 = 1;
+const SPAN_SPAN_ID: u32 = 2;
+const SPAN_TRACE_STATE: u32 = 3;
+const SPAN_PARENT_SPAN_ID: u32 = 4;
+const SPAN_NAME: u32 = 5;
+const SPAN_KIND: u32 = 6;
+const SPAN_START_TIME: u32 = 7;
+const SPAN_END_TIME: u32 = 8;
+const SPAN_ATTRIBUTES: u32 = 9;
+const SPAN_DROPPED_ATTRIBUTES: u32 = 10;
+const SPAN_EVENTS: u32 = 11;
+const SPAN_DROPPED_EVENTS: u32 = 12;
+const SPAN_LINKS: u32 = 13;
+const SPAN_DROPPED_LINKS: u32 = 14;
+const SPAN_STATUS: u32 = 15;
+const SPAN_FLAGS: u32 = 16;
+// Span.Event
+const EVENT_TIME: u32 = 1;
+const EVENT_NAME: u32 = 2;
+const EVENT_ATTRIBUTES: u32 = 3;
+const EVENT_DROPPED_ATTRIBUTES: u32 = 4;
+// Span.Link
+const LINK_TRACE_ID: u32 = 1;
+const LINK_SPAN_ID: u32 = 2;
+const LINK_TRACE_STATE: u32 = 3;
+const LINK_ATTRIBUTES: u32 = 4;
+const LINK_DROPPED_ATTRIBUTES: u32 = 5;
+const LINK_FLAGS: u32 = 6;
+// Status
+const STATUS_MESSAGE: u32 = 2;
+const STATUS_CODE: u32 = 3;
+// KeyValue
+const KEY_VALUE_KEY: u32 = 1;
+const KEY_VALUE_VALUE: u32 = 2;
+// AnyValue
+const ANY_STRING: u32 = 1;
+const ANY_BOOL: u32 = 2;
+const ANY_INT: u32 = 3;
+const ANY_DOUBLE: u32 = 4;
+const ANY_ARRAY: u32 = 5;
+// ArrayValue
+const ARRAY_VALUES: u32 = 1;
+
+/// SpanFlags: the context's remote bit is known (`SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`)...
+const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+/// ...and set (`SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`).
+const FLAG_IS_REMOTE: u32 = 0x200;
+
+/// Encodes batches for one resource. Keeps its buffers between batches, so a steady stream
+/// of exports allocates only the request it hands out.
+#[derive(Debug, Default)]
+pub(crate) struct TraceRequestEncoder {
+    /// The encoded `Resource` message (its fields, without tag and length).
+    resource: Vec<u8>,
+    resource_schema_url: Option<String>,
+    /// One span's fields while its length is not yet known.
+    span: Vec<u8>,
+    /// Encoded `ScopeSpans.spans` entries per scope, in order of first appearance.
+    scopes: Vec<ScopeGroup>,
+}
+
+#[derive(Debug)]
+struct ScopeGroup {
+    scope: InstrumentationScope,
+    spans: Vec<u8>,
+}
+
+impl TraceRequestEncoder {
+    pub(crate) fn new(resource: &Resource) -> Self {
+        let mut encoder = Self::default();
+        encoder.set_resource(resource);
+        encoder
+    }
+
+    pub(crate) fn set_resource(&mut self, resource: &Resource) {
+        self.resource.clear();
+        for (key, value) in resource.iter() {
+            put_key_value(&mut self.resource, RESOURCE_ATTRIBUTES, key.as_str(), value);
+        }
+        self.resource_schema_url = resource.schema_url().map(str::to_owned);
+    }
+
+    /// The `ExportTraceServiceRequest` carrying `batch`.
+    pub(crate) fn encode(&mut self, batch: &[SpanData]) -> Vec<u8> {
+        for group in &mut self.scopes {
+            group.spans.clear();
+        }
+        let mut last = usize::MAX;
+        for span in batch {
+            let index = match self.scopes.get(last) {
+                Some(group) if group.scope == span.instrumentation_scope => last,
+                _ => self.scope_index(&span.instrumentation_scope),
+            };
+            last = index;
+            self.span.clear();
+            put_span(&mut self.span, span);
+            put_message(&mut self.scopes[index].spans, SCOPE_SPANS_SPANS, &self.span);
+        }
+        // Scopes seen in earlier batches but not in this one are dropped here.
+        self.scopes.retain(|group| !group.spans.is_empty());
+
+        let mut scope_spans = Vec::with_capacity(self.scopes.len());
+        let mut resource_spans_len = field_len(RESOURCE_SPANS_RESOURCE, self.resource.len());
+        if let Some(url) = &self.resource_schema_url {
+            resource_spans_len += string_field_len(RESOURCE_SPANS_SCHEMA_URL, url);
+        }
+        for group in &self.scopes {
+            let mut header = Vec::with_capacity(64);
+            let scope = &group.scope;
+            let mut scope_msg = Vec::with_capacity(32);
+            put_string(&mut scope_msg, SCOPE_NAME, scope.name());
+            put_string(&mut scope_msg, SCOPE_VERSION, scope.version().unwrap_or_default());
+            for kv in scope.attributes() {
+                put_key_value(&mut scope_msg, SCOPE_ATTRIBUTES, kv.key.as_str(), &kv.value);
+            }
+            let schema = scope.schema_url().unwrap_or_default();
+            let body_len = field_len(SCOPE_SPANS_SCOPE, scope_msg.len())
+                + group.spans.len()
+                + string_field_len(SCOPE_SPANS_SCHEMA_URL, schema);
+            put_tag(&mut header, RESOURCE_SPANS_SCOPE_SPANS, LEN);
+            put_varint(&mut header, body_len as u64);
+            put_message(&mut header, SCOPE_SPANS_SCOPE, &scope_msg);
+            resource_spans_len += header.len() + group.spans.len();
+            let mut trailer = Vec::new();
+            put_string(&mut trailer, SCOPE_SPANS_SCHEMA_URL, schema);
+            resource_spans_len += trailer.len();
+            scope_spans.push((header, trailer));
+        }
+
+        let mut out = Vec::with_capacity(field_len(REQUEST_RESOURCE_SPANS, resource_spans_len));
+        put_tag(&mut out, REQUEST_RESOURCE_SPANS, LEN);
+        put_varint(&mut out, resource_spans_len as u64);
+        put_message(&mut out, RESOURCE_SPANS_RESOURCE, &self.resource);
+        for (group, (header, trailer)) in self.scopes.iter().zip(&scope_spans) {
+            out.extend_from_slice(header);
+            out.extend_from_slice(&group.spans);
+            out.extend_from_slice(trailer);
+        }
+        if let Some(url) = &self.resource_schema_url {
+            put_string(&mut out, RESOURCE_SPANS_SCHEMA_URL, url);
+        }
+        debug_assert_eq!(out.len(), field_len(REQUEST_RESOURCE_SPANS, resource_spans_len));
+        out
+    }
+
+    fn scope_index(&mut self, scope: &InstrumentationScope) -> usize {
+        match self.scopes.iter().position(|g| &g.scope == scope) {
+            Some(index) => index,
+            None => {
+                self.scopes.push(ScopeGroup { scope: scope.clone(), spans: Vec::with_capacity(4096) });
+                self.scopes.len() - 1
+            }
+        }
+    }
+}
+
+fn put_span(buf: &mut Vec<u8>, span: &SpanData) {
+    let cx = &span.span_context;
+    put_bytes(buf, SPAN_TRACE_ID, &cx.trace_id().to_bytes());
+    put_bytes(buf, SPAN_SPAN_ID, &cx.span_id().to_bytes());
+    put_trace_state(buf, SPAN_TRACE_STATE, cx.trace_state());
+    if span.parent_span_id != SpanId::INVALID {
+        put_bytes(buf, SPAN_PARENT_SPAN_ID, &span.parent_span_id.to_bytes());
+    }
+    put_string(buf, SPAN_NAME, &span.name);
+    put_uint(buf, SPAN_KIND, kind_number(&span.span_kind));
+    put_fixed64(buf, SPAN_START_TIME, unix_nanos(span.start_time));
+    put_fixed64(buf, SPAN_END_TIME, unix_nanos(span.end_time));
+    for kv in &span.attributes {
+        put_key_value(buf, SPAN_ATTRIBUTES, kv.key.as_str(), &kv.value);
+    }
+    put_uint(buf, SPAN_DROPPED_ATTRIBUTES, u64::from(span.dropped_attributes_count));
+    for event in span.events.iter() {
+        let len = fixed64_field_len(EVENT_TIME)
+            + string_field_len(EVENT_NAME, &event.name)
+            + attributes_len(EVENT_ATTRIBUTES, &event.attributes)
+            + uint_field_len(EVENT_DROPPED_ATTRIBUTES, u64::from(event.dropped_attributes_count));
+        put_tag(buf, SPAN_EVENTS, LEN);
+        put_varint(buf, len as u64);
+        put_fixed64(buf, EVENT_TIME, unix_nanos(event.timestamp));
+        put_string(buf, EVENT_NAME, &event.name);
+        for kv in &event.attributes {
+            put_key_value(buf, EVENT_ATTRIBUTES, kv.key.as_str(), &kv.value);
+        }
+        put_uint(buf, EVENT_DROPPED_ATTRIBUTES, u64::from(event.dropped_attributes_count));
+    }
+    put_uint(buf, SPAN_DROPPED_EVENTS, u64::from(span.events.dropped_count));
+    for link in span.links.iter() {
+        let lcx = &link.span_context;
+        let state = trace_state_header(lcx.trace_state());
+        let len = field_len(LINK_TRACE_ID, 16)
+            + field_len(LINK_SPAN_ID, 8)
+            + string_field_len(LINK_TRACE_STATE, &state)
+            + attributes_len(LINK_ATTRIBUTES, &link.attributes)
+            + uint_field_len(LINK_DROPPED_ATTRIBUTES, u64::from(link.dropped_attributes_count))
+            + fixed32_field_len(LINK_FLAGS);
+        put_tag(buf, SPAN_LINKS, LEN);
+        put_varint(buf, len as u64);
+        put_bytes(buf, LINK_TRACE_ID, &lcx.trace_id().to_bytes());
+        put_bytes(buf, LINK_SPAN_ID, &lcx.span_id().to_bytes());
+        put_string(buf, LINK_TRACE_STATE, &state);
+        for kv in &link.attributes {
+            put_key_value(buf, LINK_ATTRIBUTES, kv.key.as_str(), &kv.value);
+        }
+        put_uint(buf, LINK_DROPPED_ATTRIBUTES, u64::from(link.dropped_attributes_count));
+        put_fixed32(buf, LINK_FLAGS, span_flags(lcx.trace_flags().to_u8(), lcx.is_remote()));
+    }
+    put_uint(buf, SPAN_DROPPED_LINKS, u64::from(span.links.dropped_count));
+    match &span.status {
+        Status::Unset => {}
+        Status::Ok => {
+            put_tag(buf, SPAN_STATUS, LEN);
+            put_varint(buf, uint_field_len(STATUS_CODE, 1) as u64);
+            put_uint(buf, STATUS_CODE, 1);
+        }
+        Status::Error { description } => {
+            let len = string_field_len(STATUS_MESSAGE, description) + uint_field_len(STATUS_CODE, 2);
+            put_tag(buf, SPAN_STATUS, LEN);
+            put_varint(buf, len as u64);
+            put_string(buf, STATUS_MESSAGE, description);
+            put_uint(buf, STATUS_CODE, 2);
+        }
+    }
+    put_fixed32(buf, SPAN_FLAGS, span_flags(cx.trace_flags().to_u8(), span.parent_span_is_remote));
+}
+
+/// `Span.flags` / `Link.flags`: the W3C trace flags in the low byte, and whether the parent
+/// (for a link: the linked context) is remote.
+fn span_flags(trace_flags: u8, remote: bool) -> u32 {
+    let mut flags = u32::from(trace_flags) | FLAG_HAS_IS_REMOTE;
+    if remote {
+        flags |= FLAG_IS_REMOTE;
+    }
+    flags
+}
+
+fn kind_number(kind: &SpanKind) -> u64 {
+    match kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn trace_state_header(state: &TraceState) -> String {
+    if *state == TraceState::NONE {
+        String::new()
+    } else {
+        state.header()
+    }
+}
+
+fn put_trace_state(buf: &mut Vec<u8>, field: u32, state: &TraceState) {
+    // The common case, no trace state, costs a comparison and no allocation.
+    if *state != TraceState::NONE {
+        put_string(buf, field, &state.header());
+    }
+}
+
+// --- protobuf primitives ---------------------------------------------------------------
+
+fn varint_len(value: u64) -> usize {
+    // 7 bits per byte; 0 still takes one byte.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+fn tag_len(field: u32) -> usize {
+    varint_len(u64::from(field) << 3)
+}
+
+fn put_tag(buf: &mut Vec<u8>, field: u32, wire_type: u32) {
+    put_varint(buf, u64::from((field << 3) | wire_type));
+}
+
+/// Length of a length-delimited field whose payload is `len` bytes.
+fn field_len(field: u32, len: usize) -> usize {
+    tag_len(field) + varint_len(len as u64) + len
+}
+
+fn put_message(buf: &mut Vec<u8>, field: u32, payload: &[u8]) {
+    put_tag(buf, field, LEN);
+    put_varint(buf, payload.len() as u64);
+    buf.extend_from_slice(payload);
+}
+
+fn put_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_message(buf, field, bytes);
+}
+
+fn string_field_len(field: u32, value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        field_len(field, value.len())
+    }
+}
+
+/// Writes a proto3 string field; the empty string is the default and is left out.
+fn put_string(buf: &mut Vec<u8>, field: u32, value: &str) {
+    if !value.is_empty() {
+        put_message(buf, field, value.as_bytes());
+    }
+}
+
+fn uint_field_len(field: u32, value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        tag_len(field) + varint_len(value)
+    }
+}
+
+/// Writes a proto3 varint field (uint32, enum); zero is the default and is left out.
+fn put_uint(buf: &mut Vec<u8>, field: u32, value: u64) {
+    if value != 0 {
+        put_tag(buf, field, VARINT);
+        put_varint(buf, value);
+    }
+}
+
+fn fixed64_field_len(field: u32) -> usize {
+    tag_len(field) + 8
+}
+
+fn put_fixed64(buf: &mut Vec<u8>, field: u32, value: u64) {
+    put_tag(buf, field, FIXED64);
+    buf.extend_from_slice(&value.to_le_bytes());
+}
+
+fn fixed32_field_len(field: u32) -> usize {
+    tag_len(field) + 4
+}
+
+fn put_fixed32(buf: &mut Vec<u8>, field: u32, value: u32) {
+    put_tag(buf, field, FIXED32);
+    buf.extend_from_slice(&value.to_le_bytes());
+}
+
+// --- attributes ------------------------------------------------------------------------
+
+fn attributes_len(field: u32, attributes: &[KeyValue]) -> usize {
+    attributes.iter().map(|kv| field_len(field, key_value_len(kv.key.as_str(), &kv.value))).sum()
+}
+
+fn key_value_len(key: &str, value: &Value) -> usize {
+    string_field_len(KEY_VALUE_KEY, key) + field_len(KEY_VALUE_VALUE, any_value_len(value))
+}
+
+fn put_key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+    put_tag(buf, field, LEN);
+    put_varint(buf, key_value_len(key, value) as u64);
+    put_string(buf, KEY_VALUE_KEY, key);
+    put_tag(buf, KEY_VALUE_VALUE, LEN);
+    put_varint(buf, any_value_len(value) as u64);
+    put_any_value(buf, value);
+}
+
+/// A oneof member is written even when it holds its type's default (`""`, `false`, `0`).
+fn any_string_len(value: &str) -> usize {
+    field_len(ANY_STRING, value.len())
+}
+
+fn any_value_len(value: &Value) -> usize {
+    match value {
+        Value::Bool(_) => tag_len(ANY_BOOL) + 1,
+        Value::I64(v) => tag_len(ANY_INT) + varint_len(*v as u64),
+        Value::F64(_) => tag_len(ANY_DOUBLE) + 8,
+        Value::String(s) => any_string_len(s.as_str()),
+        Value::Array(array) => field_len(ANY_ARRAY, array_len(array)),
+        // A kind added to `Value` after this was written: sent as its string form.
+        other => any_string_len(&other.as_str()),
+    }
+}
+
+fn put_any_value(buf: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Bool(v) => {
+            put_tag(buf, ANY_BOOL, VARINT);
+            put_varint(buf, u64::from(*v));
+        }
+        Value::I64(v) => {
+            put_tag(buf, ANY_INT, VARINT);
+            // int64 is the two's complement as a varint, so negatives take ten bytes.
+            put_varint(buf, *v as u64);
+        }
+        Value::F64(v) => {
+            put_tag(buf, ANY_DOUBLE, FIXED64);
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        Value::String(s) => put_message(buf, ANY_STRING, s.as_str().as_bytes()),
+        Value::Array(array) => {
+            put_tag(buf, ANY_ARRAY, LEN);
+            put_varint(buf, array_len(array) as u64);
+            put_array(buf, array);
+        }
+        other => put_message(buf, ANY_STRING, other.as_str().as_bytes()),
+    }
+}
+
+/// The `ArrayValue` payload: one `AnyValue` message per element.
+fn array_len(array: &Array) -> usize {
+    fn each<T>(items: &[T], len: impl Fn(&T) -> usize) -> usize {
+        items.iter().map(|item| field_len(ARRAY_VALUES, len(item))).sum()
+    }
+    match array {
+        Array::Bool(items) => each(items, |_| tag_len(ANY_BOOL) + 1),
+        Array::I64(items) => each(items, |v| tag_len(ANY_INT) + varint_len(*v as u64)),
+        Array::F64(items) => each(items, |_| tag_len(ANY_DOUBLE) + 8),
+        Array::String(items) => each(items, |s: &StringValue| any_string_len(s.as_str())),
+        other => field_len(ARRAY_VALUES, any_string_len(&other.to_string())),
+    }
+}
+
+fn put_array(buf: &mut Vec<u8>, array: &Array) {
+    match array {
+        Array::Bool(items) => {
+            for v in items {
+                put_element(buf, &Value::Bool(*v));
+            }
+        }
+        Array::I64(items) => {
+            for v in items {
+                put_element(buf, &Value::I64(*v));
+            }
+        }
+        Array::F64(items) => {
+            for v in items {
+                put_element(buf, &Value::F64(*v));
+            }
+        }
+        Array::String(items) => {
+            for s in items {
+                put_tag(buf, ARRAY_VALUES, LEN);
+                put_varint(buf, any_string_len(s.as_str()) as u64);
+                put_message(buf, ANY_STRING, s.as_str().as_bytes());
+            }
+        }
+        other => {
+            let text = other.to_string();
+            put_tag(buf, ARRAY_VALUES, LEN);
+            put_varint(buf, any_string_len(&text) as u64);
+            put_message(buf, ANY_STRING, text.as_bytes());
+        }
+    }
+}
+
+fn put_element(buf: &mut Vec<u8>, value: &Value) {
+    put_tag(buf, ARRAY_VALUES, LEN);
+    put_varint(buf, any_value_len(value) as u64);
+    put_any_value(buf, value);
+}
+
+/// What an `ExportTraceServiceResponse` says was rejected: `(rejected_spans, error_message)`,
+/// or `None` when it has no `partial_success` (everything accepted) or cannot be read.
+pub(crate) fn decode_partial_success(bytes: &[u8]) -> Option<(i64, String)> {
+    let mut reader = Reader { bytes, pos: 0 };
+    let mut partial = None;
+    while let Some((field, wire_type)) = reader.tag() {
+        match (field, wire_type) {
+            (1, LEN) => {
+                let mut inner = Reader { bytes: reader.len_delimited()?, pos: 0 };
+                let (mut rejected, mut message) = (0, String::new());
+                while let Some((field, wire_type)) = inner.tag() {
+                    match (field, wire_type) {
+                        (1, VARINT) => rejected = inner.varint()? as i64,
+                        (2, LEN) => message = String::from_utf8_lossy(inner.len_delimited()?).into_owned(),
+                        (_, wire_type) => inner.skip(wire_type)?,
+                    }
+                }
+                partial = Some((rejected, message));
+            }
+            (_, wire_type) => reader.skip(wire_type)?,
+        }
+    }
+    partial.filter(|(rejected, message)| *rejected != 0 || !message.is_empty())
+}
+
+/// A bounds-checked protobuf reader for the little the exporter decodes.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.bytes.get(self.pos)?;
+            self.pos += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn tag(&mut self) -> Option<(u32, u32)> {
+        if self.pos >= self.bytes.len() {
+            return None;
+        }
+        let tag = u32::try_from(self.varint()?).ok()?;
+        Some((tag >> 3, tag & 7))
+    }
+
+    fn len_delimited(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        let end = self.pos.checked_add(len).filter(|end| *end <= self.bytes.len())?;
+        let slice = &self.bytes[self.pos..end];
+        self.pos = end;
+        Some(slice)
+    }
+
+    fn skip(&mut self, wire_type: u32) -> Option<()> {
+        let advance = match wire_type {
+            VARINT => return self.varint().map(|_| ()),
+            FIXED64 => 8,
+            LEN => return self.len_delimited().map(|_| ()),
+            FIXED32 => 4,
+            _ => return None,
+        };
+        let end = self.pos.checked_add(advance).filter(|end| *end <= self.bytes.len())?;
+        self.pos = end;
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The encoder against opentelemetry-proto: its prost types decode what we write, and
+    //! what they decode equals opentelemetry-proto's own conversion of the same spans.
+
+    use super::*;
+    use std::borrow::Cow;
+    use std::time::Duration;
+
+    use opentelemetry::trace::{SpanContext, TraceFlags, TraceId};
+    use opentelemetry::KeyValue;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Status as ProtoStatus};
+    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn scope(name: &'static str) -> InstrumentationScope {
+        InstrumentationScope::builder(name)
+            .with_version("1.2.3")
+            .with_schema_url("https://opentelemetry.io/schemas/1.26.0")
+            .with_attributes([KeyValue::new("scope.attr", 7_i64)])
+            .build()
+    }
+
+    fn span(n: u64, scope: InstrumentationScope) -> SpanData {
+        let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789 + n);
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128 + u128::from(n)),
+                SpanId::from(0x00f0_67aa_0ba9_02b7 + n),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: SpanId::from(n + 1),
+            parent_span_is_remote: n.is_multiple_of(2),
+            span_kind: SpanKind::Server,
+            name: Cow::Owned(format!("GET /stocks/{n}")),
+            start_time: start,
+            end_time: start + Duration::from_micros(1500),
+            attributes: vec![
+                KeyValue::new("http.request.method", "GET"),
+                KeyValue::new("http.response.status_code", 200_i64),
+                KeyValue::new("negative", -42_i64),
+                KeyValue::new("ratio", 0.25),
+                KeyValue::new("flag", true),
+                KeyValue::new("off", false),
+                KeyValue::new("empty", ""),
+                KeyValue::new("unicode", "株価 📈"),
+            ],
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: scope,
+        }
+    }
+
+    fn rich_span() -> SpanData {
+        let mut s = span(99, scope("spindle-sdk"));
+        s.span_context = SpanContext::new(
+            TraceId::from(7u128),
+            SpanId::from(8u64),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("vendor", "abc"), ("other", "xy")]).expect("valid trace state"),
+        );
+        s.parent_span_id = SpanId::from(5u64);
+        s.parent_span_is_remote = true;
+        s.span_kind = SpanKind::Consumer;
+        s.dropped_attributes_count = 3;
+        s.attributes.push(KeyValue::new(
+            "strings",
+            Value::Array(Array::String(vec![StringValue::from("a"), StringValue::from("")])),
+        ));
+        s.attributes.push(KeyValue::new("ints", Value::Array(Array::I64(vec![1, -1, i64::MAX, i64::MIN]))));
+        s.attributes.push(KeyValue::new("floats", Value::Array(Array::F64(vec![0.0, -1.5, f64::MAX]))));
+        s.attributes.push(KeyValue::new("bools", Value::Array(Array::Bool(vec![true, false]))));
+        s.attributes.push(KeyValue::new("empty_array", Value::Array(Array::I64(vec![]))));
+        let mut exception = opentelemetry::trace::Event::new(
+            "exception",
+            UNIX_EPOCH + Duration::from_secs(1_700_000_001),
+            vec![
+                KeyValue::new("exception.type", "io::Error"),
+                KeyValue::new("exception.message", "connection refused"),
+            ],
+            2,
+        );
+        exception.name = Cow::Borrowed("exception");
+        s.events = SpanEvents::default();
+        s.events.events.push(exception);
+        s.events.events.push(opentelemetry::trace::Event::with_name("retry"));
+        s.events.dropped_count = 5;
+        s.links = SpanLinks::default();
+        s.links.links.push(opentelemetry::trace::Link::new(
+            SpanContext::new(
+                TraceId::from(11u128),
+                SpanId::from(12u64),
+                TraceFlags::default(),
+                true,
+                TraceState::from_key_value([("k", "v")]).expect("valid trace state"),
+            ),
+            vec![KeyValue::new("messaging.batch", 1_i64)],
+            4,
+        ));
+        s.links.dropped_count = 6;
+        s.status = Status::error("payment declined");
+        s
+    }
+
+    fn resource() -> Resource {
+        Resource::builder_empty()
+            .with_schema_url([KeyValue::new("service.name", "clstock-api")], "https://example.com/schema")
+            .with_attributes([KeyValue::new("deployment.environment.name", "prod")])
+            .build()
+    }
+
+    /// opentelemetry-proto's conversion, in the shape our encoder produces: scopes in order of
+    /// first appearance and an unset status written as no status (both mean the same).
+    fn expected(batch: &[SpanData], resource: &Resource) -> Vec<ResourceSpans> {
+        let mut expected = group_spans_by_resource_and_scope(
+            batch.to_vec(),
+            &ResourceAttributesWithSchema::from(resource),
+        );
+        for rs in &mut expected {
+            let order = |name: &str| batch.iter().position(|s| s.instrumentation_scope.name() == name);
+            rs.scope_spans.sort_by_key(|ss| order(&ss.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default()));
+        }
+        normalize(expected)
+    }
+
+    fn normalize(mut resource_spans: Vec<ResourceSpans>) -> Vec<ResourceSpans> {
+        for rs in &mut resource_spans {
+            for ss in &mut rs.scope_spans {
+                for span in &mut ss.spans {
+                    if span.status == Some(ProtoStatus::default()) {
+                        span.status = None;
+                    }
+                }
+            }
+        }
+        resource_spans
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<ResourceSpans> {
+        normalize(ExportTraceServiceRequest::decode(bytes).expect("valid protobuf").resource_spans)
+    }
+
+    #[test]
+    fn every_field_matches_opentelemetry_proto() {
+        let resource = resource();
+        let mut root = span(1, scope("spindle-sdk"));
+        root.parent_span_id = SpanId::INVALID;
+        let batch = vec![
+            root,
+            rich_span(),
+            span(2, InstrumentationScope::builder("other-lib").build()),
+            span(3, scope("spindle-sdk")),
+        ];
+        let mut encoder = TraceRequestEncoder::new(&resource);
+        let bytes = encoder.encode(&batch);
+        let decoded = decode(&bytes);
+        assert_eq!(decoded, expected(&batch, &resource));
+        let spans = &decoded[0].scope_spans;
+        assert_eq!(spans.len(), 2, "two scopes");
+        assert_eq!(spans[0].spans.len(), 3, "spindle-sdk spans grouped together");
+        let rich = &spans[0].spans[1];
+        assert_eq!(rich.flags, 0x301, "sampled, remote parent known and set");
+        assert_eq!(rich.trace_state, "vendor=abc,other=xy");
+        assert_eq!(rich.events[0].attributes.len(), 2);
+        assert_eq!(rich.links[0].flags, 0x300);
+        assert_eq!(rich.status.as_ref().map(|s| s.message.as_str()), Some("payment declined"));
+    }
+
+    #[test]
+    fn buffers_are_reused_without_leaking_spans_between_batches() {
+        let resource = resource();
+        let mut encoder = TraceRequestEncoder::new(&resource);
+        let first = vec![span(1, scope("a")), span(2, scope("b"))];
+        let second = vec![span(3, scope("b"))];
+        encoder.encode(&first);
+        let decoded = decode(&encoder.encode(&second));
+        assert_eq!(decoded, expected(&second, &resource));
+        assert_eq!(decoded[0].scope_spans.len(), 1, "scope a is not carried over");
+        assert!(encoder.encode(&[]).len() < 200, "an empty batch is a resource only");
+    }
+
+    #[test]
+    fn set_resource_replaces_the_resource() {
+        let mut encoder = TraceRequestEncoder::new(&resource());
+        let other = Resource::builder_empty().with_attributes([KeyValue::new("service.name", "x")]).build();
+        encoder.set_resource(&other);
+        let batch = vec![span(1, scope("a"))];
+        assert_eq!(decode(&encoder.encode(&batch)), expected(&batch, &other));
+    }
+
+    #[test]
+    fn varint_lengths_match_the_encoding() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, value);
+            assert_eq!(buf.len(), varint_len(value), "{value}");
+            assert_eq!(Reader { bytes: &buf, pos: 0 }.varint(), Some(value));
+        }
+    }
+
+    #[test]
+    fn partial_success_is_read_and_malformed_answers_are_ignored() {
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceResponse,
+        };
+        let answer = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "span id is zero".to_owned(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(decode_partial_success(&answer), Some((3, "span id is zero".to_owned())));
+        assert_eq!(decode_partial_success(&[]), None, "empty answer: all accepted");
+        let empty_partial = ExportTraceServiceResponse { partial_success: Some(Default::default()) };
+        assert_eq!(decode_partial_success(&empty_partial.encode_to_vec()), None);
+        for cut in 0..answer.len() {
+            // Truncated answers never panic and never invent rejections.
+            assert_ne!(decode_partial_success(&answer[..cut]), Some((3, "span id is zero".to_owned())));
+        }
+        assert_eq!(decode_partial_success(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(decode_partial_success(&[0x0f]), None, "wire type 7 does not exist");
+    }
+
+    fn value_strategy() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::I64),
+            any::<f64>().prop_filter("NaN never equals itself", |f| !f.is_nan()).prop_map(Value::F64),
+            ".{0,40}".prop_map(|s: String| Value::String(s.into())),
+            prop::collection::vec(any::<i64>(), 0..5).prop_map(|v| Value::Array(Array::I64(v))),
+            prop::collection::vec(".{0,8}", 0..5)
+                .prop_map(|v| Value::Array(Array::String(v.into_iter().map(StringValue::from).collect()))),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_span_matches_opentelemetry_proto(
+            name in ".{0,60}",
+            attributes in prop::collection::vec(("[a-z._]{0,20}", value_strategy()), 0..12),
+            start in any::<u64>(),
+            length in 0u64..1_000_000_000,
+            trace_id in 1u128..,
+            span_id in 1u64..,
+            parent in any::<u64>(),
+            kind in 0usize..5,
+            status in 0usize..3,
+            dropped in any::<u32>(),
+        ) {
+            let mut s = span(0, scope("p"));
+            s.name = name.into();
+            s.attributes = attributes.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+            s.start_time = UNIX_EPOCH + Duration::from_nanos(start / 2);
+            s.end_time = s.start_time + Duration::from_nanos(length);
+            s.span_context = SpanContext::new(TraceId::from(trace_id), SpanId::from(span_id), TraceFlags::SAMPLED, false, TraceState::NONE);
+            s.parent_span_id = SpanId::from(parent);
+            s.span_kind = [SpanKind::Internal, SpanKind::Server, SpanKind::Client, SpanKind::Producer, SpanKind::Consumer][kind].clone();
+            s.status = [Status::Unset, Status::Ok, Status::error("boom")][status].clone();
+            s.dropped_attributes_count = dropped;
+            let batch = vec![s];
+            let resource = resource();
+            let bytes = TraceRequestEncoder::new(&resource).encode(&batch);
+            prop_assert_eq!(decode(&bytes), expected(&batch, &resource));
+        }
+    }
+}
