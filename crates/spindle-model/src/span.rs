@@ -269,6 +269,22 @@ pub struct Span {
 }
 
 impl Span {
+    /// The text a span is grouped by for `key`: `service.name` (or `service`) and
+    /// `span.name` (or `operation`) name its service and name; any other key reads the
+    /// span's first attribute with that key, else its resource's, as display text.
+    pub fn group_text(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        match key {
+            "service.name" | "service" => return Some(Cow::Borrowed(self.service_name())),
+            "span.name" | "operation" => return Some(Cow::Borrowed(&self.name)),
+            _ => {}
+        }
+        self.attribute(key).or_else(|| find_attribute(&self.resource.attributes, key)).map(|v| match v {
+            AttributeValue::String(s) => Cow::Borrowed(s.as_str()),
+            other => Cow::Owned(other.to_display_string()),
+        })
+    }
+
     pub fn service_name(&self) -> &str {
         self.resource.service_name()
     }

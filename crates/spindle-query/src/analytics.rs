@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use spindle_model::{for_each_edge_named, semconv, AttributeValue, BrokerNodes, Span, SpanId, SpanKind, TraceId};
-use spindle_store::{SpanFields, TraceQuery, GRAPH_KEYS};
+use spindle_store::{RowFields, SpanFields, SpanRow, TraceQuery, GRAPH_KEYS};
 
 use crate::sketch::LatencySketch;
 use crate::{QueryError, QueryService, Trace};
@@ -24,6 +24,14 @@ pub struct Stats {
 }
 
 impl Stats {
+    fn add_row(&mut self, row: &SpanRow) {
+        self.calls += 1;
+        if row.error {
+            self.errors += 1;
+        }
+        self.latency.add(row.duration_nanos);
+    }
+
     fn add(&mut self, span: &Span) {
         self.calls += 1;
         if span.is_error() {
@@ -54,14 +62,7 @@ pub struct GroupStats {
 /// Reads an attribute of the span, falling back to its resource; `service.name` and the
 /// span's own name are addressable too.
 pub fn attribute_text(span: &Span, key: &str) -> Option<String> {
-    match key {
-        "service.name" | "service" => return Some(span.service_name().to_string()),
-        "span.name" | "operation" => return Some(span.name.clone()),
-        _ => {}
-    }
-    span.attribute(key)
-        .or_else(|| spindle_model::find_attribute(&span.resource.attributes, key))
-        .map(AttributeValue::to_display_string)
+    span.group_text(key).map(std::borrow::Cow::into_owned)
 }
 
 /// A span found by a latency query.
@@ -77,15 +78,15 @@ pub struct SpanRef {
 }
 
 impl SpanRef {
-    fn of(span: &Span) -> Self {
+    fn of(row: &SpanRow) -> Self {
         SpanRef {
-            trace_id: span.trace_id,
-            span_id: span.span_id,
-            service: span.service_name().to_string(),
-            operation: span.name.clone(),
-            start_unix_nano: span.start_time_unix_nano,
-            duration_nanos: span.duration_nanos(),
-            error: span.is_error(),
+            trace_id: row.trace_id,
+            span_id: row.span_id,
+            service: row.service.to_string(),
+            operation: row.name.to_string(),
+            start_unix_nano: row.start_unix_nano,
+            duration_nanos: row.duration_nanos,
+            error: row.error,
         }
     }
 }
@@ -145,36 +146,41 @@ impl QueryService {
     /// (spans without it are left out) or not grouped, in points of `step_nanos`.
     pub fn red(&self, query: &TraceQuery, group_by: Option<&str>, step_nanos: u64) -> Result<Vec<GroupStats>, QueryError> {
         let step = step_nanos.max(1);
-        let mut groups: BTreeMap<Option<String>, GroupStats> = BTreeMap::new();
-        let fields = SpanFields::with_attributes(group_by);
-        self.store.scan_fields(query, &fields, &mut |span| {
-            let group = match group_by {
-                Some(key) => match attribute_text(span, key) {
-                    Some(v) => Some(v),
-                    None => return,
-                },
-                None => None,
+        // Group texts are borrowed while scanning; a group's key is allocated once.
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut groups: Vec<GroupStats> = Vec::new();
+        let fields = RowFields { group_by: group_by.map(str::to_string), ids: false };
+        self.store.scan_rows(query, &fields, &mut |row| {
+            let slot = match (group_by, row.group.as_deref()) {
+                (Some(_), None) => return,
+                (_, text) => {
+                    let text = text.unwrap_or_default();
+                    match index.get(text) {
+                        Some(&i) => i,
+                        None => {
+                            index.insert(text.to_string(), groups.len());
+                            groups.push(GroupStats { group: group_by.map(|_| text.to_string()), total: Stats::default(), series: BTreeMap::new() });
+                            groups.len() - 1
+                        }
+                    }
+                }
             };
-            let entry = groups.entry(group.clone()).or_insert_with(|| GroupStats {
-                group,
-                total: Stats::default(),
-                series: BTreeMap::new(),
-            });
-            entry.total.add(span);
-            let slot = span.start_time_unix_nano / step * step;
-            entry.series.entry(slot).or_default().add(span);
+            let entry = &mut groups[slot];
+            entry.total.add_row(row);
+            entry.series.entry(row.start_unix_nano / step * step).or_default().add_row(row);
         })?;
-        Ok(groups.into_values().collect())
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        Ok(groups)
     }
 
     /// The `limit` longest spans matching `query`, longest first.
     pub fn slowest(&self, query: &TraceQuery, limit: usize) -> Result<Vec<SpanRef>, QueryError> {
         let mut top: Vec<SpanRef> = Vec::new();
-        self.store.scan_fields(query, &SpanFields::bare(), &mut |span| {
-            let duration = span.duration_nanos();
+        self.store.scan_rows(query, &RowFields { group_by: None, ids: true }, &mut |row| {
+            let duration = row.duration_nanos;
             if top.len() < limit || top.last().is_some_and(|last| duration > last.duration_nanos) {
                 let at = top.partition_point(|s| s.duration_nanos >= duration);
-                top.insert(at, SpanRef::of(span));
+                top.insert(at, SpanRef::of(row));
                 top.truncate(limit);
             }
         })?;
@@ -185,7 +191,7 @@ impl QueryService {
     /// most `limit`; also returns the threshold used (ns).
     pub fn outliers(&self, query: &TraceQuery, quantile: f64, limit: usize) -> Result<(u64, Vec<SpanRef>), QueryError> {
         let mut sketch = LatencySketch::default();
-        self.store.scan_fields(query, &SpanFields::bare(), &mut |span| sketch.add(span.duration_nanos()))?;
+        self.store.scan_rows(query, &RowFields::default(), &mut |row| sketch.add(row.duration_nanos))?;
         let Some(threshold) = sketch.quantile(quantile) else { return Ok((0, Vec::new())) };
         let threshold = threshold as u64;
         let above = TraceQuery {

@@ -32,9 +32,9 @@ use crate::block::{self, Block, BlockMeta, BlockWriter};
 use crate::head::{Catalog, Head};
 use crate::query::{Operation, TraceQuery};
 use crate::block_format::{project, SpanColumns};
-use crate::scan::{find_in_block, row_group_trace_ids, scan_block};
+use crate::scan::{find_in_block, row_group_trace_ids, scan_block, scan_block_rows};
 use crate::wal::{self, SyncPolicy, Wal};
-use crate::{SpanFields, StoreError, TraceStore, GRAPH_KEYS};
+use crate::{RowFields, SpanFields, SpanRow, StoreError, TraceStore, GRAPH_KEYS};
 
 /// How the embedded store behaves. `StoreOptions::new(dir)` gives the defaults.
 #[derive(Debug, Clone)]
@@ -827,6 +827,24 @@ impl TraceStore for EmbeddedStore {
         let mut edges = BTreeMap::new();
         self.scan_traces(start, end, &SpanFields::with_attributes(GRAPH_KEYS), &mut |trace| dependency_edges(trace, &mut edges))?;
         Ok(links_from_edges(edges))
+    }
+
+    fn scan_rows(&self, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
+        let visit_head = |head: &Head, visit: &mut dyn FnMut(&SpanRow)| {
+            for (_, trace) in head.traces() {
+                for span in trace.spans.iter().filter(|s| query.matches_span(s)) {
+                    visit(&SpanRow::of(span, fields));
+                }
+            }
+        };
+        let ((), frozen, blocks) = self.inner.read_all(|head| visit_head(head, visit));
+        for head in &frozen {
+            visit_head(head, visit);
+        }
+        for block in &blocks {
+            scan_block_rows(block, query, fields, visit)?;
+        }
+        Ok(())
     }
 
     fn scan_traces(&self, start: u64, end: u64, fields: &SpanFields, visit: &mut dyn FnMut(&[Span])) -> Result<(), StoreError> {

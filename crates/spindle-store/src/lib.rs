@@ -18,7 +18,9 @@ mod scan;
 mod wal;
 pub mod workload;
 
-use spindle_model::{DependencyLink, Span, SpanKind, TraceId};
+use std::borrow::Cow;
+
+use spindle_model::{DependencyLink, Span, SpanId, SpanKind, TraceId};
 
 pub use embedded::{EmbeddedStore, StoreOptions, StoreStats};
 pub use query::{Operation, TraceQuery};
@@ -90,6 +92,14 @@ pub trait TraceStore: Send + Sync + 'static {
         self.scan_spans(query, visit)
     }
 
+    /// Calls `visit` with every span matching `query` reduced to a [`SpanRow`]: what RED
+    /// statistics, slowest spans and outliers read. Columnar stores answer it without
+    /// building spans.
+    fn scan_rows(&self, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
+        let projection = SpanFields::with_attributes(fields.group_by.as_deref());
+        self.scan_fields(query, &projection, &mut |span| visit(&SpanRow::of(span, fields)))
+    }
+
     /// Calls `visit` with the spans of every trace whose earliest span started in
     /// `[start_unix_nano, end_unix_nano]`, each span carrying at least `fields`, traces in
     /// no particular order. Service graphs read through this.
@@ -110,6 +120,47 @@ pub trait TraceStore: Send + Sync + 'static {
         }
         Ok(())
     }
+}
+
+/// A span reduced to what aggregations read, borrowed from the store's buffers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRow<'a> {
+    /// Zero unless [`RowFields::ids`] asked for them.
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub service: &'a str,
+    pub name: &'a str,
+    pub kind: SpanKind,
+    pub start_unix_nano: u64,
+    pub duration_nanos: u64,
+    pub error: bool,
+    /// The text of [`RowFields::group_by`] as `Span::group_text` reads it.
+    pub group: Option<Cow<'a, str>>,
+}
+
+impl<'a> SpanRow<'a> {
+    pub fn of(span: &'a Span, fields: &RowFields) -> Self {
+        SpanRow {
+            trace_id: if fields.ids { span.trace_id } else { TraceId::default() },
+            span_id: if fields.ids { span.span_id } else { SpanId::default() },
+            service: span.service_name(),
+            name: &span.name,
+            kind: span.kind,
+            start_unix_nano: span.start_time_unix_nano,
+            duration_nanos: span.duration_nanos(),
+            error: span.is_error(),
+            group: fields.group_by.as_deref().and_then(|key| span.group_text(key)),
+        }
+    }
+}
+
+/// What a row scan reads besides service, name, kind, times and status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowFields {
+    /// The key whose text fills [`SpanRow::group`].
+    pub group_by: Option<String>,
+    /// Whether trace and span ids are needed.
+    pub ids: bool,
 }
 
 /// Span attributes that decide service-graph edges (see `spindle_model::for_each_edge`).

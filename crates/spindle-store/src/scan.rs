@@ -7,15 +7,16 @@
 //! Matching is the same as [`TraceQuery::matches_span`] on the decoded span; the property tests
 //! hold the two against each other.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use parquet::data_type::ByteArray;
-use spindle_model::{semconv, AttributeValue, KeyValue, Span, SpanKind, StatusCode, TraceId};
+use spindle_model::{semconv, AttributeValue, KeyValue, Span, SpanId, SpanKind, StatusCode, TraceId};
 
 use crate::block::{Block, BlockError, RowRange};
-use crate::block_format::{dedicated_index, DedicatedType, KvLeaves, Leaf, RawValue, SpanColumns, DEDICATED};
+use crate::block_format::{dedicated_index, DedicatedType, FormatError, KvLeaves, Leaf, RawValue, SpanColumns, DEDICATED};
 use crate::query::TraceQuery;
-use crate::{SpanFields, StoreError};
+use crate::{RowFields, SpanFields, SpanRow, StoreError};
 
 /// Threads one block scan uses: the machine this is sized for has two cores.
 const SCAN_THREADS: usize = 2;
@@ -520,6 +521,207 @@ pub(crate) fn scan_block(block: &Block, query: &TraceQuery, fields: &SpanFields,
         }
         Ok(())
     })
+}
+
+/// Where a row scan finds its group text in a block.
+enum GroupSource {
+    Service,
+    Name,
+    /// An attribute: its dedicated column (type, position among that type's columns), and
+    /// whether the generic lists may hold it; else the resource's value.
+    Attribute { key: String, dedicated: Option<(DedicatedType, usize)>, in_lists: bool, resources: Vec<Option<String>> },
+}
+
+impl GroupSource {
+    fn of(block: &Block, key: &str) -> Self {
+        match key {
+            "service.name" | "service" => return GroupSource::Service,
+            "span.name" | "operation" => return GroupSource::Name,
+            _ => {}
+        }
+        let dedicated = dedicated_index(key).map(|i| (DEDICATED[i].2, DEDICATED[..i].iter().filter(|d| d.2 == DEDICATED[i].2).count()));
+        let in_lists = block.meta.attribute_keys.as_ref().is_none_or(|keys| keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok());
+        let resources = block
+            .tables
+            .resources
+            .iter()
+            .map(|r| spindle_model::find_attribute(&r.attributes, key).map(AttributeValue::to_display_string))
+            .collect();
+        GroupSource::Attribute { key: key.to_string(), dedicated, in_lists, resources }
+    }
+
+    fn leaves(&self, names: &mut Vec<&'static str>) {
+        if let GroupSource::Attribute { dedicated, in_lists, .. } = self {
+            if let Some((ty, position)) = dedicated {
+                let column = DEDICATED.iter().filter(|d| d.2 == *ty).nth(*position).map(|d| d.1);
+                names.extend(column);
+            }
+            if *in_lists {
+                names.extend(KV_LEAVES.map(|leaf| match leaf {
+                    "key" => "attributes.key_value.key",
+                    "str" => "attributes.key_value.str",
+                    "int" => "attributes.key_value.int",
+                    "double" => "attributes.key_value.double",
+                    "bool" => "attributes.key_value.bool",
+                    "bytes" => "attributes.key_value.bytes",
+                    _ => "attributes.key_value.complex",
+                }));
+            }
+        }
+    }
+}
+
+/// Visits every span of `block` matching `query` as a [`SpanRow`], straight from the
+/// column buffers: no span is built. Two workers read alternate row groups (only the
+/// matching rows' values when few match); the caller's thread visits.
+pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
+    let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
+    let group = fields.group_by.as_deref().map(|key| GroupSource::of(block, key));
+    let mut names = vec!["name", "kind", "start_time_unix_nano", "duration_nanos", "status_code", "resource_ref"];
+    if fields.ids {
+        names.extend(["trace_id", "span_id"]);
+    }
+    if let Some(g) = &group {
+        g.leaves(&mut names);
+    }
+    let read = |rg: usize| -> Result<Option<(Vec<bool>, Selection, SpanColumns)>, StoreError> {
+        let Some((mask, _)) = matcher.row_mask(rg)? else { return Ok(None) };
+        let selection = Selection::of(&mask);
+        let cols = selection.read(block, rg, &names, block.all_rows(rg))?;
+        Ok(Some((mask, selection, cols)))
+    };
+    let mut emit = |(mask, selection, cols): (Vec<bool>, Selection, SpanColumns)| -> Result<(), StoreError> {
+        visit_rows(block, &mask, &selection, &cols, group.as_ref(), fields.ids, visit).map_err(|e| BlockError::from(e).at(&block.path))
+    };
+    let groups = block.meta.row_groups.len();
+    if groups < 2 {
+        for rg in 0..groups {
+            if let Some(found) = read(rg)? {
+                emit(found)?;
+            }
+        }
+        return Ok(());
+    }
+    std::thread::scope(|s| {
+        type Found = Option<(Vec<bool>, Selection, SpanColumns)>;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Found, StoreError>>(SCAN_THREADS);
+        for w in 0..SCAN_THREADS {
+            let tx = tx.clone();
+            let read = &read;
+            s.spawn(move || {
+                for rg in (w..groups).step_by(SCAN_THREADS) {
+                    let result = read(rg);
+                    let failed = result.is_err();
+                    if tx.send(result).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for found in rx {
+            if let Some(found) = found? {
+                emit(found)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The rows of one row group's columns as [`SpanRow`]s: all rows where `mask` is set
+/// (`Selection::All`), or every row read (`Selection::Rows`, already the matching ones).
+fn visit_rows(
+    block: &Block,
+    mask: &[bool],
+    selection: &Selection,
+    cols: &SpanColumns,
+    group: Option<&GroupSource>,
+    ids: bool,
+    visit: &mut dyn FnMut(&SpanRow),
+) -> Result<(), FormatError> {
+    let rows = cols.name.values.len();
+    let tables = &block.tables;
+    let mut dedicated_str = None;
+    let mut dedicated_int = None;
+    if let Some(GroupSource::Attribute { dedicated: Some((ty, position)), .. }) = group {
+        match ty {
+            DedicatedType::Str => dedicated_str = cols.dedicated_str.get(*position).map(Leaf::cursor),
+            DedicatedType::Int => dedicated_int = cols.dedicated_int.get(*position).map(Leaf::cursor),
+        }
+    }
+    let mut lists = cols.attributes.cursor();
+    let list_rep = cols.attributes.key.max_def;
+    for row in 0..rows {
+        let keep = match selection {
+            Selection::All => mask.get(row).copied().unwrap_or(false),
+            Selection::Rows(_) => true,
+        };
+        // Cursors advance one row whatever is kept.
+        let from_str = dedicated_str.as_mut().and_then(|c| c.next().1);
+        let from_int = dedicated_int.as_mut().and_then(|c| c.next().1);
+        let mut from_list: Option<RawValue> = None;
+        if let Some(GroupSource::Attribute { key, in_lists: true, .. }) = group {
+            loop {
+                let (_, entry) = lists.next()?;
+                let Some((k, value)) = entry else { break };
+                if from_list.is_none() && keep && k == key.as_bytes() {
+                    from_list = Some(value);
+                }
+                if lists.peek_rep() != Some(list_rep) {
+                    break;
+                }
+            }
+        }
+        if !keep {
+            continue;
+        }
+        let resource_ref = *cols.resource_ref.values.get(row).ok_or(FormatError::Malformed("resource_ref"))?;
+        let resource = usize::try_from(resource_ref)
+            .ok()
+            .and_then(|i| tables.resources.get(i))
+            .ok_or(FormatError::BadReference { what: "resource", index: resource_ref, len: tables.resources.len() })?;
+        let name = std::str::from_utf8(cols.name.values.get(row).ok_or(FormatError::Malformed("name"))?.data()).map_err(|_| FormatError::Utf8)?;
+        let group_text: Option<Cow<str>> = match group {
+            None => None,
+            Some(GroupSource::Service) => Some(Cow::Borrowed(resource.service_name())),
+            Some(GroupSource::Name) => Some(Cow::Borrowed(name)),
+            Some(GroupSource::Attribute { resources, .. }) => {
+                if let Some(v) = from_str {
+                    Some(Cow::Borrowed(std::str::from_utf8(v.data()).map_err(|_| FormatError::Utf8)?))
+                } else if let Some(v) = from_int {
+                    Some(Cow::Owned(v.to_string()))
+                } else if let Some(v) = from_list {
+                    Some(match v {
+                        RawValue::Str(s) => Cow::Borrowed(std::str::from_utf8(s).map_err(|_| FormatError::Utf8)?),
+                        other => Cow::Owned(other.to_value()?.to_display_string()),
+                    })
+                } else {
+                    resources.get(resource_ref as usize).and_then(|r| r.as_deref()).map(Cow::Borrowed)
+                }
+            }
+        };
+        let start = *cols.start.values.get(row).ok_or(FormatError::Malformed("start_time_unix_nano"))? as u64;
+        let duration = *cols.duration.values.get(row).ok_or(FormatError::Malformed("duration_nanos"))?;
+        let trace_id = if ids {
+            let bytes: [u8; 16] = cols.trace_id.values.get(row).ok_or(FormatError::Malformed("trace_id"))?.data().try_into().map_err(|_| FormatError::Malformed("trace_id"))?;
+            TraceId::from_bytes(bytes)
+        } else {
+            TraceId::default()
+        };
+        visit(&SpanRow {
+            trace_id,
+            span_id: SpanId(if ids { *cols.span_id.values.get(row).ok_or(FormatError::Malformed("span_id"))? as u64 } else { 0 }),
+            service: resource.service_name(),
+            name,
+            kind: SpanKind::from_otlp(*cols.kind.values.get(row).ok_or(FormatError::Malformed("kind"))?),
+            start_unix_nano: start,
+            // As `Span::duration_nanos` reads it: an end before the start is zero.
+            duration_nanos: u64::try_from(duration).unwrap_or(0),
+            error: StatusCode::from_otlp(*cols.status_code.values.get(row).ok_or(FormatError::Malformed("status_code"))?) == StatusCode::Error,
+            group: group_text,
+        });
+    }
+    Ok(())
 }
 
 struct Pair<'q> {

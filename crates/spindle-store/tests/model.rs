@@ -11,7 +11,7 @@ use spindle_model::{
     dependency_edges, links_from_edges, AttributeValue, Event, KeyValue, Resource, Scope, Span, SpanId, SpanKind, Status,
     StatusCode, TraceId,
 };
-use spindle_store::{EmbeddedStore, Operation, SpanFields, StoreOptions, SyncPolicy, TraceQuery, TraceStore};
+use spindle_store::{EmbeddedStore, Operation, RowFields, SpanFields, SpanRow, StoreOptions, SyncPolicy, TraceQuery, TraceStore};
 
 const RETENTION: Duration = Duration::from_nanos(1_000);
 const SERVICES: [&str; 3] = ["api", "db-writer", "kafka-consumer"];
@@ -276,6 +276,27 @@ fn check(store: &EmbeddedStore, model: &Model, queries: &[TraceQuery]) -> Result
             got.dedup();
             let want: Vec<Span> = sorted(model.spans().into_iter().filter(|s| q.matches_span(s)).map(|s| project(s, fields)).collect());
             prop_assert_eq!(got, want, "scan {:?} with {:?}", q, fields);
+        }
+    }
+    let row_fields = [
+        RowFields::default(),
+        RowFields { group_by: Some("symbol".into()), ids: true },
+        RowFields { group_by: Some("http.response.status_code".into()), ids: false },
+        RowFields { group_by: Some("messaging.system".into()), ids: true },
+        RowFields { group_by: Some("service.name".into()), ids: false },
+        RowFields { group_by: Some("k".into()), ids: true },
+    ];
+    for q in queries {
+        for fields in &row_fields {
+            let mut got: Vec<String> = Vec::new();
+            store.scan_rows(q, fields, &mut |r| got.push(format!("{r:?}"))).unwrap();
+            got.sort();
+            got.dedup();
+            let mut want: Vec<String> =
+                model.spans().into_iter().filter(|s| q.matches_span(s)).map(|s| format!("{:?}", SpanRow::of(s, fields))).collect();
+            want.sort();
+            want.dedup();
+            prop_assert_eq!(got, want, "rows {:?} with {:?}", q, fields);
         }
     }
     Ok(())
