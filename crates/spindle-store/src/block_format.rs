@@ -150,7 +150,7 @@ impl<T> Leaf<T> {
         Cursor { leaf: self, level: 0, value: 0 }
     }
 
-    fn levels(&self) -> usize {
+    pub(crate) fn levels(&self) -> usize {
         if self.max_def > 0 {
             self.def.len()
         } else {

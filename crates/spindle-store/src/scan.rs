@@ -557,15 +557,9 @@ impl GroupSource {
                 names.extend(column);
             }
             if *in_lists {
-                names.extend(KV_LEAVES.map(|leaf| match leaf {
-                    "key" => "attributes.key_value.key",
-                    "str" => "attributes.key_value.str",
-                    "int" => "attributes.key_value.int",
-                    "double" => "attributes.key_value.double",
-                    "bool" => "attributes.key_value.bool",
-                    "bytes" => "attributes.key_value.bytes",
-                    _ => "attributes.key_value.complex",
-                }));
+                // Keys and string values only: the other value leaves are read for a row
+                // group only when one of its matching spans holds the key with another type.
+                names.extend(["attributes.key_value.key", "attributes.key_value.str"]);
             }
         }
     }
@@ -584,10 +578,22 @@ pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFie
     if let Some(g) = &group {
         g.leaves(&mut names);
     }
+    let all_value_leaves: Vec<&str> = names.iter().copied().chain(KV_LEAVES[2..].iter().map(|leaf| match *leaf {
+        "int" => "attributes.key_value.int",
+        "double" => "attributes.key_value.double",
+        "bool" => "attributes.key_value.bool",
+        "bytes" => "attributes.key_value.bytes",
+        _ => "attributes.key_value.complex",
+    })).collect();
     let read = |rg: usize| -> Result<Option<(Vec<bool>, Selection, SpanColumns)>, StoreError> {
         let Some((mask, _)) = matcher.row_mask(rg)? else { return Ok(None) };
         let selection = Selection::of(&mask);
-        let cols = selection.read(block, rg, &names, block.all_rows(rg))?;
+        let mut cols = selection.read(block, rg, &names, block.all_rows(rg))?;
+        if let Some(GroupSource::Attribute { key, in_lists: true, .. }) = &group {
+            if list_has_other_types(&cols, &mask, &selection, key) {
+                cols = selection.read(block, rg, &all_value_leaves, block.all_rows(rg))?;
+            }
+        }
         Ok(Some((mask, selection, cols)))
     };
     let mut emit = |(mask, selection, cols): (Vec<bool>, Selection, SpanColumns)| -> Result<(), StoreError> {
@@ -628,6 +634,36 @@ pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFie
     })
 }
 
+/// Whether a kept row's first `key` entry holds a value that is not a string, read from the
+/// key and string leaves alone (a present key whose string is absent has another type).
+fn list_has_other_types(cols: &SpanColumns, mask: &[bool], selection: &Selection, key: &str) -> bool {
+    let list_rep = cols.attributes.key.max_def;
+    let mut keys = cols.attributes.key.cursor();
+    let mut strs = cols.attributes.str.cursor();
+    for row in 0..cols.name.values.len() {
+        let keep = match selection {
+            Selection::All => mask.get(row).copied().unwrap_or(false),
+            Selection::Rows(_) => true,
+        };
+        let mut decided = false;
+        loop {
+            let (_, k) = keys.next();
+            let (_, text) = strs.next();
+            let Some(k) = k else { break };
+            if keep && !decided && k.data() == key.as_bytes() {
+                if text.is_none() {
+                    return true;
+                }
+                decided = true;
+            }
+            if keys.peek_rep() != Some(list_rep) {
+                break;
+            }
+        }
+    }
+    false
+}
+
 /// The rows of one row group's columns as [`SpanRow`]s: all rows where `mask` is set
 /// (`Selection::All`), or every row read (`Selection::Rows`, already the matching ones).
 fn visit_rows(
@@ -649,7 +685,12 @@ fn visit_rows(
             DedicatedType::Int => dedicated_int = cols.dedicated_int.get(*position).map(Leaf::cursor),
         }
     }
+    // With only keys and strings read, a matching key always has a string (see
+    // `list_has_other_types`); with every value leaf read, values are whatever they are.
+    let full_values = cols.attributes.int.levels() > 0 || cols.attributes.key.levels() == 0;
     let mut lists = cols.attributes.cursor();
+    let mut keys = cols.attributes.key.cursor();
+    let mut strs = cols.attributes.str.cursor();
     let list_rep = cols.attributes.key.max_def;
     for row in 0..rows {
         let keep = match selection {
@@ -661,14 +702,28 @@ fn visit_rows(
         let from_int = dedicated_int.as_mut().and_then(|c| c.next().1);
         let mut from_list: Option<RawValue> = None;
         if let Some(GroupSource::Attribute { key, in_lists: true, .. }) = group {
-            loop {
-                let (_, entry) = lists.next()?;
-                let Some((k, value)) = entry else { break };
-                if from_list.is_none() && keep && k == key.as_bytes() {
-                    from_list = Some(value);
+            if full_values {
+                loop {
+                    let (_, entry) = lists.next()?;
+                    let Some((k, value)) = entry else { break };
+                    if from_list.is_none() && keep && k == key.as_bytes() {
+                        from_list = Some(value);
+                    }
+                    if lists.peek_rep() != Some(list_rep) {
+                        break;
+                    }
                 }
-                if lists.peek_rep() != Some(list_rep) {
-                    break;
+            } else {
+                loop {
+                    let (_, k) = keys.next();
+                    let (_, text) = strs.next();
+                    let Some(k) = k else { break };
+                    if from_list.is_none() && keep && k.data() == key.as_bytes() {
+                        from_list = Some(RawValue::Str(text.ok_or(FormatError::Malformed("attribute without a value"))?.data()));
+                    }
+                    if keys.peek_rep() != Some(list_rep) {
+                        break;
+                    }
                 }
             }
         }
