@@ -357,8 +357,10 @@ impl<'a> Matcher<'a> {
     }
 }
 
-/// The rows of a row group a list column is read for: all of them, or, when at most a
-/// quarter survive the cheaper filters, only those (ascending row numbers).
+/// The rows of a row group a column is read for: all of them, or only those that survive
+/// the cheaper filters (ascending row numbers) when they are few and clustered enough that
+/// skipping pays: every run of rows costs a skip and a read call, so scattered rows in
+/// thousands of short runs are cheaper to read whole.
 enum Selection {
     All,
     Rows(Vec<usize>),
@@ -367,7 +369,8 @@ enum Selection {
 impl Selection {
     fn of(mask: &[bool]) -> Self {
         let rows: Vec<usize> = mask.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| i).collect();
-        if rows.len() * 4 <= mask.len() {
+        let runs = rows.iter().enumerate().filter(|(k, r)| *k == 0 || rows[k - 1] + 1 != **r).count();
+        if rows.len() * 4 <= mask.len() && runs * 32 <= mask.len() {
             Selection::Rows(rows)
         } else {
             Selection::All
