@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn batches_round_trip_and_share_resources() {
-        let spans = crate::workload::ReferenceWorkload::new(7, 1_700_000_000_000_000_000).batch(40);
+        let spans = crate::generator::Generator::new(7, 1_700_000_000_000_000_000).batch(40);
         let bytes = encode_batch(&spans).unwrap();
         let back = decode_batch(&bytes).unwrap();
         assert_eq!(back, spans);
