@@ -17,6 +17,14 @@ use tokio::sync::Semaphore;
 
 use crate::telemetry::{DropLabels, DropReason, ProtocolLabels, Telemetry};
 
+/// The process's allocator. Ingest allocates a few dozen small objects per span (protobuf
+/// decoding, the model's strings) on the reactor threads and frees them on the store's
+/// flush thread seconds later; glibc's malloc spent a fifth of the server's CPU on that
+/// (arena locks, consolidation of cold chunks), mimalloc a fraction of it
+/// (`docs/PERFORMANCE.md`, "Embedded store").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("ingest queue is full, retry later")]

@@ -9,8 +9,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+#[path = "../tests/support/generator.rs"]
+mod generator;
+
 use spindle_model::TraceId;
-use spindle_store::workload::ReferenceWorkload;
+use generator::Generator;
 use spindle_store::{EmbeddedStore, StoreOptions, TraceQuery, TraceStore};
 
 const START: u64 = 1_700_000_000_000_000_000;
@@ -23,7 +26,7 @@ fn quiet_options(dir: &std::path::Path) -> StoreOptions {
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(quiet_options(dir.path())).expect("open");
-    let mut generator = ReferenceWorkload::new(1, START);
+    let mut generator = Generator::new(1, START);
     let mut group = c.benchmark_group("append");
     group.throughput(Throughput::Elements(1000));
     group.bench_function("batch_of_1000_spans_sync_always", |b| {
@@ -42,7 +45,7 @@ fn flush(c: &mut Criterion) {
     let mut group = c.benchmark_group("flush");
     group.sample_size(10);
     group.throughput(Throughput::Elements(50_000));
-    let mut generator = ReferenceWorkload::new(2, START);
+    let mut generator = Generator::new(2, START);
     group.bench_function("head_of_50k_spans_to_block", |b| {
         b.iter_batched(
             || {
@@ -81,7 +84,7 @@ fn fixture() -> Fixture {
         ..quiet_options(dir.path())
     })
     .expect("open");
-    let mut generator = ReferenceWorkload::new(3, START);
+    let mut generator = Generator::new(3, START);
     let mut ids = Vec::new();
     for i in 0..spans / 1000 {
         let batch = generator.batch(100);
@@ -111,8 +114,8 @@ fn lookup_and_search(c: &mut Criterion) {
         })
     });
     let query = TraceQuery {
-        service: Some("quote-service".into()),
-        attributes: vec![("symbol".into(), "T042Q".into())],
+        service: Some("quote-api".into()),
+        attributes: vec![("symbol".into(), "TK042".into())],
         duration_min_nanos: Some(10_000_000),
         limit: 20,
         ..Default::default()

@@ -8,11 +8,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../tests/support/generator.rs"]
+mod generator;
+
 use spindle_model::TraceId;
-use spindle_store::workload::ReferenceWorkload;
+use generator::Generator;
 use spindle_store::{EmbeddedStore, StoreOptions, TraceQuery, TraceStore};
 
 const TRACES_PER_BATCH: usize = 100;
+
+/// The allocator `spindle serve` uses, so that the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn percentile(mut samples: Vec<Duration>, p: f64) -> Duration {
     samples.sort();
@@ -46,7 +53,7 @@ fn cpu_figures(start_ns: u64) -> anyhow::Result<()> {
         sync: spindle_store::SyncPolicy::Interval(Duration::from_secs(10)),
         ..StoreOptions::new(dir.path())
     })?;
-    let mut generator = ReferenceWorkload::new(99, start_ns);
+    let mut generator = Generator::new(99, start_ns);
     let n = 200_000;
     for _ in 0..n / 1000 {
         store.append(generator.batch(100))?;
@@ -85,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     let per_writer = batches_total / writers;
     let mut work: Vec<Vec<Vec<spindle_model::Span>>> = Vec::new();
     for w in 0..writers {
-        let mut generator = ReferenceWorkload::new(w as u64 + 1, start_ns + w as u64);
+        let mut generator = Generator::new(w as u64 + 1, start_ns + w as u64);
         work.push((0..per_writer).map(|_| generator.batch(TRACES_PER_BATCH)).collect());
     }
     let sample_ids: Vec<TraceId> = work.iter().flat_map(|w| w.iter().step_by(7).map(|b| b[0].trace_id)).collect();
@@ -140,15 +147,15 @@ fn main() -> anyhow::Result<()> {
 
     let queries = [
         ("service + symbol + minDuration 10ms", TraceQuery {
-            service: Some("quote-service".into()),
-            attributes: vec![("symbol".into(), "T042Q".into())],
+            service: Some("quote-api".into()),
+            attributes: vec![("symbol".into(), "TK042".into())],
             duration_min_nanos: Some(10_000_000),
             limit: 20,
             ..Default::default()
         }),
         ("service + http.route + error", TraceQuery {
             service: Some("frontend".into()),
-            attributes: vec![("http.route".into(), "/api/order".into()), ("error".into(), "true".into())],
+            attributes: vec![("http.route".into(), "/v1/frontend".into()), ("error".into(), "true".into())],
             limit: 20,
             ..Default::default()
         }),

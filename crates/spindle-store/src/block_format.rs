@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use parquet::data_type::{ByteArray, FixedLenByteArray};
 use spindle_model::{
     AttributeValue, Event, KeyValue, Link, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, TraceId,
@@ -226,20 +227,26 @@ impl KvLeaves {
 
     /// Writes a list whose first entry has repetition level `first_rep` and whose later
     /// entries have `list_rep`.
-    fn push_list<'a>(&mut self, kvs: impl IntoIterator<Item = &'a KeyValue>, first_rep: i16, list_rep: i16) {
+    fn push_list<'a>(
+        &mut self,
+        kvs: impl IntoIterator<Item = &'a KeyValue>,
+        first_rep: i16,
+        list_rep: i16,
+        buffers: &mut PushBuffers,
+    ) {
         let d = self.key.max_def;
         let mut any = false;
         for (i, kv) in kvs.into_iter().enumerate() {
             any = true;
             let rep = if i == 0 { first_rep } else { list_rep };
-            self.key.push(d, rep, Some(ByteArray::from(kv.key.as_str())), true);
+            self.key.push(d, rep, Some(buffers.bytes(kv.key.as_bytes())), true);
             let (mut s, mut n, mut f, mut b, mut raw, mut c) = (None, None, None, None, None, None);
             match &kv.value {
-                AttributeValue::String(v) => s = Some(ByteArray::from(v.as_str())),
+                AttributeValue::String(v) => s = Some(buffers.bytes(v.as_bytes())),
                 AttributeValue::Int(v) => n = Some(*v),
                 AttributeValue::Double(v) => f = Some(*v),
                 AttributeValue::Bool(v) => b = Some(*v),
-                AttributeValue::Bytes(v) => raw = Some(ByteArray::from(v.as_slice())),
+                AttributeValue::Bytes(v) => raw = Some(buffers.bytes(v)),
                 complex => c = Some(ByteArray::from(postcard::to_stdvec(complex).unwrap_or_default())),
             }
             let level = |x: bool| if x { d + 1 } else { d };
@@ -418,6 +425,57 @@ pub(crate) struct SpanColumns {
     pub(crate) dropped_attributes: Leaf<i32>,
     pub(crate) dropped_events: Leaf<i32>,
     pub(crate) dropped_links: Leaf<i32>,
+    /// Writer-side scratch of [`SpanColumns::push`]; readers leave it empty.
+    buffers: PushBuffers,
+}
+
+/// What lets [`SpanColumns::push`] avoid an allocation per value: strings are copied into
+/// shared chunks and every `ByteArray` is a reference-counted slice of one (allocating and
+/// freeing one buffer per string was a third of the block writer's time), the current
+/// trace id is encoded once per trace, and the last attribute layout is reused.
+#[derive(Debug, Default)]
+pub(crate) struct PushBuffers {
+    chunk: BytesMut,
+    trace: Option<(TraceId, FixedLenByteArray)>,
+    layout: Option<(Vec<u32>, ByteArray)>,
+}
+
+impl PushBuffers {
+    const CHUNK_BYTES: usize = 64 * 1024;
+
+    fn bytes(&mut self, value: &[u8]) -> ByteArray {
+        if self.chunk.capacity() - self.chunk.len() < value.len() {
+            self.chunk = BytesMut::with_capacity(Self::CHUNK_BYTES.max(value.len()));
+        }
+        self.chunk.extend_from_slice(value);
+        ByteArray::from(self.chunk.split().freeze())
+    }
+
+    fn trace_id(&mut self, id: TraceId) -> FixedLenByteArray {
+        match &self.trace {
+            Some((last, bytes)) if *last == id => bytes.clone(),
+            _ => {
+                let bytes = FixedLenByteArray::from(self.bytes(&id.to_bytes()));
+                self.trace = Some((id, bytes.clone()));
+                bytes
+            }
+        }
+    }
+
+    fn layout(&mut self, positions: &[u32]) -> ByteArray {
+        match &self.layout {
+            Some((last, bytes)) if last.as_slice() == positions => bytes.clone(),
+            _ => {
+                let bytes = ByteArray::from(postcard::to_stdvec(positions).unwrap_or_default());
+                self.layout = Some((positions.to_vec(), bytes.clone()));
+                bytes
+            }
+        }
+    }
+
+    fn non_empty(&mut self, s: &str) -> Option<ByteArray> {
+        (!s.is_empty()).then(|| self.bytes(s.as_bytes()))
+    }
 }
 
 /// A borrowed leaf of any physical type, for writing in schema order.
@@ -595,7 +653,29 @@ impl SpanColumns {
             dropped_attributes: Leaf::new(0),
             dropped_events: Leaf::new(0),
             dropped_links: Leaf::new(0),
+            buffers: PushBuffers::default(),
         }
+    }
+
+    /// Empties every leaf but keeps its capacity, so the next row group of a writer grows
+    /// no buffers (fresh vectors per row group cost page faults and copies).
+    pub(crate) fn clear(&mut self) {
+        fn clear<T>(leaf: &mut Leaf<T>) {
+            leaf.values.clear();
+            leaf.def.clear();
+            leaf.rep.clear();
+        }
+        for (_, leaf) in self.leaves_mut() {
+            match leaf {
+                LeafMut::I32(l) => clear(l),
+                LeafMut::I64(l) => clear(l),
+                LeafMut::F64(l) => clear(l),
+                LeafMut::Bool(l) => clear(l),
+                LeafMut::Bytes(l) => clear(l),
+                LeafMut::Fixed(l) => clear(l),
+            }
+        }
+        self.buffers.trace = None;
     }
 
     pub(crate) fn leaves(&self) -> Vec<(String, LeafRef<'_>)> {
@@ -614,18 +694,19 @@ impl SpanColumns {
     /// Appends one span as a row; `keys` collects the keys of its list attributes (span
     /// attributes outside dedicated columns, and event attributes).
     pub(crate) fn push(&mut self, span: &Span, tables: &mut SharedTables, keys: Option<&mut std::collections::HashSet<String>>) {
-        self.trace_id.push_required(FixedLenByteArray::from(span.trace_id.to_bytes().to_vec()));
+        let b = &mut self.buffers;
+        self.trace_id.push_required(b.trace_id(span.trace_id));
         self.span_id.push_required(span.span_id.0 as i64);
         self.parent_span_id.push_required(span.parent_span_id.0 as i64);
-        self.service_name.push_required(ByteArray::from(span.service_name()));
-        self.name.push_required(ByteArray::from(span.name.as_str()));
+        self.service_name.push_required(b.bytes(span.service_name().as_bytes()));
+        self.name.push_required(b.bytes(span.name.as_bytes()));
         self.kind.push_required(span.kind.to_otlp());
         self.start.push_required(span.start_time_unix_nano as i64);
         // Stored as a wrapping difference so that an end before the start survives.
         self.duration.push_required(span.end_time_unix_nano.wrapping_sub(span.start_time_unix_nano) as i64);
         self.status_code.push_required(span.status.code.to_otlp());
-        self.status_message.push_optional(non_empty(&span.status.message));
-        self.trace_state.push_optional(non_empty(&span.trace_state));
+        self.status_message.push_optional(b.non_empty(&span.status.message));
+        self.trace_state.push_optional(b.non_empty(&span.trace_state));
         self.flags.push_required(span.flags as i32);
         self.resource_ref.push_required(SharedTables::intern(&mut tables.resources, &mut tables.resource_ptrs, &span.resource));
         self.scope_ref.push_required(SharedTables::intern(&mut tables.scopes, &mut tables.scope_ptrs, &span.scope));
@@ -638,8 +719,17 @@ impl SpanColumns {
                 first[i].get_or_insert(p);
             }
         }
-        let mut positions: Vec<u32> = Vec::new();
-        let mut taken = vec![false; span.attributes.len()];
+        let mut positions = [0u32; DEDICATED.len()];
+        let mut dedicated_count = 0;
+        // Which attributes went to dedicated columns; on the stack for the usual few.
+        let mut taken_small = [false; 32];
+        let mut taken_large;
+        let taken: &mut [bool] = if span.attributes.len() <= taken_small.len() {
+            &mut taken_small[..span.attributes.len()]
+        } else {
+            taken_large = vec![false; span.attributes.len()];
+            &mut taken_large
+        };
         let (mut si, mut ii) = (0, 0);
         for (j, (_, _, ty)) in DEDICATED.iter().enumerate() {
             let typed = first[j].and_then(|p| match (&span.attributes[p].value, ty) {
@@ -649,11 +739,13 @@ impl SpanColumns {
             });
             if let Some((p, _, _)) = typed {
                 taken[p] = true;
-                positions.push(p as u32);
+                positions[dedicated_count] = p as u32;
+                dedicated_count += 1;
             }
             match ty {
                 DedicatedType::Str => {
-                    self.dedicated_str[si].push_optional(typed.and_then(|t| t.1).map(ByteArray::from));
+                    let value = typed.and_then(|t| t.1).map(|v| self.buffers.bytes(v.as_bytes()));
+                    self.dedicated_str[si].push_optional(value);
                     si += 1;
                 }
                 DedicatedType::Int => {
@@ -663,7 +755,7 @@ impl SpanColumns {
             }
         }
         if let Some(keys) = keys {
-            let generic = span.attributes.iter().zip(&taken).filter(|(_, t)| !**t).map(|(kv, _)| kv);
+            let generic = span.attributes.iter().zip(taken.iter()).filter(|(_, t)| !**t).map(|(kv, _)| kv);
             for kv in generic.chain(span.events.iter().flat_map(|e| e.attributes.iter())) {
                 if !keys.contains(kv.key.as_str()) {
                     keys.insert(kv.key.clone());
@@ -672,11 +764,12 @@ impl SpanColumns {
         }
         // Where the dedicated attributes stood in the original list, unless they simply led it
         // in column order (then nothing is stored, and the usual case costs one bit).
+        let positions = &positions[..dedicated_count];
         let canonical = positions.iter().enumerate().all(|(i, p)| *p as usize == i);
-        let layout = if canonical { None } else { postcard::to_stdvec(&positions).ok().map(ByteArray::from) };
+        let layout = if canonical { None } else { Some(self.buffers.layout(positions)) };
         self.attribute_layout.push_optional(layout);
-        let generic = span.attributes.iter().zip(&taken).filter(|(_, t)| !**t).map(|(kv, _)| kv);
-        self.attributes.push_list(generic, 0, 1);
+        let generic = span.attributes.iter().zip(taken.iter()).filter(|(_, t)| !**t).map(|(kv, _)| kv);
+        self.attributes.push_list(generic, 0, 1, &mut self.buffers);
 
         if span.events.is_empty() {
             self.event_time.push(0, 0, None, true);
@@ -687,8 +780,8 @@ impl SpanColumns {
         for (i, event) in span.events.iter().enumerate() {
             let rep = if i == 0 { 0 } else { 1 };
             self.event_time.push(1, rep, Some(event.time_unix_nano as i64), true);
-            self.event_name.push(1, rep, Some(ByteArray::from(event.name.as_str())), true);
-            self.event_attributes.push_list(&event.attributes, rep, 2);
+            self.event_name.push(1, rep, Some(self.buffers.bytes(event.name.as_bytes())), true);
+            self.event_attributes.push_list(&event.attributes, rep, 2, &mut self.buffers);
             self.event_dropped.push(1, rep, Some(event.dropped_attributes_count as i32), true);
         }
         if span.links.is_empty() {
@@ -701,12 +794,13 @@ impl SpanColumns {
         }
         for (i, link) in span.links.iter().enumerate() {
             let rep = if i == 0 { 0 } else { 1 };
-            self.link_trace_id.push(1, rep, Some(FixedLenByteArray::from(link.trace_id.to_bytes().to_vec())), true);
+            let trace_id = FixedLenByteArray::from(self.buffers.bytes(&link.trace_id.to_bytes()));
+            self.link_trace_id.push(1, rep, Some(trace_id), true);
             self.link_span_id.push(1, rep, Some(link.span_id.0 as i64), true);
-            let state = non_empty(&link.trace_state);
+            let state = self.buffers.non_empty(&link.trace_state);
             self.link_trace_state.push(if state.is_some() { 2 } else { 1 }, rep, state, true);
             self.link_flags.push(1, rep, Some(link.flags as i32), true);
-            self.link_attributes.push_list(&link.attributes, rep, 2);
+            self.link_attributes.push_list(&link.attributes, rep, 2, &mut self.buffers);
             self.link_dropped.push(1, rep, Some(link.dropped_attributes_count as i32), true);
         }
         self.dropped_attributes.push_required(span.dropped_attributes_count as i32);
@@ -1121,10 +1215,6 @@ pub(crate) fn project(span: &Span, keys: Option<&[String]>, events: bool) -> Spa
     }
 }
 
-fn non_empty(s: &str) -> Option<ByteArray> {
-    (!s.is_empty()).then(|| ByteArray::from(s))
-}
-
 /// Puts `placed[i]` at index `positions[i]` and fills the other indexes with `rest` in order.
 fn place_at(placed: Vec<KeyValue>, positions: &[u32], rest: Vec<KeyValue>) -> Result<Vec<KeyValue>, FormatError> {
     let total = placed.len() + rest.len();
@@ -1148,7 +1238,7 @@ mod tests {
     use super::*;
 
     fn odd_span() -> Span {
-        let mut span = crate::workload::ReferenceWorkload::new(3, 1_000).next_trace().remove(4);
+        let mut span = crate::generator::Generator::new(3, 1_000).batch(1).remove(4);
         span.end_time_unix_nano = span.start_time_unix_nano - 5;
         span.trace_state = "k=v".into();
         span.attributes.insert(0, KeyValue::new("nan", AttributeValue::Double(f64::NAN)));
@@ -1174,7 +1264,7 @@ mod tests {
 
     #[test]
     fn spans_round_trip_through_columns() {
-        let mut spans = crate::workload::ReferenceWorkload::new(1, 1_000).batch(20);
+        let mut spans = crate::generator::Generator::new(1, 1_000).batch(20);
         spans.push(odd_span());
         spans.push(Span::default());
         let mut columns = SpanColumns::new();

@@ -55,7 +55,8 @@ pub struct StoreOptions {
     pub row_group_spans: usize,
     /// Blocks with fewer spans than this are merged by compaction...
     pub compaction_max_block_spans: u64,
-    /// ...once at least this many of them exist.
+    /// ...once at least this many of them exist at one level (cut blocks are level 0, a
+    /// merge of level-L blocks is level L + 1), so a span is rewritten once per level.
     pub compaction_min_inputs: usize,
     /// Fraction of one core compaction may use; it sleeps the rest so ingest keeps its rate.
     pub compaction_duty_cycle: f64,
@@ -549,22 +550,39 @@ impl Inner {
     fn compact_once(&self, all: bool) -> Result<bool, StoreError> {
         let _serial = lock(&self.maintenance_lock);
         let limit = self.options.compaction_max_block_spans;
+        let needed = if all { 2 } else { self.options.compaction_min_inputs.max(2) };
         let inputs: Vec<Arc<Block>> = {
             let blocks = read_guard(&self.blocks);
-            let mut small: Vec<Arc<Block>> = blocks.iter().filter(|b| all || b.meta.spans < limit).cloned().collect();
-            small.sort_by_key(|b| (b.meta.min_start, b.meta.id));
-            let mut chosen = Vec::new();
-            let mut total = 0;
-            for b in small {
-                if !chosen.is_empty() && total + b.meta.spans > limit.max(1) && !all {
-                    break;
+            // Oldest first, up to the size limit (`all`: everything).
+            let take = |mut group: Vec<Arc<Block>>| {
+                group.sort_by_key(|b| (b.meta.min_start, b.meta.id));
+                let mut chosen = Vec::new();
+                let mut total = 0;
+                for b in group {
+                    if !chosen.is_empty() && total + b.meta.spans > limit.max(1) && !all {
+                        break;
+                    }
+                    total += b.meta.spans;
+                    chosen.push(b);
                 }
-                total += b.meta.spans;
-                chosen.push(b);
+                chosen
+            };
+            if all {
+                take(blocks.to_vec())
+            } else {
+                // Tiered: only blocks of one level merge (cut blocks are level 0, a merge of
+                // level-L blocks is level L + 1), so a span is rewritten once per level, a
+                // logarithmic number of times. Merging the oldest small blocks whatever their
+                // level made one growing block absorb every few new cuts and rewrote its
+                // spans over and over: compaction took a fifth of the server's CPU at full
+                // ingest (docs/PERFORMANCE.md).
+                let mut levels: BTreeMap<u32, Vec<Arc<Block>>> = BTreeMap::new();
+                for b in blocks.iter().filter(|b| b.meta.spans < limit) {
+                    levels.entry(b.meta.level).or_default().push(Arc::clone(b));
+                }
+                levels.into_values().map(take).find(|chosen| chosen.len() >= needed).unwrap_or_default()
             }
-            chosen
         };
-        let needed = if all { 2 } else { self.options.compaction_min_inputs.max(2) };
         if inputs.len() < needed {
             return Ok(false);
         }
@@ -1001,6 +1019,43 @@ mod tests {
 
     fn options(dir: &Path) -> StoreOptions {
         StoreOptions { background: false, ..StoreOptions::new(dir) }
+    }
+
+    #[test]
+    fn compaction_merges_blocks_of_one_level_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let levels = |store: &EmbeddedStore| {
+            let mut l: Vec<u32> = read_guard(&store.inner.blocks).iter().map(|b| b.meta.level).collect();
+            l.sort_unstable();
+            l
+        };
+        let mut next = 0u64;
+        let mut cut = |store: &EmbeddedStore| {
+            next += 1;
+            store.append(vec![span(u128::from(next), next, 0, "svc", "op", next * 1_000)]).unwrap();
+            store.flush().unwrap();
+        };
+        for _ in 0..4 {
+            cut(&store);
+        }
+        assert!(store.compact().unwrap());
+        assert_eq!(levels(&store), vec![1]);
+        for _ in 0..3 {
+            cut(&store);
+        }
+        // Four small blocks, but only three of level 0: the level-1 block is not rewritten.
+        assert!(!store.compact().unwrap());
+        assert_eq!(levels(&store), vec![0, 0, 0, 1]);
+        cut(&store);
+        assert!(store.compact().unwrap());
+        assert_eq!(levels(&store), vec![1, 1]);
+        assert!(store.compact_all().unwrap());
+        assert_eq!(levels(&store), vec![2]);
+        assert_eq!(store.stats().block_spans, 8);
+        for id in 1..=8u128 {
+            assert_eq!(store.get_trace(TraceId(id)).unwrap().len(), 1);
+        }
     }
 
     fn open(dir: &Path) -> EmbeddedStore {

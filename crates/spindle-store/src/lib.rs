@@ -16,7 +16,10 @@ mod head;
 mod query;
 mod scan;
 mod wal;
-pub mod workload;
+
+#[cfg(test)]
+#[path = "../tests/support/generator.rs"]
+mod generator;
 
 use std::borrow::Cow;
 

@@ -10,7 +10,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use spindle_store::workload::ReferenceWorkload;
+#[path = "support/generator.rs"]
+mod generator;
+
+use generator::Generator;
 use spindle_store::{EmbeddedStore, StoreOptions, TraceStore};
 
 const CHILD_DIR: &str = "SPINDLE_CRASH_CHILD_DIR";
@@ -30,8 +33,8 @@ fn child_options(dir: &Path) -> StoreOptions {
     }
 }
 
-fn workload(round: u64) -> ReferenceWorkload {
-    ReferenceWorkload::new(round, 1_700_000_000_000_000_000 + round * 1_000_000_000_000)
+fn workload(round: u64) -> Generator {
+    Generator::new(round, 1_700_000_000_000_000_000 + round * 1_000_000_000_000)
 }
 
 /// The child: appends batches until killed, acknowledging each on stdout.

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use spindle_store::workload::ReferenceWorkload;
+#[path = "support/generator.rs"]
+mod generator;
+
+use generator::Generator;
 use spindle_store::{EmbeddedStore, StoreOptions, TraceQuery, TraceStore};
 
 #[test]
@@ -16,7 +19,7 @@ fn disk_limit_drops_oldest_blocks_and_never_corrupts() {
         ..StoreOptions::new(dir.path())
     };
     let store = EmbeddedStore::open(options.clone()).unwrap();
-    let mut generator = ReferenceWorkload::new(11, 1_700_000_000_000_000_000);
+    let mut generator = Generator::new(11, 1_700_000_000_000_000_000);
     let mut batches = Vec::new();
     for _ in 0..30 {
         let batch = generator.batch(200);
@@ -55,8 +58,8 @@ fn retention_by_age_drops_only_old_blocks() {
     })
     .unwrap();
     let day = 86_400_000_000_000u64;
-    let old = ReferenceWorkload::new(1, 10 * day).batch(5);
-    let recent = ReferenceWorkload::new(2, 12 * day).batch(5);
+    let old = Generator::new(1, 10 * day).batch(5);
+    let recent = Generator::new(2, 12 * day).batch(5);
     store.append(old.clone()).unwrap();
     store.flush().unwrap();
     store.append(recent.clone()).unwrap();
