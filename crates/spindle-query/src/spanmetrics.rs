@@ -147,17 +147,20 @@ impl SpanMetrics {
     ) -> BTreeMap<(String, Option<String>), Vec<Point>> {
         let step = step_nanos.max(BUCKET_NANOS).div_ceil(BUCKET_NANOS) * BUCKET_NANOS;
         let first = start_unix_nano / step * step;
-        let mut out: BTreeMap<(String, Option<String>), BTreeMap<u64, Point>> = BTreeMap::new();
+        // Groups are looked up by borrowed names and numbered, so a day of minutes costs no
+        // allocation per minute and series.
+        let mut index: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+        let mut groups: Vec<BTreeMap<u64, Point>> = Vec::new();
         let range = (start_unix_nano / BUCKET_NANOS)..=(end_unix_nano.saturating_sub(1) / BUCKET_NANOS);
         for (minute, series) in self.buckets.range(range) {
             let slot = (minute * BUCKET_NANOS).max(first) / step * step;
             for (key, agg) in series.iter().filter(|(k, _)| filter.matches(k)) {
-                let group = (key.service.clone(), by_operation.then(|| key.operation.clone()));
-                let point = out
-                    .entry(group)
-                    .or_default()
-                    .entry(slot)
-                    .or_insert_with(|| Point { start_unix_nano: slot, ..Default::default() });
+                let name = (key.service.as_str(), by_operation.then_some(key.operation.as_str()));
+                let g = *index.entry(name).or_insert_with(|| {
+                    groups.push(BTreeMap::new());
+                    groups.len() - 1
+                });
+                let point = groups[g].entry(slot).or_insert_with(|| Point { start_unix_nano: slot, ..Default::default() });
                 point.calls += agg.calls;
                 if key.status == StatusCode::Error {
                     point.errors += agg.calls;
@@ -165,7 +168,13 @@ impl SpanMetrics {
                 point.latency.merge(&agg.latency);
             }
         }
-        out.into_iter().map(|(k, points)| (k, points.into_values().collect())).collect()
+        index
+            .into_iter()
+            .map(|((service, operation), g)| {
+                let points = std::mem::take(&mut groups[g]).into_values().collect();
+                ((service.to_string(), operation.map(str::to_string)), points)
+            })
+            .collect()
     }
 }
 
