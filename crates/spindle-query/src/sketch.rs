@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const GAMMA: f64 = 1.04;
 
@@ -17,11 +17,82 @@ pub const RELATIVE_ERROR: f64 = (GAMMA - 1.0) / (GAMMA + 1.0);
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySketch {
     /// bucket index → count; index 0 holds zero durations.
-    buckets: BTreeMap<i32, u64>,
+    buckets: Buckets,
     count: u64,
     sum_nanos: u128,
     min: u64,
     max: u64,
+}
+
+/// Bucket counts by index, sorted by index: a sketch holds a few dozen, and merging two
+/// is a linear walk (span-metric rollups merge thousands per query). Serialized as a map
+/// from index to count, as the earlier `BTreeMap` was, so snapshots stay readable.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Buckets(Vec<(i32, u64)>);
+
+impl Buckets {
+    fn add(&mut self, index: i32, count: u64) {
+        match self.0.binary_search_by_key(&index, |b| b.0) {
+            Ok(at) => self.0[at].1 += count,
+            Err(at) => self.0.insert(at, (index, count)),
+        }
+    }
+
+    fn merge(&mut self, other: &Buckets) {
+        // In place when every index of `other` is already here (the usual case once a
+        // series has seen some traffic); else one merged vector.
+        let mut at = 0;
+        let mut in_place = true;
+        for (i, _) in &other.0 {
+            while at < self.0.len() && self.0[at].0 < *i {
+                at += 1;
+            }
+            if at == self.0.len() || self.0[at].0 != *i {
+                in_place = false;
+                break;
+            }
+        }
+        if in_place {
+            let mut at = 0;
+            for (i, c) in &other.0 {
+                while self.0[at].0 < *i {
+                    at += 1;
+                }
+                self.0[at].1 += c;
+            }
+            return;
+        }
+        let mut merged = Vec::with_capacity(self.0.len() + other.0.len());
+        let (a, b) = (&self.0, &other.0);
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            if j == b.len() || (i < a.len() && a[i].0 < b[j].0) {
+                merged.push(a[i]);
+                i += 1;
+            } else if i == a.len() || b[j].0 < a[i].0 {
+                merged.push(b[j]);
+                j += 1;
+            } else {
+                merged.push((a[i].0, a[i].1 + b[j].1));
+                i += 1;
+                j += 1;
+            }
+        }
+        self.0 = merged;
+    }
+}
+
+impl Serialize for Buckets {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(i, c)| (i, c)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Buckets {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<i32, u64>::deserialize(deserializer)?;
+        Ok(Buckets(map.into_iter().collect()))
+    }
 }
 
 fn index(value: u64) -> i32 {
@@ -40,7 +111,7 @@ fn representative(index: i32) -> f64 {
 
 impl LatencySketch {
     pub fn add(&mut self, nanos: u64) {
-        *self.buckets.entry(index(nanos)).or_insert(0) += 1;
+        self.buckets.add(index(nanos), 1);
         if self.count == 0 || nanos < self.min {
             self.min = nanos;
         }
@@ -53,9 +124,7 @@ impl LatencySketch {
         if other.count == 0 {
             return;
         }
-        for (i, c) in &other.buckets {
-            *self.buckets.entry(*i).or_insert(0) += c;
-        }
+        self.buckets.merge(&other.buckets);
         if self.count == 0 || other.min < self.min {
             self.min = other.min;
         }
@@ -84,7 +153,7 @@ impl LatencySketch {
         }
         let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for (i, c) in &self.buckets {
+        for (i, c) in self.buckets.0.iter() {
             seen += c;
             if seen >= rank {
                 // The extremes are known exactly; clamp so answers never leave [min, max].
