@@ -27,6 +27,7 @@ pub fn router(ingest: Arc<Ingest>, strategies: Arc<Strategies>, max_body_bytes: 
     Router::new()
         .route("/api/traces", post(post_traces))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(move |request, next| super::refuse_declared_oversize(max_body_bytes, request, next)))
         .with_state(JaegerHttp { ingest })
         .merge(sampling)
 }

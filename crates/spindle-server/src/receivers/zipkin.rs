@@ -28,6 +28,7 @@ pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
         .route("/api/v2/spans", post(v2))
         .route("/api/v1/spans", post(v1))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(move |request, next| super::refuse_declared_oversize(max_body_bytes, request, next)))
         .with_state(Zipkin { ingest, max_body_bytes })
 }
 
