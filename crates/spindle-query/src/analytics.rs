@@ -496,7 +496,7 @@ mod tests {
         let (_dir, query, spans) = service_with(9, 400);
         let all = TraceQuery { service: Some("pricing".into()), limit: usize::MAX, ..Default::default() };
         let mut pricing: Vec<&Span> = spans.iter().filter(|s| s.service_name() == "pricing").collect();
-        pricing.sort_by(|a, b| b.duration_nanos().cmp(&a.duration_nanos()));
+        pricing.sort_by_key(|s| std::cmp::Reverse(s.duration_nanos()));
         let slowest = query.slowest(&all, 5).unwrap();
         let got: Vec<u64> = slowest.iter().map(|s| s.duration_nanos).collect();
         let want: Vec<u64> = pricing.iter().take(5).map(|s| s.duration_nanos()).collect();

@@ -103,7 +103,7 @@ pub struct SeriesFilter {
 
 impl SeriesFilter {
     fn matches(&self, key: &SeriesKey) -> bool {
-        (self.services.is_empty() || self.services.iter().any(|s| *s == key.service))
+        (self.services.is_empty() || self.services.contains(&key.service))
             && (self.kinds.is_empty() || self.kinds.contains(&key.kind))
             && self.operation.as_ref().is_none_or(|o| *o == key.operation)
     }

@@ -459,29 +459,18 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
         }
         Ok(())
     };
-    let groups = meta.row_groups.len();
-    if groups < 2 {
-        return (0..groups).try_for_each(|rg| scan_row_group(rg, into));
-    }
-    let found: Vec<Result<HashMap<TraceId, u64>, StoreError>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..SCAN_THREADS)
-            .map(|w| {
-                let scan = &scan_row_group;
-                s.spawn(move || {
-                    let mut local = HashMap::new();
-                    (w..groups).step_by(SCAN_THREADS).try_for_each(|rg| scan(rg, &mut local)).map(|()| local)
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or(Err(StoreError::Closed))).collect()
-    });
-    for local in found {
-        for (id, start) in local? {
+    let read = |rg: usize| -> Result<HashMap<TraceId, u64>, StoreError> {
+        let mut found = HashMap::new();
+        scan_row_group(rg, &mut found)?;
+        Ok(found)
+    };
+    each_row_group(meta.row_groups.len(), &read, &mut |found| {
+        for (id, start) in found {
             let at = into.entry(id).or_insert(start);
             *at = (*at).min(start);
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Visits every span of `block` matching `query`, carrying at least `fields`. Two workers
@@ -495,21 +484,30 @@ pub(crate) fn scan_block(block: &Block, query: &TraceQuery, fields: &SpanFields,
         let cols = block.read_columns(rg, Some(&names), block.all_rows(rg))?;
         cols.decode_selected(&block.tables, &mask, keys).map_err(|e| BlockError::from(e).at(&block.path))
     };
-    let groups = block.meta.row_groups.len();
+    each_row_group(block.meta.row_groups.len(), &decode, &mut |spans| {
+        spans.iter().for_each(&mut *visit);
+        Ok(())
+    })
+}
+
+/// Runs `read` over row groups `0..groups`, two workers taking alternate ones, and hands
+/// each result to `emit` on the caller's thread (in no particular order); the first error
+/// stops both sides.
+fn each_row_group<T: Send>(
+    groups: usize,
+    read: &(dyn Fn(usize) -> Result<T, StoreError> + Sync),
+    emit: &mut dyn FnMut(T) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     if groups < 2 {
-        for rg in 0..groups {
-            decode(rg)?.iter().for_each(&mut *visit);
-        }
-        return Ok(());
+        return (0..groups).try_for_each(|rg| emit(read(rg)?));
     }
     std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Span>, StoreError>>(SCAN_THREADS);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T, StoreError>>(SCAN_THREADS);
         for w in 0..SCAN_THREADS {
             let tx = tx.clone();
-            let decode = &decode;
             s.spawn(move || {
                 for rg in (w..groups).step_by(SCAN_THREADS) {
-                    let result = decode(rg);
+                    let result = read(rg);
                     let failed = result.is_err();
                     // A closed channel means the caller stopped on an error: stop too.
                     if tx.send(result).is_err() || failed {
@@ -519,8 +517,8 @@ pub(crate) fn scan_block(block: &Block, query: &TraceQuery, fields: &SpanFields,
             });
         }
         drop(tx);
-        for spans in rx {
-            spans?.iter().for_each(&mut *visit);
+        for result in rx {
+            emit(result?)?;
         }
         Ok(())
     })
@@ -599,41 +597,10 @@ pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFie
         }
         Ok(Some((mask, selection, cols)))
     };
-    let mut emit = |(mask, selection, cols): (Vec<bool>, Selection, SpanColumns)| -> Result<(), StoreError> {
-        visit_rows(block, &mask, &selection, &cols, group.as_ref(), fields.ids, visit).map_err(|e| BlockError::from(e).at(&block.path))
-    };
-    let groups = block.meta.row_groups.len();
-    if groups < 2 {
-        for rg in 0..groups {
-            if let Some(found) = read(rg)? {
-                emit(found)?;
-            }
-        }
-        return Ok(());
-    }
-    std::thread::scope(|s| {
-        type Found = Option<(Vec<bool>, Selection, SpanColumns)>;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Found, StoreError>>(SCAN_THREADS);
-        for w in 0..SCAN_THREADS {
-            let tx = tx.clone();
-            let read = &read;
-            s.spawn(move || {
-                for rg in (w..groups).step_by(SCAN_THREADS) {
-                    let result = read(rg);
-                    let failed = result.is_err();
-                    if tx.send(result).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        for found in rx {
-            if let Some(found) = found? {
-                emit(found)?;
-            }
-        }
-        Ok(())
+    each_row_group(block.meta.row_groups.len(), &read, &mut |found| match found {
+        Some((mask, selection, cols)) => visit_rows(block, &mask, &selection, &cols, group.as_ref(), fields.ids, visit)
+            .map_err(|e| BlockError::from(e).at(&block.path)),
+        None => Ok(()),
     })
 }
 
