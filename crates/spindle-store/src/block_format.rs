@@ -44,6 +44,18 @@ pub(crate) enum DedicatedType {
     Int,
 }
 
+/// The leaves of the span attribute list: key, then the string value, then the other
+/// value types.
+pub(crate) const ATTRIBUTE_LIST_LEAVES: [&str; 7] = [
+    "attributes.key_value.key",
+    "attributes.key_value.str",
+    "attributes.key_value.int",
+    "attributes.key_value.double",
+    "attributes.key_value.bool",
+    "attributes.key_value.bytes",
+    "attributes.key_value.complex",
+];
+
 pub(crate) fn dedicated_index(key: &str) -> Option<usize> {
     // Most keys differ in length from every dedicated key, so a cheap length test first
     // keeps this off the profile (it runs for every attribute of every span written).
@@ -844,13 +856,9 @@ impl SpanColumns {
         let mut status_message = self.status_message.cursor();
         let mut trace_state = self.trace_state.cursor();
         let mut layout = self.attribute_layout.cursor();
-        let mut dedicated_str: Vec<_> = self.dedicated_str.iter().map(Leaf::cursor).collect();
-        let mut dedicated_int: Vec<_> = self.dedicated_int.iter().map(Leaf::cursor).collect();
+        let mut dedicated_rows = DedicatedCursors::new(self);
         let mut attributes = self.attributes.cursor();
-        let mut event_time = self.event_time.cursor();
-        let mut event_name = self.event_name.cursor();
-        let mut event_attributes = self.event_attributes.cursor();
-        let mut event_dropped = self.event_dropped.cursor();
+        let mut event_rows = EventCursors::new(self);
         let mut link_trace_id = self.link_trace_id.cursor();
         let mut link_span_id = self.link_span_id.cursor();
         let mut link_trace_state = self.link_trace_state.cursor();
@@ -869,23 +877,7 @@ impl SpanColumns {
             let scope_ref = int32(&self.scope_ref, "scope_ref")?;
 
             // Attributes: dedicated ones back at their positions, generic ones filling the gaps.
-            let mut dedicated: Vec<KeyValue> = Vec::new();
-            let (mut si, mut ii) = (0, 0);
-            for (key, _, ty) in DEDICATED {
-                let value = match ty {
-                    DedicatedType::Str => {
-                        si += 1;
-                        dedicated_str[si - 1].next().1.map(|b| utf8(b.data()).map(AttributeValue::String)).transpose()?
-                    }
-                    DedicatedType::Int => {
-                        ii += 1;
-                        dedicated_int[ii - 1].next().1.map(|v| AttributeValue::Int(*v))
-                    }
-                };
-                if let Some(value) = value {
-                    dedicated.push(KeyValue { key: key.to_string(), value });
-                }
-            }
+            let dedicated = dedicated_rows.next_row(|_| true)?;
             let generic = attributes.read_list()?;
             let attributes = match layout.next().1 {
                 None => {
@@ -900,25 +892,7 @@ impl SpanColumns {
                 }
             };
 
-            let mut events = Vec::new();
-            loop {
-                let (def, time) = event_time.next();
-                let name = event_name.next().1;
-                let attrs = event_attributes.read_list()?;
-                let dropped = event_dropped.next().1;
-                if def == 0 {
-                    break;
-                }
-                events.push(Event {
-                    time_unix_nano: time.copied().ok_or(FormatError::Malformed("events.time_unix_nano"))? as u64,
-                    name: utf8(name.ok_or(FormatError::Malformed("events.name"))?.data())?,
-                    attributes: attrs,
-                    dropped_attributes_count: dropped.copied().unwrap_or(0) as u32,
-                });
-                if event_time.peek_rep() != Some(1) {
-                    break;
-                }
-            }
+            let events = event_rows.next_row(true)?;
             let mut links = Vec::new();
             loop {
                 let (def, trace_id) = link_trace_id.next();
@@ -995,26 +969,17 @@ impl SpanColumns {
             "resource_ref",
             "scope_ref",
         ];
-        const LIST: [&str; 7] = [
-            "attributes.key_value.key",
-            "attributes.key_value.str",
-            "attributes.key_value.int",
-            "attributes.key_value.double",
-            "attributes.key_value.bool",
-            "attributes.key_value.bytes",
-            "attributes.key_value.complex",
-        ];
         match keys {
             None => {
                 names.extend(DEDICATED.iter().map(|d| d.1));
                 names.push("attribute_layout");
-                names.extend(LIST);
+                names.extend(ATTRIBUTE_LIST_LEAVES);
             }
             Some(keys) => {
                 names.extend(keys.iter().filter_map(|k| dedicated_index(k)).map(|i| DEDICATED[i].1));
                 let in_lists = |k: &String| listed.is_none_or(|l| l.binary_search(k).is_ok());
                 if keys.iter().any(in_lists) {
-                    names.extend(LIST);
+                    names.extend(ATTRIBUTE_LIST_LEAVES);
                 }
             }
         }
@@ -1064,13 +1029,9 @@ impl SpanColumns {
         let wanted = |key: &[u8]| keys.is_none_or(|keys| keys.iter().any(|k| k.as_bytes() == key));
         let mut status_message = self.status_message.cursor();
         let mut layout = self.attribute_layout.cursor();
-        let mut dedicated_str: Vec<_> = self.dedicated_str.iter().map(Leaf::cursor).collect();
-        let mut dedicated_int: Vec<_> = self.dedicated_int.iter().map(Leaf::cursor).collect();
+        let mut dedicated_rows = DedicatedCursors::new(self);
         let mut attributes = self.attributes.cursor();
-        let mut event_time = self.event_time.cursor();
-        let mut event_name = self.event_name.cursor();
-        let mut event_attributes = self.event_attributes.cursor();
-        let mut event_dropped = self.event_dropped.cursor();
+        let mut event_rows = EventCursors::new(self);
         let lookup = |table_len: usize, index: i32, what| {
             usize::try_from(index).ok().filter(|i| *i < table_len).ok_or(FormatError::BadReference { what, index, len: table_len })
         };
@@ -1079,23 +1040,7 @@ impl SpanColumns {
         for (row, &keep) in mask.iter().enumerate() {
             // Every cursor advances by one row whether or not the row is kept.
             let message = status_message.next().1;
-            let mut dedicated: Vec<KeyValue> = Vec::new();
-            let (mut si, mut ii) = (0, 0);
-            for (key, _, ty) in DEDICATED {
-                let value = match ty {
-                    DedicatedType::Str => {
-                        si += 1;
-                        dedicated_str[si - 1].next().1.map(|b| (keep && wanted(key.as_bytes())).then(|| utf8(b.data()).map(AttributeValue::String)))
-                    }
-                    DedicatedType::Int => {
-                        ii += 1;
-                        dedicated_int[ii - 1].next().1.map(|v| (keep && wanted(key.as_bytes())).then_some(Ok(AttributeValue::Int(*v))))
-                    }
-                };
-                if let Some(Some(value)) = value {
-                    dedicated.push(KeyValue { key: key.to_string(), value: value? });
-                }
-            }
+            let dedicated = dedicated_rows.next_row(|key| keep && wanted(key.as_bytes()))?;
             let positions = layout.next().1;
             let list_rep = attributes.key.leaf.max_def;
             let mut generic = Vec::new();
@@ -1109,27 +1054,7 @@ impl SpanColumns {
                     break;
                 }
             }
-            let mut events = Vec::new();
-            loop {
-                let (def, time) = event_time.next();
-                let name = event_name.next().1;
-                let attrs = event_attributes.read_list()?;
-                let dropped = event_dropped.next().1;
-                if def == 0 {
-                    break;
-                }
-                if keep {
-                    events.push(Event {
-                        time_unix_nano: time.copied().ok_or(FormatError::Malformed("events.time_unix_nano"))? as u64,
-                        name: utf8(name.ok_or(FormatError::Malformed("events.name"))?.data())?,
-                        attributes: attrs,
-                        dropped_attributes_count: dropped.copied().unwrap_or(0) as u32,
-                    });
-                }
-                if event_time.peek_rep() != Some(1) {
-                    break;
-                }
-            }
+            let events = event_rows.next_row(keep)?;
             if !keep {
                 continue;
             }
@@ -1168,6 +1093,88 @@ impl SpanColumns {
             });
         }
         Ok(spans)
+    }
+}
+
+/// The dedicated attribute columns of a row group, walked one row at a time.
+struct DedicatedCursors<'a> {
+    strs: Vec<Cursor<'a, ByteArray>>,
+    ints: Vec<Cursor<'a, i64>>,
+}
+
+impl<'a> DedicatedCursors<'a> {
+    fn new(columns: &'a SpanColumns) -> Self {
+        DedicatedCursors {
+            strs: columns.dedicated_str.iter().map(Leaf::cursor).collect(),
+            ints: columns.dedicated_int.iter().map(Leaf::cursor).collect(),
+        }
+    }
+
+    /// The next row's dedicated attributes whose key `keep` accepts, in column order.
+    /// Every cursor advances one row either way.
+    fn next_row(&mut self, keep: impl Fn(&str) -> bool) -> Result<Vec<KeyValue>, FormatError> {
+        let (mut strs, mut ints) = (self.strs.iter_mut(), self.ints.iter_mut());
+        let mut out = Vec::new();
+        for (key, _, ty) in DEDICATED {
+            let value = match ty {
+                DedicatedType::Str => strs
+                    .next()
+                    .and_then(|c| c.next().1)
+                    .filter(|_| keep(key))
+                    .map(|b| utf8(b.data()).map(AttributeValue::String))
+                    .transpose()?,
+                DedicatedType::Int => ints.next().and_then(|c| c.next().1).filter(|_| keep(key)).map(|v| AttributeValue::Int(*v)),
+            };
+            if let Some(value) = value {
+                out.push(KeyValue { key: key.to_string(), value });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The event leaves of a row group, walked one row at a time.
+struct EventCursors<'a> {
+    time: Cursor<'a, i64>,
+    name: Cursor<'a, ByteArray>,
+    attributes: KvCursor<'a>,
+    dropped: Cursor<'a, i32>,
+}
+
+impl<'a> EventCursors<'a> {
+    fn new(columns: &'a SpanColumns) -> Self {
+        EventCursors {
+            time: columns.event_time.cursor(),
+            name: columns.event_name.cursor(),
+            attributes: columns.event_attributes.cursor(),
+            dropped: columns.event_dropped.cursor(),
+        }
+    }
+
+    /// The next row's events, built only when `keep`; the cursors advance one row either way.
+    fn next_row(&mut self, keep: bool) -> Result<Vec<Event>, FormatError> {
+        let mut events = Vec::new();
+        loop {
+            let (def, time) = self.time.next();
+            let name = self.name.next().1;
+            let attrs = self.attributes.read_list()?;
+            let dropped = self.dropped.next().1;
+            if def == 0 {
+                break;
+            }
+            if keep {
+                events.push(Event {
+                    time_unix_nano: time.copied().ok_or(FormatError::Malformed("events.time_unix_nano"))? as u64,
+                    name: utf8(name.ok_or(FormatError::Malformed("events.name"))?.data())?,
+                    attributes: attrs,
+                    dropped_attributes_count: dropped.copied().unwrap_or(0) as u32,
+                });
+            }
+            if self.time.peek_rep() != Some(1) {
+                break;
+            }
+        }
+        Ok(events)
     }
 }
 

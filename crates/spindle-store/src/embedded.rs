@@ -717,6 +717,21 @@ impl Inner {
         (from_head, frozen, blocks)
     }
 
+    /// Visits the spans in memory that match `query` (the live head, then frozen heads, as
+    /// [`Inner::read_all`] orders them) and returns the blocks the scan continues with.
+    fn scan_heads(&self, query: &TraceQuery, visit: &mut dyn FnMut(&Span)) -> Vec<Arc<Block>> {
+        let visit_head = |head: &Head, visit: &mut dyn FnMut(&Span)| {
+            for (_, trace) in head.traces() {
+                trace.spans.iter().filter(|s| query.matches_span(s)).for_each(&mut *visit);
+            }
+        };
+        let ((), frozen, blocks) = self.read_all(|head| visit_head(head, visit));
+        for head in &frozen {
+            visit_head(head, visit);
+        }
+        blocks
+    }
+
     /// The earliest start of `trace_id` over every place that holds some of it.
     fn trace_start(&self, trace_id: TraceId, frozen: &[Arc<Head>], blocks: &[Arc<Block>]) -> Result<Option<u64>, StoreError> {
         let mut best = read_guard(&self.head).get(trace_id).map(|t| t.start_min);
@@ -778,16 +793,7 @@ impl TraceStore for EmbeddedStore {
     }
 
     fn scan_fields(&self, query: &TraceQuery, fields: &SpanFields, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
-        let visit_head = |head: &Head, visit: &mut dyn FnMut(&Span)| {
-            for (_, trace) in head.traces() {
-                trace.spans.iter().filter(|s| query.matches_span(s)).for_each(&mut *visit);
-            }
-        };
-        let ((), frozen, blocks) = self.inner.read_all(|head| visit_head(head, visit));
-        for head in &frozen {
-            visit_head(head, visit);
-        }
-        for block in &blocks {
+        for block in &self.inner.scan_heads(query, visit) {
             scan_block(block, query, fields, visit)?;
         }
         Ok(())
@@ -848,18 +854,7 @@ impl TraceStore for EmbeddedStore {
     }
 
     fn scan_rows(&self, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
-        let visit_head = |head: &Head, visit: &mut dyn FnMut(&SpanRow)| {
-            for (_, trace) in head.traces() {
-                for span in trace.spans.iter().filter(|s| query.matches_span(s)) {
-                    visit(&SpanRow::of(span, fields));
-                }
-            }
-        };
-        let ((), frozen, blocks) = self.inner.read_all(|head| visit_head(head, visit));
-        for head in &frozen {
-            visit_head(head, visit);
-        }
-        for block in &blocks {
+        for block in &self.inner.scan_heads(query, &mut |span| visit(&SpanRow::of(span, fields))) {
             scan_block_rows(block, query, fields, visit)?;
         }
         Ok(())

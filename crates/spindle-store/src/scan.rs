@@ -14,7 +14,7 @@ use parquet::data_type::ByteArray;
 use spindle_model::{semconv, AttributeValue, KeyValue, Span, SpanId, SpanKind, StatusCode, TraceId};
 
 use crate::block::{Block, BlockError, RowRange};
-use crate::block_format::{dedicated_index, DedicatedType, FormatError, KvLeaves, Leaf, RawValue, SpanColumns, DEDICATED};
+use crate::block_format::{dedicated_index, DedicatedType, FormatError, KvLeaves, Leaf, RawValue, SpanColumns, ATTRIBUTE_LIST_LEAVES, DEDICATED};
 use crate::query::TraceQuery;
 use crate::{RowFields, SpanFields, SpanRow, StoreError};
 
@@ -357,6 +357,18 @@ impl<'a> Matcher<'a> {
     }
 }
 
+/// Ascending row numbers as `(first row, count)` runs of consecutive rows.
+fn runs(rows: &[usize]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &r in rows {
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == r => *count += 1,
+            _ => runs.push((r, 1)),
+        }
+    }
+    runs
+}
+
 /// The rows of a row group a column is read for: all of them, or only those that survive
 /// the cheaper filters (ascending row numbers) when they are few and clustered enough that
 /// skipping pays: every run of rows costs a skip and a read call, so scattered rows in
@@ -369,8 +381,7 @@ enum Selection {
 impl Selection {
     fn of(mask: &[bool]) -> Self {
         let rows: Vec<usize> = mask.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| i).collect();
-        let runs = rows.iter().enumerate().filter(|(k, r)| *k == 0 || rows[k - 1] + 1 != **r).count();
-        if rows.len() * 4 <= mask.len() && runs * 32 <= mask.len() {
+        if rows.len() * 4 <= mask.len() && runs(&rows).len() * 32 <= mask.len() {
             Selection::Rows(rows)
         } else {
             Selection::All
@@ -380,16 +391,7 @@ impl Selection {
     fn read(&self, block: &Block, rg: usize, names: &[&str], rows: RowRange) -> Result<SpanColumns, StoreError> {
         match self {
             Selection::All => block.read_columns(rg, Some(names), rows),
-            Selection::Rows(selected) => {
-                let mut runs: Vec<(usize, usize)> = Vec::new();
-                for &r in selected {
-                    match runs.last_mut() {
-                        Some((first, count)) if *first + *count == r => *count += 1,
-                        _ => runs.push((r, 1)),
-                    }
-                }
-                block.read_column_runs(rg, names, &runs)
-            }
+            Selection::Rows(selected) => block.read_column_runs(rg, names, &runs(selected)),
         }
     }
 
@@ -429,7 +431,7 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
         if let Selection::Rows(matched) = Selection::of(&mask) {
             // Few matches: read their trace ids only, each with its own start as the bound
             // of its trace's start (the search refines the bounds it keeps).
-            let ids = Selection::Rows(matched.clone()).read(block, rg_index, &["trace_id"], rows)?;
+            let ids = block.read_column_runs(rg_index, &["trace_id"], &runs(&matched))?;
             for (id, row) in ids.trace_id.values.iter().zip(matched) {
                 let bytes: [u8; 16] = id.data().try_into().unwrap_or([0; 16]);
                 let at = into.entry(TraceId::from_bytes(bytes)).or_insert(u64::MAX);
@@ -560,7 +562,7 @@ impl GroupSource {
             if *in_lists {
                 // Keys and string values only: the other value leaves are read for a row
                 // group only when one of its matching spans holds the key with another type.
-                names.extend(["attributes.key_value.key", "attributes.key_value.str"]);
+                names.extend(&ATTRIBUTE_LIST_LEAVES[..2]);
             }
         }
     }
@@ -579,42 +581,35 @@ pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFie
     if let Some(g) = &group {
         g.leaves(&mut names);
     }
-    let all_value_leaves: Vec<&str> = names.iter().copied().chain(KV_LEAVES[2..].iter().map(|leaf| match *leaf {
-        "int" => "attributes.key_value.int",
-        "double" => "attributes.key_value.double",
-        "bool" => "attributes.key_value.bool",
-        "bytes" => "attributes.key_value.bytes",
-        _ => "attributes.key_value.complex",
-    })).collect();
-    let read = |rg: usize| -> Result<Option<(Vec<bool>, Selection, SpanColumns)>, StoreError> {
+    let with_all_values: Vec<&str> = names.iter().chain(&ATTRIBUTE_LIST_LEAVES[2..]).copied().collect();
+    let read = |rg: usize| -> Result<Option<MatchedRows>, StoreError> {
         let Some((mask, _)) = matcher.row_mask(rg)? else { return Ok(None) };
         let selection = Selection::of(&mask);
-        let mut cols = selection.read(block, rg, &names, block.all_rows(rg))?;
+        let cols = selection.read(block, rg, &names, block.all_rows(rg))?;
+        let mut found = MatchedRows { mask, selection, cols, all_values: false };
         if let Some(GroupSource::Attribute { key, in_lists: true, .. }) = &group {
-            if list_has_other_types(&cols, &mask, &selection, key) {
-                cols = selection.read(block, rg, &all_value_leaves, block.all_rows(rg))?;
+            if list_has_other_types(&found, key) {
+                found.cols = found.selection.read(block, rg, &with_all_values, block.all_rows(rg))?;
+                found.all_values = true;
             }
         }
-        Ok(Some((mask, selection, cols)))
+        Ok(Some(found))
     };
     each_row_group(block.meta.row_groups.len(), &read, &mut |found| match found {
-        Some((mask, selection, cols)) => visit_rows(block, &mask, &selection, &cols, group.as_ref(), fields.ids, visit)
-            .map_err(|e| BlockError::from(e).at(&block.path)),
+        Some(found) => visit_rows(block, &found, group.as_ref(), fields.ids, visit).map_err(|e| BlockError::from(e).at(&block.path)),
         None => Ok(()),
     })
 }
 
 /// Whether a kept row's first `key` entry holds a value that is not a string, read from the
 /// key and string leaves alone (a present key whose string is absent has another type).
-fn list_has_other_types(cols: &SpanColumns, mask: &[bool], selection: &Selection, key: &str) -> bool {
+fn list_has_other_types(found: &MatchedRows, key: &str) -> bool {
+    let cols = &found.cols;
     let list_rep = cols.attributes.key.max_def;
     let mut keys = cols.attributes.key.cursor();
     let mut strs = cols.attributes.str.cursor();
     for row in 0..cols.name.values.len() {
-        let keep = match selection {
-            Selection::All => mask.get(row).copied().unwrap_or(false),
-            Selection::Rows(_) => true,
-        };
+        let keep = found.keeps(row);
         let mut decided = false;
         loop {
             let (_, k) = keys.next();
@@ -634,17 +629,29 @@ fn list_has_other_types(cols: &SpanColumns, mask: &[bool], selection: &Selection
     false
 }
 
-/// The rows of one row group's columns as [`SpanRow`]s: all rows where `mask` is set
-/// (`Selection::All`), or every row read (`Selection::Rows`, already the matching ones).
-fn visit_rows(
-    block: &Block,
-    mask: &[bool],
-    selection: &Selection,
-    cols: &SpanColumns,
-    group: Option<&GroupSource>,
-    ids: bool,
-    visit: &mut dyn FnMut(&SpanRow),
-) -> Result<(), FormatError> {
+/// The columns read of one row group for the rows a row scan matched.
+struct MatchedRows {
+    mask: Vec<bool>,
+    selection: Selection,
+    cols: SpanColumns,
+    /// Whether every value leaf of the attribute lists was read, not just keys and strings.
+    all_values: bool,
+}
+
+impl MatchedRows {
+    /// Whether row `row` of `cols` matched: with `Selection::All` the mask says, with
+    /// `Selection::Rows` only matching rows were read.
+    fn keeps(&self, row: usize) -> bool {
+        match self.selection {
+            Selection::All => self.mask.get(row).copied().unwrap_or(false),
+            Selection::Rows(_) => true,
+        }
+    }
+}
+
+/// The matched rows of one row group as [`SpanRow`]s.
+fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, ids: bool, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), FormatError> {
+    let cols = &found.cols;
     let rows = cols.name.values.len();
     let tables = &block.tables;
     let mut dedicated_str = None;
@@ -657,22 +664,18 @@ fn visit_rows(
     }
     // With only keys and strings read, a matching key always has a string (see
     // `list_has_other_types`); with every value leaf read, values are whatever they are.
-    let full_values = cols.attributes.int.levels() > 0 || cols.attributes.key.levels() == 0;
     let mut lists = cols.attributes.cursor();
     let mut keys = cols.attributes.key.cursor();
     let mut strs = cols.attributes.str.cursor();
     let list_rep = cols.attributes.key.max_def;
     for row in 0..rows {
-        let keep = match selection {
-            Selection::All => mask.get(row).copied().unwrap_or(false),
-            Selection::Rows(_) => true,
-        };
+        let keep = found.keeps(row);
         // Cursors advance one row whatever is kept.
         let from_str = dedicated_str.as_mut().and_then(|c| c.next().1);
         let from_int = dedicated_int.as_mut().and_then(|c| c.next().1);
         let mut from_list: Option<RawValue> = None;
         if let Some(GroupSource::Attribute { key, in_lists: true, .. }) = group {
-            if full_values {
+            if found.all_values {
                 loop {
                     let (_, entry) = lists.next()?;
                     let Some((k, value)) = entry else { break };
