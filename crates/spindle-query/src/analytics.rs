@@ -8,12 +8,33 @@
 //! bounded by the number of groups, not spans, and percentiles carry the sketch's error.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use spindle_model::{for_each_edge_named, semconv, AttributeValue, BrokerNodes, Span, SpanId, SpanKind, TraceId};
 use spindle_store::{RowFields, SpanFields, SpanRow, TraceQuery, GRAPH_KEYS};
 
-use crate::sketch::LatencySketch;
+use crate::sketch::{LatencySketch, SketchBuilder};
 use crate::{QueryError, QueryService, Trace};
+
+/// FNV-1a: group texts are short (a ticker, a tier, an operation) and hashed once per
+/// scanned row, where SipHash's setup cost showed; the keys come from the user's own data
+/// and the map lives for one query, so flooding resistance buys nothing here.
+#[derive(Default)]
+struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
 
 /// Calls, errors and latency of one group over one interval.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -24,14 +45,6 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn add_row(&mut self, row: &SpanRow) {
-        self.calls += 1;
-        if row.error {
-            self.errors += 1;
-        }
-        self.latency.add(row.duration_nanos);
-    }
-
     fn add(&mut self, span: &Span) {
         self.calls += 1;
         if span.is_error() {
@@ -146,10 +159,18 @@ impl QueryService {
     /// (spans without it are left out) or not grouped, in points of `step_nanos`.
     pub fn red(&self, query: &TraceQuery, group_by: Option<&str>, step_nanos: u64) -> Result<Vec<GroupStats>, QueryError> {
         let step = step_nanos.max(1);
-        // Group texts are borrowed while scanning; a group's key is allocated once.
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut groups: Vec<GroupStats> = Vec::new();
-        let fields = RowFields { group_by: group_by.map(str::to_string), ids: false };
+        // Group texts are borrowed while scanning; a group's key is allocated once. Latencies
+        // are noted per point and bucketed once at the end (`SketchBuilder`); a group's
+        // total is the merge of its points, which sketches make exact.
+        #[derive(Default)]
+        struct Point {
+            calls: u64,
+            errors: u64,
+            latency: SketchBuilder,
+        }
+        let mut index: HashMap<String, usize, BuildHasherDefault<Fnv1a>> = HashMap::default();
+        let mut groups: Vec<(Option<String>, BTreeMap<u64, Point>)> = Vec::new();
+        let fields = RowFields { group_by: group_by.map(str::to_string), ids: false, operation: false };
         self.store.scan_rows(query, &fields, &mut |row| {
             let slot = match (group_by, row.group.as_deref()) {
                 (Some(_), None) => return,
@@ -159,16 +180,34 @@ impl QueryService {
                         Some(&i) => i,
                         None => {
                             index.insert(text.to_string(), groups.len());
-                            groups.push(GroupStats { group: group_by.map(|_| text.to_string()), total: Stats::default(), series: BTreeMap::new() });
+                            groups.push((group_by.map(|_| text.to_string()), BTreeMap::new()));
                             groups.len() - 1
                         }
                     }
                 }
             };
-            let entry = &mut groups[slot];
-            entry.total.add_row(row);
-            entry.series.entry(row.start_unix_nano / step * step).or_default().add_row(row);
+            let point = groups[slot].1.entry(row.start_unix_nano / step * step).or_default();
+            point.calls += 1;
+            point.errors += u64::from(row.error);
+            point.latency.add(row.duration_nanos);
         })?;
+        let mut groups: Vec<GroupStats> = groups
+            .into_iter()
+            .map(|(group, points)| {
+                let mut total = Stats::default();
+                let series = points
+                    .into_iter()
+                    .map(|(at, p)| {
+                        let stats = Stats { calls: p.calls, errors: p.errors, latency: p.latency.build() };
+                        total.calls += stats.calls;
+                        total.errors += stats.errors;
+                        total.latency.merge(&stats.latency);
+                        (at, stats)
+                    })
+                    .collect();
+                GroupStats { group, total, series }
+            })
+            .collect();
         groups.sort_by(|a, b| a.group.cmp(&b.group));
         Ok(groups)
     }
@@ -176,7 +215,7 @@ impl QueryService {
     /// The `limit` longest spans matching `query`, longest first.
     pub fn slowest(&self, query: &TraceQuery, limit: usize) -> Result<Vec<SpanRef>, QueryError> {
         let mut top: Vec<SpanRef> = Vec::new();
-        self.store.scan_rows(query, &RowFields { group_by: None, ids: true }, &mut |row| {
+        self.store.scan_rows(query, &RowFields { group_by: None, ids: true, operation: true }, &mut |row| {
             let duration = row.duration_nanos;
             if top.len() < limit || top.last().is_some_and(|last| duration > last.duration_nanos) {
                 let at = top.partition_point(|s| s.duration_nanos >= duration);

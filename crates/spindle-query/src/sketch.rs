@@ -164,6 +164,47 @@ impl LatencySketch {
     }
 }
 
+/// Builds one [`LatencySketch`] from many values at once: values are only noted (their
+/// bucket index) while a scan runs and bucketed in one sort at the end, which for the
+/// hundreds of thousands of values of a grouped scan is several times cheaper than
+/// inserting each into a sorted bucket list. Gives exactly the sketch `add` would.
+#[derive(Debug, Clone, Default)]
+pub struct SketchBuilder {
+    indexes: Vec<i32>,
+    sum_nanos: u128,
+    min: u64,
+    max: u64,
+}
+
+impl SketchBuilder {
+    pub fn add(&mut self, nanos: u64) {
+        if self.indexes.is_empty() || nanos < self.min {
+            self.min = nanos;
+        }
+        self.max = self.max.max(nanos);
+        self.sum_nanos += u128::from(nanos);
+        self.indexes.push(index(nanos));
+    }
+
+    pub fn build(mut self) -> LatencySketch {
+        self.indexes.sort_unstable();
+        let mut buckets: Vec<(i32, u64)> = Vec::new();
+        for i in &self.indexes {
+            match buckets.last_mut() {
+                Some((last, count)) if last == i => *count += 1,
+                _ => buckets.push((*i, 1)),
+            }
+        }
+        LatencySketch {
+            buckets: Buckets(buckets),
+            count: self.indexes.len() as u64,
+            sum_nanos: self.sum_nanos,
+            min: self.min,
+            max: self.max,
+        }
+    }
+}
+
 /// The exact nearest-rank quantile of sorted values, the reference the sketch is tested against.
 pub fn exact_quantile(sorted: &[u64], q: f64) -> Option<u64> {
     if sorted.is_empty() {
@@ -209,5 +250,21 @@ mod tests {
             }
         }
         assert_eq!(LatencySketch::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn a_built_sketch_equals_one_added_to_value_by_value() {
+        let mut seed = 7u64;
+        for n in [0usize, 1, 2, 17, 5000] {
+            let mut added = LatencySketch::default();
+            let mut builder = SketchBuilder::default();
+            for _ in 0..n {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let v = if seed.is_multiple_of(50) { 0 } else { (seed >> 33) % 3_000_000_000 / (1 + (seed % 500)) };
+                added.add(v);
+                builder.add(v);
+            }
+            assert_eq!(builder.build(), added, "n={n}");
+        }
     }
 }

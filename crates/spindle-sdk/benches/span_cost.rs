@@ -23,7 +23,6 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use rdkafka::message::OwnedHeaders;
 use spindle_sdk::tracing::Dispatch;
@@ -64,20 +63,9 @@ impl Measurement for ThreadCpuTime {
 
 type Cpu = Criterion<ThreadCpuTime>;
 
-/// Accepts and discards every batch: measures the SDK, not a backend.
-#[derive(Debug)]
-struct DiscardingExporter;
-
-impl SpanExporter for DiscardingExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        black_box(batch);
-        Ok(())
-    }
-}
-
 fn sdk_dispatch() -> (Dispatch, spindle_sdk::TracingGuard) {
     let (layer, guard) = spindle_sdk::builder("bench")
-        .exporter(DiscardingExporter)
+        .exporter(support::DiscardingExporter)
         .max_queue_size(1 << 16)
         .scheduled_delay(Duration::from_millis(100))
         .into_layer::<Registry>()

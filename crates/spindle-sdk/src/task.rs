@@ -5,11 +5,11 @@
 //! caller's subscriber, so they also work under a scoped (non-global) subscriber. They add no
 //! spans of their own: wrap the work in `#[tracing::instrument]` or a span to see it as a child.
 //!
-//! A detached task ([`spawn_in_current_span`]) carries the caller's OpenTelemetry context
-//! only, not its `tracing` span: holding the span would keep it open — and unexported, with an
-//! end time that is the task's — until the task finished. Work that is awaited in place
-//! ([`join_all_in_current_span`], [`spawn_blocking_in_current_span`]) runs inside the caller's
-//! span itself, so its log lines carry the span's fields too.
+//! Work that may outlive the caller ([`spawn_in_current_span`], [`spawn_blocking_in_current_span`])
+//! carries the caller's OpenTelemetry context only, not its `tracing` span: holding the span
+//! would keep it open — and unexported, with an end time that is the work's — until the work
+//! finished. A batch that is awaited in place ([`join_all_in_current_span`]) runs inside the
+//! caller's span itself, so its log lines carry the span's fields too.
 
 use std::future::Future;
 
@@ -34,16 +34,25 @@ where
     tokio::spawn(future.with_context(crate::propagation::current_context()).with_current_subscriber())
 }
 
-/// Runs blocking `work` on tokio's blocking pool as part of the current span.
+/// Runs blocking `work` on tokio's blocking pool as part of the current trace.
+///
+/// Spans `work` creates become children of the span current at the call. As with
+/// [`spawn_in_current_span`], the caller's span itself is not held: blocking work cannot be
+/// cancelled and its `JoinHandle` may be dropped, so holding the span would keep it open —
+/// and unexported — until the work finished. Inside `work`, [`tracing::Span::current`] is none
+/// until it enters a span of its own; [`crate::current_context`] gives the caller's trace.
 pub fn spawn_blocking_in_current_span<F, R>(work: F) -> JoinHandle<R>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let span = tracing::Span::current();
+    let context = crate::propagation::current_context();
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     tokio::task::spawn_blocking(move || {
-        tracing::dispatcher::with_default(&dispatch, || span.in_scope(work))
+        tracing::dispatcher::with_default(&dispatch, || {
+            let _attached = context.attach();
+            work()
+        })
     })
 }
 

@@ -261,10 +261,12 @@ fn parent_based_sampling_follows_the_caller_and_disabled_exports_nothing() {
     assert!(sink.spans().iter().all(|s| s.service != "switched-off"));
 }
 
-/// A detached task keeps its parent, but not the caller's span: the request span ends and is
-/// exported while the task still runs, and the task's span is its child nonetheless.
-#[test]
-fn detached_task_does_not_hold_the_caller_span_open() {
+/// The job `start` launches inside a `handle_request` span (it waits until released, then
+/// opens `train_model` and returns its trace id) keeps the request as its parent, but does not
+/// hold the request span open: that span ends and is exported while the job still waits.
+fn job_keeps_its_parent_but_not_the_caller_span(
+    start: impl FnOnce() -> (Box<dyn FnOnce()>, tokio::task::JoinHandle<Option<String>>),
+) {
     use opentelemetry_sdk::trace::InMemorySpanExporter;
     let exporter = InMemorySpanExporter::default();
     let (layer, guard) = spindle_sdk::builder("clstock-api")
@@ -284,23 +286,13 @@ fn detached_task_does_not_hold_the_caller_span_open() {
     tracing::dispatcher::with_default(&dispatch, || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
-            let (release, released) = tokio::sync::oneshot::channel::<()>();
-            let job = {
-                let request = tracing::info_span!("handle_request");
-                request.in_scope(|| {
-                    spindle_sdk::spawn_in_current_span(async move {
-                        let _ = released.await;
-                        let trace_id = spindle_sdk::current_trace_id();
-                        tracing::info_span!("train_model").in_scope(|| {});
-                        trace_id
-                    })
-                })
-            }; // the request is done here; its span must end now, not when the job does
+            let (release, job) = tracing::info_span!("handle_request").in_scope(start);
+            // the request is done here; its span must end now, not when the job does
             guard.flush().expect("flush");
             let request = finished("handle_request").expect("the request span ended while its job still runs");
             assert!(finished("train_model").is_none(), "the job has not run yet");
 
-            release.send(()).expect("job waiting");
+            release();
             let job_trace = job.await.expect("job");
             guard.flush().expect("flush");
             let job_span = finished("train_model").expect("job span exported");
@@ -309,5 +301,38 @@ fn detached_task_does_not_hold_the_caller_span_open() {
             assert_eq!(job_trace, Some(request.span_context.trace_id().to_string()), "current_trace_id in the job");
             assert!(job_span.start_time >= request.end_time, "the job ran after the request ended");
         });
+    });
+}
+
+/// What both jobs do once released.
+fn train_model() -> Option<String> {
+    let trace_id = spindle_sdk::current_trace_id();
+    tracing::info_span!("train_model").in_scope(|| {});
+    trace_id
+}
+
+#[test]
+fn detached_task_does_not_hold_the_caller_span_open() {
+    job_keeps_its_parent_but_not_the_caller_span(|| {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let job = spindle_sdk::spawn_in_current_span(async move {
+            let _ = released.await;
+            train_model()
+        });
+        (Box::new(move || release.send(()).expect("job waiting")), job)
+    });
+}
+
+/// Blocking work is treated like a detached task: its `JoinHandle` may be dropped and the work
+/// cannot be cancelled, so a held span would stay open (and unexported) until the work finished.
+#[test]
+fn blocking_job_does_not_hold_the_caller_span_open() {
+    job_keeps_its_parent_but_not_the_caller_span(|| {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let job = spindle_sdk::spawn_blocking_in_current_span(move || {
+            released.recv().expect("released");
+            train_model()
+        });
+        (Box::new(move || release.send(()).expect("job waiting")), job)
     });
 }

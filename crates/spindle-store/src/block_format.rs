@@ -56,6 +56,130 @@ pub(crate) const ATTRIBUTE_LIST_LEAVES: [&str; 7] = [
     "attributes.key_value.complex",
 ];
 
+/// Columns of each block for the string attributes most of its spans carry, beyond
+/// [`DEDICATED`]: which key each holds is chosen per block when it is written
+/// ([`AttributeColumns`]), kept in the block's meta and in its Parquet footer under
+/// [`PROMOTED_KEYS_KEY`]. A key promoted in a block never appears in its generic lists
+/// with a string value as its first entry, exactly as for the dedicated columns.
+pub(crate) const PROMOTED: [&str; 8] = [
+    "promoted_str_1",
+    "promoted_str_2",
+    "promoted_str_3",
+    "promoted_str_4",
+    "promoted_str_5",
+    "promoted_str_6",
+    "promoted_str_7",
+    "promoted_str_8",
+];
+
+/// Footer key of a block's promoted attribute keys: a JSON array, `PROMOTED[i]` holding
+/// the i-th key.
+pub(crate) const PROMOTED_KEYS_KEY: &str = "spindle.promoted_attributes";
+
+/// A key is promoted when at least one span in this many carries it as a string.
+pub(crate) const PROMOTE_SHARE: u64 = 20;
+
+/// Every attribute column of a block: the dedicated ones, then the promoted ones.
+pub(crate) const ATTRIBUTE_COLUMNS: usize = DEDICATED.len() + PROMOTED.len();
+
+/// Which attribute key each attribute column of one block holds: the fixed [`DEDICATED`]
+/// keys, then the block's own promoted keys (fewer than [`PROMOTED`] leave columns unused,
+/// all null). Column `i` is numbered over both lists; string columns are stored dedicated
+/// first, then promoted (see [`AttributeColumns::position`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct AttributeColumns {
+    promoted: Vec<String>,
+}
+
+impl AttributeColumns {
+    /// Keeps the first [`PROMOTED`]`.len()` distinct keys that are not dedicated already.
+    pub(crate) fn new(keys: impl IntoIterator<Item = String>) -> Self {
+        let mut promoted: Vec<String> = Vec::new();
+        for key in keys {
+            if promoted.len() == PROMOTED.len() {
+                break;
+            }
+            if dedicated_index(&key).is_none() && !promoted.contains(&key) {
+                promoted.push(key);
+            }
+        }
+        AttributeColumns { promoted }
+    }
+
+    /// Promotes the string attributes most of `spans` carry: keys outside [`DEDICATED`]
+    /// with a string value on at least one span in [`PROMOTE_SHARE`], most frequent first.
+    pub(crate) fn choose<'a>(spans: impl IntoIterator<Item = &'a Span>) -> Self {
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        let mut total = 0u64;
+        for span in spans {
+            total += 1;
+            for kv in &span.attributes {
+                if matches!(kv.value, AttributeValue::String(_)) {
+                    *counts.entry(kv.key.as_str()).or_default() += 1;
+                }
+            }
+        }
+        Self::most_common(counts.into_iter(), total)
+    }
+
+    /// The promoted keys of a block merged from blocks with `inputs` (promoted keys, spans):
+    /// each input's keys weigh as many spans as the input holds.
+    pub(crate) fn merge<'a>(inputs: impl IntoIterator<Item = (&'a [String], u64)>) -> Self {
+        let mut weights: HashMap<&str, u64> = HashMap::new();
+        let mut total = 0u64;
+        for (keys, spans) in inputs {
+            total += spans;
+            for key in keys {
+                *weights.entry(key.as_str()).or_default() += spans;
+            }
+        }
+        Self::most_common(weights.into_iter(), total)
+    }
+
+    fn most_common<'a>(counts: impl Iterator<Item = (&'a str, u64)>, total: u64) -> Self {
+        let mut common: Vec<(&str, u64)> =
+            counts.filter(|(k, n)| *n > 0 && *n * PROMOTE_SHARE >= total && dedicated_index(k).is_none()).collect();
+        common.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        Self::new(common.into_iter().map(|(k, _)| k.to_string()))
+    }
+
+    pub(crate) fn promoted(&self) -> &[String] {
+        &self.promoted
+    }
+
+    /// The column holding `key`, if any.
+    pub(crate) fn index(&self, key: &str) -> Option<usize> {
+        dedicated_index(key).or_else(|| self.promoted.iter().position(|k| k == key).map(|p| DEDICATED.len() + p))
+    }
+
+    /// The key column `i` holds; `None` for an unused promoted column.
+    pub(crate) fn key(&self, i: usize) -> Option<&str> {
+        match DEDICATED.get(i) {
+            Some(d) => Some(d.0),
+            None => self.promoted.get(i - DEDICATED.len()).map(String::as_str),
+        }
+    }
+
+    /// The Parquet column name of column `i`.
+    pub(crate) fn column(i: usize) -> &'static str {
+        match DEDICATED.get(i) {
+            Some(d) => d.1,
+            None => PROMOTED[i - DEDICATED.len()],
+        }
+    }
+
+    pub(crate) fn ty(i: usize) -> DedicatedType {
+        DEDICATED.get(i).map_or(DedicatedType::Str, |d| d.2)
+    }
+
+    /// Position of column `i` among the leaves of its type (`dedicated_str` or
+    /// `dedicated_int` of [`SpanColumns`]).
+    pub(crate) fn position(i: usize) -> usize {
+        let ty = Self::ty(i);
+        (0..i).filter(|j| Self::ty(*j) == ty).count()
+    }
+}
+
 pub(crate) fn dedicated_index(key: &str) -> Option<usize> {
     // Most keys differ in length from every dedicated key, so a cheap length test first
     // keeps this off the profile (it runs for every attribute of every span written).
@@ -93,8 +217,9 @@ pub(crate) fn schema_text() -> String {
         required int32 scope_ref;
         ",
     );
-    for (_, column, ty) in DEDICATED {
-        match ty {
+    for i in 0..ATTRIBUTE_COLUMNS {
+        let column = AttributeColumns::column(i);
+        match AttributeColumns::ty(i) {
             DedicatedType::Str => s.push_str(&format!("optional binary {column} (UTF8);\n")),
             DedicatedType::Int => s.push_str(&format!("optional int64 {column};\n")),
         }
@@ -161,6 +286,21 @@ impl<T> Leaf<T> {
 
     pub(crate) fn cursor(&self) -> Cursor<'_, T> {
         Cursor { leaf: self, level: 0, value: 0 }
+    }
+
+    /// Whether the leaf holds no value and every level is zero: an optional column that
+    /// is null in every row, or a list leaf whose list is empty in every row.
+    pub(crate) fn holds_nothing(&self) -> bool {
+        self.max_def > 0 && self.values.is_empty() && self.def.iter().all(|d| *d == 0) && self.rep.iter().all(|r| *r == 0)
+    }
+
+    /// Makes the leaf what reading `rows` rows of a [`Leaf::holds_nothing`] column gives:
+    /// a zero definition level (and repetition level, for a list leaf) per row.
+    pub(crate) fn fill_nothing(&mut self, rows: usize, repeated: bool) {
+        self.def.resize(self.def.len() + rows, 0);
+        if repeated {
+            self.rep.resize(self.rep.len() + rows, 0);
+        }
     }
 
     pub(crate) fn levels(&self) -> usize {
@@ -422,6 +562,8 @@ pub(crate) struct SpanColumns {
     pub(crate) scope_ref: Leaf<i32>,
     pub(crate) dedicated_str: Vec<Leaf<ByteArray>>,
     pub(crate) dedicated_int: Vec<Leaf<i64>>,
+    /// Which key each of `dedicated_str` and `dedicated_int` holds in this block.
+    pub(crate) attribute_columns: Arc<AttributeColumns>,
     pub(crate) attribute_layout: Leaf<ByteArray>,
     pub(crate) attributes: KvLeaves,
     pub(crate) event_time: Leaf<i64>,
@@ -530,8 +672,9 @@ macro_rules! leaves_in_order {
         out.push(("scope_ref".to_string(), $kind::I32(& $($r)* $self.scope_ref)));
         let mut strs = (& $($r)* $self.dedicated_str).iter_mut_or_ref();
         let mut ints = (& $($r)* $self.dedicated_int).iter_mut_or_ref();
-        for (_, column, ty) in DEDICATED {
-            match ty {
+        for i in 0..ATTRIBUTE_COLUMNS {
+            let column = AttributeColumns::column(i);
+            match AttributeColumns::ty(i) {
                 DedicatedType::Str => {
                     if let Some(leaf) = strs.next() { out.push((column.to_string(), $kind::Bytes(leaf))); }
                 }
@@ -628,7 +771,7 @@ impl SharedTables {
 }
 
 fn dedicated_str_count() -> usize {
-    DEDICATED.iter().filter(|d| d.2 == DedicatedType::Str).count()
+    (0..ATTRIBUTE_COLUMNS).filter(|i| AttributeColumns::ty(*i) == DedicatedType::Str).count()
 }
 
 impl SpanColumns {
@@ -649,7 +792,8 @@ impl SpanColumns {
             resource_ref: Leaf::new(0),
             scope_ref: Leaf::new(0),
             dedicated_str: (0..dedicated_str_count()).map(|_| Leaf::new(1)).collect(),
-            dedicated_int: (0..DEDICATED.len() - dedicated_str_count()).map(|_| Leaf::new(1)).collect(),
+            dedicated_int: (0..ATTRIBUTE_COLUMNS - dedicated_str_count()).map(|_| Leaf::new(1)).collect(),
+            attribute_columns: Arc::default(),
             attribute_layout: Leaf::new(1),
             attributes: KvLeaves::new(1),
             event_time: Leaf::new(1),
@@ -698,6 +842,25 @@ impl SpanColumns {
         leaves_in_order!(self, LeafMut, mut)
     }
 
+    /// Moves the leaves named in `names` from `other` into `self`, where they replace what
+    /// `self` held (both describe the same rows).
+    pub(crate) fn take_leaves(&mut self, other: &mut SpanColumns, names: &[&str]) {
+        for ((name, mine), (_, theirs)) in self.leaves_mut().into_iter().zip(other.leaves_mut()) {
+            if !names.contains(&name.as_str()) {
+                continue;
+            }
+            match (mine, theirs) {
+                (LeafMut::I32(a), LeafMut::I32(b)) => std::mem::swap(a, b),
+                (LeafMut::I64(a), LeafMut::I64(b)) => std::mem::swap(a, b),
+                (LeafMut::F64(a), LeafMut::F64(b)) => std::mem::swap(a, b),
+                (LeafMut::Bool(a), LeafMut::Bool(b)) => std::mem::swap(a, b),
+                (LeafMut::Bytes(a), LeafMut::Bytes(b)) => std::mem::swap(a, b),
+                (LeafMut::Fixed(a), LeafMut::Fixed(b)) => std::mem::swap(a, b),
+                _ => {}
+            }
+        }
+    }
+
     pub(crate) fn rows(&self) -> usize {
         self.trace_id.values.len()
     }
@@ -723,17 +886,17 @@ impl SpanColumns {
         self.resource_ref.push_required(SharedTables::intern(&mut tables.resources, &mut tables.resource_ptrs, &span.resource));
         self.scope_ref.push_required(SharedTables::intern(&mut tables.scopes, &mut tables.scope_ptrs, &span.scope));
 
-        // Dedicated attributes: the first attribute with the key, when it has the right type.
-        // One pass over the attributes finds the first position of every dedicated key.
-        let mut first: [Option<usize>; DEDICATED.len()] = [None; DEDICATED.len()];
+        // Dedicated and promoted attributes: the first attribute with the key, when it has
+        // the right type. One pass over the attributes finds the first position of every key.
+        let mut first: [Option<usize>; ATTRIBUTE_COLUMNS] = [None; ATTRIBUTE_COLUMNS];
         for (p, kv) in span.attributes.iter().enumerate() {
-            if let Some(i) = dedicated_index(&kv.key) {
+            if let Some(i) = self.attribute_columns.index(&kv.key) {
                 first[i].get_or_insert(p);
             }
         }
-        let mut positions = [0u32; DEDICATED.len()];
+        let mut positions = [0u32; ATTRIBUTE_COLUMNS];
         let mut dedicated_count = 0;
-        // Which attributes went to dedicated columns; on the stack for the usual few.
+        // Which attributes went to attribute columns; on the stack for the usual few.
         let mut taken_small = [false; 32];
         let mut taken_large;
         let taken: &mut [bool] = if span.attributes.len() <= taken_small.len() {
@@ -743,8 +906,9 @@ impl SpanColumns {
             &mut taken_large
         };
         let (mut si, mut ii) = (0, 0);
-        for (j, (_, _, ty)) in DEDICATED.iter().enumerate() {
-            let typed = first[j].and_then(|p| match (&span.attributes[p].value, ty) {
+        for (j, first) in first.iter().enumerate() {
+            let ty = AttributeColumns::ty(j);
+            let typed = first.and_then(|p| match (&span.attributes[p].value, ty) {
                 (AttributeValue::String(s), DedicatedType::Str) => Some((p, Some(s.as_str()), None)),
                 (AttributeValue::Int(v), DedicatedType::Int) => Some((p, None, Some(*v))),
                 _ => None,
@@ -955,7 +1119,12 @@ impl SpanColumns {
     /// attribute) and, with `events`, the events. `listed` are the keys the block's
     /// generic lists hold (`None`: unknown): a dedicated key is there too when a value
     /// had another type than its column's.
-    pub(crate) fn selected_leaves(keys: Option<&[String]>, events: bool, listed: Option<&[String]>) -> Vec<&'static str> {
+    pub(crate) fn selected_leaves(
+        columns: &AttributeColumns,
+        keys: Option<&[String]>,
+        events: bool,
+        listed: Option<&[String]>,
+    ) -> Vec<&'static str> {
         let mut names = vec![
             "trace_id",
             "span_id",
@@ -971,12 +1140,12 @@ impl SpanColumns {
         ];
         match keys {
             None => {
-                names.extend(DEDICATED.iter().map(|d| d.1));
+                names.extend((0..ATTRIBUTE_COLUMNS).map(AttributeColumns::column));
                 names.push("attribute_layout");
                 names.extend(ATTRIBUTE_LIST_LEAVES);
             }
             Some(keys) => {
-                names.extend(keys.iter().filter_map(|k| dedicated_index(k)).map(|i| DEDICATED[i].1));
+                names.extend(keys.iter().filter_map(|k| columns.index(k)).map(AttributeColumns::column));
                 let in_lists = |k: &String| listed.is_none_or(|l| l.binary_search(k).is_ok());
                 if keys.iter().any(in_lists) {
                     names.extend(ATTRIBUTE_LIST_LEAVES);
@@ -1059,12 +1228,13 @@ impl SpanColumns {
                 continue;
             }
             let attributes = match (keys, positions) {
+                (Some(keys), _) => by_key(keys, dedicated.into_iter().chain(generic)),
                 (None, Some(raw)) => {
                     let positions: Vec<u32> =
                         postcard::from_bytes(raw.data()).map_err(|_| FormatError::Malformed("attribute_layout"))?;
                     place_at(dedicated, &positions, generic)?
                 }
-                _ => {
+                (None, None) => {
                     let mut all = dedicated;
                     all.extend(generic);
                     all
@@ -1098,6 +1268,7 @@ impl SpanColumns {
 
 /// The dedicated attribute columns of a row group, walked one row at a time.
 struct DedicatedCursors<'a> {
+    keys: &'a AttributeColumns,
     strs: Vec<Cursor<'a, ByteArray>>,
     ints: Vec<Cursor<'a, i64>>,
 }
@@ -1105,6 +1276,7 @@ struct DedicatedCursors<'a> {
 impl<'a> DedicatedCursors<'a> {
     fn new(columns: &'a SpanColumns) -> Self {
         DedicatedCursors {
+            keys: &columns.attribute_columns,
             strs: columns.dedicated_str.iter().map(Leaf::cursor).collect(),
             ints: columns.dedicated_int.iter().map(Leaf::cursor).collect(),
         }
@@ -1115,19 +1287,25 @@ impl<'a> DedicatedCursors<'a> {
     fn next_row(&mut self, keep: impl Fn(&str) -> bool) -> Result<Vec<KeyValue>, FormatError> {
         let (mut strs, mut ints) = (self.strs.iter_mut(), self.ints.iter_mut());
         let mut out = Vec::new();
-        for (key, _, ty) in DEDICATED {
-            let value = match ty {
-                DedicatedType::Str => strs
-                    .next()
-                    .and_then(|c| c.next().1)
-                    .filter(|_| keep(key))
-                    .map(|b| utf8(b.data()).map(AttributeValue::String))
-                    .transpose()?,
-                DedicatedType::Int => ints.next().and_then(|c| c.next().1).filter(|_| keep(key)).map(|v| AttributeValue::Int(*v)),
+        for i in 0..ATTRIBUTE_COLUMNS {
+            let (str_value, int_value) = match AttributeColumns::ty(i) {
+                DedicatedType::Str => (strs.next().and_then(|c| c.next().1), None),
+                DedicatedType::Int => (None, ints.next().and_then(|c| c.next().1)),
             };
-            if let Some(value) = value {
-                out.push(KeyValue { key: key.to_string(), value });
+            if str_value.is_none() && int_value.is_none() {
+                continue;
             }
+            // An unused promoted column is all null; a value there names no key.
+            let key = self.keys.key(i).ok_or(FormatError::Malformed("promoted attribute column"))?;
+            if !keep(key) {
+                continue;
+            }
+            let value = match (str_value, int_value) {
+                (Some(b), _) => AttributeValue::String(utf8(b.data())?),
+                (None, Some(v)) => AttributeValue::Int(*v),
+                (None, None) => continue,
+            };
+            out.push(KeyValue { key: key.to_string(), value });
         }
         Ok(out)
     }
@@ -1184,26 +1362,7 @@ impl<'a> EventCursors<'a> {
 pub(crate) fn project(span: &Span, keys: Option<&[String]>, events: bool) -> Span {
     let attributes = match keys {
         None => span.attributes.clone(),
-        Some(keys) => {
-            let wanted = |key: &str| keys.iter().any(|k| k == key);
-            let mut taken = vec![false; span.attributes.len()];
-            let mut out = Vec::new();
-            for (key, _, ty) in DEDICATED {
-                let Some(p) = span.attributes.iter().position(|kv| kv.key == key) else { continue };
-                let typed = matches!(
-                    (&span.attributes[p].value, ty),
-                    (AttributeValue::String(_), DedicatedType::Str) | (AttributeValue::Int(_), DedicatedType::Int)
-                );
-                if typed {
-                    taken[p] = true;
-                    if wanted(key) {
-                        out.push(span.attributes[p].clone());
-                    }
-                }
-            }
-            out.extend(span.attributes.iter().zip(&taken).filter(|(kv, t)| !**t && wanted(&kv.key)).map(|(kv, _)| kv.clone()));
-            out
-        }
+        Some(keys) => by_key(keys, span.attributes.iter().cloned()),
     };
     Span {
         trace_id: span.trace_id,
@@ -1220,6 +1379,27 @@ pub(crate) fn project(span: &Span, keys: Option<&[String]>, events: bool) -> Spa
         scope: Arc::clone(&span.scope),
         ..Default::default()
     }
+}
+
+/// The attributes with a key in `keys`, key by key in the order of `keys` (a key named twice
+/// counts once), each key's attributes in the order they come. Blocks store the first
+/// attribute of a key in a column and the rest in a list, which columns differ from block
+/// to block, so this is the order a projected read gives whatever block it comes from: a
+/// key's column value, when there is one, is its first attribute.
+fn by_key(keys: &[String], attributes: impl Iterator<Item = KeyValue>) -> Vec<KeyValue> {
+    let mut attributes: Vec<Option<KeyValue>> = attributes.map(Some).collect();
+    let mut out = Vec::with_capacity(attributes.len());
+    for (i, key) in keys.iter().enumerate() {
+        if keys[..i].contains(key) {
+            continue;
+        }
+        for slot in attributes.iter_mut() {
+            if slot.as_ref().is_some_and(|kv| kv.key == *key) {
+                out.extend(slot.take());
+            }
+        }
+    }
+    out
 }
 
 /// Puts `placed[i]` at index `positions[i]` and fills the other indexes with `rest` in order.
@@ -1286,6 +1466,67 @@ mod tests {
             assert_eq!(postcard::to_stdvec(a).unwrap(), postcard::to_stdvec(b).unwrap());
         }
         assert_eq!(tables.resources.len(), 6);
+    }
+
+    #[test]
+    fn promoted_columns_round_trip_and_projections_do_not_depend_on_them() {
+        let mut spans = crate::generator::Generator::new(2, 1_000).batch(20);
+        // The first `symbol` an int: no column value, both stay in the list, in order.
+        spans[0].attributes.insert(0, KeyValue::new("symbol", AttributeValue::Int(9)));
+        // A second `symbol` after the string one: the first goes to the column, this to the list.
+        spans[1].attributes.push(KeyValue::string("symbol", "again"));
+        spans[2].attributes.retain(|kv| kv.key != "symbol");
+        spans.push(odd_span());
+        let promoted = AttributeColumns::choose(&spans);
+        assert!(promoted.promoted().contains(&"symbol".to_string()), "{promoted:?}");
+        let symbol_column = promoted.index("symbol").unwrap();
+        let mut columns = SpanColumns::new();
+        columns.attribute_columns = Arc::new(promoted);
+        let mut tables = SharedTables::default();
+        for s in &spans {
+            columns.push(s, &mut tables, None);
+        }
+        let back = columns.decode(&tables).unwrap();
+        for (a, b) in back.iter().zip(&spans) {
+            assert_eq!(postcard::to_stdvec(a).unwrap(), postcard::to_stdvec(b).unwrap());
+        }
+        let leaf = &columns.dedicated_str[AttributeColumns::position(symbol_column)];
+        assert_eq!(leaf.values.len(), spans.len() - 2, "every span but the int one and the one without");
+        assert_eq!(leaf.def[..3], [0, 1, 0]);
+
+        // A projected read gives what `project` gives for the span in memory, whichever
+        // keys the block promoted.
+        let keys: Vec<String> = ["symbol", "http.route", "nan", "symbol"].map(String::from).to_vec();
+        let mask = vec![true; spans.len()];
+        let selected = columns.decode_selected(&tables, &mask, Some(&keys)).unwrap();
+        let plain = {
+            let mut plain = SpanColumns::new();
+            let mut tables = SharedTables::default();
+            spans.iter().for_each(|s| plain.push(s, &mut tables, None));
+            plain.decode_selected(&tables, &mask, Some(&keys)).unwrap()
+        };
+        for ((a, b), span) in selected.iter().zip(&plain).zip(&spans) {
+            let want = project(span, Some(&keys), true);
+            assert_eq!(postcard::to_stdvec(a).unwrap(), postcard::to_stdvec(&want).unwrap());
+            assert_eq!(postcard::to_stdvec(b).unwrap(), postcard::to_stdvec(&want).unwrap());
+        }
+        assert_eq!(selected[1].attributes.iter().filter(|kv| kv.key == "symbol").count(), 2);
+    }
+
+    #[test]
+    fn promotion_takes_common_string_keys_most_frequent_first() {
+        let span = |keys: &[&str]| Span { attributes: keys.iter().map(|k| KeyValue::string(*k, "v")).collect(), ..Default::default() };
+        let mut spans: Vec<Span> = (0..100).map(|_| span(&["a", "b", "http.route"])).collect();
+        spans.extend((0..10).map(|_| span(&["c"])));
+        spans.extend((0..3).map(|_| span(&["rare"])));
+        spans.push(Span { attributes: vec![KeyValue::new("n", AttributeValue::Int(1)); 50], ..Default::default() });
+        let chosen = AttributeColumns::choose(&spans);
+        // `http.route` has a dedicated column; ints are not promoted; `rare` is under 1 in 20.
+        assert_eq!(chosen.promoted(), ["a", "b", "c"]);
+        let many: Vec<Span> = (0..20).map(|i| span(&[&format!("k{i:02}")])).collect();
+        assert_eq!(AttributeColumns::choose(&many).promoted().len(), PROMOTED.len());
+        let merged = AttributeColumns::merge([(&["x".to_string(), "y".to_string()][..], 10), (&["y".to_string()][..], 100), (&[][..], 1000)]);
+        assert_eq!(merged.promoted(), ["y"], "x holds 10 of 1110 spans");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::batch_codec::{decode_batch, encode_batch};
 use crate::block::{self, Block, BlockMeta, BlockWriter};
 use crate::head::{Catalog, Head};
 use crate::query::{Operation, TraceQuery};
-use crate::block_format::{project, SpanColumns};
+use crate::block_format::{project, AttributeColumns, SpanColumns};
 use crate::scan::{find_in_block, row_group_trace_ids, scan_block, scan_block_rows};
 use crate::wal::{self, SyncPolicy, Wal};
 use crate::{RowFields, SpanFields, SpanRow, StoreError, TraceStore, GRAPH_KEYS};
@@ -82,6 +82,10 @@ impl StoreOptions {
         }
     }
 }
+
+/// Rows a compaction decodes from one input at a time (a handful in unit tests, so their
+/// merges cross slice boundaries inside traces).
+const MERGE_SLICE_ROWS: usize = if cfg!(test) { 7 } else { 4_096 };
 
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
@@ -489,10 +493,14 @@ impl Inner {
 
     fn write_head_block(&self, head: &Head, wal_covered: u64) -> Result<BlockMeta, StoreError> {
         let id = self.new_block_id();
-        let mut writer = BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans)
+        let trace_ids = head.sorted_trace_ids();
+        // Every fourth trace is plenty to tell which attributes most spans carry.
+        let sample = trace_ids.iter().step_by(4).filter_map(|id| head.get(*id)).flat_map(|t| t.spans.iter());
+        let promoted = AttributeColumns::choose(sample);
+        let mut writer = BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans, promoted)
             .map_err(|e| e.at(&self.blocks_dir))?;
         let mut result = Ok(());
-        'traces: for trace_id in head.sorted_trace_ids() {
+        'traces: for trace_id in trace_ids {
             let Some(trace) = head.get(trace_id) else { continue };
             let mut spans: Vec<&Span> = trace.spans.iter().collect();
             spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
@@ -616,6 +624,8 @@ impl Inner {
         struct Cursor<'a> {
             block: &'a Block,
             rg: usize,
+            /// The next row of row group `rg` to decode.
+            row: usize,
             spans: std::vec::IntoIter<Span>,
             peeked: Option<Span>,
         }
@@ -626,24 +636,32 @@ impl Inner {
                         self.peeked = Some(s);
                         return Ok(());
                     }
-                    if self.rg >= self.block.meta.row_groups.len() {
+                    let Some(rows) = self.block.meta.row_groups.get(self.rg).map(|r| r.rows as usize) else {
                         self.peeked = None;
                         return Ok(());
+                    };
+                    // A slice of a row group at a time: decoded spans take far more memory
+                    // than their columns, and a merge holds one slice per input.
+                    let take = MERGE_SLICE_ROWS.min(rows - self.row.min(rows));
+                    self.spans = self.block.row_group_slice(self.rg, block::RowRange { skip: self.row, take })?.into_iter();
+                    self.row += take;
+                    if self.row >= rows {
+                        self.rg += 1;
+                        self.row = 0;
                     }
-                    self.spans = self.block.row_group_spans(self.rg)?.into_iter();
-                    self.rg += 1;
                 }
             }
         }
         let mut cursors = Vec::with_capacity(inputs.len());
         for b in inputs {
-            let mut c = Cursor { block: b, rg: 0, spans: Vec::new().into_iter(), peeked: None };
+            let mut c = Cursor { block: b, rg: 0, row: 0, spans: Vec::new().into_iter(), peeked: None };
             c.advance()?;
             cursors.push(c);
         }
         let id = self.new_block_id();
-        let mut writer =
-            BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans).map_err(|e| e.at(&self.blocks_dir))?;
+        let promoted = AttributeColumns::merge(inputs.iter().map(|b| (b.meta.promoted_attributes.as_slice(), b.meta.spans)));
+        let mut writer = BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans, promoted)
+            .map_err(|e| e.at(&self.blocks_dir))?;
         let duty = self.options.compaction_duty_cycle.clamp(0.05, 1.0);
         let mut busy_since = Instant::now();
         let mut next_pause = self.options.row_group_spans as u64;
@@ -916,7 +934,7 @@ impl TraceStore for EmbeddedStore {
         // Pass 2: row groups that overlap the window, and those holding part of a split
         // trace; a span's row group is decoded with `fields` only.
         for b in &blocks {
-            let names = SpanColumns::selected_leaves(keys, fields.events, b.meta.attribute_keys.as_deref());
+            let names = SpanColumns::selected_leaves(&b.attribute_columns, keys, fields.events, b.meta.attribute_keys.as_deref());
             for (rg, meta) in b.meta.row_groups.iter().enumerate() {
                 let (lo, hi) = meta.trace_range();
                 let overlaps = meta.max_start >= start && meta.min_start <= end;

@@ -147,8 +147,8 @@ impl<'a> SpanRow<'a> {
             trace_id: if fields.ids { span.trace_id } else { TraceId::default() },
             span_id: if fields.ids { span.span_id } else { SpanId::default() },
             service: span.service_name(),
-            name: &span.name,
-            kind: span.kind,
+            name: if fields.operation { &span.name } else { "" },
+            kind: if fields.operation { span.kind } else { SpanKind::Unspecified },
             start_unix_nano: span.start_time_unix_nano,
             duration_nanos: span.duration_nanos(),
             error: span.is_error(),
@@ -157,13 +157,16 @@ impl<'a> SpanRow<'a> {
     }
 }
 
-/// What a row scan reads besides service, name, kind, times and status.
+/// What a row scan reads besides service, times and status.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowFields {
     /// The key whose text fills [`SpanRow::group`].
     pub group_by: Option<String>,
     /// Whether trace and span ids are needed.
     pub ids: bool,
+    /// Whether [`SpanRow::name`] and [`SpanRow::kind`] are needed; without, they are empty
+    /// and `Unspecified`, and a columnar store leaves their columns unread.
+    pub operation: bool,
 }
 
 /// Span attributes that decide service-graph edges (see `spindle_model::for_each_edge`).

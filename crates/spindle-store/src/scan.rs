@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use parquet::data_type::ByteArray;
 use spindle_model::{semconv, AttributeValue, KeyValue, Span, SpanId, SpanKind, StatusCode, TraceId};
 
-use crate::block::{Block, BlockError, RowRange};
-use crate::block_format::{dedicated_index, DedicatedType, FormatError, KvLeaves, Leaf, RawValue, SpanColumns, ATTRIBUTE_LIST_LEAVES, DEDICATED};
+use crate::block::{recycle_columns, Block, BlockError, RowRange};
+use crate::block_format::{AttributeColumns, DedicatedType, FormatError, KvLeaves, Leaf, RawValue, SpanColumns, ATTRIBUTE_LIST_LEAVES};
 use crate::query::TraceQuery;
 use crate::{RowFields, SpanFields, SpanRow, StoreError};
 
@@ -30,9 +30,10 @@ const DERIVED_TAGS: [&str; 6] = [
     semconv::JAEGER_SCOPE_VERSION,
 ];
 
-/// Column path of the dedicated column for `key`, and whether it holds strings.
-fn dedicated_column(key: &str) -> Option<(usize, &'static str, DedicatedType)> {
-    dedicated_index(key).map(|i| (i, DEDICATED[i].1, DEDICATED[i].2))
+/// The attribute column of `block` holding `key` (dedicated or promoted): its position
+/// among the leaves of its type, its path, and its type.
+fn attribute_column(block: &Block, key: &str) -> Option<(usize, &'static str, DedicatedType)> {
+    block.attribute_columns.index(key).map(|i| (AttributeColumns::position(i), AttributeColumns::column(i), AttributeColumns::ty(i)))
 }
 
 /// The value leaves a search for `text` must read: a string never parses as a number or a
@@ -167,7 +168,7 @@ impl<'a> Matcher<'a> {
     let mut pairs = Vec::new();
     for (key, text) in &query.attributes {
         let in_lists = listed(key);
-        let dedicated = dedicated_column(key);
+        let dedicated = attribute_column(block, key);
         let derived = DERIVED_TAGS.contains(&key.as_str());
         let event_name = key == semconv::JAEGER_EVENT;
         let resources: Vec<bool> = block.tables.resources.iter().map(|r| any_kv(&r.attributes, key, text)).collect();
@@ -215,6 +216,17 @@ impl<'a> Matcher<'a> {
     let min_duration = query.duration_min_nanos.unwrap_or(0);
     let max_duration = query.duration_max_nanos.unwrap_or(u64::MAX);
     Some(Matcher { block, query, pairs, service_ok, phase1, span_kv, event_kv, min_duration, max_duration })
+    }
+
+    /// Leaves `names` of every row of row group `rg`, taking over from `filtered` (the
+    /// columns [`Matcher::row_mask`] read for it) those the filter read already instead of
+    /// reading them twice.
+    fn read_all_rows(&self, rg: usize, mut filtered: SpanColumns, names: &[&str]) -> Result<SpanColumns, StoreError> {
+        let missing: Vec<&str> = names.iter().filter(|n| !self.phase1.contains(n)).copied().collect();
+        let mut cols = self.block.read_columns(rg, Some(&missing), self.block.all_rows(rg))?;
+        cols.take_leaves(&mut filtered, &self.phase1);
+        recycle_columns(filtered);
+        Ok(cols)
     }
 
     /// Which rows of row group `rg_index` match, with the columns read to decide it;
@@ -293,8 +305,7 @@ impl<'a> Matcher<'a> {
                     *slot |= derived_matches(kind, status, message, pair.key, pair.text);
                 }
             }
-            if let Some((index, _, ty)) = pair.dedicated {
-                let position = DEDICATED[..index].iter().filter(|d| d.2 == ty).count();
+            if let Some((position, _, ty)) = pair.dedicated {
                 match ty {
                     DedicatedType::Str => {
                         if let Some(leaf) = cols.dedicated_str.get(position) {
@@ -480,11 +491,13 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
 pub(crate) fn scan_block(block: &Block, query: &TraceQuery, fields: &SpanFields, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
     let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
     let keys = fields.attributes.as_deref();
-    let names = SpanColumns::selected_leaves(keys, fields.events, block.meta.attribute_keys.as_deref());
+    let names = SpanColumns::selected_leaves(&block.attribute_columns, keys, fields.events, block.meta.attribute_keys.as_deref());
     let decode = |rg: usize| -> Result<Vec<Span>, StoreError> {
-        let Some((mask, _)) = matcher.row_mask(rg)? else { return Ok(Vec::new()) };
-        let cols = block.read_columns(rg, Some(&names), block.all_rows(rg))?;
-        cols.decode_selected(&block.tables, &mask, keys).map_err(|e| BlockError::from(e).at(&block.path))
+        let Some((mask, filtered)) = matcher.row_mask(rg)? else { return Ok(Vec::new()) };
+        let cols = matcher.read_all_rows(rg, filtered, &names)?;
+        let spans = cols.decode_selected(&block.tables, &mask, keys).map_err(|e| BlockError::from(e).at(&block.path));
+        recycle_columns(cols);
+        spans
     };
     each_row_group(block.meta.row_groups.len(), &decode, &mut |spans| {
         spans.iter().for_each(&mut *visit);
@@ -530,9 +543,9 @@ fn each_row_group<T: Send>(
 enum GroupSource {
     Service,
     Name,
-    /// An attribute: its dedicated column (type, position among that type's columns), and
-    /// whether the generic lists may hold it; else the resource's value.
-    Attribute { key: String, dedicated: Option<(DedicatedType, usize)>, in_lists: bool, resources: Vec<Option<String>> },
+    /// An attribute: its dedicated or promoted column (position among the leaves of its
+    /// type, path, type), and whether the generic lists may hold it; else the resource's value.
+    Attribute { key: String, dedicated: Option<(usize, &'static str, DedicatedType)>, in_lists: bool, resources: Vec<Option<String>> },
 }
 
 impl GroupSource {
@@ -542,7 +555,7 @@ impl GroupSource {
             "span.name" | "operation" => return GroupSource::Name,
             _ => {}
         }
-        let dedicated = dedicated_index(key).map(|i| (DEDICATED[i].2, DEDICATED[..i].iter().filter(|d| d.2 == DEDICATED[i].2).count()));
+        let dedicated = attribute_column(block, key);
         let in_lists = block.meta.attribute_keys.as_ref().is_none_or(|keys| keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok());
         let resources = block
             .tables
@@ -554,10 +567,14 @@ impl GroupSource {
     }
 
     fn leaves(&self, names: &mut Vec<&'static str>) {
+        if let GroupSource::Name = self {
+            if !names.contains(&"name") {
+                names.push("name");
+            }
+        }
         if let GroupSource::Attribute { dedicated, in_lists, .. } = self {
-            if let Some((ty, position)) = dedicated {
-                let column = DEDICATED.iter().filter(|d| d.2 == *ty).nth(*position).map(|d| d.1);
-                names.extend(column);
+            if let Some((_, column, _)) = dedicated {
+                names.push(column);
             }
             if *in_lists {
                 // Keys and string values only: the other value leaves are read for a row
@@ -574,7 +591,10 @@ impl GroupSource {
 pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
     let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
     let group = fields.group_by.as_deref().map(|key| GroupSource::of(block, key));
-    let mut names = vec!["name", "kind", "start_time_unix_nano", "duration_nanos", "status_code", "resource_ref"];
+    let mut names = vec!["start_time_unix_nano", "duration_nanos", "status_code", "resource_ref"];
+    if fields.operation {
+        names.extend(["name", "kind"]);
+    }
     if fields.ids {
         names.extend(["trace_id", "span_id"]);
     }
@@ -583,9 +603,15 @@ pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFie
     }
     let with_all_values: Vec<&str> = names.iter().chain(&ATTRIBUTE_LIST_LEAVES[2..]).copied().collect();
     let read = |rg: usize| -> Result<Option<MatchedRows>, StoreError> {
-        let Some((mask, _)) = matcher.row_mask(rg)? else { return Ok(None) };
+        let Some((mask, filtered)) = matcher.row_mask(rg)? else { return Ok(None) };
         let selection = Selection::of(&mask);
-        let cols = selection.read(block, rg, &names, block.all_rows(rg))?;
+        let cols = match selection {
+            Selection::All => matcher.read_all_rows(rg, filtered, &names)?,
+            Selection::Rows(_) => {
+                recycle_columns(filtered);
+                selection.read(block, rg, &names, block.all_rows(rg))?
+            }
+        };
         let mut found = MatchedRows { mask, selection, cols, all_values: false };
         if let Some(GroupSource::Attribute { key, in_lists: true, .. }) = &group {
             if list_has_other_types(&found, key) {
@@ -596,7 +622,11 @@ pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFie
         Ok(Some(found))
     };
     each_row_group(block.meta.row_groups.len(), &read, &mut |found| match found {
-        Some(found) => visit_rows(block, &found, group.as_ref(), fields.ids, visit).map_err(|e| BlockError::from(e).at(&block.path)),
+        Some(found) => {
+            let visited = visit_rows(block, &found, group.as_ref(), fields, visit).map_err(|e| BlockError::from(e).at(&block.path));
+            recycle_columns(found.cols);
+            visited
+        }
         None => Ok(()),
     })
 }
@@ -608,7 +638,7 @@ fn list_has_other_types(found: &MatchedRows, key: &str) -> bool {
     let list_rep = cols.attributes.key.max_def;
     let mut keys = cols.attributes.key.cursor();
     let mut strs = cols.attributes.str.cursor();
-    for row in 0..cols.name.values.len() {
+    for row in 0..cols.start.values.len() {
         let keep = found.keeps(row);
         let mut decided = false;
         loop {
@@ -650,13 +680,14 @@ impl MatchedRows {
 }
 
 /// The matched rows of one row group as [`SpanRow`]s.
-fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, ids: bool, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), FormatError> {
+fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), FormatError> {
     let cols = &found.cols;
-    let rows = cols.name.values.len();
+    let ids = fields.ids;
+    let rows = cols.start.values.len();
     let tables = &block.tables;
     let mut dedicated_str = None;
     let mut dedicated_int = None;
-    if let Some(GroupSource::Attribute { dedicated: Some((ty, position)), .. }) = group {
+    if let Some(GroupSource::Attribute { dedicated: Some((position, _, ty)), .. }) = group {
         match ty {
             DedicatedType::Str => dedicated_str = cols.dedicated_str.get(*position).map(Leaf::cursor),
             DedicatedType::Int => dedicated_int = cols.dedicated_int.get(*position).map(Leaf::cursor),
@@ -708,7 +739,12 @@ fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, i
             .ok()
             .and_then(|i| tables.resources.get(i))
             .ok_or(FormatError::BadReference { what: "resource", index: resource_ref, len: tables.resources.len() })?;
-        let name = std::str::from_utf8(cols.name.values.get(row).ok_or(FormatError::Malformed("name"))?.data()).map_err(|_| FormatError::Utf8)?;
+        // The name column is read when the operation is asked for or grouped by.
+        let name = match cols.name.values.get(row) {
+            Some(v) => std::str::from_utf8(v.data()).map_err(|_| FormatError::Utf8)?,
+            None if fields.operation || matches!(group, Some(GroupSource::Name)) => return Err(FormatError::Malformed("name")),
+            None => "",
+        };
         let group_text: Option<Cow<str>> = match group {
             None => None,
             Some(GroupSource::Service) => Some(Cow::Borrowed(resource.service_name())),
@@ -740,8 +776,12 @@ fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, i
             trace_id,
             span_id: SpanId(if ids { *cols.span_id.values.get(row).ok_or(FormatError::Malformed("span_id"))? as u64 } else { 0 }),
             service: resource.service_name(),
-            name,
-            kind: SpanKind::from_otlp(*cols.kind.values.get(row).ok_or(FormatError::Malformed("kind"))?),
+            name: if fields.operation { name } else { "" },
+            kind: if fields.operation {
+                SpanKind::from_otlp(*cols.kind.values.get(row).ok_or(FormatError::Malformed("kind"))?)
+            } else {
+                SpanKind::Unspecified
+            },
             start_unix_nano: start,
             // As `Span::duration_nanos` reads it: an end before the start is zero.
             duration_nanos: u64::try_from(duration).unwrap_or(0),

@@ -79,7 +79,9 @@ where
             match &result {
                 Ok(response) => {
                     let status = response.status();
-                    span.record("http.response.status_code", status.as_u16());
+                    // As i64: `tracing-opentelemetry` turns other integer types (u16, u64)
+                    // into strings, and the conventions want an int.
+                    span.record("http.response.status_code", i64::from(status.as_u16()));
                     if status.is_server_error() {
                         span.record("otel.status_code", "ERROR");
                         span.record("error.type", status.as_str());
@@ -99,26 +101,18 @@ where
 pub fn server_span<B>(request: &Request<B>) -> tracing::Span {
     let method = request.method().as_str();
     let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
-    // Without a matched route (404s, plain tower services) the name is the method alone.
-    let name = match route {
-        Some(route) => format!("{method} {route}"),
-        None => method.to_owned(),
-    };
     let user_agent = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
-    let span = tracing::info_span!(
-        target: "spindle_sdk::http",
-        "http.server",
-        otel.name = name,
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = method,
-        http.route = route,
-        url.path = request.uri().path(),
-        url.scheme = request.uri().scheme_str(),
-        user_agent.original = user_agent,
-        http.response.status_code = Empty,
-        error.type = Empty,
-    );
+    // Without a matched route (404s, plain tower services) the name is the method alone. The
+    // name is composed in a reused buffer: the OpenTelemetry layer copies it anyway.
+    let mut name = SPAN_NAME.take();
+    name.clear();
+    name.push_str(method);
+    if let Some(route) = route {
+        name.push(' ');
+        name.push_str(route);
+    }
+    let span = new_server_span(&name, method, route, request.uri(), user_agent);
+    SPAN_NAME.set(name);
     // Most requests carry no trace context; extracting from them would only build an empty
     // context. The W3C propagator reads nothing but these two headers.
     let headers = request.headers();
@@ -126,4 +120,82 @@ pub fn server_span<B>(request: &Request<B>) -> tracing::Span {
         set_remote_parent(&span, super::extract_from_headers(headers));
     }
     span
+}
+
+thread_local! {
+    static SPAN_NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+fn new_server_span(
+    name: &str,
+    method: &str,
+    route: Option<&str>,
+    uri: &http::Uri,
+    user_agent: Option<&str>,
+) -> tracing::Span {
+    tracing::info_span!(
+        target: "spindle_sdk::http",
+        "http.server",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = uri.path(),
+        url.scheme = uri.scheme_str(),
+        user_agent.original = user_agent,
+        http.response.status_code = Empty,
+        error.type = Empty,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use opentelemetry::Value;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Registry;
+
+    fn attr(span: &SpanData, key: &str) -> Option<Value> {
+        span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.clone())
+    }
+
+    /// Names come from the reused buffer, so a short name after a long one must not keep the
+    /// long one's tail; the status code is an int attribute, not the string `tracing` makes
+    /// of a u16.
+    #[test]
+    fn server_spans_are_named_after_the_route_and_carry_an_integer_status() {
+        let exporter = InMemorySpanExporter::default();
+        let (layer, guard) = crate::builder("svc")
+            .exporter(exporter.clone())
+            .sampler(crate::SamplerConfig::AlwaysOn)
+            .into_layer::<Registry>()
+            .expect("pipeline builds");
+        let dispatch = tracing::Dispatch::new(Registry::default().with(layer));
+        let mut app = Router::new()
+            .route("/stocks/{symbol}", get(|| async { "quote" }))
+            .route("/q", get(|| async { (http::StatusCode::SERVICE_UNAVAILABLE, "busy") }))
+            .layer(ServerTracingLayer::new());
+        tracing::dispatcher::with_default(&dispatch, || {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            runtime.block_on(async {
+                for path in ["/stocks/AAPL", "/q"] {
+                    let request = Request::get(path).body(Body::empty()).expect("request");
+                    Service::call(&mut app, request).await.expect("response");
+                }
+            });
+        });
+        guard.flush().expect("flush");
+        let spans = exporter.get_finished_spans().expect("readable");
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names, ["GET /stocks/{symbol}", "GET /q"]);
+        assert_eq!(attr(&spans[0], "http.response.status_code"), Some(Value::I64(200)));
+        assert_eq!(attr(&spans[0], "http.route"), Some(Value::from("/stocks/{symbol}")));
+        assert_eq!(attr(&spans[1], "http.response.status_code"), Some(Value::I64(503)));
+        assert_eq!(spans[1].status, opentelemetry::trace::Status::error(""));
+    }
 }

@@ -44,7 +44,7 @@ pub fn client_span(request: &Request) -> tracing::Span {
         http.request.method = request.method().as_str(),
         url.full = url.as_str(),
         server.address = url.host_str(),
-        server.port = url.port_or_known_default(),
+        server.port = url.port_or_known_default().map(i64::from),
         http.response.status_code = Empty,
         error.type = Empty,
     )
@@ -64,7 +64,8 @@ impl Middleware for ClientTracingMiddleware {
         match &result {
             Ok(response) => {
                 let status = response.status();
-                span.record("http.response.status_code", status.as_u16());
+                // As i64: `tracing-opentelemetry` turns u16 and u64 into strings.
+                span.record("http.response.status_code", i64::from(status.as_u16()));
                 if status.is_client_error() || status.is_server_error() {
                     span.record("otel.status_code", "ERROR");
                     span.record("error.type", status.as_str());

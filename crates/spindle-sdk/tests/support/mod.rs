@@ -21,6 +21,18 @@ use ports::pick_loopback_port;
 
 pub use otlp_sink::{OtlpSink, SinkSpan};
 
+/// A span exporter that accepts and discards every batch: benchmarks measure the SDK with
+/// it, not a backend.
+#[derive(Debug)]
+pub struct DiscardingExporter;
+
+impl opentelemetry_sdk::trace::SpanExporter for DiscardingExporter {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        std::hint::black_box(batch);
+        Ok(())
+    }
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     pick_loopback_port(false)
