@@ -154,59 +154,194 @@ pub struct GraphEdge {
     pub stats: Stats,
 }
 
+/// Threads a grouped RED scan aggregates on, one partial aggregate each: the machine this is
+/// sized for has two cores.
+const SCAN_PARALLELISM: usize = 2;
+
+/// Calls, errors and noted latencies of one group over one step.
+#[derive(Default)]
+struct RedPoint {
+    calls: u64,
+    errors: u64,
+    latency: SketchBuilder,
+}
+
+impl RedPoint {
+    fn absorb(&mut self, other: RedPoint) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        self.latency.absorb(other.latency);
+    }
+}
+
+/// The points of one group: a vector indexed by step when the query's window holds few
+/// steps (no tree walk per row), else a map.
+enum Series {
+    Dense(Vec<RedPoint>),
+    Sparse(BTreeMap<u64, RedPoint>),
+}
+
+/// How points are laid out: `Some((first, count))` for dense series of `count` steps from
+/// `first`.
+#[derive(Clone, Copy)]
+struct Steps {
+    step: u64,
+    dense: Option<(u64, usize)>,
+}
+
+/// Windows of at most this many steps get dense series.
+const MAX_DENSE_STEPS: u64 = 256;
+
+impl Steps {
+    fn of(query: &TraceQuery, step: u64) -> Self {
+        let (first, last) = (query.start_time_min_unix_nano / step, query.start_time_max_unix_nano / step);
+        let dense = last.checked_sub(first).filter(|d| *d < MAX_DENSE_STEPS).map(|d| (first * step, d as usize + 1));
+        Steps { step, dense }
+    }
+
+    fn new_series(&self) -> Series {
+        match self.dense {
+            Some((_, count)) => Series::Dense((0..count).map(|_| RedPoint::default()).collect()),
+            None => Series::Sparse(BTreeMap::new()),
+        }
+    }
+}
+
+impl Series {
+    fn point(&mut self, start: u64, steps: &Steps) -> &mut RedPoint {
+        let at = start / steps.step * steps.step;
+        match self {
+            Series::Dense(points) => {
+                let first = steps.dense.map_or(0, |(first, _)| first);
+                // Rows are within the query's window; clamp anyway rather than index out.
+                let i = (at.saturating_sub(first) / steps.step) as usize;
+                let last = points.len() - 1;
+                &mut points[i.min(last)]
+            }
+            Series::Sparse(points) => points.entry(at).or_default(),
+        }
+    }
+
+    /// The points that counted a call, with their start.
+    fn into_points(self, steps: &Steps) -> Vec<(u64, RedPoint)> {
+        match self {
+            Series::Dense(points) => {
+                let first = steps.dense.map_or(0, |(first, _)| first);
+                points.into_iter().enumerate().filter(|(_, p)| p.calls > 0).map(|(i, p)| (first + i as u64 * steps.step, p)).collect()
+            }
+            Series::Sparse(points) => points.into_iter().collect(),
+        }
+    }
+}
+
+/// A partial RED aggregate: groups by text, each a series of points. Group texts are
+/// borrowed while scanning and a group's key is allocated once; latencies are noted per
+/// point and bucketed once at the end (`SketchBuilder`); a group's total is the merge of its
+/// points, which sketches make exact.
+struct RedAggregate {
+    steps: Steps,
+    grouped: bool,
+    index: HashMap<String, usize, BuildHasherDefault<Fnv1a>>,
+    groups: Vec<(String, Series)>,
+}
+
+impl RedAggregate {
+    fn new(steps: Steps, grouped: bool) -> Self {
+        RedAggregate { steps, grouped, index: HashMap::default(), groups: Vec::new() }
+    }
+
+    /// Adds one row; grouped scans leave out rows without the group's value.
+    fn add(&mut self, row: &SpanRow) {
+        let slot = match (self.grouped, row.group.as_deref()) {
+            (true, None) => return,
+            (_, text) => self.slot(text.unwrap_or_default()),
+        };
+        let point = self.groups[slot].1.point(row.start_unix_nano, &self.steps);
+        point.calls += 1;
+        point.errors += u64::from(row.error);
+        point.latency.add(row.duration_nanos);
+    }
+
+    fn slot(&mut self, text: &str) -> usize {
+        if let Some(&i) = self.index.get(text) {
+            return i;
+        }
+        self.index.insert(text.to_string(), self.groups.len());
+        self.groups.push((text.to_string(), self.steps.new_series()));
+        self.groups.len() - 1
+    }
+
+    /// Merges another partial aggregate of the same scan into this one.
+    fn absorb(&mut self, other: RedAggregate) {
+        for (text, series) in other.groups {
+            let slot = self.slot(&text);
+            let mine = &mut self.groups[slot].1;
+            match (mine, series) {
+                (Series::Dense(mine), Series::Dense(theirs)) => {
+                    mine.iter_mut().zip(theirs).for_each(|(m, t)| m.absorb(t));
+                }
+                (mine, theirs) => {
+                    for (at, point) in theirs.into_points(&self.steps) {
+                        mine.point(at, &self.steps).absorb(point);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The groups' statistics, sketches built on every core.
+    fn finish(self) -> Vec<(String, Stats, BTreeMap<u64, Stats>)> {
+        let steps = self.steps;
+        let finish_group = |(text, series): (String, Series)| {
+            let mut total = Stats::default();
+            let points: BTreeMap<u64, Stats> = series
+                .into_points(&steps)
+                .into_iter()
+                .map(|(at, p)| {
+                    let stats = Stats { calls: p.calls, errors: p.errors, latency: p.latency.build() };
+                    total.calls += stats.calls;
+                    total.errors += stats.errors;
+                    total.latency.merge(&stats.latency);
+                    (at, stats)
+                })
+                .collect();
+            (text, total, points)
+        };
+        let mut groups = self.groups;
+        let second: Vec<(String, Series)> = groups.split_off(groups.len() / 2);
+        std::thread::scope(|s| {
+            let theirs = s.spawn(|| second.into_iter().map(finish_group).collect::<Vec<_>>());
+            let mut mine: Vec<_> = groups.into_iter().map(finish_group).collect();
+            mine.extend(theirs.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            mine
+        })
+    }
+}
+
 impl QueryService {
     /// RED statistics of spans matching `query`, grouped by the value of `group_by`
     /// (spans without it are left out) or not grouped, in points of `step_nanos`.
     pub fn red(&self, query: &TraceQuery, group_by: Option<&str>, step_nanos: u64) -> Result<Vec<GroupStats>, QueryError> {
         let step = step_nanos.max(1);
-        // Group texts are borrowed while scanning; a group's key is allocated once. Latencies
-        // are noted per point and bucketed once at the end (`SketchBuilder`); a group's
-        // total is the merge of its points, which sketches make exact.
-        #[derive(Default)]
-        struct Point {
-            calls: u64,
-            errors: u64,
-            latency: SketchBuilder,
-        }
-        let mut index: HashMap<String, usize, BuildHasherDefault<Fnv1a>> = HashMap::default();
-        let mut groups: Vec<(Option<String>, BTreeMap<u64, Point>)> = Vec::new();
+        // One partial aggregate per scanning thread, merged at the end: the aggregating
+        // runs on every core, not on one thread behind the decoding ones.
+        let steps = Steps::of(query, step);
+        let grouped = group_by.is_some();
+        let mut partials: Vec<RedAggregate> = (0..SCAN_PARALLELISM).map(|_| RedAggregate::new(steps, grouped)).collect();
         let fields = RowFields { group_by: group_by.map(str::to_string), ids: false, operation: false };
-        self.store.scan_rows(query, &fields, &mut |row| {
-            let slot = match (group_by, row.group.as_deref()) {
-                (Some(_), None) => return,
-                (_, text) => {
-                    let text = text.unwrap_or_default();
-                    match index.get(text) {
-                        Some(&i) => i,
-                        None => {
-                            index.insert(text.to_string(), groups.len());
-                            groups.push((group_by.map(|_| text.to_string()), BTreeMap::new()));
-                            groups.len() - 1
-                        }
-                    }
-                }
-            };
-            let point = groups[slot].1.entry(row.start_unix_nano / step * step).or_default();
-            point.calls += 1;
-            point.errors += u64::from(row.error);
-            point.latency.add(row.duration_nanos);
-        })?;
-        let mut groups: Vec<GroupStats> = groups
+        {
+            let mut visitors: Vec<_> = partials.iter_mut().map(|partial| move |row: &SpanRow| partial.add(row)).collect();
+            let mut refs: Vec<&mut (dyn FnMut(&SpanRow) + Send)> = visitors.iter_mut().map(|v| v as &mut (dyn FnMut(&SpanRow) + Send)).collect();
+            self.store.scan_rows_split(query, &fields, &mut refs)?;
+        }
+        let mut all = partials.pop().unwrap_or_else(|| RedAggregate::new(steps, grouped));
+        for partial in partials {
+            all.absorb(partial);
+        }
+        let mut groups: Vec<GroupStats> = all
+            .finish()
             .into_iter()
-            .map(|(group, points)| {
-                let mut total = Stats::default();
-                let series = points
-                    .into_iter()
-                    .map(|(at, p)| {
-                        let stats = Stats { calls: p.calls, errors: p.errors, latency: p.latency.build() };
-                        total.calls += stats.calls;
-                        total.errors += stats.errors;
-                        total.latency.merge(&stats.latency);
-                        (at, stats)
-                    })
-                    .collect();
-                GroupStats { group, total, series }
-            })
+            .map(|(group, total, series)| GroupStats { group: group_by.map(|_| group), total, series })
             .collect();
         groups.sort_by(|a, b| a.group.cmp(&b.group));
         Ok(groups)
@@ -494,8 +629,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(StoreOptions { sync: SyncPolicy::Always, ..StoreOptions::new(dir.path()) }).unwrap();
         let spans = Workload::new(seed).batch(traces, 1_700_000_000_000_000_000, 3_600_000_000_000);
-        for chunk in spans.chunks(1000) {
+        // Some blocks and some spans in memory, so scans read both.
+        for (i, chunk) in spans.chunks(1000).enumerate() {
             store.append(chunk.to_vec()).unwrap();
+            if i % 2 == 0 {
+                store.flush().unwrap();
+            }
         }
         (dir, QueryService::new(Arc::new(store)), spans)
     }

@@ -186,6 +186,19 @@ impl SketchBuilder {
         self.indexes.push(index(nanos));
     }
 
+    /// Takes in every latency `other` noted, as if they had been added here.
+    pub fn absorb(&mut self, other: SketchBuilder) {
+        if other.indexes.is_empty() {
+            return;
+        }
+        if self.indexes.is_empty() || other.min < self.min {
+            self.min = other.min;
+        }
+        self.max = self.max.max(other.max);
+        self.sum_nanos += other.sum_nanos;
+        self.indexes.extend(other.indexes);
+    }
+
     pub fn build(mut self) -> LatencySketch {
         self.indexes.sort_unstable();
         let mut buckets: Vec<(i32, u64)> = Vec::new();

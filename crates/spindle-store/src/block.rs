@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use spindle_model::{Resource, Scope, Span, TraceId};
 
 use crate::block_format::{AttributeColumns, FormatError, Leaf, LeafMut, LeafRef, SharedTables, SpanColumns, PROMOTED, PROMOTED_KEYS_KEY};
+use crate::dict_column::DictColumn;
 use crate::StoreError;
 
 /// Version of the block layout; a block of another version is refused, not misread.
@@ -676,6 +677,33 @@ impl Block {
         Ok(columns)
     }
 
+    /// Reads the flat string leaf `name` of the rows of `runs` (ascending, disjoint
+    /// `(first row, count)` pairs) of a row group as dictionary indices: see
+    /// [`DictColumn`]. A row group without the column (or recorded as holding none of it)
+    /// reads as nulls.
+    pub(crate) fn read_dict_column(&self, rg_index: usize, name: &str, runs: &[(usize, usize)]) -> Result<DictColumn, StoreError> {
+        let read = || -> Result<DictColumn, BlockError> {
+            let rows = self.meta.row_groups.get(rg_index).map_or(0, |m| m.rows as usize);
+            let leaf = SpanColumns::leaf_position(name).ok_or(FormatError::Malformed("unknown column"))?;
+            let empty = self.meta.row_groups.get(rg_index).is_some_and(|m| m.empty_leaves.contains(&(leaf as u16)));
+            let Some(&index) = self.column_index.get(name).filter(|_| !empty) else {
+                let mut nulls = DictColumn::nulls(rows);
+                nulls.select(runs)?;
+                return Ok(nulls);
+            };
+            let rg = self.reader.get_row_group(rg_index)?;
+            let descr = rg.metadata().column(index).column_descr_ptr();
+            if descr.max_rep_level() > 0 || descr.physical_type() != parquet::basic::Type::BYTE_ARRAY {
+                return Err(FormatError::Malformed("not a flat string column").into());
+            }
+            let mut pages = rg.get_column_page_reader(index)?;
+            let mut column = DictColumn::read(&mut *pages, descr.max_def_level(), rows)?;
+            column.select(runs)?;
+            Ok(column)
+        };
+        read().map_err(|e| e.at(&self.path))
+    }
+
     pub(crate) fn all_rows(&self, rg: usize) -> RowRange {
         RowRange { skip: 0, take: self.meta.row_groups.get(rg).map_or(0, |r| r.rows as usize) }
     }
@@ -848,6 +876,75 @@ mod tests {
         ids.dedup();
         let between = ids.windows(2).find(|w| w[1] - w[0] > 1).map(|w| w[0] + 1).unwrap();
         assert!(block.get_trace(TraceId(between)).unwrap().is_empty());
+    }
+
+    /// String columns read as dictionary indices hold what the column reader reads, row for
+    /// row: dictionary pages, pages that fell back to plain encoding once the dictionary
+    /// passed its limit, nulls, row groups without the column, and selected runs of rows.
+    #[test]
+    fn string_columns_read_as_dictionary_indices_equal_the_column_reader() {
+        use spindle_model::{AttributeValue, KeyValue};
+        let dir = tempfile::tempdir().unwrap();
+        let mut spans = Generator::new(13, 1_000_000).batch(600);
+        for (i, s) in spans.iter_mut().enumerate() {
+            s.attributes.retain(|kv| !["note", "tier", "http.route"].contains(&kv.key.as_str()));
+            // ~100 KiB of distinct notes per row group: past the 64 KiB dictionary limit,
+            // so later pages are plain; every seventh span has none.
+            if i % 7 != 0 {
+                s.attributes.push(KeyValue::new("note", AttributeValue::String(format!("{i:05}-{}", "n".repeat(i % 200)))));
+            }
+            s.attributes.push(KeyValue::new("tier", AttributeValue::String(["gold", "silver", "bronze"][i % 3].into())));
+            if i % 2 == 0 {
+                s.attributes.push(KeyValue::new("http.route", AttributeValue::String(format!("/r/{}", i % 5))));
+            }
+        }
+        let meta = write_block(dir.path(), 1, spans, 1024);
+        assert!(meta.row_groups.len() > 2, "several row groups");
+        let block = Block::open(dir.path(), meta.clone()).unwrap();
+        let mut columns: Vec<&str> = vec!["http_route"];
+        for key in ["note", "tier"] {
+            let at = meta.promoted_attributes.iter().position(|k| k == key).expect("promoted");
+            columns.push(PROMOTED[at]);
+        }
+        // The data pages' encodings: the notes fell back to plain, the tiers did not.
+        let data_encodings = |column: &str| -> Vec<Encoding> {
+            let rg = block.reader.get_row_group(0).unwrap();
+            let pages = rg.get_column_page_reader(block.column_index[column]).unwrap();
+            pages
+                .map(|p| p.unwrap())
+                .filter_map(|p| match p {
+                    parquet::column::page::Page::DataPage { encoding, .. } | parquet::column::page::Page::DataPageV2 { encoding, .. } => Some(encoding),
+                    parquet::column::page::Page::DictionaryPage { .. } => None,
+                })
+                .collect()
+        };
+        let promoted = |key: &str| PROMOTED[meta.promoted_attributes.iter().position(|k| k == key).unwrap()];
+        let notes = data_encodings(promoted("note"));
+        assert!(notes.contains(&Encoding::PLAIN) && notes.contains(&Encoding::RLE_DICTIONARY), "{notes:?}");
+        assert!(!data_encodings(promoted("tier")).contains(&Encoding::PLAIN));
+        // A promoted column no key fills, recorded as empty, reads as nulls too.
+        columns.push(PROMOTED[PROMOTED.len() - 1]);
+        for column in columns {
+            for rg in 0..meta.row_groups.len() {
+                let rows = block.all_rows(rg).take;
+                let cols = block.read_columns(rg, Some(&[column]), block.all_rows(rg)).unwrap();
+                let (_, LeafRef::Bytes(leaf)) = cols.leaves().into_iter().find(|(n, _)| n == column).unwrap() else { panic!("string leaf") };
+                let mut values = leaf.values.iter();
+                let want: Vec<Option<Vec<u8>>> = (0..rows)
+                    .map(|row| (leaf.def.get(row).copied().unwrap_or(1) == 1).then(|| values.next().unwrap().data().to_vec()))
+                    .collect();
+                let got = block.read_dict_column(rg, column, &[(0, rows)]).unwrap();
+                let got: Vec<Option<Vec<u8>>> = (0..rows).map(|row| got.get(row).map(<[u8]>::to_vec)).collect();
+                assert_eq!(got, want, "{column} row group {rg}");
+                let runs = [(1, 3), (10, 40), (rows - 5, 5)];
+                let picked = block.read_dict_column(rg, column, &runs).unwrap();
+                let expected: Vec<&Option<Vec<u8>>> = runs.iter().flat_map(|&(first, n)| &want[first..first + n]).collect();
+                let picked: Vec<Option<Vec<u8>>> = (0..expected.len()).map(|row| picked.get(row).map(<[u8]>::to_vec)).collect();
+                assert_eq!(picked.iter().collect::<Vec<_>>(), expected, "{column} row group {rg}, runs");
+            }
+        }
+        assert!(block.read_dict_column(0, "trace_id", &[(0, 1)]).is_err(), "not a string column");
+        assert!(block.read_dict_column(0, "http_route", &[(0, usize::MAX / 2)]).is_err(), "rows past the row group");
     }
 
     #[test]

@@ -834,6 +834,12 @@ impl SpanColumns {
         self.buffers.trace = None;
     }
 
+    /// The position of leaf `name` in schema order (as [`SpanColumns::leaves`] lists them).
+    pub(crate) fn leaf_position(name: &str) -> Option<usize> {
+        static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        NAMES.get_or_init(|| SpanColumns::new().leaves().into_iter().map(|(n, _)| n).collect()).iter().position(|n| n == name)
+    }
+
     pub(crate) fn leaves(&self) -> Vec<(String, LeafRef<'_>)> {
         leaves_in_order!(self, LeafRef,)
     }

@@ -32,7 +32,7 @@ use crate::block::{self, Block, BlockMeta, BlockWriter};
 use crate::head::{Catalog, Head};
 use crate::query::{Operation, TraceQuery};
 use crate::block_format::{project, AttributeColumns, SpanColumns};
-use crate::scan::{find_in_block, row_group_trace_ids, scan_block, scan_block_rows};
+use crate::scan::{find_in_block, row_group_trace_ids, scan_block, scan_block_rows, scan_blocks_rows_split};
 use crate::wal::{self, SyncPolicy, Wal};
 use crate::{RowFields, SpanFields, SpanRow, StoreError, TraceStore, GRAPH_KEYS};
 
@@ -876,6 +876,12 @@ impl TraceStore for EmbeddedStore {
             scan_block_rows(block, query, fields, visit)?;
         }
         Ok(())
+    }
+
+    fn scan_rows_split(&self, query: &TraceQuery, fields: &RowFields, visitors: &mut [&mut (dyn FnMut(&SpanRow) + Send)]) -> Result<(), StoreError> {
+        let Some(first) = visitors.first_mut() else { return Ok(()) };
+        let blocks = self.inner.scan_heads(query, &mut |span| first(&SpanRow::of(span, fields)));
+        scan_blocks_rows_split(&blocks, query, fields, visitors)
     }
 
     fn scan_traces(&self, start: u64, end: u64, fields: &SpanFields, visit: &mut dyn FnMut(&[Span])) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@
 mod batch_codec;
 mod block;
 mod block_format;
+mod dict_column;
 mod embedded;
 mod head;
 mod query;
@@ -101,6 +102,17 @@ pub trait TraceStore: Send + Sync + 'static {
     fn scan_rows(&self, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
         let projection = SpanFields::with_attributes(fields.group_by.as_deref());
         self.scan_fields(query, &projection, &mut |span| visit(&SpanRow::of(span, fields)))
+    }
+
+    /// Like [`TraceStore::scan_rows`], visiting from up to `visitors.len()` threads at once:
+    /// each visitor is called from one thread, and each matching span reaches exactly one of
+    /// them. Aggregations keep one partial result per visitor and merge them, so the
+    /// aggregating runs on every core. By default every span goes to the first visitor.
+    fn scan_rows_split(&self, query: &TraceQuery, fields: &RowFields, visitors: &mut [&mut (dyn FnMut(&SpanRow) + Send)]) -> Result<(), StoreError> {
+        match visitors.first_mut() {
+            Some(visit) => self.scan_rows(query, fields, &mut **visit),
+            None => Ok(()),
+        }
     }
 
     /// Calls `visit` with the spans of every trace whose earliest span started in

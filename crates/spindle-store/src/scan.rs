@@ -14,6 +14,7 @@ use parquet::data_type::ByteArray;
 use spindle_model::{semconv, AttributeValue, KeyValue, Span, SpanId, SpanKind, StatusCode, TraceId};
 
 use crate::block::{recycle_columns, Block, BlockError, RowRange};
+use crate::dict_column::DictColumn;
 use crate::block_format::{AttributeColumns, DedicatedType, FormatError, KvLeaves, Leaf, RawValue, SpanColumns, ATTRIBUTE_LIST_LEAVES};
 use crate::query::TraceQuery;
 use crate::{RowFields, SpanFields, SpanRow, StoreError};
@@ -195,10 +196,8 @@ impl<'a> Matcher<'a> {
         .map(|r| query.service.as_ref().is_none_or(|s| r.service_name() == s))
         .collect();
 
+    // The operation filter reads `name` as dictionary indices (`row_mask`), not here.
     let mut phase1: Vec<&str> = vec!["start_time_unix_nano", "duration_nanos", "resource_ref"];
-    if query.operation.is_some() {
-        phase1.push("name");
-    }
     if query.span_kind.is_some() || pairs.iter().any(|p| p.derived) {
         phase1.extend(["kind", "status_code", "status_message"]);
     }
@@ -260,8 +259,8 @@ impl<'a> Matcher<'a> {
                 && service_ok.get(resource).copied().unwrap_or(false);
         }
         if let Some(op) = &query.operation {
-            for (slot, name) in mask.iter_mut().zip(&cols.name.values) {
-                *slot &= name.data() == op.as_bytes();
+            if mask.iter().any(|m| *m) {
+                block.read_dict_column(rg_index, "name", &[(0, n)])?.retain_equal(op.as_bytes(), &mut mask);
             }
         }
         if let Some(kind) = query.span_kind {
@@ -573,7 +572,8 @@ impl GroupSource {
             }
         }
         if let GroupSource::Attribute { dedicated, in_lists, .. } = self {
-            if let Some((_, column, _)) = dedicated {
+            // String columns are read as dictionary indices instead (`RowScan::read`).
+            if let Some((_, column, DedicatedType::Int)) = dedicated {
                 names.push(column);
             }
             if *in_lists {
@@ -585,49 +585,127 @@ impl GroupSource {
     }
 }
 
-/// Visits every span of `block` matching `query` as a [`SpanRow`], straight from the
-/// column buffers: no span is built. Two workers read alternate row groups (only the
-/// matching rows' values when few match); the caller's thread visits.
-pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
-    let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
-    let group = fields.group_by.as_deref().map(|key| GroupSource::of(block, key));
-    let mut names = vec!["start_time_unix_nano", "duration_nanos", "status_code", "resource_ref"];
-    if fields.operation {
-        names.extend(["name", "kind"]);
+/// What a row scan of one block reads: the block's matcher, where its group text is, and
+/// the leaves to read.
+struct RowScan<'b> {
+    block: &'b Block,
+    matcher: Matcher<'b>,
+    group: Option<GroupSource>,
+    names: Vec<&'static str>,
+    /// `names` and every value leaf of the attribute lists.
+    with_all_values: Vec<&'static str>,
+}
+
+impl<'b> RowScan<'b> {
+    fn new(block: &'b Block, query: &'b TraceQuery, fields: &RowFields) -> Option<Self> {
+        let matcher = Matcher::new(block, query)?;
+        let group = fields.group_by.as_deref().map(|key| GroupSource::of(block, key));
+        let mut names = vec!["start_time_unix_nano", "duration_nanos", "status_code", "resource_ref"];
+        if fields.operation {
+            names.extend(["name", "kind"]);
+        }
+        if fields.ids {
+            names.extend(["trace_id", "span_id"]);
+        }
+        if let Some(g) = &group {
+            g.leaves(&mut names);
+        }
+        let with_all_values = names.iter().chain(&ATTRIBUTE_LIST_LEAVES[2..]).copied().collect();
+        Some(RowScan { block, matcher, group, names, with_all_values })
     }
-    if fields.ids {
-        names.extend(["trace_id", "span_id"]);
-    }
-    if let Some(g) = &group {
-        g.leaves(&mut names);
-    }
-    let with_all_values: Vec<&str> = names.iter().chain(&ATTRIBUTE_LIST_LEAVES[2..]).copied().collect();
-    let read = |rg: usize| -> Result<Option<MatchedRows>, StoreError> {
-        let Some((mask, filtered)) = matcher.row_mask(rg)? else { return Ok(None) };
+
+    /// The columns of row group `rg` for the rows that match, if any.
+    fn read(&self, rg: usize) -> Result<Option<MatchedRows>, StoreError> {
+        let block = self.block;
+        let Some((mask, filtered)) = self.matcher.row_mask(rg)? else { return Ok(None) };
         let selection = Selection::of(&mask);
         let cols = match selection {
-            Selection::All => matcher.read_all_rows(rg, filtered, &names)?,
+            Selection::All => self.matcher.read_all_rows(rg, filtered, &self.names)?,
             Selection::Rows(_) => {
                 recycle_columns(filtered);
-                selection.read(block, rg, &names, block.all_rows(rg))?
+                selection.read(block, rg, &self.names, block.all_rows(rg))?
             }
         };
-        let mut found = MatchedRows { mask, selection, cols, all_values: false };
-        if let Some(GroupSource::Attribute { key, in_lists: true, .. }) = &group {
+        let texts = match &self.group {
+            Some(GroupSource::Attribute { dedicated: Some((_, column, DedicatedType::Str)), .. }) => {
+                let all = [(0, block.all_rows(rg).take)];
+                let runs = match &selection {
+                    Selection::All => all.to_vec(),
+                    Selection::Rows(rows) => runs(rows),
+                };
+                Some(block.read_dict_column(rg, column, &runs)?)
+            }
+            _ => None,
+        };
+        let mut found = MatchedRows { mask, selection, cols, texts, all_values: false };
+        if let Some(GroupSource::Attribute { key, in_lists: true, .. }) = &self.group {
             if list_has_other_types(&found, key) {
-                found.cols = found.selection.read(block, rg, &with_all_values, block.all_rows(rg))?;
+                found.cols = found.selection.read(block, rg, &self.with_all_values, block.all_rows(rg))?;
                 found.all_values = true;
             }
         }
         Ok(Some(found))
-    };
-    each_row_group(block.meta.row_groups.len(), &read, &mut |found| match found {
-        Some(found) => {
-            let visited = visit_rows(block, &found, group.as_ref(), fields, visit).map_err(|e| BlockError::from(e).at(&block.path));
-            recycle_columns(found.cols);
-            visited
+    }
+
+    /// Visits the rows `read` found, then hands their buffers back to the pool.
+    fn visit(&self, found: Option<MatchedRows>, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
+        let Some(found) = found else { return Ok(()) };
+        let visited = visit_rows(self.block, &found, self.group.as_ref(), fields, visit).map_err(|e| BlockError::from(e).at(&self.block.path));
+        recycle_columns(found.cols);
+        visited
+    }
+}
+
+/// Visits every span of `block` matching `query` as a [`SpanRow`], straight from the
+/// column buffers: no span is built. Two workers read alternate row groups (only the
+/// matching rows' values when few match); the caller's thread visits.
+pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
+    let Some(scan) = RowScan::new(block, query, fields) else { return Ok(()) };
+    each_row_group(block.meta.row_groups.len(), &|rg| scan.read(rg), &mut |found| scan.visit(found, fields, visit))
+}
+
+/// Visits every span of `blocks` matching `query` as a [`SpanRow`], one thread per visitor:
+/// each thread takes the next row group of any block, reads it and visits its rows with its
+/// own visitor, so the visiting (an aggregation, say) runs on every thread too. Each row is
+/// visited once, by one of the visitors. The first error stops every thread.
+pub(crate) fn scan_blocks_rows_split(
+    blocks: &[std::sync::Arc<Block>],
+    query: &TraceQuery,
+    fields: &RowFields,
+    visitors: &mut [&mut (dyn FnMut(&SpanRow) + Send)],
+) -> Result<(), StoreError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let scans: Vec<RowScan> = blocks.iter().filter_map(|b| RowScan::new(b, query, fields)).collect();
+    let work: Vec<(usize, usize)> =
+        scans.iter().enumerate().flat_map(|(i, scan)| (0..scan.block.meta.row_groups.len()).map(move |rg| (i, rg))).collect();
+    let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let run = |visit: &mut (dyn FnMut(&SpanRow) + Send)| -> Result<(), StoreError> {
+        while !failed.load(Ordering::Relaxed) {
+            let Some(&(i, rg)) = work.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+            let scan = &scans[i];
+            let result = scan.read(rg).and_then(|found| scan.visit(found, fields, visit));
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+                return result;
+            }
         }
-        None => Ok(()),
+        Ok(())
+    };
+    let Some((mine, others)) = visitors.split_last_mut() else { return Ok(()) };
+    if work.is_empty() {
+        return Ok(());
+    }
+    std::thread::scope(|s| {
+        let run = &run;
+        let handles: Vec<_> = others.iter_mut().map(|visit| s.spawn(move || run(&mut **visit))).collect();
+        let mut result = run(&mut **mine);
+        for handle in handles {
+            let theirs = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            if result.is_ok() {
+                result = theirs;
+            }
+        }
+        result
     })
 }
 
@@ -664,6 +742,8 @@ struct MatchedRows {
     mask: Vec<bool>,
     selection: Selection,
     cols: SpanColumns,
+    /// The group's dedicated or promoted string column, when it has one, row for row.
+    texts: Option<DictColumn>,
     /// Whether every value leaf of the attribute lists was read, not just keys and strings.
     all_values: bool,
 }
@@ -685,13 +765,12 @@ fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, f
     let ids = fields.ids;
     let rows = cols.start.values.len();
     let tables = &block.tables;
-    let mut dedicated_str = None;
     let mut dedicated_int = None;
-    if let Some(GroupSource::Attribute { dedicated: Some((position, _, ty)), .. }) = group {
-        match ty {
-            DedicatedType::Str => dedicated_str = cols.dedicated_str.get(*position).map(Leaf::cursor),
-            DedicatedType::Int => dedicated_int = cols.dedicated_int.get(*position).map(Leaf::cursor),
-        }
+    if let Some(GroupSource::Attribute { dedicated: Some((position, _, DedicatedType::Int)), .. }) = group {
+        dedicated_int = cols.dedicated_int.get(*position).map(Leaf::cursor);
+    }
+    if found.texts.as_ref().is_some_and(|t| t.len() != rows) {
+        return Err(FormatError::Malformed("string column rows"));
     }
     // With only keys and strings read, a matching key always has a string (see
     // `list_has_other_types`); with every value leaf read, values are whatever they are.
@@ -702,7 +781,7 @@ fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, f
     for row in 0..rows {
         let keep = found.keeps(row);
         // Cursors advance one row whatever is kept.
-        let from_str = dedicated_str.as_mut().and_then(|c| c.next().1);
+        let from_str = found.texts.as_ref().and_then(|t| t.get(row));
         let from_int = dedicated_int.as_mut().and_then(|c| c.next().1);
         let mut from_list: Option<RawValue> = None;
         if let Some(GroupSource::Attribute { key, in_lists: true, .. }) = group {
@@ -751,7 +830,7 @@ fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, f
             Some(GroupSource::Name) => Some(Cow::Borrowed(name)),
             Some(GroupSource::Attribute { resources, .. }) => {
                 if let Some(v) = from_str {
-                    Some(Cow::Borrowed(std::str::from_utf8(v.data()).map_err(|_| FormatError::Utf8)?))
+                    Some(Cow::Borrowed(std::str::from_utf8(v).map_err(|_| FormatError::Utf8)?))
                 } else if let Some(v) = from_int {
                     Some(Cow::Owned(v.to_string()))
                 } else if let Some(v) = from_list {

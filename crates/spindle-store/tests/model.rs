@@ -292,6 +292,16 @@ fn check(store: &EmbeddedStore, model: &Model, queries: &[TraceQuery]) -> Result
             let mut got: Vec<String> = Vec::new();
             store.scan_rows(q, fields, &mut |r| got.push(format!("{r:?}"))).unwrap();
             got.sort();
+            // Split over three visitors (threads), the same rows as many times, none lost.
+            let mut parts: [Vec<String>; 3] = Default::default();
+            {
+                let mut visitors: Vec<_> = parts.iter_mut().map(|part| move |r: &SpanRow| part.push(format!("{r:?}"))).collect();
+                let mut refs: Vec<&mut (dyn FnMut(&SpanRow) + Send)> = visitors.iter_mut().map(|v| v as &mut (dyn FnMut(&SpanRow) + Send)).collect();
+                store.scan_rows_split(q, fields, &mut refs).unwrap();
+            }
+            let mut split: Vec<String> = parts.concat();
+            split.sort();
+            prop_assert_eq!(&split, &got, "split rows {:?} with {:?}", q, fields);
             got.dedup();
             let mut want: Vec<String> =
                 model.spans().into_iter().filter(|s| q.matches_span(s)).map(|s| format!("{:?}", SpanRow::of(s, fields))).collect();
