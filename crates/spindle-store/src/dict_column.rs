@@ -158,10 +158,8 @@ impl DictColumn {
                 let start = self.entries.len();
                 let values = buf.slice_ref(values);
                 plain_byte_arrays(&values, defined_rows, &mut self.entries)?;
-                let mut next = start;
-                for slot in self.rows[first..].iter_mut().filter(|r| **r != NULL) {
+                for (next, slot) in (start..).zip(self.rows[first..].iter_mut().filter(|r| **r != NULL)) {
                     *slot = u32::try_from(next).map_err(|_| FormatError::Malformed("too many values"))?;
-                    next += 1;
                 }
             }
             _ => return Err(FormatError::Malformed("string column encoding")),
