@@ -32,6 +32,7 @@ fn init_logging(filter: &str, json: bool) {
 }
 
 fn main() -> anyhow::Result<()> {
+    ingest::tune_allocator();
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
