@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use spindle_model::{for_each_edge_named, semconv, AttributeValue, BrokerNodes, Span, SpanId, SpanKind, TraceId};
-use spindle_store::{RowFields, SpanFields, SpanRow, TraceQuery, GRAPH_KEYS};
+use spindle_store::{RowFields, SpanFields, SpanRow, TraceQuery, GRAPH_KEYS, SCAN_THREADS};
 
 use crate::sketch::{LatencySketch, SketchBuilder};
 use crate::{QueryError, QueryService, Trace};
@@ -154,10 +154,6 @@ pub struct GraphEdge {
     pub stats: Stats,
 }
 
-/// Threads a grouped RED scan aggregates on, one partial aggregate each: the machine this is
-/// sized for has two cores.
-const SCAN_PARALLELISM: usize = 2;
-
 /// Calls, errors and noted latencies of one group over one step.
 #[derive(Default)]
 struct RedPoint {
@@ -290,8 +286,8 @@ impl RedAggregate {
     }
 
     /// The groups' statistics, sketches built on every core.
-    fn finish(self) -> Vec<(String, Stats, BTreeMap<u64, Stats>)> {
-        let steps = self.steps;
+    fn finish(self) -> Vec<GroupStats> {
+        let (steps, grouped) = (self.steps, self.grouped);
         let finish_group = |(text, series): (String, Series)| {
             let mut total = Stats::default();
             let points: BTreeMap<u64, Stats> = series
@@ -305,7 +301,7 @@ impl RedAggregate {
                     (at, stats)
                 })
                 .collect();
-            (text, total, points)
+            GroupStats { group: grouped.then_some(text), total, series: points }
         };
         let mut groups = self.groups;
         let second: Vec<(String, Series)> = groups.split_off(groups.len() / 2);
@@ -327,7 +323,7 @@ impl QueryService {
         // runs on every core, not on one thread behind the decoding ones.
         let steps = Steps::of(query, step);
         let grouped = group_by.is_some();
-        let mut partials: Vec<RedAggregate> = (0..SCAN_PARALLELISM).map(|_| RedAggregate::new(steps, grouped)).collect();
+        let mut partials: Vec<RedAggregate> = (0..SCAN_THREADS).map(|_| RedAggregate::new(steps, grouped)).collect();
         let fields = RowFields { group_by: group_by.map(str::to_string), ids: false, operation: false };
         {
             let mut visitors: Vec<_> = partials.iter_mut().map(|partial| move |row: &SpanRow| partial.add(row)).collect();
@@ -338,11 +334,7 @@ impl QueryService {
         for partial in partials {
             all.absorb(partial);
         }
-        let mut groups: Vec<GroupStats> = all
-            .finish()
-            .into_iter()
-            .map(|(group, total, series)| GroupStats { group: group_by.map(|_| group), total, series })
-            .collect();
+        let mut groups = all.finish();
         groups.sort_by(|a, b| a.group.cmp(&b.group));
         Ok(groups)
     }

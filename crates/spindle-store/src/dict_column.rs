@@ -138,7 +138,6 @@ impl DictColumn {
             None => self.rows.resize(first + rows, 0),
         }
         let values = buf.get(at..).ok_or(FormatError::Malformed("page values"))?;
-        let defined_rows = self.rows[first..].iter().filter(|r| **r != NULL).count();
         match encoding {
             Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY => {
                 let (&width, runs) = values.split_first().ok_or(FormatError::Malformed("dictionary indices"))?;
@@ -157,6 +156,7 @@ impl DictColumn {
             Encoding::PLAIN => {
                 let start = self.entries.len();
                 let values = buf.slice_ref(values);
+                let defined_rows = self.rows[first..].iter().filter(|r| **r != NULL).count();
                 plain_byte_arrays(&values, defined_rows, &mut self.entries)?;
                 for (next, slot) in (start..).zip(self.rows[first..].iter_mut().filter(|r| **r != NULL)) {
                     *slot = u32::try_from(next).map_err(|_| FormatError::Malformed("too many values"))?;

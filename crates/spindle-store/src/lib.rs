@@ -28,6 +28,7 @@ use spindle_model::{DependencyLink, Span, SpanId, SpanKind, TraceId};
 
 pub use embedded::{EmbeddedStore, StoreOptions, StoreStats};
 pub use query::{Operation, TraceQuery};
+pub use scan::SCAN_THREADS;
 pub use wal::SyncPolicy;
 
 #[derive(Debug, thiserror::Error)]

@@ -19,8 +19,9 @@ use crate::block_format::{AttributeColumns, DedicatedType, FormatError, KvLeaves
 use crate::query::TraceQuery;
 use crate::{RowFields, SpanFields, SpanRow, StoreError};
 
-/// Threads one block scan uses: the machine this is sized for has two cores.
-const SCAN_THREADS: usize = 2;
+/// Threads one scan uses: the machine this is sized for has two cores. Callers of
+/// `TraceStore::scan_rows_split` give this many visitors.
+pub const SCAN_THREADS: usize = 2;
 
 const DERIVED_TAGS: [&str; 6] = [
     semconv::JAEGER_SPAN_KIND,
