@@ -3,7 +3,11 @@
 //! acknowledged and how fast.
 //!
 //! Every connection is its own task with its own client and its own seeded workload, so
-//! a run is reproducible for a given seed and connection count.
+//! a run is reproducible for a given seed and connection count. A connection encodes a pool
+//! of [`POOL_BATCHES`] batches once and re-sends them with new trace ids, request ids and
+//! times ([`template`]), so loadgen's own CPU stays a small fraction of the server's.
+
+mod template;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,10 +15,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use bytes::BufMut;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use spindle_workload::{Workload, SPANS_PER_TRACE};
+use spindle_workload::{Rng, Workload, SPANS_PER_TRACE};
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+
+use self::template::Template;
+
+/// Batches each connection generates and encodes before it starts sending.
+pub const POOL_BATCHES: usize = 16;
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {
@@ -64,8 +76,39 @@ struct Totals {
 }
 
 enum Client {
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
     Http(reqwest::Client, String),
+}
+
+/// gRPC codec sending an already encoded `ExportTraceServiceRequest`.
+#[derive(Clone, Copy, Default)]
+struct EncodedRequestCodec;
+
+struct EncodedRequestEncoder;
+
+impl Encoder for EncodedRequestEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Codec for EncodedRequestCodec {
+    type Encode = Vec<u8>;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = EncodedRequestEncoder;
+    type Decoder = tonic_prost::ProstDecoder<ExportTraceServiceResponse>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedRequestEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(BufferSettings::default())
+    }
 }
 
 enum Outcome {
@@ -76,17 +119,26 @@ enum Outcome {
 }
 
 impl Client {
-    async fn send(&mut self, request: ExportTraceServiceRequest) -> Outcome {
+    /// Sends one encoded `ExportTraceServiceRequest`.
+    async fn send(&mut self, request: Vec<u8>) -> Outcome {
         match self {
-            Client::Grpc(client) => match client.export(request).await {
-                Ok(r) => Outcome::Acked(r.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64)),
-                Err(status) => Outcome::Refused(format!("grpc {:?}: {}", status.code(), status.message())),
-            },
+            Client::Grpc(client) => {
+                if let Err(e) = client.ready().await {
+                    return Outcome::Refused(format!("grpc: {e}"));
+                }
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                match client.unary(tonic::Request::new(request), path, EncodedRequestCodec).await {
+                    Ok(r) => {
+                        Outcome::Acked(r.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
+                    }
+                    Err(status) => Outcome::Refused(format!("grpc {:?}: {}", status.code(), status.message())),
+                }
+            }
             Client::Http(client, url) => {
                 let sent = client
                     .post(url.as_str())
                     .header("content-type", "application/x-protobuf")
-                    .body(request.encode_to_vec())
+                    .body(request)
                     .send()
                     .await;
                 match sent {
@@ -135,7 +187,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 .connect()
                 .await
                 .with_context(|| format!("connecting to {}", args.grpc_endpoint))?;
-            Client::Grpc(TraceServiceClient::new(channel).max_decoding_message_size(64 << 20))
+            Client::Grpc(tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20))
         } else {
             let url = format!("{}/v1/traces", args.http_endpoint.trim_end_matches('/'));
             Client::Http(reqwest::Client::new(), url)
@@ -147,9 +199,17 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         // Each connection paces itself at its share of the target rate.
         let interval = (args.rate > 0)
             .then(|| Duration::from_secs_f64(batch_spans as f64 * args.connections as f64 / args.rate as f64));
-        tasks.push(tokio::spawn(async move {
+        let pool: Vec<Template> = {
             let mut workload = Workload::new(seed);
+            let base = now_nanos();
+            (0..POOL_BATCHES)
+                .map(|b| Template::new(&workload.batch(traces_per_batch, base + b as u64 * 1_000_000, 1_000_000)))
+                .collect()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
             let mut next = Instant::now();
+            let mut sent_batches = 0usize;
             let mut logged_error = false;
             while !stop.load(Ordering::Relaxed) {
                 if let Some(budget) = &budget {
@@ -161,10 +221,8 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                     tokio::time::sleep_until(next.into()).await;
                     next += interval;
                 }
-                let spans = workload.batch(traces_per_batch, now_nanos(), 1_000_000);
-                let request = ExportTraceServiceRequest {
-                    resource_spans: spindle_codec::otlp::spans_to_resource_spans(&spans),
-                };
+                let request = pool[sent_batches % POOL_BATCHES].render(&mut ids, now_nanos());
+                sent_batches += 1;
                 totals.sent.fetch_add(batch_spans, Ordering::Relaxed);
                 let t = Instant::now();
                 match client.send(request).await {

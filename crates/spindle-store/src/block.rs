@@ -34,7 +34,7 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use spindle_model::{Resource, Scope, Span, TraceId};
 
-use crate::block_format::{AttributeColumns, FormatError, Leaf, LeafMut, LeafRef, SharedTables, SpanColumns, PROMOTED, PROMOTED_KEYS_KEY};
+use crate::block_format::{AttributeColumns, FormatError, KeyMemo, Leaf, LeafMut, LeafRef, SharedTables, SpanColumns, PROMOTED, PROMOTED_KEYS_KEY};
 use crate::dict_column::DictColumn;
 use crate::StoreError;
 
@@ -178,6 +178,7 @@ pub(crate) struct BlockWriter {
     meta: BlockMeta,
     services: BTreeSet<String>,
     keys: HashSet<String>,
+    key_memo: KeyMemo,
 }
 
 /// Columns that carry Parquet min/max statistics, for external readers' pruning. The engine
@@ -199,8 +200,14 @@ const UNCOMPRESSED_COLUMNS: [&str; 11] = [
     "links.link.dropped_attributes_count",
 ];
 
-fn writer_properties(row_group_spans: usize) -> WriterProperties {
-    let zstd = ZstdLevel::try_new(3).map(Compression::ZSTD).unwrap_or(Compression::SNAPPY);
+/// zstd level of blocks cut from the head: they are written at the ingest rate and, on a
+/// busy store, rewritten by compaction within minutes.
+pub(crate) const CUT_ZSTD_LEVEL: i32 = 1;
+/// zstd level of blocks written by compaction, the ones that stay.
+pub(crate) const MERGED_ZSTD_LEVEL: i32 = 3;
+
+fn writer_properties(row_group_spans: usize, zstd_level: i32) -> WriterProperties {
+    let zstd = ZstdLevel::try_new(zstd_level).map(Compression::ZSTD).unwrap_or(Compression::SNAPPY);
     let mut builder = WriterProperties::builder().set_statistics_enabled(EnabledStatistics::None);
     for column in STATISTICS_COLUMNS {
         builder = builder.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::Chunk);
@@ -257,15 +264,22 @@ fn writer_properties(row_group_spans: usize) -> WriterProperties {
 }
 
 impl BlockWriter {
-    /// `promoted`: which attribute keys get the block's promoted columns.
-    pub(crate) fn create(dir: &Path, id: u64, row_group_spans: usize, promoted: AttributeColumns) -> Result<Self, BlockError> {
+    /// `promoted`: which attribute keys get the block's promoted columns; `zstd_level`:
+    /// [`CUT_ZSTD_LEVEL`] or [`MERGED_ZSTD_LEVEL`].
+    pub(crate) fn create(
+        dir: &Path,
+        id: u64,
+        row_group_spans: usize,
+        promoted: AttributeColumns,
+        zstd_level: i32,
+    ) -> Result<Self, BlockError> {
         let tmp_path = dir.join(format!("{id:016x}.parquet.tmp"));
         let file = File::create(&tmp_path)?;
         let schema = parquet::schema::parser::parse_message_type(&crate::block_format::schema_text())?;
         let writer = SerializedFileWriter::new(
             BufWriter::with_capacity(1 << 20, file),
             Arc::new(schema),
-            Arc::new(writer_properties(row_group_spans)),
+            Arc::new(writer_properties(row_group_spans, zstd_level)),
         )?;
         let mut columns = take_spare_columns();
         columns.attribute_columns = Arc::new(promoted);
@@ -297,6 +311,7 @@ impl BlockWriter {
             },
             services: BTreeSet::new(),
             keys: HashSet::new(),
+            key_memo: KeyMemo::default(),
         })
     }
 
@@ -337,7 +352,7 @@ impl BlockWriter {
             self.services.insert(span.service_name().to_string());
         }
         let keys = (self.keys.len() <= MAX_LISTED_KEYS).then_some(&mut self.keys);
-        self.columns.push(span, &mut self.tables, keys);
+        self.columns.push(span, &mut self.tables, &mut self.key_memo, keys);
         Ok(())
     }
 
@@ -809,7 +824,7 @@ mod tests {
 
     pub(crate) fn write_block(dir: &Path, id: u64, mut spans: Vec<Span>, rg: usize) -> BlockMeta {
         spans.sort_by_key(|s| (s.trace_id, s.start_time_unix_nano, s.span_id));
-        let mut w = BlockWriter::create(dir, id, rg, AttributeColumns::choose(&spans)).unwrap();
+        let mut w = BlockWriter::create(dir, id, rg, AttributeColumns::choose(&spans), MERGED_ZSTD_LEVEL).unwrap();
         for s in &spans {
             w.push(s).unwrap();
         }

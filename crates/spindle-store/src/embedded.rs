@@ -60,6 +60,10 @@ pub struct StoreOptions {
     pub compaction_min_inputs: usize,
     /// Fraction of one core compaction may use; it sleeps the rest so ingest keeps its rate.
     pub compaction_duty_cycle: f64,
+    /// The fraction while ingest is heavy: a head was cut for its size (not its age) within
+    /// the last `head_max_age`. Compaction then defers most of its work to quieter times, as
+    /// blocks can wait and spans cannot.
+    pub compaction_busy_duty_cycle: f64,
     /// Whether the flusher and maintenance threads run. Tests turn them off to drive the
     /// engine step by step with [`EmbeddedStore::flush`], `compact` and `enforce_retention`.
     pub background: bool,
@@ -78,6 +82,7 @@ impl StoreOptions {
             compaction_max_block_spans: 2_000_000,
             compaction_min_inputs: 4,
             compaction_duty_cycle: 0.5,
+            compaction_busy_duty_cycle: 0.1,
             background: true,
         }
     }
@@ -115,6 +120,10 @@ struct Inner {
     wake: Condvar,
     /// Signalled after every block commit; appends wait on it while memory is over budget.
     drained: Condvar,
+    /// When the store opened; `size_cut_at_ms` counts from it.
+    opened: Instant,
+    /// Milliseconds after `opened` of the last cut made because the head was full (0: none).
+    size_cut_at_ms: AtomicU64,
     _lock: File,
 }
 
@@ -291,6 +300,8 @@ impl EmbeddedStore {
             stop: Mutex::new(false),
             wake: Condvar::new(),
             drained: Condvar::new(),
+            opened: Instant::now(),
+            size_cut_at_ms: AtomicU64::new(0),
             _lock: lock_file,
         });
         let mut threads = Vec::new();
@@ -402,10 +413,15 @@ impl Inner {
             if self.sleep(tick) {
                 break;
             }
-            let due = {
+            let (due, full) = {
                 let head = read_guard(&self.head);
-                !head.is_empty() && (head.age() >= self.options.head_max_age || head.bytes() >= self.options.head_max_bytes)
+                let full = head.bytes() >= self.options.head_max_bytes;
+                (!head.is_empty() && (full || head.age() >= self.options.head_max_age), full)
             };
+            if full {
+                let now = self.opened.elapsed().as_millis() as u64;
+                self.size_cut_at_ms.store(now.max(1), Ordering::Relaxed);
+            }
             let pending = !read_guard(&self.frozen).is_empty();
             if due || pending {
                 if let Err(e) = self.flush_inner(due) {
@@ -432,6 +448,19 @@ impl Inner {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.flush_inner(true)
+    }
+
+    /// Whether ingest is heavy: a head filled up within the last `head_max_age`.
+    fn ingest_busy(&self) -> bool {
+        let at = self.size_cut_at_ms.load(Ordering::Relaxed);
+        at != 0 && self.opened.elapsed().as_millis() as u64 <= at + self.options.head_max_age.as_millis() as u64
+    }
+
+    /// The fraction of a core compaction may use now.
+    fn compaction_duty(&self) -> f64 {
+        let duty = self.options.compaction_duty_cycle;
+        let duty = if self.ingest_busy() { duty.min(self.options.compaction_busy_duty_cycle) } else { duty };
+        duty.clamp(0.02, 1.0)
     }
 
     /// Backpressure: while the head and the heads waiting for their block hold more than
@@ -483,6 +512,10 @@ impl Inner {
             }
             wal::remove_segments_before(&self.wal_dir, next_seq)?;
             self.drained.notify_all();
+            // Freeing a head's spans (allocated on the receivers' threads) was a seventh of
+            // this thread's time, which bounds the ingest rate; another thread does it.
+            let reaper = thread::Builder::new().name("spindle-free".into());
+            let _ = reaper.spawn(move || drop(head));
         }
         Ok(())
     }
@@ -493,15 +526,14 @@ impl Inner {
 
     fn write_head_block(&self, head: &Head, wal_covered: u64) -> Result<BlockMeta, StoreError> {
         let id = self.new_block_id();
-        let trace_ids = head.sorted_trace_ids();
-        // Every fourth trace is plenty to tell which attributes most spans carry.
-        let sample = trace_ids.iter().step_by(4).filter_map(|id| head.get(*id)).flat_map(|t| t.spans.iter());
+        let traces = head.sorted_traces();
+        // A thousand traces or so are plenty to tell which attributes most spans carry.
+        let sample = traces.iter().step_by((traces.len() / 1024).clamp(1, 16)).flat_map(|(_, t)| t.spans.iter());
         let promoted = AttributeColumns::choose(sample);
-        let mut writer = BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans, promoted)
+        let mut writer = BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans, promoted, block::CUT_ZSTD_LEVEL)
             .map_err(|e| e.at(&self.blocks_dir))?;
         let mut result = Ok(());
-        'traces: for trace_id in trace_ids {
-            let Some(trace) = head.get(trace_id) else { continue };
+        'traces: for (_, trace) in traces {
             let mut spans: Vec<&Span> = trace.spans.iter().collect();
             spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
             for span in spans {
@@ -660,9 +692,8 @@ impl Inner {
         }
         let id = self.new_block_id();
         let promoted = AttributeColumns::merge(inputs.iter().map(|b| (b.meta.promoted_attributes.as_slice(), b.meta.spans)));
-        let mut writer = BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans, promoted)
+        let mut writer = BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans, promoted, block::MERGED_ZSTD_LEVEL)
             .map_err(|e| e.at(&self.blocks_dir))?;
-        let duty = self.options.compaction_duty_cycle.clamp(0.05, 1.0);
         let mut busy_since = Instant::now();
         let mut next_pause = self.options.row_group_spans as u64;
         let mut trace: Vec<Span> = Vec::new();
@@ -678,10 +709,11 @@ impl Inner {
                 writer.push(s).map_err(|e| e.at(&self.blocks_dir))?;
             }
             trace.clear();
+            let duty = self.compaction_duty();
             if writer.spans() >= next_pause && duty < 1.0 {
                 next_pause = writer.spans() + self.options.row_group_spans as u64;
                 // Sleep in proportion to the work done, so compaction stays near its share
-                // of one core however large the merge.
+                // of one core however large the merge (a smaller share while ingest is heavy).
                 let busy = busy_since.elapsed();
                 if self.sleep(busy.mul_f64((1.0 - duty) / duty)) {
                     return Err(StoreError::Closed);

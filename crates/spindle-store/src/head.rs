@@ -9,8 +9,12 @@ use spindle_model::{Span, SpanKind, TraceId};
 
 use crate::query::{Operation, TraceQuery};
 
+/// Trace ids come from clients: keyed hashing (ahash) instead of SipHash, which was a
+/// visible cost of every span appended and every trace written.
+type TraceMap = HashMap<TraceId, TraceEntry, ahash::RandomState>;
+
 pub(crate) struct Head {
-    traces: HashMap<TraceId, TraceEntry>,
+    traces: TraceMap,
     catalog: Catalog,
     spans: usize,
     /// Encoded size of what was appended: the measure the cut threshold is set in.
@@ -23,7 +27,7 @@ pub(crate) struct Head {
 impl Default for Head {
     fn default() -> Self {
         Head {
-            traces: HashMap::new(),
+            traces: TraceMap::default(),
             catalog: Catalog::default(),
             spans: 0,
             bytes: 0,
@@ -122,11 +126,11 @@ impl Head {
         self.traces.iter()
     }
 
-    /// Trace ids in ascending order: the order a block is written in.
-    pub(crate) fn sorted_trace_ids(&self) -> Vec<TraceId> {
-        let mut ids: Vec<TraceId> = self.traces.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+    /// Traces in ascending order of id: the order a block is written in.
+    pub(crate) fn sorted_traces(&self) -> Vec<(TraceId, &TraceEntry)> {
+        let mut traces: Vec<(TraceId, &TraceEntry)> = self.traces.iter().map(|(id, t)| (*id, t)).collect();
+        traces.sort_unstable_by_key(|(id, _)| *id);
+        traces
     }
 
     pub(crate) fn catalog(&self) -> &Catalog {

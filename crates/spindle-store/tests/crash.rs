@@ -29,6 +29,7 @@ fn child_options(dir: &Path) -> StoreOptions {
         compaction_min_inputs: 3,
         compaction_max_block_spans: 20_000,
         compaction_duty_cycle: 1.0,
+        compaction_busy_duty_cycle: 1.0,
         ..StoreOptions::new(dir)
     }
 }
