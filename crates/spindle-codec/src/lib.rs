@@ -14,6 +14,7 @@ pub mod jaeger_proto;
 pub mod jaeger_thrift;
 pub mod otlp;
 pub mod otlp_json;
+pub mod otlp_wire;
 pub mod sampling;
 pub mod thrift;
 pub mod zipkin;

@@ -18,8 +18,15 @@ use spindle_model::{
 
 use crate::{CodecError, Decoded};
 
-/// Decodes an `ExportTraceServiceRequest` in protobuf form.
+/// Decodes an `ExportTraceServiceRequest` in protobuf form, straight into spans
+/// ([`crate::otlp_wire`]).
 pub fn decode_request(bytes: &[u8]) -> Result<Decoded, CodecError> {
+    crate::otlp_wire::decode_request(bytes)
+}
+
+/// The same through the generated `opentelemetry-proto` types and [`request_to_spans`]: the
+/// reference the direct decoder is tested and fuzzed against.
+pub fn decode_request_prost(bytes: &[u8]) -> Result<Decoded, CodecError> {
     let request = ExportTraceServiceRequest::decode(bytes).map_err(|e| CodecError::Protobuf(e.to_string()))?;
     Ok(request_to_spans(request))
 }

@@ -244,6 +244,27 @@ pub struct Scope {
     pub dropped_attributes_count: u32,
 }
 
+/// `service.name` of each span in turn, looked up once per run of spans sharing a resource
+/// (a batch's spans come grouped by resource): the per-span lookup in the resource's
+/// attributes showed in the receivers' profile, which asks for it several times per span.
+#[derive(Default)]
+pub struct ServiceNames<'a> {
+    last: Option<(&'a Arc<Resource>, &'a str)>,
+}
+
+impl<'a> ServiceNames<'a> {
+    pub fn of(&mut self, span: &'a Span) -> &'a str {
+        match self.last {
+            Some((r, name)) if Arc::ptr_eq(r, &span.resource) => name,
+            _ => {
+                let name = span.resource.service_name();
+                self.last = Some((&span.resource, name));
+                name
+            }
+        }
+    }
+}
+
 /// One span. Resource and scope are shared between the spans of one batch.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Span {

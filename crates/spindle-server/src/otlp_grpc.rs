@@ -1,44 +1,141 @@
 //! OTLP over gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` on :4317.
+//!
+//! The service is tonic's gRPC machinery (framing, compression, size limits, status codes)
+//! with a codec of our own: requests are decoded from the message bytes straight into model
+//! spans by [`spindle_codec::otlp_wire`] instead of into the generated prost types first
+//! (most of a receiver thread's time at full ingest), responses are the generated
+//! `ExportTraceServiceResponse`. What the generated `TraceServiceServer` would do otherwise is
+//! unchanged: unknown methods answer UNIMPLEMENTED, undecodable messages INTERNAL (as tonic's
+//! prost codec answers them).
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tonic::codec::CompressionEncoding;
+use bytes::Buf;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use spindle_codec::Decoded;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, CompressionEncoding, EnabledCompressionEncodings};
+use tonic::codegen::{http, BoxFuture, Service, StdError};
+use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use crate::ingest::{Ingest, IngestError};
 
 pub const PROTOCOL: &str = "otlp_grpc";
 
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The trace service, ready to be added to a tonic router.
+#[derive(Clone)]
 pub struct OtlpGrpc {
     ingest: Arc<Ingest>,
+    max_message_bytes: usize,
+    compression: EnabledCompressionEncodings,
 }
 
-pub fn service(ingest: Arc<Ingest>, max_message_bytes: usize) -> TraceServiceServer<OtlpGrpc> {
-    TraceServiceServer::new(OtlpGrpc { ingest })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message_bytes)
+pub fn service(ingest: Arc<Ingest>, max_message_bytes: usize) -> OtlpGrpc {
+    let mut compression = EnabledCompressionEncodings::default();
+    compression.enable(CompressionEncoding::Gzip);
+    OtlpGrpc { ingest, max_message_bytes, compression }
 }
 
-#[tonic::async_trait]
-impl TraceService for OtlpGrpc {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let decoded = spindle_codec::otlp::request_to_spans(request.into_inner());
-        let partial_success = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
-            error_message: decoded.rejection_reason.clone(),
-        });
-        match self.ingest.accept(PROTOCOL, decoded).await {
-            Ok(()) => Ok(Response::new(ExportTraceServiceResponse { partial_success })),
-            Err(IngestError::Overloaded) => Err(Status::resource_exhausted("ingest queue is full, retry later")),
-            Err(e @ IngestError::Store(_)) => Err(Status::unavailable(e.to_string())),
+impl NamedService for OtlpGrpc {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+/// Decodes `ExportTraceServiceRequest` messages into spans; encodes responses with prost.
+#[derive(Clone, Copy, Default)]
+struct ExportCodec;
+
+struct ExportDecoder;
+
+impl Decoder for ExportDecoder {
+    type Item = Decoded;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Decoded>, Status> {
+        let len = src.remaining();
+        // tonic hands over one message in one contiguous buffer; copy only if it did not.
+        let decoded = if src.chunk().len() >= len {
+            let decoded = spindle_codec::otlp_wire::decode_request(&src.chunk()[..len]);
+            src.advance(len);
+            decoded
+        } else {
+            spindle_codec::otlp_wire::decode_request(&src.copy_to_bytes(len))
+        };
+        decoded.map(Some).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl Codec for ExportCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Decoded;
+    type Encoder = tonic_prost::ProstEncoder<ExportTraceServiceResponse>;
+    type Decoder = ExportDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ExportDecoder
+    }
+}
+
+/// One Export call.
+struct Export(Arc<Ingest>);
+
+impl UnaryService<Decoded> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
+
+    fn call(&mut self, request: Request<Decoded>) -> Self::Future {
+        let ingest = Arc::clone(&self.0);
+        Box::pin(async move {
+            let decoded = request.into_inner();
+            let partial_success = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
+                error_message: decoded.rejection_reason.clone(),
+            });
+            match ingest.accept(PROTOCOL, decoded).await {
+                Ok(()) => Ok(Response::new(ExportTraceServiceResponse { partial_success })),
+                Err(IngestError::Overloaded) => Err(Status::resource_exhausted("ingest queue is full, retry later")),
+                Err(e @ IngestError::Store(_)) => Err(Status::unavailable(e.to_string())),
+            }
+        })
+    }
+}
+
+impl<B> Service<http::Request<B>> for OtlpGrpc
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != EXPORT_PATH {
+            return Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(Status::GRPC_STATUS, (tonic::Code::Unimplemented as i32).into());
+                headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
+                Ok(response)
+            });
         }
+        let this = self.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(ExportCodec)
+                .apply_compression_config(this.compression, this.compression)
+                .apply_max_message_size_config(Some(this.max_message_bytes), None);
+            Ok(grpc.unary(Export(this.ingest), req).await)
+        })
     }
 }

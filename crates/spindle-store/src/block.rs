@@ -418,7 +418,17 @@ impl BlockWriter {
     }
 
     /// Writes the footer, syncs, renames into place and finally writes the meta file.
-    pub(crate) fn finish(mut self, wal_covered: u64, replaces: Vec<u64>, level: u32) -> Result<BlockMeta, BlockError> {
+    pub(crate) fn finish(self, wal_covered: u64, replaces: Vec<u64>, level: u32) -> Result<BlockMeta, BlockError> {
+        let dir = self.dir.clone();
+        let meta = self.finish_unpublished(wal_covered, replaces, level)?;
+        publish(&dir, &meta)?;
+        Ok(meta)
+    }
+
+    /// Writes the footer, syncs and renames the data into place, but not the meta file: the
+    /// block exists once [`publish`] wrote that (until then, a crash leaves a block without
+    /// meta, which opening the store removes).
+    pub(crate) fn finish_unpublished(mut self, wal_covered: u64, replaces: Vec<u64>, level: u32) -> Result<BlockMeta, BlockError> {
         self.flush_row_group()?;
         let encode = |bytes: Result<Vec<u8>, postcard::Error>| {
             bytes.map(|b| base64::engine::general_purpose::STANDARD.encode(b)).map_err(|e| BlockError::Meta(e.to_string()))
@@ -452,7 +462,6 @@ impl BlockWriter {
         if meta.spans == 0 {
             meta.min_start = 0;
         }
-        write_meta(&self.dir, &meta)?;
         Ok(meta)
     }
 
@@ -462,6 +471,11 @@ impl BlockWriter {
         drop(self);
         let _ = fs::remove_file(path);
     }
+}
+
+/// Makes a block written by [`BlockWriter::finish_unpublished`] exist: writes its meta file.
+pub(crate) fn publish(dir: &Path, meta: &BlockMeta) -> Result<(), BlockError> {
+    write_meta(dir, meta)
 }
 
 /// Writes a meta file atomically: temporary file, sync, rename, sync of the directory.

@@ -1595,7 +1595,7 @@ mod tests {
         let plain = {
             let mut plain = SpanColumns::new();
             let mut tables = SharedTables::default();
-            spans.iter().for_each(|s| plain.push(s, &mut tables, None));
+            spans.iter().for_each(|s| plain.push(s, &mut tables, &mut KeyMemo::default(), None));
             plain.decode_selected(&tables, &mask, Some(&keys)).unwrap()
         };
         for ((a, b), span) in selected.iter().zip(&plain).zip(&spans) {

@@ -88,6 +88,11 @@ impl StoreOptions {
     }
 }
 
+/// Threads writing frozen heads into blocks. Building a block is the ingest pipeline's
+/// slowest stage and one thread of it also waits for its file syncs; two keep both cores
+/// busy at full ingest (`docs/PERFORMANCE.md`, "Embedded store").
+const FLUSH_THREADS: usize = 2;
+
 /// Rows a compaction decodes from one input at a time (a handful in unit tests, so their
 /// merges cross slice boundaries inside traces).
 const MERGE_SLICE_ROWS: usize = if cfg!(test) { 7 } else { 4_096 };
@@ -112,12 +117,22 @@ struct Inner {
     blocks: RwLock<Vec<Arc<Block>>>,
     catalog: Mutex<Catalog>,
     next_block_id: AtomicU64,
-    /// Serialises cuts and block writes: blocks must be committed in cut order.
-    flush_lock: Mutex<()>,
+    /// Serialises cuts.
+    cut_lock: Mutex<()>,
+    /// Frozen heads a flusher is writing into a block. Flushers write different heads at
+    /// once but commit (publish) their blocks in cut order, each waiting on `committed`
+    /// until its head is the oldest frozen one: the log segments a block covers are deleted
+    /// at its commit, and on restart the newest committed block says which segments are
+    /// covered, so a newer block committed first could make an older head's spans unreplayed.
+    writing: Mutex<Vec<Arc<Head>>>,
+    /// Signalled after every block commit, with `writing` as its mutex.
+    committed: Condvar,
     /// Serialises compaction and retention, which both remove blocks.
     maintenance_lock: Mutex<()>,
     stop: Mutex<bool>,
     wake: Condvar,
+    /// Wakes the flusher when an append filled the head.
+    cut: Condvar,
     /// Signalled after every block commit; appends wait on it while memory is over budget.
     drained: Condvar,
     /// When the store opened; `size_cut_at_ms` counts from it.
@@ -295,10 +310,13 @@ impl EmbeddedStore {
             blocks: RwLock::new(blocks),
             catalog: Mutex::new(catalog),
             next_block_id: AtomicU64::new(next_block_id),
-            flush_lock: Mutex::new(()),
+            cut_lock: Mutex::new(()),
+            writing: Mutex::new(Vec::new()),
+            committed: Condvar::new(),
             maintenance_lock: Mutex::new(()),
             stop: Mutex::new(false),
             wake: Condvar::new(),
+            cut: Condvar::new(),
             drained: Condvar::new(),
             opened: Instant::now(),
             size_cut_at_ms: AtomicU64::new(0),
@@ -306,13 +324,15 @@ impl EmbeddedStore {
         });
         let mut threads = Vec::new();
         if inner.options.background {
-            let flusher = Arc::clone(&inner);
-            threads.push(
-                thread::Builder::new()
-                    .name("spindle-flush".into())
-                    .spawn(move || flusher.flush_loop())
-                    .map_err(|e| StoreError::io(Path::new("spindle-flush thread"), e))?,
-            );
+            for _ in 0..FLUSH_THREADS {
+                let flusher = Arc::clone(&inner);
+                threads.push(
+                    thread::Builder::new()
+                        .name("spindle-flush".into())
+                        .spawn(move || flusher.flush_loop())
+                        .map_err(|e| StoreError::io(Path::new("spindle-flush thread"), e))?,
+                );
+            }
             let maintainer = Arc::clone(&inner);
             threads.push(
                 thread::Builder::new()
@@ -390,6 +410,7 @@ impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         *lock(&self.inner.stop) = true;
         self.inner.wake.notify_all();
+        self.inner.cut.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -399,33 +420,51 @@ impl Drop for EmbeddedStore {
 impl Inner {
     /// Sleeps up to `d`, returning early (true) when the store is closing.
     fn sleep(&self, d: Duration) -> bool {
+        self.sleep_on(&self.wake, d)
+    }
+
+    fn sleep_on(&self, condvar: &Condvar, d: Duration) -> bool {
         let guard = lock(&self.stop);
         if *guard {
             return true;
         }
-        let (guard, _) = self.wake.wait_timeout(guard, d).unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = condvar.wait_timeout(guard, d).unwrap_or_else(|p| p.into_inner());
         *guard
     }
 
     fn flush_loop(&self) {
         let tick = (self.options.head_max_age / 10).clamp(Duration::from_millis(10), Duration::from_millis(200));
         loop {
-            if self.sleep(tick) {
+            if self.sleep_on(&self.cut, tick) {
                 break;
             }
-            let (due, full) = {
-                let head = read_guard(&self.head);
-                let full = head.bytes() >= self.options.head_max_bytes;
-                (!head.is_empty() && (full || head.age() >= self.options.head_max_age), full)
-            };
-            if full {
-                let now = self.opened.elapsed().as_millis() as u64;
-                self.size_cut_at_ms.store(now.max(1), Ordering::Relaxed);
-            }
-            let pending = !read_guard(&self.frozen).is_empty();
-            if due || pending {
-                if let Err(e) = self.flush_inner(due) {
-                    tracing::error!(error = %e, "cutting the head into a block failed; will retry");
+            // Work until nothing is due: a full head is cut at once, not at the next tick.
+            loop {
+                let (due, full) = {
+                    let head = read_guard(&self.head);
+                    let full = head.bytes() >= self.options.head_max_bytes;
+                    (!head.is_empty() && (full || head.age() >= self.options.head_max_age), full)
+                };
+                if full {
+                    let now = self.opened.elapsed().as_millis() as u64;
+                    self.size_cut_at_ms.store(now.max(1), Ordering::Relaxed);
+                }
+                if due {
+                    if let Err(e) = self.cut_head() {
+                        tracing::error!(error = %e, "cutting the head failed; will retry");
+                        break;
+                    }
+                    // The other flusher may take the next head while this one writes.
+                    self.cut.notify_all();
+                }
+                match self.write_one() {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(StoreError::Closed) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "writing a head into a block failed; will retry");
+                        break;
+                    }
                 }
             }
         }
@@ -481,42 +520,102 @@ impl Inner {
         }
     }
 
-    /// Cuts the head (when `cut`) and writes every frozen head into a block, oldest first.
+    /// Cuts the head (when `cut`) and returns once every head frozen so far is in a
+    /// committed block, writing those no flusher is writing.
     fn flush_inner(&self, cut: bool) -> Result<(), StoreError> {
-        let _serial = lock(&self.flush_lock);
         if cut {
-            let _gate = write_guard(&self.gate);
-            let mut head = write_guard(&self.head);
-            if !head.is_empty() {
-                let next_seq = self.wal.rotate()?;
-                let old = std::mem::take(&mut *head);
-                write_guard(&self.frozen).push((Arc::new(old), next_seq));
-            }
+            self.cut_head()?;
         }
-        loop {
-            let Some((head, next_seq)) = read_guard(&self.frozen).first().cloned() else { break };
-            let meta = self.write_head_block(&head, next_seq - 1)?;
-            let block = Arc::new(Block::open(&self.blocks_dir, meta)?);
-            {
-                let mut blocks = write_guard(&self.blocks);
-                blocks.push(block);
-                write_guard(&self.frozen).retain(|(h, _)| !Arc::ptr_eq(h, &head));
+        let Some(target) = read_guard(&self.frozen).last().map(|(_, next_seq)| *next_seq) else { return Ok(()) };
+        while self.write_one()? {}
+        let mut writing = lock(&self.writing);
+        while read_guard(&self.frozen).first().is_some_and(|(_, next_seq)| *next_seq <= target) {
+            if *lock(&self.stop) {
+                return Err(StoreError::Closed);
             }
-            let catalog_changed = {
-                let mut catalog = lock(&self.catalog);
-                let changed = catalog.merge(head.catalog());
-                changed.then(|| catalog.clone())
-            };
-            if let Some(catalog) = catalog_changed {
-                save_catalog(&self.options.data_dir, &catalog)?;
+            drop(writing);
+            // A head another flusher gave up on (its write failed) is written here.
+            while self.write_one()? {}
+            writing = lock(&self.writing);
+            writing = self.committed.wait_timeout(writing, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        Ok(())
+    }
+
+    /// Freezes the live head (when it holds spans): appends go to a new head and a new log
+    /// segment from here on.
+    fn cut_head(&self) -> Result<(), StoreError> {
+        let _serial = lock(&self.cut_lock);
+        let _gate = write_guard(&self.gate);
+        let mut head = write_guard(&self.head);
+        if !head.is_empty() {
+            let next_seq = self.wal.rotate()?;
+            let old = std::mem::take(&mut *head);
+            write_guard(&self.frozen).push((Arc::new(old), next_seq));
+        }
+        Ok(())
+    }
+
+    /// Writes the oldest frozen head no flusher is writing into a block and commits it; false
+    /// when there was no such head.
+    fn write_one(&self) -> Result<bool, StoreError> {
+        // Lock order: `writing`, then `frozen` (as the commit wait takes them).
+        let claimed = {
+            let mut writing = lock(&self.writing);
+            let frozen = read_guard(&self.frozen);
+            let next = frozen.iter().find(|(h, _)| !writing.iter().any(|w| Arc::ptr_eq(w, h))).cloned();
+            if let Some((h, _)) = &next {
+                writing.push(Arc::clone(h));
             }
-            wal::remove_segments_before(&self.wal_dir, next_seq)?;
-            self.drained.notify_all();
+            next
+        };
+        let Some((head, next_seq)) = claimed else { return Ok(false) };
+        let result = self.write_and_commit(&head, next_seq);
+        lock(&self.writing).retain(|w| !Arc::ptr_eq(w, &head));
+        self.committed.notify_all();
+        if result.is_ok() {
             // Freeing a head's spans (allocated on the receivers' threads) was a seventh of
-            // this thread's time, which bounds the ingest rate; another thread does it.
+            // a flusher's time, which bounds the ingest rate; another thread does it.
             let reaper = thread::Builder::new().name("spindle-free".into());
             let _ = reaper.spawn(move || drop(head));
         }
+        result.map(|()| true)
+    }
+
+    fn write_and_commit(&self, head: &Arc<Head>, next_seq: u64) -> Result<(), StoreError> {
+        let meta = self.write_head_block(head, next_seq - 1)?;
+        // Commit in cut order: wait until every older frozen head is committed.
+        {
+            let mut writing = lock(&self.writing);
+            while !read_guard(&self.frozen).first().is_some_and(|(h, _)| Arc::ptr_eq(h, head)) {
+                if *lock(&self.stop) {
+                    // Unpublished, the block is removed on the next open and the log replayed.
+                    let _ = Block::remove_files(&self.blocks_dir, meta.id);
+                    return Err(StoreError::Closed);
+                }
+                writing = self.committed.wait_timeout(writing, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        }
+        if let Err(e) = block::publish(&self.blocks_dir, &meta) {
+            let _ = Block::remove_files(&self.blocks_dir, meta.id);
+            return Err(e.at(&self.blocks_dir));
+        }
+        let block = Arc::new(Block::open(&self.blocks_dir, meta)?);
+        {
+            let mut blocks = write_guard(&self.blocks);
+            blocks.push(block);
+            write_guard(&self.frozen).retain(|(h, _)| !Arc::ptr_eq(h, head));
+        }
+        let catalog_changed = {
+            let mut catalog = lock(&self.catalog);
+            let changed = catalog.merge(head.catalog());
+            changed.then(|| catalog.clone())
+        };
+        if let Some(catalog) = catalog_changed {
+            save_catalog(&self.options.data_dir, &catalog)?;
+        }
+        wal::remove_segments_before(&self.wal_dir, next_seq)?;
+        self.drained.notify_all();
         Ok(())
     }
 
@@ -544,7 +643,7 @@ impl Inner {
             }
         }
         match result {
-            Ok(()) => writer.finish(wal_covered, Vec::new(), 0).map_err(|e| e.at(&self.blocks_dir)),
+            Ok(()) => writer.finish_unpublished(wal_covered, Vec::new(), 0).map_err(|e| e.at(&self.blocks_dir)),
             Err(e) => {
                 writer.abandon();
                 Err(e.at(&self.blocks_dir))
@@ -807,10 +906,17 @@ impl TraceStore for EmbeddedStore {
         let payload = encode_batch(&spans).map_err(|e| StoreError::Encode(e.to_string()))?;
         let bytes = payload.len();
         let inner = &self.inner;
-        {
+        let full = {
             let _gate = read_guard(&inner.gate);
             inner.wal.append(payload)?;
-            write_guard(&inner.head).insert(spans, bytes);
+            let mut head = write_guard(&inner.head);
+            head.insert(spans, bytes);
+            head.bytes() >= inner.options.head_max_bytes
+        };
+        if full {
+            // Cut now rather than at the flusher's next tick: under heavy ingest the flusher
+            // is the pipeline's slowest stage, and its ticks were idle time.
+            inner.cut.notify_one();
         }
         inner.wait_for_memory();
         Ok(())

@@ -1,0 +1,565 @@
+//! OTLP `ExportTraceServiceRequest` protobuf decoded straight into model spans.
+//!
+//! The receivers' hot path. Decoding with the generated `opentelemetry-proto` types and then
+//! converting them built every span twice — a tree of prost structs (a `Vec` per id, a
+//! `String` per key and value, an `Option<AnyValue>` per attribute), then the model's — and
+//! freed the first; with the buffer handling under it that was most of a receiver thread's
+//! time at full ingest (`docs/PERFORMANCE.md`, "Embedded store"). Here the wire format
+//! (`opentelemetry/proto/trace/v1/trace.proto`, `common/v1/common.proto`,
+//! `resource/v1/resource.proto`, `collector/trace/v1/trace_service.proto`) is read from one
+//! contiguous slice into the model directly: ids are copied into their fixed-size types,
+//! strings allocated once.
+//!
+//! Architecture Invariant: for every input this returns what
+//! [`crate::otlp::decode_request_prost`] (prost + [`crate::otlp::request_to_spans`]) returns
+//! — the same spans, rejections and reasons, and an error exactly when prost fails. Protobuf
+//! semantics that make this true: fields may come in any order and repeat (a scalar's last
+//! value wins, a singular message's occurrences merge, repeated fields append), unknown fields
+//! of every wire type including groups are skipped, strings must be UTF-8, and messages nest
+//! at most [`RECURSION_LIMIT`] deep, counted as prost counts. The differential property tests
+//! (`tests/otlp_wire.rs`) and the `otlp_proto` fuzz target check it.
+
+use std::sync::Arc;
+
+use spindle_model::{AttributeValue, Event, KeyValue, Link, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, TraceId};
+
+use crate::{CodecError, Decoded};
+
+/// prost's `RECURSION_LIMIT`: how many message levels below the request may be entered.
+pub const RECURSION_LIMIT: u32 = 100;
+
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
+const FIXED32: u8 = 5;
+
+/// A decoding failure: what was wrong, for the client's error message.
+#[derive(Debug)]
+struct WireError(&'static str);
+
+type Result<T> = std::result::Result<T, WireError>;
+
+/// Reads protobuf fields from one message's bytes.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else { return Err(WireError("truncated varint")) };
+            self.pos += 1;
+            // The tenth byte may only carry the top bit of a u64.
+            if i == 9 && b > 1 {
+                return Err(WireError("invalid varint"));
+            }
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(WireError("invalid varint"))
+    }
+
+    /// A field key: (field number, wire type).
+    fn key(&mut self) -> Result<(u32, u8)> {
+        let key = self.varint()?;
+        if key > u64::from(u32::MAX) {
+            return Err(WireError("invalid key"));
+        }
+        let wire = (key & 7) as u8;
+        if wire > FIXED32 {
+            return Err(WireError("invalid wire type"));
+        }
+        let field = (key as u32) >> 3;
+        if field == 0 {
+            return Err(WireError("invalid field number 0"));
+        }
+        Ok((field, wire))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.buf.len() - self.pos {
+            return Err(WireError("field runs past the end of its message"));
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn fixed64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| WireError("truncated fixed64"))?))
+    }
+
+    fn fixed32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| WireError("truncated fixed32"))?))
+    }
+
+    fn len_delimited(&mut self) -> Result<&'a [u8]> {
+        let len = self.varint()?;
+        let len = usize::try_from(len).map_err(|_| WireError("length too large"))?;
+        self.take(len)
+    }
+
+    /// Skips a field this decoder does not read; `ctx` as prost's `skip_field` gets it.
+    fn skip(&mut self, field: u32, wire: u8, ctx: u32) -> Result<()> {
+        if ctx == 0 {
+            return Err(WireError("recursion limit reached"));
+        }
+        match wire {
+            VARINT => self.varint().map(drop),
+            FIXED64 => self.take(8).map(drop),
+            FIXED32 => self.take(4).map(drop),
+            LEN => self.len_delimited().map(drop),
+            START_GROUP => loop {
+                let (inner, inner_wire) = self.key()?;
+                if inner_wire == END_GROUP {
+                    if inner != field {
+                        return Err(WireError("unexpected end group tag"));
+                    }
+                    return Ok(());
+                }
+                self.skip(inner, inner_wire, ctx - 1)?;
+            },
+            _ => Err(WireError("unexpected end group tag")),
+        }
+    }
+}
+
+fn expect(wire: u8, want: u8) -> Result<()> {
+    if wire == want {
+        Ok(())
+    } else {
+        Err(WireError("field has the wrong wire type"))
+    }
+}
+
+fn string(r: &mut Reader<'_>, wire: u8) -> Result<String> {
+    expect(wire, LEN)?;
+    let bytes = r.len_delimited()?;
+    std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| WireError("string is not UTF-8"))
+}
+
+fn bytes<'a>(r: &mut Reader<'a>, wire: u8) -> Result<&'a [u8]> {
+    expect(wire, LEN)?;
+    r.len_delimited()
+}
+
+fn varint(r: &mut Reader<'_>, wire: u8) -> Result<u64> {
+    expect(wire, VARINT)?;
+    r.varint()
+}
+
+/// The bytes of a nested message at the reader, checked as prost's `message::merge` does
+/// before entering it: the fields inside are then read with `ctx - 1`.
+fn message<'a>(r: &mut Reader<'a>, wire: u8, ctx: u32) -> Result<&'a [u8]> {
+    expect(wire, LEN)?;
+    if ctx == 0 {
+        return Err(WireError("recursion limit reached"));
+    }
+    r.len_delimited()
+}
+
+/// An `AnyValue` being merged: its oneof as prost holds it.
+#[derive(Default)]
+enum Value {
+    #[default]
+    Unset,
+    Some(AttributeValue),
+    /// `string_value_strindex` (profiles only): no value for traces.
+    Strindex,
+}
+
+impl Value {
+    fn finish(self) -> Option<AttributeValue> {
+        match self {
+            Value::Some(v) => Some(v),
+            Value::Unset | Value::Strindex => None,
+        }
+    }
+}
+
+/// Merges one `AnyValue` message into `value`.
+fn any_value(buf: &[u8], ctx: u32, value: &mut Value) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => *value = Value::Some(AttributeValue::String(string(&mut r, wire)?)),
+            2 => *value = Value::Some(AttributeValue::Bool(varint(&mut r, wire)? != 0)),
+            3 => *value = Value::Some(AttributeValue::Int(varint(&mut r, wire)? as i64)),
+            4 => {
+                expect(wire, FIXED64)?;
+                *value = Value::Some(AttributeValue::Double(f64::from_bits(r.fixed64()?)));
+            }
+            5 => {
+                let inner = message(&mut r, wire, ctx)?;
+                // A repeated occurrence of the same message variant merges into it.
+                if !matches!(value, Value::Some(AttributeValue::Array(_))) {
+                    *value = Value::Some(AttributeValue::Array(Vec::new()));
+                }
+                let Value::Some(AttributeValue::Array(items)) = value else { unreachable!("set above") };
+                array_value(inner, ctx - 1, items)?;
+            }
+            6 => {
+                let inner = message(&mut r, wire, ctx)?;
+                if !matches!(value, Value::Some(AttributeValue::Map(_))) {
+                    *value = Value::Some(AttributeValue::Map(Vec::new()));
+                }
+                let Value::Some(AttributeValue::Map(entries)) = value else { unreachable!("set above") };
+                key_value_list(inner, ctx - 1, entries)?;
+            }
+            7 => *value = Value::Some(AttributeValue::Bytes(bytes(&mut r, wire)?.to_vec())),
+            8 => {
+                varint(&mut r, wire)?;
+                *value = Value::Strindex;
+            }
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    Ok(())
+}
+
+/// Appends the values of one `ArrayValue` message (empty ones are left out, as the
+/// conversion from prost types leaves them out).
+fn array_value(buf: &[u8], ctx: u32, items: &mut Vec<AttributeValue>) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => {
+                let inner = message(&mut r, wire, ctx)?;
+                let mut value = Value::Unset;
+                any_value(inner, ctx - 1, &mut value)?;
+                items.extend(value.finish());
+            }
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    Ok(())
+}
+
+/// Appends the entries of one `KeyValueList` message.
+fn key_value_list(buf: &[u8], ctx: u32, entries: &mut Vec<KeyValue>) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => {
+                let inner = message(&mut r, wire, ctx)?;
+                key_value(inner, ctx - 1, entries)?;
+            }
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    Ok(())
+}
+
+/// One `KeyValue` message, appended unless it has no value.
+fn key_value(buf: &[u8], ctx: u32, into: &mut Vec<KeyValue>) -> Result<()> {
+    let mut r = Reader::new(buf);
+    let mut key = String::new();
+    let mut value = Value::Unset;
+    let mut has_value = false;
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => key = string(&mut r, wire)?,
+            2 => {
+                let inner = message(&mut r, wire, ctx)?;
+                has_value = true;
+                any_value(inner, ctx - 1, &mut value)?;
+            }
+            3 => {
+                varint(&mut r, wire)?; // key_strindex: profiles only
+            }
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    if has_value {
+        if let Some(value) = value.finish() {
+            into.push(KeyValue { key, value });
+        }
+    }
+    Ok(())
+}
+
+/// Reads field `attributes` (a repeated `KeyValue`) of some message.
+fn attribute(r: &mut Reader<'_>, wire: u8, ctx: u32, into: &mut Vec<KeyValue>) -> Result<()> {
+    let inner = message(r, wire, ctx)?;
+    key_value(inner, ctx - 1, into)
+}
+
+/// Validates an `EntityRef` (resource field 3), which the model does not keep.
+fn entity_ref(buf: &[u8], ctx: u32) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1..=4 => drop(string(&mut r, wire)?),
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    Ok(())
+}
+
+fn merge_resource(buf: &[u8], ctx: u32, resource: &mut Resource) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => attribute(&mut r, wire, ctx, &mut resource.attributes)?,
+            2 => resource.dropped_attributes_count = varint(&mut r, wire)? as u32,
+            3 => {
+                let inner = message(&mut r, wire, ctx)?;
+                entity_ref(inner, ctx - 1)?;
+            }
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    Ok(())
+}
+
+fn merge_scope(buf: &[u8], ctx: u32, scope: &mut Scope) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => scope.name = string(&mut r, wire)?,
+            2 => scope.version = string(&mut r, wire)?,
+            3 => attribute(&mut r, wire, ctx, &mut scope.attributes)?,
+            4 => scope.dropped_attributes_count = varint(&mut r, wire)? as u32,
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    Ok(())
+}
+
+fn event(buf: &[u8], ctx: u32) -> Result<Event> {
+    let mut r = Reader::new(buf);
+    let mut event = Event::default();
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => {
+                expect(wire, FIXED64)?;
+                event.time_unix_nano = r.fixed64()?;
+            }
+            2 => event.name = string(&mut r, wire)?,
+            3 => attribute(&mut r, wire, ctx, &mut event.attributes)?,
+            4 => event.dropped_attributes_count = varint(&mut r, wire)? as u32,
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    Ok(event)
+}
+
+/// A link, or `None` when its ids have the wrong length (the link is dropped, not the span).
+fn link(buf: &[u8], ctx: u32) -> Result<Option<Link>> {
+    let mut r = Reader::new(buf);
+    let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
+    let mut link = Link::default();
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => trace_id = bytes(&mut r, wire)?,
+            2 => span_id = bytes(&mut r, wire)?,
+            3 => link.trace_state = string(&mut r, wire)?,
+            4 => attribute(&mut r, wire, ctx, &mut link.attributes)?,
+            5 => link.dropped_attributes_count = varint(&mut r, wire)? as u32,
+            6 => {
+                expect(wire, FIXED32)?;
+                link.flags = r.fixed32()?;
+            }
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    let (Ok(t), Ok(s)) = (<[u8; 16]>::try_from(trace_id), <[u8; 8]>::try_from(span_id)) else { return Ok(None) };
+    link.trace_id = TraceId::from_bytes(t);
+    link.span_id = SpanId::from_bytes(s);
+    Ok(Some(link))
+}
+
+fn merge_status(buf: &[u8], ctx: u32, status: &mut Status) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            2 => status.message = string(&mut r, wire)?,
+            3 => status.code = StatusCode::from_otlp(varint(&mut r, wire)? as i32),
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    Ok(())
+}
+
+/// One `Span` message: the span, or why it is rejected (the same words as the conversion
+/// from prost types).
+fn span(
+    buf: &[u8],
+    ctx: u32,
+    resource: &Arc<Resource>,
+    scope: &Arc<Scope>,
+) -> Result<std::result::Result<Span, String>> {
+    let mut r = Reader::new(buf);
+    let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
+    let mut span = Span { resource: Arc::clone(resource), scope: Arc::clone(scope), ..Span::default() };
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => trace_id = bytes(&mut r, wire)?,
+            2 => span_id = bytes(&mut r, wire)?,
+            3 => span.trace_state = string(&mut r, wire)?,
+            4 => parent = bytes(&mut r, wire)?,
+            5 => span.name = string(&mut r, wire)?,
+            6 => span.kind = SpanKind::from_otlp(varint(&mut r, wire)? as i32),
+            7 => {
+                expect(wire, FIXED64)?;
+                span.start_time_unix_nano = r.fixed64()?;
+            }
+            8 => {
+                expect(wire, FIXED64)?;
+                span.end_time_unix_nano = r.fixed64()?;
+            }
+            9 => attribute(&mut r, wire, ctx, &mut span.attributes)?,
+            10 => span.dropped_attributes_count = varint(&mut r, wire)? as u32,
+            11 => {
+                let inner = message(&mut r, wire, ctx)?;
+                span.events.push(event(inner, ctx - 1)?);
+            }
+            12 => span.dropped_events_count = varint(&mut r, wire)? as u32,
+            13 => {
+                let inner = message(&mut r, wire, ctx)?;
+                span.links.extend(link(inner, ctx - 1)?);
+            }
+            14 => span.dropped_links_count = varint(&mut r, wire)? as u32,
+            15 => {
+                let inner = message(&mut r, wire, ctx)?;
+                merge_status(inner, ctx - 1, &mut span.status)?;
+            }
+            16 => {
+                expect(wire, FIXED32)?;
+                span.flags = r.fixed32()?;
+            }
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    let Some(tid) = <[u8; 16]>::try_from(trace_id).ok().map(TraceId::from_bytes).filter(|t| t.is_valid()) else {
+        return Ok(Err(format!("span {:?}: trace id must be 16 bytes and not all zero", span.name)));
+    };
+    let Some(sid) = <[u8; 8]>::try_from(span_id).ok().map(SpanId::from_bytes).filter(|s| s.is_valid()) else {
+        return Ok(Err(format!("span {:?}: span id must be 8 bytes and not all zero", span.name)));
+    };
+    span.parent_span_id = if parent.is_empty() {
+        SpanId::INVALID
+    } else {
+        match <[u8; 8]>::try_from(parent) {
+            Ok(p) => SpanId::from_bytes(p),
+            Err(_) => return Ok(Err(format!("span {:?}: parent span id must be empty or 8 bytes", span.name))),
+        }
+    };
+    span.trace_id = tid;
+    span.span_id = sid;
+    Ok(Ok(span))
+}
+
+/// One `ScopeSpans` message. Its scope may follow its spans on the wire, so a first pass
+/// reads the scope (and checks the other fields), a second the spans.
+fn scope_spans(buf: &[u8], ctx: u32, resource: &Arc<Resource>, out: &mut Decoded) -> Result<()> {
+    let mut scope = Scope::default();
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => {
+                let inner = message(&mut r, wire, ctx)?;
+                merge_scope(inner, ctx - 1, &mut scope)?;
+            }
+            2 => drop(message(&mut r, wire, ctx)?),
+            3 => drop(string(&mut r, wire)?),
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    let scope = Arc::new(scope);
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        if field == 2 {
+            let inner = message(&mut r, wire, ctx)?;
+            match span(inner, ctx - 1, resource, &scope)? {
+                Ok(s) => out.spans.push(s),
+                Err(reason) => out.reject(reason),
+            }
+        } else {
+            r.skip(field, wire, RECURSION_LIMIT)?; // checked by the first pass
+        }
+    }
+    Ok(())
+}
+
+/// One `ResourceSpans` message, in two passes like [`scope_spans`].
+fn resource_spans(buf: &[u8], ctx: u32, out: &mut Decoded) -> Result<()> {
+    let mut resource = Resource::default();
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => {
+                let inner = message(&mut r, wire, ctx)?;
+                merge_resource(inner, ctx - 1, &mut resource)?;
+            }
+            2 => drop(message(&mut r, wire, ctx)?),
+            3 => drop(string(&mut r, wire)?),
+            _ => r.skip(field, wire, ctx)?,
+        }
+    }
+    let resource = Arc::new(resource);
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        if field == 2 {
+            let inner = message(&mut r, wire, ctx)?;
+            scope_spans(inner, ctx - 1, &resource, out)?;
+        } else {
+            r.skip(field, wire, RECURSION_LIMIT)?; // checked by the first pass
+        }
+    }
+    Ok(())
+}
+
+/// Decodes an `ExportTraceServiceRequest` (or a `TracesData`, which has the same field 1)
+/// into spans, rejecting invalid ones as [`crate::otlp::request_to_spans`] does.
+pub fn decode_request(bytes: &[u8]) -> std::result::Result<Decoded, CodecError> {
+    let mut out = Decoded::default();
+    let mut r = Reader::new(bytes);
+    let ctx = RECURSION_LIMIT;
+    let result = (|| {
+        while !r.done() {
+            let (field, wire) = r.key()?;
+            match field {
+                1 => {
+                    let inner = message(&mut r, wire, ctx)?;
+                    resource_spans(inner, ctx - 1, &mut out)?;
+                }
+                _ => r.skip(field, wire, ctx)?,
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(out),
+        Err(WireError(what)) => Err(CodecError::Protobuf(format!("{what} (at or before byte {})", r.pos))),
+    }
+}
