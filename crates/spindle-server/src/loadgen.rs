@@ -55,8 +55,10 @@ pub struct LoadgenArgs {
     /// Stop after this many spans instead of after --duration
     #[arg(long)]
     pub spans: Option<u64>,
-    /// Concurrent connections, each with its own request in flight
-    #[arg(long, default_value_t = 4)]
+    /// Concurrent connections, each with its own request in flight (with the default sync
+    /// policy an acknowledgement waits for an fsync, so a few connections cannot fill the
+    /// server; 16 do on two cores)
+    #[arg(long, default_value_t = 16)]
     pub connections: usize,
     /// Spans per request (rounded to whole traces of 10 spans)
     #[arg(long, default_value_t = 1000)]
