@@ -475,33 +475,38 @@ fn span(
     Ok(Ok(span))
 }
 
-/// One `ScopeSpans` message. Its scope may follow its spans on the wire, so a first pass
-/// reads the scope (and checks the other fields), a second the spans.
-fn scope_spans(buf: &[u8], ctx: u32, resource: &Arc<Resource>, out: &mut Decoded) -> Result<()> {
-    let mut scope = Scope::default();
+/// A `ResourceSpans` or `ScopeSpans` message: field 1 a singular message (the resource or
+/// scope) that applies to every item of the repeated field 2 but may follow them on the
+/// wire, field 3 a schema URL. A first pass merges field 1 (and checks the other fields), a
+/// second hands each field-2 message, with the merged field 1, to `each` — at the depth of
+/// the fields inside it.
+fn with_header<'a, H: Default>(
+    buf: &'a [u8],
+    ctx: u32,
+    merge: fn(&[u8], u32, &mut H) -> Result<()>,
+    mut each: impl FnMut(&'a [u8], u32, &Arc<H>) -> Result<()>,
+) -> Result<()> {
+    let mut header = H::default();
     let mut r = Reader::new(buf);
     while !r.done() {
         let (field, wire) = r.key()?;
         match field {
             1 => {
                 let inner = message(&mut r, wire, ctx)?;
-                merge_scope(inner, ctx - 1, &mut scope)?;
+                merge(inner, ctx - 1, &mut header)?;
             }
             2 => drop(message(&mut r, wire, ctx)?),
             3 => drop(string(&mut r, wire)?),
             _ => r.skip(field, wire, ctx)?,
         }
     }
-    let scope = Arc::new(scope);
+    let header = Arc::new(header);
     let mut r = Reader::new(buf);
     while !r.done() {
         let (field, wire) = r.key()?;
         if field == 2 {
             let inner = message(&mut r, wire, ctx)?;
-            match span(inner, ctx - 1, resource, &scope)? {
-                Ok(s) => out.spans.push(s),
-                Err(reason) => out.reject(reason),
-            }
+            each(inner, ctx - 1, &header)?;
         } else {
             r.skip(field, wire, RECURSION_LIMIT)?; // checked by the first pass
         }
@@ -509,34 +514,17 @@ fn scope_spans(buf: &[u8], ctx: u32, resource: &Arc<Resource>, out: &mut Decoded
     Ok(())
 }
 
-/// One `ResourceSpans` message, in two passes like [`scope_spans`].
+/// One `ResourceSpans` message: its `ScopeSpans`, each with its `Span`s.
 fn resource_spans(buf: &[u8], ctx: u32, out: &mut Decoded) -> Result<()> {
-    let mut resource = Resource::default();
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
-        match field {
-            1 => {
-                let inner = message(&mut r, wire, ctx)?;
-                merge_resource(inner, ctx - 1, &mut resource)?;
+    with_header(buf, ctx, merge_resource, |scope_spans, ctx, resource: &Arc<Resource>| {
+        with_header(scope_spans, ctx, merge_scope, |bytes, ctx, scope: &Arc<Scope>| {
+            match span(bytes, ctx, resource, scope)? {
+                Ok(s) => out.spans.push(s),
+                Err(reason) => out.reject(reason),
             }
-            2 => drop(message(&mut r, wire, ctx)?),
-            3 => drop(string(&mut r, wire)?),
-            _ => r.skip(field, wire, ctx)?,
-        }
-    }
-    let resource = Arc::new(resource);
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
-        if field == 2 {
-            let inner = message(&mut r, wire, ctx)?;
-            scope_spans(inner, ctx - 1, &resource, out)?;
-        } else {
-            r.skip(field, wire, RECURSION_LIMIT)?; // checked by the first pass
-        }
-    }
-    Ok(())
+            Ok(())
+        })
+    })
 }
 
 /// Decodes an `ExportTraceServiceRequest` (or a `TracesData`, which has the same field 1)
