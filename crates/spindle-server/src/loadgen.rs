@@ -174,7 +174,8 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let budget = args.spans.map(|n| Arc::new(AtomicU64::new(n.div_ceil(batch_spans))));
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
+    // Every connection connects and encodes its pool first; the clock starts when all send.
+    let (go, ready) = tokio::sync::watch::channel(false);
 
     let mut tasks = Vec::new();
     for i in 0..args.connections {
@@ -208,7 +209,11 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 .map(|b| Template::new(&workload.batch(traces_per_batch, base + b as u64 * 1_000_000, 1_000_000)))
                 .collect()
         };
+        let mut ready = ready.clone();
         tasks.push(tokio::spawn(async move {
+            if ready.wait_for(|go| *go).await.is_err() {
+                return;
+            }
             let mut ids = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
             let mut next = Instant::now();
             let mut sent_batches = 0usize;
@@ -246,6 +251,10 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             }
         }));
     }
+
+    let started = Instant::now();
+    // Cannot fail: `ready` is still held here.
+    let _ = go.send(true);
 
     let progress = {
         let totals = Arc::clone(&totals);
