@@ -46,6 +46,28 @@ pub fn tune_allocator() {
     }
 }
 
+/// How often a runtime thread going idle hands mimalloc the memory other threads freed.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Called when a runtime thread parks: at most every [`COLLECT_EVERY`], lets mimalloc take
+/// back what other threads freed into this thread's pages. The receivers allocate spans on
+/// these threads and the store frees them on its own threads seconds later; mimalloc hands
+/// such memory back to this thread's free lists only when this thread collects, so without
+/// it the receivers kept touching fresh pages. Measured: server CPU per span −3 % at full
+/// ingest (alternating runs, `docs/PERFORMANCE.md`); the peak RSS did not change.
+pub fn collect_freed_memory() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    LAST.with(|last| {
+        if last.get().is_none_or(|t| t.elapsed() >= COLLECT_EVERY) {
+            last.set(Some(std::time::Instant::now()));
+            // SAFETY: mimalloc's documented entry point; collects this thread's heap.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
+    });
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("ingest queue is full, retry later")]
