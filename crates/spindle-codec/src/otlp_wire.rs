@@ -138,6 +138,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Reads every field of one message: `read` takes the fields it knows (returning true), the
+/// others are skipped as prost skips unknown fields (with the message's `ctx`).
+fn fields<'a>(buf: &'a [u8], ctx: u32, mut read: impl FnMut(&mut Reader<'a>, u32, u8) -> Result<bool>) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        if !read(&mut r, field, wire)? {
+            r.skip(field, wire, ctx)?;
+        }
+    }
+    Ok(())
+}
+
 fn expect(wire: u8, want: u8) -> Result<()> {
     if wire == want {
         Ok(())
@@ -193,19 +206,17 @@ impl Value {
 
 /// Merges one `AnyValue` message into `value`.
 fn any_value(buf: &[u8], ctx: u32, value: &mut Value) -> Result<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
-            1 => *value = Value::Some(AttributeValue::String(string(&mut r, wire)?)),
-            2 => *value = Value::Some(AttributeValue::Bool(varint(&mut r, wire)? != 0)),
-            3 => *value = Value::Some(AttributeValue::Int(varint(&mut r, wire)? as i64)),
+            1 => *value = Value::Some(AttributeValue::String(string(r, wire)?)),
+            2 => *value = Value::Some(AttributeValue::Bool(varint(r, wire)? != 0)),
+            3 => *value = Value::Some(AttributeValue::Int(varint(r, wire)? as i64)),
             4 => {
                 expect(wire, FIXED64)?;
                 *value = Value::Some(AttributeValue::Double(f64::from_bits(r.fixed64()?)));
             }
             5 => {
-                let inner = message(&mut r, wire, ctx)?;
+                let inner = message(r, wire, ctx)?;
                 // A repeated occurrence of the same message variant merges into it.
                 if !matches!(value, Value::Some(AttributeValue::Array(_))) {
                     *value = Value::Some(AttributeValue::Array(Vec::new()));
@@ -214,80 +225,78 @@ fn any_value(buf: &[u8], ctx: u32, value: &mut Value) -> Result<()> {
                 array_value(inner, ctx - 1, items)?;
             }
             6 => {
-                let inner = message(&mut r, wire, ctx)?;
+                let inner = message(r, wire, ctx)?;
                 if !matches!(value, Value::Some(AttributeValue::Map(_))) {
                     *value = Value::Some(AttributeValue::Map(Vec::new()));
                 }
                 let Value::Some(AttributeValue::Map(entries)) = value else { unreachable!("set above") };
                 key_value_list(inner, ctx - 1, entries)?;
             }
-            7 => *value = Value::Some(AttributeValue::Bytes(bytes(&mut r, wire)?.to_vec())),
+            7 => *value = Value::Some(AttributeValue::Bytes(bytes(r, wire)?.to_vec())),
             8 => {
-                varint(&mut r, wire)?;
+                varint(r, wire)?;
                 *value = Value::Strindex;
             }
-            _ => r.skip(field, wire, ctx)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(())
 }
 
 /// Appends the values of one `ArrayValue` message (empty ones are left out, as the
 /// conversion from prost types leaves them out).
 fn array_value(buf: &[u8], ctx: u32, items: &mut Vec<AttributeValue>) -> Result<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
             1 => {
-                let inner = message(&mut r, wire, ctx)?;
+                let inner = message(r, wire, ctx)?;
                 let mut value = Value::Unset;
                 any_value(inner, ctx - 1, &mut value)?;
                 items.extend(value.finish());
             }
-            _ => r.skip(field, wire, ctx)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(())
 }
 
 /// Appends the entries of one `KeyValueList` message.
 fn key_value_list(buf: &[u8], ctx: u32, entries: &mut Vec<KeyValue>) -> Result<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
             1 => {
-                let inner = message(&mut r, wire, ctx)?;
+                let inner = message(r, wire, ctx)?;
                 key_value(inner, ctx - 1, entries)?;
             }
-            _ => r.skip(field, wire, ctx)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(())
 }
 
 /// One `KeyValue` message, appended unless it has no value.
 fn key_value(buf: &[u8], ctx: u32, into: &mut Vec<KeyValue>) -> Result<()> {
-    let mut r = Reader::new(buf);
     let mut key = String::new();
     let mut value = Value::Unset;
     let mut has_value = false;
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
-            1 => key = string(&mut r, wire)?,
+            1 => key = string(r, wire)?,
             2 => {
-                let inner = message(&mut r, wire, ctx)?;
+                let inner = message(r, wire, ctx)?;
                 has_value = true;
                 any_value(inner, ctx - 1, &mut value)?;
             }
             3 => {
-                varint(&mut r, wire)?; // key_strindex: profiles only
+                varint(r, wire)?; // key_strindex: profiles only
             }
-            _ => r.skip(field, wire, ctx)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     if has_value {
         if let Some(value) = value.finish() {
             into.push(KeyValue { key, value });
@@ -304,88 +313,83 @@ fn attribute(r: &mut Reader<'_>, wire: u8, ctx: u32, into: &mut Vec<KeyValue>) -
 
 /// Validates an `EntityRef` (resource field 3), which the model does not keep.
 fn entity_ref(buf: &[u8], ctx: u32) -> Result<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
-            1..=4 => drop(string(&mut r, wire)?),
-            _ => r.skip(field, wire, ctx)?,
+            1..=4 => drop(string(r, wire)?),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(())
 }
 
 fn merge_resource(buf: &[u8], ctx: u32, resource: &mut Resource) -> Result<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
-            1 => attribute(&mut r, wire, ctx, &mut resource.attributes)?,
-            2 => resource.dropped_attributes_count = varint(&mut r, wire)? as u32,
+            1 => attribute(r, wire, ctx, &mut resource.attributes)?,
+            2 => resource.dropped_attributes_count = varint(r, wire)? as u32,
             3 => {
-                let inner = message(&mut r, wire, ctx)?;
+                let inner = message(r, wire, ctx)?;
                 entity_ref(inner, ctx - 1)?;
             }
-            _ => r.skip(field, wire, ctx)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(())
 }
 
 fn merge_scope(buf: &[u8], ctx: u32, scope: &mut Scope) -> Result<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
-            1 => scope.name = string(&mut r, wire)?,
-            2 => scope.version = string(&mut r, wire)?,
-            3 => attribute(&mut r, wire, ctx, &mut scope.attributes)?,
-            4 => scope.dropped_attributes_count = varint(&mut r, wire)? as u32,
-            _ => r.skip(field, wire, ctx)?,
+            1 => scope.name = string(r, wire)?,
+            2 => scope.version = string(r, wire)?,
+            3 => attribute(r, wire, ctx, &mut scope.attributes)?,
+            4 => scope.dropped_attributes_count = varint(r, wire)? as u32,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(())
 }
 
 fn event(buf: &[u8], ctx: u32) -> Result<Event> {
-    let mut r = Reader::new(buf);
     let mut event = Event::default();
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
             1 => {
                 expect(wire, FIXED64)?;
                 event.time_unix_nano = r.fixed64()?;
             }
-            2 => event.name = string(&mut r, wire)?,
-            3 => attribute(&mut r, wire, ctx, &mut event.attributes)?,
-            4 => event.dropped_attributes_count = varint(&mut r, wire)? as u32,
-            _ => r.skip(field, wire, ctx)?,
+            2 => event.name = string(r, wire)?,
+            3 => attribute(r, wire, ctx, &mut event.attributes)?,
+            4 => event.dropped_attributes_count = varint(r, wire)? as u32,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(event)
 }
 
 /// A link, or `None` when its ids have the wrong length (the link is dropped, not the span).
 fn link(buf: &[u8], ctx: u32) -> Result<Option<Link>> {
-    let mut r = Reader::new(buf);
     let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
     let mut link = Link::default();
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
-            1 => trace_id = bytes(&mut r, wire)?,
-            2 => span_id = bytes(&mut r, wire)?,
-            3 => link.trace_state = string(&mut r, wire)?,
-            4 => attribute(&mut r, wire, ctx, &mut link.attributes)?,
-            5 => link.dropped_attributes_count = varint(&mut r, wire)? as u32,
+            1 => trace_id = bytes(r, wire)?,
+            2 => span_id = bytes(r, wire)?,
+            3 => link.trace_state = string(r, wire)?,
+            4 => attribute(r, wire, ctx, &mut link.attributes)?,
+            5 => link.dropped_attributes_count = varint(r, wire)? as u32,
             6 => {
                 expect(wire, FIXED32)?;
                 link.flags = r.fixed32()?;
             }
-            _ => r.skip(field, wire, ctx)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     let (Ok(t), Ok(s)) = (<[u8; 16]>::try_from(trace_id), <[u8; 8]>::try_from(span_id)) else { return Ok(None) };
     link.trace_id = TraceId::from_bytes(t);
     link.span_id = SpanId::from_bytes(s);
@@ -393,15 +397,14 @@ fn link(buf: &[u8], ctx: u32) -> Result<Option<Link>> {
 }
 
 fn merge_status(buf: &[u8], ctx: u32, status: &mut Status) -> Result<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
-            2 => status.message = string(&mut r, wire)?,
-            3 => status.code = StatusCode::from_otlp(varint(&mut r, wire)? as i32),
-            _ => r.skip(field, wire, ctx)?,
+            2 => status.message = string(r, wire)?,
+            3 => status.code = StatusCode::from_otlp(varint(r, wire)? as i32),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(())
 }
 
@@ -413,18 +416,16 @@ fn span(
     resource: &Arc<Resource>,
     scope: &Arc<Scope>,
 ) -> Result<std::result::Result<Span, String>> {
-    let mut r = Reader::new(buf);
     let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
     let mut span = Span { resource: Arc::clone(resource), scope: Arc::clone(scope), ..Span::default() };
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
-            1 => trace_id = bytes(&mut r, wire)?,
-            2 => span_id = bytes(&mut r, wire)?,
-            3 => span.trace_state = string(&mut r, wire)?,
-            4 => parent = bytes(&mut r, wire)?,
-            5 => span.name = string(&mut r, wire)?,
-            6 => span.kind = SpanKind::from_otlp(varint(&mut r, wire)? as i32),
+            1 => trace_id = bytes(r, wire)?,
+            2 => span_id = bytes(r, wire)?,
+            3 => span.trace_state = string(r, wire)?,
+            4 => parent = bytes(r, wire)?,
+            5 => span.name = string(r, wire)?,
+            6 => span.kind = SpanKind::from_otlp(varint(r, wire)? as i32),
             7 => {
                 expect(wire, FIXED64)?;
                 span.start_time_unix_nano = r.fixed64()?;
@@ -433,29 +434,30 @@ fn span(
                 expect(wire, FIXED64)?;
                 span.end_time_unix_nano = r.fixed64()?;
             }
-            9 => attribute(&mut r, wire, ctx, &mut span.attributes)?,
-            10 => span.dropped_attributes_count = varint(&mut r, wire)? as u32,
+            9 => attribute(r, wire, ctx, &mut span.attributes)?,
+            10 => span.dropped_attributes_count = varint(r, wire)? as u32,
             11 => {
-                let inner = message(&mut r, wire, ctx)?;
+                let inner = message(r, wire, ctx)?;
                 span.events.push(event(inner, ctx - 1)?);
             }
-            12 => span.dropped_events_count = varint(&mut r, wire)? as u32,
+            12 => span.dropped_events_count = varint(r, wire)? as u32,
             13 => {
-                let inner = message(&mut r, wire, ctx)?;
+                let inner = message(r, wire, ctx)?;
                 span.links.extend(link(inner, ctx - 1)?);
             }
-            14 => span.dropped_links_count = varint(&mut r, wire)? as u32,
+            14 => span.dropped_links_count = varint(r, wire)? as u32,
             15 => {
-                let inner = message(&mut r, wire, ctx)?;
+                let inner = message(r, wire, ctx)?;
                 merge_status(inner, ctx - 1, &mut span.status)?;
             }
             16 => {
                 expect(wire, FIXED32)?;
                 span.flags = r.fixed32()?;
             }
-            _ => r.skip(field, wire, ctx)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     let Some(tid) = <[u8; 16]>::try_from(trace_id).ok().map(TraceId::from_bytes).filter(|t| t.is_valid()) else {
         return Ok(Err(format!("span {:?}: trace id must be 16 bytes and not all zero", span.name)));
     };
@@ -487,31 +489,28 @@ fn with_header<'a, H: Default>(
     mut each: impl FnMut(&'a [u8], u32, &Arc<H>) -> Result<()>,
 ) -> Result<()> {
     let mut header = H::default();
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
+    fields(buf, ctx, |r, field, wire| {
         match field {
             1 => {
-                let inner = message(&mut r, wire, ctx)?;
+                let inner = message(r, wire, ctx)?;
                 merge(inner, ctx - 1, &mut header)?;
             }
-            2 => drop(message(&mut r, wire, ctx)?),
-            3 => drop(string(&mut r, wire)?),
-            _ => r.skip(field, wire, ctx)?,
+            2 => drop(message(r, wire, ctx)?),
+            3 => drop(string(r, wire)?),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     let header = Arc::new(header);
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (field, wire) = r.key()?;
-        if field == 2 {
-            let inner = message(&mut r, wire, ctx)?;
-            each(inner, ctx - 1, &header)?;
-        } else {
-            r.skip(field, wire, RECURSION_LIMIT)?; // checked by the first pass
+    // The other fields were checked by the first pass: skipping them again cannot fail.
+    fields(buf, RECURSION_LIMIT, |r, field, wire| {
+        if field != 2 {
+            return Ok(false);
         }
-    }
-    Ok(())
+        let inner = message(r, wire, ctx)?;
+        each(inner, ctx - 1, &header)?;
+        Ok(true)
+    })
 }
 
 /// One `ResourceSpans` message: its `ScopeSpans`, each with its `Span`s.
