@@ -158,11 +158,15 @@ fn value_from_proto(v: pc::AnyValue) -> Option<AttributeValue> {
 
 // ---- model → protobuf ----
 
-/// Groups spans by resource and scope into OTLP `ResourceSpans`, keeping span order
-/// within each group.
-pub fn spans_to_resource_spans<'a>(spans: impl IntoIterator<Item = &'a Span>) -> Vec<pt::ResourceSpans> {
-    type ScopeGroup<'a> = (&'a Arc<Scope>, Vec<&'a Span>);
-    let mut groups: Vec<(&'a Arc<Resource>, Vec<ScopeGroup<'a>>)> = Vec::new();
+/// Spans of one scope, in their order.
+pub type ScopeGroup<'a> = (&'a Arc<Scope>, Vec<&'a Span>);
+/// Spans of one resource, by scope.
+pub type ResourceGroup<'a> = (&'a Arc<Resource>, Vec<ScopeGroup<'a>>);
+
+/// Groups spans by resource, then scope, each in order of first appearance, keeping span
+/// order within each group: the shape of OTLP's `ResourceSpans`.
+pub fn group_by_resource_and_scope<'a>(spans: impl IntoIterator<Item = &'a Span>) -> Vec<ResourceGroup<'a>> {
+    let mut groups: Vec<ResourceGroup<'a>> = Vec::new();
     for span in spans {
         let r = match groups.iter().position(|(r, _)| Arc::ptr_eq(r, &span.resource) || **r == span.resource) {
             Some(i) => i,
@@ -178,6 +182,12 @@ pub fn spans_to_resource_spans<'a>(spans: impl IntoIterator<Item = &'a Span>) ->
         }
     }
     groups
+}
+
+/// Groups spans by resource and scope into OTLP `ResourceSpans`, keeping span order
+/// within each group.
+pub fn spans_to_resource_spans<'a>(spans: impl IntoIterator<Item = &'a Span>) -> Vec<pt::ResourceSpans> {
+    group_by_resource_and_scope(spans)
         .into_iter()
         .map(|(resource, scopes)| pt::ResourceSpans {
             resource: Some(pr::Resource {

@@ -160,8 +160,7 @@ fn expect(wire: u8, want: u8) -> Result<()> {
 }
 
 fn string(r: &mut Reader<'_>, wire: u8) -> Result<String> {
-    expect(wire, LEN)?;
-    let bytes = r.len_delimited()?;
+    let bytes = bytes(r, wire)?;
     std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| WireError("string is not UTF-8"))
 }
 
@@ -175,6 +174,16 @@ fn varint(r: &mut Reader<'_>, wire: u8) -> Result<u64> {
     r.varint()
 }
 
+fn fixed64(r: &mut Reader<'_>, wire: u8) -> Result<u64> {
+    expect(wire, FIXED64)?;
+    r.fixed64()
+}
+
+fn fixed32(r: &mut Reader<'_>, wire: u8) -> Result<u32> {
+    expect(wire, FIXED32)?;
+    r.fixed32()
+}
+
 /// The bytes of a nested message at the reader, checked as prost's `message::merge` does
 /// before entering it: the fields inside are then read with `ctx - 1`.
 fn message<'a>(r: &mut Reader<'a>, wire: u8, ctx: u32) -> Result<&'a [u8]> {
@@ -183,6 +192,12 @@ fn message<'a>(r: &mut Reader<'a>, wire: u8, ctx: u32) -> Result<&'a [u8]> {
         return Err(WireError("recursion limit reached"));
     }
     r.len_delimited()
+}
+
+/// Reads the nested message at the reader with `read`, one level deeper.
+fn nested<'a, T>(r: &mut Reader<'a>, wire: u8, ctx: u32, read: impl FnOnce(&'a [u8], u32) -> Result<T>) -> Result<T> {
+    let inner = message(r, wire, ctx)?;
+    read(inner, ctx - 1)
 }
 
 /// An `AnyValue` being merged: its oneof as prost holds it.
@@ -204,33 +219,30 @@ impl Value {
     }
 }
 
-/// Merges one `AnyValue` message into `value`.
+/// Merges one `AnyValue` message into `value`. A repeated occurrence of the array or map
+/// variant merges into the one already there; any other replaces it.
 fn any_value(buf: &[u8], ctx: u32, value: &mut Value) -> Result<()> {
     fields(buf, ctx, |r, field, wire| {
         match field {
             1 => *value = Value::Some(AttributeValue::String(string(r, wire)?)),
             2 => *value = Value::Some(AttributeValue::Bool(varint(r, wire)? != 0)),
             3 => *value = Value::Some(AttributeValue::Int(varint(r, wire)? as i64)),
-            4 => {
-                expect(wire, FIXED64)?;
-                *value = Value::Some(AttributeValue::Double(f64::from_bits(r.fixed64()?)));
-            }
+            4 => *value = Value::Some(AttributeValue::Double(f64::from_bits(fixed64(r, wire)?))),
             5 => {
-                let inner = message(r, wire, ctx)?;
-                // A repeated occurrence of the same message variant merges into it.
-                if !matches!(value, Value::Some(AttributeValue::Array(_))) {
-                    *value = Value::Some(AttributeValue::Array(Vec::new()));
-                }
-                let Value::Some(AttributeValue::Array(items)) = value else { unreachable!("set above") };
-                array_value(inner, ctx - 1, items)?;
+                let mut items = match std::mem::take(value) {
+                    Value::Some(AttributeValue::Array(items)) => items,
+                    _ => Vec::new(),
+                };
+                nested(r, wire, ctx, |b, ctx| array_value(b, ctx, &mut items))?;
+                *value = Value::Some(AttributeValue::Array(items));
             }
             6 => {
-                let inner = message(r, wire, ctx)?;
-                if !matches!(value, Value::Some(AttributeValue::Map(_))) {
-                    *value = Value::Some(AttributeValue::Map(Vec::new()));
-                }
-                let Value::Some(AttributeValue::Map(entries)) = value else { unreachable!("set above") };
-                key_value_list(inner, ctx - 1, entries)?;
+                let mut entries = match std::mem::take(value) {
+                    Value::Some(AttributeValue::Map(entries)) => entries,
+                    _ => Vec::new(),
+                };
+                nested(r, wire, ctx, |b, ctx| key_value_list(b, ctx, &mut entries))?;
+                *value = Value::Some(AttributeValue::Map(entries));
             }
             7 => *value = Value::Some(AttributeValue::Bytes(bytes(r, wire)?.to_vec())),
             8 => {
@@ -240,75 +252,54 @@ fn any_value(buf: &[u8], ctx: u32, value: &mut Value) -> Result<()> {
             _ => return Ok(false),
         }
         Ok(true)
-    })?;
-    Ok(())
+    })
 }
 
 /// Appends the values of one `ArrayValue` message (empty ones are left out, as the
 /// conversion from prost types leaves them out).
 fn array_value(buf: &[u8], ctx: u32, items: &mut Vec<AttributeValue>) -> Result<()> {
     fields(buf, ctx, |r, field, wire| {
-        match field {
-            1 => {
-                let inner = message(r, wire, ctx)?;
-                let mut value = Value::Unset;
-                any_value(inner, ctx - 1, &mut value)?;
-                items.extend(value.finish());
-            }
-            _ => return Ok(false),
+        if field != 1 {
+            return Ok(false);
         }
+        let mut value = Value::Unset;
+        nested(r, wire, ctx, |b, ctx| any_value(b, ctx, &mut value))?;
+        items.extend(value.finish());
         Ok(true)
-    })?;
-    Ok(())
+    })
 }
 
 /// Appends the entries of one `KeyValueList` message.
 fn key_value_list(buf: &[u8], ctx: u32, entries: &mut Vec<KeyValue>) -> Result<()> {
     fields(buf, ctx, |r, field, wire| {
-        match field {
-            1 => {
-                let inner = message(r, wire, ctx)?;
-                key_value(inner, ctx - 1, entries)?;
-            }
-            _ => return Ok(false),
+        if field != 1 {
+            return Ok(false);
         }
+        attribute(r, wire, ctx, entries)?;
         Ok(true)
-    })?;
-    Ok(())
+    })
 }
 
 /// One `KeyValue` message, appended unless it has no value.
 fn key_value(buf: &[u8], ctx: u32, into: &mut Vec<KeyValue>) -> Result<()> {
     let mut key = String::new();
     let mut value = Value::Unset;
-    let mut has_value = false;
     fields(buf, ctx, |r, field, wire| {
         match field {
             1 => key = string(r, wire)?,
-            2 => {
-                let inner = message(r, wire, ctx)?;
-                has_value = true;
-                any_value(inner, ctx - 1, &mut value)?;
-            }
-            3 => {
-                varint(r, wire)?; // key_strindex: profiles only
-            }
+            2 => nested(r, wire, ctx, |b, ctx| any_value(b, ctx, &mut value))?,
+            3 => drop(varint(r, wire)?), // key_strindex: profiles only
             _ => return Ok(false),
         }
         Ok(true)
     })?;
-    if has_value {
-        if let Some(value) = value.finish() {
-            into.push(KeyValue { key, value });
-        }
-    }
+    into.extend(value.finish().map(|value| KeyValue { key, value }));
     Ok(())
 }
 
-/// Reads field `attributes` (a repeated `KeyValue`) of some message.
+/// Reads a nested `KeyValue` (a field `attributes` of some message) into `into`.
 fn attribute(r: &mut Reader<'_>, wire: u8, ctx: u32, into: &mut Vec<KeyValue>) -> Result<()> {
-    let inner = message(r, wire, ctx)?;
-    key_value(inner, ctx - 1, into)
+    nested(r, wire, ctx, |b, ctx| key_value(b, ctx, into))
 }
 
 /// Validates an `EntityRef` (resource field 3), which the model does not keep.
@@ -319,8 +310,7 @@ fn entity_ref(buf: &[u8], ctx: u32) -> Result<()> {
             _ => return Ok(false),
         }
         Ok(true)
-    })?;
-    Ok(())
+    })
 }
 
 fn merge_resource(buf: &[u8], ctx: u32, resource: &mut Resource) -> Result<()> {
@@ -328,15 +318,11 @@ fn merge_resource(buf: &[u8], ctx: u32, resource: &mut Resource) -> Result<()> {
         match field {
             1 => attribute(r, wire, ctx, &mut resource.attributes)?,
             2 => resource.dropped_attributes_count = varint(r, wire)? as u32,
-            3 => {
-                let inner = message(r, wire, ctx)?;
-                entity_ref(inner, ctx - 1)?;
-            }
+            3 => nested(r, wire, ctx, entity_ref)?,
             _ => return Ok(false),
         }
         Ok(true)
-    })?;
-    Ok(())
+    })
 }
 
 fn merge_scope(buf: &[u8], ctx: u32, scope: &mut Scope) -> Result<()> {
@@ -349,18 +335,14 @@ fn merge_scope(buf: &[u8], ctx: u32, scope: &mut Scope) -> Result<()> {
             _ => return Ok(false),
         }
         Ok(true)
-    })?;
-    Ok(())
+    })
 }
 
 fn event(buf: &[u8], ctx: u32) -> Result<Event> {
     let mut event = Event::default();
     fields(buf, ctx, |r, field, wire| {
         match field {
-            1 => {
-                expect(wire, FIXED64)?;
-                event.time_unix_nano = r.fixed64()?;
-            }
+            1 => event.time_unix_nano = fixed64(r, wire)?,
             2 => event.name = string(r, wire)?,
             3 => attribute(r, wire, ctx, &mut event.attributes)?,
             4 => event.dropped_attributes_count = varint(r, wire)? as u32,
@@ -382,10 +364,7 @@ fn link(buf: &[u8], ctx: u32) -> Result<Option<Link>> {
             3 => link.trace_state = string(r, wire)?,
             4 => attribute(r, wire, ctx, &mut link.attributes)?,
             5 => link.dropped_attributes_count = varint(r, wire)? as u32,
-            6 => {
-                expect(wire, FIXED32)?;
-                link.flags = r.fixed32()?;
-            }
+            6 => link.flags = fixed32(r, wire)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -404,8 +383,7 @@ fn merge_status(buf: &[u8], ctx: u32, status: &mut Status) -> Result<()> {
             _ => return Ok(false),
         }
         Ok(true)
-    })?;
-    Ok(())
+    })
 }
 
 /// One `Span` message: the span, or why it is rejected (the same words as the conversion
@@ -426,34 +404,16 @@ fn span(
             4 => parent = bytes(r, wire)?,
             5 => span.name = string(r, wire)?,
             6 => span.kind = SpanKind::from_otlp(varint(r, wire)? as i32),
-            7 => {
-                expect(wire, FIXED64)?;
-                span.start_time_unix_nano = r.fixed64()?;
-            }
-            8 => {
-                expect(wire, FIXED64)?;
-                span.end_time_unix_nano = r.fixed64()?;
-            }
+            7 => span.start_time_unix_nano = fixed64(r, wire)?,
+            8 => span.end_time_unix_nano = fixed64(r, wire)?,
             9 => attribute(r, wire, ctx, &mut span.attributes)?,
             10 => span.dropped_attributes_count = varint(r, wire)? as u32,
-            11 => {
-                let inner = message(r, wire, ctx)?;
-                span.events.push(event(inner, ctx - 1)?);
-            }
+            11 => span.events.push(nested(r, wire, ctx, event)?),
             12 => span.dropped_events_count = varint(r, wire)? as u32,
-            13 => {
-                let inner = message(r, wire, ctx)?;
-                span.links.extend(link(inner, ctx - 1)?);
-            }
+            13 => span.links.extend(nested(r, wire, ctx, link)?),
             14 => span.dropped_links_count = varint(r, wire)? as u32,
-            15 => {
-                let inner = message(r, wire, ctx)?;
-                merge_status(inner, ctx - 1, &mut span.status)?;
-            }
-            16 => {
-                expect(wire, FIXED32)?;
-                span.flags = r.fixed32()?;
-            }
+            15 => nested(r, wire, ctx, |b, ctx| merge_status(b, ctx, &mut span.status))?,
+            16 => span.flags = fixed32(r, wire)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -491,10 +451,7 @@ fn with_header<'a, H: Default>(
     let mut header = H::default();
     fields(buf, ctx, |r, field, wire| {
         match field {
-            1 => {
-                let inner = message(r, wire, ctx)?;
-                merge(inner, ctx - 1, &mut header)?;
-            }
+            1 => nested(r, wire, ctx, |b, ctx| merge(b, ctx, &mut header))?,
             2 => drop(message(r, wire, ctx)?),
             3 => drop(string(r, wire)?),
             _ => return Ok(false),
@@ -507,8 +464,7 @@ fn with_header<'a, H: Default>(
         if field != 2 {
             return Ok(false);
         }
-        let inner = message(r, wire, ctx)?;
-        each(inner, ctx - 1, &header)?;
+        nested(r, wire, ctx, |b, ctx| each(b, ctx, &header))?;
         Ok(true)
     })
 }
@@ -536,10 +492,7 @@ pub fn decode_request(bytes: &[u8]) -> std::result::Result<Decoded, CodecError> 
         while !r.done() {
             let (field, wire) = r.key()?;
             match field {
-                1 => {
-                    let inner = message(&mut r, wire, ctx)?;
-                    resource_spans(inner, ctx - 1, &mut out)?;
-                }
+                1 => nested(&mut r, wire, ctx, |b, ctx| resource_spans(b, ctx, &mut out))?,
                 _ => r.skip(field, wire, ctx)?,
             }
         }

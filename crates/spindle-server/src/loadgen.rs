@@ -216,7 +216,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             }
             let mut ids = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
             let mut next = Instant::now();
-            let mut sent_batches = 0usize;
+            let mut batches = pool.iter().cycle();
             let mut logged_error = false;
             while !stop.load(Ordering::Relaxed) {
                 if let Some(budget) = &budget {
@@ -228,8 +228,8 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                     tokio::time::sleep_until(next.into()).await;
                     next += interval;
                 }
-                let request = pool[sent_batches % POOL_BATCHES].render(&mut ids, now_nanos());
-                sent_batches += 1;
+                let Some(batch) = batches.next() else { break };
+                let request = batch.render(&mut ids, now_nanos());
                 totals.sent.fetch_add(batch_spans, Ordering::Relaxed);
                 let t = Instant::now();
                 match client.send(request).await {

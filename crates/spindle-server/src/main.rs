@@ -4,6 +4,7 @@ mod admin;
 mod alerting;
 mod api;
 mod config;
+mod grpc;
 mod ingest;
 mod loadgen;
 mod otlp_grpc;

@@ -15,12 +15,12 @@ use std::task::{Context, Poll};
 use bytes::Buf;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use spindle_codec::Decoded;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, CompressionEncoding, EnabledCompressionEncodings};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use crate::ingest::{Ingest, IngestError};
+use crate::ingest::Ingest;
 
 pub const PROTOCOL: &str = "otlp_grpc";
 
@@ -31,13 +31,10 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 pub struct OtlpGrpc {
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
-    compression: EnabledCompressionEncodings,
 }
 
 pub fn service(ingest: Arc<Ingest>, max_message_bytes: usize) -> OtlpGrpc {
-    let mut compression = EnabledCompressionEncodings::default();
-    compression.enable(CompressionEncoding::Gzip);
-    OtlpGrpc { ingest, max_message_bytes, compression }
+    OtlpGrpc { ingest, max_message_bytes }
 }
 
 impl NamedService for OtlpGrpc {
@@ -98,11 +95,8 @@ impl UnaryService<Decoded> for Export {
                 rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
                 error_message: decoded.rejection_reason.clone(),
             });
-            match ingest.accept(PROTOCOL, decoded).await {
-                Ok(()) => Ok(Response::new(ExportTraceServiceResponse { partial_success })),
-                Err(IngestError::Overloaded) => Err(Status::resource_exhausted("ingest queue is full, retry later")),
-                Err(e @ IngestError::Store(_)) => Err(Status::unavailable(e.to_string())),
-            }
+            ingest.accept(PROTOCOL, decoded).await?;
+            Ok(Response::new(ExportTraceServiceResponse { partial_success }))
         })
     }
 }
@@ -121,21 +115,6 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != EXPORT_PATH {
-            return Box::pin(async move {
-                let mut response = http::Response::new(tonic::body::Body::default());
-                let headers = response.headers_mut();
-                headers.insert(Status::GRPC_STATUS, (tonic::Code::Unimplemented as i32).into());
-                headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
-                Ok(response)
-            });
-        }
-        let this = self.clone();
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(ExportCodec)
-                .apply_compression_config(this.compression, this.compression)
-                .apply_max_message_size_config(Some(this.max_message_bytes), None);
-            Ok(grpc.unary(Export(this.ingest), req).await)
-        })
+        crate::grpc::serve_unary(req, EXPORT_PATH, ExportCodec, Export(Arc::clone(&self.ingest)), self.max_message_bytes, true)
     }
 }

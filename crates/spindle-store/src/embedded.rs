@@ -324,22 +324,17 @@ impl EmbeddedStore {
         });
         let mut threads = Vec::new();
         if inner.options.background {
-            for _ in 0..FLUSH_THREADS {
-                let flusher = Arc::clone(&inner);
-                threads.push(
-                    thread::Builder::new()
-                        .name("spindle-flush".into())
-                        .spawn(move || flusher.flush_loop())
-                        .map_err(|e| StoreError::io(Path::new("spindle-flush thread"), e))?,
-                );
-            }
-            let maintainer = Arc::clone(&inner);
-            threads.push(
+            let spawn = |name: &str, run: fn(&Inner)| {
+                let inner = Arc::clone(&inner);
                 thread::Builder::new()
-                    .name("spindle-compact".into())
-                    .spawn(move || maintainer.maintenance_loop())
-                    .map_err(|e| StoreError::io(Path::new("spindle-compact thread"), e))?,
-            );
+                    .name(name.into())
+                    .spawn(move || run(&inner))
+                    .map_err(|e| StoreError::io(Path::new(&format!("{name} thread")), e))
+            };
+            for _ in 0..FLUSH_THREADS {
+                threads.push(spawn("spindle-flush", Inner::flush_loop)?);
+            }
+            threads.push(spawn("spindle-compact", Inner::maintenance_loop)?);
         }
         Ok(EmbeddedStore { inner, threads })
     }
@@ -527,19 +522,19 @@ impl Inner {
             self.cut_head()?;
         }
         let Some(target) = read_guard(&self.frozen).last().map(|(_, next_seq)| *next_seq) else { return Ok(()) };
-        while self.write_one()? {}
-        let mut writing = lock(&self.writing);
-        while read_guard(&self.frozen).first().is_some_and(|(_, next_seq)| *next_seq <= target) {
+        loop {
+            // Heads no flusher is writing (or one gave up on after a failed write) are
+            // written here; the others are waited for.
+            while self.write_one()? {}
+            let writing = lock(&self.writing);
+            if !read_guard(&self.frozen).first().is_some_and(|(_, next_seq)| *next_seq <= target) {
+                return Ok(());
+            }
             if *lock(&self.stop) {
                 return Err(StoreError::Closed);
             }
-            drop(writing);
-            // A head another flusher gave up on (its write failed) is written here.
-            while self.write_one()? {}
-            writing = lock(&self.writing);
-            writing = self.committed.wait_timeout(writing, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+            drop(self.committed.wait_timeout(writing, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()));
         }
-        Ok(())
     }
 
     /// Freezes the live head (when it holds spans): appends go to a new head and a new log
@@ -808,16 +803,18 @@ impl Inner {
                 writer.push(s).map_err(|e| e.at(&self.blocks_dir))?;
             }
             trace.clear();
-            let duty = self.compaction_duty();
-            if writer.spans() >= next_pause && duty < 1.0 {
-                next_pause = writer.spans() + self.options.row_group_spans as u64;
-                // Sleep in proportion to the work done, so compaction stays near its share
-                // of one core however large the merge (a smaller share while ingest is heavy).
-                let busy = busy_since.elapsed();
-                if self.sleep(busy.mul_f64((1.0 - duty) / duty)) {
-                    return Err(StoreError::Closed);
+            if writer.spans() >= next_pause {
+                let duty = self.compaction_duty();
+                if duty < 1.0 {
+                    next_pause = writer.spans() + self.options.row_group_spans as u64;
+                    // Sleep in proportion to the work done, so compaction stays near its share
+                    // of one core however large the merge (a smaller share while ingest is heavy).
+                    let busy = busy_since.elapsed();
+                    if self.sleep(busy.mul_f64((1.0 - duty) / duty)) {
+                        return Err(StoreError::Closed);
+                    }
+                    busy_since = Instant::now();
                 }
-                busy_since = Instant::now();
             }
             Ok(())
         };

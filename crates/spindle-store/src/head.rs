@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use std::sync::Arc;
-
-use spindle_model::{Resource, Span, SpanKind, TraceId};
+use spindle_model::{ServiceNames, Span, SpanKind, TraceId};
 
 use crate::query::{Operation, TraceQuery};
 
@@ -89,15 +87,11 @@ impl Head {
     /// Adds spans; a span identical to one already held (a client's retry) is skipped.
     pub(crate) fn insert(&mut self, spans: Vec<Span>, encoded_bytes: usize) {
         self.bytes += encoded_bytes;
-        let mut service: Option<(Arc<Resource>, String)> = None;
+        let mut services = ServiceNames::default();
+        for span in &spans {
+            self.catalog.add(services.of(span), &span.name, span.kind);
+        }
         for span in spans {
-            match &service {
-                Some((r, _)) if Arc::ptr_eq(r, &span.resource) => {}
-                _ => service = Some((Arc::clone(&span.resource), span.service_name().to_string())),
-            }
-            if let Some((_, name)) = &service {
-                self.catalog.add(name, &span.name, span.kind);
-            }
             let start = span.start_time_unix_nano;
             let entry = self
                 .traces

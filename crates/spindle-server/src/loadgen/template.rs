@@ -12,9 +12,10 @@
 //! field numbers); its test decodes the result with the generated `opentelemetry-proto`
 //! types and compares it with the ordinary conversion.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use spindle_model::{AttributeValue, KeyValue, Resource, Scope, Span};
+use spindle_codec::otlp::group_by_resource_and_scope;
+use spindle_model::{AttributeValue, KeyValue, Resource, Scope, Span, TraceId};
 use spindle_workload::Rng;
 
 /// The attribute whose value is a fresh id per span (16 hex digits).
@@ -209,65 +210,36 @@ pub struct Template {
 }
 
 impl Template {
-    /// Encodes `spans` grouped by resource, then scope, in order of first appearance (as
-    /// `spindle_codec::otlp::spans_to_resource_spans` does). Spans of one trace must be
-    /// adjacent, as the workload produces them.
+    /// Encodes `spans` grouped by resource, then scope
+    /// (`spindle_codec::otlp::group_by_resource_and_scope`, as the ordinary conversion does).
     pub fn new(spans: &[Span]) -> Self {
-        type Group<'a> = (
-            &'a Arc<Resource>,
-            Vec<(&'a Arc<Scope>, Vec<(usize, &'a Span)>)>,
-        );
-        let mut groups: Vec<Group<'_>> = Vec::new();
-        let mut trace = 0;
-        for (i, span) in spans.iter().enumerate() {
-            if i > 0 && spans[i - 1].trace_id != span.trace_id {
-                trace += 1;
-            }
-            let r = match groups
-                .iter()
-                .position(|(r, _)| Arc::ptr_eq(r, &span.resource) || **r == span.resource)
-            {
-                Some(r) => r,
-                None => {
-                    groups.push((&span.resource, Vec::new()));
-                    groups.len() - 1
-                }
-            };
-            let scopes = &mut groups[r].1;
-            match scopes
-                .iter()
-                .position(|(s, _)| Arc::ptr_eq(s, &span.scope) || **s == span.scope)
-            {
-                Some(s) => scopes[s].1.push((trace, span)),
-                None => scopes.push((&span.scope, vec![(trace, span)])),
-            }
+        // Each trace's index among the batch's traces, in order of first appearance.
+        let mut traces: HashMap<TraceId, usize> = HashMap::new();
+        for span in spans {
+            let next = traces.len();
+            traces.entry(span.trace_id).or_insert(next);
         }
         let mut w = Writer::default();
-        for (resource, scopes) in &groups {
+        for (resource, scopes) in group_by_resource_and_scope(spans) {
             w.message(1, |w| {
                 w.message(1, |w| w.resource(resource));
-                for (scope, spans) in scopes {
+                for (scope, spans) in &scopes {
                     w.message(2, |w| {
                         w.message(1, |w| w.scope(scope));
-                        for (trace, span) in spans {
-                            w.message(2, |w| w.span(span, *trace));
+                        for span in spans {
+                            w.message(2, |w| w.span(span, traces[&span.trace_id]));
                         }
                     });
                 }
             });
         }
-        let base = spans
-            .iter()
-            .map(|s| s.start_time_unix_nano)
-            .min()
-            .unwrap_or(0);
         Template {
             bytes: w.buf,
             trace_ids: w.trace_ids,
             request_ids: w.request_ids,
             times: w.times,
-            traces: if spans.is_empty() { 0 } else { trace + 1 },
-            base,
+            traces: traces.len(),
+            base: spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0),
         }
     }
 

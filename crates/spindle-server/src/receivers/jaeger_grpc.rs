@@ -10,12 +10,11 @@ use std::task::{Context, Poll};
 
 use spindle_codec::jaeger_proto::{PostSpansRequest, PostSpansResponse};
 use tonic::body::Body;
-use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
 use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use crate::ingest::{Ingest, IngestError};
+use crate::ingest::Ingest;
 
 pub const PROTOCOL: &str = "jaeger_proto_grpc";
 const POST_SPANS: &str = "/jaeger.api_v2.CollectorService/PostSpans";
@@ -47,11 +46,8 @@ impl UnaryService<PostSpansRequest> for PostSpans {
         Box::pin(async move {
             let batch = request.into_inner().batch.unwrap_or_default();
             let decoded = spindle_codec::jaeger_proto::batch_to_spans(batch);
-            match ingest.accept(PROTOCOL, decoded).await {
-                Ok(()) => Ok(Response::new(PostSpansResponse {})),
-                Err(IngestError::Overloaded) => Err(Status::resource_exhausted("ingest queue is full, retry later")),
-                Err(e @ IngestError::Store(_)) => Err(Status::unavailable(e.to_string())),
-            }
+            ingest.accept(PROTOCOL, decoded).await?;
+            Ok(Response::new(PostSpansResponse {}))
         })
     }
 }
@@ -70,18 +66,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != POST_SPANS {
-            return Box::pin(async { Ok(Status::unimplemented("only PostSpans is served here").into_http()) });
-        }
-        let ingest = Arc::clone(&self.ingest);
-        let limit = self.max_message_bytes;
-        Box::pin(async move {
-            let mut accept = EnabledCompressionEncodings::default();
-            accept.enable(CompressionEncoding::Gzip);
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
-                .apply_compression_config(accept, EnabledCompressionEncodings::default())
-                .apply_max_message_size_config(Some(limit), None);
-            Ok(grpc.unary(PostSpans(ingest), req).await)
-        })
+        let method = PostSpans(Arc::clone(&self.ingest));
+        crate::grpc::serve_unary(req, POST_SPANS, tonic_prost::ProstCodec::default(), method, self.max_message_bytes, false)
     }
 }
