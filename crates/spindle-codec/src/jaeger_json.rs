@@ -77,7 +77,7 @@ pub struct Log {
 /// One attribute as a Jaeger tag.
 pub fn tag(key: &str, value: &AttributeValue) -> Tag {
     let (kind, value) = match value {
-        AttributeValue::String(s) => ("string", Value::String(s.clone())),
+        AttributeValue::String(s) => ("string", Value::String(s.to_string())),
         AttributeValue::Bool(b) => ("bool", Value::Bool(*b)),
         AttributeValue::Int(i) if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(i) => ("int64", json!(i)),
         AttributeValue::Int(i) => ("int64", Value::String(i.to_string())),
@@ -192,7 +192,7 @@ fn span_json(span: &Span, process_id: String) -> JaegerSpan {
         trace_id: span.trace_id.to_jaeger_hex(),
         span_id: span.span_id.to_hex(),
         flags: span.flags & 0xff,
-        operation_name: span.name.clone(),
+        operation_name: span.name.to_string(),
         references,
         start_time: span.start_time_unix_nano / 1000,
         duration: span.duration_nanos() / 1000,

@@ -233,9 +233,9 @@ pub fn tag_to_attribute(tag: KeyValue) -> ModelKeyValue {
         Ok(ValueType::Int64) => AttributeValue::Int(tag.v_int64),
         Ok(ValueType::Float64) => AttributeValue::Double(tag.v_float64),
         Ok(ValueType::Binary) => AttributeValue::Bytes(tag.v_binary),
-        Ok(ValueType::String) | Err(_) => AttributeValue::String(tag.v_str),
+        Ok(ValueType::String) | Err(_) => AttributeValue::String(tag.v_str.into()),
     };
-    ModelKeyValue { key: tag.key, value }
+    ModelKeyValue { key: tag.key.into(), value }
 }
 
 fn trace_id_from(bytes: &[u8]) -> Option<TraceId> {
@@ -314,14 +314,14 @@ fn span_to_model(span: Span, resource: Arc<Resource>, scopes: &mut Vec<Arc<Scope
                 status.code = StatusCode::Error;
                 explicit_status = true;
             }
-            (semconv::JAEGER_STATUS_DESCRIPTION, AttributeValue::String(s)) => status.message = s.clone(),
+            (semconv::JAEGER_STATUS_DESCRIPTION, AttributeValue::String(s)) => status.message = s.to_string(),
             (semconv::JAEGER_ERROR, AttributeValue::Bool(true)) => error_tag = true,
             (semconv::JAEGER_ERROR, AttributeValue::String(s)) if s == "true" => error_tag = true,
-            (semconv::JAEGER_SCOPE_NAME | OTEL_LIBRARY_NAME, AttributeValue::String(s)) => scope_name = s.clone(),
+            (semconv::JAEGER_SCOPE_NAME | OTEL_LIBRARY_NAME, AttributeValue::String(s)) => scope_name = s.to_string(),
             (semconv::JAEGER_SCOPE_VERSION | OTEL_LIBRARY_VERSION, AttributeValue::String(s)) => {
-                scope_version = s.clone()
+                scope_version = s.to_string()
             }
-            (semconv::JAEGER_TRACE_STATE, AttributeValue::String(s)) => trace_state = s.clone(),
+            (semconv::JAEGER_TRACE_STATE, AttributeValue::String(s)) => trace_state = s.to_string(),
             _ => attributes.push(kv),
         }
     }
@@ -342,7 +342,7 @@ fn span_to_model(span: Span, resource: Arc<Resource>, scopes: &mut Vec<Arc<Scope
         parent_span_id: parent,
         trace_state,
         flags: span.flags,
-        name,
+        name: name.into(),
         kind,
         start_time_unix_nano: start,
         end_time_unix_nano: start.saturating_add(duration),
@@ -373,7 +373,7 @@ fn log_to_event(log: Log) -> Event {
         });
     let name = match name_field.map(|i| attributes.remove(i).value) {
         Some(AttributeValue::String(s)) => s,
-        _ => String::new(),
+        _ => Default::default(),
     };
     Event {
         time_unix_nano: log.timestamp.map(|t| nanos(t.seconds, t.nanos)).unwrap_or(0),

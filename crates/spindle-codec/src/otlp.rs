@@ -81,7 +81,7 @@ fn span_from_proto(span: pt::Span, resource: &Arc<Resource>, scope: &Arc<Scope>)
         parent_span_id: parent,
         trace_state: span.trace_state,
         flags: span.flags,
-        name: span.name,
+        name: span.name.into(),
         kind: SpanKind::from_otlp(span.kind),
         start_time_unix_nano: span.start_time_unix_nano,
         end_time_unix_nano: span.end_time_unix_nano,
@@ -92,7 +92,7 @@ fn span_from_proto(span: pt::Span, resource: &Arc<Resource>, scope: &Arc<Scope>)
             .into_iter()
             .map(|e| Event {
                 time_unix_nano: e.time_unix_nano,
-                name: e.name,
+                name: e.name.into(),
                 attributes: attributes_from_proto(e.attributes),
                 dropped_attributes_count: e.dropped_attributes_count,
             })
@@ -136,7 +136,7 @@ fn scope_from_proto(s: pc::InstrumentationScope) -> Scope {
 fn attributes_from_proto(attributes: Vec<pc::KeyValue>) -> Vec<KeyValue> {
     attributes
         .into_iter()
-        .filter_map(|kv| Some(KeyValue { key: kv.key, value: value_from_proto(kv.value?)? }))
+        .filter_map(|kv| Some(KeyValue { key: kv.key.into(), value: value_from_proto(kv.value?)? }))
         .collect()
 }
 
@@ -144,7 +144,7 @@ fn attributes_from_proto(attributes: Vec<pc::KeyValue>) -> Vec<KeyValue> {
 fn value_from_proto(v: pc::AnyValue) -> Option<AttributeValue> {
     use pc::any_value::Value;
     Some(match v.value? {
-        Value::StringValue(s) => AttributeValue::String(s),
+        Value::StringValue(s) => AttributeValue::String(s.into()),
         Value::BoolValue(b) => AttributeValue::Bool(b),
         Value::IntValue(i) => AttributeValue::Int(i),
         Value::DoubleValue(d) => AttributeValue::Double(d),
@@ -220,7 +220,7 @@ fn span_to_proto(s: &Span) -> pt::Span {
         trace_state: s.trace_state.clone(),
         parent_span_id: if s.parent_span_id.is_valid() { s.parent_span_id.to_bytes().to_vec() } else { Vec::new() },
         flags: s.flags,
-        name: s.name.clone(),
+        name: s.name.to_string(),
         kind: s.kind.to_otlp(),
         start_time_unix_nano: s.start_time_unix_nano,
         end_time_unix_nano: s.end_time_unix_nano,
@@ -231,7 +231,7 @@ fn span_to_proto(s: &Span) -> pt::Span {
             .iter()
             .map(|e| pt::span::Event {
                 time_unix_nano: e.time_unix_nano,
-                name: e.name.clone(),
+                name: e.name.to_string(),
                 attributes: attributes_to_proto(&e.attributes),
                 dropped_attributes_count: e.dropped_attributes_count,
             })
@@ -257,14 +257,14 @@ fn span_to_proto(s: &Span) -> pt::Span {
 fn attributes_to_proto(attributes: &[KeyValue]) -> Vec<pc::KeyValue> {
     attributes
         .iter()
-        .map(|kv| pc::KeyValue { key: kv.key.clone(), value: Some(value_to_proto(&kv.value)), key_strindex: 0 })
+        .map(|kv| pc::KeyValue { key: kv.key.to_string(), value: Some(value_to_proto(&kv.value)), key_strindex: 0 })
         .collect()
 }
 
 fn value_to_proto(v: &AttributeValue) -> pc::AnyValue {
     use pc::any_value::Value;
     let value = match v {
-        AttributeValue::String(s) => Value::StringValue(s.clone()),
+        AttributeValue::String(s) => Value::StringValue(s.to_string()),
         AttributeValue::Bool(b) => Value::BoolValue(*b),
         AttributeValue::Int(i) => Value::IntValue(*i),
         AttributeValue::Double(d) => Value::DoubleValue(*d),

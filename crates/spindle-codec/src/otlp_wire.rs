@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 
-use spindle_model::{AttributeValue, Event, KeyValue, Link, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, TraceId};
+use spindle_model::{AttributeValue, Event, KeyValue, Link, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Text, TraceId};
 
 use crate::{CodecError, Decoded};
 
@@ -159,9 +159,13 @@ fn expect(wire: u8, want: u8) -> Result<()> {
     }
 }
 
-fn string(r: &mut Reader<'_>, wire: u8) -> Result<String> {
-    let bytes = bytes(r, wire)?;
-    std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| WireError("string is not UTF-8"))
+/// A string field as `String` or the model's inline `Text`.
+fn string<T: for<'s> From<&'s str>>(r: &mut Reader<'_>, wire: u8) -> Result<T> {
+    utf8(r, wire).map(T::from)
+}
+
+fn utf8<'a>(r: &mut Reader<'a>, wire: u8) -> Result<&'a str> {
+    std::str::from_utf8(bytes(r, wire)?).map_err(|_| WireError("string is not UTF-8"))
 }
 
 fn bytes<'a>(r: &mut Reader<'a>, wire: u8) -> Result<&'a [u8]> {
@@ -282,7 +286,7 @@ fn key_value_list(buf: &[u8], ctx: u32, entries: &mut Vec<KeyValue>) -> Result<(
 
 /// One `KeyValue` message, appended unless it has no value.
 fn key_value(buf: &[u8], ctx: u32, into: &mut Vec<KeyValue>) -> Result<()> {
-    let mut key = String::new();
+    let mut key = Text::default();
     let mut value = Value::Unset;
     fields(buf, ctx, |r, field, wire| {
         match field {
@@ -306,7 +310,7 @@ fn attribute(r: &mut Reader<'_>, wire: u8, ctx: u32, into: &mut Vec<KeyValue>) -
 fn entity_ref(buf: &[u8], ctx: u32) -> Result<()> {
     fields(buf, ctx, |r, field, wire| {
         match field {
-            1..=4 => drop(string(r, wire)?),
+            1..=4 => drop(utf8(r, wire)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -453,7 +457,7 @@ fn with_header<'a, H: Default>(
         match field {
             1 => nested(r, wire, ctx, |b, ctx| merge(b, ctx, &mut header))?,
             2 => drop(message(r, wire, ctx)?),
-            3 => drop(string(r, wire)?),
+            3 => drop(utf8(r, wire)?),
             _ => return Ok(false),
         }
         Ok(true)

@@ -232,7 +232,7 @@ fn push(out: &mut Decoded, pools: &mut Pools, z: ZSpan) {
         parent_span_id: parent,
         trace_state: String::new(),
         flags: if z.debug { 0b11 } else { 0b01 },
-        name: z.name,
+        name: z.name.into(),
         kind,
         start_time_unix_nano: start,
         end_time_unix_nano: start.saturating_add(z.duration_us.saturating_mul(1000)),
@@ -265,24 +265,24 @@ fn annotation_to_event(timestamp_us: u64, value: String) -> Event {
             if map.len() == 1 {
                 if let Some((name, Value::Object(attrs))) = map.into_iter().next() {
                     let attributes = attrs.into_iter().map(|(k, v)| KeyValue::new(k, json_to_attribute(v))).collect();
-                    return Event { time_unix_nano, name, attributes, dropped_attributes_count: 0 };
+                    return Event { time_unix_nano, name: name.into(), attributes, dropped_attributes_count: 0 };
                 }
             }
         }
     }
-    Event { time_unix_nano, name: value, attributes: Vec::new(), dropped_attributes_count: 0 }
+    Event { time_unix_nano, name: value.into(), attributes: Vec::new(), dropped_attributes_count: 0 }
 }
 
 fn json_to_attribute(v: Value) -> AttributeValue {
     match v {
-        Value::String(s) => AttributeValue::String(s),
+        Value::String(s) => AttributeValue::String(s.into()),
         Value::Bool(b) => AttributeValue::Bool(b),
         Value::Number(n) => match n.as_i64() {
             Some(i) => AttributeValue::Int(i),
-            None => n.as_f64().map(AttributeValue::Double).unwrap_or_else(|| AttributeValue::String(n.to_string())),
+            None => n.as_f64().map(AttributeValue::Double).unwrap_or_else(|| AttributeValue::String(n.to_string().into())),
         },
         Value::Array(items) => AttributeValue::Array(items.into_iter().map(json_to_attribute).collect()),
-        other => AttributeValue::String(other.to_string()),
+        other => AttributeValue::String(other.to_string().into()),
     }
 }
 

@@ -71,7 +71,7 @@ fn check(decoded: &Decoded, expect: &Expect<'_>) {
     assert_eq!(db.kind, SpanKind::Client);
     assert_eq!(send.kind, SpanKind::Producer);
 
-    let s = |v: &str| AttributeValue::String(v.to_string());
+    let s = |v: &str| AttributeValue::String(v.into());
     assert_eq!(root.attribute("http.request.method"), Some(&s("GET")));
     assert_eq!(db.attribute("db.system"), Some(&s("postgresql")));
     let int = |i: i64| if expect.numbers_are_doubles { AttributeValue::Double(i as f64) } else { AttributeValue::Int(i) };

@@ -15,5 +15,5 @@ mod span;
 pub use dependencies::{dependency_edges, for_each_edge, for_each_edge_named, links_from_edges, BrokerNodes, DependencyLink};
 pub use ids::{IdError, SpanId, TraceId};
 pub use span::{find_attribute, ServiceNames,
-    AttributeValue, Event, KeyValue, Link, Resource, Scope, Span, SpanKind, Status, StatusCode,
+    AttributeValue, Event, KeyValue, Link, Resource, Scope, Span, SpanKind, Status, StatusCode, Text,
 };

@@ -2,13 +2,19 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+/// The model's text for names, attribute keys and string values: strings of up to 24 bytes
+/// (nearly every key, operation name and short value) are stored inline instead of in an
+/// allocation of their own, which the receivers would make and the flushers free for every
+/// attribute of every span.
+pub type Text = compact_str::CompactString;
+
 use crate::ids::{SpanId, TraceId};
 use crate::semconv;
 
 /// A typed attribute value, as OpenTelemetry defines `AnyValue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AttributeValue {
-    String(String),
+    String(Text),
     Bool(bool),
     Int(i64),
     Double(f64),
@@ -29,7 +35,7 @@ impl AttributeValue {
     /// booleans in their usual text form, composites as JSON-like text.
     pub fn to_display_string(&self) -> String {
         match self {
-            AttributeValue::String(s) => s.clone(),
+            AttributeValue::String(s) => s.to_string(),
             AttributeValue::Bool(b) => b.to_string(),
             AttributeValue::Int(i) => i.to_string(),
             AttributeValue::Double(d) => d.to_string(),
@@ -88,16 +94,16 @@ fn json_quote(s: &str) -> String {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyValue {
-    pub key: String,
+    pub key: Text,
     pub value: AttributeValue,
 }
 
 impl KeyValue {
-    pub fn new(key: impl Into<String>, value: AttributeValue) -> Self {
+    pub fn new(key: impl Into<Text>, value: AttributeValue) -> Self {
         KeyValue { key: key.into(), value }
     }
 
-    pub fn string(key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn string(key: impl Into<Text>, value: impl Into<Text>) -> Self {
         KeyValue::new(key, AttributeValue::String(value.into()))
     }
 }
@@ -204,7 +210,7 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Event {
     pub time_unix_nano: u64,
-    pub name: String,
+    pub name: Text,
     pub attributes: Vec<KeyValue>,
     pub dropped_attributes_count: u32,
 }
@@ -274,7 +280,7 @@ pub struct Span {
     pub parent_span_id: SpanId,
     pub trace_state: String,
     pub flags: u32,
-    pub name: String,
+    pub name: Text,
     pub kind: SpanKind,
     pub start_time_unix_nano: u64,
     pub end_time_unix_nano: u64,

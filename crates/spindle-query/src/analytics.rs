@@ -383,7 +383,7 @@ impl QueryService {
                 .or_else(|| span.attribute(semconv::ERROR_TYPE))
                 .map(AttributeValue::to_display_string)
                 .unwrap_or_else(|| span.status.message.clone());
-            let key = (span.service_name().to_string(), span.name.clone(), error_type);
+            let key = (span.service_name().to_string(), span.name.to_string(), error_type);
             let group = groups.entry(key.clone()).or_insert_with(|| ErrorGroup {
                 service: key.0,
                 operation: key.1,
@@ -582,7 +582,7 @@ pub fn compare(a: &Trace, b: &Trace) -> TraceComparison {
     let mut ops: BTreeMap<(String, String), OperationDelta> = BTreeMap::new();
     for (side, trace) in [(0, a), (1, b)] {
         for span in &trace.spans {
-            let key = (span.service_name().to_string(), span.name.clone());
+            let key = (span.service_name().to_string(), span.name.to_string());
             let d = ops.entry(key.clone()).or_insert_with(|| OperationDelta {
                 service: key.0,
                 operation: key.1,
@@ -689,7 +689,7 @@ mod tests {
             trace_id: TraceId(1),
             span_id: SpanId(id),
             parent_span_id: SpanId(parent),
-            name: format!("op{id}"),
+            name: format!("op{id}").into(),
             start_time_unix_nano: start,
             end_time_unix_nano: end,
             resource: Arc::new(Resource { attributes: vec![KeyValue::string("service.name", service)], ..Default::default() }),

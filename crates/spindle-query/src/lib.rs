@@ -110,7 +110,7 @@ impl Trace {
         let mut summary = TraceSummary {
             trace_id: self.trace_id,
             root_service_name: root.map(|s| s.service_name().to_string()).unwrap_or_default(),
-            root_operation_name: root.map(|s| s.name.clone()).unwrap_or_default(),
+            root_operation_name: root.map(|s| s.name.to_string()).unwrap_or_default(),
             min_start_time_unix_nano: self.spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0),
             max_end_time_unix_nano: self.spans.iter().map(|s| s.end_time_unix_nano).max().unwrap_or(0),
             span_count: self.spans.len() as u64,
@@ -150,7 +150,7 @@ mod tests {
             trace_id: TraceId(9),
             span_id: SpanId(id),
             parent_span_id: SpanId(parent),
-            name: format!("op{id}"),
+            name: format!("op{id}").into(),
             start_time_unix_nano: start,
             end_time_unix_nano: start + 10,
             status: Status { code: if error { StatusCode::Error } else { StatusCode::Unset }, message: String::new() },

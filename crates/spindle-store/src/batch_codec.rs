@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use spindle_model::{Event, KeyValue, Link, Resource, Scope, Span, SpanId, SpanKind, Status, TraceId};
+use spindle_model::{Event, KeyValue, Link, Resource, Scope, Span, SpanId, SpanKind, Status, Text, TraceId};
 
 /// Bumped when the record layout changes; replay refuses records of another version.
 const FORMAT_VERSION: u8 = 1;
@@ -66,7 +66,7 @@ struct SpanOwned {
     parent_span_id: SpanId,
     trace_state: String,
     flags: u32,
-    name: String,
+    name: Text,
     kind: SpanKind,
     start_time_unix_nano: u64,
     end_time_unix_nano: u64,

@@ -920,11 +920,11 @@ mod tests {
             // ~100 KiB of distinct notes per row group: past the 64 KiB dictionary limit,
             // so later pages are plain; every seventh span has none.
             if i % 7 != 0 {
-                s.attributes.push(KeyValue::new("note", AttributeValue::String(format!("{i:05}-{}", "n".repeat(i % 200)))));
+                s.attributes.push(KeyValue::new("note", AttributeValue::String(format!("{i:05}-{}", "n".repeat(i % 200)).into())));
             }
             s.attributes.push(KeyValue::new("tier", AttributeValue::String(["gold", "silver", "bronze"][i % 3].into())));
             if i % 2 == 0 {
-                s.attributes.push(KeyValue::new("http.route", AttributeValue::String(format!("/r/{}", i % 5))));
+                s.attributes.push(KeyValue::new("http.route", AttributeValue::String(format!("/r/{}", i % 5).into())));
             }
         }
         let meta = write_block(dir.path(), 1, spans, 1024);

@@ -534,8 +534,9 @@ pub(crate) enum FormatError {
     BadReference { what: &'static str, index: i32, len: usize },
 }
 
-fn utf8(bytes: &[u8]) -> Result<String, FormatError> {
-    std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| FormatError::Utf8)
+/// Stored text as `String` or the model's inline `Text`.
+fn utf8<T: for<'s> From<&'s str>>(bytes: &[u8]) -> Result<T, FormatError> {
+    std::str::from_utf8(bytes).map(T::from).map_err(|_| FormatError::Utf8)
 }
 
 fn fixed16(bytes: &[u8]) -> Result<u128, FormatError> {
@@ -1021,13 +1022,13 @@ impl SpanColumns {
         if let Some(keys) = keys {
             for (p, kv) in span.attributes.iter().enumerate().filter(|(p, _)| !taken[*p]) {
                 if !memo.listed(p) && !keys.contains(kv.key.as_str()) {
-                    keys.insert(kv.key.clone());
+                    keys.insert(kv.key.to_string());
                 }
                 memo.set_listed(p);
             }
             for kv in span.events.iter().flat_map(|e| e.attributes.iter()) {
                 if !keys.contains(kv.key.as_str()) {
-                    keys.insert(kv.key.clone());
+                    keys.insert(kv.key.to_string());
                 }
             }
         }
@@ -1398,7 +1399,7 @@ impl<'a> DedicatedCursors<'a> {
                 (None, Some(v)) => AttributeValue::Int(*v),
                 (None, None) => continue,
             };
-            out.push(KeyValue { key: key.to_string(), value });
+            out.push(KeyValue { key: key.into(), value });
         }
         Ok(out)
     }

@@ -33,7 +33,7 @@ enum Op {
 
 fn value() -> impl Strategy<Value = AttributeValue> {
     prop_oneof![
-        prop::sample::select(TEXTS.to_vec()).prop_map(|s| AttributeValue::String(s.to_string())),
+        prop::sample::select(TEXTS.to_vec()).prop_map(|s| AttributeValue::String(s.into())),
         (0i64..10).prop_map(AttributeValue::Int),
         any::<bool>().prop_map(AttributeValue::Bool),
         Just(AttributeValue::Double(7.0)),
@@ -318,7 +318,7 @@ fn project(span: &Span, fields: &SpanFields) -> Span {
     let mut attributes: Vec<KeyValue> = span
         .attributes
         .iter()
-        .filter(|kv| fields.attributes.as_ref().is_none_or(|keys| keys.contains(&kv.key)))
+        .filter(|kv| fields.attributes.as_ref().is_none_or(|keys| keys.iter().any(|k| *k == kv.key)))
         .cloned()
         .collect();
     if fields.attributes.is_some() {
@@ -366,7 +366,7 @@ proptest! {
                     store.append(spans.clone()).unwrap();
                     for s in &spans {
                         model.catalog.entry(s.service_name().to_string()).or_default()
-                            .insert(Operation { name: s.name.clone(), kind: s.kind });
+                            .insert(Operation { name: s.name.to_string(), kind: s.kind });
                         if !model.head.contains(s) {
                             model.head.push(s.clone());
                         }

@@ -146,7 +146,7 @@ impl Workload {
                 trace_id,
                 span_id: ids[i],
                 parent_span_id: parent.map(|p| ids[p]).unwrap_or(SpanId::INVALID),
-                name: (*name).to_string(),
+                name: (*name).into(),
                 kind: *kind,
                 start_time_unix_nano: start,
                 end_time_unix_nano: start + duration,
