@@ -68,7 +68,8 @@ pub async fn service_operations(State(state): State<ApiState>, Path(service): Pa
             let mut names: Vec<String> = ops.into_iter().map(|o| o.name).collect();
             names.dedup();
             let total = names.len();
-            ok(names, total)
+            // Jaeger's Go handler answers a nil slice, `null`, when there are none.
+            ok((total > 0).then_some(names), total)
         }
         Err(e) => internal(e),
     }
