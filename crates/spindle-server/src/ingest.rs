@@ -29,20 +29,47 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `mi_option_use_numa_nodes`; `libmimalloc-sys` names only some options.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
 
-/// How long mimalloc keeps freed memory before handing it back to the system: 100 ms
-/// instead of its default of 1 s. A cut head frees a few hundred megabytes of spans
-/// allocated on other threads; with 10M spans loaded flat out the RSS peaked at 500–536 MB
-/// with the default, 442–449 MB at 100 ms and 373 MB at 0, where searches paid ~1.5× in
-/// page faults; at 100 ms they cost what they did (`docs/PERFORMANCE.md`, "Embedded
-/// store"). `MIMALLOC_PURGE_DELAY` in the environment still wins.
-pub const PURGE_DELAY_MS: std::os::raw::c_long = 100;
+/// How long mimalloc keeps freed memory before handing it back to the system: 300 ms
+/// instead of its default of 1 s. A cut head frees tens of megabytes of spans allocated on
+/// other threads at once. With huge pages on, 100 ms had kept the peak RSS of a 10M-span
+/// flat-out load at 442–449 MB (500–536 with the default, 373 at 0, where searches paid
+/// ~1.5× in page faults); with huge pages off (below) memory is handed back page by page,
+/// and 300 ms keeps searches right after a load as fast as with huge pages (p99 325–406 ms
+/// against 445 ms at 100 ms) with the RSS at 428–468 MB (`docs/PERFORMANCE.md`, "Fifth
+/// session"). `MIMALLOC_PURGE_DELAY` in the environment still wins.
+pub const PURGE_DELAY_MS: std::os::raw::c_long = 300;
 
-/// Sets [`PURGE_DELAY_MS`] unless the environment names a purge delay itself.
+/// Set to `keep` to leave transparent huge pages on for the process (see [`tune_allocator`]).
+pub const THP_ENV: &str = "SPINDLE_TRANSPARENT_HUGEPAGES";
+
+/// Sets [`PURGE_DELAY_MS`] unless the environment names a purge delay itself, and turns
+/// transparent huge pages off for the process unless [`THP_ENV`] is `keep`.
+///
+/// Huge pages: where the kernel backs anonymous memory with them (`enabled` = `always`, a
+/// common default), every region mimalloc touches again after a purge comes back as a whole
+/// 2 MiB page, zeroed by the kernel and resident in full however little of it is used. At
+/// full ingest that zeroing was a fifth of the receiver threads' time, and the resident
+/// pages 100–170 MB of the RSS: with 10M spans loaded flat out, the RSS after the queries
+/// was 490–563 MB with them (over 512 MB in two runs of five) and 428–433 MB without, at
+/// the same CPU per span within the noise (`docs/PERFORMANCE.md`, "Fifth session").
 pub fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one of mimalloc's documented options to a documented value; mimalloc
         // reads options atomically, so doing it while other threads allocate is fine.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+    if std::env::var(THP_ENV).as_deref() != Ok("keep") {
+        disable_transparent_huge_pages();
+    }
+}
+
+/// `prctl(PR_SET_THP_DISABLE)`: no transparent huge pages for this process's future page
+/// faults (Linux 3.15+). Elsewhere, or if the kernel refuses, nothing changes.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong);
     }
 }
 
@@ -177,5 +204,38 @@ mod tests {
         tune_allocator();
         // SAFETY: reads one of mimalloc's options.
         assert_eq!(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }, PURGE_DELAY_MS);
+    }
+
+    /// Tuning turns transparent huge pages off for the process; `keep` leaves them alone.
+    /// Checked in child processes, each clearing the (inherited) flag first.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn tuning_turns_transparent_huge_pages_off_unless_told_to_keep_them() {
+        const NAME: &str = "ingest::tests::tuning_turns_transparent_huge_pages_off_unless_told_to_keep_them";
+        if let Ok(expected) = std::env::var("SPINDLE_TEST_EXPECT_THP_DISABLED") {
+            // The flag is inherited: clear what the parent may have set (its own tuning).
+            // SAFETY: PR_SET_THP_DISABLE takes integers only.
+            unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+            tune_allocator();
+            // SAFETY: PR_GET_THP_DISABLE reads a flag of this process.
+            let after = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+            assert_eq!(after.to_string(), expected);
+            return;
+        }
+        for (keep, expected) in [(None, "1"), (Some("keep"), "0"), (Some("other"), "1")] {
+            let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
+            command.args(["--exact", NAME, "--nocapture"]).env("SPINDLE_TEST_EXPECT_THP_DISABLED", expected);
+            match keep {
+                Some(value) => command.env(THP_ENV, value),
+                None => command.env_remove(THP_ENV),
+            };
+            let child = command.output().expect("run the test binary");
+            let out = String::from_utf8_lossy(&child.stdout);
+            assert!(
+                child.status.success() && out.contains("1 passed"),
+                "{keep:?}: {out}{}",
+                String::from_utf8_lossy(&child.stderr)
+            );
+        }
     }
 }
