@@ -2,14 +2,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{SpanId, TraceId};
+use crate::semconv;
+
 /// The model's text for names, attribute keys and string values: strings of up to 24 bytes
 /// (nearly every key, operation name and short value) are stored inline instead of in an
 /// allocation of their own, which the receivers would make and the flushers free for every
 /// attribute of every span.
 pub type Text = compact_str::CompactString;
-
-use crate::ids::{SpanId, TraceId};
-use crate::semconv;
 
 /// A typed attribute value, as OpenTelemetry defines `AnyValue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
