@@ -50,7 +50,7 @@ pub const THP_ENV: &str = "SPINDLE_TRANSPARENT_HUGEPAGES";
 /// 2 MiB page, zeroed by the kernel and resident in full however little of it is used. At
 /// full ingest that zeroing was a fifth of the receiver threads' time, and the resident
 /// pages 100–170 MB of the RSS: with 10M spans loaded flat out, the RSS after the queries
-/// was 490–563 MB with them (over 512 MB in two runs of five) and 428–433 MB without, at
+/// was 479–563 MB with them (over 512 MB in two runs of six) and 379–434 MB without, at
 /// the same CPU per span within the noise (`docs/PERFORMANCE.md`, "Fifth session").
 pub fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
