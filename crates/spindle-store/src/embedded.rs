@@ -804,17 +804,15 @@ impl Inner {
             }
             trace.clear();
             if writer.spans() >= next_pause {
+                next_pause = writer.spans() + self.options.row_group_spans as u64;
+                // Sleep in proportion to the work done since the last pause, so compaction
+                // stays near its share of one core however large the merge (a smaller share
+                // while ingest is heavy; none at a duty of 1).
                 let duty = self.compaction_duty();
-                if duty < 1.0 {
-                    next_pause = writer.spans() + self.options.row_group_spans as u64;
-                    // Sleep in proportion to the work done, so compaction stays near its share
-                    // of one core however large the merge (a smaller share while ingest is heavy).
-                    let busy = busy_since.elapsed();
-                    if self.sleep(busy.mul_f64((1.0 - duty) / duty)) {
-                        return Err(StoreError::Closed);
-                    }
-                    busy_since = Instant::now();
+                if self.sleep(busy_since.elapsed().mul_f64((1.0 - duty) / duty)) {
+                    return Err(StoreError::Closed);
                 }
+                busy_since = Instant::now();
             }
             Ok(())
         };
