@@ -53,7 +53,12 @@ fn main() {
         let rel = file.strip_prefix(&dist).expect("collected under dist");
         let url: Vec<_> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
         let abs = file.canonicalize().unwrap_or_else(|_| file.clone());
-        let _ = writeln!(out, "    ({:?}, include_bytes!({:?})),", format!("/{}", url.join("/")), abs.display().to_string());
+        let _ = writeln!(
+            out,
+            "    ({:?}, include_bytes!({:?})),",
+            format!("/{}", url.join("/")),
+            abs.display().to_string()
+        );
     }
     out.push_str("];\n");
     let target = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("ui_assets.rs");

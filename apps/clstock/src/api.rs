@@ -41,11 +41,7 @@ use crate::server::{error_response, with_observability};
 /// How `clstock-api` runs; every flag has a `CLSTOCK_*` variable. Tracing is configured
 /// with the standard `OTEL_*` variables.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "clstock-api",
-    version,
-    about = "Stock recommendations and predictions over HTTP, traced end to end"
-)]
+#[command(name = "clstock-api", version, about = "Stock recommendations and predictions over HTTP, traced end to end")]
 pub struct ApiConfig {
     /// Address to serve on.
     #[arg(long, env = "CLSTOCK_LISTEN", default_value = "0.0.0.0:9202")]
@@ -246,19 +242,11 @@ async fn stock_data(
     let symbol = symbol_from_path(&symbol)?;
     let period = match query.period.as_deref() {
         None => Period::OneYear,
-        Some(raw) => raw
-            .parse()
-            .map_err(|e: crate::history::PeriodError| ApiError::InvalidArgument(e.to_string()))?,
+        Some(raw) => raw.parse().map_err(|e: crate::history::PeriodError| ApiError::InvalidArgument(e.to_string()))?,
     };
     let provider = api.predictor.provider();
     let bars = provider.get_stock_data(&symbol, period).await?;
-    Ok(Json(StockData {
-        ticker: provider.ticker(&symbol),
-        symbol,
-        period,
-        data_points: bars.len(),
-        bars,
-    }))
+    Ok(Json(StockData { ticker: provider.ticker(&symbol), symbol, period, data_points: bars.len(), bars }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,37 +281,19 @@ async fn batch_predictions(
             request.symbols.len()
         )));
     }
-    let symbols = request
-        .symbols
-        .iter()
-        .map(|s| symbol_from_path(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut response = BatchResponse {
-        succeeded: 0,
-        failed: 0,
-        predictions: Vec::new(),
-        errors: Vec::new(),
-    };
+    let symbols = request.symbols.iter().map(|s| symbol_from_path(s)).collect::<Result<Vec<_>, _>>()?;
+    let mut response = BatchResponse { succeeded: 0, failed: 0, predictions: Vec::new(), errors: Vec::new() };
     for (symbol, result) in api.predictor.predict_batch(symbols).await {
         match result {
             Ok(prediction) => response.predictions.push(prediction),
-            Err(error) => response.errors.push(BatchFailure {
-                symbol,
-                error: error.to_string(),
-            }),
+            Err(error) => response.errors.push(BatchFailure { symbol, error: error.to_string() }),
         }
     }
     response.succeeded = response.predictions.len();
     response.failed = response.errors.len();
     if response.succeeded == 0 {
-        let first = response
-            .errors
-            .first()
-            .map_or_else(String::new, |f| format!(", first: {}", f.error));
-        return Err(ApiError::BadGateway(format!(
-            "all {} predictions failed{first}",
-            response.failed
-        )));
+        let first = response.errors.first().map_or_else(String::new, |f| format!(", first: {}", f.error));
+        return Err(ApiError::BadGateway(format!("all {} predictions failed{first}", response.failed)));
     }
     Ok(Json(response))
 }
@@ -341,10 +311,7 @@ async fn start_training(State(api): State<Arc<Api>>, body: Bytes) -> Result<Resp
 }
 
 async fn training_status(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Result<Json<JobRecord>, ApiError> {
-    api.trainer
-        .get(&id)
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no training job {id:?}")))
+    api.trainer.get(&id).map(Json).ok_or_else(|| ApiError::NotFound(format!("no training job {id:?}")))
 }
 
 async fn model_info(State(api): State<Arc<Api>>) -> Json<Model> {
@@ -363,26 +330,17 @@ mod tests {
         for bad in ["0", "11", "-1", "abc", "", "2.5"] {
             let error = parse_top_n(Some(bad)).expect_err(bad);
             assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
-            assert_eq!(
-                error.to_string(),
-                format!("top_n must be an integer from 1 to 10, got {bad:?}")
-            );
+            assert_eq!(error.to_string(), format!("top_n must be an integer from 1 to 10, got {bad:?}"));
         }
     }
 
     #[test]
     fn errors_map_to_statuses() {
         let cases: [(ApiError, StatusCode); 4] = [
-            (
-                DataError::InvalidSymbol("a b".into()).into(),
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
+            (DataError::InvalidSymbol("a b".into()).into(), StatusCode::UNPROCESSABLE_ENTITY),
             (DataError::UnknownTicker("ZZZ".into()).into(), StatusCode::NOT_FOUND),
             (PredictError::NoData("AAPL".into()).into(), StatusCode::BAD_GATEWAY),
-            (
-                StartError::AlreadyRunning("train-1".into()).into(),
-                StatusCode::CONFLICT,
-            ),
+            (StartError::AlreadyRunning("train-1".into()).into(), StatusCode::CONFLICT),
         ];
         for (error, status) in cases {
             assert_eq!(error.status(), status, "{error}");

@@ -96,11 +96,7 @@ impl FromStr for Date {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let invalid = || DateError(s.to_owned());
         let mut parts = s.splitn(3, '-');
-        let mut next = || {
-            parts
-                .next()
-                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        };
+        let mut next = || parts.next().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
         let year = next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
         let month = next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
         let day = next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
@@ -114,12 +110,7 @@ mod tests {
 
     #[test]
     fn known_dates_round_trip() {
-        for (text, days) in [
-            ("1970-01-01", 0),
-            ("2000-02-29", 11_016),
-            ("2024-12-31", 20_088),
-            ("1969-12-31", -1),
-        ] {
+        for (text, days) in [("1970-01-01", 0), ("2000-02-29", 11_016), ("2024-12-31", 20_088), ("1969-12-31", -1)] {
             let date: Date = text.parse().expect(text);
             assert_eq!(date.days_since_epoch(), days, "{text}");
             assert_eq!(date.to_string(), text);
@@ -128,15 +119,7 @@ mod tests {
 
     #[test]
     fn invalid_dates_are_rejected() {
-        for text in [
-            "2023-02-29",
-            "2024-13-01",
-            "2024-00-10",
-            "2024-1",
-            "24-01-01x",
-            "",
-            "2024-01-32",
-        ] {
+        for text in ["2023-02-29", "2024-13-01", "2024-00-10", "2024-1", "24-01-01x", "", "2024-01-32"] {
             assert!(text.parse::<Date>().is_err(), "{text}");
         }
     }
@@ -146,10 +129,7 @@ mod tests {
         // 2024-12-31 is a Tuesday; the five weekdays ending there start on Wednesday the 25th.
         let end: Date = "2024-12-31".parse().expect("date");
         let days: Vec<String> = end.trading_days_until(5).iter().map(Date::to_string).collect();
-        assert_eq!(
-            days,
-            ["2024-12-25", "2024-12-26", "2024-12-27", "2024-12-30", "2024-12-31"]
-        );
+        assert_eq!(days, ["2024-12-25", "2024-12-26", "2024-12-27", "2024-12-30", "2024-12-31"]);
         let sunday: Date = "2024-12-29".parse().expect("date");
         assert!(sunday.is_weekend());
         assert_eq!(sunday.trading_days_until(1)[0].to_string(), "2024-12-27");

@@ -8,14 +8,8 @@ use serde::Serialize;
 /// Closes one feature vector needs: the 60-day momentum looks 60 days back.
 pub const LOOKBACK: usize = 61;
 /// Feature names in vector order, as saved in the model file.
-pub const FEATURE_NAMES: [&str; FEATURE_COUNT] = [
-    "return_1d",
-    "return_5d",
-    "momentum_20d",
-    "momentum_60d",
-    "volatility_20d",
-    "rsi_14",
-];
+pub const FEATURE_NAMES: [&str; FEATURE_COUNT] =
+    ["return_1d", "return_5d", "momentum_20d", "momentum_60d", "volatility_20d", "rsi_14"];
 pub const FEATURE_COUNT: usize = 6;
 
 /// The features of one day.
@@ -37,14 +31,7 @@ pub struct Features {
 
 impl Features {
     pub fn to_vector(&self) -> [f64; FEATURE_COUNT] {
-        [
-            self.return_1d,
-            self.return_5d,
-            self.momentum_20d,
-            self.momentum_60d,
-            self.volatility_20d,
-            self.rsi_14,
-        ]
+        [self.return_1d, self.return_5d, self.momentum_20d, self.momentum_60d, self.volatility_20d, self.rsi_14]
     }
 }
 
@@ -60,10 +47,7 @@ pub enum FeatureError {
 /// The features of the last day of `closes` (oldest first).
 pub fn latest(closes: &[f64]) -> Result<Features, FeatureError> {
     if closes.len() < LOOKBACK {
-        return Err(FeatureError::TooShort {
-            have: closes.len(),
-            need: LOOKBACK,
-        });
+        return Err(FeatureError::TooShort { have: closes.len(), need: LOOKBACK });
     }
     validate(closes)?;
     Ok(at(closes, closes.len() - 1))
@@ -73,17 +57,12 @@ pub fn latest(closes: &[f64]) -> Result<Features, FeatureError> {
 /// day `i + LOOKBACK - 1`.
 pub fn series(closes: &[f64]) -> Result<Vec<Features>, FeatureError> {
     validate(closes)?;
-    Ok((LOOKBACK.saturating_sub(1)..closes.len())
-        .map(|t| at(closes, t))
-        .collect())
+    Ok((LOOKBACK.saturating_sub(1)..closes.len()).map(|t| at(closes, t)).collect())
 }
 
 fn validate(closes: &[f64]) -> Result<(), FeatureError> {
     match closes.iter().position(|c| !(c.is_finite() && *c > 0.0)) {
-        Some(index) => Err(FeatureError::InvalidPrice {
-            index,
-            value: closes[index],
-        }),
+        Some(index) => Err(FeatureError::InvalidPrice { index, value: closes[index] }),
         None => Ok(()),
     }
 }
@@ -192,23 +171,11 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error() {
-        assert_eq!(
-            latest(&[1.0; 10]),
-            Err(FeatureError::TooShort {
-                have: 10,
-                need: LOOKBACK
-            })
-        );
+        assert_eq!(latest(&[1.0; 10]), Err(FeatureError::TooShort { have: 10, need: LOOKBACK }));
         let mut closes = vec![10.0; LOOKBACK];
         closes[7] = 0.0;
-        assert_eq!(
-            latest(&closes),
-            Err(FeatureError::InvalidPrice { index: 7, value: 0.0 })
-        );
+        assert_eq!(latest(&closes), Err(FeatureError::InvalidPrice { index: 7, value: 0.0 }));
         closes[7] = f64::NAN;
-        assert!(matches!(
-            series(&closes),
-            Err(FeatureError::InvalidPrice { index: 7, .. })
-        ));
+        assert!(matches!(series(&closes), Err(FeatureError::InvalidPrice { index: 7, .. })));
     }
 }

@@ -55,10 +55,7 @@ fn default_horizon() -> usize {
 
 impl Default for TrainRequest {
     fn default() -> Self {
-        Self {
-            period: default_period(),
-            horizon_days: default_horizon(),
-        }
+        Self { period: default_period(), horizon_days: default_horizon() }
     }
 }
 
@@ -116,11 +113,7 @@ pub enum StartError {
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("only {loaded} of {requested} symbols loaded, need {needed}")]
-    TooFewSymbols {
-        loaded: usize,
-        requested: usize,
-        needed: usize,
-    },
+    TooFewSymbols { loaded: usize, requested: usize, needed: usize },
     #[error(transparent)]
     Training(#[from] TrainingError),
     #[error("model rejected: held-out log loss {log_loss:.4} does not beat the baseline's {baseline:.4}")]
@@ -170,11 +163,7 @@ impl Trainer {
     ) -> Arc<Self> {
         let finished = Family::<StatusLabels, Counter>::default();
         let accuracy = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "clstock_training_jobs",
-            "Training jobs finished, by status",
-            finished.clone(),
-        );
+        registry.register("clstock_training_jobs", "Training jobs finished, by status", finished.clone());
         registry.register(
             "clstock_model_validation_accuracy",
             "Held-out accuracy of the model in use (0 for the built-in model)",
@@ -298,12 +287,7 @@ impl Trainer {
             r.stage = Some(Stage::SaveModel);
             r.validation = Some(metrics);
         });
-        let model = Model {
-            version: id,
-            trained_at: now(),
-            validation: Some(metrics),
-            ..fitted.model
-        };
+        let model = Model { version: id, trained_at: now(), validation: Some(metrics), ..fitted.model };
         self.save_model(model.clone()).await?;
         tracing::Span::current().record("model.version", model.version.as_str());
         self.accuracy.set(metrics.accuracy);
@@ -342,11 +326,7 @@ impl Trainer {
         span.record("symbols.failed", UNIVERSE.len() - histories.len());
         let needed = UNIVERSE.len().div_ceil(2);
         if histories.len() < needed {
-            return Err(TrainError::TooFewSymbols {
-                loaded: histories.len(),
-                requested: UNIVERSE.len(),
-                needed,
-            });
+            return Err(TrainError::TooFewSymbols { loaded: histories.len(), requested: UNIVERSE.len(), needed });
         }
         Ok(histories)
     }
@@ -417,10 +397,7 @@ fn validate_model(fitted: &Fitted, data: &Dataset) -> Result<Metrics, TrainError
     span.record("baseline.log_loss", metrics.baseline_log_loss);
     span.record("beats_baseline", metrics.beats_baseline());
     if !metrics.beats_baseline() {
-        return Err(TrainError::Rejected {
-            log_loss: metrics.log_loss,
-            baseline: metrics.baseline_log_loss,
-        });
+        return Err(TrainError::Rejected { log_loss: metrics.log_loss, baseline: metrics.baseline_log_loss });
     }
     Ok(metrics)
 }
@@ -443,14 +420,8 @@ mod tests {
         let slot = Arc::new(ModelSlot::new(Model::builtin()));
         let trainer = Trainer::new(provider, slot, dir.path().join("m.json"), &mut Registry::default());
 
-        let bad = trainer.start(TrainRequest {
-            horizon_days: 61,
-            ..TrainRequest::default()
-        });
-        assert_eq!(
-            bad.expect_err("horizon too long").to_string(),
-            "horizon_days must be between 1 and 60, got 61"
-        );
+        let bad = trainer.start(TrainRequest { horizon_days: 61, ..TrainRequest::default() });
+        assert_eq!(bad.expect_err("horizon too long").to_string(), "horizon_days must be between 1 and 60, got 61");
         let first = trainer.start(TrainRequest::default()).expect("starts");
         assert_eq!((first.id.as_str(), first.status), ("train-1", JobStatus::Running));
         let second = trainer.start(TrainRequest::default()).expect_err("one at a time");

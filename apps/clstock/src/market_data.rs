@@ -62,14 +62,7 @@ pub struct MarketDataConfig {
 impl MarketDataConfig {
     /// Defaults for everything but the address, no latency and no failures (for tests).
     pub fn quiet(listen: SocketAddr) -> Self {
-        Self {
-            listen,
-            seed: 3,
-            as_of: DEFAULT_AS_OF,
-            latency_ms: 0,
-            error_rate: 0.0,
-            empty_rate: 0.0,
-        }
+        Self { listen, seed: 3, as_of: DEFAULT_AS_OF, latency_ms: 0, error_rate: 0.0, empty_rate: 0.0 }
     }
 }
 
@@ -148,12 +141,7 @@ impl MarketData {
         }
         let histories = UNIVERSE
             .iter()
-            .map(|l| {
-                (
-                    l.ticker(),
-                    (l, synth::history(l, config.seed, config.as_of, MAX_TRADING_DAYS)),
-                )
-            })
+            .map(|l| (l.ticker(), (l, synth::history(l, config.seed, config.as_of, MAX_TRADING_DAYS))))
             .collect();
         let responses = Family::<OutcomeLabels, Counter>::default();
         registry.register(
@@ -161,19 +149,12 @@ impl MarketData {
             "History requests by outcome: ok, empty, outage, unknown_ticker, bad_request",
             responses.clone(),
         );
-        Ok(Arc::new(Self {
-            config,
-            histories,
-            draws: AtomicU64::new(0),
-            responses,
-        }))
+        Ok(Arc::new(Self { config, histories, draws: AtomicU64::new(0), responses }))
     }
 
     /// The traced routes plus `/metrics` and `/healthz`.
     pub fn router(self: &Arc<Self>, http_metrics: Arc<HttpMetrics>, registry: Arc<Registry>) -> Router {
-        let routes = Router::new()
-            .route("/v1/history/{ticker}", get(history))
-            .with_state(Arc::clone(self));
+        let routes = Router::new().route("/v1/history/{ticker}", get(history)).with_state(Arc::clone(self));
         with_observability(routes, http_metrics, registry)
     }
 
@@ -215,10 +196,8 @@ impl MarketData {
         err(level = "warn")
     )]
     async fn load_history(&self, ticker: &str, period: Period) -> Result<HistoryResponse, MarketDataError> {
-        let (listing, bars) = self
-            .histories
-            .get(ticker)
-            .ok_or_else(|| MarketDataError::UnknownTicker(ticker.to_owned()))?;
+        let (listing, bars) =
+            self.histories.get(ticker).ok_or_else(|| MarketDataError::UnknownTicker(ticker.to_owned()))?;
         tokio::time::sleep(self.latency()).await;
         let span = tracing::Span::current();
         let fault = self.fault();
@@ -238,12 +217,7 @@ impl MarketData {
             }
         };
         span.record("bars", bars.len());
-        Ok(HistoryResponse {
-            ticker: listing.ticker(),
-            currency: listing.market.currency().to_owned(),
-            period,
-            bars,
-        })
+        Ok(HistoryResponse { ticker: listing.ticker(), currency: listing.market.currency().to_owned(), period, bars })
     }
 }
 
@@ -284,20 +258,8 @@ mod tests {
 
     #[test]
     fn rates_are_validated() {
-        assert_eq!(
-            service(1.5, 0.0).err(),
-            Some(ConfigError::Rate {
-                name: "error_rate",
-                value: 1.5
-            })
-        );
-        assert_eq!(
-            service(0.0, -0.1).err(),
-            Some(ConfigError::Rate {
-                name: "empty_rate",
-                value: -0.1
-            })
-        );
+        assert_eq!(service(1.5, 0.0).err(), Some(ConfigError::Rate { name: "error_rate", value: 1.5 }));
+        assert_eq!(service(0.0, -0.1).err(), Some(ConfigError::Rate { name: "empty_rate", value: -0.1 }));
         assert_eq!(service(0.6, 0.6).err(), Some(ConfigError::RatesOverOne(1.2)));
     }
 

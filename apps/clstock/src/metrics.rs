@@ -62,26 +62,14 @@ impl HttpMetrics {
     pub async fn track(State(metrics): State<Arc<HttpMetrics>>, request: Request, next: Next) -> Response {
         let method = request.method().as_str().to_owned();
         // Unmatched paths share one label so scanners cannot grow the series without bound.
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        let route =
+            request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
         let started = Instant::now();
         let response = next.run(request).await;
         let labels = RouteLabels { method, route };
-        metrics
-            .duration
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+        metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
         let status = response.status().as_u16();
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                method: labels.method,
-                route: labels.route,
-                status,
-            })
-            .inc();
+        metrics.requests.get_or_create(&RequestLabels { method: labels.method, route: labels.route, status }).inc();
         response
     }
 }

@@ -106,26 +106,13 @@ impl Model {
 
     /// Checks that the model fits this build's features and holds only finite numbers.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let invalid = |reason: String| ModelError::Invalid {
-            version: self.version.clone(),
-            reason,
-        };
+        let invalid = |reason: String| ModelError::Invalid { version: self.version.clone(), reason };
         if self.features != FEATURE_NAMES {
-            return Err(invalid(format!(
-                "features {:?}, expected {FEATURE_NAMES:?}",
-                self.features
-            )));
+            return Err(invalid(format!("features {:?}, expected {FEATURE_NAMES:?}", self.features)));
         }
-        for (name, values) in [
-            ("means", &self.means),
-            ("scales", &self.scales),
-            ("weights", &self.weights),
-        ] {
+        for (name, values) in [("means", &self.means), ("scales", &self.scales), ("weights", &self.weights)] {
             if values.len() != FEATURE_COUNT {
-                return Err(invalid(format!(
-                    "{name} has {} values, expected {FEATURE_COUNT}",
-                    values.len()
-                )));
+                return Err(invalid(format!("{name} has {} values, expected {FEATURE_COUNT}", values.len())));
             }
             if values.iter().any(|v| !v.is_finite()) {
                 return Err(invalid(format!("{name} holds a non-finite value")));
@@ -142,14 +129,9 @@ impl Model {
 
     /// Reads and validates a model file.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        let text = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let model: Model = serde_json::from_slice(&text).map_err(|source| ModelError::Json {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+        let model: Model =
+            serde_json::from_slice(&text).map_err(|source| ModelError::Json { path: path.to_owned(), source })?;
         model.validate()?;
         Ok(model)
     }
@@ -157,14 +139,9 @@ impl Model {
     /// Writes the model atomically (a temporary file renamed over `path`), so a reader never
     /// sees half a model.
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let io = |source| ModelError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let json = serde_json::to_vec_pretty(self).map_err(|source| ModelError::Json {
-            path: path.to_owned(),
-            source,
-        })?;
+        let io = |source| ModelError::Io { path: path.to_owned(), source };
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|source| ModelError::Json { path: path.to_owned(), source })?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -192,11 +169,7 @@ pub struct FitOptions {
 
 impl Default for FitOptions {
     fn default() -> Self {
-        Self {
-            ridge: 1.0,
-            max_iterations: 50,
-            tolerance: 1e-8,
-        }
+        Self { ridge: 1.0, max_iterations: 50, tolerance: 1e-8 }
     }
 }
 
@@ -213,11 +186,7 @@ pub struct Fitted {
 /// Fits a logistic regression of `rose` on `x` by Newton's method with an L2 penalty.
 pub fn fit(x: &[Vector], rose: &[bool], horizon_days: usize, options: FitOptions) -> Result<Fitted, ModelError> {
     if x.len() != rose.len() {
-        return Err(ModelError::Fit(format!(
-            "{} feature rows but {} labels",
-            x.len(),
-            rose.len()
-        )));
+        return Err(ModelError::Fit(format!("{} feature rows but {} labels", x.len(), rose.len())));
     }
     if x.len() < 2 * (FEATURE_COUNT + 1) {
         return Err(ModelError::Fit(format!("{} samples are too few", x.len())));
@@ -281,12 +250,7 @@ pub fn fit(x: &[Vector], rose: &[bool], horizon_days: usize, options: FitOptions
         validation: None,
     };
     let train_log_loss = log_loss(x.iter().map(|v| model.predict_vector(v)), rose);
-    Ok(Fitted {
-        model,
-        iterations,
-        converged,
-        train_log_loss,
-    })
+    Ok(Fitted { model, iterations, converged, train_log_loss })
 }
 
 /// Per-feature mean and standard deviation (1 for a constant feature, so it drops out).
@@ -393,10 +357,7 @@ mod tests {
             rose.push(rng.next_f64() < sigmoid(0.3 + 2.0 * v[0] - v[1]));
             x.push(v);
         }
-        let options = FitOptions {
-            ridge: 1e-6,
-            ..FitOptions::default()
-        };
+        let options = FitOptions { ridge: 1e-6, ..FitOptions::default() };
         let fitted = fit(&x, &rose, 5, options).expect("fits");
         assert!(fitted.converged, "{fitted:?}");
         let m = &fitted.model;
@@ -410,14 +371,8 @@ mod tests {
     #[test]
     fn fit_rejects_bad_input() {
         let x = vec![[0.0; FEATURE_COUNT]; 3];
-        assert!(matches!(
-            fit(&x, &[true, false, true], 5, FitOptions::default()),
-            Err(ModelError::Fit(_))
-        ));
-        assert!(matches!(
-            fit(&x, &[true], 5, FitOptions::default()),
-            Err(ModelError::Fit(_))
-        ));
+        assert!(matches!(fit(&x, &[true, false, true], 5, FitOptions::default()), Err(ModelError::Fit(_))));
+        assert!(matches!(fit(&x, &[true], 5, FitOptions::default()), Err(ModelError::Fit(_))));
     }
 
     #[test]
@@ -434,25 +389,16 @@ mod tests {
     fn saved_models_load_and_broken_ones_do_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("nested/model.json");
-        let model = Model {
-            version: "train-7".into(),
-            ..Model::builtin()
-        };
+        let model = Model { version: "train-7".into(), ..Model::builtin() };
         model.save(&path).expect("saves");
         assert_eq!(Model::load(&path).expect("loads"), model);
 
-        let wrong = Model {
-            weights: vec![1.0],
-            ..Model::builtin()
-        };
+        let wrong = Model { weights: vec![1.0], ..Model::builtin() };
         wrong.save(&path).expect("saves");
         let error = Model::load(&path).expect_err("three weights short");
         assert!(error.to_string().contains("weights has 1 values"), "{error}");
         std::fs::write(&path, "{").expect("write");
         assert!(matches!(Model::load(&path), Err(ModelError::Json { .. })));
-        assert!(matches!(
-            Model::load(&dir.path().join("missing.json")),
-            Err(ModelError::Io { .. })
-        ));
+        assert!(matches!(Model::load(&dir.path().join("missing.json")), Err(ModelError::Io { .. })));
     }
 }

@@ -100,16 +100,8 @@ impl StockPredictor {
         registry: &mut prometheus_client::registry::Registry,
     ) -> Self {
         let predictions = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "clstock_predictions",
-            "Symbols scored, by outcome: ok or error",
-            predictions.clone(),
-        );
-        Self {
-            provider,
-            model,
-            predictions,
-        }
+        registry.register("clstock_predictions", "Symbols scored, by outcome: ok or error", predictions.clone());
+        Self { provider, model, predictions }
     }
 
     pub fn provider(&self) -> &StockDataProvider {
@@ -136,10 +128,8 @@ impl StockPredictor {
             return Err(PredictError::NoData(symbol.to_owned()));
         };
         let closes: Vec<f64> = bars.iter().map(|b| b.close).collect();
-        let features = features::latest(&closes).map_err(|source| PredictError::Features {
-            symbol: symbol.to_owned(),
-            source,
-        })?;
+        let features =
+            features::latest(&closes).map_err(|source| PredictError::Features { symbol: symbol.to_owned(), source })?;
         let model = self.model.current();
         let score = model.predict(&features);
         let span = tracing::Span::current();
@@ -168,14 +158,7 @@ impl StockPredictor {
             async move { predictor.calculate_score(&symbol).await }
         });
         let results = spindle_sdk::join_all_in_current_span(tasks).await;
-        symbols
-            .into_iter()
-            .zip(
-                results
-                    .into_iter()
-                    .map(|r| r.map_err(PredictError::from).and_then(|r| r)),
-            )
-            .collect()
+        symbols.into_iter().zip(results.into_iter().map(|r| r.map_err(PredictError::from).and_then(|r| r))).collect()
     }
 
     /// Ranks the universe by score and returns the best `top_n`, with the symbols that could
@@ -208,11 +191,7 @@ impl StockPredictor {
         scored.sort_by(|a, b| b.score.total_cmp(&a.score));
         scored.truncate(top_n);
         span.record("recommendation_count", scored.len());
-        Ok(Recommendations {
-            top_n,
-            recommendations: scored,
-            skipped,
-        })
+        Ok(Recommendations { top_n, recommendations: scored, skipped })
     }
 
     /// Predicts `symbols` concurrently under one `batch_predictions` span with a

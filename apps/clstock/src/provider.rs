@@ -24,18 +24,11 @@ pub enum DataError {
     #[error("invalid symbol {0:?}, expected 1 to 12 letters, digits, '.' or '-'")]
     InvalidSymbol(String),
     #[error("market data request for {ticker} failed: {source}")]
-    Request {
-        ticker: String,
-        source: reqwest_middleware::Error,
-    },
+    Request { ticker: String, source: reqwest_middleware::Error },
     #[error("market data has no ticker {0}")]
     UnknownTicker(String),
     #[error("market data answered {status} for {ticker}: {message}")]
-    Upstream {
-        ticker: String,
-        status: u16,
-        message: String,
-    },
+    Upstream { ticker: String, status: u16, message: String },
     #[error("market data for {ticker} is unreadable: {source}")]
     Decode { ticker: String, source: reqwest::Error },
     #[error("market data client is shutting down")]
@@ -59,13 +52,7 @@ impl StockDataProvider {
         Ok(Self {
             client: traced_client(client),
             base_url: base_url.trim_end_matches('/').to_owned(),
-            jp_stock_codes: Arc::new(
-                UNIVERSE
-                    .iter()
-                    .filter(|l| l.market == Market::Jp)
-                    .map(|l| l.symbol)
-                    .collect(),
-            ),
+            jp_stock_codes: Arc::new(UNIVERSE.iter().filter(|l| l.market == Market::Jp).map(|l| l.symbol).collect()),
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
         })
     }
@@ -100,10 +87,8 @@ impl StockDataProvider {
             let _permit = self.in_flight.acquire().await.map_err(|_| DataError::Closed)?;
             self.http_get(&url, &ticker).await?
         };
-        let history: HistoryResponse = response.json().await.map_err(|source| DataError::Decode {
-            ticker: ticker.clone(),
-            source,
-        })?;
+        let history: HistoryResponse =
+            response.json().await.map_err(|source| DataError::Decode { ticker: ticker.clone(), source })?;
         span.record("data_points", history.bars.len());
         if history.bars.is_empty() {
             tracing::warn!(symbol, ticker = %ticker, "No data returned");
@@ -120,10 +105,12 @@ impl StockDataProvider {
         err(level = "warn")
     )]
     async fn http_get(&self, url: &str, ticker: &str) -> Result<reqwest::Response, DataError> {
-        let response = self.client.get(url).send().await.map_err(|source| DataError::Request {
-            ticker: ticker.to_owned(),
-            source,
-        })?;
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|source| DataError::Request { ticker: ticker.to_owned(), source })?;
         let status = response.status();
         tracing::Span::current().record("http.response.status_code", status.as_u16());
         match status {
@@ -135,11 +122,7 @@ impl StockDataProvider {
                     .ok()
                     .and_then(|v| v["error"].as_str().map(str::to_owned))
                     .unwrap_or(body);
-                Err(DataError::Upstream {
-                    ticker: ticker.to_owned(),
-                    status: s.as_u16(),
-                    message,
-                })
+                Err(DataError::Upstream { ticker: ticker.to_owned(), status: s.as_u16(), message })
             }
         }
     }
@@ -148,10 +131,7 @@ impl StockDataProvider {
 /// Letters, digits, `.` and `-`, 1 to 12 of them: every real ticker, and nothing that could
 /// change the request URL.
 pub fn is_valid_symbol(symbol: &str) -> bool {
-    (1..=12).contains(&symbol.len())
-        && symbol
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    (1..=12).contains(&symbol.len()) && symbol.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
 #[cfg(test)]

@@ -29,9 +29,7 @@ pub fn with_observability(routes: Router, http_metrics: Arc<HttpMetrics>, regist
 
 /// Serves `app` on `listener` until SIGINT or SIGTERM, then lets requests in flight finish.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

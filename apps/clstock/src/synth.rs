@@ -45,9 +45,9 @@ impl SplitMix64 {
 
 /// FNV-1a of the upper-cased ticker: a stable per-ticker seed.
 fn ticker_hash(ticker: &str) -> u64 {
-    ticker.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b.to_ascii_uppercase())).wrapping_mul(0x0100_0000_01b3)
-    })
+    ticker
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b.to_ascii_uppercase())).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Long-run daily log drift (about 7% a year).
@@ -130,10 +130,7 @@ mod tests {
         for listing in UNIVERSE {
             for bar in history(listing, 1, as_of(), 522) {
                 assert!(bar.low > 0.0, "{listing:?} {bar:?}");
-                assert!(
-                    bar.low <= bar.open.min(bar.close) && bar.high >= bar.open.max(bar.close),
-                    "{bar:?}"
-                );
+                assert!(bar.low <= bar.open.min(bar.close) && bar.high >= bar.open.max(bar.close), "{bar:?}");
                 assert!(bar.volume > 0);
             }
         }

@@ -47,15 +47,11 @@ pub fn build_dataset(
 ) -> Result<Dataset, TrainingError> {
     let mut data = Dataset::default();
     for (symbol, closes) in histories {
-        let rows = features::series(closes).map_err(|source| TrainingError::Features {
-            symbol: symbol.clone(),
-            source,
-        })?;
+        let rows =
+            features::series(closes).map_err(|source| TrainingError::Features { symbol: symbol.clone(), source })?;
         let first_day = features::LOOKBACK - 1;
         // Day where validation starts; training labels must resolve before it.
-        let split = closes
-            .len()
-            .saturating_sub(((closes.len() as f64) * validation_share).round() as usize);
+        let split = closes.len().saturating_sub(((closes.len() as f64) * validation_share).round() as usize);
         for (i, row) in rows.iter().enumerate() {
             let day = first_day + i;
             let Some(future) = closes.get(day + horizon) else { break };
@@ -70,22 +66,14 @@ pub fn build_dataset(
         }
     }
     if data.train_x.len() < MIN_SAMPLES || data.valid_x.len() < MIN_SAMPLES {
-        return Err(TrainingError::TooFewSamples {
-            train: data.train_x.len(),
-            validation: data.valid_x.len(),
-        });
+        return Err(TrainingError::TooFewSamples { train: data.train_x.len(), validation: data.valid_x.len() });
     }
     Ok(data)
 }
 
 /// Fits on the training part of `data`.
 pub fn fit(data: &Dataset, horizon: usize) -> Result<Fitted, TrainingError> {
-    Ok(model::fit(
-        &data.train_x,
-        &data.train_rose,
-        horizon,
-        FitOptions::default(),
-    )?)
+    Ok(model::fit(&data.train_x, &data.train_rose, horizon, FitOptions::default())?)
 }
 
 /// Scores `fitted` on the validation part of `data`.
@@ -114,9 +102,6 @@ mod tests {
         let error = build_dataset(&[("X".into(), closes)], 10, 0.2).expect_err("too short");
         assert!(matches!(error, TrainingError::TooFewSamples { .. }), "{error}");
         let error = build_dataset(&[("BAD".into(), vec![1.0, -1.0])], 10, 0.2).expect_err("bad price");
-        assert_eq!(
-            error.to_string(),
-            "history of BAD is unusable: close 1 is -1, expected a positive finite price"
-        );
+        assert_eq!(error.to_string(), "history of BAD is unusable: close 1 is -1, expected a positive finite price");
     }
 }

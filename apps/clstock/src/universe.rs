@@ -42,19 +42,11 @@ impl Listing {
 }
 
 const fn us(symbol: &'static str, name: &'static str) -> Listing {
-    Listing {
-        symbol,
-        name,
-        market: Market::Us,
-    }
+    Listing { symbol, name, market: Market::Us }
 }
 
 const fn jp(symbol: &'static str, name: &'static str) -> Listing {
-    Listing {
-        symbol,
-        name,
-        market: Market::Jp,
-    }
+    Listing { symbol, name, market: Market::Jp }
 }
 
 /// Every stock ClStock knows, US first.
@@ -81,10 +73,7 @@ pub const UNIVERSE: &[Listing] = &[
 
 /// The listing a user-facing symbol names (case-insensitive; `7203.T` finds `7203` too).
 pub fn by_symbol(symbol: &str) -> Option<&'static Listing> {
-    let bare = symbol
-        .strip_suffix(".T")
-        .or_else(|| symbol.strip_suffix(".t"))
-        .unwrap_or(symbol);
+    let bare = symbol.strip_suffix(".T").or_else(|| symbol.strip_suffix(".t")).unwrap_or(symbol);
     UNIVERSE.iter().find(|l| l.symbol.eq_ignore_ascii_case(bare))
 }
 

@@ -37,18 +37,9 @@ fn assert_fetch_crosses_services(trace: &Trace, load: &TraceSpan) {
     let server = trace.parent_of(load).expect("load_history has its server span");
     assert_eq!(server.tag("span.kind"), Some("server"), "{server:?}");
     assert_eq!(server.tag("http.route"), Some("/v1/history/{ticker}"));
-    let client = trace
-        .parent_of(server)
-        .expect("the server span has the api's client span");
-    assert_eq!(
-        (client.service.as_str(), client.tag("span.kind")),
-        (API, Some("client")),
-        "{client:?}"
-    );
-    assert_eq!(
-        client.tag("http.response.status_code"),
-        server.tag("http.response.status_code")
-    );
+    let client = trace.parent_of(server).expect("the server span has the api's client span");
+    assert_eq!((client.service.as_str(), client.tag("span.kind")), (API, Some("client")), "{client:?}");
+    assert_eq!(client.tag("http.response.status_code"), server.tag("http.response.status_code"));
 }
 
 /// Checks that every symbol of the universe was fetched once from under `tail`, across both
@@ -65,20 +56,14 @@ fn universe_fetched<'a>(trace: &'a Trace, tail: &[&str]) -> Vec<&'a TraceSpan> {
 
 /// Polls `GET /train/{id}` until the job is no longer running; its last state.
 fn finished_job(api: &Service, id: &str) -> serde_json::Value {
-    support::poll(
-        &format!("training job {id} to finish"),
-        std::time::Duration::from_secs(120),
-        || {
-            let status = api.get(&format!("/train/{id}")).json();
-            (status["status"] != "running").then_some(status)
-        },
-    )
+    support::poll(&format!("training job {id} to finish"), std::time::Duration::from_secs(120), || {
+        let status = api.get(&format!("/train/{id}")).json();
+        (status["status"] != "running").then_some(status)
+    })
 }
 
 fn score_of(span: &TraceSpan) -> f64 {
-    span.tag("score")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no score on {span:?}"))
+    span.tag("score").and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no score on {span:?}"))
 }
 
 #[test]
@@ -94,10 +79,7 @@ fn request_flow_prediction_and_data_fetching_are_each_one_trace_across_both_serv
     let body = reply.json();
     let recommended = body["recommendations"].as_array().expect("recommendations");
     assert_eq!(recommended.len(), 3, "{body}");
-    let scores: Vec<f64> = recommended
-        .iter()
-        .map(|r| r["score"].as_f64().expect("score"))
-        .collect();
+    let scores: Vec<f64> = recommended.iter().map(|r| r["score"].as_f64().expect("score")).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
     let trace = spindle.wait_for_spans(reply.trace_id(), 2 + UNIVERSE_SIZE * (1 + FETCH_SPANS));
     let root = trace.one(API, "GET /recommendations");
@@ -109,9 +91,7 @@ fn request_flow_prediction_and_data_fetching_are_each_one_trace_across_both_serv
     assert_eq!(ranking.tag("recommendation_count"), Some("3"));
     let scored: Vec<&TraceSpan> = trace.named(API, "calculate_score").collect();
     assert_eq!(scored.len(), UNIVERSE_SIZE);
-    assert!(scored
-        .iter()
-        .all(|s| s.parent.as_deref() == Some(ranking.span_id.as_str())));
+    assert!(scored.iter().all(|s| s.parent.as_deref() == Some(ranking.span_id.as_str())));
     let mut span_scores: Vec<f64> = scored.iter().map(|s| score_of(s)).collect();
     span_scores.sort_by(|a, b| b.total_cmp(a));
     for (body_score, span_score) in scores.iter().zip(&span_scores) {
@@ -120,18 +100,9 @@ fn request_flow_prediction_and_data_fetching_are_each_one_trace_across_both_serv
             "the top scores are the best spans: {scores:?} {span_scores:?}"
         );
     }
-    universe_fetched(
-        &trace,
-        &["calculate_score", "get_recommendations", "GET /recommendations"],
-    );
-    let tickers: BTreeSet<&str> = trace
-        .named(API, "get_stock_data")
-        .filter_map(|s| s.tag("ticker"))
-        .collect();
-    assert!(
-        tickers.contains("7203.T") && tickers.contains("AAPL"),
-        "tokyo codes are fetched as .T: {tickers:?}"
-    );
+    universe_fetched(&trace, &["calculate_score", "get_recommendations", "GET /recommendations"]);
+    let tickers: BTreeSet<&str> = trace.named(API, "get_stock_data").filter_map(|s| s.tag("ticker")).collect();
+    assert!(tickers.contains("7203.T") && tickers.contains("AAPL"), "tokyo codes are fetched as .T: {tickers:?}");
 
     // 2. Prediction workflow: one symbol, a Tokyo one.
     let reply = api.get("/predict/7203");
@@ -142,10 +113,7 @@ fn request_flow_prediction_and_data_fetching_are_each_one_trace_across_both_serv
     let trace = spindle.wait_for_spans(reply.trace_id(), 2 + FETCH_SPANS);
     assert_eq!(trace.0.len(), 2 + FETCH_SPANS, "{:#?}", trace.summary());
     let load = trace.one(MARKET, "load_history");
-    assert_eq!(
-        trace.ancestry(load),
-        fetch_chain(&["calculate_score", "GET /predict/{symbol}"])
-    );
+    assert_eq!(trace.ancestry(load), fetch_chain(&["calculate_score", "GET /predict/{symbol}"]));
     assert_fetch_crosses_services(&trace, load);
     let score = trace.one(API, "calculate_score");
     assert_eq!(score.tag("symbol"), Some("7203"));
@@ -164,12 +132,7 @@ fn request_flow_prediction_and_data_fetching_are_each_one_trace_across_both_serv
     assert_eq!(trace.ancestry(load), fetch_chain(&["GET /data/{symbol}"]));
     assert_eq!(load.tag("bars"), Some("130"));
     let fetch = trace.one(API, "get_stock_data");
-    for (key, value) in [
-        ("symbol", "AAPL"),
-        ("period", "6mo"),
-        ("ticker", "AAPL"),
-        ("data_points", "130"),
-    ] {
+    for (key, value) in [("symbol", "AAPL"), ("period", "6mo"), ("ticker", "AAPL"), ("data_points", "130")] {
         assert_eq!(fetch.tag(key), Some(value), "{key} on {fetch:?}");
     }
     assert!(fetch.event("No data returned").is_none());
@@ -184,9 +147,7 @@ fn request_flow_prediction_and_data_fetching_are_each_one_trace_across_both_serv
         let root = trace.one(API, "GET /recommendations");
         assert!(root.is_error(), "{root:?}");
         assert_eq!(root.tag("http.response.status_code"), Some("422"));
-        let exception = root
-            .event("exception")
-            .unwrap_or_else(|| panic!("exception event on {root:?}"));
+        let exception = root.event("exception").unwrap_or_else(|| panic!("exception event on {root:?}"));
         assert_eq!(exception.get("exception.message"), Some(&message));
         assert_eq!(reply.json()["trace_id"], reply.trace_id());
     }
@@ -215,14 +176,8 @@ fn request_flow_prediction_and_data_fetching_are_each_one_trace_across_both_serv
         assert!(metrics.contains(expected), "{expected} in {metrics}");
     }
     let metrics = market.get("/metrics").body;
-    assert!(
-        metrics.contains(r#"market_data_responses_total{outcome="ok"} 20"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"market_data_responses_total{outcome="unknown_ticker"} 1"#),
-        "{metrics}"
-    );
+    assert!(metrics.contains(r#"market_data_responses_total{outcome="ok"} 20"#), "{metrics}");
+    assert!(metrics.contains(r#"market_data_responses_total{outcome="unknown_ticker"} 1"#), "{metrics}");
 }
 
 #[test]
@@ -239,30 +194,18 @@ fn a_training_job_is_one_trace_with_its_stages_in_order_and_its_model_is_used_af
     assert_eq!(job["id"], "train-1");
     assert_eq!(job["status"], "running");
     assert_eq!(job["trace_id"], reply.trace_id());
-    assert_eq!(
-        reply.headers.get("location").and_then(|v| v.to_str().ok()),
-        Some("/train/train-1")
-    );
+    assert_eq!(reply.headers.get("location").and_then(|v| v.to_str().ok()), Some("/train/train-1"));
 
     let done = finished_job(&api, "train-1");
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["model_version"], "train-1");
     assert_eq!(done["symbols_loaded"], UNIVERSE_SIZE);
     let accuracy = done["validation"]["accuracy"].as_f64().expect("accuracy");
-    assert!(
-        accuracy > done["validation"]["baseline_accuracy"].as_f64().expect("baseline"),
-        "{done}"
-    );
+    assert!(accuracy > done["validation"]["baseline_accuracy"].as_f64().expect("baseline"), "{done}");
     assert!(model_path.is_file(), "the model is saved");
 
     // 4. Model training: the POST's server span, the job under it, its stages in order.
-    let stages = [
-        "load_data",
-        "build_features",
-        "fit_model",
-        "validate_model",
-        "save_model",
-    ];
+    let stages = ["load_data", "build_features", "fit_model", "validate_model", "save_model"];
     let trace = spindle.wait_for_spans(reply.trace_id(), 2 + stages.len() + UNIVERSE_SIZE * FETCH_SPANS);
     let root = trace.one(API, "POST /train");
     assert_eq!(root.parent, None);
@@ -290,10 +233,8 @@ fn a_training_job_is_one_trace_with_its_stages_in_order_and_its_model_is_used_af
         );
     }
     let validate = trace.one(API, "validate_model");
-    let span_accuracy: f64 = validate
-        .tag("validation.accuracy")
-        .and_then(|v| v.parse().ok())
-        .expect("validation.accuracy");
+    let span_accuracy: f64 =
+        validate.tag("validation.accuracy").and_then(|v| v.parse().ok()).expect("validation.accuracy");
     assert!((span_accuracy - accuracy).abs() < 1e-9);
     assert_eq!(validate.tag("beats_baseline"), Some("true"));
     assert!(validate.tag("baseline.log_loss").is_some() && validate.tag("validation.log_loss").is_some());
@@ -327,17 +268,10 @@ fn a_batch_fans_out_under_one_span_with_a_concurrent_child_per_symbol() {
     let api = Service::api(&spindle, &market, &dir.path().join("model.json"));
 
     let symbols = ["AAPL", "7203", "MSFT", "6758", "NVDA"];
-    let reply = api.post(
-        "/batch/predictions",
-        &serde_json::json!({ "symbols": symbols }).to_string(),
-    );
+    let reply = api.post("/batch/predictions", &serde_json::json!({ "symbols": symbols }).to_string());
     assert_eq!(reply.status, 200, "{reply:?}");
     let body = reply.json();
-    assert_eq!(
-        (body["succeeded"].as_u64(), body["failed"].as_u64()),
-        (Some(5), Some(0)),
-        "{body}"
-    );
+    assert_eq!((body["succeeded"].as_u64(), body["failed"].as_u64()), (Some(5), Some(0)), "{body}");
 
     // 5. Batch processing: every child under the batch span, each crossing to market data.
     let trace = spindle.wait_for_spans(reply.trace_id(), 2 + symbols.len() * (1 + FETCH_SPANS));
@@ -362,12 +296,7 @@ fn a_batch_fans_out_under_one_span_with_a_concurrent_child_per_symbol() {
     assert!(last_start < first_end, "the children ran concurrently: {children:#?}");
 
     // Bad batches are refused before any work, as traced errors.
-    for bad in [
-        r#"{"symbols": []}"#,
-        r#"{"symbols": ["A B"]}"#,
-        r#"{"tickers": ["AAPL"]}"#,
-        "not json",
-    ] {
+    for bad in [r#"{"symbols": []}"#, r#"{"symbols": ["A B"]}"#, r#"{"tickers": ["AAPL"]}"#, "not json"] {
         let reply = api.post("/batch/predictions", bad);
         assert_eq!(reply.status, 422, "{bad}: {reply:?}");
         let trace = spindle.wait_for_spans(reply.trace_id(), 1);
@@ -385,59 +314,31 @@ fn market_data_failures_and_empty_answers_show_in_the_api_traces() {
     let reply = api.get("/predict/AAPL");
     assert_eq!(reply.status, 502, "{reply:?}");
     let error = reply.json()["error"].as_str().map(str::to_owned).unwrap_or_default();
-    assert_eq!(
-        error,
-        "market data answered 503 for AAPL: simulated upstream outage for AAPL"
-    );
+    assert_eq!(error, "market data answered 503 for AAPL: simulated upstream outage for AAPL");
     let trace = spindle.wait_for_spans(reply.trace_id(), 2 + FETCH_SPANS);
     let load = trace.one(MARKET, "load_history");
-    assert_eq!(
-        trace.ancestry(load),
-        fetch_chain(&["calculate_score", "GET /predict/{symbol}"])
-    );
+    assert_eq!(trace.ancestry(load), fetch_chain(&["calculate_score", "GET /predict/{symbol}"]));
     // Every span from the failure up to the api's root is marked, with the reason where the
     // code saw it.
     let mut span = load;
     loop {
-        assert!(
-            span.is_error(),
-            "{} of {} is an error: {span:?}",
-            span.operation,
-            span.service
-        );
+        assert!(span.is_error(), "{} of {} is an error: {span:?}", span.operation, span.service);
         match trace.parent_of(span) {
             Some(parent) => span = parent,
             None => break,
         }
     }
-    assert_eq!(
-        trace
-            .one(MARKET, "GET /v1/history/{ticker}")
-            .tag("http.response.status_code"),
-        Some("503")
-    );
-    assert_eq!(
-        trace.one(API, "GET /predict/{symbol}").tag("http.response.status_code"),
-        Some("502")
-    );
+    assert_eq!(trace.one(MARKET, "GET /v1/history/{ticker}").tag("http.response.status_code"), Some("503"));
+    assert_eq!(trace.one(API, "GET /predict/{symbol}").tag("http.response.status_code"), Some("502"));
     for operation in ["http_get", "get_stock_data", "calculate_score"] {
         let exception = trace.one(API, operation).event("exception");
-        let message = exception
-            .and_then(|e| e.get("exception.message"))
-            .map(String::as_str)
-            .unwrap_or_default();
-        assert!(
-            message.contains("simulated upstream outage for AAPL"),
-            "{operation}: {message:?}"
-        );
+        let message = exception.and_then(|e| e.get("exception.message")).map(String::as_str).unwrap_or_default();
+        assert!(message.contains("simulated upstream outage for AAPL"), "{operation}: {message:?}");
     }
 
     let reply = api.get("/recommendations");
     assert_eq!(reply.status, 502, "{reply:?}");
-    assert_eq!(
-        reply.json()["error"],
-        format!("no symbol could be scored, {UNIVERSE_SIZE} failed")
-    );
+    assert_eq!(reply.json()["error"], format!("no symbol could be scored, {UNIVERSE_SIZE} failed"));
     let trace = spindle.wait_for_spans(reply.trace_id(), 2 + UNIVERSE_SIZE * (1 + FETCH_SPANS));
     assert!(trace.named(API, "calculate_score").all(TraceSpan::is_error));
     assert!(trace.one(API, "get_recommendations").is_error());
@@ -448,10 +349,7 @@ fn market_data_failures_and_empty_answers_show_in_the_api_traces() {
     let done = finished_job(&api, "train-1");
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["stage"], "load_data");
-    assert_eq!(
-        done["error"],
-        format!("only 0 of {UNIVERSE_SIZE} symbols loaded, need 9")
-    );
+    assert_eq!(done["error"], format!("only 0 of {UNIVERSE_SIZE} symbols loaded, need 9"));
     let trace = spindle.wait_for_trace(reply.trace_id(), "a failed train_model", |t| {
         t.named(API, "train_model").any(TraceSpan::is_error)
     });
@@ -471,9 +369,7 @@ fn market_data_failures_and_empty_answers_show_in_the_api_traces() {
     let fetch = trace.one(API, "get_stock_data");
     assert_eq!(fetch.tag("data_points"), Some("0"));
     assert!(!fetch.is_error());
-    let event = fetch
-        .event("No data returned")
-        .unwrap_or_else(|| panic!("no data event on {fetch:?}"));
+    let event = fetch.event("No data returned").unwrap_or_else(|| panic!("no data event on {fetch:?}"));
     assert_eq!(event.get("ticker").map(String::as_str), Some("7203.T"));
     assert_eq!(trace.one(MARKET, "load_history").tag("fault"), Some("empty"));
 

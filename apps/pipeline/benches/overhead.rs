@@ -63,7 +63,10 @@ fn main() {
     let spindle = Spindle::start();
     let query_addr = spindle.query.trim_start_matches("http://");
     let spindle_pid = pid_with_arg(query_addr).expect("the spindle process is found by its query address");
-    println!("{messages} snapshots a run, rate {}, {rounds} rounds", if rate > 0.0 { format!("{rate}/s") } else { "flat out".into() });
+    println!(
+        "{messages} snapshots a run, rate {}, {rounds} rounds",
+        if rate > 0.0 { format!("{rate}/s") } else { "flat out".into() }
+    );
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         off.push(measure(spindle_pid, Tracing::Off, messages, rate, &format!("{round} off")));
@@ -71,7 +74,8 @@ fn main() {
     }
     let throughput = |runs: &[Measured]| median(runs.iter().map(|m| m.run.throughput()).collect());
     let cpu = |runs: &[Measured]| median(runs.iter().map(|m| m.run.cpu_per_message_us()).collect());
-    let backend = |runs: &[Measured]| median(runs.iter().map(|m| m.spindle_cpu * 1e6 / m.run.messages as f64).collect());
+    let backend =
+        |runs: &[Measured]| median(runs.iter().map(|m| m.spindle_cpu * 1e6 / m.run.messages as f64).collect());
     println!(
         "median: off {:.0} msg/s, {:.0} µs CPU/msg | on {:.0} msg/s, {:.0} µs CPU/msg, spindle {:.0} µs CPU/msg",
         throughput(&off),

@@ -243,8 +243,7 @@ impl Contract {
                 },
             };
         }
-        let d1 = ((self.spot / self.strike).ln() + (r - q + 0.5 * volatility * volatility) * t)
-            / sigma_sqrt_t;
+        let d1 = ((self.spot / self.strike).ln() + (r - q + 0.5 * volatility * volatility) * t) / sigma_sqrt_t;
         let d2 = d1 - sigma_sqrt_t;
         let density = norm_pdf(d1);
         let decay = -s * density * volatility / (2.0 * sqrt_t);
@@ -272,11 +271,7 @@ pub fn implied_volatility(contract: &Contract, price: f64) -> Result<ImpliedVol,
 /// bracket, vega vanishes or Newton does not converge. The price is increasing in
 /// volatility, so the bracket `[min_vol, max_vol]` always holds the root when the price lies
 /// between the values at its ends; otherwise there is no root and the error says which side.
-pub fn implied_volatility_with(
-    contract: &Contract,
-    price: f64,
-    settings: &IvSettings,
-) -> Result<ImpliedVol, IvError> {
+pub fn implied_volatility_with(contract: &Contract, price: f64, settings: &IvSettings) -> Result<ImpliedVol, IvError> {
     if !price.is_finite() {
         return Err(IvError::NotFinite { price });
     }
@@ -292,8 +287,8 @@ pub fn implied_volatility_with(
 
     // Manaster–Koehler: the volatility at which d1 or d2 is zero, where vega is largest
     // along the way to the root, so Newton converges monotonically from here in most cases.
-    let forward_moneyness = (contract.spot / contract.strike).ln()
-        + (contract.rate - contract.dividend_yield) * contract.time_years;
+    let forward_moneyness =
+        (contract.spot / contract.strike).ln() + (contract.rate - contract.dividend_yield) * contract.time_years;
     let mut sigma = (2.0 * forward_moneyness.abs() / contract.time_years).sqrt().clamp(0.05, 3.0);
     if !(low..=high).contains(&sigma) {
         sigma = 0.5 * (low + high);

@@ -147,7 +147,8 @@ impl Database {
         if config.get_application_name().is_none() {
             config.application_name("storage-service");
         }
-        let namespace = config.get_dbname().map_or_else(|| config.get_user().unwrap_or("postgres").to_owned(), str::to_owned);
+        let namespace =
+            config.get_dbname().map_or_else(|| config.get_user().unwrap_or("postgres").to_owned(), str::to_owned);
         let server_address = match config.get_hosts().first() {
             Some(Host::Tcp(host)) => host.clone(),
             #[cfg(unix)]

@@ -89,17 +89,21 @@ impl SimulatedMarket {
         let now = self.clock_ms;
         self.clock_ms += self.settings.step_ms.max(1);
         let seed = self.settings.seed;
-        let underlying = self
-            .underlyings
-            .entry(symbol.to_owned())
-            .or_insert_with(|| Underlying::new(seed, symbol, now));
+        let underlying =
+            self.underlyings.entry(symbol.to_owned()).or_insert_with(|| Underlying::new(seed, symbol, now));
         underlying.advance_to(now);
 
         let rng = &mut underlying.rng;
         let option_type = if rng.next_f64() < 0.5 { OptionType::Call } else { OptionType::Put };
         let days = EXPIRY_DAYS[rng.below(EXPIRY_DAYS.len())];
         let moneyness = MONEYNESS[rng.below(MONEYNESS.len())];
-        let tick = if underlying.price < 25.0 { 0.5 } else if underlying.price < 200.0 { 1.0 } else { 5.0 };
+        let tick = if underlying.price < 25.0 {
+            0.5
+        } else if underlying.price < 200.0 {
+            1.0
+        } else {
+            5.0
+        };
         let strike = ((underlying.price * moneyness / tick).round() * tick).max(tick);
         // Expiry at 20:00 UTC (the US close) on the chosen day.
         let expiry_ms = (now / DAY_MS + days) * DAY_MS + 20 * 3_600_000;

@@ -418,10 +418,7 @@ fn measure_lag(consumer: &StreamConsumer, progress: &Progress, metrics: &Metrics
     for element in assignment.elements() {
         let (topic, partition) = (element.topic(), element.partition());
         let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(2))?;
-        let position = positions
-            .find_partition(topic, partition)
-            .and_then(|p| p.offset().to_raw())
-            .filter(|o| *o >= 0);
+        let position = positions.find_partition(topic, partition).and_then(|p| p.offset().to_raw()).filter(|o| *o >= 0);
         let next = done.get(&(topic.to_owned(), partition)).copied().or(position);
         if let Some(next) = next {
             metrics.set_lag(topic, partition, (high - next).max(0));

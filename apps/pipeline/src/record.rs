@@ -152,16 +152,17 @@ impl OptionSnapshot {
         if !symbol_ok {
             return Err(invalid("symbol", format!("{:?} is not 1 to 16 of A-Z 0-9 . -", self.symbol)));
         }
-        for (field, value) in [
-            ("underlying_price", self.underlying_price),
-            ("strike", self.strike),
-            ("market_price", self.market_price),
-        ] {
+        for (field, value) in
+            [("underlying_price", self.underlying_price), ("strike", self.strike), ("market_price", self.market_price)]
+        {
             if !(value.is_finite() && value > 0.0) {
                 return Err(invalid(field, format!("{value} is not a positive finite number")));
             }
         }
-        if !(self.historical_volatility.is_finite() && self.historical_volatility > 0.0 && self.historical_volatility <= 5.0) {
+        if !(self.historical_volatility.is_finite()
+            && self.historical_volatility > 0.0
+            && self.historical_volatility <= 5.0)
+        {
             return Err(invalid("historical_volatility", format!("{} is outside (0, 5]", self.historical_volatility)));
         }
         for (field, value) in [("risk_free_rate", self.risk_free_rate), ("dividend_yield", self.dividend_yield)] {
@@ -211,7 +212,7 @@ mod tests {
             option_type: OptionType::Call,
             underlying_price: 150.0,
             strike: 155.0,
-            expiry_ms: 1_737_072_000_000, // 2025-01-17
+            expiry_ms: 1_737_072_000_000,      // 2025-01-17
             observed_at_ms: 1_734_393_600_000, // 2024-12-17
             risk_free_rate: 0.045,
             dividend_yield: 0.005,

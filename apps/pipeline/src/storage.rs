@@ -21,11 +21,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use spindle_sdk::opentelemetry::trace::TraceContextExt;
+use spindle_sdk::opentelemetry::KeyValue;
 use spindle_sdk::rdkafka::message::{Message, OwnedMessage};
 use spindle_sdk::rdkafka::producer::FutureProducer;
 use spindle_sdk::tracing_opentelemetry::OpenTelemetrySpanExt;
-use spindle_sdk::opentelemetry::trace::TraceContextExt;
-use spindle_sdk::opentelemetry::KeyValue;
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::Span;
@@ -126,7 +126,12 @@ struct Pending<'a> {
 }
 
 /// Stores a batch; `processed[i]` says whether `batch[i]` is stored or dead-lettered.
-async fn store_batch(batch: &[OwnedMessage], writer: &Writer<'_>, producer: &FutureProducer, config: &StorageConfig) -> Vec<bool> {
+async fn store_batch(
+    batch: &[OwnedMessage],
+    writer: &Writer<'_>,
+    producer: &FutureProducer,
+    config: &StorageConfig,
+) -> Vec<bool> {
     let mut processed = vec![false; batch.len()];
     let mut pending = Vec::with_capacity(batch.len());
     let mut index = Vec::with_capacity(batch.len());
@@ -152,7 +157,9 @@ async fn store_batch(batch: &[OwnedMessage], writer: &Writer<'_>, producer: &Fut
                 writer.metrics.processed(p.started.elapsed());
                 true
             }
-            Written::Refused(reason) => reject(p.message, &p.span, ("rejected_by_database", reason), producer, config, writer).await,
+            Written::Refused(reason) => {
+                reject(p.message, &p.span, ("rejected_by_database", reason), producer, config, writer).await
+            }
             Written::Stopped => false,
         };
     }

@@ -50,13 +50,20 @@ fn assert_seed_trace(trace_id: &str, symbol: &str, spans: &[SpanView]) {
         assert!(!span.is_error(), "{name} failed: {span:?}");
         match parent {
             None => assert_eq!(span.parent, None, "{name} is the root: {span:?}"),
-            Some(parent) => assert_eq!(span.parent.as_ref(), Some(&by_name(spans, parent).span_id), "{name} is a child of {parent}"),
+            Some(parent) => {
+                assert_eq!(span.parent.as_ref(), Some(&by_name(spans, parent).span_id), "{name} is a child of {parent}")
+            }
         }
     }
     for name in ["fetch_instrument_data", "process_message", "store_data"] {
         assert_eq!(by_name(spans, name).tag("symbol"), Some(symbol), "symbol on {name}");
     }
-    for (name, topic) in [("send_to_kafka", "market-data"), ("process_message", "market-data"), ("send_enriched", "enriched-data"), ("store_data", "enriched-data")] {
+    for (name, topic) in [
+        ("send_to_kafka", "market-data"),
+        ("process_message", "market-data"),
+        ("send_enriched", "enriched-data"),
+        ("store_data", "enriched-data"),
+    ] {
         let span = by_name(spans, name);
         assert_eq!(span.tag("messaging.system"), Some("kafka"), "{span:?}");
         assert_eq!(span.tag("messaging.destination.name"), Some(topic), "{span:?}");
@@ -67,7 +74,8 @@ fn assert_seed_trace(trace_id: &str, symbol: &str, spans: &[SpanView]) {
     assert_eq!(db_write.tag("db.operation.name"), Some("INSERT"));
     assert_eq!(db_write.tag("db.collection.name"), Some("option_analytics"));
     let calculate = by_name(spans, "calculate_bsm");
-    let iv: f64 = calculate.tag("bsm.implied_volatility").and_then(|v| v.parse().ok()).expect("implied volatility recorded");
+    let iv: f64 =
+        calculate.tag("bsm.implied_volatility").and_then(|v| v.parse().ok()).expect("implied volatility recorded");
     assert!(iv > 0.0 && iv < 5.0, "{calculate:?}");
 }
 
@@ -76,7 +84,8 @@ fn n_instruments_become_n_seed_traces_n_rows_and_the_seed_dependency_graph() {
     let spindle = Spindle::start();
     let tansu = Tansu::start(&TOPICS);
     let db = TestDatabase::create();
-    let peers = Peers { brokers: &tansu.bootstrap, database_url: &db.url, tracing: Tracing::To(spindle.otlp_grpc.clone()) };
+    let peers =
+        Peers { brokers: &tansu.bootstrap, database_url: &db.url, tracing: Tracing::To(spindle.otlp_grpc.clone()) };
     let api = SpindleApi(&spindle.query);
 
     let mut storage = peers.storage(&[]);
@@ -133,9 +142,15 @@ fn n_instruments_become_n_seed_traces_n_rows_and_the_seed_dependency_graph() {
         (lags == [Some(0.0), Some(0.0)]).then_some(())
     });
     assert_eq!(processor.metric("pipeline_messages_in_total{"), N as f64);
-    assert_eq!(processor.metric(r#"pipeline_messages_out_total{service="processor-service",destination="enriched-data"}"#), N as f64);
+    assert_eq!(
+        processor.metric(r#"pipeline_messages_out_total{service="processor-service",destination="enriched-data"}"#),
+        N as f64
+    );
     assert_eq!(storage.metric("pipeline_messages_in_total{"), N as f64);
-    assert_eq!(storage.metric(r#"pipeline_messages_out_total{service="storage-service",destination="postgresql"}"#), N as f64);
+    assert_eq!(
+        storage.metric(r#"pipeline_messages_out_total{service="storage-service",destination="postgresql"}"#),
+        N as f64
+    );
     assert_eq!(processor.metric("pipeline_errors_total{") + storage.metric("pipeline_errors_total{"), 0.0);
     assert_eq!(storage.metric("pipeline_processing_duration_seconds_count{"), N as f64);
     for service in [&processor, &storage] {
@@ -144,9 +159,13 @@ fn n_instruments_become_n_seed_traces_n_rows_and_the_seed_dependency_graph() {
 
     // At-least-once replay: a second storage group reads every record again; no new row.
     let mut replay = peers.storage(&["--group-id", "storage-replay"]);
-    support::wait_until("the replay to read every record", WAIT, || (replay.metric("pipeline_messages_in_total{") >= N as f64).then_some(()));
+    support::wait_until("the replay to read every record", WAIT, || {
+        (replay.metric("pipeline_messages_in_total{") >= N as f64).then_some(())
+    });
     support::wait_until("the replay to write", WAIT, || {
-        (replay.metric(r#"pipeline_messages_out_total{service="storage-service",destination="postgresql"}"#) >= N as f64).then_some(())
+        (replay.metric(r#"pipeline_messages_out_total{service="storage-service",destination="postgresql"}"#)
+            >= N as f64)
+            .then_some(())
     });
     assert_eq!(db.count(), N, "replayed records are not stored twice");
 
@@ -163,7 +182,8 @@ fn services_restarted_mid_stream_lose_nothing_process_nothing_twice_and_flush_th
     let spindle = Spindle::start();
     let tansu = Tansu::start(&TOPICS);
     let db = TestDatabase::create();
-    let peers = Peers { brokers: &tansu.bootstrap, database_url: &db.url, tracing: Tracing::To(spindle.otlp_grpc.clone()) };
+    let peers =
+        Peers { brokers: &tansu.bootstrap, database_url: &db.url, tracing: Tracing::To(spindle.otlp_grpc.clone()) };
     let api = SpindleApi(&spindle.query);
     let n: u64 = 80;
     let count = n.to_string();

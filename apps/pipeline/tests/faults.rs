@@ -37,7 +37,8 @@ fn bad_records_go_to_the_dead_letter_topic_with_an_error_span_and_the_pipeline_g
     let spindle = Spindle::start();
     let tansu = Tansu::start(&TOPICS);
     let db = TestDatabase::create();
-    let peers = Peers { brokers: &tansu.bootstrap, database_url: &db.url, tracing: Tracing::To(spindle.otlp_grpc.clone()) };
+    let peers =
+        Peers { brokers: &tansu.bootstrap, database_url: &db.url, tracing: Tracing::To(spindle.otlp_grpc.clone()) };
     let api = SpindleApi(&spindle.query);
     let _storage = peers.storage(&[]);
     let processor = peers.processor(&[]);
@@ -97,7 +98,10 @@ fn bad_records_go_to_the_dead_letter_topic_with_an_error_span_and_the_pipeline_g
     }
     assert_eq!(processor.metric(r#"pipeline_errors_total{service="processor-service",kind="malformed_record"}"#), 2.0);
     assert_eq!(processor.metric(r#"pipeline_errors_total{service="processor-service",kind="invalid_record"}"#), 1.0);
-    assert_eq!(processor.metric(r#"pipeline_messages_out_total{service="processor-service",destination="dead-letter"}"#), 3.0);
+    assert_eq!(
+        processor.metric(r#"pipeline_messages_out_total{service="processor-service",destination="dead-letter"}"#),
+        3.0
+    );
 }
 
 #[test]
@@ -120,7 +124,9 @@ fn a_postgresql_outage_is_retried_with_backoff_and_loses_nothing() {
     });
     assert_eq!(code, 503);
     assert!(body.contains("postgresql unreachable"), "{body}");
-    support::wait_until("retries with backoff", WAIT, || (storage.metric("pipeline_db_retries_total{") >= 3.0).then_some(()));
+    support::wait_until("retries with backoff", WAIT, || {
+        (storage.metric("pipeline_db_retries_total{") >= 3.0).then_some(())
+    });
     let during = db.count();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(db.count(), during, "nothing reaches PostgreSQL while it is cut off");

@@ -230,7 +230,10 @@ mod tests {
                 KeyValue::new("temperature", AttributeValue::Double(72.5)),
                 KeyValue::new("javascript_limit", AttributeValue::Int(9_223_372_036_854_775_222)),
                 KeyValue::new("blob", AttributeValue::Bytes(vec![0, 0, 0x30, 0x39])),
-                KeyValue::new("list", AttributeValue::Array(vec![AttributeValue::Int(1), AttributeValue::String("a".into())])),
+                KeyValue::new(
+                    "list",
+                    AttributeValue::Array(vec![AttributeValue::Int(1), AttributeValue::String("a".into())]),
+                ),
             ],
             events: vec![Event {
                 time_unix_nano: 1_485_467_191_639_875_000,

@@ -159,7 +159,8 @@ pub struct PostSpansResponse {}
 
 /// Decodes a `PostSpansRequest` (the gRPC 14250 message body) into spans.
 pub fn decode_post_spans_request(bytes: &[u8]) -> Result<Decoded, CodecError> {
-    let request = PostSpansRequest::decode(bytes).map_err(|e| CodecError::Protobuf(format!("PostSpansRequest: {e}")))?;
+    let request =
+        PostSpansRequest::decode(bytes).map_err(|e| CodecError::Protobuf(format!("PostSpansRequest: {e}")))?;
     Ok(batch_to_spans(request.batch.unwrap_or_default()))
 }
 
@@ -367,9 +368,7 @@ fn log_to_event(log: Log) -> Event {
         .iter()
         .position(|kv| kv.key == semconv::JAEGER_EVENT && matches!(kv.value, AttributeValue::String(_)))
         .or_else(|| {
-            attributes
-                .iter()
-                .position(|kv| kv.key == LOG_MESSAGE && matches!(kv.value, AttributeValue::String(_)))
+            attributes.iter().position(|kv| kv.key == LOG_MESSAGE && matches!(kv.value, AttributeValue::String(_)))
         });
     let name = match name_field.map(|i| attributes.remove(i).value) {
         Some(AttributeValue::String(s)) => s,
@@ -417,7 +416,12 @@ mod tests {
                 kv_str("otel.scope.name", "lib"),
                 KeyValue { key: "n".into(), v_type: ValueType::Int64 as i32, v_int64: -3, ..Default::default() },
                 KeyValue { key: "d".into(), v_type: ValueType::Float64 as i32, v_float64: 0.5, ..Default::default() },
-                KeyValue { key: "b".into(), v_type: ValueType::Binary as i32, v_binary: vec![1, 2], ..Default::default() },
+                KeyValue {
+                    key: "b".into(),
+                    v_type: ValueType::Binary as i32,
+                    v_binary: vec![1, 2],
+                    ..Default::default()
+                },
                 kv_str("span.kind", "sideways"),
             ],
             logs: vec![Log {
@@ -512,7 +516,8 @@ mod tests {
     fn malformed_protobuf_is_an_error() {
         let err = decode_post_spans_request(&[0x0a, 0xff, 0xff, 0xff, 0x0f]).unwrap_err();
         assert!(err.to_string().contains("PostSpansRequest"), "{err}");
-        let good = PostSpansRequest { batch: Some(Batch { spans: vec![sample_span()], process: None }) }.encode_to_vec();
+        let good =
+            PostSpansRequest { batch: Some(Batch { spans: vec![sample_span()], process: None }) }.encode_to_vec();
         assert!(decode_post_spans_request(&good[..good.len() - 5]).is_err());
         // Wrong wire type for field 1 (a varint where a message belongs).
         assert!(decode_post_spans_request(&[0x08, 0x01]).is_err());

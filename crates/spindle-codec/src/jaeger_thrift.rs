@@ -20,7 +20,9 @@
 use spindle_model::{SpanId, TraceId};
 
 use crate::jaeger_proto::{self, duration_from_micros, timestamp_from_micros, SpanRefType, ValueType};
-use crate::thrift::{BinaryReader, CompactReader, FieldHeader, Limits, MessageType, ProtocolReader, TType, ThriftError};
+use crate::thrift::{
+    BinaryReader, CompactReader, FieldHeader, Limits, MessageType, ProtocolReader, TType, ThriftError,
+};
 use crate::{CodecError, Decoded};
 
 /// Decodes a UDP 6831 datagram: `Agent.emitBatch` in the thrift compact protocol.

@@ -59,7 +59,9 @@ fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         None => Ok(0),
         Some(NumberOrString::U(u)) => Ok(u),
         Some(NumberOrString::S(s)) if s.is_empty() => Ok(0),
-        Some(NumberOrString::S(s)) => s.parse().map_err(|_| de::Error::custom(format!("{s:?} is not an unsigned 64-bit integer"))),
+        Some(NumberOrString::S(s)) => {
+            s.parse().map_err(|_| de::Error::custom(format!("{s:?} is not an unsigned 64-bit integer")))
+        }
         Some(NumberOrString::I(i)) => Err(de::Error::custom(format!("{i} is negative, expected an unsigned integer"))),
         Some(NumberOrString::F(f)) => Err(de::Error::custom(format!("{f} is not an integer"))),
     }
@@ -72,7 +74,9 @@ fn de_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 
 fn de_i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     match NumberOrString::deserialize(d)? {
-        NumberOrString::U(u) => i64::try_from(u).map_err(|_| de::Error::custom(format!("{u} does not fit in a signed 64-bit integer"))),
+        NumberOrString::U(u) => {
+            i64::try_from(u).map_err(|_| de::Error::custom(format!("{u} does not fit in a signed 64-bit integer")))
+        }
         NumberOrString::I(i) => Ok(i),
         NumberOrString::S(s) => s.parse().map_err(|_| de::Error::custom(format!("{s:?} is not a 64-bit integer"))),
         NumberOrString::F(f) => Err(de::Error::custom(format!("{f} is not an integer"))),
@@ -106,8 +110,12 @@ fn ser_f64<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
 fn enum_de<'de, D: Deserializer<'de>>(d: D, names: &[&str]) -> Result<i32, D::Error> {
     match Option::<NumberOrString>::deserialize(d)? {
         None => Ok(0),
-        Some(NumberOrString::U(u)) => i32::try_from(u).map_err(|_| de::Error::custom(format!("enum value {u} out of range"))),
-        Some(NumberOrString::I(i)) => i32::try_from(i).map_err(|_| de::Error::custom(format!("enum value {i} out of range"))),
+        Some(NumberOrString::U(u)) => {
+            i32::try_from(u).map_err(|_| de::Error::custom(format!("enum value {u} out of range")))
+        }
+        Some(NumberOrString::I(i)) => {
+            i32::try_from(i).map_err(|_| de::Error::custom(format!("enum value {i} out of range")))
+        }
         Some(NumberOrString::S(s)) => names
             .iter()
             .position(|n| *n == s)
@@ -118,14 +126,17 @@ fn enum_de<'de, D: Deserializer<'de>>(d: D, names: &[&str]) -> Result<i32, D::Er
 }
 
 fn de_kind<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
-    enum_de(d, &[
-        "SPAN_KIND_UNSPECIFIED",
-        "SPAN_KIND_INTERNAL",
-        "SPAN_KIND_SERVER",
-        "SPAN_KIND_CLIENT",
-        "SPAN_KIND_PRODUCER",
-        "SPAN_KIND_CONSUMER",
-    ])
+    enum_de(
+        d,
+        &[
+            "SPAN_KIND_UNSPECIFIED",
+            "SPAN_KIND_INTERNAL",
+            "SPAN_KIND_SERVER",
+            "SPAN_KIND_CLIENT",
+            "SPAN_KIND_PRODUCER",
+            "SPAN_KIND_CONSUMER",
+        ],
+    )
 }
 
 fn de_status_code<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
@@ -138,9 +149,7 @@ fn parse_id(text: &str, len: usize) -> Result<Vec<u8>, String> {
         return Ok(Vec::new());
     }
     if text.len() == len * 2 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok((0..len)
-            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or_default())
-            .collect());
+        return Ok((0..len).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or_default()).collect());
     }
     let engines = [
         &base64::engine::general_purpose::STANDARD,
@@ -220,7 +229,12 @@ pub struct ResourceSpans {
     pub resource: Option<Resource>,
     #[serde(default, alias = "scope_spans", deserialize_with = "null_default")]
     pub scope_spans: Vec<ScopeSpans>,
-    #[serde(default, alias = "schema_url", deserialize_with = "null_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        alias = "schema_url",
+        deserialize_with = "null_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub schema_url: String,
 }
 
@@ -229,7 +243,12 @@ pub struct ResourceSpans {
 pub struct Resource {
     #[serde(default, deserialize_with = "null_default")]
     pub attributes: Vec<KeyValue>,
-    #[serde(default, alias = "dropped_attributes_count", deserialize_with = "de_u32", skip_serializing_if = "is_zero_u32")]
+    #[serde(
+        default,
+        alias = "dropped_attributes_count",
+        deserialize_with = "de_u32",
+        skip_serializing_if = "is_zero_u32"
+    )]
     pub dropped_attributes_count: u32,
 }
 
@@ -240,7 +259,12 @@ pub struct ScopeSpans {
     pub scope: Option<Scope>,
     #[serde(default, deserialize_with = "null_default")]
     pub spans: Vec<JsonSpan>,
-    #[serde(default, alias = "schema_url", deserialize_with = "null_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        alias = "schema_url",
+        deserialize_with = "null_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub schema_url: String,
 }
 
@@ -253,7 +277,12 @@ pub struct Scope {
     pub version: String,
     #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<KeyValue>,
-    #[serde(default, alias = "dropped_attributes_count", deserialize_with = "de_u32", skip_serializing_if = "is_zero_u32")]
+    #[serde(
+        default,
+        alias = "dropped_attributes_count",
+        deserialize_with = "de_u32",
+        skip_serializing_if = "is_zero_u32"
+    )]
     pub dropped_attributes_count: u32,
 }
 
@@ -264,7 +293,12 @@ pub struct JsonSpan {
     pub trace_id: Vec<u8>,
     #[serde(default, alias = "span_id", deserialize_with = "de_span_id", serialize_with = "ser_hex")]
     pub span_id: Vec<u8>,
-    #[serde(default, alias = "trace_state", deserialize_with = "null_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        alias = "trace_state",
+        deserialize_with = "null_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub trace_state: String,
     #[serde(
         default,
@@ -286,7 +320,12 @@ pub struct JsonSpan {
     pub end_time_unix_nano: u64,
     #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<KeyValue>,
-    #[serde(default, alias = "dropped_attributes_count", deserialize_with = "de_u32", skip_serializing_if = "is_zero_u32")]
+    #[serde(
+        default,
+        alias = "dropped_attributes_count",
+        deserialize_with = "de_u32",
+        skip_serializing_if = "is_zero_u32"
+    )]
     pub dropped_attributes_count: u32,
     #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<JsonEvent>,
@@ -309,7 +348,12 @@ pub struct JsonEvent {
     pub name: String,
     #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<KeyValue>,
-    #[serde(default, alias = "dropped_attributes_count", deserialize_with = "de_u32", skip_serializing_if = "is_zero_u32")]
+    #[serde(
+        default,
+        alias = "dropped_attributes_count",
+        deserialize_with = "de_u32",
+        skip_serializing_if = "is_zero_u32"
+    )]
     pub dropped_attributes_count: u32,
 }
 
@@ -320,11 +364,21 @@ pub struct JsonLink {
     pub trace_id: Vec<u8>,
     #[serde(default, alias = "span_id", deserialize_with = "de_span_id", serialize_with = "ser_hex")]
     pub span_id: Vec<u8>,
-    #[serde(default, alias = "trace_state", deserialize_with = "null_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        alias = "trace_state",
+        deserialize_with = "null_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub trace_state: String,
     #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<KeyValue>,
-    #[serde(default, alias = "dropped_attributes_count", deserialize_with = "de_u32", skip_serializing_if = "is_zero_u32")]
+    #[serde(
+        default,
+        alias = "dropped_attributes_count",
+        deserialize_with = "de_u32",
+        skip_serializing_if = "is_zero_u32"
+    )]
     pub dropped_attributes_count: u32,
     #[serde(default, deserialize_with = "de_u32", skip_serializing_if = "is_zero_u32")]
     pub flags: u32,

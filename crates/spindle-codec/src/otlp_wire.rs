@@ -21,7 +21,9 @@
 
 use std::sync::Arc;
 
-use spindle_model::{AttributeValue, Event, KeyValue, Link, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Text, TraceId};
+use spindle_model::{
+    AttributeValue, Event, KeyValue, Link, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Text, TraceId,
+};
 
 use crate::{CodecError, Decoded};
 

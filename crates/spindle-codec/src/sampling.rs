@@ -370,10 +370,19 @@ mod tests {
 
     #[test]
     fn the_reference_example_renders_as_documented() {
-        let s = SamplingStrategies::parse(br#"{"service_strategies":[{"service":"x","type":"ratelimiting","param":42}]}"#, 1.0)
-            .unwrap();
-        assert_eq!(s.strategy_for("x").to_json(), r#"{"strategyType":"RATE_LIMITING","rateLimitingSampling":{"maxTracesPerSecond":42}}"#);
-        assert_eq!(s.strategy_for("y").to_json(), r#"{"strategyType":"PROBABILISTIC","probabilisticSampling":{"samplingRate":1}}"#);
+        let s = SamplingStrategies::parse(
+            br#"{"service_strategies":[{"service":"x","type":"ratelimiting","param":42}]}"#,
+            1.0,
+        )
+        .unwrap();
+        assert_eq!(
+            s.strategy_for("x").to_json(),
+            r#"{"strategyType":"RATE_LIMITING","rateLimitingSampling":{"maxTracesPerSecond":42}}"#
+        );
+        assert_eq!(
+            s.strategy_for("y").to_json(),
+            r#"{"strategyType":"PROBABILISTIC","probabilisticSampling":{"samplingRate":1}}"#
+        );
     }
 
     #[test]
@@ -382,7 +391,10 @@ mod tests {
         assert_eq!(s.default_strategy, SamplingStrategyResponse::probabilistic(0.25));
         assert!(s.warnings[0].contains("unknown strategy type \"adaptive\""), "{:?}", s.warnings);
         let s = SamplingStrategies::parse(b"null", DEFAULT_SAMPLING_PROBABILITY).unwrap();
-        assert_eq!(s.strategy_for("any").to_json(), r#"{"strategyType":"PROBABILISTIC","probabilisticSampling":{"samplingRate":0.001}}"#);
+        assert_eq!(
+            s.strategy_for("any").to_json(),
+            r#"{"strategyType":"PROBABILISTIC","probabilisticSampling":{"samplingRate":0.001}}"#
+        );
     }
 
     #[test]

@@ -331,7 +331,11 @@ impl<'a> BinaryReader<'a> {
             15 => TType::List,
             16 => TType::Uuid,
             other => {
-                return Err(ThriftError::Invalid { offset: at, what: "type id", detail: format!("unknown type {other}") })
+                return Err(ThriftError::Invalid {
+                    offset: at,
+                    what: "type id",
+                    detail: format!("unknown type {other}"),
+                })
             }
         })
     }
@@ -453,11 +457,8 @@ impl<'a> ProtocolReader<'a> for BinaryReader<'a> {
         let len = self.read_i32()?;
         let len = self.cur.checked_count(i64::from(len), at, "map")?;
         // Empty maps may carry any type bytes; only check them when elements follow.
-        let (key, value) = if len == 0 {
-            (TType::Bool, TType::Bool)
-        } else {
-            (self.ttype(key, at)?, self.ttype(value, at + 1)?)
-        };
+        let (key, value) =
+            if len == 0 { (TType::Bool, TType::Bool) } else { (self.ttype(key, at)?, self.ttype(value, at + 1)?) };
         self.cur.enter()?;
         Ok(MapHeader { key, value, len })
     }
@@ -486,7 +487,12 @@ pub struct CompactReader<'a> {
 
 impl<'a> CompactReader<'a> {
     pub fn new(buf: &'a [u8], limits: Limits) -> Self {
-        CompactReader { cur: Cursor::new(buf, limits), last_field_ids: Vec::new(), last_field_id: 0, pending_bool: None }
+        CompactReader {
+            cur: Cursor::new(buf, limits),
+            last_field_ids: Vec::new(),
+            last_field_id: 0,
+            pending_bool: None,
+        }
     }
 
     pub fn is_at_end(&self) -> bool {
@@ -673,7 +679,11 @@ impl<'a> ProtocolReader<'a> for CompactReader<'a> {
     fn read_i16(&mut self) -> Result<i16, ThriftError> {
         let at = self.cur.pos;
         let v = self.zigzag32("i16")?;
-        i16::try_from(v).map_err(|_| ThriftError::Invalid { offset: at, what: "i16", detail: format!("{v} out of range") })
+        i16::try_from(v).map_err(|_| ThriftError::Invalid {
+            offset: at,
+            what: "i16",
+            detail: format!("{v} out of range"),
+        })
     }
 
     fn read_i32(&mut self) -> Result<i32, ThriftError> {

@@ -48,7 +48,8 @@ const OTEL_LIBRARY_VERSION: &str = "otel.library.version";
 
 /// Decodes a Zipkin v2 JSON body (`application/json` on `/api/v2/spans`).
 pub fn decode_v2_json(body: &[u8]) -> Result<Decoded, CodecError> {
-    let spans: Vec<JsonSpan> = serde_json::from_slice(body).map_err(|e| CodecError::Json(format!("zipkin v2 spans: {e}")))?;
+    let spans: Vec<JsonSpan> =
+        serde_json::from_slice(body).map_err(|e| CodecError::Json(format!("zipkin v2 spans: {e}")))?;
     let mut out = Decoded::default();
     let mut pools = Pools::default();
     for span in spans {
@@ -78,7 +79,8 @@ pub fn decode_v2_proto(body: &[u8]) -> Result<Decoded, CodecError> {
 /// client (`cs`/`cr`) and the server (`sr`/`ss`) side becomes two spans, as Zipkin's own
 /// v1 → v2 conversion does.
 pub fn decode_v1_json(body: &[u8]) -> Result<Decoded, CodecError> {
-    let spans: Vec<V1Span> = serde_json::from_slice(body).map_err(|e| CodecError::Json(format!("zipkin v1 spans: {e}")))?;
+    let spans: Vec<V1Span> =
+        serde_json::from_slice(body).map_err(|e| CodecError::Json(format!("zipkin v1 spans: {e}")))?;
     let mut out = Decoded::default();
     let mut pools = Pools::default();
     for span in spans {
@@ -218,13 +220,11 @@ fn push(out: &mut Decoded, pools: &mut Pools, z: ZSpan) {
         Some(ZipkinKind::Producer) => SpanKind::Producer,
         Some(ZipkinKind::Consumer) => SpanKind::Consumer,
     };
-    let (span_id, parent) = if z.shared && z.kind == Some(ZipkinKind::Server) {
-        (derived_span_id(z.id), z.id)
-    } else {
-        (z.id, z.parent)
-    };
+    let (span_id, parent) =
+        if z.shared && z.kind == Some(ZipkinKind::Server) { (derived_span_id(z.id), z.id) } else { (z.id, z.parent) };
     let start = z.timestamp_us.saturating_mul(1000);
-    let resource = intern(&mut pools.resources, Resource { attributes: resource_attributes, dropped_attributes_count: 0 });
+    let resource =
+        intern(&mut pools.resources, Resource { attributes: resource_attributes, dropped_attributes_count: 0 });
     let scope = intern(&mut pools.scopes, Scope { name: scope_name, version: scope_version, ..Default::default() });
     out.spans.push(Span {
         trace_id: z.trace_id,
@@ -279,7 +279,9 @@ fn json_to_attribute(v: Value) -> AttributeValue {
         Value::Bool(b) => AttributeValue::Bool(b),
         Value::Number(n) => match n.as_i64() {
             Some(i) => AttributeValue::Int(i),
-            None => n.as_f64().map(AttributeValue::Double).unwrap_or_else(|| AttributeValue::String(n.to_string().into())),
+            None => {
+                n.as_f64().map(AttributeValue::Double).unwrap_or_else(|| AttributeValue::String(n.to_string().into()))
+            }
         },
         Value::Array(items) => AttributeValue::Array(items.into_iter().map(json_to_attribute).collect()),
         other => AttributeValue::String(other.to_string().into()),
@@ -878,7 +880,8 @@ mod tests {
         assert!(decode_v2_json(deep.as_bytes()).is_err());
         assert!(decode_v1_json(deep.as_bytes()).is_err());
         assert!(decode_v2_proto(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
-        let bad_ids = ListOfSpans { spans: vec![ProtoSpan { trace_id: vec![1; 5], id: vec![1; 8], ..Default::default() }] };
+        let bad_ids =
+            ListOfSpans { spans: vec![ProtoSpan { trace_id: vec![1; 5], id: vec![1; 8], ..Default::default() }] };
         let decoded = decode_v2_proto(&bad_ids.encode_to_vec()).unwrap();
         assert_eq!(decoded.rejected, 1);
         assert!(decoded.rejection_reason.contains("trace_id must be 8 or 16 bytes"));

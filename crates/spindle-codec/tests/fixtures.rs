@@ -22,11 +22,9 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn by_name<'a>(decoded: &'a Decoded, name: &str) -> &'a Span {
-    decoded
-        .spans
-        .iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no span {name:?} among {:?}", decoded.spans.iter().map(|s| &s.name).collect::<Vec<_>>()))
+    decoded.spans.iter().find(|s| s.name == name).unwrap_or_else(|| {
+        panic!("no span {name:?} among {:?}", decoded.spans.iter().map(|s| &s.name).collect::<Vec<_>>())
+    })
 }
 
 /// How faithfully a protocol carries the trace.
@@ -74,7 +72,8 @@ fn check(decoded: &Decoded, expect: &Expect<'_>) {
     let s = |v: &str| AttributeValue::String(v.into());
     assert_eq!(root.attribute("http.request.method"), Some(&s("GET")));
     assert_eq!(db.attribute("db.system"), Some(&s("postgresql")));
-    let int = |i: i64| if expect.numbers_are_doubles { AttributeValue::Double(i as f64) } else { AttributeValue::Int(i) };
+    let int =
+        |i: i64| if expect.numbers_are_doubles { AttributeValue::Double(i as f64) } else { AttributeValue::Int(i) };
     if expect.typed {
         assert_eq!(root.attribute("http.response.status_code"), Some(&int(200)));
         assert_eq!(root.attribute("ratio"), Some(&AttributeValue::Double(0.25)));
@@ -145,7 +144,16 @@ fn without_links(span: &Span) -> Span {
 #[test]
 fn otlp_proto_from_opentelemetry_python() {
     let decoded = otlp::decode_request(&fixture("otlp_proto_otel_python.bin")).unwrap();
-    check(&decoded, &Expect { service: "otel-py-otlp-proto-http", typed: true, numbers_are_doubles: false, error_message: "timeout", link: true });
+    check(
+        &decoded,
+        &Expect {
+            service: "otel-py-otlp-proto-http",
+            typed: true,
+            numbers_are_doubles: false,
+            error_message: "timeout",
+            link: true,
+        },
+    );
     assert_eq!(decoded.spans[0].scope.name, "spindle.fixtures");
 }
 
@@ -153,13 +161,31 @@ fn otlp_proto_from_opentelemetry_python() {
 fn otlp_grpc_body_from_opentelemetry_python() {
     // The gRPC message body: same protobuf as OTLP/HTTP.
     let decoded = otlp::decode_request(&fixture("otlp_grpc_otel_python.bin")).unwrap();
-    check(&decoded, &Expect { service: "otel-py-otlp-grpc", typed: true, numbers_are_doubles: false, error_message: "timeout", link: true });
+    check(
+        &decoded,
+        &Expect {
+            service: "otel-py-otlp-grpc",
+            typed: true,
+            numbers_are_doubles: false,
+            error_message: "timeout",
+            link: true,
+        },
+    );
 }
 
 #[test]
 fn otlp_json_from_opentelemetry_python() {
     let decoded = otlp_json::decode_request(&fixture("otlp_json_otel_python.json")).unwrap();
-    check(&decoded, &Expect { service: "otel-py-otlp-json-http", typed: true, numbers_are_doubles: false, error_message: "timeout", link: true });
+    check(
+        &decoded,
+        &Expect {
+            service: "otel-py-otlp-json-http",
+            typed: true,
+            numbers_are_doubles: false,
+            error_message: "timeout",
+            link: true,
+        },
+    );
 }
 
 // ---- Jaeger thrift and proto ----
@@ -167,7 +193,16 @@ fn otlp_json_from_opentelemetry_python() {
 #[test]
 fn jaeger_thrift_compact_from_opentelemetry_python() {
     let decoded = jaeger_thrift::decode_emit_batch_compact(&fixture("jaeger_compact_otel_python.bin")).unwrap();
-    check(&decoded, &Expect { service: "otel-py-jaeger-thrift-agent", typed: true, numbers_are_doubles: false, error_message: "timeout", link: true });
+    check(
+        &decoded,
+        &Expect {
+            service: "otel-py-jaeger-thrift-agent",
+            typed: true,
+            numbers_are_doubles: false,
+            error_message: "timeout",
+            link: true,
+        },
+    );
     let span = by_name(&decoded, "db_query");
     assert_eq!(span.scope.name, "spindle.fixtures");
     assert_eq!(span.scope.version, "1.0.0");
@@ -176,13 +211,31 @@ fn jaeger_thrift_compact_from_opentelemetry_python() {
 #[test]
 fn jaeger_thrift_binary_http_from_opentelemetry_python() {
     let decoded = jaeger_thrift::decode_batch_binary(&fixture("jaeger_binary_http_otel_python.bin")).unwrap();
-    check(&decoded, &Expect { service: "otel-py-jaeger-thrift-http", typed: true, numbers_are_doubles: false, error_message: "timeout", link: true });
+    check(
+        &decoded,
+        &Expect {
+            service: "otel-py-jaeger-thrift-http",
+            typed: true,
+            numbers_are_doubles: false,
+            error_message: "timeout",
+            link: true,
+        },
+    );
 }
 
 #[test]
 fn jaeger_proto_grpc_from_opentelemetry_python() {
     let decoded = jaeger_proto::decode_post_spans_request(&fixture("jaeger_proto_grpc_otel_python.bin")).unwrap();
-    check(&decoded, &Expect { service: "otel-py-jaeger-proto-grpc", typed: true, numbers_are_doubles: false, error_message: "timeout", link: true });
+    check(
+        &decoded,
+        &Expect {
+            service: "otel-py-jaeger-proto-grpc",
+            typed: true,
+            numbers_are_doubles: false,
+            error_message: "timeout",
+            link: true,
+        },
+    );
 }
 
 #[test]
@@ -193,7 +246,8 @@ fn jaeger_thrift_compact_from_python_jaeger_client() {
 
 #[test]
 fn jaeger_thrift_binary_udp_from_node_jaeger_client() {
-    let decoded = jaeger_thrift::decode_emit_batch_binary(&fixture("jaeger_binary_udp_node_jaeger_client.bin")).unwrap();
+    let decoded =
+        jaeger_thrift::decode_emit_batch_binary(&fixture("jaeger_binary_udp_node_jaeger_client.bin")).unwrap();
     check_jaeger_client(&decoded, "node-jaeger-client-udp", true);
 }
 
@@ -208,14 +262,32 @@ fn jaeger_thrift_binary_http_from_node_jaeger_client() {
 #[test]
 fn zipkin_v2_json_from_opentelemetry_python() {
     let decoded = zipkin::decode_v2_json(&fixture("zipkin_v2_json_otel_python.json")).unwrap();
-    check(&decoded, &Expect { service: "otel-py-zipkin-json-v2", typed: false, numbers_are_doubles: false, error_message: "timeout", link: false });
+    check(
+        &decoded,
+        &Expect {
+            service: "otel-py-zipkin-json-v2",
+            typed: false,
+            numbers_are_doubles: false,
+            error_message: "timeout",
+            link: false,
+        },
+    );
     assert_eq!(by_name(&decoded, "db_query").scope.name, "spindle.fixtures");
 }
 
 #[test]
 fn zipkin_v2_proto_from_opentelemetry_python() {
     let decoded = zipkin::decode_v2_proto(&fixture("zipkin_v2_proto_otel_python.bin")).unwrap();
-    check(&decoded, &Expect { service: "otel-py-zipkin-proto", typed: false, numbers_are_doubles: false, error_message: "timeout", link: false });
+    check(
+        &decoded,
+        &Expect {
+            service: "otel-py-zipkin-proto",
+            typed: false,
+            numbers_are_doubles: false,
+            error_message: "timeout",
+            link: false,
+        },
+    );
 }
 
 #[test]
@@ -224,17 +296,23 @@ fn zipkin_v1_json_from_opentelemetry_python() {
     // v1 has no kind field and the exporter writes no cs/sr annotations, so kinds are lost;
     // everything else must arrive.
     let mut spans = decoded.spans.clone();
-    let kinds = [("GET /quote", SpanKind::Server), ("db_query", SpanKind::Client), ("send_to_kafka", SpanKind::Producer)];
+    let kinds =
+        [("GET /quote", SpanKind::Server), ("db_query", SpanKind::Client), ("send_to_kafka", SpanKind::Producer)];
     for span in &mut spans {
         assert_eq!(span.kind, SpanKind::Unspecified, "{}", span.name);
         span.kind = kinds.iter().find(|(n, _)| *n == span.name).map(|(_, k)| *k).unwrap_or_default();
     }
     check(
         &Decoded { spans, ..decoded },
-        &Expect { service: "otel-py-zipkin-json-v1", typed: false, numbers_are_doubles: false, error_message: "timeout", link: false },
+        &Expect {
+            service: "otel-py-zipkin-json-v1",
+            typed: false,
+            numbers_are_doubles: false,
+            error_message: "timeout",
+            link: false,
+        },
     );
 }
-
 
 // ---- and back out through the Jaeger query API ----
 
@@ -243,11 +321,15 @@ fn jaeger_thrift_round_trips_through_the_jaeger_api() {
     let decoded = jaeger_thrift::decode_emit_batch_compact(&fixture("jaeger_compact_otel_python.bin")).unwrap();
     let trace_id = decoded.spans[0].trace_id;
     let json = serde_json::to_value(spindle_codec::jaeger_json::trace(trace_id, &decoded.spans)).unwrap();
-    let span = |name: &str| {
-        json["spans"].as_array().unwrap().iter().find(|s| s["operationName"] == name).cloned().unwrap()
-    };
+    let span =
+        |name: &str| json["spans"].as_array().unwrap().iter().find(|s| s["operationName"] == name).cloned().unwrap();
     let tag = |span: &serde_json::Value, key: &str| {
-        span["tags"].as_array().unwrap().iter().find(|t| t["key"] == key).map(|t| (t["type"].clone(), t["value"].clone()))
+        span["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == key)
+            .map(|t| (t["type"].clone(), t["value"].clone()))
     };
     let (root, db, send) = (span("GET /quote"), span("db_query"), span("send_to_kafka"));
     assert_eq!(root["startTime"], 1_700_000_000_000_000u64);
@@ -262,7 +344,10 @@ fn jaeger_thrift_round_trips_through_the_jaeger_api() {
     assert_eq!(tag(&db, "otel.status_description"), Some(("string".into(), "timeout".into())));
     assert_eq!(tag(&db, "otel.scope.name"), Some(("string".into(), "spindle.fixtures".into())));
     assert_eq!(db["logs"][0]["timestamp"], 1_700_000_000_020_000u64);
-    assert_eq!(db["logs"][0]["fields"][0], serde_json::json!({"key": "event", "type": "string", "value": "cache miss"}));
+    assert_eq!(
+        db["logs"][0]["fields"][0],
+        serde_json::json!({"key": "event", "type": "string", "value": "cache miss"})
+    );
     assert_eq!(db["references"][0]["refType"], "CHILD_OF");
     assert_eq!(db["references"][0]["spanID"], root["spanID"]);
     assert_eq!(send["references"][0]["refType"], "CHILD_OF");

@@ -29,7 +29,9 @@ const DECODERS: &[(&str, Decode, &str)] = &[
 fn error_of(name: &str, decode: Decode, input: &[u8]) -> String {
     match decode(input) {
         Err(e) => e.to_string(),
-        Ok(d) => panic!("{name}: decoded {} spans from malformed input {:?}", d.spans.len(), &input[..input.len().min(32)]),
+        Ok(d) => {
+            panic!("{name}: decoded {} spans from malformed input {:?}", d.spans.len(), &input[..input.len().min(32)])
+        }
     }
 }
 
@@ -118,7 +120,11 @@ fn deep_nesting_is_refused() {
     for (name, decode, json) in [
         ("otlp json", otlp_json::decode_request as Decode, any_value),
         ("zipkin v2 json", zipkin::decode_v2_json, wrap(br#"[{"traceId":"1","id":"1","tags":{"k":"#, b"}}]")),
-        ("zipkin v1 json", zipkin::decode_v1_json, wrap(br#"[{"traceId":"1","id":"1","binaryAnnotations":[{"key":"k","value":"#, b"}]}]")),
+        (
+            "zipkin v1 json",
+            zipkin::decode_v1_json,
+            wrap(br#"[{"traceId":"1","id":"1","binaryAnnotations":[{"key":"k","value":"#, b"}]}]"),
+        ),
     ] {
         let err = error_of(name, decode, &json);
         assert!(err.contains("recursion limit exceeded"), "{name}: {err}");
@@ -157,9 +163,24 @@ fn deep_nesting_is_refused() {
 fn wrong_types_name_the_field() {
     for (name, decode, body, needle) in [
         ("otlp json", otlp_json::decode_request as Decode, &br#"{"resourceSpans":{"a":1}}"#[..], "invalid type: map"),
-        ("zipkin v2 json", zipkin::decode_v2_json, br#"[{"traceId":"1","id":"1","duration":"long"}]"#, "\"long\" is not an unsigned integer"),
-        ("zipkin v2 json", zipkin::decode_v2_json, br#"[{"traceId":"1","id":"1","annotations":{}}]"#, "invalid type: map"),
-        ("zipkin v1 json", zipkin::decode_v1_json, br#"[{"traceId":"1","id":"1","binaryAnnotations":"x"}]"#, "invalid type: string"),
+        (
+            "zipkin v2 json",
+            zipkin::decode_v2_json,
+            br#"[{"traceId":"1","id":"1","duration":"long"}]"#,
+            "\"long\" is not an unsigned integer",
+        ),
+        (
+            "zipkin v2 json",
+            zipkin::decode_v2_json,
+            br#"[{"traceId":"1","id":"1","annotations":{}}]"#,
+            "invalid type: map",
+        ),
+        (
+            "zipkin v1 json",
+            zipkin::decode_v1_json,
+            br#"[{"traceId":"1","id":"1","binaryAnnotations":"x"}]"#,
+            "invalid type: string",
+        ),
         ("zipkin v2 proto", zipkin::decode_v2_proto, &[0x08, 0x01], "invalid protobuf"),
     ] {
         let err = error_of(name, decode, body);

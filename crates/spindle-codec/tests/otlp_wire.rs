@@ -3,11 +3,13 @@
 //! same spans, rejections and reasons, and an error exactly when prost fails.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList};
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 use spindle_codec::{otlp, otlp_wire, CodecError, Decoded};
 
 /// Compared through `Debug`, so that a NaN attribute equals itself.
@@ -32,7 +34,8 @@ fn any_value() -> impl Strategy<Value = AnyValue> {
         any::<bool>().prop_map(|b| AnyValue { value: Some(any_value::Value::BoolValue(b)) }),
         any::<i64>().prop_map(|i| AnyValue { value: Some(any_value::Value::IntValue(i)) }),
         any::<f64>().prop_map(|d| AnyValue { value: Some(any_value::Value::DoubleValue(d)) }),
-        prop::collection::vec(any::<u8>(), 0..4).prop_map(|b| AnyValue { value: Some(any_value::Value::BytesValue(b)) }),
+        prop::collection::vec(any::<u8>(), 0..4)
+            .prop_map(|b| AnyValue { value: Some(any_value::Value::BytesValue(b)) }),
         any::<i32>().prop_map(|i| AnyValue { value: Some(any_value::Value::StringValueStrindex(i)) }),
     ];
     leaf.prop_recursive(3, 12, 3, |inner| {
@@ -49,8 +52,9 @@ fn any_value() -> impl Strategy<Value = AnyValue> {
 }
 
 fn attributes() -> impl Strategy<Value = Vec<KeyValue>> {
-    prop::collection::vec(("[a-z.]{1,8}", prop::option::of(any_value()), 0..2i32), 0..4)
-        .prop_map(|kvs| kvs.into_iter().map(|(key, value, key_strindex)| KeyValue { key, value, key_strindex }).collect())
+    prop::collection::vec(("[a-z.]{1,8}", prop::option::of(any_value()), 0..2i32), 0..4).prop_map(|kvs| {
+        kvs.into_iter().map(|(key, value, key_strindex)| KeyValue { key, value, key_strindex }).collect()
+    })
 }
 
 /// Ids of the right length most of the time, sometimes empty, short or all zero.
@@ -129,7 +133,11 @@ fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
     let scope_spans = (scope, prop::collection::vec(proto_span(), 0..4), "[a-z]{0,3}")
         .prop_map(|(scope, spans, schema_url)| ScopeSpans { scope, spans, schema_url });
     let resource = prop::option::of((attributes(), any::<u32>())).prop_map(|r| {
-        r.map(|(attributes, dropped_attributes_count)| Resource { attributes, dropped_attributes_count, entity_refs: Vec::new() })
+        r.map(|(attributes, dropped_attributes_count)| Resource {
+            attributes,
+            dropped_attributes_count,
+            entity_refs: Vec::new(),
+        })
     });
     let resource_spans = (resource, prop::collection::vec(scope_spans, 0..3), "[a-z]{0,3}")
         .prop_map(|(resource, scope_spans, schema_url)| ResourceSpans { resource, scope_spans, schema_url });
@@ -313,7 +321,10 @@ fn malformed_wire_forms_fail_as_prost_fails() {
         ("eleven-byte varint", wrap(&resource, &[], &[good_span(), key(6, 0), vec![0xff; 10], vec![0x01]].concat())),
         ("tenth varint byte 2", wrap(&resource, &[], &[good_span(), key(6, 0), vec![0xff; 9], vec![0x02]].concat())),
         ("key above u32", [vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x01], vec![0]].concat()),
-        ("entity ref not UTF-8", wrap(&[resource.clone(), len_field(3, &len_field(1, &[0xff]))].concat(), &[], &good_span())),
+        (
+            "entity ref not UTF-8",
+            wrap(&[resource.clone(), len_field(3, &len_field(1, &[0xff]))].concat(), &[], &good_span()),
+        ),
     ];
     for (name, bytes) in &cases {
         assert!(otlp_wire::decode_request(bytes).is_err(), "{name}");
@@ -332,7 +343,9 @@ fn nesting_is_limited_exactly_where_prost_limits_it() {
     let resource = len_field(1, &string_attribute("service.name", "api"));
     let mut accepted = 0;
     for depth in 0..60 {
-        for innermost in [[key(3, 0), varint(1)].concat(), [key(99, 0), varint(1)].concat(), [key(98, 3), key(98, 4)].concat()] {
+        for innermost in
+            [[key(3, 0), varint(1)].concat(), [key(99, 0), varint(1)].concat(), [key(98, 3), key(98, 4)].concat()]
+        {
             let mut value = innermost;
             for _ in 0..depth {
                 value = len_field(5, &len_field(1, &value));

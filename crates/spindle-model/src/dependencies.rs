@@ -40,10 +40,7 @@ fn database_system(span: &Span) -> Option<&str> {
 }
 
 /// Adds the edges of one trace to `into`, counting one call per edge occurrence.
-pub fn dependency_edges<'a>(
-    trace: impl IntoIterator<Item = &'a Span>,
-    into: &mut BTreeMap<(String, String), u64>,
-) {
+pub fn dependency_edges<'a>(trace: impl IntoIterator<Item = &'a Span>, into: &mut BTreeMap<(String, String), u64>) {
     for_each_edge(trace, |parent, child, _| {
         *into.entry((parent.to_string(), child.to_string())).or_insert(0) += 1;
     });
@@ -119,7 +116,9 @@ pub fn for_each_edge_named<'a>(
             }
             match messaging_system(parent) {
                 // The producer side already drew `service → kafka`.
-                Some(system) if parent.kind == SpanKind::Producer => edge(&broker_node(parent, system, naming), service, span),
+                Some(system) if parent.kind == SpanKind::Producer => {
+                    edge(&broker_node(parent, system, naming), service, span)
+                }
                 _ => edge(parent.service_name(), service, span),
             }
         }
@@ -128,10 +127,7 @@ pub fn for_each_edge_named<'a>(
 
 /// Turns accumulated edges into links, ordered by parent then child.
 pub fn links_from_edges(edges: BTreeMap<(String, String), u64>) -> Vec<DependencyLink> {
-    edges
-        .into_iter()
-        .map(|((parent, child), call_count)| DependencyLink { parent, child, call_count })
-        .collect()
+    edges.into_iter().map(|((parent, child), call_count)| DependencyLink { parent, child, call_count }).collect()
 }
 
 #[cfg(test)]
@@ -157,7 +153,9 @@ mod tests {
 
     #[test]
     fn per_destination_naming_gives_the_seed_graph_one_node_per_topic() {
-        let topic = |t: &str| vec![KeyValue::string("messaging.system", "kafka"), KeyValue::string("messaging.destination.name", t)];
+        let topic = |t: &str| {
+            vec![KeyValue::string("messaging.system", "kafka"), KeyValue::string("messaging.destination.name", t)]
+        };
         let trace = vec![
             span(1, 0, "ingestion-service", SpanKind::Internal, vec![]),
             span(2, 1, "ingestion-service", SpanKind::Producer, topic("market-data-raw")),
@@ -198,10 +196,8 @@ mod tests {
         ];
         let mut edges = BTreeMap::new();
         dependency_edges(&trace, &mut edges);
-        let links: Vec<(String, String, u64)> = links_from_edges(edges)
-            .into_iter()
-            .map(|l| (l.parent, l.child, l.call_count))
-            .collect();
+        let links: Vec<(String, String, u64)> =
+            links_from_edges(edges).into_iter().map(|l| (l.parent, l.child, l.call_count)).collect();
         assert_eq!(
             links,
             vec![

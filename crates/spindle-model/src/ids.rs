@@ -151,10 +151,7 @@ mod tests {
             [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
         );
         assert_eq!(TraceId::from_hex(""), Err(IdError::Empty));
-        assert_eq!(
-            TraceId::from_hex("zz"),
-            Err(IdError::NotHex { found: 'z', position: 0 })
-        );
+        assert_eq!(TraceId::from_hex("zz"), Err(IdError::NotHex { found: 'z', position: 0 }));
         assert!(matches!(SpanId::from_hex("00000000000000001"), Err(IdError::TooLong { .. })));
     }
 }

@@ -12,8 +12,11 @@ mod ids;
 pub mod semconv;
 mod span;
 
-pub use dependencies::{dependency_edges, for_each_edge, for_each_edge_named, links_from_edges, BrokerNodes, DependencyLink};
+pub use dependencies::{
+    dependency_edges, for_each_edge, for_each_edge_named, links_from_edges, BrokerNodes, DependencyLink,
+};
 pub use ids::{IdError, SpanId, TraceId};
-pub use span::{find_attribute, ServiceNames,
-    AttributeValue, Event, KeyValue, Link, Resource, Scope, Span, SpanKind, Status, StatusCode, Text,
+pub use span::{
+    find_attribute, AttributeValue, Event, KeyValue, Link, Resource, Scope, ServiceNames, Span, SpanKind, Status,
+    StatusCode, Text,
 };

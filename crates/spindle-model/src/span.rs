@@ -45,10 +45,8 @@ impl AttributeValue {
                 format!("[{}]", parts.join(","))
             }
             AttributeValue::Map(entries) => {
-                let parts: Vec<String> = entries
-                    .iter()
-                    .map(|kv| format!("{}:{}", json_quote(&kv.key), kv.value.to_json_text()))
-                    .collect();
+                let parts: Vec<String> =
+                    entries.iter().map(|kv| format!("{}:{}", json_quote(&kv.key), kv.value.to_json_text())).collect();
                 format!("{{{}}}", parts.join(","))
             }
         }

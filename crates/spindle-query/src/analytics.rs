@@ -223,7 +223,12 @@ impl Series {
         match self {
             Series::Dense(points) => {
                 let first = steps.dense.map_or(0, |(first, _)| first);
-                points.into_iter().enumerate().filter(|(_, p)| p.calls > 0).map(|(i, p)| (first + i as u64 * steps.step, p)).collect()
+                points
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.calls > 0)
+                    .map(|(i, p)| (first + i as u64 * steps.step, p))
+                    .collect()
             }
             Series::Sparse(points) => points.into_iter().collect(),
         }
@@ -317,7 +322,12 @@ impl RedAggregate {
 impl QueryService {
     /// RED statistics of spans matching `query`, grouped by the value of `group_by`
     /// (spans without it are left out) or not grouped, in points of `step_nanos`.
-    pub fn red(&self, query: &TraceQuery, group_by: Option<&str>, step_nanos: u64) -> Result<Vec<GroupStats>, QueryError> {
+    pub fn red(
+        &self,
+        query: &TraceQuery,
+        group_by: Option<&str>,
+        step_nanos: u64,
+    ) -> Result<Vec<GroupStats>, QueryError> {
         let step = step_nanos.max(1);
         // One partial aggregate per scanning thread, merged at the end: the aggregating
         // runs on every core, not on one thread behind the decoding ones.
@@ -326,8 +336,10 @@ impl QueryService {
         let mut partials: Vec<RedAggregate> = (0..SCAN_THREADS).map(|_| RedAggregate::new(steps, grouped)).collect();
         let fields = RowFields { group_by: group_by.map(str::to_string), ids: false, operation: false };
         {
-            let mut visitors: Vec<_> = partials.iter_mut().map(|partial| move |row: &SpanRow| partial.add(row)).collect();
-            let mut refs: Vec<&mut (dyn FnMut(&SpanRow) + Send)> = visitors.iter_mut().map(|v| v as &mut (dyn FnMut(&SpanRow) + Send)).collect();
+            let mut visitors: Vec<_> =
+                partials.iter_mut().map(|partial| move |row: &SpanRow| partial.add(row)).collect();
+            let mut refs: Vec<&mut (dyn FnMut(&SpanRow) + Send)> =
+                visitors.iter_mut().map(|v| v as &mut (dyn FnMut(&SpanRow) + Send)).collect();
             self.store.scan_rows_split(query, &fields, &mut refs)?;
         }
         let mut all = partials.pop().unwrap_or_else(|| RedAggregate::new(steps, grouped));
@@ -399,7 +411,9 @@ impl QueryService {
             }
         })?;
         let mut out: Vec<ErrorGroup> = groups.into_values().collect();
-        out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.service, &a.operation).cmp(&(&b.service, &b.operation))));
+        out.sort_by(|a, b| {
+            b.count.cmp(&a.count).then_with(|| (&a.service, &a.operation).cmp(&(&b.service, &b.operation)))
+        });
         Ok(out)
     }
 
@@ -407,8 +421,13 @@ impl QueryService {
     /// query's window, per topic, in points of `step_nanos`. A `service` filter keeps hops
     /// where it is the producing or the consuming service; other span filters do not apply
     /// (a hop is a pair of spans, not one).
-    pub fn kafka_hops(&self, query: &TraceQuery, step_nanos: u64) -> Result<BTreeMap<String, BTreeMap<u64, LatencySketch>>, QueryError> {
-        let messaging = TraceQuery { service: None, operation: None, span_kind: None, attributes: vec![], ..query.clone() };
+    pub fn kafka_hops(
+        &self,
+        query: &TraceQuery,
+        step_nanos: u64,
+    ) -> Result<BTreeMap<String, BTreeMap<u64, LatencySketch>>, QueryError> {
+        let messaging =
+            TraceQuery { service: None, operation: None, span_kind: None, attributes: vec![], ..query.clone() };
         let mut producers: HashMap<(TraceId, SpanId), (u64, String, String)> = HashMap::new();
         let mut consumers: Vec<(TraceId, SpanId, u64, Option<String>, String)> = Vec::new();
         let earlier = TraceQuery {
@@ -461,14 +480,19 @@ impl QueryService {
     pub fn service_graph(&self, query: &TraceQuery) -> Result<Vec<GraphEdge>, QueryError> {
         let mut edges: BTreeMap<(String, String), Stats> = BTreeMap::new();
         let fields = SpanFields::with_attributes(GRAPH_KEYS);
-        self.store.scan_traces(query.start_time_min_unix_nano, query.start_time_max_unix_nano, &fields, &mut |spans| {
-            for_each_edge_named(spans, BrokerNodes::PerDestination, |parent, child, call| {
-                match edges.get_mut(&(parent.to_string(), child.to_string())) {
-                    Some(stats) => stats.add(call),
-                    None => edges.entry((parent.to_string(), child.to_string())).or_default().add(call),
-                }
-            });
-        })?;
+        self.store.scan_traces(
+            query.start_time_min_unix_nano,
+            query.start_time_max_unix_nano,
+            &fields,
+            &mut |spans| {
+                for_each_edge_named(spans, BrokerNodes::PerDestination, |parent, child, call| {
+                    match edges.get_mut(&(parent.to_string(), child.to_string())) {
+                        Some(stats) => stats.add(call),
+                        None => edges.entry((parent.to_string(), child.to_string())).or_default().add(call),
+                    }
+                });
+            },
+        )?;
         Ok(edges.into_iter().map(|((parent, child), stats)| GraphEdge { parent, child, stats }).collect())
     }
 }
@@ -601,7 +625,10 @@ pub fn compare(a: &Trace, b: &Trace) -> TraceComparison {
         }
     }
     TraceComparison {
-        structure: structure.into_iter().map(|(path, (count_a, count_b))| StructureDiff { path, count_a, count_b }).collect(),
+        structure: structure
+            .into_iter()
+            .map(|(path, (count_a, count_b))| StructureDiff { path, count_a, count_b })
+            .collect(),
         operations: ops.into_values().collect(),
     }
 }
@@ -619,7 +646,8 @@ mod tests {
 
     fn service_with(seed: u64, traces: usize) -> (tempfile::TempDir, QueryService, Vec<Span>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(StoreOptions { sync: SyncPolicy::Always, ..StoreOptions::new(dir.path()) }).unwrap();
+        let store =
+            EmbeddedStore::open(StoreOptions { sync: SyncPolicy::Always, ..StoreOptions::new(dir.path()) }).unwrap();
         let spans = Workload::new(seed).batch(traces, 1_700_000_000_000_000_000, 3_600_000_000_000);
         // Some blocks and some spans in memory, so scans read both.
         for (i, chunk) in spans.chunks(1000).enumerate() {
@@ -655,7 +683,10 @@ mod tests {
                 for q in [0.5, 0.9, 0.95, 0.99] {
                     let exact = exact_quantile(&durations, q).unwrap() as f64;
                     let got = g.total.latency.quantile(q).unwrap();
-                    assert!((got - exact).abs() <= RELATIVE_ERROR * exact + 1e-6, "seed {seed} q {q}: {got} vs {exact}");
+                    assert!(
+                        (got - exact).abs() <= RELATIVE_ERROR * exact + 1e-6,
+                        "seed {seed} q {q}: {got} vs {exact}"
+                    );
                 }
             }
         }
@@ -692,7 +723,10 @@ mod tests {
             name: format!("op{id}").into(),
             start_time_unix_nano: start,
             end_time_unix_nano: end,
-            resource: Arc::new(Resource { attributes: vec![KeyValue::string("service.name", service)], ..Default::default() }),
+            resource: Arc::new(Resource {
+                attributes: vec![KeyValue::string("service.name", service)],
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -741,10 +775,14 @@ mod tests {
     #[test]
     fn kafka_hops_and_graph_edges() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(StoreOptions { sync: SyncPolicy::Always, ..StoreOptions::new(dir.path()) }).unwrap();
+        let store =
+            EmbeddedStore::open(StoreOptions { sync: SyncPolicy::Always, ..StoreOptions::new(dir.path()) }).unwrap();
         let kafka = |mut s: Span, kind: SpanKind| {
             s.kind = kind;
-            s.attributes = vec![KeyValue::string("messaging.system", "kafka"), KeyValue::string("messaging.destination.name", "ticks")];
+            s.attributes = vec![
+                KeyValue::string("messaging.system", "kafka"),
+                KeyValue::string("messaging.destination.name", "ticks"),
+            ];
             s
         };
         let mut db = span(4, 3, "storage", 1_000_050, 1_000_090);
@@ -766,6 +804,9 @@ mod tests {
         let graph = query.service_graph(&TraceQuery::default()).unwrap();
         let edges: Vec<(&str, &str, u64, u64)> =
             graph.iter().map(|e| (e.parent.as_str(), e.child.as_str(), e.stats.calls, e.stats.errors)).collect();
-        assert_eq!(edges, vec![("ingestion", "kafka/ticks", 1, 0), ("kafka/ticks", "storage", 1, 0), ("storage", "postgresql", 1, 1)]);
+        assert_eq!(
+            edges,
+            vec![("ingestion", "kafka/ticks", 1, 0), ("kafka/ticks", "storage", 1, 0), ("storage", "postgresql", 1, 1)]
+        );
     }
 }

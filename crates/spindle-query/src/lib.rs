@@ -184,9 +184,7 @@ mod tests {
             EmbeddedStore::open(StoreOptions { sync: SyncPolicy::Always, ..StoreOptions::new(dir.path()) }).unwrap();
         store.append(vec![span(1, 0, "a", 10, false), span(2, 1, "b", 20, true)]).unwrap();
         let query = QueryService::new(Arc::new(store));
-        let found = query
-            .find_traces(&TraceQuery { service: Some("b".into()), ..Default::default() })
-            .unwrap();
+        let found = query.find_traces(&TraceQuery { service: Some("b".into()), ..Default::default() }).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].spans.len(), 2, "the whole trace, not only the matching span");
         assert!(query.get_trace(TraceId(10)).unwrap().is_none());

@@ -163,7 +163,8 @@ impl SpanMetrics {
                     groups.push(BTreeMap::new());
                     groups.len() - 1
                 });
-                let point = groups[g].entry(slot).or_insert_with(|| Point { start_unix_nano: slot, ..Default::default() });
+                let point =
+                    groups[g].entry(slot).or_insert_with(|| Point { start_unix_nano: slot, ..Default::default() });
                 point.calls += agg.calls;
                 if key.status == StatusCode::Error {
                     point.errors += agg.calls;
@@ -199,7 +200,10 @@ mod tests {
             start_time_unix_nano: start,
             end_time_unix_nano: start + duration,
             status: Status { code: if error { StatusCode::Error } else { StatusCode::Unset }, message: String::new() },
-            resource: Arc::new(Resource { attributes: vec![KeyValue::string("service.name", service)], ..Default::default() }),
+            resource: Arc::new(Resource {
+                attributes: vec![KeyValue::string("service.name", service)],
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }

@@ -82,10 +82,7 @@ fn serve(name: &str, app: Router, dispatch: Dispatch) -> (u16, i32) {
         .spawn(move || {
             tid_out.store(gettid(), Ordering::SeqCst);
             tracing::dispatcher::with_default(&dispatch, || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                     let _ = axum::serve(listener, app).await;

@@ -26,9 +26,9 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use rdkafka::message::OwnedHeaders;
 use spindle_sdk::tracing::Dispatch;
-use spindle_sdk::Compression;
 use spindle_sdk::tracing_subscriber::layer::SubscriberExt;
 use spindle_sdk::tracing_subscriber::Registry;
+use spindle_sdk::Compression;
 
 /// CPU time of the calling thread, in nanoseconds.
 struct ThreadCpuTime;
@@ -107,8 +107,12 @@ macro_rules! span_benches {
 fn spans(c: &mut Cpu) {
     let (sdk, guard) = sdk_dispatch();
     let mut group = c.benchmark_group("span");
-    tracing::dispatcher::with_default(&Dispatch::none(), || { span_benches!(group, "sdk_off"); });
-    tracing::dispatcher::with_default(&sdk, || { span_benches!(group, "sdk_on"); });
+    tracing::dispatcher::with_default(&Dispatch::none(), || {
+        span_benches!(group, "sdk_off");
+    });
+    tracing::dispatcher::with_default(&sdk, || {
+        span_benches!(group, "sdk_on");
+    });
     group.finish();
     guard.flush().expect("flush");
     let stats = guard.stats();

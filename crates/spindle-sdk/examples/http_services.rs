@@ -28,7 +28,9 @@ async fn http_get(client: &ClientWithMiddleware, url: String) -> Result<serde_js
     Ok(client.get(url).send().await?.json().await?)
 }
 
-async fn get_recommendations(State(client): State<ClientWithMiddleware>) -> Result<Json<Vec<serde_json::Value>>, StatusCode> {
+async fn get_recommendations(
+    State(client): State<ClientWithMiddleware>,
+) -> Result<Json<Vec<serde_json::Value>>, StatusCode> {
     let fetches = ["7203", "6758"].map(|symbol| {
         let client = client.clone();
         async move { http_get(&client, format!("http://127.0.0.1:8081/stocks/{symbol}")).await }
@@ -44,11 +46,7 @@ async fn get_recommendations(State(client): State<ClientWithMiddleware>) -> Resu
 async fn main() -> std::io::Result<()> {
     let role = std::env::args().nth(1).unwrap_or_else(|| "api".to_owned());
     let (service, port, app) = match role.as_str() {
-        "market-data" => (
-            "market-data-service",
-            8081,
-            Router::new().route("/stocks/{symbol}", get(get_stock_data)),
-        ),
+        "market-data" => ("market-data-service", 8081, Router::new().route("/stocks/{symbol}", get(get_stock_data))),
         _ => (
             "clstock-api",
             8080,

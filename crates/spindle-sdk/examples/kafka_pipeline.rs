@@ -47,9 +47,7 @@ async fn fetch_instrument_data(producer: &FutureProducer, symbol: &str) {
     let payload = info_span!("enrich_context").in_scope(|| format!("{{\"symbol\":\"{symbol}\"}}"));
     let record = FutureRecord::to("market-data").key(symbol).payload(&payload);
     // A PRODUCER span `send market-data`, its context written into the record's headers.
-    let delivery = kafka::send(producer, record, Duration::from_secs(5))
-        .instrument(info_span!("send_to_kafka"))
-        .await;
+    let delivery = kafka::send(producer, record, Duration::from_secs(5)).instrument(info_span!("send_to_kafka")).await;
     if let Err((error, _)) = delivery {
         tracing::error!(%error, "delivery failed");
     }
@@ -88,8 +86,7 @@ async fn storage(brokers: &str) {
         let _ = kafka::process(&message, async {
             async {
                 info_span!("prepare_records").in_scope(|| {});
-                info_span!("db_write", db.system = "postgresql", db.operation.name = "INSERT")
-                    .in_scope(|| {});
+                info_span!("db_write", db.system = "postgresql", db.operation.name = "INSERT").in_scope(|| {});
             }
             .instrument(info_span!("store_data"))
             .await;

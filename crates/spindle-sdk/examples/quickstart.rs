@@ -45,13 +45,9 @@ async fn calculate_score(symbol: String) -> Result<f64, QuoteError> {
 async fn get_recommendations(top_n: usize) -> Vec<(String, f64)> {
     let symbols = ["7203", "6758", "9984", "XXXX"].map(String::from);
     // Each score runs as its own task, and each stays a child of this span.
-    let scores =
-        spindle_sdk::join_all_in_current_span(symbols.clone().map(calculate_score)).await;
-    let mut ranked: Vec<(String, f64)> = symbols
-        .into_iter()
-        .zip(scores)
-        .filter_map(|(symbol, score)| Some((symbol, score.ok()?.ok()?)))
-        .collect();
+    let scores = spindle_sdk::join_all_in_current_span(symbols.clone().map(calculate_score)).await;
+    let mut ranked: Vec<(String, f64)> =
+        symbols.into_iter().zip(scores).filter_map(|(symbol, score)| Some((symbol, score.ok()?.ok()?))).collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     ranked.truncate(top_n);
     info!(count = ranked.len(), trace_id = ?spindle_sdk::current_trace_id(), "ranked");

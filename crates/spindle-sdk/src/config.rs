@@ -231,10 +231,7 @@ pub(crate) struct Settings {
 
 impl Settings {
     /// Merges builder values with the environment read through `env`.
-    pub(crate) fn resolve(
-        builder: &BuilderSettings,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, InitError> {
+    pub(crate) fn resolve(builder: &BuilderSettings, env: impl Fn(&str) -> Option<String>) -> Result<Self, InitError> {
         // Empty variables count as unset, as the OpenTelemetry specification asks.
         let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
 
@@ -249,9 +246,7 @@ impl Settings {
 
         let protocol = match builder.protocol {
             Some(p) => p,
-            None => match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            {
+            None => match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL")) {
                 None => Protocol::Grpc,
                 Some(v) => Protocol::parse(&v).ok_or_else(|| InitError::InvalidSetting {
                     name: "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -263,16 +258,16 @@ impl Settings {
 
         let compression = match builder.compression {
             Some(c) => c,
-            None => match env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
-                .or_else(|| env("OTEL_EXPORTER_OTLP_COMPRESSION"))
-            {
-                None => Compression::None,
-                Some(v) => Compression::parse(&v).ok_or_else(|| InitError::InvalidSetting {
-                    name: "OTEL_EXPORTER_OTLP_COMPRESSION",
-                    value: v.clone(),
-                    reason: "expected gzip or none".to_owned(),
-                })?,
-            },
+            None => {
+                match env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION").or_else(|| env("OTEL_EXPORTER_OTLP_COMPRESSION")) {
+                    None => Compression::None,
+                    Some(v) => Compression::parse(&v).ok_or_else(|| InitError::InvalidSetting {
+                        name: "OTEL_EXPORTER_OTLP_COMPRESSION",
+                        value: v.clone(),
+                        reason: "expected gzip or none".to_owned(),
+                    })?,
+                }
+            }
         };
         if compression == Compression::Gzip && protocol == Protocol::HttpJson {
             return Err(InitError::InvalidSetting {
@@ -301,9 +296,7 @@ impl Settings {
                 None => SamplerConfig::ParentBased(ParentBasedRoot::AlwaysOn),
             },
         };
-        if let SamplerConfig::Ratio(r) | SamplerConfig::ParentBased(ParentBasedRoot::Ratio(r)) =
-            sampler
-        {
+        if let SamplerConfig::Ratio(r) | SamplerConfig::ParentBased(ParentBasedRoot::Ratio(r)) = sampler {
             if !(0.0..=1.0).contains(&r) {
                 return Err(InitError::InvalidSetting {
                     name: "sampler",
@@ -317,12 +310,8 @@ impl Settings {
         let batch = BatchSettings {
             max_queue_size: pick(builder.max_queue_size, &env, "OTEL_BSP_MAX_QUEUE_SIZE")?
                 .unwrap_or(defaults.max_queue_size),
-            max_export_batch_size: pick(
-                builder.max_export_batch_size,
-                &env,
-                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-            )?
-            .unwrap_or(defaults.max_export_batch_size),
+            max_export_batch_size: pick(builder.max_export_batch_size, &env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")?
+                .unwrap_or(defaults.max_export_batch_size),
             scheduled_delay: pick_millis(builder.scheduled_delay, &env, "OTEL_BSP_SCHEDULE_DELAY")?
                 .unwrap_or(defaults.scheduled_delay),
             export_timeout: pick_millis(builder.export_timeout, &env, "OTEL_BSP_EXPORT_TIMEOUT")?
@@ -344,11 +333,7 @@ impl Settings {
             endpoint,
             sampler,
             resource_attributes: builder.resource_attributes.clone(),
-            log_filter: builder
-                .log_filter
-                .clone()
-                .or_else(|| env("RUST_LOG"))
-                .unwrap_or_else(|| "info".to_owned()),
+            log_filter: builder.log_filter.clone().or_else(|| env("RUST_LOG")).unwrap_or_else(|| "info".to_owned()),
             span_filter: builder.span_filter.clone().unwrap_or_else(|| "info".to_owned()),
             log_format: builder.log_format,
             span_details: builder.span_details,
@@ -424,8 +409,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn resolve(builder: &BuilderSettings, vars: &[(&str, &str)]) -> Result<Settings, InitError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Settings::resolve(builder, |k| map.get(k).cloned())
     }
 
@@ -475,10 +459,7 @@ mod tests {
             http(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]),
             "http://collector:4318/v1/traces"
         );
-        assert_eq!(
-            http(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:9/custom")]),
-            "http://c:9/custom"
-        );
+        assert_eq!(http(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:9/custom")]), "http://c:9/custom");
         let b = BuilderSettings {
             protocol: Some(Protocol::HttpJson),
             endpoint: Some("http://127.0.0.1:1".into()),
@@ -493,8 +474,7 @@ mod tests {
         let s = resolve(&named("s"), &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).expect("ok");
         assert_eq!(s.protocol, Protocol::HttpJson);
         assert_eq!(s.endpoint, "http://localhost:4318/v1/traces");
-        let err = resolve(&named("s"), &[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")])
-            .expect_err("rejects");
+        let err = resolve(&named("s"), &[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")]).expect_err("rejects");
         assert!(err.to_string().contains("carrier-pigeon"), "{err}");
     }
 

@@ -98,8 +98,7 @@ impl<E: SpanExporter> DynSpanExporter for E {
 }
 
 /// Builds the exporter; runs on the worker thread, inside its runtime.
-pub(crate) type MakeExporter =
-    Box<dyn FnOnce() -> Result<Box<dyn DynSpanExporter>, InitError> + Send>;
+pub(crate) type MakeExporter = Box<dyn FnOnce() -> Result<Box<dyn DynSpanExporter>, InitError> + Send>;
 
 enum Control {
     Flush(std::sync::mpsc::Sender<OTelSdkResult>),
@@ -162,8 +161,7 @@ impl QueuedSpanProcessor {
             .name("spindle-sdk-export".to_owned())
             .spawn(move || {
                 ON_EXPORT_WORKER.with(|f| f.set(true));
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build()
-                {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(InitError::Worker(e)));
@@ -207,9 +205,7 @@ impl QueuedSpanProcessor {
             }
             Err(_) => {
                 let _ = worker.join();
-                return Err(InitError::Worker(std::io::Error::other(
-                    "the export worker stopped while starting",
-                )));
+                return Err(InitError::Worker(std::io::Error::other("the export worker stopped while starting")));
             }
         }
         Ok(Self {
@@ -235,9 +231,7 @@ impl QueuedSpanProcessor {
         match reply_rx.recv_timeout(timeout) {
             Ok(result) => result,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(OTelSdkError::Timeout(timeout)),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                Err(OTelSdkError::AlreadyShutdown)
-            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(OTelSdkError::AlreadyShutdown),
         }
     }
 }

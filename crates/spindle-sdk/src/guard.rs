@@ -72,10 +72,9 @@ impl TracingGuard {
     fn shutdown_inner(&mut self) -> Result<(), ShutdownError> {
         match self.inner.take() {
             None => Ok(()),
-            Some(i) => i
-                .provider
-                .shutdown_with_timeout(i.shutdown_timeout)
-                .map_err(|e| map_error(e, i.shutdown_timeout)),
+            Some(i) => {
+                i.provider.shutdown_with_timeout(i.shutdown_timeout).map_err(|e| map_error(e, i.shutdown_timeout))
+            }
         }
     }
 }

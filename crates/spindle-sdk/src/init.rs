@@ -20,8 +20,8 @@ use tracing_subscriber::{Layer, Registry};
 use crate::config::{BuilderSettings, Compression, LogFormat, Protocol, SamplerConfig, Settings};
 use crate::error::InitError;
 use crate::export::{on_export_worker, DynSpanExporter, MakeExporter, QueuedSpanProcessor, StatsCounters};
-use crate::otlp::OtlpExporter;
 use crate::guard::TracingGuard;
+use crate::otlp::OtlpExporter;
 
 /// A `tracing` layer as returned by [`SpindleBuilder::into_layer`].
 pub type BoxedLayer<S> = Box<dyn Layer<S> + Send + Sync + 'static>;
@@ -193,9 +193,7 @@ impl SpindleBuilder {
                 // Install plain logging if nobody did; if somebody did, their subscriber logs.
                 let filter = log_filter
                     .and_then(|f| EnvFilter::try_new(f).ok())
-                    .unwrap_or_else(|| {
-                        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
-                    });
+                    .unwrap_or_else(|| EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
                 let subscriber = Registry::default().with(fmt_layer(log_format).with_filter(filter));
                 let _ = tracing::subscriber::set_global_default(subscriber);
                 tracing::warn!(%error, "tracing export unavailable, continuing with logs only");
@@ -322,9 +320,7 @@ where
         .with_resource(resource)
         .build();
     let tracer = provider.tracer_with_scope(
-        InstrumentationScope::builder("spindle-sdk")
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build(),
+        InstrumentationScope::builder("spindle-sdk").with_version(env!("CARGO_PKG_VERSION")).build(),
     );
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)

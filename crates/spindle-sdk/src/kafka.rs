@@ -178,9 +178,7 @@ where
             span.record("messaging.kafka.offset", delivery.offset);
         }
         Err((error, _)) => {
-            let kind = error
-                .rdkafka_error_code()
-                .map_or_else(|| "kafka_error".to_owned(), |code| format!("{code:?}"));
+            let kind = error.rdkafka_error_code().map_or_else(|| "kafka_error".to_owned(), |code| format!("{code:?}"));
             span.record("error.type", kind);
             record_error(&span, error);
         }
@@ -256,10 +254,7 @@ mod tests {
     }
 
     fn header_list(headers: &OwnedHeaders) -> Vec<(String, Option<String>)> {
-        headers
-            .iter()
-            .map(|h| (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
-            .collect()
+        headers.iter().map(|h| (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()))).collect()
     }
 
     #[test]
@@ -270,10 +265,7 @@ mod tests {
         assert_eq!(got.baggage().get("tenant").map(|v| v.to_string()), Some("t1".into()));
         assert_eq!(
             header_list(&headers)[0],
-            (
-                "traceparent".to_owned(),
-                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned())
-            )
+            ("traceparent".to_owned(), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()))
         );
     }
 

@@ -21,10 +21,7 @@ pub fn w3c_propagator() -> &'static TextMapCompositePropagator {
 }
 
 pub(crate) fn new_w3c_propagator() -> TextMapCompositePropagator {
-    TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ])
+    TextMapCompositePropagator::new(vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())])
 }
 
 /// Writes `cx` (its span context and baggage) into `carrier` as W3C headers.
@@ -121,19 +118,14 @@ mod tests {
             true,
             TraceState::from_key_value([("vendor", "v1")]).expect("valid trace state"),
         );
-        Context::new()
-            .with_remote_span_context(sc)
-            .with_baggage([KeyValue::new("symbol", "AAPL")])
+        Context::new().with_remote_span_context(sc).with_baggage([KeyValue::new("symbol", "AAPL")])
     }
 
     #[test]
     fn inject_writes_w3c_headers() {
         let mut headers = HeaderPairs::default();
         inject_context(&remote_context(), &mut headers);
-        assert_eq!(
-            headers.get("traceparent"),
-            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-        );
+        assert_eq!(headers.get("traceparent"), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
         assert_eq!(headers.get("tracestate"), Some("vendor=v1"));
         assert_eq!(headers.get("baggage"), Some("symbol=AAPL"));
     }

@@ -133,23 +133,17 @@ fn a_dead_backend_costs_under_two_percent_and_bounded_memory() {
     }
     let stats = guard.stats();
     let best = attempts.iter().copied().fold(0.0_f64, f64::max);
-    assert!(
-        best >= 0.98,
-        "a dead backend must cost under 2% throughput: ratios {attempts:.4?}, {stats:?}"
-    );
+    assert!(best >= 0.98, "a dead backend must cost under 2% throughput: ratios {attempts:.4?}, {stats:?}");
     assert_eq!(stats.exported, 0, "nothing can be exported to a closed port");
     let _ = guard.flush(); // fails (nothing listens), but settles the last batch's count
-    // On a loaded machine the export thread may still be getting to the last spans.
+                           // On a loaded machine the export thread may still be getting to the last spans.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut settled = guard.stats();
     while settled.failed + settled.dropped < 4 * pairs as u64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         settled = guard.stats();
     }
-    assert!(
-        settled.failed + settled.dropped >= 4 * pairs as u64,
-        "the traced requests made spans: {settled:?}"
-    );
+    assert!(settled.failed + settled.dropped >= 4 * pairs as u64, "the traced requests made spans: {settled:?}");
 
     // Memory: a burst of spans far beyond the queue, as fast as they can be made.
     let before = resident_bytes();

@@ -46,10 +46,8 @@ fn a_request_is_one_trace_across_two_services() {
 
     let clients: Vec<_> = spans.iter().filter(|s| s.kind == CLIENT).collect();
     assert_eq!(clients.len(), 2, "{spans:#?}");
-    let backends: Vec<_> = spans
-        .iter()
-        .filter(|s| s.service == "market-data-service" && s.name == "GET /stocks/{symbol}")
-        .collect();
+    let backends: Vec<_> =
+        spans.iter().filter(|s| s.service == "market-data-service" && s.name == "GET /stocks/{symbol}").collect();
     assert_eq!(backends.len(), 2, "{spans:#?}");
     for client in &clients {
         assert_eq!(client.service, "clstock-api");

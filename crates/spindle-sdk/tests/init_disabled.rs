@@ -17,10 +17,7 @@ fn disabled_or_failed_init_degrades_to_logging_without_panicking() {
 
     // An endpoint the exporter cannot use is reported by try_init, before anything is
     // installed.
-    let error = spindle_sdk::builder("svc")
-        .endpoint("::not a url::")
-        .try_init()
-        .expect_err("the endpoint is unusable");
+    let error = spindle_sdk::builder("svc").endpoint("::not a url::").try_init().expect_err("the endpoint is unusable");
     assert!(matches!(error, InitError::Exporter { .. }), "{error}");
     assert!(error.to_string().contains("::not a url::"), "{error}");
 

@@ -32,9 +32,7 @@ fn init_exports_globally_honours_otel_variables_and_a_second_init_degrades() {
         .expect("runtime")
         .block_on(fetch_instrument_data(42));
     // Code using the OpenTelemetry API directly reaches the same pipeline.
-    opentelemetry::global::tracer_provider()
-        .tracer("direct")
-        .in_span("via_opentelemetry_api", |_| {});
+    opentelemetry::global::tracer_provider().tracer("direct").in_span("via_opentelemetry_api", |_| {});
 
     // A second init cannot install its subscriber: it degrades, it does not panic.
     let second = spindle_sdk::init("another-service");

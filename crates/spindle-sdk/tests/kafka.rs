@@ -66,9 +66,10 @@ fn context_crosses_two_kafka_hops_and_spans_carry_messaging_attributes() {
     let process_enriched = by_name(&spans, "storage-service", "process enriched-data");
     assert_eq!(process_enriched.parent_span_id, send_enriched.span_id);
     assert_eq!(process_enriched.status_code, 2, "a failed handler marks the consumer span");
-    assert!(process_enriched.events.iter().any(|(_, a)| a
-        .get("exception.message")
-        .is_some_and(|m| m.contains("constraint violation"))));
+    assert!(process_enriched
+        .events
+        .iter()
+        .any(|(_, a)| a.get("exception.message").is_some_and(|m| m.contains("constraint violation"))));
     let store = by_name(&spans, "storage-service", "store_data");
     assert_eq!(store.parent_span_id, process_enriched.span_id);
     let db_write = by_name(&spans, "storage-service", "db_write");

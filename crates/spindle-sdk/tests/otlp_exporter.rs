@@ -84,7 +84,9 @@ fn traced_request(svc: &TestService, trace_hex: &str) -> String {
 fn attributes(value: &Value) -> Vec<(String, Value)> {
     value["attributes"]
         .as_array()
-        .map(|attrs| attrs.iter().map(|kv| (kv["key"].as_str().unwrap_or("").to_owned(), kv["value"].clone())).collect())
+        .map(|attrs| {
+            attrs.iter().map(|kv| (kv["key"].as_str().unwrap_or("").to_owned(), kv["value"].clone())).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -113,10 +115,7 @@ fn read_back(spindle: &Spindle, trace_id: &str, count: usize) -> Vec<(Value, Val
 }
 
 fn by_name<'a>(spans: &'a [(Value, Value, Value)], name: &str) -> &'a (Value, Value, Value) {
-    spans
-        .iter()
-        .find(|(_, _, s)| s["name"] == name)
-        .unwrap_or_else(|| panic!("no span {name} in {spans:#?}"))
+    spans.iter().find(|(_, _, s)| s["name"] == name).unwrap_or_else(|| panic!("no span {name} in {spans:#?}"))
 }
 
 fn check_trace(spindle: &Spindle, svc: &TestService, trace_hex: &str) {
@@ -139,7 +138,10 @@ fn check_trace(spindle: &Spindle, svc: &TestService, trace_hex: &str) {
     assert_eq!(server["traceState"], "vendor=abc");
     assert_eq!(attr(server, "http.request.method"), Some(serde_json::json!({"stringValue": "GET"})));
     let status = attr(server, "http.response.status_code").expect("status code attribute");
-    assert_eq!(status["intValue"].as_str().map(str::to_owned).or_else(|| status["intValue"].as_i64().map(|v| v.to_string())), Some("200".to_owned()));
+    assert_eq!(
+        status["intValue"].as_str().map(str::to_owned).or_else(|| status["intValue"].as_i64().map(|v| v.to_string())),
+        Some("200".to_owned())
+    );
     assert_eq!(attr(server, "ratio"), Some(serde_json::json!({"doubleValue": 0.75})));
     assert_eq!(attr(server, "cached"), Some(serde_json::json!({"boolValue": true})));
     assert_eq!(attr(server, "symbol"), Some(serde_json::json!({"stringValue": "7203.T"})));
@@ -243,14 +245,16 @@ fn malformed_backend_answers_fail_the_export() {
     assert_eq!((stats.exported, stats.failed), (0, 1), "grpc: {stats:?}");
 
     let port = garbage_server(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 7\r\nconnection: close\r\n\r\ngarbage");
-    let http = service("exporter-garbage", &format!("http://127.0.0.1:{port}"), Protocol::HttpProtobuf, Compression::None);
+    let http =
+        service("exporter-garbage", &format!("http://127.0.0.1:{port}"), Protocol::HttpProtobuf, Compression::None);
     one_span_flushed(&http);
     let stats = http.guard.stats();
     assert_eq!((stats.exported, stats.failed), (0, 1), "http: {stats:?}");
 
     // A 200 whose body is not protobuf: the spans were taken, so the export counts as done.
     let port = garbage_server(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\n\xff\xff\xff");
-    let odd = service("exporter-garbage", &format!("http://127.0.0.1:{port}"), Protocol::HttpProtobuf, Compression::None);
+    let odd =
+        service("exporter-garbage", &format!("http://127.0.0.1:{port}"), Protocol::HttpProtobuf, Compression::None);
     one_span_flushed(&odd);
     let stats = odd.guard.stats();
     assert_eq!((stats.exported, stats.failed), (1, 0), "http 200: {stats:?}");

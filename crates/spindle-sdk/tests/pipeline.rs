@@ -36,16 +36,11 @@ fn guard_dropped_inside_a_current_thread_runtime_flushes_without_deadlock() {
     let sink = OtlpSink::start();
     let (dispatch, guard) = flush_only_pipeline("guard-current-thread", &sink);
     within("dropping the guard on a current_thread runtime", WAIT, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         tracing::dispatcher::with_default(&dispatch, || {
             runtime.block_on(async move {
                 tracing::info_span!("on_the_only_thread").in_scope(|| {});
-                tokio::spawn(async { tracing::info_span!("in_a_spawned_task").in_scope(|| {}) })
-                    .await
-                    .expect("task");
+                tokio::spawn(async { tracing::info_span!("in_a_spawned_task").in_scope(|| {}) }).await.expect("task");
                 // The only runtime thread blocks here while the export (tonic) completes.
                 guard.flush().expect("flush inside the runtime succeeds");
                 tracing::info_span!("after_flush").in_scope(|| {});
@@ -63,11 +58,8 @@ fn guard_shut_down_from_the_single_worker_of_a_multi_thread_runtime() {
     let sink = OtlpSink::start();
     let (dispatch, guard) = flush_only_pipeline("guard-one-worker", &sink);
     within("shutting down on a one-worker runtime", WAIT, move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         runtime.block_on(async move {
             let work = async {
                 tracing::info_span!("on_the_worker").in_scope(|| {});
@@ -121,8 +113,7 @@ fn every_otlp_protocol_delivers_spans_with_resource_and_attributes() {
                 .resource_attribute("deployment.environment.name", "test"),
         );
         svc.run(async {
-            tracing::info_span!("calculate_bsm", symbol = "AAPL", strike = 150.5_f64, qty = 3_i64)
-                .in_scope(|| {});
+            tracing::info_span!("calculate_bsm", symbol = "AAPL", strike = 150.5_f64, qty = 3_i64).in_scope(|| {});
         });
         svc.guard.flush().expect("flush");
         let span = sink.wait_for_span(service, "calculate_bsm", WAIT);
@@ -145,11 +136,9 @@ fn spawned_tasks_and_concurrent_batches_keep_their_parent() {
     let trace_id = svc.run(async {
         let root = tracing::info_span!("get_recommendations");
         async {
-            let score = spindle_sdk::spawn_in_current_span(
-                async { tracing::info_span!("calculate_score").in_scope(|| 0.7) },
-            );
-            let batch = ["7203", "6758", "9984", "AAPL", "MSFT"]
-                .map(|s| get_stock_data(s.to_owned()));
+            let score =
+                spindle_sdk::spawn_in_current_span(async { tracing::info_span!("calculate_score").in_scope(|| 0.7) });
+            let batch = ["7203", "6758", "9984", "AAPL", "MSFT"].map(|s| get_stock_data(s.to_owned()));
             let sizes = spindle_sdk::join_all_in_current_span(batch).await;
             assert_eq!(sizes.into_iter().map(|r| r.expect("task")).collect::<Vec<_>>(), [4, 4, 4, 4, 4]);
             spindle_sdk::spawn_blocking_in_current_span(|| {
@@ -159,9 +148,7 @@ fn spawned_tasks_and_concurrent_batches_keep_their_parent() {
             .expect("blocking task");
             score.await.expect("task");
             // Without the helpers a task starts a trace of its own.
-            tokio::spawn(async { tracing::info_span!("detached").in_scope(|| {}) })
-                .await
-                .expect("task");
+            tokio::spawn(async { tracing::info_span!("detached").in_scope(|| {}) }).await.expect("task");
             spindle_sdk::current_trace_id().expect("inside a sampled trace")
         }
         .instrument(root)
@@ -218,10 +205,7 @@ fn errors_become_exception_events_with_error_status() {
             .iter()
             .find(|(event, attrs)| event == "exception" || attrs.contains_key("exception.message"))
             .unwrap_or_else(|| panic!("{name} has an exception event: {span:?}"));
-        assert!(
-            exception.1.get("exception.message").is_some_and(|m| m.contains(message)),
-            "{name}: {exception:?}"
-        );
+        assert!(exception.1.get("exception.message").is_some_and(|m| m.contains(message)), "{name}: {exception:?}");
     }
 }
 
@@ -276,13 +260,7 @@ fn job_keeps_its_parent_but_not_the_caller_span(
         .into_layer::<Registry>()
         .expect("pipeline builds");
     let dispatch = Dispatch::new(Registry::default().with(layer));
-    let finished = |name: &str| {
-        exporter
-            .get_finished_spans()
-            .expect("readable")
-            .into_iter()
-            .find(|s| s.name == name)
-    };
+    let finished = |name: &str| exporter.get_finished_spans().expect("readable").into_iter().find(|s| s.name == name);
     tracing::dispatcher::with_default(&dispatch, || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {

@@ -44,11 +44,9 @@ fn jaeger_spans(body: &Value) -> Vec<JaegerSpan> {
                     span_id: text(&s["spanID"]),
                     operation: text(&s["operationName"]),
                     service: text(&processes[text(&s["processID"])]["serviceName"]),
-                    parent: s["references"].as_array().and_then(|refs| {
-                        refs.iter()
-                            .find(|r| r["refType"] == "CHILD_OF")
-                            .map(|r| text(&r["spanID"]))
-                    }),
+                    parent: s["references"]
+                        .as_array()
+                        .and_then(|refs| refs.iter().find(|r| r["refType"] == "CHILD_OF").map(|r| text(&r["spanID"]))),
                     tags: s["tags"]
                         .as_array()
                         .map(|tags| tags.iter().map(|t| (text(&t["key"]), text(&t["value"]))).collect())

@@ -108,16 +108,26 @@ fn duration(name: &str, text: &str) -> anyhow::Result<u64> {
 }
 
 impl Alerting {
-    pub fn load(path: &Path, alertmanagers: Vec<String>, webhooks: Vec<String>, public_url: String) -> anyhow::Result<Self> {
+    pub fn load(
+        path: &Path,
+        alertmanagers: Vec<String>,
+        webhooks: Vec<String>,
+        public_url: String,
+    ) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading alert rules {}", path.display()))?;
-        let file: RulesFile = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing alert rules {}", path.display()))?;
-        let interval = Duration::from_nanos(duration("evaluation_interval", file.evaluation_interval.as_deref().unwrap_or("15s"))?.max(100_000_000));
+        let file: RulesFile =
+            serde_yaml_ng::from_str(&text).with_context(|| format!("parsing alert rules {}", path.display()))?;
+        let interval = Duration::from_nanos(
+            duration("evaluation_interval", file.evaluation_interval.as_deref().unwrap_or("15s"))?.max(100_000_000),
+        );
         let mut rules = Vec::new();
         for spec in file.rules {
             let ctx = || format!("alert rule {:?}", spec.name);
             let span_kind = match &spec.span_kind {
                 None => None,
-                Some(k) => Some(SpanKind::from_jaeger_str(k).with_context(|| format!("{}: invalid span_kind {k:?}", ctx()))?),
+                Some(k) => {
+                    Some(SpanKind::from_jaeger_str(k).with_context(|| format!("{}: invalid span_kind {k:?}", ctx()))?)
+                }
             };
             if let Condition::LatencyAbove { quantile, .. } = spec.condition {
                 anyhow::ensure!(quantile > 0.0 && quantile <= 1.0, "{}: quantile must be in (0, 1]", ctx());
@@ -137,7 +147,13 @@ impl Alerting {
         }
         let states = rules
             .iter()
-            .map(|_| RuleState { state: State::Inactive, active_since: 0, value: None, examples: Vec::new(), last_evaluation: 0 })
+            .map(|_| RuleState {
+                state: State::Inactive,
+                active_since: 0,
+                value: None,
+                examples: Vec::new(),
+                last_evaluation: 0,
+            })
             .collect();
         Ok(Alerting {
             rules,
@@ -146,7 +162,10 @@ impl Alerting {
             alertmanagers,
             webhooks,
             public_url: public_url.trim_end_matches('/').to_string(),
-            client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().context("building the alert http client")?,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .context("building the alert http client")?,
         })
     }
 
@@ -175,7 +194,8 @@ impl Alerting {
                     state.active_since = now;
                 }
                 state.examples = examples;
-                state.state = if now.saturating_sub(state.active_since) >= rule.hold { State::Firing } else { State::Pending };
+                state.state =
+                    if now.saturating_sub(state.active_since) >= rule.hold { State::Firing } else { State::Pending };
                 if state.state == State::Firing {
                     let ends = now + 4 * self.interval.as_nanos() as u64;
                     outgoing.push(self.alert_json(rule, state, ends, "firing"));
@@ -291,7 +311,8 @@ fn check(rule: &Rule, window: &TraceQuery, query: &QueryService) -> anyhow::Resu
         Condition::LatencyAbove { quantile, threshold_ms } => {
             let value = totals.as_ref().and_then(|t| t.latency.quantile(*quantile)).map(|ns| ns / 1e6);
             let active = value.is_some_and(|v| v > *threshold_ms);
-            let examples = if active { query.slowest(window, 3)?.into_iter().map(|s| s.trace_id).collect() } else { Vec::new() };
+            let examples =
+                if active { query.slowest(window, 3)?.into_iter().map(|s| s.trace_id).collect() } else { Vec::new() };
             (active, value, examples)
         }
         Condition::ErrorRatioAbove { threshold } => {

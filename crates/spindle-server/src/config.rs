@@ -285,7 +285,11 @@ mod tests {
     fn flags_win_over_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("spindle.toml");
-        std::fs::write(&file, "data_dir = \"/var/lib/spindle\"\nquery_addr = \"127.0.0.1:9999\"\nsync = \"interval:50\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "data_dir = \"/var/lib/spindle\"\nquery_addr = \"127.0.0.1:9999\"\nsync = \"interval:50\"\n",
+        )
+        .unwrap();
         let cli = Cli::parse_from(["spindle", "--config", file.to_str().unwrap(), "--query-addr", "127.0.0.1:1234"]);
         let settings = cli.serve.resolve().unwrap();
         assert_eq!(settings.query_addr, addr("127.0.0.1:1234"));

@@ -69,7 +69,13 @@ fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of ours.
     unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong);
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
     }
 }
 
@@ -127,7 +133,10 @@ impl Ingest {
 
     fn dropped(&self, protocol: &str, reason: DropReason, n: u64) {
         if n > 0 {
-            self.telemetry.spans_dropped.get_or_create(&DropLabels { protocol: protocol.to_string(), reason }).inc_by(n);
+            self.telemetry
+                .spans_dropped
+                .get_or_create(&DropLabels { protocol: protocol.to_string(), reason })
+                .inc_by(n);
         }
     }
 
@@ -215,7 +224,15 @@ mod tests {
         if let Ok(expected) = std::env::var("SPINDLE_TEST_EXPECT_THP_DISABLED") {
             // The flag is inherited: clear what the parent may have set (its own tuning).
             // SAFETY: PR_SET_THP_DISABLE takes integers only.
-            unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_THP_DISABLE,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            };
             tune_allocator();
             // SAFETY: PR_GET_THP_DISABLE reads a flag of this process.
             let after = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
 use bytes::BufMut;
+use clap::{Args, ValueEnum};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use spindle_workload::{Rng, Workload, SPANS_PER_TRACE};

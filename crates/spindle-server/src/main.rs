@@ -45,7 +45,9 @@ fn main() -> anyhow::Result<()> {
     };
     let settings = args.resolve()?;
     init_logging(&settings.log, settings.log_json);
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().on_thread_park(ingest::collect_freed_memory).build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(ingest::collect_freed_memory)
+        .build()?;
     runtime.block_on(server::run(settings))
 }

@@ -115,6 +115,13 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        crate::grpc::serve_unary(req, EXPORT_PATH, ExportCodec, Export(Arc::clone(&self.ingest)), self.max_message_bytes, true)
+        crate::grpc::serve_unary(
+            req,
+            EXPORT_PATH,
+            ExportCodec,
+            Export(Arc::clone(&self.ingest)),
+            self.max_message_bytes,
+            true,
+        )
     }
 }

@@ -104,19 +104,20 @@ async fn export(State(state): State<OtlpHttp>, headers: HeaderMap, body: Bytes) 
             )
         }
     };
-    let gzipped = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase()) {
-        None => false,
-        Some(e) if e.is_empty() || e == "identity" => false,
-        Some(e) if e == "gzip" => true,
-        Some(other) => {
-            return respond(
-                encoding,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                3,
-                format!("unsupported content encoding {other:?}: expected gzip or identity"),
-            )
-        }
-    };
+    let gzipped =
+        match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase()) {
+            None => false,
+            Some(e) if e.is_empty() || e == "identity" => false,
+            Some(e) if e == "gzip" => true,
+            Some(other) => {
+                return respond(
+                    encoding,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    3,
+                    format!("unsupported content encoding {other:?}: expected gzip or identity"),
+                )
+            }
+        };
     let limit = state.max_body_bytes;
     // Inflating and decoding are CPU work: keep them off the reactor.
     let decoded = tokio::task::spawn_blocking(move || -> Result<Decoded, BodyError> {

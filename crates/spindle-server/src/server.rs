@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::Settings;
 use crate::alerting::{self, Alerting};
+use crate::config::Settings;
 use crate::ingest::Ingest;
 use crate::receivers::sampling::{self, Strategies};
 use crate::receivers::{jaeger_grpc, jaeger_http, jaeger_udp, zipkin};
@@ -48,7 +48,13 @@ async fn wait_for_signal() {
     }
 }
 
-fn serve_http(tasks: &mut JoinSet<anyhow::Result<()>>, what: &'static str, listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
+fn serve_http(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    what: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) {
     tasks.spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -68,7 +74,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let telemetry = Arc::new(Telemetry::new(&settings.data_dir));
     let admin_listener = bind("admin", settings.admin_addr).await?;
     let store_slot: admin::StoreSlot = Arc::default();
-    let admin = admin::router(Arc::clone(&ready), Arc::clone(&telemetry), settings.data_dir.clone(), Arc::clone(&store_slot));
+    let admin =
+        admin::router(Arc::clone(&ready), Arc::clone(&telemetry), settings.data_dir.clone(), Arc::clone(&store_slot));
     serve_http(&mut tasks, "admin", admin_listener, admin, stop_rx.clone());
 
     let options = StoreOptions {
@@ -97,7 +104,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let sampling_listener = bind("sampling", settings.sampling_addr).await?;
     let compact_socket = jaeger_udp::bind(settings.jaeger_compact_addr).await?;
     let binary_socket = jaeger_udp::bind(settings.jaeger_binary_addr).await?;
-    let strategies = Arc::new(Strategies::load(settings.sampling_strategies.clone(), settings.sampling_default_probability)?);
+    let strategies =
+        Arc::new(Strategies::load(settings.sampling_strategies.clone(), settings.sampling_default_probability)?);
 
     let grpc = otlp_grpc::service(Arc::clone(&ingest), settings.max_body_bytes);
     let mut stop = stop_rx.clone();
@@ -115,21 +123,37 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(jaeger_grpc)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(jaeger_grpc_listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(jaeger_grpc_listener),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )
             .await
             .context("jaeger grpc server failed")
     });
-    for (socket, flavor) in [(compact_socket, jaeger_udp::Flavor::Compact), (binary_socket, jaeger_udp::Flavor::Binary)] {
+    for (socket, flavor) in [(compact_socket, jaeger_udp::Flavor::Compact), (binary_socket, jaeger_udp::Flavor::Binary)]
+    {
         tasks.spawn(jaeger_udp::serve(socket, flavor, Arc::clone(&ingest), Arc::clone(&telemetry), stop_rx.clone()));
     }
     let jaeger_http = jaeger_http::router(Arc::clone(&ingest), Arc::clone(&strategies), settings.max_body_bytes);
     serve_http(&mut tasks, "jaeger http", jaeger_http_listener, jaeger_http, stop_rx.clone());
-    serve_http(&mut tasks, "zipkin", zipkin_listener, zipkin::router(Arc::clone(&ingest), settings.max_body_bytes), stop_rx.clone());
+    serve_http(
+        &mut tasks,
+        "zipkin",
+        zipkin_listener,
+        zipkin::router(Arc::clone(&ingest), settings.max_body_bytes),
+        stop_rx.clone(),
+    );
     serve_http(&mut tasks, "sampling", sampling_listener, sampling::router(Arc::clone(&strategies)), stop_rx.clone());
     tokio::spawn(sampling::reload_loop(Arc::clone(&strategies), Duration::from_secs(2), stop_rx.clone()));
-    serve_http(&mut tasks, "otlp http", http_listener, otlp_http::router(Arc::clone(&ingest), settings.max_body_bytes), stop_rx.clone());
+    serve_http(
+        &mut tasks,
+        "otlp http",
+        http_listener,
+        otlp_http::router(Arc::clone(&ingest), settings.max_body_bytes),
+        stop_rx.clone(),
+    );
     let alerting = match &settings.alert_rules {
         Some(path) => {
             let alerting = Arc::new(Alerting::load(
@@ -172,7 +196,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let _ = snapshots.await;
     let sync_store = Arc::clone(&store);
-    tokio::task::spawn_blocking(move || sync_store.sync()).await.context("store sync task failed")?.context("syncing the store")?;
+    tokio::task::spawn_blocking(move || sync_store.sync())
+        .await
+        .context("store sync task failed")?
+        .context("syncing the store")?;
     tracing::info!("store synced, bye");
     match failed {
         Some(Ok(Err(e))) => Err(e),

@@ -151,17 +151,44 @@ impl Telemetry {
         });
         registry.register("spindle_spans_received", "Spans received, valid or not", spans_received.clone());
         registry.register("spindle_spans_accepted", "Spans stored durably and acknowledged", spans_accepted.clone());
-        registry.register("spindle_spans_dropped", "Spans not stored, by reason (invalid or queue full)", spans_dropped.clone());
-        registry.register("spindle_requests_failed", "Requests that failed to decode or store", requests_failed.clone());
+        registry.register(
+            "spindle_spans_dropped",
+            "Spans not stored, by reason (invalid or queue full)",
+            spans_dropped.clone(),
+        );
+        registry.register(
+            "spindle_requests_failed",
+            "Requests that failed to decode or store",
+            requests_failed.clone(),
+        );
         registry.register("spindle_udp_datagrams", "UDP datagrams by protocol and outcome", datagrams.clone());
         registry.register("spindle_ingest_queue_spans", "Spans accepted but not yet stored", queue_spans.clone());
-        registry.register_with_unit("spindle_storage", "Size of the data directory", Unit::Bytes, storage_bytes.clone());
+        registry.register_with_unit(
+            "spindle_storage",
+            "Size of the data directory",
+            Unit::Bytes,
+            storage_bytes.clone(),
+        );
         let store = StoreGauges::default();
-        registry.register("spindle_store_head_spans", "Spans in memory not yet written to blocks", store.head_spans.clone());
+        registry.register(
+            "spindle_store_head_spans",
+            "Spans in memory not yet written to blocks",
+            store.head_spans.clone(),
+        );
         registry.register("spindle_store_blocks", "Blocks on disk", store.blocks.clone());
         registry.register("spindle_store_block_spans", "Spans in blocks on disk", store.block_spans.clone());
-        registry.register_with_unit("spindle_store_block", "Size of the blocks on disk", Unit::Bytes, store.block_bytes.clone());
-        registry.register_with_unit("spindle_store_wal", "Size of the write-ahead log", Unit::Bytes, store.wal_bytes.clone());
+        registry.register_with_unit(
+            "spindle_store_block",
+            "Size of the blocks on disk",
+            Unit::Bytes,
+            store.block_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "spindle_store_wal",
+            "Size of the write-ahead log",
+            Unit::Bytes,
+            store.wal_bytes.clone(),
+        );
         registry.register_with_unit(
             "spindle_query_duration",
             "Query API latency by endpoint",
@@ -295,11 +322,8 @@ impl Telemetry {
         }
         // The text format names a counter family after its samples (`x_total`), where
         // OpenMetrics names it `x`; exemplars and `# UNIT` do not exist there.
-        let counters: std::collections::HashSet<&str> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.strip_suffix(" counter"))
-            .collect();
+        let counters: std::collections::HashSet<&str> =
+            out.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter")).collect();
         let mut text = String::with_capacity(out.len());
         for line in out.lines() {
             if line.starts_with("# UNIT") {
@@ -343,7 +367,12 @@ fn read_snapshot(path: &Path) -> SpanMetrics {
 }
 
 /// Snapshots span metrics every `every` until `stop` flips, then once more.
-pub async fn snapshot_loop(telemetry: Arc<Telemetry>, every: Duration, retention: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn snapshot_loop(
+    telemetry: Arc<Telemetry>,
+    every: Duration,
+    retention: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {

@@ -64,7 +64,8 @@ pub async fn serve(method: Method, uri: Uri) -> Response {
         return (StatusCode::NOT_FOUND, format!("no API at {path}")).into_response();
     }
     if method != Method::GET && method != Method::HEAD {
-        return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, HeaderValue::from_static("GET, HEAD"))]).into_response();
+        return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, HeaderValue::from_static("GET, HEAD"))])
+            .into_response();
     }
     match resolve(path) {
         Some(asset) => (

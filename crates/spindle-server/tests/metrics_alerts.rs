@@ -26,7 +26,8 @@ fn free_port() -> u16 {
 fn send(spindle: &Spindle, spans: &[Span]) {
     let client = reqwest::blocking::Client::new();
     for chunk in spans.chunks(500) {
-        let body = ExportTraceServiceRequest { resource_spans: spindle_codec::otlp::spans_to_resource_spans(chunk) }.encode_to_vec();
+        let body = ExportTraceServiceRequest { resource_spans: spindle_codec::otlp::spans_to_resource_spans(chunk) }
+            .encode_to_vec();
         let r = client
             .post(format!("http://{}/v1/traces", spindle.http))
             .header("content-type", "application/x-protobuf")
@@ -83,7 +84,8 @@ fn span_metrics_spm_analytics_and_a_real_prometheus() {
     // Spans of the last ten minutes, so they fall in SPM's default 1 h lookback.
     let spans = Workload::new(3).batch(300, now_nanos() - 600_000_000_000, 540_000_000_000);
     send(&spindle, &spans);
-    let pricing: Vec<&Span> = spans.iter().filter(|s| s.service_name() == "pricing" && s.name == "calculate_bsm").collect();
+    let pricing: Vec<&Span> =
+        spans.iter().filter(|s| s.service_name() == "pricing" && s.name == "calculate_bsm").collect();
     let errors = pricing.iter().filter(|s| s.is_error()).count();
 
     // /metrics, Prometheus text: exact call counts under the spanmetrics connector's names.
@@ -110,21 +112,31 @@ fn span_metrics_spm_analytics_and_a_real_prometheus() {
         .expect("promtool is needed (apt-get install prometheus)");
     std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
     let checked = promtool.wait_with_output().unwrap();
-    assert!(checked.status.success(), "promtool: {}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 
     // Jaeger SPM: calls and latencies of the service, per operation.
-    let (status, calls) = spindle.get_json("/api/metrics/calls?service=pricing&spanKind=internal&groupByOperation=true&step=60000&ratePer=3600000");
+    let (status, calls) = spindle.get_json(
+        "/api/metrics/calls?service=pricing&spanKind=internal&groupByOperation=true&step=60000&ratePer=3600000",
+    );
     assert_eq!(status, 200);
     assert_eq!(calls["name"], "service_call_rate");
     let series = calls["metrics"].as_array().unwrap();
     let bsm = series
         .iter()
-        .find(|m| m["labels"].as_array().unwrap().iter().any(|l| l["name"] == "operation" && l["value"] == "calculate_bsm"))
+        .find(|m| {
+            m["labels"].as_array().unwrap().iter().any(|l| l["name"] == "operation" && l["value"] == "calculate_bsm")
+        })
         .expect("calculate_bsm series");
     let last = bsm["metricPoints"].as_array().unwrap().last().unwrap();
     let rate = last["gaugeValue"]["doubleValue"].as_f64().unwrap();
     assert!((rate * 3600.0 - pricing.len() as f64).abs() < 0.5, "rate {rate}/s over an hour ≈ {} calls", pricing.len());
-    let (_, latencies) = spindle.get_json("/api/metrics/latencies?service=pricing&spanKind=internal&quantile=0.95&ratePer=3600000");
+    let (_, latencies) =
+        spindle.get_json("/api/metrics/latencies?service=pricing&spanKind=internal&quantile=0.95&ratePer=3600000");
     assert_eq!(latencies["name"], "service_latencies");
     assert!(latencies["metrics"][0]["metricPoints"][0]["gaugeValue"]["doubleValue"].as_f64().unwrap() > 0.0);
     let (status, _) = spindle.get_json("/api/metrics/latencies?service=pricing");
@@ -152,14 +164,31 @@ fn span_metrics_spm_analytics_and_a_real_prometheus() {
     let edges = graph["edges"].as_array().unwrap();
     // One node per topic in Spindle's graph; Jaeger's dependencies keep one `kafka` node.
     assert!(edges.iter().any(|e| e["parent"] == "quote-api" && e["child"] == "kafka/ledger-events"));
-    assert!(edges.iter().any(|e| e["parent"] == "kafka/ledger-events" && e["child"] == "ledger" && e["callCount"] == 300));
-    let topic = graph["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "kafka/ledger-events").expect("topic node");
-    assert_eq!((&topic["virtual"], &topic["kind"], &topic["system"], &topic["topic"]), (&json!(true), &json!("topic"), &json!("kafka"), &json!("ledger-events")));
-    let (_, deps) = spindle.get_json(&format!("/api/dependencies?endTs={}&lookback=86400000", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()));
-    assert!(deps["data"].as_array().unwrap().iter().any(|d| d["parent"] == "kafka" && d["child"] == "ledger" && d["callCount"] == 300), "{deps}");
+    assert!(edges
+        .iter()
+        .any(|e| e["parent"] == "kafka/ledger-events" && e["child"] == "ledger" && e["callCount"] == 300));
+    let topic =
+        graph["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "kafka/ledger-events").expect("topic node");
+    assert_eq!(
+        (&topic["virtual"], &topic["kind"], &topic["system"], &topic["topic"]),
+        (&json!(true), &json!("topic"), &json!("kafka"), &json!("ledger-events"))
+    );
+    let (_, deps) = spindle.get_json(&format!(
+        "/api/dependencies?endTs={}&lookback=86400000",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+    ));
+    assert!(
+        deps["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["parent"] == "kafka" && d["child"] == "ledger" && d["callCount"] == 300),
+        "{deps}"
+    );
     let (_, hops) = spindle.get_json("/api/spindle/kafka-hops?step=1h");
     assert_eq!(hops["topics"][0]["topic"], "ledger-events");
-    let hop_count: u64 = hops["topics"][0]["series"].as_array().unwrap().iter().map(|p| p["count"].as_u64().unwrap()).sum();
+    let hop_count: u64 =
+        hops["topics"][0]["series"].as_array().unwrap().iter().map(|p| p["count"].as_u64().unwrap()).sum();
     assert_eq!(hop_count, 300);
     let (_, errs) = spindle.get_json("/api/spindle/errors");
     let total_errors: u64 = errs["groups"].as_array().unwrap().iter().map(|g| g["count"].as_u64().unwrap()).sum();
@@ -212,10 +241,18 @@ fn span_metrics_spm_analytics_and_a_real_prometheus() {
     let mut bad = Workload::new(4).trace(now_nanos());
     bad[0].trace_id = spindle_model::TraceId(0);
     send(&spindle, &bad);
-    let garbage = client.post(format!("http://{}/v1/traces", spindle.http)).header("content-type", "application/x-protobuf").body(vec![0xff; 8]).send().unwrap();
+    let garbage = client
+        .post(format!("http://{}/v1/traces", spindle.http))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0xff; 8])
+        .send()
+        .unwrap();
     assert_eq!(garbage.status().as_u16(), 400);
     let text = metrics_text(&spindle, false);
-    assert!(text.contains("spindle_spans_dropped_total{protocol=\"otlp_http_protobuf\",reason=\"invalid\"} 1"), "{text}");
+    assert!(
+        text.contains("spindle_spans_dropped_total{protocol=\"otlp_http_protobuf\",reason=\"invalid\"} 1"),
+        "{text}"
+    );
     let exported: Vec<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -229,11 +266,21 @@ fn span_metrics_spm_analytics_and_a_real_prometheus() {
         for panel in dashboard["panels"].as_array().unwrap() {
             for target in panel["targets"].as_array().into_iter().flatten() {
                 let Some(expr) = target["expr"].as_str() else { continue };
-                let r = client.get(format!("http://127.0.0.1:{prom_port}/api/v1/query")).query(&[("query", expr)]).send().unwrap();
-                assert_eq!(r.status().as_u16(), 200, "{}: {expr} does not parse: {}", path.display(), r.text().unwrap());
+                let r = client
+                    .get(format!("http://127.0.0.1:{prom_port}/api/v1/query"))
+                    .query(&[("query", expr)])
+                    .send()
+                    .unwrap();
+                assert_eq!(
+                    r.status().as_u16(),
+                    200,
+                    "{}: {expr} does not parse: {}",
+                    path.display(),
+                    r.text().unwrap()
+                );
                 for name in metric_names(expr) {
-                    let known = exported.iter().any(|m| name == *m || name.starts_with(&format!("{m}_")))
-                        || name == "up";
+                    let known =
+                        exported.iter().any(|m| name == *m || name.starts_with(&format!("{m}_"))) || name == "up";
                     assert!(known, "{}: {expr} uses {name}, which nothing exports", path.display());
                 }
                 checked += 1;
@@ -301,7 +348,9 @@ fn metric_names(expr: &str) -> Vec<String> {
 #[test]
 fn promql_metric_names_are_found() {
     assert_eq!(
-        metric_names(r#"histogram_quantile(0.9, sum by (le, service_name) (rate(a_b_bucket{x="y_z"}[5m]))) / on (q_r) c_d"#),
+        metric_names(
+            r#"histogram_quantile(0.9, sum by (le, service_name) (rate(a_b_bucket{x="y_z"}[5m]))) / on (q_r) c_d"#
+        ),
         vec!["a_b_bucket", "c_d"]
     );
 }
@@ -361,12 +410,8 @@ fn alerts_fire_and_resolve_in_a_real_alertmanager() {
 
     // No more errors: once the window passes, the alert resolves.
     wait_for("the alert to resolve", Duration::from_secs(30), || {
-        let alerts: Value = client
-            .get(format!("http://127.0.0.1:{am_port}/api/v2/alerts?active=true"))
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
+        let alerts: Value =
+            client.get(format!("http://127.0.0.1:{am_port}/api/v2/alerts?active=true")).send().ok()?.json().ok()?;
         let still = alerts.as_array()?.iter().any(|a| a["labels"]["alertname"] == "PricingErrors");
         (!still).then_some(())
     });

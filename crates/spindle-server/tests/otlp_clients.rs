@@ -182,7 +182,8 @@ fn official_exporters_round_trip_through_every_query_endpoint() {
     let trace = &body["data"][0];
     assert_eq!(trace["traceID"], sent.trace_id);
     assert_eq!(trace["spans"].as_array().unwrap().len(), 4);
-    let names: Vec<&str> = trace["spans"].as_array().unwrap().iter().map(|s| s["operationName"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        trace["spans"].as_array().unwrap().iter().map(|s| s["operationName"].as_str().unwrap()).collect();
     assert_eq!(names, ["fetch_instrument_data", "send_to_kafka", "process_message", "db_write"], "ordered by start");
 
     let root = span_named(trace, "fetch_instrument_data");
@@ -216,7 +217,10 @@ fn official_exporters_round_trip_through_every_query_endpoint() {
 
     let consumer = span_named(trace, "process_message");
     assert_eq!(consumer["spanID"], sent.consumer_span_id);
-    assert_eq!(consumer["references"], json!([{"refType": "CHILD_OF", "traceID": sent.trace_id, "spanID": sent.producer_span_id}]));
+    assert_eq!(
+        consumer["references"],
+        json!([{"refType": "CHILD_OF", "traceID": sent.trace_id, "spanID": sent.producer_span_id}])
+    );
     let db = span_named(trace, "db_write");
     assert_eq!(db["references"][0]["spanID"], sent.consumer_span_id);
     assert_eq!(db["duration"], 12_000);
@@ -227,7 +231,11 @@ fn official_exporters_round_trip_through_every_query_endpoint() {
     assert_eq!(process(root)["serviceName"], "ingestion-service");
     assert_eq!(process(consumer)["serviceName"], "processor-service");
     assert_eq!(process(db)["serviceName"], "storage-service");
-    assert!(process(db)["tags"].as_array().unwrap().iter().any(|t| t["key"] == "host.name" && t["value"] == "test-host"));
+    assert!(process(db)["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["key"] == "host.name" && t["value"] == "test-host"));
 
     // --- v1: search; filters match single spans, whole traces come back
     let (_, found) = spindle.get_json("/api/traces?service=storage-service&operation=db_write");
@@ -266,7 +274,13 @@ fn official_exporters_round_trip_through_every_query_endpoint() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["parent"].as_str().unwrap().into(), d["child"].as_str().unwrap().into(), d["callCount"].as_u64().unwrap()))
+        .map(|d| {
+            (
+                d["parent"].as_str().unwrap().into(),
+                d["child"].as_str().unwrap().into(),
+                d["callCount"].as_u64().unwrap(),
+            )
+        })
         .collect();
     edges.sort();
     assert_eq!(

@@ -42,7 +42,10 @@ fn assert_arrived(spindle: &Spindle, decoded: &Decoded) {
         assert_eq!(got["operationName"], span.name.as_str());
         assert_eq!(got["startTime"], span.start_time_unix_nano / 1000);
         let parent = got["references"].as_array().unwrap().iter().find(|r| r["refType"] == "CHILD_OF");
-        assert_eq!(parent.map(|r| r["spanID"].as_str().unwrap().to_string()), span.parent_span_id.is_valid().then(|| span.parent_span_id.to_hex()));
+        assert_eq!(
+            parent.map(|r| r["spanID"].as_str().unwrap().to_string()),
+            span.parent_span_id.is_valid().then(|| span.parent_span_id.to_hex())
+        );
         let process = &trace["processes"][got["processID"].as_str().unwrap()];
         assert_eq!(process["serviceName"], service.as_str());
     }
@@ -106,19 +109,28 @@ fn bytes_from_real_clients_arrive_through_every_receiver() {
     let request: spindle_codec::jaeger_proto::PostSpansRequest = prost::Message::decode(bytes.as_slice()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spindle.jaeger_grpc)).unwrap().connect().await.unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spindle.jaeger_grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         let mut client = tonic::client::Grpc::new(channel);
         client.ready().await.unwrap();
         let path = tonic::codegen::http::uri::PathAndQuery::from_static("/jaeger.api_v2.CollectorService/PostSpans");
-        let codec: tonic_prost::ProstCodec<spindle_codec::jaeger_proto::PostSpansRequest, spindle_codec::jaeger_proto::PostSpansResponse> =
-            tonic_prost::ProstCodec::default();
+        let codec: tonic_prost::ProstCodec<
+            spindle_codec::jaeger_proto::PostSpansRequest,
+            spindle_codec::jaeger_proto::PostSpansResponse,
+        > = tonic_prost::ProstCodec::default();
         client.unary(tonic::Request::new(request), path, codec).await.unwrap();
     });
     assert_arrived(&spindle, &spindle_codec::jaeger_proto::decode_post_spans_request(&bytes).unwrap());
 
     // UDP counters tell what arrived.
     let metrics = reqwest::blocking::get(format!("http://{}/metrics", spindle.admin)).unwrap().text().unwrap();
-    assert!(metrics.contains("spindle_udp_datagrams_total{protocol=\"jaeger_thrift_compact_udp\",outcome=\"received\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("spindle_udp_datagrams_total{protocol=\"jaeger_thrift_compact_udp\",outcome=\"received\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -156,7 +168,11 @@ fn malformed_input_on_every_port_is_answered_or_counted_and_the_server_stays_up(
     drop((conn, jaeger));
 
     let zipkin = format!("http://{}/api/v2/spans", spindle.zipkin);
-    for (ct, body) in [("application/json", b"{not json".to_vec()), ("application/json", b"[{\"traceId\":\"xyz\",\"id\":\"1\"}]".to_vec()), ("application/x-protobuf", vec![0xff; 40])] {
+    for (ct, body) in [
+        ("application/json", b"{not json".to_vec()),
+        ("application/json", b"[{\"traceId\":\"xyz\",\"id\":\"1\"}]".to_vec()),
+        ("application/x-protobuf", vec![0xff; 40]),
+    ] {
         let (status, reason) = post(zipkin.clone(), ct, body);
         assert_eq!(status, 400, "{ct}");
         assert!(!reason.is_empty());
@@ -191,7 +207,8 @@ fn remote_sampling_serves_the_strategies_file_and_follows_its_changes() {
               {"service": "bar", "type": "ratelimiting", "param": 5}]}"#,
     )
     .unwrap();
-    let spindle = Spindle::start_with(&dir.path().join("data"), &["--sampling-strategies", strategies.to_str().unwrap()]);
+    let spindle =
+        Spindle::start_with(&dir.path().join("data"), &["--sampling-strategies", strategies.to_str().unwrap()]);
     let get = |url: String| {
         let r = reqwest::blocking::get(url).unwrap();
         (r.status().as_u16(), r.text().unwrap())
@@ -217,7 +234,11 @@ fn remote_sampling_serves_the_strategies_file_and_follows_its_changes() {
 
     // Change the file: the new strategy is served within a few seconds.
     std::thread::sleep(Duration::from_millis(1100));
-    std::fs::write(&strategies, r#"{"service_strategies": [{"service": "bar", "type": "probabilistic", "param": 0.1}]}"#).unwrap();
+    std::fs::write(
+        &strategies,
+        r#"{"service_strategies": [{"service": "bar", "type": "probabilistic", "param": 0.1}]}"#,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, bar) = get(format!("http://{}/sampling?service=bar", spindle.sampling));

@@ -52,8 +52,15 @@ fn request(trace: u128, spans: u64) -> ExportTraceServiceRequest {
     }
 }
 
-fn post(client: &reqwest::blocking::Client, spindle: &Spindle, content_type: &str, body: Vec<u8>, gzip: bool) -> (u16, Vec<u8>) {
-    let mut req = client.post(format!("http://{}/v1/traces", spindle.http)).header("content-type", content_type).body(body);
+fn post(
+    client: &reqwest::blocking::Client,
+    spindle: &Spindle,
+    content_type: &str,
+    body: Vec<u8>,
+    gzip: bool,
+) -> (u16, Vec<u8>) {
+    let mut req =
+        client.post(format!("http://{}/v1/traces", spindle.http)).header("content-type", content_type).body(body);
     if gzip {
         req = req.header("content-encoding", "gzip");
     }
@@ -113,12 +120,8 @@ fn acknowledged_spans_survive_kill_9() {
     spindle.restart();
     let client = reqwest::blocking::Client::new();
     for trace in &acked {
-        let body: Value = client
-            .get(spindle.query_url(&format!("/api/traces/{trace:032x}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let body: Value =
+            client.get(spindle.query_url(&format!("/api/traces/{trace:032x}"))).send().unwrap().json().unwrap();
         let spans = body["data"][0]["spans"].as_array().map(Vec::len).unwrap_or(0);
         assert_eq!(spans, spans_per_trace as usize, "trace {trace:032x} lost spans after kill -9");
     }
@@ -168,7 +171,11 @@ fn malformed_otlp_gets_4xx_with_a_reason_and_the_server_stays_up() {
         assert!(rpc.message.starts_with("invalid protobuf"), "{}", rpc.message);
     }
     // Invalid JSON, with the reason.
-    for (body, needle) in [("{\"resourceSpans\": [", "EOF"), ("[]", "JSON object"), ("{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"zz\"}]}]}]}", "trace id")] {
+    for (body, needle) in [
+        ("{\"resourceSpans\": [", "EOF"),
+        ("[]", "JSON object"),
+        ("{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{\"traceId\":\"zz\"}]}]}]}", "trace id"),
+    ] {
         let (status, reply) = post(&client, &spindle, "application/json", body.into(), false);
         assert_eq!(status, 400, "{body}");
         let reply: Value = serde_json::from_slice(&reply).unwrap();

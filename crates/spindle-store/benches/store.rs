@@ -12,8 +12,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 #[path = "../tests/support/generator.rs"]
 mod generator;
 
-use spindle_model::TraceId;
 use generator::Generator;
+use spindle_model::TraceId;
 use spindle_store::{EmbeddedStore, StoreOptions, TraceQuery, TraceStore};
 
 const START: u64 = 1_700_000_000_000_000_000;
@@ -30,11 +30,7 @@ fn append(c: &mut Criterion) {
     let mut group = c.benchmark_group("append");
     group.throughput(Throughput::Elements(1000));
     group.bench_function("batch_of_1000_spans_sync_always", |b| {
-        b.iter_batched(
-            || generator.batch(100),
-            |batch| store.append(batch).expect("append"),
-            BatchSize::SmallInput,
-        );
+        b.iter_batched(|| generator.batch(100), |batch| store.append(batch).expect("append"), BatchSize::SmallInput);
         // Keep the head from growing without bound across iterations.
         store.flush().expect("flush");
     });

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 #[path = "../tests/support/generator.rs"]
 mod generator;
 
-use spindle_model::TraceId;
 use generator::Generator;
+use spindle_model::TraceId;
 use spindle_store::{EmbeddedStore, StoreOptions, TraceQuery, TraceStore};
 
 const TRACES_PER_BATCH: usize = 100;
@@ -72,7 +72,11 @@ fn cpu_figures(start_ns: u64) -> anyhow::Result<()> {
     let cpu = process_cpu();
     store.find_trace_ids(&q)?;
     let cpu = process_cpu() - cpu;
-    println!("generic attribute scan: {n} spans, cpu {:.3} s = {:.0} spans per cpu-second", cpu.as_secs_f64(), n as f64 / cpu.as_secs_f64().max(0.001));
+    println!(
+        "generic attribute scan: {n} spans, cpu {:.3} s = {:.0} spans per cpu-second",
+        cpu.as_secs_f64(),
+        n as f64 / cpu.as_secs_f64().max(0.001)
+    );
     Ok(())
 }
 
@@ -146,24 +150,33 @@ fn main() -> anyhow::Result<()> {
     );
 
     let queries = [
-        ("service + symbol + minDuration 10ms", TraceQuery {
-            service: Some("quote-api".into()),
-            attributes: vec![("symbol".into(), "TK042".into())],
-            duration_min_nanos: Some(10_000_000),
-            limit: 20,
-            ..Default::default()
-        }),
-        ("service + http.route + error", TraceQuery {
-            service: Some("frontend".into()),
-            attributes: vec![("http.route".into(), "/v1/frontend".into()), ("error".into(), "true".into())],
-            limit: 20,
-            ..Default::default()
-        }),
-        ("rare: request.id of one span (full scan)", TraceQuery {
-            attributes: vec![("request.id".into(), "0000000000000000".into())],
-            limit: 20,
-            ..Default::default()
-        }),
+        (
+            "service + symbol + minDuration 10ms",
+            TraceQuery {
+                service: Some("quote-api".into()),
+                attributes: vec![("symbol".into(), "TK042".into())],
+                duration_min_nanos: Some(10_000_000),
+                limit: 20,
+                ..Default::default()
+            },
+        ),
+        (
+            "service + http.route + error",
+            TraceQuery {
+                service: Some("frontend".into()),
+                attributes: vec![("http.route".into(), "/v1/frontend".into()), ("error".into(), "true".into())],
+                limit: 20,
+                ..Default::default()
+            },
+        ),
+        (
+            "rare: request.id of one span (full scan)",
+            TraceQuery {
+                attributes: vec![("request.id".into(), "0000000000000000".into())],
+                limit: 20,
+                ..Default::default()
+            },
+        ),
     ];
     for (name, q) in queries {
         let mut samples = Vec::new();
@@ -173,7 +186,11 @@ fn main() -> anyhow::Result<()> {
             found = store.find_trace_ids(&q)?.len();
             samples.push(t.elapsed());
         }
-        println!("search {name}: {found} traces, p50 {:?} p99 {:?}", percentile(samples.clone(), 0.5), percentile(samples, 0.99));
+        println!(
+            "search {name}: {found} traces, p50 {:?} p99 {:?}",
+            percentile(samples.clone(), 0.5),
+            percentile(samples, 0.99)
+        );
     }
     Ok(())
 }

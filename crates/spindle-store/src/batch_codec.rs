@@ -166,10 +166,7 @@ impl postcard::ser_flavors::Flavor for Presized {
 }
 
 fn lookup<T>(table: &[Arc<T>], index: u32, what: &'static str) -> Result<Arc<T>, BatchCodecError> {
-    table
-        .get(index as usize)
-        .cloned()
-        .ok_or(BatchCodecError::BadReference { what, index, len: table.len() })
+    table.get(index as usize).cloned().ok_or(BatchCodecError::BadReference { what, index, len: table.len() })
 }
 
 pub(crate) fn decode_batch(record: &[u8]) -> Result<Vec<Span>, BatchCodecError> {
@@ -221,7 +218,9 @@ mod tests {
         let distinct = back.iter().map(|s| Arc::as_ptr(&s.resource)).collect::<std::collections::HashSet<_>>();
         assert_eq!(distinct.len(), 5, "one shared resource per service");
         let mut plain = vec![FORMAT_VERSION];
-        plain.extend(postcard::to_stdvec(&BatchRef { resources: Vec::new(), scopes: Vec::new(), spans: Vec::new() }).unwrap());
+        plain.extend(
+            postcard::to_stdvec(&BatchRef { resources: Vec::new(), scopes: Vec::new(), spans: Vec::new() }).unwrap(),
+        );
         assert_eq!(encode_batch(&[]).unwrap(), plain, "the presized output is postcard's encoding");
         assert_eq!(encode_batch(&spans).unwrap(), bytes, "encoding is deterministic");
         let inline = postcard::to_stdvec(&spans).unwrap();

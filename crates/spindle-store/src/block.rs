@@ -34,7 +34,10 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use spindle_model::{Resource, Scope, Span, TraceId};
 
-use crate::block_format::{AttributeColumns, FormatError, KeyMemo, Leaf, LeafMut, LeafRef, SharedTables, SpanColumns, PROMOTED, PROMOTED_KEYS_KEY};
+use crate::block_format::{
+    AttributeColumns, FormatError, KeyMemo, Leaf, LeafMut, LeafRef, SharedTables, SpanColumns, PROMOTED,
+    PROMOTED_KEYS_KEY,
+};
 use crate::dict_column::DictColumn;
 use crate::StoreError;
 
@@ -184,7 +187,8 @@ pub(crate) struct BlockWriter {
 /// Columns that carry Parquet min/max statistics, for external readers' pruning. The engine
 /// prunes with its own meta file, and computing string min/max for every list value was a
 /// tenth of the writer's time, so the other columns go without.
-const STATISTICS_COLUMNS: [&str; 6] = ["trace_id", "service_name", "name", "start_time_unix_nano", "duration_nanos", "status_code"];
+const STATISTICS_COLUMNS: [&str; 6] =
+    ["trace_id", "service_name", "name", "start_time_unix_nano", "duration_nanos", "status_code"];
 
 const UNCOMPRESSED_COLUMNS: [&str; 11] = [
     "kind",
@@ -428,15 +432,26 @@ impl BlockWriter {
     /// Writes the footer, syncs and renames the data into place, but not the meta file: the
     /// block exists once [`publish`] wrote that (until then, a crash leaves a block without
     /// meta, which opening the store removes).
-    pub(crate) fn finish_unpublished(mut self, wal_covered: u64, replaces: Vec<u64>, level: u32) -> Result<BlockMeta, BlockError> {
+    pub(crate) fn finish_unpublished(
+        mut self,
+        wal_covered: u64,
+        replaces: Vec<u64>,
+        level: u32,
+    ) -> Result<BlockMeta, BlockError> {
         self.flush_row_group()?;
         let encode = |bytes: Result<Vec<u8>, postcard::Error>| {
-            bytes.map(|b| base64::engine::general_purpose::STANDARD.encode(b)).map_err(|e| BlockError::Meta(e.to_string()))
+            bytes
+                .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+                .map_err(|e| BlockError::Meta(e.to_string()))
         };
         let resources: Vec<&Resource> = self.tables.resources.iter().map(|r| &**r).collect();
         let scopes: Vec<&Scope> = self.tables.scopes.iter().map(|s| &**s).collect();
-        self.writer.append_key_value_metadata(ParquetKeyValue::new(RESOURCES_KEY.into(), encode(postcard::to_stdvec(&resources))?));
-        self.writer.append_key_value_metadata(ParquetKeyValue::new(SCOPES_KEY.into(), encode(postcard::to_stdvec(&scopes))?));
+        self.writer.append_key_value_metadata(ParquetKeyValue::new(
+            RESOURCES_KEY.into(),
+            encode(postcard::to_stdvec(&resources))?,
+        ));
+        self.writer
+            .append_key_value_metadata(ParquetKeyValue::new(SCOPES_KEY.into(), encode(postcard::to_stdvec(&scopes))?));
         let promoted = self.columns.attribute_columns.promoted().to_vec();
         let promoted_json = serde_json::to_string(&promoted).map_err(|e| BlockError::Meta(e.to_string()))?;
         self.writer.append_key_value_metadata(ParquetKeyValue::new(PROMOTED_KEYS_KEY.into(), promoted_json));
@@ -570,7 +585,12 @@ pub(crate) struct RowRange {
 
 /// Reads the rows of `runs` (ascending, disjoint `(first row, count)` pairs) of one leaf,
 /// one after the other, skipping the rows between them without materialising values.
-fn read_leaf<T: DataType>(rg: &dyn RowGroupReader, index: usize, runs: &[(usize, usize)], leaf: &mut Leaf<T::T>) -> Result<(), BlockError> {
+fn read_leaf<T: DataType>(
+    rg: &dyn RowGroupReader,
+    index: usize,
+    runs: &[(usize, usize)],
+    leaf: &mut Leaf<T::T>,
+) -> Result<(), BlockError> {
     let descr = rg.metadata().column(index).column_descr_ptr();
     leaf.max_def = descr.max_def_level();
     let column = rg.get_column_reader(index)?;
@@ -632,7 +652,10 @@ impl Block {
             postcard::from_bytes(&decode_table(RESOURCES_KEY)?).map_err(|e| BlockError::Meta(e.to_string()))?;
         let scopes: Vec<Scope> =
             postcard::from_bytes(&decode_table(SCOPES_KEY)?).map_err(|e| BlockError::Meta(e.to_string()))?;
-        let tables = SharedTables::new(resources.into_iter().map(Arc::new).collect(), scopes.into_iter().map(Arc::new).collect());
+        let tables = SharedTables::new(
+            resources.into_iter().map(Arc::new).collect(),
+            scopes.into_iter().map(Arc::new).collect(),
+        );
         let column_index: HashMap<String, usize> = metadata
             .file_metadata()
             .schema_descr()
@@ -644,7 +667,8 @@ impl Block {
         let trace_col = *column_index.get("trace_id").ok_or(FormatError::Malformed("trace_id"))?;
         let mut blooms = Vec::with_capacity(metadata.num_row_groups());
         for rg in metadata.row_groups() {
-            blooms.push(Sbbf::read_from_column_chunk(rg.column(trace_col), &BlockFile { file: Arc::clone(&file), len })?);
+            blooms
+                .push(Sbbf::read_from_column_chunk(rg.column(trace_col), &BlockFile { file: Arc::clone(&file), len })?);
         }
         if metadata.num_row_groups() != meta.row_groups.len() {
             return Err(BlockError::Meta("row groups of meta and parquet footer differ".into()));
@@ -657,17 +681,32 @@ impl Block {
     }
 
     /// Reads the named leaves (all when `names` is `None`) of some rows of a row group.
-    pub(crate) fn read_columns(&self, rg: usize, names: Option<&[&str]>, rows: RowRange) -> Result<SpanColumns, StoreError> {
+    pub(crate) fn read_columns(
+        &self,
+        rg: usize,
+        names: Option<&[&str]>,
+        rows: RowRange,
+    ) -> Result<SpanColumns, StoreError> {
         self.read_columns_inner(rg, names, &[(rows.skip, rows.take)]).map_err(|e| e.at(&self.path))
     }
 
     /// Like [`Block::read_columns`] for scattered rows: the result holds the rows of `runs`
     /// (ascending, disjoint `(first row, count)` pairs) one after the other.
-    pub(crate) fn read_column_runs(&self, rg: usize, names: &[&str], runs: &[(usize, usize)]) -> Result<SpanColumns, StoreError> {
+    pub(crate) fn read_column_runs(
+        &self,
+        rg: usize,
+        names: &[&str],
+        runs: &[(usize, usize)],
+    ) -> Result<SpanColumns, StoreError> {
         self.read_columns_inner(rg, Some(names), runs).map_err(|e| e.at(&self.path))
     }
 
-    fn read_columns_inner(&self, rg_index: usize, names: Option<&[&str]>, rows: &[(usize, usize)]) -> Result<SpanColumns, BlockError> {
+    fn read_columns_inner(
+        &self,
+        rg_index: usize,
+        names: Option<&[&str]>,
+        rows: &[(usize, usize)],
+    ) -> Result<SpanColumns, BlockError> {
         let rg = self.reader.get_row_group(rg_index)?;
         let empty = self.meta.row_groups.get(rg_index).map_or(&[][..], |m| m.empty_leaves.as_slice());
         let row_count: usize = rows.iter().map(|(_, count)| count).sum();
@@ -710,7 +749,12 @@ impl Block {
     /// `(first row, count)` pairs) of a row group as dictionary indices: see
     /// [`DictColumn`]. A row group without the column (or recorded as holding none of it)
     /// reads as nulls.
-    pub(crate) fn read_dict_column(&self, rg_index: usize, name: &str, runs: &[(usize, usize)]) -> Result<DictColumn, StoreError> {
+    pub(crate) fn read_dict_column(
+        &self,
+        rg_index: usize,
+        name: &str,
+        runs: &[(usize, usize)],
+    ) -> Result<DictColumn, StoreError> {
         let read = || -> Result<DictColumn, BlockError> {
             let rows = self.meta.row_groups.get(rg_index).map_or(0, |m| m.rows as usize);
             let leaf = SpanColumns::leaf_position(name).ok_or(FormatError::Malformed("unknown column"))?;
@@ -883,7 +927,8 @@ mod tests {
         let meta = write_block(dir.path(), 1, spans.clone(), 100_000);
         assert_eq!(meta.row_groups.len(), 1);
         // No span has links, so their leaves are made up on reading instead of read.
-        let links = SpanColumns::new().leaves().iter().position(|(name, _)| name == "links.link.trace_id").unwrap() as u16;
+        let links =
+            SpanColumns::new().leaves().iter().position(|(name, _)| name == "links.link.trace_id").unwrap() as u16;
         assert!(meta.row_groups[0].empty_leaves.contains(&links), "{:?}", meta.row_groups[0].empty_leaves);
         let block = Block::open(dir.path(), meta).unwrap();
         let rows = block.all_rows(0).take;
@@ -920,9 +965,13 @@ mod tests {
             // ~100 KiB of distinct notes per row group: past the 64 KiB dictionary limit,
             // so later pages are plain; every seventh span has none.
             if i % 7 != 0 {
-                s.attributes.push(KeyValue::new("note", AttributeValue::String(format!("{i:05}-{}", "n".repeat(i % 200)).into())));
+                s.attributes.push(KeyValue::new(
+                    "note",
+                    AttributeValue::String(format!("{i:05}-{}", "n".repeat(i % 200)).into()),
+                ));
             }
-            s.attributes.push(KeyValue::new("tier", AttributeValue::String(["gold", "silver", "bronze"][i % 3].into())));
+            s.attributes
+                .push(KeyValue::new("tier", AttributeValue::String(["gold", "silver", "bronze"][i % 3].into())));
             if i % 2 == 0 {
                 s.attributes.push(KeyValue::new("http.route", AttributeValue::String(format!("/r/{}", i % 5).into())));
             }
@@ -942,7 +991,8 @@ mod tests {
             pages
                 .map(|p| p.unwrap())
                 .filter_map(|p| match p {
-                    parquet::column::page::Page::DataPage { encoding, .. } | parquet::column::page::Page::DataPageV2 { encoding, .. } => Some(encoding),
+                    parquet::column::page::Page::DataPage { encoding, .. }
+                    | parquet::column::page::Page::DataPageV2 { encoding, .. } => Some(encoding),
                     parquet::column::page::Page::DictionaryPage { .. } => None,
                 })
                 .collect()
@@ -957,18 +1007,24 @@ mod tests {
             for rg in 0..meta.row_groups.len() {
                 let rows = block.all_rows(rg).take;
                 let cols = block.read_columns(rg, Some(&[column]), block.all_rows(rg)).unwrap();
-                let (_, LeafRef::Bytes(leaf)) = cols.leaves().into_iter().find(|(n, _)| n == column).unwrap() else { panic!("string leaf") };
+                let (_, LeafRef::Bytes(leaf)) = cols.leaves().into_iter().find(|(n, _)| n == column).unwrap() else {
+                    panic!("string leaf")
+                };
                 let mut values = leaf.values.iter();
                 let want: Vec<Option<Vec<u8>>> = (0..rows)
-                    .map(|row| (leaf.def.get(row).copied().unwrap_or(1) == 1).then(|| values.next().unwrap().data().to_vec()))
+                    .map(|row| {
+                        (leaf.def.get(row).copied().unwrap_or(1) == 1).then(|| values.next().unwrap().data().to_vec())
+                    })
                     .collect();
                 let got = block.read_dict_column(rg, column, &[(0, rows)]).unwrap();
                 let got: Vec<Option<Vec<u8>>> = (0..rows).map(|row| got.get(row).map(<[u8]>::to_vec)).collect();
                 assert_eq!(got, want, "{column} row group {rg}");
                 let runs = [(1, 3), (10, 40), (rows - 5, 5)];
                 let picked = block.read_dict_column(rg, column, &runs).unwrap();
-                let expected: Vec<&Option<Vec<u8>>> = runs.iter().flat_map(|&(first, n)| &want[first..first + n]).collect();
-                let picked: Vec<Option<Vec<u8>>> = (0..expected.len()).map(|row| picked.get(row).map(<[u8]>::to_vec)).collect();
+                let expected: Vec<&Option<Vec<u8>>> =
+                    runs.iter().flat_map(|&(first, n)| &want[first..first + n]).collect();
+                let picked: Vec<Option<Vec<u8>>> =
+                    (0..expected.len()).map(|row| picked.get(row).map(<[u8]>::to_vec)).collect();
                 assert_eq!(picked.iter().collect::<Vec<_>>(), expected, "{column} row group {rg}, runs");
             }
         }
@@ -1015,7 +1071,8 @@ mod tests {
         let meta = write_block(dir.path(), 2, second.clone(), 1000);
         assert_eq!(meta.spans, 700);
         let block = Block::open(dir.path(), meta).unwrap();
-        let mut got: Vec<Span> = (0..block.meta.row_groups.len()).flat_map(|rg| block.row_group_spans(rg).unwrap()).collect();
+        let mut got: Vec<Span> =
+            (0..block.meta.row_groups.len()).flat_map(|rg| block.row_group_spans(rg).unwrap()).collect();
         let mut want = second;
         got.sort_by_key(|s| (s.trace_id, s.span_id));
         want.sort_by_key(|s| (s.trace_id, s.span_id));

@@ -291,7 +291,10 @@ impl<T> Leaf<T> {
     /// Whether the leaf holds no value and every level is zero: an optional column that
     /// is null in every row, or a list leaf whose list is empty in every row.
     pub(crate) fn holds_nothing(&self) -> bool {
-        self.max_def > 0 && self.values.is_empty() && self.def.iter().all(|d| *d == 0) && self.rep.iter().all(|r| *r == 0)
+        self.max_def > 0
+            && self.values.is_empty()
+            && self.def.iter().all(|d| *d == 0)
+            && self.rep.iter().all(|r| *r == 0)
     }
 
     /// Makes the leaf what reading `rows` rows of a [`Leaf::holds_nothing`] column gives:
@@ -456,7 +459,9 @@ impl RawValue<'_> {
             RawValue::Double(v) => AttributeValue::Double(*v),
             RawValue::Bool(v) => AttributeValue::Bool(*v),
             RawValue::Bytes(b) => AttributeValue::Bytes(b.to_vec()),
-            RawValue::Complex(b) => postcard::from_bytes(b).map_err(|_| FormatError::Malformed("complex attribute value"))?,
+            RawValue::Complex(b) => {
+                postcard::from_bytes(b).map_err(|_| FormatError::Malformed("complex attribute value"))?
+            }
         })
     }
 
@@ -914,7 +919,10 @@ impl SpanColumns {
     /// The position of leaf `name` in schema order (as [`SpanColumns::leaves`] lists them).
     pub(crate) fn leaf_position(name: &str) -> Option<usize> {
         static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-        NAMES.get_or_init(|| SpanColumns::new().leaves().into_iter().map(|(n, _)| n).collect()).iter().position(|n| n == name)
+        NAMES
+            .get_or_init(|| SpanColumns::new().leaves().into_iter().map(|(n, _)| n).collect())
+            .iter()
+            .position(|n| n == name)
     }
 
     pub(crate) fn leaves(&self) -> Vec<(String, LeafRef<'_>)> {
@@ -972,7 +980,11 @@ impl SpanColumns {
         self.status_message.push_optional(b.non_empty(&span.status.message));
         self.trace_state.push_optional(b.non_empty(&span.trace_state));
         self.flags.push_required(span.flags as i32);
-        self.resource_ref.push_required(SharedTables::intern(&mut tables.resources, &mut tables.resource_ptrs, &span.resource));
+        self.resource_ref.push_required(SharedTables::intern(
+            &mut tables.resources,
+            &mut tables.resource_ptrs,
+            &span.resource,
+        ));
         self.scope_ref.push_required(SharedTables::intern(&mut tables.scopes, &mut tables.scope_ptrs, &span.scope));
 
         // Dedicated and promoted attributes: the first attribute with the key, when it has
@@ -1082,7 +1094,11 @@ impl SpanColumns {
     pub(crate) fn decode(&self, tables: &SharedTables) -> Result<Vec<Span>, FormatError> {
         let rows = self.rows();
         let check = |leaf_levels: usize, what: &'static str| {
-            if leaf_levels == rows { Ok(()) } else { Err(FormatError::Malformed(what)) }
+            if leaf_levels == rows {
+                Ok(())
+            } else {
+                Err(FormatError::Malformed(what))
+            }
         };
         for (leaf, what) in [
             (self.span_id.levels(), "span_id"),
@@ -1126,7 +1142,9 @@ impl SpanColumns {
 
         let mut spans = Vec::with_capacity(rows);
         for row in 0..rows {
-            let text = |leaf: &Leaf<ByteArray>, what| leaf.values.get(row).ok_or(FormatError::Malformed(what)).and_then(|b| utf8(b.data()));
+            let text = |leaf: &Leaf<ByteArray>, what| {
+                leaf.values.get(row).ok_or(FormatError::Malformed(what)).and_then(|b| utf8(b.data()))
+            };
             let int = |leaf: &Leaf<i64>, what| leaf.values.get(row).copied().ok_or(FormatError::Malformed(what));
             let int32 = |leaf: &Leaf<i32>, what| leaf.values.get(row).copied().ok_or(FormatError::Malformed(what));
             let trace = self.trace_id.values.get(row).ok_or(FormatError::Malformed("trace_id"))?;
@@ -1176,7 +1194,11 @@ impl SpanColumns {
             }
 
             let lookup = |table_len: usize, index: i32, what| {
-                usize::try_from(index).ok().filter(|i| *i < table_len).ok_or(FormatError::BadReference { what, index, len: table_len })
+                usize::try_from(index).ok().filter(|i| *i < table_len).ok_or(FormatError::BadReference {
+                    what,
+                    index,
+                    len: table_len,
+                })
             };
             let resource = Arc::clone(&tables.resources[lookup(tables.resources.len(), resource_ref, "resource")?]);
             let scope = Arc::clone(&tables.scopes[lookup(tables.scopes.len(), scope_ref, "scope")?]);
@@ -1268,7 +1290,12 @@ impl SpanColumns {
     /// scope always; of the attributes those with a key in `keys` (all when `None`, then
     /// in their original order); events only when their leaves were read. Leaves that were
     /// not read are empty, which reads as "no entries".
-    pub(crate) fn decode_selected(&self, tables: &SharedTables, mask: &[bool], keys: Option<&[String]>) -> Result<Vec<Span>, FormatError> {
+    pub(crate) fn decode_selected(
+        &self,
+        tables: &SharedTables,
+        mask: &[bool],
+        keys: Option<&[String]>,
+    ) -> Result<Vec<Span>, FormatError> {
         let rows = self.rows();
         for (levels, what) in [
             (self.span_id.levels(), "span_id"),
@@ -1296,7 +1323,11 @@ impl SpanColumns {
         let mut attributes = self.attributes.cursor();
         let mut event_rows = EventCursors::new(self);
         let lookup = |table_len: usize, index: i32, what| {
-            usize::try_from(index).ok().filter(|i| *i < table_len).ok_or(FormatError::BadReference { what, index, len: table_len })
+            usize::try_from(index).ok().filter(|i| *i < table_len).ok_or(FormatError::BadReference {
+                what,
+                index,
+                len: table_len,
+            })
         };
 
         let mut spans = Vec::with_capacity(mask.iter().filter(|m| **m).count());
@@ -1508,10 +1539,7 @@ fn place_at(placed: Vec<KeyValue>, positions: &[u32], rest: Vec<KeyValue>) -> Re
         *slot = Some(kv);
     }
     let mut rest = rest.into_iter();
-    slots
-        .into_iter()
-        .map(|s| s.or_else(|| rest.next()).ok_or(FormatError::Malformed("attribute_layout")))
-        .collect()
+    slots.into_iter().map(|s| s.or_else(|| rest.next()).ok_or(FormatError::Malformed("attribute_layout"))).collect()
 }
 
 #[cfg(test)]
@@ -1527,7 +1555,10 @@ mod tests {
         span.attributes.push(KeyValue::new("http.request.method", AttributeValue::Int(3)));
         span.attributes.push(KeyValue::new(
             "nested",
-            AttributeValue::Map(vec![KeyValue::new("a", AttributeValue::Array(vec![AttributeValue::Bytes(vec![1, 2])]))]),
+            AttributeValue::Map(vec![KeyValue::new(
+                "a",
+                AttributeValue::Array(vec![AttributeValue::Bytes(vec![1, 2])]),
+            )]),
         ));
         span.events.push(Event { time_unix_nano: 9, name: "no attrs".into(), ..Default::default() });
         span.links.push(Link {
@@ -1609,7 +1640,10 @@ mod tests {
 
     #[test]
     fn promotion_takes_common_string_keys_most_frequent_first() {
-        let span = |keys: &[&str]| Span { attributes: keys.iter().map(|k| KeyValue::string(*k, "v")).collect(), ..Default::default() };
+        let span = |keys: &[&str]| Span {
+            attributes: keys.iter().map(|k| KeyValue::string(*k, "v")).collect(),
+            ..Default::default()
+        };
         let mut spans: Vec<Span> = (0..100).map(|_| span(&["a", "b", "http.route"])).collect();
         spans.extend((0..10).map(|_| span(&["c"])));
         spans.extend((0..3).map(|_| span(&["rare"])));
@@ -1619,7 +1653,11 @@ mod tests {
         assert_eq!(chosen.promoted(), ["a", "b", "c"]);
         let many: Vec<Span> = (0..20).map(|i| span(&[&format!("k{i:02}")])).collect();
         assert_eq!(AttributeColumns::choose(&many).promoted().len(), PROMOTED.len());
-        let merged = AttributeColumns::merge([(&["x".to_string(), "y".to_string()][..], 10), (&["y".to_string()][..], 100), (&[][..], 1000)]);
+        let merged = AttributeColumns::merge([
+            (&["x".to_string(), "y".to_string()][..], 10),
+            (&["y".to_string()][..], 100),
+            (&[][..], 1000),
+        ]);
         assert_eq!(merged.promoted(), ["y"], "x holds 10 of 1110 spans");
     }
 

@@ -124,7 +124,15 @@ impl DictColumn {
     }
 
     /// Adds the rows of one data page whose values start at `buf[at..]`.
-    fn page(&mut self, buf: &Bytes, at: usize, defined: Option<&[u8]>, rows: usize, encoding: Encoding, dictionary_len: usize) -> Result<(), FormatError> {
+    fn page(
+        &mut self,
+        buf: &Bytes,
+        at: usize,
+        defined: Option<&[u8]>,
+        rows: usize,
+        encoding: Encoding,
+        dictionary_len: usize,
+    ) -> Result<(), FormatError> {
         let first = self.rows.len();
         match defined {
             Some(levels) => {
@@ -169,7 +177,8 @@ impl DictColumn {
 }
 
 fn read_u32(buf: &[u8], at: usize) -> Result<u32, FormatError> {
-    let bytes: [u8; 4] = buf.get(at..at + 4).and_then(|b| b.try_into().ok()).ok_or(FormatError::Malformed("length prefix"))?;
+    let bytes: [u8; 4] =
+        buf.get(at..at + 4).and_then(|b| b.try_into().ok()).ok_or(FormatError::Malformed("length prefix"))?;
     Ok(u32::from_le_bytes(bytes))
 }
 
@@ -180,7 +189,10 @@ fn plain_byte_arrays(buf: &Bytes, count: usize, into: &mut Vec<Bytes>) -> Result
     let mut at = 0;
     for _ in 0..count {
         let len = read_u32(buf, at)? as usize;
-        let end = (at + 4).checked_add(len).filter(|end| *end <= buf.len()).ok_or(FormatError::Malformed("byte array length"))?;
+        let end = (at + 4)
+            .checked_add(len)
+            .filter(|end| *end <= buf.len())
+            .ok_or(FormatError::Malformed("byte array length"))?;
         into.push(buf.slice(at + 4..end));
         at = end;
     }
@@ -344,7 +356,10 @@ mod tests {
     fn hybrid_runs_after_a_bit_packed_run_start_on_the_next_byte() {
         // Bit-packed 8 values of width 1 (one byte), then a repeated run of 2 × 1.
         let buf = [1 << 1 | 1, 0b1010_1010, 2 << 1, 1];
-        assert_eq!(decode(&buf, 1, 11), [0, 1, 0, 1, 0, 1, 0, 1, 1, 1].into_iter().map(Some).chain([None]).collect::<Vec<_>>());
+        assert_eq!(
+            decode(&buf, 1, 11),
+            [0, 1, 0, 1, 0, 1, 0, 1, 1, 1].into_iter().map(Some).chain([None]).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -373,9 +388,15 @@ mod tests {
 
     #[test]
     fn selected_rows_keep_their_values() {
-        let mut column = DictColumn { entries: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")], rows: vec![0, NULL, 1, 1, 0] };
+        let mut column = DictColumn {
+            entries: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            rows: vec![0, NULL, 1, 1, 0],
+        };
         column.select(&[(1, 2), (4, 1)]).unwrap();
-        assert_eq!((column.get(0), column.get(1), column.get(2), column.get(3)), (None, Some(&b"b"[..]), Some(&b"a"[..]), None));
+        assert_eq!(
+            (column.get(0), column.get(1), column.get(2), column.get(3)),
+            (None, Some(&b"b"[..]), Some(&b"a"[..]), None)
+        );
         assert!(column.select(&[(2, 5)]).is_err());
         // Rows now: null, "b", "a".
         let mut mask = [true, true, true];

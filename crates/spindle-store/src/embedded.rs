@@ -29,9 +29,9 @@ use spindle_model::{dependency_edges, links_from_edges, DependencyLink, Span, Sp
 
 use crate::batch_codec::{decode_batch, encode_batch};
 use crate::block::{self, Block, BlockMeta, BlockWriter};
+use crate::block_format::{project, AttributeColumns, SpanColumns};
 use crate::head::{Catalog, Head};
 use crate::query::{Operation, TraceQuery};
-use crate::block_format::{project, AttributeColumns, SpanColumns};
 use crate::scan::{find_in_block, row_group_trace_ids, scan_block, scan_block_rows, scan_blocks_rows_split};
 use crate::wal::{self, SyncPolicy, Wal};
 use crate::{RowFields, SpanFields, SpanRow, StoreError, TraceStore, GRAPH_KEYS};
@@ -181,11 +181,8 @@ fn load_catalog(dir: &Path) -> Result<Catalog, StoreError> {
 }
 
 fn save_catalog(dir: &Path, catalog: &Catalog) -> Result<(), StoreError> {
-    let entries: Vec<(&String, Vec<(&String, SpanKind)>)> = catalog
-        .services
-        .iter()
-        .map(|(s, ops)| (s, ops.iter().map(|o| (&o.name, o.kind)).collect()))
-        .collect();
+    let entries: Vec<(&String, Vec<(&String, SpanKind)>)> =
+        catalog.services.iter().map(|(s, ops)| (s, ops.iter().map(|o| (&o.name, o.kind)).collect())).collect();
     let path = dir.join(CATALOG_FILE);
     let tmp = dir.join("catalog.json.tmp");
     let bytes = serde_json::to_vec(&entries).map_err(|e| StoreError::Encode(e.to_string()))?;
@@ -286,7 +283,10 @@ impl EmbeddedStore {
             })?;
         }
         if undecodable > 0 {
-            tracing::error!(records = undecodable, "write-ahead log records passed their checksum but could not be decoded");
+            tracing::error!(
+                records = undecodable,
+                "write-ahead log records passed their checksum but could not be decoded"
+            );
         }
         // The replayed head keeps its own catalog; it joins the persisted one when flushed.
         // Keep appending to the newest live segment (replay truncated any torn tail).
@@ -506,9 +506,8 @@ impl Inner {
             return;
         }
         let budget = self.options.head_max_bytes.saturating_mul(4);
-        let pending = || {
-            read_guard(&self.head).bytes() + read_guard(&self.frozen).iter().map(|(h, _)| h.bytes()).sum::<usize>()
-        };
+        let pending =
+            || read_guard(&self.head).bytes() + read_guard(&self.frozen).iter().map(|(h, _)| h.bytes()).sum::<usize>();
         let mut guard = lock(&self.stop);
         while !*guard && pending() > budget {
             guard = self.drained.wait_timeout(guard, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
@@ -588,7 +587,11 @@ impl Inner {
                     let _ = Block::remove_files(&self.blocks_dir, meta.id);
                     return Err(StoreError::Closed);
                 }
-                writing = self.committed.wait_timeout(writing, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+                writing = self
+                    .committed
+                    .wait_timeout(writing, Duration::from_millis(50))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
         }
         if let Err(e) = block::publish(&self.blocks_dir, &meta) {
@@ -624,8 +627,9 @@ impl Inner {
         // A thousand traces or so are plenty to tell which attributes most spans carry.
         let sample = traces.iter().step_by((traces.len() / 1024).clamp(1, 16)).flat_map(|(_, t)| t.spans.iter());
         let promoted = AttributeColumns::choose(sample);
-        let mut writer = BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans, promoted, block::CUT_ZSTD_LEVEL)
-            .map_err(|e| e.at(&self.blocks_dir))?;
+        let mut writer =
+            BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans, promoted, block::CUT_ZSTD_LEVEL)
+                .map_err(|e| e.at(&self.blocks_dir))?;
         let mut result = Ok(());
         'traces: for (_, trace) in traces {
             let mut spans: Vec<&Span> = trace.spans.iter().collect();
@@ -665,7 +669,8 @@ impl Inner {
                 let wal_bytes = dir_size(&self.wal_dir);
                 let mut total: u64 = wal_bytes + blocks.iter().map(|b| b.meta.bytes).sum::<u64>();
                 while total > limit && !blocks.is_empty() {
-                    let oldest = (0..blocks.len()).min_by_key(|&i| (blocks[i].meta.max_start, blocks[i].meta.id)).unwrap_or(0);
+                    let oldest =
+                        (0..blocks.len()).min_by_key(|&i| (blocks[i].meta.max_start, blocks[i].meta.id)).unwrap_or(0);
                     let b = blocks.remove(oldest);
                     total = total.saturating_sub(b.meta.bytes);
                     doomed.push(b);
@@ -673,7 +678,12 @@ impl Inner {
             }
         }
         for b in &doomed {
-            tracing::info!(block = b.meta.id, spans = b.meta.spans, max_start = b.meta.max_start, "dropping block by retention");
+            tracing::info!(
+                block = b.meta.id,
+                spans = b.meta.spans,
+                max_start = b.meta.max_start,
+                "dropping block by retention"
+            );
             Block::remove_files(&self.blocks_dir, b.meta.id)?;
         }
         Ok(doomed.len())
@@ -769,7 +779,8 @@ impl Inner {
                     // A slice of a row group at a time: decoded spans take far more memory
                     // than their columns, and a merge holds one slice per input.
                     let take = MERGE_SLICE_ROWS.min(rows - self.row.min(rows));
-                    self.spans = self.block.row_group_slice(self.rg, block::RowRange { skip: self.row, take })?.into_iter();
+                    self.spans =
+                        self.block.row_group_slice(self.rg, block::RowRange { skip: self.row, take })?.into_iter();
                     self.row += take;
                     if self.row >= rows {
                         self.rg += 1;
@@ -785,9 +796,11 @@ impl Inner {
             cursors.push(c);
         }
         let id = self.new_block_id();
-        let promoted = AttributeColumns::merge(inputs.iter().map(|b| (b.meta.promoted_attributes.as_slice(), b.meta.spans)));
-        let mut writer = BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans, promoted, block::MERGED_ZSTD_LEVEL)
-            .map_err(|e| e.at(&self.blocks_dir))?;
+        let promoted =
+            AttributeColumns::merge(inputs.iter().map(|b| (b.meta.promoted_attributes.as_slice(), b.meta.spans)));
+        let mut writer =
+            BlockWriter::create(&self.blocks_dir, id, self.options.row_group_spans, promoted, block::MERGED_ZSTD_LEVEL)
+                .map_err(|e| e.at(&self.blocks_dir))?;
         let mut busy_since = Instant::now();
         let mut next_pause = self.options.row_group_spans as u64;
         let mut trace: Vec<Span> = Vec::new();
@@ -818,11 +831,8 @@ impl Inner {
         };
         let result = (|| {
             loop {
-                let next = cursors
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, c)| c.peeked.as_ref().map(|s| (s.trace_id, i)))
-                    .min();
+                let next =
+                    cursors.iter().enumerate().filter_map(|(i, c)| c.peeked.as_ref().map(|s| (s.trace_id, i))).min();
                 let Some((trace_id, i)) = next else { break };
                 if trace.first().is_some_and(|s| s.trace_id != trace_id) {
                     write_trace(&mut trace, &mut writer)?;
@@ -877,7 +887,12 @@ impl Inner {
     }
 
     /// The earliest start of `trace_id` over every place that holds some of it.
-    fn trace_start(&self, trace_id: TraceId, frozen: &[Arc<Head>], blocks: &[Arc<Block>]) -> Result<Option<u64>, StoreError> {
+    fn trace_start(
+        &self,
+        trace_id: TraceId,
+        frozen: &[Arc<Head>],
+        blocks: &[Arc<Block>],
+    ) -> Result<Option<u64>, StoreError> {
         let mut best = read_guard(&self.head).get(trace_id).map(|t| t.start_min);
         for h in frozen {
             if let Some(t) = h.get(trace_id) {
@@ -943,7 +958,12 @@ impl TraceStore for EmbeddedStore {
         Ok(out)
     }
 
-    fn scan_fields(&self, query: &TraceQuery, fields: &SpanFields, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
+    fn scan_fields(
+        &self,
+        query: &TraceQuery,
+        fields: &SpanFields,
+        visit: &mut dyn FnMut(&Span),
+    ) -> Result<(), StoreError> {
         for block in &self.inner.scan_heads(query, visit) {
             scan_block(block, query, fields, visit)?;
         }
@@ -1000,30 +1020,50 @@ impl TraceStore for EmbeddedStore {
 
     fn dependencies(&self, start: u64, end: u64) -> Result<Vec<DependencyLink>, StoreError> {
         let mut edges = BTreeMap::new();
-        self.scan_traces(start, end, &SpanFields::with_attributes(GRAPH_KEYS), &mut |trace| dependency_edges(trace, &mut edges))?;
+        self.scan_traces(start, end, &SpanFields::with_attributes(GRAPH_KEYS), &mut |trace| {
+            dependency_edges(trace, &mut edges)
+        })?;
         Ok(links_from_edges(edges))
     }
 
-    fn scan_rows(&self, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
+    fn scan_rows(
+        &self,
+        query: &TraceQuery,
+        fields: &RowFields,
+        visit: &mut dyn FnMut(&SpanRow),
+    ) -> Result<(), StoreError> {
         for block in &self.inner.scan_heads(query, &mut |span| visit(&SpanRow::of(span, fields))) {
             scan_block_rows(block, query, fields, visit)?;
         }
         Ok(())
     }
 
-    fn scan_rows_split(&self, query: &TraceQuery, fields: &RowFields, visitors: &mut [&mut (dyn FnMut(&SpanRow) + Send)]) -> Result<(), StoreError> {
+    fn scan_rows_split(
+        &self,
+        query: &TraceQuery,
+        fields: &RowFields,
+        visitors: &mut [&mut (dyn FnMut(&SpanRow) + Send)],
+    ) -> Result<(), StoreError> {
         let Some(first) = visitors.first_mut() else { return Ok(()) };
         let blocks = self.inner.scan_heads(query, &mut |span| first(&SpanRow::of(span, fields)));
         scan_blocks_rows_split(&blocks, query, fields, visitors)
     }
 
-    fn scan_traces(&self, start: u64, end: u64, fields: &SpanFields, visit: &mut dyn FnMut(&[Span])) -> Result<(), StoreError> {
+    fn scan_traces(
+        &self,
+        start: u64,
+        end: u64,
+        fields: &SpanFields,
+        visit: &mut dyn FnMut(&[Span]),
+    ) -> Result<(), StoreError> {
         // Spans in memory are cut to `fields` as a block would return them, so that a span
         // held both in memory and in a block (a retry) compares equal and counts once.
         let keys = fields.attributes.as_deref();
         let projected = |spans: &[Span]| spans.iter().map(|s| project(s, keys, fields.events)).collect::<Vec<_>>();
-        let (live, frozen, blocks) = self.inner.read_all(|head| head.traces().map(|(_, t)| projected(&t.spans)).collect::<Vec<_>>());
-        let in_memory = live.into_iter().chain(frozen.iter().flat_map(|h| h.traces().map(|(_, t)| projected(&t.spans))));
+        let (live, frozen, blocks) =
+            self.inner.read_all(|head| head.traces().map(|(_, t)| projected(&t.spans)).collect::<Vec<_>>());
+        let in_memory =
+            live.into_iter().chain(frozen.iter().flat_map(|h| h.traces().map(|(_, t)| projected(&t.spans))));
         // Pass 1, trace ids only: traces present in more than one place must be assembled
         // before their start is known; traces with a span in a row group that ended before
         // the window started before it.
@@ -1073,7 +1113,12 @@ impl TraceStore for EmbeddedStore {
         // Pass 2: row groups that overlap the window, and those holding part of a split
         // trace; a span's row group is decoded with `fields` only.
         for b in &blocks {
-            let names = SpanColumns::selected_leaves(&b.attribute_columns, keys, fields.events, b.meta.attribute_keys.as_deref());
+            let names = SpanColumns::selected_leaves(
+                &b.attribute_columns,
+                keys,
+                fields.events,
+                b.meta.attribute_keys.as_deref(),
+            );
             for (rg, meta) in b.meta.row_groups.iter().enumerate() {
                 let (lo, hi) = meta.trace_range();
                 let overlaps = meta.max_start >= start && meta.min_start <= end;
@@ -1238,7 +1283,9 @@ mod tests {
                 thread::spawn(move || {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let spans = (0..40).map(|i| span(u128::from(w << 40 | n << 8 | i), i as u64 + 1, 0, "api", "op", 1_000 + n)).collect();
+                        let spans = (0..40)
+                            .map(|i| span(u128::from(w << 40 | n << 8 | i), i as u64 + 1, 0, "api", "op", 1_000 + n))
+                            .collect();
                         store.append(spans).unwrap();
                         n += 1;
                     }
@@ -1255,7 +1302,11 @@ mod tests {
             let frozen = read_guard(&inner.frozen);
             let published = blocks.iter().map(|b| b.meta.wal_covered).max().unwrap_or(0);
             for (_, next_seq) in frozen.iter() {
-                assert!(next_seq - 1 > published, "a head covering segments up to {} is unpublished while a block covering {published} is published", next_seq - 1);
+                assert!(
+                    next_seq - 1 > published,
+                    "a head covering segments up to {} is unpublished while a block covering {published} is published",
+                    next_seq - 1
+                );
             }
             samples += 1;
             both_busy += u64::from(writing >= 2);
@@ -1264,7 +1315,10 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         let appended: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
-        assert!(both_busy >= 20, "the flushers were seen writing two heads at once only {both_busy} times in {samples} samples");
+        assert!(
+            both_busy >= 20,
+            "the flushers were seen writing two heads at once only {both_busy} times in {samples} samples"
+        );
         drop(store);
         let store = open(dir.path());
         store.flush().unwrap();
@@ -1275,14 +1329,21 @@ mod tests {
     #[test]
     fn reads_racing_head_cuts_never_miss_a_span() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(EmbeddedStore::open(StoreOptions { sync: SyncPolicy::Interval(Duration::from_secs(1)), ..options(dir.path()) }).unwrap());
+        let store = Arc::new(
+            EmbeddedStore::open(StoreOptions {
+                sync: SyncPolicy::Interval(Duration::from_secs(1)),
+                ..options(dir.path())
+            })
+            .unwrap(),
+        );
         let published = Arc::new(AtomicU64::new(0));
         let writer = {
             let (store, published) = (Arc::clone(&store), Arc::clone(&published));
             thread::spawn(move || {
                 for t in 1..=150u64 {
                     let base = t * 10;
-                    let trace: Vec<Span> = (0..3).map(|k| span(u128::from(t), base + k, 0, "api", "get", 1_000 + t)).collect();
+                    let trace: Vec<Span> =
+                        (0..3).map(|k| span(u128::from(t), base + k, 0, "api", "get", 1_000 + t)).collect();
                     store.append(trace).unwrap();
                     published.store(t, Ordering::SeqCst);
                     // Every trace moves head → frozen → block while the reader reads it.
@@ -1298,11 +1359,17 @@ mod tests {
             }
             let spans = store.get_trace(TraceId(u128::from(t))).unwrap();
             assert_eq!(spans.len(), 3, "trace {t} read whole by get_trace");
-            let query = TraceQuery { start_time_min_unix_nano: 1_000 + t, start_time_max_unix_nano: 1_000 + t, ..TraceQuery::default() };
+            let query = TraceQuery {
+                start_time_min_unix_nano: 1_000 + t,
+                start_time_max_unix_nano: 1_000 + t,
+                ..TraceQuery::default()
+            };
             let mut seen = HashSet::new();
-            store.scan_fields(&query, &SpanFields::bare(), &mut |s| {
-                seen.insert(s.span_id);
-            }).unwrap();
+            store
+                .scan_fields(&query, &SpanFields::bare(), &mut |s| {
+                    seen.insert(s.span_id);
+                })
+                .unwrap();
             assert_eq!(seen.len(), 3, "trace {t} seen whole by scan_fields");
             assert_eq!(store.find_trace_ids(&query).unwrap(), vec![TraceId(u128::from(t))]);
             reads += 1;

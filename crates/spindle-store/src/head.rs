@@ -59,10 +59,7 @@ impl Catalog {
                 return false;
             }
         }
-        self.services
-            .entry(service.to_string())
-            .or_default()
-            .insert(Operation { name: name.to_string(), kind })
+        self.services.entry(service.to_string()).or_default().insert(Operation { name: name.to_string(), kind })
     }
 
     /// Adds everything of `other`; true when something was new.
@@ -93,10 +90,8 @@ impl Head {
         }
         for span in spans {
             let start = span.start_time_unix_nano;
-            let entry = self
-                .traces
-                .entry(span.trace_id)
-                .or_insert_with(|| TraceEntry { spans: Vec::new(), start_min: start });
+            let entry =
+                self.traces.entry(span.trace_id).or_insert_with(|| TraceEntry { spans: Vec::new(), start_min: start });
             if entry.spans.iter().any(|s| s.span_id == span.span_id && *s == span) {
                 continue;
             }
@@ -114,7 +109,10 @@ impl Head {
 
     /// Every trace with a span matching the query, with the trace's earliest start.
     pub(crate) fn find(&self, query: &TraceQuery, into: &mut HashMap<TraceId, u64>) {
-        if self.spans == 0 || self.max_start < query.start_time_min_unix_nano || self.min_start > query.start_time_max_unix_nano {
+        if self.spans == 0
+            || self.max_start < query.start_time_min_unix_nano
+            || self.min_start > query.start_time_max_unix_nano
+        {
             return;
         }
         for (id, trace) in &self.traces {

@@ -92,7 +92,12 @@ pub trait TraceStore: Send + Sync + 'static {
     /// Like [`TraceStore::scan_spans`], but the visited spans need to carry only `fields`:
     /// a columnar store then decodes a few columns instead of whole spans. Spans may carry
     /// more than asked; by default they are whole.
-    fn scan_fields(&self, query: &TraceQuery, fields: &SpanFields, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
+    fn scan_fields(
+        &self,
+        query: &TraceQuery,
+        fields: &SpanFields,
+        visit: &mut dyn FnMut(&Span),
+    ) -> Result<(), StoreError> {
         let _ = fields;
         self.scan_spans(query, visit)
     }
@@ -100,7 +105,12 @@ pub trait TraceStore: Send + Sync + 'static {
     /// Calls `visit` with every span matching `query` reduced to a [`SpanRow`]: what RED
     /// statistics, slowest spans and outliers read. Columnar stores answer it without
     /// building spans.
-    fn scan_rows(&self, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
+    fn scan_rows(
+        &self,
+        query: &TraceQuery,
+        fields: &RowFields,
+        visit: &mut dyn FnMut(&SpanRow),
+    ) -> Result<(), StoreError> {
         let projection = SpanFields::with_attributes(fields.group_by.as_deref());
         self.scan_fields(query, &projection, &mut |span| visit(&SpanRow::of(span, fields)))
     }
@@ -109,7 +119,12 @@ pub trait TraceStore: Send + Sync + 'static {
     /// each visitor is called from one thread, and each matching span reaches exactly one of
     /// them. Aggregations keep one partial result per visitor and merge them, so the
     /// aggregating runs on every core. By default every span goes to the first visitor.
-    fn scan_rows_split(&self, query: &TraceQuery, fields: &RowFields, visitors: &mut [&mut (dyn FnMut(&SpanRow) + Send)]) -> Result<(), StoreError> {
+    fn scan_rows_split(
+        &self,
+        query: &TraceQuery,
+        fields: &RowFields,
+        visitors: &mut [&mut (dyn FnMut(&SpanRow) + Send)],
+    ) -> Result<(), StoreError> {
         match visitors.first_mut() {
             Some(visit) => self.scan_rows(query, fields, &mut **visit),
             None => Ok(()),
@@ -119,7 +134,13 @@ pub trait TraceStore: Send + Sync + 'static {
     /// Calls `visit` with the spans of every trace whose earliest span started in
     /// `[start_unix_nano, end_unix_nano]`, each span carrying at least `fields`, traces in
     /// no particular order. Service graphs read through this.
-    fn scan_traces(&self, start_unix_nano: u64, end_unix_nano: u64, fields: &SpanFields, visit: &mut dyn FnMut(&[Span])) -> Result<(), StoreError> {
+    fn scan_traces(
+        &self,
+        start_unix_nano: u64,
+        end_unix_nano: u64,
+        fields: &SpanFields,
+        visit: &mut dyn FnMut(&[Span]),
+    ) -> Result<(), StoreError> {
         let _ = fields;
         let window = TraceQuery {
             start_time_min_unix_nano: start_unix_nano,

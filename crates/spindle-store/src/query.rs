@@ -49,22 +49,16 @@ fn any_matches(attributes: &[KeyValue], key: &str, value: &str) -> bool {
 
 fn derived_tag_matches(span: &Span, key: &str, value: &str) -> bool {
     match key {
-        semconv::JAEGER_SPAN_KIND => {
-            span.kind != SpanKind::Unspecified && span.kind.as_jaeger_str() == value
-        }
+        semconv::JAEGER_SPAN_KIND => span.kind != SpanKind::Unspecified && span.kind.as_jaeger_str() == value,
         semconv::JAEGER_ERROR => span.is_error() && value == "true",
         semconv::JAEGER_STATUS_CODE => match span.status.code {
             StatusCode::Ok => value == "OK",
             StatusCode::Error => value == "ERROR",
             StatusCode::Unset => false,
         },
-        semconv::JAEGER_STATUS_DESCRIPTION => {
-            !span.status.message.is_empty() && span.status.message == value
-        }
+        semconv::JAEGER_STATUS_DESCRIPTION => !span.status.message.is_empty() && span.status.message == value,
         semconv::JAEGER_SCOPE_NAME => !span.scope.name.is_empty() && span.scope.name == value,
-        semconv::JAEGER_SCOPE_VERSION => {
-            !span.scope.version.is_empty() && span.scope.version == value
-        }
+        semconv::JAEGER_SCOPE_VERSION => !span.scope.version.is_empty() && span.scope.version == value,
         _ => false,
     }
 }
@@ -73,9 +67,10 @@ fn derived_tag_matches(span: &Span, key: &str, value: &str) -> bool {
 pub fn tag_matches(span: &Span, key: &str, value: &str) -> bool {
     any_matches(&span.attributes, key, value)
         || any_matches(&span.resource.attributes, key, value)
-        || span.events.iter().any(|e| {
-            any_matches(&e.attributes, key, value) || (key == semconv::JAEGER_EVENT && e.name == value)
-        })
+        || span
+            .events
+            .iter()
+            .any(|e| any_matches(&e.attributes, key, value) || (key == semconv::JAEGER_EVENT && e.name == value))
         || derived_tag_matches(span, key, value)
 }
 

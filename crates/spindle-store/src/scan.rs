@@ -14,8 +14,10 @@ use parquet::data_type::ByteArray;
 use spindle_model::{semconv, AttributeValue, KeyValue, Span, SpanId, SpanKind, StatusCode, TraceId};
 
 use crate::block::{recycle_columns, Block, BlockError, RowRange};
+use crate::block_format::{
+    AttributeColumns, DedicatedType, FormatError, KvLeaves, Leaf, RawValue, SpanColumns, ATTRIBUTE_LIST_LEAVES,
+};
 use crate::dict_column::DictColumn;
-use crate::block_format::{AttributeColumns, DedicatedType, FormatError, KvLeaves, Leaf, RawValue, SpanColumns, ATTRIBUTE_LIST_LEAVES};
 use crate::query::TraceQuery;
 use crate::{RowFields, SpanFields, SpanRow, StoreError};
 
@@ -35,7 +37,10 @@ const DERIVED_TAGS: [&str; 6] = [
 /// The attribute column of `block` holding `key` (dedicated or promoted): its position
 /// among the leaves of its type, its path, and its type.
 fn attribute_column(block: &Block, key: &str) -> Option<(usize, &'static str, DedicatedType)> {
-    block.attribute_columns.index(key).map(|i| (AttributeColumns::position(i), AttributeColumns::column(i), AttributeColumns::ty(i)))
+    block
+        .attribute_columns
+        .index(key)
+        .map(|i| (AttributeColumns::position(i), AttributeColumns::column(i), AttributeColumns::ty(i)))
 }
 
 /// The value leaves a search for `text` must read: a string never parses as a number or a
@@ -64,7 +69,8 @@ fn kv_paths(prefix: &str, texts: &[&str]) -> Vec<String> {
 /// Rows of `kv` (a list per row, possibly nested) holding `key` with a value that `text`
 /// names, OR-ed into `out`. Leaves that were not read are empty and simply never match.
 fn kv_list_matches(kv: &KvLeaves, key: &str, text: &str, out: &mut [bool]) -> Result<(), StoreError> {
-    let (want_int, want_double, want_bool) = (text.parse::<i64>().ok(), text.parse::<f64>().ok(), text.parse::<bool>().ok());
+    let (want_int, want_double, want_bool) =
+        (text.parse::<i64>().ok(), text.parse::<f64>().ok(), text.parse::<bool>().ok());
     let mut keys = kv.key.cursor();
     let mut strs = kv.str.cursor();
     let mut ints = (want_int.is_some()).then(|| kv.int.cursor());
@@ -156,66 +162,72 @@ pub(crate) struct Matcher<'a> {
 impl<'a> Matcher<'a> {
     /// `None` when the block's meta rules out every row.
     pub(crate) fn new(block: &'a Block, query: &'a TraceQuery) -> Option<Self> {
-    let meta = &block.meta;
-    if meta.spans == 0 || meta.max_start < query.start_time_min_unix_nano || meta.min_start > query.start_time_max_unix_nano {
-        return None;
-    }
-    if let Some(service) = &query.service {
-        if meta.services.binary_search(service).is_err() {
+        let meta = &block.meta;
+        if meta.spans == 0
+            || meta.max_start < query.start_time_min_unix_nano
+            || meta.min_start > query.start_time_max_unix_nano
+        {
             return None;
         }
-    }
-    // Which sources each attribute pair can match in; a pair matching nowhere skips the block.
-    let listed = |key: &str| meta.attribute_keys.as_ref().is_none_or(|keys| keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok());
-    let mut pairs = Vec::new();
-    for (key, text) in &query.attributes {
-        let in_lists = listed(key);
-        let dedicated = attribute_column(block, key);
-        let derived = DERIVED_TAGS.contains(&key.as_str());
-        let event_name = key == semconv::JAEGER_EVENT;
-        let resources: Vec<bool> = block.tables.resources.iter().map(|r| any_kv(&r.attributes, key, text)).collect();
-        let scopes: Vec<bool> = block
+        if let Some(service) = &query.service {
+            if meta.services.binary_search(service).is_err() {
+                return None;
+            }
+        }
+        // Which sources each attribute pair can match in; a pair matching nowhere skips the block.
+        let listed = |key: &str| {
+            meta.attribute_keys.as_ref().is_none_or(|keys| keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok())
+        };
+        let mut pairs = Vec::new();
+        for (key, text) in &query.attributes {
+            let in_lists = listed(key);
+            let dedicated = attribute_column(block, key);
+            let derived = DERIVED_TAGS.contains(&key.as_str());
+            let event_name = key == semconv::JAEGER_EVENT;
+            let resources: Vec<bool> =
+                block.tables.resources.iter().map(|r| any_kv(&r.attributes, key, text)).collect();
+            let scopes: Vec<bool> = block
+                .tables
+                .scopes
+                .iter()
+                .map(|s| match key.as_str() {
+                    semconv::JAEGER_SCOPE_NAME => !s.name.is_empty() && s.name == *text,
+                    semconv::JAEGER_SCOPE_VERSION => !s.version.is_empty() && s.version == *text,
+                    _ => false,
+                })
+                .collect();
+            let any_resource = resources.iter().any(|m| *m) || scopes.iter().any(|m| *m);
+            if !in_lists && dedicated.is_none() && !derived && !event_name && !any_resource {
+                return None;
+            }
+            pairs.push(Pair { key, text, in_lists, dedicated, derived, event_name, resources, scopes });
+        }
+        let service_ok: Vec<bool> = block
             .tables
-            .scopes
+            .resources
             .iter()
-            .map(|s| match key.as_str() {
-                semconv::JAEGER_SCOPE_NAME => !s.name.is_empty() && s.name == *text,
-                semconv::JAEGER_SCOPE_VERSION => !s.version.is_empty() && s.version == *text,
-                _ => false,
-            })
+            .map(|r| query.service.as_ref().is_none_or(|s| r.service_name() == s))
             .collect();
-        let any_resource = resources.iter().any(|m| *m) || scopes.iter().any(|m| *m);
-        if !in_lists && dedicated.is_none() && !derived && !event_name && !any_resource {
-            return None;
-        }
-        pairs.push(Pair { key, text, in_lists, dedicated, derived, event_name, resources, scopes });
-    }
-    let service_ok: Vec<bool> = block
-        .tables
-        .resources
-        .iter()
-        .map(|r| query.service.as_ref().is_none_or(|s| r.service_name() == s))
-        .collect();
 
-    // The operation filter reads `name` as dictionary indices (`row_mask`), not here.
-    let mut phase1: Vec<&str> = vec!["start_time_unix_nano", "duration_nanos", "resource_ref"];
-    if query.span_kind.is_some() || pairs.iter().any(|p| p.derived) {
-        phase1.extend(["kind", "status_code", "status_message"]);
-    }
-    if pairs.iter().any(|p| p.scopes.iter().any(|m| *m)) {
-        phase1.push("scope_ref");
-    }
-    for p in &pairs {
-        if let Some((_, column, _)) = p.dedicated {
-            phase1.push(column);
+        // The operation filter reads `name` as dictionary indices (`row_mask`), not here.
+        let mut phase1: Vec<&str> = vec!["start_time_unix_nano", "duration_nanos", "resource_ref"];
+        if query.span_kind.is_some() || pairs.iter().any(|p| p.derived) {
+            phase1.extend(["kind", "status_code", "status_message"]);
         }
-    }
-    let texts: Vec<&str> = pairs.iter().map(|p| p.text).collect();
-    let span_kv = kv_paths("attributes.key_value", &texts);
-    let event_kv = kv_paths("events.event.attributes.key_value", &texts);
-    let min_duration = query.duration_min_nanos.unwrap_or(0);
-    let max_duration = query.duration_max_nanos.unwrap_or(u64::MAX);
-    Some(Matcher { block, query, pairs, service_ok, phase1, span_kv, event_kv, min_duration, max_duration })
+        if pairs.iter().any(|p| p.scopes.iter().any(|m| *m)) {
+            phase1.push("scope_ref");
+        }
+        for p in &pairs {
+            if let Some((_, column, _)) = p.dedicated {
+                phase1.push(column);
+            }
+        }
+        let texts: Vec<&str> = pairs.iter().map(|p| p.text).collect();
+        let span_kv = kv_paths("attributes.key_value", &texts);
+        let event_kv = kv_paths("events.event.attributes.key_value", &texts);
+        let min_duration = query.duration_min_nanos.unwrap_or(0);
+        let max_duration = query.duration_max_nanos.unwrap_or(u64::MAX);
+        Some(Matcher { block, query, pairs, service_ok, phase1, span_kv, event_kv, min_duration, max_duration })
     }
 
     /// Leaves `names` of every row of row group `rg`, taking over from `filtered` (the
@@ -408,7 +420,11 @@ impl Selection {
 
     /// Runs `find` over the rows read (one slot per row read) and ORs its hits into `hit`
     /// (one slot per row of the row group).
-    fn matches(&self, hit: &mut [bool], find: impl FnOnce(&mut [bool]) -> Result<(), StoreError>) -> Result<(), StoreError> {
+    fn matches(
+        &self,
+        hit: &mut [bool],
+        find: impl FnOnce(&mut [bool]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         match self {
             Selection::All => find(hit),
             Selection::Rows(rows) => {
@@ -430,7 +446,11 @@ impl Selection {
 /// Adds to `into` every trace of `block` with a span matching `query`, with an upper bound
 /// of the trace's start: its earliest start in the block (traces never straddle row
 /// groups) or, where few rows matched, the earliest start of a matching span.
-pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMap<TraceId, u64>) -> Result<(), StoreError> {
+pub(crate) fn find_in_block(
+    block: &Block,
+    query: &TraceQuery,
+    into: &mut HashMap<TraceId, u64>,
+) -> Result<(), StoreError> {
     let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
     let meta = &block.meta;
     // Row groups are independent: two workers scan alternate ones, each into its own map.
@@ -488,10 +508,20 @@ pub(crate) fn find_in_block(block: &Block, query: &TraceQuery, into: &mut HashMa
 
 /// Visits every span of `block` matching `query`, carrying at least `fields`. Two workers
 /// decode alternate row groups; the caller's thread visits.
-pub(crate) fn scan_block(block: &Block, query: &TraceQuery, fields: &SpanFields, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
+pub(crate) fn scan_block(
+    block: &Block,
+    query: &TraceQuery,
+    fields: &SpanFields,
+    visit: &mut dyn FnMut(&Span),
+) -> Result<(), StoreError> {
     let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
     let keys = fields.attributes.as_deref();
-    let names = SpanColumns::selected_leaves(&block.attribute_columns, keys, fields.events, block.meta.attribute_keys.as_deref());
+    let names = SpanColumns::selected_leaves(
+        &block.attribute_columns,
+        keys,
+        fields.events,
+        block.meta.attribute_keys.as_deref(),
+    );
     let decode = |rg: usize| -> Result<Vec<Span>, StoreError> {
         let Some((mask, filtered)) = matcher.row_mask(rg)? else { return Ok(Vec::new()) };
         let cols = matcher.read_all_rows(rg, filtered, &names)?;
@@ -545,7 +575,12 @@ enum GroupSource {
     Name,
     /// An attribute: its dedicated or promoted column (position among the leaves of its
     /// type, path, type), and whether the generic lists may hold it; else the resource's value.
-    Attribute { key: String, dedicated: Option<(usize, &'static str, DedicatedType)>, in_lists: bool, resources: Vec<Option<String>> },
+    Attribute {
+        key: String,
+        dedicated: Option<(usize, &'static str, DedicatedType)>,
+        in_lists: bool,
+        resources: Vec<Option<String>>,
+    },
 }
 
 impl GroupSource {
@@ -556,7 +591,11 @@ impl GroupSource {
             _ => {}
         }
         let dedicated = attribute_column(block, key);
-        let in_lists = block.meta.attribute_keys.as_ref().is_none_or(|keys| keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok());
+        let in_lists = block
+            .meta
+            .attribute_keys
+            .as_ref()
+            .is_none_or(|keys| keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok());
         let resources = block
             .tables
             .resources
@@ -649,9 +688,15 @@ impl<'b> RowScan<'b> {
     }
 
     /// Visits the rows `read` found, then hands their buffers back to the pool.
-    fn visit(&self, found: Option<MatchedRows>, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
+    fn visit(
+        &self,
+        found: Option<MatchedRows>,
+        fields: &RowFields,
+        visit: &mut dyn FnMut(&SpanRow),
+    ) -> Result<(), StoreError> {
         let Some(found) = found else { return Ok(()) };
-        let visited = visit_rows(self.block, &found, self.group.as_ref(), fields, visit).map_err(|e| BlockError::from(e).at(&self.block.path));
+        let visited = visit_rows(self.block, &found, self.group.as_ref(), fields, visit)
+            .map_err(|e| BlockError::from(e).at(&self.block.path));
         recycle_columns(found.cols);
         visited
     }
@@ -660,7 +705,12 @@ impl<'b> RowScan<'b> {
 /// Visits every span of `block` matching `query` as a [`SpanRow`], straight from the
 /// column buffers: no span is built. Two workers read alternate row groups (only the
 /// matching rows' values when few match); the caller's thread visits.
-pub(crate) fn scan_block_rows(block: &Block, query: &TraceQuery, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), StoreError> {
+pub(crate) fn scan_block_rows(
+    block: &Block,
+    query: &TraceQuery,
+    fields: &RowFields,
+    visit: &mut dyn FnMut(&SpanRow),
+) -> Result<(), StoreError> {
     let Some(scan) = RowScan::new(block, query, fields) else { return Ok(()) };
     each_row_group(block.meta.row_groups.len(), &|rg| scan.read(rg), &mut |found| scan.visit(found, fields, visit))
 }
@@ -677,8 +727,11 @@ pub(crate) fn scan_blocks_rows_split(
 ) -> Result<(), StoreError> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let scans: Vec<RowScan> = blocks.iter().filter_map(|b| RowScan::new(b, query, fields)).collect();
-    let work: Vec<(usize, usize)> =
-        scans.iter().enumerate().flat_map(|(i, scan)| (0..scan.block.meta.row_groups.len()).map(move |rg| (i, rg))).collect();
+    let work: Vec<(usize, usize)> = scans
+        .iter()
+        .enumerate()
+        .flat_map(|(i, scan)| (0..scan.block.meta.row_groups.len()).map(move |rg| (i, rg)))
+        .collect();
     let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
     let run = |visit: &mut (dyn FnMut(&SpanRow) + Send)| -> Result<(), StoreError> {
         while !failed.load(Ordering::Relaxed) {
@@ -761,7 +814,13 @@ impl MatchedRows {
 }
 
 /// The matched rows of one row group as [`SpanRow`]s.
-fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, fields: &RowFields, visit: &mut dyn FnMut(&SpanRow)) -> Result<(), FormatError> {
+fn visit_rows(
+    block: &Block,
+    found: &MatchedRows,
+    group: Option<&GroupSource>,
+    fields: &RowFields,
+    visit: &mut dyn FnMut(&SpanRow),
+) -> Result<(), FormatError> {
     let cols = &found.cols;
     let ids = fields.ids;
     let rows = cols.start.values.len();
@@ -803,7 +862,9 @@ fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, f
                     let (_, text) = strs.next();
                     let Some(k) = k else { break };
                     if from_list.is_none() && keep && k.data() == key.as_bytes() {
-                        from_list = Some(RawValue::Str(text.ok_or(FormatError::Malformed("attribute without a value"))?.data()));
+                        from_list = Some(RawValue::Str(
+                            text.ok_or(FormatError::Malformed("attribute without a value"))?.data(),
+                        ));
                     }
                     if keys.peek_rep() != Some(list_rep) {
                         break;
@@ -822,7 +883,9 @@ fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, f
         // The name column is read when the operation is asked for or grouped by.
         let name = match cols.name.values.get(row) {
             Some(v) => std::str::from_utf8(v.data()).map_err(|_| FormatError::Utf8)?,
-            None if fields.operation || matches!(group, Some(GroupSource::Name)) => return Err(FormatError::Malformed("name")),
+            None if fields.operation || matches!(group, Some(GroupSource::Name)) => {
+                return Err(FormatError::Malformed("name"))
+            }
             None => "",
         };
         let group_text: Option<Cow<str>> = match group {
@@ -847,14 +910,25 @@ fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, f
         let start = *cols.start.values.get(row).ok_or(FormatError::Malformed("start_time_unix_nano"))? as u64;
         let duration = *cols.duration.values.get(row).ok_or(FormatError::Malformed("duration_nanos"))?;
         let trace_id = if ids {
-            let bytes: [u8; 16] = cols.trace_id.values.get(row).ok_or(FormatError::Malformed("trace_id"))?.data().try_into().map_err(|_| FormatError::Malformed("trace_id"))?;
+            let bytes: [u8; 16] = cols
+                .trace_id
+                .values
+                .get(row)
+                .ok_or(FormatError::Malformed("trace_id"))?
+                .data()
+                .try_into()
+                .map_err(|_| FormatError::Malformed("trace_id"))?;
             TraceId::from_bytes(bytes)
         } else {
             TraceId::default()
         };
         visit(&SpanRow {
             trace_id,
-            span_id: SpanId(if ids { *cols.span_id.values.get(row).ok_or(FormatError::Malformed("span_id"))? as u64 } else { 0 }),
+            span_id: SpanId(if ids {
+                *cols.span_id.values.get(row).ok_or(FormatError::Malformed("span_id"))? as u64
+            } else {
+                0
+            }),
             service: resource.service_name(),
             name: if fields.operation { name } else { "" },
             kind: if fields.operation {
@@ -865,7 +939,9 @@ fn visit_rows(block: &Block, found: &MatchedRows, group: Option<&GroupSource>, f
             start_unix_nano: start,
             // As `Span::duration_nanos` reads it: an end before the start is zero.
             duration_nanos: u64::try_from(duration).unwrap_or(0),
-            error: StatusCode::from_otlp(*cols.status_code.values.get(row).ok_or(FormatError::Malformed("status_code"))?) == StatusCode::Error,
+            error: StatusCode::from_otlp(
+                *cols.status_code.values.get(row).ok_or(FormatError::Malformed("status_code"))?,
+            ) == StatusCode::Error,
             group: group_text,
         });
     }

@@ -48,9 +48,7 @@ impl std::str::FromStr for SyncPolicy {
             "interval" => Ok(SyncPolicy::Interval(Duration::from_millis(100))),
             other => match other.strip_prefix("interval:").map(str::parse::<u64>) {
                 Some(Ok(ms)) if ms > 0 => Ok(SyncPolicy::Interval(Duration::from_millis(ms))),
-                _ => Err(format!(
-                    "invalid sync policy {other:?}: expected always, interval or interval:<ms>"
-                )),
+                _ => Err(format!("invalid sync policy {other:?}: expected always, interval or interval:<ms>")),
             },
         }
     }
@@ -204,7 +202,14 @@ impl Drop for Wal {
     }
 }
 
-fn writer_loop(file: File, mut path: PathBuf, dir: PathBuf, mut seq: u64, policy: SyncPolicy, rx: mpsc::Receiver<Request>) {
+fn writer_loop(
+    file: File,
+    mut path: PathBuf,
+    dir: PathBuf,
+    mut seq: u64,
+    policy: SyncPolicy,
+    rx: mpsc::Receiver<Request>,
+) {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut waiting: Vec<mpsc::SyncSender<Result<(), String>>> = Vec::new();
     let mut last_sync = Instant::now();
@@ -294,11 +299,7 @@ fn writer_loop(file: File, mut path: PathBuf, dir: PathBuf, mut seq: u64, policy
 }
 
 /// Flushes and syncs the current segment, then swaps `out` to a fresh segment `seq`.
-fn rotate_segment(
-    out: &mut std::io::BufWriter<File>,
-    dir: &Path,
-    seq: u64,
-) -> Result<PathBuf, StoreError> {
+fn rotate_segment(out: &mut std::io::BufWriter<File>, dir: &Path, seq: u64) -> Result<PathBuf, StoreError> {
     out.flush().and_then(|_| out.get_ref().sync_data()).map_err(|e| StoreError::io(dir, e))?;
     let (file, path) = open_segment(dir, seq)?;
     *out = std::io::BufWriter::with_capacity(1 << 20, file);
@@ -387,10 +388,7 @@ mod tests {
     #[test]
     fn sync_policy_parses() {
         assert_eq!("always".parse::<SyncPolicy>(), Ok(SyncPolicy::Always));
-        assert_eq!(
-            "interval:250".parse::<SyncPolicy>(),
-            Ok(SyncPolicy::Interval(Duration::from_millis(250)))
-        );
+        assert_eq!("interval:250".parse::<SyncPolicy>(), Ok(SyncPolicy::Interval(Duration::from_millis(250))));
         assert!("sometimes".parse::<SyncPolicy>().is_err());
     }
 }

@@ -106,7 +106,7 @@ fn kill_9_loses_nothing_acknowledged_and_duplicates_nothing() {
         let _ = started.recv_timeout(Duration::from_secs(120));
         std::thread::sleep(run_for);
         child.kill().unwrap(); // SIGKILL
-        // Acks printed before the kill but not yet read still count as acknowledged.
+                               // Acks printed before the kill but not yet read still count as acknowledged.
         let count = reader.join().unwrap();
         let _ = child.wait();
         acked.push((round, count));
@@ -143,7 +143,13 @@ fn kill_9_loses_nothing_acknowledged_and_duplicates_nothing() {
             for &(r, batches) in &acked {
                 let mut generator = workload(r);
                 let presence: Vec<usize> = (0..batches + 3)
-                    .map(|_| generator.batch(TRACES_PER_BATCH).chunks(10).map(|t| store.get_trace(t[0].trace_id).unwrap().len()).sum())
+                    .map(|_| {
+                        generator
+                            .batch(TRACES_PER_BATCH)
+                            .chunks(10)
+                            .map(|t| store.get_trace(t[0].trace_id).unwrap().len())
+                            .sum()
+                    })
                     .collect();
                 eprintln!("round {r} acked {batches}: {:?}", &presence[batches.saturating_sub(2)..]);
             }
@@ -151,15 +157,23 @@ fn kill_9_loses_nothing_acknowledged_and_duplicates_nothing() {
                 for e in std::fs::read_dir(dir.path().join(sub)).unwrap().flatten() {
                     eprintln!("{} {}", e.path().display(), e.metadata().unwrap().len());
                     if e.path().to_string_lossy().ends_with(".json") {
-                        eprintln!("{}", std::fs::read_to_string(e.path()).unwrap().chars().take(400).collect::<String>());
+                        eprintln!(
+                            "{}",
+                            std::fs::read_to_string(e.path()).unwrap().chars().take(400).collect::<String>()
+                        );
                     }
                 }
             }
         }
-        assert_eq!(stats.block_spans + stats.head_spans, expected_spans, "round {round}: duplicated or stray spans ({stats:?})");
-        let corrupt = std::fs::read_dir(dir.path().join("blocks")).unwrap().flatten().any(|e| {
-            e.path().extension().is_some_and(|x| x == "corrupt" || x == "tmp")
-        });
+        assert_eq!(
+            stats.block_spans + stats.head_spans,
+            expected_spans,
+            "round {round}: duplicated or stray spans ({stats:?})"
+        );
+        let corrupt = std::fs::read_dir(dir.path().join("blocks"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "corrupt" || x == "tmp"));
         assert!(!corrupt, "round {round}: a corrupt or unfinished block was left");
         // The next child must see the in-flight batch as written or not, never half: count it.
         let last = acked.last_mut().unwrap();

@@ -13,11 +13,7 @@ use spindle_store::{EmbeddedStore, StoreOptions, TraceQuery, TraceStore};
 fn disk_limit_drops_oldest_blocks_and_never_corrupts() {
     let dir = tempfile::tempdir().unwrap();
     let limit = 400 * 1024;
-    let options = StoreOptions {
-        max_disk_bytes: Some(limit),
-        background: false,
-        ..StoreOptions::new(dir.path())
-    };
+    let options = StoreOptions { max_disk_bytes: Some(limit), background: false, ..StoreOptions::new(dir.path()) };
     let store = EmbeddedStore::open(options.clone()).unwrap();
     let mut generator = Generator::new(11, 1_700_000_000_000_000_000);
     let mut batches = Vec::new();
@@ -43,7 +39,8 @@ fn disk_limit_drops_oldest_blocks_and_never_corrupts() {
 
     let store = EmbeddedStore::open(options).unwrap();
     assert_eq!(store.stats(), stats);
-    let found = store.find_trace_ids(&TraceQuery { service: Some("frontend".into()), limit: 5, ..Default::default() }).unwrap();
+    let found =
+        store.find_trace_ids(&TraceQuery { service: Some("frontend".into()), limit: 5, ..Default::default() }).unwrap();
     assert_eq!(found.len(), 5);
     assert_eq!(found[0], newest[newest.len() - 10].trace_id, "newest trace first");
 }

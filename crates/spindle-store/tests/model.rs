@@ -8,15 +8,18 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use spindle_model::{
-    dependency_edges, links_from_edges, AttributeValue, Event, KeyValue, Resource, Scope, Span, SpanId, SpanKind, Status,
-    StatusCode, TraceId,
+    dependency_edges, links_from_edges, AttributeValue, Event, KeyValue, Resource, Scope, Span, SpanId, SpanKind,
+    Status, StatusCode, TraceId,
 };
-use spindle_store::{EmbeddedStore, Operation, RowFields, SpanFields, SpanRow, StoreOptions, SyncPolicy, TraceQuery, TraceStore};
+use spindle_store::{
+    EmbeddedStore, Operation, RowFields, SpanFields, SpanRow, StoreOptions, SyncPolicy, TraceQuery, TraceStore,
+};
 
 const RETENTION: Duration = Duration::from_nanos(1_000);
 const SERVICES: [&str; 3] = ["api", "db-writer", "kafka-consumer"];
 const NAMES: [&str; 3] = ["get", "put", "consume"];
-const KEYS: [&str; 7] = ["symbol", "http.route", "http.response.status_code", "messaging.system", "db.system", "peer.service", "k"];
+const KEYS: [&str; 7] =
+    ["symbol", "http.route", "http.response.status_code", "messaging.system", "db.system", "peer.service", "k"];
 const TEXTS: [&str; 4] = ["kafka", "postgresql", "7", "true"];
 
 #[derive(Debug, Clone)]
@@ -51,7 +54,9 @@ fn batch(next_span: &mut u64, raw: Vec<RawSpan>) -> Vec<Span> {
     raw.into_iter()
         .map(|r| {
             *next_span += 1;
-            let kind = [SpanKind::Server, SpanKind::Client, SpanKind::Producer, SpanKind::Consumer, SpanKind::Unspecified][r.kind];
+            let kind =
+                [SpanKind::Server, SpanKind::Client, SpanKind::Producer, SpanKind::Consumer, SpanKind::Unspecified]
+                    [r.kind];
             Span {
                 trace_id: TraceId(r.trace as u128 + 1),
                 span_id: SpanId(*next_span),
@@ -63,17 +68,30 @@ fn batch(next_span: &mut u64, raw: Vec<RawSpan>) -> Vec<Span> {
                 attributes: r.attributes,
                 events: r
                     .event
-                    .map(|attrs| vec![Event { time_unix_nano: r.start, name: "retry".into(), attributes: attrs, dropped_attributes_count: 0 }])
+                    .map(|attrs| {
+                        vec![Event {
+                            time_unix_nano: r.start,
+                            name: "retry".into(),
+                            attributes: attrs,
+                            dropped_attributes_count: 0,
+                        }]
+                    })
                     .unwrap_or_default(),
                 status: Status {
                     code: [StatusCode::Unset, StatusCode::Ok, StatusCode::Error][r.status],
                     message: if r.status == 2 { "boom".into() } else { String::new() },
                 },
                 resource: Arc::new(Resource {
-                    attributes: vec![KeyValue::string("service.name", SERVICES[r.service]), KeyValue::string("k", "true")],
+                    attributes: vec![
+                        KeyValue::string("service.name", SERVICES[r.service]),
+                        KeyValue::string("k", "true"),
+                    ],
                     dropped_attributes_count: 0,
                 }),
-                scope: Arc::new(Scope { name: if r.service == 0 { "lib".into() } else { String::new() }, ..Default::default() }),
+                scope: Arc::new(Scope {
+                    name: if r.service == 0 { "lib".into() } else { String::new() },
+                    ..Default::default()
+                }),
                 ..Default::default()
             }
         })
@@ -146,7 +164,14 @@ fn query() -> impl Strategy<Value = TraceQuery> {
             prop_oneof![
                 (prop::sample::select(KEYS.to_vec()), prop::sample::select(TEXTS.to_vec())),
                 (
-                    prop::sample::select(vec!["span.kind", "error", "otel.status_code", "otel.status_description", "otel.scope.name", "event"]),
+                    prop::sample::select(vec![
+                        "span.kind",
+                        "error",
+                        "otel.status_code",
+                        "otel.status_description",
+                        "otel.scope.name",
+                        "event"
+                    ]),
                     prop::sample::select(vec!["server", "true", "ERROR", "OK", "boom", "lib", "retry"]),
                 ),
             ],
@@ -256,7 +281,8 @@ fn check(store: &EmbeddedStore, model: &Model, queries: &[TraceQuery]) -> Result
         prop_assert_eq!(store.operations(service, Some(SpanKind::Server)).unwrap(), servers);
     }
     for (start, end) in [(0, u64::MAX), (20_000, 60_000)] {
-        let got: Vec<_> = store.dependencies(start, end).unwrap().into_iter().map(|l| (l.parent, l.child, l.call_count)).collect();
+        let got: Vec<_> =
+            store.dependencies(start, end).unwrap().into_iter().map(|l| (l.parent, l.child, l.call_count)).collect();
         prop_assert_eq!(got, model.dependencies(start, end));
     }
     let projections = [
@@ -274,7 +300,8 @@ fn check(store: &EmbeddedStore, model: &Model, queries: &[TraceQuery]) -> Result
             // A retry not yet compacted away may be visited twice; count each span once.
             got.sort_by_key(|s| s.span_id);
             got.dedup();
-            let want: Vec<Span> = sorted(model.spans().into_iter().filter(|s| q.matches_span(s)).map(|s| project(s, fields)).collect());
+            let want: Vec<Span> =
+                sorted(model.spans().into_iter().filter(|s| q.matches_span(s)).map(|s| project(s, fields)).collect());
             prop_assert_eq!(got, want, "scan {:?} with {:?}", q, fields);
         }
     }
@@ -295,16 +322,22 @@ fn check(store: &EmbeddedStore, model: &Model, queries: &[TraceQuery]) -> Result
             // Split over three visitors (threads), the same rows as many times, none lost.
             let mut parts: [Vec<String>; 3] = Default::default();
             {
-                let mut visitors: Vec<_> = parts.iter_mut().map(|part| move |r: &SpanRow| part.push(format!("{r:?}"))).collect();
-                let mut refs: Vec<&mut (dyn FnMut(&SpanRow) + Send)> = visitors.iter_mut().map(|v| v as &mut (dyn FnMut(&SpanRow) + Send)).collect();
+                let mut visitors: Vec<_> =
+                    parts.iter_mut().map(|part| move |r: &SpanRow| part.push(format!("{r:?}"))).collect();
+                let mut refs: Vec<&mut (dyn FnMut(&SpanRow) + Send)> =
+                    visitors.iter_mut().map(|v| v as &mut (dyn FnMut(&SpanRow) + Send)).collect();
                 store.scan_rows_split(q, fields, &mut refs).unwrap();
             }
             let mut split: Vec<String> = parts.concat();
             split.sort();
             prop_assert_eq!(&split, &got, "split rows {:?} with {:?}", q, fields);
             got.dedup();
-            let mut want: Vec<String> =
-                model.spans().into_iter().filter(|s| q.matches_span(s)).map(|s| format!("{:?}", SpanRow::of(s, fields))).collect();
+            let mut want: Vec<String> = model
+                .spans()
+                .into_iter()
+                .filter(|s| q.matches_span(s))
+                .map(|s| format!("{:?}", SpanRow::of(s, fields)))
+                .collect();
             want.sort();
             want.dedup();
             prop_assert_eq!(got, want, "rows {:?} with {:?}", q, fields);

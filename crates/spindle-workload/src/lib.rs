@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use spindle_model::{AttributeValue, Event, KeyValue, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, TraceId};
+use spindle_model::{
+    AttributeValue, Event, KeyValue, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, TraceId,
+};
 
 pub const SPANS_PER_TRACE: usize = 10;
 pub const SERVICES: [&str; 5] = ["frontend", "quote-api", "pricing", "risk-engine", "ledger"];

@@ -28,12 +28,8 @@ fn free_udp_port() -> u16 {
     pick_loopback_port(true)
 }
 
-
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("http client")
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
 }
 
 /// Polls `probe` every 50 ms until it gives `Some`, or panics naming `what`.
@@ -43,10 +39,7 @@ pub fn poll<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<
         if let Some(value) = probe() {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -64,10 +57,7 @@ impl Process {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self {
-            name: name.to_owned(),
-            child,
-        }
+        Self { name: name.to_owned(), child }
     }
 
     /// Waits until `url` answers 200, failing if the process exits first.
@@ -77,11 +67,7 @@ impl Process {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{} exited early with {status}", self.name);
             }
-            http.get(url)
-                .send()
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ())
+            http.get(url).send().ok().filter(|r| r.status().is_success()).map(|_| ())
         });
     }
 }
@@ -115,10 +101,7 @@ fn spindle_binary() -> PathBuf {
             .current_dir(&root)
             .status()
             .expect("cargo runs");
-        assert!(
-            built.success(),
-            "cargo build -p spindle-server failed; the end-to-end tests need the spindle binary"
-        );
+        assert!(built.success(), "cargo build -p spindle-server failed; the end-to-end tests need the spindle binary");
     }
     binary
 }
@@ -150,9 +133,7 @@ impl TraceSpan {
 
     /// The log whose `event` field is `name`.
     pub fn event(&self, name: &str) -> Option<&BTreeMap<String, String>> {
-        self.logs
-            .iter()
-            .find(|l| l.get("event").map(String::as_str) == Some(name))
+        self.logs.iter().find(|l| l.get("event").map(String::as_str) == Some(name))
     }
 }
 
@@ -196,24 +177,14 @@ pub struct Trace(pub Vec<TraceSpan>);
 
 impl Trace {
     pub fn named<'a>(&'a self, service: &'a str, operation: &'a str) -> impl Iterator<Item = &'a TraceSpan> + 'a {
-        self.0
-            .iter()
-            .filter(move |s| s.service == service && s.operation == operation)
+        self.0.iter().filter(move |s| s.service == service && s.operation == operation)
     }
 
     /// The only span `operation` of `service`.
     pub fn one(&self, service: &str, operation: &str) -> &TraceSpan {
-        let found: Vec<&TraceSpan> = self
-            .0
-            .iter()
-            .filter(|s| s.service == service && s.operation == operation)
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "exactly one {operation:?} of {service}, in {:#?}",
-            self.summary()
-        );
+        let found: Vec<&TraceSpan> =
+            self.0.iter().filter(|s| s.service == service && s.operation == operation).collect();
+        assert_eq!(found.len(), 1, "exactly one {operation:?} of {service}, in {:#?}", self.summary());
         found[0]
     }
 
@@ -223,9 +194,7 @@ impl Trace {
     }
 
     pub fn children_of<'a>(&'a self, span: &'a TraceSpan) -> impl Iterator<Item = &'a TraceSpan> + 'a {
-        self.0
-            .iter()
-            .filter(move |s| s.parent.as_deref() == Some(span.span_id.as_str()))
+        self.0.iter().filter(move |s| s.parent.as_deref() == Some(span.span_id.as_str()))
     }
 
     /// `span` and its ancestors up to the root, as `operation@service`. A parent missing from
@@ -253,14 +222,7 @@ impl Trace {
         self.0
             .iter()
             .map(|s| {
-                format!(
-                    "{} {}@{} parent={:?} error={}",
-                    s.span_id,
-                    s.operation,
-                    s.service,
-                    s.parent,
-                    s.is_error()
-                )
+                format!("{} {}@{} parent={:?} error={}", s.span_id, s.operation, s.service, s.parent, s.is_error())
             })
             .collect()
     }
@@ -281,21 +243,12 @@ impl Spindle {
         let [grpc, http, query, admin] = [free_port(), free_port(), free_port(), free_port()];
         let addr = |port: u16| format!("127.0.0.1:{port}");
         let mut command = Command::new(spindle_binary());
-        command
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("SPINDLE_LOG", "warn");
+        command.arg("serve").arg("--data-dir").arg(data.path()).env("SPINDLE_LOG", "warn");
         command.args(["--otlp-grpc-addr", &addr(grpc), "--otlp-http-addr", &addr(http)]);
         command.args(["--query-addr", &addr(query), "--admin-addr", &addr(admin)]);
         // Every other receiver on a free port too, so tests never collide with each other or
         // with a Spindle running on its default ports.
-        for flag in [
-            "--jaeger-http-addr",
-            "--jaeger-grpc-addr",
-            "--zipkin-addr",
-            "--sampling-addr",
-        ] {
+        for flag in ["--jaeger-http-addr", "--jaeger-grpc-addr", "--zipkin-addr", "--sampling-addr"] {
             command.args([flag, &addr(free_port())]);
         }
         for flag in ["--jaeger-compact-addr", "--jaeger-binary-addr"] {
@@ -327,11 +280,7 @@ impl Spindle {
                     }
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "trace {trace_id} never had {what}; last read: {:#?}",
-                last.summary()
-            );
+            assert!(Instant::now() < deadline, "trace {trace_id} never had {what}; last read: {:#?}", last.summary());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -352,11 +301,7 @@ fn clstock_command(binary: &str, spindle: &Spindle, grpc: bool) -> Command {
     let mut command = Command::new(binary);
     // Spans leave every 100 ms; the market-data service exports over OTLP/HTTP and the API
     // over gRPC, so both transports are exercised.
-    let (protocol, endpoint) = if grpc {
-        ("grpc", &spindle.otlp_grpc)
-    } else {
-        ("http/protobuf", &spindle.otlp_http)
-    };
+    let (protocol, endpoint) = if grpc { ("grpc", &spindle.otlp_grpc) } else { ("http/protobuf", &spindle.otlp_http) };
     command
         .env_remove("OTEL_SERVICE_NAME")
         .env_remove("OTEL_RESOURCE_ATTRIBUTES")
@@ -402,18 +347,11 @@ impl Service {
     }
 
     pub fn get(&self, path: &str) -> Reply {
-        Reply::from(
-            client()
-                .get(format!("{}{path}", self.url))
-                .send()
-                .expect("request is answered"),
-        )
+        Reply::from(client().get(format!("{}{path}", self.url)).send().expect("request is answered"))
     }
 
     pub fn post(&self, path: &str, body: &str) -> Reply {
-        let request = client()
-            .post(format!("{}{path}", self.url))
-            .header("content-type", "application/json");
+        let request = client().post(format!("{}{path}", self.url)).header("content-type", "application/json");
         Reply::from(request.body(body.to_owned()).send().expect("request is answered"))
     }
 }
@@ -434,9 +372,7 @@ impl Reply {
     }
 
     pub fn trace_id(&self) -> &str {
-        self.trace_id
-            .as_deref()
-            .unwrap_or_else(|| panic!("no x-trace-id header: {self:?}"))
+        self.trace_id.as_deref().unwrap_or_else(|| panic!("no x-trace-id header: {self:?}"))
     }
 }
 
@@ -444,16 +380,8 @@ impl From<reqwest::blocking::Response> for Reply {
     fn from(response: reqwest::blocking::Response) -> Self {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let trace_id = headers
-            .get("x-trace-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let trace_id = headers.get("x-trace-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = response.text().unwrap_or_default();
-        Self {
-            status,
-            trace_id,
-            headers,
-            body,
-        }
+        Self { status, trace_id, headers, body }
     }
 }

@@ -110,7 +110,8 @@ impl TestDatabase {
     pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
         let (url, sql) = (self.url.clone(), sql.to_owned());
         block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to the test database");
+            let (client, connection) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to the test database");
             tokio::spawn(connection);
             let messages = client.simple_query(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
             messages
@@ -217,7 +218,9 @@ impl ServiceProcess {
             .stdout(file.try_clone().expect("log file handle"))
             .stderr(file);
         match tracing {
-            Tracing::To(endpoint) => command.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint).env("OTEL_SDK_DISABLED", "false"),
+            Tracing::To(endpoint) => {
+                command.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint).env("OTEL_SDK_DISABLED", "false")
+            }
             Tracing::Off => command.env("OTEL_SDK_DISABLED", "true"),
         };
         let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
@@ -403,7 +406,11 @@ pub fn headers_of(message: &OwnedMessage) -> BTreeMap<String, String> {
     use spindle_sdk::rdkafka::message::Headers;
     message
         .headers()
-        .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -673,7 +680,9 @@ pub fn timed_run(tracing: Tracing, messages: u64, rate: f64) -> RunStats {
     let storage = peers.storage(&[]);
     let processor = peers.processor(&[]);
     // The table exists once storage is consuming: creating it is not part of the run.
-    wait_until("the schema", Duration::from_secs(60), || db.query("SELECT to_regclass('option_analytics') IS NOT NULL")[0][0].eq("t").then_some(()));
+    wait_until("the schema", Duration::from_secs(60), || {
+        db.query("SELECT to_regclass('option_analytics') IS NOT NULL")[0][0].eq("t").then_some(())
+    });
     let (count, rate) = (messages.to_string(), rate.to_string());
     let before = [processor.cpu_seconds(), storage.cpu_seconds()];
     let start = Instant::now();

@@ -706,10 +706,8 @@ mod tests {
     /// opentelemetry-proto's conversion, in the shape our encoder produces: scopes in order of
     /// first appearance and an unset status written as no status (both mean the same).
     fn expected(batch: &[SpanData], resource: &Resource) -> Vec<ResourceSpans> {
-        let mut expected = group_spans_by_resource_and_scope(
-            batch.to_vec(),
-            &ResourceAttributesWithSchema::from(resource),
-        );
+        let mut expected =
+            group_spans_by_resource_and_scope(batch.to_vec(), &ResourceAttributesWithSchema::from(resource));
         for rs in &mut expected {
             let order = |name: &str| batch.iter().position(|s| s.instrumentation_scope.name() == name);
             rs.scope_spans.sort_by_key(|ss| order(&ss.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default()));
@@ -794,9 +792,7 @@ mod tests {
 
     #[test]
     fn partial_success_is_read_and_malformed_answers_are_ignored() {
-        use opentelemetry_proto::tonic::collector::trace::v1::{
-            ExportTracePartialSuccess, ExportTraceServiceResponse,
-        };
+        use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
         let answer = ExportTraceServiceResponse {
             partial_success: Some(ExportTracePartialSuccess {
                 rejected_spans: 3,

@@ -117,10 +117,8 @@ impl OtlpExporter {
     }
 
     fn encode(&self, batch: &[SpanData]) -> Result<Vec<u8>, OTelSdkError> {
-        let mut encoder = self
-            .encoder
-            .lock()
-            .map_err(|_| OTelSdkError::InternalFailure("otlp encoder poisoned".to_owned()))?;
+        let mut encoder =
+            self.encoder.lock().map_err(|_| OTelSdkError::InternalFailure("otlp encoder poisoned".to_owned()))?;
         Ok(encoder.encode(batch))
     }
 
@@ -128,32 +126,25 @@ impl OtlpExporter {
         let response = match &self.transport {
             Transport::Grpc(grpc) => {
                 let mut grpc = grpc.clone();
-                grpc.ready()
-                    .await
-                    .map_err(|e| OTelSdkError::InternalFailure(format!("otlp grpc connection: {e}")))?;
+                grpc.ready().await.map_err(|e| OTelSdkError::InternalFailure(format!("otlp grpc connection: {e}")))?;
                 let path = PathAndQuery::from_static(EXPORT_PATH);
-                let response = grpc
-                    .unary(tonic::Request::new(request), path, RawProtobuf)
-                    .await
-                    .map_err(|status| {
-                        OTelSdkError::InternalFailure(format!(
-                            "otlp grpc export: {:?}: {}",
-                            status.code(),
-                            status.message()
-                        ))
-                    })?;
+                let response = grpc.unary(tonic::Request::new(request), path, RawProtobuf).await.map_err(|status| {
+                    OTelSdkError::InternalFailure(format!(
+                        "otlp grpc export: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    ))
+                })?;
                 response.into_inner()
             }
             Transport::Http { client, url } => {
-                let mut post = client
-                    .post(url.as_str())
-                    .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
+                let mut post =
+                    client.post(url.as_str()).header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
                 let body = match self.compression {
                     Compression::None => request,
                     Compression::Gzip => {
                         post = post.header(reqwest::header::CONTENT_ENCODING, "gzip");
-                        gzip(&request)
-                            .map_err(|e| OTelSdkError::InternalFailure(format!("gzip: {e}")))?
+                        gzip(&request).map_err(|e| OTelSdkError::InternalFailure(format!("gzip: {e}")))?
                     }
                 };
                 let response = post
@@ -164,9 +155,7 @@ impl OtlpExporter {
                 let status = response.status();
                 let body = response.bytes().await.unwrap_or_default();
                 if !status.is_success() {
-                    return Err(OTelSdkError::InternalFailure(format!(
-                        "otlp http export to {url}: status {status}"
-                    )));
+                    return Err(OTelSdkError::InternalFailure(format!("otlp http export to {url}: status {status}")));
                 }
                 body.to_vec()
             }

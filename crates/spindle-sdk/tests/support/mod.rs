@@ -43,7 +43,6 @@ pub fn free_udp_port() -> u16 {
     pick_loopback_port(true)
 }
 
-
 /// One traced "service": its own tracer provider (so its own `service.name`) and subscriber.
 /// Code runs as this service on threads where its dispatch is the default.
 pub struct TestService {

@@ -9,12 +9,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use prost::Message as _;
@@ -70,10 +66,7 @@ impl OtlpSink {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (store, counter) = (Arc::clone(&spans), Arc::clone(&requests));
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("sink runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("sink runtime");
             runtime.block_on(async move {
                 let grpc = tokio::net::TcpListener::from_std(grpc).expect("grpc listener");
                 let http = tokio::net::TcpListener::from_std(http).expect("http listener");
@@ -81,9 +74,7 @@ impl OtlpSink {
                 let grpc_server = tonic::transport::Server::builder()
                     .add_service(TraceServiceServer::new(receiver.clone()))
                     .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc));
-                let app = axum::Router::new()
-                    .route("/v1/traces", post(http_export))
-                    .with_state(receiver);
+                let app = axum::Router::new().route("/v1/traces", post(http_export)).with_state(receiver);
                 let http_server = axum::serve(http, app);
                 tokio::select! {
                     _ = grpc_server => {}
@@ -144,8 +135,7 @@ impl Receiver {
     fn accept(&self, request: ExportTraceServiceRequest) {
         let mut flat = Vec::new();
         for resource_spans in request.resource_spans {
-            let resource =
-                resource_spans.resource.as_ref().map(|r| attributes(&r.attributes)).unwrap_or_default();
+            let resource = resource_spans.resource.as_ref().map(|r| attributes(&r.attributes)).unwrap_or_default();
             let service = resource.get("service.name").cloned().unwrap_or_default();
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
@@ -159,11 +149,7 @@ impl Receiver {
                         kind: span.kind,
                         status_code: span.status.map_or(0, |s| s.code),
                         attributes: attributes(&span.attributes),
-                        events: span
-                            .events
-                            .into_iter()
-                            .map(|e| (e.name, attributes(&e.attributes)))
-                            .collect(),
+                        events: span.events.into_iter().map(|e| (e.name, attributes(&e.attributes))).collect(),
                     });
                 }
             }
@@ -189,10 +175,8 @@ async fn http_export(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let json = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+    let json =
+        headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
     let decoded = if json {
         serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| e.to_string())
     } else {

@@ -118,9 +118,7 @@ fn spindle_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("SPINDLE_BIN") {
         return root.join(path);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let binary = target.join("debug").join("spindle");
     if binary.is_file() && !sources_newer_than(&root, &binary) {
         return binary;
@@ -139,7 +137,6 @@ fn spindle_binary() -> PathBuf {
     assert!(binary.is_file(), "no spindle binary at {}", binary.display());
     binary
 }
-
 
 /// Whether a source of the workspace (any `crates/*/src` file, or `Cargo.lock`) changed after
 /// `binary` was built, so the binary may be stale.

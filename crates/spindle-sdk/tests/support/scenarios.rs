@@ -99,20 +99,16 @@ impl ClStock {
         let url = format!("http://{}{path}", self.api_addr);
         let traceparent = format!("00-{trace_id}-{parent_span_id}-01");
         std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(async move {
-                    reqwest::Client::new()
-                        .get(url)
-                        .header("traceparent", traceparent)
-                        .send()
-                        .await
-                        .expect("request succeeds")
-                        .status()
-                        .as_u16()
-                })
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async move {
+                reqwest::Client::new()
+                    .get(url)
+                    .header("traceparent", traceparent)
+                    .send()
+                    .await
+                    .expect("request succeeds")
+                    .status()
+                    .as_u16()
+            })
         })
         .join()
         .expect("caller thread")
@@ -151,14 +147,8 @@ async fn fetch_instrument_data(producer: FutureProducer, symbol: &'static str) -
     tracing::info_span!("enrich_context").in_scope(|| {});
     async {
         let headers = OwnedHeaders::new().insert(Header { key: "schema", value: Some("v2") });
-        let record = FutureRecord::to("market-data")
-            .key(symbol)
-            .payload("{\"price\":101.5}")
-            .headers(headers);
-        kafka::send(&producer, record, Duration::from_secs(15))
-            .await
-            .map_err(|(e, _)| e)
-            .expect("delivered");
+        let record = FutureRecord::to("market-data").key(symbol).payload("{\"price\":101.5}").headers(headers);
+        kafka::send(&producer, record, Duration::from_secs(15)).await.map_err(|(e, _)| e).expect("delivered");
     }
     .instrument(tracing::info_span!("send_to_kafka"))
     .await;
@@ -183,9 +173,9 @@ pub fn kafka_pipeline(
         let consumer = consumer(&b, "processor", "market-data");
         let out = producer(&b);
         let message = recv(&consumer).await;
-        let schema = message.headers().and_then(|h| {
-            h.iter().find(|h| h.key == "schema").and_then(|h| h.value.map(<[u8]>::to_vec))
-        });
+        let schema = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "schema").and_then(|h| h.value.map(<[u8]>::to_vec)));
         kafka::process(&message, async {
             tracing::info_span!("process_message").in_scope(|| {
                 tracing::info_span!("clean_data").in_scope(|| {});

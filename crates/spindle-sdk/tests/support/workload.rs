@@ -8,8 +8,7 @@ use std::time::Duration;
 /// Standard normal CDF via the Abramowitz–Stegun erf approximation (7 digits).
 fn norm_cdf(x: f64) -> f64 {
     let t = 1.0 / (1.0 + 0.3275911 * x.abs() / std::f64::consts::SQRT_2);
-    let poly = t * (0.254829592
-        + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
     let erf = 1.0 - poly * (-(x * x) / 2.0).exp();
     if x >= 0.0 {
         0.5 * (1.0 + erf)
@@ -27,9 +26,7 @@ fn bsm_call(spot: f64, strike: f64, years: f64, rate: f64, vol: f64) -> f64 {
 
 /// Prices `strikes` calls around `spot`: the CPU-bound part of a request.
 pub fn price_chain(spot: f64, strikes: usize) -> f64 {
-    (0..strikes)
-        .map(|i| bsm_call(black_box(spot), spot * (0.5 + i as f64 / strikes as f64), 0.5, 0.01, 0.2))
-        .sum()
+    (0..strikes).map(|i| bsm_call(black_box(spot), spot * (0.5 + i as f64 / strikes as f64), 0.5, 0.01, 0.2)).sum()
 }
 
 /// One request of the seed's processor service: four spans with attributes around
@@ -38,12 +35,10 @@ pub fn handle_request(id: u64, strikes: usize) -> f64 {
     let symbol = ["7203", "6758", "9984", "AAPL"][(id % 4) as usize];
     let span = tracing::info_span!("process_message", symbol, message.id = id, partition = 0_i64);
     let _entered = span.enter();
-    let spot = tracing::info_span!("clean_data", symbol, records = 4_i64)
-        .in_scope(|| 100.0 + (id % 7) as f64);
+    let spot = tracing::info_span!("clean_data", symbol, records = 4_i64).in_scope(|| 100.0 + (id % 7) as f64);
     let value = tracing::info_span!("calculate_bsm", symbol, strikes = strikes as i64, model = "bsm", vol = 0.2)
         .in_scope(|| price_chain(spot, strikes));
-    tracing::info_span!("send_enriched", topic = "enriched-data", symbol, bytes = 96_i64)
-        .in_scope(|| black_box(value))
+    tracing::info_span!("send_enriched", topic = "enriched-data", symbol, bytes = 96_i64).in_scope(|| black_box(value))
 }
 
 /// CPU time of the whole process (every thread, the SDK's export thread included).
@@ -67,11 +62,7 @@ pub fn thread_cpu_time() -> Duration {
 /// Resident set size of the process in bytes.
 pub fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm readable");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("statm has a resident field");
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("statm has a resident field");
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(4096) as u64

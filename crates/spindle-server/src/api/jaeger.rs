@@ -142,7 +142,9 @@ pub fn parse_attribute_map(name: &str, text: &str) -> Result<Vec<(String, String
 fn parse_limit(params: &Params, names: &[&str]) -> Result<usize, ParamError> {
     match params.get(names) {
         None => Ok(DEFAULT_LIMIT),
-        Some((k, v)) => v.parse::<usize>().ok().filter(|l| *l > 0).ok_or_else(|| ParamError::new(k, v, "a positive integer")),
+        Some((k, v)) => {
+            v.parse::<usize>().ok().filter(|l| *l > 0).ok_or_else(|| ParamError::new(k, v, "a positive integer"))
+        }
     }
 }
 
@@ -243,9 +245,9 @@ pub async fn get_trace(State(state): State<ApiState>, Path(trace_id): Path<Strin
 pub async fn dependencies(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let millis = "milliseconds";
-    let parsed = params.u64(&["endTs"], "milliseconds since the unix epoch").and_then(|end| {
-        Ok((end.unwrap_or(now_unix_nano() / 1_000_000), params.u64(&["lookback"], millis)?))
-    });
+    let parsed = params
+        .u64(&["endTs"], "milliseconds since the unix epoch")
+        .and_then(|end| Ok((end.unwrap_or(now_unix_nano() / 1_000_000), params.u64(&["lookback"], millis)?)));
     let (end_ms, lookback_ms) = match parsed {
         Ok((end, lookback)) => (end, lookback.unwrap_or(DEFAULT_DEPENDENCIES_LOOKBACK_MS)),
         Err(e) => return bad_request(e),

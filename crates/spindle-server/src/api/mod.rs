@@ -33,7 +33,12 @@ pub struct ApiState {
 }
 
 /// Times every API request into `spindle_query_duration_seconds{endpoint}`.
-async fn time_queries(State(telemetry): State<Arc<Telemetry>>, path: Option<MatchedPath>, request: Request, next: Next) -> Response {
+async fn time_queries(
+    State(telemetry): State<Arc<Telemetry>>,
+    path: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     if let Some(path) = path.filter(|p| p.as_str().starts_with("/api/")) {
@@ -119,12 +124,8 @@ mod tests {
         routes.sort();
         let spec: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(include_str!("../../../../docs/openapi.yaml")).expect("openapi.yaml parses");
-        let mut documented: Vec<String> = spec["paths"]
-            .as_mapping()
-            .expect("paths")
-            .keys()
-            .filter_map(|k| k.as_str().map(str::to_string))
-            .collect();
+        let mut documented: Vec<String> =
+            spec["paths"].as_mapping().expect("paths").keys().filter_map(|k| k.as_str().map(str::to_string)).collect();
         documented.sort();
         assert_eq!(routes, documented);
     }

@@ -106,7 +106,13 @@ pub fn parse_go_duration(s: &str) -> Option<u64> {
 /// Parses an RFC 3339 timestamp with optional fraction (up to nanoseconds) into unix ns.
 pub fn parse_rfc3339_nanos(s: &str) -> Option<u64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {

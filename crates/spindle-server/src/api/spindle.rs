@@ -54,7 +54,11 @@ fn step(params: &Params, default_nanos: u64) -> Result<u64, ParamError> {
 fn limit(params: &Params, default: usize) -> Result<usize, ParamError> {
     match params.get(&["limit"]) {
         None => Ok(default),
-        Some((k, v)) => v.parse().ok().filter(|l| *l > 0 && *l <= 10_000).ok_or_else(|| ParamError::new(k, v, "an integer from 1 to 10000")),
+        Some((k, v)) => v
+            .parse()
+            .ok()
+            .filter(|l| *l > 0 && *l <= 10_000)
+            .ok_or_else(|| ParamError::new(k, v, "an integer from 1 to 10000")),
     }
 }
 
@@ -125,7 +129,11 @@ pub async fn outliers(State(state): State<ApiState>, RawQuery(raw): RawQuery) ->
     let params = Params::parse(raw.as_deref());
     let quantile = match params.get(&["quantile"]) {
         None => Ok(0.99),
-        Some((k, v)) => v.parse::<f64>().ok().filter(|q| *q > 0.0 && *q < 1.0).ok_or_else(|| ParamError::new(k, v, "a number in (0, 1), e.g. 0.99")),
+        Some((k, v)) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|q| *q > 0.0 && *q < 1.0)
+            .ok_or_else(|| ParamError::new(k, v, "a number in (0, 1), e.g. 0.99")),
     };
     let parsed = quantile.and_then(|q| Ok((q, filter(&params)?, limit(&params, 100)?)));
     let (quantile, query, limit) = match parsed {
@@ -221,7 +229,10 @@ pub async fn compare(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> 
                     })
                 })
                 .collect();
-            json_response(StatusCode::OK, &json!({"a": a.to_jaeger_hex(), "b": b.to_jaeger_hex(), "structure": structure, "operations": operations}))
+            json_response(
+                StatusCode::OK,
+                &json!({"a": a.to_jaeger_hex(), "b": b.to_jaeger_hex(), "structure": structure, "operations": operations}),
+            )
         }
         Ok(_) => error(StatusCode::NOT_FOUND, "trace not found".into()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

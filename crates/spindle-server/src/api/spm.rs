@@ -22,7 +22,10 @@ const MS: u64 = 1_000_000;
 const MAX_POINTS: u64 = 2_000;
 
 fn error(status: StatusCode, msg: String) -> Response {
-    json_response(status, &json!({"data": null, "total": 0, "limit": 0, "offset": 0, "errors": [{"code": status.as_u16(), "msg": msg}]}))
+    json_response(
+        status,
+        &json!({"data": null, "total": 0, "limit": 0, "offset": 0, "errors": [{"code": status.as_u16(), "msg": msg}]}),
+    )
 }
 
 #[derive(Clone, Copy)]
@@ -49,10 +52,9 @@ fn parse(params: &Params) -> Result<SpmQuery, ParamError> {
     let mut kinds = Vec::new();
     for k in params.all("spanKind") {
         let trimmed = k.strip_prefix("SPAN_KIND_").unwrap_or(k);
-        kinds.push(
-            SpanKind::from_jaeger_str(trimmed)
-                .ok_or_else(|| ParamError::new("spanKind", k, "unspecified, internal, server, client, producer or consumer"))?,
-        );
+        kinds.push(SpanKind::from_jaeger_str(trimmed).ok_or_else(|| {
+            ParamError::new("spanKind", k, "unspecified, internal, server, client, producer or consumer")
+        })?);
     }
     if kinds.is_empty() {
         kinds.push(SpanKind::Server);
@@ -62,14 +64,26 @@ fn parse(params: &Params) -> Result<SpmQuery, ParamError> {
         Some((k, v)) => v.parse::<bool>().map_err(|_| ParamError::new(k, v, "true or false"))?,
     };
     let ms = "milliseconds";
-    let end = params.u64(&["endTs"], "milliseconds since the unix epoch")?.map(|v| v.saturating_mul(MS)).unwrap_or_else(now_unix_nano);
+    let end = params
+        .u64(&["endTs"], "milliseconds since the unix epoch")?
+        .map(|v| v.saturating_mul(MS))
+        .unwrap_or_else(now_unix_nano);
     let lookback = params.u64(&["lookback"], ms)?.unwrap_or(3_600_000).saturating_mul(MS);
     let step = params.u64(&["step"], ms)?.unwrap_or(5_000).saturating_mul(MS).max(BUCKET_NANOS);
     let rate_per = params.u64(&["ratePer"], ms)?.unwrap_or(600_000).saturating_mul(MS).max(BUCKET_NANOS);
     if lookback / step > MAX_POINTS {
-        return Err(ParamError { message: format!("lookback/step asks for more than {MAX_POINTS} points; raise step") });
+        return Err(ParamError {
+            message: format!("lookback/step asks for more than {MAX_POINTS} points; raise step"),
+        });
     }
-    Ok(SpmQuery { filter: SeriesFilter { services, kinds, operation: None }, by_operation, end, lookback, step, rate_per })
+    Ok(SpmQuery {
+        filter: SeriesFilter { services, kinds, operation: None },
+        by_operation,
+        end,
+        lookback,
+        step,
+        rate_per,
+    })
 }
 
 fn point_value(metric: Metric, point: &Point, rate_per: u64) -> Option<f64> {
@@ -83,7 +97,12 @@ fn point_value(metric: Metric, point: &Point, rate_per: u64) -> Option<f64> {
 async fn serve(state: ApiState, raw: Option<String>, metric: Metric) -> Response {
     let params = Params::parse(raw.as_deref());
     let metric = match (metric, params.get(&["quantile"])) {
-        (Metric::Latencies(_), None) => return error(StatusCode::BAD_REQUEST, ParamError::missing("quantile", "a number in (0, 1], e.g. 0.95").message),
+        (Metric::Latencies(_), None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ParamError::missing("quantile", "a number in (0, 1], e.g. 0.95").message,
+            )
+        }
         (Metric::Latencies(_), Some((k, v))) => match v.parse::<f64>() {
             Ok(q) if q > 0.0 && q <= 1.0 => Metric::Latencies(q),
             _ => return error(StatusCode::BAD_REQUEST, ParamError::new(k, v, "a number in (0, 1], e.g. 0.95").message),
@@ -101,7 +120,13 @@ async fn serve(state: ApiState, raw: Option<String>, metric: Metric) -> Response
             let mut series: std::collections::BTreeMap<(String, Option<String>), Vec<Value>> = Default::default();
             let mut t = start - start % query.step + query.step;
             while t <= query.end {
-                let window = minutes.series(&query.filter, t.saturating_sub(query.rate_per), t, query.rate_per, query.by_operation);
+                let window = minutes.series(
+                    &query.filter,
+                    t.saturating_sub(query.rate_per),
+                    t,
+                    query.rate_per,
+                    query.by_operation,
+                );
                 for (group, points) in window {
                     let merged = points.into_iter().fold(Point::default(), |mut acc, p| {
                         acc.calls += p.calls;
@@ -126,7 +151,10 @@ async fn serve(state: ApiState, raw: Option<String>, metric: Metric) -> Response
     let (name, help) = match metric {
         Metric::Latencies(q) => ("service_latencies", format!("{q}th quantile latency, grouped by service")),
         Metric::Calls => ("service_call_rate", "calls/sec, grouped by service".to_string()),
-        Metric::Errors => ("service_error_rate", "error rate, computed as a fraction of errors/sec over calls/sec, grouped by service".to_string()),
+        Metric::Errors => (
+            "service_error_rate",
+            "error rate, computed as a fraction of errors/sec over calls/sec, grouped by service".to_string(),
+        ),
     };
     let metrics: Vec<Value> = family
         .into_iter()
@@ -155,5 +183,8 @@ pub async fn errors(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> R
 
 /// The smallest step this backend resolves, in ms (one minute bucket).
 pub async fn minstep() -> Response {
-    json_response(StatusCode::OK, &json!({"data": BUCKET_NANOS / MS, "total": 0, "limit": 0, "offset": 0, "errors": null}))
+    json_response(
+        StatusCode::OK,
+        &json!({"data": BUCKET_NANOS / MS, "total": 0, "limit": 0, "offset": 0, "errors": null}),
+    )
 }

@@ -88,7 +88,9 @@ fn search_query(params: &Params) -> Result<TraceQuery, ParamError> {
     let start = time_param(params, &["query.startTimeMin", "query.start_time_min"])?
         .unwrap_or_else(|| end.saturating_sub(DEFAULT_SEARCH_WINDOW_NANOS));
     if start > end {
-        return Err(ParamError { message: "invalid time range: query.startTimeMin is after query.startTimeMax".into() });
+        return Err(ParamError {
+            message: "invalid time range: query.startTimeMin is after query.startTimeMax".into(),
+        });
     }
     let attributes = match params.get(&["query.attributes"]) {
         Some((k, v)) => parse_attribute_map(k, v)?,
@@ -96,7 +98,9 @@ fn search_query(params: &Params) -> Result<TraceQuery, ParamError> {
     };
     let limit = match params.get(&["query.searchDepth", "query.search_depth", "query.num_traces"]) {
         None => DEFAULT_LIMIT,
-        Some((k, v)) => v.parse::<usize>().ok().filter(|l| *l > 0).ok_or_else(|| ParamError::new(k, v, "a positive integer"))?,
+        Some((k, v)) => {
+            v.parse::<usize>().ok().filter(|l| *l > 0).ok_or_else(|| ParamError::new(k, v, "a positive integer"))?
+        }
     };
     Ok(TraceQuery {
         service: params.value(&["query.serviceName", "query.service_name"]).map(str::to_string),

@@ -85,10 +85,8 @@ impl Writer {
         self.varint(inner.buf.len() as u64);
         let at = self.buf.len();
         self.buf.extend_from_slice(&inner.buf);
-        self.trace_ids
-            .extend(inner.trace_ids.into_iter().map(|(o, t)| (o + at, t)));
-        self.request_ids
-            .extend(inner.request_ids.into_iter().map(|o| o + at));
+        self.trace_ids.extend(inner.trace_ids.into_iter().map(|(o, t)| (o + at, t)));
+        self.request_ids.extend(inner.request_ids.into_iter().map(|o| o + at));
         self.times.extend(inner.times.into_iter().map(|o| o + at));
     }
 
@@ -127,8 +125,7 @@ impl Writer {
 
     fn attributes(&mut self, field: u32, attributes: &[KeyValue]) {
         for kv in attributes {
-            let patch = kv.key == REQUEST_ID_KEY
-                && kv.value.as_str().is_some_and(|s| s.len() == REQUEST_ID_LEN);
+            let patch = kv.key == REQUEST_ID_KEY && kv.value.as_str().is_some_and(|s| s.len() == REQUEST_ID_LEN);
             self.message(field, |w| {
                 w.bytes(1, kv.key.as_bytes());
                 w.message(2, |w| w.any_value(&kv.value, patch));
@@ -248,9 +245,7 @@ impl Template {
     pub fn render(&self, rng: &mut Rng, start_unix_nano: u64) -> Vec<u8> {
         let mut out = self.bytes.clone();
         let ids: Vec<[u8; 16]> = (0..self.traces)
-            .map(|_| {
-                (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64() | 1)).to_be_bytes()
-            })
+            .map(|_| (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64() | 1)).to_be_bytes())
             .collect();
         for &(at, trace) in &self.trace_ids {
             out[at..at + 16].copy_from_slice(&ids[trace]);
@@ -313,11 +308,8 @@ mod tests {
         spans[5].trace_state = "a=b".into();
         spans[5].dropped_links_count = 4;
         let template = Template::new(&spans);
-        let decoded =
-            ExportTraceServiceRequest::decode(template.bytes.as_slice()).expect("valid protobuf");
-        let expected = ExportTraceServiceRequest {
-            resource_spans: spans_to_resource_spans(&spans),
-        };
+        let decoded = ExportTraceServiceRequest::decode(template.bytes.as_slice()).expect("valid protobuf");
+        let expected = ExportTraceServiceRequest { resource_spans: spans_to_resource_spans(&spans) };
         assert_eq!(decoded, expected);
         assert_eq!(template.traces, 50);
         assert_eq!(template.trace_ids.len(), 500);
@@ -330,58 +322,33 @@ mod tests {
         let template = Template::new(&spans);
         let mut rng = Rng::new(11);
         let now = 1_800_000_000_000_000_000;
-        let first = request_to_spans(
-            ExportTraceServiceRequest::decode(template.render(&mut rng, now).as_slice()).unwrap(),
-        );
-        let second = request_to_spans(
-            ExportTraceServiceRequest::decode(template.render(&mut rng, now).as_slice()).unwrap(),
-        );
+        let first =
+            request_to_spans(ExportTraceServiceRequest::decode(template.render(&mut rng, now).as_slice()).unwrap());
+        let second =
+            request_to_spans(ExportTraceServiceRequest::decode(template.render(&mut rng, now).as_slice()).unwrap());
         assert_eq!(first.rejected, 0);
         assert_eq!(first.spans.len(), 200);
-        let traces =
-            |d: &spindle_codec::Decoded| d.spans.iter().map(|s| s.trace_id).collect::<HashSet<_>>();
+        let traces = |d: &spindle_codec::Decoded| d.spans.iter().map(|s| s.trace_id).collect::<HashSet<_>>();
         assert_eq!(traces(&first).len(), 20, "one id per trace");
-        assert!(
-            traces(&first).is_disjoint(&traces(&second)),
-            "every rendering is new traces"
-        );
+        assert!(traces(&first).is_disjoint(&traces(&second)), "every rendering is new traces");
         let request_ids = |d: &spindle_codec::Decoded| {
             d.spans
                 .iter()
-                .map(|s| {
-                    s.attribute(REQUEST_ID_KEY)
-                        .unwrap()
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                })
+                .map(|s| s.attribute(REQUEST_ID_KEY).unwrap().as_str().unwrap().to_string())
                 .collect::<HashSet<_>>()
         };
         assert_eq!(request_ids(&first).len(), 200);
         assert!(request_ids(&first).is_disjoint(&request_ids(&second)));
-        assert_eq!(
-            first.spans.iter().map(|s| s.start_time_unix_nano).min(),
-            Some(now)
-        );
+        assert_eq!(first.spans.iter().map(|s| s.start_time_unix_nano).min(), Some(now));
         // Everything else is the workload's: same shapes, durations, attributes.
-        for (a, b) in spans
-            .iter()
-            .zip(&first.spans)
-            .filter(|(a, b)| a.span_id == b.span_id)
-        {
+        for (a, b) in spans.iter().zip(&first.spans).filter(|(a, b)| a.span_id == b.span_id) {
             assert_eq!(a.duration_nanos(), b.duration_nanos());
-            assert_eq!(
-                a.start_time_unix_nano - 1_000_000_000,
-                b.start_time_unix_nano - now
-            );
+            assert_eq!(a.start_time_unix_nano - 1_000_000_000, b.start_time_unix_nano - now);
             assert_eq!(a.name, b.name);
             assert_eq!(a.attribute("symbol"), b.attribute("symbol"));
             assert_eq!(a.events.len(), b.events.len());
         }
-        let matched = spans
-            .iter()
-            .filter(|a| first.spans.iter().any(|b| b.span_id == a.span_id))
-            .count();
+        let matched = spans.iter().filter(|a| first.spans.iter().any(|b| b.span_id == a.span_id)).count();
         assert_eq!(matched, 200);
     }
 }

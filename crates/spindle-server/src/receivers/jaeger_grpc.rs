@@ -67,6 +67,13 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = PostSpans(Arc::clone(&self.ingest));
-        crate::grpc::serve_unary(req, POST_SPANS, tonic_prost::ProstCodec::default(), method, self.max_message_bytes, false)
+        crate::grpc::serve_unary(
+            req,
+            POST_SPANS,
+            tonic_prost::ProstCodec::default(),
+            method,
+            self.max_message_bytes,
+            false,
+        )
     }
 }

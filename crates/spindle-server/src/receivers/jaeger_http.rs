@@ -27,7 +27,9 @@ pub fn router(ingest: Arc<Ingest>, strategies: Arc<Strategies>, max_body_bytes: 
     Router::new()
         .route("/api/traces", post(post_traces))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn(move |request, next| super::refuse_declared_oversize(max_body_bytes, request, next)))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            super::refuse_declared_oversize(max_body_bytes, request, next)
+        }))
         .with_state(JaegerHttp { ingest })
         .merge(sampling)
 }
@@ -63,7 +65,8 @@ async fn post_traces(State(state): State<JaegerHttp>, headers: HeaderMap, body: 
         Ok(()) if all_invalid => (StatusCode::BAD_REQUEST, format!("no valid spans: {reason}\n")).into_response(),
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(IngestError::Overloaded) => {
-            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "ingest queue is full, retry later\n").into_response()
+            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "ingest queue is full, retry later\n")
+                .into_response()
         }
         Err(e @ IngestError::Store(_)) => {
             (StatusCode::INTERNAL_SERVER_ERROR, format!("Cannot submit Jaeger batch: {e}\n")).into_response()

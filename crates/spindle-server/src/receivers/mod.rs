@@ -19,7 +19,11 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
 /// Refuses a request whose declared `Content-Length` exceeds `limit` with 413 before its
 /// body is read, so a client learns at once instead of uploading megabytes first (and
 /// possibly seeing a broken pipe instead of the answer).
-pub async fn refuse_declared_oversize(limit: usize, request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+pub async fn refuse_declared_oversize(
+    limit: usize,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     let declared = request
         .headers()

@@ -46,9 +46,10 @@ impl Strategies {
         if modified == self.current.read().unwrap_or_else(|p| p.into_inner()).1 {
             return;
         }
-        match std::fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
-            SamplingStrategies::parse(&bytes, self.default_probability).map_err(|e| e.to_string())
-        }) {
+        match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| SamplingStrategies::parse(&bytes, self.default_probability).map_err(|e| e.to_string()))
+        {
             Ok(parsed) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = (parsed, modified);
                 tracing::info!(path = %path.display(), "sampling strategies reloaded");
@@ -84,7 +85,8 @@ pub async fn handler(State(strategies): State<Arc<Strategies>>, RawQuery(raw): R
     if services.len() != 1 {
         return (StatusCode::BAD_REQUEST, "'service' parameter must be provided once\n").into_response();
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], strategies.response_json(services[0])).into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], strategies.response_json(services[0]))
+        .into_response()
 }
 
 /// The :5778 server: every path answers, as Jaeger v2's handler on `/` does.

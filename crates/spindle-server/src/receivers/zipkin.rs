@@ -28,12 +28,15 @@ pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
         .route("/api/v2/spans", post(v2))
         .route("/api/v1/spans", post(v1))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn(move |request, next| super::refuse_declared_oversize(max_body_bytes, request, next)))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            super::refuse_declared_oversize(max_body_bytes, request, next)
+        }))
         .with_state(Zipkin { ingest, max_body_bytes })
 }
 
 fn inflate(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Vec<u8>, BodyError> {
-    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase());
+    let encoding =
+        headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("") | Some("identity") => Ok(body.to_vec()),
         Some("gzip") => gunzip(&body, limit),
@@ -48,7 +51,9 @@ fn inflate(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Vec<u8>, Bo
             }
             Ok(out)
         }
-        Some(other) => Err(BodyError::Invalid(format!("unsupported content encoding {other:?}: expected gzip or deflate"))),
+        Some(other) => {
+            Err(BodyError::Invalid(format!("unsupported content encoding {other:?}: expected gzip or deflate")))
+        }
     }
 }
 

@@ -35,7 +35,6 @@ fn free_udp_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], pick_loopback_port(true)))
 }
 
-
 impl Spindle {
     pub fn start(data_dir: &Path) -> Spindle {
         Self::start_with(data_dir, &[])
