@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The web UI's tests: vitest unit tests, then the browser suite (playwright-core driving
-# Debian's Chromium) against a freshly built `spindle`. Installs what is missing first —
-# node_modules (npm ci) and /usr/bin/chromium (apt) — and is quick when all is there.
+# The web UI's tests: the type check (tsc over src/ and test/), vitest unit tests, then the
+# browser suite (playwright-core driving Debian's Chromium) against a freshly built `spindle`.
+# Installs what is missing first — node_modules (npm ci) and /usr/bin/chromium (apt) — and
+# is quick when all is there.
 # Exits non-zero on any failure. Screenshots: target/ui-screenshots/; bench: target/ui-bench.json.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,6 +15,9 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   log "npm ci"
   npm ci --no-audit --no-fund --loglevel=error
 fi
+
+log "tsc --noEmit (type check of src/ and test/)"
+npm run --silent typecheck
 
 if [ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]; then
   log "installing Debian's chromium"

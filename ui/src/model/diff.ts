@@ -7,7 +7,8 @@ import type { Span, Trace } from './trace';
 
 export type DiffStatus = 'same' | 'added' | 'removed' | 'changed';
 
-export interface DiffNode {
+/** A call path of trace A and/or B, and how many spans each has at it. */
+export interface PathRow {
   /** The call path: service/operation of every ancestor and of the node. */
   path: string;
   service: string;
@@ -15,10 +16,18 @@ export interface DiffNode {
   depth: number;
   countA: number;
   countB: number;
+  status: DiffStatus;
+}
+
+/** Only in B, only in A, in both a different number of times, or the same. */
+export function diffStatus(countA: number, countB: number): DiffStatus {
+  return countA === 0 ? 'added' : countB === 0 ? 'removed' : countA !== countB ? 'changed' : 'same';
+}
+
+export interface DiffNode extends PathRow {
   /** Summed durations (µs) of the spans at this path. */
   durationA: number;
   durationB: number;
-  status: DiffStatus;
   /** A span of trace A (else B) at this path, to link to. */
   exampleA?: Span;
   exampleB?: Span;
@@ -86,7 +95,7 @@ export function structureDiff(a: Trace, b: Trace): DiffNode[] {
       countB,
       durationA: x?.duration ?? 0,
       durationB: y?.duration ?? 0,
-      status: !x ? 'added' : !y ? 'removed' : countA !== countB ? 'changed' : 'same',
+      status: diffStatus(countA, countB),
       exampleA: x?.example,
       exampleB: y?.example,
     });

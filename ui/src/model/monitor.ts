@@ -3,6 +3,7 @@
 // trees, edge labels, alert filters. No IO here; the fetching is in `api/analytics.ts`.
 
 import type { Alert, Comparison, Graph, GraphEdge, StatsPoint } from '../api/analytics';
+import { type PathRow, diffStatus } from './diff';
 import { formatDuration, formatPercent } from './format';
 
 /** Steps a chart can use, in seconds, with the Go duration the API takes. */
@@ -79,18 +80,6 @@ export function sparkValues<P extends { time: number }>(points: readonly P[], va
 
 /* ---------- compare ---------- */
 
-export type PathStatus = 'same' | 'added' | 'removed' | 'changed';
-
-export interface PathRow {
-  path: string;
-  service: string;
-  operation: string;
-  depth: number;
-  countA: number;
-  countB: number;
-  status: PathStatus;
-}
-
 const PATH_SEP = ' > ';
 
 /**
@@ -113,7 +102,7 @@ export function pathRows(structure: Comparison['structure'], startOf: (path: str
       depth: steps.length - 1,
       countA: s.countA,
       countB: s.countB,
-      status: s.countA === 0 ? 'added' : s.countB === 0 ? 'removed' : s.countA !== s.countB ? 'changed' : 'same',
+      status: diffStatus(s.countA, s.countB),
     });
     const parent = steps.slice(0, -1).join(PATH_SEP);
     const list = children.get(parent) ?? [];

@@ -5,14 +5,15 @@
 // then the comparison is computed here (`model/diff`). Self time, which the API does not
 // give, is computed here in both cases.
 
+import type { ComponentChildren } from 'preact';
 import { useMemo, useState } from 'preact/hooks';
 import * as analytics from '../api/analytics';
 import * as api from '../api/client';
 import { Empty, ErrorState, Link, Loading, useAsync } from '../components/common';
 import { localTrace } from '../local-traces';
-import { type DiffNode, type LatencyDelta, latencyDeltas, structureDiff } from '../model/diff';
+import { type LatencyDelta, type PathRow, latencyDeltas, structureDiff } from '../model/diff';
 import { formatDuration, formatPercent, serviceColor } from '../model/format';
-import { type PathRow, pathRows } from '../model/monitor';
+import { pathRows } from '../model/monitor';
 import { opKey } from '../model/stats';
 import { type Span, type Trace, buildTrace, rootSpan } from '../model/trace';
 import { href, navigate } from '../router';
@@ -111,79 +112,28 @@ function LocalComparison(props: { ta: Trace; tb: Trace }) {
   const changed = diff.filter((d) => d.status !== 'same').length;
   return (
     <>
-      <section class="card">
-        <StructureHeading changed={changed} />
-        <table class="grid diff-tree" data-testid="structure-diff">
-          <thead>
-            <tr>
-              <th>Call path</th>
-              <th class="num">Count A</th>
-              <th class="num">Count B</th>
-              <th class="num">Time A</th>
-              <th class="num">Time B</th>
-              <th class="num">Δ time</th>
-            </tr>
-          </thead>
-          <tbody>
-            {diff.map((d) => (
-              <DiffRow node={d} a={ta.traceID} b={tb.traceID} />
-            ))}
-          </tbody>
-        </table>
-      </section>
-      <section class="card">
-        <h2>Latency per operation</h2>
-        <table class="grid" data-testid="latency-deltas">
-          <thead>
-            <tr>
-              <th>Service</th>
-              <th>Operation</th>
-              <th class="num">Count A → B</th>
-              <th class="num">Avg A</th>
-              <th class="num">Avg B</th>
-              <th class="num">Self A</th>
-              <th class="num">Self B</th>
-              <th class="num">Δ self</th>
-              <th class="num">Δ total</th>
-              <th class="num">Δ avg</th>
-            </tr>
-          </thead>
-          <tbody>
-            {deltas.map((r) => (
-              <tr>
-                <td>
-                  <i class="dot" style={{ background: serviceColor(r.service) }} /> {r.service}
-                </td>
-                <td>{r.operation}</td>
-                <td class="num">
-                  {r.countA} → {r.countB}
-                </td>
-                <td class="num">{formatDuration(r.avgA)}</td>
-                <td class="num">{formatDuration(r.avgB)}</td>
-                <td class="num">{formatDuration(r.selfA)}</td>
-                <td class="num">{formatDuration(r.selfB)}</td>
-                <Delta us={r.selfDelta} />
-                <Delta us={r.delta} />
-                <Ratio ratio={r.ratio} />
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </section>
-    </>
-  );
-}
-
-function StructureHeading(props: { changed: number }) {
-  const { changed } = props;
-  return (
-    <>
-      <h2>
-        Structure <span class="muted">({changed ? `${changed} call path${changed === 1 ? ' differs' : 's differ'}` : 'identical call paths'})</span>
-      </h2>
-      <div class="legend">
-        <span class="diff-added">only in B</span> <span class="diff-removed">only in A</span> <span class="diff-changed">count differs</span>
-      </div>
+      <StructureTable changed={changed} columns={['Time A', 'Time B', 'Δ time']}>
+        {diff.map((d) => {
+          const ex = d.exampleB ? { id: tb.traceID, span: d.exampleB } : { id: ta.traceID, span: d.exampleA! };
+          return (
+            <StructureRow row={d} example={ex}>
+              <td class="num">{d.countA ? formatDuration(d.durationA) : '–'}</td>
+              <td class="num">{d.countB ? formatDuration(d.durationB) : '–'}</td>
+              <Delta us={d.durationB - d.durationA} />
+            </StructureRow>
+          );
+        })}
+      </StructureTable>
+      <LatencyTable columns={['Avg A', 'Avg B', 'Self A', 'Self B']}>
+        {deltas.map((r) => (
+          <LatencyRow op={r} selfDelta={r.selfDelta} delta={r.delta} ratio={r.ratio}>
+            <td class="num">{formatDuration(r.avgA)}</td>
+            <td class="num">{formatDuration(r.avgB)}</td>
+            <td class="num">{formatDuration(r.selfA)}</td>
+            <td class="num">{formatDuration(r.selfB)}</td>
+          </LatencyRow>
+        ))}
+      </LatencyTable>
     </>
   );
 }
@@ -208,84 +158,136 @@ function ServerComparison(props: { ta: Trace; tb: Trace; c: analytics.Comparison
   const changed = rows.filter((r) => r.status !== 'same').length;
   return (
     <>
-      <section class="card">
-        <StructureHeading changed={changed} />
-        <table class="grid diff-tree" data-testid="structure-diff">
-          <thead>
-            <tr>
-              <th>Call path</th>
-              <th class="num">Count A</th>
-              <th class="num">Count B</th>
-              <th class="num">Δ count</th>
-            </tr>
-          </thead>
-          <tbody>
-            {rows.map((r) => (
-              <PathRowView row={r} example={pathsB.has(r.path) ? { id: tb.traceID, span: pathsB.get(r.path)! } : pathsA.has(r.path) ? { id: ta.traceID, span: pathsA.get(r.path)! } : null} />
-            ))}
-          </tbody>
-        </table>
-      </section>
-      <section class="card">
-        <h2>Latency per operation</h2>
-        <table class="grid" data-testid="latency-deltas">
-          <thead>
-            <tr>
-              <th>Service</th>
-              <th>Operation</th>
-              <th class="num">Count A → B</th>
-              <th class="num">Total A</th>
-              <th class="num">Total B</th>
-              <th class="num">Avg A</th>
-              <th class="num">Avg B</th>
-              <th class="num">Δ self</th>
-              <th class="num">Δ total</th>
-              <th class="num">Δ avg</th>
-            </tr>
-          </thead>
-          <tbody>
-            {ops.map((o) => {
-              const avgA = o.countA ? (o.totalMsA * 1000) / o.countA : NaN;
-              const avgB = o.countB ? (o.totalMsB * 1000) / o.countB : NaN;
-              return (
-                <tr data-op={`${o.service}/${o.operation}`}>
-                  <td>
-                    <i class="dot" style={{ background: serviceColor(o.service) }} /> {o.service}
-                  </td>
-                  <td>{o.operation}</td>
-                  <td class="num">
-                    {o.countA} → {o.countB}
-                  </td>
-                  <td class="num">{o.countA ? formatDuration(o.totalMsA * 1000) : '–'}</td>
-                  <td class="num">{o.countB ? formatDuration(o.totalMsB * 1000) : '–'}</td>
-                  <td class="num">{formatDuration(avgA)}</td>
-                  <td class="num">{formatDuration(avgB)}</td>
-                  {o.self ? <Delta us={o.self.selfDelta} /> : <td class="num">–</td>}
-                  <Delta us={o.deltaMs * 1000} />
-                  <Ratio ratio={o.countA && o.countB && avgA > 0 ? avgB / avgA - 1 : NaN} />
-                </tr>
-              );
-            })}
-          </tbody>
-        </table>
-      </section>
+      <StructureTable changed={changed} columns={['Δ count']}>
+        {rows.map((r) => {
+          const d = r.countB - r.countA;
+          const ex = pathsB.has(r.path) ? { id: tb.traceID, span: pathsB.get(r.path)! } : pathsA.has(r.path) ? { id: ta.traceID, span: pathsA.get(r.path)! } : null;
+          return (
+            <StructureRow row={r} example={ex} path={r.path}>
+              <td class={`num ${d > 0 ? 'worse' : d < 0 ? 'better' : ''}`}>{d ? `${d > 0 ? '+' : ''}${d}` : ''}</td>
+            </StructureRow>
+          );
+        })}
+      </StructureTable>
+      <LatencyTable columns={['Total A', 'Total B', 'Avg A', 'Avg B']}>
+        {ops.map((o) => {
+          const avgA = o.countA ? (o.totalMsA * 1000) / o.countA : NaN;
+          const avgB = o.countB ? (o.totalMsB * 1000) / o.countB : NaN;
+          return (
+            <LatencyRow
+              op={o}
+              dataOp={`${o.service}/${o.operation}`}
+              selfDelta={o.self?.selfDelta}
+              delta={o.deltaMs * 1000}
+              ratio={o.countA && o.countB && avgA > 0 ? avgB / avgA - 1 : NaN}
+            >
+              <td class="num">{o.countA ? formatDuration(o.totalMsA * 1000) : '–'}</td>
+              <td class="num">{o.countB ? formatDuration(o.totalMsB * 1000) : '–'}</td>
+              <td class="num">{formatDuration(avgA)}</td>
+              <td class="num">{formatDuration(avgB)}</td>
+            </LatencyRow>
+          );
+        })}
+      </LatencyTable>
     </>
   );
 }
 
-function PathRowView(props: { row: PathRow; example: { id: string; span: Span } | null }) {
-  const r = props.row;
-  const d = r.countB - r.countA;
+/** One row per call path (`StructureRow`), in tree order; `columns` follow Call path, Count A and Count B. */
+function StructureTable(props: { changed: number; columns: string[]; children: ComponentChildren }) {
   return (
-    <tr class={`diff-${r.status}`} data-status={r.status} data-path={r.path}>
+    <section class="card">
+      <StructureHeading changed={props.changed} />
+      <table class="grid diff-tree" data-testid="structure-diff">
+        <TableHead columns={['Call path']} numeric={['Count A', 'Count B', ...props.columns]} />
+        <tbody>{props.children}</tbody>
+      </table>
+    </section>
+  );
+}
+
+function StructureHeading(props: { changed: number }) {
+  const { changed } = props;
+  return (
+    <>
+      <h2>
+        Structure <span class="muted">({changed ? `${changed} call path${changed === 1 ? ' differs' : 's differ'}` : 'identical call paths'})</span>
+      </h2>
+      <div class="legend">
+        <span class="diff-added">only in B</span> <span class="diff-removed">only in A</span> <span class="diff-changed">count differs</span>
+      </div>
+    </>
+  );
+}
+
+/** A call path, indented by depth, linking to an example span when there is one; its counts in A and B, then `children`. */
+function StructureRow(props: { row: PathRow; example: { id: string; span: Span } | null; path?: string; children: ComponentChildren }) {
+  const { row: r, example } = props;
+  return (
+    <tr class={`diff-${r.status}`} data-status={r.status} data-path={props.path}>
       <td style={{ paddingLeft: `${Math.min(r.depth, 24) * 14 + 6}px` }}>
         <i class="dot" style={{ background: serviceColor(r.service) }} /> <span class="muted">{r.service}</span>{' '}
-        {props.example ? <Link href={href(`/trace/${props.example.id}`, { span: props.example.span.spanID })}>{r.operation}</Link> : r.operation}
+        {example ? <Link href={href(`/trace/${example.id}`, { span: example.span.spanID })}>{r.operation}</Link> : r.operation}
       </td>
       <td class="num">{r.countA}</td>
       <td class="num">{r.countB}</td>
-      <td class={`num ${d > 0 ? 'worse' : d < 0 ? 'better' : ''}`}>{d ? `${d > 0 ? '+' : ''}${d}` : ''}</td>
+      {props.children}
     </tr>
+  );
+}
+
+/** One row per operation (`LatencyRow`); `columns` stand between Count A → B and the deltas. */
+function LatencyTable(props: { columns: string[]; children: ComponentChildren }) {
+  return (
+    <section class="card">
+      <h2>Latency per operation</h2>
+      <table class="grid" data-testid="latency-deltas">
+        <TableHead columns={['Service', 'Operation']} numeric={['Count A → B', ...props.columns, 'Δ self', 'Δ total', 'Δ avg']} />
+        <tbody>{props.children}</tbody>
+      </table>
+    </section>
+  );
+}
+
+/** An operation and its counts, `children`, then the changes of self time (– when unknown), total time and average. */
+function LatencyRow(props: {
+  op: { service: string; operation: string; countA: number; countB: number };
+  dataOp?: string;
+  selfDelta: number | undefined;
+  delta: number;
+  ratio: number;
+  children: ComponentChildren;
+}) {
+  const { op } = props;
+  return (
+    <tr data-op={props.dataOp}>
+      <td>
+        <i class="dot" style={{ background: serviceColor(op.service) }} /> {op.service}
+      </td>
+      <td>{op.operation}</td>
+      <td class="num">
+        {op.countA} → {op.countB}
+      </td>
+      {props.children}
+      {props.selfDelta === undefined ? <td class="num">–</td> : <Delta us={props.selfDelta} />}
+      <Delta us={props.delta} />
+      <Ratio ratio={props.ratio} />
+    </tr>
+  );
+}
+
+function TableHead(props: { columns: string[]; numeric: string[] }) {
+  return (
+    <thead>
+      <tr>
+        {props.columns.map((c) => (
+          <th>{c}</th>
+        ))}
+        {props.numeric.map((c) => (
+          <th class="num">{c}</th>
+        ))}
+      </tr>
+    </thead>
   );
 }
 
@@ -317,25 +319,6 @@ function TraceCard(props: { label: string; trace: Trace; other?: Trace }) {
         <span class={t.errorCount ? 'error-text' : undefined}>{t.errorCount} errors</span>
       </div>
     </div>
-  );
-}
-
-function DiffRow(props: { node: DiffNode; a: string; b: string }) {
-  const d = props.node;
-  const ex = d.exampleB ? { id: props.b, span: d.exampleB.spanID } : { id: props.a, span: d.exampleA!.spanID };
-  const delta = d.durationB - d.durationA;
-  return (
-    <tr class={`diff-${d.status}`} data-status={d.status}>
-      <td style={{ paddingLeft: `${Math.min(d.depth, 24) * 14 + 6}px` }}>
-        <i class="dot" style={{ background: serviceColor(d.service) }} /> <span class="muted">{d.service}</span>{' '}
-        <Link href={href(`/trace/${ex.id}`, { span: ex.span })}>{d.operation}</Link>
-      </td>
-      <td class="num">{d.countA}</td>
-      <td class="num">{d.countB}</td>
-      <td class="num">{d.countA ? formatDuration(d.durationA) : '–'}</td>
-      <td class="num">{d.countB ? formatDuration(d.durationB) : '–'}</td>
-      <Delta us={delta} />
-    </tr>
   );
 }
 
