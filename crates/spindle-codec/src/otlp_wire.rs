@@ -4,7 +4,7 @@
 //! converting them built every span twice — a tree of prost structs (a `Vec` per id, a
 //! `String` per key and value, an `Option<AnyValue>` per attribute), then the model's — and
 //! freed the first; with the buffer handling under it that was most of a receiver thread's
-//! time at full ingest (`docs/PERFORMANCE.md`, "Embedded store"). Here the wire format
+//! time at full ingest (docs/adr/005-otlp-decoded-from-the-wire.md). Here the wire format
 //! (`opentelemetry/proto/trace/v1/trace.proto`, `common/v1/common.proto`,
 //! `resource/v1/resource.proto`, `collector/trace/v1/trace_service.proto`) is read from one
 //! contiguous slice into the model directly: ids are copied into their fixed-size types,

@@ -6,7 +6,7 @@
 //! channel, or an OTLP/HTTP `POST` with `Content-Type: application/x-protobuf` over reqwest.
 //! Optionally gzip-compressed. It replaces opentelemetry-otlp's exporter for these two
 //! protocols because that one converts every span into owned protobuf structs first, which
-//! cost 2–4 µs per span on the export thread (docs/PERFORMANCE.md); `http/json` still goes
+//! cost 2–4 µs per span on the export thread (docs/adr/007-sdk-otlp-encoder.md); `http/json` still goes
 //! through opentelemetry-otlp.
 //!
 //! After a failed export the next one waits — 250 ms, doubling up to 5 s while failures
