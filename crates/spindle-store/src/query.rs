@@ -82,7 +82,7 @@ impl TraceQuery {
             }
         }
         if let Some(operation) = &self.operation {
-            if &span.name != operation {
+            if span.name != operation {
                 return false;
             }
         }
