@@ -1,17 +1,17 @@
 //! The admin port (:14269): `/healthz` (the process is up), `/readyz` (the store is open
-//! and every listener is bound) and `/metrics` (Prometheus).
+//! and every listener is bound) and `/metrics` (OpenMetrics text, which Prometheus scrapes).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::telemetry::Telemetry;
+use crate::telemetry::{self, Telemetry};
 
 #[derive(Clone)]
 struct AdminState {
@@ -40,27 +40,23 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    let openmetrics = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
+async fn metrics(State(state): State<AdminState>) -> Response {
     let telemetry = Arc::clone(&state.telemetry);
     let dir = state.data_dir.clone();
     let store = state.store.get().cloned();
     let body = tokio::task::spawn_blocking(move || {
-        telemetry.storage_bytes.set(spindle_store::EmbeddedStore::data_dir_size(&dir) as i64);
+        telemetry.server.storage_bytes.set(spindle_store::EmbeddedStore::data_dir_size(&dir) as i64);
         if let Some(store) = store {
-            telemetry.store.set(&store.stats());
+            telemetry.server.store.set(&store.stats());
         }
-        telemetry.encode(openmetrics)
+        telemetry.encode()
     })
-    .await
-    .unwrap_or_default();
-    let content_type = if openmetrics {
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-    } else {
-        "text/plain; version=0.0.4; charset=utf-8"
-    };
-    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    .await;
+    match body {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], body).into_response(),
+        Ok(Err(e)) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the metrics failed: {e}\n")).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the metrics failed: {e}\n")).into_response(),
+    }
 }

@@ -128,12 +128,13 @@ impl Ingest {
 
     /// Counts a request that could not be decoded.
     pub fn count_failed_request(&self, protocol: &str) {
-        self.telemetry.requests_failed.get_or_create(&Self::protocol(protocol)).inc();
+        self.telemetry.server.requests_failed.get_or_create(&Self::protocol(protocol)).inc();
     }
 
     fn dropped(&self, protocol: &str, reason: DropReason, n: u64) {
         if n > 0 {
             self.telemetry
+                .server
                 .spans_dropped
                 .get_or_create(&DropLabels { protocol: protocol.to_string(), reason })
                 .inc_by(n);
@@ -143,7 +144,7 @@ impl Ingest {
     /// Stores the valid spans of a batch; returns once they are durable.
     pub async fn accept(&self, protocol: &'static str, decoded: Decoded) -> Result<(), IngestError> {
         let n = decoded.spans.len() as u64;
-        self.telemetry.spans_received.get_or_create(&Self::protocol(protocol)).inc_by(n + decoded.rejected);
+        self.telemetry.server.spans_received.get_or_create(&Self::protocol(protocol)).inc_by(n + decoded.rejected);
         self.dropped(protocol, DropReason::invalid, decoded.rejected);
         if decoded.spans.is_empty() {
             return Ok(());
@@ -154,7 +155,7 @@ impl Ingest {
             self.dropped(protocol, DropReason::queue_full, n);
             return Err(IngestError::Overloaded);
         };
-        self.telemetry.queue_spans.set((self.queue_capacity - self.queue.available_permits()) as i64);
+        self.telemetry.server.queue_spans.set((self.queue_capacity - self.queue.available_permits()) as i64);
         let store = Arc::clone(&self.store);
         let telemetry = Arc::clone(&self.telemetry);
         let spans = decoded.spans;
@@ -168,10 +169,10 @@ impl Ingest {
             result
         })
         .await;
-        self.telemetry.queue_spans.set((self.queue_capacity - self.queue.available_permits()) as i64);
+        self.telemetry.server.queue_spans.set((self.queue_capacity - self.queue.available_permits()) as i64);
         match result {
             Ok(Ok(())) => {
-                self.telemetry.spans_accepted.get_or_create(&Self::protocol(protocol)).inc_by(n);
+                self.telemetry.server.spans_accepted.get_or_create(&Self::protocol(protocol)).inc_by(n);
                 Ok(())
             }
             Ok(Err(e)) => {

@@ -43,6 +43,7 @@ async fn time_queries(
     let response = next.run(request).await;
     if let Some(path) = path.filter(|p| p.as_str().starts_with("/api/")) {
         telemetry
+            .server
             .query_duration
             .get_or_create(&EndpointLabels { endpoint: path.as_str().to_string() })
             .observe(started.elapsed().as_secs_f64());

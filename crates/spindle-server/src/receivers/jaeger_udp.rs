@@ -50,7 +50,11 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
 }
 
 fn count(telemetry: &Telemetry, flavor: Flavor, outcome: &'static str) {
-    telemetry.datagrams.get_or_create(&DatagramLabels { protocol: flavor.protocol().to_string(), outcome }).inc();
+    telemetry
+        .server
+        .datagrams
+        .get_or_create(&DatagramLabels { protocol: flavor.protocol().to_string(), outcome })
+        .inc();
 }
 
 pub async fn serve(
