@@ -7,6 +7,7 @@ mod config;
 mod grpc;
 mod ingest;
 mod loadgen;
+mod memory;
 mod otlp_grpc;
 mod otlp_http;
 mod receivers;
@@ -33,7 +34,7 @@ fn init_logging(filter: &str, json: bool) {
 }
 
 fn main() -> anyhow::Result<()> {
-    ingest::tune_allocator();
+    memory::tune_allocator();
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
@@ -47,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(&settings.log, settings.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(ingest::collect_freed_memory)
+        .on_thread_park(memory::collect_freed_memory)
         .build()?;
     runtime.block_on(server::run(settings))
 }
