@@ -150,13 +150,19 @@ pub trait TraceStore: Send + Sync + 'static {
         };
         for id in self.find_trace_ids(&window)? {
             let trace = self.get_trace(id)?;
-            let first = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-            if (start_unix_nano..=end_unix_nano).contains(&first) {
+            if starts_within(&trace, start_unix_nano, end_unix_nano) {
                 visit(&trace);
             }
         }
         Ok(())
     }
+}
+
+/// Whether the earliest span of `trace` started in `[start_unix_nano, end_unix_nano]`:
+/// which traces [`TraceStore::scan_traces`] visits.
+pub(crate) fn starts_within(trace: &[Span], start_unix_nano: u64, end_unix_nano: u64) -> bool {
+    let first = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+    (start_unix_nano..=end_unix_nano).contains(&first)
 }
 
 /// A span reduced to what aggregations read, borrowed from the store's buffers.

@@ -3,8 +3,6 @@
 //! rebuilds the masked rows from only the leaves a projection read. Both restore the
 //! original attribute order from `attribute_layout`; neither reads files.
 
-use std::sync::Arc;
-
 use parquet::data_type::ByteArray;
 use spindle_model::{AttributeValue, Event, KeyValue, Link, Span, SpanId, SpanKind, Status, StatusCode, TraceId};
 
@@ -14,63 +12,25 @@ use super::{
     ATTRIBUTE_COLUMNS,
 };
 
-impl KvCursor<'_> {
-    /// Reads one list whose later entries have repetition level `list_rep`.
-    pub(super) fn read_list(&mut self) -> Result<Vec<KeyValue>, FormatError> {
-        let mut out = Vec::new();
-        // Keys are required inside a repeated group, so every list level adds one definition
-        // and one repetition level: a key's max_def is also its list's repetition level.
-        let list_rep = self.key.leaf.max_def;
-        loop {
-            let (_, entry) = self.next()?;
-            let Some((key, value)) = entry else { break };
-            out.push(KeyValue { key: utf8(key)?, value: value.to_value()? });
-            if self.peek_rep() != Some(list_rep) {
-                break;
-            }
-        }
-        Ok(out)
-    }
-}
-
 impl SpanColumns {
     /// Rebuilds every row as a span.
     pub(crate) fn decode(&self, tables: &SharedTables) -> Result<Vec<Span>, FormatError> {
         let rows = self.rows();
-        let check = |leaf_levels: usize, what: &'static str| {
-            if leaf_levels == rows {
-                Ok(())
-            } else {
-                Err(FormatError::Malformed(what))
-            }
-        };
-        for (leaf, what) in [
-            (self.span_id.levels(), "span_id"),
-            (self.parent_span_id.levels(), "parent_span_id"),
-            (self.service_name.levels(), "service_name"),
-            (self.name.levels(), "name"),
-            (self.kind.levels(), "kind"),
-            (self.start.levels(), "start_time_unix_nano"),
-            (self.duration.levels(), "duration_nanos"),
-            (self.status_code.levels(), "status_code"),
-            (self.status_message.levels(), "status_message"),
-            (self.trace_state.levels(), "trace_state"),
-            (self.flags.levels(), "flags"),
-            (self.resource_ref.levels(), "resource_ref"),
-            (self.scope_ref.levels(), "scope_ref"),
-            (self.attribute_layout.levels(), "attribute_layout"),
-            (self.dropped_attributes.levels(), "dropped_attributes_count"),
-            (self.dropped_events.levels(), "dropped_events_count"),
-            (self.dropped_links.levels(), "dropped_links_count"),
-        ] {
-            check(leaf, what)?;
-        }
-        for leaf in &self.dedicated_str {
-            check(leaf.levels(), "dedicated attribute")?;
-        }
-        for leaf in &self.dedicated_int {
-            check(leaf.levels(), "dedicated attribute")?;
-        }
+        check_levels(rows, self.always_read_levels())?;
+        check_levels(
+            rows,
+            [
+                (self.service_name.levels(), "service_name"),
+                (self.trace_state.levels(), "trace_state"),
+                (self.flags.levels(), "flags"),
+                (self.attribute_layout.levels(), "attribute_layout"),
+                (self.dropped_attributes.levels(), "dropped_attributes_count"),
+                (self.dropped_events.levels(), "dropped_events_count"),
+                (self.dropped_links.levels(), "dropped_links_count"),
+            ],
+        )?;
+        let dedicated = self.dedicated_str.iter().map(Leaf::levels).chain(self.dedicated_int.iter().map(Leaf::levels));
+        check_levels(rows, dedicated.map(|levels| (levels, "dedicated attribute")))?;
         let mut status_message = self.status_message.cursor();
         let mut trace_state = self.trace_state.cursor();
         let mut layout = self.attribute_layout.cursor();
@@ -99,18 +59,7 @@ impl SpanColumns {
             // Attributes: dedicated ones back at their positions, generic ones filling the gaps.
             let dedicated = dedicated_rows.next_row(|_| true)?;
             let generic = attributes.read_list()?;
-            let attributes = match layout.next().1 {
-                None => {
-                    let mut all = dedicated;
-                    all.extend(generic);
-                    all
-                }
-                Some(raw) => {
-                    let positions: Vec<u32> =
-                        postcard::from_bytes(raw.data()).map_err(|_| FormatError::Malformed("attribute_layout"))?;
-                    place_at(dedicated, &positions, generic)?
-                }
-            };
+            let attributes = original_order(dedicated, layout.next().1, generic)?;
 
             let events = event_rows.next_row(true)?;
             let mut links = Vec::new();
@@ -137,15 +86,8 @@ impl SpanColumns {
                 }
             }
 
-            let lookup = |table_len: usize, index: i32, what| {
-                usize::try_from(index).ok().filter(|i| *i < table_len).ok_or(FormatError::BadReference {
-                    what,
-                    index,
-                    len: table_len,
-                })
-            };
-            let resource = Arc::clone(&tables.resources[lookup(tables.resources.len(), resource_ref, "resource")?]);
-            let scope = Arc::clone(&tables.scopes[lookup(tables.scopes.len(), scope_ref, "scope")?]);
+            let resource = tables.resource(resource_ref)?;
+            let scope = tables.scope(scope_ref)?;
             spans.push(Span {
                 trace_id: TraceId(fixed16(trace.data())?),
                 span_id: SpanId(int(&self.span_id, "span_id")? as u64),
@@ -187,22 +129,7 @@ impl SpanColumns {
         keys: Option<&[String]>,
     ) -> Result<Vec<Span>, FormatError> {
         let rows = self.rows();
-        for (levels, what) in [
-            (self.span_id.levels(), "span_id"),
-            (self.parent_span_id.levels(), "parent_span_id"),
-            (self.name.levels(), "name"),
-            (self.kind.levels(), "kind"),
-            (self.start.levels(), "start_time_unix_nano"),
-            (self.duration.levels(), "duration_nanos"),
-            (self.status_code.levels(), "status_code"),
-            (self.status_message.levels(), "status_message"),
-            (self.resource_ref.levels(), "resource_ref"),
-            (self.scope_ref.levels(), "scope_ref"),
-        ] {
-            if levels != rows {
-                return Err(FormatError::Malformed(what));
-            }
-        }
+        check_levels(rows, self.always_read_levels())?;
         if mask.len() != rows {
             return Err(FormatError::Malformed("row mask"));
         }
@@ -212,13 +139,6 @@ impl SpanColumns {
         let mut dedicated_rows = DedicatedCursors::new(self);
         let mut attributes = self.attributes.cursor();
         let mut event_rows = EventCursors::new(self);
-        let lookup = |table_len: usize, index: i32, what| {
-            usize::try_from(index).ok().filter(|i| *i < table_len).ok_or(FormatError::BadReference {
-                what,
-                index,
-                len: table_len,
-            })
-        };
 
         let mut spans = Vec::with_capacity(mask.iter().filter(|m| **m).count());
         for (row, &keep) in mask.iter().enumerate() {
@@ -226,34 +146,14 @@ impl SpanColumns {
             let message = status_message.next().1;
             let dedicated = dedicated_rows.next_row(|key| keep && wanted(key.as_bytes()))?;
             let positions = layout.next().1;
-            let list_rep = attributes.key.leaf.max_def;
-            let mut generic = Vec::new();
-            loop {
-                let (_, entry) = attributes.next()?;
-                let Some((key, value)) = entry else { break };
-                if keep && wanted(key) {
-                    generic.push(KeyValue { key: utf8(key)?, value: value.to_value()? });
-                }
-                if attributes.peek_rep() != Some(list_rep) {
-                    break;
-                }
-            }
+            let generic = attributes.read_list_where(|key| keep && wanted(key))?;
             let events = event_rows.next_row(keep)?;
             if !keep {
                 continue;
             }
-            let attributes = match (keys, positions) {
-                (Some(keys), _) => by_key(keys, dedicated.into_iter().chain(generic)),
-                (None, Some(raw)) => {
-                    let positions: Vec<u32> =
-                        postcard::from_bytes(raw.data()).map_err(|_| FormatError::Malformed("attribute_layout"))?;
-                    place_at(dedicated, &positions, generic)?
-                }
-                (None, None) => {
-                    let mut all = dedicated;
-                    all.extend(generic);
-                    all
-                }
+            let attributes = match keys {
+                Some(keys) => by_key(keys, dedicated.into_iter().chain(generic)),
+                None => original_order(dedicated, positions, generic)?,
             };
             let start = self.start.values[row] as u64;
             let resource_ref = self.resource_ref.values[row];
@@ -272,8 +172,8 @@ impl SpanColumns {
                     code: StatusCode::from_otlp(self.status_code.values[row]),
                     message: message.map(|s| utf8(s.data())).transpose()?.unwrap_or_default(),
                 },
-                resource: Arc::clone(&tables.resources[lookup(tables.resources.len(), resource_ref, "resource")?]),
-                scope: Arc::clone(&tables.scopes[lookup(tables.scopes.len(), scope_ref, "scope")?]),
+                resource: tables.resource(resource_ref)?,
+                scope: tables.scope(scope_ref)?,
                 ..Default::default()
             });
         }
@@ -368,6 +268,54 @@ impl<'a> EventCursors<'a> {
             }
         }
         Ok(events)
+    }
+}
+
+impl SpanColumns {
+    /// The leaves both decode paths read, as (levels, name).
+    fn always_read_levels(&self) -> [(usize, &'static str); 10] {
+        [
+            (self.span_id.levels(), "span_id"),
+            (self.parent_span_id.levels(), "parent_span_id"),
+            (self.name.levels(), "name"),
+            (self.kind.levels(), "kind"),
+            (self.start.levels(), "start_time_unix_nano"),
+            (self.duration.levels(), "duration_nanos"),
+            (self.status_code.levels(), "status_code"),
+            (self.status_message.levels(), "status_message"),
+            (self.resource_ref.levels(), "resource_ref"),
+            (self.scope_ref.levels(), "scope_ref"),
+        ]
+    }
+}
+
+/// Fails on the first leaf, given as (levels, name), that does not hold one level per row.
+fn check_levels(rows: usize, leaves: impl IntoIterator<Item = (usize, &'static str)>) -> Result<(), FormatError> {
+    match leaves.into_iter().find(|(levels, _)| *levels != rows) {
+        Some((_, what)) => Err(FormatError::Malformed(what)),
+        None => Ok(()),
+    }
+}
+
+/// A row's attributes in their original order: the dedicated ones at the positions
+/// `layout` holds (leading, in column order, when it is null), the generic ones filling
+/// the gaps.
+fn original_order(
+    dedicated: Vec<KeyValue>,
+    layout: Option<&ByteArray>,
+    generic: Vec<KeyValue>,
+) -> Result<Vec<KeyValue>, FormatError> {
+    match layout {
+        None => {
+            let mut all = dedicated;
+            all.extend(generic);
+            Ok(all)
+        }
+        Some(raw) => {
+            let positions: Vec<u32> =
+                postcard::from_bytes(raw.data()).map_err(|_| FormatError::Malformed("attribute_layout"))?;
+            place_at(dedicated, &positions, generic)
+        }
     }
 }
 

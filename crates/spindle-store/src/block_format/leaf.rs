@@ -4,7 +4,7 @@
 //! ([`RawValue`]) so scans can test them without building attributes. No span mapping here.
 
 use parquet::data_type::ByteArray;
-use spindle_model::AttributeValue;
+use spindle_model::{AttributeValue, KeyValue};
 
 use super::{utf8, FormatError};
 
@@ -79,7 +79,7 @@ impl<T> Leaf<T> {
 
 /// Walks one leaf level by level.
 pub(crate) struct Cursor<'a, T> {
-    pub(super) leaf: &'a Leaf<T>,
+    leaf: &'a Leaf<T>,
     level: usize,
     value: usize,
 }
@@ -145,7 +145,7 @@ impl KvLeaves {
 
 /// Walks the seven leaves of a key/value list in lockstep.
 pub(crate) struct KvCursor<'a> {
-    pub(super) key: Cursor<'a, ByteArray>,
+    key: Cursor<'a, ByteArray>,
     str: Cursor<'a, ByteArray>,
     int: Cursor<'a, i64>,
     double: Cursor<'a, f64>,
@@ -222,5 +222,30 @@ impl<'a> KvCursor<'a> {
 
     pub(crate) fn peek_rep(&self) -> Option<i16> {
         self.key.peek_rep()
+    }
+
+    /// Reads one list whole.
+    pub(super) fn read_list(&mut self) -> Result<Vec<KeyValue>, FormatError> {
+        self.read_list_where(|_| true)
+    }
+
+    /// Reads one list, building only the entries whose key `keep` accepts (the cursors
+    /// pass the others all the same).
+    pub(super) fn read_list_where(&mut self, keep: impl Fn(&[u8]) -> bool) -> Result<Vec<KeyValue>, FormatError> {
+        let mut out = Vec::new();
+        // Keys are required inside a repeated group, so every list level adds one definition
+        // and one repetition level: a key's max_def is also its list's repetition level.
+        let list_rep = self.key.leaf.max_def;
+        loop {
+            let (_, entry) = self.next()?;
+            let Some((key, value)) = entry else { break };
+            if keep(key) {
+                out.push(KeyValue { key: utf8(key)?, value: value.to_value()? });
+            }
+            if self.peek_rep() != Some(list_rep) {
+                break;
+            }
+        }
+        Ok(out)
     }
 }

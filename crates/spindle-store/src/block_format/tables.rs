@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use spindle_model::{Resource, Scope};
 
+use super::FormatError;
+
 /// Shared-resource tables of a block: rows hold indexes into them.
 #[derive(Debug, Default)]
 pub(crate) struct SharedTables {
@@ -56,6 +58,21 @@ impl SharedTables {
     /// The index of `scope` in the table, adding it when new.
     pub(super) fn intern_scope(&mut self, scope: &Arc<Scope>) -> i32 {
         Self::intern(&mut self.scopes, &mut self.scope_ptrs, scope)
+    }
+
+    /// The resource a row refers to by `index`.
+    pub(super) fn resource(&self, index: i32) -> Result<Arc<Resource>, FormatError> {
+        Self::entry(&self.resources, index, "resource")
+    }
+
+    /// The scope a row refers to by `index`.
+    pub(super) fn scope(&self, index: i32) -> Result<Arc<Scope>, FormatError> {
+        Self::entry(&self.scopes, index, "scope")
+    }
+
+    fn entry<T>(table: &[Arc<T>], index: i32, what: &'static str) -> Result<Arc<T>, FormatError> {
+        let entry = usize::try_from(index).ok().and_then(|i| table.get(i));
+        entry.map(Arc::clone).ok_or(FormatError::BadReference { what, index, len: table.len() })
     }
 
     fn intern<T: PartialEq>(table: &mut Vec<Arc<T>>, ptrs: &mut PointerIndex<T>, item: &Arc<T>) -> i32 {

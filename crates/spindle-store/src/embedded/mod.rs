@@ -53,7 +53,7 @@ use crate::head::{Catalog, Head};
 use crate::query::{Operation, TraceQuery};
 use crate::scan::{find_in_block, row_group_trace_ids, scan_block, scan_block_rows, scan_blocks_rows_split};
 use crate::wal::Wal;
-use crate::{RowFields, SpanFields, SpanRow, StoreError, TraceStore, GRAPH_KEYS};
+use crate::{starts_within, RowFields, SpanFields, SpanRow, StoreError, TraceStore, GRAPH_KEYS};
 
 pub use options::StoreOptions;
 
@@ -461,8 +461,7 @@ impl TraceStore for EmbeddedStore {
                 }
                 return;
             }
-            let trace_start = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-            if trace_start >= start && trace_start <= end {
+            if starts_within(&trace, start, end) {
                 visit(&trace);
             }
         };
@@ -499,8 +498,7 @@ impl TraceStore for EmbeddedStore {
             }
         }
         for trace in assembled.into_values() {
-            let trace_start = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-            if trace_start >= start && trace_start <= end {
+            if starts_within(&trace, start, end) {
                 visit(&trace);
             }
         }
