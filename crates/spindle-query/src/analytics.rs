@@ -154,7 +154,7 @@ pub struct GraphEdge {
     pub stats: Stats,
 }
 
-/// Calls, errors and noted latencies of one group over one step.
+/// Calls, errors and counted latencies of one group over one step.
 #[derive(Default)]
 struct RedPoint {
     calls: u64,
@@ -236,9 +236,9 @@ impl Series {
 }
 
 /// A partial RED aggregate: groups by text, each a series of points. Group texts are
-/// borrowed while scanning and a group's key is allocated once; latencies are noted per
-/// point and bucketed once at the end (`SketchBuilder`); a group's total is the merge of its
-/// points, which sketches make exact.
+/// borrowed while scanning and a group's key is allocated once; latencies are counted per
+/// point in bucket windows as they come (`SketchBuilder`); a group's total is the merge of
+/// its points, which sketches make exact.
 struct RedAggregate {
     steps: Steps,
     grouped: bool,

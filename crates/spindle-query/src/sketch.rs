@@ -164,53 +164,105 @@ impl LatencySketch {
     }
 }
 
-/// Builds one [`LatencySketch`] from many values at once: values are only noted (their
-/// bucket index) while a scan runs and bucketed in one sort at the end, which for the
-/// hundreds of thousands of values of a grouped scan is several times cheaper than
-/// inserting each into a sorted bucket list. Gives exactly the sketch `add` would.
+/// Builds one [`LatencySketch`] from values as a scan hands them over: each value's bucket
+/// index is staged, and every [`STAGED`] values the staged indexes are counted in a dense
+/// window of bucket counts, grown to cover the smallest and largest index seen. Memory is
+/// bounded by the spread of the values (at most 1,134 counts, one per index a `u64` can
+/// fall into), never by how many there are. Staging keeps inserts cheap when a scan feeds
+/// thousands of builders: counting a batch touches a builder's window once, not once per
+/// value. Gives exactly the sketch `add` would.
 #[derive(Debug, Clone, Default)]
 pub struct SketchBuilder {
-    indexes: Vec<i32>,
+    /// Bucket indexes not yet counted, at most [`STAGED`].
+    staged: Vec<i32>,
+    /// Counts of bucket indexes `first..first + counts.len()`.
+    counts: Vec<u64>,
+    first: i32,
+    count: u64,
     sum_nanos: u128,
     min: u64,
     max: u64,
 }
 
+/// How many bucket indexes a builder stages before counting them.
+const STAGED: usize = 64;
+
+/// The number of bucket indexes a `u64` can fall into (0 to `index(u64::MAX)`), the most
+/// counts a [`SketchBuilder`] ever holds.
+const MAX_BUCKETS: usize = 1134;
+
 impl SketchBuilder {
     pub fn add(&mut self, nanos: u64) {
-        if self.indexes.is_empty() || nanos < self.min {
+        if self.count == 0 || nanos < self.min {
             self.min = nanos;
         }
         self.max = self.max.max(nanos);
+        self.count += 1;
         self.sum_nanos += u128::from(nanos);
-        self.indexes.push(index(nanos));
+        self.staged.push(index(nanos));
+        if self.staged.len() == STAGED {
+            self.count_staged();
+        }
     }
 
-    /// Takes in every latency `other` noted, as if they had been added here.
-    pub fn absorb(&mut self, other: SketchBuilder) {
-        if other.indexes.is_empty() {
+    fn count_staged(&mut self) {
+        let (Some(&low), Some(&high)) = (self.staged.iter().min(), self.staged.iter().max()) else { return };
+        self.cover(low, high);
+        for i in self.staged.drain(..) {
+            self.counts[(i - self.first) as usize] += 1;
+        }
+    }
+
+    /// Grows the window of counts to cover indexes `low..=high`.
+    fn cover(&mut self, low: i32, high: i32) {
+        if self.counts.is_empty() {
+            self.first = low;
+        } else if low < self.first {
+            let gap = (self.first - low) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, gap));
+            self.first = low;
+        }
+        let len = (high - self.first) as usize + 1;
+        if len > self.counts.len() {
+            self.counts.resize(len, 0);
+        }
+        debug_assert!(self.counts.len() <= MAX_BUCKETS);
+    }
+
+    /// Takes in every latency `other` counted, as if they had been added here.
+    pub fn absorb(&mut self, mut other: SketchBuilder) {
+        if other.count == 0 {
             return;
         }
-        if self.indexes.is_empty() || other.min < self.min {
-            self.min = other.min;
+        if self.count == 0 {
+            *self = other;
+            return;
         }
+        other.count_staged();
+        self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
+        self.count += other.count;
         self.sum_nanos += other.sum_nanos;
-        self.indexes.extend(other.indexes);
+        self.cover(other.first, other.first + other.counts.len() as i32 - 1);
+        let offset = (other.first - self.first) as usize;
+        for (mine, theirs) in self.counts[offset..].iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+    }
+
+    /// How many bucket counts the builder holds: the spread of its values, not their number.
+    pub fn bucket_count(&self) -> usize {
+        self.counts.len()
     }
 
     pub fn build(mut self) -> LatencySketch {
-        self.indexes.sort_unstable();
-        let mut buckets: Vec<(i32, u64)> = Vec::new();
-        for i in &self.indexes {
-            match buckets.last_mut() {
-                Some((last, count)) if last == i => *count += 1,
-                _ => buckets.push((*i, 1)),
-            }
-        }
+        self.count_staged();
+        let first = self.first;
+        let buckets =
+            self.counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (first + i as i32, *c)).collect();
         LatencySketch {
             buckets: Buckets(buckets),
-            count: self.indexes.len() as u64,
+            count: self.count,
             sum_nanos: self.sum_nanos,
             min: self.min,
             max: self.max,
@@ -279,5 +331,61 @@ mod tests {
             }
             assert_eq!(builder.build(), added, "n={n}");
         }
+    }
+
+    #[test]
+    fn builders_absorbed_in_any_order_equal_one_sketch() {
+        // Parts with disjoint and overlapping spreads, so absorbing grows the window both ways.
+        let ranges = [(0u64, 1u64), (5_000, 9_000), (1_000_000, 5_000_000_000), (10, 20_000), (0, u64::MAX)];
+        let mut seed = 11u64;
+        let mut whole = LatencySketch::default();
+        let mut parts: Vec<SketchBuilder> = Vec::new();
+        for (low, high) in ranges {
+            let mut part = SketchBuilder::default();
+            for _ in 0..1000 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let v = low + seed % (high - low).max(1);
+                whole.add(v);
+                part.add(v);
+            }
+            parts.push(part);
+        }
+        for order in [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]] {
+            let mut all = SketchBuilder::default();
+            for i in order {
+                all.absorb(parts[i].clone());
+            }
+            all.absorb(SketchBuilder::default());
+            assert_eq!(all.build(), whole, "order {order:?}");
+        }
+    }
+
+    #[test]
+    fn builder_memory_is_bounded_by_the_spread_of_values_not_their_number() {
+        // Five million latencies between 1 µs and 10 s: the builder holds one count per bucket
+        // index in that spread however many values come.
+        let (low, high) = (1_000u64, 10_000_000_000u64);
+        let spread = (index(high) - index(low) + 1) as usize;
+        let mut builder = SketchBuilder::default();
+        let mut seed = 3u64;
+        for n in 1..=5_000_000u64 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            builder.add(low + (seed >> 11) % (high - low + 1));
+            if n.is_power_of_two() || n % 1_000_000 == 0 {
+                assert!(builder.bucket_count() <= spread, "{} buckets after {n} values", builder.bucket_count());
+                assert!(builder.counts.capacity() <= 2 * spread, "capacity {} after {n}", builder.counts.capacity());
+                assert!(builder.staged.capacity() <= STAGED, "{} staged", builder.staged.capacity());
+            }
+        }
+        let sketch = builder.build();
+        assert_eq!(sketch.count(), 5_000_000);
+        // The whole range of u64 fits in the documented bound too.
+        let mut extremes = SketchBuilder::default();
+        for v in [u64::MAX, 0, 1, u64::MAX / 2] {
+            extremes.add(v);
+        }
+        extremes.count_staged();
+        assert_eq!(extremes.bucket_count(), MAX_BUCKETS);
+        assert_eq!(index(u64::MAX) as usize + 1, MAX_BUCKETS);
     }
 }
