@@ -156,6 +156,12 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   systemd-analyze security --offline=yes --threshold=20 "$work/spindle.service" >"$work/security.txt" 2>&1 \
     || fail "unit's exposure above 2.0: $(tail -n 1 "$work/security.txt")"
   log "systemd unit verified, $(tail -n 1 "$work/security.txt" | sed 's/^→ //')"
+  # The sysusers file creates the unit's user and group, here in an empty root.
+  mkdir -p "$work/sysroot/etc"
+  systemd-sysusers --root="$work/sysroot" "$pkg/spindle.sysusers" >/dev/null 2>&1 || fail "systemd-sysusers rejects spindle.sysusers"
+  grep -q '^spindle:x:[0-9]*:[0-9]*:.*:/var/lib/spindle:/usr/sbin/nologin$' "$work/sysroot/etc/passwd" \
+    || fail "spindle.sysusers did not create the spindle user"
+  grep -q '^spindle:' "$work/sysroot/etc/group" || fail "spindle.sysusers did not create the spindle group"
 else
   log "systemd-analyze not installed (apt-get install systemd): spindle.service not verified"
 fi
