@@ -83,10 +83,12 @@ log "image built in $(($(date +%s) - started)) s"
 # What the image declares.
 inspect() { pod image inspect --format "$1" "$image"; }
 [ "$(inspect '{{.Config.User}}')" = 10001:10001 ] || fail "image user is $(inspect '{{.Config.User}}')"
+# shellcheck disable=SC2016 # Go templates, not shell
 exposed=$(inspect '{{range $p, $_ := .Config.ExposedPorts}}{{$p}} {{end}}')
 for p in 16686/tcp 4317/tcp 4318/tcp 14268/tcp 14250/tcp 9411/tcp 6831/udp 6832/udp 5778/tcp 14269/tcp; do
   [[ " $exposed " == *" $p "* ]] || fail "port $p not exposed: $exposed"
 done
+# shellcheck disable=SC2016
 [[ "$(inspect '{{range $v, $_ := .Config.Volumes}}{{$v}} {{end}}')" == *"/var/lib/spindle"* ]] || fail "no data volume"
 [ -n "$(inspect '{{.Config.Healthcheck}}')" ] || fail "no HEALTHCHECK"
 
