@@ -33,6 +33,7 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 tar -C "$work" -xzf "$archive"
 pkg=$work/$name
 expected="INSTALL.md
+LICENSE
 grafana/dashboards/infrastructure.json
 grafana/dashboards/service-performance.json
 grafana/dashboards/trace-analytics.json
