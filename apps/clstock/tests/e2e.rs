@@ -56,7 +56,7 @@ fn universe_fetched<'a>(trace: &'a Trace, tail: &[&str]) -> Vec<&'a TraceSpan> {
 
 /// Polls `GET /train/{id}` until the job is no longer running; its last state.
 fn finished_job(api: &Service, id: &str) -> serde_json::Value {
-    support::poll(&format!("training job {id} to finish"), std::time::Duration::from_secs(120), || {
+    support::wait_until(&format!("training job {id} to finish"), std::time::Duration::from_secs(120), || {
         let status = api.get(&format!("/train/{id}")).json();
         (status["status"] != "running").then_some(status)
     })

@@ -15,7 +15,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use support::{Peers, SpanView, Spindle, SpindleApi, Tansu, TestDatabase, Tracing, TOPICS};
+use support::{SpanView, TracedPeers};
 
 const N: u64 = 24;
 const SYMBOLS: [&str; 3] = ["AAPL", "MSFT", "7203.T"];
@@ -81,12 +81,8 @@ fn assert_seed_trace(trace_id: &str, symbol: &str, spans: &[SpanView]) {
 
 #[test]
 fn n_instruments_become_n_seed_traces_n_rows_and_the_seed_dependency_graph() {
-    let spindle = Spindle::start();
-    let tansu = Tansu::start(&TOPICS);
-    let db = TestDatabase::create();
-    let peers =
-        Peers { brokers: &tansu.bootstrap, database_url: &db.url, tracing: Tracing::To(spindle.otlp_grpc.clone()) };
-    let api = SpindleApi(&spindle.query);
+    let stack = TracedPeers::start();
+    let (db, peers, api) = (&stack.db, stack.peers(), stack.api());
 
     let mut storage = peers.storage(&[]);
     let mut processor = peers.processor(&[]);
@@ -179,12 +175,8 @@ fn n_instruments_become_n_seed_traces_n_rows_and_the_seed_dependency_graph() {
 
 #[test]
 fn services_restarted_mid_stream_lose_nothing_process_nothing_twice_and_flush_their_spans() {
-    let spindle = Spindle::start();
-    let tansu = Tansu::start(&TOPICS);
-    let db = TestDatabase::create();
-    let peers =
-        Peers { brokers: &tansu.bootstrap, database_url: &db.url, tracing: Tracing::To(spindle.otlp_grpc.clone()) };
-    let api = SpindleApi(&spindle.query);
+    let stack = TracedPeers::start();
+    let (db, peers, api) = (&stack.db, stack.peers(), stack.api());
     let n: u64 = 80;
     let count = n.to_string();
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use spindle_pipeline::market::{SimulatedMarket, SimulatorSettings};
 use spindle_pipeline::record::{encode, InstrumentMessage};
-use support::{Peers, Spindle, SpindleApi, Tansu, TcpProxy, TestDatabase, Tracing, TOPICS};
+use support::{Peers, Tansu, TcpProxy, TestDatabase, TracedPeers, Tracing, TOPICS};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -34,12 +34,8 @@ fn invalid_instrument() -> Vec<u8> {
 
 #[test]
 fn bad_records_go_to_the_dead_letter_topic_with_an_error_span_and_the_pipeline_goes_on() {
-    let spindle = Spindle::start();
-    let tansu = Tansu::start(&TOPICS);
-    let db = TestDatabase::create();
-    let peers =
-        Peers { brokers: &tansu.bootstrap, database_url: &db.url, tracing: Tracing::To(spindle.otlp_grpc.clone()) };
-    let api = SpindleApi(&spindle.query);
+    let stack = TracedPeers::start();
+    let (tansu, db, peers, api) = (&stack.tansu, &stack.db, stack.peers(), stack.api());
     let _storage = peers.storage(&[]);
     let processor = peers.processor(&[]);
 

@@ -107,11 +107,8 @@ fn main() {
     let use_sink = std::env::var("OVERHEAD_BACKEND").is_ok_and(|v| v == "sink");
     let control = std::env::var("OVERHEAD_CONTROL").is_ok_and(|v| v == "1");
 
-    let (spindle, sink) = if use_sink {
-        (None, Some(support::OtlpSink::start()))
-    } else {
-        (Some(support::processes::Spindle::start()), None)
-    };
+    let (spindle, sink) =
+        if use_sink { (None, Some(support::OtlpSink::start())) } else { (Some(support::Spindle::start()), None) };
     let endpoint = spindle
         .as_ref()
         .map(|s| s.otlp_grpc.clone())

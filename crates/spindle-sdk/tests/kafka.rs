@@ -9,8 +9,8 @@ mod support;
 use std::time::Duration;
 
 use spindle_sdk::Protocol;
-use support::processes::Tansu;
 use support::scenarios::{kafka_pipeline, PIPELINE_SPANS, PIPELINE_TOPICS};
+use support::Tansu;
 use support::{OtlpSink, SinkSpan, TestService};
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -16,7 +16,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState}
 use serde_json::Value;
 use spindle_sdk::tracing_opentelemetry::OpenTelemetrySpanExt;
 use spindle_sdk::{Compression, Protocol, SamplerConfig};
-use support::processes::Spindle;
+use support::Spindle;
 use support::{free_port, wait_until, TestService};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -97,7 +97,7 @@ fn attr(value: &Value, key: &str) -> Option<Value> {
 /// Spans of `trace_id` as spindle stores them, with their resource and scope.
 fn read_back(spindle: &Spindle, trace_id: &str, count: usize) -> Vec<(Value, Value, Value)> {
     wait_until(&format!("{count} spans of {trace_id}"), WAIT, || {
-        let (status, body) = support::processes::http_get(&format!("{}/api/v3/traces/{trace_id}", spindle.query))?;
+        let (status, body) = support::http_get(&format!("{}/api/v3/traces/{trace_id}", spindle.query))?;
         if status != 200 {
             return None;
         }

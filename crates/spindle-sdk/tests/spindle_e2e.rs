@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use spindle_sdk::Protocol;
-use support::processes::{Spindle, Tansu};
 use support::scenarios::{kafka_pipeline, ClStock, PIPELINE_SPANS, PIPELINE_TOPICS, RECOMMENDATIONS_SPANS};
 use support::{wait_until, TestService};
+use support::{Spindle, Tansu};
 
 const WAIT: Duration = Duration::from_secs(30);
 

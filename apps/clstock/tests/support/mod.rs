@@ -1,47 +1,27 @@
 //! End-to-end harness: a real `spindle` server and the two ClStock binaries as child
 //! processes on free loopback ports, and a reader of Spindle's Jaeger JSON traces.
 //!
-//! The spindle binary is `$SPINDLE_BIN`, else the workspace's `target/debug/spindle`, built
-//! with `cargo build -p spindle-server --bin spindle` when missing. Children are killed on
+//! Spindle is started by `spindle-test-support` (its binary is `$SPINDLE_BIN`, else the
+//! workspace's `target/debug/spindle`, built when missing or stale). Children are killed on
 //! drop, so a failing test leaves no process behind.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-#[path = "../../../../crates/spindle-sdk/tests/support/ports.rs"]
-mod ports;
-use ports::pick_loopback_port;
+use spindle_test_support::free_port;
+pub use spindle_test_support::wait_until;
 
 /// How long spans may take to become readable in Spindle.
 pub const TRACE_WAIT: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    pick_loopback_port(false)
-}
-
-fn free_udp_port() -> u16 {
-    pick_loopback_port(true)
-}
-
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
-}
-
-/// Polls `probe` every 50 ms until it gives `Some`, or panics naming `what`.
-pub fn poll<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A child process that is killed when dropped.
@@ -63,7 +43,7 @@ impl Process {
     /// Waits until `url` answers 200, failing if the process exits first.
     fn wait_healthy(&mut self, url: &str) {
         let http = client();
-        poll(&format!("{} at {url}", self.name), Duration::from_secs(60), || {
+        wait_until(&format!("{} at {url}", self.name), Duration::from_secs(60), || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{} exited early with {status}", self.name);
             }
@@ -77,33 +57,6 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .expect("apps/clstock sits two levels below the workspace root")
-}
-
-fn spindle_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("SPINDLE_BIN") {
-        return PathBuf::from(path);
-    }
-    let root = workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let binary = target.join("debug").join("spindle");
-    if !binary.is_file() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let built = Command::new(cargo)
-            .args(["build", "-p", "spindle-server", "--bin", "spindle"])
-            .current_dir(&root)
-            .status()
-            .expect("cargo runs");
-        assert!(built.success(), "cargo build -p spindle-server failed; the end-to-end tests need the spindle binary");
-    }
-    binary
 }
 
 /// One span of a trace read back from Spindle.
@@ -228,41 +181,20 @@ impl Trace {
     }
 }
 
-/// A spindle server with a temporary data directory.
-pub struct Spindle {
-    pub otlp_grpc: String,
-    pub otlp_http: String,
-    pub query: String,
-    _process: Process,
-    _data: tempfile::TempDir,
+/// A spindle server (the shared launcher's) and readers of its traces.
+pub struct Spindle(spindle_test_support::Spindle);
+
+impl Deref for Spindle {
+    type Target = spindle_test_support::Spindle;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Spindle {
     pub fn start() -> Self {
-        let data = tempfile::tempdir().expect("data dir");
-        let [grpc, http, query, admin] = [free_port(), free_port(), free_port(), free_port()];
-        let addr = |port: u16| format!("127.0.0.1:{port}");
-        let mut command = Command::new(spindle_binary());
-        command.arg("serve").arg("--data-dir").arg(data.path()).env("SPINDLE_LOG", "warn");
-        command.args(["--otlp-grpc-addr", &addr(grpc), "--otlp-http-addr", &addr(http)]);
-        command.args(["--query-addr", &addr(query), "--admin-addr", &addr(admin)]);
-        // Every other receiver on a free port too, so tests never collide with each other or
-        // with a Spindle running on its default ports.
-        for flag in ["--jaeger-http-addr", "--jaeger-grpc-addr", "--zipkin-addr", "--sampling-addr"] {
-            command.args([flag, &addr(free_port())]);
-        }
-        for flag in ["--jaeger-compact-addr", "--jaeger-binary-addr"] {
-            command.args([flag, &addr(free_udp_port())]);
-        }
-        let mut process = Process::spawn("spindle", &mut command);
-        process.wait_healthy(&format!("http://{}/readyz", addr(admin)));
-        Self {
-            otlp_grpc: format!("http://{}", addr(grpc)),
-            otlp_http: format!("http://{}", addr(http)),
-            query: format!("http://{}", addr(query)),
-            _process: process,
-            _data: data,
-        }
+        Self(spindle_test_support::Spindle::start())
     }
 
     /// Polls trace `trace_id` until `complete` holds for its spans.

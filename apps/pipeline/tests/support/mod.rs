@@ -1,14 +1,10 @@
 //! Harness of the pipeline's integration tests and benchmark: real peers started here and
-//! killed on drop — the tansu broker and the spindle server (launchers shared with
-//! spindle-sdk's tests), a throwaway PostgreSQL database per test, the three service
+//! killed on drop — the tansu broker and the spindle server (`spindle-test-support`'s
+//! launchers), a throwaway PostgreSQL database per test, the three service
 //! binaries, a TCP proxy to cut PostgreSQL off, and readers for Kafka topics and Spindle's
 //! query API. A missing peer fails the test with instructions; nothing is skipped.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
-
-// The tansu and spindle launchers are spindle-sdk's own; one copy of them serves both crates.
-#[path = "../../../../crates/spindle-sdk/tests/support/processes.rs"]
-pub mod processes;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -26,36 +22,10 @@ use spindle_sdk::rdkafka::consumer::{BaseConsumer, Consumer};
 use spindle_sdk::rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use spindle_sdk::rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use spindle_sdk::rdkafka::Message;
-#[path = "../../../../crates/spindle-sdk/tests/support/ports.rs"]
-mod ports;
-use ports::pick_loopback_port;
-
-pub use processes::{http_get, Spindle, Tansu};
+pub use spindle_test_support::{free_port, http_get, wait_until, Spindle, Tansu};
 
 /// The pipeline's topics: (name, partitions).
 pub const TOPICS: [(&str, u32); 3] = [("market-data", 2), ("enriched-data", 2), ("dead-letter", 1)];
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    pick_loopback_port(false)
-}
-
-/// A free UDP loopback port, below the ephemeral range like [`free_port`].
-pub fn free_udp_port() -> u16 {
-    pick_loopback_port(true)
-}
-
-/// Polls `probe` every 100 ms until it returns `Some`, or panics naming `what` after `timeout`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("test runtime").block_on(future)
@@ -331,6 +301,33 @@ pub fn pid_with_arg(arg: &str) -> Option<u32> {
         let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
         cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()).then_some(pid)
     })
+}
+
+/// What a traced test of the whole pipeline runs against: spindle, tansu holding the
+/// pipeline's topics, and a database of its own.
+pub struct TracedPeers {
+    pub spindle: Spindle,
+    pub tansu: Tansu,
+    pub db: TestDatabase,
+}
+
+impl TracedPeers {
+    pub fn start() -> Self {
+        Self { spindle: Spindle::start(), tansu: Tansu::start(&TOPICS), db: TestDatabase::create() }
+    }
+
+    /// The services' peers, their spans exported to this spindle over OTLP gRPC.
+    pub fn peers(&self) -> Peers<'_> {
+        Peers {
+            brokers: &self.tansu.bootstrap,
+            database_url: &self.db.url,
+            tracing: Tracing::To(self.spindle.otlp_grpc.clone()),
+        }
+    }
+
+    pub fn api(&self) -> SpindleApi<'_> {
+        SpindleApi(&self.spindle.query)
+    }
 }
 
 /// What a test runs the pipeline against.

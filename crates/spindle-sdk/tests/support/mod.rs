@@ -1,25 +1,23 @@
-//! Test harness shared by the integration tests: an in-process OTLP sink, per-thread
-//! "services" with their own tracing pipeline, and launchers for the tansu broker and the
-//! spindle server. Every launcher fails loudly (never skips) when its binary is missing.
+//! Test harness shared by the integration tests: an in-process OTLP sink and per-thread
+//! "services" with their own tracing pipeline; ports, polling and the launchers for the
+//! tansu broker and the spindle server come from `spindle-test-support`.
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 pub mod otlp_sink;
-pub mod processes;
 pub mod scenarios;
 pub mod workload;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spindle_sdk::tracing::Dispatch;
 use spindle_sdk::tracing_subscriber::layer::SubscriberExt;
 use spindle_sdk::tracing_subscriber::Registry;
 use spindle_sdk::{Protocol, TracingGuard};
-mod ports;
-use ports::pick_loopback_port;
 
 pub use otlp_sink::{OtlpSink, SinkSpan};
+pub use spindle_test_support::{free_port, free_udp_port, http_get, wait_until, Spindle, Tansu};
 
 /// A span exporter that accepts and discards every batch: benchmarks measure the SDK with
 /// it, not a backend.
@@ -31,16 +29,6 @@ impl opentelemetry_sdk::trace::SpanExporter for DiscardingExporter {
         std::hint::black_box(batch);
         Ok(())
     }
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    pick_loopback_port(false)
-}
-
-/// A free UDP loopback port, below the ephemeral range like [`free_port`].
-pub fn free_udp_port() -> u16 {
-    pick_loopback_port(true)
 }
 
 /// One traced "service": its own tracer provider (so its own `service.name`) and subscriber.
@@ -96,18 +84,6 @@ impl TestService {
                     .block_on(future)
             })
         })
-    }
-}
-
-/// Polls `probe` until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -6,10 +6,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-#[path = "../../../spindle-sdk/tests/support/ports.rs"]
-mod ports;
-use ports::pick_loopback_port;
+use std::time::Duration;
+
+use spindle_test_support::{free_port, free_udp_port, wait_until};
 
 pub struct Spindle {
     child: Option<Child>,
@@ -28,11 +27,11 @@ pub struct Spindle {
 }
 
 fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], pick_loopback_port(false)))
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 fn free_udp_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], pick_loopback_port(true)))
+    SocketAddr::from(([127, 0, 0, 1], free_udp_port()))
 }
 
 impl Spindle {
@@ -86,22 +85,14 @@ impl Spindle {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
         let client = reqwest::blocking::Client::new();
-        loop {
-            if let Ok(r) = client.get(format!("http://{}/readyz", self.admin)).send() {
-                if r.status().is_success() {
-                    return;
-                }
+        let url = format!("http://{}/readyz", self.admin);
+        wait_until("spindle /readyz", Duration::from_secs(30), || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("spindle exited before it was ready: {status}");
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("spindle exited before it was ready: {status}");
-                }
-            }
-            assert!(Instant::now() < deadline, "spindle not ready within 30s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            client.get(&url).send().ok().filter(|r| r.status().is_success()).map(|_| ())
+        });
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, free_udp_port, wait_until};
+use crate::{free_port, free_udp_port, wait_until, workspace_root};
 
 const TANSU_INSTALL: &str = "cargo install tansu --locked --features dynostore";
 
@@ -102,18 +102,10 @@ pub struct Spindle {
     _data: tempfile::TempDir,
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .expect("the sdk crate sits two levels below the workspace root")
-}
-
 /// `$SPINDLE_BIN` (relative to the workspace root), else the workspace's debug `spindle`
 /// (which `cargo test --workspace` builds before running tests), built here only when it is
 /// missing.
-fn spindle_binary() -> PathBuf {
+pub fn spindle_binary() -> PathBuf {
     let root = workspace_root();
     if let Some(path) = std::env::var_os("SPINDLE_BIN") {
         return root.join(path);
@@ -181,6 +173,7 @@ impl Spindle {
             .args(["--zipkin-addr", &addr(free_port()), "--sampling-addr", &addr(free_port())])
             .args(["--jaeger-compact-addr", &addr(free_udp_port()), "--jaeger-binary-addr", &addr(free_udp_port())])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env("SPINDLE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
