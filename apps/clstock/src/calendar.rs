@@ -1,14 +1,16 @@
 //! Calendar dates for daily bars: days since 1970-01-01, ISO `YYYY-MM-DD` text, weekdays.
 //!
-//! Pure arithmetic (Howard Hinnant's civil-date algorithms), so the crate needs no date
-//! library; trading days are Monday to Friday (exchange holidays are not modelled).
+//! Calendar arithmetic is chrono's `NaiveDate`; trading days are Monday to Friday (exchange
+//! holidays are not modelled).
 
 use std::fmt;
 use std::str::FromStr;
 
-/// A calendar date, as days since 1970-01-01.
+use chrono::{Datelike, NaiveDate, Weekday};
+
+/// A calendar date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Date(i64);
+pub struct Date(NaiveDate);
 
 /// A date string that is not `YYYY-MM-DD` or names no real day.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -16,70 +18,52 @@ pub struct Date(i64);
 pub struct DateError(pub String);
 
 impl Date {
-    pub const fn from_days_since_epoch(days: i64) -> Date {
-        Date(days)
+    /// The date `days` after 1970-01-01.
+    ///
+    /// # Panics
+    ///
+    /// When `days` is outside chrono's range of about ±262,000 years (in a `const`, that is a
+    /// compile error).
+    pub const fn from_days_since_epoch(days: i32) -> Date {
+        match NaiveDate::from_epoch_days(days) {
+            Some(date) => Date(date),
+            None => panic!("date outside chrono's range"),
+        }
     }
 
     /// The date `year-month-day`, or `None` if no such day exists.
     pub fn from_ymd(year: i64, month: u32, day: u32) -> Option<Date> {
-        if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-            return None;
-        }
-        let y = if month <= 2 { year - 1 } else { year };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let m = i64::from(month);
-        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        Some(Date(era * 146_097 + doe - 719_468))
+        NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day).map(Date)
     }
 
     /// `(year, month, day)`.
     pub fn ymd(self) -> (i64, u32, u32) {
-        let z = self.0 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        (year, month, day)
+        (i64::from(self.0.year()), self.0.month(), self.0.day())
     }
 
     /// Days since 1970-01-01.
     pub fn days_since_epoch(self) -> i64 {
-        self.0
+        i64::from(self.0.to_epoch_days())
     }
 
     /// Whether the day is Saturday or Sunday.
     pub fn is_weekend(self) -> bool {
-        // 1970-01-01 was a Thursday: 0 = Thursday, 2 = Saturday, 3 = Sunday.
-        matches!(self.0.rem_euclid(7), 2 | 3)
+        matches!(self.0.weekday(), Weekday::Sat | Weekday::Sun)
     }
 
-    /// The `n` weekdays ending at `self` (or at the last weekday before it), oldest first.
+    /// The `n` weekdays ending at `self` (or at the last weekday before it), oldest first;
+    /// fewer when chrono's range of dates ends first.
     pub fn trading_days_until(self, n: usize) -> Vec<Date> {
         let mut days = Vec::with_capacity(n);
-        let mut day = self;
-        while days.len() < n {
-            if !day.is_weekend() {
-                days.push(day);
+        let mut day = Some(self.0);
+        while let Some(date) = day.filter(|_| days.len() < n) {
+            if !Date(date).is_weekend() {
+                days.push(Date(date));
             }
-            day = Date(day.0 - 1);
+            day = date.pred_opt();
         }
         days.reverse();
         days
-    }
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        _ => 31,
     }
 }
 

@@ -8,26 +8,25 @@
 //!
 //! Pure computation; the service adds latency and failures around it.
 
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+
 use crate::calendar::Date;
 use crate::history::{Bar, MAX_TRADING_DAYS};
 use crate::universe::{Listing, Market};
 
-/// SplitMix64: a tiny, fast, well-mixed generator; plenty for synthetic prices and fault
-/// injection, and it keeps the crate free of an RNG dependency.
+/// SplitMix64 (`rand_xoshiro`'s): a tiny, fast, well-mixed generator; plenty for synthetic
+/// prices and fault injection. Seeded with the seed as its state, so a seed gives the same
+/// prices on every version.
 #[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
+pub struct SplitMix64(rand_xoshiro::SplitMix64);
 
 impl SplitMix64 {
     pub fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(rand_xoshiro::SplitMix64::seed_from_u64(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.
@@ -145,5 +144,25 @@ mod tests {
         let var = normals.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
         assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
         assert!((0..n).all(|_| (0.0..1.0).contains(&rng.next_f64())));
+    }
+
+    #[test]
+    fn the_generator_gives_the_same_sequence_as_the_former_implementation() {
+        // The SplitMix64 this crate implemented before it used `rand_xoshiro`'s: seeds must
+        // keep giving the same synthetic prices.
+        let former = |state: &mut u64| {
+            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = *state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        assert_eq!(SplitMix64::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+        for seed in [0, 3, 42, 99, 0x5EED_FA17, u64::MAX] {
+            let (mut rng, mut state) = (SplitMix64::new(seed), seed);
+            for i in 0..10_000 {
+                assert_eq!(rng.next_u64(), former(&mut state), "seed {seed}, value {i}");
+            }
+        }
     }
 }

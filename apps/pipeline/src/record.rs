@@ -8,6 +8,7 @@
 //!
 //! Pure: no IO. Decoding and validation return errors that name the field and the value.
 
+use chrono::{DateTime, Datelike};
 use serde::{Deserialize, Serialize};
 
 use crate::bsm::{Contract, IvMethod, OptionType};
@@ -134,7 +135,10 @@ impl OptionSnapshot {
 
     /// The contract identifier: `SYMBOL-YYYYMMDD-C|P-STRIKE`, strike with two decimals.
     pub fn contract_id(&self) -> String {
-        let (y, m, d) = civil_date(self.expiry_ms);
+        // Only an expiry beyond chrono's ±262,000 years has no date (the epoch stands in);
+        // `validate` rejects such a record anyway.
+        let expiry = DateTime::from_timestamp_millis(self.expiry_ms).unwrap_or_default();
+        let (y, m, d) = (expiry.year(), expiry.month(), expiry.day());
         let kind = match self.option_type {
             OptionType::Call => 'C',
             OptionType::Put => 'P',
@@ -188,20 +192,6 @@ impl OptionSnapshot {
     }
 }
 
-/// (year, month, day) of a unix-millisecond instant, UTC (Howard Hinnant's algorithm).
-fn civil_date(unix_ms: i64) -> (i64, u32, u32) {
-    let z = unix_ms.div_euclid(86_400_000) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,8 +214,8 @@ mod tests {
     #[test]
     fn contract_id_names_symbol_expiry_date_type_and_strike() {
         assert_eq!(snapshot().contract_id(), "AAPL-20250117-C-155.00");
-        assert_eq!(civil_date(0), (1970, 1, 1));
-        assert_eq!(civil_date(951_782_400_000), (2000, 2, 29));
+        let leap_day = OptionSnapshot { expiry_ms: 951_782_400_000 + 72_000_000, ..snapshot() }; // 2000-02-29 20:00
+        assert_eq!(leap_day.contract_id(), "AAPL-20000229-C-155.00");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, SecondsFormat, Utc};
+
 /// A parameter that could not be used, named with the form it should have had.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamError {
@@ -105,83 +107,19 @@ pub fn parse_go_duration(s: &str) -> Option<u64> {
 
 /// Parses an RFC 3339 timestamp with optional fraction (up to nanoseconds) into unix ns.
 pub fn parse_rfc3339_nanos(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut nanos: i64 = 0;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        let frac = &s[start..i];
-        if frac.is_empty() {
-            return None;
-        }
-        let digits = &frac[..frac.len().min(9)];
-        nanos = digits.parse::<i64>().ok()? * 10i64.pow(9 - digits.len() as u32);
-    }
-    let offset_secs = match s.get(i..)? {
-        "Z" | "z" => 0,
-        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
-            let h = num(i + 1..i + 3)?;
-            let m = num(i + 4..i + 6)?;
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (h * 3600 + m * 60)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+    let time = DateTime::parse_from_rfc3339(s).ok()?;
+    // In i128, so times after 2262 (past i64 nanoseconds) still parse; a leap second's
+    // subsecond nanos exceed 1e9 and land on the next second.
+    let total = i128::from(time.timestamp()) * 1_000_000_000 + i128::from(time.timestamp_subsec_nanos());
     u64::try_from(total).ok()
 }
 
 /// Formats unix ns as RFC 3339 UTC with milliseconds, as Go's jsonpb writes timestamps.
 pub fn format_rfc3339_millis(unix_nano: u64) -> String {
-    let secs = (unix_nano / 1_000_000_000) as i64;
-    let millis = (unix_nano / 1_000_000) % 1000;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days, the inverse of `days_from_civil`.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let (secs, nanos) = ((unix_nano / 1_000_000_000) as i64, (unix_nano % 1_000_000_000) as u32);
+    // Every u64 of nanoseconds (up to the year 2554) is within chrono's range.
+    let time = DateTime::<Utc>::from_timestamp(secs, nanos).unwrap_or_default();
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]
@@ -210,11 +148,20 @@ mod tests {
         assert_eq!(parse_rfc3339_nanos("2021-13-10T11:03:43Z"), None);
         assert_eq!(parse_rfc3339_nanos("yesterday"), None);
         assert_eq!(parse_rfc3339_nanos("2021-09-10T11:03:43"), None, "offset required");
+        assert_eq!(parse_rfc3339_nanos("1969-12-31T23:59:59Z"), None, "before the epoch");
+        assert_eq!(parse_rfc3339_nanos("2021-02-29T00:00:00Z"), None, "no such day");
+        assert_eq!(parse_rfc3339_nanos("2500-01-01T00:00:00Z"), Some(16_725_225_600_000_000_000));
     }
 
     #[test]
     fn rfc3339_formatting_round_trips() {
-        for t in [0u64, 1_631_271_823_806_000_000, 951_782_400_000_000_000, 4_102_444_799_999_000_000] {
+        for t in [
+            0u64,
+            1_631_271_823_806_000_000,
+            951_782_400_000_000_000,
+            4_102_444_799_999_000_000,
+            16_725_225_600_000_000_000,
+        ] {
             assert_eq!(parse_rfc3339_nanos(&format_rfc3339_millis(t)), Some(t));
         }
         assert_eq!(format_rfc3339_millis(1_631_271_823_806_000_000), "2021-09-10T11:03:43.806Z");
