@@ -227,11 +227,78 @@ fn malformed_otlp_gets_4xx_with_a_reason_and_the_server_stays_up() {
         let huge = request(4, 2_000);
         let err = grpc.export(huge).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+
+        // Undecodable messages (decoded on the blocking pool) answer INTERNAL on both gRPC
+        // receivers, as tonic's prost codec answers them; good messages still go through.
+        let otlp = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+        let jaeger = "/jaeger.api_v2.CollectorService/PostSpans";
+        for (addr, path) in [(spindle.grpc, otlp), (spindle.jaeger_grpc, jaeger)] {
+            let status = send_raw(addr, path, vec![0xff; 8]).await;
+            assert_eq!(status.code(), tonic::Code::Internal, "{path}: {status}");
+        }
+        assert_eq!(send_raw(spindle.grpc, otlp, request(5, 2).encode_to_vec()).await.code(), tonic::Code::Ok);
+        let empty = spindle_codec::jaeger_proto::PostSpansRequest::default().encode_to_vec();
+        assert_eq!(send_raw(spindle.jaeger_grpc, jaeger, empty).await.code(), tonic::Code::Ok);
     });
 
     assert!(spindle.is_running());
     let (status, _) = post(&client, &spindle, "application/x-protobuf", good, false);
     assert_eq!(status, 200, "good input still works after the bad");
+}
+
+/// A gRPC codec sending a message's bytes as given and ignoring the answer's message.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+
+struct IgnoringDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for IgnoringDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        bytes::Buf::advance(src, bytes::Buf::remaining(src));
+        Ok(Some(()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = IgnoringDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> IgnoringDecoder {
+        IgnoringDecoder
+    }
+}
+
+/// Calls the unary method `path` at `addr` with `message` as it is; the answer's status.
+async fn send_raw(addr: std::net::SocketAddr, path: &'static str, message: Vec<u8>) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    match client.unary(tonic::Request::new(message), path, RawCodec).await {
+        Ok(_) => tonic::Status::ok(""),
+        Err(status) => status,
+    }
 }
 
 #[test]

@@ -2,18 +2,21 @@
 //!
 //! There is no generated server for Jaeger's protos here (no protoc), so this is the
 //! small hand-written tonic service the generator would produce: one unary method over
-//! the prost types of `spindle_codec::jaeger_proto`.
+//! the prost types of `spindle_codec::jaeger_proto`, except that the request is decoded
+//! and converted to model spans on the blocking pool rather than in tonic's codec.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use spindle_codec::jaeger_proto::{PostSpansRequest, PostSpansResponse};
+use bytes::Bytes;
+use spindle_codec::jaeger_proto::PostSpansResponse;
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use crate::grpc::RawRequestCodec;
 use crate::ingest::Ingest;
 
 pub const PROTOCOL: &str = "jaeger_proto_grpc";
@@ -37,15 +40,18 @@ impl NamedService for CollectorService {
 
 struct PostSpans(Arc<Ingest>);
 
-impl UnaryService<PostSpansRequest> for PostSpans {
+impl UnaryService<Bytes> for PostSpans {
     type Response = PostSpansResponse;
     type Future = BoxFuture<Response<PostSpansResponse>, Status>;
 
-    fn call(&mut self, request: Request<PostSpansRequest>) -> Self::Future {
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let ingest = Arc::clone(&self.0);
         Box::pin(async move {
-            let batch = request.into_inner().batch.unwrap_or_default();
-            let decoded = spindle_codec::jaeger_proto::batch_to_spans(batch);
+            let decoded = crate::grpc::decode_off_reactor(
+                request.into_inner(),
+                spindle_codec::jaeger_proto::decode_post_spans_request,
+            )
+            .await?;
             ingest.accept(PROTOCOL, decoded).await?;
             Ok(Response::new(PostSpansResponse {}))
         })
@@ -70,7 +76,7 @@ where
         crate::grpc::serve_unary(
             req,
             POST_SPANS,
-            tonic_prost::ProstCodec::default(),
+            RawRequestCodec::<PostSpansResponse>::default(),
             method,
             self.max_message_bytes,
             false,
