@@ -228,8 +228,8 @@ fn malformed_otlp_gets_4xx_with_a_reason_and_the_server_stays_up() {
         let err = grpc.export(huge).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
 
-        // Undecodable messages (decoded on the blocking pool) answer INTERNAL on both gRPC
-        // receivers, as tonic's prost codec answers them; good messages still go through.
+        // Undecodable messages answer INTERNAL on both gRPC receivers, as tonic's prost codec
+        // answers them; good messages still go through.
         let otlp = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
         let jaeger = "/jaeger.api_v2.CollectorService/PostSpans";
         for (addr, path) in [(spindle.grpc, otlp), (spindle.jaeger_grpc, jaeger)] {

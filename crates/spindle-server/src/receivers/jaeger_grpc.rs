@@ -2,21 +2,18 @@
 //!
 //! There is no generated server for Jaeger's protos here (no protoc), so this is the
 //! small hand-written tonic service the generator would produce: one unary method over
-//! the prost types of `spindle_codec::jaeger_proto`, except that the request is decoded
-//! and converted to model spans on the blocking pool rather than in tonic's codec.
+//! the prost types of `spindle_codec::jaeger_proto`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use spindle_codec::jaeger_proto::PostSpansResponse;
+use spindle_codec::jaeger_proto::{PostSpansRequest, PostSpansResponse};
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use crate::grpc::RawRequestCodec;
 use crate::ingest::Ingest;
 
 pub const PROTOCOL: &str = "jaeger_proto_grpc";
@@ -40,18 +37,15 @@ impl NamedService for CollectorService {
 
 struct PostSpans(Arc<Ingest>);
 
-impl UnaryService<Bytes> for PostSpans {
+impl UnaryService<PostSpansRequest> for PostSpans {
     type Response = PostSpansResponse;
     type Future = BoxFuture<Response<PostSpansResponse>, Status>;
 
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+    fn call(&mut self, request: Request<PostSpansRequest>) -> Self::Future {
         let ingest = Arc::clone(&self.0);
         Box::pin(async move {
-            let decoded = crate::grpc::decode_off_reactor(
-                request.into_inner(),
-                spindle_codec::jaeger_proto::decode_post_spans_request,
-            )
-            .await?;
+            let batch = request.into_inner().batch.unwrap_or_default();
+            let decoded = spindle_codec::jaeger_proto::batch_to_spans(batch);
             ingest.accept(PROTOCOL, decoded).await?;
             Ok(Response::new(PostSpansResponse {}))
         })
@@ -76,7 +70,7 @@ where
         crate::grpc::serve_unary(
             req,
             POST_SPANS,
-            RawRequestCodec::<PostSpansResponse>::default(),
+            tonic_prost::ProstCodec::default(),
             method,
             self.max_message_bytes,
             false,
