@@ -51,7 +51,7 @@ cleanup() {
   for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL -- "-$pid" 2>/dev/null || true
   [ "$had_data" = 1 ] || rm -rf spindle-data
-  rm -f "$out"
+  rm -f "$out" "$out.err"
 }
 trap cleanup EXIT
 
@@ -76,7 +76,8 @@ curl -fs http://localhost:16686/api/services | grep -q '"data"' || fail "no Jaeg
 n=1
 while block=$(block_after 'run' "$n") && [ -n "$block" ]; do
   log "running README example block $n"
-  answer=$(bash -euo pipefail -c "$block") || fail "README example block $n failed"
+  # curl's progress meter goes to stderr: shown only when the block fails.
+  answer=$(bash -euo pipefail -c "$block" 2>"$out.err") || { cat "$out.err" >&2; fail "README example block $n failed"; }
   sent_names=$(grep -oE '"name": ?"[^"]+"' <<<"$block" | sed -E 's/.*"([^"]+)"$/\1/')
   [ -n "$sent_names" ] || fail "README example block $n sends no named span"
   while read -r name; do
