@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::Spindle;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -13,14 +12,11 @@ use prost::Message;
 use serde_json::{json, Value};
 use spindle_model::Span;
 use spindle_query::sketch::{exact_quantile, RELATIVE_ERROR};
+use spindle_test_support::{free_port, wait_until};
 use spindle_workload::Workload;
 
 fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn send(spindle: &Spindle, spans: &[Span]) {
@@ -47,17 +43,6 @@ fn metrics_text(spindle: &Spindle, accept: Option<&str>) -> String {
     let r = req.send().unwrap();
     assert_eq!(r.headers()["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
     r.text().unwrap()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 struct Process(Child);
@@ -209,7 +194,7 @@ fn span_metrics_spm_analytics_and_a_real_prometheus() {
     );
     let client = reqwest::blocking::Client::new();
     let query = "sum(traces_span_metrics_calls_total{service_name=\"pricing\",span_name=\"calculate_bsm\"})";
-    let value = wait_for("prometheus to scrape spindle", Duration::from_secs(60), || {
+    let value = wait_until("prometheus to scrape spindle", Duration::from_secs(60), || {
         let r: Value = client
             .get(format!("http://127.0.0.1:{prom_port}/api/v1/query"))
             .query(&[("query", query)])
@@ -384,7 +369,7 @@ fn alerts_fire_and_resolve_in_a_real_alertmanager() {
         ],
     );
     let client = reqwest::blocking::Client::new();
-    wait_for("alertmanager to start", Duration::from_secs(30), || {
+    wait_until("alertmanager to start", Duration::from_secs(30), || {
         client.get(format!("http://127.0.0.1:{am_port}/-/ready")).send().ok().filter(|r| r.status().is_success())
     });
 
@@ -410,7 +395,7 @@ fn alerts_fire_and_resolve_in_a_real_alertmanager() {
     let failing_trace = failing.trace_id;
     send(&spindle, &spans);
 
-    let alert = wait_for("the alert to reach alertmanager", Duration::from_secs(30), || {
+    let alert = wait_until("the alert to reach alertmanager", Duration::from_secs(30), || {
         let alerts: Value = client.get(format!("http://127.0.0.1:{am_port}/api/v2/alerts")).send().ok()?.json().ok()?;
         alerts.as_array()?.iter().find(|a| a["labels"]["alertname"] == "PricingErrors").cloned()
     });
@@ -422,7 +407,7 @@ fn alerts_fire_and_resolve_in_a_real_alertmanager() {
     assert_eq!(state["alerts"][0]["state"], "firing");
 
     // No more errors: once the window passes, the alert resolves.
-    wait_for("the alert to resolve", Duration::from_secs(30), || {
+    wait_until("the alert to resolve", Duration::from_secs(30), || {
         let alerts: Value =
             client.get(format!("http://127.0.0.1:{am_port}/api/v2/alerts?active=true")).send().ok()?.json().ok()?;
         let still = alerts.as_array()?.iter().any(|a| a["labels"]["alertname"] == "PricingErrors");
