@@ -21,10 +21,14 @@ use crate::wal::{self, Wal};
 use crate::StoreError;
 
 /// Opens every committed block, removing what crashes left behind: temporary files, Parquet
-/// files without meta, and inputs of a compaction whose output was committed.
-fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, StoreError> {
+/// files without meta, and inputs of a compaction whose output was committed. A block whose
+/// meta file exists but cannot be read (damaged, or written by a newer Spindle) is left on
+/// disk untouched and not served: nothing stored is deleted because it could not be read.
+/// Also returns the highest block id on disk, readable or not, so new blocks never reuse one.
+fn open_blocks(dir: &Path) -> Result<(Vec<Arc<Block>>, u64), StoreError> {
     let mut metas = Vec::new();
     let mut parquet_ids = Vec::new();
+    let mut unreadable = HashSet::new();
     for entry in fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
         let entry = entry.map_err(|e| StoreError::io(dir, e))?;
         let path = entry.path();
@@ -35,13 +39,22 @@ fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, StoreError> {
         } else if let Some(id) = name.strip_suffix(".meta.json").and_then(|h| u64::from_str_radix(h, 16).ok()) {
             match block::read_meta(&path) {
                 Ok(meta) if meta.id == id => metas.push(meta),
-                Ok(_) | Err(_) => tracing::error!(path = %path.display(), "ignoring unreadable block meta"),
+                Ok(meta) => {
+                    tracing::error!(path = %path.display(), id = meta.id, "block meta names another block, leaving the block on disk unserved");
+                    unreadable.insert(id);
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "block meta unreadable, leaving the block on disk unserved");
+                    unreadable.insert(id);
+                }
             }
         } else if let Some(id) = name.strip_suffix(".parquet").and_then(|h| u64::from_str_radix(h, 16).ok()) {
             parquet_ids.push(id);
         }
     }
-    let committed: HashSet<u64> = metas.iter().map(|m| m.id).collect();
+    let highest_id =
+        metas.iter().map(|m| m.id).chain(unreadable.iter().copied()).chain(parquet_ids.iter().copied()).max();
+    let committed: HashSet<u64> = metas.iter().map(|m| m.id).chain(unreadable.iter().copied()).collect();
     for id in parquet_ids.iter().filter(|id| !committed.contains(id)) {
         tracing::warn!(block = id, "removing block without meta, left by a crash");
         Block::remove_files(dir, *id)?;
@@ -68,7 +81,7 @@ fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, StoreError> {
         }
     }
     blocks.sort_by_key(|b| b.meta.id);
-    Ok(blocks)
+    Ok((blocks, highest_id.unwrap_or(0)))
 }
 
 impl EmbeddedStore {
@@ -86,9 +99,9 @@ impl EmbeddedStore {
         let lock_file = File::create(&lock_path).map_err(|e| StoreError::io(&lock_path, e))?;
         lock_file.try_lock().map_err(|_| StoreError::Locked { path: dir.display().to_string() })?;
 
-        let blocks = open_blocks(&blocks_dir)?;
+        let (blocks, highest_block_id) = open_blocks(&blocks_dir)?;
         let covered = blocks.iter().map(|b| b.meta.wal_covered).max().unwrap_or(0);
-        let next_block_id = blocks.iter().map(|b| b.meta.id).max().unwrap_or(0) + 1;
+        let next_block_id = highest_block_id + 1;
         let catalog = load_catalog(&dir)?;
 
         let mut head = Head::default();

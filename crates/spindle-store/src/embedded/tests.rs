@@ -263,3 +263,46 @@ fn half_written_blocks_are_removed_on_open() {
     assert!(!blocks.join("0000000000000100.parquet.tmp").exists());
     assert_eq!(store.get_trace(TraceId(1)).unwrap().len(), 1);
 }
+
+/// A damaged block meta (or one a newer Spindle wrote) must not cost the block: the store
+/// opens without it, leaves its files alone, never reuses its id, and serves it again once
+/// the meta is readable.
+#[test]
+fn blocks_with_unreadable_meta_are_kept_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for t in 1..=3u64 {
+            store.append(vec![span(u128::from(t), t, 0, "a", "root", t * 10)]).unwrap();
+            store.flush().unwrap();
+        }
+        assert_eq!(store.stats().blocks, 3);
+    }
+    let blocks = dir.path().join("blocks");
+    let mut metas: Vec<_> = fs::read_dir(&blocks)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".meta.json"))
+        .collect();
+    metas.sort();
+    let newest = metas.last().unwrap().clone();
+    let parquet = newest.to_string_lossy().replace(".meta.json", ".parquet");
+    let original = fs::read(&newest).unwrap();
+    fs::write(&newest, b"{ garbled").unwrap();
+    {
+        let store = open(dir.path());
+        assert_eq!(store.stats().blocks, 2, "the unreadable block is not served");
+        assert!(Path::new(&parquet).exists(), "its data file is kept");
+        assert_eq!(fs::read(&newest).unwrap(), b"{ garbled", "its meta file is left as found");
+        store.append(vec![span(9, 9, 0, "a", "root", 90)]).unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.stats().blocks, 3);
+        assert_eq!(fs::read(&newest).unwrap(), b"{ garbled", "a new block did not take its id");
+    }
+    fs::write(&newest, original).unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.stats().blocks, 4);
+    for t in [1u128, 2, 3, 9] {
+        assert_eq!(store.get_trace(TraceId(t)).unwrap().len(), 1, "trace {t}");
+    }
+}
