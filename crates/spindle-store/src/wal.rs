@@ -94,8 +94,10 @@ pub(crate) struct Wal {
     writer: Option<thread::JoinHandle<()>>,
 }
 
-/// Reads every intact record of `path` and truncates a torn tail.
-pub(crate) fn replay(path: &Path, mut each: impl FnMut(&[u8])) -> Result<u64, StoreError> {
+/// Reads every intact record of `path`. A damaged record with records after it is skipped
+/// alone; where framing is lost the rest is copied aside (`<segment>.<offset>.unread`), and
+/// only the `newest` segment — the one a crash can tear — is truncated there.
+pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8])) -> Result<u64, StoreError> {
     let file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -105,6 +107,7 @@ pub(crate) fn replay(path: &Path, mut each: impl FnMut(&[u8])) -> Result<u64, St
     let mut reader = BufReader::with_capacity(1 << 20, &file);
     let mut valid_len: u64 = 0;
     let mut records = 0;
+    let mut skipped = 0u64;
     let mut payload = Vec::new();
     loop {
         let mut header = [0u8; HEADER_LEN];
@@ -115,27 +118,61 @@ pub(crate) fn replay(path: &Path, mut each: impl FnMut(&[u8])) -> Result<u64, St
         }
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > MAX_RECORD_LEN || valid_len + (HEADER_LEN as u64) + u64::from(len) > file_len {
+        let end = valid_len + (HEADER_LEN as u64) + u64::from(len);
+        if len > MAX_RECORD_LEN || end > file_len {
             break;
         }
         payload.resize(len as usize, 0);
-        if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
+        if reader.read_exact(&mut payload).is_err() {
             break;
+        }
+        if crc32fast::hash(&payload) != crc {
+            // The last record of the file is a torn write; one with records after it was
+            // synced and then damaged: skip it alone rather than everything after it.
+            if end == file_len {
+                break;
+            }
+            skipped += 1;
+            valid_len = end;
+            continue;
         }
         each(&payload);
         records += 1;
-        valid_len += (HEADER_LEN as u64) + u64::from(len);
+        valid_len = end;
     }
     drop(reader);
+    if skipped > 0 {
+        tracing::error!(path = %path.display(), records = skipped, "skipped damaged write-ahead log records");
+    }
     if valid_len < file_len {
-        tracing::warn!(
-            path = %path.display(),
-            kept_bytes = valid_len,
-            dropped_bytes = file_len - valid_len,
-            "truncating torn write-ahead log tail"
-        );
-        file.set_len(valid_len).map_err(|e| StoreError::io(path, e))?;
-        file.sync_all().map_err(|e| StoreError::io(path, e))?;
+        let dropped = file_len - valid_len;
+        if !newest || skipped > 0 {
+            // Not a crash's torn tail (only the newest segment is written to): keep the
+            // unread bytes, since the segment itself is deleted once a block covers it.
+            let aside = PathBuf::from(format!("{}.{valid_len}.unread", path.display()));
+            let mut rest = Vec::with_capacity(usize::try_from(dropped).unwrap_or(0));
+            let mut f = &file;
+            f.seek(SeekFrom::Start(valid_len)).map_err(|e| StoreError::io(path, e))?;
+            f.read_to_end(&mut rest).map_err(|e| StoreError::io(path, e))?;
+            std::fs::write(&aside, &rest).map_err(|e| StoreError::io(&aside, e))?;
+            tracing::error!(
+                path = %path.display(),
+                kept_bytes = valid_len,
+                unread_bytes = dropped,
+                aside = %aside.display(),
+                "write-ahead log segment unreadable before its end; the unread bytes are kept aside"
+            );
+        }
+        if newest {
+            tracing::warn!(
+                path = %path.display(),
+                kept_bytes = valid_len,
+                dropped_bytes = dropped,
+                "truncating torn write-ahead log tail"
+            );
+            file.set_len(valid_len).map_err(|e| StoreError::io(path, e))?;
+            file.sync_all().map_err(|e| StoreError::io(path, e))?;
+        }
     }
     Ok(records)
 }
@@ -324,8 +361,49 @@ mod tests {
 
     fn collect(path: &Path) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        replay(path, |p| out.push(p.to_vec())).unwrap();
+        replay(path, true, |p| out.push(p.to_vec())).unwrap();
         out
+    }
+
+    fn three_records(dir: &Path, seq: u64) -> PathBuf {
+        let wal = Wal::open(dir, seq, SyncPolicy::Always).unwrap();
+        for r in [&b"first"[..], b"second", b"third"] {
+            wal.append(r.to_vec()).unwrap();
+        }
+        segment_path(dir, seq)
+    }
+
+    #[test]
+    fn a_damaged_record_inside_a_segment_costs_only_itself() {
+        for newest in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = three_records(dir.path(), 1);
+            let mut bytes = std::fs::read(&path).unwrap();
+            // A bit of "second"'s payload flipped after it was synced.
+            bytes[HEADER_LEN + 5 + HEADER_LEN + 2] ^= 0x10;
+            std::fs::write(&path, &bytes).unwrap();
+            let mut out = Vec::new();
+            replay(&path, newest, |p| out.push(p.to_vec())).unwrap();
+            assert_eq!(out, vec![b"first".to_vec(), b"third".to_vec()], "newest={newest}");
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing truncated (newest={newest})");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_old_segment_is_not_truncated_and_its_rest_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = three_records(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // "second"'s length field damaged: nothing after it can be framed any more.
+        bytes[HEADER_LEN + 5 + 3] = 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut out = Vec::new();
+        replay(&path, false, |p| out.push(p.to_vec())).unwrap();
+        assert_eq!(out, vec![b"first".to_vec()]);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "an older segment is never truncated");
+        let aside = PathBuf::from(format!("{}.{}.unread", path.display(), HEADER_LEN + 5));
+        assert_eq!(std::fs::read(&aside).unwrap(), &bytes[HEADER_LEN + 5..]);
+        assert_eq!(segments(dir.path()).unwrap().len(), 1, "the kept bytes are not a segment");
     }
 
     #[test]

@@ -108,14 +108,16 @@ impl EmbeddedStore {
         let mut undecodable = 0u64;
         let mut records = 0;
         let mut last_seq = covered;
-        for (seq, path) in wal::segments(&wal_dir)? {
+        let segments = wal::segments(&wal_dir)?;
+        let newest_seq = segments.last().map(|(seq, _)| *seq);
+        for (seq, path) in segments {
             last_seq = last_seq.max(seq);
             if seq <= covered {
                 // Its spans are in a block; the crash came before the segment was deleted.
                 fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
                 continue;
             }
-            records += wal::replay(&path, |payload| match decode_batch(payload) {
+            records += wal::replay(&path, Some(seq) == newest_seq, |payload| match decode_batch(payload) {
                 Ok(spans) => head.insert(spans, payload.len()),
                 Err(e) => {
                     undecodable += 1;
