@@ -3,11 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use spindle_store::SyncPolicy;
+
+use crate::limits::Limits;
 
 #[derive(Debug, Parser)]
 #[command(name = "spindle", version, about = "Spindle: a distributed tracing backend in one binary")]
@@ -139,6 +142,75 @@ pub struct ServeArgs {
     /// URL users reach Spindle's UI at, for links in alerts [default: http://localhost:16686]
     #[arg(long, env = "SPINDLE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+
+    /// Open TCP connections per receiver listener; more wait to be accepted [default: 1024]
+    #[arg(long, env = "SPINDLE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Requests in progress at once per receiver listener; more get backpressure [default: 256]
+    #[arg(long, env = "SPINDLE_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub max_concurrent_requests: Option<usize>,
+
+    /// Request bytes held at once by all receivers, before decoding; beyond it backpressure
+    /// [default: 268435456]
+    #[arg(long, env = "SPINDLE_MAX_INFLIGHT_BYTES", value_name = "BYTES")]
+    pub max_inflight_bytes: Option<usize>,
+
+    /// Spans in one request; a larger request is refused whole [default: 100000]
+    #[arg(long, env = "SPINDLE_MAX_SPANS_PER_REQUEST", value_name = "SPANS")]
+    pub max_spans_per_request: Option<usize>,
+
+    /// Attributes kept per span; the rest are dropped and counted on the span [default: 1024]
+    #[arg(long, env = "SPINDLE_MAX_ATTRIBUTES_PER_SPAN", value_name = "N")]
+    pub max_attributes_per_span: Option<usize>,
+
+    /// Longest string attribute value; longer ones are cut, and the span marked [default: 65536]
+    #[arg(long, env = "SPINDLE_MAX_ATTRIBUTE_VALUE_BYTES", value_name = "BYTES")]
+    pub max_attribute_value_bytes: Option<usize>,
+
+    /// Span-metric series per service; beyond it spans count in one overflow series
+    /// [default: 500]
+    #[arg(long, env = "SPINDLE_MAX_SPAN_METRIC_SERIES_PER_SERVICE", value_name = "N")]
+    pub max_span_metric_series_per_service: Option<usize>,
+
+    /// Operations listed per service; beyond it new names are stored but not listed
+    /// [default: 2000]
+    #[arg(long, env = "SPINDLE_MAX_OPERATIONS_PER_SERVICE", value_name = "N")]
+    pub max_operations_per_service: Option<usize>,
+
+    /// Groups in an analytics answer: the top N and an "other" row [default: 1000]
+    #[arg(long, env = "SPINDLE_MAX_ANALYTICS_GROUPS", value_name = "N")]
+    pub max_analytics_groups: Option<usize>,
+
+    /// Spans starting further ahead than this are stored but derive no span metrics [default: 1h]
+    #[arg(long, env = "SPINDLE_MAX_SPAN_FUTURE", value_name = "DURATION")]
+    pub max_span_future: Option<String>,
+
+    /// Spans starting longer ago than this are stored but derive no span metrics [default: 168h]
+    #[arg(long, env = "SPINDLE_MAX_SPAN_AGE", value_name = "DURATION")]
+    pub max_span_age: Option<String>,
+
+    /// Largest search `limit`; a larger one is lowered, with a warning [default: 1500]
+    #[arg(long, env = "SPINDLE_QUERY_MAX_LIMIT", value_name = "N")]
+    pub query_max_limit: Option<usize>,
+
+    /// Longest time range of a search or analytics query; a longer one is shortened to its
+    /// most recent part, with a warning [default: 720h]
+    #[arg(long, env = "SPINDLE_QUERY_MAX_LOOKBACK", value_name = "DURATION")]
+    pub query_max_lookback: Option<String>,
+
+    /// Deadline of one query [default: 30s]
+    #[arg(long, env = "SPINDLE_QUERY_TIMEOUT", value_name = "DURATION")]
+    pub query_timeout: Option<String>,
+
+    /// Heavy queries (search, analytics, dependencies) at once; more wait in line
+    /// [default: the number of CPUs, at least 2]
+    #[arg(long, env = "SPINDLE_QUERY_MAX_CONCURRENT", value_name = "N")]
+    pub query_max_concurrent: Option<usize>,
+
+    /// Spans served of one trace; the answer says when more were left out [default: 100000]
+    #[arg(long, env = "SPINDLE_QUERY_MAX_TRACE_SPANS", value_name = "SPANS")]
+    pub query_max_trace_spans: Option<usize>,
 }
 
 /// The settings in effect, every default applied and every value checked.
@@ -168,6 +240,7 @@ pub struct Settings {
     pub alertmanagers: Vec<String>,
     pub alert_webhooks: Vec<String>,
     pub public_url: String,
+    pub limits: Limits,
 }
 
 fn url_list(text: Option<String>) -> Vec<String> {
@@ -207,6 +280,22 @@ impl ServeArgs {
             alertmanager_url: self.alertmanager_url.or(file.alertmanager_url),
             alert_webhook: self.alert_webhook.or(file.alert_webhook),
             public_url: self.public_url.or(file.public_url),
+            max_connections: self.max_connections.or(file.max_connections),
+            max_concurrent_requests: self.max_concurrent_requests.or(file.max_concurrent_requests),
+            max_inflight_bytes: self.max_inflight_bytes.or(file.max_inflight_bytes),
+            max_spans_per_request: self.max_spans_per_request.or(file.max_spans_per_request),
+            max_attributes_per_span: self.max_attributes_per_span.or(file.max_attributes_per_span),
+            max_attribute_value_bytes: self.max_attribute_value_bytes.or(file.max_attribute_value_bytes),
+            max_span_metric_series_per_service: self.max_span_metric_series_per_service.or(file.max_span_metric_series_per_service),
+            max_operations_per_service: self.max_operations_per_service.or(file.max_operations_per_service),
+            max_analytics_groups: self.max_analytics_groups.or(file.max_analytics_groups),
+            max_span_future: self.max_span_future.or(file.max_span_future),
+            max_span_age: self.max_span_age.or(file.max_span_age),
+            query_max_limit: self.query_max_limit.or(file.query_max_limit),
+            query_max_lookback: self.query_max_lookback.or(file.query_max_lookback),
+            query_timeout: self.query_timeout.or(file.query_timeout),
+            query_max_concurrent: self.query_max_concurrent.or(file.query_max_concurrent),
+            query_max_trace_spans: self.query_max_trace_spans.or(file.query_max_trace_spans),
         }
     }
 
@@ -245,6 +334,7 @@ impl ServeArgs {
             )),
         };
         anyhow::ensure!(queue_spans > 0, "queue_spans must be positive");
+        let limits = limits(&merged)?;
         Ok(Settings {
             data_dir: merged.data_dir.unwrap_or_else(|| PathBuf::from("./spindle-data")),
             otlp_grpc_addr: merged.otlp_grpc_addr.unwrap_or_else(|| addr("0.0.0.0:4317")),
@@ -270,8 +360,47 @@ impl ServeArgs {
             alertmanagers: url_list(merged.alertmanager_url),
             alert_webhooks: url_list(merged.alert_webhook),
             public_url: merged.public_url.unwrap_or_else(|| "http://localhost:16686".to_string()),
+            limits,
         })
     }
+}
+
+fn duration(name: &str, text: Option<&str>, default: Duration) -> anyhow::Result<Duration> {
+    match text {
+        None => Ok(default),
+        Some(text) => crate::api::params::parse_go_duration(text)
+            .filter(|n| *n > 0)
+            .map(Duration::from_nanos)
+            .ok_or_else(|| anyhow::anyhow!("invalid {name} {text:?}: expected a duration such as 30s or 72h")),
+    }
+}
+
+fn count(name: &str, value: Option<usize>, default: usize) -> anyhow::Result<usize> {
+    let value = value.unwrap_or(default);
+    anyhow::ensure!(value > 0, "{name} must be positive");
+    Ok(value)
+}
+
+fn limits(a: &ServeArgs) -> anyhow::Result<Limits> {
+    let d = Limits::default();
+    Ok(Limits {
+        max_connections: count("max_connections", a.max_connections, d.max_connections)?,
+        max_concurrent_requests: count("max_concurrent_requests", a.max_concurrent_requests, d.max_concurrent_requests)?,
+        max_inflight_bytes: count("max_inflight_bytes", a.max_inflight_bytes, d.max_inflight_bytes)?,
+        max_spans_per_request: count("max_spans_per_request", a.max_spans_per_request, d.max_spans_per_request)?,
+        max_attributes_per_span: count("max_attributes_per_span", a.max_attributes_per_span, d.max_attributes_per_span)?,
+        max_attribute_value_bytes: count("max_attribute_value_bytes", a.max_attribute_value_bytes, d.max_attribute_value_bytes)?,
+        max_span_metric_series_per_service: count("max_span_metric_series_per_service", a.max_span_metric_series_per_service, d.max_span_metric_series_per_service)?,
+        max_operations_per_service: count("max_operations_per_service", a.max_operations_per_service, d.max_operations_per_service)?,
+        max_analytics_groups: count("max_analytics_groups", a.max_analytics_groups, d.max_analytics_groups)?,
+        max_span_future: duration("max_span_future", a.max_span_future.as_deref(), d.max_span_future)?,
+        max_span_age: duration("max_span_age", a.max_span_age.as_deref(), d.max_span_age)?,
+        query_max_limit: count("query_max_limit", a.query_max_limit, d.query_max_limit)?,
+        query_max_lookback: duration("query_max_lookback", a.query_max_lookback.as_deref(), d.query_max_lookback)?,
+        query_timeout: duration("query_timeout", a.query_timeout.as_deref(), d.query_timeout)?,
+        query_max_concurrent: count("query_max_concurrent", a.query_max_concurrent, d.query_max_concurrent)?,
+        query_max_trace_spans: count("query_max_trace_spans", a.query_max_trace_spans, d.query_max_trace_spans)?,
+    })
 }
 
 fn read_config_file(path: &Path) -> anyhow::Result<ServeArgs> {
@@ -312,5 +441,32 @@ mod tests {
         assert!(err.contains("unknown field `data_dri`"), "{err}");
         let cli = Cli::parse_from(["spindle", "--sync", "sometimes"]);
         assert!(format!("{:#}", cli.serve.resolve().unwrap_err()).contains("invalid sync policy"));
+    }
+
+    #[test]
+    fn limits_have_defaults_and_take_flags_file_keys_and_durations() {
+        let settings = Cli::parse_from(["spindle"]).serve.resolve().unwrap();
+        assert_eq!(settings.limits, Limits::default());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spindle.toml");
+        std::fs::write(&file, "query_timeout = \"5s\"\nmax_operations_per_service = 10\n").unwrap();
+        let cli = Cli::parse_from([
+            "spindle",
+            "--config",
+            file.to_str().unwrap(),
+            "--query-max-limit",
+            "20",
+            "--max-span-future",
+            "10m",
+        ]);
+        let limits = cli.serve.resolve().unwrap().limits;
+        assert_eq!(limits.query_timeout, Duration::from_secs(5));
+        assert_eq!(limits.max_operations_per_service, 10);
+        assert_eq!(limits.query_max_limit, 20);
+        assert_eq!(limits.max_span_future, Duration::from_secs(600));
+        let err = Cli::parse_from(["spindle", "--query-timeout", "soon"]).serve.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("invalid query_timeout"), "{err:#}");
+        let err = Cli::parse_from(["spindle", "--max-connections", "0"]).serve.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("max_connections must be positive"), "{err:#}");
     }
 }

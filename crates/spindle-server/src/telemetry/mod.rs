@@ -25,6 +25,7 @@ pub use persistence::snapshot_loop;
 pub use self_metrics::{DatagramLabels, DropLabels, DropReason, EndpointLabels, ProtocolLabels, SelfMetrics};
 pub use span_metrics::PreparedBatch;
 
+use crate::limits::LimitHits;
 use persistence::MinuteAggregates;
 use span_metrics::SpanSeries;
 
@@ -32,6 +33,8 @@ pub struct Telemetry {
     registry: Registry,
     /// Spindle's own counters, gauges and histograms.
     pub server: SelfMetrics,
+    /// Hits of every limit (`spindle_limit_hits_total`).
+    pub limits: LimitHits,
     spans: SpanSeries,
     minutes: MinuteAggregates,
 }
@@ -41,8 +44,9 @@ impl Telemetry {
     pub fn new(data_dir: &Path) -> Self {
         let mut registry = Registry::default();
         let server = SelfMetrics::register(&mut registry);
+        let limits = LimitHits::register(&mut registry);
         let spans = SpanSeries::register(&mut registry);
-        Telemetry { registry, server, spans, minutes: MinuteAggregates::load(data_dir) }
+        Telemetry { registry, server, limits, spans, minutes: MinuteAggregates::load(data_dir) }
     }
 
     /// Groups a batch for span metrics; cheap, done before the batch moves into the store.
