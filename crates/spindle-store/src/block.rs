@@ -120,6 +120,12 @@ pub(crate) struct BlockMeta {
     pub(crate) replaces: Vec<u64>,
     /// 0 for a block cut from the head, one more than its inputs' for a compacted block.
     pub(crate) level: u32,
+    /// When its spans were received (the cut; for a merge, its newest input's): retention
+    /// counts from this or `max_start`, whichever is earlier, so that a span from a client
+    /// clock far in the future cannot keep its block forever. 0 in blocks written before
+    /// it existed; opening the store fills it in from the meta file's time.
+    #[serde(default)]
+    pub(crate) ingested_unix_nano: u64,
     pub(crate) row_groups: Vec<RowGroupMeta>,
 }
 
@@ -311,6 +317,7 @@ impl BlockWriter {
                 wal_covered: 0,
                 replaces: Vec::new(),
                 level: 0,
+                ingested_unix_nano: 0,
                 row_groups: Vec::new(),
             },
             services: BTreeSet::new(),
@@ -422,6 +429,7 @@ impl BlockWriter {
     }
 
     /// Writes the footer, syncs, renames into place and finally writes the meta file.
+    #[cfg(test)]
     pub(crate) fn finish(self, wal_covered: u64, replaces: Vec<u64>, level: u32) -> Result<BlockMeta, BlockError> {
         let dir = self.dir.clone();
         let meta = self.finish_unpublished(wal_covered, replaces, level)?;

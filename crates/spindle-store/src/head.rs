@@ -2,7 +2,7 @@
 //! operations they introduced. It owns no files; the WAL makes its content durable until the
 //! engine cuts it into a block.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use spindle_model::{ServiceNames, Span, SpanKind, TraceId};
@@ -26,9 +26,16 @@ pub(crate) struct Head {
 
 impl Default for Head {
     fn default() -> Self {
+        Head::new(usize::MAX)
+    }
+}
+
+impl Head {
+    /// An empty head whose catalog lists at most `max_operations_per_service` per service.
+    pub(crate) fn new(max_operations_per_service: usize) -> Self {
         Head {
             traces: TraceMap::default(),
-            catalog: Catalog::default(),
+            catalog: Catalog::new(max_operations_per_service),
             spans: 0,
             bytes: 0,
             max_start: 0,
@@ -44,49 +51,152 @@ pub(crate) struct TraceEntry {
     pub(crate) start_min: u64,
 }
 
-/// Services and their operations, sorted.
-#[derive(Debug, Default, Clone, PartialEq)]
+/// Names come from clients: keyed hashing, so that no client can choose names that collide.
+type Keyed<K, V> = HashMap<K, V, ahash::RandomState>;
+
+const KINDS: [SpanKind; 6] = [
+    SpanKind::Unspecified,
+    SpanKind::Internal,
+    SpanKind::Server,
+    SpanKind::Client,
+    SpanKind::Producer,
+    SpanKind::Consumer,
+];
+
+fn kind_bit(kind: SpanKind) -> u8 {
+    1 << KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+/// One service's operations: span name to the set of kinds seen with it (one bit each), so
+/// a span's lookup is one hash of its name, with no allocation.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ServiceOperations {
+    names: Keyed<String, u8>,
+    /// (name, kind) pairs held.
+    count: usize,
+}
+
+/// What [`Catalog::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Added {
+    Known,
+    New,
+    /// The service already lists `max_per_service` operations; the name is not listed.
+    Full,
+}
+
+/// Services and their operations, at most `max_per_service` operations per service: names
+/// are client-controlled (an id in a span name makes one per request), and every name
+/// listed costs memory here and bytes in every operations answer. Spans beyond the bound
+/// are stored and searchable as any other; only the listing leaves their names out.
+#[derive(Debug, Clone)]
 pub(crate) struct Catalog {
-    pub(crate) services: BTreeMap<String, BTreeSet<Operation>>,
+    services: Keyed<String, ServiceOperations>,
+    max_per_service: usize,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog::new(usize::MAX)
+    }
 }
 
 impl Catalog {
-    pub(crate) fn add(&mut self, service: &str, name: &str, kind: SpanKind) -> bool {
+    pub(crate) fn new(max_per_service: usize) -> Self {
+        Catalog { services: Keyed::default(), max_per_service }
+    }
+
+    pub(crate) fn add(&mut self, service: &str, name: &str, kind: SpanKind) -> Added {
+        let bit = kind_bit(kind);
         // Look up by reference first: nearly every span names a known operation, and
-        // building an owned key per span would allocate twice for nothing.
-        if let Some(ops) = self.services.get(service) {
-            if ops.iter().any(|o| o.kind == kind && o.name == name) {
-                return false;
+        // building an owned key per span would allocate for nothing.
+        if let Some(ops) = self.services.get_mut(service) {
+            if let Some(kinds) = ops.names.get_mut(name) {
+                if *kinds & bit != 0 {
+                    return Added::Known;
+                }
+                if ops.count >= self.max_per_service {
+                    return Added::Full;
+                }
+                *kinds |= bit;
+                ops.count += 1;
+                return Added::New;
             }
+            if ops.count >= self.max_per_service {
+                return Added::Full;
+            }
+            ops.names.insert(name.to_string(), bit);
+            ops.count += 1;
+            return Added::New;
         }
-        self.services.entry(service.to_string()).or_default().insert(Operation { name: name.to_string(), kind })
+        let mut ops = ServiceOperations::default();
+        if self.max_per_service > 0 {
+            ops.names.insert(name.to_string(), bit);
+            ops.count = 1;
+        }
+        self.services.insert(service.to_string(), ops);
+        if self.max_per_service > 0 {
+            Added::New
+        } else {
+            Added::Full
+        }
     }
 
-    /// Adds everything of `other`; true when something was new.
-    pub(crate) fn merge(&mut self, other: &Catalog) -> bool {
-        let mut changed = false;
-        for (service, ops) in &other.services {
-            for op in ops {
-                changed |= self.add(service, &op.name, op.kind);
+    /// Adds everything of `other`, calling `added` with each entry that was new; returns how
+    /// many entries found their service full.
+    pub(crate) fn merge(&mut self, other: &Catalog, mut added: impl FnMut(&str, &str, SpanKind)) -> u64 {
+        let mut full = 0;
+        for (service, name, kind) in other.entries() {
+            match self.add(service, name, kind) {
+                Added::New => added(service, name, kind),
+                Added::Known => {}
+                Added::Full => full += 1,
             }
         }
-        changed
+        full
     }
 
-    pub(crate) fn operations(&self, service: &str, kind: Option<SpanKind>, into: &mut BTreeSet<Operation>) {
-        if let Some(ops) = self.services.get(service) {
-            into.extend(ops.iter().filter(|o| kind.is_none_or(|k| o.kind == k)).cloned());
+    /// Every (service, name, kind), in no particular order. A service whose list is empty
+    /// (its bound is 0) is left out; see [`Catalog::service_names`].
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &str, SpanKind)> {
+        self.services.iter().flat_map(|(service, ops)| {
+            ops.names.iter().flat_map(move |(name, kinds)| {
+                KINDS
+                    .iter()
+                    .filter(move |k| kinds & kind_bit(**k) != 0)
+                    .map(move |k| (service.as_str(), name.as_str(), *k))
+            })
+        })
+    }
+
+    pub(crate) fn service_names(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
+    }
+
+    /// Adds the operations of `service` (of `kind` when given) to `into`, stopping once
+    /// `into` holds the catalog's bound.
+    pub(crate) fn operations(&self, service: &str, kind: Option<SpanKind>, into: &mut HashSet<Operation>) {
+        let Some(ops) = self.services.get(service) else { return };
+        for (name, kinds) in &ops.names {
+            for k in KINDS.iter().filter(|k| kinds & kind_bit(**k) != 0 && kind.is_none_or(|want| want == **k)) {
+                if into.len() >= self.max_per_service {
+                    return;
+                }
+                into.insert(Operation { name: name.clone(), kind: *k });
+            }
         }
     }
 }
 
 impl Head {
     /// Adds spans; a span identical to one already held (a client's retry) is skipped.
-    pub(crate) fn insert(&mut self, spans: Vec<Span>, encoded_bytes: usize) {
+    /// Returns how many spans named an operation their service's list had no room for.
+    pub(crate) fn insert(&mut self, spans: Vec<Span>, encoded_bytes: usize) -> u64 {
         self.bytes += encoded_bytes;
         let mut services = ServiceNames::default();
+        let mut unlisted = 0;
         for span in &spans {
-            self.catalog.add(services.of(span), &span.name, span.kind);
+            unlisted += u64::from(self.catalog.add(services.of(span), &span.name, span.kind) == Added::Full);
         }
         for span in spans {
             let start = span.start_time_unix_nano;
@@ -101,6 +211,7 @@ impl Head {
             self.max_start = self.max_start.max(start);
             self.min_start = self.min_start.min(start);
         }
+        unlisted
     }
 
     pub(crate) fn get(&self, trace_id: TraceId) -> Option<&TraceEntry> {

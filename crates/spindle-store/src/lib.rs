@@ -43,6 +43,10 @@ pub enum StoreError {
     Encode(String),
     #[error("store is closed")]
     Closed,
+    /// The data directory's format marker refuses this release (written by a newer one, or
+    /// unreadable); `message` says what to do.
+    #[error("data directory marker {path}: {message}")]
+    DataFormat { path: String, message: String },
 }
 
 impl StoreError {

@@ -7,9 +7,12 @@
 //!
 //! Record layout: `len: u32 LE | crc32(payload): u32 LE | payload`. One writer thread owns
 //! the file; callers hand it encoded payloads and wait for the sync that covers theirs, so
-//! many concurrent appends share one fsync (group commit). Replay stops at the first
-//! record that is short or fails its checksum — a torn tail from a crash — and truncates
-//! the file there so later appends follow valid data.
+//! many concurrent appends share one fsync (group commit). On replay a record that fails its
+//! checksum with records after it is skipped alone; where framing is lost (a short record, an
+//! impossible length) replay of that segment stops. Only the newest segment, the one a crash
+//! can tear, is truncated there so later appends follow valid data; every other byte that
+//! could not be read is copied aside to `<segment>.<offset>.unread` and logged with the
+//! segment path and offset, never dropped.
 //!
 //! It must not interpret payloads: encoding is the caller's business.
 
@@ -94,15 +97,35 @@ pub(crate) struct Wal {
     writer: Option<thread::JoinHandle<()>>,
 }
 
+/// What [`replay`] read and what it could not.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    pub(crate) records: u64,
+    /// Damaged records skipped (their bytes are kept aside).
+    pub(crate) skipped: u64,
+    /// Bytes copied aside into `.unread` files.
+    pub(crate) bytes_aside: u64,
+}
+
+/// Copies `bytes` of `path` from `offset` to `<segment>.<offset>.unread`: the segment is
+/// deleted once a block covers it, and what could not be read must outlive it.
+fn keep_aside(path: &Path, offset: u64, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    let aside = PathBuf::from(format!("{}.{offset}.unread", path.display()));
+    std::fs::write(&aside, bytes).map_err(|e| StoreError::io(&aside, e))?;
+    Ok(aside)
+}
+
 /// Reads every intact record of `path`. A damaged record with records after it is skipped
-/// alone; where framing is lost the rest is copied aside (`<segment>.<offset>.unread`), and
-/// only the `newest` segment — the one a crash can tear — is truncated there.
-pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8])) -> Result<u64, StoreError> {
+/// alone and its bytes copied aside (`<segment>.<offset>.unread`); where framing is lost the
+/// rest is copied aside likewise, and only the `newest` segment — the one a crash can tear —
+/// is truncated there.
+pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8])) -> Result<Replayed, StoreError> {
     let file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Replayed::default()),
         Err(e) => return Err(StoreError::io(path, e)),
     };
+    let mut bytes_aside = 0u64;
     let file_len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, &file);
     let mut valid_len: u64 = 0;
@@ -132,6 +155,17 @@ pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8])) -> 
             if end == file_len {
                 break;
             }
+            let mut record = header.to_vec();
+            record.extend_from_slice(&payload);
+            let aside = keep_aside(path, valid_len, &record)?;
+            bytes_aside += record.len() as u64;
+            tracing::error!(
+                path = %path.display(),
+                offset = valid_len,
+                bytes = record.len(),
+                aside = %aside.display(),
+                "write-ahead log record fails its checksum; skipped, its bytes kept aside"
+            );
             skipped += 1;
             valid_len = end;
             continue;
@@ -149,12 +183,12 @@ pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8])) -> 
         if !newest || skipped > 0 {
             // Not a crash's torn tail (only the newest segment is written to): keep the
             // unread bytes, since the segment itself is deleted once a block covers it.
-            let aside = PathBuf::from(format!("{}.{valid_len}.unread", path.display()));
             let mut rest = Vec::with_capacity(usize::try_from(dropped).unwrap_or(0));
             let mut f = &file;
             f.seek(SeekFrom::Start(valid_len)).map_err(|e| StoreError::io(path, e))?;
             f.read_to_end(&mut rest).map_err(|e| StoreError::io(path, e))?;
-            std::fs::write(&aside, &rest).map_err(|e| StoreError::io(&aside, e))?;
+            let aside = keep_aside(path, valid_len, &rest)?;
+            bytes_aside += rest.len() as u64;
             tracing::error!(
                 path = %path.display(),
                 kept_bytes = valid_len,
@@ -174,7 +208,7 @@ pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8])) -> 
             file.sync_all().map_err(|e| StoreError::io(path, e))?;
         }
     }
-    Ok(records)
+    Ok(Replayed { records, skipped, bytes_aside })
 }
 
 fn open_segment(dir: &Path, seq: u64) -> Result<(File, PathBuf), StoreError> {
@@ -386,6 +420,12 @@ mod tests {
             replay(&path, newest, |p| out.push(p.to_vec())).unwrap();
             assert_eq!(out, vec![b"first".to_vec(), b"third".to_vec()], "newest={newest}");
             assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing truncated (newest={newest})");
+            let offset = HEADER_LEN + 5;
+            let record = &bytes[offset..offset + HEADER_LEN + 6];
+            let aside = PathBuf::from(format!("{}.{offset}.unread", path.display()));
+            assert_eq!(std::fs::read(&aside).unwrap(), record, "the damaged record is kept aside (newest={newest})");
+            let replayed = replay(&path, newest, |_| {}).unwrap();
+            assert_eq!((replayed.records, replayed.skipped, replayed.bytes_aside), (2, 1, record.len() as u64));
         }
     }
 

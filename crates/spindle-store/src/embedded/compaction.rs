@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use spindle_model::Span;
 
+use super::recovery::set_block_aside;
 use super::{lock, now_unix_nanos, read_guard, write_guard, Inner};
 use crate::block::{self, Block, BlockMeta, BlockWriter};
 use crate::block_format::AttributeColumns;
@@ -90,7 +91,19 @@ impl Inner {
             return Ok(false);
         }
         let started = Instant::now();
-        let meta = self.merge_blocks(&inputs)?;
+        let meta = match self.merge_blocks(&inputs) {
+            Ok(meta) => meta,
+            Err(MergeError { error, unreadable_input: Some(id) }) => {
+                // A block compaction cannot read must not stop every later merge of its
+                // level, nor be removed as a merged input: it leaves the served blocks and
+                // its files go aside, where nothing deletes them.
+                write_guard(&self.blocks).retain(|b| b.meta.id != id);
+                set_block_aside(&self.blocks_dir, id, &format!("unreadable while compacting: {error}"));
+                self.recovered.blocks_set_aside.fetch_add(1, Ordering::Relaxed);
+                return Err(error);
+            }
+            Err(MergeError { error, unreadable_input: None }) => return Err(error),
+        };
         let merged = Arc::new(Block::open(&self.blocks_dir, meta)?);
         let ids: HashSet<u64> = inputs.iter().map(|b| b.meta.id).collect();
         {
@@ -115,7 +128,7 @@ impl Inner {
     /// Streams the inputs through a k-way merge by trace id into one new block, holding one
     /// decoded row group per input at a time; identical spans (client retries that landed in
     /// different blocks) are written once.
-    fn merge_blocks(&self, inputs: &[Arc<Block>]) -> Result<BlockMeta, StoreError> {
+    fn merge_blocks(&self, inputs: &[Arc<Block>]) -> Result<BlockMeta, MergeError> {
         struct Cursor<'a> {
             block: &'a Block,
             rg: usize,
@@ -123,9 +136,17 @@ impl Inner {
             row: usize,
             spans: std::vec::IntoIter<Span>,
             peeked: Option<Span>,
+            /// Reading this input failed.
+            failed: bool,
         }
         impl Cursor<'_> {
             fn advance(&mut self) -> Result<(), StoreError> {
+                let result = self.advance_inner();
+                self.failed = result.is_err();
+                result
+            }
+
+            fn advance_inner(&mut self) -> Result<(), StoreError> {
                 loop {
                     if let Some(s) = self.spans.next() {
                         self.peeked = Some(s);
@@ -150,8 +171,8 @@ impl Inner {
         }
         let mut cursors = Vec::with_capacity(inputs.len());
         for b in inputs {
-            let mut c = Cursor { block: b, rg: 0, row: 0, spans: Vec::new().into_iter(), peeked: None };
-            c.advance()?;
+            let mut c = Cursor { block: b, rg: 0, row: 0, spans: Vec::new().into_iter(), peeked: None, failed: false };
+            c.advance().map_err(|error| MergeError { error, unreadable_input: Some(b.meta.id) })?;
             cursors.push(c);
         }
         let id = self.new_block_id();
@@ -203,13 +224,34 @@ impl Inner {
             }
             write_trace(&mut trace, &mut writer)
         })();
-        if let Err(e) = result {
+        if let Err(error) = result {
             writer.abandon();
-            return Err(e);
+            let unreadable_input = cursors.iter().find(|c| c.failed).map(|c| c.block.meta.id);
+            return Err(MergeError { error, unreadable_input });
         }
         let wal_covered = inputs.iter().map(|b| b.meta.wal_covered).max().unwrap_or(0);
         let level = inputs.iter().map(|b| b.meta.level).max().unwrap_or(0) + 1;
         let replaces = inputs.iter().map(|b| b.meta.id).collect();
-        writer.finish(wal_covered, replaces, level).map_err(|e| e.at(&self.blocks_dir))
+        let mut meta = writer.finish_unpublished(wal_covered, replaces, level).map_err(|e| e.at(&self.blocks_dir))?;
+        // Its spans came when its newest input's did; the merge must not restart their
+        // retention.
+        meta.ingested_unix_nano = inputs.iter().map(|b| b.meta.ingested_unix_nano).max().unwrap_or(0);
+        if let Err(e) = block::publish(&self.blocks_dir, &meta) {
+            let _ = Block::remove_files(&self.blocks_dir, meta.id);
+            return Err(e.at(&self.blocks_dir).into());
+        }
+        Ok(meta)
+    }
+}
+
+/// Why a merge failed, and which input could not be read when that was why.
+struct MergeError {
+    error: StoreError,
+    unreadable_input: Option<u64>,
+}
+
+impl From<StoreError> for MergeError {
+    fn from(error: StoreError) -> Self {
+        MergeError { error, unreadable_input: None }
     }
 }

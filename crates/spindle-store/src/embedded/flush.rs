@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use spindle_model::Span;
 
-use super::catalog::save_catalog;
-use super::{lock, read_guard, write_guard, Inner};
+use super::{lock, now_unix_nanos, read_guard, write_guard, Inner};
 use crate::block::{self, Block, BlockMeta, BlockWriter};
 use crate::block_format::AttributeColumns;
 use crate::head::Head;
@@ -113,7 +112,7 @@ impl Inner {
         let mut head = write_guard(&self.head);
         if !head.is_empty() {
             let next_seq = self.wal.rotate()?;
-            let old = std::mem::take(&mut *head);
+            let old = std::mem::replace(&mut *head, Head::new(self.options.max_operations_per_service));
             write_guard(&self.frozen).push((Arc::new(old), next_seq));
         }
         Ok(())
@@ -163,6 +162,12 @@ impl Inner {
                     .0;
             }
         }
+        // The catalog learns the head's names before the block exists: a crash in between
+        // leaves names listed whose spans the log replays, never spans whose names are lost.
+        if let Err(e) = self.catalog_head(head) {
+            let _ = Block::remove_files(&self.blocks_dir, meta.id);
+            return Err(e);
+        }
         if let Err(e) = block::publish(&self.blocks_dir, &meta) {
             let _ = Block::remove_files(&self.blocks_dir, meta.id);
             return Err(e.at(&self.blocks_dir));
@@ -173,17 +178,25 @@ impl Inner {
             blocks.push(block);
             write_guard(&self.frozen).retain(|(h, _)| !Arc::ptr_eq(h, head));
         }
-        let catalog_changed = {
-            let mut catalog = lock(&self.catalog);
-            let changed = catalog.merge(head.catalog());
-            changed.then(|| catalog.clone())
-        };
-        if let Some(catalog) = catalog_changed {
-            save_catalog(&self.options.data_dir, &catalog)?;
-        }
         wal::remove_segments_before(&self.wal_dir, next_seq)?;
         self.drained.notify_all();
         Ok(())
+    }
+
+    /// Merges `head`'s catalog into the store's and makes the new entries durable (appended
+    /// to `catalog.log`). Only the entries a head adds are written: rewriting the whole
+    /// catalog per flush cost in proportion to its size (`docs/STORAGE.md`).
+    fn catalog_head(&self, head: &Head) -> Result<(), StoreError> {
+        let mut log = lock(&self.catalog_log);
+        let mut catalog = lock(&self.catalog);
+        let mut added = Vec::new();
+        let full = catalog.merge(head.catalog(), |service, name, kind| {
+            added.push((service.to_string(), name.to_string(), kind));
+        });
+        if full > 0 {
+            self.operations_unlisted.fetch_add(full, Ordering::Relaxed);
+        }
+        log.append(&added, &catalog)
     }
 
     fn write_head_block(&self, head: &Head, wal_covered: u64) -> Result<BlockMeta, StoreError> {
@@ -207,7 +220,12 @@ impl Inner {
             }
         }
         match result {
-            Ok(()) => writer.finish_unpublished(wal_covered, Vec::new(), 0).map_err(|e| e.at(&self.blocks_dir)),
+            Ok(()) => {
+                let mut meta =
+                    writer.finish_unpublished(wal_covered, Vec::new(), 0).map_err(|e| e.at(&self.blocks_dir))?;
+                meta.ingested_unix_nano = now_unix_nanos();
+                Ok(meta)
+            }
             Err(e) => {
                 writer.abandon();
                 Err(e.at(&self.blocks_dir))

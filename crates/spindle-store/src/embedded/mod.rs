@@ -9,9 +9,13 @@
 //!
 //! Layout of the data directory:
 //! - `LOCK` — held with an exclusive file lock while a process uses the directory;
+//! - `spindle-data.json` — the directory's format; a newer one than this release's refuses;
 //! - `wal/<seq>.wal` — log segments not yet wholly in blocks, replayed into the head on open;
+//!   `wal/<seq>.wal.<offset>.unread` — bytes replay could not read, kept aside;
 //! - `blocks/<id>.parquet` + `blocks/<id>.meta.json` — blocks; the meta file commits one;
-//! - `catalog.json` — services and operations of everything flushed.
+//! - `blocks/aside/` — files of blocks that could not be read, never served nor deleted;
+//! - `catalog.json` + `catalog.log` — services and operations of everything flushed
+//!   (snapshot and the entries added since); `catalog.*.unreadable-<n>` — unreadable ones.
 //!
 //! Architecture Invariant: a span acknowledged by `append` is in the log or in a block whose
 //! meta file exists, at every instant; it is never in both once the engine is at rest, and
@@ -76,6 +80,12 @@ struct Inner {
     frozen: RwLock<Vec<(Arc<Head>, u64)>>,
     blocks: RwLock<Vec<Arc<Block>>>,
     catalog: Mutex<Catalog>,
+    /// Taken before `catalog` when both are.
+    catalog_log: Mutex<catalog::CatalogLog>,
+    recovered: Recovered,
+    /// Spans (at append) and flushed names (at a commit) whose operation did not fit their
+    /// service's list; see [`StoreStats::operations_unlisted`].
+    operations_unlisted: AtomicU64,
     next_block_id: AtomicU64,
     /// Serialises cuts.
     cut_lock: Mutex<()>,
@@ -100,6 +110,16 @@ struct Inner {
     /// Milliseconds after `opened` of the last cut made because the head was full (0: none).
     size_cut_at_ms: AtomicU64,
     _lock: File,
+}
+
+/// What the store could not read and kept aside, since it opened.
+#[derive(Default)]
+struct Recovered {
+    blocks_set_aside: AtomicU64,
+    wal_records_skipped: AtomicU64,
+    wal_bytes_set_aside: AtomicU64,
+    wal_records_undecodable: AtomicU64,
+    catalog_rebuilds: AtomicU64,
 }
 
 fn read_guard<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -146,12 +166,20 @@ impl EmbeddedStore {
         let blocks = read_guard(&self.inner.blocks);
         let head = read_guard(&self.inner.head);
         let frozen = read_guard(&self.inner.frozen);
+        let recovered = &self.inner.recovered;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StoreStats {
             blocks: blocks.len(),
             block_spans: blocks.iter().map(|b| b.meta.spans).sum(),
             block_bytes: blocks.iter().map(|b| b.meta.bytes).sum(),
             head_spans: (head.span_count() + frozen.iter().map(|(h, _)| h.span_count()).sum::<usize>()) as u64,
             wal_bytes: dir_size(&self.inner.wal_dir),
+            blocks_set_aside: load(&recovered.blocks_set_aside),
+            wal_records_skipped: load(&recovered.wal_records_skipped),
+            wal_bytes_set_aside: load(&recovered.wal_bytes_set_aside),
+            wal_records_undecodable: load(&recovered.wal_records_undecodable),
+            catalog_rebuilds: load(&recovered.catalog_rebuilds),
+            operations_unlisted: load(&self.inner.operations_unlisted),
         }
     }
 
@@ -169,6 +197,21 @@ pub struct StoreStats {
     /// Spans in memory, not yet in blocks.
     pub head_spans: u64,
     pub wal_bytes: u64,
+    /// Counters since the store opened. Blocks whose meta or data file could not be read,
+    /// moved to `blocks/aside/` (at open, or when compaction could not read one).
+    pub blocks_set_aside: u64,
+    /// Write-ahead log records that failed their checksum at replay; their bytes are aside.
+    pub wal_records_skipped: u64,
+    /// Bytes of the write-ahead log replay could not read, copied to `.unread` files.
+    pub wal_bytes_set_aside: u64,
+    /// Records that passed their checksum but could not be decoded (left in the log).
+    pub wal_records_undecodable: u64,
+    /// Times the catalog was rebuilt from the blocks (its files unreadable or missing).
+    pub catalog_rebuilds: u64,
+    /// Operation names left out of a service's list because it held
+    /// `max_operations_per_service`: counted once per span appended while the list in
+    /// memory was full, and once per name when a flush found the stored list full.
+    pub operations_unlisted: u64,
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -279,7 +322,10 @@ impl TraceStore for EmbeddedStore {
             let _gate = read_guard(&inner.gate);
             inner.wal.append(payload)?;
             let mut head = write_guard(&inner.head);
-            head.insert(spans, bytes);
+            let unlisted = head.insert(spans, bytes);
+            if unlisted > 0 {
+                inner.operations_unlisted.fetch_add(unlisted, Ordering::Relaxed);
+            }
             head.bytes() >= inner.options.head_max_bytes
         };
         if full {
@@ -359,22 +405,28 @@ impl TraceStore for EmbeddedStore {
     }
 
     fn services(&self) -> Result<Vec<String>, StoreError> {
-        let mut catalog = lock(&self.inner.catalog).clone();
-        catalog.merge(read_guard(&self.inner.head).catalog());
+        // Names only: copying the operations too made this cheap read cost as much as the
+        // catalog is large.
+        let mut services: BTreeSet<String> = lock(&self.inner.catalog).service_names().map(str::to_string).collect();
+        services.extend(read_guard(&self.inner.head).catalog().service_names().map(str::to_string));
         for (h, _) in read_guard(&self.inner.frozen).iter() {
-            catalog.merge(h.catalog());
+            services.extend(h.catalog().service_names().map(str::to_string));
         }
-        Ok(catalog.services.keys().cloned().collect())
+        Ok(services.into_iter().collect())
     }
 
     fn operations(&self, service: &str, kind: Option<SpanKind>) -> Result<Vec<Operation>, StoreError> {
-        let mut ops = BTreeSet::new();
+        // The stored list first; names only in memory join it while it has room, so the
+        // answer holds at most `max_operations_per_service` (each catalog stops there).
+        let mut ops = HashSet::new();
         lock(&self.inner.catalog).operations(service, kind, &mut ops);
         read_guard(&self.inner.head).catalog().operations(service, kind, &mut ops);
         for (h, _) in read_guard(&self.inner.frozen).iter() {
             h.catalog().operations(service, kind, &mut ops);
         }
-        Ok(ops.into_iter().collect())
+        let mut ops: Vec<Operation> = ops.into_iter().collect();
+        ops.sort_unstable();
+        Ok(ops)
     }
 
     fn dependencies(&self, start: u64, end: u64) -> Result<Vec<DependencyLink>, StoreError> {
@@ -438,6 +490,8 @@ impl TraceStore for EmbeddedStore {
         in_memory.iter().for_each(|t| note(t[0].trace_id));
         for b in &blocks {
             for (rg, meta) in b.meta.row_groups.iter().enumerate() {
+                // Dependencies take no query: their deadline is the thread's (`QueryControl::run`).
+                crate::QueryControl::check_current()?;
                 let ids = row_group_trace_ids(b, rg)?;
                 ids.iter().for_each(|id| note(*id));
                 if meta.max_start < start {
@@ -478,6 +532,7 @@ impl TraceStore for EmbeddedStore {
                 b.meta.attribute_keys.as_deref(),
             );
             for (rg, meta) in b.meta.row_groups.iter().enumerate() {
+                crate::QueryControl::check_current()?;
                 let (lo, hi) = meta.trace_range();
                 let overlaps = meta.max_start >= start && meta.min_start <= end;
                 if !overlaps && (meta.max_start < start || !split.iter().any(|id| (lo..=hi).contains(&id.0))) {

@@ -34,6 +34,11 @@ pub struct StoreOptions {
     /// the last `head_max_age`. Compaction then defers most of its work to quieter times, as
     /// blocks can wait and spans cannot.
     pub compaction_busy_duty_cycle: f64,
+    /// Operations listed per service (`operations`); spans with further names are stored and
+    /// found by searches as any other, their names only go unlisted. Names are
+    /// client-controlled: without a bound one service with an id in its span names grows the
+    /// catalog, its file and every operations answer with each request.
+    pub max_operations_per_service: usize,
     /// Whether the flusher and maintenance threads run. Tests turn them off to drive the
     /// engine step by step with [`EmbeddedStore::flush`], `compact` and `enforce_retention`.
     pub background: bool,
@@ -53,6 +58,7 @@ impl StoreOptions {
             compaction_min_inputs: 4,
             compaction_duty_cycle: 0.5,
             compaction_busy_duty_cycle: 0.1,
+            max_operations_per_service: 2_000,
             background: true,
         }
     }

@@ -6,55 +6,176 @@
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread;
 use std::time::Instant;
 
-use super::catalog::load_catalog;
+use super::catalog::open_catalog;
 use super::flush::FLUSH_THREADS;
-use super::{EmbeddedStore, Inner, StoreOptions};
+use super::{EmbeddedStore, Inner, Recovered, StoreOptions};
 use crate::batch_codec::decode_batch;
 use crate::block::{self, Block};
 use crate::head::Head;
 use crate::wal::{self, Wal};
 use crate::StoreError;
 
+/// Where blocks that cannot be served are moved, inside the blocks directory. Nothing reads,
+/// counts or deletes what is in it: retention, the disk limit, compaction and the next
+/// open see only `blocks/*.meta.json`. An operator inspects it, repairs a block (moves its
+/// files back) or removes it.
+pub(super) const ASIDE_DIR: &str = "aside";
+
+/// The data directory's format marker and the format this release writes.
+const MARKER_FILE: &str = "spindle-data.json";
+const DATA_FORMAT: u32 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marker {
+    format: u32,
+}
+
+/// Refuses a directory whose marker names a newer format or cannot be read; writes the
+/// marker where there is none (a new directory, or one an older release wrote).
+fn check_marker(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(MARKER_FILE);
+    let refuse = |message: String| StoreError::DataFormat { path: path.display().to_string(), message };
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| {
+                refuse(format!(
+                    "unreadable ({e}); it names the format of the data directory. If this release wrote the \
+                     directory, replace the file's content with {{\"format\":{DATA_FORMAT}}}; otherwise start the \
+                     release that wrote it"
+                ))
+            })?;
+            if marker.format > DATA_FORMAT {
+                return Err(refuse(format!(
+                    "the data directory was written by a newer Spindle (data format {}; this release reads \
+                     format {DATA_FORMAT} and older). Start a release that reads format {} on it, or start this \
+                     one on another data directory",
+                    marker.format, marker.format
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
+            let bytes =
+                serde_json::to_vec(&Marker { format: DATA_FORMAT }).map_err(|e| StoreError::Encode(e.to_string()))?;
+            fs::write(&tmp, bytes)
+                .and_then(|_| File::open(&tmp)?.sync_all())
+                .and_then(|_| fs::rename(&tmp, &path))
+                .and_then(|_| File::open(dir)?.sync_all())
+                .map_err(|e| StoreError::io(&path, e))
+        }
+        Err(e) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// The block id a file of the blocks directory (or of its aside directory) belongs to:
+/// its name starts with the id in 16 hex digits.
+fn block_id_of(name: &str) -> Option<u64> {
+    name.get(..16).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit())).and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
+/// Moves the files of block `id` that exist into `blocks/aside/`, never over a file already
+/// there; returns how many moved. A block that cannot be moved stays where it is, unserved.
+pub(super) fn set_block_aside(dir: &Path, id: u64, reason: &dyn std::fmt::Display) -> usize {
+    let aside = dir.join(ASIDE_DIR);
+    if let Err(e) = fs::create_dir_all(&aside) {
+        tracing::error!(path = %aside.display(), error = %e, "cannot create the directory for blocks set aside");
+        return 0;
+    }
+    let mut moved = 0;
+    for path in [block::meta_path(dir, id), block::parquet_path(dir, id)] {
+        if !path.exists() {
+            continue;
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut target = aside.join(&name);
+        let mut n = 1;
+        while target.exists() {
+            target = aside.join(format!("{name}.{n}"));
+            n += 1;
+        }
+        match fs::rename(&path, &target) {
+            Ok(()) => {
+                moved += 1;
+                tracing::error!(block = id, path = %path.display(), set_aside_as = %target.display(), %reason, "block file set aside");
+            }
+            Err(e) => {
+                tracing::error!(block = id, path = %path.display(), error = %e, %reason, "cannot set a block file aside; it stays in place, unserved")
+            }
+        }
+    }
+    moved
+}
+
+/// What [`open_blocks`] found.
+struct OpenedBlocks {
+    blocks: Vec<Arc<Block>>,
+    /// The highest block id on disk, set aside or not, so that new blocks never reuse one.
+    highest_id: u64,
+    /// Blocks set aside by this open.
+    set_aside: u64,
+}
+
 /// Opens every committed block, removing what crashes left behind: temporary files, Parquet
 /// files without meta, and inputs of a compaction whose output was committed. A block whose
-/// meta file exists but cannot be read (damaged, or written by a newer Spindle) is left on
-/// disk untouched and not served: nothing stored is deleted because it could not be read.
-/// Also returns the highest block id on disk, readable or not, so new blocks never reuse one.
-fn open_blocks(dir: &Path) -> Result<(Vec<Arc<Block>>, u64), StoreError> {
+/// meta file exists but cannot be read (damaged, or written by a newer Spindle), or whose
+/// Parquet file cannot be opened, is set aside with its files (see [`ASIDE_DIR`]): nothing
+/// stored is deleted because it could not be read.
+fn open_blocks(dir: &Path) -> Result<OpenedBlocks, StoreError> {
     let mut metas = Vec::new();
     let mut parquet_ids = Vec::new();
-    let mut unreadable = HashSet::new();
+    let mut unreadable: Vec<(u64, String)> = Vec::new();
+    let mut highest_id = 0;
     for entry in fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
         let entry = entry.map_err(|e| StoreError::io(dir, e))?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            continue;
+        }
+        // Every file named after a block reserves its id, whatever state it is in.
+        highest_id = highest_id.max(block_id_of(&name).unwrap_or(0));
         if name.ends_with(".tmp") {
             tracing::warn!(path = %path.display(), "removing unfinished block file");
             fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
         } else if let Some(id) = name.strip_suffix(".meta.json").and_then(|h| u64::from_str_radix(h, 16).ok()) {
             match block::read_meta(&path) {
-                Ok(meta) if meta.id == id => metas.push(meta),
-                Ok(meta) => {
-                    tracing::error!(path = %path.display(), id = meta.id, "block meta names another block, leaving the block on disk unserved");
-                    unreadable.insert(id);
+                Ok(mut meta) if meta.id == id => {
+                    if meta.ingested_unix_nano == 0 {
+                        // Written before blocks recorded it: the meta file's time is when the
+                        // block was committed, a bound from above of when its spans came.
+                        meta.ingested_unix_nano = entry
+                            .metadata()
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or(1, |d| d.as_nanos() as u64);
+                    }
+                    metas.push(meta)
                 }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "block meta unreadable, leaving the block on disk unserved");
-                    unreadable.insert(id);
-                }
+                Ok(meta) => unreadable.push((id, format!("meta names block {:016x}", meta.id))),
+                Err(e) => unreadable.push((id, format!("meta unreadable: {e}"))),
             }
         } else if let Some(id) = name.strip_suffix(".parquet").and_then(|h| u64::from_str_radix(h, 16).ok()) {
             parquet_ids.push(id);
         }
     }
-    let highest_id =
-        metas.iter().map(|m| m.id).chain(unreadable.iter().copied()).chain(parquet_ids.iter().copied()).max();
-    let committed: HashSet<u64> = metas.iter().map(|m| m.id).chain(unreadable.iter().copied()).collect();
+    if let Ok(entries) = fs::read_dir(dir.join(ASIDE_DIR)) {
+        for entry in entries.flatten() {
+            highest_id = highest_id.max(block_id_of(&entry.file_name().to_string_lossy()).unwrap_or(0));
+        }
+    }
+    let mut set_aside = 0;
+    for (id, reason) in &unreadable {
+        set_block_aside(dir, *id, reason);
+        set_aside += 1;
+    }
+    let committed: HashSet<u64> = metas.iter().map(|m| m.id).chain(unreadable.iter().map(|(id, _)| *id)).collect();
     for id in parquet_ids.iter().filter(|id| !committed.contains(id)) {
         tracing::warn!(block = id, "removing block without meta, left by a crash");
         Block::remove_files(dir, *id)?;
@@ -71,17 +192,15 @@ fn open_blocks(dir: &Path) -> Result<(Vec<Arc<Block>>, u64), StoreError> {
         match Block::open(dir, meta) {
             Ok(b) => blocks.push(Arc::new(b)),
             Err(e) => {
-                // Keeping the store available matters more than one block; keep the files
-                // for inspection under another name so that they are not opened again.
-                tracing::error!(block = id, error = %e, "block is corrupt, setting it aside");
-                for path in [block::meta_path(dir, id), block::parquet_path(dir, id)] {
-                    let _ = fs::rename(&path, path.with_extension("corrupt"));
-                }
+                // Keeping the store available matters more than one block; its files are
+                // kept for inspection where no open, compaction or retention looks.
+                set_block_aside(dir, id, &format!("data file unreadable: {e}"));
+                set_aside += 1;
             }
         }
     }
     blocks.sort_by_key(|b| b.meta.id);
-    Ok((blocks, highest_id.unwrap_or(0)))
+    Ok(OpenedBlocks { blocks, highest_id, set_aside })
 }
 
 impl EmbeddedStore {
@@ -99,12 +218,18 @@ impl EmbeddedStore {
         let lock_file = File::create(&lock_path).map_err(|e| StoreError::io(&lock_path, e))?;
         lock_file.try_lock().map_err(|_| StoreError::Locked { path: dir.display().to_string() })?;
 
-        let (blocks, highest_block_id) = open_blocks(&blocks_dir)?;
-        let covered = blocks.iter().map(|b| b.meta.wal_covered).max().unwrap_or(0);
-        let next_block_id = highest_block_id + 1;
-        let catalog = load_catalog(&dir)?;
+        check_marker(&dir)?;
 
-        let mut head = Head::default();
+        let OpenedBlocks { blocks, highest_id, set_aside } = open_blocks(&blocks_dir)?;
+        let covered = blocks.iter().map(|b| b.meta.wal_covered).max().unwrap_or(0);
+        let next_block_id = highest_id + 1;
+        let opened_catalog = open_catalog(&dir, &blocks, options.max_operations_per_service)?;
+        let recovered = Recovered::default();
+        recovered.blocks_set_aside.store(set_aside, Ordering::Relaxed);
+        recovered.catalog_rebuilds.store(u64::from(opened_catalog.rebuilt), Ordering::Relaxed);
+
+        let mut head = Head::new(options.max_operations_per_service);
+        let mut unlisted = 0u64;
         let mut undecodable = 0u64;
         let mut records = 0;
         let mut last_seq = covered;
@@ -117,13 +242,16 @@ impl EmbeddedStore {
                 fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
                 continue;
             }
-            records += wal::replay(&path, Some(seq) == newest_seq, |payload| match decode_batch(payload) {
-                Ok(spans) => head.insert(spans, payload.len()),
+            let replayed = wal::replay(&path, Some(seq) == newest_seq, |payload| match decode_batch(payload) {
+                Ok(spans) => unlisted += head.insert(spans, payload.len()),
                 Err(e) => {
                     undecodable += 1;
                     tracing::error!(error = %e, "undecodable write-ahead log record");
                 }
             })?;
+            records += replayed.records;
+            recovered.wal_records_skipped.fetch_add(replayed.skipped, Ordering::Relaxed);
+            recovered.wal_bytes_set_aside.fetch_add(replayed.bytes_aside, Ordering::Relaxed);
         }
         if undecodable > 0 {
             tracing::error!(
@@ -134,8 +262,12 @@ impl EmbeddedStore {
         // The replayed head keeps its own catalog; it joins the persisted one when flushed.
         // Keep appending to the newest live segment (replay truncated any torn tail).
         let wal = Wal::open(&wal_dir, if last_seq > covered { last_seq } else { covered + 1 }, options.sync)?;
+        recovered.wal_records_undecodable.store(undecodable, Ordering::Relaxed);
         tracing::info!(
             blocks = blocks.len(),
+            blocks_set_aside = set_aside,
+            wal_records_skipped = recovered.wal_records_skipped.load(Ordering::Relaxed),
+            catalog_rebuilt = opened_catalog.rebuilt,
             records,
             head_spans = head.span_count(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -151,7 +283,10 @@ impl EmbeddedStore {
             head: RwLock::new(head),
             frozen: RwLock::new(Vec::new()),
             blocks: RwLock::new(blocks),
-            catalog: Mutex::new(catalog),
+            catalog: Mutex::new(opened_catalog.catalog),
+            catalog_log: Mutex::new(opened_catalog.log),
+            recovered,
+            operations_unlisted: AtomicU64::new(unlisted),
             next_block_id: AtomicU64::new(next_block_id),
             cut_lock: Mutex::new(()),
             writing: Mutex::new(Vec::new()),

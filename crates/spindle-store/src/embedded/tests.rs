@@ -264,45 +264,382 @@ fn half_written_blocks_are_removed_on_open() {
     assert_eq!(store.get_trace(TraceId(1)).unwrap().len(), 1);
 }
 
-/// A damaged block meta (or one a newer Spindle wrote) must not cost the block: the store
-/// opens without it, leaves its files alone, never reuses its id, and serves it again once
-/// the meta is readable.
-#[test]
-fn blocks_with_unreadable_meta_are_kept_on_disk() {
-    let dir = tempfile::tempdir().unwrap();
+/// Three blocks of one span each (traces 1, 2, 3; service "a"), the store closed; returns
+/// the meta files, oldest first.
+fn three_blocks(dir: &Path) -> Vec<PathBuf> {
     {
-        let store = open(dir.path());
+        let store = open(dir);
         for t in 1..=3u64 {
-            store.append(vec![span(u128::from(t), t, 0, "a", "root", t * 10)]).unwrap();
+            store.append(vec![span(u128::from(t), t, 0, "a", &format!("op{t}"), t * 10)]).unwrap();
             store.flush().unwrap();
         }
         assert_eq!(store.stats().blocks, 3);
     }
-    let blocks = dir.path().join("blocks");
-    let mut metas: Vec<_> = fs::read_dir(&blocks)
+    let mut metas: Vec<_> = fs::read_dir(dir.join("blocks"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".meta.json"))
         .collect();
     metas.sort();
+    metas
+}
+
+fn parquet_of(meta: &Path) -> PathBuf {
+    PathBuf::from(meta.to_string_lossy().replace(".meta.json", ".parquet"))
+}
+
+fn aside_of(path: &Path) -> PathBuf {
+    path.parent().unwrap().join("aside").join(path.file_name().unwrap())
+}
+
+/// Opens the store on a directory with the newest block's meta replaced by `bad`: the block
+/// is set aside whole, bytes unchanged, counted; the others are served; no new block takes
+/// its id; moving its files back (once repaired) serves it again.
+fn unreadable_meta_is_set_aside(bad: &dyn Fn(&[u8]) -> Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let metas = three_blocks(dir.path());
     let newest = metas.last().unwrap().clone();
-    let parquet = newest.to_string_lossy().replace(".meta.json", ".parquet");
+    let parquet = parquet_of(&newest);
     let original = fs::read(&newest).unwrap();
-    fs::write(&newest, b"{ garbled").unwrap();
+    let data = fs::read(&parquet).unwrap();
+    let damaged = bad(&original);
+    fs::write(&newest, &damaged).unwrap();
     {
         let store = open(dir.path());
         assert_eq!(store.stats().blocks, 2, "the unreadable block is not served");
-        assert!(Path::new(&parquet).exists(), "its data file is kept");
-        assert_eq!(fs::read(&newest).unwrap(), b"{ garbled", "its meta file is left as found");
+        assert_eq!(store.stats().blocks_set_aside, 1);
+        assert!(!newest.exists() && !parquet.exists(), "its files left the blocks directory");
+        assert_eq!(fs::read(aside_of(&newest)).unwrap(), damaged, "its meta is kept as found");
+        assert_eq!(fs::read(aside_of(&parquet)).unwrap(), data, "its data file is kept");
+        for t in [1u128, 2] {
+            assert_eq!(store.get_trace(TraceId(t)).unwrap().len(), 1, "trace {t} still served");
+        }
+        assert!(store.get_trace(TraceId(3)).unwrap().is_empty());
         store.append(vec![span(9, 9, 0, "a", "root", 90)]).unwrap();
         store.flush().unwrap();
         assert_eq!(store.stats().blocks, 3);
-        assert_eq!(fs::read(&newest).unwrap(), b"{ garbled", "a new block did not take its id");
+        assert!(!newest.exists(), "a new block did not take its id");
     }
+    {
+        // Retention, the disk limit and compaction leave what is aside alone.
+        let store = EmbeddedStore::open(StoreOptions {
+            retention: Some(Duration::from_secs(1)),
+            max_disk_bytes: Some(1),
+            ..options(dir.path())
+        })
+        .unwrap();
+        assert_eq!(store.stats().blocks_set_aside, 0, "nothing new set aside");
+        store.enforce_retention(now_unix_nanos()).unwrap();
+        assert_eq!(store.stats().blocks, 0);
+        assert_eq!(fs::read(aside_of(&parquet)).unwrap(), data, "retention left it alone");
+    }
+    // The operator repairs the meta and moves the block back.
     fs::write(&newest, original).unwrap();
+    fs::rename(aside_of(&parquet), &parquet).unwrap();
+    fs::remove_file(aside_of(&newest)).unwrap();
     let store = open(dir.path());
-    assert_eq!(store.stats().blocks, 4);
-    for t in [1u128, 2, 3, 9] {
-        assert_eq!(store.get_trace(TraceId(t)).unwrap().len(), 1, "trace {t}");
+    assert_eq!(store.stats().blocks, 1);
+    assert_eq!(store.get_trace(TraceId(3)).unwrap().len(), 1);
+}
+
+#[test]
+fn a_garbled_block_meta_sets_its_block_aside() {
+    unreadable_meta_is_set_aside(&|_| b"{ garbled".to_vec());
+}
+
+#[test]
+fn a_block_meta_of_a_newer_format_sets_its_block_aside() {
+    unreadable_meta_is_set_aside(&|meta| {
+        let text = String::from_utf8(meta.to_vec()).unwrap();
+        let format = format!("\"format\":{}", crate::block::BLOCK_FORMAT);
+        assert!(text.contains(&format), "{text}");
+        text.replace(&format, "\"format\":99").into_bytes()
+    });
+}
+
+#[test]
+fn a_truncated_parquet_file_sets_its_block_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let metas = three_blocks(dir.path());
+    let parquet = parquet_of(&metas[1]);
+    let data = fs::read(&parquet).unwrap();
+    fs::write(&parquet, &data[..data.len() / 2]).unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.stats().blocks, 2);
+    assert_eq!(store.stats().blocks_set_aside, 1);
+    assert_eq!(fs::read(aside_of(&parquet)).unwrap(), &data[..data.len() / 2], "kept as found");
+    assert!(aside_of(&metas[1]).exists());
+    for t in [1u128, 3] {
+        assert_eq!(store.get_trace(TraceId(t)).unwrap().len(), 1, "trace {t} still served");
     }
+}
+
+/// A Parquet file damaged inside (its footer intact) opens; reading the damaged part fails
+/// with an error, never a panic; compaction sets the block aside instead of merging past it
+/// or removing it, and merges the rest.
+#[test]
+fn a_garbled_parquet_file_gives_errors_and_compaction_sets_it_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let metas = three_blocks(dir.path());
+    let parquet = parquet_of(&metas[1]);
+    let mut data = fs::read(&parquet).unwrap();
+    // Garble every column chunk's pages, leaving the footer, indexes and bloom filters that
+    // opening reads intact.
+    {
+        use parquet::file::reader::FileReader;
+        let reader =
+            parquet::file::serialized_reader::SerializedFileReader::new(File::open(&parquet).unwrap()).unwrap();
+        for rg in reader.metadata().row_groups() {
+            for column in rg.columns() {
+                let (start, len) = column.byte_range();
+                for b in &mut data[start as usize..(start + len) as usize] {
+                    *b ^= 0x5a;
+                }
+            }
+        }
+    }
+    fs::write(&parquet, &data).unwrap();
+    let store = EmbeddedStore::open(StoreOptions { compaction_min_inputs: 2, ..options(dir.path()) }).unwrap();
+    assert_eq!(store.stats().blocks, 3, "the footer is intact: the block opens");
+    assert!(store.get_trace(TraceId(2)).is_err(), "a damaged block's trace is an error, not an empty answer");
+    let query = TraceQuery { operation: Some("op2".into()), ..TraceQuery::default() };
+    assert!(store.find_trace_ids(&query).is_err());
+    assert_eq!(store.get_trace(TraceId(1)).unwrap().len(), 1, "other blocks still answer");
+    assert!(parquet.exists(), "reading errors remove nothing");
+    assert!(store.compact_all().is_err(), "the merge stops at the unreadable input");
+    assert_eq!(store.stats().blocks_set_aside, 1);
+    assert_eq!(store.stats().blocks, 2, "the damaged block left the served ones");
+    assert_eq!(fs::read(aside_of(&parquet)).unwrap(), data, "its bytes are kept");
+    assert!(aside_of(&metas[1]).exists());
+    assert!(store.compact_all().unwrap(), "the readable blocks still merge");
+    assert_eq!(store.stats().blocks, 1);
+    for t in [1u128, 3] {
+        assert_eq!(store.get_trace(TraceId(t)).unwrap().len(), 1, "trace {t} still served");
+    }
+    assert!(store.get_trace(TraceId(2)).unwrap().is_empty());
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!((store.stats().blocks, store.stats().blocks_set_aside), (1, 0), "the next open ignores it");
+    assert_eq!(fs::read(aside_of(&parquet)).unwrap(), data);
+}
+
+fn operation_names(store: &EmbeddedStore, service: &str) -> Vec<String> {
+    store.operations(service, None).unwrap().into_iter().map(|o| o.name).collect()
+}
+
+#[test]
+fn a_garbled_catalog_is_set_aside_and_rebuilt_from_the_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    three_blocks(dir.path());
+    let catalog = dir.path().join("catalog.json");
+    fs::write(&catalog, b"[[\"a\", [[\"op1\"").unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.stats().catalog_rebuilds, 1);
+    assert_eq!(store.services().unwrap(), vec!["a".to_string()]);
+    assert_eq!(operation_names(&store, "a"), vec!["op1", "op2", "op3"]);
+    let aside = dir.path().join("catalog.json.unreadable-0");
+    assert_eq!(fs::read(&aside).unwrap(), b"[[\"a\", [[\"op1\"", "the bad file is kept aside");
+    assert_eq!(store.stats().blocks, 3);
+    drop(store);
+    // The rebuilt catalog was written: the next open reads it.
+    let store = open(dir.path());
+    assert_eq!(store.stats().catalog_rebuilds, 0);
+    assert_eq!(operation_names(&store, "a"), vec!["op1", "op2", "op3"]);
+}
+
+#[test]
+fn a_damaged_catalog_log_line_rebuilds_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for t in 1..=3u64 {
+            store.append(vec![span(u128::from(t), t, 0, "a", &format!("op{t}"), t * 10)]).unwrap();
+            store.flush().unwrap();
+        }
+        // Flushes append to the log; the snapshot is not rewritten per flush.
+        let log = fs::read_to_string(dir.path().join("catalog.log")).unwrap();
+        assert_eq!(log.lines().count(), 3, "{log}");
+    }
+    // An intact snapshot (empty: written at open), a garbled line, then a good one.
+    let log = dir.path().join("catalog.log");
+    let text = fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[0] = "[\"a\",\"op1";
+    fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.stats().catalog_rebuilds, 1);
+    assert_eq!(operation_names(&store, "a"), vec!["op1", "op2", "op3"]);
+    assert!(dir.path().join("catalog.log.unreadable-0").exists());
+    assert!(dir.path().join("catalog.json.unreadable-0").exists());
+}
+
+#[test]
+fn an_unterminated_last_catalog_log_line_is_a_torn_append_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.append(vec![span(1, 1, 0, "a", "op1", 10)]).unwrap();
+        store.flush().unwrap();
+    }
+    let log = dir.path().join("catalog.log");
+    let mut text = fs::read(&log).unwrap();
+    text.extend_from_slice(b"[\"a\",\"op");
+    fs::write(&log, text).unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.stats().catalog_rebuilds, 0);
+    assert_eq!(operation_names(&store, "a"), vec!["op1"]);
+}
+
+/// Writes log segments 1 (three records, the middle one damaged) and 2 (one record) as a
+/// crash would leave them, with no block covering either.
+#[test]
+fn a_damaged_record_in_an_old_log_segment_costs_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    fs::create_dir_all(&wal_dir).unwrap();
+    let batch = |t: u64| crate::batch_codec::encode_batch(&[span(u128::from(t), t, 0, "a", "op", t * 10)]).unwrap();
+    {
+        let wal = Wal::open(&wal_dir, 1, SyncPolicy::Always).unwrap();
+        for t in 1..=3 {
+            wal.append(batch(t)).unwrap();
+        }
+        wal.rotate().unwrap();
+        wal.append(batch(4)).unwrap();
+    }
+    let old = wal::segment_path(&wal_dir, 1);
+    let mut bytes = fs::read(&old).unwrap();
+    let second = 8 + batch(1).len();
+    let second_len = 8 + batch(2).len();
+    bytes[second + 8 + 3] ^= 0x01;
+    fs::write(&old, &bytes).unwrap();
+    let store = open(dir.path());
+    let stats = store.stats();
+    assert_eq!((stats.wal_records_skipped, stats.wal_bytes_set_aside), (1, second_len as u64));
+    for t in [1u128, 3, 4] {
+        assert_eq!(store.get_trace(TraceId(t)).unwrap().len(), 1, "trace {t} replayed");
+    }
+    assert!(store.get_trace(TraceId(2)).unwrap().is_empty());
+    let aside = PathBuf::from(format!("{}.{second}.unread", old.display()));
+    assert_eq!(fs::read(&aside).unwrap(), &bytes[second..second + second_len]);
+    store.flush().unwrap();
+    assert!(!old.exists(), "the segment goes once a block covers it");
+    assert_eq!(fs::read(&aside).unwrap(), &bytes[second..second + second_len], "its unread bytes stay");
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.stats().wal_records_skipped, 0, "replayed once");
+    assert_eq!(store.stats().block_spans, 3);
+}
+
+#[test]
+fn a_data_directory_of_a_newer_release_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let marker = dir.path().join("spindle-data.json");
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "{\"format\":1}", "written at first open");
+    fs::write(&marker, "{\"format\":2}").unwrap();
+    let err = EmbeddedStore::open(options(dir.path())).err().expect("refused");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::DataFormat { .. }), "{text}");
+    assert!(text.contains(&marker.display().to_string()), "names the file: {text}");
+    assert!(text.contains("newer Spindle") && text.contains("format 2"), "says why: {text}");
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "{\"format\":2}", "left as found");
+    fs::write(&marker, "garbage").unwrap();
+    let text = EmbeddedStore::open(options(dir.path())).err().expect("refused").to_string();
+    assert!(text.contains("unreadable") && text.contains("{\"format\":1}"), "says the fix: {text}");
+}
+
+#[test]
+fn a_data_directory_of_an_older_release_is_read_and_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.append(vec![span(1, 1, 0, "a", "op", 10)]).unwrap();
+        store.flush().unwrap();
+        store.append(vec![span(2, 2, 0, "a", "op", 20)]).unwrap();
+    }
+    let marker = dir.path().join("spindle-data.json");
+    fs::remove_file(&marker).unwrap();
+    // Older releases wrote no catalog log either.
+    fs::remove_file(dir.path().join("catalog.log")).unwrap();
+    let store = open(dir.path());
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "{\"format\":1}");
+    for t in [1u128, 2] {
+        assert_eq!(store.get_trace(TraceId(t)).unwrap().len(), 1);
+    }
+    assert_eq!(operation_names(&store, "a"), vec!["op"]);
+}
+
+/// Operations beyond the bound are not listed, counted, and still stored and found by a
+/// search naming them, in memory, in blocks and after a restart.
+#[test]
+fn the_catalog_lists_at_most_the_bound_and_searches_still_find_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let bounded = || StoreOptions { max_operations_per_service: 3, ..options(dir.path()) };
+    let store = EmbeddedStore::open(bounded()).unwrap();
+    for t in 1..=10u64 {
+        store.append(vec![span(u128::from(t), t, 0, "a", &format!("op{t}"), t * 10)]).unwrap();
+    }
+    store.append(vec![span(11, 11, 0, "b", "other", 110)]).unwrap();
+    let by_name = |store: &EmbeddedStore, name: &str| {
+        store.find_trace_ids(&TraceQuery { operation: Some(name.into()), ..TraceQuery::default() }).unwrap()
+    };
+    assert_eq!(store.operations("a", None).unwrap().len(), 3);
+    assert_eq!(operation_names(&store, "b"), vec!["other"], "another service has its own bound");
+    assert_eq!(store.stats().operations_unlisted, 7);
+    assert_eq!(by_name(&store, "op9"), vec![TraceId(9)], "found in memory");
+    store.flush().unwrap();
+    assert_eq!(store.operations("a", None).unwrap().len(), 3);
+    assert_eq!(by_name(&store, "op9"), vec![TraceId(9)], "found in a block");
+    // New names in a later head do not grow the list either.
+    store.append(vec![span(12, 12, 0, "a", "op12", 120)]).unwrap();
+    assert_eq!(store.operations("a", None).unwrap().len(), 3);
+    store.flush().unwrap();
+    assert_eq!(store.operations("a", None).unwrap().len(), 3);
+    assert!(store.stats().operations_unlisted >= 8);
+    drop(store);
+    let store = EmbeddedStore::open(bounded()).unwrap();
+    assert_eq!(store.operations("a", None).unwrap().len(), 3);
+    assert_eq!(by_name(&store, "op12"), vec![TraceId(12)], "found after a restart");
+    assert_eq!(store.get_trace(TraceId(7)).unwrap().len(), 1);
+}
+
+#[test]
+fn the_catalog_keeps_kinds_apart_and_filters_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut client = span(1, 2, 1, "a", "call", 10);
+    client.kind = SpanKind::Client;
+    store.append(vec![span(1, 1, 0, "a", "call", 10), client]).unwrap();
+    store.flush().unwrap();
+    store.append(vec![span(2, 3, 0, "a", "call", 20)]).unwrap();
+    let ops = store.operations("a", None).unwrap();
+    assert_eq!(
+        ops,
+        vec![
+            Operation { name: "call".into(), kind: SpanKind::Server },
+            Operation { name: "call".into(), kind: SpanKind::Client }
+        ]
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    assert_eq!(store.operations("a", Some(SpanKind::Client)).unwrap().len(), 1);
+}
+
+/// One span stamped decades ahead (a client clock) must not keep its block past retention.
+#[test]
+fn a_span_from_a_future_clock_does_not_pin_its_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = Duration::from_secs(3600);
+    let store = EmbeddedStore::open(StoreOptions { retention: Some(retention), ..options(dir.path()) }).unwrap();
+    let now = now_unix_nanos();
+    let year_2076 = 3_345_000_000u64 * 1_000_000_000;
+    store.append(vec![span(1, 1, 0, "a", "op", now), span(1, 2, 1, "a", "op", year_2076)]).unwrap();
+    store.flush().unwrap();
+    assert_eq!(store.enforce_retention(now + retention.as_nanos() as u64 / 2).unwrap(), 0, "kept while young");
+    assert_eq!(store.stats().blocks, 1);
+    let later = now_unix_nanos() + retention.as_nanos() as u64 + 1;
+    assert_eq!(store.enforce_retention(later).unwrap(), 1, "dropped by when it came, not by its clock");
+    assert_eq!(store.stats().blocks, 0);
 }
