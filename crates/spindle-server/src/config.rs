@@ -168,6 +168,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINDLE_MAX_ATTRIBUTE_VALUE_BYTES", value_name = "BYTES")]
     pub max_attribute_value_bytes: Option<usize>,
 
+    /// Time a request body may take to arrive; a slower upload is refused [default: 30s]
+    #[arg(long, env = "SPINDLE_REQUEST_BODY_TIMEOUT", value_name = "DURATION")]
+    pub request_body_timeout: Option<String>,
+
     /// Span-metric series per service; beyond it spans count in one overflow series
     /// [default: 500]
     #[arg(long, env = "SPINDLE_MAX_SPAN_METRIC_SERIES_PER_SERVICE", value_name = "N")]
@@ -286,6 +290,7 @@ impl ServeArgs {
             max_spans_per_request: self.max_spans_per_request.or(file.max_spans_per_request),
             max_attributes_per_span: self.max_attributes_per_span.or(file.max_attributes_per_span),
             max_attribute_value_bytes: self.max_attribute_value_bytes.or(file.max_attribute_value_bytes),
+            request_body_timeout: self.request_body_timeout.or(file.request_body_timeout),
             max_span_metric_series_per_service: self.max_span_metric_series_per_service.or(file.max_span_metric_series_per_service),
             max_operations_per_service: self.max_operations_per_service.or(file.max_operations_per_service),
             max_analytics_groups: self.max_analytics_groups.or(file.max_analytics_groups),
@@ -390,6 +395,7 @@ fn limits(a: &ServeArgs) -> anyhow::Result<Limits> {
         max_spans_per_request: count("max_spans_per_request", a.max_spans_per_request, d.max_spans_per_request)?,
         max_attributes_per_span: count("max_attributes_per_span", a.max_attributes_per_span, d.max_attributes_per_span)?,
         max_attribute_value_bytes: count("max_attribute_value_bytes", a.max_attribute_value_bytes, d.max_attribute_value_bytes)?,
+        request_body_timeout: duration("request_body_timeout", a.request_body_timeout.as_deref(), d.request_body_timeout)?,
         max_span_metric_series_per_service: count("max_span_metric_series_per_service", a.max_span_metric_series_per_service, d.max_span_metric_series_per_service)?,
         max_operations_per_service: count("max_operations_per_service", a.max_operations_per_service, d.max_operations_per_service)?,
         max_analytics_groups: count("max_analytics_groups", a.max_analytics_groups, d.max_analytics_groups)?,

@@ -8,19 +8,40 @@
 //!
 //! Architecture Invariant: `accept` returns `Ok` only after the store made the batch
 //! durable, so a receiver acknowledges nothing that a crash could lose.
+//!
+//! The queue's permit is taken after decoding, when the span count is known: counting the
+//! spans of a request without decoding it would cost most of a decode. What a request holds
+//! while it decodes is bounded before that, by the byte budget its receiver admitted it
+//! against (`receivers::admission`): decoded spans take a small multiple of their wire bytes,
+//! and the reservation is held until `accept` returns.
+//!
+//! Here too, for every protocol alike, the per-request and per-span limits: a request with
+//! more than `max_spans_per_request` spans is refused whole; attributes beyond
+//! `max_attributes_per_span` are dropped and counted in the owner's
+//! `dropped_attributes_count`; values longer than `max_attribute_value_bytes` are cut and
+//! their span (or event, link, resource) gets [`TRUNCATED_ATTRIBUTES`].
 
 use std::sync::Arc;
 
 use spindle_codec::Decoded;
+use spindle_model::{AttributeValue, KeyValue, Resource, Span};
 use spindle_store::TraceStore;
 use tokio::sync::Semaphore;
 
+use crate::limits::{Limit, Limits};
 use crate::telemetry::{DropLabels, DropReason, ProtocolLabels, Telemetry};
+
+/// The attribute that marks a span, event, link or resource whose attribute values were
+/// cut to `max_attribute_value_bytes`: how many were. OpenTelemetry's SDKs cut such values
+/// silently (attribute limits); a backend that cuts what it received says so instead.
+pub const TRUNCATED_ATTRIBUTES: &str = "spindle.truncated_attributes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("ingest queue is full, retry later")]
     Overloaded,
+    #[error("request has {spans} spans, more than the limit of {limit} (--max-spans-per-request)")]
+    TooManySpans { spans: usize, limit: usize },
     #[error("store failed: {0}")]
     Store(String),
 }
@@ -29,13 +50,25 @@ pub struct Ingest {
     store: Arc<dyn TraceStore>,
     queue: Arc<Semaphore>,
     queue_capacity: usize,
+    max_spans_per_request: usize,
+    attribute_limits: AttributeLimits,
     telemetry: Arc<Telemetry>,
 }
 
 impl Ingest {
-    pub fn new(store: Arc<dyn TraceStore>, queue_spans: usize, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(store: Arc<dyn TraceStore>, queue_spans: usize, limits: &Limits, telemetry: Arc<Telemetry>) -> Self {
         let queue_capacity = queue_spans.min(Semaphore::MAX_PERMITS);
-        Ingest { store, queue: Arc::new(Semaphore::new(queue_capacity)), queue_capacity, telemetry }
+        Ingest {
+            store,
+            queue: Arc::new(Semaphore::new(queue_capacity)),
+            queue_capacity,
+            max_spans_per_request: limits.max_spans_per_request,
+            attribute_limits: AttributeLimits {
+                max_attributes: limits.max_attributes_per_span,
+                max_value_bytes: limits.max_attribute_value_bytes,
+            },
+            telemetry,
+        }
     }
 
     fn protocol(protocol: &str) -> ProtocolLabels {
@@ -62,6 +95,17 @@ impl Ingest {
         let n = decoded.spans.len() as u64;
         self.telemetry.server.spans_received.get_or_create(&Self::protocol(protocol)).inc_by(n + decoded.rejected);
         self.dropped(protocol, DropReason::invalid, decoded.rejected);
+        let spans = decoded.spans.len().saturating_add(usize::try_from(decoded.rejected).unwrap_or(usize::MAX));
+        if spans > self.max_spans_per_request {
+            self.dropped(protocol, DropReason::too_many_spans, n);
+            let limit = self.max_spans_per_request;
+            self.telemetry.limits.hit(
+                Limit::SpansPerRequest,
+                1,
+                &format_args!("{protocol} request of {spans} spans refused (limit {limit})"),
+            );
+            return Err(IngestError::TooManySpans { spans, limit });
+        }
         if decoded.spans.is_empty() {
             return Ok(());
         }
@@ -74,8 +118,19 @@ impl Ingest {
         self.telemetry.server.queue_spans.set((self.queue_capacity - self.queue.available_permits()) as i64);
         let store = Arc::clone(&self.store);
         let telemetry = Arc::clone(&self.telemetry);
-        let spans = decoded.spans;
+        let mut spans = decoded.spans;
+        let attribute_limits = self.attribute_limits;
         let result = tokio::task::spawn_blocking(move || {
+            let limited = attribute_limits.apply(&mut spans);
+            if limited.dropped > 0 || limited.cut > 0 {
+                let service = spans.first().map_or("", |s| s.service_name());
+                let what = format_args!(
+                    "{protocol} batch (service {service:?}): {} attributes dropped, {} values cut",
+                    limited.dropped, limited.cut
+                );
+                telemetry.limits.hit(Limit::AttributesPerSpan, limited.dropped, &what);
+                telemetry.limits.hit(Limit::AttributeValueBytes, limited.cut, &what);
+            }
             let prepared = Telemetry::prepare(&spans);
             let result = store.append(spans);
             drop(permit);
@@ -101,5 +156,177 @@ impl Ingest {
                 Err(IngestError::Store(format!("append task failed: {e}")))
             }
         }
+    }
+}
+
+/// The per-span attribute limits.
+#[derive(Clone, Copy, Debug)]
+pub struct AttributeLimits {
+    pub max_attributes: usize,
+    pub max_value_bytes: usize,
+}
+
+/// What [`AttributeLimits::apply`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Limited {
+    /// Attributes dropped.
+    pub dropped: u64,
+    /// Values cut.
+    pub cut: u64,
+}
+
+impl AttributeLimits {
+    /// Applies the limits to the spans, their events and links, and their resources. Runs
+    /// on every span, so a span within the limits costs one length check per attribute.
+    pub fn apply(&self, spans: &mut [Span]) -> Limited {
+        let mut limited = Limited::default();
+        // Spans of a batch share their resource: each distinct one is checked once, and
+        // replaced in every span that shares it when it had to change.
+        let mut last: Option<(*const Resource, Option<Arc<Resource>>)> = None;
+        for span in spans.iter_mut() {
+            let ptr = Arc::as_ptr(&span.resource);
+            match &last {
+                Some((p, replacement)) if *p == ptr => {
+                    if let Some(r) = replacement {
+                        span.resource = Arc::clone(r);
+                    }
+                }
+                _ => {
+                    let replacement = if self.exceeded(&span.resource.attributes) {
+                        let mut resource = Resource::clone(&span.resource);
+                        self.limit(&mut resource.attributes, &mut resource.dropped_attributes_count, &mut limited);
+                        let resource = Arc::new(resource);
+                        span.resource = Arc::clone(&resource);
+                        Some(resource)
+                    } else {
+                        None
+                    };
+                    last = Some((ptr, replacement));
+                }
+            }
+            if self.exceeded(&span.attributes) {
+                self.limit(&mut span.attributes, &mut span.dropped_attributes_count, &mut limited);
+            }
+            for event in &mut span.events {
+                if self.exceeded(&event.attributes) {
+                    self.limit(&mut event.attributes, &mut event.dropped_attributes_count, &mut limited);
+                }
+            }
+            for link in &mut span.links {
+                if self.exceeded(&link.attributes) {
+                    self.limit(&mut link.attributes, &mut link.dropped_attributes_count, &mut limited);
+                }
+            }
+        }
+        limited
+    }
+
+    fn exceeded(&self, attributes: &[KeyValue]) -> bool {
+        attributes.len() > self.max_attributes || attributes.iter().any(|kv| self.too_long(&kv.value))
+    }
+
+    fn too_long(&self, value: &AttributeValue) -> bool {
+        match value {
+            AttributeValue::String(s) => s.len() > self.max_value_bytes,
+            AttributeValue::Bytes(b) => b.len() > self.max_value_bytes,
+            AttributeValue::Array(items) => items.iter().any(|v| self.too_long(v)),
+            AttributeValue::Map(entries) => entries.iter().any(|kv| self.too_long(&kv.value)),
+            _ => false,
+        }
+    }
+
+    fn limit(&self, attributes: &mut Vec<KeyValue>, dropped_count: &mut u32, limited: &mut Limited) {
+        if attributes.len() > self.max_attributes {
+            let dropped = attributes.len() - self.max_attributes;
+            attributes.truncate(self.max_attributes);
+            *dropped_count = dropped_count.saturating_add(u32::try_from(dropped).unwrap_or(u32::MAX));
+            limited.dropped += dropped as u64;
+        }
+        let mut cut = 0u64;
+        for kv in attributes.iter_mut() {
+            cut += self.cut(&mut kv.value);
+        }
+        if cut > 0 {
+            limited.cut += cut;
+            // The marker comes on top of the kept attributes: it is the server's, not the client's.
+            let marker = AttributeValue::Int(i64::try_from(cut).unwrap_or(i64::MAX));
+            match attributes.iter_mut().find(|kv| kv.key == TRUNCATED_ATTRIBUTES) {
+                Some(kv) => kv.value = marker,
+                None => attributes.push(KeyValue::new(TRUNCATED_ATTRIBUTES, marker)),
+            }
+        }
+    }
+
+    /// Cuts the value's strings and byte strings to the limit; how many were cut.
+    fn cut(&self, value: &mut AttributeValue) -> u64 {
+        let max = self.max_value_bytes;
+        match value {
+            AttributeValue::String(s) if s.len() > max => {
+                // The longest prefix that ends on a character boundary.
+                let end = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+                s.truncate(end);
+                1
+            }
+            AttributeValue::Bytes(b) if b.len() > max => {
+                b.truncate(max);
+                1
+            }
+            AttributeValue::Array(items) => items.iter_mut().map(|v| self.cut(v)).sum(),
+            AttributeValue::Map(entries) => entries.iter_mut().map(|kv| self.cut(&mut kv.value)).sum(),
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span_with(attributes: Vec<KeyValue>, resource: &Arc<Resource>) -> Span {
+        Span { attributes, resource: Arc::clone(resource), ..Span::default() }
+    }
+
+    #[test]
+    fn spans_within_the_limits_are_untouched() {
+        let resource =
+            Arc::new(Resource { attributes: vec![KeyValue::string("service.name", "a")], ..Default::default() });
+        let mut spans = vec![span_with(vec![KeyValue::string("k", "short")], &resource)];
+        let before = spans.clone();
+        let limits = AttributeLimits { max_attributes: 4, max_value_bytes: 8 };
+        assert_eq!(limits.apply(&mut spans), Limited::default());
+        assert_eq!(spans, before);
+        assert!(Arc::ptr_eq(&spans[0].resource, &resource));
+    }
+
+    #[test]
+    fn extra_attributes_are_dropped_and_counted_and_long_values_cut_at_a_char_boundary() {
+        let resource = Arc::new(Resource {
+            attributes: vec![KeyValue::string("service.name", "a"), KeyValue::string("host", "hhhhhhhhhhhh")],
+            ..Default::default()
+        });
+        let attributes = vec![
+            // "é" is two bytes: a cut at 5 bytes would split the third one.
+            KeyValue::string("text", "éééééé"),
+            KeyValue::new("list", AttributeValue::Array(vec![AttributeValue::String("0123456789".into())])),
+            KeyValue::new("n", AttributeValue::Int(1)),
+            KeyValue::string("extra", "x"),
+        ];
+        let mut spans = vec![span_with(attributes.clone(), &resource), span_with(attributes, &resource)];
+        spans[1].dropped_attributes_count = 2;
+        let limits = AttributeLimits { max_attributes: 3, max_value_bytes: 5 };
+        let limited = limits.apply(&mut spans);
+        // Per span: one attribute dropped, two values cut; the shared resource once: one cut.
+        assert_eq!(limited, Limited { dropped: 2, cut: 5 });
+        for span in &spans {
+            assert_eq!(span.attributes[0].value, AttributeValue::String("éé".into()));
+            assert_eq!(span.attributes[1].value, AttributeValue::Array(vec![AttributeValue::String("01234".into())]));
+            assert_eq!(span.attributes.len(), 4, "three kept and the marker");
+            assert_eq!(span.attributes[3], KeyValue::new(TRUNCATED_ATTRIBUTES, AttributeValue::Int(2)));
+            assert_eq!(span.resource.attributes[1].value, AttributeValue::String("hhhhh".into()));
+            assert_eq!(span.service_name(), "a");
+        }
+        assert_eq!(spans[0].dropped_attributes_count, 1);
+        assert_eq!(spans[1].dropped_attributes_count, 3);
+        assert!(Arc::ptr_eq(&spans[0].resource, &spans[1].resource), "the replaced resource is shared still");
     }
 }

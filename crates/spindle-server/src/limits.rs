@@ -30,6 +30,9 @@ pub struct Limits {
     /// Bytes of one string attribute value; longer values are cut at a character boundary
     /// and the span says so.
     pub max_attribute_value_bytes: usize,
+    /// Time a request's body may take to arrive once its headers are in; a slower upload
+    /// is answered 408 / DEADLINE_EXCEEDED and its bytes released.
+    pub request_body_timeout: Duration,
 
     // Cardinality of what ingest derives from client-chosen values.
     /// Span-metric series per service (Prometheus and per-minute); beyond it, an overflow series.
@@ -68,6 +71,7 @@ impl Default for Limits {
             max_spans_per_request: 100_000,
             max_attributes_per_span: 1024,
             max_attribute_value_bytes: 64 * 1024,
+            request_body_timeout: Duration::from_secs(30),
             max_span_metric_series_per_service: 500,
             max_operations_per_service: 2000,
             max_analytics_groups: 1000,
@@ -83,6 +87,8 @@ impl Default for Limits {
 }
 
 /// The `limit` label of `spindle_limit_hits_total`; one value per setting.
+// `QueryLimit` names the query's `limit` parameter, not this enum.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Limit {
     Connections,
@@ -91,6 +97,7 @@ pub enum Limit {
     SpansPerRequest,
     AttributesPerSpan,
     AttributeValueBytes,
+    RequestBodyTimeout,
     SpanMetricSeries,
     OperationsPerService,
     AnalyticsGroups,
@@ -111,6 +118,7 @@ impl Limit {
             Limit::SpansPerRequest => "spans_per_request",
             Limit::AttributesPerSpan => "attributes_per_span",
             Limit::AttributeValueBytes => "attribute_value_bytes",
+            Limit::RequestBodyTimeout => "request_body_timeout",
             Limit::SpanMetricSeries => "span_metric_series",
             Limit::OperationsPerService => "operations_per_service",
             Limit::AnalyticsGroups => "analytics_groups",

@@ -11,7 +11,8 @@
 //! Decoding runs in the codec, on the runtime's worker threads, unlike the HTTP and UDP
 //! receivers: the blocking pool cost more CPU and memory per span than it saved
 //! (docs/adr/014-ingest-pipeline-threads.md); `--max-body-bytes` bounds how long one request
-//! can hold a worker.
+//! can hold a worker. The message's bytes are admitted against the ingest byte budget from
+//! its length prefix, before tonic buffers it (`grpc::serve_unary`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use crate::ingest::Ingest;
+use crate::receivers::admission::Admission;
 
 pub const PROTOCOL: &str = "otlp_grpc";
 
@@ -36,10 +38,11 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 pub struct OtlpGrpc {
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
+    admission: Admission,
 }
 
-pub fn service(ingest: Arc<Ingest>, max_message_bytes: usize) -> OtlpGrpc {
-    OtlpGrpc { ingest, max_message_bytes }
+pub fn service(ingest: Arc<Ingest>, max_message_bytes: usize, admission: Admission) -> OtlpGrpc {
+    OtlpGrpc { ingest, max_message_bytes, admission }
 }
 
 impl NamedService for OtlpGrpc {
@@ -108,7 +111,7 @@ impl UnaryService<Decoded> for Export {
 
 impl<B> Service<http::Request<B>> for OtlpGrpc
 where
-    B: tonic::codegen::Body + Send + 'static,
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -121,6 +124,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         crate::grpc::serve_unary(
+            &self.admission,
             req,
             EXPORT_PATH,
             ExportCodec,

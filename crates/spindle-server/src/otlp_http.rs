@@ -2,8 +2,10 @@
 //!
 //! Answers follow the OTLP/HTTP specification: success is an `ExportTraceServiceResponse`
 //! (with `partial_success` when spans were rejected) in the request's encoding; failures
-//! carry a `google.rpc.Status` in the request's encoding; 413 for bodies over the limit,
-//! 415 for other content types or encodings, 429 with `Retry-After` when the queue is full.
+//! carry a `google.rpc.Status` in the request's encoding; 413 for bodies over the limit or
+//! requests over `max_spans_per_request`, 415 for other content types or encodings, 429 with
+//! `Retry-After` when the listener's requests, the ingest byte budget or the queue are full
+//! (`receivers::admission` admits the request before its body is read).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use prost::Message;
 use spindle_codec::{CodecError, Decoded};
 
 use crate::ingest::{Ingest, IngestError};
+use crate::receivers::admission::{self, Admission};
 
 pub const PROTOCOL_PROTOBUF: &str = "otlp_http_protobuf";
 pub const PROTOCOL_JSON: &str = "otlp_http_json";
@@ -29,11 +32,29 @@ struct OtlpHttp {
     max_body_bytes: usize,
 }
 
-pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
+pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize, admission: Admission) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            admission::admit_http(admission.clone(), refusal, request, next)
+        }))
         .with_state(OtlpHttp { ingest, max_body_bytes })
+}
+
+/// An admission refusal as OTLP/HTTP words failures: a `google.rpc.Status` in the request's
+/// encoding (JSON when the request's is not one of OTLP's).
+fn refusal(headers: &HeaderMap, status: StatusCode, message: String) -> Response {
+    let encoding = match media_type(headers).as_deref() {
+        Some("application/x-protobuf") | Some("application/protobuf") => Encoding::Protobuf,
+        _ => Encoding::Json,
+    };
+    let code = match status {
+        StatusCode::TOO_MANY_REQUESTS => 8,
+        StatusCode::REQUEST_TIMEOUT => 4,
+        _ => 3,
+    };
+    respond(encoding, status, code, message)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -166,9 +187,12 @@ async fn export(State(state): State<OtlpHttp>, headers: HeaderMap, body: Bytes) 
         Err(IngestError::Overloaded) => {
             let mut response =
                 respond(encoding, StatusCode::TOO_MANY_REQUESTS, 8, "ingest queue is full, retry later".into());
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(admission::RETRY_AFTER_SECS));
             response
         }
+        // 413 is not retried (OTLP/HTTP retries only 429, 502, 503 and 504): the same request
+        // would be refused again.
+        Err(e @ IngestError::TooManySpans { .. }) => respond(encoding, StatusCode::PAYLOAD_TOO_LARGE, 3, e.to_string()),
         Err(e @ IngestError::Store(_)) => {
             let mut response = respond(encoding, StatusCode::SERVICE_UNAVAILABLE, 14, e.to_string());
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use crate::alerting::{self, Alerting};
 use crate::config::Settings;
 use crate::ingest::Ingest;
+use crate::receivers::admission::{self, Admission, ByteBudget};
 use crate::receivers::sampling::{self, Strategies};
 use crate::receivers::{jaeger_grpc, jaeger_http, jaeger_udp, zipkin};
 use crate::telemetry::{self, Telemetry};
@@ -48,13 +49,16 @@ async fn wait_for_signal() {
     }
 }
 
-fn serve_http(
+fn serve_http<L>(
     tasks: &mut JoinSet<anyhow::Result<()>>,
     what: &'static str,
-    listener: TcpListener,
+    listener: L,
     router: axum::Router,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     tasks.spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -92,7 +96,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let _ = store_slot.set(Arc::clone(&store));
     let dyn_store: Arc<dyn TraceStore> = store.clone();
-    let ingest = Arc::new(Ingest::new(Arc::clone(&dyn_store), settings.queue_spans, Arc::clone(&telemetry)));
+    let ingest =
+        Arc::new(Ingest::new(Arc::clone(&dyn_store), settings.queue_spans, &settings.limits, Arc::clone(&telemetry)));
+    // Receiver admission (docs/OPERATIONS.md, "Limits"): one byte budget for all receivers,
+    // connection and request caps per listener.
+    let budget = ByteBudget::new(settings.limits.max_inflight_bytes);
+    let admission = |listener: &'static str| {
+        Admission::new(listener, &settings.limits, Arc::clone(&budget), settings.max_body_bytes, Arc::clone(&telemetry))
+    };
     let query = QueryService::new(Arc::clone(&dyn_store));
 
     let grpc_listener = bind("otlp grpc", settings.otlp_grpc_addr).await?;
@@ -107,24 +118,29 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let strategies =
         Arc::new(Strategies::load(settings.sampling_strategies.clone(), settings.sampling_default_probability)?);
 
-    let grpc = otlp_grpc::service(Arc::clone(&ingest), settings.max_body_bytes);
+    let otlp_grpc_admission = admission("otlp grpc");
+    let grpc_incoming = admission::incoming(otlp_grpc_admission.listen(grpc_listener));
+    let grpc = otlp_grpc::service(Arc::clone(&ingest), settings.max_body_bytes, otlp_grpc_admission);
     let mut stop = stop_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(grpc)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
+            .serve_with_incoming_shutdown(grpc_incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
             .context("otlp grpc server failed")
     });
-    let jaeger_grpc = jaeger_grpc::CollectorService::new(Arc::clone(&ingest), settings.max_body_bytes);
+    let jaeger_grpc_admission = admission("jaeger grpc");
+    let jaeger_grpc_incoming = admission::incoming(jaeger_grpc_admission.listen(jaeger_grpc_listener));
+    let jaeger_grpc =
+        jaeger_grpc::CollectorService::new(Arc::clone(&ingest), settings.max_body_bytes, jaeger_grpc_admission);
     let mut stop = stop_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(jaeger_grpc)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(jaeger_grpc_listener),
+                jaeger_grpc_incoming,
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },
@@ -134,24 +150,42 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     for (socket, flavor) in [(compact_socket, jaeger_udp::Flavor::Compact), (binary_socket, jaeger_udp::Flavor::Binary)]
     {
-        tasks.spawn(jaeger_udp::serve(socket, flavor, Arc::clone(&ingest), Arc::clone(&telemetry), stop_rx.clone()));
+        tasks.spawn(jaeger_udp::serve(
+            socket,
+            flavor,
+            Arc::clone(&ingest),
+            Arc::clone(&telemetry),
+            Arc::clone(&budget),
+            stop_rx.clone(),
+        ));
     }
-    let jaeger_http = jaeger_http::router(Arc::clone(&ingest), Arc::clone(&strategies), settings.max_body_bytes);
+    let jaeger_http_admission = admission("jaeger http");
+    let jaeger_http_listener = jaeger_http_admission.listen(jaeger_http_listener);
+    let jaeger_http = jaeger_http::router(
+        Arc::clone(&ingest),
+        Arc::clone(&strategies),
+        settings.max_body_bytes,
+        jaeger_http_admission,
+    );
     serve_http(&mut tasks, "jaeger http", jaeger_http_listener, jaeger_http, stop_rx.clone());
+    let zipkin_admission = admission("zipkin");
+    let zipkin_listener = zipkin_admission.listen(zipkin_listener);
     serve_http(
         &mut tasks,
         "zipkin",
         zipkin_listener,
-        zipkin::router(Arc::clone(&ingest), settings.max_body_bytes),
+        zipkin::router(Arc::clone(&ingest), settings.max_body_bytes, zipkin_admission),
         stop_rx.clone(),
     );
     serve_http(&mut tasks, "sampling", sampling_listener, sampling::router(Arc::clone(&strategies)), stop_rx.clone());
     tokio::spawn(sampling::reload_loop(Arc::clone(&strategies), Duration::from_secs(2), stop_rx.clone()));
+    let otlp_http_admission = admission("otlp http");
+    let http_listener = otlp_http_admission.listen(http_listener);
     serve_http(
         &mut tasks,
         "otlp http",
         http_listener,
-        otlp_http::router(Arc::clone(&ingest), settings.max_body_bytes),
+        otlp_http::router(Arc::clone(&ingest), settings.max_body_bytes, otlp_http_admission),
         stop_rx.clone(),
     );
     let alerting = match &settings.alert_rules {

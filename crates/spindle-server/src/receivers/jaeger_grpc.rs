@@ -15,6 +15,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use crate::ingest::Ingest;
+use crate::receivers::admission::Admission;
 
 pub const PROTOCOL: &str = "jaeger_proto_grpc";
 const POST_SPANS: &str = "/jaeger.api_v2.CollectorService/PostSpans";
@@ -23,11 +24,12 @@ const POST_SPANS: &str = "/jaeger.api_v2.CollectorService/PostSpans";
 pub struct CollectorService {
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
+    admission: Admission,
 }
 
 impl CollectorService {
-    pub fn new(ingest: Arc<Ingest>, max_message_bytes: usize) -> Self {
-        CollectorService { ingest, max_message_bytes }
+    pub fn new(ingest: Arc<Ingest>, max_message_bytes: usize, admission: Admission) -> Self {
+        CollectorService { ingest, max_message_bytes, admission }
     }
 }
 
@@ -54,7 +56,7 @@ impl UnaryService<PostSpansRequest> for PostSpans {
 
 impl<B> Service<http::Request<B>> for CollectorService
 where
-    B: tonic::codegen::Body + Send + 'static,
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -68,6 +70,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = PostSpans(Arc::clone(&self.ingest));
         crate::grpc::serve_unary(
+            &self.admission,
             req,
             POST_SPANS,
             tonic_prost::ProstCodec::default(),

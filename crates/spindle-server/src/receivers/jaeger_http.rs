@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use super::admission::{self, Admission};
 use super::media_type;
 use super::sampling::Strategies;
 use crate::ingest::{Ingest, IngestError};
@@ -22,13 +23,13 @@ struct JaegerHttp {
     ingest: Arc<Ingest>,
 }
 
-pub fn router(ingest: Arc<Ingest>, strategies: Arc<Strategies>, max_body_bytes: usize) -> Router {
+pub fn router(ingest: Arc<Ingest>, strategies: Arc<Strategies>, max_body_bytes: usize, admission: Admission) -> Router {
     let sampling = Router::new().route("/api/sampling", get(super::sampling::handler)).with_state(strategies);
     Router::new()
         .route("/api/traces", post(post_traces))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(move |request, next| {
-            super::refuse_declared_oversize(max_body_bytes, request, next)
+            admission::admit_http(admission.clone(), admission::plain_text, request, next)
         }))
         .with_state(JaegerHttp { ingest })
         .merge(sampling)
@@ -68,6 +69,7 @@ async fn post_traces(State(state): State<JaegerHttp>, headers: HeaderMap, body: 
             (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "ingest queue is full, retry later\n")
                 .into_response()
         }
+        Err(e @ IngestError::TooManySpans { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")).into_response(),
         Err(e @ IngestError::Store(_)) => {
             (StatusCode::INTERNAL_SERVER_ERROR, format!("Cannot submit Jaeger batch: {e}\n")).into_response()
         }

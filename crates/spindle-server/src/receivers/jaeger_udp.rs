@@ -3,16 +3,20 @@
 //!
 //! The socket loop only copies datagrams into a bounded queue; decoding and storing run
 //! on workers, so a slow store never stalls the socket. A full queue drops the datagram
-//! and counts it (UDP has no way to push back).
+//! and counts it (UDP has no way to push back), as does a datagram for which the ingest
+//! byte budget, shared with the TCP receivers, has no room. The per-span limits apply in
+//! `Ingest::accept`, as for every protocol.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use spindle_codec::{CodecError, Decoded};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use super::admission::ByteBudget;
 use crate::ingest::Ingest;
+use crate::limits::Limit;
 use crate::telemetry::{DatagramLabels, Telemetry};
 
 /// Jaeger clients keep datagrams under 65,000 bytes; a little more is accepted.
@@ -62,9 +66,11 @@ pub async fn serve(
     flavor: Flavor,
     ingest: Arc<Ingest>,
     telemetry: Arc<Telemetry>,
+    budget: Arc<ByteBudget>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE_DATAGRAMS);
+    // A datagram holds its bytes of the budget until its spans are stored or refused.
+    let (tx, rx) = mpsc::channel::<(Vec<u8>, OwnedSemaphorePermit)>(QUEUE_DATAGRAMS);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
@@ -74,7 +80,7 @@ pub async fn serve(
         workers.push(tokio::spawn(async move {
             let mut logged = 0u32;
             loop {
-                let Some(datagram) = rx.lock().await.recv().await else { break };
+                let Some((datagram, reserved)) = rx.lock().await.recv().await else { break };
                 let decoded = tokio::task::spawn_blocking(move || flavor.decode(&datagram)).await;
                 match decoded {
                     Ok(Ok(decoded)) => {
@@ -93,6 +99,7 @@ pub async fn serve(
                     }
                     Err(e) => tracing::error!(error = %e, "datagram decode task failed"),
                 }
+                drop(reserved);
             }
         }));
     }
@@ -104,7 +111,12 @@ pub async fn serve(
         };
         let Ok((len, _peer)) = received else { continue };
         count(&telemetry, flavor, "received");
-        if tx.try_send(buf[..len].to_vec()).is_err() {
+        let Some(reserved) = budget.try_reserve(len) else {
+            telemetry.limits.hit(Limit::InflightBytes, 1, &format_args!("{} datagram dropped", flavor.protocol()));
+            count(&telemetry, flavor, "dropped");
+            continue;
+        };
+        if tx.try_send((buf[..len].to_vec(), reserved)).is_err() {
             count(&telemetry, flavor, "dropped");
         }
     }

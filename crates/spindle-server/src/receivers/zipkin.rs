@@ -13,6 +13,7 @@ use axum::routing::post;
 use axum::Router;
 use spindle_codec::{CodecError, Decoded};
 
+use super::admission::{self, Admission};
 use super::media_type;
 use crate::ingest::{Ingest, IngestError};
 use crate::otlp_http::{gunzip, BodyError};
@@ -23,13 +24,13 @@ struct Zipkin {
     max_body_bytes: usize,
 }
 
-pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
+pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize, admission: Admission) -> Router {
     Router::new()
         .route("/api/v2/spans", post(v2))
         .route("/api/v1/spans", post(v1))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(move |request, next| {
-            super::refuse_declared_oversize(max_body_bytes, request, next)
+            admission::admit_http(admission.clone(), admission::plain_text, request, next)
         }))
         .with_state(Zipkin { ingest, max_body_bytes })
 }
@@ -89,6 +90,7 @@ async fn receive(
         Err(IngestError::Overloaded) => {
             (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "ingest queue is full, retry later").into_response()
         }
+        Err(e @ IngestError::TooManySpans { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
         Err(e @ IngestError::Store(_)) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }

@@ -21,6 +21,8 @@ pub struct ProtocolLabels {
 pub enum DropReason {
     queue_full,
     invalid,
+    /// The request had more spans than `max_spans_per_request` and was refused whole.
+    too_many_spans,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
