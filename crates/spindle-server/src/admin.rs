@@ -47,7 +47,12 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let body = tokio::task::spawn_blocking(move || {
         telemetry.server.storage_bytes.set(spindle_store::EmbeddedStore::data_dir_size(&dir) as i64);
         if let Some(store) = store {
-            telemetry.server.store.set(&store.stats());
+            let unlisted = telemetry.server.store.set(&store.stats());
+            telemetry.limits.hit(
+                crate::limits::Limit::OperationsPerService,
+                unlisted,
+                &"operation names beyond max_operations_per_service are stored and searchable but not listed",
+            );
         }
         telemetry.encode()
     })

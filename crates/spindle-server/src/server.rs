@@ -86,6 +86,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         sync: settings.sync,
         retention: settings.retention,
         max_disk_bytes: settings.max_disk_bytes,
+        max_operations_per_service: settings.limits.max_operations_per_service,
         ..StoreOptions::new(settings.data_dir.clone())
     };
     let store: Arc<EmbeddedStore> = Arc::new(

@@ -43,7 +43,14 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
-/// Gauges of the embedded store; see [`StoreGauges::set`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecoveredLabels {
+    /// What the store could not read and kept aside: `block_set_aside`,
+    /// `wal_record_skipped`, `wal_record_undecodable`, `catalog_rebuilt`.
+    pub event: &'static str,
+}
+
+/// Gauges and counters of the embedded store; see [`StoreGauges::set`].
 #[derive(Default)]
 pub struct StoreGauges {
     head_spans: Gauge,
@@ -51,16 +58,38 @@ pub struct StoreGauges {
     block_spans: Gauge,
     block_bytes: Gauge,
     wal_bytes: Gauge,
+    recovered: Family<RecoveredLabels, Counter>,
+    wal_bytes_set_aside: Counter,
+    /// The store's counters at the previous scrape: the store counts since it opened, the
+    /// counters here are fed the difference.
+    last: std::sync::Mutex<Option<spindle_store::StoreStats>>,
 }
 
 impl StoreGauges {
-    pub fn set(&self, stats: &spindle_store::StoreStats) {
+    /// Refreshes the gauges and feeds the counters from `stats`; returns how many operation
+    /// names went unlisted since the previous call, for `spindle_limit_hits_total`.
+    pub fn set(&self, stats: &spindle_store::StoreStats) -> u64 {
         let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.head_spans.set(g(stats.head_spans));
         self.blocks.set(g(stats.blocks as u64));
         self.block_spans.set(g(stats.block_spans));
         self.block_bytes.set(g(stats.block_bytes));
         self.wal_bytes.set(g(stats.wal_bytes));
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let before = last.unwrap_or_default();
+        let delta = |now: u64, then: u64| now.saturating_sub(then);
+        for (event, now, then) in [
+            ("block_set_aside", stats.blocks_set_aside, before.blocks_set_aside),
+            ("wal_record_skipped", stats.wal_records_skipped, before.wal_records_skipped),
+            ("wal_record_undecodable", stats.wal_records_undecodable, before.wal_records_undecodable),
+            ("catalog_rebuilt", stats.catalog_rebuilds, before.catalog_rebuilds),
+        ] {
+            // Created at zero too, so that alert rules see the series before the first event.
+            self.recovered.get_or_create(&RecoveredLabels { event }).inc_by(delta(now, then));
+        }
+        self.wal_bytes_set_aside.inc_by(delta(stats.wal_bytes_set_aside, before.wal_bytes_set_aside));
+        *last = Some(*stats);
+        delta(stats.operations_unlisted, before.operations_unlisted)
     }
 }
 
@@ -140,6 +169,17 @@ impl SelfMetrics {
             Unit::Bytes,
             store.wal_bytes.clone(),
         );
+        registry.register(
+            "spindle_store_recovered",
+            "Damage the store met and survived, by event: blocks set aside, write-ahead log records skipped or undecodable, catalog rebuilds",
+            store.recovered.clone(),
+        );
+        registry.register_with_unit(
+            "spindle_store_wal_set_aside",
+            "Bytes of the write-ahead log replay could not read, copied to .unread files",
+            Unit::Bytes,
+            store.wal_bytes_set_aside.clone(),
+        );
         registry.register_with_unit(
             "spindle_query_duration",
             "Query API latency by endpoint",
@@ -147,5 +187,38 @@ impl SelfMetrics {
             metrics.query_duration.clone(),
         );
         metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_counters_are_fed_the_differences_between_scrapes() {
+        let mut registry = Registry::default();
+        let metrics = SelfMetrics::register(&mut registry);
+        let first = spindle_store::StoreStats {
+            blocks_set_aside: 2,
+            wal_records_skipped: 1,
+            wal_bytes_set_aside: 40,
+            operations_unlisted: 5,
+            ..Default::default()
+        };
+        assert_eq!(metrics.store.set(&first), 5);
+        let second = spindle_store::StoreStats { operations_unlisted: 8, catalog_rebuilds: 1, ..first };
+        assert_eq!(metrics.store.set(&second), 3, "only what is new since the last scrape");
+        assert_eq!(metrics.store.set(&second), 0);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "spindle_store_recovered_total{event=\"block_set_aside\"} 2",
+            "spindle_store_recovered_total{event=\"wal_record_skipped\"} 1",
+            "spindle_store_recovered_total{event=\"wal_record_undecodable\"} 0",
+            "spindle_store_recovered_total{event=\"catalog_rebuilt\"} 1",
+            "spindle_store_wal_set_aside_bytes_total 40",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

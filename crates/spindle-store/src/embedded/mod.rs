@@ -189,7 +189,7 @@ impl EmbeddedStore {
 }
 
 /// What the store holds, for `/metrics` and benchmarks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StoreStats {
     pub blocks: usize,
     pub block_spans: u64,
