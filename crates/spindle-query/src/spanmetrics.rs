@@ -6,8 +6,13 @@
 //! batch under borrowed keys (cheap, before the batch moves into the store) and
 //! [`SpanMetrics::merge`] adds it once the store has accepted the batch, so nothing
 //! refused is counted. The whole state serializes for persistence by the caller.
+//!
+//! Names are client-chosen, so the caller bounds the series per service: past its limit a
+//! service's new span names are counted in an overflow series ([`SeriesKey::overflow`]),
+//! as the OpenTelemetry spanmetrics connector does with `otel.metric.overflow`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use spindle_model::{Span, SpanKind, StatusCode, TraceId};
@@ -16,12 +21,32 @@ use crate::sketch::LatencySketch;
 
 pub const BUCKET_NANOS: u64 = 60_000_000_000;
 
+/// The operation an overflow series is shown under when series are grouped by operation.
+pub const OVERFLOW_OPERATION: &str = "otel.metric.overflow";
+
+/// One series. Names are shared (`Arc`), so a series present in many minutes holds its
+/// strings once and copying a key into a minute allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SeriesKey {
-    pub service: String,
-    pub operation: String,
+    pub service: Arc<str>,
+    /// Empty for an overflow series.
+    pub operation: Arc<str>,
     pub kind: SpanKind,
     pub status: StatusCode,
+    /// The service's spans of names beyond its series limit, all names together (kind and
+    /// status are kept: they are bounded, and Jaeger's Monitor tab filters on the kind).
+    pub overflow: bool,
+}
+
+impl SeriesKey {
+    /// The operation as series grouped by operation show it.
+    pub fn operation_label(&self) -> &str {
+        if self.overflow {
+            OVERFLOW_OPERATION
+        } else {
+            &self.operation
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,11 +92,22 @@ impl BatchAggregate {
             groups: borrowed
                 .into_iter()
                 .map(|((minute, service, operation, kind, status), agg)| {
-                    let key = SeriesKey { service: service.into(), operation: operation.into(), kind, status };
+                    let key = SeriesKey {
+                        service: service.into(),
+                        operation: operation.into(),
+                        kind,
+                        status,
+                        overflow: false,
+                    };
                     ((minute, key), agg)
                 })
                 .collect(),
         }
+    }
+
+    /// Adds `agg` to `key`'s minute.
+    pub fn add(&mut self, minute: u64, key: SeriesKey, agg: &Aggregate) {
+        self.groups.entry((minute, key)).or_default().merge(agg);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,9 +142,9 @@ pub struct SeriesFilter {
 
 impl SeriesFilter {
     fn matches(&self, key: &SeriesKey) -> bool {
-        (self.services.is_empty() || self.services.contains(&key.service))
+        (self.services.is_empty() || self.services.iter().any(|s| **s == *key.service))
             && (self.kinds.is_empty() || self.kinds.contains(&key.kind))
-            && self.operation.as_ref().is_none_or(|o| *o == key.operation)
+            && self.operation.as_ref().is_none_or(|o| **o == *key.operation_label())
     }
 }
 
@@ -134,8 +170,42 @@ impl SpanMetrics {
         self.buckets = keep;
     }
 
+    /// Drops minutes that start after `unix_nano`: state from a client clock far ahead,
+    /// which retention, measured from now, would never reach.
+    pub fn drop_after(&mut self, unix_nano: u64) {
+        if let Some(first) = (unix_nano / BUCKET_NANOS).checked_add(1) {
+            self.buckets.split_off(&first);
+        }
+    }
+
     pub fn minutes(&self) -> usize {
         self.buckets.len()
+    }
+
+    /// The first and last minute held, as unix nanoseconds of their start.
+    pub fn span_of_minutes(&self) -> Option<(u64, u64)> {
+        let first = self.buckets.keys().next()?;
+        let last = self.buckets.keys().next_back()?;
+        Some((first * BUCKET_NANOS, last * BUCKET_NANOS))
+    }
+
+    /// Every series present in some minute, once each.
+    pub fn series_keys(&self) -> Vec<&SeriesKey> {
+        let mut seen: std::collections::HashSet<&SeriesKey> = std::collections::HashSet::new();
+        for series in self.buckets.values() {
+            seen.extend(series.keys());
+        }
+        seen.into_iter().collect()
+    }
+
+    /// Every minute with its series, oldest first (for persistence by the caller).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &HashMap<SeriesKey, Aggregate>)> {
+        self.buckets.iter().map(|(m, s)| (*m, s))
+    }
+
+    /// Adds `agg` to `key` in `minute` (as a number of [`BUCKET_NANOS`] since the epoch).
+    pub fn insert(&mut self, minute: u64, key: SeriesKey, agg: &Aggregate) {
+        self.buckets.entry(minute).or_default().entry(key).or_default().merge(agg);
     }
 
     /// Series over `[start, end)` in steps of `step` (rounded up to whole minutes),
@@ -158,7 +228,7 @@ impl SpanMetrics {
         for (minute, series) in self.buckets.range(range) {
             let slot = (minute * BUCKET_NANOS).max(first) / step * step;
             for (key, agg) in series.iter().filter(|(k, _)| filter.matches(k)) {
-                let name = (key.service.as_str(), by_operation.then_some(key.operation.as_str()));
+                let name = (&*key.service, by_operation.then_some(key.operation_label()));
                 let g = *index.entry(name).or_insert_with(|| {
                     groups.push(BTreeMap::new());
                     groups.len() - 1
@@ -229,5 +299,30 @@ mod tests {
         assert_eq!(by_op.len(), 2);
         m.drop_before(11 * BUCKET_NANOS);
         assert_eq!(m.minutes(), 2);
+        m.drop_after(12 * BUCKET_NANOS);
+        assert_eq!(m.minutes(), 1, "minute 13 starts after minute 12's start");
+        m.drop_after(u64::MAX);
+        assert_eq!(m.minutes(), 1);
+    }
+
+    #[test]
+    fn an_overflow_series_is_its_own_operation() {
+        let mut m = SpanMetrics::default();
+        let overflow = SeriesKey {
+            service: "a".into(),
+            operation: "".into(),
+            kind: SpanKind::Server,
+            status: StatusCode::Error,
+            overflow: true,
+        };
+        m.insert(5, overflow, &Aggregate { calls: 4, ..Default::default() });
+        m.merge(BatchAggregate::from_spans(&[span("a", "", 5, 1_000, false)]));
+        let by_op = m.series(&SeriesFilter::default(), 0, u64::MAX, BUCKET_NANOS, true);
+        let calls = |op: &str| by_op[&("a".to_string(), Some(op.to_string()))][0].calls;
+        assert_eq!((calls(OVERFLOW_OPERATION), calls("")), (4, 1));
+        assert_eq!(by_op[&("a".to_string(), Some(OVERFLOW_OPERATION.to_string()))][0].errors, 4);
+        let only = SeriesFilter { operation: Some(OVERFLOW_OPERATION.into()), ..Default::default() };
+        assert_eq!(m.series(&only, 0, u64::MAX, BUCKET_NANOS, true).len(), 1);
+        assert_eq!(m.series_keys().len(), 2);
     }
 }

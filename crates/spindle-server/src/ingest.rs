@@ -131,7 +131,7 @@ impl Ingest {
                 telemetry.limits.hit(Limit::AttributesPerSpan, limited.dropped, &what);
                 telemetry.limits.hit(Limit::AttributeValueBytes, limited.cut, &what);
             }
-            let prepared = Telemetry::prepare(&spans);
+            let prepared = telemetry.prepare(&spans);
             let result = store.append(spans);
             drop(permit);
             if result.is_ok() {

@@ -18,10 +18,10 @@ use bytes::BufMut;
 use clap::{Args, ValueEnum};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use spindle_workload::{Rng, Workload, SPANS_PER_TRACE};
+use spindle_workload::{Rng, Workload, SERVICES, SPANS_PER_TRACE};
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 
-use self::template::Template;
+use self::template::{NameCycle, Template};
 
 /// Batches each connection generates and encodes before it starts sending.
 pub const POOL_BATCHES: usize = 16;
@@ -66,7 +66,16 @@ pub struct LoadgenArgs {
     /// Workload seed; connection i uses seed + i
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Send every span from one service (frontend) named `GET /users/<n>`, n cycling
+    /// through this many distinct names (zero-padded): the classic id-in-the-span-name
+    /// instrumentation bug, to measure what high span-name cardinality costs. 1 gives the
+    /// same spans with one name, the baseline to compare with
+    #[arg(long, value_name = "N")]
+    pub distinct_names: Option<u64>,
 }
+
+/// The prefix of `--distinct-names` span names.
+pub const DISTINCT_NAME_PREFIX: &str = "GET /users/";
 
 #[derive(Default)]
 struct Totals {
@@ -202,11 +211,32 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         // Each connection paces itself at its share of the target rate.
         let interval = (args.rate > 0)
             .then(|| Duration::from_secs_f64(batch_spans as f64 * args.connections as f64 / args.rate as f64));
+        // With --distinct-names, connection i starts at its share of the names, so together
+        // the connections cover them all early in a run.
+        let mut names = args.distinct_names.map(|n| {
+            let share = n.max(1).div_ceil(args.connections as u64);
+            NameCycle::new(n, share.saturating_mul(i as u64))
+        });
         let pool: Vec<Template> = {
             let mut workload = Workload::new(seed);
             let base = now_nanos();
             (0..POOL_BATCHES)
-                .map(|b| Template::new(&workload.batch(traces_per_batch, base + b as u64 * 1_000_000, 1_000_000)))
+                .map(|b| {
+                    let mut batch = workload.batch(traces_per_batch, base + b as u64 * 1_000_000, 1_000_000);
+                    match &names {
+                        Some(names) => {
+                            let first = &batch[0];
+                            let one = batch.iter().find(|s| s.service_name() == SERVICES[0]).unwrap_or(first);
+                            let frontend = Arc::clone(&one.resource);
+                            for span in &mut batch {
+                                span.resource = Arc::clone(&frontend);
+                                span.name = names.name(DISTINCT_NAME_PREFIX, 0).as_str().into();
+                            }
+                            Template::with_names(&batch, names.digits())
+                        }
+                        None => Template::new(&batch),
+                    }
+                })
                 .collect()
         };
         let mut ready = ready.clone();
@@ -229,7 +259,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                     next += interval;
                 }
                 let Some(batch) = batches.next() else { break };
-                let request = batch.render(&mut ids, now_nanos());
+                let request = batch.render(&mut ids, now_nanos(), names.as_mut());
                 totals.sent.fetch_add(batch_spans, Ordering::Relaxed);
                 let t = Instant::now();
                 match client.send(request).await {

@@ -75,7 +75,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     // Admin first, so /healthz answers while the store replays its log.
     let ready = Arc::new(AtomicBool::new(false));
-    let telemetry = Arc::new(Telemetry::new(&settings.data_dir));
+    let telemetry = Arc::new(Telemetry::new(&settings.data_dir, &settings.limits));
     let admin_listener = bind("admin", settings.admin_addr).await?;
     let store_slot: admin::StoreSlot = Arc::default();
     let admin =

@@ -36,6 +36,10 @@ struct Writer {
     request_ids: Vec<usize>,
     /// offsets of little-endian u64 timestamps
     times: Vec<usize>,
+    /// With `Some(digits)`, every span name ends in that many digits, rewritten per
+    /// rendering ([`NameCycle`]); the offsets of those digits.
+    name_digits: Option<usize>,
+    names: Vec<usize>,
 }
 
 impl Writer {
@@ -79,7 +83,7 @@ impl Writer {
 
     /// A nested message, written after its length; its patch offsets move with it.
     fn message(&mut self, field: u32, write: impl FnOnce(&mut Writer)) {
-        let mut inner = Writer::default();
+        let mut inner = Writer { name_digits: self.name_digits, ..Writer::default() };
         write(&mut inner);
         self.key(field, LEN);
         self.varint(inner.buf.len() as u64);
@@ -88,6 +92,7 @@ impl Writer {
         self.trace_ids.extend(inner.trace_ids.into_iter().map(|(o, t)| (o + at, t)));
         self.request_ids.extend(inner.request_ids.into_iter().map(|o| o + at));
         self.times.extend(inner.times.into_iter().map(|o| o + at));
+        self.names.extend(inner.names.into_iter().map(|o| o + at));
     }
 
     fn any_value(&mut self, value: &AttributeValue, patch_request_id: bool) {
@@ -155,7 +160,15 @@ impl Writer {
         if span.parent_span_id.is_valid() {
             self.bytes(4, &span.parent_span_id.to_bytes());
         }
-        self.bytes(5, span.name.as_bytes());
+        match self.name_digits {
+            Some(digits) if span.name.len() >= digits => {
+                self.key(5, LEN);
+                self.varint(span.name.len() as u64);
+                self.names.push(self.buf.len() + span.name.len() - digits);
+                self.buf.extend_from_slice(span.name.as_bytes());
+            }
+            _ => self.bytes(5, span.name.as_bytes()),
+        }
         self.uint(6, span.kind.to_otlp() as u64);
         self.time(7, span.start_time_unix_nano);
         self.time(8, span.end_time_unix_nano);
@@ -195,12 +208,51 @@ impl Writer {
     }
 }
 
+/// The span names of `--distinct-names`: `<prefix><n>` with `n` zero-padded to a fixed
+/// width, so a name is rewritten in place; successive spans take successive `n`, modulo
+/// the number of names.
+pub struct NameCycle {
+    next: u64,
+    count: u64,
+    digits: usize,
+}
+
+impl NameCycle {
+    /// `count` names (at least one), starting at name `first`.
+    pub fn new(count: u64, first: u64) -> Self {
+        let count = count.max(1);
+        NameCycle { next: first % count, count, digits: (count - 1).max(1).ilog10() as usize + 1 }
+    }
+
+    /// Digits of every name's number.
+    pub fn digits(&self) -> usize {
+        self.digits
+    }
+
+    /// The name numbered `n` with `prefix`, as the template writes it before rendering.
+    pub fn name(&self, prefix: &str, n: u64) -> String {
+        format!("{prefix}{n:0width$}", width = self.digits)
+    }
+
+    fn write_next(&mut self, out: &mut [u8]) {
+        let mut n = self.next;
+        for b in out.iter_mut().rev() {
+            *b = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        self.next = (self.next + 1) % self.count;
+    }
+}
+
 /// One batch of the workload as an encoded `ExportTraceServiceRequest`.
 pub struct Template {
     bytes: Vec<u8>,
     trace_ids: Vec<(usize, usize)>,
     request_ids: Vec<usize>,
     times: Vec<usize>,
+    /// Offsets of the digits ending each span name, with `--distinct-names`.
+    names: Vec<usize>,
+    name_digits: usize,
     traces: usize,
     /// The earliest time in the batch: rendering shifts every time by `now - base`.
     base: u64,
@@ -210,13 +262,23 @@ impl Template {
     /// Encodes `spans` grouped by resource, then scope
     /// (`spindle_codec::otlp::group_by_resource_and_scope`, as the ordinary conversion does).
     pub fn new(spans: &[Span]) -> Self {
+        Self::encode(spans, None)
+    }
+
+    /// As [`Template::new`], every span name ending in `digits` digits that each rendering
+    /// rewrites from a [`NameCycle`].
+    pub fn with_names(spans: &[Span], digits: usize) -> Self {
+        Self::encode(spans, Some(digits))
+    }
+
+    fn encode(spans: &[Span], name_digits: Option<usize>) -> Self {
         // Each trace's index among the batch's traces, in order of first appearance.
         let mut traces: HashMap<TraceId, usize> = HashMap::new();
         for span in spans {
             let next = traces.len();
             traces.entry(span.trace_id).or_insert(next);
         }
-        let mut w = Writer::default();
+        let mut w = Writer { name_digits, ..Writer::default() };
         for (resource, scopes) in group_by_resource_and_scope(spans) {
             w.message(1, |w| {
                 w.message(1, |w| w.resource(resource));
@@ -235,15 +297,25 @@ impl Template {
             trace_ids: w.trace_ids,
             request_ids: w.request_ids,
             times: w.times,
+            names: w.names,
+            name_digits: name_digits.unwrap_or(0),
             traces: traces.len(),
             base: spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0),
         }
     }
 
     /// The batch with new trace ids and request ids drawn from `rng`, its earliest span
-    /// starting at `start_unix_nano`.
-    pub fn render(&self, rng: &mut Rng, start_unix_nano: u64) -> Vec<u8> {
+    /// starting at `start_unix_nano`, and, for a template [`Template::with_names`], the
+    /// next span names of `names`.
+    pub fn render(&self, rng: &mut Rng, start_unix_nano: u64, names: Option<&mut NameCycle>) -> Vec<u8> {
         let mut out = self.bytes.clone();
+        if let Some(names) = names {
+            if names.digits == self.name_digits {
+                for &at in &self.names {
+                    names.write_next(&mut out[at..at + self.name_digits]);
+                }
+            }
+        }
         let ids: Vec<[u8; 16]> = (0..self.traces)
             .map(|_| (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64() | 1)).to_be_bytes())
             .collect();
@@ -322,10 +394,12 @@ mod tests {
         let template = Template::new(&spans);
         let mut rng = Rng::new(11);
         let now = 1_800_000_000_000_000_000;
-        let first =
-            request_to_spans(ExportTraceServiceRequest::decode(template.render(&mut rng, now).as_slice()).unwrap());
-        let second =
-            request_to_spans(ExportTraceServiceRequest::decode(template.render(&mut rng, now).as_slice()).unwrap());
+        let first = request_to_spans(
+            ExportTraceServiceRequest::decode(template.render(&mut rng, now, None).as_slice()).unwrap(),
+        );
+        let second = request_to_spans(
+            ExportTraceServiceRequest::decode(template.render(&mut rng, now, None).as_slice()).unwrap(),
+        );
         assert_eq!(first.rejected, 0);
         assert_eq!(first.spans.len(), 200);
         let traces = |d: &spindle_codec::Decoded| d.spans.iter().map(|s| s.trace_id).collect::<HashSet<_>>();
@@ -350,5 +424,30 @@ mod tests {
         }
         let matched = spans.iter().filter(|a| first.spans.iter().any(|b| b.span_id == a.span_id)).count();
         assert_eq!(matched, 200);
+    }
+
+    #[test]
+    fn distinct_names_cycle_through_every_name_once_per_round() {
+        let mut names = NameCycle::new(250, 240);
+        assert_eq!(names.digits(), 3);
+        let mut spans = Workload::new(5).batch(10, 1_000_000_000, 1_000_000);
+        for span in &mut spans {
+            span.name = names.name("GET /users/", 0).as_str().into();
+        }
+        let template = Template::with_names(&spans, names.digits());
+        let mut rng = Rng::new(1);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let request = ExportTraceServiceRequest::decode(template.render(&mut rng, 0, Some(&mut names)).as_slice());
+            seen.extend(request_to_spans(request.unwrap()).spans.into_iter().map(|s| s.name.to_string()));
+        }
+        assert_eq!(seen.len(), 300);
+        // Names follow on from span to span and wrap around at the count.
+        assert_eq!(seen[0], "GET /users/240");
+        assert_eq!(seen[9], "GET /users/249");
+        assert_eq!(seen[10], "GET /users/000");
+        assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 250);
+        assert_eq!(NameCycle::new(1, 0).digits(), 1);
+        assert_eq!(NameCycle::new(200_000, 0).digits(), 6);
     }
 }

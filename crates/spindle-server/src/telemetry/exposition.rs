@@ -29,8 +29,8 @@ mod tests {
     #[test]
     fn the_exposition_is_openmetrics_with_the_connector_names_and_exemplars() {
         let dir = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::new(dir.path());
-        let mut spans = spindle_workload::Workload::new(7).trace(1_700_000_000_000_000_000);
+        let telemetry = Telemetry::new(dir.path(), &crate::limits::Limits::default());
+        let mut spans = spindle_workload::Workload::new(7).trace(crate::api::params::now_unix_nano());
         for span in &mut spans {
             span.kind = SpanKind::Server;
             span.status.code = StatusCode::Error;
@@ -39,7 +39,7 @@ mod tests {
         let service = spans[0].service_name().to_string();
         let n = spans.iter().filter(|s| s.service_name() == service).count();
         let trace = spans.last().unwrap().trace_id.to_hex();
-        telemetry.record(Telemetry::prepare(&spans));
+        telemetry.record(telemetry.prepare(&spans));
         telemetry.server.spans_accepted.get_or_create(&ProtocolLabels { protocol: "otlp_grpc".into() }).inc_by(3);
         telemetry.server.storage_bytes.set(4096);
 

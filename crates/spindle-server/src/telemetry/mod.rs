@@ -4,9 +4,12 @@
 //!
 //! - [`self_metrics`]: ingest, queue, storage and query figures of the server itself;
 //! - [`span_metrics`]: the cumulative series the OpenTelemetry spanmetrics connector would
-//!   derive from the spans (`traces_span_metrics_*`), grouped off the reactor at ingest;
+//!   derive from the spans (`traces_span_metrics_*`), grouped off the reactor at ingest,
+//!   bounded per service (an overflow series past the limit) and to spans inside the
+//!   accepted time window;
 //! - [`persistence`]: the per-minute aggregates, snapshotted to
-//!   `DATA_DIR/spanmetrics/state.bin` and trimmed to the retention window;
+//!   `DATA_DIR/spanmetrics/state.bin` and trimmed to the retention window (an unreadable
+//!   snapshot is set aside, never deleted);
 //! - [`exposition`]: the registry encoded by `prometheus-client` as OpenMetrics text.
 
 mod exposition;
@@ -15,6 +18,7 @@ mod self_metrics;
 mod span_metrics;
 
 use std::path::Path;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use spindle_model::Span;
@@ -25,7 +29,7 @@ pub use persistence::snapshot_loop;
 pub use self_metrics::{DatagramLabels, DropLabels, DropReason, EndpointLabels, ProtocolLabels, SelfMetrics};
 pub use span_metrics::PreparedBatch;
 
-use crate::limits::LimitHits;
+use crate::limits::{LimitHits, Limits};
 use persistence::MinuteAggregates;
 use span_metrics::SpanSeries;
 
@@ -37,36 +41,49 @@ pub struct Telemetry {
     pub limits: LimitHits,
     spans: SpanSeries,
     minutes: MinuteAggregates,
+    /// How far ahead of the server's clock a span may start and still derive span metrics;
+    /// minutes beyond it are trimmed too.
+    max_span_future: Duration,
 }
 
 impl Telemetry {
-    /// Registers every metric and reads the minute aggregates `data_dir` holds, if any.
-    pub fn new(data_dir: &Path) -> Self {
+    /// Registers every metric and reads the minute aggregates `data_dir` holds, if any; the
+    /// series they hold count against the span-metric series limit.
+    pub fn new(data_dir: &Path, limits: &Limits) -> Self {
         let mut registry = Registry::default();
         let server = SelfMetrics::register(&mut registry);
-        let limits = LimitHits::register(&mut registry);
-        let spans = SpanSeries::register(&mut registry);
-        Telemetry { registry, server, limits, spans, minutes: MinuteAggregates::load(data_dir) }
+        let hits = LimitHits::register(&mut registry);
+        let spans = SpanSeries::register(
+            &mut registry,
+            limits.max_span_metric_series_per_service,
+            limits.max_span_future,
+            limits.max_span_age,
+        );
+        let minutes = MinuteAggregates::load(data_dir);
+        minutes.with(|m| spans.seed(m));
+        Telemetry { registry, server, limits: hits, spans, minutes, max_span_future: limits.max_span_future }
     }
 
-    /// Groups a batch for span metrics; cheap, done before the batch moves into the store.
-    pub fn prepare(spans: &[Span]) -> PreparedBatch {
-        span_metrics::prepare(spans)
+    /// Groups a batch for span metrics by the server's clock; cheap, done before the batch
+    /// moves into the store.
+    pub fn prepare(&self, spans: &[Span]) -> PreparedBatch {
+        self.spans.prepare(spans, crate::api::params::now_unix_nano())
     }
 
     /// Counts a batch the store accepted.
     pub fn record(&self, batch: PreparedBatch) {
-        self.spans.record(batch.series);
-        self.minutes.merge(batch.minutes);
+        self.minutes.merge(self.spans.record(batch, &self.limits));
     }
 
     pub fn with_minutes<T>(&self, f: impl FnOnce(&SpanMetrics) -> T) -> T {
         self.minutes.with(f)
     }
 
-    /// Drops minute aggregates older than `unix_nano`.
-    pub fn drop_before(&self, unix_nano: u64) {
-        self.minutes.drop_before(unix_nano);
+    /// Drops minute aggregates older than `keep_from` or further ahead of `now` than spans
+    /// are accepted (a snapshot written before the window existed may hold such minutes).
+    /// Both are the server's clock.
+    pub fn trim(&self, keep_from: u64, now: u64) {
+        self.minutes.trim(keep_from, now.saturating_add(self.max_span_future.as_nanos() as u64));
     }
 
     /// Writes the minute aggregates if they changed since the last snapshot.
