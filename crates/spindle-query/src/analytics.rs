@@ -8,7 +8,6 @@
 //! bounded by the number of groups, not spans, and percentiles carry the sketch's error.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use spindle_model::{for_each_edge_named, semconv, AttributeValue, BrokerNodes, Span, SpanId, SpanKind, TraceId};
 use spindle_store::{RowFields, SpanFields, SpanRow, TraceQuery, GRAPH_KEYS, SCAN_THREADS};
@@ -16,25 +15,10 @@ use spindle_store::{RowFields, SpanFields, SpanRow, TraceQuery, GRAPH_KEYS, SCAN
 use crate::sketch::{LatencySketch, SketchBuilder};
 use crate::{QueryError, QueryService, Trace};
 
-/// FNV-1a: group texts are short (a ticker, a tier, an operation) and hashed once per
-/// scanned row, where SipHash's setup cost showed; the keys come from the user's own data
-/// and the map lives for one query, so flooding resistance buys nothing here.
-#[derive(Default)]
-struct Fnv1a(u64);
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
+/// The hasher of the group index: group texts come from clients (a span name, an attribute
+/// value), so the hash is keyed per process (aHash's random state), and nobody can send
+/// texts that all collide; it stays about as fast as the unkeyed FNV it replaced.
+type GroupHasher = ahash::RandomState;
 
 /// Calls, errors and latency of one group over one interval.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -239,60 +223,95 @@ impl Series {
 /// borrowed while scanning and a group's key is allocated once; latencies are counted per
 /// point in bucket windows as they come (`SketchBuilder`); a group's total is the merge of
 /// its points, which sketches make exact.
+///
+/// At most `capacity` groups are kept apart; rows of groups first seen after that go to
+/// `overflow`, so memory is bounded by the capacity whatever the number of distinct texts.
 struct RedAggregate {
     steps: Steps,
     grouped: bool,
-    index: HashMap<String, usize, BuildHasherDefault<Fnv1a>>,
+    capacity: usize,
+    index: HashMap<String, usize, GroupHasher>,
     groups: Vec<(String, Series)>,
+    /// Rows of groups beyond `capacity`; `None` until one came.
+    overflow: Option<Series>,
 }
 
 impl RedAggregate {
-    fn new(steps: Steps, grouped: bool) -> Self {
-        RedAggregate { steps, grouped, index: HashMap::default(), groups: Vec::new() }
+    fn new(steps: Steps, grouped: bool, capacity: usize) -> Self {
+        RedAggregate {
+            steps,
+            grouped,
+            capacity: capacity.max(1),
+            index: HashMap::default(),
+            groups: Vec::new(),
+            overflow: None,
+        }
     }
 
     /// Adds one row; grouped scans leave out rows without the group's value.
     fn add(&mut self, row: &SpanRow) {
-        let slot = match (self.grouped, row.group.as_deref()) {
+        let steps = self.steps;
+        let series = match (self.grouped, row.group.as_deref()) {
             (true, None) => return,
-            (_, text) => self.slot(text.unwrap_or_default()),
+            (_, text) => self.series(text.unwrap_or_default()),
         };
-        let point = self.groups[slot].1.point(row.start_unix_nano, &self.steps);
+        let point = series.point(row.start_unix_nano, &steps);
         point.calls += 1;
         point.errors += u64::from(row.error);
         point.latency.add(row.duration_nanos);
     }
 
-    fn slot(&mut self, text: &str) -> usize {
+    /// The series of group `text`: its own while there is room, else the overflow.
+    fn series(&mut self, text: &str) -> &mut Series {
         if let Some(&i) = self.index.get(text) {
-            return i;
+            return &mut self.groups[i].1;
         }
-        self.index.insert(text.to_string(), self.groups.len());
-        self.groups.push((text.to_string(), self.steps.new_series()));
-        self.groups.len() - 1
+        if self.groups.len() < self.capacity {
+            self.index.insert(text.to_string(), self.groups.len());
+            self.groups.push((text.to_string(), self.steps.new_series()));
+            return &mut self.groups.last_mut().expect("just pushed").1;
+        }
+        let steps = self.steps;
+        self.overflow.get_or_insert_with(|| steps.new_series())
     }
 
     /// Merges another partial aggregate of the same scan into this one.
     fn absorb(&mut self, other: RedAggregate) {
+        let steps = self.steps;
         for (text, series) in other.groups {
-            let slot = self.slot(&text);
-            let mine = &mut self.groups[slot].1;
-            match (mine, series) {
-                (Series::Dense(mine), Series::Dense(theirs)) => {
-                    mine.iter_mut().zip(theirs).for_each(|(m, t)| m.absorb(t));
-                }
-                (mine, theirs) => {
-                    for (at, point) in theirs.into_points(&self.steps) {
-                        mine.point(at, &self.steps).absorb(point);
-                    }
-                }
-            }
+            merge_series(self.series(&text), series, &steps);
+        }
+        if let Some(overflow) = other.overflow {
+            merge_series(self.overflow.get_or_insert_with(|| steps.new_series()), overflow, &steps);
         }
     }
 
-    /// The groups' statistics, sketches built on every core.
-    fn finish(self) -> Vec<GroupStats> {
+    /// The top `max_groups` groups' statistics by calls (sorted by text), and the rest
+    /// merged into one, with how many groups that holds (not counting groups the capacity
+    /// kept out, which are in it too). Sketches are built on every core.
+    fn finish(self, max_groups: usize) -> (Vec<GroupStats>, Option<(GroupStats, usize)>) {
         let (steps, grouped) = (self.steps, self.grouped);
+        let mut groups = self.groups;
+        let mut overflow = self.overflow;
+        let mut folded = 0;
+        if groups.len() > max_groups {
+            let calls = |s: &Series| -> u64 {
+                match s {
+                    Series::Dense(points) => points.iter().map(|p| p.calls).sum(),
+                    Series::Sparse(points) => points.values().map(|p| p.calls).sum(),
+                }
+            };
+            // Most calls first; ties by text, so the cut does not depend on scan order.
+            let mut keyed: Vec<(u64, (String, Series))> = groups.into_iter().map(|g| (calls(&g.1), g)).collect();
+            keyed.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1 .0.cmp(&b.1 .0)));
+            let rest = keyed.split_off(max_groups);
+            folded = rest.len();
+            let other = overflow.get_or_insert_with(|| steps.new_series());
+            for (_, (_, series)) in rest {
+                merge_series(other, series, &steps);
+            }
+            groups = keyed.into_iter().map(|(_, g)| g).collect();
+        }
         let finish_group = |(text, series): (String, Series)| {
             let mut total = Stats::default();
             let points: BTreeMap<u64, Stats> = series
@@ -308,16 +327,50 @@ impl RedAggregate {
                 .collect();
             GroupStats { group: grouped.then_some(text), total, series: points }
         };
-        let mut groups = self.groups;
         let second: Vec<(String, Series)> = groups.split_off(groups.len() / 2);
-        std::thread::scope(|s| {
+        let finished = std::thread::scope(|s| {
             let theirs = s.spawn(|| second.into_iter().map(finish_group).collect::<Vec<_>>());
             let mut mine: Vec<_> = groups.into_iter().map(finish_group).collect();
             mine.extend(theirs.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
             mine
-        })
+        });
+        let other = overflow.map(|series| (finish_group((String::new(), series)), folded));
+        (finished, other)
     }
 }
+
+/// Adds the points of `from` to `into`.
+fn merge_series(into: &mut Series, from: Series, steps: &Steps) {
+    match (into, from) {
+        (Series::Dense(mine), Series::Dense(theirs)) => {
+            mine.iter_mut().zip(theirs).for_each(|(m, t)| m.absorb(t));
+        }
+        (mine, theirs) => {
+            for (at, point) in theirs.into_points(steps) {
+                mine.point(at, steps).absorb(point);
+            }
+        }
+    }
+}
+
+/// RED statistics of the top groups, and of the rest together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedAnswer {
+    /// At most the `max_groups` asked for, the groups with most calls, sorted by text.
+    pub groups: Vec<GroupStats>,
+    /// Every other group's rows merged (its `group` is empty); `None` when every group is
+    /// in `groups`.
+    pub other: Option<GroupStats>,
+    /// Groups merged into `other` that the scan kept apart; groups first seen once
+    /// [`TRACKED_GROUPS_PER_SHOWN`] times `max_groups` were kept went straight into
+    /// `other`, uncounted, and then `other_uncounted` is true.
+    pub other_groups: usize,
+    pub other_uncounted: bool,
+}
+
+/// Groups a RED scan keeps apart, per group it answers: the top groups are exact when they
+/// are among the first this many times `max_groups` distinct groups a scanning thread sees.
+pub const TRACKED_GROUPS_PER_SHOWN: usize = 4;
 
 impl QueryService {
     /// RED statistics of spans matching `query`, grouped by the value of `group_by`
@@ -328,12 +381,28 @@ impl QueryService {
         group_by: Option<&str>,
         step_nanos: u64,
     ) -> Result<Vec<GroupStats>, QueryError> {
+        Ok(self.red_top(query, group_by, step_nanos, usize::MAX)?.groups)
+    }
+
+    /// [`QueryService::red`] answering at most `max_groups` groups, those with most calls,
+    /// and the rest merged into [`RedAnswer::other`]; memory stays bounded by `max_groups`
+    /// however many distinct values the grouping key has.
+    pub fn red_top(
+        &self,
+        query: &TraceQuery,
+        group_by: Option<&str>,
+        step_nanos: u64,
+        max_groups: usize,
+    ) -> Result<RedAnswer, QueryError> {
         let step = step_nanos.max(1);
+        let max_groups = max_groups.max(1);
         // One partial aggregate per scanning thread, merged at the end: the aggregating
         // runs on every core, not on one thread behind the decoding ones.
         let steps = Steps::of(query, step);
         let grouped = group_by.is_some();
-        let mut partials: Vec<RedAggregate> = (0..SCAN_THREADS).map(|_| RedAggregate::new(steps, grouped)).collect();
+        let capacity = max_groups.saturating_mul(TRACKED_GROUPS_PER_SHOWN);
+        let mut partials: Vec<RedAggregate> =
+            (0..SCAN_THREADS).map(|_| RedAggregate::new(steps, grouped, capacity)).collect();
         let fields = RowFields { group_by: group_by.map(str::to_string), ids: false, operation: false };
         {
             let mut visitors: Vec<_> =
@@ -342,13 +411,18 @@ impl QueryService {
                 visitors.iter_mut().map(|v| v as &mut (dyn FnMut(&SpanRow) + Send)).collect();
             self.store.scan_rows_split(query, &fields, &mut refs)?;
         }
-        let mut all = partials.pop().unwrap_or_else(|| RedAggregate::new(steps, grouped));
+        let mut all = partials.pop().unwrap_or_else(|| RedAggregate::new(steps, grouped, capacity));
         for partial in partials {
             all.absorb(partial);
         }
-        let mut groups = all.finish();
+        let uncounted = all.overflow.is_some();
+        let (mut groups, other) = all.finish(max_groups);
         groups.sort_by(|a, b| a.group.cmp(&b.group));
-        Ok(groups)
+        let (other, other_groups) = match other {
+            Some((stats, folded)) => (Some(stats), folded),
+            None => (None, 0),
+        };
+        Ok(RedAnswer { groups, other, other_groups, other_uncounted: uncounted })
     }
 
     /// The `limit` longest spans matching `query`, longest first.

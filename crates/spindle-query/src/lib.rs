@@ -25,6 +25,9 @@ pub enum QueryError {
 pub struct Trace {
     pub trace_id: TraceId,
     pub spans: Vec<Span>,
+    /// Spans left out of `spans` by the span cap ([`QueryService::with_max_trace_spans`]):
+    /// the latest-starting ones.
+    pub omitted_spans: usize,
 }
 
 /// Per-service counts within a trace summary.
@@ -54,11 +57,19 @@ pub struct TraceSummary {
 #[derive(Clone)]
 pub struct QueryService {
     store: Arc<dyn TraceStore>,
+    max_trace_spans: usize,
 }
 
 impl QueryService {
     pub fn new(store: Arc<dyn TraceStore>) -> Self {
-        QueryService { store }
+        QueryService { store, max_trace_spans: usize::MAX }
+    }
+
+    /// Traces are served with at most `max` spans (the earliest-starting ones); the rest are
+    /// counted in [`Trace::omitted_spans`].
+    pub fn with_max_trace_spans(mut self, max: usize) -> Self {
+        self.max_trace_spans = max.max(1);
+        self
     }
 
     /// The trace, or `None` when no span of it is stored.
@@ -67,7 +78,13 @@ impl QueryService {
         if spans.is_empty() {
             return Ok(None);
         }
-        Ok(Some(assemble(trace_id, spans)))
+        let mut trace = assemble(trace_id, spans);
+        if trace.spans.len() > self.max_trace_spans {
+            trace.omitted_spans = trace.spans.len() - self.max_trace_spans;
+            trace.spans.truncate(self.max_trace_spans);
+            trace.spans.shrink_to_fit();
+        }
+        Ok(Some(trace))
     }
 
     /// Whole traces with at least one span matching `query`, newest first.
@@ -75,6 +92,8 @@ impl QueryService {
         let ids = self.store.find_trace_ids(query)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
+            // Assembling a thousand traces takes long too: stop between traces.
+            query.check()?;
             if let Some(trace) = self.get_trace(id)? {
                 out.push(trace);
             }
@@ -99,7 +118,7 @@ impl QueryService {
 pub fn assemble(trace_id: TraceId, mut spans: Vec<Span>) -> Trace {
     spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
     spans.dedup_by(|a, b| a.span_id == b.span_id && a == b);
-    Trace { trace_id, spans }
+    Trace { trace_id, spans, omitted_spans: 0 }
 }
 
 impl Trace {

@@ -202,7 +202,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let api_state = api::ApiState { query, telemetry: Arc::clone(&telemetry), alerting };
+    let api_state = api::ApiState::new(query, Arc::clone(&telemetry), alerting, settings.limits.clone());
     serve_http(&mut tasks, "query", query_listener, api::router(api_state), stop_rx.clone());
 
     let snapshots = tokio::spawn(telemetry::snapshot_loop(

@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use spindle_model::{DependencyLink, Span, SpanId, SpanKind, TraceId};
 
 pub use embedded::{EmbeddedStore, StoreOptions, StoreStats};
-pub use query::{Operation, TraceQuery};
+pub use query::{Operation, QueryControl, TraceQuery};
 pub use scan::SCAN_THREADS;
 pub use wal::SyncPolicy;
 
@@ -47,6 +47,12 @@ pub enum StoreError {
     /// unreadable); `message` says what to do.
     #[error("data directory marker {path}: {message}")]
     DataFormat { path: String, message: String },
+    /// The query's deadline ([`QueryControl`]) passed before it finished.
+    #[error("query timed out")]
+    TimedOut,
+    /// The query's caller no longer waits for it ([`QueryControl`]).
+    #[error("query cancelled")]
+    Cancelled,
 }
 
 impl StoreError {

@@ -1,6 +1,82 @@
-//! What a trace search asks for, and how one span is tested against it.
+//! What a trace search asks for, how one span is tested against it, and how a running
+//! query is stopped ([`QueryControl`]).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use spindle_model::{semconv, KeyValue, Span, SpanKind, StatusCode};
+
+use crate::StoreError;
+
+/// How a running query is stopped: its deadline, and a flag its caller sets when nobody
+/// waits for the answer any more (the client disconnected). Scans call [`QueryControl::check`]
+/// once per row group, so a query stops within one row group of either.
+///
+/// It travels inside [`TraceQuery`] so that the `TraceStore` trait keeps its signature;
+/// calls that take no query (dependencies) see it through [`QueryControl::run`].
+#[derive(Clone, Default)]
+pub struct QueryControl {
+    deadline: Option<Instant>,
+    cancelled: Option<Arc<AtomicBool>>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<QueryControl> = RefCell::new(QueryControl::default());
+}
+
+impl QueryControl {
+    pub fn new(deadline: Option<Instant>, cancelled: Option<Arc<AtomicBool>>) -> Self {
+        QueryControl { deadline, cancelled }
+    }
+
+    /// `Err` once the query was cancelled or its deadline passed.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.cancelled.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(StoreError::Cancelled);
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(StoreError::TimedOut);
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with this control as the calling thread's current one, which
+    /// [`QueryControl::check_current`] checks: for store calls that take no [`TraceQuery`].
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        let previous = CURRENT.with(|c| c.replace(self.clone()));
+        // Restored even if `f` unwinds: the thread (a pool's) runs other queries later.
+        struct Restore(Option<QueryControl>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                if let Some(previous) = self.0.take() {
+                    CURRENT.with(|c| *c.borrow_mut() = previous);
+                }
+            }
+        }
+        let _restore = Restore(Some(previous));
+        f()
+    }
+
+    /// [`QueryControl::check`] of the control [`QueryControl::run`] set on this thread.
+    pub fn check_current() -> Result<(), StoreError> {
+        CURRENT.with(|c| c.borrow().check())
+    }
+}
+
+impl std::fmt::Debug for QueryControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryControl").field("deadline", &self.deadline).finish_non_exhaustive()
+    }
+}
+
+/// Two queries asking the same are equal whatever their deadlines.
+impl PartialEq for QueryControl {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
 
 /// A search. Every filter applies to one span: a trace matches when one of its spans
 /// matches all filters at once.
@@ -18,6 +94,8 @@ pub struct TraceQuery {
     pub duration_min_nanos: Option<u64>,
     pub duration_max_nanos: Option<u64>,
     pub limit: usize,
+    /// When the query stops early; not part of what it asks.
+    pub control: QueryControl,
 }
 
 impl Default for TraceQuery {
@@ -32,6 +110,7 @@ impl Default for TraceQuery {
             duration_min_nanos: None,
             duration_max_nanos: None,
             limit: 100,
+            control: QueryControl::default(),
         }
     }
 }
@@ -75,6 +154,11 @@ pub fn tag_matches(span: &Span, key: &str, value: &str) -> bool {
 }
 
 impl TraceQuery {
+    /// [`QueryControl::check`] of this query's control.
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.control.check()
+    }
+
     pub fn matches_span(&self, span: &Span) -> bool {
         if let Some(service) = &self.service {
             if span.service_name() != service {

@@ -246,6 +246,9 @@ impl<'a> Matcher<'a> {
     pub(crate) fn row_mask(&self, rg_index: usize) -> Result<Option<(Vec<bool>, SpanColumns)>, StoreError> {
         let Matcher { block, query, pairs, service_ok, phase1, span_kv, event_kv, min_duration, max_duration } = self;
         let (block, query, min_duration, max_duration) = (*block, *query, *min_duration, *max_duration);
+        // Every scan of a block goes through here once per row group: where a query that
+        // timed out or lost its client stops.
+        query.check()?;
         let meta = &block.meta;
         let Some(rg) = meta.row_groups.get(rg_index) else { return Ok(None) };
         if rg.max_start < query.start_time_min_unix_nano

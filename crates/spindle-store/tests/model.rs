@@ -192,6 +192,7 @@ fn query() -> impl Strategy<Value = TraceQuery> {
             duration_min_nanos: dmin,
             duration_max_nanos: dmax,
             limit,
+            ..TraceQuery::default()
         })
 }
 

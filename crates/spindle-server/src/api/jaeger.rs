@@ -4,6 +4,10 @@
 //! `{"data":null,…,"errors":[{"code":400,"msg":"…"}]}`. Times in µs (traces) and ms
 //! (dependencies), durations in Go syntax. Searching without `service` searches all
 //! services (Jaeger refuses; its issue #423).
+//!
+//! An answer a limit changed (a `limit` lowered, a range shortened, a trace cut) says so in
+//! `errors` of a 200 answer, as `{"msg": …}` without a code: Jaeger UI and Grafana read
+//! `data` of a 200 answer and leave `errors` aside, so they keep working.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +22,8 @@ use spindle_query::Trace;
 use spindle_store::TraceQuery;
 
 use super::params::{now_unix_nano, ParamError, Params};
-use super::{blocking, json_response, ApiState};
+use super::{blocking, heavy, json_response, ApiState, QueryFailure};
+use crate::limits::Limit;
 
 const DEFAULT_SEARCH_WINDOW_NANOS: u64 = 48 * 3600 * 1_000_000_000;
 const DEFAULT_DEPENDENCIES_LOOKBACK_MS: u64 = 24 * 3600 * 1000;
@@ -35,6 +40,16 @@ struct Envelope<T: Serialize> {
 
 fn ok<T: Serialize>(data: T, total: usize) -> Response {
     json_response(StatusCode::OK, &Envelope { data, total, limit: 0, offset: 0, errors: None })
+}
+
+/// A 200 answer whose `errors` carry `warnings` (limits that changed it), if any.
+fn ok_warned<T: Serialize>(data: T, total: usize, warnings: Vec<String>) -> Response {
+    let errors = (!warnings.is_empty()).then(|| warnings.into_iter().map(|w| json!({ "msg": w })).collect());
+    json_response(StatusCode::OK, &Envelope { data, total, limit: 0, offset: 0, errors })
+}
+
+fn failed(state: &ApiState, e: QueryFailure) -> Response {
+    error(e.status(), e.message(&state.limits))
 }
 
 pub fn error(status: StatusCode, msg: String) -> Response {
@@ -148,6 +163,63 @@ fn parse_limit(params: &Params, names: &[&str]) -> Result<usize, ParamError> {
     }
 }
 
+/// Lowers a search's `limit` to `query_max_limit`, saying so in `warnings`.
+pub(super) fn cap_limit(state: &ApiState, limit: usize, name: &str, warnings: &mut Vec<String>) -> usize {
+    let max = state.limits.query_max_limit;
+    if limit <= max {
+        return limit;
+    }
+    let warning = format!("{name}={limit} lowered to {max} (query_max_limit)");
+    state.hit(Limit::QueryLimit, &warning);
+    warnings.push(warning);
+    max
+}
+
+/// Shortens `[start, end]` (ns) to its most recent `query_max_lookback`, saying so in
+/// `warnings`; returns the new start.
+pub(super) fn cap_range(state: &ApiState, start: u64, end: u64, warnings: &mut Vec<String>) -> u64 {
+    let max = state.limits.query_max_lookback;
+    let max_nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    if end.saturating_sub(start) <= max_nanos {
+        return start;
+    }
+    let warning = format!(
+        "time range of {}h shortened to its most recent {}h (query_max_lookback)",
+        end.saturating_sub(start) / 3_600_000_000_000,
+        max.as_secs() / 3600
+    );
+    state.hit(Limit::QueryLookback, &warning);
+    warnings.push(warning);
+    end - max_nanos
+}
+
+/// A parsed search with `limit` and time range capped by the settings.
+pub(super) fn capped(
+    state: &ApiState,
+    mut query: TraceQuery,
+    limit_name: &str,
+    warnings: &mut Vec<String>,
+) -> TraceQuery {
+    query.limit = cap_limit(state, query.limit, limit_name, warnings);
+    query.start_time_min_unix_nano =
+        cap_range(state, query.start_time_min_unix_nano, query.start_time_max_unix_nano, warnings);
+    query
+}
+
+/// The warning of a trace cut to `query_max_trace_spans`, counted; `None` when whole.
+pub(super) fn trace_cut(state: &ApiState, trace: &Trace) -> Option<String> {
+    (trace.omitted_spans > 0).then(|| {
+        let warning = format!(
+            "trace {} has {} spans; only the first {} (by start time) are served (query_max_trace_spans)",
+            trace.trace_id.to_jaeger_hex(),
+            trace.spans.len() + trace.omitted_spans,
+            trace.spans.len()
+        );
+        state.hit(Limit::TraceSpans, &warning);
+        warning
+    })
+}
+
 pub(super) fn search_query(params: &Params) -> Result<TraceQuery, ParamError> {
     let micros = "microseconds since the unix epoch";
     let end = params.u64(&["end"], micros)?.map(|us| us.saturating_mul(1000)).unwrap_or_else(now_unix_nano);
@@ -175,11 +247,24 @@ pub(super) fn search_query(params: &Params) -> Result<TraceQuery, ParamError> {
         duration_min_nanos: min,
         duration_max_nanos: max,
         limit: parse_limit(params, &["limit"])?,
+        ..TraceQuery::default()
     })
 }
 
-fn traces_json(traces: &[Trace]) -> Vec<jaeger_json::Trace> {
-    traces.iter().map(|t| jaeger_json::trace(t.trace_id, &t.spans)).collect()
+/// Traces as Jaeger JSON; a trace cut by the span cap carries the warning in its own
+/// `warnings` too (the UI shows a trace's warnings), and in `warnings` for the envelope.
+fn traces_json(state: &ApiState, traces: &[Trace], warnings: &mut Vec<String>) -> Vec<jaeger_json::Trace> {
+    traces
+        .iter()
+        .map(|t| {
+            let mut json = jaeger_json::trace(t.trace_id, &t.spans);
+            if let Some(cut) = trace_cut(state, t) {
+                json.warnings = Some(vec![cut.clone()]);
+                warnings.push(cut);
+            }
+            json
+        })
+        .collect()
 }
 
 pub async fn find_traces(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
@@ -206,11 +291,13 @@ pub async fn find_traces(State(state): State<ApiState>, RawQuery(raw): RawQuery)
         .await;
         return match result {
             Ok((found, missing)) => {
+                let mut warnings = Vec::new();
+                let data = traces_json(&state, &found, &mut warnings);
                 let errors: Vec<Value> = missing
                     .iter()
                     .map(|id| json!({"code": 404, "msg": "trace not found", "traceID": id.to_jaeger_hex()}))
+                    .chain(warnings.into_iter().map(|w| json!({ "msg": w })))
                     .collect();
-                let data = traces_json(&found);
                 json_response(
                     StatusCode::OK,
                     &Envelope { data, total: 0, limit: 0, offset: 0, errors: (!errors.is_empty()).then_some(errors) },
@@ -219,13 +306,20 @@ pub async fn find_traces(State(state): State<ApiState>, RawQuery(raw): RawQuery)
             Err(e) => internal(e),
         };
     }
+    let mut warnings = Vec::new();
     let search = match search_query(&params) {
-        Ok(q) => q,
+        Ok(q) => capped(&state, q, "limit", &mut warnings),
         Err(e) => return bad_request(e),
     };
-    match blocking(move || query.find_traces(&search)).await {
-        Ok(traces) => ok(traces_json(&traces), 0),
-        Err(e) => internal(e),
+    let found =
+        heavy(&state, "search", move |control| query.find_traces(&TraceQuery { control: control.clone(), ..search }))
+            .await;
+    match found {
+        Ok(traces) => {
+            let data = traces_json(&state, &traces, &mut warnings);
+            ok_warned(data, 0, warnings)
+        }
+        Err(e) => failed(&state, e),
     }
 }
 
@@ -236,7 +330,11 @@ pub async fn get_trace(State(state): State<ApiState>, Path(trace_id): Path<Strin
     };
     let query = state.query.clone();
     match blocking(move || query.get_trace(id)).await {
-        Ok(Some(trace)) => ok(traces_json(std::slice::from_ref(&trace)), 0),
+        Ok(Some(trace)) => {
+            let mut warnings = Vec::new();
+            let data = traces_json(&state, std::slice::from_ref(&trace), &mut warnings);
+            ok_warned(data, 0, warnings)
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, "trace not found".into()),
         Err(e) => internal(e),
     }
@@ -253,16 +351,18 @@ pub async fn dependencies(State(state): State<ApiState>, RawQuery(raw): RawQuery
         Err(e) => return bad_request(e),
     };
     let end = end_ms.saturating_mul(1_000_000);
-    let start = end.saturating_sub(lookback_ms.saturating_mul(1_000_000));
+    let mut warnings = Vec::new();
+    let start = cap_range(&state, end.saturating_sub(lookback_ms.saturating_mul(1_000_000)), end, &mut warnings);
     let query = state.query.clone();
-    match blocking(move || query.dependencies(start, end)).await {
+    // The store's dependency scan takes its deadline from the thread (`QueryControl::run`).
+    match heavy(&state, "dependencies", move |_| query.dependencies(start, end)).await {
         Ok(links) => {
             let data: Vec<Value> = links
                 .iter()
                 .map(|l| json!({"parent": l.parent, "child": l.child, "callCount": l.call_count}))
                 .collect();
-            ok(data, 0)
+            ok_warned(data, 0, warnings)
         }
-        Err(e) => internal(e),
+        Err(e) => failed(&state, e),
     }
 }

@@ -1,9 +1,14 @@
 //! The HTTP APIs on the query port: Jaeger's `/api/*` and `/api/v3/*`; every other path
 //! falls through to the embedded web UI (`crate::ui`).
 //!
-//! Handlers parse parameters, call [`QueryService`] on the blocking pool and shape the
+//! Handlers parse parameters, call [`QueryService`] off the async runtime and shape the
 //! answer exactly as Jaeger does, because Grafana's Jaeger data source and Jaeger's own
 //! tools read these shapes. They never touch the store directly.
+//!
+//! Cheap reads (services, operations, a trace by id) run on the blocking pool at once.
+//! Heavy queries (searches, analytics, dependencies) go through [`heavy`]: at most
+//! `query_max_concurrent` run at a time, each on its own lower-priority thread, with a
+//! deadline and a cancel flag the scans check (see `Limits` and docs/API.md "Limits").
 
 mod jaeger;
 pub mod params;
@@ -11,6 +16,7 @@ mod spindle;
 mod spm;
 mod v3;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,8 +27,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use spindle_query::{QueryError, QueryService};
+use spindle_store::{QueryControl, StoreError};
+use tokio::sync::Semaphore;
 
 use crate::alerting::Alerting;
+use crate::limits::{Limit, Limits};
 use crate::telemetry::{EndpointLabels, Telemetry};
 
 #[derive(Clone)]
@@ -30,6 +39,141 @@ pub struct ApiState {
     pub query: QueryService,
     pub telemetry: Arc<Telemetry>,
     pub alerting: Option<Arc<Alerting>>,
+    pub limits: Arc<Limits>,
+    /// One permit per heavy query that may run (`query_max_concurrent`).
+    heavy_slots: Arc<Semaphore>,
+}
+
+impl ApiState {
+    pub fn new(
+        query: QueryService,
+        telemetry: Arc<Telemetry>,
+        alerting: Option<Arc<Alerting>>,
+        limits: Limits,
+    ) -> Self {
+        ApiState {
+            query: query.with_max_trace_spans(limits.query_max_trace_spans),
+            telemetry,
+            alerting,
+            heavy_slots: Arc::new(Semaphore::new(limits.query_max_concurrent.max(1))),
+            limits: Arc::new(limits),
+        }
+    }
+
+    /// Counts a hit of `limit` in `spindle_limit_hits_total`.
+    pub(crate) fn hit(&self, limit: Limit, detail: &dyn std::fmt::Display) {
+        self.telemetry.limits.hit(limit, 1, detail);
+    }
+}
+
+/// Why a heavy query gave no answer.
+#[derive(Debug)]
+pub(crate) enum QueryFailure {
+    /// Its deadline passed, waiting for a slot or scanning: 504.
+    TimedOut,
+    /// Failed otherwise: 500.
+    Failed(String),
+}
+
+impl QueryFailure {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            QueryFailure::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+            QueryFailure::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub(crate) fn message(&self, limits: &Limits) -> String {
+        match self {
+            QueryFailure::TimedOut => format!(
+                "query timed out after {:?} (query_timeout); narrow the time range or the filters",
+                limits.query_timeout
+            ),
+            QueryFailure::Failed(e) => e.clone(),
+        }
+    }
+}
+
+/// Sets the query's cancel flag when the handler's future is dropped: hyper drops it when
+/// the client disconnects, and the scan, on another thread, stops at its next check.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs a heavy query: waits for a slot within the query's deadline, then runs `f` on a
+/// thread of its own at a lower CPU priority, so that ingest and cheap reads, on the runtime
+/// and the blocking pool, are scheduled first when the cores are busy. The slot is held by
+/// that thread until the work really stops, also when the client has gone: a cancelled scan
+/// still holds its slot until its next row group, never longer.
+pub(crate) async fn heavy<T: Send + 'static>(
+    state: &ApiState,
+    what: &'static str,
+    f: impl FnOnce(&QueryControl) -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, QueryFailure> {
+    let deadline = Instant::now() + state.limits.query_timeout;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(Arc::clone(&cancelled));
+    let slots = Arc::clone(&state.heavy_slots);
+    let permit = match Arc::clone(&slots).try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            state.hit(
+                Limit::QueryConcurrency,
+                &format_args!("{what} waits for one of {} heavy-query slots", state.limits.query_max_concurrent),
+            );
+            match tokio::time::timeout_at(deadline.into(), slots.acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(QueryFailure::Failed("query slots closed".into())),
+                Err(_) => {
+                    state.hit(Limit::QueryTimeout, &format_args!("{what} waited for a slot past its deadline"));
+                    return Err(QueryFailure::TimedOut);
+                }
+            }
+        }
+    };
+    let control = QueryControl::new(Some(deadline), Some(cancelled));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("spindle-query".into()).spawn(move || {
+        let _permit = permit;
+        lower_priority();
+        let result = control.run(|| control.check().map_err(QueryError::from).and_then(|()| f(&control)));
+        if matches!(result, Err(QueryError::Store(StoreError::Cancelled))) {
+            tracing::info!(query = what, "query stopped: its client disconnected");
+        }
+        let _ = tx.send(result);
+    });
+    if let Err(e) = spawned {
+        return Err(QueryFailure::Failed(format!("starting a query thread failed: {e}")));
+    }
+    match rx.await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(QueryError::Store(StoreError::TimedOut))) => {
+            state.hit(Limit::QueryTimeout, &format_args!("{what} stopped at its deadline"));
+            Err(QueryFailure::TimedOut)
+        }
+        Ok(Err(e)) => {
+            if !matches!(e, QueryError::Store(StoreError::Cancelled)) {
+                tracing::error!(error = %e, "query failed");
+            }
+            Err(QueryFailure::Failed(e.to_string()))
+        }
+        Err(_) => Err(QueryFailure::Failed("query thread failed".into())),
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice 10; threads it starts inherit it): heavy
+/// scans then take the cores only when ingest and cheap reads leave them idle. Best effort.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread, no memory passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
 }
 
 /// Times every API request into `spindle_query_duration_seconds{endpoint}`.

@@ -4,6 +4,9 @@
 //! Filters take the same parameters as Jaeger's `/api/traces` (`service`, `operation`,
 //! `spanKind`, `tags`, `tag`, `start`/`end` in µs, `minDuration`/`maxDuration`) and match
 //! single spans. Durations in answers are milliseconds, times µs since the epoch.
+//!
+//! An answer a limit changed (a range shortened, groups folded into "other", a `limit`
+//! lowered) carries a top-level `warnings` array of strings.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -13,9 +16,10 @@ use spindle_query::analytics::{self, Stats};
 use spindle_query::sketch::LatencySketch;
 use spindle_store::TraceQuery;
 
-use super::jaeger::{parse_trace_id, search_query};
+use super::jaeger::{cap_limit, cap_range, parse_trace_id, search_query};
 use super::params::{ParamError, Params};
-use super::{blocking, json_response, ApiState};
+use super::{blocking, heavy, json_response, ApiState, QueryFailure};
+use crate::limits::Limit;
 
 fn error(status: StatusCode, message: String) -> Response {
     json_response(status, &json!({"error": {"httpCode": status.as_u16(), "message": message}}))
@@ -25,8 +29,24 @@ fn bad_request(e: ParamError) -> Response {
     error(StatusCode::BAD_REQUEST, e.message)
 }
 
-fn filter(params: &Params) -> Result<TraceQuery, ParamError> {
-    Ok(TraceQuery { limit: usize::MAX, ..search_query(params)? })
+fn failed(state: &ApiState, e: QueryFailure) -> Response {
+    error(e.status(), e.message(&state.limits))
+}
+
+/// A 200 answer: `body` with `warnings` added when there are any.
+fn warned(mut body: Value, warnings: Vec<String>) -> Response {
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+/// The span filter of an analytics query, its range capped by `query_max_lookback`.
+fn filter(state: &ApiState, params: &Params, warnings: &mut Vec<String>) -> Result<TraceQuery, ParamError> {
+    let mut query = TraceQuery { limit: usize::MAX, ..search_query(params)? };
+    query.start_time_min_unix_nano =
+        cap_range(state, query.start_time_min_unix_nano, query.start_time_max_unix_nano, warnings);
+    Ok(query)
 }
 
 fn ms(nanos: f64) -> f64 {
@@ -51,15 +71,13 @@ fn step(params: &Params, default_nanos: u64) -> Result<u64, ParamError> {
     Ok(params.duration_nanos(&["step"])?.unwrap_or(default_nanos).max(1_000_000_000))
 }
 
-fn limit(params: &Params, default: usize) -> Result<usize, ParamError> {
-    match params.get(&["limit"]) {
-        None => Ok(default),
-        Some((k, v)) => v
-            .parse()
-            .ok()
-            .filter(|l| *l > 0 && *l <= 10_000)
-            .ok_or_else(|| ParamError::new(k, v, "an integer from 1 to 10000")),
-    }
+/// `limit`: a positive integer, lowered to `query_max_limit` with a warning.
+fn limit(state: &ApiState, params: &Params, default: usize, warnings: &mut Vec<String>) -> Result<usize, ParamError> {
+    let requested = match params.get(&["limit"]) {
+        None => default,
+        Some((k, v)) => v.parse().ok().filter(|l| *l > 0).ok_or_else(|| ParamError::new(k, v, "a positive integer"))?,
+    };
+    Ok(cap_limit(state, requested, "limit", warnings))
 }
 
 fn span_json(s: &analytics::SpanRef) -> Value {
@@ -78,7 +96,8 @@ fn span_json(s: &analytics::SpanRef) -> Value {
 /// (any attribute, e.g. `symbol`), as totals and a series of `step` points.
 pub async fn stats(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
-    let parsed = filter(&params).and_then(|f| Ok((f, step(&params, 60_000_000_000)?)));
+    let mut warnings = Vec::new();
+    let parsed = filter(&state, &params, &mut warnings).and_then(|f| Ok((f, step(&params, 60_000_000_000)?)));
     let (query, step) = match parsed {
         Ok(v) => v,
         Err(e) => return bad_request(e),
@@ -86,41 +105,65 @@ pub async fn stats(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Re
     let group_by = params.value(&["groupBy"]).map(str::to_string);
     let q = state.query.clone();
     let window = query.clone();
-    match blocking(move || q.red(&window, group_by.as_deref(), step)).await {
-        Ok(groups) => {
+    let max_groups = state.limits.max_analytics_groups;
+    let answer = heavy(&state, "stats", move |control| {
+        q.red_top(&TraceQuery { control: control.clone(), ..window }, group_by.as_deref(), step, max_groups)
+    })
+    .await;
+    match answer {
+        Ok(answer) => {
             let seconds = (query.start_time_max_unix_nano - query.start_time_min_unix_nano) as f64 / 1e9;
-            let groups: Vec<Value> = groups
-                .iter()
-                .map(|g| {
-                    let series: Vec<Value> = g
-                        .series
-                        .iter()
-                        .map(|(t, s)| {
-                            let mut v = stats_json(s, step as f64 / 1e9);
-                            v["time"] = json!(t / 1000);
-                            v
-                        })
-                        .collect();
-                    json!({"group": g.group, "total": stats_json(&g.total, seconds), "series": series})
-                })
-                .collect();
-            json_response(StatusCode::OK, &json!({"groups": groups, "stepMs": step / 1_000_000}))
+            let group_json = |g: &analytics::GroupStats| {
+                let series: Vec<Value> = g
+                    .series
+                    .iter()
+                    .map(|(t, s)| {
+                        let mut v = stats_json(s, step as f64 / 1e9);
+                        v["time"] = json!(t / 1000);
+                        v
+                    })
+                    .collect();
+                json!({"group": g.group, "total": stats_json(&g.total, seconds), "series": series})
+            };
+            let mut groups: Vec<Value> = answer.groups.iter().map(group_json).collect();
+            if let Some(other) = &answer.other {
+                // Tempo and Prometheus users expect the top N plus one row for the rest.
+                let folded = answer.other_groups;
+                let at_least = if answer.other_uncounted { "at least " } else { "" };
+                let warning = format!(
+                    "{} groups with most calls shown; {at_least}{folded} more merged into the \"other\" row (max_analytics_groups)",
+                    answer.groups.len()
+                );
+                state.hit(Limit::AnalyticsGroups, &warning);
+                warnings.push(warning);
+                let mut row = group_json(other);
+                row["group"] = json!("other");
+                row["other"] = json!(true);
+                row["otherGroups"] = json!(folded);
+                groups.push(row);
+            }
+            warned(json!({"groups": groups, "stepMs": step / 1_000_000}), warnings)
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&state, e),
     }
 }
 
 /// `GET /api/spindle/slowest`: the `limit` longest matching spans.
 pub async fn slowest(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
-    let (query, limit) = match filter(&params).and_then(|f| Ok((f, limit(&params, 20)?))) {
+    let mut warnings = Vec::new();
+    let parsed =
+        filter(&state, &params, &mut warnings).and_then(|f| Ok((f, limit(&state, &params, 20, &mut warnings)?)));
+    let (query, limit) = match parsed {
         Ok(v) => v,
         Err(e) => return bad_request(e),
     };
     let q = state.query.clone();
-    match blocking(move || q.slowest(&query, limit)).await {
-        Ok(spans) => json_response(StatusCode::OK, &json!({"spans": spans.iter().map(span_json).collect::<Vec<_>>()})),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    match heavy(&state, "slowest", move |control| q.slowest(&TraceQuery { control: control.clone(), ..query }, limit))
+        .await
+    {
+        Ok(spans) => warned(json!({"spans": spans.iter().map(span_json).collect::<Vec<_>>()}), warnings),
+        Err(e) => failed(&state, e),
     }
 }
 
@@ -135,18 +178,24 @@ pub async fn outliers(State(state): State<ApiState>, RawQuery(raw): RawQuery) ->
             .filter(|q| *q > 0.0 && *q < 1.0)
             .ok_or_else(|| ParamError::new(k, v, "a number in (0, 1), e.g. 0.99")),
     };
-    let parsed = quantile.and_then(|q| Ok((q, filter(&params)?, limit(&params, 100)?)));
+    let mut warnings = Vec::new();
+    let parsed = quantile
+        .and_then(|q| Ok((q, filter(&state, &params, &mut warnings)?, limit(&state, &params, 100, &mut warnings)?)));
     let (quantile, query, limit) = match parsed {
         Ok(v) => v,
         Err(e) => return bad_request(e),
     };
     let q = state.query.clone();
-    match blocking(move || q.outliers(&query, quantile, limit)).await {
-        Ok((threshold, spans)) => json_response(
-            StatusCode::OK,
-            &json!({"quantile": quantile, "thresholdMs": ms(threshold as f64), "spans": spans.iter().map(span_json).collect::<Vec<_>>()}),
+    let found = heavy(&state, "outliers", move |control| {
+        q.outliers(&TraceQuery { control: control.clone(), ..query }, quantile, limit)
+    })
+    .await;
+    match found {
+        Ok((threshold, spans)) => warned(
+            json!({"quantile": quantile, "thresholdMs": ms(threshold as f64), "spans": spans.iter().map(span_json).collect::<Vec<_>>()}),
+            warnings,
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&state, e),
     }
 }
 
@@ -154,13 +203,24 @@ pub async fn outliers(State(state): State<ApiState>, RawQuery(raw): RawQuery) ->
 /// and example traces.
 pub async fn errors(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
-    let query = match filter(&params) {
+    let mut warnings = Vec::new();
+    let query = match filter(&state, &params, &mut warnings) {
         Ok(v) => v,
         Err(e) => return bad_request(e),
     };
     let q = state.query.clone();
-    match blocking(move || q.error_groups(&query, 5)).await {
-        Ok(groups) => {
+    match heavy(&state, "errors", move |control| q.error_groups(&TraceQuery { control: control.clone(), ..query }, 5))
+        .await
+    {
+        Ok(mut groups) => {
+            let max = state.limits.max_analytics_groups;
+            if groups.len() > max {
+                // Largest first already: the smallest groups are the ones left out.
+                let warning = format!("{max} largest of {} error groups shown (max_analytics_groups)", groups.len());
+                state.hit(Limit::AnalyticsGroups, &warning);
+                warnings.push(warning);
+                groups.truncate(max);
+            }
             let groups: Vec<Value> = groups
                 .iter()
                 .map(|g| {
@@ -174,9 +234,9 @@ pub async fn errors(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> R
                     })
                 })
                 .collect();
-            json_response(StatusCode::OK, &json!({"groups": groups}))
+            warned(json!({"groups": groups}), warnings)
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&state, e),
     }
 }
 
@@ -242,12 +302,18 @@ pub async fn compare(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> 
 /// `GET /api/spindle/kafka-hops`: producer end → consumer start per topic, as a series.
 pub async fn kafka_hops(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
-    let (query, step) = match filter(&params).and_then(|f| Ok((f, step(&params, 60_000_000_000)?))) {
-        Ok(v) => v,
-        Err(e) => return bad_request(e),
-    };
+    let mut warnings = Vec::new();
+    let (query, step) =
+        match filter(&state, &params, &mut warnings).and_then(|f| Ok((f, step(&params, 60_000_000_000)?))) {
+            Ok(v) => v,
+            Err(e) => return bad_request(e),
+        };
     let q = state.query.clone();
-    match blocking(move || q.kafka_hops(&query, step)).await {
+    match heavy(&state, "kafka-hops", move |control| {
+        q.kafka_hops(&TraceQuery { control: control.clone(), ..query }, step)
+    })
+    .await
+    {
         Ok(topics) => {
             let topics: Vec<Value> = topics
                 .iter()
@@ -265,9 +331,9 @@ pub async fn kafka_hops(State(state): State<ApiState>, RawQuery(raw): RawQuery) 
                     json!({"topic": topic, "series": series})
                 })
                 .collect();
-            json_response(StatusCode::OK, &json!({"topics": topics}))
+            warned(json!({"topics": topics}), warnings)
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&state, e),
     }
 }
 
@@ -275,13 +341,18 @@ pub async fn kafka_hops(State(state): State<ApiState>, RawQuery(raw): RawQuery) 
 /// calls, errors and p99 per edge.
 pub async fn graph(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
-    let query = match filter(&params) {
+    let mut warnings = Vec::new();
+    let query = match filter(&state, &params, &mut warnings) {
         Ok(v) => v,
         Err(e) => return bad_request(e),
     };
     let q = state.query.clone();
     let services = q.clone();
-    match blocking(move || Ok((q.service_graph(&query)?, services.services()?))).await {
+    let graph = heavy(&state, "graph", move |control| {
+        Ok((q.service_graph(&TraceQuery { control: control.clone(), ..query })?, services.services()?))
+    })
+    .await;
+    match graph {
         Ok((edges, services)) => {
             let mut nodes: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
             for s in &services {
@@ -311,9 +382,9 @@ pub async fn graph(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Re
                     })
                 })
                 .collect();
-            json_response(StatusCode::OK, &json!({"nodes": nodes.into_values().collect::<Vec<_>>(), "edges": edges}))
+            warned(json!({"nodes": nodes.into_values().collect::<Vec<_>>(), "edges": edges}), warnings)
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&state, e),
     }
 }
 

@@ -1,6 +1,9 @@
 //! Jaeger's API v3 over HTTP (`/api/v3/*`): OTLP JSON traces under `{"result": …}`,
 //! errors as `{"error":{…}}`, 404 when nothing matches. Query parameters take the
 //! canonical camelCase names and the snake_case aliases Grafana still sends.
+//!
+//! An answer a limit changed carries a top-level `warnings` array of strings beside
+//! `result` (Jaeger's v3 has none; its clients ignore fields they do not know).
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -10,9 +13,9 @@ use spindle_codec::otlp_json;
 use spindle_query::Trace;
 use spindle_store::TraceQuery;
 
-use super::jaeger::{parse_attribute_map, parse_span_kind, parse_trace_id, DEFAULT_LIMIT};
+use super::jaeger::{capped, parse_attribute_map, parse_span_kind, parse_trace_id, trace_cut, DEFAULT_LIMIT};
 use super::params::{now_unix_nano, parse_rfc3339_nanos, ParamError, Params};
-use super::{blocking, json_response, ApiState};
+use super::{blocking, heavy, json_response, ApiState, QueryFailure};
 
 const DEFAULT_SEARCH_WINDOW_NANOS: u64 = 48 * 3600 * 1_000_000_000;
 
@@ -35,6 +38,18 @@ fn error(status: StatusCode, message: String) -> Response {
 
 fn bad_request(e: ParamError) -> Response {
     error(StatusCode::BAD_REQUEST, e.message)
+}
+
+fn failed(state: &ApiState, e: QueryFailure) -> Response {
+    error(e.status(), e.message(&state.limits))
+}
+
+/// `body` with `warnings` added when there are any.
+fn warned(mut body: Value, warnings: Vec<String>) -> Response {
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    json_response(StatusCode::OK, &body)
 }
 
 pub async fn services(State(state): State<ApiState>) -> Response {
@@ -112,25 +127,39 @@ fn search_query(params: &Params) -> Result<TraceQuery, ParamError> {
         duration_min_nanos: params.duration_nanos(&["query.durationMin", "query.duration_min"])?,
         duration_max_nanos: params.duration_nanos(&["query.durationMax", "query.duration_max"])?,
         limit,
+        ..TraceQuery::default()
     })
 }
 
-fn result(traces: &[Trace]) -> Response {
+fn result(state: &ApiState, traces: &[Trace], mut warnings: Vec<String>) -> Response {
+    warnings.extend(traces.iter().filter_map(|t| trace_cut(state, t)));
     let spans = traces.iter().flat_map(|t| t.spans.iter());
-    json_response(StatusCode::OK, &json!({ "result": otlp_json::traces_data(spans) }))
+    warned(json!({ "result": otlp_json::traces_data(spans) }), warnings)
+}
+
+const SEARCH_DEPTH: &str = "query.searchDepth";
+
+async fn search(state: &ApiState, raw: Option<String>) -> Result<(Vec<Trace>, Vec<String>), Response> {
+    let params = Params::parse(raw.as_deref());
+    let mut warnings = Vec::new();
+    let search = match search_query(&params) {
+        Ok(q) => capped(state, q, SEARCH_DEPTH, &mut warnings),
+        Err(e) => return Err(bad_request(e)),
+    };
+    let query = state.query.clone();
+    match heavy(state, "search", move |control| query.find_traces(&TraceQuery { control: control.clone(), ..search }))
+        .await
+    {
+        Ok(traces) => Ok((traces, warnings)),
+        Err(e) => Err(failed(state, e)),
+    }
 }
 
 pub async fn find_traces(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
-    let params = Params::parse(raw.as_deref());
-    let search = match search_query(&params) {
-        Ok(q) => q,
-        Err(e) => return bad_request(e),
-    };
-    let query = state.query.clone();
-    match blocking(move || query.find_traces(&search)).await {
-        Ok(traces) if traces.is_empty() => error(StatusCode::NOT_FOUND, "No traces found".into()),
-        Ok(traces) => result(&traces),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    match search(&state, raw).await {
+        Ok((traces, _)) if traces.is_empty() => error(StatusCode::NOT_FOUND, "No traces found".into()),
+        Ok((traces, warnings)) => result(&state, &traces, warnings),
+        Err(response) => response,
     }
 }
 
@@ -141,22 +170,17 @@ pub async fn get_trace(State(state): State<ApiState>, Path(trace_id): Path<Strin
     };
     let query = state.query.clone();
     match blocking(move || query.get_trace(id)).await {
-        Ok(Some(trace)) => result(std::slice::from_ref(&trace)),
+        Ok(Some(trace)) => result(&state, std::slice::from_ref(&trace), Vec::new()),
         Ok(None) => error(StatusCode::NOT_FOUND, "trace not found".into()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
 pub async fn trace_summaries(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
-    let params = Params::parse(raw.as_deref());
-    let search = match search_query(&params) {
-        Ok(q) => q,
-        Err(e) => return bad_request(e),
-    };
-    let query = state.query.clone();
-    match blocking(move || query.find_traces(&search)).await {
-        Ok(traces) if traces.is_empty() => error(StatusCode::NOT_FOUND, "No traces found".into()),
-        Ok(traces) => {
+    match search(&state, raw).await {
+        Ok((traces, _)) if traces.is_empty() => error(StatusCode::NOT_FOUND, "No traces found".into()),
+        Ok((traces, mut warnings)) => {
+            warnings.extend(traces.iter().filter_map(|t| trace_cut(&state, t)));
             let summaries: Vec<Value> = traces
                 .iter()
                 .map(|t| {
@@ -178,8 +202,8 @@ pub async fn trace_summaries(State(state): State<ApiState>, RawQuery(raw): RawQu
                     })
                 })
                 .collect();
-            json_response(StatusCode::OK, &json!({ "summaries": summaries }))
+            warned(json!({ "summaries": summaries }), warnings)
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(response) => response,
     }
 }
