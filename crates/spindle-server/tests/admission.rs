@@ -213,8 +213,9 @@ fn each_request_limit_answers_its_protocols_backpressure_and_is_counted() {
             "100000",
             "--max-spans-per-request",
             "50",
+            // Long enough for every check below to run while the uploads are held.
             "--request-body-timeout",
-            "3s",
+            "10s",
         ],
     );
     let otlp_url = format!("http://{}/v1/traces", server.addr("--otlp-http-addr"));
@@ -298,7 +299,7 @@ fn each_request_limit_answers_its_protocols_backpressure_and_is_counted() {
     assert!(has_retry_info(&status));
     assert_eq!(server.limit_hits("concurrent_requests"), 2);
 
-    // The body timeout (3 s) releases every held upload: 408, DEADLINE_EXCEEDED.
+    // The body timeout releases every held upload: 408, DEADLINE_EXCEEDED.
     for stream in [&mut held_otlp, &mut held_zipkin, &mut held_otlp_2] {
         assert_eq!(answer(stream, Duration::from_secs(20)), Some(408));
     }
