@@ -228,11 +228,12 @@ impl Wal {
     /// Starts writing segment `seq` of `dir` (appending if it exists).
     pub(crate) fn open(dir: &Path, seq: u64, policy: SyncPolicy) -> Result<Self, StoreError> {
         let (file, path) = open_segment(dir, seq)?;
+        let good_len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
         let dir = dir.to_path_buf();
         let (tx, rx) = mpsc::channel();
         let writer = thread::Builder::new()
             .name("spindle-wal".into())
-            .spawn(move || writer_loop(file, path, dir, seq, policy, rx))
+            .spawn(move || writer_loop(file, good_len, path, dir, seq, policy, rx))
             .map_err(|e| StoreError::io(Path::new("spindle-wal thread"), e))?;
         Ok(Wal { requests: Some(tx), writer: Some(writer) })
     }
@@ -275,6 +276,7 @@ impl Drop for Wal {
 
 fn writer_loop(
     file: File,
+    mut good_len: u64,
     mut path: PathBuf,
     dir: PathBuf,
     mut seq: u64,
@@ -285,6 +287,9 @@ fn writer_loop(
     let mut waiting: Vec<mpsc::SyncSender<Result<(), String>>> = Vec::new();
     let mut last_sync = Instant::now();
     let mut dirty = false;
+    // `good_len` is where the segment's last record written without error ends; `pending`,
+    // what the current group wrote after it.
+    let mut pending = 0u64;
     loop {
         let first = match policy {
             SyncPolicy::Always => rx.recv().ok(),
@@ -314,6 +319,11 @@ fn writer_loop(
                 Request::Append { payload, done } => {
                     if result.is_ok() {
                         result = write_record(&mut out, &payload);
+                        match result {
+                            Ok(()) => pending += (HEADER_LEN + payload.len()) as u64,
+                            // Before a rotation could write the rest of the group out.
+                            Err(_) => discard_failed_group(&mut out, &path, good_len),
+                        }
                     }
                     group_bytes += payload.len() + HEADER_LEN;
                     waiting.push(done);
@@ -330,6 +340,7 @@ fn writer_loop(
                         Ok(new_path) => {
                             seq += 1;
                             path = new_path;
+                            (good_len, pending) = (0, 0);
                             let _ = done.send(Ok(seq));
                         }
                         Err(e) => {
@@ -356,6 +367,12 @@ fn writer_loop(
             dirty = false;
             last_sync = Instant::now();
         }
+        if result.is_ok() {
+            good_len += pending;
+        } else {
+            discard_failed_group(&mut out, &path, good_len);
+        }
+        pending = 0;
         let reply = result.map_err(|e| format!("write-ahead log {} failed: {e}", path.display()));
         if let Err(message) = &reply {
             tracing::error!(error = %message, "write-ahead log write failed");
@@ -366,6 +383,24 @@ fn writer_loop(
     }
     if let Err(e) = out.flush().and_then(|_| out.get_ref().sync_data()) {
         tracing::error!(path = %path.display(), error = %e, "final write-ahead log sync failed");
+    }
+}
+
+/// After a write, flush or sync of a group failed (a full disk): drops what the group left in
+/// the buffer and cuts the segment back to `good_len`, so that it holds exactly the records
+/// acknowledged. Otherwise the buffer would write the refused records out once space
+/// returns (stored although refused), and a header whose payload was never buffered
+/// (`BufWriter` refuses a payload it cannot flush room for) would break the framing of every
+/// record after it, which replay after a crash could then not read.
+fn discard_failed_group(out: &mut std::io::BufWriter<File>, path: &Path, good_len: u64) {
+    let discarded = out.get_ref().try_clone().and_then(|file| {
+        let failed = std::mem::replace(out, std::io::BufWriter::with_capacity(1 << 20, file));
+        // `into_parts` hands the buffered bytes back instead of writing them.
+        drop(failed.into_parts());
+        out.get_ref().set_len(good_len)
+    });
+    if let Err(e) = discarded {
+        tracing::error!(path = %path.display(), error = %e, "cannot cut a failed write off the write-ahead log");
     }
 }
 
