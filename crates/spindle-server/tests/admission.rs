@@ -342,6 +342,35 @@ fn connections_beyond_the_cap_wait_to_be_accepted() {
 }
 
 #[test]
+fn idle_connections_are_closed_so_they_cannot_hold_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    // Idle connections are closed after twice the body timeout: 4 s here.
+    let server = Server::start(dir.path(), &["--max-connections", "2", "--request-body-timeout", "2s"]);
+    let zipkin = server.addr("--zipkin-addr");
+    // A careless client: two connections that never send anything, and are never closed.
+    let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(zipkin).unwrap()).collect();
+    let body = serde_json::json!([{"traceId": "0000000000000000000000000000001d", "id": "000000000000001d",
+        "name": "op", "timestamp": now_nanos() / 1000, "duration": 5, "localEndpoint": {"serviceName": "z"}}])
+    .to_string();
+    let started = Instant::now();
+    let mut good = TcpStream::connect(zipkin).unwrap();
+    let head = format!(
+        "POST /api/v2/spans HTTP/1.1\r\nhost: {zipkin}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    good.write_all(head.as_bytes()).unwrap();
+    good.write_all(body.as_bytes()).unwrap();
+    assert_eq!(answer(&mut good, Duration::from_secs(30)), Some(202), "served once the idle ones were closed");
+    assert!(started.elapsed() >= Duration::from_secs(2), "not before the idle timeout");
+    for stream in &mut idle {
+        // Closed by the server: end of stream.
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(stream.read(&mut [0u8; 16]).unwrap_or(0), 0);
+    }
+    wait_until("the span stored", Duration::from_secs(20), || server.trace(0x1d));
+}
+
+#[test]
 fn attributes_beyond_the_caps_are_dropped_or_cut_and_the_span_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-attributes-per-span", "4", "--max-attribute-value-bytes", "16"]);

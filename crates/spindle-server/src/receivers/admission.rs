@@ -17,7 +17,8 @@
 //!   as well (decoded spans take a small multiple of their wire bytes).
 //!
 //! A body must arrive within `request_body_timeout`, so a client trickling uploads holds
-//! its slots and bytes for that long at most.
+//! its slots and bytes for that long at most; a connection that reads and writes nothing for
+//! twice that ([`LimitedIo`]) is closed, so idle connections cannot hold the connection cap.
 
 use std::future::Future;
 use std::io;
@@ -148,10 +149,38 @@ pub struct LimitedListener {
     admission: Admission,
 }
 
-/// An accepted connection; its slot frees when the connection is dropped.
+/// An accepted connection; its slot frees when the connection is dropped. It is closed
+/// (reads fail) once it has read and written nothing for `idle`: without this, clients that
+/// open connections and send nothing (or keep idle ones) would hold the connection cap and
+/// lock everybody else out. hyper's own header timeout needs a timer `axum::serve` does not
+/// set. Activity only stamps a time; the timer is moved when it fires, not on every read.
 pub struct LimitedIo<T> {
     io: T,
     _slot: OwnedSemaphorePermit,
+    idle: Duration,
+    last_active: tokio::time::Instant,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<T> LimitedIo<T> {
+    fn new(io: T, slot: OwnedSemaphorePermit, idle: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        LimitedIo { io, _slot: slot, idle, last_active: now, deadline: Box::pin(tokio::time::sleep_until(now + idle)) }
+    }
+
+    /// Whether the connection has been idle for `idle`; re-arms the timer otherwise.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let until = self.last_active + self.idle;
+            if until <= tokio::time::Instant::now() {
+                return true;
+            }
+            self.deadline.as_mut().reset(until);
+        }
+    }
 }
 
 impl LimitedListener {
@@ -176,7 +205,10 @@ impl LimitedListener {
         };
         loop {
             match self.listener.accept().await {
-                Ok((io, addr)) => return (LimitedIo { io, _slot: slot }, addr),
+                Ok((io, addr)) => {
+                    let idle = self.admission.0.body_timeout.saturating_mul(2);
+                    return (LimitedIo::new(io, slot, idle), addr);
+                }
                 // A connection reset before it was accepted concerns that client only.
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
@@ -239,13 +271,27 @@ impl tonic::transport::server::Connected for LimitedIo<TcpStream> {
 
 impl<T: AsyncRead + Unpin> AsyncRead for LimitedIo<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.last_active = tokio::time::Instant::now();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.idle_expired(cx) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle connection closed")))
+            }
+            other => other,
+        }
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for LimitedIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.last_active = tokio::time::Instant::now();
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -253,7 +299,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for LimitedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.last_active = tokio::time::Instant::now();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
