@@ -94,7 +94,11 @@ impl Server {
 
     /// The Jaeger API's view of a trace, if stored.
     fn trace(&self, trace: u128) -> Option<Value> {
-        let url = format!("http://{}/api/traces/{trace:032x}", self.addr("--query-addr"));
+        self.trace_hex(&format!("{trace:032x}"))
+    }
+
+    fn trace_hex(&self, trace: &str) -> Option<Value> {
+        let url = format!("http://{}/api/traces/{trace}", self.addr("--query-addr"));
         let r = reqwest::blocking::get(url).ok()?;
         if !r.status().is_success() {
             return None;
@@ -498,4 +502,47 @@ fn slow_uploads_cannot_grow_memory_and_a_good_client_still_gets_its_spans_stored
     // 8 MiB of budget and the connections' buffers, against 240 MiB had they been buffered.
     assert!(growth_mib < 64, "RSS grew by {growth_mib} MiB");
     assert!(server.limit_hits("inflight_bytes") > 0);
+}
+
+#[test]
+fn jaeger_udp_spans_get_the_same_limits() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../spindle-codec/tests/fixtures/jaeger_compact_py_jaeger_client.bin");
+    let datagram = std::fs::read(path).unwrap();
+    let decoded = spindle_codec::jaeger_thrift::decode_emit_batch_compact(&datagram).unwrap();
+    // The client's longest string tag, and what a 4-byte cap leaves of it.
+    let (key, value) = decoded
+        .spans
+        .iter()
+        .flat_map(|s| s.attributes.iter())
+        .filter_map(|kv| kv.value.as_str().map(|v| (kv.key.to_string(), v.to_string())))
+        .max_by_key(|(_, v)| v.len())
+        .expect("a string tag");
+    assert!(value.len() > 4, "the fixture has a tag longer than the cap");
+    let end = (0..=4).rev().find(|&i| value.is_char_boundary(i)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-attribute-value-bytes", "4"]);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(&datagram, server.addr("--jaeger-compact-addr")).unwrap();
+    let trace_id = decoded.spans[0].trace_id.to_jaeger_hex();
+    let trace = wait_until("the UDP trace", Duration::from_secs(20), || server.trace_hex(&trace_id));
+    let tags: Vec<Value> =
+        trace["spans"].as_array().unwrap().iter().flat_map(|s| s["tags"].as_array().unwrap().clone()).collect();
+    assert!(tags.iter().any(|t| t["key"] == key.as_str() && t["value"] == &value[..end]), "{key} cut: {tags:?}");
+    assert!(tags.iter().any(|t| t["key"] == "spindle.truncated_attributes"), "{tags:?}");
+    assert!(server.limit_hits("attribute_value_bytes") > 0);
+
+    // More spans than allowed in one datagram: dropped whole, counted.
+    assert!(decoded.spans.len() > 1, "the fixture has several spans");
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = (decoded.spans.len() - 1).to_string();
+        let server = Server::start(dir.path(), &["--max-spans-per-request", &limit]);
+        udp.send_to(&datagram, server.addr("--jaeger-compact-addr")).unwrap();
+        wait_until("the datagram refused", Duration::from_secs(20), || {
+            (server.limit_hits("spans_per_request") == 1).then_some(())
+        });
+        assert!(server.trace_hex(&trace_id).is_none());
+    }
 }
