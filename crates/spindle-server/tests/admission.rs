@@ -529,20 +529,18 @@ fn jaeger_udp_spans_get_the_same_limits() {
     let trace = wait_until("the UDP trace", Duration::from_secs(20), || server.trace_hex(&trace_id));
     let tags: Vec<Value> =
         trace["spans"].as_array().unwrap().iter().flat_map(|s| s["tags"].as_array().unwrap().clone()).collect();
-    assert!(tags.iter().any(|t| t["key"] == key.as_str() && t["value"] == &value[..end]), "{key} cut: {tags:?}");
+    assert!(tags.iter().any(|t| t["key"] == key.as_str() && t["value"] == value[..end]), "{key} cut: {tags:?}");
     assert!(tags.iter().any(|t| t["key"] == "spindle.truncated_attributes"), "{tags:?}");
     assert!(server.limit_hits("attribute_value_bytes") > 0);
 
     // More spans than allowed in one datagram: dropped whole, counted.
     assert!(decoded.spans.len() > 1, "the fixture has several spans");
-    {
-        let dir = tempfile::tempdir().unwrap();
-        let limit = (decoded.spans.len() - 1).to_string();
-        let server = Server::start(dir.path(), &["--max-spans-per-request", &limit]);
-        udp.send_to(&datagram, server.addr("--jaeger-compact-addr")).unwrap();
-        wait_until("the datagram refused", Duration::from_secs(20), || {
-            (server.limit_hits("spans_per_request") == 1).then_some(())
-        });
-        assert!(server.trace_hex(&trace_id).is_none());
-    }
+    let dir = tempfile::tempdir().unwrap();
+    let limit = (decoded.spans.len() - 1).to_string();
+    let server = Server::start(dir.path(), &["--max-spans-per-request", &limit]);
+    udp.send_to(&datagram, server.addr("--jaeger-compact-addr")).unwrap();
+    wait_until("the datagram refused", Duration::from_secs(20), || {
+        (server.limit_hits("spans_per_request") == 1).then_some(())
+    });
+    assert!(server.trace_hex(&trace_id).is_none());
 }
