@@ -449,7 +449,7 @@ pub async fn read_trace(client: &reqwest::Client, query: SocketAddr, id: u128) -
 pub async fn missing_or_damaged(query: SocketAddr, ids: &[u128], spans: usize) -> Vec<(u128, Option<(usize, usize)>)> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
     let mut bad = Vec::new();
-    for chunk in ids.chunks(8) {
+    for chunk in ids.chunks(16) {
         let reads = chunk.iter().map(|&id| {
             let client = client.clone();
             async move { (id, read_trace(&client, query, id).await) }
