@@ -84,10 +84,10 @@ impl Ledger {
     }
 }
 
-/// Samples the server's RSS every 100 ms until dropped; the peak in kB.
+/// Samples the server's RSS every 100 ms until stopped: the peak and one sample a second, in kB.
 struct RssSampler {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
+    thread: Option<std::thread::JoinHandle<(u64, Vec<u64>)>>,
 }
 
 impl RssSampler {
@@ -95,19 +95,25 @@ impl RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            let mut peak = 0;
-            while !flag.load(Ordering::Relaxed) {
+            let (mut peak, mut per_second) = (0, Vec::new());
+            for n in 0u64.. {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
                 if let Some((rss, _)) = harness::rss_kb(pid) {
                     peak = peak.max(rss);
+                    if n % 10 == 0 {
+                        per_second.push(rss);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            peak
+            (peak, per_second)
         });
         RssSampler { stop, thread: Some(thread) }
     }
 
-    fn peak_kb(mut self) -> u64 {
+    fn stop(mut self) -> (u64, Vec<u64>) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap()
     }
@@ -194,7 +200,7 @@ fn overload_at_twice_capacity_is_refused_with_backpressure_and_reconciles_exactl
         drop(in_flight.acquire_many(1000).await.unwrap());
     });
     let overload_elapsed = started.elapsed().as_secs_f64();
-    let peak_sampled_kb = sampler.peak_kb();
+    let (peak_sampled_kb, rss_per_second) = sampler.stop();
     let (rss_end_kb, rss_hwm_kb) = server.rss_kb();
 
     let ledger = ledger.lock().unwrap();
@@ -286,6 +292,8 @@ fn overload_at_twice_capacity_is_refused_with_backpressure_and_reconciles_exactl
             rss_end_kb / 1024
         ),
     );
+    let mb: Vec<u64> = rss_per_second.iter().map(|kb| kb / 1024).collect();
+    figure(t, format_args!("RSS each second, MB: {mb:?}"));
 }
 
 /// `kill -9` every 1–4 s under load, 20 rounds: every acknowledged span is there after
