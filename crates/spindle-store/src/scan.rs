@@ -549,11 +549,11 @@ fn each_row_group<T: Send>(
     if groups < 2 {
         return (0..groups).try_for_each(|rg| emit(read(rg)?));
     }
-    std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T, StoreError>>(SCAN_THREADS);
-        for w in 0..SCAN_THREADS {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T, StoreError>>(SCAN_THREADS);
+    let jobs: Vec<pool::Job> = (0..SCAN_THREADS)
+        .map(|w| {
             let tx = tx.clone();
-            s.spawn(move || {
+            Box::new(move || {
                 for rg in (w..groups).step_by(SCAN_THREADS) {
                     let result = read(rg);
                     let failed = result.is_err();
@@ -562,14 +562,137 @@ fn each_row_group<T: Send>(
                         return;
                     }
                 }
-            });
-        }
-        drop(tx);
+            }) as pool::Job
+        })
+        .collect();
+    drop(tx);
+    pool::scope(jobs, move || {
         for result in rx {
             emit(result?)?;
         }
         Ok(())
     })
+}
+
+/// Scan workers shared by every scan, started once: a scan used to start two threads per
+/// block, and with a few searches at once over hundreds of blocks the thread starts and
+/// exits (each mapping and unmapping its stacks) serialised the whole process on the
+/// kernel's memory-map lock, stalling ingest and cheap reads for seconds (issue 16).
+mod pool {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+    /// Work for a scan worker, borrowing from the scan that waits for it.
+    pub(super) type Job<'env> = Box<dyn FnOnce() + Send + 'env>;
+    type StaticJob = Box<dyn FnOnce() + Send + 'static>;
+
+    /// Workers: enough for two scans of `SCAN_THREADS` each per core; more jobs wait in line.
+    fn threads() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get()) * super::SCAN_THREADS * 2
+    }
+
+    fn queue() -> &'static Mutex<Sender<StaticJob>> {
+        static QUEUE: OnceLock<Mutex<Sender<StaticJob>>> = OnceLock::new();
+        QUEUE.get_or_init(|| {
+            let (tx, rx) = channel::<StaticJob>();
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..threads() {
+                let rx = Arc::clone(&rx);
+                let started = std::thread::Builder::new().name(format!("spindle-scan-{i}")).spawn(move || work(&rx));
+                if let Err(e) = started {
+                    tracing::warn!(error = %e, "could not start a scan worker");
+                }
+            }
+            Mutex::new(tx)
+        })
+    }
+
+    fn work(rx: &Mutex<Receiver<StaticJob>>) {
+        lower_priority();
+        loop {
+            let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            };
+            job();
+        }
+    }
+
+    /// Scans are queries' work: at nice 10, ingest's threads are scheduled first.
+    fn lower_priority() {
+        #[cfg(target_os = "linux")]
+        // SAFETY: plain syscalls on the calling thread, no memory passed.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        }
+    }
+
+    /// Jobs not yet finished; `wait` returns when none is left.
+    struct Latch {
+        left: Mutex<usize>,
+        done: Condvar,
+        panicked: AtomicBool,
+    }
+
+    impl Latch {
+        fn finish(&self) {
+            let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+            *left -= 1;
+            if *left == 0 {
+                self.done.notify_all();
+            }
+        }
+
+        fn wait(&self) {
+            let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+            while *left > 0 {
+                left = self.done.wait(left).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+
+    /// Waits for the jobs when dropped, so that even a caller unwinding out of `body` never
+    /// frees what they borrow while they run.
+    struct WaitOnDrop(Arc<Latch>);
+
+    impl Drop for WaitOnDrop {
+        fn drop(&mut self) {
+            self.0.wait();
+        }
+    }
+
+    /// Runs `jobs` on the workers and `body` on the caller's thread, and returns once every
+    /// job has finished, like `std::thread::scope`; a job's panic is raised here.
+    pub(super) fn scope<'env, R>(jobs: Vec<Job<'env>>, body: impl FnOnce() -> R) -> R {
+        let latch =
+            Arc::new(Latch { left: Mutex::new(jobs.len()), done: Condvar::new(), panicked: AtomicBool::new(false) });
+        let wait = WaitOnDrop(Arc::clone(&latch));
+        for job in jobs {
+            let latch = Arc::clone(&latch);
+            let job: Job<'env> = Box::new(move || {
+                if catch_unwind(AssertUnwindSafe(job)).is_err() {
+                    latch.panicked.store(true, Ordering::Relaxed);
+                }
+                latch.finish();
+            });
+            // SAFETY: the job borrows from `'env` only; `wait` (dropped on every path out of
+            // this function, unwinding included) blocks until the job has run and finished,
+            // so nothing it borrows is freed before. A job that cannot be queued runs here.
+            let job: StaticJob = unsafe { std::mem::transmute::<Job<'env>, StaticJob>(job) };
+            if let Err(refused) = queue().lock().unwrap_or_else(|p| p.into_inner()).send(job) {
+                (refused.0)();
+            }
+        }
+        let result = body();
+        drop(wait);
+        if latch.panicked.load(Ordering::Relaxed) {
+            panic!("a scan worker panicked");
+        }
+        result
+    }
 }
 
 /// Where a row scan finds its group text in a block.
@@ -752,18 +875,27 @@ pub(crate) fn scan_blocks_rows_split(
     if work.is_empty() {
         return Ok(());
     }
-    std::thread::scope(|s| {
-        let run = &run;
-        let handles: Vec<_> = others.iter_mut().map(|visit| s.spawn(move || run(&mut **visit))).collect();
-        let mut result = run(&mut **mine);
-        for handle in handles {
-            let theirs = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            if result.is_ok() {
-                result = theirs;
-            }
+    let run = &run;
+    let results: Vec<std::sync::Mutex<Result<(), StoreError>>> =
+        others.iter().map(|_| std::sync::Mutex::new(Ok(()))).collect();
+    let jobs: Vec<pool::Job> = others
+        .iter_mut()
+        .zip(&results)
+        .map(|(visit, slot)| {
+            Box::new(move || {
+                let result = run(&mut **visit);
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = result;
+            }) as pool::Job
+        })
+        .collect();
+    let mut result = pool::scope(jobs, || run(&mut **mine));
+    for slot in results {
+        let theirs = slot.into_inner().unwrap_or_else(|p| p.into_inner());
+        if result.is_ok() {
+            result = theirs;
         }
-        result
-    })
+    }
+    result
 }
 
 /// Whether a kept row's first `key` entry holds a value that is not a string, read from the
