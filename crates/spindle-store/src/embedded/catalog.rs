@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use spindle_model::SpanKind;
 
+use super::guarded;
 use crate::block::Block;
 use crate::head::Catalog;
 use crate::query::TraceQuery;
@@ -131,8 +132,10 @@ fn rebuild(blocks: &[Arc<Block>], max_operations_per_service: usize) -> Result<C
     let query = TraceQuery { limit: usize::MAX, ..TraceQuery::default() };
     let fields = RowFields { operation: true, ..RowFields::default() };
     for block in blocks {
-        let read = scan_block_rows(block, &query, &fields, &mut |row| {
-            catalog.add(row.service, row.name, row.kind);
+        let read = guarded(&block.path, || {
+            scan_block_rows(block, &query, &fields, &mut |row| {
+                catalog.add(row.service, row.name, row.kind);
+            })
         });
         if let Err(e) = read {
             // One unreadable block must not keep the rest unlisted; its spans stay on disk.

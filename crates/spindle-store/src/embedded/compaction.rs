@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use spindle_model::Span;
 
 use super::recovery::set_block_aside;
-use super::{lock, now_unix_nanos, read_guard, write_guard, Inner};
+use super::{guarded, lock, now_unix_nanos, read_guard, write_guard, Inner};
 use crate::block::{self, Block, BlockMeta, BlockWriter};
 use crate::block_format::AttributeColumns;
 use crate::StoreError;
@@ -159,8 +159,9 @@ impl Inner {
                     // A slice of a row group at a time: decoded spans take far more memory
                     // than their columns, and a merge holds one slice per input.
                     let take = MERGE_SLICE_ROWS.min(rows - self.row.min(rows));
+                    let (block, rg, skip) = (self.block, self.rg, self.row);
                     self.spans =
-                        self.block.row_group_slice(self.rg, block::RowRange { skip: self.row, take })?.into_iter();
+                        guarded(&block.path, || block.row_group_slice(rg, block::RowRange { skip, take }))?.into_iter();
                     self.row += take;
                     if self.row >= rows {
                         self.rg += 1;

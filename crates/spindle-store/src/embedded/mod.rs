@@ -136,6 +136,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Runs a read of block `path`, turning a panic into an error. The Parquet decoder was seen
+/// to panic on damaged files (an arithmetic overflow in debug builds); a damaged block must
+/// cost its reads, not a thread: the flusher, the maintenance thread or the open.
+fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(StoreError::Block { path: path.display().to_string(), reason: format!("reading panicked: {reason}") })
+    })
+}
+
 fn now_unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
@@ -302,7 +316,7 @@ impl Inner {
             }
         }
         for b in blocks {
-            if let Some(s) = b.trace_start(trace_id)? {
+            if let Some(s) = guarded(&b.path, || b.trace_start(trace_id))? {
                 best = Some(best.map_or(s, |x| x.min(s)));
             }
         }
@@ -349,7 +363,7 @@ impl TraceStore for EmbeddedStore {
             }
         };
         for b in &blocks {
-            let spans = b.get_trace(trace_id)?;
+            let spans = guarded(&b.path, || b.get_trace(trace_id))?;
             add(spans, &mut out);
         }
         for h in &frozen {
@@ -370,7 +384,7 @@ impl TraceStore for EmbeddedStore {
         visit: &mut dyn FnMut(&Span),
     ) -> Result<(), StoreError> {
         for block in &self.inner.scan_heads(query, visit) {
-            scan_block(block, query, fields, visit)?;
+            guarded(&block.path, || scan_block(block, query, fields, &mut *visit))?;
         }
         Ok(())
     }
@@ -398,7 +412,7 @@ impl TraceStore for EmbeddedStore {
                     return Ok(top.into_iter().map(|(_, id)| id).collect());
                 }
             }
-            find_in_block(b, query, &mut candidates)?;
+            guarded(&b.path, || find_in_block(b, query, &mut candidates))?;
         }
         let top = self.top(&candidates, &mut exact, query.limit, &frozen, &all_blocks)?;
         Ok(top.into_iter().map(|(_, id)| id).collect())
@@ -444,7 +458,7 @@ impl TraceStore for EmbeddedStore {
         visit: &mut dyn FnMut(&SpanRow),
     ) -> Result<(), StoreError> {
         for block in &self.inner.scan_heads(query, &mut |span| visit(&SpanRow::of(span, fields))) {
-            scan_block_rows(block, query, fields, visit)?;
+            guarded(&block.path, || scan_block_rows(block, query, fields, &mut *visit))?;
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::catalog::open_catalog;
 use super::flush::FLUSH_THREADS;
-use super::{EmbeddedStore, Inner, Recovered, StoreOptions};
+use super::{guarded, EmbeddedStore, Inner, Recovered, StoreOptions};
 use crate::batch_codec::decode_batch;
 use crate::block::{self, Block};
 use crate::head::Head;
@@ -189,7 +189,7 @@ fn open_blocks(dir: &Path) -> Result<OpenedBlocks, StoreError> {
             continue;
         }
         let id = meta.id;
-        match Block::open(dir, meta) {
+        match guarded(&block::parquet_path(dir, id), || Block::open(dir, meta)) {
             Ok(b) => blocks.push(Arc::new(b)),
             Err(e) => {
                 // Keeping the store available matters more than one block; its files are

@@ -643,3 +643,17 @@ fn a_span_from_a_future_clock_does_not_pin_its_block() {
     assert_eq!(store.enforce_retention(later).unwrap(), 1, "dropped by when it came, not by its clock");
     assert_eq!(store.stats().blocks, 0);
 }
+
+/// The Parquet decoder panicked on some damaged files (debug builds); such a panic becomes
+/// that block's error instead of ending the thread reading it.
+#[test]
+fn a_panicking_block_read_is_an_error() {
+    let path = Path::new("blocks/0000000000000001.parquet");
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result: Result<(), StoreError> = guarded(path, || panic!("attempt to subtract with overflow"));
+    std::panic::set_hook(hook);
+    let text = result.unwrap_err().to_string();
+    assert!(text.contains("0000000000000001.parquet") && text.contains("subtract with overflow"), "{text}");
+    assert_eq!(guarded(path, || Ok(7)).unwrap(), 7);
+}
