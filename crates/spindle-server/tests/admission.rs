@@ -375,6 +375,40 @@ fn idle_connections_are_closed_so_they_cannot_hold_the_cap() {
 }
 
 #[test]
+fn a_request_head_trickled_byte_by_byte_cannot_hold_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    // Reading without writing is cut after twice the body timeout: 4 s here.
+    let server = Server::start(dir.path(), &["--max-connections", "1", "--request-body-timeout", "2s"]);
+    let zipkin = server.addr("--zipkin-addr");
+    let trickler = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(zipkin).unwrap();
+        let head = format!("POST /api/v2/spans HTTP/1.1\r\nhost: {zipkin}\r\nx-padding: ");
+        stream.write_all(head.as_bytes()).unwrap();
+        // One byte every 200 ms, for longer than the test waits: until the server closes it.
+        let started = Instant::now();
+        while stream.write_all(b"a").is_ok() && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let body = serde_json::json!([{"traceId": "0000000000000000000000000000002d", "id": "000000000000002d",
+        "name": "op", "timestamp": now_nanos() / 1000, "duration": 5, "localEndpoint": {"serviceName": "z"}}])
+    .to_string();
+    let mut good = TcpStream::connect(zipkin).unwrap();
+    let head = format!(
+        "POST /api/v2/spans HTTP/1.1\r\nhost: {zipkin}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    good.write_all(head.as_bytes()).unwrap();
+    good.write_all(body.as_bytes()).unwrap();
+    assert_eq!(answer(&mut good, Duration::from_secs(30)), Some(202), "served once the trickler was cut");
+    let trickled = trickler.join().unwrap();
+    assert!(trickled < Duration::from_secs(30), "the trickling connection was closed after {trickled:?}");
+    wait_until("the span stored", Duration::from_secs(20), || server.trace(0x2d));
+}
+
+#[test]
 fn attributes_beyond_the_caps_are_dropped_or_cut_and_the_span_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-attributes-per-span", "4", "--max-attribute-value-bytes", "16"]);

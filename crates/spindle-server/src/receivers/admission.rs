@@ -150,31 +150,39 @@ pub struct LimitedListener {
 }
 
 /// An accepted connection; its slot frees when the connection is dropped. It is closed
-/// (reads fail) once it has read and written nothing for `idle`: without this, clients that
-/// open connections and send nothing (or keep idle ones) would hold the connection cap and
-/// lock everybody else out. hyper's own header timeout needs a timer `axum::serve` does not
-/// set. Activity only stamps a time; the timer is moved when it fires, not on every read.
+/// (reads fail) once it has read and written nothing for `idle`, or has been reading for
+/// `idle` without writing anything: without this, clients that open connections and send
+/// nothing (or keep idle ones), or trickle a request head byte by byte, would hold the
+/// connection cap and lock everybody else out (hyper's own header timeout needs a timer
+/// `axum::serve` does not set). A well-behaved connection always writes within that time
+/// of starting to read: the answer to its request, 408 at the body timeout (half of
+/// `idle`), and over HTTP/2 the window updates and ping acknowledgements as well. Activity
+/// only stamps a time; the timer is moved when it fires, not on every read.
 pub struct LimitedIo<T> {
     io: T,
     _slot: OwnedSemaphorePermit,
     idle: Duration,
     last_active: tokio::time::Instant,
+    /// The first read since the last write.
+    reading_since: Option<tokio::time::Instant>,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<T> LimitedIo<T> {
     fn new(io: T, slot: OwnedSemaphorePermit, idle: Duration) -> Self {
         let now = tokio::time::Instant::now();
-        LimitedIo { io, _slot: slot, idle, last_active: now, deadline: Box::pin(tokio::time::sleep_until(now + idle)) }
+        let deadline = Box::pin(tokio::time::sleep_until(now + idle));
+        LimitedIo { io, _slot: slot, idle, last_active: now, reading_since: None, deadline }
     }
 
-    /// Whether the connection has been idle for `idle`; re-arms the timer otherwise.
+    /// Whether the connection has been idle, or reading without writing, for `idle`;
+    /// re-arms the timer otherwise.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             if self.deadline.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            let until = self.last_active + self.idle;
+            let until = self.reading_since.unwrap_or(self.last_active) + self.idle;
             if until <= tokio::time::Instant::now() {
                 return true;
             }
@@ -274,7 +282,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for LimitedIo<T> {
         let before = buf.filled().len();
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                self.last_active = tokio::time::Instant::now();
+                let now = tokio::time::Instant::now();
+                self.last_active = now;
+                self.reading_since.get_or_insert(now);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending if self.idle_expired(cx) => {
@@ -290,6 +300,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for LimitedIo<T> {
         let written = Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
             self.last_active = tokio::time::Instant::now();
+            self.reading_since = None;
         }
         written
     }
@@ -302,6 +313,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for LimitedIo<T> {
         let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
             self.last_active = tokio::time::Instant::now();
+            self.reading_since = None;
         }
         written
     }
