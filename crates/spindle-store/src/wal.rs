@@ -78,6 +78,12 @@ pub(crate) fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     Ok(found)
 }
 
+/// Bytes of the segments in `dir`: what the log takes, without the `.unread` bytes kept
+/// aside, which the disk limit must not make room for by dropping blocks.
+pub(crate) fn segments_size(dir: &Path) -> u64 {
+    segments(dir).map_or(0, |found| found.iter().map(|(_, path)| std::fs::metadata(path).map_or(0, |m| m.len())).sum())
+}
+
 pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
 }

@@ -187,7 +187,7 @@ impl EmbeddedStore {
             block_spans: blocks.iter().map(|b| b.meta.spans).sum(),
             block_bytes: blocks.iter().map(|b| b.meta.bytes).sum(),
             head_spans: (head.span_count() + frozen.iter().map(|(h, _)| h.span_count()).sum::<usize>()) as u64,
-            wal_bytes: dir_size(&self.inner.wal_dir),
+            wal_bytes: crate::wal::segments_size(&self.inner.wal_dir),
             blocks_set_aside: load(&recovered.blocks_set_aside),
             wal_records_skipped: load(&recovered.wal_records_skipped),
             wal_bytes_set_aside: load(&recovered.wal_bytes_set_aside),

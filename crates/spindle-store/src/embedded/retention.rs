@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::{dir_size, lock, write_guard, Inner};
+use super::{lock, write_guard, Inner};
 use crate::block::Block;
 use crate::StoreError;
 
@@ -37,7 +37,7 @@ impl Inner {
                 });
             }
             if let Some(limit) = self.options.max_disk_bytes {
-                let wal_bytes = dir_size(&self.wal_dir);
+                let wal_bytes = crate::wal::segments_size(&self.wal_dir);
                 let mut total: u64 = wal_bytes + blocks.iter().map(|b| b.meta.bytes).sum::<u64>();
                 while total > limit && !blocks.is_empty() {
                     let oldest =

@@ -523,6 +523,8 @@ fn a_damaged_record_in_an_old_log_segment_costs_only_itself() {
     assert_eq!(fs::read(&aside).unwrap(), &bytes[second..second + second_len]);
     store.flush().unwrap();
     assert!(!old.exists(), "the segment goes once a block covers it");
+    let segments: u64 = wal::segments(&wal_dir).unwrap().iter().map(|(_, p)| fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(store.stats().wal_bytes, segments, "bytes kept aside are not the log's, nor the disk limit's");
     assert_eq!(fs::read(&aside).unwrap(), &bytes[second..second + second_len], "its unread bytes stay");
     drop(store);
     let store = open(dir.path());
