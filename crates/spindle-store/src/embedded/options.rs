@@ -12,7 +12,8 @@ pub struct StoreOptions {
     pub data_dir: PathBuf,
     /// When the log is fsynced; `Always` (the default) before every acknowledgement.
     pub sync: SyncPolicy,
-    /// Drop blocks whose newest span started longer ago than this. `None` keeps everything.
+    /// Drop blocks whose newest span started, or that were received (whichever is earlier),
+    /// longer ago than this. `None` keeps everything.
     pub retention: Option<Duration>,
     /// Drop the oldest blocks while blocks and log together take more than this many bytes.
     /// The head and the log are never dropped, so the directory can exceed the limit by them.
