@@ -48,18 +48,49 @@ pub fn producer(brokers: &str, client_id: &str) -> Result<FutureProducer, Error>
 
 /// A consumer in group `group` subscribed to `topic`, committing only what the service
 /// commits (no auto-commit) and starting from the earliest offset when the group has none.
-pub fn consumer(brokers: &str, group: &str, client_id: &str, topic: &str) -> Result<StreamConsumer, Error> {
-    let consumer: StreamConsumer = ClientConfig::new()
+///
+/// `instance` makes it a static member of the group (`group.instance.id`, KIP-345): a
+/// restarted process with the same instance id takes its predecessor's place (and
+/// partitions) at once, even when the predecessor died without leaving (`kill -9`, OOM,
+/// power loss). Without it the restarted process joins as a new member, and the tansu broker
+/// can then settle the group with no partition assigned to anyone, for good (see the
+/// README's "Crashes"); a real Kafka waits out the dead member's session timeout instead.
+/// Static members do not leave the group on a clean stop either, so their partitions wait
+/// up to the session timeout for them to come back; the timeout is kept short for that.
+pub fn consumer(
+    brokers: &str,
+    group: &str,
+    instance: Option<&str>,
+    client_id: &str,
+    topic: &str,
+) -> Result<StreamConsumer, Error> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("client.id", client_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .create()
-        .map_err(Error::kafka("create a consumer"))?;
+        .set("session.timeout.ms", "10000");
+    if let Some(instance) = instance.filter(|i| !i.is_empty()) {
+        config.set("group.instance.id", instance);
+    }
+    let consumer: StreamConsumer = config.create().map_err(Error::kafka("create a consumer"))?;
     consumer.subscribe(&[topic]).map_err(Error::kafka("subscribe"))?;
     Ok(consumer)
+}
+
+/// The default static-membership id of a service's consumer: `<group>@<host name>`, unique
+/// as long as one instance of a group runs per host (each container has its own host name);
+/// instances sharing a host need `--group-instance-id` each. `None` when the host name is
+/// unknown: the consumer is then a dynamic member.
+pub fn default_instance_id(group: &str) -> Option<String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())?;
+    Some(format!("{group}@{host}"))
 }
 
 /// A PRODUCER span named `name`, child of the current span, with the messaging attributes.

@@ -52,6 +52,11 @@ pub struct ProcessorConfig {
     /// Consumer group.
     #[arg(long, env = "PROCESSOR_GROUP_ID", default_value = SERVICE)]
     pub group_id: String,
+    /// Static member id in the group (`group.instance.id`): a restart with the same id gets
+    /// its partitions back at once, also after a crash. Default `<group-id>@<host name>`;
+    /// every running instance of a group needs its own; empty for a dynamic member.
+    #[arg(long, env = "PROCESSOR_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     /// Messages per batch at most.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
@@ -84,11 +89,18 @@ pub fn analyse(snapshot: &OptionSnapshot) -> Result<Analytics, IvError> {
 
 /// Consumes and processes until `stop` is cancelled.
 pub async fn run(config: &ProcessorConfig, stop: CancellationToken, metrics: Arc<Metrics>) -> Result<(), Error> {
-    let consumer = Arc::new(messaging::consumer(&config.brokers, &config.group_id, SERVICE, &config.input_topic)?);
+    let instance = config.group_instance_id.clone().or_else(|| messaging::default_instance_id(&config.group_id));
+    let consumer = Arc::new(messaging::consumer(
+        &config.brokers,
+        &config.group_id,
+        instance.as_deref(),
+        SERVICE,
+        &config.input_topic,
+    )?);
     let producer = messaging::producer(&config.brokers, SERVICE)?;
     let batching = Batching { size: config.batch_size, linger: Duration::from_millis(config.batch_linger_ms) };
     let step = Step { config, producer: &producer, stop: &stop, metrics: &metrics };
-    tracing::info!(input = %config.input_topic, output = %config.output_topic, group = %config.group_id, "processor started");
+    tracing::info!(input = %config.input_topic, output = %config.output_topic, group = %config.group_id, instance = instance.as_deref().unwrap_or(""), "processor started");
     messaging::consume(consumer, &producer, batching, &step, &stop, &metrics).await;
     tracing::info!("processor stopped");
     Ok(())

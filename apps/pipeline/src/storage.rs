@@ -55,6 +55,11 @@ pub struct StorageConfig {
     /// Consumer group.
     #[arg(long, env = "STORAGE_GROUP_ID", default_value = SERVICE)]
     pub group_id: String,
+    /// Static member id in the group (`group.instance.id`): a restart with the same id gets
+    /// its partitions back at once, also after a crash. Default `<group-id>@<host name>`;
+    /// every running instance of a group needs its own; empty for a dynamic member.
+    #[arg(long, env = "STORAGE_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     /// PostgreSQL connection URL.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
@@ -94,11 +99,18 @@ pub async fn run(config: &StorageConfig, stop: CancellationToken, metrics: Arc<M
     }
     tracing::info!(table = TABLE, database = %db.namespace, "schema ready");
 
-    let consumer = Arc::new(messaging::consumer(&config.brokers, &config.group_id, SERVICE, &config.input_topic)?);
+    let instance = config.group_instance_id.clone().or_else(|| messaging::default_instance_id(&config.group_id));
+    let consumer = Arc::new(messaging::consumer(
+        &config.brokers,
+        &config.group_id,
+        instance.as_deref(),
+        SERVICE,
+        &config.input_topic,
+    )?);
     let producer = messaging::producer(&config.brokers, SERVICE)?;
     let batching = Batching { size: config.batch_size, linger: Duration::from_millis(config.batch_linger_ms) };
     let store = Store { writer: &writer, producer: &producer, config };
-    tracing::info!(input = %config.input_topic, group = %config.group_id, "storage started");
+    tracing::info!(input = %config.input_topic, group = %config.group_id, instance = instance.as_deref().unwrap_or(""), "storage started");
     messaging::consume(consumer, &producer, batching, &store, &stop, &metrics).await;
     tracing::info!("storage stopped");
     Ok(())
