@@ -11,11 +11,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use spindle_model::SpanKind;
 
-use super::guarded;
+use super::{guarded, lock};
 use crate::block::Block;
 use crate::head::Catalog;
 use crate::query::TraceQuery;
@@ -160,6 +160,13 @@ pub(super) fn set_aside(path: &Path) -> Result<PathBuf, StoreError> {
 
 /// Atomically replaces `catalog.json` with `catalog`; returns the entries written.
 fn write_snapshot(dir: &Path, catalog: &Catalog) -> Result<usize, StoreError> {
+    let (bytes, entries) = encode_snapshot(catalog)?;
+    write_snapshot_bytes(dir, bytes)?;
+    Ok(entries)
+}
+
+/// `catalog` as `catalog.json` holds it, and how many entries that is.
+fn encode_snapshot(catalog: &Catalog) -> Result<(Vec<u8>, usize), StoreError> {
     let mut by_service: std::collections::BTreeMap<&str, Vec<(&str, SpanKind)>> = Default::default();
     for service in catalog.service_names() {
         by_service.entry(service).or_default();
@@ -169,27 +176,34 @@ fn write_snapshot(dir: &Path, catalog: &Catalog) -> Result<usize, StoreError> {
         by_service.entry(service).or_default().push((name, kind));
         entries += 1;
     }
-    let path = dir.join(CATALOG_FILE);
-    let tmp = dir.join("catalog.json.tmp");
     let list: Vec<_> = by_service.into_iter().collect();
     let bytes = serde_json::to_vec(&list).map_err(|e| StoreError::Encode(e.to_string()))?;
+    Ok((bytes, entries))
+}
+
+fn write_snapshot_bytes(dir: &Path, bytes: Vec<u8>) -> Result<(), StoreError> {
+    let path = dir.join(CATALOG_FILE);
+    let tmp = dir.join("catalog.json.tmp");
     fs::write(&tmp, bytes)
         .and_then(|_| File::open(&tmp)?.sync_all())
         .and_then(|_| fs::rename(&tmp, &path))
-        .map_err(|e| StoreError::io(&path, e))?;
-    Ok(entries)
+        .map_err(|e| StoreError::io(&path, e))
 }
 
 impl CatalogLog {
     /// Makes `added` (entries new to `catalog`, which already holds them) durable: appended
-    /// to the log, or, once the log would outgrow the snapshot, by a new snapshot.
-    pub(super) fn append(&mut self, added: &[Entry], catalog: &Catalog) -> Result<(), StoreError> {
+    /// to the log, or, once the log would outgrow the snapshot, by a new snapshot. `catalog`
+    /// is locked only to encode a snapshot, never across a write or sync, so listing
+    /// services and operations does not wait for the disk.
+    pub(super) fn append(&mut self, added: &[Entry], catalog: &Mutex<Catalog>) -> Result<(), StoreError> {
         if added.is_empty() {
             return Ok(());
         }
         let path = self.dir.join(LOG_FILE);
         if self.log_entries + added.len() > self.snapshot_entries.max(1024) {
-            self.snapshot_entries = write_snapshot(&self.dir, catalog)?;
+            let (bytes, entries) = encode_snapshot(&lock(catalog))?;
+            write_snapshot_bytes(&self.dir, bytes)?;
+            self.snapshot_entries = entries;
             self.log.set_len(0).map_err(|e| StoreError::io(&path, e))?;
             self.log_entries = 0;
             return Ok(());

@@ -187,16 +187,17 @@ impl Inner {
     /// to `catalog.log`). Only the entries a head adds are written: rewriting the whole
     /// catalog per flush cost in proportion to its size (`docs/STORAGE.md`).
     fn catalog_head(&self, head: &Head) -> Result<(), StoreError> {
+        // The log's lock is held throughout, so entries reach the log in the order they
+        // joined the catalog and a snapshot never misses one a concurrent commit logged.
         let mut log = lock(&self.catalog_log);
-        let mut catalog = lock(&self.catalog);
         let mut added = Vec::new();
-        let full = catalog.merge(head.catalog(), |service, name, kind| {
+        let full = lock(&self.catalog).merge(head.catalog(), |service, name, kind| {
             added.push((service.to_string(), name.to_string(), kind));
         });
         if full > 0 {
             self.operations_unlisted.fetch_add(full, Ordering::Relaxed);
         }
-        log.append(&added, &catalog)
+        log.append(&added, &self.catalog)
     }
 
     fn write_head_block(&self, head: &Head, wal_covered: u64) -> Result<BlockMeta, StoreError> {

@@ -659,3 +659,33 @@ fn a_panicking_block_read_is_an_error() {
     assert!(text.contains("0000000000000001.parquet") && text.contains("subtract with overflow"), "{text}");
     assert_eq!(guarded(path, || Ok(7)).unwrap(), 7);
 }
+
+/// The log is folded into a new snapshot once it would hold more entries than the snapshot
+/// (at least 1024), so neither grows by more than what was added.
+#[test]
+fn the_catalog_log_is_folded_into_the_snapshot_once_it_outgrows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("catalog.log");
+    let snapshot_entries = || {
+        let text = fs::read(dir.path().join("catalog.json")).unwrap();
+        let services: Vec<(String, Vec<(String, SpanKind)>)> = serde_json::from_slice(&text).unwrap();
+        services.iter().map(|(_, ops)| ops.len()).sum::<usize>()
+    };
+    {
+        let store = open(dir.path());
+        store.append((0..1000u64).map(|i| span(1, i + 1, 0, "a", &format!("op{i}"), 10)).collect()).unwrap();
+        store.flush().unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 1000, "appended, not rewritten");
+        assert_eq!(snapshot_entries(), 0);
+        store.append((1000..1100u64).map(|i| span(2, i + 1, 0, "a", &format!("op{i}"), 10)).collect()).unwrap();
+        store.flush().unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap(), "", "folded into the snapshot");
+        assert_eq!(snapshot_entries(), 1100);
+        store.append(vec![span(3, 5000, 0, "a", "late", 10)]).unwrap();
+        store.flush().unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 1);
+    }
+    let store = open(dir.path());
+    assert_eq!(store.operations("a", None).unwrap().len(), 1101);
+    assert_eq!(store.stats().catalog_rebuilds, 0);
+}
