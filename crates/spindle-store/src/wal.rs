@@ -124,8 +124,9 @@ fn keep_aside(path: &Path, offset: u64, bytes: &[u8]) -> Result<PathBuf, StoreEr
 /// Reads every intact record of `path`. A damaged record with records after it is skipped
 /// alone and its bytes copied aside (`<segment>.<offset>.unread`); where framing is lost the
 /// rest is copied aside likewise, and only the `newest` segment — the one a crash can tear —
-/// is truncated there.
-pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8])) -> Result<Replayed, StoreError> {
+/// is truncated there. `each` returns false for a payload it could not use (it does not
+/// decode): that record is copied aside too, and not counted in `records`.
+pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8]) -> bool) -> Result<Replayed, StoreError> {
     let file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Replayed::default()),
@@ -176,8 +177,20 @@ pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8])) -> 
             valid_len = end;
             continue;
         }
-        each(&payload);
-        records += 1;
+        if each(&payload) {
+            records += 1;
+        } else {
+            let mut record = header.to_vec();
+            record.extend_from_slice(&payload);
+            let aside = keep_aside(path, valid_len, &record)?;
+            bytes_aside += record.len() as u64;
+            tracing::error!(
+                path = %path.display(),
+                offset = valid_len,
+                aside = %aside.display(),
+                "write-ahead log record passes its checksum but cannot be used; its bytes kept aside"
+            );
+        }
         valid_len = end;
     }
     drop(reader);
@@ -436,7 +449,11 @@ mod tests {
 
     fn collect(path: &Path) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        replay(path, true, |p| out.push(p.to_vec())).unwrap();
+        replay(path, true, |p| {
+            out.push(p.to_vec());
+            true
+        })
+        .unwrap();
         out
     }
 
@@ -458,14 +475,18 @@ mod tests {
             bytes[HEADER_LEN + 5 + HEADER_LEN + 2] ^= 0x10;
             std::fs::write(&path, &bytes).unwrap();
             let mut out = Vec::new();
-            replay(&path, newest, |p| out.push(p.to_vec())).unwrap();
+            replay(&path, newest, |p| {
+                out.push(p.to_vec());
+                true
+            })
+            .unwrap();
             assert_eq!(out, vec![b"first".to_vec(), b"third".to_vec()], "newest={newest}");
             assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing truncated (newest={newest})");
             let offset = HEADER_LEN + 5;
             let record = &bytes[offset..offset + HEADER_LEN + 6];
             let aside = PathBuf::from(format!("{}.{offset}.unread", path.display()));
             assert_eq!(std::fs::read(&aside).unwrap(), record, "the damaged record is kept aside (newest={newest})");
-            let replayed = replay(&path, newest, |_| {}).unwrap();
+            let replayed = replay(&path, newest, |_| true).unwrap();
             assert_eq!((replayed.records, replayed.skipped, replayed.bytes_aside), (2, 1, record.len() as u64));
         }
     }
@@ -479,7 +500,11 @@ mod tests {
         bytes[HEADER_LEN + 5 + 3] = 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let mut out = Vec::new();
-        replay(&path, false, |p| out.push(p.to_vec())).unwrap();
+        replay(&path, false, |p| {
+            out.push(p.to_vec());
+            true
+        })
+        .unwrap();
         assert_eq!(out, vec![b"first".to_vec()]);
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "an older segment is never truncated");
         let aside = PathBuf::from(format!("{}.{}.unread", path.display(), HEADER_LEN + 5));

@@ -216,9 +216,9 @@ pub struct StoreStats {
     pub blocks_set_aside: u64,
     /// Write-ahead log records that failed their checksum at replay; their bytes are aside.
     pub wal_records_skipped: u64,
-    /// Bytes of the write-ahead log replay could not read, copied to `.unread` files.
+    /// Bytes of the write-ahead log replay could not read or decode, copied to `.unread` files.
     pub wal_bytes_set_aside: u64,
-    /// Records that passed their checksum but could not be decoded (left in the log).
+    /// Records that passed their checksum but could not be decoded; their bytes are aside.
     pub wal_records_undecodable: u64,
     /// Times the catalog was rebuilt from the blocks (its files unreadable or missing).
     pub catalog_rebuilds: u64,

@@ -243,10 +243,14 @@ impl EmbeddedStore {
                 continue;
             }
             let replayed = wal::replay(&path, Some(seq) == newest_seq, |payload| match decode_batch(payload) {
-                Ok(spans) => unlisted += head.insert(spans, payload.len()),
+                Ok(spans) => {
+                    unlisted += head.insert(spans, payload.len());
+                    true
+                }
                 Err(e) => {
                     undecodable += 1;
-                    tracing::error!(error = %e, "undecodable write-ahead log record");
+                    tracing::error!(path = %path.display(), error = %e, "undecodable write-ahead log record");
+                    false
                 }
             })?;
             records += replayed.records;
