@@ -172,8 +172,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINDLE_REQUEST_BODY_TIMEOUT", value_name = "DURATION")]
     pub request_body_timeout: Option<String>,
 
-    /// Span-metric series per service; beyond it spans count in one overflow series
-    /// [default: 500]
+    /// Span-metric series (span name, kind, status) per service; beyond it the service's
+    /// further ones count in its overflow series [default: 200]
     #[arg(long, env = "SPINDLE_MAX_SPAN_METRIC_SERIES_PER_SERVICE", value_name = "N")]
     pub max_span_metric_series_per_service: Option<usize>,
 

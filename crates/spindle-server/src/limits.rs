@@ -72,7 +72,7 @@ impl Default for Limits {
             max_attributes_per_span: 1024,
             max_attribute_value_bytes: 64 * 1024,
             request_body_timeout: Duration::from_secs(30),
-            max_span_metric_series_per_service: 500,
+            max_span_metric_series_per_service: 200,
             max_operations_per_service: 2000,
             max_analytics_groups: 1000,
             max_span_future: Duration::from_secs(3600),
