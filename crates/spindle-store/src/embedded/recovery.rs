@@ -148,13 +148,14 @@ fn open_blocks(dir: &Path) -> Result<OpenedBlocks, StoreError> {
                 Ok(mut meta) if meta.id == id => {
                     if meta.ingested_unix_nano == 0 {
                         // Written before blocks recorded it: the meta file's time is when the
-                        // block was committed, a bound from above of when its spans came.
+                        // block was committed, a bound from above of when its spans came. With
+                        // no time at all (0) retention goes by the newest span alone.
                         meta.ingested_unix_nano = entry
                             .metadata()
                             .and_then(|m| m.modified())
                             .ok()
                             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                            .map_or(1, |d| d.as_nanos() as u64);
+                            .map_or(0, |d| d.as_nanos() as u64);
                     }
                     metas.push(meta)
                 }

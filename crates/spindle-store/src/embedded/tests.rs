@@ -275,13 +275,7 @@ fn three_blocks(dir: &Path) -> Vec<PathBuf> {
         }
         assert_eq!(store.stats().blocks, 3);
     }
-    let mut metas: Vec<_> = fs::read_dir(dir.join("blocks"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".meta.json"))
-        .collect();
-    metas.sort();
-    metas
+    block_metas(dir)
 }
 
 fn parquet_of(meta: &Path) -> PathBuf {
@@ -712,4 +706,38 @@ fn an_undecodable_log_record_is_kept_aside() {
     assert_eq!(&fs::read(&aside).unwrap()[8..], &bad[..]);
     store.flush().unwrap();
     assert_eq!(&fs::read(&aside).unwrap()[8..], &bad[..], "kept after its segment is gone");
+}
+
+/// A block written before metas recorded when its spans came is aged from its meta file's
+/// time, so a span from a future clock does not pin it either.
+#[test]
+fn a_block_of_an_older_release_is_aged_from_its_meta_file_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let year_2076 = 3_345_000_000u64 * 1_000_000_000;
+    {
+        let store = open(dir.path());
+        store.append(vec![span(1, 1, 0, "a", "op", year_2076)]).unwrap();
+        store.flush().unwrap();
+    }
+    let meta = block_metas(dir.path()).pop().unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+    assert!(json.as_object_mut().unwrap().remove("ingested_unix_nano").is_some());
+    fs::write(&meta, serde_json::to_vec(&json).unwrap()).unwrap();
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+    File::options().write(true).open(&meta).unwrap().set_modified(two_hours_ago).unwrap();
+    let retention = Duration::from_secs(3600);
+    let store = EmbeddedStore::open(StoreOptions { retention: Some(retention), ..options(dir.path()) }).unwrap();
+    assert_eq!(store.stats().blocks, 1);
+    assert_eq!(store.enforce_retention(now_unix_nanos()).unwrap(), 1);
+}
+
+/// The meta files in `dir/blocks`, oldest first.
+fn block_metas(dir: &Path) -> Vec<PathBuf> {
+    let mut metas: Vec<_> = fs::read_dir(dir.join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".meta.json"))
+        .collect();
+    metas.sort();
+    metas
 }
