@@ -169,6 +169,11 @@ impl Catalog {
         })
     }
 
+    /// How many operations `service` lists.
+    pub(crate) fn count(&self, service: &str) -> usize {
+        self.services.get(service).map_or(0, |ops| ops.count)
+    }
+
     pub(crate) fn service_names(&self) -> impl Iterator<Item = &str> {
         self.services.keys().map(String::as_str)
     }

@@ -80,6 +80,14 @@ pub trait TraceStore: Send + Sync + 'static {
     /// Operations of a service, optionally of one span kind, sorted by name then kind.
     fn operations(&self, service: &str, kind: Option<SpanKind>) -> Result<Vec<Operation>, StoreError>;
 
+    /// Whether [`TraceStore::operations`] of `service` may leave names out: its list holds
+    /// as many as the store lists per service, so further names are stored and searchable
+    /// but unlisted. An answer built from the list should then say that it is partial.
+    fn operations_capped(&self, service: &str) -> Result<bool, StoreError> {
+        let _ = service;
+        Ok(false)
+    }
+
     /// Service-graph edges of traces that started in `[start_unix_nano, end_unix_nano]`.
     fn dependencies(&self, start_unix_nano: u64, end_unix_nano: u64) -> Result<Vec<DependencyLink>, StoreError>;
 

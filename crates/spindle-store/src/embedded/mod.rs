@@ -443,6 +443,15 @@ impl TraceStore for EmbeddedStore {
         Ok(ops)
     }
 
+    fn operations_capped(&self, service: &str) -> Result<bool, StoreError> {
+        let max = self.inner.options.max_operations_per_service;
+        if lock(&self.inner.catalog).count(service) >= max {
+            return Ok(true);
+        }
+        // Names only in memory can fill the list too; it is at most `max` long.
+        Ok(self.operations(service, None)?.len() >= max)
+    }
+
     fn dependencies(&self, start: u64, end: u64) -> Result<Vec<DependencyLink>, StoreError> {
         let mut edges = BTreeMap::new();
         self.scan_traces(start, end, &SpanFields::with_attributes(GRAPH_KEYS), &mut |trace| {

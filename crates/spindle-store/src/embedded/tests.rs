@@ -581,6 +581,8 @@ fn the_catalog_lists_at_most_the_bound_and_searches_still_find_the_rest() {
     };
     assert_eq!(store.operations("a", None).unwrap().len(), 3);
     assert_eq!(operation_names(&store, "b"), vec!["other"], "another service has its own bound");
+    assert!(store.operations_capped("a").unwrap(), "the answer can say it is partial");
+    assert!(!store.operations_capped("b").unwrap());
     assert_eq!(store.stats().operations_unlisted, 7);
     assert_eq!(by_name(&store, "op9"), vec![TraceId(9)], "found in memory");
     store.flush().unwrap();
@@ -596,6 +598,7 @@ fn the_catalog_lists_at_most_the_bound_and_searches_still_find_the_rest() {
     let store = EmbeddedStore::open(bounded()).unwrap();
     assert_eq!(store.operations("a", None).unwrap().len(), 3);
     assert_eq!(by_name(&store, "op12"), vec![TraceId(12)], "found after a restart");
+    assert!(store.operations_capped("a").unwrap());
     assert_eq!(store.get_trace(TraceId(7)).unwrap().len(), 1);
 }
 
