@@ -735,6 +735,70 @@ mod tests {
 
     /// Property: for random workloads and filters, grouped RED equals brute force —
     /// counts exactly, percentiles within the sketch's documented error.
+    /// The top groups by calls are exact while the distinct groups fit the tracked ones;
+    /// every call lands in a shown group or in "other" whatever the number of groups.
+    #[test]
+    fn red_top_keeps_the_groups_with_most_calls_and_merges_the_rest() {
+        let (_dir, query, spans) = service_with(3, 600);
+        let all = TraceQuery { limit: usize::MAX, ..Default::default() };
+        let mut calls: BTreeMap<String, u64> = BTreeMap::new();
+        for s in &spans {
+            *calls.entry(attribute_text(s, "span.name").unwrap()).or_default() += 1;
+        }
+        assert!(calls.len() > 4, "the workload has {} operations", calls.len());
+        let mut by_calls: Vec<(u64, String)> = calls.iter().map(|(k, v)| (*v, k.clone())).collect();
+        by_calls.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        // Within the tracked groups (4 x 3 >= the distinct names here): exact.
+        let answer = query.red_top(&all, Some("span.name"), 600_000_000_000, 3).unwrap();
+        let shown: Vec<String> = answer.groups.iter().map(|g| g.group.clone().unwrap()).collect();
+        let mut expected: Vec<String> = by_calls.iter().take(3).map(|(_, k)| k.clone()).collect();
+        expected.sort();
+        assert_eq!(shown, expected);
+        let other = answer.other.expect("more than 3 groups");
+        let total: u64 = answer.groups.iter().map(|g| g.total.calls).sum::<u64>() + other.total.calls;
+        assert_eq!(total, spans.len() as u64);
+        assert_eq!(answer.other_groups, calls.len() - 3);
+        // One group shown and tracked: whatever the first-seen order, the totals add up.
+        let answer = query.red_top(&all, Some("span.name"), 600_000_000_000, 1).unwrap();
+        assert_eq!(answer.groups.len(), 1);
+        let total: u64 = answer.groups[0].total.calls + answer.other.as_ref().map_or(0, |o| o.total.calls);
+        assert_eq!(total, spans.len() as u64);
+        assert!(answer.other_uncounted || answer.other_groups == calls.len() - 1);
+        // Fewer groups than the cap: no "other".
+        let answer = query.red_top(&all, Some("span.name"), 600_000_000_000, 1000).unwrap();
+        assert_eq!((answer.groups.len(), answer.other.is_none()), (calls.len(), true));
+    }
+
+    /// A scan whose deadline passed or whose caller went stops with an error, not an answer.
+    #[test]
+    fn a_cancelled_or_late_query_stops_with_an_error() {
+        use spindle_store::{QueryControl, StoreError};
+        use std::sync::atomic::AtomicBool;
+        use std::time::Instant;
+        let (_dir, query, _) = service_with(4, 400);
+        let late = TraceQuery {
+            limit: usize::MAX,
+            control: QueryControl::new(Some(Instant::now()), None),
+            ..Default::default()
+        };
+        assert!(matches!(
+            query.red(&late, Some("span.name"), 60_000_000_000),
+            Err(QueryError::Store(StoreError::TimedOut))
+        ));
+        assert!(matches!(query.find_traces(&late), Err(QueryError::Store(StoreError::TimedOut))));
+        let gone = TraceQuery {
+            limit: usize::MAX,
+            control: QueryControl::new(None, Some(Arc::new(AtomicBool::new(true)))),
+            ..Default::default()
+        };
+        assert!(matches!(query.slowest(&gone, 5), Err(QueryError::Store(StoreError::Cancelled))));
+        // Dependencies take the thread's control.
+        let control = QueryControl::new(Some(Instant::now()), None);
+        let deps = control.run(|| query.dependencies(0, u64::MAX));
+        assert!(matches!(deps, Err(QueryError::Store(StoreError::TimedOut))));
+        assert!(query.dependencies(0, u64::MAX).is_ok(), "the control ends with `run`");
+    }
+
     #[test]
     fn red_by_attribute_matches_brute_force() {
         for seed in 1..=6u64 {
