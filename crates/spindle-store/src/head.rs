@@ -146,6 +146,12 @@ impl Catalog {
     /// many entries found their service full.
     pub(crate) fn merge(&mut self, other: &Catalog, mut added: impl FnMut(&str, &str, SpanKind)) -> u64 {
         let mut full = 0;
+        for service in other.service_names() {
+            // A service is listed even when its bound leaves it no operation.
+            if !self.services.contains_key(service) {
+                self.services.insert(service.to_string(), ServiceOperations::default());
+            }
+        }
         for (service, name, kind) in other.entries() {
             match self.add(service, name, kind) {
                 Added::New => added(service, name, kind),
