@@ -486,6 +486,13 @@ mod tests {
     }
 
     #[test]
+    fn the_default_instance_id_is_the_group_at_the_host() {
+        let id = default_instance_id("storage-service").expect("this machine has a host name");
+        let host = id.strip_prefix("storage-service@").expect("group@host");
+        assert!(!host.is_empty() && !host.contains(char::is_whitespace), "{id}");
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_cap() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
         let delays: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
