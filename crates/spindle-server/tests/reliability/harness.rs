@@ -370,7 +370,16 @@ impl Client {
                     .await;
                 let response = match sent {
                     Ok(r) => r,
-                    Err(e) => return Outcome::Failed(format!("http: {e}")),
+                    Err(e) => {
+                        // The causes, not just reqwest's summary line.
+                        let mut causes = e.to_string();
+                        let mut source = std::error::Error::source(&e);
+                        while let Some(cause) = source {
+                            causes += &format!(": {cause}");
+                            source = cause.source();
+                        }
+                        return Outcome::Failed(format!("http: {causes}"));
+                    }
                 };
                 let status = response.status().as_u16();
                 let retry_after = response.headers().contains_key("retry-after");
