@@ -109,6 +109,12 @@ impl QueryService {
         Ok(self.store.operations(service, kind)?)
     }
 
+    /// Whether [`QueryService::operations`] of `service` may leave names out (the store lists
+    /// a bounded number per service).
+    pub fn operations_capped(&self, service: &str) -> Result<bool, QueryError> {
+        Ok(self.store.operations_capped(service)?)
+    }
+
     pub fn dependencies(&self, start_unix_nano: u64, end_unix_nano: u64) -> Result<Vec<DependencyLink>, QueryError> {
         Ok(self.store.dependencies(start_unix_nano, end_unix_nano)?)
     }

@@ -175,6 +175,8 @@ fn limits_change_answers_visibly_and_are_counted() {
             "10",
             "--max-analytics-groups",
             "3",
+            "--max-operations-per-service",
+            "12",
         ],
     );
     let now = now_nanos();
@@ -251,6 +253,15 @@ fn limits_change_answers_visibly_and_are_counted() {
     assert_eq!(other["total"]["calls"], 55 - 8 - 9 - 10);
     let warned = warnings(&body);
     assert!(warned.iter().any(|w| w.contains("7 more merged") && w.contains("max_analytics_groups")), "{body}");
+
+    // "svc" has 21 names, more than the 12 the store lists: the list says it is partial.
+    let (status, body) = server.get("/api/services/svc/operations");
+    assert_eq!(status, 200);
+    assert!(messages(&body["errors"]).iter().any(|m| m.contains("max_operations_per_service")), "{body}");
+    let (_, body) = server.get("/api/v3/operations?service=svc");
+    assert!(warnings(&body).iter().any(|w| w.contains("max_operations_per_service")), "{body}");
+    let (_, body) = server.get("/api/services/calls/operations");
+    assert!(body["errors"].is_null(), "10 names are all listed: {body}");
 
     for limit in ["query_limit", "query_lookback", "trace_spans", "analytics_groups"] {
         assert!(server.limit_hits(limit) >= 1.0, "{limit} hits counted in /metrics");

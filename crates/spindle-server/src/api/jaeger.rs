@@ -76,15 +76,24 @@ pub async fn services(State(state): State<ApiState>) -> Response {
     }
 }
 
+/// The warning of an operations list the store keeps bounded (`max_operations_per_service`).
+pub(super) fn operations_partial(service: &str) -> String {
+    format!(
+        "service {service} has more operations than are listed (max_operations_per_service); the rest are stored and searchable by name"
+    )
+}
+
 pub async fn service_operations(State(state): State<ApiState>, Path(service): Path<String>) -> Response {
     let query = state.query.clone();
-    match blocking(move || query.operations(&service, None)).await {
-        Ok(ops) => {
+    let name = service.clone();
+    match blocking(move || Ok((query.operations(&service, None)?, query.operations_capped(&service)?))).await {
+        Ok((ops, capped)) => {
             let mut names: Vec<String> = ops.into_iter().map(|o| o.name).collect();
             names.dedup();
             let total = names.len();
+            let warnings = if capped { vec![operations_partial(&name)] } else { Vec::new() };
             // Jaeger's Go handler answers a nil slice, `null`, when there are none.
-            ok((total > 0).then_some(names), total)
+            ok_warned((total > 0).then_some(names), total, warnings)
         }
         Err(e) => internal(e),
     }
@@ -109,12 +118,14 @@ pub async fn operations(State(state): State<ApiState>, RawQuery(raw): RawQuery) 
         Err(e) => return bad_request(e),
     };
     let query = state.query.clone();
-    match blocking(move || query.operations(&service, kind)).await {
-        Ok(ops) => {
+    let name = service.clone();
+    match blocking(move || Ok((query.operations(&service, kind)?, query.operations_capped(&service)?))).await {
+        Ok((ops, capped)) => {
             let data: Vec<Value> =
                 ops.iter().map(|o| json!({"name": o.name, "spanKind": o.kind.as_jaeger_str()})).collect();
             let total = data.len();
-            ok(data, total)
+            let warnings = if capped { vec![operations_partial(&name)] } else { Vec::new() };
+            ok_warned(data, total, warnings)
         }
         Err(e) => internal(e),
     }

@@ -70,8 +70,9 @@ pub async fn operations(State(state): State<ApiState>, RawQuery(raw): RawQuery) 
         Err(e) => return bad_request(e),
     };
     let query = state.query.clone();
-    match blocking(move || query.operations(&service, kind)).await {
-        Ok(ops) => {
+    let name = service.clone();
+    match blocking(move || Ok((query.operations(&service, kind)?, query.operations_capped(&service)?))).await {
+        Ok((ops, capped)) => {
             let operations: Vec<Value> = ops
                 .iter()
                 .map(|o| {
@@ -83,7 +84,8 @@ pub async fn operations(State(state): State<ApiState>, RawQuery(raw): RawQuery) 
                     json!({"name": o.name, "spanKind": kind})
                 })
                 .collect();
-            json_response(StatusCode::OK, &json!({ "operations": operations }))
+            let warnings = if capped { vec![super::jaeger::operations_partial(&name)] } else { Vec::new() };
+            warned(json!({ "operations": operations }), warnings)
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
