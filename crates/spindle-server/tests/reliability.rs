@@ -195,7 +195,7 @@ fn overload_at_twice_capacity_is_refused_with_backpressure_and_reconciles_exactl
                     not_offered += 1;
                     continue;
                 };
-                let mut client = if issued % 4 == 0 { grpc.clone() } else { http.clone() };
+                let mut client = if issued.is_multiple_of(4) { grpc.clone() } else { http.clone() };
                 let (batches, ids, ledger) = (Arc::clone(&batches), Arc::clone(&ids), Arc::clone(&ledger));
                 tokio::spawn(async move {
                     let batch = ids.batch(batches.traces);
@@ -451,7 +451,7 @@ fn disk_full_refuses_writes_keeps_reads_and_resumes_by_itself() {
     let mut send = |batches: &Batches, ledger: &mut Ledger, i: usize| {
         let client = &mut clients[i % 2];
         let batch = ids.batch(batches.traces);
-        let outcome = rt.block_on(client.export(&batches, &batch));
+        let outcome = rt.block_on(client.export(batches, &batch));
         ledger.record(client.protocol(), &batch, outcome.clone());
         outcome
     };
