@@ -185,6 +185,7 @@ impl LimitHits {
     }
 
     /// The hits of `limit` so far.
+    #[cfg(test)]
     pub fn count(&self, limit: Limit) -> u64 {
         self.hits.get_or_create(&LimitLabels { limit: limit.name() }).get()
     }

@@ -6,7 +6,6 @@ mod api;
 mod config;
 mod grpc;
 mod ingest;
-#[allow(dead_code)] // until every limit is wired in (issue 16)
 mod limits;
 mod loadgen;
 mod memory;
