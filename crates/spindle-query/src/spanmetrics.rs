@@ -9,7 +9,9 @@
 //!
 //! Names are client-chosen, so the caller bounds the series per service: past its limit a
 //! service's new span names are counted in an overflow series ([`SeriesKey::overflow`]),
-//! as the OpenTelemetry spanmetrics connector does with `otel.metric.overflow`.
+//! as the OpenTelemetry spanmetrics connector does with `otel.metric.overflow`. The number
+//! of services is bounded too: spans of services past it are counted in the overflow series
+//! of the service [`OVERFLOW_SERVICE`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,6 +25,12 @@ pub const BUCKET_NANOS: u64 = 60_000_000_000;
 
 /// The operation an overflow series is shown under when series are grouped by operation.
 pub const OVERFLOW_OPERATION: &str = "otel.metric.overflow";
+
+/// The service of the overflow series of services past the caller's limit on services: the
+/// spans of every service beyond it, all together (no operation, kind and status kept). The
+/// caller reserves the name: spans of a client's own service of that name count there too,
+/// so no real service's series can carry it.
+pub const OVERFLOW_SERVICE: &str = "otel.metric.overflow";
 
 /// One series. Names are shared (`Arc`), so a series present in many minutes holds its
 /// strings once and copying a key into a minute allocates nothing.

@@ -47,11 +47,16 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let body = tokio::task::spawn_blocking(move || {
         telemetry.server.storage_bytes.set(spindle_store::EmbeddedStore::data_dir_size(&dir) as i64);
         if let Some(store) = store {
-            let unlisted = telemetry.server.store.set(&store.stats());
+            let (operations, services) = telemetry.server.store.set(&store.stats());
             telemetry.limits.hit(
                 crate::limits::Limit::OperationsPerService,
-                unlisted,
+                operations,
                 &"operation names beyond max_operations_per_service are stored and searchable but not listed",
+            );
+            telemetry.limits.hit(
+                crate::limits::Limit::Services,
+                services,
+                &"services beyond max_services are stored and searchable but not listed by /api/services",
             );
         }
         telemetry.encode()

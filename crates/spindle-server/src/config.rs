@@ -182,6 +182,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINDLE_MAX_OPERATIONS_PER_SERVICE", value_name = "N")]
     pub max_operations_per_service: Option<usize>,
 
+    /// Services with span metrics of their own and listed by /api/services; spans of further
+    /// ones count in one overflow series set and are stored, unlisted [default: 1000]
+    #[arg(long, env = "SPINDLE_MAX_SERVICES", value_name = "N")]
+    pub max_services: Option<usize>,
+
     /// Groups in an analytics answer: the top N and an "other" row [default: 1000]
     #[arg(long, env = "SPINDLE_MAX_ANALYTICS_GROUPS", value_name = "N")]
     pub max_analytics_groups: Option<usize>,
@@ -293,6 +298,7 @@ impl ServeArgs {
             request_body_timeout: self.request_body_timeout.or(file.request_body_timeout),
             max_span_metric_series_per_service: self.max_span_metric_series_per_service.or(file.max_span_metric_series_per_service),
             max_operations_per_service: self.max_operations_per_service.or(file.max_operations_per_service),
+            max_services: self.max_services.or(file.max_services),
             max_analytics_groups: self.max_analytics_groups.or(file.max_analytics_groups),
             max_span_future: self.max_span_future.or(file.max_span_future),
             max_span_age: self.max_span_age.or(file.max_span_age),
@@ -398,6 +404,7 @@ fn limits(a: &ServeArgs) -> anyhow::Result<Limits> {
         request_body_timeout: duration("request_body_timeout", a.request_body_timeout.as_deref(), d.request_body_timeout)?,
         max_span_metric_series_per_service: count("max_span_metric_series_per_service", a.max_span_metric_series_per_service, d.max_span_metric_series_per_service)?,
         max_operations_per_service: count("max_operations_per_service", a.max_operations_per_service, d.max_operations_per_service)?,
+        max_services: count("max_services", a.max_services, d.max_services)?,
         max_analytics_groups: count("max_analytics_groups", a.max_analytics_groups, d.max_analytics_groups)?,
         max_span_future: duration("max_span_future", a.max_span_future.as_deref(), d.max_span_future)?,
         max_span_age: duration("max_span_age", a.max_span_age.as_deref(), d.max_span_age)?,

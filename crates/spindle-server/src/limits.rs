@@ -39,6 +39,9 @@ pub struct Limits {
     pub max_span_metric_series_per_service: usize,
     /// Operations per service in the catalog (`/api/services/{s}/operations`).
     pub max_operations_per_service: usize,
+    /// Services with span metrics of their own and listed by the catalog (`/api/services`);
+    /// further ones share one overflow series set and are stored and searchable, unlisted.
+    pub max_services: usize,
     /// Groups in one analytics answer: the top N and an "other" row.
     pub max_analytics_groups: usize,
     /// Spans starting further than this ahead of the server's clock are stored but derive
@@ -74,6 +77,7 @@ impl Default for Limits {
             request_body_timeout: Duration::from_secs(30),
             max_span_metric_series_per_service: 200,
             max_operations_per_service: 2000,
+            max_services: 1000,
             max_analytics_groups: 1000,
             max_span_future: Duration::from_secs(3600),
             max_span_age: Duration::from_secs(7 * 24 * 3600),
@@ -100,6 +104,7 @@ pub enum Limit {
     RequestBodyTimeout,
     SpanMetricSeries,
     OperationsPerService,
+    Services,
     AnalyticsGroups,
     SpanTimeWindow,
     QueryLimit,
@@ -121,6 +126,7 @@ impl Limit {
             Limit::RequestBodyTimeout => "request_body_timeout",
             Limit::SpanMetricSeries => "span_metric_series",
             Limit::OperationsPerService => "operations_per_service",
+            Limit::Services => "services",
             Limit::AnalyticsGroups => "analytics_groups",
             Limit::SpanTimeWindow => "span_time_window",
             Limit::QueryLimit => "query_limit",

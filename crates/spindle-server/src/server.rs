@@ -87,6 +87,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         retention: settings.retention,
         max_disk_bytes: settings.max_disk_bytes,
         max_operations_per_service: settings.limits.max_operations_per_service,
+        max_services: settings.limits.max_services,
         ..StoreOptions::new(settings.data_dir.clone())
     };
     let store: Arc<EmbeddedStore> = Arc::new(

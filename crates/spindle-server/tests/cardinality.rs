@@ -199,3 +199,81 @@ fn an_unreadable_span_metrics_state_is_set_aside_and_the_server_starts() {
     assert!(state_dir.join("state.bin").exists());
     assert_eq!(std::fs::read(&aside[0]).unwrap(), garbage);
 }
+
+/// One span of `service` in a trace of its own (`seed` makes its ids).
+fn service_span(service: &str, seed: u64, start: u64) -> Span {
+    let mut span = Workload::new(seed).batch(1, start, 1_000_000).remove(0);
+    span.resource = resource(service);
+    span.name = "GET /".into();
+    span.kind = SpanKind::Server;
+    span.status.code = StatusCode::Unset;
+    span
+}
+
+#[test]
+fn services_past_the_limit_share_one_overflow_set_and_are_stored_searchable_but_unlisted() {
+    const MAX_SERVICES: usize = 5;
+    const SERVICES: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spindle = Spindle::start_with(dir.path(), &["--max-services", &MAX_SERVICES.to_string()]);
+    let start = now_nanos() - 60_000_000_000;
+    let spans: Vec<Span> =
+        (0..SERVICES).map(|i| service_span(&format!("fleet-{i:02}"), 1000 + i as u64, start)).collect();
+    send(&spindle, &spans);
+
+    // /metrics: MAX_SERVICES services with series of their own, the rest in the overflow set.
+    let text = metrics_text(&spindle);
+    let calls: Vec<&str> = text.lines().filter(|l| l.starts_with("traces_span_metrics_calls_total{")).collect();
+    let services: HashSet<&str> = calls.iter().map(|l| l.split('"').nth(1).unwrap()).collect();
+    assert!(services.contains("otel.metric.overflow"), "{calls:#?}");
+    assert_eq!(services.len(), MAX_SERVICES + 1, "{calls:#?}");
+    let overflow = calls_lines(&text, "otel.metric.overflow");
+    assert_eq!(overflow.len(), 1, "{overflow:#?}");
+    assert!(overflow[0].contains("otel_metric_overflow=\"true\"") && !overflow[0].contains("span_name="));
+    assert_eq!(value(&overflow[0]), (SERVICES - MAX_SERVICES) as f64);
+    assert_eq!(calls.iter().map(|l| value(l)).sum::<f64>(), SERVICES as f64, "every span is counted once");
+    // Counted by span metrics and, fed at the scrape, by the store's catalog.
+    assert!(limit_hits(&text, "services") >= (SERVICES - MAX_SERVICES) as f64, "{text}");
+
+    // The SPM API has the overflow set under its own service name.
+    let ops = spm_operations(&spindle, "otel.metric.overflow", now_nanos() / 1_000_000);
+    assert_eq!(ops, vec!["\"otel.metric.overflow\"".to_string()]);
+
+    // /api/services lists MAX_SERVICES, the same ones span metrics admitted (first seen).
+    let (status, body) = spindle.get_json("/api/services");
+    assert_eq!(status, 200, "{body}");
+    let listed: Vec<String> =
+        body["data"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    assert_eq!(listed.len(), MAX_SERVICES, "{listed:?}");
+    for s in &listed {
+        assert!(services.contains(s.as_str()), "{s} listed and with series of its own: {services:?}");
+    }
+
+    // An unlisted service's span is stored: found by trace id and by a search naming it.
+    let unlisted = spans.iter().find(|s| !listed.iter().any(|l| l == s.service_name())).unwrap();
+    let trace = unlisted.trace_id.to_hex();
+    let (status, body) = spindle.get_json(&format!("/api/traces/{trace}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["spans"].as_array().unwrap().len(), 1, "{body}");
+    let found = |spindle: &Spindle| {
+        let (status, body) =
+            spindle.get_json(&format!("/api/traces?service={}&lookback=1h&limit=20", unlisted.service_name()));
+        assert_eq!(status, 200, "{body}");
+        body["data"].as_array().unwrap().iter().map(|t| t["traceID"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(found(&spindle), vec![trace.clone()]);
+
+    // Across a restart the list and the admitted services hold; the span is still found.
+    assert!(spindle.terminate().success());
+    let mut spindle = Spindle::start_with(dir.path(), &["--max-services", &MAX_SERVICES.to_string()]);
+    send(&spindle, &[service_span("fleet-new", 2000, now_nanos() - 60_000_000_000)]);
+    let (_, body) = spindle.get_json("/api/services");
+    let after: Vec<String> = body["data"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    assert_eq!(after, listed);
+    let text = metrics_text(&spindle);
+    assert!(calls_lines(&text, "fleet-new").is_empty(), "{text}");
+    assert_eq!(value(&calls_lines(&text, "otel.metric.overflow")[0]), 1.0);
+    assert!(limit_hits(&text, "services") >= 1.0, "{text}");
+    assert_eq!(found(&spindle), vec![trace]);
+    spindle.terminate();
+}

@@ -26,16 +26,17 @@ pub(crate) struct Head {
 
 impl Default for Head {
     fn default() -> Self {
-        Head::new(usize::MAX)
+        Head::new(usize::MAX, usize::MAX)
     }
 }
 
 impl Head {
-    /// An empty head whose catalog lists at most `max_operations_per_service` per service.
-    pub(crate) fn new(max_operations_per_service: usize) -> Self {
+    /// An empty head whose catalog lists at most `max_services` services and
+    /// `max_operations_per_service` operations per service.
+    pub(crate) fn new(max_operations_per_service: usize, max_services: usize) -> Self {
         Head {
             traces: TraceMap::default(),
-            catalog: Catalog::new(max_operations_per_service),
+            catalog: Catalog::new(max_operations_per_service, max_services),
             spans: 0,
             bytes: 0,
             max_start: 0,
@@ -83,27 +84,54 @@ pub(crate) enum Added {
     New,
     /// The service already lists `max_per_service` operations; the name is not listed.
     Full,
+    /// The catalog already lists `max_services` services; this one is not listed.
+    ServiceUnlisted,
 }
 
-/// Services and their operations, at most `max_per_service` operations per service: names
-/// are client-controlled (an id in a span name makes one per request), and every name
-/// listed costs memory here and bytes in every operations answer. Spans beyond the bound
-/// are stored and searchable as any other; only the listing leaves their names out.
+/// What [`Catalog::merge`] and [`Head::insert`] could not list.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unlisted {
+    /// Entries (or spans) whose service's operations list was full.
+    pub(crate) operations: u64,
+    /// Services (merge) or spans (insert) that found the services list full.
+    pub(crate) services: u64,
+}
+
+/// Services and their operations, at most `max_services` services and `max_per_service`
+/// operations per service: names are client-controlled (an id in a span name makes one per
+/// request, a `service.name` per host one per host), and every name listed costs memory here
+/// and bytes in every services or operations answer. Spans beyond the bounds are stored and
+/// searchable as any other (searches read the spans, never the catalog); only the listing
+/// leaves their names out. The first names seen are the ones listed.
 #[derive(Debug, Clone)]
 pub(crate) struct Catalog {
     services: Keyed<String, ServiceOperations>,
     max_per_service: usize,
+    max_services: usize,
 }
 
 impl Default for Catalog {
     fn default() -> Self {
-        Catalog::new(usize::MAX)
+        Catalog::new(usize::MAX, usize::MAX)
     }
 }
 
 impl Catalog {
-    pub(crate) fn new(max_per_service: usize) -> Self {
-        Catalog { services: Keyed::default(), max_per_service }
+    pub(crate) fn new(max_per_service: usize, max_services: usize) -> Self {
+        Catalog { services: Keyed::default(), max_per_service, max_services }
+    }
+
+    /// Lists `service` (with no operation yet) if it is new and there is room; false when
+    /// it is not listed.
+    fn add_service(&mut self, service: &str) -> bool {
+        if self.services.contains_key(service) {
+            return true;
+        }
+        if self.services.len() >= self.max_services {
+            return false;
+        }
+        self.services.insert(service.to_string(), ServiceOperations::default());
+        true
     }
 
     pub(crate) fn add(&mut self, service: &str, name: &str, kind: SpanKind) -> Added {
@@ -129,6 +157,11 @@ impl Catalog {
             ops.count += 1;
             return Added::New;
         }
+        // A new service: a span of a service past the bound costs this length check too, and
+        // allocates nothing.
+        if self.services.len() >= self.max_services {
+            return Added::ServiceUnlisted;
+        }
         let mut ops = ServiceOperations::default();
         if self.max_per_service > 0 {
             ops.names.insert(name.to_string(), bit);
@@ -143,23 +176,31 @@ impl Catalog {
     }
 
     /// Adds everything of `other`, calling `added` with each entry that was new; returns how
-    /// many entries found their service full.
-    pub(crate) fn merge(&mut self, other: &Catalog, mut added: impl FnMut(&str, &str, SpanKind)) -> u64 {
-        let mut full = 0;
-        for service in other.service_names() {
+    /// many entries found their service full and how many services found no room.
+    pub(crate) fn merge(&mut self, other: &Catalog, mut added: impl FnMut(&str, &str, SpanKind)) -> Unlisted {
+        let mut unlisted = Unlisted::default();
+        // By name, so which services get the last places does not depend on hash order.
+        let mut services: Vec<&str> = other.service_names().collect();
+        services.sort_unstable();
+        for service in services {
             // A service is listed even when its bound leaves it no operation.
-            if !self.services.contains_key(service) {
-                self.services.insert(service.to_string(), ServiceOperations::default());
+            if !self.add_service(service) {
+                unlisted.services += 1;
             }
         }
         for (service, name, kind) in other.entries() {
             match self.add(service, name, kind) {
                 Added::New => added(service, name, kind),
-                Added::Known => {}
-                Added::Full => full += 1,
+                Added::Known | Added::ServiceUnlisted => {}
+                Added::Full => unlisted.operations += 1,
             }
         }
-        full
+        unlisted
+    }
+
+    /// Lists `service` with no operation (a snapshot's service whose list was empty).
+    pub(crate) fn insert_service(&mut self, service: &str) {
+        self.add_service(service);
     }
 
     /// Every (service, name, kind), in no particular order. A service whose list is empty
@@ -201,13 +242,18 @@ impl Catalog {
 
 impl Head {
     /// Adds spans; a span identical to one already held (a client's retry) is skipped.
-    /// Returns how many spans named an operation their service's list had no room for.
-    pub(crate) fn insert(&mut self, spans: Vec<Span>, encoded_bytes: usize) -> u64 {
+    /// Returns how many spans named an operation their service's list had no room for, and
+    /// how many were of a service the services list had no room for.
+    pub(crate) fn insert(&mut self, spans: Vec<Span>, encoded_bytes: usize) -> Unlisted {
         self.bytes += encoded_bytes;
         let mut services = ServiceNames::default();
-        let mut unlisted = 0;
+        let mut unlisted = Unlisted::default();
         for span in &spans {
-            unlisted += u64::from(self.catalog.add(services.of(span), &span.name, span.kind) == Added::Full);
+            match self.catalog.add(services.of(span), &span.name, span.kind) {
+                Added::Full => unlisted.operations += 1,
+                Added::ServiceUnlisted => unlisted.services += 1,
+                Added::Known | Added::New => {}
+            }
         }
         for span in spans {
             let start = span.start_time_unix_nano;

@@ -5,8 +5,8 @@
 //! - [`self_metrics`]: ingest, queue, storage and query figures of the server itself;
 //! - [`span_metrics`]: the cumulative series the OpenTelemetry spanmetrics connector would
 //!   derive from the spans (`traces_span_metrics_*`), grouped off the reactor at ingest,
-//!   bounded per service (an overflow series past the limit) and to spans inside the
-//!   accepted time window;
+//!   bounded per service (an overflow series past the limit), in services (one overflow
+//!   set past `max_services`) and to spans inside the accepted time window;
 //! - [`persistence`]: the per-minute aggregates, snapshotted to
 //!   `DATA_DIR/spanmetrics/state.bin` and trimmed to the retention window (an unreadable
 //!   snapshot is set aside, never deleted);
@@ -48,7 +48,7 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Registers every metric and reads the minute aggregates `data_dir` holds, if any; the
-    /// series they hold count against the span-metric series limit.
+    /// series and services they hold count against the span-metric series and services limits.
     pub fn new(data_dir: &Path, limits: &Limits) -> Self {
         let mut registry = Registry::default();
         let server = SelfMetrics::register(&mut registry);
@@ -56,6 +56,7 @@ impl Telemetry {
         let spans = SpanSeries::register(
             &mut registry,
             limits.max_span_metric_series_per_service,
+            limits.max_services,
             limits.max_span_future,
             limits.max_span_age,
         );

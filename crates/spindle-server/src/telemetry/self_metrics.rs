@@ -67,8 +67,9 @@ pub struct StoreGauges {
 
 impl StoreGauges {
     /// Refreshes the gauges and feeds the counters from `stats`; returns how many operation
-    /// names went unlisted since the previous call, for `spindle_limit_hits_total`.
-    pub fn set(&self, stats: &spindle_store::StoreStats) -> u64 {
+    /// names and how many services went unlisted since the previous call, for
+    /// `spindle_limit_hits_total`.
+    pub fn set(&self, stats: &spindle_store::StoreStats) -> (u64, u64) {
         let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.head_spans.set(g(stats.head_spans));
         self.blocks.set(g(stats.blocks as u64));
@@ -89,7 +90,10 @@ impl StoreGauges {
         }
         self.wal_bytes_set_aside.inc_by(delta(stats.wal_bytes_set_aside, before.wal_bytes_set_aside));
         *last = Some(*stats);
-        delta(stats.operations_unlisted, before.operations_unlisted)
+        (
+            delta(stats.operations_unlisted, before.operations_unlisted),
+            delta(stats.services_unlisted, before.services_unlisted),
+        )
     }
 }
 
@@ -203,12 +207,14 @@ mod tests {
             wal_records_skipped: 1,
             wal_bytes_set_aside: 40,
             operations_unlisted: 5,
+            services_unlisted: 2,
             ..Default::default()
         };
-        assert_eq!(metrics.store.set(&first), 5);
-        let second = spindle_store::StoreStats { operations_unlisted: 8, catalog_rebuilds: 1, ..first };
-        assert_eq!(metrics.store.set(&second), 3, "only what is new since the last scrape");
-        assert_eq!(metrics.store.set(&second), 0);
+        assert_eq!(metrics.store.set(&first), (5, 2));
+        let second =
+            spindle_store::StoreStats { operations_unlisted: 8, services_unlisted: 6, catalog_rebuilds: 1, ..first };
+        assert_eq!(metrics.store.set(&second), (3, 4), "only what is new since the last scrape");
+        assert_eq!(metrics.store.set(&second), (0, 0));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [

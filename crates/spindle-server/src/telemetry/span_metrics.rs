@@ -13,12 +13,20 @@
 //! for both the Prometheus series and the per-minute aggregates, and is seeded from the
 //! persisted minutes at start, so the limit holds across restarts.
 //!
+//! The services are client-chosen too (a `service.name` per host or per request), so at
+//! most `max_services` have series of their own. Spans of further services count in one
+//! overflow series set (per kind and status) whose `service_name` is
+//! [`OVERFLOW_SERVICE`], labelled `otel_metric_overflow="true"` without `span_name`. That
+//! name is reserved: a client's own service of that name counts there too, so no other
+//! series can carry the label set. The registry decides this too, seeded the same way.
+//!
 //! Spans starting outside the accepted window around the server's clock are stored but
 //! derive nothing here: minute buckets keyed by a client clock in 2076 would never be
 //! trimmed.
 //!
 //! The per-span cost is a map lookup by borrowed names under a read lock: nothing is
-//! allocated for a known series, and a name past the limit costs the same lookup.
+//! allocated for a known series, and a name or a service past its limit costs the same
+//! lookup.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -31,7 +39,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::{Registry, Unit};
 use spindle_model::{Span, SpanKind, StatusCode, TraceId};
 use spindle_query::sketch::LatencySketch;
-use spindle_query::spanmetrics::{Aggregate, BatchAggregate, SeriesKey, SpanMetrics, BUCKET_NANOS};
+use spindle_query::spanmetrics::{Aggregate, BatchAggregate, SeriesKey, SpanMetrics, BUCKET_NANOS, OVERFLOW_SERVICE};
 
 use crate::limits::{Limit, LimitHits};
 
@@ -187,6 +195,35 @@ impl ServiceSeries {
     }
 }
 
+/// Every service's series, and the overflow of the services past the limit.
+struct Services {
+    /// At most `max_services` (more when seeded from minutes kept under a higher limit);
+    /// never holds [`OVERFLOW_SERVICE`].
+    admitted: HashMap<Arc<str>, ServiceSeries, ahash::RandomState>,
+    /// Series of [`OVERFLOW_SERVICE`]: overflow series only (its name limit is 0).
+    overflow: ServiceSeries,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services { admitted: HashMap::default(), overflow: ServiceSeries::new(Arc::from(OVERFLOW_SERVICE)) }
+    }
+}
+
+impl Services {
+    /// The entry `service`'s spans count in and whether it is the services' overflow;
+    /// `None` when a new service is to be admitted (under the write lock).
+    fn entry(&self, service: &str, max_services: usize) -> Option<(&ServiceSeries, bool)> {
+        if let Some(entry) = self.admitted.get(service) {
+            return Some((entry, false));
+        }
+        if service == OVERFLOW_SERVICE || self.admitted.len() >= max_services {
+            return Some((&self.overflow, true));
+        }
+        None
+    }
+}
+
 /// The spans of one series and minute in a batch.
 struct Group {
     series: Arc<Series>,
@@ -201,6 +238,9 @@ pub struct PreparedBatch {
     /// Spans counted in an overflow series, and the first service they came from.
     overflowed: u64,
     overflow_service: Option<Arc<str>>,
+    /// Spans counted in the services' overflow, and the first service they came from.
+    services_overflowed: u64,
+    services_overflow_example: Option<String>,
     /// Spans starting outside the accepted window, and the first one's service and start.
     outside_window: u64,
     outside_example: Option<(String, u64)>,
@@ -210,8 +250,9 @@ pub struct PreparedBatch {
 pub struct SpanSeries {
     calls: Family<SpanLabels, Counter>,
     durations: Family<SpanLabels, Histogram>,
-    services: RwLock<HashMap<Arc<str>, ServiceSeries, ahash::RandomState>>,
+    services: RwLock<Services>,
     max_series_per_service: usize,
+    max_services: usize,
     max_future: Duration,
     max_age: Duration,
 }
@@ -220,6 +261,7 @@ impl SpanSeries {
     pub fn register(
         registry: &mut Registry,
         max_series_per_service: usize,
+        max_services: usize,
         max_future: Duration,
         max_age: Duration,
     ) -> Self {
@@ -234,15 +276,32 @@ impl SpanSeries {
             Unit::Seconds,
             durations.clone(),
         );
-        SpanSeries { calls, durations, services: RwLock::default(), max_series_per_service, max_future, max_age }
+        SpanSeries {
+            calls,
+            durations,
+            services: RwLock::default(),
+            max_series_per_service,
+            max_services,
+            max_future,
+            max_age,
+        }
     }
 
-    /// Admits every series the persisted minutes hold, so a restart does not admit a
-    /// second set of names on top of them.
+    /// Admits every series and service the persisted minutes hold, so a restart does not
+    /// admit a second set of names or services on top of them.
     pub fn seed(&self, minutes: &SpanMetrics) {
         let mut services = self.services.write().unwrap_or_else(|p| p.into_inner());
         for key in minutes.series_keys() {
+            if &*key.service == OVERFLOW_SERVICE {
+                // Named series of that service (from a release without the reservation) stay
+                // in the minutes but get no place: the name means the overflow set now.
+                if key.overflow {
+                    services.overflow.insert(Series::new(key.clone()));
+                }
+                continue;
+            }
             let service = services
+                .admitted
                 .entry(Arc::clone(&key.service))
                 .or_insert_with(|| ServiceSeries::new(Arc::clone(&key.service)));
             service.insert(Series::new(key.clone()));
@@ -255,42 +314,52 @@ impl SpanSeries {
         let earliest = now_unix_nano.saturating_sub(self.max_age.as_nanos() as u64);
         let latest = now_unix_nano.saturating_add(self.max_future.as_nanos() as u64);
         let limit = self.max_series_per_service;
+        let max_services = self.max_services;
         let mut batch = PreparedBatch {
             groups: Vec::new(),
             overflowed: 0,
             overflow_service: None,
+            services_overflowed: 0,
+            services_overflow_example: None,
             outside_window: 0,
             outside_example: None,
         };
         // (series, minute) -> index in `batch.groups`; ahash, as the receivers' profile asks.
         let mut index: HashMap<(usize, u64), usize, ahash::RandomState> = HashMap::default();
-        let mut add = |batch: &mut PreparedBatch, series: &Arc<Series>, overflow: bool, span: &Span| {
-            let minute = span.start_time_unix_nano / BUCKET_NANOS;
-            let slot = *index.entry((Arc::as_ptr(series) as usize, minute)).or_insert_with(|| {
-                batch.groups.push(Group {
-                    series: Arc::clone(series),
-                    minute,
-                    durations: Vec::new(),
-                    trace: span.trace_id,
+        // `overflow`: the series is an overflow series; `of_services`: the services' one.
+        let mut add =
+            |batch: &mut PreparedBatch, series: &Arc<Series>, overflow: bool, of_services: bool, span: &Span| {
+                let minute = span.start_time_unix_nano / BUCKET_NANOS;
+                let slot = *index.entry((Arc::as_ptr(series) as usize, minute)).or_insert_with(|| {
+                    batch.groups.push(Group {
+                        series: Arc::clone(series),
+                        minute,
+                        durations: Vec::new(),
+                        trace: span.trace_id,
+                    });
+                    batch.groups.len() - 1
                 });
-                batch.groups.len() - 1
-            });
-            let group = &mut batch.groups[slot];
-            group.durations.push(span.duration_nanos());
-            group.trace = span.trace_id;
-            if overflow {
-                batch.overflowed += 1;
-                if batch.overflow_service.is_none() {
-                    batch.overflow_service = Some(Arc::clone(&series.key.service));
+                let group = &mut batch.groups[slot];
+                group.durations.push(span.duration_nanos());
+                group.trace = span.trace_id;
+                if of_services {
+                    batch.services_overflowed += 1;
+                    if batch.services_overflow_example.is_none() {
+                        batch.services_overflow_example = Some(span.service_name().to_string());
+                    }
+                } else if overflow {
+                    batch.overflowed += 1;
+                    if batch.overflow_service.is_none() {
+                        batch.overflow_service = Some(Arc::clone(&series.key.service));
+                    }
                 }
-            }
-        };
+            };
         let mut names = spindle_model::ServiceNames::default();
         let mut missing: Vec<(&str, &Span)> = Vec::new();
         {
             let services = self.services.read().unwrap_or_else(|p| p.into_inner());
             // The last span's service entry: a batch's spans come grouped by resource.
-            let mut last: Option<(&str, Option<&ServiceSeries>)> = None;
+            let mut last: Option<(&str, Option<(&ServiceSeries, bool)>)> = None;
             for span in spans {
                 let start = span.start_time_unix_nano;
                 let service = names.of(span);
@@ -304,28 +373,39 @@ impl SpanSeries {
                 let entry = match last {
                     Some((name, entry)) if std::ptr::eq(name, service) => entry,
                     _ => {
-                        let entry = services.get(service);
+                        let entry = services.entry(service, max_services);
                         last = Some((service, entry));
                         entry
                     }
                 };
-                match entry.map(|e| e.lookup(&span.name, span.kind, span.status.code, limit)) {
-                    Some(Lookup::Known(series)) => add(&mut batch, series, false, span),
-                    Some(Lookup::Overflow(series)) => add(&mut batch, series, true, span),
-                    Some(Lookup::Missing) | None => missing.push((service, span)),
+                let Some((entry, of_services)) = entry else {
+                    missing.push((service, span));
+                    continue;
+                };
+                // The services' overflow holds overflow series only.
+                let limit = if of_services { 0 } else { limit };
+                match entry.lookup(&span.name, span.kind, span.status.code, limit) {
+                    Lookup::Known(series) => add(&mut batch, series, false, of_services, span),
+                    Lookup::Overflow(series) => add(&mut batch, series, true, of_services, span),
+                    Lookup::Missing => missing.push((service, span)),
                 }
             }
         }
         if !missing.is_empty() {
-            let mut services = self.services.write().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self.services.write().unwrap_or_else(|p| p.into_inner());
+            let services = &mut *guard;
             for (service, span) in missing {
-                if !services.contains_key(service) {
+                // Decided again under the write lock: another batch may have admitted services.
+                if services.entry(service, max_services).is_none() {
                     let name: Arc<str> = Arc::from(service);
-                    services.insert(Arc::clone(&name), ServiceSeries::new(name));
+                    services.admitted.insert(Arc::clone(&name), ServiceSeries::new(name));
                 }
-                let Some(entry) = services.get_mut(service) else { continue };
+                let (entry, of_services, limit) = match services.admitted.get_mut(service) {
+                    Some(entry) => (entry, false, limit),
+                    None => (&mut services.overflow, true, 0),
+                };
                 let (series, overflow) = entry.get_or_insert(&span.name, span.kind, span.status.code, limit);
-                add(&mut batch, &series, overflow, span);
+                add(&mut batch, &series, overflow, of_services, span);
             }
         }
         batch
@@ -370,6 +450,17 @@ impl SpanSeries {
                 ),
             );
         }
+        if let Some(service) = &batch.services_overflow_example {
+            let max = self.max_services;
+            hits.hit(
+                Limit::Services,
+                batch.services_overflowed,
+                &format_args!(
+                    "{max} services have span metrics (max_services); spans of further services, such as \
+                     {service:?}, are counted in the series of service_name={OVERFLOW_SERVICE:?}"
+                ),
+            );
+        }
         if let Some((service, start)) = &batch.outside_example {
             hits.hit(
                 Limit::SpanTimeWindow,
@@ -394,8 +485,34 @@ mod tests {
     fn series(max: usize) -> (SpanSeries, LimitHits, Registry) {
         let mut registry = Registry::default();
         let hits = LimitHits::register(&mut registry);
-        let spans = SpanSeries::register(&mut registry, max, Duration::from_secs(3600), Duration::from_secs(86400));
+        let spans =
+            SpanSeries::register(&mut registry, max, 1000, Duration::from_secs(3600), Duration::from_secs(86400));
         (spans, hits, registry)
+    }
+
+    fn series_of_services(max_services: usize) -> (SpanSeries, LimitHits, Registry) {
+        let mut registry = Registry::default();
+        let hits = LimitHits::register(&mut registry);
+        let spans = SpanSeries::register(
+            &mut registry,
+            10,
+            max_services,
+            Duration::from_secs(3600),
+            Duration::from_secs(86400),
+        );
+        (spans, hits, registry)
+    }
+
+    /// `spans` moved to a resource of `service`.
+    fn of_service(service: &str, mut spans: Vec<Span>) -> Vec<Span> {
+        let resource = Arc::new(spindle_model::Resource {
+            attributes: vec![spindle_model::KeyValue::string("service.name", service)],
+            ..Default::default()
+        });
+        for span in &mut spans {
+            span.resource = Arc::clone(&resource);
+        }
+        spans
     }
 
     fn spans(names: impl IntoIterator<Item = String>, start: u64) -> Vec<Span> {
@@ -496,6 +613,71 @@ mod tests {
         assert_eq!(m.span_of_minutes().map(|(a, _)| a / BUCKET_NANOS), Some((NOW - 1) / BUCKET_NANOS));
         let text = exposition(&registry);
         assert!(!text.contains("future") && !text.contains("past"), "{text}");
+    }
+
+    #[test]
+    fn services_past_the_limit_count_in_one_overflow_set_in_prometheus_and_minutes_alike() {
+        let (series, hits, registry) = series_of_services(3);
+        let mut batch = Vec::new();
+        for i in 0..10 {
+            batch.extend(of_service(&format!("svc{i}"), spans([format!("GET /{i}"), "GET /health".to_string()], NOW)));
+        }
+        let mut error = of_service("svc9", spans(["GET /9".to_string()], NOW));
+        error[0].status.code = StatusCode::Error;
+        batch.extend(error);
+        let mut m = SpanMetrics::default();
+        m.merge(series.record(series.prepare(&batch, NOW), &hits));
+        // A known service keeps its series; a client's own service of the reserved name
+        // counts in the overflow, so no real service's series carries its labels.
+        let later = [
+            of_service("svc0", spans(["GET /0".to_string()], NOW)),
+            of_service(OVERFLOW_SERVICE, spans(["x".to_string()], NOW)),
+        ];
+        m.merge(series.record(series.prepare(&later.concat(), NOW), &hits));
+        assert_eq!(hits.count(Limit::Services), 16, "7 services' spans and the reserved name's");
+        assert_eq!(hits.count(Limit::SpanMetricSeries), 0, "a service's overflow is not a series overflow");
+
+        let text = exposition(&registry);
+        let calls: Vec<&str> = text.lines().filter(|l| l.starts_with("traces_span_metrics_calls_total{")).collect();
+        let services: std::collections::HashSet<&str> = calls.iter().map(|l| l.split('"').nth(1).unwrap()).collect();
+        assert_eq!(services.len(), 4, "three services and the overflow: {text}");
+        assert!(
+            calls.contains(
+                &"traces_span_metrics_calls_total{service_name=\"otel.metric.overflow\",\
+             span_kind=\"SPAN_KIND_SERVER\",status_code=\"STATUS_CODE_UNSET\",otel_metric_overflow=\"true\"} 15"
+            ),
+            "{text}"
+        );
+        assert!(
+            calls.contains(
+                &"traces_span_metrics_calls_total{service_name=\"otel.metric.overflow\",\
+             span_kind=\"SPAN_KIND_SERVER\",status_code=\"STATUS_CODE_ERROR\",otel_metric_overflow=\"true\"} 1"
+            ),
+            "{text}"
+        );
+        let total: u64 = calls.iter().map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum();
+        assert_eq!(total, batch.len() as u64 + 2, "every span is counted once");
+
+        // The per-minute aggregates follow the same decision.
+        let keys = m.series_keys();
+        let in_minutes: std::collections::HashSet<&str> = keys.iter().map(|k| &*k.service).collect();
+        assert_eq!(in_minutes.len(), 4, "{in_minutes:?}");
+        let by_op = m.series(&Default::default(), 0, u64::MAX, BUCKET_NANOS, true);
+        let overflow = &by_op[&(OVERFLOW_SERVICE.to_string(), Some("otel.metric.overflow".to_string()))];
+        assert_eq!(overflow.iter().map(|p| (p.calls, p.errors)).fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1)), (16, 1));
+
+        // Across a restart the services kept in the minutes keep their places.
+        let (after, hits, registry) = series_of_services(3);
+        after.seed(&m);
+        let batch = [
+            of_service("svc1", spans(["GET /1".to_string()], NOW)),
+            of_service("new", spans(["GET /".to_string()], NOW)),
+        ];
+        after.record(after.prepare(&batch.concat(), NOW), &hits);
+        assert_eq!(hits.count(Limit::Services), 1);
+        let text = exposition(&registry);
+        assert!(text.contains("traces_span_metrics_calls_total{service_name=\"svc1\",span_name=\"GET /1\""), "{text}");
+        assert!(!text.contains("service_name=\"new\""), "{text}");
     }
 
     #[test]

@@ -49,8 +49,9 @@ pub(super) fn open_catalog(
     dir: &Path,
     blocks: &[Arc<Block>],
     max_operations_per_service: usize,
+    max_services: usize,
 ) -> Result<OpenedCatalog, StoreError> {
-    let mut catalog = Catalog::new(max_operations_per_service);
+    let mut catalog = Catalog::new(max_operations_per_service, max_services);
     let snapshot = dir.join(CATALOG_FILE);
     let log = dir.join(LOG_FILE);
     let loaded = load(&snapshot, &log, &mut catalog);
@@ -59,7 +60,7 @@ pub(super) fn open_catalog(
         Ok(false) if blocks.is_empty() => false,
         Ok(false) => {
             tracing::warn!(path = %snapshot.display(), "no catalog file beside blocks; rebuilding it from the blocks");
-            catalog = rebuild(blocks, max_operations_per_service)?;
+            catalog = rebuild(blocks, max_operations_per_service, max_services)?;
             true
         }
         Err((bad, reason)) => {
@@ -74,7 +75,7 @@ pub(super) fn open_catalog(
                 reason,
                 "catalog file unreadable; set aside, rebuilding the catalog from the blocks"
             );
-            catalog = rebuild(blocks, max_operations_per_service)?;
+            catalog = rebuild(blocks, max_operations_per_service, max_services)?;
             true
         }
     };
@@ -96,7 +97,10 @@ fn load(snapshot: &Path, log: &Path, catalog: &mut Catalog) -> Result<bool, (Pat
     let Some(bytes) = bytes else { return Ok(false) };
     let entries: Vec<(String, Vec<(String, SpanKind)>)> =
         serde_json::from_slice(&bytes).map_err(|e| (snapshot.to_path_buf(), e.to_string()))?;
+    // In the snapshot's order (by name): a lower `max_services` than the file was written
+    // with keeps its first services listed.
     for (service, ops) in entries {
+        catalog.insert_service(&service);
         for (name, kind) in ops {
             catalog.add(&service, &name, kind);
         }
@@ -127,8 +131,12 @@ fn load(snapshot: &Path, log: &Path, catalog: &mut Catalog) -> Result<bool, (Pat
 }
 
 /// The catalog of what `blocks` hold, from their service, name and kind columns.
-fn rebuild(blocks: &[Arc<Block>], max_operations_per_service: usize) -> Result<Catalog, StoreError> {
-    let mut catalog = Catalog::new(max_operations_per_service);
+fn rebuild(
+    blocks: &[Arc<Block>],
+    max_operations_per_service: usize,
+    max_services: usize,
+) -> Result<Catalog, StoreError> {
+    let mut catalog = Catalog::new(max_operations_per_service, max_services);
     let query = TraceQuery { limit: usize::MAX, ..TraceQuery::default() };
     let fields = RowFields { operation: true, ..RowFields::default() };
     for block in blocks {

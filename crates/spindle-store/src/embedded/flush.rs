@@ -112,7 +112,10 @@ impl Inner {
         let mut head = write_guard(&self.head);
         if !head.is_empty() {
             let next_seq = self.wal.rotate()?;
-            let old = std::mem::replace(&mut *head, Head::new(self.options.max_operations_per_service));
+            let old = std::mem::replace(
+                &mut *head,
+                Head::new(self.options.max_operations_per_service, self.options.max_services),
+            );
             write_guard(&self.frozen).push((Arc::new(old), next_seq));
         }
         Ok(())
@@ -191,12 +194,10 @@ impl Inner {
         // joined the catalog and a snapshot never misses one a concurrent commit logged.
         let mut log = lock(&self.catalog_log);
         let mut added = Vec::new();
-        let full = lock(&self.catalog).merge(head.catalog(), |service, name, kind| {
+        let unlisted = lock(&self.catalog).merge(head.catalog(), |service, name, kind| {
             added.push((service.to_string(), name.to_string(), kind));
         });
-        if full > 0 {
-            self.operations_unlisted.fetch_add(full, Ordering::Relaxed);
-        }
+        self.count_unlisted(unlisted);
         log.append(&added, &self.catalog)
     }
 

@@ -53,7 +53,7 @@ use spindle_model::{dependency_edges, links_from_edges, DependencyLink, Span, Sp
 use crate::batch_codec::encode_batch;
 use crate::block::{self, Block};
 use crate::block_format::{project, SpanColumns};
-use crate::head::{Catalog, Head};
+use crate::head::{Catalog, Head, Unlisted};
 use crate::query::{Operation, TraceQuery};
 use crate::scan::{find_in_block, row_group_trace_ids, scan_block, scan_block_rows, scan_blocks_rows_split};
 use crate::wal::Wal;
@@ -86,6 +86,9 @@ struct Inner {
     /// Spans (at append) and flushed names (at a commit) whose operation did not fit their
     /// service's list; see [`StoreStats::operations_unlisted`].
     operations_unlisted: AtomicU64,
+    /// Spans (at append) and flushed services (at a commit) whose service did not fit the
+    /// services list; see [`StoreStats::services_unlisted`].
+    services_unlisted: AtomicU64,
     next_block_id: AtomicU64,
     /// Serialises cuts.
     cut_lock: Mutex<()>,
@@ -194,6 +197,7 @@ impl EmbeddedStore {
             wal_records_undecodable: load(&recovered.wal_records_undecodable),
             catalog_rebuilds: load(&recovered.catalog_rebuilds),
             operations_unlisted: load(&self.inner.operations_unlisted),
+            services_unlisted: load(&self.inner.services_unlisted),
         }
     }
 
@@ -226,6 +230,10 @@ pub struct StoreStats {
     /// `max_operations_per_service`: counted once per span appended while the list in
     /// memory was full, and once per name when a flush found the stored list full.
     pub operations_unlisted: u64,
+    /// Services left out of the services list because it held `max_services`: counted once
+    /// per span appended while the list in memory was full, and once per service when a
+    /// flush found the stored list full. Their spans are stored and searchable.
+    pub services_unlisted: u64,
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -252,6 +260,16 @@ impl Drop for EmbeddedStore {
 }
 
 impl Inner {
+    /// Adds what an append or a flush could not list to [`StoreStats`].
+    fn count_unlisted(&self, unlisted: Unlisted) {
+        if unlisted.operations > 0 {
+            self.operations_unlisted.fetch_add(unlisted.operations, Ordering::Relaxed);
+        }
+        if unlisted.services > 0 {
+            self.services_unlisted.fetch_add(unlisted.services, Ordering::Relaxed);
+        }
+    }
+
     /// Sleeps up to `d`, returning early (true) when the store is closing.
     fn sleep(&self, d: Duration) -> bool {
         self.sleep_on(&self.wake, d)
@@ -337,9 +355,7 @@ impl TraceStore for EmbeddedStore {
             inner.wal.append(payload)?;
             let mut head = write_guard(&inner.head);
             let unlisted = head.insert(spans, bytes);
-            if unlisted > 0 {
-                inner.operations_unlisted.fetch_add(unlisted, Ordering::Relaxed);
-            }
+            inner.count_unlisted(unlisted);
             head.bytes() >= inner.options.head_max_bytes
         };
         if full {
@@ -422,10 +438,18 @@ impl TraceStore for EmbeddedStore {
         // Names only: copying the operations too made this cheap read cost as much as the
         // catalog is large.
         let mut services: BTreeSet<String> = lock(&self.inner.catalog).service_names().map(str::to_string).collect();
-        services.extend(read_guard(&self.inner.head).catalog().service_names().map(str::to_string));
+        // Services only in memory join the stored list while it has room (as a flush adds
+        // them), so the answer holds at most `max_services`.
+        let mut pending: BTreeSet<String> = BTreeSet::new();
+        let mut add_pending = |catalog: &Catalog| {
+            pending.extend(catalog.service_names().filter(|s| !services.contains(*s)).map(str::to_string));
+        };
+        add_pending(read_guard(&self.inner.head).catalog());
         for (h, _) in read_guard(&self.inner.frozen).iter() {
-            services.extend(h.catalog().service_names().map(str::to_string));
+            add_pending(h.catalog());
         }
+        let room = self.inner.options.max_services.saturating_sub(services.len());
+        services.extend(pending.into_iter().take(room));
         Ok(services.into_iter().collect())
     }
 

@@ -40,6 +40,11 @@ pub struct StoreOptions {
     /// client-controlled: without a bound one service with an id in its span names grows the
     /// catalog, its file and every operations answer with each request.
     pub max_operations_per_service: usize,
+    /// Services listed (`services`); spans of further services are stored and found by
+    /// searches (by service too) as any other, the services only go unlisted. Service names
+    /// are client-controlled: without a bound a `service.name` per host or per request grows
+    /// the catalog, its file and every services answer.
+    pub max_services: usize,
     /// Whether the flusher and maintenance threads run. Tests turn them off to drive the
     /// engine step by step with [`EmbeddedStore::flush`], `compact` and `enforce_retention`.
     pub background: bool,
@@ -60,6 +65,7 @@ impl StoreOptions {
             compaction_duty_cycle: 0.5,
             compaction_busy_duty_cycle: 0.1,
             max_operations_per_service: 2_000,
+            max_services: 1_000,
             background: true,
         }
     }

@@ -16,7 +16,7 @@ use super::flush::FLUSH_THREADS;
 use super::{guarded, EmbeddedStore, Inner, Recovered, StoreOptions};
 use crate::batch_codec::decode_batch;
 use crate::block::{self, Block};
-use crate::head::Head;
+use crate::head::{Head, Unlisted};
 use crate::wal::{self, Wal};
 use crate::StoreError;
 
@@ -224,13 +224,13 @@ impl EmbeddedStore {
         let OpenedBlocks { blocks, highest_id, set_aside } = open_blocks(&blocks_dir)?;
         let covered = blocks.iter().map(|b| b.meta.wal_covered).max().unwrap_or(0);
         let next_block_id = highest_id + 1;
-        let opened_catalog = open_catalog(&dir, &blocks, options.max_operations_per_service)?;
+        let opened_catalog = open_catalog(&dir, &blocks, options.max_operations_per_service, options.max_services)?;
         let recovered = Recovered::default();
         recovered.blocks_set_aside.store(set_aside, Ordering::Relaxed);
         recovered.catalog_rebuilds.store(u64::from(opened_catalog.rebuilt), Ordering::Relaxed);
 
-        let mut head = Head::new(options.max_operations_per_service);
-        let mut unlisted = 0u64;
+        let mut head = Head::new(options.max_operations_per_service, options.max_services);
+        let mut unlisted = Unlisted::default();
         let mut undecodable = 0u64;
         let mut records = 0;
         let mut last_seq = covered;
@@ -245,7 +245,9 @@ impl EmbeddedStore {
             }
             let replayed = wal::replay(&path, Some(seq) == newest_seq, |payload| match decode_batch(payload) {
                 Ok(spans) => {
-                    unlisted += head.insert(spans, payload.len());
+                    let u = head.insert(spans, payload.len());
+                    unlisted.operations += u.operations;
+                    unlisted.services += u.services;
                     true
                 }
                 Err(e) => {
@@ -291,7 +293,8 @@ impl EmbeddedStore {
             catalog: Mutex::new(opened_catalog.catalog),
             catalog_log: Mutex::new(opened_catalog.log),
             recovered,
-            operations_unlisted: AtomicU64::new(unlisted),
+            operations_unlisted: AtomicU64::new(unlisted.operations),
+            services_unlisted: AtomicU64::new(unlisted.services),
             next_block_id: AtomicU64::new(next_block_id),
             cut_lock: Mutex::new(()),
             writing: Mutex::new(Vec::new()),

@@ -602,6 +602,49 @@ fn the_catalog_lists_at_most_the_bound_and_searches_still_find_the_rest() {
     assert_eq!(store.get_trace(TraceId(7)).unwrap().len(), 1);
 }
 
+/// Services beyond the bound are not listed, counted, and their spans still stored and
+/// found by a search naming the service, in memory, in blocks and after a restart.
+#[test]
+fn the_catalog_lists_at_most_max_services_and_searches_by_service_still_find_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let bounded = || StoreOptions { max_services: 3, ..options(dir.path()) };
+    let store = EmbeddedStore::open(bounded()).unwrap();
+    for t in 1..=10u64 {
+        store.append(vec![span(u128::from(t), t, 0, &format!("svc{t:02}"), "op", t * 10)]).unwrap();
+    }
+    let by_service = |store: &EmbeddedStore, service: &str| {
+        store.find_trace_ids(&TraceQuery { service: Some(service.into()), ..TraceQuery::default() }).unwrap()
+    };
+    let listed = ["svc01", "svc02", "svc03"];
+    assert_eq!(store.services().unwrap(), listed, "the first services seen");
+    assert_eq!(store.stats().services_unlisted, 7);
+    assert_eq!(by_service(&store, "svc09"), vec![TraceId(9)], "found in memory");
+    store.flush().unwrap();
+    assert_eq!(store.services().unwrap(), listed);
+    assert_eq!(by_service(&store, "svc09"), vec![TraceId(9)], "found in a block");
+    // New services in a later head do not grow the list either: the head lists them while
+    // it holds them alone, the flush finds no room for them.
+    store.append(vec![span(11, 11, 0, "svc11", "op", 110)]).unwrap();
+    assert_eq!(store.services().unwrap(), listed);
+    store.flush().unwrap();
+    assert_eq!(store.services().unwrap(), listed);
+    assert_eq!(store.stats().services_unlisted, 8);
+    // A listed service keeps listing its new operations.
+    store.append(vec![span(12, 12, 0, "svc02", "op2", 120)]).unwrap();
+    assert_eq!(operation_names(&store, "svc02"), vec!["op", "op2"]);
+    drop(store);
+    let store = EmbeddedStore::open(bounded()).unwrap();
+    assert_eq!(store.services().unwrap(), listed);
+    assert_eq!(by_service(&store, "svc11"), vec![TraceId(11)], "found after a restart");
+    assert_eq!(store.get_trace(TraceId(7)).unwrap().len(), 1);
+    // A higher bound lists more from then on; what was unlisted is not listed retroactively
+    // (the catalog indexes names as they arrive), but new services are.
+    drop(store);
+    let store = EmbeddedStore::open(StoreOptions { max_services: 4, ..options(dir.path()) }).unwrap();
+    store.append(vec![span(13, 13, 0, "svc13", "op", 130)]).unwrap();
+    assert_eq!(store.services().unwrap(), ["svc01", "svc02", "svc03", "svc13"]);
+}
+
 #[test]
 fn the_catalog_keeps_kinds_apart_and_filters_by_kind() {
     let dir = tempfile::tempdir().unwrap();
