@@ -32,7 +32,7 @@ use opentelemetry_sdk::Resource;
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::BatchSettings;
-use crate::error::InitError;
+use crate::error::{InitError, ShutdownError};
 
 thread_local! {
     static ON_EXPORT_WORKER: Cell<bool> = const { Cell::new(false) };
@@ -102,6 +102,8 @@ pub(crate) type MakeExporter = Box<dyn FnOnce() -> Result<Box<dyn DynSpanExporte
 
 enum Control {
     Flush(std::sync::mpsc::Sender<OTelSdkResult>),
+    /// A flush for every caller of [`SpanFlusher::flush`] waiting in [`FlushWaiters`].
+    FlushWaiters,
     Shutdown(std::sync::mpsc::Sender<OTelSdkResult>),
     SetResource(Resource),
 }
@@ -126,12 +128,94 @@ pub(crate) struct QueuedSpanProcessor {
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     is_shut_down: AtomicBool,
     flush_timeout: Duration,
+    waiters: Arc<FlushWaiters>,
+}
+
+/// The callers of [`SpanFlusher::flush`] waiting for the next flush. At most one
+/// [`Control::FlushWaiters`] is queued at a time, whoever asks and however often: callers that
+/// come while one is queued join it, so a stuck worker (a hanging backend) never piles up
+/// requests.
+#[derive(Debug, Default)]
+struct FlushWaiters(Mutex<Vec<std::sync::mpsc::Sender<OTelSdkResult>>>);
+
+impl FlushWaiters {
+    /// Adds a waiter; `true` when it is the first, which must queue the request.
+    fn join(&self, reply: std::sync::mpsc::Sender<OTelSdkResult>) -> bool {
+        let mut waiters = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = waiters.is_empty();
+        waiters.push(reply);
+        first
+    }
+
+    fn take(&self) -> Vec<std::sync::mpsc::Sender<OTelSdkResult>> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+/// A handle that exports the spans ended so far and waits, at most a given time, for the
+/// result: for a service that must know its spans are out before it acknowledges work (a
+/// consumer committing its offsets, a producer handing records to the broker), so that a
+/// crash right afterwards loses no span of acknowledged work.
+///
+/// Obtained from [`crate::TracingGuard::flusher`]; cheap to clone, usable from any thread.
+/// When tracing is not exporting, every flush succeeds at once.
+#[derive(Debug, Clone, Default)]
+pub struct SpanFlusher {
+    inner: Option<FlusherInner>,
+}
+
+#[derive(Debug, Clone)]
+struct FlusherInner {
+    control: mpsc::UnboundedSender<Control>,
+    waiters: Arc<FlushWaiters>,
+    stats: Arc<StatsCounters>,
+}
+
+impl SpanFlusher {
+    /// Exports every span ended before the call and waits for the backend's answer, at most
+    /// `timeout`. Concurrent calls share one flush. `Ok` when no span queued at the call is
+    /// left and no export failed while the call waited; spans whose export failed before the
+    /// call are only counted ([`ExportStats::failed`]).
+    ///
+    /// Never waits longer than `timeout`, whatever the backend does: a backend that is down
+    /// answers with [`ShutdownError::Export`] as soon as the export fails, one that hangs
+    /// with [`ShutdownError::Timeout`] (the spans then stay queued, and the export worker
+    /// goes on as usual). Blocks the calling thread: from async code call it through
+    /// `spawn_blocking` (or `block_in_place`).
+    pub fn flush(&self, timeout: Duration) -> Result<(), ShutdownError> {
+        let Some(inner) = &self.inner else { return Ok(()) };
+        if inner.control.is_closed() {
+            return Err(ShutdownError::AlreadyShutDown);
+        }
+        // A span ended before this call may be in an export the worker started earlier (its
+        // timer's): that export's failure must fail this flush too.
+        let failed_before = inner.stats.failed.load(Ordering::Acquire);
+        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+        if inner.waiters.join(reply_tx) && inner.control.send(Control::FlushWaiters).is_err() {
+            inner.waiters.take();
+            return Err(ShutdownError::AlreadyShutDown);
+        }
+        match reply_rx.recv_timeout(timeout) {
+            Ok(Ok(())) if inner.stats.failed.load(Ordering::Acquire) != failed_before => {
+                Err(ShutdownError::Export("an export failed while this flush waited".to_owned()))
+            }
+            Ok(result) => result.map_err(|e| crate::guard::map_error(e, timeout)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(ShutdownError::Timeout(timeout)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(ShutdownError::AlreadyShutDown),
+        }
+    }
+
+    /// Whether flushing exports anything (`false` when tracing is not exporting).
+    pub fn is_exporting(&self) -> bool {
+        self.inner.is_some()
+    }
 }
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Control::Flush(_) => "flush",
+            Control::FlushWaiters => "flush_waiters",
             Control::Shutdown(_) => "shutdown",
             Control::SetResource(_) => "set_resource",
         })
@@ -154,6 +238,8 @@ impl QueuedSpanProcessor {
             batch_size: batch.max_export_batch_size,
         });
         let worker_signal = Arc::clone(&signal);
+        let waiters = Arc::new(FlushWaiters::default());
+        let worker_waiters = Arc::clone(&waiters);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), InitError>>();
         let worker_stats = Arc::clone(&stats);
@@ -187,6 +273,7 @@ impl QueuedSpanProcessor {
                     exporter,
                     spans: span_rx,
                     signal: worker_signal,
+                    waiters: worker_waiters,
                     batch,
                     stats: worker_stats,
                     drop_log_interval,
@@ -216,7 +303,19 @@ impl QueuedSpanProcessor {
             worker: Mutex::new(Some(worker)),
             is_shut_down: AtomicBool::new(false),
             flush_timeout: batch.export_timeout.saturating_mul(2),
+            waiters,
         })
+    }
+
+    /// A [`SpanFlusher`] for this processor's worker.
+    pub(crate) fn flusher(&self) -> SpanFlusher {
+        SpanFlusher {
+            inner: Some(FlusherInner {
+                control: self.control.clone(),
+                waiters: Arc::clone(&self.waiters),
+                stats: Arc::clone(&self.stats),
+            }),
+        }
     }
 
     fn request(
@@ -282,6 +381,16 @@ impl SpanProcessor for QueuedSpanProcessor {
     }
 }
 
+/// `OTelSdkError` is not `Clone`.
+fn copy_result(result: &OTelSdkResult) -> OTelSdkResult {
+    match result {
+        Ok(()) => Ok(()),
+        Err(OTelSdkError::AlreadyShutdown) => Err(OTelSdkError::AlreadyShutdown),
+        Err(OTelSdkError::Timeout(t)) => Err(OTelSdkError::Timeout(*t)),
+        Err(OTelSdkError::InternalFailure(message)) => Err(OTelSdkError::InternalFailure(message.clone())),
+    }
+}
+
 /// Logs a repeated condition at most once per interval.
 #[derive(Debug)]
 struct RateLimitedLog {
@@ -309,6 +418,7 @@ struct ExportWorker {
     exporter: Box<dyn DynSpanExporter>,
     spans: Receiver<SpanData>,
     signal: Arc<QueueSignal>,
+    waiters: Arc<FlushWaiters>,
     batch: BatchSettings,
     stats: Arc<StatsCounters>,
     drop_log_interval: Duration,
@@ -339,9 +449,21 @@ impl ExportWorker {
                         let result = self.drain(Drain::Everything).await;
                         let _ = reply.send(result);
                     }
+                    Some(Control::FlushWaiters) => {
+                        // Taken before draining: a caller that joins during the drain queues
+                        // the next flush, which exports what it ended meanwhile.
+                        let waiters = self.waiters.take();
+                        let result = self.drain(Drain::Everything).await;
+                        for reply in waiters {
+                            let _ = reply.send(copy_result(&result));
+                        }
+                    }
                     Some(Control::SetResource(resource)) => self.exporter.set_resource(&resource),
                     Some(Control::Shutdown(reply)) => {
                         let result = self.drain(Drain::Everything).await;
+                        for waiter in self.waiters.take() {
+                            let _ = waiter.send(copy_result(&result));
+                        }
                         self.log_drops(true);
                         let shutdown = self.exporter.shutdown_with_timeout(self.batch.export_timeout);
                         let _ = reply.send(result.and(shutdown));
@@ -548,6 +670,65 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(4));
         let s = stats.snapshot();
         assert!(s.failed_exports >= 1, "timed out exports are counted: {s:?}");
+    }
+
+    #[test]
+    fn a_flusher_exports_what_was_ended_and_shares_one_flush() {
+        let exporter = InMemorySpanExporter::default();
+        let (p, _stats) = start(exporter.clone(), settings(1000, 7));
+        let flusher = p.flusher();
+        for n in 0..50 {
+            p.on_end(span(n));
+        }
+        flusher.flush(Duration::from_secs(5)).expect("flush succeeds");
+        assert_eq!(exporter.get_finished_spans().expect("readable").len(), 50);
+        // Callers on several threads at once each see their spans exported.
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let (p, flusher, exporter) = (&p, flusher.clone(), exporter.clone());
+                scope.spawn(move || {
+                    for n in 0..10 {
+                        p.on_end(span(1000 + t * 100 + n));
+                    }
+                    flusher.flush(Duration::from_secs(5)).expect("flush succeeds");
+                    let got = exporter.get_finished_spans().expect("readable");
+                    let names: Vec<String> = (0..10).map(|n| format!("span-{}", 1000 + t * 100 + n)).collect();
+                    let mine = got.iter().filter(|s| names.iter().any(|n| *n == s.name)).count();
+                    assert_eq!(mine, 10, "thread {t}'s spans are exported when its flush returns");
+                });
+            }
+        });
+        p.shutdown_with_timeout(Duration::from_secs(5)).expect("shutdown succeeds");
+        assert!(matches!(flusher.flush(Duration::from_secs(1)), Err(ShutdownError::AlreadyShutDown)));
+    }
+
+    #[test]
+    fn a_flusher_waits_no_longer_than_its_timeout_on_a_hanging_backend() {
+        // Each export hangs for 10 s, longer than the twenty flushes take.
+        let (p, _stats) =
+            start(HangingExporter, BatchSettings { export_timeout: Duration::from_secs(10), ..settings(100, 4) });
+        let flusher = p.flusher();
+        p.on_end(span(1));
+        for i in 0..20 {
+            let started = Instant::now();
+            let result = flusher.flush(Duration::from_millis(100));
+            if i == 0 {
+                assert!(result.is_err(), "the span is stuck in the hanging export: {result:?}");
+            }
+            assert!(started.elapsed() < Duration::from_secs(1), "bounded by the timeout: {:?}", started.elapsed());
+        }
+        // Twenty flushes while the worker hangs wait on one request, not twenty.
+        let waiting = p.waiters.0.lock().expect("waiters").len();
+        assert!(waiting >= 1, "the callers joined one queued request: {waiting}");
+        assert!(!p.waiters.join(std::sync::mpsc::channel().0), "a request is already queued");
+        let _ = p.shutdown_with_timeout(Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_flusher_of_a_disabled_sdk_succeeds_at_once() {
+        let flusher = SpanFlusher::default();
+        assert!(!flusher.is_exporting());
+        flusher.flush(Duration::ZERO).expect("nothing to export");
     }
 
     #[test]

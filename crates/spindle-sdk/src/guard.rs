@@ -7,7 +7,7 @@ use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use crate::error::ShutdownError;
-use crate::export::{ExportStats, StatsCounters};
+use crate::export::{ExportStats, SpanFlusher, StatsCounters};
 
 /// Keeps tracing alive; dropping it exports the spans still queued and stops the export worker.
 ///
@@ -25,6 +25,7 @@ struct Exporting {
     provider: SdkTracerProvider,
     stats: Arc<StatsCounters>,
     shutdown_timeout: Duration,
+    flusher: SpanFlusher,
 }
 
 impl TracingGuard {
@@ -32,8 +33,9 @@ impl TracingGuard {
         provider: SdkTracerProvider,
         stats: Arc<StatsCounters>,
         shutdown_timeout: Duration,
+        flusher: SpanFlusher,
     ) -> Self {
-        Self { inner: Some(Exporting { provider, stats, shutdown_timeout }) }
+        Self { inner: Some(Exporting { provider, stats, shutdown_timeout, flusher }) }
     }
 
     pub(crate) fn disabled() -> Self {
@@ -63,6 +65,19 @@ impl TracingGuard {
         }
     }
 
+    /// Exports every span ended so far and waits at most `timeout` for the result, however
+    /// the backend behaves (see [`SpanFlusher::flush`]).
+    pub fn flush_with_timeout(&self, timeout: Duration) -> Result<(), ShutdownError> {
+        self.flusher().flush(timeout)
+    }
+
+    /// A handle that flushes with a timeout from any thread or task, for a service that must
+    /// know its spans are exported before it acknowledges work (see [`SpanFlusher`]). When
+    /// tracing is not exporting, its flushes succeed at once.
+    pub fn flusher(&self) -> SpanFlusher {
+        self.inner.as_ref().map(|i| i.flusher.clone()).unwrap_or_default()
+    }
+
     /// Exports the remaining spans and stops the export worker, waiting at most the shutdown
     /// timeout. Spans ended afterwards are dropped (and counted).
     pub fn shutdown(mut self) -> Result<(), ShutdownError> {
@@ -79,7 +94,7 @@ impl TracingGuard {
     }
 }
 
-fn map_error(error: OTelSdkError, timeout: Duration) -> ShutdownError {
+pub(crate) fn map_error(error: OTelSdkError, timeout: Duration) -> ShutdownError {
     match error {
         OTelSdkError::AlreadyShutdown => ShutdownError::AlreadyShutDown,
         OTelSdkError::Timeout(t) => ShutdownError::Timeout(t.max(timeout)),

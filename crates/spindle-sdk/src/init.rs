@@ -314,6 +314,7 @@ where
         settings.drop_log_interval,
         Arc::clone(&stats),
     )?;
+    let flusher = processor.flusher();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(settings.sampler.to_sampler())
@@ -336,7 +337,7 @@ where
         SpanFilter::Targets(targets) => Box::new(layer.with_filter(targets.and(not_on_worker))),
         SpanFilter::Env(env) => Box::new(layer.with_filter((*env).and(not_on_worker))),
     };
-    let guard = TracingGuard::exporting(provider, stats, settings.shutdown_timeout);
+    let guard = TracingGuard::exporting(provider, stats, settings.shutdown_timeout, flusher);
     Ok((layer, guard))
 }
 
@@ -415,6 +416,32 @@ mod tests {
                 assert_ne!(implicit.span_context.trace_id(), request.trace_id());
             }
         }
+    }
+
+    /// The guard's flusher exports what ended before it was called, from another thread.
+    #[test]
+    fn the_guards_flusher_exports_the_spans_ended_so_far() {
+        let exporter = InMemorySpanExporter::default();
+        let (layer, guard) = crate::builder("flusher")
+            .exporter(exporter.clone())
+            .sampler(SamplerConfig::AlwaysOn)
+            .scheduled_delay(Duration::from_secs(3600))
+            .into_layer::<Registry>()
+            .expect("pipeline builds");
+        let dispatch = Dispatch::new(Registry::default().with(layer));
+        tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info_span!("batch").in_scope(|| tracing::info_span!("message").in_scope(|| {}));
+        });
+        let flusher = guard.flusher();
+        assert!(flusher.is_exporting());
+        std::thread::spawn(move || flusher.flush(Duration::from_secs(5)))
+            .join()
+            .expect("flushing thread")
+            .expect("flush succeeds");
+        let names: Vec<_> = exporter.get_finished_spans().expect("readable").into_iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        guard.flush_with_timeout(Duration::from_secs(5)).expect("nothing left, still fine");
+        assert!(!TracingGuard::disabled().flusher().is_exporting());
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! - **graceful degradation**: a bounded export queue on its own thread, so a slow or dead
 //!   backend costs the service nothing but counted, rate-limited-logged drops
 //!   ([`TracingGuard::stats`]); a failed init or `OTEL_SDK_DISABLED=true` leaves plain logging;
-//! - **a guard that flushes on drop without deadlocking**, even on a `current_thread` runtime;
+//! - **a guard that flushes on drop without deadlocking**, even on a `current_thread` runtime,
+//!   and a [`SpanFlusher`] that exports with a timeout, for a service that must know its spans
+//!   are out before it acknowledges work (commits offsets, produces records), so that a crash
+//!   loses none of them;
 //! - **Kafka** propagation for rdkafka (feature `kafka`, module `kafka`);
 //! - **HTTP** propagation: an axum/tower server layer (feature `axum`) and a reqwest
 //!   middleware (feature `reqwest`), both in module `http`;
@@ -78,7 +81,7 @@ pub use config::{
     DEFAULT_HTTP_ENDPOINT,
 };
 pub use error::{InitError, ShutdownError};
-pub use export::ExportStats;
+pub use export::{ExportStats, SpanFlusher};
 pub use guard::TracingGuard;
 pub use init::{BoxedLayer, SpindleBuilder};
 pub use propagation::{current_context, current_trace_id, record_error};
