@@ -3,6 +3,8 @@
 //! (OTLP gRPC to a spindle server), alternating, each run on a fresh broker and database.
 //! Reports throughput (snapshots per second, first publish to last row), the services' CPU
 //! time per snapshot, the spindle server's CPU during the run, and the on/off ratios.
+//! A third mode, "nofl", exports without waiting for the spans before acknowledging work
+//! (`PIPELINE_SPAN_FLUSH_TIMEOUT_MS=0`): on/nofl is what the crash-safe flushes cost.
 //!
 //! ```sh
 //! cargo build --release -p spindle-server
@@ -67,9 +69,11 @@ fn main() {
         "{messages} snapshots a run, rate {}, {rounds} rounds",
         if rate > 0.0 { format!("{rate}/s") } else { "flat out".into() }
     );
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut off, mut on, mut unflushed) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         off.push(measure(spindle_pid, Tracing::Off, messages, rate, &format!("{round} off")));
+        let no_flush = Tracing::ToWithoutFlush(spindle.otlp_grpc.clone());
+        unflushed.push(measure(spindle_pid, no_flush, messages, rate, &format!("{round} nofl")));
         on.push(measure(spindle_pid, Tracing::To(spindle.otlp_grpc.clone()), messages, rate, &format!("{round} on")));
     }
     let throughput = |runs: &[Measured]| median(runs.iter().map(|m| m.run.throughput()).collect());
@@ -88,5 +92,12 @@ fn main() {
         "ratio on/off: throughput {:.3}, services' CPU per message {:.2}",
         throughput(&on) / throughput(&off),
         cpu(&on) / cpu(&off)
+    );
+    println!(
+        "flushes (on/nofl, nofl {:.0} msg/s, {:.0} µs CPU/msg): throughput {:.3}, services' CPU per message {:.2}",
+        throughput(&unflushed),
+        cpu(&unflushed),
+        throughput(&on) / throughput(&unflushed),
+        cpu(&on) / cpu(&unflushed)
     );
 }

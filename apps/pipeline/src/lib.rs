@@ -14,11 +14,13 @@
 //! Modules: [`bsm`] and [`record`] are the pure core (valuation, records, validation — no
 //! IO); [`market`] is the data source; [`messaging`] and [`db`] the Kafka and PostgreSQL
 //! plumbing; [`ingestion`], [`processor`] and [`storage`] the three services, each with its
-//! configuration; [`metrics`], [`shutdown`] and [`service`] what every binary shares.
+//! configuration; [`metrics`], [`shutdown`], [`flush`] and [`service`] what every binary
+//! shares.
 
 pub mod bsm;
 pub mod db;
 pub mod error;
+pub mod flush;
 pub mod ingestion;
 pub mod market;
 pub mod messaging;

@@ -1,6 +1,6 @@
 //! Kafka plumbing the three services share: clients, the seed-named PRODUCER and CONSUMER
 //! spans, delivery with retry, the dead-letter topic, batched consumption with commits after
-//! processing (at-least-once), and consumer lag.
+//! processing and span export (at-least-once, whole traces), and consumer lag.
 //!
 //! Spans: the seed names its Kafka spans after the work (`send_to_kafka`, `process_message`,
 //! `send_enriched`, `store_data`), so the services take spindle-sdk's messaging spans
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
 use crate::error::Error;
+use crate::flush::SpanFlush;
 use crate::metrics::{Health, Metrics};
 
 /// How long a record may wait in the producer's queue, and in flight, before delivery is
@@ -123,6 +124,11 @@ pub fn record_symbol(span: &Span, message: &OwnedMessage, symbol: &str) {
 
 fn key_of(message: &OwnedMessage) -> Option<&str> {
     message.key().and_then(|k| std::str::from_utf8(k).ok())
+}
+
+/// Record headers carrying `span`'s trace context, for a record sent after the span ended.
+pub fn context_headers(span: &Span) -> OwnedHeaders {
+    kafka::inject_into(&span.context(), OwnedHeaders::new())
 }
 
 /// Records a delivery on the PRODUCER `span`: the partition and offset it landed at.
@@ -321,32 +327,54 @@ pub struct Batching {
 /// committed after each batch (asynchronously) for what was processed, until `stop` is
 /// cancelled; then the current batch is finished, the offsets committed synchronously and
 /// `producer` flushed. Consumer lag is measured meanwhile.
+///
+/// Before each commit the batch's spans are exported (`spans`, once per batch): a process
+/// killed before the commit has its messages redelivered and traced anew, one killed after
+/// it has its spans out already, so every trace stays whole. The flush and commit of a batch
+/// run while the next batch is taken and processed (one at a time, in order), so the wait
+/// for the export does not hold the consumer up.
 pub async fn consume(
     consumer: Arc<StreamConsumer>,
     producer: &FutureProducer,
     batching: Batching,
+    spans: &SpanFlush,
     handler: &impl BatchHandler,
     stop: &CancellationToken,
     metrics: &Arc<Metrics>,
 ) {
     let progress = Progress::default();
     let lag = spawn_lag_monitor(Arc::clone(&consumer), progress.clone(), Arc::clone(metrics), Duration::from_secs(2));
+    let mut committing: Option<JoinHandle<()>> = None;
     while !stop.is_cancelled() {
         let batch = next_batch(&consumer, batching.size.max(1), batching.linger, stop, metrics).await;
         if batch.is_empty() {
             continue;
         }
         let processed = handler.handle(&batch).await;
-        progress.advance(committable(&batch, &processed));
-        if let Err(error) = progress.commit(&consumer, CommitMode::Async) {
-            metrics.error("kafka_commit");
-            tracing::warn!(%error, "offset commit failed, messages will be redelivered");
+        let done = next_offsets(committable(&batch, &processed));
+        // Commits stay in order: the previous batch's is finished before this one's starts.
+        if let Some(previous) = committing.take() {
+            let _ = previous.await;
         }
+        let (spans, progress, consumer, metrics) =
+            (spans.clone(), progress.clone(), Arc::clone(&consumer), Arc::clone(metrics));
+        committing = Some(tokio::spawn(async move {
+            spans.flush().await;
+            progress.advance_to(done);
+            if let Err(error) = progress.commit(&consumer, CommitMode::Async) {
+                metrics.error("kafka_commit");
+                tracing::warn!(%error, "offset commit failed, messages will be redelivered");
+            }
+        }));
         if processed.iter().any(|done| !done) {
             break; // only when stopping: the rest is redelivered after a restart
         }
     }
+    if let Some(previous) = committing.take() {
+        let _ = previous.await;
+    }
     metrics.set_health(Health::Stopping);
+    // Every offset in `progress` had its spans flushed before it was added.
     if let Err(error) = progress.commit(&consumer, CommitMode::Sync) {
         tracing::warn!(%error, "final offset commit failed, the last messages will be redelivered");
     }
@@ -365,10 +393,15 @@ impl Progress {
     /// Marks the messages of `done` as processed (each message's offset + 1 becomes the
     /// partition's next offset, never moving backwards).
     pub fn advance<'a>(&self, done: impl IntoIterator<Item = &'a OwnedMessage>) {
+        self.advance_to(next_offsets(done));
+    }
+
+    /// Moves each partition's next offset forward to the one given (never backwards).
+    pub fn advance_to(&self, offsets: Vec<((String, i32), i64)>) {
         if let Ok(mut map) = self.0.lock() {
-            for m in done {
-                let next = map.entry((m.topic().to_owned(), m.partition())).or_insert(0);
-                *next = (*next).max(m.offset() + 1);
+            for (partition, offset) in offsets {
+                let next = map.entry(partition).or_insert(0);
+                *next = (*next).max(offset);
             }
         }
     }
@@ -398,6 +431,17 @@ impl Progress {
             CommitMode::Async => consumer.commit(&tpl, CommitMode::Async),
         }
     }
+}
+
+/// The next offset per partition after the messages of `done` (each one's offset + 1, the
+/// highest per partition).
+pub fn next_offsets<'a>(done: impl IntoIterator<Item = &'a OwnedMessage>) -> Vec<((String, i32), i64)> {
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for m in done {
+        let offset = next.entry((m.topic().to_owned(), m.partition())).or_insert(0);
+        *offset = (*offset).max(m.offset() + 1);
+    }
+    next.into_iter().collect()
 }
 
 /// The messages of `batch` that may be committed: per partition, the processed prefix up to
@@ -475,6 +519,12 @@ mod tests {
             .map(|m| (m.partition(), m.offset()))
             .collect();
         assert_eq!(got, vec![(0, 10), (0, 11)], "partition 1 is blocked at offset 5, partition 0 at 12");
+    }
+
+    #[test]
+    fn next_offsets_are_one_past_the_highest_offset_per_partition() {
+        let done = [message(0, 10), message(1, 5), message(0, 12), message(0, 11)];
+        assert_eq!(next_offsets(&done), vec![(("t".to_owned(), 0), 13), (("t".to_owned(), 1), 6)]);
     }
 
     #[test]

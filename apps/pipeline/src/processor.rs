@@ -9,8 +9,8 @@
 //!
 //! Messages are taken in small batches; each batch is processed concurrently (records keep
 //! their order in the producer queue), and offsets are committed only after every result of
-//! the batch — forwarded or dead-lettered — has been acknowledged by the broker:
-//! at-least-once delivery. On shutdown the current batch is finished, the offsets committed
+//! the batch — forwarded or dead-lettered — has been acknowledged by the broker, and the
+//! batch's spans exported: at-least-once delivery, and whole traces after a crash. On shutdown the current batch is finished, the offsets committed
 //! synchronously and the producer flushed.
 
 use std::net::SocketAddr;
@@ -26,6 +26,7 @@ use tracing::{Instrument, Span};
 
 use crate::bsm::{self, IvError};
 use crate::error::Error;
+use crate::flush::SpanFlush;
 use crate::ingestion::unix_ms;
 use crate::messaging::{self, BatchHandler, Batching, DeadLetter, Outgoing};
 use crate::metrics::Metrics;
@@ -88,7 +89,12 @@ pub fn analyse(snapshot: &OptionSnapshot) -> Result<Analytics, IvError> {
 }
 
 /// Consumes and processes until `stop` is cancelled.
-pub async fn run(config: &ProcessorConfig, stop: CancellationToken, metrics: Arc<Metrics>) -> Result<(), Error> {
+pub async fn run(
+    config: &ProcessorConfig,
+    stop: CancellationToken,
+    metrics: Arc<Metrics>,
+    spans: SpanFlush,
+) -> Result<(), Error> {
     let instance = config.group_instance_id.clone().or_else(|| messaging::default_instance_id(&config.group_id));
     let consumer = Arc::new(messaging::consumer(
         &config.brokers,
@@ -101,7 +107,7 @@ pub async fn run(config: &ProcessorConfig, stop: CancellationToken, metrics: Arc
     let batching = Batching { size: config.batch_size, linger: Duration::from_millis(config.batch_linger_ms) };
     let step = Step { config, producer: &producer, stop: &stop, metrics: &metrics };
     tracing::info!(input = %config.input_topic, output = %config.output_topic, group = %config.group_id, instance = instance.as_deref().unwrap_or(""), "processor started");
-    messaging::consume(consumer, &producer, batching, &step, &stop, &metrics).await;
+    messaging::consume(consumer, &producer, batching, &spans, &step, &stop, &metrics).await;
     tracing::info!("processor stopped");
     Ok(())
 }

@@ -12,7 +12,8 @@
 //!
 //! When PostgreSQL is unreachable the batch is retried with exponential backoff — the
 //! consumer waits, nothing is committed, `/healthz` reports the outage — until the write
-//! succeeds; offsets are committed only after it. A row PostgreSQL refuses outright is
+//! succeeds; offsets are committed only after it (and after the batch's spans are exported,
+//! so that a crash leaves no trace incomplete). A row PostgreSQL refuses outright is
 //! isolated by writing the batch row by row and dead-lettered with an error span. On
 //! shutdown the current batch is finished (unless the database is still down, in which case
 //! it is left uncommitted for redelivery), offsets are committed and the producer flushed.
@@ -32,6 +33,7 @@ use tracing::Span;
 
 use crate::db::{Database, DbError, Row, TABLE};
 use crate::error::Error;
+use crate::flush::SpanFlush;
 use crate::messaging::{self, Backoff, BatchHandler, Batching, DeadLetter};
 use crate::metrics::{Health, Metrics};
 use crate::processor::mark_failed;
@@ -81,7 +83,12 @@ pub struct StorageConfig {
 }
 
 /// Creates the schema, then consumes and stores until `stop` is cancelled.
-pub async fn run(config: &StorageConfig, stop: CancellationToken, metrics: Arc<Metrics>) -> Result<(), Error> {
+pub async fn run(
+    config: &StorageConfig,
+    stop: CancellationToken,
+    metrics: Arc<Metrics>,
+    spans: SpanFlush,
+) -> Result<(), Error> {
     let db = Database::new(&config.database_url, config.pool_size)?;
     let writer = Writer {
         db: &db,
@@ -111,7 +118,7 @@ pub async fn run(config: &StorageConfig, stop: CancellationToken, metrics: Arc<M
     let batching = Batching { size: config.batch_size, linger: Duration::from_millis(config.batch_linger_ms) };
     let store = Store { writer: &writer, producer: &producer, config };
     tracing::info!(input = %config.input_topic, group = %config.group_id, instance = instance.as_deref().unwrap_or(""), "storage started");
-    messaging::consume(consumer, &producer, batching, &store, &stop, &metrics).await;
+    messaging::consume(consumer, &producer, batching, &spans, &store, &stop, &metrics).await;
     tracing::info!("storage stopped");
     Ok(())
 }

@@ -16,12 +16,12 @@ struct Cli {
 
 fn main() -> ExitCode {
     let config = Cli::parse().config;
-    spindle_pipeline::service::main(SERVICE, config.metrics_addr, |stop, metrics| async move {
+    spindle_pipeline::service::main(SERVICE, config.metrics_addr, |stop, metrics, spans| async move {
         let settings = SimulatorSettings {
             seed: config.seed,
             start_ms: config.start_ms.unwrap_or_else(ingestion::unix_ms),
             ..SimulatorSettings::default()
         };
-        ingestion::run(&config, SimulatedMarket::new(settings), stop, metrics).await.map(|_| ())
+        ingestion::run(&config, SimulatedMarket::new(settings), stop, metrics, spans).await.map(|_| ())
     })
 }

@@ -15,7 +15,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let config = Cli::parse().config;
-    spindle_pipeline::service::main(SERVICE, config.metrics_addr, |stop, metrics| async move {
-        processor::run(&config, stop, metrics).await
+    spindle_pipeline::service::main(SERVICE, config.metrics_addr, |stop, metrics, spans| async move {
+        processor::run(&config, stop, metrics, spans).await
     })
 }

@@ -151,6 +151,9 @@ pub enum Tracing {
     To(String),
     /// `OTEL_SDK_DISABLED=true`.
     Off,
+    /// OTLP gRPC to this endpoint, without waiting for span export before acknowledging
+    /// work (`PIPELINE_SPAN_FLUSH_TIMEOUT_MS=0`): what the flushes cost.
+    ToWithoutFlush(String),
 }
 
 /// One of the three service binaries, running; killed on drop (its log printed if the test
@@ -185,6 +188,7 @@ impl ServiceProcess {
             .env("OTEL_BSP_MAX_QUEUE_SIZE", "65536")
             .env_remove("OTEL_SERVICE_NAME")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("PIPELINE_SPAN_FLUSH_TIMEOUT_MS")
             .stdout(file.try_clone().expect("log file handle"))
             .stderr(file);
         match tracing {
@@ -192,6 +196,10 @@ impl ServiceProcess {
                 command.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint).env("OTEL_SDK_DISABLED", "false")
             }
             Tracing::Off => command.env("OTEL_SDK_DISABLED", "true"),
+            Tracing::ToWithoutFlush(endpoint) => command
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_SDK_DISABLED", "false")
+                .env("PIPELINE_SPAN_FLUSH_TIMEOUT_MS", "0"),
         };
         let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
         let mut service = Self { name, metrics_addr, child: Some(child), exited: None, log };
