@@ -320,6 +320,71 @@ fn each_request_limit_answers_its_protocols_backpressure_and_is_counted() {
     assert!(server.is_running());
 }
 
+/// A large body refused with backpressure reaches its client as the 429 and its
+/// `Retry-After`: answered before the body was read, the connection closed under an HTTP/1.1
+/// client still writing, which then saw a broken pipe, a transport error to OTLP exporters.
+#[test]
+fn a_large_refused_body_gets_the_429_not_a_broken_pipe() {
+    const BODY: usize = 32 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--max-concurrent-requests",
+            "1",
+            "--max-inflight-bytes",
+            "1000000",
+            "--max-body-bytes",
+            "67108864",
+            // Long enough for the held uploads to outlast each step.
+            "--request-body-timeout",
+            "8s",
+        ],
+    );
+    let otlp = server.addr("--otlp-http-addr");
+    let url = format!("http://{otlp}/v1/traces");
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let body = vec![7u8; BODY];
+    let send = |chunked: bool| {
+        let request = client.post(&url).header("content-type", "application/x-protobuf");
+        let request = if chunked {
+            // No Content-Length: the bytes are reserved as they stream, refused partway.
+            request.body(reqwest::blocking::Body::new(std::io::Cursor::new(body.clone())))
+        } else {
+            request.body(body.clone())
+        };
+        let r = request.send().unwrap_or_else(|e| panic!("a connection error instead of the 429: {e:?}"));
+        (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()))
+    };
+
+    // The byte budget: an upload on another listener holds 900 kB of the 1 MB.
+    let zipkin = server.addr("--zipkin-addr");
+    let held_bytes = held_upload(zipkin, "/api/v2/spans", "application/json", 900_000, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    for chunked in [false, true, false] {
+        assert_eq!(send(chunked), (429, Some("1".to_string())), "chunked: {chunked}");
+    }
+    assert_eq!(server.limit_hits("inflight_bytes"), 3);
+    drop(held_bytes);
+
+    // Requests in progress: an upload holds the listener's one slot.
+    let held_slot = held_upload(otlp, "/v1/traces", "application/x-protobuf", 100, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    for chunked in [false, true, false] {
+        assert_eq!(send(chunked), (429, Some("1".to_string())), "chunked: {chunked}");
+    }
+    assert_eq!(server.limit_hits("concurrent_requests"), 3);
+
+    // Reading a refused body is bounded by the body timeout: one that never comes is
+    // answered at the deadline, its connection then closed.
+    let started = Instant::now();
+    let mut stalled = held_upload(otlp, "/v1/traces", "application/x-protobuf", BODY, 1000);
+    assert_eq!(answer(&mut stalled, Duration::from_secs(20)), Some(429));
+    assert!(started.elapsed() < Duration::from_secs(15), "answered after {:?}", started.elapsed());
+    drop(held_slot);
+    assert_eq!(otlp_http(&server, &request(0xb16, 10, &[])).0, 200, "slots and bytes were all released");
+}
+
 #[test]
 fn connections_beyond_the_cap_wait_to_be_accepted() {
     let dir = tempfile::tempdir().unwrap();

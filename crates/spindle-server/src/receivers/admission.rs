@@ -19,6 +19,9 @@
 //! A body must arrive within `request_body_timeout`, so a client trickling uploads holds
 //! its slots and bytes for that long at most; a connection that reads and writes nothing for
 //! twice that ([`LimitedIo`]) is closed, so idle connections cannot hold the connection cap.
+//! An HTTP/1.1 body refused with backpressure is read and thrown away before the answer
+//! (within the same deadline and `max_body_bytes`), so that a client still writing it reads
+//! the 429 instead of a broken pipe ([`Admission::discard_body`]).
 
 use std::future::Future;
 use std::io;
@@ -348,7 +351,8 @@ fn retry_later(mut response: Response) -> Response {
 
 enum BodyRead {
     TooLarge(usize),
-    OverBudget,
+    /// With the body bytes read so far.
+    OverBudget(usize),
     Failed(String),
 }
 
@@ -361,22 +365,27 @@ pub async fn admit_http(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(_slot) = admission.try_request() else {
-        return retry_later(render(
-            request.headers(),
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many requests in progress, retry later".into(),
-        ));
-    };
-    let (parts, body) = request.into_parts();
+    let (parts, mut body) = request.into_parts();
+    // The body must be in (or refused) by then, its refusal's discarding included.
+    let deadline = tokio::time::Instant::now() + admission.0.body_timeout;
     let limit = admission.0.max_body_bytes;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let Some(_slot) = admission.try_request() else {
+        let response = retry_later(render(
+            &parts.headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests in progress, retry later".into(),
+        ));
+        admission.discard_body(&parts, declared, &mut body, 0, deadline).await;
+        return response;
+    };
     if let Some(length) = declared.filter(|l| *l > limit as u64) {
-        // At once, so the client learns before uploading megabytes (or seeing a broken pipe).
+        // At once, neither read nor kept: a client that sent `Expect: 100-continue` learns
+        // before uploading; one already writing may see the connection close instead.
         return render(
             &parts.headers,
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -385,14 +394,15 @@ pub async fn admit_http(
     }
     // Zero bytes always fit; a body without a declared length grows it as it streams.
     let Some(mut reserved) = admission.reserve(declared.unwrap_or(0) as usize) else {
-        return retry_later(render(
+        let response = retry_later(render(
             &parts.headers,
             StatusCode::TOO_MANY_REQUESTS,
             "ingest is holding as many request bytes as it may, retry later".into(),
         ));
+        admission.discard_body(&parts, declared, &mut body, 0, deadline).await;
+        return response;
     };
-    let timeout = admission.0.body_timeout;
-    let read = tokio::time::timeout(timeout, read_body(body, declared, &admission, &mut reserved)).await;
+    let read = tokio::time::timeout_at(deadline, read_body(&mut body, declared, &admission, &mut reserved)).await;
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(BodyRead::TooLarge(limit))) => {
@@ -402,17 +412,22 @@ pub async fn admit_http(
                 format!("request body exceeds the limit of {limit} bytes (--max-body-bytes)"),
             )
         }
-        Ok(Err(BodyRead::OverBudget)) => {
-            return retry_later(render(
+        Ok(Err(BodyRead::OverBudget(read))) => {
+            // What was read is let go before the rest is discarded.
+            drop(reserved);
+            let response = retry_later(render(
                 &parts.headers,
                 StatusCode::TOO_MANY_REQUESTS,
                 "ingest is holding as many request bytes as it may, retry later".into(),
-            ))
+            ));
+            admission.discard_body(&parts, declared, &mut body, read, deadline).await;
+            return response;
         }
         Ok(Err(BodyRead::Failed(e))) => {
             return render(&parts.headers, StatusCode::BAD_REQUEST, format!("failed to read the request body: {e}"))
         }
         Err(_) => {
+            let timeout = admission.0.body_timeout;
             admission.hit(Limit::RequestBodyTimeout, format_args!("request body not received within {timeout:?}"));
             return render(
                 &parts.headers,
@@ -427,8 +442,53 @@ pub async fn admit_http(
     response
 }
 
+impl Admission {
+    /// Reads and throws away the rest of a body refused with backpressure before the answer
+    /// goes out. An HTTP/1.1 client writes its whole body before it reads the answer: answered
+    /// early, the connection closes with the body unread, and a client still writing a body
+    /// larger than the socket buffers gets a broken pipe (or a reset), not the 429 and its
+    /// `Retry-After`, which OTLP exporters then take for a transport error. Nothing is kept:
+    /// each chunk is dropped as it comes, so a refused request holds no request slot and no
+    /// budget bytes, only its connection (within `max_connections`), for at most
+    /// `max_body_bytes` and until the body deadline; past either, the answer goes out
+    /// anyway and the connection closes as before. Not done where the client is not writing
+    /// regardless of the answer: HTTP/2 (the stream is reset after the answer, the
+    /// connection's other streams go on) and `Expect: 100-continue` (the client waits for
+    /// our answer before it sends the body).
+    async fn discard_body(
+        &self,
+        parts: &axum::http::request::Parts,
+        declared: Option<u64>,
+        body: &mut Body,
+        mut read: usize,
+        deadline: tokio::time::Instant,
+    ) {
+        use http_body::Body as _;
+        let limit = self.0.max_body_bytes;
+        let expects_continue =
+            parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if parts.version >= axum::http::Version::HTTP_2
+            || expects_continue
+            || declared.is_some_and(|l| l > limit as u64)
+        {
+            return;
+        }
+        let discard = async {
+            while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+                if let Ok(data) = frame.into_data() {
+                    read = read.saturating_add(data.len());
+                    if read > limit {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, discard).await;
+    }
+}
+
 async fn read_body(
-    mut body: Body,
+    body: &mut Body,
     declared: Option<u64>,
     admission: &Admission,
     reserved: &mut OwnedSemaphorePermit,
@@ -439,7 +499,7 @@ async fn read_body(
     let mut first: Option<Bytes> = None;
     let mut joined = BytesMut::new();
     let mut total = 0usize;
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| BodyRead::Failed(e.to_string()))?;
         let Ok(data) = frame.into_data() else { continue };
         total = total.saturating_add(data.len());
@@ -449,7 +509,7 @@ async fn read_body(
         if declared.is_none() {
             match admission.reserve(data.len()) {
                 Some(more) => reserved.merge(more),
-                None => return Err(BodyRead::OverBudget),
+                None => return Err(BodyRead::OverBudget(total)),
             }
         }
         if first.is_none() && joined.is_empty() {
