@@ -15,6 +15,14 @@
 //! against (`receivers::admission`): decoded spans take a small multiple of their wire bytes,
 //! and the reservation is held until `accept` returns.
 //!
+//! Decoding ([`Ingest::decode`]) and appending take a thread of tokio's blocking pool each,
+//! and at most [`decode_threads`] and [`APPEND_THREADS`] at once; the rest wait their turn
+//! (holding what admission and the queue bound). Unbounded, 2× overload kept ~520 threads
+//! (decodes, and appends waiting for the store) and RSS reached 2.4 GB in 20 s, against
+//! 1.9 GB bounded (docs/RELIABILITY.md); likely because the allocator returns what the store
+//! frees of a thread's spans to that thread's own pages, reused only when it allocates again
+//! (`memory::collect_freed_memory`), so hundreds of threads each keep pages of their own.
+//!
 //! Here too, for every protocol alike, the per-request and per-span limits: a request with
 //! more than `max_spans_per_request` spans is refused whole; attributes beyond
 //! `max_attributes_per_span` are dropped and counted in the owner's
@@ -27,6 +35,7 @@ use spindle_codec::Decoded;
 use spindle_model::{AttributeValue, KeyValue, Resource, Span};
 use spindle_store::TraceStore;
 use tokio::sync::Semaphore;
+use tokio::task::JoinError;
 
 use crate::limits::{Limit, Limits};
 use crate::telemetry::{DropLabels, DropReason, ProtocolLabels, Telemetry};
@@ -46,9 +55,21 @@ pub enum IngestError {
     Store(String),
 }
 
+/// Decodes running at once: CPU work, so two per core (at least 4) keep the cores busy.
+pub fn decode_threads() -> usize {
+    (2 * std::thread::available_parallelism().map_or(2, |n| n.get())).max(4)
+}
+
+/// Store appends running at once. An append waits for its log group's sync and, when the
+/// store is behind, for memory; the log commits concurrent appends together, and 16 clients
+/// flat out reach full throughput with up to 16 (docs/PERFORMANCE.md), so 64 leave room.
+pub const APPEND_THREADS: usize = 64;
+
 pub struct Ingest {
     store: Arc<dyn TraceStore>,
     queue: Arc<Semaphore>,
+    decoders: Arc<Semaphore>,
+    appenders: Arc<Semaphore>,
     queue_capacity: usize,
     max_spans_per_request: usize,
     attribute_limits: AttributeLimits,
@@ -61,6 +82,8 @@ impl Ingest {
         Ingest {
             store,
             queue: Arc::new(Semaphore::new(queue_capacity)),
+            decoders: Arc::new(Semaphore::new(decode_threads())),
+            appenders: Arc::new(Semaphore::new(APPEND_THREADS)),
             queue_capacity,
             max_spans_per_request: limits.max_spans_per_request,
             attribute_limits: AttributeLimits {
@@ -73,6 +96,20 @@ impl Ingest {
 
     fn protocol(protocol: &str) -> ProtocolLabels {
         ProtocolLabels { protocol: protocol.to_string() }
+    }
+
+    /// Runs a receiver's decoding (inflating included) on the blocking pool, at most
+    /// [`decode_threads`] at once.
+    pub async fn decode<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, JoinError> {
+        // The semaphore is never closed. The slot goes with the task: a request given up on
+        // (its client gone) leaves its decode running, still counted.
+        let slot = Arc::clone(&self.decoders).acquire_owned().await.expect("decode slots");
+        tokio::task::spawn_blocking(move || {
+            let decoded = f();
+            drop(slot);
+            decoded
+        })
+        .await
     }
 
     /// Counts a request that could not be decoded.
@@ -120,6 +157,8 @@ impl Ingest {
         let telemetry = Arc::clone(&self.telemetry);
         let mut spans = decoded.spans;
         let attribute_limits = self.attribute_limits;
+        // The semaphore is never closed; the slot goes with the task, as in `decode`.
+        let slot = Arc::clone(&self.appenders).acquire_owned().await.expect("append slots");
         let result = tokio::task::spawn_blocking(move || {
             let limited = attribute_limits.apply(&mut spans);
             if limited.dropped > 0 || limited.cut > 0 {
@@ -134,6 +173,7 @@ impl Ingest {
             let prepared = telemetry.prepare(&spans);
             let result = store.append(spans);
             drop(permit);
+            drop(slot);
             if result.is_ok() {
                 telemetry.record(prepared);
             }

@@ -141,15 +141,17 @@ async fn export(State(state): State<OtlpHttp>, headers: HeaderMap, body: Bytes) 
         };
     let limit = state.max_body_bytes;
     // Inflating and decoding are CPU work: keep them off the reactor.
-    let decoded = tokio::task::spawn_blocking(move || -> Result<Decoded, BodyError> {
-        let raw = if gzipped { gunzip(&body, limit)? } else { body.to_vec() };
-        let decoded = match encoding {
-            Encoding::Protobuf => spindle_codec::otlp::decode_request(&raw),
-            Encoding::Json => spindle_codec::otlp_json::decode_request(&raw),
-        };
-        decoded.map_err(|e: CodecError| BodyError::Invalid(e.to_string()))
-    })
-    .await;
+    let decoded = state
+        .ingest
+        .decode(move || -> Result<Decoded, BodyError> {
+            let raw = if gzipped { gunzip(&body, limit)? } else { body.to_vec() };
+            let decoded = match encoding {
+                Encoding::Protobuf => spindle_codec::otlp::decode_request(&raw),
+                Encoding::Json => spindle_codec::otlp_json::decode_request(&raw),
+            };
+            decoded.map_err(|e: CodecError| BodyError::Invalid(e.to_string()))
+        })
+        .await;
     let protocol = match encoding {
         Encoding::Protobuf => PROTOCOL_PROTOBUF,
         Encoding::Json => PROTOCOL_JSON,

@@ -49,7 +49,7 @@ async fn post_traces(State(state): State<JaegerHttp>, headers: HeaderMap, body: 
                 .into_response()
         }
     }
-    let decoded = tokio::task::spawn_blocking(move || spindle_codec::jaeger_thrift::decode_batch_binary(&body)).await;
+    let decoded = state.ingest.decode(move || spindle_codec::jaeger_thrift::decode_batch_binary(&body)).await;
     let decoded = match decoded {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {

@@ -81,7 +81,7 @@ pub async fn serve(
             let mut logged = 0u32;
             loop {
                 let Some((datagram, reserved)) = rx.lock().await.recv().await else { break };
-                let decoded = tokio::task::spawn_blocking(move || flavor.decode(&datagram)).await;
+                let decoded = ingest.decode(move || flavor.decode(&datagram)).await;
                 match decoded {
                     Ok(Ok(decoded)) => {
                         if ingest.accept(flavor.protocol(), decoded).await.is_err() {

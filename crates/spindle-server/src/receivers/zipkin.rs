@@ -66,11 +66,13 @@ async fn receive(
     decode: fn(&[u8]) -> Result<Decoded, CodecError>,
 ) -> Response {
     let limit = state.max_body_bytes;
-    let decoded = tokio::task::spawn_blocking(move || {
-        let raw = inflate(&headers, body, limit)?;
-        decode(&raw).map_err(|e| BodyError::Invalid(e.to_string()))
-    })
-    .await;
+    let decoded = state
+        .ingest
+        .decode(move || {
+            let raw = inflate(&headers, body, limit)?;
+            decode(&raw).map_err(|e| BodyError::Invalid(e.to_string()))
+        })
+        .await;
     let decoded = match decoded {
         Ok(Ok(d)) => d,
         Ok(Err(BodyError::TooLarge(m))) => return (StatusCode::PAYLOAD_TOO_LARGE, m).into_response(),
