@@ -15,13 +15,14 @@
 //! against (`receivers::admission`): decoded spans take a small multiple of their wire bytes,
 //! and the reservation is held until `accept` returns.
 //!
-//! Decoding ([`Ingest::decode`]) and appending take a thread of tokio's blocking pool each,
-//! and at most [`decode_threads`] and [`APPEND_THREADS`] at once; the rest wait their turn
-//! (holding what admission and the queue bound). Unbounded, 2× overload kept ~520 threads
-//! (decodes, and appends waiting for the store) and RSS reached 2.4 GB in 20 s, against
-//! 1.9 GB bounded (docs/RELIABILITY.md); likely because the allocator returns what the store
-//! frees of a thread's spans to that thread's own pages, reused only when it allocates again
-//! (`memory::collect_freed_memory`), so hundreds of threads each keep pages of their own.
+//! Receivers decode on [`decode_threads`] threads of their own ([`Ingest::decode`]); appends
+//! run on tokio's blocking pool, at most [`APPEND_THREADS`] at once; the rest wait their turn
+//! (holding what admission and the queue bound). Both on the blocking pool and unbounded, 2×
+//! overload ran ~520 threads and RSS reached 2.4 GB in 20 s; with both bounded on the pool,
+//! 2.0 GB, still rising; with decoding on its own threads, 1.2 GB, flat (docs/RELIABILITY.md).
+//! The allocator returns what the store frees of a thread's spans to that thread's own
+//! pages, reused only when that thread allocates again, so spans allocated over hundreds of
+//! pool threads left each with pages of its own.
 //!
 //! Here too, for every protocol alike, the per-request and per-span limits: a request with
 //! more than `max_spans_per_request` spans is refused whole; attributes beyond
@@ -29,13 +30,12 @@
 //! `dropped_attributes_count`; values longer than `max_attribute_value_bytes` are cut and
 //! their span (or event, link, resource) gets [`TRUNCATED_ATTRIBUTES`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use spindle_codec::Decoded;
 use spindle_model::{AttributeValue, KeyValue, Resource, Span};
 use spindle_store::TraceStore;
 use tokio::sync::Semaphore;
-use tokio::task::JoinError;
 
 use crate::limits::{Limit, Limits};
 use crate::telemetry::{DropLabels, DropReason, ProtocolLabels, Telemetry};
@@ -60,6 +60,43 @@ pub fn decode_threads() -> usize {
     (2 * std::thread::available_parallelism().map_or(2, |n| n.get())).max(4)
 }
 
+/// A decode that panicked (its request is answered 500; the thread goes on).
+#[derive(Debug)]
+pub struct DecodePanicked;
+
+impl std::fmt::Display for DecodePanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the decoder panicked")
+    }
+}
+
+type DecodeJob = Box<dyn FnOnce() + Send>;
+
+/// Threads of their own rather than tokio's blocking pool: spans are allocated on the thread
+/// that decodes them and freed by the store's threads, and the allocator reuses such memory
+/// only on the thread that allocated it; spread over the pool's hundreds of threads, each
+/// kept pages of its own (see the module comment).
+fn start_decoders(threads: usize) -> std::sync::mpsc::Sender<DecodeJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<DecodeJob>();
+    let rx = Arc::new(Mutex::new(rx));
+    for n in 0..threads {
+        let rx = Arc::clone(&rx);
+        let spawned = std::thread::Builder::new().name(format!("spindle-decode-{n}")).spawn(move || loop {
+            let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            match job {
+                Ok(job) => job(),
+                // The `Ingest` is gone.
+                Err(_) => return,
+            }
+            crate::memory::collect_freed_memory();
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start a decode thread");
+        }
+    }
+    tx
+}
+
 /// Store appends running at once. An append waits for its log group's sync and, when the
 /// store is behind, for memory; the log commits concurrent appends together, and 16 clients
 /// flat out reach full throughput with up to 16 (docs/PERFORMANCE.md), so 64 leave room.
@@ -69,6 +106,7 @@ pub struct Ingest {
     store: Arc<dyn TraceStore>,
     queue: Arc<Semaphore>,
     decoders: Arc<Semaphore>,
+    decode_jobs: Mutex<std::sync::mpsc::Sender<DecodeJob>>,
     appenders: Arc<Semaphore>,
     queue_capacity: usize,
     max_spans_per_request: usize,
@@ -83,6 +121,7 @@ impl Ingest {
             store,
             queue: Arc::new(Semaphore::new(queue_capacity)),
             decoders: Arc::new(Semaphore::new(decode_threads())),
+            decode_jobs: Mutex::new(start_decoders(decode_threads())),
             appenders: Arc::new(Semaphore::new(APPEND_THREADS)),
             queue_capacity,
             max_spans_per_request: limits.max_spans_per_request,
@@ -98,18 +137,24 @@ impl Ingest {
         ProtocolLabels { protocol: protocol.to_string() }
     }
 
-    /// Runs a receiver's decoding (inflating included) on the blocking pool, at most
-    /// [`decode_threads`] at once.
-    pub async fn decode<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, JoinError> {
-        // The semaphore is never closed. The slot goes with the task: a request given up on
-        // (its client gone) leaves its decode running, still counted.
+    /// Runs a receiver's decoding (inflating included) on one of the [`decode_threads`]
+    /// decode threads, waiting for one to be free.
+    pub async fn decode<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, DecodePanicked> {
+        // The semaphore is never closed. The slot goes with the job: a request given up on
+        // (its client gone) leaves its decode running, still counted; so no more jobs wait
+        // in the channel than there are threads.
         let slot = Arc::clone(&self.decoders).acquire_owned().await.expect("decode slots");
-        tokio::task::spawn_blocking(move || {
-            let decoded = f();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: DecodeJob = Box::new(move || {
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             drop(slot);
-            decoded
-        })
-        .await
+            let _ = tx.send(decoded.map_err(|_| DecodePanicked));
+        });
+        let sent = self.decode_jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+        if sent.is_err() {
+            return Err(DecodePanicked);
+        }
+        rx.await.unwrap_or(Err(DecodePanicked))
     }
 
     /// Counts a request that could not be decoded.

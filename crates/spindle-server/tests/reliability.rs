@@ -148,8 +148,8 @@ fn overload_at_twice_capacity_is_refused_with_backpressure_and_reconciles_exactl
     let overload_secs: u64 = env_or("SPINDLE_RELIABILITY_OVERLOAD_SECS", 15);
     // Generous: the default budgets (ingest queue, in-flight bytes, four heads of 16 MiB)
     // bound the server well below it; unbounded buffering of 2x input crosses it.
-    // Measured today with 1000-span requests: 0.9-1.2 GB in the debug CI variant, 1.9 GB after
-    // 20 s and 2.4 GB after 40 s in release, still rising (docs/RELIABILITY.md, open finding).
+    // Measured today with 1000-span requests: 0.9-1.2 GB in the debug CI variant, a 1.2 GB
+    // plateau in release (docs/RELIABILITY.md).
     let rss_bound_mb: u64 = env_or("SPINDLE_RELIABILITY_RSS_BOUND_MB", 2048);
     let dir = tempfile::tempdir().unwrap();
     // Server flags to compare settings under the same overload, e.g. "--queue-spans 100000".
