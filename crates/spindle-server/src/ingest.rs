@@ -15,14 +15,14 @@
 //! against (`receivers::admission`): decoded spans take a small multiple of their wire bytes,
 //! and the reservation is held until `accept` returns.
 //!
-//! Receivers decode on [`decode_threads`] threads of their own ([`Ingest::decode`]); appends
-//! run on tokio's blocking pool, at most [`APPEND_THREADS`] at once; the rest wait their turn
-//! (holding what admission and the queue bound). Both on the blocking pool and unbounded, 2×
-//! overload ran ~520 threads and RSS reached 2.4 GB in 20 s; with both bounded on the pool,
-//! 2.0 GB, still rising; with decoding on its own threads, 1.2 GB, flat (docs/RELIABILITY.md).
-//! The allocator returns what the store frees of a thread's spans to that thread's own
-//! pages, reused only when that thread allocates again, so spans allocated over hundreds of
-//! pool threads left each with pages of its own.
+//! Receivers decode on [`decode_threads`] threads of their own ([`Ingest::decode`]) and
+//! appends run on [`APPEND_THREADS`] threads of their own; the rest wait their turn (holding
+//! what admission and the queue bound). On tokio's blocking pool, unbounded, 2× overload ran
+//! ~520 threads and RSS reached 2.4 GB in 20 s, still rising; on threads of their own, 77
+//! threads and a plateau of 0.9–1.2 GB (docs/RELIABILITY.md). The allocator returns what the
+//! store frees of a thread's spans to that thread's own pages, reused only when that thread
+//! allocates again, so allocations spread over hundreds of pool threads left each with pages
+//! of its own.
 //!
 //! Here too, for every protocol alike, the per-request and per-span limits: a request with
 //! more than `max_spans_per_request` spans is refused whole; attributes beyond
@@ -72,16 +72,16 @@ impl std::fmt::Display for DecodePanicked {
 
 type DecodeJob = Box<dyn FnOnce() + Send>;
 
-/// Threads of their own rather than tokio's blocking pool: spans are allocated on the thread
-/// that decodes them and freed by the store's threads, and the allocator reuses such memory
+/// Threads of their own rather than tokio's blocking pool: spans (and the head's entries) are
+/// allocated on the thread that decodes (appends) them and freed by the store's threads, and the allocator reuses such memory
 /// only on the thread that allocated it; spread over the pool's hundreds of threads, each
 /// kept pages of its own (see the module comment).
-fn start_decoders(threads: usize) -> std::sync::mpsc::Sender<DecodeJob> {
+fn start_threads(name: &str, threads: usize) -> std::sync::mpsc::Sender<DecodeJob> {
     let (tx, rx) = std::sync::mpsc::channel::<DecodeJob>();
     let rx = Arc::new(Mutex::new(rx));
     for n in 0..threads {
         let rx = Arc::clone(&rx);
-        let spawned = std::thread::Builder::new().name(format!("spindle-decode-{n}")).spawn(move || loop {
+        let spawned = std::thread::Builder::new().name(format!("{name}-{n}")).spawn(move || loop {
             let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
             match job {
                 Ok(job) => job(),
@@ -91,7 +91,7 @@ fn start_decoders(threads: usize) -> std::sync::mpsc::Sender<DecodeJob> {
             crate::memory::collect_freed_memory();
         });
         if let Err(e) = spawned {
-            tracing::error!(error = %e, "could not start a decode thread");
+            tracing::error!(error = %e, thread = name, "could not start an ingest thread");
         }
     }
     tx
@@ -108,6 +108,7 @@ pub struct Ingest {
     decoders: Arc<Semaphore>,
     decode_jobs: Mutex<std::sync::mpsc::Sender<DecodeJob>>,
     appenders: Arc<Semaphore>,
+    append_jobs: Mutex<std::sync::mpsc::Sender<DecodeJob>>,
     queue_capacity: usize,
     max_spans_per_request: usize,
     attribute_limits: AttributeLimits,
@@ -121,8 +122,9 @@ impl Ingest {
             store,
             queue: Arc::new(Semaphore::new(queue_capacity)),
             decoders: Arc::new(Semaphore::new(decode_threads())),
-            decode_jobs: Mutex::new(start_decoders(decode_threads())),
+            decode_jobs: Mutex::new(start_threads("spindle-decode", decode_threads())),
             appenders: Arc::new(Semaphore::new(APPEND_THREADS)),
+            append_jobs: Mutex::new(start_threads("spindle-append", APPEND_THREADS)),
             queue_capacity,
             max_spans_per_request: limits.max_spans_per_request,
             attribute_limits: AttributeLimits {
@@ -144,19 +146,32 @@ impl Ingest {
         // (its client gone) leaves its decode running, still counted; so no more jobs wait
         // in the channel than there are threads.
         let slot = Arc::clone(&self.decoders).acquire_owned().await.expect("decode slots");
+        run_on(&self.decode_jobs, slot, f).await
+    }
+}
+
+/// Runs `f` on one of the threads `jobs` feeds, holding `slot` until it is done.
+async fn run_on<R: Send + 'static>(
+    jobs: &Mutex<std::sync::mpsc::Sender<DecodeJob>>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, DecodePanicked> {
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: DecodeJob = Box::new(move || {
             let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             drop(slot);
             let _ = tx.send(decoded.map_err(|_| DecodePanicked));
         });
-        let sent = self.decode_jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+        let sent = jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
         if sent.is_err() {
             return Err(DecodePanicked);
         }
         rx.await.unwrap_or(Err(DecodePanicked))
     }
+}
 
+impl Ingest {
     /// Counts a request that could not be decoded.
     pub fn count_failed_request(&self, protocol: &str) {
         self.telemetry.server.requests_failed.get_or_create(&Self::protocol(protocol)).inc();
@@ -202,9 +217,9 @@ impl Ingest {
         let telemetry = Arc::clone(&self.telemetry);
         let mut spans = decoded.spans;
         let attribute_limits = self.attribute_limits;
-        // The semaphore is never closed; the slot goes with the task, as in `decode`.
+        // The semaphore is never closed; the slot goes with the job, as in `decode`.
         let slot = Arc::clone(&self.appenders).acquire_owned().await.expect("append slots");
-        let result = tokio::task::spawn_blocking(move || {
+        let result = run_on(&self.append_jobs, slot, move || {
             let limited = attribute_limits.apply(&mut spans);
             if limited.dropped > 0 || limited.cut > 0 {
                 let service = spans.first().map_or("", |s| s.service_name());
@@ -218,7 +233,6 @@ impl Ingest {
             let prepared = telemetry.prepare(&spans);
             let result = store.append(spans);
             drop(permit);
-            drop(slot);
             if result.is_ok() {
                 telemetry.record(prepared);
             }
