@@ -296,7 +296,9 @@ impl ServeArgs {
             max_attributes_per_span: self.max_attributes_per_span.or(file.max_attributes_per_span),
             max_attribute_value_bytes: self.max_attribute_value_bytes.or(file.max_attribute_value_bytes),
             request_body_timeout: self.request_body_timeout.or(file.request_body_timeout),
-            max_span_metric_series_per_service: self.max_span_metric_series_per_service.or(file.max_span_metric_series_per_service),
+            max_span_metric_series_per_service: self
+                .max_span_metric_series_per_service
+                .or(file.max_span_metric_series_per_service),
             max_operations_per_service: self.max_operations_per_service.or(file.max_operations_per_service),
             max_services: self.max_services.or(file.max_services),
             max_analytics_groups: self.max_analytics_groups.or(file.max_analytics_groups),
@@ -396,14 +398,38 @@ fn limits(a: &ServeArgs) -> anyhow::Result<Limits> {
     let d = Limits::default();
     Ok(Limits {
         max_connections: count("max_connections", a.max_connections, d.max_connections)?,
-        max_concurrent_requests: count("max_concurrent_requests", a.max_concurrent_requests, d.max_concurrent_requests)?,
+        max_concurrent_requests: count(
+            "max_concurrent_requests",
+            a.max_concurrent_requests,
+            d.max_concurrent_requests,
+        )?,
         max_inflight_bytes: count("max_inflight_bytes", a.max_inflight_bytes, d.max_inflight_bytes)?,
         max_spans_per_request: count("max_spans_per_request", a.max_spans_per_request, d.max_spans_per_request)?,
-        max_attributes_per_span: count("max_attributes_per_span", a.max_attributes_per_span, d.max_attributes_per_span)?,
-        max_attribute_value_bytes: count("max_attribute_value_bytes", a.max_attribute_value_bytes, d.max_attribute_value_bytes)?,
-        request_body_timeout: duration("request_body_timeout", a.request_body_timeout.as_deref(), d.request_body_timeout)?,
-        max_span_metric_series_per_service: count("max_span_metric_series_per_service", a.max_span_metric_series_per_service, d.max_span_metric_series_per_service)?,
-        max_operations_per_service: count("max_operations_per_service", a.max_operations_per_service, d.max_operations_per_service)?,
+        max_attributes_per_span: count(
+            "max_attributes_per_span",
+            a.max_attributes_per_span,
+            d.max_attributes_per_span,
+        )?,
+        max_attribute_value_bytes: count(
+            "max_attribute_value_bytes",
+            a.max_attribute_value_bytes,
+            d.max_attribute_value_bytes,
+        )?,
+        request_body_timeout: duration(
+            "request_body_timeout",
+            a.request_body_timeout.as_deref(),
+            d.request_body_timeout,
+        )?,
+        max_span_metric_series_per_service: count(
+            "max_span_metric_series_per_service",
+            a.max_span_metric_series_per_service,
+            d.max_span_metric_series_per_service,
+        )?,
+        max_operations_per_service: count(
+            "max_operations_per_service",
+            a.max_operations_per_service,
+            d.max_operations_per_service,
+        )?,
         max_services: count("max_services", a.max_services, d.max_services)?,
         max_analytics_groups: count("max_analytics_groups", a.max_analytics_groups, d.max_analytics_groups)?,
         max_span_future: duration("max_span_future", a.max_span_future.as_deref(), d.max_span_future)?,

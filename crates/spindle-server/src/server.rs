@@ -141,12 +141,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(jaeger_grpc)
-            .serve_with_incoming_shutdown(
-                jaeger_grpc_incoming,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )
+            .serve_with_incoming_shutdown(jaeger_grpc_incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
             .await
             .context("jaeger grpc server failed")
     });
