@@ -242,6 +242,15 @@ pub(crate) async fn blocking<T: Send + 'static>(
     }
 }
 
+/// A 200 answer of the v3 and Spindle APIs: `body` with a `warnings` field when a limit
+/// changed the query (docs/API.md "Query limits").
+pub(crate) fn warned(mut body: serde_json::Value, warnings: Vec<String>) -> Response {
+    if !warnings.is_empty() {
+        body["warnings"] = serde_json::json!(warnings);
+    }
+    json_response(StatusCode::OK, &body)
+}
+
 pub(crate) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),

@@ -18,7 +18,7 @@ use spindle_store::TraceQuery;
 
 use super::jaeger::{cap_limit, cap_range, parse_trace_id, search_query};
 use super::params::{ParamError, Params};
-use super::{blocking, heavy, json_response, ApiState, QueryFailure};
+use super::{blocking, heavy, json_response, warned, ApiState, QueryFailure};
 use crate::limits::Limit;
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -31,14 +31,6 @@ fn bad_request(e: ParamError) -> Response {
 
 fn failed(state: &ApiState, e: QueryFailure) -> Response {
     error(e.status(), e.message(&state.limits))
-}
-
-/// A 200 answer: `body` with `warnings` added when there are any.
-fn warned(mut body: Value, warnings: Vec<String>) -> Response {
-    if !warnings.is_empty() {
-        body["warnings"] = json!(warnings);
-    }
-    json_response(StatusCode::OK, &body)
 }
 
 /// The span filter of an analytics query, its range capped by `query_max_lookback`.

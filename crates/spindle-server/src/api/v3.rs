@@ -15,7 +15,7 @@ use spindle_store::TraceQuery;
 
 use super::jaeger::{capped, parse_attribute_map, parse_span_kind, parse_trace_id, trace_cut, DEFAULT_LIMIT};
 use super::params::{now_unix_nano, parse_rfc3339_nanos, ParamError, Params};
-use super::{blocking, heavy, json_response, ApiState, QueryFailure};
+use super::{blocking, heavy, json_response, warned, ApiState, QueryFailure};
 
 const DEFAULT_SEARCH_WINDOW_NANOS: u64 = 48 * 3600 * 1_000_000_000;
 
@@ -42,14 +42,6 @@ fn bad_request(e: ParamError) -> Response {
 
 fn failed(state: &ApiState, e: QueryFailure) -> Response {
     error(e.status(), e.message(&state.limits))
-}
-
-/// `body` with `warnings` added when there are any.
-fn warned(mut body: Value, warnings: Vec<String>) -> Response {
-    if !warnings.is_empty() {
-        body["warnings"] = json!(warnings);
-    }
-    json_response(StatusCode::OK, &body)
 }
 
 pub async fn services(State(state): State<ApiState>) -> Response {
