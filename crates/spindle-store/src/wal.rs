@@ -115,6 +115,22 @@ pub(crate) struct Replayed {
 
 /// Copies `bytes` of `path` from `offset` to `<segment>.<offset>.unread`: the segment is
 /// deleted once a block covers it, and what could not be read must outlive it.
+/// Keeps one damaged record (`header` and `payload`) aside with [`keep_aside`] and logs
+/// `what` is wrong with it; returns the bytes kept.
+fn keep_record_aside(path: &Path, offset: u64, header: &[u8], payload: &[u8], what: &str) -> Result<u64, StoreError> {
+    let mut record = header.to_vec();
+    record.extend_from_slice(payload);
+    let aside = keep_aside(path, offset, &record)?;
+    tracing::error!(
+        path = %path.display(),
+        offset,
+        bytes = record.len(),
+        aside = %aside.display(),
+        "write-ahead log record {what}; its bytes kept aside"
+    );
+    Ok(record.len() as u64)
+}
+
 fn keep_aside(path: &Path, offset: u64, bytes: &[u8]) -> Result<PathBuf, StoreError> {
     let aside = PathBuf::from(format!("{}.{offset}.unread", path.display()));
     std::fs::write(&aside, bytes).map_err(|e| StoreError::io(&aside, e))?;
@@ -162,17 +178,7 @@ pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8]) -> b
             if end == file_len {
                 break;
             }
-            let mut record = header.to_vec();
-            record.extend_from_slice(&payload);
-            let aside = keep_aside(path, valid_len, &record)?;
-            bytes_aside += record.len() as u64;
-            tracing::error!(
-                path = %path.display(),
-                offset = valid_len,
-                bytes = record.len(),
-                aside = %aside.display(),
-                "write-ahead log record fails its checksum; skipped, its bytes kept aside"
-            );
+            bytes_aside += keep_record_aside(path, valid_len, &header, &payload, "fails its checksum; skipped")?;
             skipped += 1;
             valid_len = end;
             continue;
@@ -180,16 +186,8 @@ pub(crate) fn replay(path: &Path, newest: bool, mut each: impl FnMut(&[u8]) -> b
         if each(&payload) {
             records += 1;
         } else {
-            let mut record = header.to_vec();
-            record.extend_from_slice(&payload);
-            let aside = keep_aside(path, valid_len, &record)?;
-            bytes_aside += record.len() as u64;
-            tracing::error!(
-                path = %path.display(),
-                offset = valid_len,
-                aside = %aside.display(),
-                "write-ahead log record passes its checksum but cannot be used; its bytes kept aside"
-            );
+            bytes_aside +=
+                keep_record_aside(path, valid_len, &header, &payload, "passes its checksum but cannot be used")?;
         }
         valid_len = end;
     }
