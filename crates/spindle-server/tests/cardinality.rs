@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::Spindle;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use spindle_model::{KeyValue, Resource, Span, SpanKind, StatusCode, TraceId};
 use spindle_workload::Workload;
 
@@ -23,21 +21,6 @@ const YEAR_1990: u64 = 631_152_000_000_000_000;
 
 fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-fn send(spindle: &Spindle, spans: &[Span]) {
-    let client = reqwest::blocking::Client::new();
-    for chunk in spans.chunks(500) {
-        let body = ExportTraceServiceRequest { resource_spans: spindle_codec::otlp::spans_to_resource_spans(chunk) }
-            .encode_to_vec();
-        let r = client
-            .post(format!("http://{}/v1/traces", spindle.http))
-            .header("content-type", "application/x-protobuf")
-            .body(body)
-            .send()
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-    }
 }
 
 fn resource(service: &str) -> Arc<Resource> {
@@ -119,11 +102,11 @@ fn span_names_past_the_limit_overflow_and_skewed_clocks_make_no_minutes() {
     let mut spindle = Spindle::start_with(dir.path(), &["--max-span-metric-series-per-service", &LIMIT.to_string()]);
     let now = now_nanos();
     let names: Vec<String> = (0..NAMES).map(|i| format!("GET /users/{i}")).collect();
-    send(&spindle, &named_spans(SERVICE, &names, now - 300_000_000_000));
+    spindle.send(&named_spans(SERVICE, &names, now - 300_000_000_000));
     let future = skewed_traces(9, YEAR_2076);
     let past = skewed_traces(10, YEAR_1990);
-    send(&spindle, &future);
-    send(&spindle, &past);
+    spindle.send(&future);
+    spindle.send(&past);
 
     // /metrics: LIMIT series of their own, the rest in one overflow series, all counted.
     let text = metrics_text(&spindle);
@@ -162,7 +145,7 @@ fn span_names_past_the_limit_overflow_and_skewed_clocks_make_no_minutes() {
     let mut spindle = Spindle::start_with(dir.path(), &["--max-span-metric-series-per-service", &LIMIT.to_string()]);
     let more: Vec<String> =
         (NAMES..NAMES + 10).map(|i| format!("GET /users/{i}")).chain([admitted[0].clone()]).collect();
-    send(&spindle, &named_spans(SERVICE, &more, now_nanos() - 60_000_000_000));
+    spindle.send(&named_spans(SERVICE, &more, now_nanos() - 60_000_000_000));
     let text = metrics_text(&spindle);
     assert_eq!(limit_hits(&text, "span_metric_series"), 10.0, "{}", calls_lines(&text, SERVICE).join("\n"));
     let lines = calls_lines(&text, SERVICE);
@@ -192,7 +175,7 @@ fn an_unreadable_span_metrics_state_is_set_aside_and_the_server_starts() {
 
     // Span metrics work from empty, and the next snapshot does not touch the file set aside.
     let spans = named_spans("after-restart", &["GET /a".to_string()], now_nanos() - 60_000_000_000);
-    send(&spindle, &spans);
+    spindle.send(&spans);
     let ops = spm_operations(&spindle, "after-restart", now_nanos() / 1_000_000);
     assert_eq!(ops, vec!["\"GET /a\"".to_string()]);
     assert!(spindle.terminate().success());
@@ -219,7 +202,7 @@ fn services_past_the_limit_share_one_overflow_set_and_are_stored_searchable_but_
     let start = now_nanos() - 60_000_000_000;
     let spans: Vec<Span> =
         (0..SERVICES).map(|i| service_span(&format!("fleet-{i:02}"), 1000 + i as u64, start)).collect();
-    send(&spindle, &spans);
+    spindle.send(&spans);
 
     // /metrics: MAX_SERVICES services with series of their own, the rest in the overflow set.
     let text = metrics_text(&spindle);
@@ -266,7 +249,7 @@ fn services_past_the_limit_share_one_overflow_set_and_are_stored_searchable_but_
     // Across a restart the list and the admitted services hold; the span is still found.
     assert!(spindle.terminate().success());
     let mut spindle = Spindle::start_with(dir.path(), &["--max-services", &MAX_SERVICES.to_string()]);
-    send(&spindle, &[service_span("fleet-new", 2000, now_nanos() - 60_000_000_000)]);
+    spindle.send(&[service_span("fleet-new", 2000, now_nanos() - 60_000_000_000)]);
     let (_, body) = spindle.get_json("/api/services");
     let after: Vec<String> = body["data"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
     assert_eq!(after, listed);

@@ -7,8 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::Spindle;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use serde_json::{json, Value};
 use spindle_model::Span;
 use spindle_query::sketch::{exact_quantile, RELATIVE_ERROR};
@@ -17,21 +15,6 @@ use spindle_workload::Workload;
 
 fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-fn send(spindle: &Spindle, spans: &[Span]) {
-    let client = reqwest::blocking::Client::new();
-    for chunk in spans.chunks(500) {
-        let body = ExportTraceServiceRequest { resource_spans: spindle_codec::otlp::spans_to_resource_spans(chunk) }
-            .encode_to_vec();
-        let r = client
-            .post(format!("http://{}/v1/traces", spindle.http))
-            .header("content-type", "application/x-protobuf")
-            .body(body)
-            .send()
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-    }
 }
 
 /// `/metrics` as a client sending `accept` (none: as curl asks) gets it: OpenMetrics always.
@@ -71,7 +54,7 @@ fn span_metrics_spm_analytics_and_a_real_prometheus() {
     let mut spindle = Spindle::start(dir.path());
     // Spans of the last ten minutes, so they fall in SPM's default 1 h lookback.
     let spans = Workload::new(3).batch(300, now_nanos() - 600_000_000_000, 540_000_000_000);
-    send(&spindle, &spans);
+    spindle.send(&spans);
     let pricing: Vec<&Span> =
         spans.iter().filter(|s| s.service_name() == "pricing" && s.name == "calculate_bsm").collect();
     let errors = pricing.iter().filter(|s| s.is_error()).count();
@@ -238,7 +221,7 @@ fn span_metrics_spm_analytics_and_a_real_prometheus() {
     // Exercise the drop and failure paths so those families have samples too.
     let mut bad = Workload::new(4).trace(now_nanos());
     bad[0].trace_id = spindle_model::TraceId(0);
-    send(&spindle, &bad);
+    spindle.send(&bad);
     let garbage = client
         .post(format!("http://{}/v1/traces", spindle.http))
         .header("content-type", "application/x-protobuf")
@@ -393,7 +376,7 @@ fn alerts_fire_and_resolve_in_a_real_alertmanager() {
     let failing = spans.iter_mut().find(|s| s.service_name() == "pricing").unwrap();
     failing.status = spindle_model::Status { code: spindle_model::StatusCode::Error, message: "boom".into() };
     let failing_trace = failing.trace_id;
-    send(&spindle, &spans);
+    spindle.send(&spans);
 
     let alert = wait_until("the alert to reach alertmanager", Duration::from_secs(30), || {
         let alerts: Value = client.get(format!("http://127.0.0.1:{am_port}/api/v2/alerts")).send().ok()?.json().ok()?;

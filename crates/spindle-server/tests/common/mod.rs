@@ -120,6 +120,25 @@ impl Spindle {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// Sends `spans` over OTLP/HTTP protobuf in requests of 500, each answered 200.
+    pub fn send(&self, spans: &[spindle_model::Span]) {
+        use prost::Message;
+        let client = reqwest::blocking::Client::new();
+        for chunk in spans.chunks(500) {
+            let body = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+                resource_spans: spindle_codec::otlp::spans_to_resource_spans(chunk),
+            }
+            .encode_to_vec();
+            let r = client
+                .post(format!("http://{}/v1/traces", self.http))
+                .header("content-type", "application/x-protobuf")
+                .body(body)
+                .send()
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+        }
+    }
+
     pub fn query_url(&self, path: &str) -> String {
         format!("http://{}{}", self.query, path)
     }
