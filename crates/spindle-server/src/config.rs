@@ -11,6 +11,8 @@ use serde::Deserialize;
 use spindle_store::SyncPolicy;
 
 use crate::limits::Limits;
+use crate::security::{Group, OidcSettings, SecuritySettings};
+use crate::tenancy::{TenancySettings, TenantLimits};
 
 #[derive(Debug, Parser)]
 #[command(name = "spindle", version, about = "Spindle: a distributed tracing backend in one binary")]
@@ -220,6 +222,100 @@ pub struct ServeArgs {
     /// Spans served of one trace; the answer says when more were left out [default: 100000]
     #[arg(long, env = "SPINDLE_QUERY_MAX_TRACE_SPANS", value_name = "SPANS")]
     pub query_max_trace_spans: Option<usize>,
+
+    /// PEM certificate chain: with `tls_key`, every TCP listener serves TLS (except the
+    /// groups in `tls_plaintext`); reloaded when the file changes
+    #[arg(long, env = "SPINDLE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `tls_cert`; reloaded when the file changes
+    #[arg(long, env = "SPINDLE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: receivers then require a client certificate signed by one (mTLS)
+    #[arg(long, env = "SPINDLE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Listener groups kept in plain text when TLS is on, comma-separated: ingest, query, admin
+    #[arg(long, env = "SPINDLE_TLS_PLAINTEXT", value_name = "GROUPS")]
+    pub tls_plaintext: Option<String>,
+
+    /// Credentials file: bearer tokens, basic-auth users (hashed passwords), their roles and
+    /// tenants; reloaded when it changes. Setting it turns authentication on
+    #[arg(long, env = "SPINDLE_AUTH_FILE", value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// Listener groups that require authentication, comma-separated (ingest, query, admin)
+    /// or `none` [default: all three when `auth_file` or `oidc_issuer` is set, else none]
+    #[arg(long, env = "SPINDLE_AUTH", value_name = "GROUPS")]
+    pub auth: Option<String>,
+
+    /// OpenID Connect issuer URL: API requests may carry its JWTs, people log in to the UI
+    /// through it. Setting it turns authentication on
+    #[arg(long, env = "SPINDLE_OIDC_ISSUER", value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+
+    /// OAuth client id of the UI login (authorization code flow with PKCE)
+    #[arg(long, env = "SPINDLE_OIDC_CLIENT_ID", value_name = "ID")]
+    pub oidc_client_id: Option<String>,
+
+    /// File holding the OAuth client secret of the UI login, if the client has one
+    #[arg(long, env = "SPINDLE_OIDC_CLIENT_SECRET_FILE", value_name = "FILE")]
+    pub oidc_client_secret_file: Option<PathBuf>,
+
+    /// Audiences accepted in API tokens, comma-separated [default: the client id]
+    #[arg(long, env = "SPINDLE_OIDC_AUDIENCE", value_name = "AUDIENCES")]
+    pub oidc_audience: Option<String>,
+
+    /// Token claim listing the caller's groups, matched against the credentials file's
+    /// `[[group]]` roles [default: groups]
+    #[arg(long, env = "SPINDLE_OIDC_GROUPS_CLAIM", value_name = "CLAIM")]
+    pub oidc_groups_claim: Option<String>,
+
+    /// File holding the key that signs UI session cookies (32 bytes or more); a random key
+    /// per process when unset, so sessions end with a restart
+    #[arg(long, env = "SPINDLE_SESSION_KEY_FILE", value_name = "FILE")]
+    pub session_key_file: Option<PathBuf>,
+
+    /// Tenant of requests that name none and whose credential binds none [default: single-tenant]
+    #[arg(long, env = "SPINDLE_DEFAULT_TENANT", value_name = "TENANT")]
+    pub default_tenant: Option<String>,
+
+    /// Refuse requests that name no tenant (`X-Scope-OrgID`) and whose credential binds none
+    /// [default: false]
+    #[arg(long, env = "SPINDLE_TENANT_HEADER_REQUIRED", value_name = "BOOL")]
+    pub tenant_header_required: Option<bool>,
+
+    /// Tenants with data of their own; spans for further tenants are refused [default: 100]
+    #[arg(long, env = "SPINDLE_MAX_TENANTS", value_name = "N")]
+    pub max_tenants: Option<usize>,
+
+    /// Spans per second one tenant may send (a token bucket, burst of one second's worth);
+    /// 0 means unlimited [default: 0]
+    #[arg(long, env = "SPINDLE_TENANT_INGEST_RATE", value_name = "SPANS")]
+    pub tenant_ingest_rate: Option<u64>,
+
+    /// Per-tenant overrides, in the config file only: `[tenants.NAME]` tables
+    #[arg(skip)]
+    pub tenants: Option<std::collections::BTreeMap<String, TenantOverrides>>,
+}
+
+/// What one tenant may have differently from the global settings (`[tenants.NAME]` in the
+/// config file). Unset fields take the global value.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantOverrides {
+    pub ingest_rate: Option<u64>,
+    pub retention: Option<String>,
+    pub max_disk_bytes: Option<u64>,
+    pub max_services: Option<usize>,
+    pub max_span_metric_series_per_service: Option<usize>,
+    pub max_operations_per_service: Option<usize>,
+    pub max_analytics_groups: Option<usize>,
+    pub query_max_limit: Option<usize>,
+    pub query_max_lookback: Option<String>,
+    pub query_timeout: Option<String>,
+    pub query_max_trace_spans: Option<usize>,
 }
 
 /// The settings in effect, every default applied and every value checked.
@@ -250,6 +346,8 @@ pub struct Settings {
     pub alert_webhooks: Vec<String>,
     pub public_url: String,
     pub limits: Limits,
+    pub security: SecuritySettings,
+    pub tenancy: TenancySettings,
 }
 
 fn url_list(text: Option<String>) -> Vec<String> {
@@ -309,6 +407,23 @@ impl ServeArgs {
             query_timeout: self.query_timeout.or(file.query_timeout),
             query_max_concurrent: self.query_max_concurrent.or(file.query_max_concurrent),
             query_max_trace_spans: self.query_max_trace_spans.or(file.query_max_trace_spans),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
+            tls_plaintext: self.tls_plaintext.or(file.tls_plaintext),
+            auth_file: self.auth_file.or(file.auth_file),
+            auth: self.auth.or(file.auth),
+            oidc_issuer: self.oidc_issuer.or(file.oidc_issuer),
+            oidc_client_id: self.oidc_client_id.or(file.oidc_client_id),
+            oidc_client_secret_file: self.oidc_client_secret_file.or(file.oidc_client_secret_file),
+            oidc_audience: self.oidc_audience.or(file.oidc_audience),
+            oidc_groups_claim: self.oidc_groups_claim.or(file.oidc_groups_claim),
+            session_key_file: self.session_key_file.or(file.session_key_file),
+            default_tenant: self.default_tenant.or(file.default_tenant),
+            tenant_header_required: self.tenant_header_required.or(file.tenant_header_required),
+            max_tenants: self.max_tenants.or(file.max_tenants),
+            tenant_ingest_rate: self.tenant_ingest_rate.or(file.tenant_ingest_rate),
+            tenants: self.tenants.or(file.tenants),
         }
     }
 
@@ -348,6 +463,9 @@ impl ServeArgs {
         };
         anyhow::ensure!(queue_spans > 0, "queue_spans must be positive");
         let limits = limits(&merged)?;
+        let public_url = merged.public_url.clone().unwrap_or_else(|| "http://localhost:16686".to_string());
+        let security = security(&merged, &public_url)?;
+        let tenancy = tenancy(&merged, &limits, retention, merged.max_disk_bytes)?;
         Ok(Settings {
             data_dir: merged.data_dir.unwrap_or_else(|| PathBuf::from("./spindle-data")),
             otlp_grpc_addr: merged.otlp_grpc_addr.unwrap_or_else(|| addr("0.0.0.0:4317")),
@@ -372,8 +490,10 @@ impl ServeArgs {
             alert_rules: merged.alert_rules,
             alertmanagers: url_list(merged.alertmanager_url),
             alert_webhooks: url_list(merged.alert_webhook),
-            public_url: merged.public_url.unwrap_or_else(|| "http://localhost:16686".to_string()),
+            public_url,
             limits,
+            security,
+            tenancy,
         })
     }
 }
@@ -439,6 +559,117 @@ fn limits(a: &ServeArgs) -> anyhow::Result<Limits> {
         query_timeout: duration("query_timeout", a.query_timeout.as_deref(), d.query_timeout)?,
         query_max_concurrent: count("query_max_concurrent", a.query_max_concurrent, d.query_max_concurrent)?,
         query_max_trace_spans: count("query_max_trace_spans", a.query_max_trace_spans, d.query_max_trace_spans)?,
+    })
+}
+
+fn security(a: &ServeArgs, public_url: &str) -> anyhow::Result<SecuritySettings> {
+    anyhow::ensure!(a.tls_cert.is_some() == a.tls_key.is_some(), "tls_cert and tls_key are set together");
+    anyhow::ensure!(a.tls_client_ca.is_none() || a.tls_cert.is_some(), "tls_client_ca needs tls_cert and tls_key");
+    let tls_plaintext = Group::parse_list("tls_plaintext", a.tls_plaintext.as_deref().unwrap_or(""))?;
+    let oidc = match &a.oidc_issuer {
+        None => None,
+        Some(issuer) => {
+            let issuer = issuer.trim_end_matches('/').to_string();
+            anyhow::ensure!(
+                issuer.starts_with("https://") || issuer.starts_with("http://"),
+                "invalid oidc_issuer {issuer:?}: expected an http(s) URL"
+            );
+            let mut audiences = url_list(a.oidc_audience.clone());
+            if audiences.is_empty() {
+                audiences.extend(a.oidc_client_id.clone());
+            }
+            anyhow::ensure!(!audiences.is_empty(), "oidc_issuer needs oidc_client_id or oidc_audience");
+            Some(OidcSettings {
+                issuer,
+                client_id: a.oidc_client_id.clone(),
+                client_secret_file: a.oidc_client_secret_file.clone(),
+                audiences,
+                groups_claim: a.oidc_groups_claim.clone().unwrap_or_else(|| "groups".to_string()),
+            })
+        }
+    };
+    let has_credentials = a.auth_file.is_some() || oidc.is_some();
+    let auth = match &a.auth {
+        Some(text) => Group::parse_list("auth", text)?,
+        None if has_credentials => Group::ALL.into_iter().collect(),
+        None => Default::default(),
+    };
+    anyhow::ensure!(auth.is_empty() || has_credentials, "auth needs auth_file or oidc_issuer: no credential could pass");
+    Ok(SecuritySettings {
+        tls_cert: a.tls_cert.clone(),
+        tls_key: a.tls_key.clone(),
+        tls_client_ca: a.tls_client_ca.clone(),
+        tls_plaintext,
+        auth_file: a.auth_file.clone(),
+        auth,
+        oidc,
+        session_key_file: a.session_key_file.clone(),
+        public_url: public_url.trim_end_matches('/').to_string(),
+    })
+}
+
+fn tenancy(
+    a: &ServeArgs,
+    limits: &Limits,
+    retention: Option<Duration>,
+    max_disk_bytes: Option<u64>,
+) -> anyhow::Result<TenancySettings> {
+    let default_tenant = a.default_tenant.clone().unwrap_or_else(|| "single-tenant".to_string());
+    crate::tenancy::check_name(&default_tenant).context("default_tenant")?;
+    let global = TenantLimits {
+        ingest_rate: a.tenant_ingest_rate.unwrap_or(0),
+        retention,
+        max_disk_bytes,
+        limits: limits.clone(),
+    };
+    let mut overrides = std::collections::BTreeMap::new();
+    for (name, o) in a.tenants.clone().unwrap_or_default() {
+        crate::tenancy::check_name(&name).with_context(|| format!("[tenants.{name}]"))?;
+        let at = |field: &str| format!("tenants.{name}.{field}");
+        let g = &global.limits;
+        let tenant = TenantLimits {
+            ingest_rate: o.ingest_rate.unwrap_or(global.ingest_rate),
+            retention: match o.retention.as_deref() {
+                None => global.retention,
+                Some(text) => Some(duration(&at("retention"), Some(text), Duration::ZERO)?),
+            },
+            max_disk_bytes: o.max_disk_bytes.or(global.max_disk_bytes),
+            limits: Limits {
+                max_services: count(&at("max_services"), o.max_services, g.max_services)?,
+                max_span_metric_series_per_service: count(
+                    &at("max_span_metric_series_per_service"),
+                    o.max_span_metric_series_per_service,
+                    g.max_span_metric_series_per_service,
+                )?,
+                max_operations_per_service: count(
+                    &at("max_operations_per_service"),
+                    o.max_operations_per_service,
+                    g.max_operations_per_service,
+                )?,
+                max_analytics_groups: count(&at("max_analytics_groups"), o.max_analytics_groups, g.max_analytics_groups)?,
+                query_max_limit: count(&at("query_max_limit"), o.query_max_limit, g.query_max_limit)?,
+                query_max_lookback: duration(
+                    &at("query_max_lookback"),
+                    o.query_max_lookback.as_deref(),
+                    g.query_max_lookback,
+                )?,
+                query_timeout: duration(&at("query_timeout"), o.query_timeout.as_deref(), g.query_timeout)?,
+                query_max_trace_spans: count(
+                    &at("query_max_trace_spans"),
+                    o.query_max_trace_spans,
+                    g.query_max_trace_spans,
+                )?,
+                ..g.clone()
+            },
+        };
+        overrides.insert(name, tenant);
+    }
+    Ok(TenancySettings {
+        default_tenant,
+        header_required: a.tenant_header_required.unwrap_or(false),
+        max_tenants: count("max_tenants", a.max_tenants, 100)?,
+        global,
+        overrides,
     })
 }
 

@@ -13,7 +13,9 @@ mod otlp_grpc;
 mod otlp_http;
 mod receivers;
 mod server;
+mod security;
 mod telemetry;
+mod tenancy;
 mod ui;
 
 use clap::Parser;

@@ -1,0 +1,1 @@
+//! TLS for the TCP listeners (see the module docs of `crate::security`).
