@@ -3,6 +3,8 @@
 import { render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import * as analytics from './api/analytics';
+import { TENANT_PARAM, selectTenant, session, startSession } from './api/session';
+import { AccountArea, SessionGate, useSession } from './components/Account';
 import { ErrorState, Link } from './components/common';
 import { openTraceFile } from './local-traces';
 import { AlertsPage } from './pages/Alerts';
@@ -11,7 +13,7 @@ import { SearchPage } from './pages/Search';
 import { ServicePage } from './pages/Service';
 import { SystemMapPage } from './pages/SystemMap';
 import { TracePage } from './pages/TracePage';
-import { navigate, useLocation } from './router';
+import { NAVIGATE_EVENT, navigate, setQuery, useLocation } from './router';
 import './styles.css';
 
 type Theme = 'light' | 'dark';
@@ -23,6 +25,7 @@ function initialTheme(): Theme {
 }
 
 function TopBar() {
+  const s = useSession();
   const [theme, setTheme] = useState<Theme>(initialTheme);
   const [fileError, setFileError] = useState<string | null>(null);
   const fileInput = useRef<HTMLInputElement>(null);
@@ -51,7 +54,7 @@ function TopBar() {
         {nav('/map', 'System map', 'map')}
         <Link href="/alerts" class={section === 'alerts' ? 'active' : undefined}>
           Alerts
-          <FiringCount />
+          {s.ready && s.auth === 'ok' && <FiringCount key={s.tenant ?? ''} />}
         </Link>
       </nav>
       <div class="spacer" />
@@ -80,6 +83,7 @@ function TopBar() {
       <button type="button" class="icon" aria-label="Toggle dark theme" title="Light / dark" onClick={() => setTheme(theme === 'dark' ? 'light' : 'dark')}>
         {theme === 'dark' ? '☀' : '☾'}
       </button>
+      <AccountArea path={loc.path + location.search} />
       {fileError && (
         <div class="toast" role="alert" onClick={() => setFileError(null)}>
           Cannot open {fileError}
@@ -156,14 +160,30 @@ function Routes() {
 }
 
 function App() {
+  const s = useSession();
+  const loc = useLocation();
+  // Pages start once whoami has answered, so their first requests go to the right tenant;
+  // a new tenant remounts them, so everything on screen is reloaded for it.
   return (
     <>
       <TopBar />
-      <main>
-        <Routes />
-      </main>
+      <main>{s.auth !== 'ok' ? <SessionGate state={s} path={loc.path + location.search} /> : s.ready ? <Routes key={s.tenant ?? ''} /> : null}</main>
     </>
   );
 }
+
+/**
+ * The URL's `tenant` parameter selects the tenant; a URL without one gets the one in
+ * effect, so the address bar always says which tenant the page shows. Listening before
+ * the app does, this runs before the pages see the new location.
+ */
+function syncTenant() {
+  const inUrl = new URLSearchParams(location.search).get(TENANT_PARAM);
+  const tenant = selectTenant(inUrl);
+  if (session().ready && inUrl !== tenant) setQuery({ [TENANT_PARAM]: tenant }, true);
+}
+addEventListener('popstate', syncTenant);
+addEventListener(NAVIGATE_EVENT, syncTenant);
+startSession(new URLSearchParams(location.search).get(TENANT_PARAM)).then(syncTenant);
 
 render(<App />, document.getElementById('app')!);

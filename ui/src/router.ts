@@ -3,8 +3,11 @@
 // non-/api path with index.html, so any of these URLs can be opened directly.
 
 import { useEffect, useState } from 'preact/hooks';
+import { withTenant } from './api/session';
 
-const EVENT = 'spindle:navigate';
+/** Dispatched on `window` after every in-app navigation (`popstate` covers back and forward). */
+export const NAVIGATE_EVENT = 'spindle:navigate';
+const EVENT = NAVIGATE_EVENT;
 
 export interface Location {
   path: string;
@@ -15,7 +18,9 @@ function current(): Location {
   return { path: location.pathname, query: new URLSearchParams(location.search) };
 }
 
+/** Goes to `url`, which keeps the selected tenant when it names none (`withTenant`). */
 export function navigate(url: string, opts: { replace?: boolean } = {}): void {
+  url = withTenant(url);
   if (url === location.pathname + location.search) return;
   history[opts.replace ? 'replaceState' : 'pushState'](null, '', url);
   dispatchEvent(new Event(EVENT));

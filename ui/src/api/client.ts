@@ -1,6 +1,7 @@
 // Typed client of Spindle's public HTTP API (docs/API.md). The UI talks to nothing else.
 
 import type { JaegerTrace } from '../model/trace';
+import { handleUnauthorized, requestHeaders, session } from './session';
 
 export class ApiError extends Error {
   constructor(
@@ -10,6 +11,8 @@ export class ApiError extends Error {
     super(message);
   }
 }
+
+export const NOT_AUTHORIZED = 'not authorized: sign in, or ask for access to this tenant';
 
 interface Envelope<T> {
   data: T | null;
@@ -21,14 +24,24 @@ interface AnalyticsError {
   error?: { httpCode: number; message: string };
 }
 
-/** GETs JSON; a non-2xx answer throws an `ApiError` carrying the server's own message. */
+/**
+ * GETs JSON; a non-2xx answer throws an `ApiError` carrying the server's own message. Every
+ * request of the UI comes through here: it carries the selected tenant (`requestHeaders`),
+ * and a 401 goes to the login or to the "not authorized" state (`handleUnauthorized`),
+ * after which no request is sent until the page reloads.
+ */
 export async function getJson<T>(url: string, signal?: AbortSignal): Promise<T> {
+  if (session().auth !== 'ok') throw new ApiError(NOT_AUTHORIZED, 401);
   let res: Response;
   try {
-    res = await fetch(url, { signal, headers: { accept: 'application/json' } });
+    res = await fetch(url, { signal, headers: requestHeaders() });
   } catch (e) {
     if ((e as Error).name === 'AbortError') throw e;
     throw new ApiError(`cannot reach Spindle (${(e as Error).message}); is the server running?`, 0);
+  }
+  if (res.status === 401) {
+    await handleUnauthorized();
+    throw new ApiError(NOT_AUTHORIZED, 401);
   }
   const text = await res.text();
   let body: unknown = null;

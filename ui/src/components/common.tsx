@@ -1,14 +1,15 @@
-// Small shared pieces: links, badges, and the loading/empty/error states every page uses.
+// Small shared pieces: links (which keep the selected tenant), badges, and the loading/empty/error states every page uses.
 
 import type { ComponentChildren } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
+import { withTenant } from '../api/session';
 import { serviceColor } from '../model/format';
 import { LOOKBACKS } from '../model/query';
 import { onLinkClick, setQuery } from '../router';
 
 export function Link(props: { href: string; class?: string; title?: string; children: ComponentChildren; 'data-testid'?: string }) {
   return (
-    <a href={props.href} class={props.class} title={props.title} onClick={onLinkClick} data-testid={props['data-testid']}>
+    <a href={withTenant(props.href)} class={props.class} title={props.title} onClick={onLinkClick} data-testid={props['data-testid']}>
       {props.children}
     </a>
   );
