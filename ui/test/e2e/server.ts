@@ -11,7 +11,7 @@ import type { OtlpTracesData } from '../../src/model/formats';
 export const UI_DIR = resolve(import.meta.dirname, '../..');
 export const REPO_DIR = resolve(UI_DIR, '..');
 
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((ok, fail) => {
     const srv = createServer();
     srv.once('error', fail);
@@ -28,18 +28,23 @@ export interface Spindle {
   stop: () => Promise<void>;
 }
 
-/** `alertRules`: the YAML of an alert rules file, passed with `--alert-rules`. */
-export async function startSpindle(opts: { alertRules?: string } = {}): Promise<Spindle> {
+/**
+ * `alertRules`: the YAML of an alert rules file, passed with `--alert-rules`; `args`: more
+ * command-line settings; `queryPort`: the query listener's port, when the caller must know
+ * it before the start (a public URL for an OpenID provider's redirect).
+ */
+export async function startSpindle(opts: { alertRules?: string; args?: string[]; queryPort?: number } = {}): Promise<Spindle> {
   const bin = process.env.SPINDLE_BIN ?? join(REPO_DIR, 'target/debug/spindle');
   const tmp = mkdtempSync(join(tmpdir(), 'spindle-ui-e2e-'));
   const dataDir = join(tmp, 'data');
-  const [query, grpc, http, admin] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const [query, grpc, http, admin] = [opts.queryPort ?? (await freePort()), await freePort(), await freePort(), await freePort()];
   const args = ['--data-dir', dataDir, '--query-addr', `127.0.0.1:${query}`, '--otlp-grpc-addr', `127.0.0.1:${grpc}`, '--otlp-http-addr', `127.0.0.1:${http}`, '--admin-addr', `127.0.0.1:${admin}`, '--sync', 'interval:200', '--log', 'warn'];
   if (opts.alertRules !== undefined) {
     const rules = join(tmp, 'alert-rules.yaml');
     writeFileSync(rules, opts.alertRules);
     args.push('--alert-rules', rules);
   }
+  args.push(...(opts.args ?? []));
   const child: ChildProcess = spawn(bin, args, { stdio: ['ignore', 'inherit', 'inherit'] });
   let exited = false;
   child.once('exit', () => (exited = true));
@@ -67,7 +72,10 @@ export async function startSpindle(opts: { alertRules?: string } = {}): Promise<
   };
 }
 
-export async function postOtlp(s: Spindle, data: OtlpTracesData): Promise<void> {
-  const res = await fetch(s.otlpUrl, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(data) });
+/** `tenant`: sent as `X-Scope-OrgID`, as a multi-tenant collector would. */
+export async function postOtlp(s: Spindle, data: OtlpTracesData, tenant?: string): Promise<void> {
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (tenant) headers['X-Scope-OrgID'] = tenant;
+  const res = await fetch(s.otlpUrl, { method: 'POST', headers, body: JSON.stringify(data) });
   if (!res.ok) throw new Error(`OTLP POST answered ${res.status}: ${await res.text()}`);
 }
