@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The web UI's tests: the type check (tsc over src/ and test/), vitest unit tests, then the
-# browser suite (playwright-core driving Debian's Chromium) against a freshly built `spindle`.
-# Installs what is missing first — node_modules (npm ci) and /usr/bin/chromium (apt) — and
-# is quick when all is there.
+# browser suite (playwright-core driving Debian's Chromium) against a freshly built `spindle`
+# (and, for the sign-in test, the OpenID provider of tests/oidc).
+# Installs what is missing first — node_modules (npm ci, here and in tests/oidc) and
+# /usr/bin/chromium (apt) — and is quick when all is there.
 # Exits non-zero on any failure. Screenshots: target/ui-screenshots/; bench: target/ui-bench.json.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,6 +15,13 @@ command -v npm >/dev/null || { echo "ui/test.sh needs Node.js 20+ and npm (apt-g
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "npm ci"
   npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# The OpenID provider the sign-in browser test logs in through (tests/oidc/issuer.js).
+oidc=../tests/oidc
+if [ ! -f "$oidc/node_modules/.package-lock.json" ] || [ "$oidc/package-lock.json" -nt "$oidc/node_modules/.package-lock.json" ]; then
+  log "npm ci (tests/oidc)"
+  (cd "$oidc" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 log "tsc --noEmit (type check of src/ and test/)"
