@@ -8,12 +8,17 @@
 //! SDK default. The service name passed to [`crate::init`] is the one exception: it is a default
 //! that `OTEL_SERVICE_NAME` overrides, so an operator can rename a deployment without a rebuild.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::Sampler;
 
 use crate::error::InitError;
+use crate::transport::{check_header, FileSetting, Headers, TlsFiles};
+
+/// The header that names the tenant spans are written for (Spindle, Tempo, Mimir, Loki).
+pub const TENANT_HEADER: &str = "X-Scope-OrgID";
 
 /// Default OTLP/gRPC endpoint (Spindle and every OpenTelemetry collector listen there).
 pub const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
@@ -205,6 +210,11 @@ pub(crate) struct BuilderSettings {
     pub shutdown_timeout: Option<Duration>,
     pub drop_log_interval: Option<Duration>,
     pub disabled: Option<bool>,
+    pub ca_certificate: Option<PathBuf>,
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub headers: Headers,
+    pub tenant: Option<String>,
 }
 
 /// The merged configuration the pipeline is built from.
@@ -227,6 +237,11 @@ pub(crate) struct Settings {
     pub batch: BatchSettings,
     pub shutdown_timeout: Duration,
     pub drop_log_interval: Duration,
+    /// Used when the endpoint is `https://`.
+    pub tls: TlsFiles,
+    /// Sent with every export request, [`TENANT_HEADER`] included when a tenant is set.
+    pub headers: Headers,
+    pub tenant: Option<String>,
 }
 
 impl Settings {
@@ -325,6 +340,73 @@ impl Settings {
             });
         }
 
+        // Builder, then the per-signal variable, then the generic one, as for the endpoint.
+        let file = |explicit: &Option<PathBuf>, method: &'static str, traces: &'static str, generic: &'static str| {
+            if let Some(path) = explicit {
+                return Some(FileSetting { path: path.clone(), source: method });
+            }
+            env(traces)
+                .map(|v| FileSetting { path: v.into(), source: traces })
+                .or_else(|| env(generic).map(|v| FileSetting { path: v.into(), source: generic }))
+        };
+        let tls = TlsFiles {
+            ca: file(
+                &builder.ca_certificate,
+                "ca_certificate",
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ),
+            client_certificate: file(
+                &builder.client_certificate,
+                "client_certificate",
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            ),
+            client_key: file(
+                &builder.client_key,
+                "client_key",
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            ),
+        };
+        if let (Some(given), None) | (None, Some(given)) = (&tls.client_certificate, &tls.client_key) {
+            return Err(InitError::InvalidSetting {
+                name: given.source,
+                value: given.path.display().to_string(),
+                reason: "a client certificate and its key are set together".to_owned(),
+            });
+        }
+
+        // Generic, then per-signal, then builder: each wins per header name over the one before.
+        let mut headers = Headers::default();
+        for variable in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"] {
+            if let Some(text) = env(variable) {
+                headers.extend(Headers::parse(variable, &text)?);
+            }
+        }
+        for (name, value) in builder.headers.iter() {
+            check_header("header", name, value)?;
+            headers.set(name, value.to_owned());
+        }
+        let tenant = match &builder.tenant {
+            Some(t) => Some(("tenant", t.clone())),
+            None => env("SPINDLE_TENANT").map(|t| ("SPINDLE_TENANT", t.trim().to_owned())),
+        };
+        let tenant = match tenant {
+            None => None,
+            Some((setting, name)) => {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(InitError::InvalidSetting {
+                        name: setting,
+                        value: name,
+                        reason: "a tenant is a non-empty name of printable ASCII without spaces".to_owned(),
+                    });
+                }
+                headers.set(TENANT_HEADER, name.clone());
+                Some(name)
+            }
+        };
+
         Ok(Self {
             service_name,
             disabled,
@@ -341,6 +423,9 @@ impl Settings {
             batch,
             shutdown_timeout: builder.shutdown_timeout.unwrap_or(Duration::from_secs(5)),
             drop_log_interval: builder.drop_log_interval.unwrap_or(Duration::from_secs(10)),
+            tls,
+            headers,
+            tenant,
         })
     }
 }
@@ -544,5 +629,71 @@ mod tests {
         );
         assert!(resolve(&named("s"), &[("OTEL_BSP_MAX_QUEUE_SIZE", "lots")]).is_err());
         assert!(resolve(&named("s"), &[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]).is_err());
+    }
+    #[test]
+    fn tls_files_come_from_builder_then_traces_then_generic_variables() {
+        let s = resolve(&named("s"), &[]).expect("ok");
+        assert!(s.tls.is_empty());
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/generic/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/generic/client.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/generic/client.key"),
+        ];
+        let s = resolve(&named("s"), &vars).expect("ok");
+        let ca = s.tls.ca.expect("ca");
+        assert_eq!((ca.path.to_str(), ca.source), (Some("/traces/ca.pem"), "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"));
+        let cert = s.tls.client_certificate.expect("cert");
+        assert_eq!(cert.path.to_str(), Some("/generic/client.pem"));
+        assert_eq!(s.tls.client_key.expect("key").source, "OTEL_EXPORTER_OTLP_CLIENT_KEY");
+        let b = BuilderSettings { ca_certificate: Some("/code/ca.pem".into()), ..named("s") };
+        let ca = resolve(&b, &vars).expect("ok").tls.ca.expect("ca");
+        assert_eq!((ca.path.to_str(), ca.source), (Some("/code/ca.pem"), "ca_certificate"));
+    }
+
+    #[test]
+    fn a_client_certificate_without_its_key_is_refused() {
+        let err = resolve(&named("s"), &[("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/c.pem")]).expect_err("no key");
+        assert!(err.to_string().contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"), "{err}");
+        let b = BuilderSettings { client_key: Some("/k.pem".into()), ..named("s") };
+        let err = resolve(&b, &[]).expect_err("no certificate");
+        assert!(err.to_string().contains("client_key"), "{err}");
+    }
+
+    #[test]
+    fn headers_merge_generic_then_traces_then_builder_per_name() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20generic,x-a=1"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "Authorization=Bearer%20traces,x-b=2"),
+        ];
+        let s = resolve(&named("s"), &vars).expect("ok");
+        assert_eq!(s.headers.get("authorization"), Some("Bearer traces"), "the per-signal variable wins per key");
+        assert_eq!(s.headers.get("x-a"), Some("1"), "keys of the generic variable stay");
+        assert_eq!(s.headers.get("x-b"), Some("2"));
+        let mut b = named("s");
+        b.headers.set("X-A", "code".to_owned());
+        let s = resolve(&b, &vars).expect("ok");
+        assert_eq!(s.headers.get("x-a"), Some("code"), "the builder wins");
+        let mut b = named("s");
+        b.headers.set("x-a", "caf\u{e9}".to_owned());
+        assert!(resolve(&b, &[]).is_err(), "a value that is no header value is refused");
+        let err = resolve(&named("s"), &[("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "token")]).expect_err("no =");
+        assert!(err.to_string().contains("OTEL_EXPORTER_OTLP_TRACES_HEADERS"), "{err}");
+    }
+
+    #[test]
+    fn a_tenant_becomes_the_x_scope_orgid_header() {
+        assert_eq!(resolve(&named("s"), &[]).expect("ok").headers.get(TENANT_HEADER), None);
+        let vars = [("SPINDLE_TENANT", " team-a "), ("OTEL_EXPORTER_OTLP_HEADERS", "x-scope-orgid=other")];
+        let s = resolve(&named("s"), &vars).expect("ok");
+        assert_eq!(s.tenant.as_deref(), Some("team-a"));
+        assert_eq!(s.headers.get("x-scope-orgid"), Some("team-a"), "the tenant setting wins over a header");
+        let b = BuilderSettings { tenant: Some("team-b".into()), ..named("s") };
+        assert_eq!(resolve(&b, &vars).expect("ok").headers.get(TENANT_HEADER), Some("team-b"));
+        for bad in ["", "two words", "caf\u{e9}"] {
+            let b = BuilderSettings { tenant: Some(bad.into()), ..named("s") };
+            let err = resolve(&b, &[]).expect_err(bad);
+            assert!(err.to_string().contains("tenant"), "{err}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Only [`crate::SpindleBuilder::try_init`] and friends surface them: [`crate::init`] logs them
 //! and degrades to plain logging instead, so a tracing problem never stops a service.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Why tracing could not be set up as configured.
@@ -27,6 +28,26 @@ pub enum InitError {
         /// The underlying error of `opentelemetry-otlp`.
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// A TLS file (CA certificate, client certificate or key) could not be read or used.
+    #[error("cannot use the {what} {path:?} (from {source_setting}): {reason}")]
+    TlsFile {
+        /// Which file: `CA certificate file`, `client certificate file`, `client key file`.
+        what: &'static str,
+        /// The path as configured.
+        path: PathBuf,
+        /// The variable or builder method that named the file.
+        source_setting: &'static str,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// TLS for an `https://` endpoint could not be set up (for example, nothing to trust).
+    #[error("cannot set up tls for {endpoint}: {reason}")]
+    Tls {
+        /// The endpoint TLS was meant for.
+        endpoint: String,
+        /// Why not.
+        reason: String,
     },
     /// The HTTP client of the OTLP/HTTP exporter could not be built.
     #[error("cannot build the otlp http client: {0}")]

@@ -3,6 +3,7 @@
 //! Owns the builder and the order of installation. Whatever fails here degrades to plain
 //! logging in [`SpindleBuilder::init`]; only the `try_*` methods return the error.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::error::InitError;
 use crate::export::{on_export_worker, DynSpanExporter, MakeExporter, QueuedSpanProcessor, StatsCounters};
 use crate::guard::TracingGuard;
 use crate::otlp::OtlpExporter;
+use crate::transport::ClientTls;
 
 /// A `tracing` layer as returned by [`SpindleBuilder::into_layer`].
 pub type BoxedLayer<S> = Box<dyn Layer<S> + Send + Sync + 'static>;
@@ -172,6 +174,45 @@ impl SpindleBuilder {
         self
     }
 
+    /// Trusts the PEM certificates in `path` (a private CA's, say) besides the system's roots
+    /// for an `https://` endpoint. Default `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, else
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`, else the system's roots alone.
+    pub fn ca_certificate(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.ca_certificate = Some(path.into());
+        self
+    }
+
+    /// Presents the PEM certificate chain in `path` to an `https://` endpoint that asks for
+    /// a client certificate (mutual TLS); needs [`SpindleBuilder::client_key`]. Default
+    /// `OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE`, else `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`.
+    pub fn client_certificate(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.client_certificate = Some(path.into());
+        self
+    }
+
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of the client certificate. Default
+    /// `OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY`, else `OTEL_EXPORTER_OTLP_CLIENT_KEY`.
+    pub fn client_key(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.client_key = Some(path.into());
+        self
+    }
+
+    /// Sends header `name: value` with every export request (gRPC metadata or HTTP header),
+    /// for example `authorization` with `Bearer <token>`. Adds to `OTEL_EXPORTER_OTLP_HEADERS`
+    /// and `OTEL_EXPORTER_OTLP_TRACES_HEADERS` and wins over them for the same name. The value
+    /// is sent as given (printable ASCII; not percent-decoded).
+    pub fn header(mut self, name: impl AsRef<str>, value: impl Into<String>) -> Self {
+        self.settings.headers.set(name.as_ref(), value.into());
+        self
+    }
+
+    /// Writes the spans for tenant `name`: sends `X-Scope-OrgID: <name>` with every export
+    /// request. Default `SPINDLE_TENANT`, else no tenant header (the backend's default tenant).
+    pub fn tenant(mut self, name: impl Into<String>) -> Self {
+        self.settings.tenant = Some(name.into());
+        self
+    }
+
     /// Sends spans to `exporter` instead of OTLP (for example an in-memory exporter in tests).
     /// The exporter still runs on the SDK's own export thread behind the bounded queue.
     pub fn exporter<E: SpanExporter + 'static>(mut self, exporter: E) -> Self {
@@ -205,6 +246,7 @@ impl SpindleBuilder {
     /// Like [`SpindleBuilder::init`], but returns the error instead of degrading to logs.
     /// `OTEL_SDK_DISABLED=true` is not an error: it installs logging only.
     pub fn try_init(self) -> Result<TracingGuard, InitError> {
+        crate::transport::crypto_provider();
         let settings = Settings::resolve(&self.settings, |k| std::env::var(k).ok())?;
         let log_filter = env_filter("log_filter", &settings.log_filter)?;
         let log_layer = fmt_layer(settings.log_format).with_filter(log_filter);
@@ -228,8 +270,11 @@ impl SpindleBuilder {
             service = %settings.service_name,
             endpoint = %settings.endpoint,
             protocol = ?settings.protocol,
+            tenant = settings.tenant.as_deref().unwrap_or("-"),
+            headers = ?settings.headers.names(),
             "tracing initialised"
         );
+        warn_unused_tls(&settings);
         Ok(guard)
     }
 
@@ -240,11 +285,24 @@ impl SpindleBuilder {
     where
         S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
     {
+        crate::transport::crypto_provider();
         let mut settings = Settings::resolve(&self.settings, |k| std::env::var(k).ok())?;
         if settings.disabled {
             settings.sampler = SamplerConfig::AlwaysOff;
         }
+        warn_unused_tls(&settings);
         build_pipeline(settings, self.exporter)
+    }
+}
+
+/// TLS files given for a plain `http://` endpoint are not used: say so, since whoever set
+/// them expects the connection to be encrypted.
+fn warn_unused_tls(settings: &Settings) {
+    if !settings.disabled && !settings.tls.is_empty() && !crate::transport::is_https(&settings.endpoint) {
+        tracing::warn!(
+            endpoint = %settings.endpoint,
+            "tls files are set but the endpoint is not https://, so spans are sent unencrypted and the files unused"
+        );
     }
 }
 
@@ -300,7 +358,11 @@ where
     let span_filter = SpanFilter::parse(&settings.span_filter)?;
     let make_exporter: MakeExporter = match exporter {
         Some(e) => Box::new(move || Ok(e)),
-        None => otlp_exporter(&settings),
+        None => {
+            // Files are read here, on the caller's thread, so a bad one fails init at once.
+            let tls = crate::transport::load_for(&settings.endpoint, &settings.tls)?;
+            otlp_exporter(&settings, tls)
+        }
     };
     let resource = Resource::builder()
         .with_service_name(settings.service_name.clone())
@@ -341,27 +403,30 @@ where
     Ok((layer, guard))
 }
 
-/// An async client, run on the export worker's runtime (never the blocking client, which
-/// would start a runtime inside ours).
-fn http_client(timeout: Duration) -> Result<reqwest::Client, InitError> {
-    reqwest::Client::builder().timeout(timeout).build().map_err(InitError::HttpClient)
-}
-
-fn otlp_exporter(settings: &Settings) -> MakeExporter {
+fn otlp_exporter(settings: &Settings, tls: Option<ClientTls>) -> MakeExporter {
     let protocol = settings.protocol;
     let compression = settings.compression;
     let endpoint = settings.endpoint.clone();
     let timeout = settings.batch.export_timeout;
+    let headers = settings.headers.clone();
     Box::new(move || {
+        let tls = tls.as_ref();
         let exporter: Box<dyn DynSpanExporter> = match protocol {
             // The SDK's own encoder: no intermediate protobuf structs (module `otlp`).
-            Protocol::Grpc => Box::new(OtlpExporter::grpc(&endpoint, timeout, compression)?),
-            Protocol::HttpProtobuf => Box::new(OtlpExporter::http_protobuf(&endpoint, timeout, compression)?),
+            Protocol::Grpc => Box::new(OtlpExporter::grpc_with(&endpoint, timeout, compression, tls, &headers)?),
+            Protocol::HttpProtobuf => {
+                Box::new(OtlpExporter::http_protobuf_with(&endpoint, timeout, compression, tls, &headers)?)
+            }
+            // An async client, run on the export worker's runtime (never the blocking client,
+            // which would start a runtime inside ours).
             Protocol::HttpJson => Box::new(
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
-                    .with_http_client(http_client(timeout)?)
+                    .with_http_client(HeaderClient {
+                        client: crate::transport::http_client(&endpoint, timeout, tls, &headers)?,
+                        headers: headers.to_header_map()?,
+                    })
                     .with_endpoint(endpoint.clone())
                     .with_timeout(timeout)
                     .build()
@@ -370,6 +435,42 @@ fn otlp_exporter(settings: &Settings) -> MakeExporter {
         };
         Ok(exporter)
     })
+}
+
+/// The `http/json` exporter's client: sets the SDK's headers on each request last, so they
+/// win over those opentelemetry-otlp reads from the environment itself (whose merge rules
+/// differ: it takes the per-signal variable instead of the generic one, not per header).
+#[derive(Debug)]
+struct HeaderClient {
+    client: reqwest::Client,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl opentelemetry_http::HttpClient for HeaderClient {
+    // What `#[async_trait]` expands `async fn send_bytes` to.
+    fn send_bytes<'life0, 'async_trait>(
+        &'life0 self,
+        mut request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        opentelemetry_http::Response<opentelemetry_http::Bytes>,
+                        opentelemetry_http::HttpError,
+                    >,
+                > + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        for (name, value) in &self.headers {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        self.client.send_bytes(request)
+    }
 }
 
 #[cfg(test)]

@@ -47,12 +47,35 @@
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | full traces URL, used as is | |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc`, `http/protobuf`, `http/json` | `grpc` |
 //! | `OTEL_EXPORTER_OTLP_COMPRESSION` | `gzip` or `none` (`grpc` and `http/protobuf` only) | `none` |
+//! | `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TRACES_HEADERS` | `key=value,...` (values percent-decoded) sent with every export request; the per-signal one wins per key | |
+//! | `SPINDLE_TENANT` | tenant of the spans: sent as `X-Scope-OrgID` | |
+//! | `OTEL_EXPORTER_OTLP_CERTIFICATE` (or `_TRACES_CERTIFICATE`) | PEM file of CAs trusted besides the system's, for `https://` endpoints | system roots |
+//! | `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`, `OTEL_EXPORTER_OTLP_CLIENT_KEY` (or `_TRACES_…`) | PEM client certificate and key (mutual TLS) | |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `always_on`, `traceidratio`, `parentbased_traceidratio`, ... | `parentbased_always_on` |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` | queue and batch settings (delays in ms) | 2048, 512, 1000, 10000 |
 //! | `RUST_LOG` | log filter | `info` |
 //!
 //! A value set on the builder wins over the variable; the service name given to [`init`] is the
 //! exception, a default that `OTEL_SERVICE_NAME` overrides.
+//!
+//! # Secured backends
+//!
+//! An `https://` endpoint is reached over TLS (rustls with ring) for every protocol, trusting
+//! the system's roots plus the CA file, presenting the client certificate when one is set;
+//! [`SpindleBuilder::ca_certificate`], [`SpindleBuilder::client_certificate`],
+//! [`SpindleBuilder::client_key`], [`SpindleBuilder::header`] and [`SpindleBuilder::tenant`]
+//! set the same in code. A file that cannot be read or used fails init with an error naming
+//! it (so [`init`] continues with logs only). The SDK makes ring the process's default rustls
+//! crypto provider when none is installed yet.
+//!
+//! ```no_run
+//! let _guard = spindle_sdk::builder("clstock-api")
+//!     .endpoint("https://spindle.internal:4317")
+//!     .ca_certificate("/etc/spindle/ca.pem")
+//!     .header("authorization", "Bearer s3cr3t")
+//!     .tenant("team-a")
+//!     .init();
+//! ```
 //!
 //! # Architecture invariants
 //!
@@ -70,6 +93,7 @@ mod init;
 pub mod otlp;
 pub mod propagation;
 pub mod task;
+mod transport;
 
 #[cfg(any(feature = "axum", feature = "reqwest"))]
 pub mod http;
@@ -78,7 +102,7 @@ pub mod kafka;
 
 pub use config::{
     BatchSettings, Compression, LogFormat, ParentBasedRoot, Protocol, SamplerConfig, DEFAULT_GRPC_ENDPOINT,
-    DEFAULT_HTTP_ENDPOINT,
+    DEFAULT_HTTP_ENDPOINT, TENANT_HEADER,
 };
 pub use error::{InitError, ShutdownError};
 pub use export::{ExportStats, SpanFlusher};

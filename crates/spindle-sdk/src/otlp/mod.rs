@@ -9,6 +9,10 @@
 //! cost 2–4 µs per span on the export thread (docs/adr/007-sdk-otlp-encoder.md); `http/json` still goes
 //! through opentelemetry-otlp.
 //!
+//! An `https://` endpoint is reached over TLS (rustls): the system's trusted roots, plus a CA
+//! file and a client certificate when configured; every request carries the configured
+//! headers, as gRPC metadata or HTTP headers (module `transport`).
+//!
 //! After a failed export the next one waits — 250 ms, doubling up to 5 s while failures
 //! last — before it tries again: a backend that is down then costs the export thread a timer,
 //! not an encode and a connection attempt per batch, and the bounded queue in front of it
@@ -33,6 +37,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Compression;
 use crate::error::InitError;
+use crate::transport::{ClientTls, Headers, TlsFiles};
 use encode::{decode_partial_success, TraceRequestEncoder};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -65,8 +70,15 @@ impl Backoff {
 
 #[derive(Debug)]
 enum Transport {
-    Grpc(tonic::client::Grpc<Channel>),
-    Http { client: reqwest::Client, url: String },
+    Grpc {
+        grpc: tonic::client::Grpc<Channel>,
+        metadata: tonic::metadata::MetadataMap,
+    },
+    /// The client sends the headers itself (its default headers).
+    Http {
+        client: reqwest::Client,
+        url: String,
+    },
 }
 
 /// An OTLP span exporter that writes protobuf straight from `SpanData`; see the module docs.
@@ -80,29 +92,61 @@ pub struct OtlpExporter {
 }
 
 impl OtlpExporter {
-    /// A gRPC exporter for `endpoint` (`http://host:4317`); each export is abandoned after
-    /// `timeout`. Connects lazily, so a backend that is down is an export error later, not a
-    /// build error now. Must be called inside a tokio runtime, which then runs the connection.
+    /// A gRPC exporter for `endpoint` (`http://host:4317`, or `https://` for TLS with the
+    /// system's trusted roots); each export is abandoned after `timeout`. Connects lazily, so
+    /// a backend that is down is an export error later, not a build error now. Must be called
+    /// inside a tokio runtime, which then runs the connection.
     pub fn grpc(endpoint: &str, timeout: Duration, compression: Compression) -> Result<Self, InitError> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
+        let tls = crate::transport::load_for(endpoint, &TlsFiles::default())?;
+        Self::grpc_with(endpoint, timeout, compression, tls.as_ref(), &Headers::default())
+    }
+
+    /// [`OtlpExporter::grpc`] with TLS material (used when `endpoint` is `https://`) and
+    /// headers sent as metadata of every request.
+    pub(crate) fn grpc_with(
+        endpoint: &str,
+        timeout: Duration,
+        compression: Compression,
+        tls: Option<&ClientTls>,
+        headers: &Headers,
+    ) -> Result<Self, InitError> {
+        let mut channel = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| invalid_endpoint(endpoint, e))?
             .timeout(timeout)
             .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let mut grpc = tonic::client::Grpc::new(channel);
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            channel = channel
+                .tls_config(tls.tonic_config(timeout))
+                .map_err(|e| InitError::Tls { endpoint: endpoint.to_owned(), reason: error_chain(&e) })?;
+        }
+        let mut grpc = tonic::client::Grpc::new(channel.connect_lazy());
         if compression == Compression::Gzip {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
         grpc = grpc.accept_compressed(CompressionEncoding::Gzip);
-        Ok(Self::new(Transport::Grpc(grpc), compression))
+        Ok(Self::new(Transport::Grpc { grpc, metadata: headers.to_metadata()? }, compression))
     }
 
-    /// An OTLP/HTTP protobuf exporter posting to `url`, the full URL (`http://host:4318/v1/traces`);
-    /// each export is abandoned after `timeout`.
+    /// An OTLP/HTTP protobuf exporter posting to `url`, the full URL (`http://host:4318/v1/traces`,
+    /// or `https://` for TLS with the system's trusted roots); each export is abandoned after
+    /// `timeout`.
     pub fn http_protobuf(url: &str, timeout: Duration, compression: Compression) -> Result<Self, InitError> {
+        let tls = crate::transport::load_for(url, &TlsFiles::default())?;
+        Self::http_protobuf_with(url, timeout, compression, tls.as_ref(), &Headers::default())
+    }
+
+    /// [`OtlpExporter::http_protobuf`] with TLS material (used when `url` is `https://`) and
+    /// headers sent with every request.
+    pub(crate) fn http_protobuf_with(
+        url: &str,
+        timeout: Duration,
+        compression: Compression,
+        tls: Option<&ClientTls>,
+        headers: &Headers,
+    ) -> Result<Self, InitError> {
         reqwest::Url::parse(url).map_err(|e| invalid_endpoint(url, e))?;
-        let client = reqwest::Client::builder().timeout(timeout).build().map_err(InitError::HttpClient)?;
+        let client = crate::transport::http_client(url, timeout, tls, headers)?;
         Ok(Self::new(Transport::Http { client, url: url.to_owned() }, compression))
     }
 
@@ -124,11 +168,14 @@ impl OtlpExporter {
 
     async fn send(&self, request: Vec<u8>) -> OTelSdkResult {
         let response = match &self.transport {
-            Transport::Grpc(grpc) => {
+            Transport::Grpc { grpc, metadata } => {
                 let mut grpc = grpc.clone();
-                grpc.ready().await.map_err(|e| OTelSdkError::InternalFailure(format!("otlp grpc connection: {e}")))?;
+                grpc.ready()
+                    .await
+                    .map_err(|e| OTelSdkError::InternalFailure(format!("otlp grpc connection: {}", error_chain(&e))))?;
                 let path = PathAndQuery::from_static(EXPORT_PATH);
-                let response = grpc.unary(tonic::Request::new(request), path, RawProtobuf).await.map_err(|status| {
+                let request = tonic::Request::from_parts(metadata.clone(), tonic::Extensions::default(), request);
+                let response = grpc.unary(request, path, RawProtobuf).await.map_err(|status| {
                     OTelSdkError::InternalFailure(format!(
                         "otlp grpc export: {:?}: {}",
                         status.code(),
@@ -147,11 +194,9 @@ impl OtlpExporter {
                         gzip(&request).map_err(|e| OTelSdkError::InternalFailure(format!("gzip: {e}")))?
                     }
                 };
-                let response = post
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| OTelSdkError::InternalFailure(format!("otlp http export to {url}: {e}")))?;
+                let response = post.body(body).send().await.map_err(|e| {
+                    OTelSdkError::InternalFailure(format!("otlp http export to {url}: {}", error_chain(&e)))
+                })?;
                 let status = response.status();
                 let body = response.bytes().await.unwrap_or_default();
                 if !status.is_success() {
@@ -186,6 +231,22 @@ fn invalid_endpoint(endpoint: &str, reason: impl std::fmt::Display) -> InitError
             "endpoint {endpoint:?}: {reason}"
         )),
     }
+}
+
+/// An error with its causes: a TLS failure (an untrusted certificate, a refused client
+/// certificate) is only named by the innermost one.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
