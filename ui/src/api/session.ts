@@ -128,24 +128,27 @@ export function rememberedTenant(): string | null {
  */
 export function selectTenant(fromUrl: string | null): string | null {
   const wanted = fromUrl ?? state.tenant ?? rememberedTenant();
-  const tenant = state.ready ? resolveTenant(state.who, wanted) : wanted?.trim() || null;
-  if (tenant !== state.tenant) update({ tenant });
-  const ls = storage('localStorage');
-  if (ls && state.ready) {
-    if (tenant) ls.setItem(TENANT_KEY, tenant);
-    else ls.removeItem(TENANT_KEY);
+  if (!state.ready) {
+    // Before whoami answers nothing is sent; the choice is checked when it does.
+    const tenant = wanted?.trim() || null;
+    update({ tenant });
+    return tenant;
   }
-  return tenant;
+  return chooseTenant(wanted);
 }
 
 /** The picker's choice (null: none, the server's default); remembered for URLs without one. */
 export function chooseTenant(tenant: string | null): string | null {
   const t = resolveTenant(state.who, tenant);
   update({ tenant: t });
-  const ls = storage('localStorage');
-  if (t) ls?.setItem(TENANT_KEY, t);
-  else ls?.removeItem(TENANT_KEY);
+  remember(t);
   return t;
+}
+
+function remember(tenant: string | null): void {
+  const ls = storage('localStorage');
+  if (tenant) ls?.setItem(TENANT_KEY, tenant);
+  else ls?.removeItem(TENANT_KEY);
 }
 
 /** `url` with the current tenant added when it is an in-app path that names none. */
@@ -194,8 +197,10 @@ export function fetchWhoami(): Promise<WhoAmI | null> {
 export async function startSession(fromUrl: string | null): Promise<void> {
   const who = await fetchWhoami();
   if (who?.authenticated) storage('sessionStorage')?.removeItem(LOGIN_KEY);
-  update({ who, ready: true });
-  selectTenant(fromUrl);
+  // One update: the pages start with the tenant they are to read.
+  const tenant = resolveTenant(who, fromUrl ?? state.tenant ?? rememberedTenant());
+  update({ who, ready: true, tenant });
+  remember(tenant);
 }
 
 export function loginHref(login: string, returnTo: string): string {
