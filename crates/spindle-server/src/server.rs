@@ -19,6 +19,8 @@ use crate::ingest::Ingest;
 use crate::receivers::admission::{self, Admission, ByteBudget};
 use crate::receivers::sampling::{self, Strategies};
 use crate::receivers::{jaeger_grpc, jaeger_http, jaeger_udp, zipkin};
+use crate::security::tls::{self, Alpn, Transport};
+use crate::security::Group;
 use crate::telemetry::{self, Telemetry};
 use crate::{admin, api, otlp_grpc, otlp_http};
 
@@ -76,7 +78,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Admin first, so /healthz answers while the store replays its log.
     let ready = Arc::new(AtomicBool::new(false));
     let telemetry = Arc::new(Telemetry::new(&settings.data_dir, &settings.limits));
-    let admin_listener = bind("admin", settings.admin_addr).await?;
+    // TLS (docs/SECURITY.md, "TLS"): a certificate that does not load stops the start.
+    let transport = Transport::new(&settings.security, Arc::clone(&telemetry))?;
+    tls::warn_exposed_listeners(
+        &settings.security,
+        &[
+            ("admin", Group::Admin, settings.admin_addr),
+            ("query", Group::Query, settings.query_addr),
+            ("otlp grpc", Group::Ingest, settings.otlp_grpc_addr),
+            ("otlp http", Group::Ingest, settings.otlp_http_addr),
+            ("jaeger http", Group::Ingest, settings.jaeger_http_addr),
+            ("jaeger grpc", Group::Ingest, settings.jaeger_grpc_addr),
+            ("zipkin", Group::Ingest, settings.zipkin_addr),
+            ("sampling", Group::Ingest, settings.sampling_addr),
+        ],
+    );
+    tokio::spawn(transport.reload_loop(Duration::from_secs(2), stop_rx.clone()));
+    let admin_listener = transport.wrap(Group::Admin, "admin", Alpn::Http1, bind("admin", settings.admin_addr).await?);
     let store_slot: admin::StoreSlot = Arc::default();
     let admin =
         admin::router(Arc::clone(&ready), Arc::clone(&telemetry), settings.data_dir.clone(), Arc::clone(&store_slot));
@@ -121,7 +139,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Arc::new(Strategies::load(settings.sampling_strategies.clone(), settings.sampling_default_probability)?);
 
     let otlp_grpc_admission = admission("otlp grpc");
-    let grpc_incoming = admission::incoming(otlp_grpc_admission.listen(grpc_listener));
+    let grpc_incoming = admission::incoming(transport.wrap(
+        Group::Ingest,
+        "otlp grpc",
+        Alpn::H2,
+        otlp_grpc_admission.listen(grpc_listener),
+    ));
     let grpc = otlp_grpc::service(Arc::clone(&ingest), settings.max_body_bytes, otlp_grpc_admission);
     let mut stop = stop_rx.clone();
     tasks.spawn(async move {
@@ -134,7 +157,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .context("otlp grpc server failed")
     });
     let jaeger_grpc_admission = admission("jaeger grpc");
-    let jaeger_grpc_incoming = admission::incoming(jaeger_grpc_admission.listen(jaeger_grpc_listener));
+    let jaeger_grpc_incoming = admission::incoming(transport.wrap(
+        Group::Ingest,
+        "jaeger grpc",
+        Alpn::H2,
+        jaeger_grpc_admission.listen(jaeger_grpc_listener),
+    ));
     let jaeger_grpc =
         jaeger_grpc::CollectorService::new(Arc::clone(&ingest), settings.max_body_bytes, jaeger_grpc_admission);
     let mut stop = stop_rx.clone();
@@ -159,7 +187,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ));
     }
     let jaeger_http_admission = admission("jaeger http");
-    let jaeger_http_listener = jaeger_http_admission.listen(jaeger_http_listener);
+    let jaeger_http_listener =
+        transport.wrap(Group::Ingest, "jaeger http", Alpn::Http1, jaeger_http_admission.listen(jaeger_http_listener));
     let jaeger_http = jaeger_http::router(
         Arc::clone(&ingest),
         Arc::clone(&strategies),
@@ -168,7 +197,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     serve_http(&mut tasks, "jaeger http", jaeger_http_listener, jaeger_http, stop_rx.clone());
     let zipkin_admission = admission("zipkin");
-    let zipkin_listener = zipkin_admission.listen(zipkin_listener);
+    let zipkin_listener =
+        transport.wrap(Group::Ingest, "zipkin", Alpn::Http1, zipkin_admission.listen(zipkin_listener));
     serve_http(
         &mut tasks,
         "zipkin",
@@ -176,10 +206,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         zipkin::router(Arc::clone(&ingest), settings.max_body_bytes, zipkin_admission),
         stop_rx.clone(),
     );
+    let sampling_listener = transport.wrap(Group::Ingest, "sampling", Alpn::Http1, sampling_listener);
     serve_http(&mut tasks, "sampling", sampling_listener, sampling::router(Arc::clone(&strategies)), stop_rx.clone());
     tokio::spawn(sampling::reload_loop(Arc::clone(&strategies), Duration::from_secs(2), stop_rx.clone()));
     let otlp_http_admission = admission("otlp http");
-    let http_listener = otlp_http_admission.listen(http_listener);
+    let http_listener =
+        transport.wrap(Group::Ingest, "otlp http", Alpn::Http1, otlp_http_admission.listen(http_listener));
     serve_http(
         &mut tasks,
         "otlp http",
@@ -201,6 +233,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let api_state = api::ApiState::new(query, Arc::clone(&telemetry), alerting, settings.limits.clone());
+    let query_listener = transport.wrap(Group::Query, "query", Alpn::Http1, query_listener);
     serve_http(&mut tasks, "query", query_listener, api::router(api_state), stop_rx.clone());
 
     let snapshots = tokio::spawn(telemetry::snapshot_loop(

@@ -252,15 +252,16 @@ impl axum::serve::Listener for LimitedListener {
     }
 }
 
-/// The connections of `listener` as the stream tonic's server takes.
-pub fn incoming(
-    mut listener: LimitedListener,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<LimitedIo<TcpStream>>> {
+/// The connections of `listener` (a [`LimitedListener`], or one wrapping it) as the stream
+/// tonic's server takes.
+pub fn incoming<L: axum::serve::Listener>(
+    mut listener: L,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<L::Io>> {
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         loop {
             let (io, _) = tokio::select! {
-                accepted = listener.accept_limited() => accepted,
+                accepted = listener.accept() => accepted,
                 // The server stopped taking connections.
                 _ = tx.closed() => return,
             };

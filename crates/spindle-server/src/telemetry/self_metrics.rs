@@ -44,6 +44,11 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RecoveredLabels {
     /// What the store could not read and kept aside: `block_set_aside`,
     /// `wal_record_skipped`, `wal_record_undecodable`, `catalog_rebuilt`.
@@ -108,9 +113,16 @@ pub struct SelfMetrics {
     pub store: StoreGauges,
     pub datagrams: Family<DatagramLabels, Counter>,
     pub query_duration: Family<EndpointLabels, Histogram>,
+    /// TLS handshakes that failed or timed out, per listener.
+    pub tls_handshake_failures: Family<ListenerLabels, Counter>,
 }
 
 impl SelfMetrics {
+    /// Counts `n` failed TLS handshakes on `listener` (0 creates the series).
+    pub fn count_tls_handshake_failures(&self, listener: &'static str, n: u64) {
+        self.tls_handshake_failures.get_or_create(&ListenerLabels { listener }).inc_by(n);
+    }
+
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = SelfMetrics {
             spans_received: Family::default(),
@@ -124,6 +136,7 @@ impl SelfMetrics {
             query_duration: Family::new_with_constructor(|| {
                 Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
             }),
+            tls_handshake_failures: Family::default(),
         };
         registry.register("spindle_spans_received", "Spans received, valid or not", metrics.spans_received.clone());
         registry.register(
@@ -189,6 +202,11 @@ impl SelfMetrics {
             "Query API latency by endpoint",
             Unit::Seconds,
             metrics.query_duration.clone(),
+        );
+        registry.register(
+            "spindle_tls_handshake_failures",
+            "TLS handshakes that failed or timed out, by listener",
+            metrics.tls_handshake_failures.clone(),
         );
         metrics
     }
