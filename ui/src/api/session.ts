@@ -71,9 +71,13 @@ export function currentTenant(): string | null {
   return state.tenant;
 }
 
-/** The headers every API request carries. */
+/**
+ * The headers every API request carries. `X-Requested-With` marks a script's request, the
+ * usual convention for a server to answer its 401 without a Basic challenge: on one,
+ * browsers stop the fetch to prompt for a password, and the UI never sees the 401.
+ */
 export function requestHeaders(): Record<string, string> {
-  const h: Record<string, string> = { accept: 'application/json' };
+  const h: Record<string, string> = { accept: 'application/json', 'X-Requested-With': 'XMLHttpRequest' };
   if (state.tenant) h[TENANT_HEADER] = state.tenant;
   return h;
 }
@@ -180,7 +184,7 @@ function isWhoAmI(v: unknown): v is WhoAmI {
 export function fetchWhoami(): Promise<WhoAmI | null> {
   whoamiInFlight ??= (async () => {
     try {
-      const res = await fetch('/api/spindle/whoami', { headers: { accept: 'application/json' } });
+      const res = await fetch('/api/spindle/whoami', { headers: { accept: 'application/json', 'X-Requested-With': 'XMLHttpRequest' } });
       if (!res.ok) return null;
       const body: unknown = await res.json();
       return isWhoAmI(body) ? body : null;

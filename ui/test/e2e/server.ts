@@ -39,6 +39,8 @@ export async function startSpindle(opts: { alertRules?: string; args?: string[];
   const dataDir = join(tmp, 'data');
   const [query, grpc, http, admin] = [opts.queryPort ?? (await freePort()), await freePort(), await freePort(), await freePort()];
   const args = ['--data-dir', dataDir, '--query-addr', `127.0.0.1:${query}`, '--otlp-grpc-addr', `127.0.0.1:${grpc}`, '--otlp-http-addr', `127.0.0.1:${http}`, '--admin-addr', `127.0.0.1:${admin}`, '--sync', 'interval:200', '--log', 'warn'];
+  // The other receivers on free loopback ports too, so several spindles run side by side.
+  for (const listener of ['jaeger-compact', 'jaeger-binary', 'jaeger-http', 'jaeger-grpc', 'zipkin', 'sampling']) args.push(`--${listener}-addr`, `127.0.0.1:${await freePort()}`);
   if (opts.alertRules !== undefined) {
     const rules = join(tmp, 'alert-rules.yaml');
     writeFileSync(rules, opts.alertRules);

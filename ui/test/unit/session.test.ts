@@ -179,7 +179,7 @@ describe('API client', () => {
     const calls = server(anonymous);
     await startSession(null);
     await services();
-    expect(calls.find((c) => c.url === '/api/services')!.headers).toEqual({ accept: 'application/json' });
+    expect(calls.find((c) => c.url === '/api/services')!.headers).toEqual({ accept: 'application/json', 'X-Requested-With': 'XMLHttpRequest' });
   });
 
   test('401 with a login: the browser goes to it, coming back to this page; nothing more is sent', async () => {
