@@ -8,9 +8,9 @@ use std::sync::{Arc, OnceLock};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 
+use crate::security::routes::{Route, Routes};
 use crate::telemetry::{self, Telemetry};
 
 #[derive(Clone)]
@@ -21,15 +21,20 @@ struct AdminState {
     store: StoreSlot,
 }
 
-/// The store, once open: the admin port serves `/healthz` before it is.
-pub type StoreSlot = Arc<OnceLock<Arc<spindle_store::EmbeddedStore>>>;
+/// The tenants' stores, once open: the admin port serves `/healthz` before they are.
+pub type StoreSlot = Arc<OnceLock<Arc<crate::tenancy::Tenants>>>;
+
+/// The admin port's routes, for [`router`] and the route table (`crate::security::routes`).
+fn routes() -> Routes<AdminState> {
+    Routes::new().get("/healthz", || async { "ok\n" }).get("/readyz", readyz).get("/metrics", metrics)
+}
+
+pub fn route_table() -> Vec<Route> {
+    routes().table()
+}
 
 pub fn router(ready: Arc<AtomicBool>, telemetry: Arc<Telemetry>, data_dir: PathBuf, store: StoreSlot) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(AdminState { ready, telemetry, data_dir, store })
+    routes().into_router().with_state(AdminState { ready, telemetry, data_dir, store })
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
@@ -46,8 +51,8 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let store = state.store.get().cloned();
     let body = tokio::task::spawn_blocking(move || {
         telemetry.server.storage_bytes.set(spindle_store::EmbeddedStore::data_dir_size(&dir) as i64);
-        if let Some(store) = store {
-            let (operations, services) = telemetry.server.store.set(&store.stats());
+        if let Some(tenants) = store {
+            let (operations, services) = telemetry.server.store.set(&tenants.stats());
             telemetry.limits.hit(
                 crate::limits::Limit::OperationsPerService,
                 operations,

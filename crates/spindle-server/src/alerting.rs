@@ -18,6 +18,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use spindle_model::{SpanKind, TraceId};
 use spindle_query::QueryService;
+
+use crate::tenancy::Tenants;
 use spindle_store::TraceQuery;
 
 use crate::api::params::{format_rfc3339_millis, now_unix_nano, parse_go_duration};
@@ -34,6 +36,9 @@ struct RulesFile {
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
     name: String,
+    /// The tenant whose spans the rule watches; the default tenant when unset.
+    #[serde(default)]
+    tenant: Option<String>,
     #[serde(default)]
     service: Option<String>,
     #[serde(default)]
@@ -132,6 +137,9 @@ impl Alerting {
             if let Condition::LatencyAbove { quantile, .. } = spec.condition {
                 anyhow::ensure!(quantile > 0.0 && quantile <= 1.0, "{}: quantile must be in (0, 1]", ctx());
             }
+            if let Some(tenant) = &spec.tenant {
+                crate::tenancy::check_name(tenant).with_context(ctx)?;
+            }
             let window = duration("window", &spec.window).with_context(ctx)?;
             anyhow::ensure!(window > 0, "{}: window must be positive", ctx());
             let hold = duration("for", spec.for_.as_deref().unwrap_or("0s")).with_context(ctx)?;
@@ -169,8 +177,9 @@ impl Alerting {
         })
     }
 
-    /// Evaluates every rule once at `now`; returns the alerts to send.
-    pub fn evaluate(&self, query: &QueryService, now: u64) -> Vec<Value> {
+    /// Evaluates every rule once at `now` over the spans of its tenant (`query_of` gives the
+    /// queries of a tenant: `None` for the default one); returns the alerts to send.
+    pub fn evaluate(&self, query_of: &dyn Fn(Option<&str>) -> QueryService, now: u64) -> Vec<Value> {
         let mut outgoing = Vec::new();
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         for (rule, state) in self.rules.iter().zip(states.iter_mut()) {
@@ -179,7 +188,8 @@ impl Alerting {
                 start_time_max_unix_nano: now,
                 ..rule.query.clone()
             };
-            let (active, value, examples) = match check(rule, &window, query) {
+            let query = query_of(rule.spec.tenant.as_deref());
+            let (active, value, examples) = match check(rule, &window, &query) {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(rule = %rule.spec.name, error = %e, "alert rule evaluation failed");
@@ -216,6 +226,9 @@ impl Alerting {
     fn alert_json(&self, rule: &Rule, state: &RuleState, ends_at: u64, status: &str) -> Value {
         let mut labels = rule.spec.labels.clone();
         labels.insert("alertname".into(), rule.spec.name.clone());
+        if let Some(t) = &rule.spec.tenant {
+            labels.entry("tenant".into()).or_insert_with(|| t.clone());
+        }
         if let Some(s) = &rule.spec.service {
             labels.entry("service".into()).or_insert_with(|| s.clone());
         }
@@ -274,12 +287,14 @@ impl Alerting {
         }
     }
 
-    pub fn state_json(&self) -> Value {
+    /// The rules of `tenant` (`default_tenant` holds the rules that name none) and their state.
+    pub fn state_json(&self, tenant: &str, default_tenant: &str) -> Value {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         Value::Array(
             self.rules
                 .iter()
                 .zip(states.iter())
+                .filter(|(rule, _)| rule.spec.tenant.as_deref().unwrap_or(default_tenant) == tenant)
                 .map(|(rule, s)| {
                     json!({
                         "name": rule.spec.name,
@@ -345,7 +360,7 @@ fn error_examples(query: &QueryService, window: &TraceQuery) -> anyhow::Result<V
 }
 
 /// Evaluates and notifies every interval until `stop` flips.
-pub async fn run(alerting: Arc<Alerting>, query: QueryService, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(alerting: Arc<Alerting>, tenants: Arc<Tenants>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(alerting.interval);
     // An evaluation slower than the interval delays the next one instead of queueing a
     // burst of catch-up evaluations that would hog the blocking pool.
@@ -356,8 +371,16 @@ pub async fn run(alerting: Arc<Alerting>, query: QueryService, mut stop: tokio::
             _ = stop.wait_for(|s| *s) => return,
         }
         let a = Arc::clone(&alerting);
-        let q = query.clone();
-        let alerts = tokio::task::spawn_blocking(move || a.evaluate(&q, now_unix_nano())).await.unwrap_or_default();
+        let t = Arc::clone(&tenants);
+        let alerts = tokio::task::spawn_blocking(move || {
+            let query_of = |tenant: Option<&str>| match tenant {
+                None => t.default_tenant().query.clone(),
+                Some(name) => t.reader(name).query.clone(),
+            };
+            a.evaluate(&query_of, now_unix_nano())
+        })
+        .await
+        .unwrap_or_default();
         alerting.notify(&alerts).await;
     }
 }

@@ -14,6 +14,8 @@ use tonic::Status;
 
 use crate::ingest::IngestError;
 use crate::receivers::admission::{self, Admission};
+use crate::security::Principal;
+use crate::tenancy::Caller;
 
 /// Serves `req` with `method` when it names `path`; `send_gzip`: whether responses may be
 /// gzip-compressed for clients that accept it.
@@ -61,6 +63,20 @@ impl From<IngestError> for Status {
             // Not retryable (OTLP specification, "Failures"): the same request would be refused again.
             e @ IngestError::TooManySpans { .. } => Status::invalid_argument(e.to_string()),
             e @ IngestError::Store(_) => Status::unavailable(e.to_string()),
+            IngestError::Tenant(e) => e.grpc_status(),
         }
+    }
+}
+
+/// The caller of a gRPC request: the principal its listener's layer left in the request's
+/// extensions, the tenant its `x-scope-orgid` metadata names.
+pub(crate) fn caller<T>(request: &tonic::Request<T>) -> Caller {
+    Caller {
+        principal: request.extensions().get::<Principal>().cloned().unwrap_or_else(Principal::anonymous),
+        org_id: request
+            .metadata()
+            .get(crate::tenancy::TENANT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string()),
     }
 }

@@ -34,11 +34,11 @@ use std::sync::{Arc, Mutex};
 
 use spindle_codec::Decoded;
 use spindle_model::{AttributeValue, KeyValue, Resource, Span};
-use spindle_store::TraceStore;
 use tokio::sync::Semaphore;
 
 use crate::limits::{Limit, Limits};
 use crate::telemetry::{DropLabels, DropReason, ProtocolLabels, Telemetry};
+use crate::tenancy::{Access, Caller, TenantError, Tenants};
 
 /// The attribute that marks a span, event, link or resource whose attribute values were
 /// cut to `max_attribute_value_bytes`: how many were. OpenTelemetry's SDKs cut such values
@@ -53,6 +53,8 @@ pub enum IngestError {
     TooManySpans { spans: usize, limit: usize },
     #[error("store failed: {0}")]
     Store(String),
+    #[error("{0}")]
+    Tenant(#[from] TenantError),
 }
 
 /// Decodes running at once: CPU work, so two per core (at least 4) keep the cores busy.
@@ -103,7 +105,7 @@ fn start_threads(name: &str, threads: usize) -> std::sync::mpsc::Sender<DecodeJo
 pub const APPEND_THREADS: usize = 64;
 
 pub struct Ingest {
-    store: Arc<dyn TraceStore>,
+    tenants: Arc<Tenants>,
     queue: Arc<Semaphore>,
     decoders: Arc<Semaphore>,
     decode_jobs: Mutex<std::sync::mpsc::Sender<DecodeJob>>,
@@ -116,10 +118,10 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(store: Arc<dyn TraceStore>, queue_spans: usize, limits: &Limits, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(tenants: Arc<Tenants>, queue_spans: usize, limits: &Limits, telemetry: Arc<Telemetry>) -> Self {
         let queue_capacity = queue_spans.min(Semaphore::MAX_PERMITS);
         Ingest {
-            store,
+            tenants,
             queue: Arc::new(Semaphore::new(queue_capacity)),
             decoders: Arc::new(Semaphore::new(decode_threads())),
             decode_jobs: Mutex::new(start_threads("spindle-decode", decode_threads())),
@@ -187,8 +189,9 @@ impl Ingest {
         }
     }
 
-    /// Stores the valid spans of a batch; returns once they are durable.
-    pub async fn accept(&self, protocol: &'static str, decoded: Decoded) -> Result<(), IngestError> {
+    /// Stores the valid spans of a batch in the tenant `caller` writes to; returns once they
+    /// are durable.
+    pub async fn accept(&self, caller: &Caller, protocol: &'static str, decoded: Decoded) -> Result<(), IngestError> {
         let n = decoded.spans.len() as u64;
         self.telemetry.server.spans_received.get_or_create(&Self::protocol(protocol)).inc_by(n + decoded.rejected);
         self.dropped(protocol, DropReason::invalid, decoded.rejected);
@@ -203,6 +206,20 @@ impl Ingest {
             );
             return Err(IngestError::TooManySpans { spans, limit });
         }
+        let tenant = match self.tenants.resolve(caller, Access::Write).and_then(|t| t.take(n).map(|()| t)) {
+            Ok(tenant) => tenant,
+            Err(e) => {
+                self.dropped(protocol, DropReason::tenant, n);
+                if let TenantError::RateLimited { tenant, rate } = &e {
+                    self.telemetry.limits.hit(
+                        Limit::TenantIngestRate,
+                        n,
+                        &format_args!("tenant {tenant:?} over its {rate} spans/s: {protocol} batch of {n} refused"),
+                    );
+                }
+                return Err(e.into());
+            }
+        };
         if decoded.spans.is_empty() {
             return Ok(());
         }
@@ -213,7 +230,6 @@ impl Ingest {
             return Err(IngestError::Overloaded);
         };
         self.telemetry.server.queue_spans.set((self.queue_capacity - self.queue.available_permits()) as i64);
-        let store = Arc::clone(&self.store);
         let telemetry = Arc::clone(&self.telemetry);
         let mut spans = decoded.spans;
         let attribute_limits = self.attribute_limits;
@@ -230,11 +246,11 @@ impl Ingest {
                 telemetry.limits.hit(Limit::AttributesPerSpan, limited.dropped, &what);
                 telemetry.limits.hit(Limit::AttributeValueBytes, limited.cut, &what);
             }
-            let prepared = telemetry.prepare(&spans);
-            let result = store.append(spans);
+            let prepared = tenant.metrics.prepare(&spans);
+            let result = tenant.store.append(spans);
             drop(permit);
             if result.is_ok() {
-                telemetry.record(prepared);
+                tenant.metrics.record(prepared, &telemetry.limits);
             }
             result
         })

@@ -112,6 +112,8 @@ pub enum Limit {
     QueryTimeout,
     QueryConcurrency,
     TraceSpans,
+    Tenants,
+    TenantIngestRate,
 }
 
 impl Limit {
@@ -134,6 +136,8 @@ impl Limit {
             Limit::QueryTimeout => "query_timeout",
             Limit::QueryConcurrency => "query_concurrency",
             Limit::TraceSpans => "trace_spans",
+            Limit::Tenants => "tenants",
+            Limit::TenantIngestRate => "tenant_ingest_rate",
         }
     }
 }

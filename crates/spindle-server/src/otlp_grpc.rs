@@ -98,12 +98,13 @@ impl UnaryService<Decoded> for Export {
     fn call(&mut self, request: Request<Decoded>) -> Self::Future {
         let ingest = Arc::clone(&self.0);
         Box::pin(async move {
+            let caller = crate::grpc::caller(&request);
             let decoded = request.into_inner();
             let partial_success = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
                 error_message: decoded.rejection_reason.clone(),
             });
-            ingest.accept(PROTOCOL, decoded).await?;
+            ingest.accept(&caller, PROTOCOL, decoded).await?;
             Ok(Response::new(ExportTraceServiceResponse { partial_success }))
         })
     }

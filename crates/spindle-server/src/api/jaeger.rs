@@ -22,6 +22,7 @@ use spindle_query::Trace;
 use spindle_store::TraceQuery;
 
 use super::params::{now_unix_nano, ParamError, Params};
+use super::TenantState;
 use super::{blocking, heavy, json_response, ApiState, QueryFailure};
 use crate::limits::Limit;
 
@@ -65,7 +66,7 @@ fn internal(msg: String) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, msg)
 }
 
-pub async fn services(State(state): State<ApiState>) -> Response {
+pub async fn services(TenantState(state): TenantState) -> Response {
     let query = state.query.clone();
     match blocking(move || query.services()).await {
         Ok(services) => {
@@ -83,7 +84,7 @@ pub(super) fn operations_partial(service: &str) -> String {
     )
 }
 
-pub async fn service_operations(State(state): State<ApiState>, Path(service): Path<String>) -> Response {
+pub async fn service_operations(TenantState(state): TenantState, Path(service): Path<String>) -> Response {
     let query = state.query.clone();
     let name = service.clone();
     match blocking(move || Ok((query.operations(&service, None)?, query.operations_capped(&service)?))).await {
@@ -108,7 +109,7 @@ pub fn parse_span_kind(params: &Params, names: &[&str]) -> Result<Option<SpanKin
     }
 }
 
-pub async fn operations(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn operations(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let Some(service) = params.value(&["service"]).map(str::to_string) else {
         return bad_request(ParamError::missing("service", "a service name"));
@@ -278,7 +279,7 @@ fn traces_json(state: &ApiState, traces: &[Trace], warnings: &mut Vec<String>) -
         .collect()
 }
 
-pub async fn find_traces(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn find_traces(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let ids: Result<Vec<TraceId>, ParamError> = params.all("traceID").map(|v| parse_trace_id("traceID", v)).collect();
     let ids = match ids {
@@ -334,7 +335,7 @@ pub async fn find_traces(State(state): State<ApiState>, RawQuery(raw): RawQuery)
     }
 }
 
-pub async fn get_trace(State(state): State<ApiState>, Path(trace_id): Path<String>) -> Response {
+pub async fn get_trace(TenantState(state): TenantState, Path(trace_id): Path<String>) -> Response {
     let id = match parse_trace_id("traceID", &trace_id) {
         Ok(id) => id,
         Err(e) => return bad_request(e),
@@ -351,7 +352,7 @@ pub async fn get_trace(State(state): State<ApiState>, Path(trace_id): Path<Strin
     }
 }
 
-pub async fn dependencies(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn dependencies(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let millis = "milliseconds";
     let parsed = params

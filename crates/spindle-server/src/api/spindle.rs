@@ -18,6 +18,7 @@ use spindle_store::TraceQuery;
 
 use super::jaeger::{cap_limit, cap_range, parse_trace_id, search_query};
 use super::params::{ParamError, Params};
+use super::TenantState;
 use super::{blocking, heavy, json_response, warned, ApiState, QueryFailure};
 use crate::limits::Limit;
 
@@ -86,7 +87,7 @@ fn span_json(s: &analytics::SpanRef) -> Value {
 
 /// `GET /api/spindle/stats`: rate, error ratio and p50/p90/p95/p99 per `groupBy` value
 /// (any attribute, e.g. `symbol`), as totals and a series of `step` points.
-pub async fn stats(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn stats(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let mut warnings = Vec::new();
     let parsed = filter(&state, &params, &mut warnings).and_then(|f| Ok((f, step(&params, 60_000_000_000)?)));
@@ -141,7 +142,7 @@ pub async fn stats(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Re
 }
 
 /// `GET /api/spindle/slowest`: the `limit` longest matching spans.
-pub async fn slowest(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn slowest(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let mut warnings = Vec::new();
     let parsed =
@@ -160,7 +161,7 @@ pub async fn slowest(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> 
 }
 
 /// `GET /api/spindle/outliers`: matching spans slower than the filter's `quantile`.
-pub async fn outliers(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn outliers(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let quantile = match params.get(&["quantile"]) {
         None => Ok(0.99),
@@ -193,7 +194,7 @@ pub async fn outliers(State(state): State<ApiState>, RawQuery(raw): RawQuery) ->
 
 /// `GET /api/spindle/errors`: error groups (service, operation, error type) with counts
 /// and example traces.
-pub async fn errors(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn errors(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let mut warnings = Vec::new();
     let query = match filter(&state, &params, &mut warnings) {
@@ -233,7 +234,7 @@ pub async fn errors(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> R
 }
 
 /// `GET /api/spindle/traces/{id}/critical-path`.
-pub async fn critical_path(State(state): State<ApiState>, Path(trace_id): Path<String>) -> Response {
+pub async fn critical_path(TenantState(state): TenantState, Path(trace_id): Path<String>) -> Response {
     let id = match parse_trace_id("traceID", &trace_id) {
         Ok(id) => id,
         Err(e) => return bad_request(e),
@@ -253,7 +254,7 @@ pub async fn critical_path(State(state): State<ApiState>, Path(trace_id): Path<S
 }
 
 /// `GET /api/spindle/compare?a=&b=`: structure diff and per-operation latency deltas.
-pub async fn compare(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn compare(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let ids = ["a", "b"].map(|name| match params.value(&[name]) {
         Some(v) => parse_trace_id(name, v),
@@ -292,7 +293,7 @@ pub async fn compare(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> 
 }
 
 /// `GET /api/spindle/kafka-hops`: producer end → consumer start per topic, as a series.
-pub async fn kafka_hops(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn kafka_hops(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let mut warnings = Vec::new();
     let (query, step) =
@@ -331,7 +332,7 @@ pub async fn kafka_hops(State(state): State<ApiState>, RawQuery(raw): RawQuery) 
 
 /// `GET /api/spindle/graph`: the service graph with virtual Kafka and database nodes,
 /// calls, errors and p99 per edge.
-pub async fn graph(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn graph(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let mut warnings = Vec::new();
     let query = match filter(&state, &params, &mut warnings) {
@@ -381,7 +382,11 @@ pub async fn graph(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Re
 }
 
 /// `GET /api/spindle/alerts`: every rule and its state.
-pub async fn alerts(State(state): State<ApiState>) -> Response {
-    let alerts = state.alerting.as_ref().map(|a| a.state_json()).unwrap_or_else(|| json!([]));
+pub async fn alerts(TenantState(state): TenantState) -> Response {
+    let alerts = state
+        .alerting
+        .as_ref()
+        .map(|a| a.state_json(&state.tenant, &state.tenants.settings().default_tenant))
+        .unwrap_or_else(|| json!([]));
     json_response(StatusCode::OK, &json!({"enabled": state.alerting.is_some(), "alerts": alerts}))
 }

@@ -15,6 +15,7 @@ use spindle_model::SpanKind;
 use spindle_query::spanmetrics::{Point, SeriesFilter, BUCKET_NANOS};
 
 use super::params::{format_rfc3339_millis, now_unix_nano, ParamError, Params};
+use super::TenantState;
 use super::{json_response, ApiState};
 
 const MS: u64 = 1_000_000;
@@ -113,9 +114,9 @@ async fn serve(state: ApiState, raw: Option<String>, metric: Metric) -> Response
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.message),
     };
-    let telemetry = state.telemetry.clone();
+    let metrics = std::sync::Arc::clone(&state.metrics);
     let family = tokio::task::spawn_blocking(move || {
-        telemetry.with_minutes(|minutes| {
+        metrics.with_minutes(|minutes| {
             let start = query.end.saturating_sub(query.lookback);
             let mut series: std::collections::BTreeMap<(String, Option<String>), Vec<Value>> = Default::default();
             let mut t = start - start % query.step + query.step;
@@ -169,15 +170,15 @@ async fn serve(state: ApiState, raw: Option<String>, metric: Metric) -> Response
     json_response(StatusCode::OK, &json!({"name": name, "type": "GAUGE", "help": help, "metrics": metrics}))
 }
 
-pub async fn latencies(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn latencies(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     serve(state, raw, Metric::Latencies(0.0)).await
 }
 
-pub async fn calls(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn calls(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     serve(state, raw, Metric::Calls).await
 }
 
-pub async fn errors(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn errors(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     serve(state, raw, Metric::Errors).await
 }
 

@@ -15,6 +15,7 @@ use spindle_store::TraceQuery;
 
 use super::jaeger::{capped, parse_attribute_map, parse_span_kind, parse_trace_id, trace_cut, DEFAULT_LIMIT};
 use super::params::{now_unix_nano, parse_rfc3339_nanos, ParamError, Params};
+use super::TenantState;
 use super::{blocking, heavy, json_response, warned, ApiState, QueryFailure};
 
 const DEFAULT_SEARCH_WINDOW_NANOS: u64 = 48 * 3600 * 1_000_000_000;
@@ -44,7 +45,7 @@ fn failed(state: &ApiState, e: QueryFailure) -> Response {
     error(e.status(), e.message(&state.limits))
 }
 
-pub async fn services(State(state): State<ApiState>) -> Response {
+pub async fn services(TenantState(state): TenantState) -> Response {
     let query = state.query.clone();
     match blocking(move || query.services()).await {
         Ok(services) => json_response(StatusCode::OK, &json!({ "services": services })),
@@ -52,7 +53,7 @@ pub async fn services(State(state): State<ApiState>) -> Response {
     }
 }
 
-pub async fn operations(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn operations(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let Some(service) = params.value(&["service"]).map(str::to_string) else {
         return bad_request(ParamError::missing("service", "a service name"));
@@ -149,7 +150,7 @@ async fn search(state: &ApiState, raw: Option<String>) -> Result<(Vec<Trace>, Ve
     }
 }
 
-pub async fn find_traces(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn find_traces(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     match search(&state, raw).await {
         Ok((traces, _)) if traces.is_empty() => error(StatusCode::NOT_FOUND, "No traces found".into()),
         Ok((traces, warnings)) => result(&state, &traces, warnings),
@@ -157,7 +158,7 @@ pub async fn find_traces(State(state): State<ApiState>, RawQuery(raw): RawQuery)
     }
 }
 
-pub async fn get_trace(State(state): State<ApiState>, Path(trace_id): Path<String>) -> Response {
+pub async fn get_trace(TenantState(state): TenantState, Path(trace_id): Path<String>) -> Response {
     let id = match parse_trace_id("trace_id", &trace_id) {
         Ok(id) => id,
         Err(e) => return bad_request(e),
@@ -170,7 +171,7 @@ pub async fn get_trace(State(state): State<ApiState>, Path(trace_id): Path<Strin
     }
 }
 
-pub async fn trace_summaries(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn trace_summaries(TenantState(state): TenantState, RawQuery(raw): RawQuery) -> Response {
     match search(&state, raw).await {
         Ok((traces, _)) if traces.is_empty() => error(StatusCode::NOT_FOUND, "No traces found".into()),
         Ok((traces, mut warnings)) => {

@@ -46,9 +46,10 @@ impl UnaryService<PostSpansRequest> for PostSpans {
     fn call(&mut self, request: Request<PostSpansRequest>) -> Self::Future {
         let ingest = Arc::clone(&self.0);
         Box::pin(async move {
+            let caller = crate::grpc::caller(&request);
             let batch = request.into_inner().batch.unwrap_or_default();
             let decoded = spindle_codec::jaeger_proto::batch_to_spans(batch);
-            ingest.accept(PROTOCOL, decoded).await?;
+            ingest.accept(&caller, PROTOCOL, decoded).await?;
             Ok(Response::new(PostSpansResponse {}))
         })
     }

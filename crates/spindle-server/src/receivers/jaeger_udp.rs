@@ -18,6 +18,7 @@ use super::admission::ByteBudget;
 use crate::ingest::Ingest;
 use crate::limits::Limit;
 use crate::telemetry::{DatagramLabels, Telemetry};
+use crate::tenancy::Caller;
 
 /// Jaeger clients keep datagrams under 65,000 bytes; a little more is accepted.
 const MAX_DATAGRAM: usize = 65_535;
@@ -84,7 +85,7 @@ pub async fn serve(
                 let decoded = ingest.decode(move || flavor.decode(&datagram)).await;
                 match decoded {
                     Ok(Ok(decoded)) => {
-                        if ingest.accept(flavor.protocol(), decoded).await.is_err() {
+                        if ingest.accept(&Caller::anonymous(), flavor.protocol(), decoded).await.is_err() {
                             count(&telemetry, flavor, "dropped");
                         }
                     }

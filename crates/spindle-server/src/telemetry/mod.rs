@@ -18,6 +18,7 @@ mod self_metrics;
 mod span_metrics;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
@@ -25,7 +26,6 @@ use spindle_model::Span;
 use spindle_query::spanmetrics::SpanMetrics;
 
 pub use exposition::CONTENT_TYPE;
-pub use persistence::snapshot_loop;
 pub use self_metrics::{DatagramLabels, DropLabels, DropReason, EndpointLabels, ProtocolLabels, SelfMetrics};
 pub use span_metrics::PreparedBatch;
 
@@ -39,6 +39,13 @@ pub struct Telemetry {
     pub server: SelfMetrics,
     /// Hits of every limit (`spindle_limit_hits_total`).
     pub limits: LimitHits,
+    /// The default tenant's span metrics (series without a `tenant` label).
+    default: Arc<TenantMetrics>,
+}
+
+/// One tenant's span metrics: its series in the shared families and its minute aggregates,
+/// snapshotted in its own data directory.
+pub struct TenantMetrics {
     spans: SpanSeries,
     minutes: MinuteAggregates,
     /// How far ahead of the server's clock a span may start and still derive span metrics;
@@ -47,8 +54,9 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Registers every metric and reads the minute aggregates `data_dir` holds, if any; the
-    /// series and services they hold count against the span-metric series and services limits.
+    /// Registers every metric and reads the default tenant's minute aggregates `data_dir`
+    /// holds, if any; the series and services they hold count against the span-metric
+    /// series and services limits.
     pub fn new(data_dir: &Path, limits: &Limits) -> Self {
         let mut registry = Registry::default();
         let server = SelfMetrics::register(&mut registry);
@@ -60,9 +68,57 @@ impl Telemetry {
             limits.max_span_future,
             limits.max_span_age,
         );
-        let minutes = MinuteAggregates::load(data_dir);
+        let default = Arc::new(TenantMetrics::new(spans, MinuteAggregates::load(data_dir), limits));
+        Telemetry { registry, server, limits: hits, default }
+    }
+
+    pub fn default_metrics(&self) -> Arc<TenantMetrics> {
+        Arc::clone(&self.default)
+    }
+
+    /// The span metrics of tenant `name`, whose data directory is `dir`.
+    pub fn tenant_metrics(&self, name: &Arc<str>, dir: &Path, limits: &Limits) -> TenantMetrics {
+        let spans = self.default.spans.for_tenant(
+            Arc::clone(name),
+            limits.max_span_metric_series_per_service,
+            limits.max_services,
+            limits.max_span_future,
+            limits.max_span_age,
+        );
+        TenantMetrics::new(spans, MinuteAggregates::load(dir), limits)
+    }
+
+    /// The span metrics of a tenant without data: nothing, and nothing is ever written.
+    pub fn empty_metrics(&self, limits: &Limits) -> TenantMetrics {
+        let spans = self.default.spans.for_tenant(
+            Arc::from(""),
+            limits.max_span_metric_series_per_service,
+            limits.max_services,
+            limits.max_span_future,
+            limits.max_span_age,
+        );
+        TenantMetrics::new(spans, MinuteAggregates::empty(), limits)
+    }
+
+    /// Groups a batch of the default tenant for span metrics (see [`TenantMetrics::prepare`]).
+    pub fn prepare(&self, spans: &[Span]) -> PreparedBatch {
+        self.default.prepare(spans)
+    }
+
+    /// Counts a batch of the default tenant the store accepted.
+    pub fn record(&self, batch: PreparedBatch) {
+        self.default.record(batch, &self.limits)
+    }
+
+    pub fn with_minutes<T>(&self, f: impl FnOnce(&SpanMetrics) -> T) -> T {
+        self.default.with_minutes(f)
+    }
+}
+
+impl TenantMetrics {
+    fn new(spans: SpanSeries, minutes: MinuteAggregates, limits: &Limits) -> Self {
         minutes.with(|m| spans.seed(m));
-        Telemetry { registry, server, limits: hits, spans, minutes, max_span_future: limits.max_span_future }
+        TenantMetrics { spans, minutes, max_span_future: limits.max_span_future }
     }
 
     /// Groups a batch for span metrics by the server's clock; cheap, done before the batch
@@ -72,8 +128,8 @@ impl Telemetry {
     }
 
     /// Counts a batch the store accepted.
-    pub fn record(&self, batch: PreparedBatch) {
-        self.minutes.merge(self.spans.record(batch, &self.limits));
+    pub fn record(&self, batch: PreparedBatch, hits: &LimitHits) {
+        self.minutes.merge(self.spans.record(batch, hits));
     }
 
     pub fn with_minutes<T>(&self, f: impl FnOnce(&SpanMetrics) -> T) -> T {

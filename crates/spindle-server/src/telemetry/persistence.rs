@@ -53,6 +53,16 @@ impl MinuteAggregates {
         MinuteAggregates { minutes: RwLock::new(minutes), dirty: AtomicBool::new(false), writable, path }
     }
 
+    /// Aggregates never loaded nor written (a tenant without data).
+    pub fn empty() -> Self {
+        MinuteAggregates {
+            minutes: RwLock::new(SpanMetrics::default()),
+            dirty: AtomicBool::new(false),
+            writable: false,
+            path: PathBuf::new(),
+        }
+    }
+
     pub fn merge(&self, batch: BatchAggregate) {
         if !batch.is_empty() {
             self.minutes.write().unwrap_or_else(|p| p.into_inner()).merge(batch);
@@ -213,35 +223,6 @@ impl V1SpanMetrics {
         }
         out
     }
-}
-
-/// Snapshots span metrics every `every` until `stop` flips, then once more.
-pub async fn snapshot_loop(
-    telemetry: Arc<Telemetry>,
-    every: Duration,
-    retention: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => break,
-        }
-        let t = Arc::clone(&telemetry);
-        // The server's clock, never a span's: retention is measured from now.
-        let now = crate::api::params::now_unix_nano();
-        let keep_from = now.saturating_sub(retention.as_nanos() as u64);
-        let _ = tokio::task::spawn_blocking(move || {
-            t.trim(keep_from, now);
-            if let Err(e) = t.snapshot() {
-                tracing::warn!(error = %e, "span metrics snapshot failed");
-            }
-        })
-        .await;
-    }
-    let t = Arc::clone(&telemetry);
-    let _ = tokio::task::spawn_blocking(move || t.snapshot()).await;
 }
 
 #[cfg(test)]

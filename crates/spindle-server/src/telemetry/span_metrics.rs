@@ -50,6 +50,8 @@ const DURATION_BUCKETS: [f64; 16] =
 /// Labels of one series; `span_name` is `None` for a service's overflow series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct SpanLabels {
+    /// `None` for the default tenant, whose series keep the connector's label set.
+    pub tenant: Option<Arc<str>>,
     pub service_name: Arc<str>,
     pub span_name: Option<Arc<str>>,
     pub span_kind: &'static str,
@@ -60,10 +62,15 @@ impl EncodeLabelSet for SpanLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         let (kind, status) = (("span_kind", self.span_kind), ("status_code", self.status_code));
         match &self.span_name {
-            Some(name) => [("service_name", &*self.service_name), ("span_name", &**name), kind, status].encode(encoder),
-            None => {
-                [("service_name", &*self.service_name), kind, status, ("otel_metric_overflow", "true")].encode(encoder)
+            Some(name) => {
+                [("service_name", &*self.service_name), ("span_name", &**name), kind, status].encode(encoder)?
             }
+            None => [("service_name", &*self.service_name), kind, status, ("otel_metric_overflow", "true")]
+                .encode(encoder)?,
+        }
+        match &self.tenant {
+            Some(tenant) => [("tenant", &**tenant)].encode(encoder),
+            None => Ok(()),
         }
     }
 }
@@ -248,6 +255,8 @@ pub struct PreparedBatch {
 
 /// The cumulative span-metric series of the registry and the series limit's registry.
 pub struct SpanSeries {
+    /// The `tenant` label of the series; `None` for the default tenant.
+    tenant: Option<Arc<str>>,
     calls: Family<SpanLabels, Counter>,
     durations: Family<SpanLabels, Histogram>,
     services: RwLock<Services>,
@@ -277,8 +286,31 @@ impl SpanSeries {
             durations.clone(),
         );
         SpanSeries {
+            tenant: None,
             calls,
             durations,
+            services: RwLock::default(),
+            max_series_per_service,
+            max_services,
+            max_future,
+            max_age,
+        }
+    }
+
+    /// The series of another tenant, in the same metric families, labelled `tenant`, with
+    /// limits of its own.
+    pub fn for_tenant(
+        &self,
+        tenant: Arc<str>,
+        max_series_per_service: usize,
+        max_services: usize,
+        max_future: Duration,
+        max_age: Duration,
+    ) -> Self {
+        SpanSeries {
+            tenant: Some(tenant),
+            calls: self.calls.clone(),
+            durations: self.durations.clone(),
             services: RwLock::default(),
             max_series_per_service,
             max_services,
@@ -419,6 +451,7 @@ impl SpanSeries {
             let (calls, histogram) = group.series.metrics.get_or_init(|| {
                 let key = &group.series.key;
                 let labels = SpanLabels {
+                    tenant: self.tenant.clone(),
                     service_name: Arc::clone(&key.service),
                     span_name: (!key.overflow).then(|| Arc::clone(&key.operation)),
                     span_kind: kind_label(key.kind),
