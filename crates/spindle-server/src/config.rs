@@ -33,6 +33,12 @@ pub enum Command {
     Serve(ServeArgs),
     /// Send the reference workload to a running Spindle and report throughput
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// Read a password from standard input and print its bcrypt hash for the credentials
+    /// file (`[[user]] password`)
+    HashPassword,
+    /// Print every HTTP route of every listener as JSON (for tests/auth.rs)
+    #[command(hide = true)]
+    Routes,
 }
 
 /// Settings of `spindle serve`. Every flag has an environment variable and a key of the

@@ -45,6 +45,12 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             return runtime.block_on(loadgen::run(args));
         }
+        Some(Command::HashPassword) => return security::auth::hash_password_command(),
+        Some(Command::Routes) => {
+            let json = security::routes::json();
+            return std::io::Write::write_all(&mut std::io::stdout(), format!("{json}\n").as_bytes())
+                .map_err(Into::into);
+        }
         None => cli.serve,
     };
     let settings = args.resolve()?;

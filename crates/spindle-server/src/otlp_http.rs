@@ -14,7 +14,6 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use axum::Router;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
@@ -22,6 +21,7 @@ use spindle_codec::{CodecError, Decoded};
 
 use crate::ingest::{Ingest, IngestError};
 use crate::receivers::admission::{self, Admission};
+use crate::security::routes::{Route, Routes};
 
 pub const PROTOCOL_PROTOBUF: &str = "otlp_http_protobuf";
 pub const PROTOCOL_JSON: &str = "otlp_http_json";
@@ -32,9 +32,18 @@ struct OtlpHttp {
     max_body_bytes: usize,
 }
 
+/// The routes, for [`router`] and the route table (`crate::security::routes`).
+fn routes() -> Routes<OtlpHttp> {
+    Routes::new().post("/v1/traces", export)
+}
+
+pub fn route_table() -> Vec<Route> {
+    routes().table()
+}
+
 pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize, admission: Admission) -> Router {
-    Router::new()
-        .route("/v1/traces", post(export))
+    routes()
+        .into_router()
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(move |request, next| {
             admission::admit_http(admission.clone(), refusal, request, next)

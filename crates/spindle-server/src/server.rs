@@ -20,6 +20,8 @@ use crate::receivers::admission::{self, Admission, ByteBudget};
 use crate::receivers::sampling::{self, Strategies};
 use crate::receivers::{jaeger_grpc, jaeger_http, jaeger_udp, zipkin};
 use crate::security::tls::{self, Alpn, Transport};
+use crate::security::auth::{self, Authenticator};
+use crate::security::oidc::Oidc;
 use crate::security::Group;
 use crate::telemetry::{self, Telemetry};
 use crate::{admin, api, otlp_grpc, otlp_http};
@@ -78,6 +80,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Admin first, so /healthz answers while the store replays its log.
     let ready = Arc::new(AtomicBool::new(false));
     let telemetry = Arc::new(Telemetry::new(&settings.data_dir, &settings.limits));
+    // Authentication (docs/SECURITY.md, "Authentication"): one set of credentials for every
+    // listener group; a credentials file that does not load stops the start.
+    let oidc = Oidc::from_settings(&settings.security)?;
+    let auth = Authenticator::new(&settings.security, oidc, Arc::clone(&telemetry))?;
+    tokio::spawn(Arc::clone(&auth).reload_loop(Duration::from_secs(2), stop_rx.clone()));
     // TLS (docs/SECURITY.md, "TLS"): a certificate that does not load stops the start.
     let transport = Transport::new(&settings.security, Arc::clone(&telemetry))?;
     tls::warn_exposed_listeners(
@@ -98,6 +105,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let store_slot: admin::StoreSlot = Arc::default();
     let admin =
         admin::router(Arc::clone(&ready), Arc::clone(&telemetry), settings.data_dir.clone(), Arc::clone(&store_slot));
+    let admin = auth::protect(admin, auth.group(Group::Admin));
     serve_http(&mut tasks, "admin", admin_listener, admin, stop_rx.clone());
 
     let options = StoreOptions {
@@ -133,8 +141,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let jaeger_grpc_listener = bind("jaeger grpc", settings.jaeger_grpc_addr).await?;
     let zipkin_listener = bind("zipkin", settings.zipkin_addr).await?;
     let sampling_listener = bind("sampling", settings.sampling_addr).await?;
-    let compact_socket = jaeger_udp::bind(settings.jaeger_compact_addr).await?;
-    let binary_socket = jaeger_udp::bind(settings.jaeger_binary_addr).await?;
+    // Datagrams carry no credentials: with authentication on the ingest group, the Jaeger UDP
+    // receivers serve on loopback addresses only, for an agent or SDK on the same host.
+    let mut udp_sockets = Vec::new();
+    for (addr, flavor, setting) in [
+        (settings.jaeger_compact_addr, jaeger_udp::Flavor::Compact, "jaeger_compact_addr"),
+        (settings.jaeger_binary_addr, jaeger_udp::Flavor::Binary, "jaeger_binary_addr"),
+    ] {
+        if auth::udp_allowed(&settings.security, addr) {
+            udp_sockets.push((jaeger_udp::bind(addr).await?, flavor));
+        } else {
+            tracing::warn!(
+                %addr,
+                "Jaeger UDP receiver not started: the ingest group requires authentication and UDP datagrams \
+                 carry no credentials; set {setting} to a loopback address (127.0.0.1) to serve agents on this host"
+            );
+        }
+    }
     let strategies =
         Arc::new(Strategies::load(settings.sampling_strategies.clone(), settings.sampling_default_probability)?);
 
@@ -146,10 +169,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         otlp_grpc_admission.listen(grpc_listener),
     ));
     let grpc = otlp_grpc::service(Arc::clone(&ingest), settings.max_body_bytes, otlp_grpc_admission);
+    let grpc_auth = auth.group(Group::Ingest);
     let mut stop = stop_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(grpc)
+            .add_routes(auth::protect_grpc(tonic::service::Routes::new(grpc), grpc_auth))
             .serve_with_incoming_shutdown(grpc_incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
@@ -165,18 +189,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ));
     let jaeger_grpc =
         jaeger_grpc::CollectorService::new(Arc::clone(&ingest), settings.max_body_bytes, jaeger_grpc_admission);
+    let jaeger_grpc_auth = auth.group(Group::Ingest);
     let mut stop = stop_rx.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(jaeger_grpc)
+            .add_routes(auth::protect_grpc(tonic::service::Routes::new(jaeger_grpc), jaeger_grpc_auth))
             .serve_with_incoming_shutdown(jaeger_grpc_incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
             .context("jaeger grpc server failed")
     });
-    for (socket, flavor) in [(compact_socket, jaeger_udp::Flavor::Compact), (binary_socket, jaeger_udp::Flavor::Binary)]
-    {
+    for (socket, flavor) in udp_sockets {
         tasks.spawn(jaeger_udp::serve(
             socket,
             flavor,
@@ -195,6 +219,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.max_body_bytes,
         jaeger_http_admission,
     );
+    let jaeger_http = auth::protect(jaeger_http, auth.group(Group::Ingest));
     serve_http(&mut tasks, "jaeger http", jaeger_http_listener, jaeger_http, stop_rx.clone());
     let zipkin_admission = admission("zipkin");
     let zipkin_listener =
@@ -203,11 +228,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &mut tasks,
         "zipkin",
         zipkin_listener,
-        zipkin::router(Arc::clone(&ingest), settings.max_body_bytes, zipkin_admission),
+        auth::protect(
+            zipkin::router(Arc::clone(&ingest), settings.max_body_bytes, zipkin_admission),
+            auth.group(Group::Ingest),
+        ),
         stop_rx.clone(),
     );
     let sampling_listener = transport.wrap(Group::Ingest, "sampling", Alpn::Http1, sampling_listener);
-    serve_http(&mut tasks, "sampling", sampling_listener, sampling::router(Arc::clone(&strategies)), stop_rx.clone());
+    let sampling_router = auth::protect(sampling::router(Arc::clone(&strategies)), auth.group(Group::Ingest));
+    serve_http(&mut tasks, "sampling", sampling_listener, sampling_router, stop_rx.clone());
     tokio::spawn(sampling::reload_loop(Arc::clone(&strategies), Duration::from_secs(2), stop_rx.clone()));
     let otlp_http_admission = admission("otlp http");
     let http_listener =
@@ -216,7 +245,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &mut tasks,
         "otlp http",
         http_listener,
-        otlp_http::router(Arc::clone(&ingest), settings.max_body_bytes, otlp_http_admission),
+        auth::protect(
+            otlp_http::router(Arc::clone(&ingest), settings.max_body_bytes, otlp_http_admission),
+            auth.group(Group::Ingest),
+        ),
         stop_rx.clone(),
     );
     let alerting = match &settings.alert_rules {
@@ -234,7 +266,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let api_state = api::ApiState::new(query, Arc::clone(&telemetry), alerting, settings.limits.clone());
     let query_listener = transport.wrap(Group::Query, "query", Alpn::Http1, query_listener);
-    serve_http(&mut tasks, "query", query_listener, api::router(api_state), stop_rx.clone());
+    let query_router = auth::protect(api::router(api_state), auth.group(Group::Query));
+    serve_http(&mut tasks, "query", query_listener, query_router, stop_rx.clone());
 
     let snapshots = tokio::spawn(telemetry::snapshot_loop(
         Arc::clone(&telemetry),

@@ -24,7 +24,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use spindle_query::{QueryError, QueryService};
 use spindle_store::{QueryControl, StoreError};
@@ -32,6 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::alerting::Alerting;
 use crate::limits::{Limit, Limits};
+use crate::security::routes::{Route, Routes};
 use crate::telemetry::{EndpointLabels, Telemetry};
 
 #[derive(Clone)]
@@ -195,36 +195,47 @@ async fn time_queries(
     response
 }
 
+/// The query port's routes; [`router`] and the route table (`crate::security::routes`) are
+/// both built from it.
+fn routes() -> Routes<ApiState> {
+    Routes::new()
+        .get("/api/services", jaeger::services)
+        .get("/api/services/{service}/operations", jaeger::service_operations)
+        .get("/api/operations", jaeger::operations)
+        .get("/api/traces", jaeger::find_traces)
+        .get("/api/traces/{trace_id}", jaeger::get_trace)
+        .get("/api/dependencies", jaeger::dependencies)
+        .get("/api/v3/services", v3::services)
+        .get("/api/v3/operations", v3::operations)
+        .get("/api/v3/traces", v3::find_traces)
+        .get("/api/v3/traces/{trace_id}", v3::get_trace)
+        .get("/api/v3/trace-summaries", v3::trace_summaries)
+        .get("/api/metrics/latencies", spm::latencies)
+        .get("/api/metrics/calls", spm::calls)
+        .get("/api/metrics/errors", spm::errors)
+        .get("/api/metrics/minstep", spm::minstep)
+        .get("/api/spindle/stats", spindle::stats)
+        .get("/api/spindle/slowest", spindle::slowest)
+        .get("/api/spindle/outliers", spindle::outliers)
+        .get("/api/spindle/errors", spindle::errors)
+        .get("/api/spindle/traces/{trace_id}/critical-path", spindle::critical_path)
+        .get("/api/spindle/compare", spindle::compare)
+        .get("/api/spindle/kafka-hops", spindle::kafka_hops)
+        .get("/api/spindle/graph", spindle::graph)
+        .get("/api/spindle/alerts", spindle::alerts)
+        .get("/api/{*rest}", unknown_api)
+        .other(crate::ui::serve)
+}
+
+pub fn route_table() -> Vec<Route> {
+    routes().table()
+}
+
 pub fn router(state: ApiState) -> Router {
     let telemetry = Arc::clone(&state.telemetry);
-    Router::new()
-        .route("/api/services", get(jaeger::services))
-        .route("/api/services/{service}/operations", get(jaeger::service_operations))
-        .route("/api/operations", get(jaeger::operations))
-        .route("/api/traces", get(jaeger::find_traces))
-        .route("/api/traces/{trace_id}", get(jaeger::get_trace))
-        .route("/api/dependencies", get(jaeger::dependencies))
-        .route("/api/v3/services", get(v3::services))
-        .route("/api/v3/operations", get(v3::operations))
-        .route("/api/v3/traces", get(v3::find_traces))
-        .route("/api/v3/traces/{trace_id}", get(v3::get_trace))
-        .route("/api/v3/trace-summaries", get(v3::trace_summaries))
-        .route("/api/metrics/latencies", get(spm::latencies))
-        .route("/api/metrics/calls", get(spm::calls))
-        .route("/api/metrics/errors", get(spm::errors))
-        .route("/api/metrics/minstep", get(spm::minstep))
-        .route("/api/spindle/stats", get(spindle::stats))
-        .route("/api/spindle/slowest", get(spindle::slowest))
-        .route("/api/spindle/outliers", get(spindle::outliers))
-        .route("/api/spindle/errors", get(spindle::errors))
-        .route("/api/spindle/traces/{trace_id}/critical-path", get(spindle::critical_path))
-        .route("/api/spindle/compare", get(spindle::compare))
-        .route("/api/spindle/kafka-hops", get(spindle::kafka_hops))
-        .route("/api/spindle/graph", get(spindle::graph))
-        .route("/api/spindle/alerts", get(spindle::alerts))
-        .route("/api/{*rest}", get(unknown_api))
+    routes()
+        .into_router()
         .route_layer(axum::middleware::from_fn_with_state(telemetry, time_queries))
-        .fallback(crate::ui::serve)
         .with_state(state)
 }
 
@@ -267,13 +278,10 @@ mod tests {
     /// Every `/api/spindle` route is described in `docs/openapi.yaml`, and nothing more.
     #[test]
     fn openapi_describes_every_analytics_route() {
-        let source = include_str!("mod.rs");
-        let mut routes: Vec<String> = source
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix(".route(\""))
-            .filter_map(|l| l.split('"').next())
+        let mut routes: Vec<String> = super::route_table()
+            .into_iter()
+            .map(|r| r.path.to_string())
             .filter(|p| p.starts_with("/api/spindle/"))
-            .map(str::to_string)
             .collect();
         routes.sort();
         let spec: serde_yaml_ng::Value =

@@ -8,12 +8,12 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 
 use super::admission::{self, Admission};
 use super::media_type;
 use super::sampling::Strategies;
+use crate::security::routes::{Route, Routes};
 use crate::ingest::{Ingest, IngestError};
 
 pub const PROTOCOL: &str = "jaeger_thrift_http";
@@ -23,10 +23,22 @@ struct JaegerHttp {
     ingest: Arc<Ingest>,
 }
 
+/// The collector's routes and the sampling route (outside the collector's admission), for
+/// [`router`] and the route table (`crate::security::routes`).
+fn routes() -> (Routes<JaegerHttp>, Routes<Arc<Strategies>>) {
+    (Routes::new().post("/api/traces", post_traces), Routes::new().get("/api/sampling", super::sampling::handler))
+}
+
+pub fn route_table() -> Vec<Route> {
+    let (collector, sampling) = routes();
+    collector.table().into_iter().chain(sampling.table()).collect()
+}
+
 pub fn router(ingest: Arc<Ingest>, strategies: Arc<Strategies>, max_body_bytes: usize, admission: Admission) -> Router {
-    let sampling = Router::new().route("/api/sampling", get(super::sampling::handler)).with_state(strategies);
-    Router::new()
-        .route("/api/traces", post(post_traces))
+    let (collector, sampling) = routes();
+    let sampling = sampling.into_router().with_state(strategies);
+    collector
+        .into_router()
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(move |request, next| {
             admission::admit_http(admission.clone(), admission::plain_text, request, next)

@@ -15,6 +15,7 @@ use spindle_codec::sampling::SamplingStrategies;
 use tokio::sync::watch;
 
 use crate::api::params::Params;
+use crate::security::routes::{Route, Routes};
 
 pub struct Strategies {
     path: Option<PathBuf>,
@@ -91,5 +92,14 @@ pub async fn handler(State(strategies): State<Arc<Strategies>>, RawQuery(raw): R
 
 /// The :5778 server: every path answers, as Jaeger v2's handler on `/` does.
 pub fn router(strategies: Arc<Strategies>) -> Router {
-    Router::new().fallback(handler).with_state(strategies)
+    routes().into_router().with_state(strategies)
+}
+
+/// The routes, for [`router`] and the route table (`crate::security::routes`).
+fn routes() -> Routes<Arc<Strategies>> {
+    Routes::new().other(handler)
+}
+
+pub fn route_table() -> Vec<Route> {
+    routes().table()
 }

@@ -9,7 +9,6 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use axum::Router;
 use spindle_codec::{CodecError, Decoded};
 
@@ -17,6 +16,7 @@ use super::admission::{self, Admission};
 use super::media_type;
 use crate::ingest::{Ingest, IngestError};
 use crate::otlp_http::{gunzip, BodyError};
+use crate::security::routes::{Route, Routes};
 
 #[derive(Clone)]
 struct Zipkin {
@@ -24,10 +24,18 @@ struct Zipkin {
     max_body_bytes: usize,
 }
 
+/// The routes, for [`router`] and the route table (`crate::security::routes`).
+fn routes() -> Routes<Zipkin> {
+    Routes::new().post("/api/v2/spans", v2).post("/api/v1/spans", v1)
+}
+
+pub fn route_table() -> Vec<Route> {
+    routes().table()
+}
+
 pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize, admission: Admission) -> Router {
-    Router::new()
-        .route("/api/v2/spans", post(v2))
-        .route("/api/v1/spans", post(v1))
+    routes()
+        .into_router()
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(move |request, next| {
             admission::admit_http(admission.clone(), admission::plain_text, request, next)

@@ -22,7 +22,26 @@
 //! admin = true
 //! ```
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+use super::oidc::Oidc;
+use super::{Group, Principal, SecuritySettings, TenantSet};
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,4 +110,491 @@ pub enum AuthError {
     Invalid(String),
     #[error("authentication unavailable: {0}")]
     Unavailable(String),
+}
+
+impl AuthError {
+    /// The `reason` label of `spindle_auth_failures_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Invalid(_) => "invalid",
+            AuthError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl CredentialsFile {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the credentials file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid credentials file {}", path.display()))
+    }
+}
+
+/// An entry's roles, as the principal it makes.
+fn role(name: &str, read: &[String], write: &[String], admin: bool, tenant: &Option<String>) -> Principal {
+    Principal {
+        name: name.to_string(),
+        authenticated: true,
+        read: TenantSet::from_list(read.iter().cloned()),
+        write: TenantSet::from_list(write.iter().cloned()),
+        admin,
+        tenant: tenant.clone(),
+    }
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        // Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn parse_hex_digest(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The credentials file, checked and ready to compare against.
+struct Credentials {
+    tokens: Vec<([u8; 32], Principal)>,
+    users: HashMap<String, (String, Principal)>,
+}
+
+impl Credentials {
+    fn empty() -> Self {
+        Credentials { tokens: Vec::new(), users: HashMap::new() }
+    }
+
+    fn compile(file: CredentialsFile) -> anyhow::Result<Self> {
+        let mut tokens = Vec::new();
+        for t in &file.token {
+            let digest = match (&t.sha256, &t.token) {
+                (Some(hex), None) => parse_hex_digest(hex)
+                    .ok_or_else(|| anyhow::anyhow!("token {:?}: sha256 must be 64 hex digits", t.name))?,
+                (None, Some(token)) if !token.is_empty() => token_digest(token),
+                (None, Some(_)) => anyhow::bail!("token {:?}: the token is empty", t.name),
+                _ => anyhow::bail!("token {:?}: set exactly one of sha256 and token", t.name),
+            };
+            tokens.push((digest, role(&t.name, &t.read, &t.write, t.admin, &t.tenant)));
+        }
+        let mut users = HashMap::new();
+        for u in &file.user {
+            anyhow::ensure!(!u.name.is_empty() && !u.name.contains(':'), "user {:?}: invalid name", u.name);
+            anyhow::ensure!(
+                ["$2a$", "$2b$", "$2y$"].iter().any(|p| u.password.starts_with(p))
+                    && u.password.parse::<bcrypt::HashParts>().is_ok(),
+                "user {:?}: password must be a bcrypt hash (spindle hash-password or htpasswd -nB writes one)",
+                u.name
+            );
+            let principal = role(&u.name, &u.read, &u.write, u.admin, &u.tenant);
+            anyhow::ensure!(
+                users.insert(u.name.clone(), (u.password.clone(), principal)).is_none(),
+                "user {:?} appears twice",
+                u.name
+            );
+        }
+        // `[[group]]` entries are OIDC's (`super::oidc` reads them).
+        Ok(Credentials { tokens, users })
+    }
+}
+
+/// A bcrypt hash checked against unknown users, so that they take as long as known ones.
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| bcrypt::hash("spindle", 10).unwrap_or_default());
+
+/// Successful basic-auth checks kept: bcrypt is slow on purpose, and exporters and Grafana
+/// send the same credentials on every request.
+const BASIC_CACHE_ENTRIES: usize = 1024;
+
+struct BasicCache {
+    /// Bumped at each reload; a check that started before one is not cached.
+    generation: u64,
+    entries: HashMap<[u8; 32], Principal>,
+}
+
+/// The credentials of the process, shared by every listener group.
+pub struct Authenticator {
+    settings: SecuritySettings,
+    credentials: RwLock<Arc<Credentials>>,
+    cache: Mutex<BasicCache>,
+    oidc: Option<Arc<Oidc>>,
+    telemetry: Arc<Telemetry>,
+}
+
+/// When the credentials file was last read: a change of either means read it again.
+type FileStamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> FileStamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl Authenticator {
+    /// Loads the credentials file (a broken one stops the start: nothing could log in).
+    pub fn new(
+        settings: &SecuritySettings,
+        oidc: Option<Arc<Oidc>>,
+        telemetry: Arc<Telemetry>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let credentials = match &settings.auth_file {
+            Some(path) => Credentials::compile(CredentialsFile::load(path)?)
+                .with_context(|| format!("invalid credentials file {}", path.display()))?,
+            None => Credentials::empty(),
+        };
+        Ok(Arc::new(Authenticator {
+            settings: settings.clone(),
+            credentials: RwLock::new(Arc::new(credentials)),
+            cache: Mutex::new(BasicCache { generation: 0, entries: HashMap::new() }),
+            oidc,
+            telemetry,
+        }))
+    }
+
+    fn credentials(&self) -> Arc<Credentials> {
+        Arc::clone(&self.credentials.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn replace(&self, credentials: Credentials) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
+        cache.generation += 1;
+        cache.entries.clear();
+    }
+
+    /// Reads the credentials file again whenever it changes; a broken file is logged and the
+    /// credentials in force stay.
+    pub async fn reload_loop(self: Arc<Self>, every: Duration, mut stop: watch::Receiver<bool>) {
+        let Some(path) = self.settings.auth_file.clone() else { return };
+        let mut seen = stamp(&path);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let now = stamp(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let file = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                Credentials::compile(CredentialsFile::load(&file)?)
+                    .with_context(|| format!("invalid credentials file {}", file.display()))
+            })
+            .await;
+            match loaded {
+                Ok(Ok(credentials)) => {
+                    tracing::info!(
+                        path = %path.display(),
+                        tokens = credentials.tokens.len(),
+                        users = credentials.users.len(),
+                        "credentials file reloaded"
+                    );
+                    self.replace(credentials);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "credentials file not reloaded; the previous credentials stay"
+                    )
+                }
+                Err(e) => tracing::warn!(error = %e, "credentials reload task failed"),
+            }
+        }
+    }
+
+    /// The principal of a request's credentials: `Authorization: Bearer` or `Basic`, else
+    /// the UI's session cookie.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return match self.oidc.as_ref().and_then(|o| o.principal_from_session(headers)) {
+                Some(principal) => Ok(principal),
+                None => Err(AuthError::Missing),
+            };
+        };
+        let value = value.to_str().map_err(|_| AuthError::Invalid("authorization header is not text".into()))?;
+        let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            self.bearer(rest.trim()).await
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            self.basic(rest.trim()).await
+        } else {
+            Err(AuthError::Invalid(format!("unsupported authorization scheme {scheme:?}")))
+        }
+    }
+
+    async fn bearer(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Invalid("empty bearer token".into()));
+        }
+        let digest = token_digest(token);
+        let credentials = self.credentials();
+        // Every entry is compared, whichever matches: the time taken says nothing.
+        let mut found = None;
+        for (entry, principal) in &credentials.tokens {
+            if bool::from(entry.ct_eq(&digest)) {
+                found = Some(principal);
+            }
+        }
+        if let Some(principal) = found {
+            return Ok(principal.clone());
+        }
+        match &self.oidc {
+            Some(oidc) => oidc.principal_from_bearer(token).await,
+            None => Err(AuthError::Invalid("unknown bearer token".into())),
+        }
+    }
+
+    async fn basic(&self, encoded: &str) -> Result<Principal, AuthError> {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| AuthError::Invalid("basic credentials are not base64 of UTF-8 text".into()))?;
+        let (user, password) =
+            decoded.split_once(':').ok_or_else(|| AuthError::Invalid("basic credentials without ':'".into()))?;
+        let credentials = self.credentials();
+        let Some((hash, principal)) = credentials.users.get(user) else {
+            // As slow as a known user's check, so that the answer's time does not tell
+            // which users exist.
+            let password = password.to_string();
+            let _ = tokio::task::spawn_blocking(move || bcrypt::verify(password, &DUMMY_HASH)).await;
+            return Err(AuthError::Invalid(format!("unknown user {user:?}")));
+        };
+        let key = sha256(&[user.as_bytes(), password.as_bytes(), hash.as_bytes()]);
+        let generation = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(principal) = cache.entries.get(&key) {
+                return Ok(principal.clone());
+            }
+            cache.generation
+        };
+        let (password, stored) = (password.to_string(), hash.clone());
+        let verified = tokio::task::spawn_blocking(move || bcrypt::verify(password, &stored))
+            .await
+            .map_err(|e| AuthError::Unavailable(format!("password check failed: {e}")))?;
+        match verified {
+            Ok(true) => {
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.generation == generation {
+                    if cache.entries.len() >= BASIC_CACHE_ENTRIES {
+                        cache.entries.clear();
+                    }
+                    cache.entries.insert(key, principal.clone());
+                }
+                Ok(principal.clone())
+            }
+            Ok(false) => Err(AuthError::Invalid(format!("wrong password for user {user:?}"))),
+            Err(e) => Err(AuthError::Invalid(format!("password check for user {user:?} failed: {e}"))),
+        }
+    }
+
+    /// The state of a group's layer ([`http_layer`], [`grpc_layer`]).
+    pub fn group(self: &Arc<Self>, group: Group) -> GroupAuth {
+        GroupAuth { auth: Arc::clone(self), group, required: self.settings.requires_auth(group) }
+    }
+
+    /// The principal of a request to `group`, or why it is refused.
+    async fn admit(&self, group: Group, headers: &HeaderMap, path: &str) -> Result<Principal, Refusal> {
+        if !self.settings.requires_auth(group) {
+            return Ok(Principal::anonymous());
+        }
+        if open_path(group, path) && (group != Group::Query || self.oidc.is_some()) {
+            return Ok(Principal {
+                name: "anonymous".to_string(),
+                authenticated: false,
+                read: TenantSet::none(),
+                write: TenantSet::none(),
+                admin: false,
+                tenant: None,
+            });
+        }
+        let principal = match self.authenticate(headers).await {
+            Ok(principal) => principal,
+            Err(e) => {
+                self.telemetry.server.auth_failure(group.name(), e.reason());
+                match e {
+                    AuthError::Missing => tracing::debug!(group = group.name(), path, "refused: no credentials"),
+                    e => tracing::info!(group = group.name(), path, error = %e, "refused: bad credentials"),
+                }
+                return Err(Refusal::Unauthenticated);
+            }
+        };
+        let allowed = match group {
+            Group::Ingest => principal.write != TenantSet::none(),
+            Group::Query => principal.read != TenantSet::none(),
+            Group::Admin => principal.admin,
+        };
+        if !allowed {
+            self.telemetry.server.auth_failure(group.name(), "forbidden");
+            let needs = match group {
+                Group::Ingest => "a write role",
+                Group::Query => "a read role",
+                Group::Admin => "admin",
+            };
+            tracing::info!(group = group.name(), path, principal = %principal.name, "refused: needs {needs}");
+            return Err(Refusal::Forbidden);
+        }
+        Ok(principal)
+    }
+}
+
+/// Admin paths that stay open for probes whatever the settings.
+pub const ADMIN_OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Whether `path` of `group` is served without credentials: the admin probes, and the
+/// UI's OpenID Connect login (when an issuer is configured). Requests to them get a
+/// principal that may do nothing.
+pub fn open_path(group: Group, path: &str) -> bool {
+    match group {
+        Group::Admin => ADMIN_OPEN_PATHS.contains(&path),
+        Group::Query => super::oidc::PUBLIC_PATHS.contains(&path),
+        Group::Ingest => false,
+    }
+}
+
+/// The body of every 401 answer: what was wrong goes to the log only.
+pub const UNAUTHORIZED_BODY: &str = "unauthorized\n";
+pub const FORBIDDEN_BODY: &str = "forbidden\n";
+
+enum Refusal {
+    Unauthenticated,
+    Forbidden,
+}
+
+/// A listener group's authentication layer state.
+#[derive(Clone)]
+pub struct GroupAuth {
+    auth: Arc<Authenticator>,
+    group: Group,
+    required: bool,
+}
+
+/// Puts `group`'s authentication in front of every route of `router`, its fallback too.
+pub fn protect(router: Router, auth: GroupAuth) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(auth, http_layer))
+}
+
+/// The HTTP layer: 401 without valid credentials, 403 for a principal without the group's
+/// role; the principal goes into the request's extensions.
+pub async fn http_layer(State(g): State<GroupAuth>, mut request: Request, next: Next) -> Response {
+    if !g.required {
+        request.extensions_mut().insert(Principal::anonymous());
+        return next.run(request).await;
+    }
+    match g.auth.admit(g.group, request.headers(), request.uri().path()).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(Refusal::Unauthenticated) => {
+            // With a UI login, a browser asking for a page is sent to it rather than shown a 401.
+            if g.group == Group::Query
+                && g.auth.oidc.is_some()
+                && super::oidc::is_page_request(request.method(), request.headers())
+            {
+                return super::oidc::login_redirect(request.uri());
+            }
+            let mut response = (StatusCode::UNAUTHORIZED, UNAUTHORIZED_BODY).into_response();
+            let headers = response.headers_mut();
+            headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"spindle\""));
+            // Browsers and Grafana prompt for a user and password on a Basic challenge.
+            if g.group == Group::Query {
+                headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"spindle\""));
+            }
+            response
+        }
+        Err(Refusal::Forbidden) => (StatusCode::FORBIDDEN, FORBIDDEN_BODY).into_response(),
+    }
+}
+
+/// Puts `group`'s authentication in front of a gRPC server's services.
+pub fn protect_grpc(routes: tonic::service::Routes, auth: GroupAuth) -> tonic::service::Routes {
+    routes.into_axum_router().layer(axum::middleware::from_fn_with_state(auth, grpc_layer)).into()
+}
+
+/// The gRPC layer: status UNAUTHENTICATED or PERMISSION_DENIED; the principal goes into the
+/// request's extensions, where tonic handlers read it (`tonic::Request::extensions`).
+async fn grpc_layer(State(g): State<GroupAuth>, mut request: Request, next: Next) -> Response {
+    if !g.required {
+        request.extensions_mut().insert(Principal::anonymous());
+        return next.run(request).await;
+    }
+    match g.auth.admit(g.group, request.headers(), request.uri().path()).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(Refusal::Unauthenticated) => {
+            tonic::Status::unauthenticated("unauthorized").into_http::<axum::body::Body>().into_response()
+        }
+        Err(Refusal::Forbidden) => {
+            tonic::Status::permission_denied("forbidden").into_http::<axum::body::Body>().into_response()
+        }
+    }
+}
+
+/// `spindle hash-password`: a bcrypt hash (cost 10) of the password on standard input.
+pub fn hash_password_command() -> anyhow::Result<()> {
+    let mut password = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut password).context("reading the password from stdin")?;
+    let password = password.strip_suffix('\n').unwrap_or(&password);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    anyhow::ensure!(password.len() <= 72, "bcrypt reads only the first 72 bytes of a password: use a shorter one");
+    println!("{}", bcrypt::hash(password, 10).context("hashing the password")?);
+    Ok(())
+}
+
+/// Whether a UDP receiver may serve: when the ingest group requires authentication, only
+/// on a loopback address (datagrams carry no credentials).
+pub fn udp_allowed(settings: &SecuritySettings, addr: std::net::SocketAddr) -> bool {
+    !settings.requires_auth(Group::Ingest) || addr.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_checked_at_load() {
+        let ok = CredentialsFile::parse(
+            "[[token]]\nname = \"a\"\ntoken = \"t\"\nwrite = [\"*\"]\n\
+             [[token]]\nname = \"b\"\nsha256 = \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\n",
+        )
+        .unwrap();
+        let compiled = Credentials::compile(ok).unwrap();
+        assert_eq!(compiled.tokens[0].0, token_digest("t"));
+        assert_eq!(compiled.tokens[0].1.write, TenantSet::All);
+        assert_eq!(compiled.tokens[1].0, token_digest(""));
+        for bad in [
+            "[[token]]\nname = \"a\"\n",
+            "[[token]]\nname = \"a\"\ntoken = \"t\"\nsha256 = \"00\"\n",
+            "[[token]]\nname = \"a\"\nsha256 = \"zz\"\n",
+            "[[user]]\nname = \"u\"\npassword = \"plain\"\n",
+            "[[token]]\nname = \"a\"\ntoken = \"t\"\nextra = 1\n",
+        ] {
+            let result = CredentialsFile::parse(bad).and_then(Credentials::compile);
+            assert!(result.is_err(), "{bad}");
+        }
+    }
 }

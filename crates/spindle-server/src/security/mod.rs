@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod oidc;
+pub mod routes;
 pub mod tls;
 
 use std::collections::BTreeSet;

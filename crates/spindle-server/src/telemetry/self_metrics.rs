@@ -55,6 +55,14 @@ pub struct RecoveredLabels {
     pub event: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    /// The listener group: `ingest`, `query` or `admin`.
+    pub group: &'static str,
+    /// `missing`, `invalid` or `unavailable` credentials (401), or `forbidden` (403).
+    pub reason: &'static str,
+}
+
 /// Gauges and counters of the embedded store; see [`StoreGauges::set`].
 #[derive(Default)]
 pub struct StoreGauges {
@@ -113,6 +121,8 @@ pub struct SelfMetrics {
     pub store: StoreGauges,
     pub datagrams: Family<DatagramLabels, Counter>,
     pub query_duration: Family<EndpointLabels, Histogram>,
+    /// Requests refused by the authentication layers; see [`SelfMetrics::auth_failure`].
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
     /// TLS handshakes that failed or timed out, per listener.
     pub tls_handshake_failures: Family<ListenerLabels, Counter>,
 }
@@ -137,6 +147,7 @@ impl SelfMetrics {
                 Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
             }),
             tls_handshake_failures: Family::default(),
+            auth_failures: Family::default(),
         };
         registry.register("spindle_spans_received", "Spans received, valid or not", metrics.spans_received.clone());
         registry.register(
@@ -208,7 +219,17 @@ impl SelfMetrics {
             "TLS handshakes that failed or timed out, by listener",
             metrics.tls_handshake_failures.clone(),
         );
+        registry.register(
+            "spindle_auth_failures",
+            "Requests refused by authentication (401) or authorization (403), by listener group and reason",
+            metrics.auth_failures.clone(),
+        );
         metrics
+    }
+
+    /// Counts a request refused by a listener group's authentication layer.
+    pub fn auth_failure(&self, group: &'static str, reason: &'static str) {
+        self.auth_failures.get_or_create(&AuthFailureLabels { group, reason }).inc();
     }
 }
 
