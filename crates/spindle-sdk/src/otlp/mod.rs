@@ -69,6 +69,7 @@ impl Backoff {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per exporter
 enum Transport {
     Grpc {
         grpc: tonic::client::Grpc<Channel>,
