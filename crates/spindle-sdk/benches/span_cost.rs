@@ -180,7 +180,6 @@ fn span_data(n: u64) -> SpanData {
 }
 
 fn export(c: &mut Cpu) {
-    support::install_crypto_provider();
     let sink = support::OtlpSink::start();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let grpc = {

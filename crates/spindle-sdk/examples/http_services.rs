@@ -45,18 +45,17 @@ async fn get_recommendations(
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let role = std::env::args().nth(1).unwrap_or_else(|| "api".to_owned());
-    let service = if role == "market-data" { "market-data-service" } else { "clstock-api" };
-    // First: init also installs the TLS crypto provider the reqwest client below needs.
-    let _guard = spindle_sdk::init(service);
-    let (port, app) = match role.as_str() {
-        "market-data" => (8081, Router::new().route("/stocks/{symbol}", get(get_stock_data))),
+    let (service, port, app) = match role.as_str() {
+        "market-data" => ("market-data-service", 8081, Router::new().route("/stocks/{symbol}", get(get_stock_data))),
         _ => (
+            "clstock-api",
             8080,
             Router::new()
                 .route("/recommendations", get(get_recommendations))
                 .with_state(traced_client(reqwest::Client::new())),
         ),
     };
+    let _guard = spindle_sdk::init(service);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(service, port, "listening");
     axum::serve(listener, app.layer(ServerTracingLayer::new()))
