@@ -19,12 +19,12 @@ use crate::error::InitError;
 
 /// The process's rustls crypto provider, installing ring as the process default when none is.
 ///
-/// reqwest and tonic build their TLS configurations from the process default, and a build
-/// of reqwest without a provider of its own panics when it finds none: installing ring here
-/// keeps every client of a traced service working, the SDK's and the service's. A provider
-/// the service installed first is kept and used.
+/// A build whose rustls has more than one provider (reqwest brings aws-lc-rs) has no default
+/// until one is installed, and `rustls::ClientConfig::builder()` panics without one:
+/// installing ring keeps the service's own TLS clients working, and tonic and reqwest take
+/// it as theirs. A provider the service installed first is kept and used.
 pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
-    #[allow(deprecated)] // ring: the workspace's one provider (aws-lc-rs needs a C build)
+    #[allow(deprecated)] // ring: the provider of every TLS configuration the workspace builds
     let ring = rustls::crypto::ring::default_provider;
     // Refused when a provider is installed already; that one is then the default.
     let _ = ring().install_default();

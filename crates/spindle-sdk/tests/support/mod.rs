@@ -18,40 +18,7 @@ use spindle_sdk::tracing_subscriber::Registry;
 use spindle_sdk::{Protocol, TracingGuard};
 
 pub use otlp_sink::{OtlpSink, SinkSpan};
-pub use spindle_test_support::{free_port, free_udp_port, wait_until, Tansu};
-
-/// Makes ring the process's rustls provider, as `spindle_sdk` init does: reqwest, built with
-/// TLS but no provider of its own, panics building a client before one is installed, and
-/// the harness's clients may run before any service starts.
-pub fn install_crypto_provider() {
-    #[allow(deprecated)] // ring, the workspace's one provider
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// [`spindle_test_support::http_get`], with the process's crypto provider installed first.
-pub fn http_get(url: &str) -> Option<(u16, String)> {
-    install_crypto_provider();
-    spindle_test_support::http_get(url)
-}
-
-/// [`spindle_test_support::Spindle`], with the process's crypto provider installed first
-/// (starting it polls `/readyz` with reqwest).
-pub struct Spindle(spindle_test_support::Spindle);
-
-impl Spindle {
-    pub fn start() -> Self {
-        install_crypto_provider();
-        Self(spindle_test_support::Spindle::start())
-    }
-}
-
-impl std::ops::Deref for Spindle {
-    type Target = spindle_test_support::Spindle;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
+pub use spindle_test_support::{free_port, free_udp_port, http_get, wait_until, Spindle, Tansu};
 
 /// A span exporter that accepts and discards every batch: benchmarks measure the SDK with
 /// it, not a backend.
