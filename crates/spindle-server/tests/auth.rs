@@ -343,6 +343,16 @@ fn tokens_users_and_roles() {
     let r = client().get(&services).header("authorization", "Token abc").send().unwrap();
     assert_eq!(r.status().as_u16(), 401, "an unknown scheme");
 
+    // The UI's requests get no Basic challenge (browsers would prompt instead of letting
+    // the UI see the 401); other clients of the query port do.
+    let challenges = |r: &reqwest::blocking::Response| -> Vec<String> {
+        r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect()
+    };
+    let r = client().get(&services).header("x-requested-with", "XMLHttpRequest").send().unwrap();
+    assert_eq!((r.status().as_u16(), challenges(&r)), (401, vec!["Bearer realm=\"spindle\"".to_string()]));
+    let r = client().get(&services).send().unwrap();
+    assert_eq!(challenges(&r), ["Bearer realm=\"spindle\"", "Basic realm=\"spindle\""]);
+
     // Roles: a write-only token cannot read, a read-only one cannot write; 403, no detail.
     assert_eq!(get(&services, Some(INGEST)), (403, "forbidden\n".to_string()));
     assert_eq!(get(&services, Some(ADMIN)).0, 403, "admin alone reads no tenant");

@@ -517,8 +517,10 @@ pub async fn http_layer(State(g): State<GroupAuth>, mut request: Request, next: 
             let mut response = (StatusCode::UNAUTHORIZED, UNAUTHORIZED_BODY).into_response();
             let headers = response.headers_mut();
             headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"spindle\""));
-            // Browsers and Grafana prompt for a user and password on a Basic challenge.
-            if g.group == Group::Query {
+            // Browsers and Grafana prompt for a user and password on a Basic challenge; the
+            // UI's own requests (X-Requested-With) get none, so that the UI sees the 401
+            // instead of the browser stopping the request to prompt.
+            if g.group == Group::Query && !request.headers().contains_key("x-requested-with") {
                 headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"spindle\""));
             }
             response

@@ -125,6 +125,7 @@ mod tests {
             ("receivers/sampling.rs", include_str!("../receivers/sampling.rs")),
             ("ui.rs", include_str!("../ui.rs")),
             ("server.rs", include_str!("../server.rs")),
+            ("security/oidc.rs", include_str!("oidc.rs")),
         ];
         for (file, source) in sources {
             for call in [".route(", ".route_service(", ".nest(", ".nest_service(", ".fallback(", ".fallback_service("] {
