@@ -416,3 +416,53 @@ fn tls_plaintext_admin_leaves_metrics_in_plain_text() {
     let query = Curl::new().cacert(&ca.file).url(&format!("https://{}/api/services", server.query)).run();
     assert_eq!(query.status, Some(200), "{}", query.stderr);
 }
+
+#[test]
+fn handshakes_do_not_hold_up_the_accept_loop_and_count_against_the_connection_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_ca(dir.path(), "ca");
+    let (cert, key) = write_leaf(dir.path(), "server", &ca, false);
+    let server = Server::start(
+        dir.path(),
+        &ca.file,
+        true,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--max-connections", "2"],
+    );
+    let post = |service: &str| {
+        let (body, _) = otlp_json(service);
+        Curl::new()
+            .cacert(&ca.file)
+            .url(&format!("https://{}/v1/traces", server.http))
+            .post_json(&body)
+            .arg("--max-time")
+            .arg("3")
+            .run()
+    };
+    // A client that connects and never starts its handshake does not hold up the next one.
+    let mut silent = vec![std::net::TcpStream::connect(server.http).unwrap()];
+    let r = post("behind-a-silent-client");
+    assert_eq!((r.exit, r.status), (0, Some(200)), "{}", r.stderr);
+
+    // But it holds its connection slot while it handshakes: with two silent clients the
+    // cap is reached and a third connection waits to be accepted.
+    silent.push(std::net::TcpStream::connect(server.http).unwrap());
+    let waiting = post("over-the-cap");
+    assert_eq!(waiting.exit, 28, "curl timed out, not accepted while two connections are open: {}", waiting.stderr);
+    let metrics = || Curl::new().cacert(&ca.file).url(&format!("https://{}/metrics", server.admin)).run().body;
+    assert!(metrics().contains(r#"spindle_limit_hits_total{limit="connections"} "#));
+
+    // The handshake deadline closes the silent ones, counted as failures, and frees the cap.
+    wait_until("a connection after the silent ones timed out", Duration::from_secs(30), || {
+        (post("after-the-deadline").status == Some(200)).then_some(())
+    });
+    for stream in &mut silent {
+        use std::io::Read;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let read = stream.read(&mut [0u8; 16]);
+        assert!(
+            matches!(&read, Ok(0)) || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "closed by the server, got {read:?}"
+        );
+    }
+    assert!(handshake_failures(&metrics(), "otlp http") >= 2);
+}

@@ -199,13 +199,15 @@ impl Transport {
         self.cert.is_some() && !self.plaintext.contains(&group)
     }
 
-    /// `inner`, serving TLS when its group does.
+    /// `inner`, serving TLS when its group does. With TLS, a task of its own accepts from
+    /// `inner` from now on (call from within the runtime).
     pub fn wrap<L>(&self, group: Group, listener: &'static str, alpn: Alpn, inner: L) -> Listener<L>
     where
         L: axum::serve::Listener,
+        L::Addr: Clone + 'static,
     {
         let Some(cert) = self.cert.as_ref().filter(|_| self.tls(group)) else {
-            return Listener { inner, tls: None };
+            return Listener(Kind::Plain(inner));
         };
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -218,18 +220,18 @@ impl Transport {
         config.alpn_protocols = alpn.protocols();
         // The series exists from the start, so that alert rules see it before a failure.
         self.telemetry.server.count_tls_handshake_failures(listener, 0);
-        let (done_tx, done_rx) = mpsc::channel(64);
-        Listener {
+        let local_addr = inner.local_addr().map_err(|e| (e.kind(), e.to_string()));
+        let (done_tx, done) = mpsc::channel(64);
+        tokio::spawn(accept_loop(
             inner,
-            tls: Some(Handshakes {
+            Handshakes {
                 listener,
                 acceptor: TlsAcceptor::from(Arc::new(config)),
-                pending: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
-                done_tx,
-                done_rx,
                 telemetry: Arc::clone(&self.telemetry),
-            }),
-        }
+            },
+            done_tx,
+        ));
+        Listener(Kind::Tls { done, local_addr })
     }
 
     /// Reloads the certificate every `every` when its files changed, until `stop`.
@@ -310,30 +312,43 @@ fn exposure(settings: &SecuritySettings, group: Group, addr: SocketAddr) -> Vec<
 // ---- listeners ----
 
 /// A listener serving plain text or TLS.
-pub struct Listener<L: axum::serve::Listener> {
-    inner: L,
-    tls: Option<Handshakes<L>>,
+pub struct Listener<L: axum::serve::Listener>(Kind<L>);
+
+enum Kind<L: axum::serve::Listener> {
+    Plain(L),
+    /// Connections whose handshake finished, from [`accept_loop`].
+    Tls {
+        done: mpsc::Receiver<(TlsStream<L::Io>, L::Addr)>,
+        local_addr: Result<L::Addr, (io::ErrorKind, String)>,
+    },
 }
 
-struct Handshakes<L: axum::serve::Listener> {
+struct Handshakes {
     listener: &'static str,
     acceptor: TlsAcceptor,
-    pending: Arc<Semaphore>,
-    done_tx: mpsc::Sender<(TlsStream<L::Io>, L::Addr)>,
-    done_rx: mpsc::Receiver<(TlsStream<L::Io>, L::Addr)>,
     telemetry: Arc<Telemetry>,
 }
 
-impl<L> Handshakes<L>
+/// Accepts connections from `inner` and hands each to a handshake task of its own, until
+/// the [`Listener`] is dropped. `inner`'s accept is never cancelled midway, so a receiver's
+/// connection cap waits and counts its hits as it does in plain text.
+async fn accept_loop<L>(mut inner: L, handshakes: Handshakes, done: mpsc::Sender<(TlsStream<L::Io>, L::Addr)>)
 where
     L: axum::serve::Listener,
     L::Addr: 'static,
 {
-    fn start(&self, permit: tokio::sync::OwnedSemaphorePermit, io: L::Io, addr: L::Addr) {
-        let accept = self.acceptor.accept(io);
-        let done = self.done_tx.clone();
-        let telemetry = Arc::clone(&self.telemetry);
-        let listener = self.listener;
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&pending).acquire_owned() => permit,
+            _ = done.closed() => return,
+        };
+        let (io, addr) = tokio::select! {
+            accepted = inner.accept() => accepted,
+            _ = done.closed() => return,
+        };
+        let accept = handshakes.acceptor.accept(io);
+        let (done, telemetry, listener) = (done.clone(), Arc::clone(&handshakes.telemetry), handshakes.listener);
         tokio::spawn(async move {
             let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await;
             drop(permit);
@@ -358,37 +373,31 @@ where
 impl<L> axum::serve::Listener for Listener<L>
 where
     L: axum::serve::Listener,
-    L::Addr: 'static,
+    L::Addr: Clone + 'static,
 {
     type Io = Io<L::Io>;
     type Addr = L::Addr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let Listener { inner, tls } = self;
-        let Some(tls) = tls else {
-            let (io, addr) = inner.accept().await;
-            return (Io::Plain(io), addr);
-        };
-        loop {
-            // Both branches are cancel-safe: a connection accepted is handed to its
-            // handshake task before anything else is awaited.
-            tokio::select! {
-                Some((stream, addr)) = tls.done_rx.recv() => return (Io::Tls(Box::new(stream)), addr),
-                (permit, (io, addr)) = async {
-                    let permit = Arc::clone(&tls.pending).acquire_owned().await;
-                    (permit, inner.accept().await)
-                } => {
-                    // The semaphore is never closed.
-                    if let Ok(permit) = permit {
-                        tls.start(permit, io, addr);
-                    }
-                }
+        match &mut self.0 {
+            Kind::Plain(inner) => {
+                let (io, addr) = inner.accept().await;
+                (Io::Plain(io), addr)
             }
+            Kind::Tls { done, .. } => match done.recv().await {
+                Some((stream, addr)) => (Io::Tls(Box::new(stream)), addr),
+                // The accept loop ended (it runs as long as this listener): nothing more
+                // comes.
+                None => std::future::pending().await,
+            },
         }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
+        match &self.0 {
+            Kind::Plain(inner) => inner.local_addr(),
+            Kind::Tls { local_addr, .. } => local_addr.clone().map_err(|(kind, e)| io::Error::new(kind, e)),
+        }
     }
 }
 
