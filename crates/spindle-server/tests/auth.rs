@@ -428,7 +428,7 @@ fn the_credentials_file_is_reloaded_when_it_changes() {
 /// tests/clients/setup.sh makes (made here the same way when missing).
 fn otel_python() -> PathBuf {
     let scratch =
-        std::env::var_os("SCRATCH").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/spindle-clients"));
+        std::env::var_os("SCRATCH").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("spindle-clients"));
     let venv = scratch.join("otel");
     let python = venv.join("bin/python");
     let ready = || {
@@ -453,6 +453,7 @@ fn otel_python() -> PathBuf {
             .expect("pip install");
         assert!(status.success(), "installing the OpenTelemetry Python SDK into {}", venv.display());
         assert!(ready(), "the OpenTelemetry Python exporters do not import from {}", python.display());
+        std::fs::File::create(venv.join(".installed")).unwrap();
     }
     python
 }
