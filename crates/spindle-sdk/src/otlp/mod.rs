@@ -177,11 +177,9 @@ impl OtlpExporter {
                 let path = PathAndQuery::from_static(EXPORT_PATH);
                 let request = tonic::Request::from_parts(metadata.clone(), tonic::Extensions::default(), request);
                 let response = grpc.unary(request, path, RawProtobuf).await.map_err(|status| {
-                    OTelSdkError::InternalFailure(format!(
-                        "otlp grpc export: {:?}: {}",
-                        status.code(),
-                        status.message()
-                    ))
+                    // A transport failure (a refused handshake) says what it was in its causes.
+                    let text = format!("otlp grpc export: {:?}: {}", status.code(), status.message());
+                    OTelSdkError::InternalFailure(with_causes(text, std::error::Error::source(&status)))
                 })?;
                 response.into_inner()
             }
@@ -237,11 +235,14 @@ fn invalid_endpoint(endpoint: &str, reason: impl std::fmt::Display) -> InitError
 /// An error with its causes: a TLS failure (an untrusted certificate, a refused client
 /// certificate) is only named by the innermost one.
 pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
+    with_causes(error.to_string(), error.source())
+}
+
+/// `text`, then each cause from `source` on that it does not already say.
+fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(cause) = source {
         let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
+        if !text.ends_with(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
         }
