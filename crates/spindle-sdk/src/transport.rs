@@ -130,8 +130,9 @@ impl Headers {
                 |reason: String| InitError::InvalidSetting { name: "header", value: format!("{name}=…"), reason };
             let key = tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes())
                 .map_err(|e| invalid(format!("not a gRPC metadata key (a `-bin` key needs binary values): {e}")))?;
-            let value = tonic::metadata::AsciiMetadataValue::try_from(value.as_str())
+            let mut value = tonic::metadata::AsciiMetadataValue::try_from(value.as_str())
                 .map_err(|e| invalid(format!("not a gRPC metadata value: {e}")))?;
+            value.set_sensitive(true);
             map.insert(key, value);
         }
         Ok(map)
@@ -417,6 +418,8 @@ mod tests {
         assert_eq!(headers.to_header_map().expect("http").len(), 2);
         let metadata = headers.to_metadata().expect("grpc");
         assert_eq!(metadata.get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer two"));
+        let (http, grpc) = (format!("{:?}", headers.to_header_map().expect("http")), format!("{metadata:?}"));
+        assert!(!http.contains("Bearer") && !grpc.contains("Bearer"), "values are sensitive: {http} {grpc}");
     }
 
     #[test]
