@@ -238,6 +238,8 @@ pub struct Authenticator {
     cache: Mutex<BasicCache>,
     oidc: Option<Arc<Oidc>>,
     telemetry: Arc<Telemetry>,
+    /// The credentials file's stamp when it was last read.
+    loaded: FileStamp,
 }
 
 /// When the credentials file was last read: a change of either means read it again.
@@ -255,6 +257,7 @@ impl Authenticator {
         oidc: Option<Arc<Oidc>>,
         telemetry: Arc<Telemetry>,
     ) -> anyhow::Result<Arc<Self>> {
+        let loaded = settings.auth_file.as_deref().and_then(stamp);
         let credentials = match &settings.auth_file {
             Some(path) => Credentials::compile(CredentialsFile::load(path)?)
                 .with_context(|| format!("invalid credentials file {}", path.display()))?,
@@ -266,6 +269,7 @@ impl Authenticator {
             cache: Mutex::new(BasicCache { generation: 0, entries: HashMap::new() }),
             oidc,
             telemetry,
+            loaded,
         }))
     }
 
@@ -284,7 +288,7 @@ impl Authenticator {
     /// credentials in force stay.
     pub async fn reload_loop(self: Arc<Self>, every: Duration, mut stop: watch::Receiver<bool>) {
         let Some(path) = self.settings.auth_file.clone() else { return };
-        let mut seen = stamp(&path);
+        let mut seen = self.loaded;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -509,7 +513,7 @@ pub async fn http_layer(State(g): State<GroupAuth>, mut request: Request, next: 
         Err(Refusal::Unauthenticated) => {
             // With a UI login, a browser asking for a page is sent to it rather than shown a 401.
             if g.group == Group::Query
-                && g.auth.oidc.is_some()
+                && g.auth.oidc.as_ref().is_some_and(|o| o.settings.client_id.is_some())
                 && super::oidc::is_page_request(request.method(), request.headers())
             {
                 return super::oidc::login_redirect(request.uri());
