@@ -294,6 +294,13 @@ fn every_listener_serves_tls_to_curl_and_the_python_exporters() {
     assert_eq!((r.exit, r.status), (0, Some(200)), "{} {}", r.body, r.stderr);
     assert_trace_readable(&server, &ca.file, &trace_id, "curl-tls");
 
+    // ALPN: HTTP/1.1 on the HTTP listeners, h2 on the gRPC ones.
+    let http_alpn = Curl::new().arg("-v").cacert(&ca.file).url(&format!("https://{}/api/services", server.query)).run();
+    assert!(http_alpn.stderr.contains("ALPN: server accepted http/1.1"), "{}", http_alpn.stderr);
+    let grpc_alpn =
+        Curl::new().arg("-v").arg("--http2").cacert(&ca.file).url(&format!("https://{}/", server.grpc)).run();
+    assert!(grpc_alpn.stderr.contains("ALPN: server accepted h2"), "{}", grpc_alpn.stderr);
+
     // (b) The OpenTelemetry Python exporters, trusting the CA through their environment.
     let grpc_trace = python_export("grpc", &format!("https://{}", server.grpc), "py-grpc-tls", &ca.file, None);
     let http_trace =
