@@ -74,6 +74,8 @@ fn serve_http<L>(
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Before anything builds a TLS server or client.
+    tls::install_crypto_provider();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 

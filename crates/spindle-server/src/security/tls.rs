@@ -43,8 +43,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// ends (the query and admin listeners have no connection cap of their own).
 const MAX_PENDING_HANDSHAKES: usize = 1024;
 
-/// Makes ring the process's crypto provider, for the listeners and for every rustls client
-/// of the process. Installing it twice is harmless.
+/// Makes ring the process's crypto provider, for every rustls client of the process (the
+/// listeners name theirs explicitly); called once at start. Installing it twice is harmless.
 pub fn install_crypto_provider() {
     let _ = Arc::unwrap_or_clone(provider()).install_default();
 }
@@ -182,7 +182,6 @@ impl Transport {
     /// Loads the certificate, key and client CA named in `settings`; plain text everywhere
     /// when no certificate is set.
     pub fn new(settings: &SecuritySettings, telemetry: Arc<Telemetry>) -> anyhow::Result<Self> {
-        install_crypto_provider();
         let cert = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => Some(Arc::new(ReloadingCert::load(cert, key)?)),
             _ => None,
