@@ -186,6 +186,12 @@ impl Transport {
             (Some(cert), Some(key)) => Some(Arc::new(ReloadingCert::load(cert, key)?)),
             _ => None,
         };
+        // Client certificates are asked for on the ingest group only: a CA with that group in
+        // plain text would protect nothing.
+        anyhow::ensure!(
+            settings.tls_client_ca.is_none() || !settings.tls_plaintext.contains(&Group::Ingest),
+            "tls_client_ca needs TLS on the ingest group, which tls_plaintext keeps in plain text"
+        );
         let client_verifier = match &settings.tls_client_ca {
             Some(path) if cert.is_some() => Some(client_verifier(path)?),
             _ => None,
