@@ -269,42 +269,59 @@ describe('sign-in through an OpenID provider', () => {
     await loadTenants(s, false);
   });
 
-  test('the UI sends the browser through the provider and back signed in; an expired session signs in again; sign-out ends it', async () => {
+  /** Opens the UI in a new browser context and signs in; answers the page and the page requests made. */
+  async function signIn(path: string): Promise<{ page: Page; context: BrowserContext; visited: string[] }> {
     const page = await newPage(browser);
-    const context = page.context();
     const visited: string[] = [];
-    page.on('framenavigated', (f) => f === page.mainFrame() && visited.push(f.url()));
-
-    await page.goto(`${base}/search?lookback=1h`);
-    await page.waitForURL((u) => u.toString().startsWith(`${base}/search`));
+    // Every page request, redirects included: the provider's scripted login answers with redirects only.
+    page.on('request', (r) => r.isNavigationRequest() && r.frame() === page.mainFrame() && visited.push(r.url()));
+    await page.goto(`${base}${path}`);
+    await page.waitForURL((u) => u.toString().startsWith(`${base}${path.split('?')[0]}`));
     await expect.poll(() => page.textContent('[data-testid=user-name]')).toBe('alice');
-    expect(visited.some((u) => u.startsWith(issuerUrl))).toBe(true);
+    return { page, context: page.context(), visited };
+  }
+
+  test('opening the UI goes through the provider and back, signed in; sign-out ends the session', async () => {
+    const { page, context, visited } = await signIn('/search?lookback=1h');
+    expect(visited.some((u) => u.startsWith(`${issuerUrl}/`))).toBe(true);
     expect(new URL(page.url()).searchParams.get('lookback')).toBe('1h');
+    // alice's group reads team-a and team-b, team-a by default.
+    expect(tenantOf(page.url())).toBe('team-a');
     await expectServices(page, ['alpha-service']);
+    expect(await page.locator('select[data-testid=tenant-picker] option').allTextContents()).toEqual(['team-a', 'team-b']);
     expect(await page.getAttribute('[data-testid=logout]', 'href')).toBe('/auth/logout');
     await screenshot(page, 'auth-04-signed-in');
 
-    // The session ends behind the page's back: its next API calls answer 401, and the UI
-    // goes to the login, which comes back to the page it was on (here: team-b's search).
-    await context.clearCookies({ name: 'spindle_session' });
-    visited.length = 0;
-    const login = page.waitForRequest((r) => r.url().startsWith(`${base}/auth/login?`));
-    await page.locator('select[data-testid=tenant-picker]').selectOption('team-b');
-    const returnTo = new URL((await login).url()).searchParams.get('return_to') ?? '';
-    expect(tenantOf(`${base}${returnTo}`)).toBe('team-b');
-    await page.waitForURL((u) => u.toString().startsWith(`${base}/search`) && tenantOf(u.toString()) === 'team-b');
-    expect(visited.some((u) => u.startsWith(issuerUrl))).toBe(true);
-    await expect.poll(() => page.textContent('[data-testid=user-name]')).toBe('alice');
-    await expectServices(page, ['beta-service']);
-
-    // Sign out: the session cookie is gone before the provider's end-session page shows.
+    // Sign out: the session cookie is gone by the time the provider's end-session page shows.
     await page.click('[data-testid=logout]');
     await page.waitForURL((u) => u.toString().startsWith(`${issuerUrl}/session/end`));
     expect((await context.cookies(base)).map((c) => c.name)).not.toContain('spindle_session');
-    const who = await context.request.get(`${base}/api/spindle/whoami`, { headers: { accept: 'application/json' } });
+    const who = await context.request.get(`${base}/api/spindle/whoami`, { headers: { accept: 'application/json', 'X-Requested-With': 'XMLHttpRequest' } });
     if (who.ok()) expect((await who.json()).authenticated).toBe(false);
     else expect(who.status()).toBe(401);
-    await screenshot(page, 'auth-05-signed-out');
+    await context.close();
+  });
+
+  test('a session that ends behind the page: the next API call answers 401, and the UI signs in again and comes back to the same page', async () => {
+    const { page, context, visited } = await signIn('/search');
+    await expectServices(page, ['alpha-service']);
+    await context.clearCookies({ name: 'spindle_session' });
+    visited.length = 0;
+    const login = page.waitForRequest((r) => r.url().startsWith(`${base}/auth/login?`), { timeout: 15_000 }).catch(async (e) => {
+      // The UI learns the login's path from whoami, which must answer requests without a session.
+      const who = await context.request.get(`${base}/api/spindle/whoami`, { headers: { accept: 'application/json', 'X-Requested-With': 'XMLHttpRequest' } });
+      const shown = await page.locator('main').textContent();
+      throw new Error(`the UI did not go to the login (${(e as Error).message.split('\n')[0]}); it shows ${JSON.stringify(shown)}; whoami without a session answers ${who.status()} ${await who.text()}`);
+    });
+    // Switching the tenant reloads the page's data: the first request answers 401.
+    await page.locator('select[data-testid=tenant-picker]').selectOption('team-b');
+    const returnTo = new URL((await login).url()).searchParams.get('return_to') ?? '';
+    expect(returnTo.startsWith('/search?')).toBe(true);
+    expect(tenantOf(`${base}${returnTo}`)).toBe('team-b');
+    await page.waitForURL((u) => u.toString().startsWith(`${base}/search`) && tenantOf(u.toString()) === 'team-b');
+    expect(visited.some((u) => u.startsWith(`${issuerUrl}/`))).toBe(true);
+    await expect.poll(() => page.textContent('[data-testid=user-name]')).toBe('alice');
+    await expectServices(page, ['beta-service']);
     await context.close();
   });
 });
