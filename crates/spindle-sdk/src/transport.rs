@@ -259,18 +259,6 @@ impl ClientTls {
                 roots.add(cert).map_err(|e| file_error(WHAT, ca, format!("unusable certificate: {e}")))?;
             }
         }
-        if roots.is_empty() {
-            let why = system.errors.first().map_or_else(String::new, |e| format!(" ({e})"));
-            return Err(InitError::Tls {
-                endpoint: endpoint.to_owned(),
-                reason: format!(
-                    "no certificate to trust: the system has no CA certificates{why} and no CA file is set \
-                     (OTEL_EXPORTER_OTLP_CERTIFICATE)"
-                ),
-            });
-        }
-        tracing::debug!(system_roots = system_added, ca_file = files.ca.is_some(), "tls trust loaded");
-
         let identity = match (&files.client_certificate, &files.client_key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
@@ -286,6 +274,18 @@ impl ClientTls {
             (Some(cert), None) => return Err(half_identity(cert, "client key")),
             (None, Some(key)) => return Err(half_identity(key, "client certificate")),
         };
+        // Checked after every file, so a bad file is reported as such on any machine.
+        if roots.is_empty() {
+            let why = system.errors.first().map_or_else(String::new, |e| format!(" ({e})"));
+            return Err(InitError::Tls {
+                endpoint: endpoint.to_owned(),
+                reason: format!(
+                    "no certificate to trust: the system has no CA certificates{why} and no CA file is set \
+                     (OTEL_EXPORTER_OTLP_CERTIFICATE)"
+                ),
+            });
+        }
+        tracing::debug!(system_roots = system_added, ca_file = files.ca.is_some(), "tls trust loaded");
         let tls = Self { provider, roots: Arc::new(roots), identity };
         // Building the configuration once checks that the key fits the certificate.
         tls.rustls_config(&[]).map_err(|e| match (&files.client_key, e) {
@@ -428,5 +428,29 @@ mod tests {
         assert!(is_https("HTTPS://spindle:4317"));
         assert!(!is_https("http://spindle:4317"));
         assert!(!is_https("spindle:4317"));
+    }
+    /// The only test of this binary that loads trust: it points rustls-native-certs at an
+    /// empty store through the process environment.
+    #[test]
+    fn with_no_system_roots_a_ca_file_is_needed() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("empty store");
+        std::env::remove_var("SSL_CERT_DIR");
+        std::env::set_var("SSL_CERT_FILE", &empty);
+        let error = ClientTls::load(&TlsFiles::default(), "https://spindle:4317").expect_err("nothing to trust");
+        assert!(error.to_string().contains("no certificate to trust"), "{error}");
+        assert!(error.to_string().contains("https://spindle:4317"), "{error}");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["spindle".to_owned()]).expect("certificate");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert.pem()).expect("ca file");
+        let files = TlsFiles {
+            ca: Some(FileSetting { path: ca_file, source: "OTEL_EXPORTER_OTLP_CERTIFICATE" }),
+            ..TlsFiles::default()
+        };
+        let tls = ClientTls::load(&files, "https://spindle:4317").expect("the CA file is enough");
+        assert_eq!(tls.roots.len(), 1);
+        std::env::remove_var("SSL_CERT_FILE");
     }
 }
