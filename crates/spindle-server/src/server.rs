@@ -21,7 +21,7 @@ use crate::receivers::sampling::{self, Strategies};
 use crate::receivers::{jaeger_grpc, jaeger_http, jaeger_udp, zipkin};
 use crate::security::tls::{self, Alpn, Transport};
 use crate::security::auth::{self, Authenticator};
-use crate::security::oidc::Oidc;
+use crate::security::oidc::{self, Oidc};
 use crate::security::Group;
 use crate::telemetry::{self, Telemetry};
 use crate::{admin, api, otlp_grpc, otlp_http};
@@ -85,7 +85,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Authentication (docs/SECURITY.md, "Authentication"): one set of credentials for every
     // listener group; a credentials file that does not load stops the start.
     let oidc = Oidc::from_settings(&settings.security)?;
-    let auth = Authenticator::new(&settings.security, oidc, Arc::clone(&telemetry))?;
+    let auth = Authenticator::new(&settings.security, oidc.clone(), Arc::clone(&telemetry))?;
     tokio::spawn(Arc::clone(&auth).reload_loop(Duration::from_secs(2), stop_rx.clone()));
     // TLS (docs/SECURITY.md, "TLS"): a certificate that does not load stops the start.
     let transport = Transport::new(&settings.security, Arc::clone(&telemetry))?;
@@ -268,7 +268,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let api_state = api::ApiState::new(query, Arc::clone(&telemetry), alerting, settings.limits.clone());
     let query_listener = transport.wrap(Group::Query, "query", Alpn::Http1, query_listener);
-    let query_router = auth::protect(api::router(api_state), auth.group(Group::Query));
+    // The login routes (OIDC) join the query port's routes, behind the same layer.
+    let query_router = auth::protect(oidc::mount(api::router(api_state), oidc), auth.group(Group::Query));
     serve_http(&mut tasks, "query", query_listener, query_router, stop_rx.clone());
 
     let snapshots = tokio::spawn(telemetry::snapshot_loop(

@@ -12,6 +12,7 @@
 
 mod jaeger;
 pub mod params;
+mod session;
 mod spindle;
 mod spm;
 mod v3;
@@ -223,6 +224,7 @@ fn routes() -> Routes<ApiState> {
         .get("/api/spindle/kafka-hops", spindle::kafka_hops)
         .get("/api/spindle/graph", spindle::graph)
         .get("/api/spindle/alerts", spindle::alerts)
+        .get("/api/spindle/whoami", session::whoami)
         .get("/api/{*rest}", unknown_api)
         .other(crate::ui::serve)
 }
