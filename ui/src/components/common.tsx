@@ -1,4 +1,5 @@
-// Small shared pieces: links (which keep the selected tenant), badges, and the loading/empty/error states every page uses.
+// Small shared pieces: links (which keep the selected tenant), badges, and the
+// loading/empty/error states every page uses.
 
 import type { ComponentChildren } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
