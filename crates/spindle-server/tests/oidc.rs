@@ -537,6 +537,15 @@ fn people_log_in_to_the_ui_with_the_code_flow() {
     }
     assert_eq!(spindle.whoami(headers).0, 401, "no session after logout");
 
+    // A browser that opens a page without a session is sent through the login and back.
+    let mut browser = Jar::default();
+    let (page, visited) = browse(&client, &mut browser, &spindle.url("/search?service=a"));
+    assert_eq!(visited[1], spindle.url("/auth/login?return_to=%2Fsearch%3Fservice%3Da"), "{visited:?}");
+    assert!(visited[2].starts_with(&format!("{issuer_url}/auth?")), "{visited:?}");
+    assert_eq!(visited.last().unwrap(), &spindle.url("/search?service=a"), "{visited:?}");
+    assert_eq!(page.status(), 200, "the UI's page");
+    assert!(browser.get(&host, "spindle_session").is_some());
+
     // A callback without a login in progress, or with another state, starts no session.
     let mut stranger = Jar::default();
     stranger.set(&host, "spindle_login", "e30.AAAA");

@@ -14,13 +14,14 @@ use crate::security::{Principal, TenantSet};
 
 /// `{"name", "authenticated", "read", "write", "admin", "tenant", "login", "logout"}`: `read`
 /// and `write` are `"*"` or a list of tenants; `login` and `logout` are the paths to offer,
-/// or null where OpenID Connect is off (or the one that does not apply).
+/// or null where the UI login (OpenID Connect with a client id) is off, or for the one
+/// that does not apply.
 pub(crate) async fn whoami(
     principal: Option<Extension<Principal>>,
     oidc: Option<Extension<Option<Arc<Oidc>>>>,
 ) -> Response {
     let principal = principal.map(|Extension(p)| p).unwrap_or_else(Principal::anonymous);
-    let oidc_on = matches!(oidc, Some(Extension(Some(_))));
+    let oidc_on = matches!(oidc, Some(Extension(Some(o))) if o.ui_login());
     let body = json!({
         "name": principal.name,
         "authenticated": principal.authenticated,

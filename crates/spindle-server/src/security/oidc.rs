@@ -482,6 +482,11 @@ impl Oidc {
         tokens.id_token.context("the token endpoint's answer holds no id_token")
     }
 
+    /// Whether people can log in to the UI (an OAuth client is configured).
+    pub fn ui_login(&self) -> bool {
+        self.settings.client_id.is_some()
+    }
+
     fn seal<T: Serialize>(&self, purpose: &str, value: &T) -> String {
         seal(&self.session_key, purpose, value)
     }
@@ -723,6 +728,12 @@ async fn callback(State(oidc): State<Arc<Oidc>>, uri: Uri, headers: HeaderMap) -
             return login_failed(StatusCode::UNAUTHORIZED, "the ID token was refused");
         }
     };
+    // OIDC Core 3.1.3.7: an ID token for several audiences names the client it was issued to.
+    if claims.get("aud").and_then(Value::as_array).is_some_and(|a| a.len() > 1)
+        && claims.get("azp").and_then(Value::as_str) != oidc.settings.client_id.as_deref()
+    {
+        return login_failed(StatusCode::UNAUTHORIZED, "the ID token was issued to another client");
+    }
     let nonce = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
     if !bool::from(nonce.as_bytes().ct_eq(login.nonce.as_bytes())) {
         return login_failed(StatusCode::UNAUTHORIZED, "the ID token's nonce does not match");
