@@ -144,6 +144,16 @@ settings=$("$pkg/spindle" serve --help | grep -oE '^ +--[a-z-]+' | sed 's/^ *--/
 keys=$(sed -nE 's/^([a-z_]+) = .*/\1/p' "$work/all-keys.toml" | LC_ALL=C sort)
 [ "$settings" = "$keys" ] || fail "example config keys differ from the settings:$(diff <(echo "$settings") <(echo "$keys") || true)"
 keys=$(echo "$keys" | wc -l)
+# The security settings name files: made here (a self-signed certificate, an empty
+# credentials file, a session key). The OIDC issuer is left out: it is not reachable here,
+# and tests/oidc.rs runs one.
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/tls.key" -out "$work/tls.pem" -days 1 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1
+: >"$work/auth.toml"
+head -c 32 /dev/urandom >"$work/session.key"
+sed -i -E "s|^tls_cert = .*|tls_cert = \"$work/tls.pem\"|; s|^tls_key = .*|tls_key = \"$work/tls.key\"|;
+  s|^tls_client_ca = .*|tls_client_ca = \"$work/tls.pem\"|; s|^auth_file = .*|auth_file = \"$work/auth.toml\"|;
+  s|^session_key_file = .*|session_key_file = \"$work/session.key\"|; /^oidc_/d" "$work/all-keys.toml"
 start "$work/all-keys.toml" "$work/data-all-keys"
 stop
 log "all $keys keys of the example config accepted"

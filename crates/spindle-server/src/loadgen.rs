@@ -72,6 +72,13 @@ pub struct LoadgenArgs {
     /// same spans with one name, the baseline to compare with
     #[arg(long, value_name = "N")]
     pub distinct_names: Option<u64>,
+    /// PEM CA certificate to trust for `https://` endpoints (a TLS-serving Spindle)
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Header sent with every request, `name=value` (e.g. `authorization=Bearer …`,
+    /// `x-scope-orgid=team-a`); repeatable
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
 }
 
 /// The prefix of `--distinct-names` span names.
@@ -87,7 +94,7 @@ struct Totals {
 }
 
 enum Client {
-    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>, tonic::metadata::MetadataMap),
     Http(reqwest::Client, String),
 }
 
@@ -133,12 +140,14 @@ impl Client {
     /// Sends one encoded `ExportTraceServiceRequest`.
     async fn send(&mut self, request: Vec<u8>) -> Outcome {
         match self {
-            Client::Grpc(client) => {
+            Client::Grpc(client, metadata) => {
                 if let Err(e) = client.ready().await {
                     return Outcome::Refused(format!("grpc: {e}"));
                 }
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
-                match client.unary(tonic::Request::new(request), path, EncodedRequestCodec).await {
+                let mut request = tonic::Request::new(request);
+                *request.metadata_mut() = metadata.clone();
+                match client.unary(request, path, EncodedRequestCodec).await {
                     Ok(r) => {
                         Outcome::Acked(r.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
                     }
@@ -186,6 +195,27 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     // Every connection connects and encodes its pool first; the clock starts when all send.
     let (go, ready) = tokio::sync::watch::channel(false);
 
+    let ca = match &args.ca_file {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?),
+        None => None,
+    };
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let (name, value) =
+            h.split_once('=').with_context(|| format!("invalid --header {h:?}: expected name=value"))?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    let mut http_headers = reqwest::header::HeaderMap::new();
+    for (name, value) in &headers {
+        let key = tonic::metadata::MetadataKey::from_bytes(name.as_bytes())
+            .with_context(|| format!("invalid header name {name:?}"))?;
+        metadata.insert(key, value.parse().with_context(|| format!("invalid header value of {name}"))?);
+        http_headers.insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes())?,
+            reqwest::header::HeaderValue::from_str(value)?,
+        );
+    }
     let mut tasks = Vec::new();
     for i in 0..args.connections {
         let use_grpc = match args.protocol {
@@ -194,15 +224,22 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             Protocol::Both => i % 2 == 0,
         };
         let mut client = if use_grpc {
-            let channel = tonic::transport::Endpoint::from_shared(args.grpc_endpoint.clone())
-                .context("invalid --grpc-endpoint")?
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {}", args.grpc_endpoint))?;
-            Client::Grpc(tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20))
+            let mut endpoint = tonic::transport::Endpoint::from_shared(args.grpc_endpoint.clone())
+                .context("invalid --grpc-endpoint")?;
+            if let Some(ca) = &ca {
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+                endpoint = endpoint.tls_config(tls).context("--ca-file")?;
+            }
+            let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", args.grpc_endpoint))?;
+            Client::Grpc(tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20), metadata.clone())
         } else {
             let url = format!("{}/v1/traces", args.http_endpoint.trim_end_matches('/'));
-            Client::Http(reqwest::Client::new(), url)
+            let mut client = reqwest::Client::builder().default_headers(http_headers.clone());
+            if let Some(ca) = &ca {
+                client = client.add_root_certificate(reqwest::Certificate::from_pem(ca).context("--ca-file")?);
+            }
+            Client::Http(client.build().context("building the http client")?, url)
         };
         let totals = Arc::clone(&totals);
         let stop = Arc::clone(&stop);

@@ -12,8 +12,8 @@ mod memory;
 mod otlp_grpc;
 mod otlp_http;
 mod receivers;
-mod server;
 mod security;
+mod server;
 mod telemetry;
 mod tenancy;
 mod ui;
@@ -38,6 +38,7 @@ fn init_logging(filter: &str, json: bool) {
 
 fn main() -> anyhow::Result<()> {
     memory::tune_allocator();
+    security::tls::install_crypto_provider();
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,

@@ -22,6 +22,7 @@ use spindle_codec::{CodecError, Decoded};
 use crate::ingest::{Ingest, IngestError};
 use crate::receivers::admission::{self, Admission};
 use crate::security::routes::{Route, Routes};
+use crate::tenancy::Caller;
 
 pub const PROTOCOL_PROTOBUF: &str = "otlp_http_protobuf";
 pub const PROTOCOL_JSON: &str = "otlp_http_json";
@@ -118,7 +119,7 @@ pub enum BodyError {
     Invalid(String),
 }
 
-async fn export(State(state): State<OtlpHttp>, headers: HeaderMap, body: Bytes) -> Response {
+async fn export(State(state): State<OtlpHttp>, caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
     let encoding = match media_type(&headers).as_deref() {
         Some("application/x-protobuf") | Some("application/protobuf") => Encoding::Protobuf,
         Some("application/json") => Encoding::Json,
@@ -178,7 +179,7 @@ async fn export(State(state): State<OtlpHttp>, headers: HeaderMap, body: Bytes) 
         rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
         error_message: decoded.rejection_reason.clone(),
     });
-    match state.ingest.accept(protocol, decoded).await {
+    match state.ingest.accept(&caller, protocol, decoded).await {
         Ok(()) => {
             let body = match encoding {
                 Encoding::Protobuf => ExportTraceServiceResponse { partial_success }.encode_to_vec(),
@@ -204,6 +205,14 @@ async fn export(State(state): State<OtlpHttp>, headers: HeaderMap, body: Bytes) 
         // 413 is not retried (OTLP/HTTP retries only 429, 502, 503 and 504): the same request
         // would be refused again.
         Err(e @ IngestError::TooManySpans { .. }) => respond(encoding, StatusCode::PAYLOAD_TOO_LARGE, 3, e.to_string()),
+        Err(IngestError::Tenant(e)) => {
+            let (status, code) = (e.status(), e.grpc_status().code() as i32);
+            let mut response = respond(encoding, status, code, e.to_string());
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(admission::RETRY_AFTER_SECS));
+            }
+            response
+        }
         Err(e @ IngestError::Store(_)) => {
             let mut response = respond(encoding, StatusCode::SERVICE_UNAVAILABLE, 14, e.to_string());
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

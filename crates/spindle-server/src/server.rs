@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use spindle_query::QueryService;
-use spindle_store::{EmbeddedStore, StoreOptions, TraceStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -19,11 +17,12 @@ use crate::ingest::Ingest;
 use crate::receivers::admission::{self, Admission, ByteBudget};
 use crate::receivers::sampling::{self, Strategies};
 use crate::receivers::{jaeger_grpc, jaeger_http, jaeger_udp, zipkin};
-use crate::security::tls::{self, Alpn, Transport};
 use crate::security::auth::{self, Authenticator};
 use crate::security::oidc::{self, Oidc};
+use crate::security::tls::{self, Alpn, Transport};
 use crate::security::Group;
-use crate::telemetry::{self, Telemetry};
+use crate::telemetry::Telemetry;
+use crate::tenancy::{self, Tenants};
 use crate::{admin, api, otlp_grpc, otlp_http};
 
 async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -81,7 +80,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     // Admin first, so /healthz answers while the store replays its log.
     let ready = Arc::new(AtomicBool::new(false));
-    let telemetry = Arc::new(Telemetry::new(&settings.data_dir, &settings.limits));
+    let default_limits = &settings.tenancy.limits(&settings.tenancy.default_tenant).limits;
+    let telemetry = Arc::new(Telemetry::new(&settings.data_dir, default_limits));
     // Authentication (docs/SECURITY.md, "Authentication"): one set of credentials for every
     // listener group; a credentials file that does not load stops the start.
     let oidc = Oidc::from_settings(&settings.security)?;
@@ -110,31 +110,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let admin = auth::protect(admin, auth.group(Group::Admin));
     serve_http(&mut tasks, "admin", admin_listener, admin, stop_rx.clone());
 
-    let options = StoreOptions {
-        sync: settings.sync,
-        retention: settings.retention,
-        max_disk_bytes: settings.max_disk_bytes,
-        max_operations_per_service: settings.limits.max_operations_per_service,
-        max_services: settings.limits.max_services,
-        ..StoreOptions::new(settings.data_dir.clone())
-    };
-    let store: Arc<EmbeddedStore> = Arc::new(
-        tokio::task::spawn_blocking(move || EmbeddedStore::open(options))
+    // Tenants (docs/SECURITY.md, "Tenants"): the default tenant's store is the data
+    // directory's own, every other tenant's a store of its own under `tenants/`.
+    let tenancy = settings.tenancy.clone();
+    let (data_dir, sync, t) = (settings.data_dir.clone(), settings.sync, Arc::clone(&telemetry));
+    let tenants: Arc<Tenants> = Arc::new(
+        tokio::task::spawn_blocking(move || Tenants::open(tenancy, data_dir, sync, t))
             .await
-            .context("store open task failed")?
-            .context("opening the store")?,
+            .context("store open task failed")??,
     );
-    let _ = store_slot.set(Arc::clone(&store));
-    let dyn_store: Arc<dyn TraceStore> = store.clone();
+    let _ = store_slot.set(Arc::clone(&tenants));
     let ingest =
-        Arc::new(Ingest::new(Arc::clone(&dyn_store), settings.queue_spans, &settings.limits, Arc::clone(&telemetry)));
+        Arc::new(Ingest::new(Arc::clone(&tenants), settings.queue_spans, &settings.limits, Arc::clone(&telemetry)));
     // Receiver admission (docs/OPERATIONS.md, "Limits"): one byte budget for all receivers,
     // connection and request caps per listener.
     let budget = ByteBudget::new(settings.limits.max_inflight_bytes);
     let admission = |listener: &'static str| {
         Admission::new(listener, &settings.limits, Arc::clone(&budget), settings.max_body_bytes, Arc::clone(&telemetry))
     };
-    let query = QueryService::new(Arc::clone(&dyn_store));
 
     let grpc_listener = bind("otlp grpc", settings.otlp_grpc_addr).await?;
     let http_listener = bind("otlp http", settings.otlp_http_addr).await?;
@@ -261,23 +254,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 settings.alert_webhooks.clone(),
                 settings.public_url.clone(),
             )?);
-            tokio::spawn(alerting::run(Arc::clone(&alerting), query.clone(), stop_rx.clone()));
+            tokio::spawn(alerting::run(Arc::clone(&alerting), Arc::clone(&tenants), stop_rx.clone()));
             Some(alerting)
         }
         None => None,
     };
-    let api_state = api::ApiState::new(query, Arc::clone(&telemetry), alerting, settings.limits.clone());
+    let api_state = api::ApiState::new(Arc::clone(&tenants), Arc::clone(&telemetry), alerting, settings.limits.clone());
     let query_listener = transport.wrap(Group::Query, "query", Alpn::Http1, query_listener);
     // The login routes (OIDC) join the query port's routes, behind the same layer.
     let query_router = auth::protect(oidc::mount(api::router(api_state), oidc), auth.group(Group::Query));
     serve_http(&mut tasks, "query", query_listener, query_router, stop_rx.clone());
 
-    let snapshots = tokio::spawn(telemetry::snapshot_loop(
-        Arc::clone(&telemetry),
-        Duration::from_secs(5),
-        settings.retention.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
-        stop_rx.clone(),
-    ));
+    let snapshots = tokio::spawn(tenancy::snapshot_loop(Arc::clone(&tenants), Duration::from_secs(5), stop_rx.clone()));
     ready.store(true, Ordering::Release);
     tracing::info!(data_dir = %settings.data_dir.display(), "spindle ready");
 
@@ -297,8 +285,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!("in-flight requests did not finish within 10s");
     }
     let _ = snapshots.await;
-    let sync_store = Arc::clone(&store);
-    tokio::task::spawn_blocking(move || sync_store.sync())
+    let sync_tenants = Arc::clone(&tenants);
+    tokio::task::spawn_blocking(move || sync_tenants.sync())
         .await
         .context("store sync task failed")?
         .context("syncing the store")?;

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -33,37 +34,81 @@ use tokio::sync::Semaphore;
 use crate::alerting::Alerting;
 use crate::limits::{Limit, Limits};
 use crate::security::routes::{Route, Routes};
-use crate::telemetry::{EndpointLabels, Telemetry};
+use crate::telemetry::{EndpointLabels, Telemetry, TenantMetrics};
+use crate::tenancy::{Access, Caller, Tenant, Tenants};
 
+/// What the API handlers share. `query`, `metrics` and `limits` are the default tenant's
+/// here; a handler gets them for the tenant of its request through [`TenantState`].
 #[derive(Clone)]
 pub struct ApiState {
     pub query: QueryService,
+    pub metrics: Arc<TenantMetrics>,
+    pub tenant: Arc<str>,
+    pub tenants: Arc<Tenants>,
     pub telemetry: Arc<Telemetry>,
     pub alerting: Option<Arc<Alerting>>,
     pub limits: Arc<Limits>,
-    /// One permit per heavy query that may run (`query_max_concurrent`).
+    /// One permit per heavy query that may run (`query_max_concurrent`, for all tenants).
     heavy_slots: Arc<Semaphore>,
 }
 
 impl ApiState {
     pub fn new(
-        query: QueryService,
+        tenants: Arc<Tenants>,
         telemetry: Arc<Telemetry>,
         alerting: Option<Arc<Alerting>>,
         limits: Limits,
     ) -> Self {
+        let default = Arc::clone(tenants.default_tenant());
         ApiState {
-            query: query.with_max_trace_spans(limits.query_max_trace_spans),
+            query: default.query.clone(),
+            metrics: Arc::clone(&default.metrics),
+            tenant: Arc::clone(&default.name),
+            tenants,
             telemetry,
             alerting,
             heavy_slots: Arc::new(Semaphore::new(limits.query_max_concurrent.max(1))),
-            limits: Arc::new(limits),
+            limits: Arc::new(Limits {
+                query_max_concurrent: limits.query_max_concurrent,
+                ..default.limits.limits.clone()
+            }),
+        }
+    }
+
+    /// This state for the reads of `tenant`: its store, span metrics and limits.
+    fn for_tenant(&self, tenant: &Tenant) -> Self {
+        ApiState {
+            query: tenant.query.clone(),
+            metrics: Arc::clone(&tenant.metrics),
+            tenant: Arc::clone(&tenant.name),
+            limits: Arc::new(Limits {
+                query_max_concurrent: self.limits.query_max_concurrent,
+                ..tenant.limits.limits.clone()
+            }),
+            ..self.clone()
         }
     }
 
     /// Counts a hit of `limit` in `spindle_limit_hits_total`.
     pub(crate) fn hit(&self, limit: Limit, detail: &dyn std::fmt::Display) {
         self.telemetry.limits.hit(limit, 1, detail);
+    }
+}
+
+/// The API state for the tenant a request reads (`X-Scope-OrgID`, else its credential's
+/// tenant, else the default tenant), checked against what the request's principal may
+/// read; refused with 401/403 (Jaeger's error shape) otherwise.
+pub struct TenantState(pub ApiState);
+
+impl FromRequestParts<ApiState> for TenantState {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Response> {
+        let caller = Caller::from_parts(&parts.extensions, &parts.headers);
+        match state.tenants.resolve(&caller, Access::Read) {
+            Ok(tenant) => Ok(TenantState(state.for_tenant(&tenant))),
+            Err(e) => Err(jaeger::error(e.status(), e.to_string())),
+        }
     }
 }
 
@@ -235,10 +280,7 @@ pub fn route_table() -> Vec<Route> {
 
 pub fn router(state: ApiState) -> Router {
     let telemetry = Arc::clone(&state.telemetry);
-    routes()
-        .into_router()
-        .route_layer(axum::middleware::from_fn_with_state(telemetry, time_queries))
-        .with_state(state)
+    routes().into_router().route_layer(axum::middleware::from_fn_with_state(telemetry, time_queries)).with_state(state)
 }
 
 /// Runs a query on the blocking pool: stores read files.

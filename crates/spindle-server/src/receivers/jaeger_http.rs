@@ -13,8 +13,9 @@ use axum::Router;
 use super::admission::{self, Admission};
 use super::media_type;
 use super::sampling::Strategies;
-use crate::security::routes::{Route, Routes};
 use crate::ingest::{Ingest, IngestError};
+use crate::security::routes::{Route, Routes};
+use crate::tenancy::Caller;
 
 pub const PROTOCOL: &str = "jaeger_thrift_http";
 
@@ -47,7 +48,7 @@ pub fn router(ingest: Arc<Ingest>, strategies: Arc<Strategies>, max_body_bytes: 
         .merge(sampling)
 }
 
-async fn post_traces(State(state): State<JaegerHttp>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_traces(State(state): State<JaegerHttp>, caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
     match media_type(&headers).as_deref() {
         Some("application/x-thrift") | Some("application/vnd.apache.thrift.binary") => {}
         other => {
@@ -74,7 +75,7 @@ async fn post_traces(State(state): State<JaegerHttp>, headers: HeaderMap, body: 
     // a bad request, with the reason; otherwise the valid spans are kept.
     let all_invalid = decoded.spans.is_empty() && decoded.rejected > 0;
     let reason = decoded.rejection_reason.clone();
-    match state.ingest.accept(PROTOCOL, decoded).await {
+    match state.ingest.accept(&caller, PROTOCOL, decoded).await {
         Ok(()) if all_invalid => (StatusCode::BAD_REQUEST, format!("no valid spans: {reason}\n")).into_response(),
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(IngestError::Overloaded) => {
@@ -82,6 +83,7 @@ async fn post_traces(State(state): State<JaegerHttp>, headers: HeaderMap, body: 
                 .into_response()
         }
         Err(e @ IngestError::TooManySpans { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")).into_response(),
+        Err(IngestError::Tenant(e)) => (e.status(), format!("{e}\n")).into_response(),
         Err(e @ IngestError::Store(_)) => {
             (StatusCode::INTERNAL_SERVER_ERROR, format!("Cannot submit Jaeger batch: {e}\n")).into_response()
         }

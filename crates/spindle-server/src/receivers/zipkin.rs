@@ -17,6 +17,7 @@ use super::media_type;
 use crate::ingest::{Ingest, IngestError};
 use crate::otlp_http::{gunzip, BodyError};
 use crate::security::routes::{Route, Routes};
+use crate::tenancy::Caller;
 
 #[derive(Clone)]
 struct Zipkin {
@@ -68,6 +69,7 @@ fn inflate(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Vec<u8>, Bo
 
 async fn receive(
     state: Zipkin,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
     protocol: &'static str,
@@ -94,24 +96,25 @@ async fn receive(
     // a bad request, with the reason; otherwise the valid spans are kept.
     let all_invalid = decoded.spans.is_empty() && decoded.rejected > 0;
     let reason = decoded.rejection_reason.clone();
-    match state.ingest.accept(protocol, decoded).await {
+    match state.ingest.accept(&caller, protocol, decoded).await {
         Ok(()) if all_invalid => (StatusCode::BAD_REQUEST, format!("no valid spans: {reason}\n")).into_response(),
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(IngestError::Overloaded) => {
             (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "ingest queue is full, retry later").into_response()
         }
         Err(e @ IngestError::TooManySpans { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
+        Err(IngestError::Tenant(e)) => (e.status(), e.to_string()).into_response(),
         Err(e @ IngestError::Store(_)) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }
 
-async fn v2(State(state): State<Zipkin>, headers: HeaderMap, body: Bytes) -> Response {
+async fn v2(State(state): State<Zipkin>, caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
     match media_type(&headers).as_deref() {
         Some("application/x-protobuf") | Some("application/protobuf") => {
-            receive(state, headers, body, "zipkin_v2_proto", spindle_codec::zipkin::decode_v2_proto).await
+            receive(state, caller, headers, body, "zipkin_v2_proto", spindle_codec::zipkin::decode_v2_proto).await
         }
         None | Some("application/json") | Some("text/plain") | Some("") => {
-            receive(state, headers, body, "zipkin_v2_json", spindle_codec::zipkin::decode_v2_json).await
+            receive(state, caller, headers, body, "zipkin_v2_json", spindle_codec::zipkin::decode_v2_json).await
         }
         Some(other) => (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -121,10 +124,10 @@ async fn v2(State(state): State<Zipkin>, headers: HeaderMap, body: Bytes) -> Res
     }
 }
 
-async fn v1(State(state): State<Zipkin>, headers: HeaderMap, body: Bytes) -> Response {
+async fn v1(State(state): State<Zipkin>, caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
     match media_type(&headers).as_deref() {
         None | Some("application/json") | Some("text/plain") | Some("") => {
-            receive(state, headers, body, "zipkin_v1_json", spindle_codec::zipkin::decode_v1_json).await
+            receive(state, caller, headers, body, "zipkin_v1_json", spindle_codec::zipkin::decode_v1_json).await
         }
         Some(other) => (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -23,6 +23,9 @@ pub enum DropReason {
     invalid,
     /// The request had more spans than `max_spans_per_request` and was refused whole.
     too_many_spans,
+    /// Refused for its tenant: not allowed, unknown past `max_tenants`, or over the tenant's
+    /// ingest rate.
+    tenant,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
