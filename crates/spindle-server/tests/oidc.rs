@@ -26,6 +26,8 @@ const UI_SECRET: &str = "ui-secret";
 const ROBOT: &str = "spindle-robot";
 const ROBOT_SECRET: &str = "robot-secret";
 
+const SESSION_KEY: &str = "a session key of the OIDC tests, 32 bytes or more";
+
 const AUTH_FILE: &str = r#"
 [[group]]
 name = "sre"
@@ -153,7 +155,7 @@ impl Drop for Issuer {
 struct Spindle {
     child: Child,
     query: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn loopback(port: u16) -> String {
@@ -167,6 +169,8 @@ impl Spindle {
         std::fs::write(&auth_file, AUTH_FILE).expect("auth file");
         let secret_file = dir.path().join("client-secret");
         std::fs::write(&secret_file, format!("{UI_SECRET}\n")).expect("secret file");
+        let session_key_file = dir.path().join("session-key");
+        std::fs::write(&session_key_file, SESSION_KEY).expect("session key file");
         let query = SocketAddr::from(([127, 0, 0, 1], query_port));
         let admin = loopback(free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_spindle"))
@@ -191,13 +195,15 @@ impl Spindle {
             .arg("--oidc-client-secret-file")
             .arg(&secret_file)
             .args(["--oidc-audience", "spindle"])
+            .arg("--session-key-file")
+            .arg(&session_key_file)
             .env("SPINDLE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn spindle");
         // Owned before the wait, so that a failed start still stops the process.
-        let mut spindle = Spindle { child, query, _dir: dir };
+        let mut spindle = Spindle { child, query, dir };
         let client = Client::new();
         wait_until("spindle /readyz", Duration::from_secs(30), || {
             if let Ok(Some(status)) = spindle.child.try_wait() {
@@ -288,6 +294,16 @@ fn api_requests_with_the_issuers_access_tokens() {
     assert_eq!(me["admin"], true);
     assert_eq!(me["login"], Value::Null);
     assert_eq!(me["logout"], "/auth/logout");
+    // The groups' roles follow the credentials file as it changes.
+    std::fs::write(spindle.dir.path().join("auth.toml"), AUTH_FILE.replace("read = [\"*\"]", "read = [\"team-b\"]"))
+        .expect("rewrite auth file");
+    wait_until("the sre group's new roles", Duration::from_secs(10), || {
+        (spindle.whoami(bearer(&token)).1["read"] == json!(["team-b"])).then_some(())
+    });
+    std::fs::write(spindle.dir.path().join("auth.toml"), AUTH_FILE).expect("restore auth file");
+    wait_until("the sre group's roles restored", Duration::from_secs(10), || {
+        (spindle.whoami(bearer(&token)).1["read"] == "*").then_some(())
+    });
     // The forged token is well formed and signed with the issuer's key: what refuses the
     // variants below is the claim each one gets wrong.
     assert_eq!(spindle.get_with_token("/api/services", &forged_good), 200);
@@ -514,6 +530,16 @@ fn people_log_in_to_the_ui_with_the_code_flow() {
     assert_eq!(spindle.whoami(with_cookie(&tampered)).0, 401, "tampered session");
     let forged = format!("{}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()), URL_SAFE_NO_PAD.encode([0u8; 32]));
     assert_eq!(spindle.whoami(with_cookie(&forged)).0, 401, "forged session");
+    // The same claims signed with the session_key_file's key pass: that file holds the key.
+    let resigned = {
+        use hmac::{KeyInit, Mac};
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(SESSION_KEY.as_bytes()).unwrap();
+        mac.update(format!("spindle_session.{payload}").as_bytes());
+        format!("{payload}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    };
+    let (status, me) = spindle.whoami(with_cookie(&resigned));
+    assert_eq!((status, me["name"].as_str()), (200, Some("mallory")), "{me}");
     let mut flipped = session.clone().into_bytes();
     let last = flipped.len() - 2;
     flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
