@@ -343,8 +343,6 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub sync: SyncPolicy,
     pub queue_spans: usize,
-    pub retention: Option<std::time::Duration>,
-    pub max_disk_bytes: Option<u64>,
     pub log: String,
     pub log_json: bool,
     pub alert_rules: Option<PathBuf>,
@@ -489,8 +487,6 @@ impl ServeArgs {
             max_body_bytes,
             sync,
             queue_spans,
-            retention,
-            max_disk_bytes: merged.max_disk_bytes,
             log: merged.log.unwrap_or_else(|| "info".to_string()),
             log_json,
             alert_rules: merged.alert_rules,
@@ -600,7 +596,10 @@ fn security(a: &ServeArgs, public_url: &str) -> anyhow::Result<SecuritySettings>
         None if has_credentials => Group::ALL.into_iter().collect(),
         None => Default::default(),
     };
-    anyhow::ensure!(auth.is_empty() || has_credentials, "auth needs auth_file or oidc_issuer: no credential could pass");
+    anyhow::ensure!(
+        auth.is_empty() || has_credentials,
+        "auth needs auth_file or oidc_issuer: no credential could pass"
+    );
     Ok(SecuritySettings {
         tls_cert: a.tls_cert.clone(),
         tls_key: a.tls_key.clone(),
@@ -652,7 +651,11 @@ fn tenancy(
                     o.max_operations_per_service,
                     g.max_operations_per_service,
                 )?,
-                max_analytics_groups: count(&at("max_analytics_groups"), o.max_analytics_groups, g.max_analytics_groups)?,
+                max_analytics_groups: count(
+                    &at("max_analytics_groups"),
+                    o.max_analytics_groups,
+                    g.max_analytics_groups,
+                )?,
                 query_max_limit: count(&at("query_max_limit"), o.query_max_limit, g.query_max_limit)?,
                 query_max_lookback: duration(
                     &at("query_max_lookback"),

@@ -94,7 +94,7 @@ struct Totals {
 }
 
 enum Client {
-    Grpc(tonic::client::Grpc<tonic::transport::Channel>, tonic::metadata::MetadataMap),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>, Box<tonic::metadata::MetadataMap>),
     Http(reqwest::Client, String),
 }
 
@@ -146,7 +146,7 @@ impl Client {
                 }
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
                 let mut request = tonic::Request::new(request);
-                *request.metadata_mut() = metadata.clone();
+                *request.metadata_mut() = (**metadata).clone();
                 match client.unary(request, path, EncodedRequestCodec).await {
                     Ok(r) => {
                         Outcome::Acked(r.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
@@ -232,7 +232,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 endpoint = endpoint.tls_config(tls).context("--ca-file")?;
             }
             let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", args.grpc_endpoint))?;
-            Client::Grpc(tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20), metadata.clone())
+            Client::Grpc(tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20), Box::new(metadata.clone()))
         } else {
             let url = format!("{}/v1/traces", args.http_endpoint.trim_end_matches('/'));
             let mut client = reqwest::Client::builder().default_headers(http_headers.clone());

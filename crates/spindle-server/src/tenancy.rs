@@ -109,7 +109,7 @@ impl TenantError {
             TenantError::Invalid(_) => tonic::Status::invalid_argument(self.to_string()),
             TenantError::Forbidden { .. } => tonic::Status::permission_denied(self.to_string()),
             TenantError::TooMany { .. } => tonic::Status::resource_exhausted(self.to_string()),
-            TenantError::RateLimited { .. } => crate::receivers::admission::resource_exhausted(&self.to_string()),
+            TenantError::RateLimited { .. } => crate::receivers::admission::resource_exhausted(self.to_string()),
             TenantError::Store { .. } => tonic::Status::unavailable(self.to_string()),
         }
     }

@@ -8,7 +8,7 @@
 //! An answer a limit changed (a range shortened, groups folded into "other", a `limit`
 //! lowered) carries a top-level `warnings` array of strings.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};

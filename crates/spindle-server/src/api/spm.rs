@@ -7,7 +7,7 @@
 //! `step`, `ratePer` (all ms), `quantile` for latencies. Each point covers the `ratePer`
 //! window ending at its timestamp, like `rate(...[ratePer])` in Jaeger's PromQL.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::RawQuery;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};

@@ -5,7 +5,7 @@
 //! An answer a limit changed carries a top-level `warnings` array of strings beside
 //! `result` (Jaeger's v3 has none; its clients ignore fields they do not know).
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};

@@ -101,18 +101,17 @@ impl Telemetry {
     }
 
     /// Groups a batch of the default tenant for span metrics (see [`TenantMetrics::prepare`]).
+    #[cfg(test)]
     pub fn prepare(&self, spans: &[Span]) -> PreparedBatch {
         self.default.prepare(spans)
     }
 
     /// Counts a batch of the default tenant the store accepted.
+    #[cfg(test)]
     pub fn record(&self, batch: PreparedBatch) {
         self.default.record(batch, &self.limits)
     }
 
-    pub fn with_minutes<T>(&self, f: impl FnOnce(&SpanMetrics) -> T) -> T {
-        self.default.with_minutes(f)
-    }
 }
 
 impl TenantMetrics {

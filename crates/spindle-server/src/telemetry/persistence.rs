@@ -15,13 +15,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use serde::Deserialize;
 use spindle_model::{SpanKind, StatusCode};
 use spindle_query::spanmetrics::{Aggregate, BatchAggregate, SeriesKey, SpanMetrics};
 
-use super::Telemetry;
 
 /// The first bytes of a snapshot since format 2.
 pub const MAGIC: &[u8; 8] = b"SPNDLSPM";
