@@ -232,7 +232,10 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 endpoint = endpoint.tls_config(tls).context("--ca-file")?;
             }
             let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", args.grpc_endpoint))?;
-            Client::Grpc(tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20), Box::new(metadata.clone()))
+            Client::Grpc(
+                tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20),
+                Box::new(metadata.clone()),
+            )
         } else {
             let url = format!("{}/v1/traces", args.http_endpoint.trim_end_matches('/'));
             let mut client = reqwest::Client::builder().default_headers(http_headers.clone());

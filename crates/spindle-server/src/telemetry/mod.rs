@@ -111,7 +111,6 @@ impl Telemetry {
     pub fn record(&self, batch: PreparedBatch) {
         self.default.record(batch, &self.limits)
     }
-
 }
 
 impl TenantMetrics {

@@ -20,7 +20,6 @@ use serde::Deserialize;
 use spindle_model::{SpanKind, StatusCode};
 use spindle_query::spanmetrics::{Aggregate, BatchAggregate, SeriesKey, SpanMetrics};
 
-
 /// The first bytes of a snapshot since format 2.
 pub const MAGIC: &[u8; 8] = b"SPNDLSPM";
 /// The format this build writes; it reads this one and version 1.
