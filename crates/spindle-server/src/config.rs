@@ -748,4 +748,48 @@ mod tests {
         let err = Cli::parse_from(["spindle", "--max-connections", "0"]).serve.resolve().unwrap_err();
         assert!(format!("{err:#}").contains("max_connections must be positive"), "{err:#}");
     }
+
+    #[test]
+    fn tenant_overrides_take_the_global_values_they_do_not_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spindle.toml");
+        std::fs::write(
+            &file,
+            "retention = \"72h\"\nquery_timeout = \"20s\"\ntenant_ingest_rate = 1000\n\n\
+             [tenants.team-a]\nretention = \"24h\"\nquery_timeout = \"5s\"\nmax_services = 7\n",
+        )
+        .unwrap();
+        let settings = Cli::parse_from(["spindle", "--config", file.to_str().unwrap()]).serve.resolve().unwrap();
+        let t = &settings.tenancy;
+        assert_eq!(t.default_tenant, "single-tenant");
+        let a = t.limits("team-a");
+        assert_eq!(a.retention, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(a.limits.query_timeout, Duration::from_secs(5));
+        assert_eq!(a.limits.max_services, 7);
+        assert_eq!(a.ingest_rate, 1000);
+        let other = t.limits("team-b");
+        assert_eq!(other.retention, Some(Duration::from_secs(72 * 3600)));
+        assert_eq!(other.limits.query_timeout, Duration::from_secs(20));
+        std::fs::write(&file, "[tenants.\"../x\"]\nretention = \"1h\"\n").unwrap();
+        let err = Cli::parse_from(["spindle", "--config", file.to_str().unwrap()]).serve.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("invalid tenant"), "{err:#}");
+        std::fs::write(&file, "[tenants.a]\nretentoin = \"1h\"\n").unwrap();
+        let err = Cli::parse_from(["spindle", "--config", file.to_str().unwrap()]).serve.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn credentials_turn_authentication_on_for_every_group() {
+        let settings = Cli::parse_from(["spindle"]).serve.resolve().unwrap();
+        assert!(settings.security.auth.is_empty());
+        let settings = Cli::parse_from(["spindle", "--auth-file", "auth.toml"]).serve.resolve().unwrap();
+        assert!(Group::ALL.iter().all(|g| settings.security.requires_auth(*g)));
+        let settings =
+            Cli::parse_from(["spindle", "--auth-file", "auth.toml", "--auth", "query"]).serve.resolve().unwrap();
+        assert!(settings.security.requires_auth(Group::Query) && !settings.security.requires_auth(Group::Ingest));
+        let err = Cli::parse_from(["spindle", "--auth", "query"]).serve.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("no credential could pass"), "{err:#}");
+        let err = Cli::parse_from(["spindle", "--tls-cert", "c.pem"]).serve.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("tls_cert and tls_key"), "{err:#}");
+    }
 }
