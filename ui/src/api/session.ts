@@ -173,28 +173,38 @@ function splitOnce(s: string, sep: string): [string, string | undefined] {
 
 // --- whoami, login, 401 ------------------------------------------------------------------
 
-let whoamiInFlight: Promise<WhoAmI | null> | null = null;
+/** whoami's answer, and its HTTP status (0: no answer). */
+interface WhoamiAnswer {
+  who: WhoAmI | null;
+  status: number;
+}
+
+let whoamiInFlight: Promise<WhoamiAnswer> | null = null;
 
 function isWhoAmI(v: unknown): v is WhoAmI {
   const w = v as WhoAmI | null;
   return !!w && typeof w.name === 'string' && typeof w.authenticated === 'boolean' && (w.read === '*' || Array.isArray(w.read));
 }
 
-/** Asks the server who we are; null when it cannot say (an older server, a refusal, no network). */
-export function fetchWhoami(): Promise<WhoAmI | null> {
+function askWhoami(): Promise<WhoamiAnswer> {
   whoamiInFlight ??= (async () => {
     try {
       const res = await fetch('/api/spindle/whoami', { headers: { accept: 'application/json', 'X-Requested-With': 'XMLHttpRequest' } });
-      if (!res.ok) return null;
+      if (!res.ok) return { who: null, status: res.status };
       const body: unknown = await res.json();
-      return isWhoAmI(body) ? body : null;
+      return { who: isWhoAmI(body) ? body : null, status: res.status };
     } catch {
-      return null;
+      return { who: null, status: 0 };
     } finally {
       whoamiInFlight = null;
     }
   })();
   return whoamiInFlight;
+}
+
+/** Asks the server who we are; null when it cannot say (an older server, a refusal, no network). */
+export async function fetchWhoami(): Promise<WhoAmI | null> {
+  return (await askWhoami()).who;
 }
 
 /** Loads whoami once at start; the tenant asked for is checked against what it may read. */
@@ -223,20 +233,23 @@ function loginJustTried(now: number): boolean {
 
 /**
  * What a 401 does: with a login (whoami's `login`), the browser goes to it and comes back
- * to this page; without one, or when the last login came straight back, the UI shows
- * "not authorized" and sends no further requests. Returns the state it moved to.
+ * to this page. Where whoami is refused as well, it cannot say whether there is a login:
+ * the page is loaded again, and the server sends a page load without a session to its
+ * login if it has one. Otherwise, or when the last of these came straight back, the UI
+ * shows "not authorized" and sends no further requests. Returns the state it moved to.
  */
 export async function handleUnauthorized(): Promise<AuthState> {
   if (state.auth !== 'ok') return state.auth;
-  const who = await fetchWhoami();
+  const { who, status } = await askWhoami();
   if (state.auth !== 'ok') return state.auth;
   if (who) update({ who });
-  const login = who?.login ?? null;
+  const login = who && !who.authenticated ? who.login : null;
   const now = Date.now();
-  if (login && !who?.authenticated && !loginJustTried(now)) {
+  if ((login || status === 401) && !loginJustTried(now)) {
     storage('sessionStorage')?.setItem(LOGIN_KEY, String(now));
     update({ auth: 'redirecting' });
-    location.assign(loginHref(login, currentPath()));
+    if (login) location.assign(loginHref(login, currentPath()));
+    else location.reload();
   } else {
     update({ auth: 'unauthorized' });
   }

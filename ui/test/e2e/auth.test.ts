@@ -308,14 +308,17 @@ describe('sign-in through an OpenID provider', () => {
     await context.clearCookies({ name: 'spindle_session' });
     visited.length = 0;
     const login = page.waitForRequest((r) => r.url().startsWith(`${base}/auth/login?`), { timeout: 15_000 }).catch(async (e) => {
-      // The UI learns the login's path from whoami, which must answer requests without a session.
+      // The UI goes to whoami's login, or, where whoami is refused too, loads the page again
+      // for the server to send it to its login.
       const who = await context.request.get(`${base}/api/spindle/whoami`, { headers: { accept: 'application/json', 'X-Requested-With': 'XMLHttpRequest' } });
       const shown = await page.locator('main').textContent();
       throw new Error(`the UI did not go to the login (${(e as Error).message.split('\n')[0]}); it shows ${JSON.stringify(shown)}; whoami without a session answers ${who.status()} ${await who.text()}`);
     });
+    const callback = page.waitForRequest((r) => r.url().startsWith(`${base}/auth/callback?`));
     // Switching the tenant reloads the page's data: the first request answers 401.
     await page.locator('select[data-testid=tenant-picker]').selectOption('team-b');
     const returnTo = new URL((await login).url()).searchParams.get('return_to') ?? '';
+    await callback;
     expect(returnTo.startsWith('/search?')).toBe(true);
     expect(tenantOf(`${base}${returnTo}`)).toBe('team-b');
     await page.waitForURL((u) => u.toString().startsWith(`${base}/search`) && tenantOf(u.toString()) === 'team-b');

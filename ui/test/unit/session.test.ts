@@ -39,12 +39,12 @@ interface Call {
   headers: Record<string, string>;
 }
 
-/** A server: whoami answers `who` (404 when null), every other path `api`'s status. */
-function server(who: WhoAmI | null, api: { status: number; body?: unknown } = { status: 200, body: { data: ['svc'] } }) {
+/** A server: whoami answers `who` (`whoamiStatus` when null), every other path `api`'s status. */
+function server(who: WhoAmI | null, api: { status: number; body?: unknown } = { status: 200, body: { data: ['svc'] } }, whoamiStatus = 404) {
   const calls: Call[] = [];
   const fetch = vi.fn(async (url: string, init?: RequestInit) => {
     calls.push({ url, headers: { ...(init?.headers as Record<string, string>) } });
-    if (url === '/api/spindle/whoami') return who ? Response.json(who) : new Response('{"error":{"httpCode":404,"message":"no such path"}}', { status: 404 });
+    if (url === '/api/spindle/whoami') return who ? Response.json(who) : new Response('{"error":{"message":"no"}}', { status: whoamiStatus });
     return new Response(JSON.stringify(api.body ?? {}), { status: api.status, headers: api.status === 401 ? { 'www-authenticate': 'Bearer' } : {} });
   });
   vi.stubGlobal('fetch', fetch);
@@ -54,10 +54,11 @@ function server(who: WhoAmI | null, api: { status: number; body?: unknown } = { 
 let local: MemoryStorage;
 let sessionStore: MemoryStorage;
 let assign: ReturnType<typeof vi.fn>;
+let reload: ReturnType<typeof vi.fn>;
 
 function at(pathAndQuery: string) {
   const u = new URL(pathAndQuery, 'http://spindle.test');
-  vi.stubGlobal('location', { pathname: u.pathname, search: u.search, assign });
+  vi.stubGlobal('location', { pathname: u.pathname, search: u.search, assign, reload });
 }
 
 beforeEach(() => {
@@ -65,6 +66,7 @@ beforeEach(() => {
   local = new MemoryStorage();
   sessionStore = new MemoryStorage();
   assign = vi.fn();
+  reload = vi.fn();
   vi.stubGlobal('localStorage', local);
   vi.stubGlobal('sessionStorage', sessionStore);
   at('/search');
@@ -231,6 +233,31 @@ describe('API client', () => {
     await startSession(null);
     await services().catch(() => undefined);
     expect(assign).toHaveBeenCalledTimes(2);
+  });
+
+  test('whoami refused as well: one reload, for the server to send the page to its login; straight back, "not authorized"', async () => {
+    const calls = server(null, { status: 401 }, 401);
+    await startSession(null);
+    await expect(services()).rejects.toMatchObject({ status: 401 });
+    expect(reload).toHaveBeenCalledTimes(1);
+    expect(assign).not.toHaveBeenCalled();
+    expect(session().auth).toBe('redirecting');
+    // The reloaded page is refused again at once: no second reload.
+    resetSession();
+    server(null, { status: 401 }, 401);
+    await startSession(null);
+    await services().catch(() => undefined);
+    expect(reload).toHaveBeenCalledTimes(1);
+    expect(session().auth).toBe('unauthorized');
+    expect(calls.length).toBeGreaterThan(0);
+  });
+
+  test('an older server without whoami answering 401: "not authorized", no reload', async () => {
+    server(null, { status: 401 }, 404);
+    await startSession(null);
+    await services().catch(() => undefined);
+    expect(reload).not.toHaveBeenCalled();
+    expect(session().auth).toBe('unauthorized');
   });
 
   test('other errors still carry the server message', async () => {
