@@ -376,6 +376,10 @@ impl Authenticator {
             .ok_or_else(|| AuthError::Invalid("basic credentials are not base64 of UTF-8 text".into()))?;
         let (user, password) =
             decoded.split_once(':').ok_or_else(|| AuthError::Invalid("basic credentials without ':'".into()))?;
+        // bcrypt ends a password at a NUL and repeats it: "pw\0pw" would pass as "pw".
+        if password.contains('\0') {
+            return Err(AuthError::Invalid("the password holds a NUL byte".into()));
+        }
         let credentials = self.credentials();
         let Some((hash, principal)) = credentials.users.get(user) else {
             // As slow as a known user's check, so that the answer's time does not tell
@@ -570,6 +574,7 @@ pub fn hash_password_command() -> anyhow::Result<()> {
     let password = password.strip_suffix('\n').unwrap_or(&password);
     let password = password.strip_suffix('\r').unwrap_or(password);
     anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    anyhow::ensure!(!password.contains('\0'), "the password holds a NUL byte: logins refuse those");
     anyhow::ensure!(password.len() <= 72, "bcrypt reads only the first 72 bytes of a password: use a shorter one");
     println!("{}", bcrypt::hash(password, 10).context("hashing the password")?);
     Ok(())
@@ -605,6 +610,257 @@ mod tests {
         ] {
             let result = CredentialsFile::parse(bad).and_then(Credentials::compile);
             assert!(result.is_err(), "{bad}");
+        }
+    }
+}
+
+/// Whatever bytes a client sends as credentials, `authenticate` answers an error unless they
+/// are exactly a configured token or user and password, and never panics.
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    const TOKEN: &str = "tok-0123456789abcdef";
+    const USER: &str = "grafana";
+    const PASSWORD: &str = "correct horse";
+
+    struct Fixture {
+        // Holds the credentials file until the test ends.
+        _dir: tempfile::TempDir,
+        auth: Arc<Authenticator>,
+        rt: tokio::runtime::Runtime,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            // Cost 4, the lowest bcrypt allows: the properties check hundreds of passwords.
+            let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+            let file = dir.path().join("credentials.toml");
+            std::fs::write(
+                &file,
+                format!(
+                    "[[token]]\nname = \"collector\"\nsha256 = \"{}\"\nwrite = [\"*\"]\n\
+                     [[user]]\nname = \"{USER}\"\npassword = \"{hash}\"\nread = [\"*\"]\n",
+                    hex(&token_digest(TOKEN))
+                ),
+            )
+            .unwrap();
+            let settings = SecuritySettings {
+                auth_file: Some(file),
+                auth: Group::ALL.into_iter().collect(),
+                ..SecuritySettings::default()
+            };
+            let telemetry = Arc::new(Telemetry::new(dir.path(), &crate::limits::Limits::default()));
+            let auth = Authenticator::new(&settings, None, telemetry).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            Fixture { _dir: dir, auth, rt }
+        }
+
+        fn authenticate(&self, authorization: Option<&[u8]>, cookie: Option<&[u8]>) -> Result<Principal, AuthError> {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = authorization {
+                headers.insert(header::AUTHORIZATION, HeaderValue::from_bytes(value).unwrap());
+            }
+            if let Some(value) = cookie {
+                headers.insert(header::COOKIE, HeaderValue::from_bytes(value).unwrap());
+            }
+            self.rt.block_on(self.auth.authenticate(&headers))
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `value` names the test's token or user, worked out independently of the code
+    /// under test's parsing.
+    fn names_valid_credentials(value: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(value) else { return false };
+        let text = text.trim_matches(|c: char| c == ' ' || c == '\t');
+        let Some((scheme, rest)) = text.split_once(' ') else { return false };
+        let rest = rest.trim_matches(|c: char| c == ' ' || c == '\t');
+        (scheme.eq_ignore_ascii_case("bearer") && rest == TOKEN)
+            || (scheme.eq_ignore_ascii_case("basic")
+                && STANDARD.decode(rest).is_ok_and(|d| d == format!("{USER}:{PASSWORD}").as_bytes()))
+    }
+
+    /// Bytes a header value may hold (HeaderValue::from_bytes accepts them all).
+    fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..max)
+    }
+
+    fn runner(cases: u32) -> TestRunner {
+        // No regression files in the source tree: a failure prints its input.
+        TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() })
+    }
+
+    /// Fails the test with proptest's report (input minimised) if the property does not hold.
+    fn check<S: Strategy>(cases: u32, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+    where
+        S::Value: std::fmt::Debug,
+    {
+        if let Err(e) = runner(cases).run(&strategy, test) {
+            panic!("{e}");
+        }
+    }
+
+    /// The property: refused, as invalid or missing credentials (an `Unavailable` would mean a
+    /// password check panicked), unless the value is exactly the right credentials.
+    fn refused_unless_valid(f: &Fixture, authorization: &[u8], cookie: Option<&[u8]>) -> Result<(), TestCaseError> {
+        let result = f.authenticate(Some(authorization), cookie);
+        if names_valid_credentials(authorization) {
+            prop_assert!(result.is_ok(), "valid credentials refused: {result:?}");
+        } else {
+            prop_assert!(
+                matches!(result, Err(AuthError::Invalid(_) | AuthError::Missing)),
+                "{:?} answered {result:?}",
+                String::from_utf8_lossy(authorization)
+            );
+        }
+        Ok(())
+    }
+
+    /// A few bytes of `base` changed, cut off or added to: near misses of a right value.
+    fn near_miss(base: &'static str) -> impl Strategy<Value = Vec<u8>> {
+        let len = base.len();
+        prop_oneof![
+            (0..len, any::<u8>()).prop_map(move |(i, b)| {
+                let mut v = base.as_bytes().to_vec();
+                v[i] = b;
+                v
+            }),
+            (0..len).prop_map(move |n| base.as_bytes()[..n].to_vec()),
+            proptest::collection::vec(any::<u8>(), 1..4).prop_map(move |tail| [base.as_bytes(), &tail].concat()),
+            Just(base.to_uppercase().into_bytes()),
+        ]
+    }
+
+    #[test]
+    fn right_credentials_authenticate() {
+        let f = Fixture::new();
+        let basic = STANDARD.encode(format!("{USER}:{PASSWORD}"));
+        for value in
+            [format!("Bearer {TOKEN}"), format!("bearer  {TOKEN} "), format!("Basic {basic}"), format!("BASIC {basic}")]
+        {
+            let principal = f.authenticate(Some(value.as_bytes()), None).unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert!(principal.authenticated);
+            assert!(names_valid_credentials(value.as_bytes()), "{value}");
+        }
+        assert_eq!(f.authenticate(Some(format!("Bearer {TOKEN}").as_bytes()), None).unwrap().name, "collector");
+        // Twice: the second answer comes from the cache of checked passwords.
+        for _ in 0..2 {
+            assert_eq!(f.authenticate(Some(format!("Basic {basic}").as_bytes()), None).unwrap().name, USER);
+        }
+        let wrong = STANDARD.encode(format!("{USER}:{PASSWORD}!"));
+        assert!(matches!(f.authenticate(Some(format!("Basic {wrong}").as_bytes()), None), Err(AuthError::Invalid(_))));
+        assert!(matches!(f.authenticate(None, Some(b"spindle_session=x")), Err(AuthError::Missing)));
+    }
+
+    #[test]
+    fn arbitrary_authorization_bytes_are_refused() {
+        let f = Fixture::new();
+        let value = prop_oneof![
+            header_bytes(96),
+            ("(?i)(bearer|basic)[ \t]{0,3}", header_bytes(96))
+                .prop_map(|(scheme, rest)| [scheme.as_bytes(), &rest].concat()),
+        ];
+        check(400, value, |value| refused_unless_valid(&f, &value, None));
+    }
+
+    #[test]
+    fn arbitrary_bearer_tokens_are_refused() {
+        let f = Fixture::new();
+        let token = prop_oneof![
+            header_bytes(64),
+            "[A-Za-z0-9._~+/=-]{0,64}".prop_map(String::into_bytes),
+            near_miss(TOKEN).prop_filter("a header value", |v| HeaderValue::from_bytes(v).is_ok()),
+        ];
+        check(400, token, |token| refused_unless_valid(&f, &[b"Bearer ", &token[..]].concat(), None));
+    }
+
+    #[test]
+    fn arbitrary_basic_credentials_are_refused() {
+        let f = Fixture::new();
+        // The known user with any password bytes (UTF-8 or not), and bytes that are not
+        // UTF-8 or hold no ':' (refused before any password check). Unknown users cost a
+        // full-strength bcrypt check each: `unknown_users_are_refused` has a few of those.
+        let decoded = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..80).prop_map(|pw| [format!("{USER}:").as_bytes(), &pw].concat()),
+            near_miss(PASSWORD).prop_map(|pw| [format!("{USER}:").as_bytes(), &pw].concat()),
+            "\\PC{0,40}".prop_map(|pw| format!("{USER}:{pw}").into_bytes()),
+            // bcrypt reads a password as a NUL-terminated key repeated to 72 bytes: these
+            // are the right one's key, but not the right password.
+            (1..7usize, proptest::collection::vec(any::<u8>(), 0..8)).prop_map(|(repeats, tail)| {
+                let cycle = format!("{PASSWORD}\0").repeat(repeats) + PASSWORD;
+                [format!("{USER}:{cycle}").as_bytes(), &tail].concat()
+            }),
+            proptest::collection::vec(any::<u8>().prop_filter("no colon", |b| *b != b':'), 0..80),
+            (proptest::collection::vec(any::<u8>(), 0..40), proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(user, pw)| [&user[..], b"\xff:", &pw].concat()),
+        ];
+        let encoded = (decoded, 0..3u8).prop_map(|(bytes, form)| match form {
+            0 => STANDARD.encode(bytes),
+            1 => base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes),
+            _ => base64::engine::general_purpose::URL_SAFE.encode(bytes),
+        });
+        check(400, encoded, |encoded| refused_unless_valid(&f, format!("Basic {encoded}").as_bytes(), None));
+    }
+
+    #[test]
+    fn unknown_users_are_refused() {
+        let f = Fixture::new();
+        let decoded = ("\\PC{0,12}", "\\PC{0,20}")
+            .prop_filter("an unknown user", |(user, _)| user != USER && !user.contains(':'))
+            .prop_map(|(user, pw)| format!("{user}:{pw}"));
+        check(6, decoded, |decoded| {
+            refused_unless_valid(&f, format!("Basic {}", STANDARD.encode(decoded)).as_bytes(), None)
+        });
+    }
+
+    #[test]
+    fn cookies_do_not_authenticate_without_oidc() {
+        let f = Fixture::new();
+        check(200, (header_bytes(128), proptest::option::of(header_bytes(64))), |(cookie, authorization)| {
+            match authorization {
+                Some(authorization) => refused_unless_valid(&f, &authorization, Some(&cookie)),
+                None => {
+                    let result = f.authenticate(None, Some(&cookie));
+                    prop_assert!(matches!(result, Err(AuthError::Missing)), "{result:?}");
+                    Ok(())
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn tenant_names_are_checked() {
+        let allowed = |name: &str| {
+            (1..=64).contains(&name.len())
+                && name != "."
+                && name != ".."
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        };
+        let name = prop_oneof![
+            any::<String>(),
+            "[A-Za-z0-9._-]{0,70}",
+            "[A-Za-z0-9._\\-/\\\\: \u{0}\u{e9}]{0,70}",
+            Just(".".to_string()),
+            Just("..".to_string()),
+        ];
+        check(500, name, |name| {
+            let result = crate::tenancy::check_name(&name);
+            prop_assert_eq!(result.is_ok(), allowed(&name), "{:?}: {:?}", name, result);
+            Ok(())
+        });
+        for name in ["a", "team-a", "A.b_c-9", "...", &"x".repeat(64)] {
+            assert!(crate::tenancy::check_name(name).is_ok(), "{name}");
+        }
+        for name in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(crate::tenancy::check_name(name).is_err(), "{name}");
         }
     }
 }

@@ -824,3 +824,339 @@ mod tests {
         assert_eq!(cookies(&headers, "spindle").count(), 0);
     }
 }
+
+/// Against an issuer that cannot be reached, no bearer string is a principal, and no cookie
+/// value but the exact one this server signed is a session; nothing panics or waits long.
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use crate::security::auth::Authenticator;
+    use crate::security::Group;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    const KEY: &[u8; 32] = b"robustness-session-key-32-bytes!";
+
+    struct Fixture {
+        // Holds the session key file until the test ends.
+        _dir: tempfile::TempDir,
+        oidc: Arc<Oidc>,
+        auth: Arc<Authenticator>,
+        rt: tokio::runtime::Runtime,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let key_file = dir.path().join("session.key");
+            std::fs::write(&key_file, KEY).unwrap();
+            let settings = SecuritySettings {
+                auth: Group::ALL.into_iter().collect(),
+                // Port 1 on loopback: connections are refused at once.
+                oidc: Some(OidcSettings {
+                    issuer: "http://127.0.0.1:1".to_string(),
+                    client_id: Some("spindle".to_string()),
+                    client_secret_file: None,
+                    audiences: vec!["spindle".to_string()],
+                    groups_claim: "groups".to_string(),
+                }),
+                session_key_file: Some(key_file),
+                public_url: "http://localhost:16686".to_string(),
+                ..SecuritySettings::default()
+            };
+            let oidc = Oidc::from_settings(&settings).unwrap().expect("an issuer is configured");
+            let telemetry = Arc::new(crate::telemetry::Telemetry::new(dir.path(), &crate::limits::Limits::default()));
+            let auth = Authenticator::new(&settings, Some(Arc::clone(&oidc)), telemetry).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            Fixture { _dir: dir, oidc, auth, rt }
+        }
+
+        /// The bearer check, bounded in time: an unreachable issuer must not hold requests.
+        fn bearer(&self, token: &str) -> Result<Principal, AuthError> {
+            self.rt
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(20), self.oidc.principal_from_bearer(token)).await
+                })
+                .expect("the bearer check waited on the unreachable issuer for 20 s")
+        }
+
+        fn session(&self, cookie: &[u8]) -> Option<Principal> {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COOKIE, HeaderValue::from_bytes(cookie).unwrap());
+            self.oidc.principal_from_session(&headers)
+        }
+
+        fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+            self.rt
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(20), self.auth.authenticate(headers)).await
+                })
+                .expect("authentication waited on the unreachable issuer for 20 s")
+        }
+    }
+
+    fn session_claims(name: &str, exp: u64) -> SessionClaims {
+        SessionClaims {
+            name: name.to_string(),
+            read: vec!["team-a".to_string()],
+            write: Vec::new(),
+            admin: false,
+            tenant: Some("team-a".to_string()),
+            exp,
+        }
+    }
+
+    fn runner(cases: u32) -> TestRunner {
+        // No regression files in the source tree: a failure prints its input.
+        TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() })
+    }
+
+    /// Fails the test with proptest's report (input minimised) if the property does not hold.
+    fn check<S: Strategy>(cases: u32, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+    where
+        S::Value: std::fmt::Debug,
+    {
+        if let Err(e) = runner(cases).run(&strategy, test) {
+            panic!("{e}");
+        }
+    }
+
+    /// Bytes a header value may hold (HeaderValue::from_bytes accepts them all).
+    fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..max)
+    }
+
+    fn json_scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        json_scalar().prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A JOSE header: a real or unknown `alg`, maybe a `kid`, maybe other members.
+    fn jwt_header() -> impl Strategy<Value = Vec<u8>> {
+        let alg = prop_oneof![
+            prop::sample::select(vec![
+                "none", "None", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                "ES256", "ES384", "EdDSA", "",
+            ])
+            .prop_map(|a| Value::String(a.to_string())),
+            json_value(),
+        ];
+        let structured = (
+            alg,
+            proptest::option::of(prop_oneof![".{0,16}".prop_map(Value::String), json_value()]),
+            proptest::option::of(json_value()),
+            proptest::collection::btree_map(
+                prop::sample::select(vec!["typ", "jku", "jwk", "x5u", "crit", "cty", "b64"]),
+                json_value(),
+                0..3,
+            ),
+        )
+            .prop_map(|(alg, kid, typ, extra)| {
+                let mut header = Map::new();
+                header.insert("alg".to_string(), alg);
+                if let Some(kid) = kid {
+                    header.insert("kid".to_string(), kid);
+                }
+                if let Some(typ) = typ {
+                    header.insert("typ".to_string(), typ);
+                }
+                for (k, v) in extra {
+                    header.insert(k.to_string(), v);
+                }
+                serde_json::to_vec(&Value::Object(header)).unwrap()
+            });
+        prop_oneof![
+            4 => structured,
+            1 => json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+            1 => proptest::collection::vec(any::<u8>(), 0..48),
+        ]
+    }
+
+    /// Claims that would pass every check but the signature, or arbitrary JSON, or bytes.
+    fn jwt_payload() -> impl Strategy<Value = Vec<u8>> {
+        let plausible = (any::<bool>(), json_value()).prop_map(|(aud_list, groups)| {
+            let aud = if aud_list { serde_json::json!(["spindle", "other"]) } else { serde_json::json!("spindle") };
+            serde_json::to_vec(&serde_json::json!({
+                "iss": "http://127.0.0.1:1", "aud": aud, "sub": "mallory",
+                "exp": unix_now() + 3600, "nbf": 0, "groups": groups,
+            }))
+            .unwrap()
+        });
+        prop_oneof![
+            plausible,
+            json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    fn encode_part(bytes: &[u8], form: u8) -> String {
+        match form {
+            0 | 1 => URL_SAFE_NO_PAD.encode(bytes),
+            2 => URL_SAFE.encode(bytes),
+            _ => STANDARD.encode(bytes),
+        }
+    }
+
+    fn jwt_like() -> impl Strategy<Value = String> {
+        (jwt_header(), jwt_payload(), proptest::collection::vec(any::<u8>(), 0..80), 0..4u8, 0..8u8).prop_map(
+            |(header, payload, signature, form, shape)| {
+                let (h, p, s) =
+                    (encode_part(&header, form), encode_part(&payload, form), encode_part(&signature, form));
+                match shape {
+                    // Unsigned, and with too few or too many parts.
+                    0 => format!("{h}.{p}."),
+                    1 => format!("{h}.{p}"),
+                    2 => format!("{h}.{p}.{s}.{s}"),
+                    _ => format!("{h}.{p}.{s}"),
+                }
+            },
+        )
+    }
+
+    #[test]
+    fn bearer_strings_are_refused() {
+        let f = Fixture::new();
+        let token = prop_oneof![any::<String>(), "[A-Za-z0-9_.=-]{0,120}", jwt_like()];
+        check(300, token, |token| {
+            let result = f.bearer(&token);
+            prop_assert!(
+                matches!(result, Err(AuthError::Invalid(_) | AuthError::Unavailable(_))),
+                "{token:?} answered {result:?}"
+            );
+            Ok(())
+        });
+        // The cases above reach the issuer: a well-formed RS256 token fails closed there,
+        // while `none` and HMAC tokens are refused before it.
+        let jwt = |alg: &str| {
+            let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+            let claims = URL_SAFE_NO_PAD.encode(r#"{"iss":"http://127.0.0.1:1","aud":"spindle","exp":9999999999}"#);
+            format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode([7u8; 32]))
+        };
+        assert!(matches!(f.bearer(&jwt("RS256")), Err(AuthError::Unavailable(_))));
+        for alg in ["none", "HS256"] {
+            assert!(matches!(f.bearer(&jwt(alg)), Err(AuthError::Invalid(_))), "{alg}");
+        }
+    }
+
+    #[test]
+    fn bearer_headers_are_refused_through_the_authenticator() {
+        let f = Fixture::new();
+        check(150, (jwt_like(), header_bytes(96)), |(token, cookie)| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+            headers.insert(header::COOKIE, HeaderValue::from_bytes(&cookie).unwrap());
+            let result = f.authenticate(&headers);
+            prop_assert!(result.is_err(), "{token:?} answered {result:?}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_signed_session_cookie_opens() {
+        let f = Fixture::new();
+        let sealed = seal(KEY, SESSION_COOKIE, &session_claims("alice", unix_now() + 600));
+        let principal = f.session(format!("a=1; {SESSION_COOKIE}={sealed}; b=2").as_bytes()).expect("a valid session");
+        assert_eq!(principal.name, "alice");
+        assert!(principal.authenticated);
+        assert_eq!(principal.read, TenantSet::from_list(["team-a"]));
+        assert_eq!(principal.write, TenantSet::none());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_str(&format!("{SESSION_COOKIE}={sealed}")).unwrap());
+        assert_eq!(f.authenticate(&headers).unwrap().name, "alice");
+        // Expired, sealed for the login cookie, or with another key: no session.
+        let expired = seal(KEY, SESSION_COOKIE, &session_claims("alice", unix_now() - 1));
+        let as_login = seal(KEY, LOGIN_COOKIE, &session_claims("alice", unix_now() + 600));
+        let other_key =
+            seal(b"another-session-key-of-32-bytes!", SESSION_COOKIE, &session_claims("a", unix_now() + 600));
+        for value in [expired, as_login, other_key] {
+            assert!(f.session(format!("{SESSION_COOKIE}={value}").as_bytes()).is_none(), "{value}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_cookies_are_no_session() {
+        let f = Fixture::new();
+        let cookie = prop_oneof![
+            header_bytes(160),
+            "[ -~]{0,120}".prop_map(|v| format!("{SESSION_COOKIE}={v}").into_bytes()),
+            ("[A-Za-z0-9_-]{0,80}", "[A-Za-z0-9_-]{0,60}")
+                .prop_map(|(p, t)| format!("x=y; {SESSION_COOKIE}={p}.{t}; z").into_bytes()),
+        ];
+        check(400, cookie, |cookie| {
+            let session = f.session(&cookie);
+            prop_assert!(session.is_none(), "{:?} opened {session:?}", String::from_utf8_lossy(&cookie));
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COOKIE, HeaderValue::from_bytes(&cookie).unwrap());
+            prop_assert!(matches!(f.authenticate(&headers), Err(AuthError::Missing)));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tampered_session_cookies_are_no_session() {
+        let f = Fixture::new();
+        let sealed = seal(KEY, SESSION_COOKIE, &session_claims("alice", unix_now() + 3600));
+        let len = sealed.len();
+        let edit = prop_oneof![
+            (0..len, header_bytes(4)).prop_map(|(i, b)| (i, i + 1, b)),
+            (0..len, 0..len).prop_map(|(a, b)| (a.min(b), a.max(b), Vec::new())),
+            (0..=len, header_bytes(6)).prop_map(|(i, b)| (i, i, b)),
+        ];
+        let cookie = (edit, "[ -~&&[^;]]{0,20}", proptest::option::of("[a-z]{1,8}=[a-z]{0,8}; ")).prop_map(
+            move |((from, to, insert), suffix, before)| {
+                let value = [&sealed.as_bytes()[..from], &insert, &sealed.as_bytes()[to..]].concat();
+                let cookie = [before.unwrap_or_default().as_bytes(), SESSION_COOKIE.as_bytes(), b"=", &value].concat();
+                // Sometimes more after the value, not a separate cookie (no ';').
+                if suffix.is_empty() {
+                    cookie
+                } else {
+                    [&cookie[..], suffix.as_bytes()].concat()
+                }
+            },
+        );
+        let sealed = seal(KEY, SESSION_COOKIE, &session_claims("alice", unix_now() + 3600));
+        check(400, cookie, |cookie| {
+            // Valid exactly when one `;`-separated piece still is the signed cookie, which
+            // cookie parsing (whitespace around pieces aside) must keep.
+            let expected = std::str::from_utf8(&cookie)
+                .is_ok_and(|c| c.split(';').any(|p| p.trim() == format!("{SESSION_COOKIE}={sealed}")));
+            let session = f.session(&cookie);
+            prop_assert_eq!(session.is_some(), expected, "{:?}", String::from_utf8_lossy(&cookie));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn signed_payloads_that_are_not_a_session_are_no_session() {
+        let f = Fixture::new();
+        let payload = prop_oneof![
+            json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+            proptest::collection::vec(any::<u8>(), 0..80),
+        ];
+        check(300, payload, |payload| {
+            prop_assume!(serde_json::from_slice::<SessionClaims>(&payload).is_err());
+            // Signed with the right key and purpose, as `seal` signs.
+            let encoded = URL_SAFE_NO_PAD.encode(&payload);
+            let tag = URL_SAFE_NO_PAD.encode(mac(KEY, SESSION_COOKIE, &encoded).unwrap().finalize().into_bytes());
+            let cookie = format!("{SESSION_COOKIE}={encoded}.{tag}");
+            prop_assert!(f.session(cookie.as_bytes()).is_none(), "{}", cookie);
+            Ok(())
+        });
+    }
+}
