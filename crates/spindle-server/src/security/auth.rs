@@ -431,6 +431,14 @@ impl Authenticator {
             return Ok(Principal::anonymous());
         }
         if open_path(group, path) && (group != Group::Query || self.oidc.is_some()) {
+            // Served to anyone; on the query port a request that carries valid credentials
+            // is still known by them (whoami then names the signed-in user). Probes of the
+            // admin port are not made to pay for a password check.
+            if group == Group::Query {
+                if let Ok(principal) = self.authenticate(headers).await {
+                    return Ok(principal);
+                }
+            }
             return Ok(Principal {
                 name: "anonymous".to_string(),
                 authenticated: false,
@@ -473,13 +481,16 @@ impl Authenticator {
 /// Admin paths that stay open for probes whatever the settings.
 pub const ADMIN_OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
+/// `GET /api/spindle/whoami`: open with a UI login, so that the UI learns where to sign in.
+pub const WHOAMI_PATH: &str = "/api/spindle/whoami";
+
 /// Whether `path` of `group` is served without credentials: the admin probes, and the
-/// UI's OpenID Connect login (when an issuer is configured). Requests to them get a
+/// UI's OpenID Connect login and whoami (when an issuer is configured). Requests to them get a
 /// principal that may do nothing.
 pub fn open_path(group: Group, path: &str) -> bool {
     match group {
         Group::Admin => ADMIN_OPEN_PATHS.contains(&path),
-        Group::Query => super::oidc::PUBLIC_PATHS.contains(&path),
+        Group::Query => super::oidc::PUBLIC_PATHS.contains(&path) || path == WHOAMI_PATH,
         Group::Ingest => false,
     }
 }
