@@ -628,7 +628,7 @@ mod tests {
 /// Whatever bytes a client sends as credentials, `authenticate` answers an error unless they
 /// are exactly a configured token or user and password, and never panics.
 #[cfg(test)]
-mod robustness {
+pub(crate) mod robustness {
     use super::*;
     use base64::engine::general_purpose::STANDARD;
     use proptest::prelude::*;
@@ -700,7 +700,7 @@ mod robustness {
     }
 
     /// Bytes a header value may hold (HeaderValue::from_bytes accepts them all).
-    fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    pub(crate) fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..max)
     }
 
@@ -710,7 +710,7 @@ mod robustness {
     }
 
     /// Fails the test with proptest's report (input minimised) if the property does not hold.
-    fn check<S: Strategy>(cases: u32, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+    pub(crate) fn check<S: Strategy>(cases: u32, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
     where
         S::Value: std::fmt::Debug,
     {

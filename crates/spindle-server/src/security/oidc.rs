@@ -830,11 +830,11 @@ mod tests {
 #[cfg(test)]
 mod robustness {
     use super::*;
+    use crate::security::auth::robustness::{check, header_bytes};
     use crate::security::auth::Authenticator;
     use crate::security::Group;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE};
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
 
     const KEY: &[u8; 32] = b"robustness-session-key-32-bytes!";
 
@@ -905,26 +905,6 @@ mod robustness {
             tenant: Some("team-a".to_string()),
             exp,
         }
-    }
-
-    fn runner(cases: u32) -> TestRunner {
-        // No regression files in the source tree: a failure prints its input.
-        TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() })
-    }
-
-    /// Fails the test with proptest's report (input minimised) if the property does not hold.
-    fn check<S: Strategy>(cases: u32, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-    where
-        S::Value: std::fmt::Debug,
-    {
-        if let Err(e) = runner(cases).run(&strategy, test) {
-            panic!("{e}");
-        }
-    }
-
-    /// Bytes a header value may hold (HeaderValue::from_bytes accepts them all).
-    fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
-        proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..max)
     }
 
     fn json_scalar() -> impl Strategy<Value = Value> {
