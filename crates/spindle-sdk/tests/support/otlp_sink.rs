@@ -170,11 +170,8 @@ impl TraceService for Receiver {
     }
 }
 
-async fn http_export(
-    axum::extract::State(receiver): axum::extract::State<Receiver>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
+/// An OTLP/HTTP export body, JSON or protobuf by its content type; the bool says JSON.
+pub fn decode_http_export(headers: &HeaderMap, body: Bytes) -> Result<(ExportTraceServiceRequest, bool), String> {
     let json =
         headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
     let decoded = if json {
@@ -182,8 +179,16 @@ async fn http_export(
     } else {
         ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string())
     };
-    match decoded {
-        Ok(request) => {
+    decoded.map(|request| (request, json))
+}
+
+async fn http_export(
+    axum::extract::State(receiver): axum::extract::State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    match decode_http_export(&headers, body) {
+        Ok((request, _)) => {
             receiver.accept(request);
             StatusCode::OK
         }

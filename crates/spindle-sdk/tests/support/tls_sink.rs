@@ -354,15 +354,8 @@ async fn http_export(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let json =
-        headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
-    let decoded = if json {
-        serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| e.to_string())
-    } else {
-        ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string())
-    };
-    match decoded {
-        Ok(request) => {
+    match super::otlp_sink::decode_http_export(&headers, body) {
+        Ok((request, json)) => {
             receiver.record(if json { "http/json" } else { "http/protobuf" }, &headers, client_cert, request);
             StatusCode::OK
         }
