@@ -5,12 +5,14 @@
 //! Only test targets depend on this crate (as a dev-dependency). Launchers fail the test
 //! loudly when their binary is missing; they never skip.
 
+mod clickhouse;
 mod ports;
 mod processes;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use clickhouse::ClickHouse;
 pub use ports::{free_port, free_udp_port};
 pub use processes::{http_get, spindle_binary, Spindle, Tansu};
 
