@@ -1,0 +1,507 @@
+//! ClickHouse storage behind [`spindle_store::TraceStore`]: the schema of ADR 018, created
+//! by versioned migrations when a store opens, spoken to over ClickHouse's HTTP interface.
+//!
+//! Every span is kept whole (an encoded blob) beside typed columns that queries filter on,
+//! so `get_trace` returns exactly what was appended, and searches push service, time and
+//! duration into SQL, then test the candidates with the query's own span matcher: answers
+//! equal the embedded store's. Duplicates (a batch appended twice, as an at-least-once
+//! writer does) are stored and dropped when read.
+
+mod rowbinary;
+mod schema;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use spindle_model::{dependency_edges, links_from_edges, AttributeValue, DependencyLink, Span, SpanKind, TraceId};
+use spindle_store::{Operation, QueryControl, StoreError, TraceQuery, TraceStore};
+
+use rowbinary::{Reader, Writer};
+
+pub use schema::{ServerVersion, MIGRATIONS};
+
+/// Where a store connects and which database holds its tables.
+#[derive(Debug, Clone)]
+pub struct ClickHouseOptions {
+    /// The HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Created when missing.
+    pub database: String,
+    /// Per request; a query running longer fails with an error naming ClickHouse.
+    pub timeout: Duration,
+}
+
+impl ClickHouseOptions {
+    pub fn new(url: impl Into<String>, database: impl Into<String>) -> Self {
+        ClickHouseOptions { url: url.into(), database: database.into(), timeout: Duration::from_secs(30) }
+    }
+}
+
+/// A [`TraceStore`] over one ClickHouse database.
+pub struct ClickHouseStore {
+    client: reqwest::blocking::Client,
+    url: String,
+    database: String,
+    version: ServerVersion,
+}
+
+/// Bumped when the blob layout changes; reads refuse blobs of another version.
+const BLOB_VERSION: u8 = 1;
+
+/// Dates are days since 1970 in a `UInt16`; later spans share the last day.
+fn day_of(unix_nano: u64) -> u16 {
+    (unix_nano / 86_400_000_000_000).min(u64::from(u16::MAX)) as u16
+}
+
+/// `YYYY-MM-DD` of a day number, for comparisons with `Date` columns (civil-from-days).
+fn date_literal(day: u16) -> String {
+    let z = i64::from(day) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("'{y:04}-{m:02}-{d:02}'")
+}
+
+/// The last day ClickHouse 18.16 parses and compares as a `Date` (2105-12-31); bounds
+/// past it are left out, and the `start_ns` bounds beside them decide alone.
+const LAST_DATE_DAY: u16 = 49_672;
+
+/// Partition pruning for spans started in `[min, max]` nanoseconds.
+fn day_filter(min: u64, max: u64) -> String {
+    let (first, last) = (day_of(min).min(LAST_DATE_DAY), day_of(max));
+    let mut filter = format!("day >= {}", date_literal(first));
+    if last <= LAST_DATE_DAY {
+        filter.push_str(&format!(" AND day <= {}", date_literal(last)));
+    }
+    filter
+}
+
+/// A ClickHouse string literal of arbitrary bytes.
+fn literal(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
+    out.push('\'');
+    for &b in bytes {
+        match b {
+            b'\'' => out.push_str("\\'"),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02X}")),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Trace ids are stored big-endian, so that byte order is numeric order.
+fn trace_literal(id: TraceId) -> String {
+    literal(&id.0.to_be_bytes())
+}
+
+fn kind_code(kind: SpanKind) -> u8 {
+    kind.to_otlp() as u8
+}
+
+fn encode_span(span: &Span) -> Result<Vec<u8>, StoreError> {
+    let mut blob = vec![BLOB_VERSION];
+    blob.extend(postcard::to_stdvec(span).map_err(|e| StoreError::Encode(e.to_string()))?);
+    Ok(blob)
+}
+
+fn decode_span(blob: &[u8]) -> Result<Span, StoreError> {
+    let bad = |reason: String| StoreError::Block { path: "clickhouse spans.span".into(), reason };
+    match blob.split_first() {
+        Some((&BLOB_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| bad(e.to_string())),
+        Some((v, _)) => Err(bad(format!("span blob version {v}, this release reads {BLOB_VERSION}"))),
+        None => Err(bad("empty span blob".into())),
+    }
+}
+
+/// Keeps the first span of each span id: appends repeated by a retrying writer leave
+/// identical copies, and a trace has one span per id.
+fn dedupe(spans: Vec<Span>) -> Vec<Span> {
+    let mut seen = BTreeSet::new();
+    spans.into_iter().filter(|s| seen.insert(s.span_id)).collect()
+}
+
+impl ClickHouseStore {
+    /// Connects, creates the database when missing and runs the migrations it lacks.
+    pub fn open(options: ClickHouseOptions) -> Result<Self, StoreError> {
+        if options.database.is_empty() || !options.database.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(StoreError::Encode(format!(
+                "ClickHouse database name {:?} must be letters, digits and underscores",
+                options.database
+            )));
+        }
+        let client = reqwest::blocking::Client::builder()
+            .timeout(options.timeout)
+            .build()
+            .map_err(|e| http_error(&options.url, e.to_string()))?;
+        let mut store = ClickHouseStore {
+            client,
+            url: options.url.trim_end_matches('/').to_string(),
+            database: options.database,
+            version: ServerVersion::default(),
+        };
+        let version = store.text("SELECT version()", false)?;
+        store.version = ServerVersion::parse(version.trim());
+        store.execute(&format!("CREATE DATABASE IF NOT EXISTS {}", store.database), false)?;
+        schema::migrate(&store)?;
+        Ok(store)
+    }
+
+    /// The server's version, as `SELECT version()` gave it when the store opened.
+    pub fn server_version(&self) -> ServerVersion {
+        self.version
+    }
+
+    /// Migration versions recorded as applied, ascending.
+    pub fn applied_migrations(&self) -> Result<Vec<u32>, StoreError> {
+        schema::applied(self)
+    }
+
+    /// Rows in the spans table, duplicates included: what a retried append costs.
+    pub fn stored_span_rows(&self) -> Result<u64, StoreError> {
+        let text = self.text("SELECT count() FROM spans", true)?;
+        text.trim().parse().map_err(|_| http_error(&self.url, format!("count() answered {text:?}")))
+    }
+
+    fn post(&self, query: &str, body: Vec<u8>, in_database: bool) -> Result<Vec<u8>, StoreError> {
+        let mut params: Vec<(&str, &str)> = vec![("query", query)];
+        if in_database {
+            params.push(("database", &self.database));
+        }
+        let response = self
+            .client
+            .post(&self.url)
+            .query(&params)
+            .body(body)
+            .send()
+            .map_err(|e| http_error(&self.url, e.to_string()))?;
+        let status = response.status();
+        let bytes = response.bytes().map_err(|e| http_error(&self.url, e.to_string()))?;
+        if !status.is_success() {
+            let message = String::from_utf8_lossy(&bytes);
+            return Err(http_error(&self.url, format!("{status}: {}", message.trim())));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Runs a statement that returns nothing (DDL, `INSERT ... VALUES`).
+    pub(crate) fn execute(&self, sql: &str, in_database: bool) -> Result<(), StoreError> {
+        self.post(sql, Vec::new(), in_database).map(|_| ())
+    }
+
+    pub(crate) fn text(&self, sql: &str, in_database: bool) -> Result<String, StoreError> {
+        let bytes = self.post(sql, Vec::new(), in_database)?;
+        String::from_utf8(bytes).map_err(|_| http_error(&self.url, "answer is not UTF-8".into()))
+    }
+
+    /// Runs a `SELECT` and returns its rows in `RowBinary`.
+    fn rows(&self, sql: &str) -> Result<Vec<u8>, StoreError> {
+        self.post(&format!("{sql} FORMAT RowBinary"), Vec::new(), true)
+    }
+
+    fn insert(&self, table_and_columns: &str, rows: Writer) -> Result<(), StoreError> {
+        self.post(&format!("INSERT INTO {table_and_columns} FORMAT RowBinary"), rows.into_bytes(), true).map(|_| ())
+    }
+
+    fn spans_where(&self, filter: &str) -> Result<Vec<Span>, StoreError> {
+        let bytes = self.rows(&format!("SELECT span FROM spans WHERE {filter}"))?;
+        let mut reader = Reader::new(&bytes);
+        let mut spans = Vec::new();
+        while !reader.is_empty() {
+            spans.push(decode_span(reader.string().map_err(|e| self.malformed(e))?)?);
+        }
+        Ok(spans)
+    }
+
+    fn malformed(&self, what: &str) -> StoreError {
+        http_error(&self.url, format!("malformed RowBinary answer: {what}"))
+    }
+
+    /// `(trace id, earliest start)` of the traces `trace_filter` selects from `trace_id_ts`.
+    fn trace_starts(&self, trace_filter: &str, limit: Option<usize>) -> Result<Vec<(u64, TraceId)>, StoreError> {
+        let limit = limit.map(|n| format!(" ORDER BY first DESC, trace_id DESC LIMIT {n}")).unwrap_or_default();
+        let bytes = self.rows(&format!(
+            "SELECT trace_id, min(min_start) AS first FROM trace_id_ts WHERE {trace_filter} GROUP BY trace_id{limit}"
+        ))?;
+        let mut reader = Reader::new(&bytes);
+        let mut out = Vec::new();
+        while !reader.is_empty() {
+            let id = reader.trace_id().map_err(|e| self.malformed(e))?;
+            let first = reader.u64().map_err(|e| self.malformed(e))?;
+            out.push((first, id));
+        }
+        Ok(out)
+    }
+}
+
+fn http_error(url: &str, message: String) -> StoreError {
+    StoreError::Io { path: format!("ClickHouse at {url}"), source: std::io::Error::other(message) }
+}
+
+/// The SQL filter of what a query asks that typed columns answer exactly.
+fn span_filter(q: &TraceQuery) -> String {
+    let (min, max) = (q.start_time_min_unix_nano, q.start_time_max_unix_nano);
+    let mut filter = format!("{} AND start_ns >= {min} AND start_ns <= {max}", day_filter(min, max));
+    if let Some(service) = &q.service {
+        filter.push_str(&format!(" AND service = {}", literal(service.as_bytes())));
+    }
+    if let Some(name) = &q.operation {
+        filter.push_str(&format!(" AND name = {}", literal(name.as_bytes())));
+    }
+    if let Some(kind) = q.span_kind {
+        filter.push_str(&format!(" AND kind = {}", kind_code(kind)));
+    }
+    if let Some(d) = q.duration_min_nanos {
+        filter.push_str(&format!(" AND duration_ns >= {d}"));
+    }
+    if let Some(d) = q.duration_max_nanos {
+        filter.push_str(&format!(" AND duration_ns <= {d}"));
+    }
+    filter
+}
+
+fn id_set(ids: impl IntoIterator<Item = TraceId>) -> String {
+    ids.into_iter().map(trace_literal).collect::<Vec<_>>().join(", ")
+}
+
+impl TraceStore for ClickHouseStore {
+    fn append(&self, spans: Vec<Span>) -> Result<(), StoreError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        // The catalog and the trace-id index go first: if a later insert fails, the caller
+        // retries the batch, and rows that point at spans not yet stored are never read
+        // without those spans.
+        let mut operations = BTreeSet::new();
+        let mut traces: BTreeMap<TraceId, (u64, u64)> = BTreeMap::new();
+        for span in &spans {
+            operations.insert((span.service_name(), span.name.as_str(), kind_code(span.kind)));
+            let start = span.start_time_unix_nano;
+            let range = traces.entry(span.trace_id).or_insert((start, start));
+            *range = (range.0.min(start), range.1.max(start));
+        }
+        let mut rows = Writer::default();
+        for (service, name, kind) in operations {
+            rows.string(service.as_bytes()).string(name.as_bytes()).u8(kind);
+        }
+        self.insert("operations (service, name, kind)", rows)?;
+        let mut rows = Writer::default();
+        for (id, (min, max)) in traces {
+            rows.u16(day_of(min)).trace_id(id).u64(min).u64(max);
+        }
+        self.insert("trace_id_ts (day, trace_id, min_start, max_start)", rows)?;
+        let mut rows = Writer::default();
+        for span in &spans {
+            write_span_row(&mut rows, span)?;
+        }
+        self.insert(schema::SPAN_INSERT, rows)
+    }
+
+    fn get_trace(&self, trace_id: TraceId) -> Result<Vec<Span>, StoreError> {
+        let Some(&(min, _)) = self.trace_starts(&format!("trace_id = {}", trace_literal(trace_id)), None)?.first()
+        else {
+            return Ok(Vec::new());
+        };
+        let bytes =
+            self.rows(&format!("SELECT max(max_start) FROM trace_id_ts WHERE trace_id = {}", trace_literal(trace_id)))?;
+        let max = Reader::new(&bytes).u64().map_err(|e| self.malformed(e))?;
+        let spans = self.spans_where(&format!(
+            "{} AND start_ns >= {min} AND start_ns <= {max} AND trace_id = {}",
+            day_filter(min, max),
+            trace_literal(trace_id)
+        ))?;
+        Ok(dedupe(spans))
+    }
+
+    fn find_trace_ids(&self, query: &TraceQuery) -> Result<Vec<TraceId>, StoreError> {
+        query.check()?;
+        if query.limit == 0 || query.start_time_min_unix_nano > query.start_time_max_unix_nano {
+            return Ok(Vec::new());
+        }
+        let filter = span_filter(query);
+        let mut found = if query.attributes.is_empty() {
+            // The typed columns answer the whole query: ids, order and limit come from SQL.
+            self.trace_starts(&format!("trace_id IN (SELECT trace_id FROM spans WHERE {filter})"), Some(query.limit))?
+        } else {
+            // Attribute pairs match where Jaeger looks (span, resource, events, derived
+            // tags): the query's own matcher decides on the candidates' spans.
+            let candidates = self.spans_where(&filter)?;
+            query.check()?;
+            let ids: BTreeSet<TraceId> =
+                candidates.iter().filter(|s| query.matches_span(s)).map(|s| s.trace_id).collect();
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.trace_starts(&format!("trace_id IN ({})", id_set(ids)), None)?
+        };
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        found.truncate(query.limit);
+        Ok(found.into_iter().map(|(_, id)| id).collect())
+    }
+
+    fn services(&self) -> Result<Vec<String>, StoreError> {
+        let bytes = self.rows("SELECT DISTINCT service FROM operations")?;
+        let mut reader = Reader::new(&bytes);
+        let mut services = Vec::new();
+        while !reader.is_empty() {
+            let s = reader.string().map_err(|e| self.malformed(e))?;
+            services.push(String::from_utf8_lossy(s).into_owned());
+        }
+        services.sort();
+        services.dedup();
+        Ok(services)
+    }
+
+    fn operations(&self, service: &str, kind: Option<SpanKind>) -> Result<Vec<Operation>, StoreError> {
+        let kind_filter = kind.map(|k| format!(" AND kind = {}", kind_code(k))).unwrap_or_default();
+        let bytes = self.rows(&format!(
+            "SELECT DISTINCT name, kind FROM operations WHERE service = {}{kind_filter}",
+            literal(service.as_bytes())
+        ))?;
+        let mut reader = Reader::new(&bytes);
+        let mut operations = Vec::new();
+        while !reader.is_empty() {
+            let name = String::from_utf8_lossy(reader.string().map_err(|e| self.malformed(e))?).into_owned();
+            let kind = SpanKind::from_otlp(i32::from(reader.u8().map_err(|e| self.malformed(e))?));
+            operations.push(Operation { name, kind });
+        }
+        operations.sort();
+        operations.dedup();
+        Ok(operations)
+    }
+
+    fn dependencies(&self, start_unix_nano: u64, end_unix_nano: u64) -> Result<Vec<DependencyLink>, StoreError> {
+        QueryControl::check_current()?;
+        let starts = self.trace_starts(
+            &format!(
+                "trace_id IN (SELECT trace_id FROM trace_id_ts GROUP BY trace_id \
+                 HAVING min(min_start) >= {start_unix_nano} AND min(min_start) <= {end_unix_nano})"
+            ),
+            None,
+        )?;
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = starts.iter().map(|&(s, _)| s).min().unwrap_or(0);
+        let ids = id_set(starts.into_iter().map(|(_, id)| id));
+        // A trace's spans start no earlier than its first one; later days stay unpruned.
+        let spans = self.spans_where(&format!("{} AND trace_id IN ({ids})", day_filter(first, u64::MAX)))?;
+        QueryControl::check_current()?;
+        let mut traces: HashMap<TraceId, Vec<Span>> = HashMap::new();
+        for span in spans {
+            traces.entry(span.trace_id).or_default().push(span);
+        }
+        let mut edges = BTreeMap::new();
+        for spans in traces.into_values() {
+            dependency_edges(&dedupe(spans), &mut edges);
+        }
+        Ok(links_from_edges(edges))
+    }
+
+    /// An acknowledged insert is in ClickHouse's parts; there is nothing to flush here.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// One row of `spans`, in the column order of [`schema::SPAN_INSERT`].
+fn write_span_row(rows: &mut Writer, span: &Span) -> Result<(), StoreError> {
+    let start = span.start_time_unix_nano;
+    rows.u16(day_of(start))
+        .u64(start)
+        .trace_id(span.trace_id)
+        .u64(span.span_id.0)
+        .u64(span.parent_span_id.0)
+        .string(span.service_name().as_bytes())
+        .string(span.name.as_bytes())
+        .u8(kind_code(span.kind))
+        .u64(span.duration_nanos())
+        .u8(span.status.code.to_otlp() as u8);
+    let mut strings = (Vec::new(), Vec::new());
+    let mut ints = (Vec::new(), Vec::new());
+    let mut bools = (Vec::new(), Vec::new());
+    let mut doubles = (Vec::new(), Vec::new());
+    for kv in &span.attributes {
+        match &kv.value {
+            AttributeValue::String(s) => {
+                strings.0.push(kv.key.as_bytes());
+                strings.1.push(s.as_bytes());
+            }
+            AttributeValue::Int(i) => {
+                ints.0.push(kv.key.as_bytes());
+                ints.1.push(*i);
+            }
+            AttributeValue::Bool(b) => {
+                bools.0.push(kv.key.as_bytes());
+                bools.1.push(u8::from(*b));
+            }
+            AttributeValue::Double(d) => {
+                doubles.0.push(kv.key.as_bytes());
+                doubles.1.push(*d);
+            }
+            // Bytes, arrays and maps live in the blob only.
+            _ => {}
+        }
+    }
+    rows.strings(&strings.0).strings(&strings.1);
+    rows.strings(&ints.0).array_len(ints.1.len());
+    for i in ints.1 {
+        rows.i64(i);
+    }
+    rows.strings(&bools.0).array_len(bools.1.len());
+    for b in bools.1 {
+        rows.u8(b);
+    }
+    rows.strings(&doubles.0).array_len(doubles.1.len());
+    for d in doubles.1 {
+        rows.f64(d);
+    }
+    let resource: Vec<(&[u8], &[u8])> = span
+        .resource
+        .attributes
+        .iter()
+        .filter_map(|kv| kv.value.as_str().map(|v| (kv.key.as_bytes(), v.as_bytes())))
+        .collect();
+    rows.strings(&resource.iter().map(|r| r.0).collect::<Vec<_>>());
+    rows.strings(&resource.iter().map(|r| r.1).collect::<Vec<_>>());
+    rows.string(&encode_span(span)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_numbers_print_as_dates() {
+        assert_eq!(date_literal(0), "'1970-01-01'");
+        assert_eq!(date_literal(20_427), "'2025-12-05'");
+        assert_eq!(date_literal(u16::MAX), "'2149-06-06'");
+        assert_eq!(date_literal(LAST_DATE_DAY), "'2105-12-31'");
+        assert_eq!(day_filter(0, u64::MAX), "day >= '1970-01-01'");
+    }
+
+    #[test]
+    fn literals_escape_quotes_backslashes_and_bytes() {
+        assert_eq!(literal(b"a'b\\c"), r"'a\'b\\c'");
+        assert_eq!(literal(&[0, 255]), r"'\x00\xFF'");
+    }
+
+    #[test]
+    fn blobs_round_trip_and_refuse_other_versions() {
+        let span = Span { name: "get".into(), start_time_unix_nano: 5, ..Default::default() };
+        let blob = encode_span(&span).unwrap();
+        assert_eq!(decode_span(&blob).unwrap(), span);
+        let mut other = blob.clone();
+        other[0] = BLOB_VERSION + 1;
+        assert!(decode_span(&other).is_err());
+        assert!(decode_span(&[]).is_err());
+    }
+}
