@@ -170,20 +170,28 @@ impl ClickHouseStore {
         text.trim().parse().map_err(|_| http_error(&self.url, format!("count() answered {text:?}")))
     }
 
-    fn post(&self, query: &str, body: Vec<u8>, in_database: bool) -> Result<Vec<u8>, StoreError> {
-        let mut params: Vec<(&str, &str)> = vec![("query", query)];
+    /// Sends `query` with `data` (an insert's rows) or, without data, the query alone as
+    /// the body: URLs have a length limit that a query's literals may pass.
+    fn post(&self, query: &str, data: Vec<u8>, in_database: bool) -> Result<Vec<u8>, StoreError> {
+        let mut params: Vec<(&str, &str)> = Vec::new();
         if in_database {
             params.push(("database", &self.database));
         }
+        let body = if data.is_empty() {
+            query.as_bytes().to_vec()
+        } else {
+            params.push(("query", query));
+            data
+        };
         let response = self
             .client
             .post(&self.url)
             .query(&params)
             .body(body)
             .send()
-            .map_err(|e| http_error(&self.url, e.to_string()))?;
+            .map_err(|e| http_error(&self.url, e.without_url().to_string()))?;
         let status = response.status();
-        let bytes = response.bytes().map_err(|e| http_error(&self.url, e.to_string()))?;
+        let bytes = response.bytes().map_err(|e| http_error(&self.url, e.without_url().to_string()))?;
         if !status.is_success() {
             let message = String::from_utf8_lossy(&bytes);
             return Err(http_error(&self.url, format!("{status}: {}", message.trim())));
@@ -267,10 +275,6 @@ fn span_filter(q: &TraceQuery) -> String {
     filter
 }
 
-fn id_set(ids: impl IntoIterator<Item = TraceId>) -> String {
-    ids.into_iter().map(trace_literal).collect::<Vec<_>>().join(", ")
-}
-
 impl TraceStore for ClickHouseStore {
     fn append(&self, spans: Vec<Span>) -> Result<(), StoreError> {
         if spans.is_empty() {
@@ -339,7 +343,11 @@ impl TraceStore for ClickHouseStore {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            self.trace_starts(&format!("trace_id IN ({})", id_set(ids)), None)?
+            // The candidates' traces by subquery rather than an id list, which may exceed
+            // ClickHouse's query size limit.
+            let starts =
+                self.trace_starts(&format!("trace_id IN (SELECT trace_id FROM spans WHERE {filter})"), None)?;
+            starts.into_iter().filter(|(_, id)| ids.contains(id)).collect()
         };
         found.sort_unstable_by(|a, b| b.cmp(a));
         found.truncate(query.limit);
@@ -379,20 +387,10 @@ impl TraceStore for ClickHouseStore {
 
     fn dependencies(&self, start_unix_nano: u64, end_unix_nano: u64) -> Result<Vec<DependencyLink>, StoreError> {
         QueryControl::check_current()?;
-        let starts = self.trace_starts(
-            &format!(
-                "trace_id IN (SELECT trace_id FROM trace_id_ts GROUP BY trace_id \
-                 HAVING min(min_start) >= {start_unix_nano} AND min(min_start) <= {end_unix_nano})"
-            ),
-            None,
-        )?;
-        if starts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let first = starts.iter().map(|&(s, _)| s).min().unwrap_or(0);
-        let ids = id_set(starts.into_iter().map(|(_, id)| id));
-        // A trace's spans start no earlier than its first one; later days stay unpruned.
-        let spans = self.spans_where(&format!("{} AND trace_id IN ({ids})", day_filter(first, u64::MAX)))?;
+        let spans = self.spans_where(&format!(
+            "trace_id IN (SELECT trace_id FROM trace_id_ts GROUP BY trace_id \
+             HAVING min(min_start) >= {start_unix_nano} AND min(min_start) <= {end_unix_nano})"
+        ))?;
         QueryControl::check_current()?;
         let mut traces: HashMap<TraceId, Vec<Span>> = HashMap::new();
         for span in spans {
