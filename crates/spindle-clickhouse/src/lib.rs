@@ -309,17 +309,18 @@ impl TraceStore for ClickHouseStore {
     }
 
     fn get_trace(&self, trace_id: TraceId) -> Result<Vec<Span>, StoreError> {
-        let Some(&(min, _)) = self.trace_starts(&format!("trace_id = {}", trace_literal(trace_id)), None)?.first()
-        else {
+        let id = trace_literal(trace_id);
+        let bytes = self
+            .rows(&format!("SELECT count(), min(min_start), max(max_start) FROM trace_id_ts WHERE trace_id = {id}"))?;
+        let mut reader = Reader::new(&bytes);
+        let mut next = || reader.u64().map_err(|e| self.malformed(e));
+        let (count, min, max) = (next()?, next()?, next()?);
+        if count == 0 {
             return Ok(Vec::new());
-        };
-        let bytes =
-            self.rows(&format!("SELECT max(max_start) FROM trace_id_ts WHERE trace_id = {}", trace_literal(trace_id)))?;
-        let max = Reader::new(&bytes).u64().map_err(|e| self.malformed(e))?;
+        }
         let spans = self.spans_where(&format!(
-            "{} AND start_ns >= {min} AND start_ns <= {max} AND trace_id = {}",
-            day_filter(min, max),
-            trace_literal(trace_id)
+            "{} AND start_ns >= {min} AND start_ns <= {max} AND trace_id = {id}",
+            day_filter(min, max)
         ))?;
         Ok(dedupe(spans))
     }
