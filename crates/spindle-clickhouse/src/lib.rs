@@ -164,6 +164,32 @@ impl ClickHouseStore {
         schema::applied(self)
     }
 
+    /// Drops from `spans` and `trace_id_ts` every day that ended before `cutoff_unix_nano`,
+    /// whole partitions at a time: retention on servers without `TTL`. Returns how many
+    /// partitions went. A trace's index row goes with the day of its latest span, so a
+    /// trace crossing the cutoff stays readable by id with the spans it has left.
+    pub fn drop_days_before(&self, cutoff_unix_nano: u64) -> Result<usize, StoreError> {
+        let text = self.text(
+            &format!(
+                "SELECT DISTINCT table, partition_id FROM system.parts WHERE database = {} \
+                 AND table IN ('spans', 'trace_id_ts') AND active AND partition < {}",
+                literal(self.database.as_bytes()),
+                date_literal(day_of(cutoff_unix_nano).min(LAST_DATE_DAY))
+            ),
+            false,
+        )?;
+        let mut dropped = 0;
+        for line in text.lines() {
+            let Some((table, id)) = line.split_once('\t') else { continue };
+            if !matches!(table, "spans" | "trace_id_ts") || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(http_error(&self.url, format!("unexpected partition row {line:?}")));
+            }
+            self.execute(&format!("ALTER TABLE {table} DROP PARTITION ID '{id}'"), true)?;
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+
     /// Rows in the spans table, duplicates included: what a retried append costs.
     pub fn stored_span_rows(&self) -> Result<u64, StoreError> {
         let text = self.text("SELECT count() FROM spans", true)?;
@@ -298,7 +324,8 @@ impl TraceStore for ClickHouseStore {
         self.insert("operations (service, name, kind)", rows)?;
         let mut rows = Writer::default();
         for (id, (min, max)) in traces {
-            rows.u16(day_of(min)).trace_id(id).u64(min).u64(max);
+            // The day of the latest start: a retention pass drops the row with its last span.
+            rows.u16(day_of(max)).trace_id(id).u64(min).u64(max);
         }
         self.insert("trace_id_ts (day, trace_id, min_start, max_start)", rows)?;
         let mut rows = Writer::default();

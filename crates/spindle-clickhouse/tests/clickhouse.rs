@@ -75,6 +75,24 @@ fn clickhouse_specific_behaviour() {
     let q = TraceQuery { attributes: vec![("symbol".into(), "it's \\ odd".into())], ..TraceQuery::default() };
     assert_eq!(store.find_trace_ids(&q).unwrap(), vec![TraceId(7)]);
 
+    // Retention drops whole days: a trace of an earlier day goes, one crossing into the
+    // kept day stays readable by id with its later spans, and the newest stays whole.
+    const DAY: u64 = 86_400_000_000_000;
+    let store = open(&server, "retention");
+    let day0 = 20_000 * DAY;
+    let old = vec![span(1, 1, day0 + 5)];
+    let crossing = vec![span(2, 2, day0 + 7), span(2, 3, day0 + DAY + 7)];
+    let new = vec![span(3, 4, day0 + 2 * DAY)];
+    for batch in [&old, &crossing, &new] {
+        store.append(batch.to_vec()).unwrap();
+    }
+    assert_eq!(store.drop_days_before(day0 + DAY + 1).unwrap(), 2, "day0 of spans and trace_id_ts");
+    assert!(store.get_trace(TraceId(1)).unwrap().is_empty());
+    assert_eq!(store.get_trace(TraceId(2)).unwrap(), crossing[1..].to_vec());
+    assert_eq!(store.get_trace(TraceId(3)).unwrap(), new);
+    assert_eq!(store.find_trace_ids(&TraceQuery::default()).unwrap(), vec![TraceId(3), TraceId(2)]);
+    assert_eq!(store.drop_days_before(day0 + DAY + 1).unwrap(), 0, "nothing left to drop");
+
     // Outside input never panics: a bad database name and an unreachable server are errors.
     assert!(ClickHouseStore::open(ClickHouseOptions::new(&server.http_url, "x; DROP")).is_err());
     let down = spindle_test_support::free_port();
