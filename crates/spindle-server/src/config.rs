@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use spindle_store::SyncPolicy;
 
+use crate::kafka::{KafkaSettings, Target};
 use crate::limits::Limits;
 use crate::security::{Group, OidcSettings, SecuritySettings};
 use crate::tenancy::{TenancySettings, TenantLimits};
@@ -301,6 +302,25 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINDLE_TENANT_INGEST_RATE", value_name = "SPANS")]
     pub tenant_ingest_rate: Option<u64>,
 
+    /// Role of this instance: `all` (everything in one process), `collector` (receivers,
+    /// writing to Kafka), `ingester` (Kafka to the store, with the query API and admin) or
+    /// `query` (not yet: needs a shared store) [default: all]
+    #[arg(long, env = "SPINDLE_TARGET", value_name = "ROLE")]
+    pub target: Option<String>,
+
+    /// Kafka bootstrap servers, comma-separated host:port; required by `collector` and
+    /// `ingester`
+    #[arg(long, env = "SPINDLE_KAFKA_BROKERS", value_name = "BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Kafka topic collectors write span batches to and ingesters read [default: spindle-spans]
+    #[arg(long, env = "SPINDLE_KAFKA_TOPIC", value_name = "TOPIC")]
+    pub kafka_topic: Option<String>,
+
+    /// Kafka consumer group of the ingesters [default: spindle-ingester]
+    #[arg(long, env = "SPINDLE_KAFKA_GROUP", value_name = "GROUP")]
+    pub kafka_group: Option<String>,
+
     /// Per-tenant overrides, in the config file only: `[tenants.NAME]` tables
     #[arg(skip)]
     pub tenants: Option<std::collections::BTreeMap<String, TenantOverrides>>,
@@ -352,6 +372,10 @@ pub struct Settings {
     pub limits: Limits,
     pub security: SecuritySettings,
     pub tenancy: TenancySettings,
+    /// Which parts this instance runs (docs/OPERATIONS.md, "Roles").
+    pub target: Target,
+    /// The Kafka ingest buffer; set for `collector` and `ingester`.
+    pub kafka: Option<KafkaSettings>,
 }
 
 fn url_list(text: Option<String>) -> Vec<String> {
@@ -427,6 +451,10 @@ impl ServeArgs {
             tenant_header_required: self.tenant_header_required.or(file.tenant_header_required),
             max_tenants: self.max_tenants.or(file.max_tenants),
             tenant_ingest_rate: self.tenant_ingest_rate.or(file.tenant_ingest_rate),
+            target: self.target.or(file.target),
+            kafka_brokers: self.kafka_brokers.or(file.kafka_brokers),
+            kafka_topic: self.kafka_topic.or(file.kafka_topic),
+            kafka_group: self.kafka_group.or(file.kafka_group),
             tenants: self.tenants.or(file.tenants),
         }
     }
@@ -470,6 +498,12 @@ impl ServeArgs {
         let public_url = merged.public_url.clone().unwrap_or_else(|| "http://localhost:16686".to_string());
         let security = security(&merged, &public_url)?;
         let tenancy = tenancy(&merged, &limits, retention, merged.max_disk_bytes)?;
+        let (target, kafka) = crate::kafka::settings(
+            merged.target.as_deref(),
+            merged.kafka_brokers.as_deref(),
+            merged.kafka_topic.as_deref(),
+            merged.kafka_group.as_deref(),
+        )?;
         Ok(Settings {
             data_dir: merged.data_dir.unwrap_or_else(|| PathBuf::from("./spindle-data")),
             otlp_grpc_addr: merged.otlp_grpc_addr.unwrap_or_else(|| addr("0.0.0.0:4317")),
@@ -496,6 +530,8 @@ impl ServeArgs {
             limits,
             security,
             tenancy,
+            target,
+            kafka,
         })
     }
 }

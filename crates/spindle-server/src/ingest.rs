@@ -7,7 +7,9 @@
 //! into its protocol's backpressure answer, so memory never grows without bound.
 //!
 //! Architecture Invariant: `accept` returns `Ok` only after the store made the batch
-//! durable, so a receiver acknowledges nothing that a crash could lose.
+//! durable, so a receiver acknowledges nothing that a crash could lose. A collector
+//! (`--target collector`) produces the batch to Kafka instead, and `accept` returns `Ok`
+//! only once every in-sync replica has it (`crate::kafka`).
 //!
 //! The queue's permit is taken after decoding, when the span count is known: counting the
 //! spans of a request without decoding it would cost most of a decode. What a request holds
@@ -36,6 +38,7 @@ use spindle_codec::Decoded;
 use spindle_model::{AttributeValue, KeyValue, Resource, Span};
 use tokio::sync::Semaphore;
 
+use crate::kafka::KafkaSink;
 use crate::limits::{Limit, Limits};
 use crate::telemetry::{DropLabels, DropReason, ProtocolLabels, Telemetry};
 use crate::tenancy::{Access, Caller, TenantError, Tenants};
@@ -115,6 +118,8 @@ pub struct Ingest {
     max_spans_per_request: usize,
     attribute_limits: AttributeLimits,
     telemetry: Arc<Telemetry>,
+    /// A collector's: batches go to Kafka, not to a store.
+    kafka: Option<Arc<KafkaSink>>,
 }
 
 impl Ingest {
@@ -134,7 +139,14 @@ impl Ingest {
                 max_value_bytes: limits.max_attribute_value_bytes,
             },
             telemetry,
+            kafka: None,
         }
+    }
+
+    /// Makes this a collector's ingest: accepted batches are produced to Kafka.
+    pub fn with_kafka(mut self, sink: KafkaSink) -> Self {
+        self.kafka = Some(Arc::new(sink));
+        self
     }
 
     fn protocol(protocol: &str) -> ProtocolLabels {
@@ -235,17 +247,36 @@ impl Ingest {
         let attribute_limits = self.attribute_limits;
         // The semaphore is never closed; the slot goes with the job, as in `decode`.
         let slot = Arc::clone(&self.appenders).acquire_owned().await.expect("append slots");
+        if let Some(kafka) = &self.kafka {
+            // A collector derives no span metrics: the ingester that stores the batch does.
+            let encoded = run_on(&self.append_jobs, slot, move || {
+                limit_attributes(attribute_limits, &telemetry, protocol, &mut spans);
+                crate::kafka::encode(&spans)
+            })
+            .await;
+            let result = match encoded {
+                Ok(value) => kafka.send(&tenant.name, protocol, n as usize, value).await,
+                Err(e) => Err(IngestError::Store(format!("encoding task failed: {e}"))),
+            };
+            drop(permit);
+            self.telemetry.server.queue_spans.set((self.queue_capacity - self.queue.available_permits()) as i64);
+            return match result {
+                Ok(()) => {
+                    self.telemetry.server.spans_accepted.get_or_create(&Self::protocol(protocol)).inc_by(n);
+                    Ok(())
+                }
+                Err(IngestError::Overloaded) => {
+                    self.dropped(protocol, DropReason::queue_full, n);
+                    Err(IngestError::Overloaded)
+                }
+                Err(e) => {
+                    self.count_failed_request(protocol);
+                    Err(e)
+                }
+            };
+        }
         let result = run_on(&self.append_jobs, slot, move || {
-            let limited = attribute_limits.apply(&mut spans);
-            if limited.dropped > 0 || limited.cut > 0 {
-                let service = spans.first().map_or("", |s| s.service_name());
-                let what = format_args!(
-                    "{protocol} batch (service {service:?}): {} attributes dropped, {} values cut",
-                    limited.dropped, limited.cut
-                );
-                telemetry.limits.hit(Limit::AttributesPerSpan, limited.dropped, &what);
-                telemetry.limits.hit(Limit::AttributeValueBytes, limited.cut, &what);
-            }
+            limit_attributes(attribute_limits, &telemetry, protocol, &mut spans);
             let prepared = tenant.metrics.prepare(&spans);
             let result = tenant.store.append(spans);
             drop(permit);
@@ -271,6 +302,20 @@ impl Ingest {
                 Err(IngestError::Store(format!("append task failed: {e}")))
             }
         }
+    }
+}
+
+/// Applies the attribute limits to a batch, counting what they changed.
+fn limit_attributes(limits: AttributeLimits, telemetry: &Telemetry, protocol: &str, spans: &mut [Span]) {
+    let limited = limits.apply(spans);
+    if limited.dropped > 0 || limited.cut > 0 {
+        let service = spans.first().map_or("", |s| s.service_name());
+        let what = format_args!(
+            "{protocol} batch (service {service:?}): {} attributes dropped, {} values cut",
+            limited.dropped, limited.cut
+        );
+        telemetry.limits.hit(Limit::AttributesPerSpan, limited.dropped, &what);
+        telemetry.limits.hit(Limit::AttributeValueBytes, limited.cut, &what);
     }
 }
 

@@ -6,6 +6,7 @@ mod api;
 mod config;
 mod grpc;
 mod ingest;
+mod kafka;
 mod limits;
 mod loadgen;
 mod memory;

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use crate::alerting::{self, Alerting};
 use crate::config::Settings;
 use crate::ingest::Ingest;
+use crate::kafka::{self, KafkaSink, Target};
 use crate::receivers::admission::{self, Admission, ByteBudget};
 use crate::receivers::sampling::{self, Strategies};
 use crate::receivers::{jaeger_grpc, jaeger_http, jaeger_udp, zipkin};
@@ -114,14 +115,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // directory's own, every other tenant's a store of its own under `tenants/`.
     let tenancy = settings.tenancy.clone();
     let (data_dir, sync, t) = (settings.data_dir.clone(), settings.sync, Arc::clone(&telemetry));
-    let tenants: Arc<Tenants> = Arc::new(
+    // Roles (docs/OPERATIONS.md, "Roles"): a collector resolves tenants but holds no store.
+    let tenants: Arc<Tenants> = Arc::new(if settings.target.stores() {
         tokio::task::spawn_blocking(move || Tenants::open(tenancy, data_dir, sync, t))
             .await
-            .context("store open task failed")??,
-    );
+            .context("store open task failed")??
+    } else {
+        Tenants::without_stores(tenancy, data_dir, t)
+    });
     let _ = store_slot.set(Arc::clone(&tenants));
-    let ingest =
-        Arc::new(Ingest::new(Arc::clone(&tenants), settings.queue_spans, &settings.limits, Arc::clone(&telemetry)));
+    let mut ingest = Ingest::new(Arc::clone(&tenants), settings.queue_spans, &settings.limits, Arc::clone(&telemetry));
+    if settings.target == Target::Collector {
+        let kafka = settings.kafka.as_ref().context("a collector needs kafka_brokers")?;
+        ingest = ingest.with_kafka(KafkaSink::new(kafka)?);
+    }
+    let ingest = Arc::new(ingest);
+    if settings.target == Target::Ingester {
+        let kafka = settings.kafka.clone().context("an ingester needs kafka_brokers")?;
+        tasks.spawn(kafka::consume(kafka, Arc::clone(&tenants), Arc::clone(&telemetry), stop_rx.clone()));
+    }
     // Receiver admission (docs/OPERATIONS.md, "Limits"): one byte budget for all receivers,
     // connection and request caps per listener.
     let budget = ByteBudget::new(settings.limits.max_inflight_bytes);
@@ -129,141 +141,150 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Admission::new(listener, &settings.limits, Arc::clone(&budget), settings.max_body_bytes, Arc::clone(&telemetry))
     };
 
-    let grpc_listener = bind("otlp grpc", settings.otlp_grpc_addr).await?;
-    let http_listener = bind("otlp http", settings.otlp_http_addr).await?;
-    let query_listener = bind("query", settings.query_addr).await?;
-    let jaeger_http_listener = bind("jaeger http", settings.jaeger_http_addr).await?;
-    let jaeger_grpc_listener = bind("jaeger grpc", settings.jaeger_grpc_addr).await?;
-    let zipkin_listener = bind("zipkin", settings.zipkin_addr).await?;
-    let sampling_listener = bind("sampling", settings.sampling_addr).await?;
-    // Datagrams carry no credentials: with authentication on the ingest group, the Jaeger UDP
-    // receivers serve on loopback addresses only, for an agent or SDK on the same host.
-    let mut udp_sockets = Vec::new();
-    for (addr, flavor, setting) in [
-        (settings.jaeger_compact_addr, jaeger_udp::Flavor::Compact, "jaeger_compact_addr"),
-        (settings.jaeger_binary_addr, jaeger_udp::Flavor::Binary, "jaeger_binary_addr"),
-    ] {
-        if auth::udp_allowed(&settings.security, addr) {
-            udp_sockets.push((jaeger_udp::bind(addr).await?, flavor));
-        } else {
-            tracing::warn!(
-                %addr,
-                "Jaeger UDP receiver not started: the ingest group requires authentication and UDP datagrams \
-                 carry no credentials; set {setting} to a loopback address (127.0.0.1) to serve agents on this host"
-            );
+    if settings.target.receives() {
+        let grpc_listener = bind("otlp grpc", settings.otlp_grpc_addr).await?;
+        let http_listener = bind("otlp http", settings.otlp_http_addr).await?;
+        let jaeger_http_listener = bind("jaeger http", settings.jaeger_http_addr).await?;
+        let jaeger_grpc_listener = bind("jaeger grpc", settings.jaeger_grpc_addr).await?;
+        let zipkin_listener = bind("zipkin", settings.zipkin_addr).await?;
+        let sampling_listener = bind("sampling", settings.sampling_addr).await?;
+        // Datagrams carry no credentials: with authentication on the ingest group, the Jaeger UDP
+        // receivers serve on loopback addresses only, for an agent or SDK on the same host.
+        let mut udp_sockets = Vec::new();
+        for (addr, flavor, setting) in [
+            (settings.jaeger_compact_addr, jaeger_udp::Flavor::Compact, "jaeger_compact_addr"),
+            (settings.jaeger_binary_addr, jaeger_udp::Flavor::Binary, "jaeger_binary_addr"),
+        ] {
+            if auth::udp_allowed(&settings.security, addr) {
+                udp_sockets.push((jaeger_udp::bind(addr).await?, flavor));
+            } else {
+                tracing::warn!(
+                    %addr,
+                    "Jaeger UDP receiver not started: the ingest group requires authentication and UDP datagrams \
+                     carry no credentials; set {setting} to a loopback address (127.0.0.1) to serve agents on this host"
+                );
+            }
         }
-    }
-    let strategies =
-        Arc::new(Strategies::load(settings.sampling_strategies.clone(), settings.sampling_default_probability)?);
+        let strategies =
+            Arc::new(Strategies::load(settings.sampling_strategies.clone(), settings.sampling_default_probability)?);
 
-    let otlp_grpc_admission = admission("otlp grpc");
-    let grpc_incoming = admission::incoming(transport.wrap(
-        Group::Ingest,
-        "otlp grpc",
-        Alpn::H2,
-        otlp_grpc_admission.listen(grpc_listener),
-    ));
-    let grpc = otlp_grpc::service(Arc::clone(&ingest), settings.max_body_bytes, otlp_grpc_admission);
-    let grpc_auth = auth.group(Group::Ingest);
-    let mut stop = stop_rx.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_routes(auth::protect_grpc(tonic::service::Routes::new(grpc), grpc_auth))
-            .serve_with_incoming_shutdown(grpc_incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("otlp grpc server failed")
-    });
-    let jaeger_grpc_admission = admission("jaeger grpc");
-    let jaeger_grpc_incoming = admission::incoming(transport.wrap(
-        Group::Ingest,
-        "jaeger grpc",
-        Alpn::H2,
-        jaeger_grpc_admission.listen(jaeger_grpc_listener),
-    ));
-    let jaeger_grpc =
-        jaeger_grpc::CollectorService::new(Arc::clone(&ingest), settings.max_body_bytes, jaeger_grpc_admission);
-    let jaeger_grpc_auth = auth.group(Group::Ingest);
-    let mut stop = stop_rx.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_routes(auth::protect_grpc(tonic::service::Routes::new(jaeger_grpc), jaeger_grpc_auth))
-            .serve_with_incoming_shutdown(jaeger_grpc_incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("jaeger grpc server failed")
-    });
-    for (socket, flavor) in udp_sockets {
-        tasks.spawn(jaeger_udp::serve(
-            socket,
-            flavor,
-            Arc::clone(&ingest),
-            Arc::clone(&telemetry),
-            Arc::clone(&budget),
-            stop_rx.clone(),
+        let otlp_grpc_admission = admission("otlp grpc");
+        let grpc_incoming = admission::incoming(transport.wrap(
+            Group::Ingest,
+            "otlp grpc",
+            Alpn::H2,
+            otlp_grpc_admission.listen(grpc_listener),
         ));
-    }
-    let jaeger_http_admission = admission("jaeger http");
-    let jaeger_http_listener =
-        transport.wrap(Group::Ingest, "jaeger http", Alpn::Http1, jaeger_http_admission.listen(jaeger_http_listener));
-    let jaeger_http = jaeger_http::router(
-        Arc::clone(&ingest),
-        Arc::clone(&strategies),
-        settings.max_body_bytes,
-        jaeger_http_admission,
-    );
-    let jaeger_http = auth::protect(jaeger_http, auth.group(Group::Ingest));
-    serve_http(&mut tasks, "jaeger http", jaeger_http_listener, jaeger_http, stop_rx.clone());
-    let zipkin_admission = admission("zipkin");
-    let zipkin_listener =
-        transport.wrap(Group::Ingest, "zipkin", Alpn::Http1, zipkin_admission.listen(zipkin_listener));
-    serve_http(
-        &mut tasks,
-        "zipkin",
-        zipkin_listener,
-        auth::protect(
-            zipkin::router(Arc::clone(&ingest), settings.max_body_bytes, zipkin_admission),
-            auth.group(Group::Ingest),
-        ),
-        stop_rx.clone(),
-    );
-    let sampling_listener = transport.wrap(Group::Ingest, "sampling", Alpn::Http1, sampling_listener);
-    let sampling_router = auth::protect(sampling::router(Arc::clone(&strategies)), auth.group(Group::Ingest));
-    serve_http(&mut tasks, "sampling", sampling_listener, sampling_router, stop_rx.clone());
-    tokio::spawn(sampling::reload_loop(Arc::clone(&strategies), Duration::from_secs(2), stop_rx.clone()));
-    let otlp_http_admission = admission("otlp http");
-    let http_listener =
-        transport.wrap(Group::Ingest, "otlp http", Alpn::Http1, otlp_http_admission.listen(http_listener));
-    serve_http(
-        &mut tasks,
-        "otlp http",
-        http_listener,
-        auth::protect(
-            otlp_http::router(Arc::clone(&ingest), settings.max_body_bytes, otlp_http_admission),
-            auth.group(Group::Ingest),
-        ),
-        stop_rx.clone(),
-    );
-    let alerting = match &settings.alert_rules {
-        Some(path) => {
-            let alerting = Arc::new(Alerting::load(
-                path,
-                settings.alertmanagers.clone(),
-                settings.alert_webhooks.clone(),
-                settings.public_url.clone(),
-            )?);
-            tokio::spawn(alerting::run(Arc::clone(&alerting), Arc::clone(&tenants), stop_rx.clone()));
-            Some(alerting)
+        let grpc = otlp_grpc::service(Arc::clone(&ingest), settings.max_body_bytes, otlp_grpc_admission);
+        let grpc_auth = auth.group(Group::Ingest);
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_routes(auth::protect_grpc(tonic::service::Routes::new(grpc), grpc_auth))
+                .serve_with_incoming_shutdown(grpc_incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("otlp grpc server failed")
+        });
+        let jaeger_grpc_admission = admission("jaeger grpc");
+        let jaeger_grpc_incoming = admission::incoming(transport.wrap(
+            Group::Ingest,
+            "jaeger grpc",
+            Alpn::H2,
+            jaeger_grpc_admission.listen(jaeger_grpc_listener),
+        ));
+        let jaeger_grpc =
+            jaeger_grpc::CollectorService::new(Arc::clone(&ingest), settings.max_body_bytes, jaeger_grpc_admission);
+        let jaeger_grpc_auth = auth.group(Group::Ingest);
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_routes(auth::protect_grpc(tonic::service::Routes::new(jaeger_grpc), jaeger_grpc_auth))
+                .serve_with_incoming_shutdown(jaeger_grpc_incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("jaeger grpc server failed")
+        });
+        for (socket, flavor) in udp_sockets {
+            tasks.spawn(jaeger_udp::serve(
+                socket,
+                flavor,
+                Arc::clone(&ingest),
+                Arc::clone(&telemetry),
+                Arc::clone(&budget),
+                stop_rx.clone(),
+            ));
         }
-        None => None,
-    };
-    let api_state = api::ApiState::new(Arc::clone(&tenants), Arc::clone(&telemetry), alerting, settings.limits.clone());
-    let query_listener = transport.wrap(Group::Query, "query", Alpn::Http1, query_listener);
-    // The login routes (OIDC) join the query port's routes, behind the same layer.
-    let query_router = auth::protect(oidc::mount(api::router(api_state), oidc), auth.group(Group::Query));
-    serve_http(&mut tasks, "query", query_listener, query_router, stop_rx.clone());
+        let jaeger_http_admission = admission("jaeger http");
+        let jaeger_http_listener = transport.wrap(
+            Group::Ingest,
+            "jaeger http",
+            Alpn::Http1,
+            jaeger_http_admission.listen(jaeger_http_listener),
+        );
+        let jaeger_http = jaeger_http::router(
+            Arc::clone(&ingest),
+            Arc::clone(&strategies),
+            settings.max_body_bytes,
+            jaeger_http_admission,
+        );
+        let jaeger_http = auth::protect(jaeger_http, auth.group(Group::Ingest));
+        serve_http(&mut tasks, "jaeger http", jaeger_http_listener, jaeger_http, stop_rx.clone());
+        let zipkin_admission = admission("zipkin");
+        let zipkin_listener =
+            transport.wrap(Group::Ingest, "zipkin", Alpn::Http1, zipkin_admission.listen(zipkin_listener));
+        serve_http(
+            &mut tasks,
+            "zipkin",
+            zipkin_listener,
+            auth::protect(
+                zipkin::router(Arc::clone(&ingest), settings.max_body_bytes, zipkin_admission),
+                auth.group(Group::Ingest),
+            ),
+            stop_rx.clone(),
+        );
+        let sampling_listener = transport.wrap(Group::Ingest, "sampling", Alpn::Http1, sampling_listener);
+        let sampling_router = auth::protect(sampling::router(Arc::clone(&strategies)), auth.group(Group::Ingest));
+        serve_http(&mut tasks, "sampling", sampling_listener, sampling_router, stop_rx.clone());
+        tokio::spawn(sampling::reload_loop(Arc::clone(&strategies), Duration::from_secs(2), stop_rx.clone()));
+        let otlp_http_admission = admission("otlp http");
+        let http_listener =
+            transport.wrap(Group::Ingest, "otlp http", Alpn::Http1, otlp_http_admission.listen(http_listener));
+        serve_http(
+            &mut tasks,
+            "otlp http",
+            http_listener,
+            auth::protect(
+                otlp_http::router(Arc::clone(&ingest), settings.max_body_bytes, otlp_http_admission),
+                auth.group(Group::Ingest),
+            ),
+            stop_rx.clone(),
+        );
+    }
+    if settings.target.stores() {
+        let query_listener = bind("query", settings.query_addr).await?;
+        let alerting = match &settings.alert_rules {
+            Some(path) => {
+                let alerting = Arc::new(Alerting::load(
+                    path,
+                    settings.alertmanagers.clone(),
+                    settings.alert_webhooks.clone(),
+                    settings.public_url.clone(),
+                )?);
+                tokio::spawn(alerting::run(Arc::clone(&alerting), Arc::clone(&tenants), stop_rx.clone()));
+                Some(alerting)
+            }
+            None => None,
+        };
+        let api_state =
+            api::ApiState::new(Arc::clone(&tenants), Arc::clone(&telemetry), alerting, settings.limits.clone());
+        let query_listener = transport.wrap(Group::Query, "query", Alpn::Http1, query_listener);
+        // The login routes (OIDC) join the query port's routes, behind the same layer.
+        let query_router = auth::protect(oidc::mount(api::router(api_state), oidc), auth.group(Group::Query));
+        serve_http(&mut tasks, "query", query_listener, query_router, stop_rx.clone());
+    }
 
     let snapshots = tokio::spawn(tenancy::snapshot_loop(Arc::clone(&tenants), Duration::from_secs(5), stop_rx.clone()));
     ready.store(true, Ordering::Release);

@@ -213,6 +213,8 @@ pub struct Tenants {
     /// Serialises opening stores, so a tenant's is opened once.
     opening: Mutex<()>,
     empty_store: Arc<dyn TraceStore>,
+    /// A collector's: tenants are resolved and rate-limited, but hold no store here.
+    stateless: bool,
 }
 
 /// The directory of the non-default tenants, under the data directory.
@@ -242,6 +244,7 @@ impl Tenants {
             empty_store: Arc::new(EmptyStore),
             telemetry,
             settings,
+            stateless: false,
         };
         let dir = tenants.data_dir.join(TENANTS_DIR);
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -260,6 +263,42 @@ impl Tenants {
             }
         }
         Ok(tenants)
+    }
+
+    /// Tenants without stores, for a collector (docs/OPERATIONS.md, "Roles"): names,
+    /// permissions, `max_tenants` and ingest rates apply as with stores; nothing is opened
+    /// or written under `data_dir`.
+    pub fn without_stores(settings: TenancySettings, data_dir: PathBuf, telemetry: Arc<Telemetry>) -> Self {
+        let empty_store: Arc<dyn TraceStore> = Arc::new(EmptyStore);
+        let mut tenants = Tenants {
+            default: Arc::new(Tenant {
+                name: Arc::from(settings.default_tenant.as_str()),
+                store: Arc::clone(&empty_store),
+                embedded: None,
+                query: QueryService::new(Arc::clone(&empty_store)),
+                metrics: telemetry.default_metrics(),
+                limits: Arc::new(settings.limits(&settings.default_tenant).clone()),
+                bucket: None,
+            }),
+            data_dir,
+            sync: SyncPolicy::Always,
+            others: RwLock::default(),
+            opening: Mutex::default(),
+            empty_store,
+            telemetry,
+            settings,
+            stateless: true,
+        };
+        let default = tenants.stateless_tenant(&tenants.settings.default_tenant.clone());
+        tenants.default = Arc::new(default);
+        tenants
+    }
+
+    fn stateless_tenant(&self, name: &str) -> Tenant {
+        let mut tenant = self.empty(name);
+        let rate = tenant.limits.ingest_rate;
+        tenant.bucket = (rate > 0).then(|| Mutex::new(TokenBucket::new(rate)));
+        tenant
     }
 
     pub fn default_tenant(&self) -> &Arc<Tenant> {
@@ -339,6 +378,11 @@ impl Tenants {
                 &format_args!("tenant {name:?} refused: {} tenants hold data", self.settings.max_tenants),
             );
             return Err(TenantError::TooMany { tenant: name.to_string(), max: self.settings.max_tenants });
+        }
+        if self.stateless {
+            let tenant = Arc::new(self.stateless_tenant(name));
+            self.others.write().unwrap_or_else(|e| e.into_inner()).insert(Arc::from(name), Arc::clone(&tenant));
+            return Ok(tenant);
         }
         let dir = self.data_dir.join(TENANTS_DIR).join(name);
         let limits = self.settings.limits(name).clone();

@@ -1,0 +1,198 @@
+//! Roles over the Kafka ingest buffer, against the real binary and the tansu broker: a
+//! `--target collector` process takes OTLP/HTTP and OTLP/gRPC and writes to Kafka; a
+//! `--target ingester` process consumes, stores and serves the query API. Every span a
+//! client was answered 200/OK for is read back exactly once, with its tenant, also after
+//! the ingester is killed with SIGKILL mid-stream; with the broker gone the collector
+//! answers unavailable, never 200.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::Spindle;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use spindle_model::{Span, TraceId};
+use spindle_test_support::{wait_until, Tansu};
+use spindle_workload::Workload;
+
+const TOPIC: &str = "spindle-spans";
+const TENANT: &str = "team-a";
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn spans(seed: u64, traces: usize) -> Vec<Span> {
+    Workload::new(seed).batch(traces, now_nanos() - 60_000_000_000, 30_000_000_000)
+}
+
+fn request(spans: &[Span]) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest { resource_spans: spindle_codec::otlp::spans_to_resource_spans(spans) }
+}
+
+fn collector(tansu: &Tansu, dir: &std::path::Path) -> Spindle {
+    Spindle::start_with(dir, &["--target", "collector", "--kafka-brokers", &tansu.bootstrap, "--kafka-topic", TOPIC])
+}
+
+fn ingester(tansu: &Tansu, dir: &std::path::Path) -> Spindle {
+    Spindle::start_with(dir, &["--target", "ingester", "--kafka-brokers", &tansu.bootstrap, "--kafka-topic", TOPIC])
+}
+
+/// POSTs spans over OTLP/HTTP protobuf to the collector; the status.
+fn post(client: &reqwest::blocking::Client, spindle: &Spindle, spans: &[Span], tenant: Option<&str>) -> u16 {
+    let mut r = client
+        .post(format!("http://{}/v1/traces", spindle.http))
+        .header("content-type", "application/x-protobuf")
+        .body(request(spans).encode_to_vec());
+    if let Some(t) = tenant {
+        r = r.header("X-Scope-OrgID", t);
+    }
+    r.send().map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+/// Exports spans over OTLP/gRPC; the gRPC code.
+fn export_grpc(spindle: &Spindle, spans: &[Span]) -> tonic::Code {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let addr = spindle.grpc;
+    let request = request(spans);
+    runtime.block_on(async move {
+        let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connect");
+        match client.export(request).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    })
+}
+
+/// The span ids the ingester's query API answers for a trace, duplicates included.
+fn span_ids(
+    client: &reqwest::blocking::Client,
+    spindle: &Spindle,
+    trace: TraceId,
+    tenant: Option<&str>,
+) -> Vec<String> {
+    let mut r = client.get(spindle.query_url(&format!("/api/traces/{trace}")));
+    if let Some(t) = tenant {
+        r = r.header("X-Scope-OrgID", t);
+    }
+    let Ok(response) = r.send() else { return Vec::new() };
+    if !response.status().is_success() {
+        return Vec::new();
+    }
+    let body: serde_json::Value = response.json().unwrap_or_default();
+    body["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default())
+        .filter_map(|s| s["spanID"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Waits until every trace of `sent` reads back with each of its spans exactly once.
+fn assert_exactly_once(client: &reqwest::blocking::Client, ingester: &Spindle, sent: &[Span], tenant: Option<&str>) {
+    let mut expected: HashMap<TraceId, HashSet<String>> = HashMap::new();
+    for s in sent {
+        expected.entry(s.trace_id).or_default().insert(s.span_id.to_string());
+    }
+    for (trace, ids) in &expected {
+        let got = wait_until(&format!("trace {trace} complete on the ingester"), Duration::from_secs(30), || {
+            let got = span_ids(client, ingester, *trace, tenant);
+            (got.len() >= ids.len()).then_some(got)
+        });
+        let unique: HashSet<String> = got.iter().cloned().collect();
+        assert_eq!(got.len(), unique.len(), "trace {trace}: a span is shown twice: {got:?}");
+        assert_eq!(&unique, ids, "trace {trace}: other spans than sent");
+    }
+}
+
+#[test]
+fn collector_kafka_ingester_store_every_acknowledged_span_once_across_an_ingester_crash() {
+    let tansu = Tansu::start(&[(TOPIC, 2)]);
+    let (c_dir, i_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let collector = collector(&tansu, c_dir.path());
+    let mut ingester = ingester(&tansu, i_dir.path());
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+
+    // OTLP/HTTP (default tenant and team-a) and OTLP/gRPC (default tenant).
+    let http = spans(1, 10);
+    assert_eq!(post(&client, &collector, &http, None), 200);
+    let tenant = spans(2, 5);
+    assert_eq!(post(&client, &collector, &tenant, Some(TENANT)), 200);
+    let grpc = spans(3, 10);
+    assert_eq!(export_grpc(&collector, &grpc), tonic::Code::Ok);
+
+    assert_exactly_once(&client, &ingester, &http, None);
+    assert_exactly_once(&client, &ingester, &grpc, None);
+    assert_exactly_once(&client, &ingester, &tenant, Some(TENANT));
+    // The tenant is kept: team-a's traces are not the default tenant's, and the other way round.
+    assert!(span_ids(&client, &ingester, tenant[0].trace_id, None).is_empty(), "team-a's trace read as default");
+    assert!(span_ids(&client, &ingester, http[0].trace_id, Some(TENANT)).is_empty(), "default's trace read as team-a");
+    // The collector holds no store and serves no queries.
+    assert!(client.get(collector.query_url("/api/services")).send().is_err(), "collector serves the query API");
+
+    // SIGKILL the ingester while batches stream in; every acknowledged one is there once
+    // after its restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<Span>::new()));
+    let sender = {
+        let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
+        let http_addr = collector.http;
+        std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+            let mut seed = 100;
+            while !stop.load(Ordering::Relaxed) {
+                let batch = spans(seed, 4);
+                seed += 1;
+                let status = client
+                    .post(format!("http://{http_addr}/v1/traces"))
+                    .header("content-type", "application/x-protobuf")
+                    .body(request(&batch).encode_to_vec())
+                    .send()
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                if status == 200 {
+                    acknowledged.lock().unwrap().extend(batch);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    ingester.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    ingester.restart();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 100, "only {} spans were acknowledged while streaming", acknowledged.len());
+    assert_exactly_once(&client, &ingester, &acknowledged, None);
+    // And the batches from before the crash, once each still.
+    assert_exactly_once(&client, &ingester, &http, None);
+    assert_exactly_once(&client, &ingester, &tenant, Some(TENANT));
+}
+
+#[test]
+fn a_collector_without_its_broker_answers_unavailable_never_ok() {
+    let tansu = Tansu::start(&[(TOPIC, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let collector = collector(&tansu, dir.path());
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    assert_eq!(post(&client, &collector, &spans(1, 2), None), 200);
+
+    drop(tansu);
+    let started = Instant::now();
+    let status = post(&client, &collector, &spans(2, 2), None);
+    assert!(status == 503 || status == 429, "OTLP/HTTP without the broker answered {status}");
+    assert!(started.elapsed() < Duration::from_secs(20), "the answer took {:?}", started.elapsed());
+    let code = export_grpc(&collector, &spans(3, 2));
+    assert!(
+        code == tonic::Code::Unavailable || code == tonic::Code::ResourceExhausted,
+        "OTLP/gRPC without the broker answered {code:?}"
+    );
+}
