@@ -332,3 +332,50 @@ async fn store(
     .await
     .map_err(|e| Failure::Retry(format!("store task failed: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_the_default_and_needs_no_kafka() {
+        let (target, kafka) = settings(None, None, None, None).unwrap();
+        assert_eq!(target, Target::All);
+        assert!(kafka.is_none());
+        assert!(target.receives() && target.stores());
+    }
+
+    #[test]
+    fn collector_and_ingester_need_brokers_and_take_the_defaults() {
+        for (name, target) in [("collector", Target::Collector), ("ingester", Target::Ingester)] {
+            let e = settings(Some(name), None, None, None).unwrap_err().to_string();
+            assert!(e.contains("kafka_brokers"), "{e}");
+            let (t, kafka) = settings(Some(name), Some("k:9092"), None, None).unwrap();
+            let kafka = kafka.unwrap();
+            assert_eq!(t, target);
+            assert_eq!((kafka.brokers.as_str(), kafka.topic.as_str()), ("k:9092", "spindle-spans"));
+            assert_eq!(kafka.group, "spindle-ingester");
+        }
+        assert!(!Target::Collector.stores() && !Target::Ingester.receives());
+    }
+
+    #[test]
+    fn query_is_refused_with_the_reason_and_unknown_roles_named() {
+        let e = settings(Some("query"), Some("k:9092"), None, None).unwrap_err().to_string();
+        assert!(e.contains("shared"), "{e}");
+        let e = settings(Some("frontend"), None, None, None).unwrap_err().to_string();
+        assert!(e.contains("\"frontend\""), "{e}");
+    }
+
+    #[test]
+    fn a_batch_survives_the_message_encoding() {
+        let spans = spindle_workload::Workload::new(7).batch(3, 1_700_000_000_000_000_000, 1_000_000_000);
+        let mut decoded = spindle_codec::otlp::decode_request(&encode(&spans)).unwrap();
+        assert_eq!(decoded.rejected, 0);
+        // Grouped by resource and scope on the wire: the same spans, in another order.
+        let mut spans = spans;
+        spans.sort_by_key(|s| (s.trace_id, s.span_id));
+        decoded.spans.sort_by_key(|s| (s.trace_id, s.span_id));
+        assert_eq!(decoded.spans, spans);
+    }
+}
