@@ -19,7 +19,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use spindle_model::Span;
 use tokio::sync::watch;
@@ -108,53 +108,107 @@ pub fn encode(spans: &[Span]) -> Vec<u8> {
 
 /// A collector's producer.
 pub struct KafkaSink {
-    producer: FutureProducer,
-    topic: String,
+    producer: std::sync::RwLock<FutureProducer>,
+    /// When the producer was last replaced.
+    renewed: std::sync::Mutex<std::time::Instant>,
+    settings: KafkaSettings,
 }
 
 impl KafkaSink {
     pub fn new(settings: &KafkaSettings) -> anyhow::Result<Self> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
-            .set("client.id", "spindle-collector")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string())
-            // The bound on batches waiting for the brokers: beyond it a batch is refused
-            // with backpressure at once (`QueueFull`), never buffered.
-            .set("queue.buffering.max.messages", "10000")
-            .set("queue.buffering.max.kbytes", "262144")
-            .set("message.max.bytes", "67108864")
-            .create()
-            .context("creating the Kafka producer")?;
-        Ok(KafkaSink { producer, topic: settings.topic.clone() })
+        Ok(KafkaSink {
+            producer: std::sync::RwLock::new(producer(settings)?),
+            renewed: std::sync::Mutex::new(std::time::Instant::now()),
+            settings: settings.clone(),
+        })
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After a failed produce, the producer is replaced (at most once per
+    /// [`PRODUCE_TIMEOUT`], or at once when it failed fatally): an idempotent producer in a
+    /// fatal state refuses every later batch, and one whose broker came back without its
+    /// state (a restarted in-memory broker, in the tests) kept timing out while a new one
+    /// produced at once. Sends in flight keep the old one until they are answered.
+    fn renew(&self, failed: &FutureProducer) {
+        let fatal = failed.client().fatal_error();
+        let mut renewed = self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        if fatal.is_none() && renewed.elapsed() < PRODUCE_TIMEOUT {
+            return;
+        }
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            return;
+        }
+        match producer(&self.settings) {
+            Ok(p) => {
+                tracing::warn!(fatal = ?fatal, "Kafka produce failed: replacing the producer");
+                *current = p;
+                *renewed = std::time::Instant::now();
+            }
+            Err(e) => tracing::error!(error = %e, "creating a new Kafka producer failed"),
+        }
     }
 
     /// Produces one batch; `Ok` once every in-sync replica has it.
     pub async fn send(&self, tenant: &str, protocol: &str, spans: usize, value: Vec<u8>) -> Result<(), IngestError> {
-        let count = spans.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "format", value: Some(FORMAT) })
-            .insert(Header { key: "tenant", value: Some(tenant) })
-            .insert(Header { key: "protocol", value: Some(protocol) })
-            .insert(Header { key: "spans", value: Some(&count) });
-        let record = FutureRecord::to(&self.topic).key(tenant).payload(&value).headers(headers);
-        let delivery = match self.producer.send_result(record) {
-            Ok(delivery) => delivery,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                return Err(IngestError::Overloaded);
-            }
-            Err((e, _)) => return Err(IngestError::Store(format!("Kafka produce failed: {e}"))),
-        };
-        match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => {
-                tracing::warn!(error = %e, topic = %self.topic, "Kafka produce failed");
-                Err(IngestError::Store(format!("Kafka produce failed: {e}")))
-            }
-            Err(_) => Err(IngestError::Store("Kafka producer shut down".to_string())),
+        let producer = self.producer();
+        let result = send(&producer, &self.settings.topic, tenant, protocol, spans, value).await;
+        if matches!(result, Err(IngestError::Store(_))) {
+            self.renew(&producer);
         }
+        result
+    }
+}
+
+fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("client.id", "spindle-collector")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string())
+        // The bound on batches waiting for the brokers: beyond it a batch is refused
+        // with backpressure at once (`QueueFull`), never buffered.
+        .set("queue.buffering.max.messages", "10000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("message.max.bytes", "67108864")
+        .create()
+        .context("creating the Kafka producer")
+}
+
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    tenant: &str,
+    protocol: &str,
+    spans: usize,
+    value: Vec<u8>,
+) -> Result<(), IngestError> {
+    let count = spans.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "format", value: Some(FORMAT) })
+        .insert(Header { key: "tenant", value: Some(tenant) })
+        .insert(Header { key: "protocol", value: Some(protocol) })
+        .insert(Header { key: "spans", value: Some(&count) });
+    let record = FutureRecord::to(topic).key(tenant).payload(&value).headers(headers);
+    let delivery = match producer.send_result(record) {
+        Ok(delivery) => delivery,
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            return Err(IngestError::Overloaded);
+        }
+        Err((e, _)) => return Err(IngestError::Store(format!("Kafka produce failed: {e}"))),
+    };
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => {
+            tracing::warn!(error = %e, topic, "Kafka produce failed");
+            Err(IngestError::Store(format!("Kafka produce failed: {e}")))
+        }
+        Err(_) => Err(IngestError::Store("Kafka producer shut down".to_string())),
     }
 }
 

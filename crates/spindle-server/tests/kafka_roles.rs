@@ -208,15 +208,62 @@ fn collector_kafka_ingester_store_every_acknowledged_span_once_across_an_ingeste
     assert_exactly_once(&client, &ingester, &tenant, Some(TENANT));
 }
 
+/// A tansu broker on a given port, killed on drop: `Tansu::start` picks a port of its own,
+/// and this test brings a broker back at the same address.
+struct Broker(std::process::Child);
+
+impl Broker {
+    fn start(port: u16) -> Broker {
+        let binary = std::env::var_os("TANSU_BIN")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                let path = std::env::var_os("PATH")?;
+                std::env::split_paths(&path).map(|d| d.join("tansu")).find(|p| p.is_file())
+            })
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo/bin/tansu")))
+            .expect("tansu is required: cargo install tansu --locked --features dynostore");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let broker = Broker(child);
+        wait_until("the topic to be created", Duration::from_secs(30), || {
+            let out = std::process::Command::new(&binary)
+                .args(["topic", "create", TOPIC, "--partitions", "1", "--broker", &url])
+                .output()
+                .expect("tansu topic create");
+            out.status.success().then_some(())
+        });
+        broker
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
-fn a_collector_without_its_broker_answers_unavailable_never_ok() {
-    let tansu = Tansu::start(&[(TOPIC, 1)]);
+fn a_collector_without_its_broker_answers_unavailable_never_ok_and_recovers_when_it_is_back() {
+    let port = spindle_test_support::free_port();
+    let broker = Broker::start(port);
     let dir = tempfile::tempdir().unwrap();
-    let collector = collector(&tansu, dir.path());
+    let bootstrap = format!("127.0.0.1:{port}");
+    let collector = Spindle::start_with(
+        dir.path(),
+        &["--target", "collector", "--kafka-brokers", &bootstrap, "--kafka-topic", TOPIC],
+    );
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     assert_eq!(post(&client, &collector, &spans(1, 2), None), 200);
 
-    drop(tansu);
+    drop(broker);
     let started = Instant::now();
     let status = post(&client, &collector, &spans(2, 2), None);
     assert!(status == 503 || status == 429, "OTLP/HTTP without the broker answered {status}");
@@ -226,4 +273,12 @@ fn a_collector_without_its_broker_answers_unavailable_never_ok() {
         code == tonic::Code::Unavailable || code == tonic::Code::ResourceExhausted,
         "OTLP/gRPC without the broker answered {code:?}"
     );
+
+    // The broker back (a new one at the same address): the collector produces again by itself.
+    let _broker = Broker::start(port);
+    let mut seed = 10;
+    wait_until("the collector to accept again", Duration::from_secs(40), || {
+        seed += 1;
+        (post(&client, &collector, &spans(seed, 2), None) == 200).then_some(())
+    });
 }
