@@ -304,7 +304,7 @@ pub struct ServeArgs {
 
     /// Role of this instance: `all` (everything in one process), `collector` (receivers,
     /// writing to Kafka), `ingester` (Kafka to the store, with the query API and admin) or
-    /// `query` (not yet: needs a shared store) [default: all]
+    /// `query` (the query API over ClickHouse; needs `storage = clickhouse`) [default: all]
     #[arg(long, env = "SPINDLE_TARGET", value_name = "ROLE")]
     pub target: Option<String>,
 
@@ -320,6 +320,20 @@ pub struct ServeArgs {
     /// Kafka consumer group of the ingesters [default: spindle-ingester]
     #[arg(long, env = "SPINDLE_KAFKA_GROUP", value_name = "GROUP")]
     pub kafka_group: Option<String>,
+
+    /// Where spans are stored: `embedded` (the data directory) or `clickhouse` (a ClickHouse
+    /// server shared by ingesters and query instances) [default: embedded]
+    #[arg(long, env = "SPINDLE_STORAGE", value_name = "KIND")]
+    pub storage: Option<String>,
+
+    /// ClickHouse's HTTP interface, with `storage = clickhouse` [default: http://127.0.0.1:8123]
+    #[arg(long, env = "SPINDLE_CLICKHOUSE_URL", value_name = "URL")]
+    pub clickhouse_url: Option<String>,
+
+    /// ClickHouse database of the default tenant; another tenant's is this name, `_`, then
+    /// the tenant's name escaped [default: spindle]
+    #[arg(long, env = "SPINDLE_CLICKHOUSE_DATABASE", value_name = "NAME")]
+    pub clickhouse_database: Option<String>,
 
     /// Per-tenant overrides, in the config file only: `[tenants.NAME]` tables
     #[arg(skip)]
@@ -376,6 +390,8 @@ pub struct Settings {
     pub target: Target,
     /// The Kafka ingest buffer; set for `collector` and `ingester`.
     pub kafka: Option<KafkaSettings>,
+    /// Where spans are stored.
+    pub storage: Storage,
 }
 
 fn url_list(text: Option<String>) -> Vec<String> {
@@ -455,6 +471,9 @@ impl ServeArgs {
             kafka_brokers: self.kafka_brokers.or(file.kafka_brokers),
             kafka_topic: self.kafka_topic.or(file.kafka_topic),
             kafka_group: self.kafka_group.or(file.kafka_group),
+            storage: self.storage.or(file.storage),
+            clickhouse_url: self.clickhouse_url.or(file.clickhouse_url),
+            clickhouse_database: self.clickhouse_database.or(file.clickhouse_database),
             tenants: self.tenants.or(file.tenants),
         }
     }
@@ -498,7 +517,9 @@ impl ServeArgs {
         let public_url = merged.public_url.clone().unwrap_or_else(|| "http://localhost:16686".to_string());
         let security = security(&merged, &public_url)?;
         let tenancy = tenancy(&merged, &limits, retention, merged.max_disk_bytes)?;
+        let storage = storage(&merged)?;
         let (target, kafka) = crate::kafka::settings(
+            matches!(storage, Storage::ClickHouse { .. }),
             merged.target.as_deref(),
             merged.kafka_brokers.as_deref(),
             merged.kafka_topic.as_deref(),
@@ -532,7 +553,40 @@ impl ServeArgs {
             tenancy,
             target,
             kafka,
+            storage,
         })
+    }
+}
+
+/// Where spans are stored (`storage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// The data directory, one process's own.
+    Embedded,
+    /// A ClickHouse server: database `database` for the default tenant, `database_<tenant>`
+    /// for the others (docs/adr/019, "Query instances").
+    ClickHouse { url: String, database: String },
+}
+
+fn storage(a: &ServeArgs) -> anyhow::Result<Storage> {
+    match a.storage.as_deref().map(str::trim) {
+        None | Some("embedded") => Ok(Storage::Embedded),
+        Some("clickhouse") => {
+            let url = a.clickhouse_url.as_deref().unwrap_or("http://127.0.0.1:8123").trim().to_string();
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "invalid clickhouse_url {url:?}: expected ClickHouse's HTTP interface, http://host:8123"
+            );
+            let database = a.clickhouse_database.as_deref().unwrap_or("spindle").trim().to_string();
+            anyhow::ensure!(
+                !database.is_empty()
+                    && database.len() <= 100
+                    && database.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "invalid clickhouse_database {database:?}: letters, digits and underscores"
+            );
+            Ok(Storage::ClickHouse { url, database })
+        }
+        Some(other) => anyhow::bail!("invalid storage {other:?}: expected embedded or clickhouse"),
     }
 }
 

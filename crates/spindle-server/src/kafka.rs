@@ -46,6 +46,9 @@ pub enum Target {
     Collector,
     /// Kafka to the store, the query API over that store, and admin; no receivers.
     Ingester,
+    /// The query API, UI and admin over ClickHouse (`storage = clickhouse`); no receivers,
+    /// no Kafka.
+    Query,
 }
 
 impl Target {
@@ -56,7 +59,7 @@ impl Target {
 
     /// Whether this instance holds stores (and so serves queries).
     pub fn stores(self) -> bool {
-        matches!(self, Target::All | Target::Ingester)
+        matches!(self, Target::All | Target::Ingester | Target::Query)
     }
 }
 
@@ -68,8 +71,10 @@ pub struct KafkaSettings {
     pub group: String,
 }
 
-/// The role and Kafka settings from their raw values (`target`, `kafka_*`).
+/// The role and Kafka settings from their raw values (`target`, `kafka_*`); `shared_store`
+/// is whether the store is ClickHouse, which a query instance needs.
 pub fn settings(
+    shared_store: bool,
     target: Option<&str>,
     brokers: Option<&str>,
     topic: Option<&str>,
@@ -79,16 +84,17 @@ pub fn settings(
         "all" => Target::All,
         "collector" => Target::Collector,
         "ingester" => Target::Ingester,
+        "query" if shared_store => Target::Query,
         "query" => anyhow::bail!(
-            "target query is not available yet: a query instance needs a store shared with the ingesters \
-             (ClickHouse), and the embedded store belongs to the one process that writes it; run \
-             --target ingester, which serves the query API over the store it writes"
+            "target query needs storage = clickhouse: a query instance reads a store shared with the \
+             ingesters, and the embedded store belongs to the one process that writes it; set storage and \
+             clickhouse_url, or run --target ingester, which serves the query API over the store it writes"
         ),
         other => anyhow::bail!("invalid target {other:?}: expected all, collector, ingester or query"),
     };
     let brokers = brokers.map(str::trim).filter(|b| !b.is_empty());
     let kafka = match (target, brokers) {
-        (Target::All, _) => None,
+        (Target::All | Target::Query, _) => None,
         (_, None) => anyhow::bail!("target {target:?} needs kafka_brokers (host:port, comma-separated)"),
         (_, Some(brokers)) => {
             let topic = topic.unwrap_or("spindle-spans").trim().to_string();
@@ -393,7 +399,7 @@ mod tests {
 
     #[test]
     fn all_is_the_default_and_needs_no_kafka() {
-        let (target, kafka) = settings(None, None, None, None).unwrap();
+        let (target, kafka) = settings(false, None, None, None, None).unwrap();
         assert_eq!(target, Target::All);
         assert!(kafka.is_none());
         assert!(target.receives() && target.stores());
@@ -402,9 +408,9 @@ mod tests {
     #[test]
     fn collector_and_ingester_need_brokers_and_take_the_defaults() {
         for (name, target) in [("collector", Target::Collector), ("ingester", Target::Ingester)] {
-            let e = settings(Some(name), None, None, None).unwrap_err().to_string();
+            let e = settings(false, Some(name), None, None, None).unwrap_err().to_string();
             assert!(e.contains("kafka_brokers"), "{e}");
-            let (t, kafka) = settings(Some(name), Some("k:9092"), None, None).unwrap();
+            let (t, kafka) = settings(false, Some(name), Some("k:9092"), None, None).unwrap();
             let kafka = kafka.unwrap();
             assert_eq!(t, target);
             assert_eq!((kafka.brokers.as_str(), kafka.topic.as_str()), ("k:9092", "spindle-spans"));
@@ -414,10 +420,13 @@ mod tests {
     }
 
     #[test]
-    fn query_is_refused_with_the_reason_and_unknown_roles_named() {
-        let e = settings(Some("query"), Some("k:9092"), None, None).unwrap_err().to_string();
-        assert!(e.contains("shared"), "{e}");
-        let e = settings(Some("frontend"), None, None, None).unwrap_err().to_string();
+    fn query_needs_clickhouse_and_no_kafka_and_unknown_roles_are_named() {
+        let e = settings(false, Some("query"), Some("k:9092"), None, None).unwrap_err().to_string();
+        assert!(e.contains("shared") && e.contains("clickhouse"), "{e}");
+        let (t, kafka) = settings(true, Some("query"), None, None, None).unwrap();
+        assert_eq!(t, Target::Query);
+        assert!(kafka.is_none() && t.stores() && !t.receives());
+        let e = settings(false, Some("frontend"), None, None, None).unwrap_err().to_string();
         assert!(e.contains("\"frontend\""), "{e}");
     }
 

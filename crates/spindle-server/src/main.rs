@@ -3,6 +3,7 @@
 mod admin;
 mod alerting;
 mod api;
+mod clickhouse;
 mod config;
 mod grpc;
 mod ingest;

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::alerting::{self, Alerting};
-use crate::config::Settings;
+use crate::config::{Settings, Storage};
 use crate::ingest::Ingest;
 use crate::kafka::{self, KafkaSink, Target};
 use crate::receivers::admission::{self, Admission, ByteBudget};
@@ -116,10 +116,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let tenancy = settings.tenancy.clone();
     let (data_dir, sync, t) = (settings.data_dir.clone(), settings.sync, Arc::clone(&telemetry));
     // Roles (docs/OPERATIONS.md, "Roles"): a collector resolves tenants but holds no store.
+    // With `storage = clickhouse` every tenant is a ClickHouse database (docs/adr/019,
+    // "Query instances"); an unreachable ClickHouse stops the start.
+    let storage = settings.storage.clone();
     let tenants: Arc<Tenants> = Arc::new(if settings.target.stores() {
-        tokio::task::spawn_blocking(move || Tenants::open(tenancy, data_dir, sync, t))
-            .await
-            .context("store open task failed")??
+        tokio::task::spawn_blocking(move || match storage {
+            Storage::Embedded => Tenants::open(tenancy, data_dir, sync, t),
+            Storage::ClickHouse { url, database } => Tenants::open_clickhouse(tenancy, data_dir, &url, &database, t),
+        })
+        .await
+        .context("store open task failed")??
     } else {
         Tenants::without_stores(tenancy, data_dir, t)
     });

@@ -215,6 +215,8 @@ pub struct Tenants {
     empty_store: Arc<dyn TraceStore>,
     /// A collector's: tenants are resolved and rate-limited, but hold no store here.
     stateless: bool,
+    /// `storage = clickhouse`: every tenant's store is a ClickHouse database.
+    clickhouse: Option<Arc<crate::clickhouse::Databases>>,
 }
 
 /// The directory of the non-default tenants, under the data directory.
@@ -245,6 +247,7 @@ impl Tenants {
             telemetry,
             settings,
             stateless: false,
+            clickhouse: None,
         };
         let dir = tenants.data_dir.join(TENANTS_DIR);
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -261,6 +264,47 @@ impl Tenants {
                 }
                 tenants.open_tenant(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
             }
+        }
+        Ok(tenants)
+    }
+
+    /// Tenants over ClickHouse (`storage = clickhouse`, docs/adr/019, "Query instances"):
+    /// the default tenant's store is database `<database>`, any other tenant's
+    /// `<database>_<encoded name>` ([`crate::clickhouse::database_of`]). The default
+    /// tenant's database is opened (created, migrated) now, so an unreachable ClickHouse
+    /// stops the start; every other tenant's database found now is listed as a tenant.
+    pub fn open_clickhouse(
+        settings: TenancySettings,
+        data_dir: PathBuf,
+        url: &str,
+        database: &str,
+        telemetry: Arc<Telemetry>,
+    ) -> anyhow::Result<Self> {
+        let databases = Arc::new(crate::clickhouse::Databases::new(url, database)?);
+        let default_name: Arc<str> = Arc::from(settings.default_tenant.as_str());
+        databases.open(database, true).with_context(|| format!("opening ClickHouse database {database} at {url}"))?;
+        let found = databases.tenants().with_context(|| format!("listing the tenants' databases at {url}"))?;
+        let limits = settings.limits(&default_name).clone();
+        let store: Arc<dyn TraceStore> = Arc::new(databases.store(database, true));
+        let default = Arc::new(store_tenant(default_name, store, telemetry.default_metrics(), limits));
+        let empty_store: Arc<dyn TraceStore> = Arc::new(EmptyStore);
+        let tenants = Tenants {
+            data_dir,
+            sync: SyncPolicy::Always,
+            default,
+            others: RwLock::default(),
+            opening: Mutex::default(),
+            empty_store,
+            telemetry,
+            settings,
+            stateless: false,
+            clickhouse: Some(databases),
+        };
+        for name in found {
+            if name == tenants.settings.default_tenant {
+                continue;
+            }
+            tenants.open_tenant(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         Ok(tenants)
     }
@@ -288,6 +332,7 @@ impl Tenants {
             telemetry,
             settings,
             stateless: true,
+            clickhouse: None,
         };
         let default = tenants.stateless_tenant(&tenants.settings.default_tenant.clone());
         tenants.default = Arc::new(default);
@@ -325,6 +370,9 @@ impl Tenants {
         }
         match access {
             Access::Write => self.open_tenant(&name),
+            // Over ClickHouse, another instance (an ingester) may have created the tenant's
+            // database since: the read looks for it, and reads nothing when it is missing.
+            Access::Read if self.clickhouse.is_some() && !self.stateless => Ok(Arc::new(self.clickhouse_reader(&name))),
             // A tenant without data reads as empty; nothing is created for a read.
             Access::Read => Ok(Arc::new(self.empty(&name))),
         }
@@ -386,6 +434,17 @@ impl Tenants {
         }
         let dir = self.data_dir.join(TENANTS_DIR).join(name);
         let limits = self.settings.limits(name).clone();
+        if let Some(databases) = &self.clickhouse {
+            // Opened (database created, migrated) at its first use, on a blocking thread.
+            let database = crate::clickhouse::database_of(databases.prefix(), name);
+            let store: Arc<dyn TraceStore> = Arc::new(databases.store(&database, true));
+            let name: Arc<str> = Arc::from(name);
+            let metrics = Arc::new(self.telemetry.tenant_metrics(&name, &dir, &limits.limits));
+            let tenant = Arc::new(store_tenant(Arc::clone(&name), store, metrics, limits));
+            tracing::info!(tenant = %name, %database, "tenant on ClickHouse");
+            self.others.write().unwrap_or_else(|e| e.into_inner()).insert(name, Arc::clone(&tenant));
+            return Ok(tenant);
+        }
         let store = EmbeddedStore::open(store_options(&dir, self.sync, &limits))
             .map_err(|e| TenantError::Store { tenant: name.to_string(), message: e.to_string() })?;
         let name: Arc<str> = Arc::from(name);
@@ -409,6 +468,19 @@ impl Tenants {
             limits,
             bucket: None,
         }
+    }
+
+    /// A ClickHouse tenant this instance has not seen written: its database if one exists.
+    fn clickhouse_reader(&self, name: &str) -> Tenant {
+        let mut tenant = self.empty(name);
+        if let Some(databases) = &self.clickhouse {
+            let database = crate::clickhouse::database_of(databases.prefix(), name);
+            let store: Arc<dyn TraceStore> = Arc::new(databases.store(&database, false));
+            tenant.query =
+                QueryService::new(Arc::clone(&store)).with_max_trace_spans(tenant.limits.limits.query_max_trace_spans);
+            tenant.store = store;
+        }
+        tenant
     }
 
     /// What every tenant's store holds, summed (for `/metrics`).
@@ -453,11 +525,21 @@ fn store_options(dir: &Path, sync: SyncPolicy, limits: &TenantLimits) -> StoreOp
 
 fn tenant(name: Arc<str>, store: Arc<EmbeddedStore>, metrics: Arc<TenantMetrics>, limits: TenantLimits) -> Tenant {
     let dyn_store: Arc<dyn TraceStore> = store.clone();
+    Tenant { embedded: Some(store), ..store_tenant(name, dyn_store, metrics, limits) }
+}
+
+/// A tenant over any store; `embedded` is left `None` (no store stats, no local retention).
+fn store_tenant(
+    name: Arc<str>,
+    store: Arc<dyn TraceStore>,
+    metrics: Arc<TenantMetrics>,
+    limits: TenantLimits,
+) -> Tenant {
     Tenant {
         name,
-        query: QueryService::new(Arc::clone(&dyn_store)).with_max_trace_spans(limits.limits.query_max_trace_spans),
-        store: dyn_store,
-        embedded: Some(store),
+        query: QueryService::new(Arc::clone(&store)).with_max_trace_spans(limits.limits.query_max_trace_spans),
+        store,
+        embedded: None,
         metrics,
         bucket: (limits.ingest_rate > 0).then(|| Mutex::new(TokenBucket::new(limits.ingest_rate))),
         limits: Arc::new(limits),

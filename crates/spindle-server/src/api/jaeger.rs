@@ -63,7 +63,7 @@ fn bad_request(e: ParamError) -> Response {
 }
 
 fn internal(msg: String) -> Response {
-    error(StatusCode::INTERNAL_SERVER_ERROR, msg)
+    error(super::failure_status(&msg), msg)
 }
 
 pub async fn services(TenantState(state): TenantState) -> Response {

@@ -112,6 +112,17 @@ impl FromRequestParts<ApiState> for TenantState {
     }
 }
 
+/// The status of a failed query: 503 when the store it reads is a ClickHouse server that
+/// did not answer or refused (every such error names `ClickHouse at URL`), so a client or
+/// load balancer retries elsewhere; 500 otherwise.
+pub(crate) fn failure_status(message: &str) -> StatusCode {
+    if message.contains("ClickHouse at ") {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
 /// Why a heavy query gave no answer.
 #[derive(Debug)]
 pub(crate) enum QueryFailure {
@@ -125,7 +136,7 @@ impl QueryFailure {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             QueryFailure::TimedOut => StatusCode::GATEWAY_TIMEOUT,
-            QueryFailure::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            QueryFailure::Failed(message) => failure_status(message),
         }
     }
 
