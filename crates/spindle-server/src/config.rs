@@ -813,6 +813,29 @@ mod tests {
     }
 
     #[test]
+    fn storage_is_embedded_by_default_and_clickhouse_takes_its_url_and_database() {
+        let settings = Cli::parse_from(["spindle"]).serve.resolve().unwrap();
+        assert_eq!(settings.storage, Storage::Embedded);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spindle.toml");
+        std::fs::write(&file, "storage = \"clickhouse\"\nclickhouse_database = \"traces\"\ntarget = \"query\"\n")
+            .unwrap();
+        let settings = Cli::parse_from(["spindle", "--config", file.to_str().unwrap()]).serve.resolve().unwrap();
+        let url = "http://127.0.0.1:8123".to_string();
+        assert_eq!(settings.storage, Storage::ClickHouse { url, database: "traces".into() });
+        assert_eq!(settings.target, Target::Query);
+        for (storage, flag, value, wanted) in [
+            ("postgres", "--clickhouse-database", "x", "invalid storage"),
+            ("clickhouse", "--clickhouse-database", "a-b", "invalid clickhouse_database"),
+            ("clickhouse", "--clickhouse-url", "clickhouse:8123", "invalid clickhouse_url"),
+        ] {
+            let cli = Cli::parse_from(["spindle", "--storage", storage, flag, value]);
+            let err = format!("{:#}", cli.serve.resolve().unwrap_err());
+            assert!(err.contains(wanted), "{err}");
+        }
+    }
+
+    #[test]
     fn limits_have_defaults_and_take_flags_file_keys_and_durations() {
         let settings = Cli::parse_from(["spindle"]).serve.resolve().unwrap();
         assert_eq!(settings.limits, Limits::default());
