@@ -237,6 +237,17 @@ fn all_on_clickhouse_round_trips_a_span_answers_503_without_it_and_query_needs_i
     assert_exactly_once(&client, &all, &sent, None);
     // Nothing was written to the data directory's store: the spans are in ClickHouse.
     assert!(!dir.path().join("spindle-data.json").exists(), "the embedded store was opened");
+    // The other read APIs answer over ClickHouse too.
+    let service = sent[0].service_name();
+    let end_ms = now_nanos() / 1_000_000;
+    for path in [
+        "/api/v3/services".to_string(),
+        format!("/api/dependencies?endTs={end_ms}&lookback=3600000"),
+        format!("/api/spindle/stats?service={service}&lookback=1h"),
+    ] {
+        let (status, _) = all.get_json(&path);
+        assert_eq!(status, 200, "{path}");
+    }
     // ClickHouse gone: a query answers 503 with the reason.
     drop(clickhouse);
     let response = client.get(all.query_url("/api/services")).send().unwrap();
