@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
+use crate::dependencies::Dependencies;
 use crate::security::routes::{Route, Routes};
 use crate::telemetry::{self, Telemetry};
 
@@ -19,6 +20,7 @@ struct AdminState {
     telemetry: Arc<Telemetry>,
     data_dir: PathBuf,
     store: StoreSlot,
+    dependencies: Arc<Dependencies>,
 }
 
 /// The tenants' stores, once open: the admin port serves `/healthz` before they are.
@@ -33,15 +35,25 @@ pub fn route_table() -> Vec<Route> {
     routes().table()
 }
 
-pub fn router(ready: Arc<AtomicBool>, telemetry: Arc<Telemetry>, data_dir: PathBuf, store: StoreSlot) -> Router {
-    routes().into_router().with_state(AdminState { ready, telemetry, data_dir, store })
+pub fn router(
+    ready: Arc<AtomicBool>,
+    telemetry: Arc<Telemetry>,
+    data_dir: PathBuf,
+    store: StoreSlot,
+    dependencies: Arc<Dependencies>,
+) -> Router {
+    routes().into_router().with_state(AdminState { ready, telemetry, data_dir, store, dependencies })
 }
 
-async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string());
+    }
+    let unreachable = state.dependencies.unreachable();
+    if unreachable.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", unreachable.join("; ")))
     }
 }
 

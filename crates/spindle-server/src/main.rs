@@ -5,6 +5,7 @@ mod alerting;
 mod api;
 mod clickhouse;
 mod config;
+mod dependencies;
 mod grpc;
 mod ingest;
 mod kafka;

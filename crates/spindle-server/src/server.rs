@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::alerting::{self, Alerting};
 use crate::config::{Settings, Storage};
+use crate::dependencies::Dependencies;
 use crate::ingest::Ingest;
 use crate::kafka::{self, KafkaSink, Target};
 use crate::receivers::admission::{self, Admission, ByteBudget};
@@ -106,8 +107,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(transport.reload_loop(Duration::from_secs(2), stop_rx.clone()));
     let admin_listener = transport.wrap(Group::Admin, "admin", Alpn::Http1, bind("admin", settings.admin_addr).await?);
     let store_slot: admin::StoreSlot = Arc::default();
-    let admin =
-        admin::router(Arc::clone(&ready), Arc::clone(&telemetry), settings.data_dir.clone(), Arc::clone(&store_slot));
+    // Readiness also needs the role's dependencies (docs/OPERATIONS.md, "Roles").
+    let clickhouse_url = match &settings.storage {
+        Storage::ClickHouse { url, .. } if settings.target.stores() => Some(url.as_str()),
+        _ => None,
+    };
+    let kafka_brokers = settings.kafka.as_ref().map(|k| k.brokers.as_str());
+    let dependencies = Arc::new(Dependencies::new(clickhouse_url, kafka_brokers)?);
+    tokio::spawn(Arc::clone(&dependencies).probe_loop(Duration::from_secs(2), stop_rx.clone()));
+    let admin = admin::router(
+        Arc::clone(&ready),
+        Arc::clone(&telemetry),
+        settings.data_dir.clone(),
+        Arc::clone(&store_slot),
+        dependencies,
+    );
     let admin = auth::protect(admin, auth.group(Group::Admin));
     serve_http(&mut tasks, "admin", admin_listener, admin, stop_rx.clone());
 

@@ -253,6 +253,16 @@ fn all_on_clickhouse_round_trips_a_span_answers_503_without_it_and_query_needs_i
     let response = client.get(all.query_url("/api/services")).send().unwrap();
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.text().unwrap().contains("ClickHouse"));
+    // ...and /readyz says which dependency is missing.
+    let readyz = format!("http://{}/readyz", all.admin);
+    wait_until("/readyz to name ClickHouse", Duration::from_secs(15), || {
+        let r = client.get(&readyz).send().ok()?;
+        (r.status().as_u16() == 503)
+            .then(|| r.text().ok())
+            .flatten()
+            .filter(|b| b.contains("clickhouse at"))
+            .map(|_| ())
+    });
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_spindle"))
         .args(["serve", "--target", "query", "--data-dir"])

@@ -263,7 +263,17 @@ fn a_collector_without_its_broker_answers_unavailable_never_ok_and_recovers_when
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     assert_eq!(post(&client, &collector, &spans(1, 2), None), 200);
 
+    let readyz = format!("http://{}/readyz", collector.admin);
+    let ready_text = |client: &reqwest::blocking::Client| {
+        client.get(&readyz).send().ok().map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+    };
+    assert_eq!(ready_text(&client).map(|(s, _)| s), Some(200));
+
     drop(broker);
+    // /readyz says the broker is missing...
+    wait_until("/readyz to name kafka", Duration::from_secs(15), || {
+        ready_text(&client).filter(|(s, b)| *s == 503 && b.contains("kafka at")).map(|_| ())
+    });
     let started = Instant::now();
     let status = post(&client, &collector, &spans(2, 2), None);
     assert!(status == 503 || status == 429, "OTLP/HTTP without the broker answered {status}");
@@ -280,5 +290,9 @@ fn a_collector_without_its_broker_answers_unavailable_never_ok_and_recovers_when
     wait_until("the collector to accept again", Duration::from_secs(40), || {
         seed += 1;
         (post(&client, &collector, &spans(seed, 2), None) == 200).then_some(())
+    });
+    // ...and ready again once it is back.
+    wait_until("/readyz ready again", Duration::from_secs(15), || {
+        ready_text(&client).filter(|(s, _)| *s == 200).map(|_| ())
     });
 }
