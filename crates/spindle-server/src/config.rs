@@ -321,6 +321,34 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINDLE_KAFKA_GROUP", value_name = "GROUP")]
     pub kafka_group: Option<String>,
 
+    /// Partitions of `kafka_topic` this ingester reads, e.g. `0-3,6`; give each ingester of a
+    /// topic a disjoint set, together covering every partition [default: every partition]
+    #[arg(long, env = "SPINDLE_KAFKA_PARTITIONS", value_name = "LIST")]
+    pub kafka_partitions: Option<String>,
+
+    /// Compression of the batches a collector produces: none, gzip, snappy or lz4 [default: lz4]
+    #[arg(long, env = "SPINDLE_KAFKA_COMPRESSION", value_name = "CODEC")]
+    pub kafka_compression: Option<String>,
+
+    /// How long a collector's producer waits for more messages to fill a batch [default: 5ms]
+    #[arg(long, env = "SPINDLE_KAFKA_LINGER", value_name = "DURATION")]
+    pub kafka_linger: Option<String>,
+
+    /// Largest batch of messages a collector's producer sends to one partition, in bytes
+    /// before compression (a larger single message goes alone) [default: 1000000]
+    #[arg(long, env = "SPINDLE_KAFKA_BATCH_BYTES", value_name = "BYTES")]
+    pub kafka_batch_bytes: Option<usize>,
+
+    /// Spans an ingester gathers from consecutive messages before it appends them, one append
+    /// per tenant [default: 10000]
+    #[arg(long, env = "SPINDLE_INGESTER_BATCH_SPANS", value_name = "N")]
+    pub ingester_batch_spans: Option<usize>,
+
+    /// Longest an ingester gathers messages after the first of a batch before it appends them
+    /// [default: 200ms]
+    #[arg(long, env = "SPINDLE_INGESTER_BATCH_WAIT", value_name = "DURATION")]
+    pub ingester_batch_wait: Option<String>,
+
     /// Where spans are stored: `embedded` (the data directory) or `clickhouse` (a ClickHouse
     /// server shared by ingesters and query instances) [default: embedded]
     #[arg(long, env = "SPINDLE_STORAGE", value_name = "KIND")]
@@ -471,6 +499,12 @@ impl ServeArgs {
             kafka_brokers: self.kafka_brokers.or(file.kafka_brokers),
             kafka_topic: self.kafka_topic.or(file.kafka_topic),
             kafka_group: self.kafka_group.or(file.kafka_group),
+            kafka_partitions: self.kafka_partitions.or(file.kafka_partitions),
+            kafka_compression: self.kafka_compression.or(file.kafka_compression),
+            kafka_linger: self.kafka_linger.or(file.kafka_linger),
+            kafka_batch_bytes: self.kafka_batch_bytes.or(file.kafka_batch_bytes),
+            ingester_batch_spans: self.ingester_batch_spans.or(file.ingester_batch_spans),
+            ingester_batch_wait: self.ingester_batch_wait.or(file.ingester_batch_wait),
             storage: self.storage.or(file.storage),
             clickhouse_url: self.clickhouse_url.or(file.clickhouse_url),
             clickhouse_database: self.clickhouse_database.or(file.clickhouse_database),
@@ -518,13 +552,7 @@ impl ServeArgs {
         let security = security(&merged, &public_url)?;
         let tenancy = tenancy(&merged, &limits, retention, merged.max_disk_bytes)?;
         let storage = storage(&merged)?;
-        let (target, kafka) = crate::kafka::settings(
-            matches!(storage, Storage::ClickHouse { .. }),
-            merged.target.as_deref(),
-            merged.kafka_brokers.as_deref(),
-            merged.kafka_topic.as_deref(),
-            merged.kafka_group.as_deref(),
-        )?;
+        let (target, kafka) = crate::kafka::settings(matches!(storage, Storage::ClickHouse { .. }), &merged)?;
         Ok(Settings {
             data_dir: merged.data_dir.unwrap_or_else(|| PathBuf::from("./spindle-data")),
             otlp_grpc_addr: merged.otlp_grpc_addr.unwrap_or_else(|| addr("0.0.0.0:4317")),
@@ -833,6 +861,54 @@ mod tests {
             let err = format!("{:#}", cli.serve.resolve().unwrap_err());
             assert!(err.contains(wanted), "{err}");
         }
+    }
+
+    #[test]
+    fn kafka_settings_take_flags_environment_and_file_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spindle.toml");
+        std::fs::write(
+            &file,
+            "target = \"ingester\"\nkafka_brokers = \"k:9092\"\nkafka_partitions = \"0-1,3\"\n\
+             kafka_compression = \"snappy\"\nkafka_linger = \"20ms\"\nkafka_batch_bytes = 2000000\n\
+             ingester_batch_spans = 5000\ningester_batch_wait = \"1s\"\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["spindle", "--config", file.to_str().unwrap(), "--ingester-batch-spans", "700"]);
+        let kafka = cli.serve.resolve().unwrap().kafka.unwrap();
+        assert_eq!(kafka.partitions, Some(vec![0, 1, 3]));
+        assert_eq!(
+            (kafka.compression, kafka.linger, kafka.batch_bytes),
+            ("snappy", Duration::from_millis(20), 2_000_000)
+        );
+        assert_eq!((kafka.batch_spans, kafka.batch_wait), (700, Duration::from_secs(1)));
+        // The environment is clap's: checked here without touching the process's own.
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let envs: Vec<String> =
+            cmd.get_arguments().filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned())).collect();
+        for env in [
+            "SPINDLE_KAFKA_PARTITIONS",
+            "SPINDLE_KAFKA_COMPRESSION",
+            "SPINDLE_KAFKA_LINGER",
+            "SPINDLE_KAFKA_BATCH_BYTES",
+            "SPINDLE_INGESTER_BATCH_SPANS",
+            "SPINDLE_INGESTER_BATCH_WAIT",
+        ] {
+            assert!(envs.iter().any(|e| e == env), "{env} is not read");
+        }
+        let err = Cli::parse_from([
+            "spindle",
+            "--target",
+            "ingester",
+            "--kafka-brokers",
+            "k:9092",
+            "--kafka-partitions",
+            "x",
+        ])
+        .serve
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("invalid kafka_partitions"), "{err:#}");
     }
 
     #[test]

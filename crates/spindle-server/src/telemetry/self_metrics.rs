@@ -128,6 +128,10 @@ pub struct SelfMetrics {
     pub auth_failures: Family<AuthFailureLabels, Counter>,
     /// TLS handshakes that failed or timed out, per listener.
     pub tls_handshake_failures: Family<ListenerLabels, Counter>,
+    /// An ingester's appends (one per tenant of each batch it gathered from Kafka).
+    pub ingester_appends: Counter,
+    /// Spans per ingester append.
+    pub ingester_append_spans: Histogram,
 }
 
 impl SelfMetrics {
@@ -151,6 +155,10 @@ impl SelfMetrics {
             }),
             tls_handshake_failures: Family::default(),
             auth_failures: Family::default(),
+            ingester_appends: Counter::default(),
+            ingester_append_spans: Histogram::new([
+                1.0, 10.0, 100.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0, 50000.0,
+            ]),
         };
         registry.register("spindle_spans_received", "Spans received, valid or not", metrics.spans_received.clone());
         registry.register(
@@ -226,6 +234,16 @@ impl SelfMetrics {
             "spindle_auth_failures",
             "Requests refused by authentication (401) or authorization (403), by listener group and reason",
             metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "spindle_ingester_appends",
+            "Appends by the Kafka ingester, one per tenant of each batch of messages",
+            metrics.ingester_appends.clone(),
+        );
+        registry.register(
+            "spindle_ingester_append_spans",
+            "Spans per append by the Kafka ingester",
+            metrics.ingester_append_spans.clone(),
         );
         metrics
     }
