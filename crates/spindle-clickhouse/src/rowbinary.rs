@@ -114,6 +114,18 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "truncated UInt64")?))
     }
 
+    pub(crate) fn i64(&mut self) -> Result<i64, &'static str> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "truncated Int64")?))
+    }
+
+    pub(crate) fn i32(&mut self) -> Result<i32, &'static str> {
+        Ok(i32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "truncated Int32")?))
+    }
+
+    pub(crate) fn f64(&mut self) -> Result<f64, &'static str> {
+        Ok(f64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "truncated Float64")?))
+    }
+
     pub(crate) fn trace_id(&mut self) -> Result<TraceId, &'static str> {
         Ok(TraceId(u128::from_be_bytes(self.take(16)?.try_into().map_err(|_| "truncated trace id")?)))
     }
@@ -132,7 +144,7 @@ mod tests {
     fn what_is_written_reads_back() {
         let mut w = Writer::default();
         let long = vec![7u8; 300];
-        w.u8(3).u64(u64::MAX).trace_id(TraceId(42)).string(&long).string(b"");
+        w.u8(3).u64(u64::MAX).trace_id(TraceId(42)).string(&long).string(b"").i64(-5).f64(0.25);
         let bytes = w.into_bytes();
         let mut r = Reader::new(&bytes);
         assert_eq!(r.u8(), Ok(3));
@@ -140,7 +152,10 @@ mod tests {
         assert_eq!(r.trace_id(), Ok(TraceId(42)));
         assert_eq!(r.string(), Ok(&long[..]));
         assert_eq!(r.string(), Ok(&b""[..]));
+        assert_eq!(r.i64(), Ok(-5));
+        assert_eq!(r.f64(), Ok(0.25));
         assert!(r.is_empty());
+        assert_eq!(Reader::new(&(-3i32).to_le_bytes()).i32(), Ok(-3));
         assert!(Reader::new(&[5, 1]).string().is_err());
     }
 }

@@ -72,6 +72,11 @@ impl QueryService {
         self
     }
 
+    /// The store this service reads.
+    pub fn store(&self) -> &Arc<dyn TraceStore> {
+        &self.store
+    }
+
     /// The trace, or `None` when no span of it is stored.
     pub fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>, QueryError> {
         let spans = self.store.get_trace(trace_id)?;

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-const GAMMA: f64 = 1.04;
+/// The ratio of consecutive bucket bounds. Stores that bucket durations themselves (the
+/// ClickHouse store's minute statistics) compute [`bucket_index`] with it.
+pub const GAMMA: f64 = 1.04;
 
 /// The documented relative error bound of quantiles.
 pub const RELATIVE_ERROR: f64 = (GAMMA - 1.0) / (GAMMA + 1.0);
@@ -95,7 +97,9 @@ impl<'de> Deserialize<'de> for Buckets {
     }
 }
 
-fn index(value: u64) -> i32 {
+/// The bucket a duration of `value` nanoseconds falls into: 0 for zero, else
+/// `ceil(ln(value) / ln(GAMMA)) + 1`.
+pub fn bucket_index(value: u64) -> i32 {
     if value == 0 {
         return 0;
     }
@@ -111,13 +115,23 @@ fn representative(index: i32) -> f64 {
 
 impl LatencySketch {
     pub fn add(&mut self, nanos: u64) {
-        self.buckets.add(index(nanos), 1);
+        self.buckets.add(bucket_index(nanos), 1);
         if self.count == 0 || nanos < self.min {
             self.min = nanos;
         }
         self.max = self.max.max(nanos);
         self.count += 1;
         self.sum_nanos += u128::from(nanos);
+    }
+
+    /// A sketch of `count` values that all fall into bucket `index`, with their exact sum,
+    /// minimum and maximum: one row of a store's pre-bucketed statistics, merged with
+    /// others into the same sketch that value-by-value `add` gives.
+    pub fn from_bucket(index: i32, count: u64, sum_nanos: u128, min: u64, max: u64) -> Self {
+        if count == 0 {
+            return LatencySketch::default();
+        }
+        LatencySketch { buckets: Buckets(vec![(index, count)]), count, sum_nanos, min, max }
     }
 
     pub fn merge(&mut self, other: &LatencySketch) {
@@ -187,7 +201,7 @@ pub struct SketchBuilder {
 /// How many bucket indexes a builder stages before counting them.
 const STAGED: usize = 64;
 
-/// The number of bucket indexes a `u64` can fall into (0 to `index(u64::MAX)`), the most
+/// The number of bucket indexes a `u64` can fall into (0 to `bucket_index(u64::MAX)`), the most
 /// counts a [`SketchBuilder`] ever holds.
 const MAX_BUCKETS: usize = 1134;
 
@@ -199,7 +213,7 @@ impl SketchBuilder {
         self.max = self.max.max(nanos);
         self.count += 1;
         self.sum_nanos += u128::from(nanos);
-        self.staged.push(index(nanos));
+        self.staged.push(bucket_index(nanos));
         if self.staged.len() == STAGED {
             self.count_staged();
         }
@@ -365,7 +379,7 @@ mod tests {
         // Five million latencies between 1 µs and 10 s: the builder holds one count per bucket
         // index in that spread however many values come.
         let (low, high) = (1_000u64, 10_000_000_000u64);
-        let spread = (index(high) - index(low) + 1) as usize;
+        let spread = (bucket_index(high) - bucket_index(low) + 1) as usize;
         let mut builder = SketchBuilder::default();
         let mut seed = 3u64;
         for n in 1..=5_000_000u64 {
@@ -386,6 +400,6 @@ mod tests {
         }
         extremes.count_staged();
         assert_eq!(extremes.bucket_count(), MAX_BUCKETS);
-        assert_eq!(index(u64::MAX) as usize + 1, MAX_BUCKETS);
+        assert_eq!(bucket_index(u64::MAX) as usize + 1, MAX_BUCKETS);
     }
 }

@@ -172,6 +172,31 @@ impl SpanMetrics {
         }
     }
 
+    /// The minute aggregates a store computed itself ([`TraceStore::minute_buckets`]): each
+    /// row's bucket merged into its series and minute, so the answers are those of the same
+    /// spans counted at append (apart from example traces, which rows do not carry). No
+    /// series limit applies here: the store's rows are bounded by what the query asked for.
+    ///
+    /// [`TraceStore::minute_buckets`]: spindle_store::TraceStore::minute_buckets
+    pub fn from_minute_buckets(rows: impl IntoIterator<Item = spindle_store::MinuteBucket>) -> Self {
+        let mut names: HashMap<String, Arc<str>> = HashMap::new();
+        let mut intern = |name: String| Arc::clone(names.entry(name).or_insert_with_key(|n| n.as_str().into()));
+        let mut out = SpanMetrics::default();
+        for row in rows {
+            let key = SeriesKey {
+                service: intern(row.service),
+                operation: intern(row.name),
+                kind: row.kind,
+                status: row.status,
+                overflow: false,
+            };
+            let latency =
+                LatencySketch::from_bucket(row.bucket, row.count, row.sum_nanos, row.min_nanos, row.max_nanos);
+            out.insert(row.minute, key, &Aggregate { calls: row.count, latency, example_trace: None });
+        }
+        out
+    }
+
     /// Drops minutes that start before `unix_nano` (retention).
     pub fn drop_before(&mut self, unix_nano: u64) {
         let keep = self.buckets.split_off(&(unix_nano / BUCKET_NANOS));
@@ -311,6 +336,58 @@ mod tests {
         assert_eq!(m.minutes(), 1, "minute 13 starts after minute 12's start");
         m.drop_after(u64::MAX);
         assert_eq!(m.minutes(), 1);
+    }
+
+    #[test]
+    fn bucketed_rows_give_the_minutes_that_counting_at_append_gives() {
+        let spans: Vec<Span> = (0..200u64)
+            .map(|i| {
+                span(
+                    ["a", "b"][(i % 2) as usize],
+                    ["x", "y", "z"][(i % 3) as usize],
+                    10 + i % 4,
+                    i * 7_919 % 50_000,
+                    i % 5 == 0,
+                )
+            })
+            .collect();
+        let mut counted = SpanMetrics::default();
+        counted.merge(BatchAggregate::from_spans(&spans));
+        // What a store grouping by minute, series and bucket answers.
+        let mut rows: BTreeMap<(u64, String, String, i32, bool), spindle_store::MinuteBucket> = BTreeMap::new();
+        for s in &spans {
+            let d = s.duration_nanos();
+            let bucket = crate::sketch::bucket_index(d);
+            let minute = s.start_time_unix_nano / BUCKET_NANOS;
+            let row = rows
+                .entry((minute, s.service_name().into(), s.name.to_string(), bucket, s.is_error()))
+                .or_insert(spindle_store::MinuteBucket {
+                    minute,
+                    service: s.service_name().into(),
+                    name: s.name.to_string(),
+                    kind: s.kind,
+                    status: s.status.code,
+                    bucket,
+                    count: 0,
+                    sum_nanos: 0,
+                    min_nanos: u64::MAX,
+                    max_nanos: 0,
+                });
+            row.count += 1;
+            row.sum_nanos += u128::from(d);
+            row.min_nanos = row.min_nanos.min(d);
+            row.max_nanos = row.max_nanos.max(d);
+        }
+        let built = SpanMetrics::from_minute_buckets(rows.into_values());
+        let filter = SeriesFilter::default();
+        for by_operation in [false, true] {
+            let want = counted.series(&filter, 0, u64::MAX, 2 * BUCKET_NANOS, by_operation);
+            let got = built.series(&filter, 0, u64::MAX, 2 * BUCKET_NANOS, by_operation);
+            assert_eq!(got, want, "by operation: {by_operation}");
+        }
+        let calls: u64 =
+            built.series(&filter, 0, u64::MAX, BUCKET_NANOS, true).values().flatten().map(|p| p.calls).sum();
+        assert_eq!(calls, 200);
     }
 
     #[test]

@@ -6,9 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use spindle_clickhouse::{ClickHouseOptions, ClickHouseStore};
+use crate::config::ClickHouseSettings;
+use crate::group_commit::GroupCommit;
+
+use spindle_clickhouse::{ClickHouseOptions, ClickHouseStore, Cluster};
 use spindle_model::{DependencyLink, Span, SpanKind, TraceId};
-use spindle_store::{Operation, StoreError, TraceQuery, TraceStore};
+use spindle_store::{MinuteBucket, Operation, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore};
 
 /// The database of tenant `name`: `<prefix>_` then the name with `_` written `__`, `.`
 /// written `_d` and `-` written `_h`. The mapping is one to one (each `_` of the result
@@ -51,19 +54,34 @@ pub fn tenant_of(prefix: &str, database: &str) -> Option<String> {
 pub struct Databases {
     url: String,
     prefix: String,
+    cluster: Option<Cluster>,
+    /// Joined appends (spans, wait) for writers that do not batch themselves.
+    group_commit: Option<(usize, Duration)>,
     client: reqwest::blocking::Client,
     open: Mutex<HashMap<String, Arc<ClickHouseStore>>>,
 }
 
 impl Databases {
     /// Call on a blocking thread: the client is a blocking one.
-    pub fn new(url: &str, prefix: &str) -> anyhow::Result<Self> {
+    pub fn new(settings: &ClickHouseSettings, group_commit: bool) -> anyhow::Result<Self> {
         Ok(Databases {
-            url: url.trim_end_matches('/').to_string(),
-            prefix: prefix.to_string(),
+            url: settings.url.trim_end_matches('/').to_string(),
+            prefix: settings.database.clone(),
+            cluster: settings.cluster.clone(),
+            group_commit: group_commit.then_some((settings.batch_spans, settings.batch_wait)),
             client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?,
             open: Mutex::default(),
         })
+    }
+
+    /// The store tenants write `database` through: opened at first use, with concurrent
+    /// appends joined into large inserts unless the writer batches itself (an ingester).
+    pub fn writer(self: &Arc<Self>, database: &str) -> Arc<dyn TraceStore> {
+        let store = self.store(database, true);
+        match self.group_commit {
+            Some((spans, wait)) => Arc::new(GroupCommit::new(store, spans, wait)),
+            None => Arc::new(store),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -89,7 +107,8 @@ impl Databases {
         if let Some(store) = open.get(database) {
             return Ok(Some(Arc::clone(store)));
         }
-        let store = Arc::new(ClickHouseStore::open(ClickHouseOptions::new(&self.url, database))?);
+        let options = ClickHouseOptions { cluster: self.cluster.clone(), ..ClickHouseOptions::new(&self.url, database) };
+        let store = Arc::new(ClickHouseStore::open(options)?);
         open.insert(database.to_string(), Arc::clone(&store));
         Ok(Some(store))
     }
@@ -171,6 +190,43 @@ impl TraceStore for LazyStore {
     fn sync(&self) -> Result<(), StoreError> {
         // Inserts are acknowledged once ClickHouse has written them; nothing to flush.
         Ok(())
+    }
+
+    fn scan_spans(&self, query: &TraceQuery, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
+        self.store()?.map_or(Ok(()), |s| s.scan_spans(query, visit))
+    }
+
+    fn scan_rows(
+        &self,
+        query: &TraceQuery,
+        fields: &RowFields,
+        visit: &mut dyn FnMut(&SpanRow),
+    ) -> Result<(), StoreError> {
+        self.store()?.map_or(Ok(()), |s| s.scan_rows(query, fields, visit))
+    }
+
+    fn scan_traces(
+        &self,
+        start_unix_nano: u64,
+        end_unix_nano: u64,
+        fields: &SpanFields,
+        visit: &mut dyn FnMut(&[Span]),
+    ) -> Result<(), StoreError> {
+        self.store()?.map_or(Ok(()), |s| s.scan_traces(start_unix_nano, end_unix_nano, fields, visit))
+    }
+
+    fn minute_buckets(
+        &self,
+        start_unix_nano: u64,
+        end_unix_nano: u64,
+        services: &[String],
+        kinds: &[SpanKind],
+    ) -> Result<Option<Vec<MinuteBucket>>, StoreError> {
+        // A tenant without a database has no spans: empty statistics, not the process's own.
+        match self.store()? {
+            Some(s) => s.minute_buckets(start_unix_nano, end_unix_nano, services, kinds),
+            None => Ok(Some(Vec::new())),
+        }
     }
 }
 

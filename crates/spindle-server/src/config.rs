@@ -363,6 +363,25 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINDLE_CLICKHOUSE_DATABASE", value_name = "NAME")]
     pub clickhouse_database: Option<String>,
 
+    /// Spread spans over the shards of this cluster (its name in the servers'
+    /// `remote_servers`), through `Distributed` tables; needs clickhouse_shards
+    #[arg(long, env = "SPINDLE_CLICKHOUSE_CLUSTER", value_name = "NAME")]
+    pub clickhouse_cluster: Option<String>,
+
+    /// The HTTP interface of every node of clickhouse_cluster, comma-separated: tables are
+    /// created and days dropped on each
+    #[arg(long, env = "SPINDLE_CLICKHOUSE_SHARDS", value_name = "URLS")]
+    pub clickhouse_shards: Option<String>,
+
+    /// Receivers writing to ClickHouse join concurrent requests into one insert of up to
+    /// this many spans [default: 10000]
+    #[arg(long, env = "SPINDLE_CLICKHOUSE_BATCH_SPANS", value_name = "N")]
+    pub clickhouse_batch_spans: Option<usize>,
+
+    /// How long the first request of a joined insert waits for others [default: 100ms]
+    #[arg(long, env = "SPINDLE_CLICKHOUSE_BATCH_WAIT", value_name = "DURATION")]
+    pub clickhouse_batch_wait: Option<String>,
+
     /// Per-tenant overrides, in the config file only: `[tenants.NAME]` tables
     #[arg(skip)]
     pub tenants: Option<std::collections::BTreeMap<String, TenantOverrides>>,
@@ -508,6 +527,10 @@ impl ServeArgs {
             storage: self.storage.or(file.storage),
             clickhouse_url: self.clickhouse_url.or(file.clickhouse_url),
             clickhouse_database: self.clickhouse_database.or(file.clickhouse_database),
+            clickhouse_cluster: self.clickhouse_cluster.or(file.clickhouse_cluster),
+            clickhouse_shards: self.clickhouse_shards.or(file.clickhouse_shards),
+            clickhouse_batch_spans: self.clickhouse_batch_spans.or(file.clickhouse_batch_spans),
+            clickhouse_batch_wait: self.clickhouse_batch_wait.or(file.clickhouse_batch_wait),
             tenants: self.tenants.or(file.tenants),
         }
     }
@@ -552,7 +575,7 @@ impl ServeArgs {
         let security = security(&merged, &public_url)?;
         let tenancy = tenancy(&merged, &limits, retention, merged.max_disk_bytes)?;
         let storage = storage(&merged)?;
-        let (target, kafka) = crate::kafka::settings(matches!(storage, Storage::ClickHouse { .. }), &merged)?;
+        let (target, kafka) = crate::kafka::settings(matches!(storage, Storage::ClickHouse(_)), &merged)?;
         Ok(Settings {
             data_dir: merged.data_dir.unwrap_or_else(|| PathBuf::from("./spindle-data")),
             otlp_grpc_addr: merged.otlp_grpc_addr.unwrap_or_else(|| addr("0.0.0.0:4317")),
@@ -593,7 +616,18 @@ pub enum Storage {
     Embedded,
     /// A ClickHouse server: database `database` for the default tenant, `database_<tenant>`
     /// for the others (docs/adr/019, "Query instances").
-    ClickHouse { url: String, database: String },
+    ClickHouse(ClickHouseSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClickHouseSettings {
+    pub url: String,
+    pub database: String,
+    /// Shards of a `Distributed` cluster; `None` for one server.
+    pub cluster: Option<spindle_clickhouse::Cluster>,
+    /// Group commit of the receivers' appends (`clickhouse_batch_*`).
+    pub batch_spans: usize,
+    pub batch_wait: Duration,
 }
 
 fn storage(a: &ServeArgs) -> anyhow::Result<Storage> {
@@ -612,7 +646,34 @@ fn storage(a: &ServeArgs) -> anyhow::Result<Storage> {
                     && database.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
                 "invalid clickhouse_database {database:?}: letters, digits and underscores"
             );
-            Ok(Storage::ClickHouse { url, database })
+            let cluster = match (a.clickhouse_cluster.as_deref().map(str::trim), a.clickhouse_shards.as_deref()) {
+                (None, None) => None,
+                (Some(name), Some(shards)) => {
+                    anyhow::ensure!(
+                        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                        "invalid clickhouse_cluster {name:?}: letters, digits and underscores"
+                    );
+                    let shard_urls = url_list(Some(shards.to_string()));
+                    anyhow::ensure!(
+                        !shard_urls.is_empty()
+                            && shard_urls.iter().all(|u| u.starts_with("http://") || u.starts_with("https://")),
+                        "invalid clickhouse_shards {shards:?}: the HTTP interface of every node, comma-separated"
+                    );
+                    Some(spindle_clickhouse::Cluster { name: name.to_string(), shard_urls })
+                }
+                _ => anyhow::bail!("clickhouse_cluster and clickhouse_shards go together"),
+            };
+            Ok(Storage::ClickHouse(ClickHouseSettings {
+                url,
+                database,
+                cluster,
+                batch_spans: count("clickhouse_batch_spans", a.clickhouse_batch_spans, 10_000)?,
+                batch_wait: duration(
+                    "clickhouse_batch_wait",
+                    a.clickhouse_batch_wait.as_deref(),
+                    Duration::from_millis(100),
+                )?,
+            }))
         }
         Some(other) => anyhow::bail!("invalid storage {other:?}: expected embedded or clickhouse"),
     }
@@ -850,12 +911,39 @@ mod tests {
             .unwrap();
         let settings = Cli::parse_from(["spindle", "--config", file.to_str().unwrap()]).serve.resolve().unwrap();
         let url = "http://127.0.0.1:8123".to_string();
-        assert_eq!(settings.storage, Storage::ClickHouse { url, database: "traces".into() });
+        let expected = ClickHouseSettings {
+            url,
+            database: "traces".into(),
+            cluster: None,
+            batch_spans: 10_000,
+            batch_wait: Duration::from_millis(100),
+        };
+        assert_eq!(settings.storage, Storage::ClickHouse(expected.clone()));
         assert_eq!(settings.target, Target::Query);
+        let cli = Cli::parse_from([
+            "spindle",
+            "--config",
+            file.to_str().unwrap(),
+            "--clickhouse-cluster",
+            "traces",
+            "--clickhouse-shards",
+            "http://a:8123, http://b:8123",
+            "--clickhouse-batch-wait",
+            "20ms",
+        ]);
+        let cluster = spindle_clickhouse::Cluster {
+            name: "traces".into(),
+            shard_urls: vec!["http://a:8123".into(), "http://b:8123".into()],
+        };
+        let wanted = ClickHouseSettings { cluster: Some(cluster), batch_wait: Duration::from_millis(20), ..expected };
+        assert_eq!(cli.serve.resolve().unwrap().storage, Storage::ClickHouse(wanted));
         for (storage, flag, value, wanted) in [
             ("postgres", "--clickhouse-database", "x", "invalid storage"),
             ("clickhouse", "--clickhouse-database", "a-b", "invalid clickhouse_database"),
             ("clickhouse", "--clickhouse-url", "clickhouse:8123", "invalid clickhouse_url"),
+            ("clickhouse", "--clickhouse-cluster", "a", "go together"),
+            ("clickhouse", "--clickhouse-shards", "http://a:1", "go together"),
+            ("clickhouse", "--clickhouse-batch-spans", "0", "clickhouse_batch_spans must be positive"),
         ] {
             let cli = Cli::parse_from(["spindle", "--storage", storage, flag, value]);
             let err = format!("{:#}", cli.serve.resolve().unwrap_err());

@@ -6,6 +6,7 @@ mod api;
 mod clickhouse;
 mod config;
 mod dependencies;
+mod group_commit;
 mod grpc;
 mod ingest;
 mod kafka;

@@ -109,7 +109,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let store_slot: admin::StoreSlot = Arc::default();
     // Readiness also needs the role's dependencies (docs/OPERATIONS.md, "Roles").
     let clickhouse_url = match &settings.storage {
-        Storage::ClickHouse { url, .. } if settings.target.stores() => Some(url.as_str()),
+        Storage::ClickHouse(c) if settings.target.stores() => Some(c.url.as_str()),
         _ => None,
     };
     let kafka_brokers = settings.kafka.as_ref().map(|k| k.brokers.as_str());
@@ -132,11 +132,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Roles (docs/OPERATIONS.md, "Roles"): a collector resolves tenants but holds no store.
     // With `storage = clickhouse` every tenant is a ClickHouse database (docs/adr/019,
     // "Query instances"); an unreachable ClickHouse stops the start.
-    let storage = settings.storage.clone();
+    let (storage, target) = (settings.storage.clone(), settings.target);
     let tenants: Arc<Tenants> = Arc::new(if settings.target.stores() {
         tokio::task::spawn_blocking(move || match storage {
             Storage::Embedded => Tenants::open(tenancy, data_dir, sync, t),
-            Storage::ClickHouse { url, database } => Tenants::open_clickhouse(tenancy, data_dir, &url, &database, t),
+            // Receivers' appends are joined into large inserts; an ingester batches itself.
+            Storage::ClickHouse(c) => Tenants::open_clickhouse(tenancy, data_dir, &c, target != Target::Ingester, t),
         })
         .await
         .context("store open task failed")??

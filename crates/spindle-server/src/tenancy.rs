@@ -276,16 +276,17 @@ impl Tenants {
     pub fn open_clickhouse(
         settings: TenancySettings,
         data_dir: PathBuf,
-        url: &str,
-        database: &str,
+        clickhouse: &crate::config::ClickHouseSettings,
+        group_commit: bool,
         telemetry: Arc<Telemetry>,
     ) -> anyhow::Result<Self> {
-        let databases = Arc::new(crate::clickhouse::Databases::new(url, database)?);
+        let (url, database) = (clickhouse.url.as_str(), clickhouse.database.as_str());
+        let databases = Arc::new(crate::clickhouse::Databases::new(clickhouse, group_commit)?);
         let default_name: Arc<str> = Arc::from(settings.default_tenant.as_str());
         databases.open(database, true).with_context(|| format!("opening ClickHouse database {database} at {url}"))?;
         let found = databases.tenants().with_context(|| format!("listing the tenants' databases at {url}"))?;
         let limits = settings.limits(&default_name).clone();
-        let store: Arc<dyn TraceStore> = Arc::new(databases.store(database, true));
+        let store = databases.writer(database);
         let default = Arc::new(store_tenant(default_name, store, telemetry.default_metrics(), limits));
         let empty_store: Arc<dyn TraceStore> = Arc::new(EmptyStore);
         let tenants = Tenants {
@@ -437,7 +438,7 @@ impl Tenants {
         if let Some(databases) = &self.clickhouse {
             // Opened (database created, migrated) at its first use, on a blocking thread.
             let database = crate::clickhouse::database_of(databases.prefix(), name);
-            let store: Arc<dyn TraceStore> = Arc::new(databases.store(&database, true));
+            let store = databases.writer(&database);
             let name: Arc<str> = Arc::from(name);
             let metrics = Arc::new(self.telemetry.tenant_metrics(&name, &dir, &limits.limits));
             let tenant = Arc::new(store_tenant(Arc::clone(&name), store, metrics, limits));

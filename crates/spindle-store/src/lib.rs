@@ -24,7 +24,7 @@ mod generator;
 
 use std::borrow::Cow;
 
-use spindle_model::{DependencyLink, Span, SpanId, SpanKind, TraceId};
+use spindle_model::{DependencyLink, Span, SpanId, SpanKind, StatusCode, TraceId};
 
 pub use embedded::{EmbeddedStore, StoreOptions, StoreStats};
 pub use query::{Operation, QueryControl, TraceQuery};
@@ -174,6 +174,22 @@ pub trait TraceStore: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// Per-minute span statistics of `[start_unix_nano, end_unix_nano)` computed by the
+    /// store itself, for stores that several processes share (ClickHouse): every instance
+    /// then answers span-metric queries the same, whichever process appended the spans.
+    /// `None` (the default) means the process's own minute aggregates, derived at append,
+    /// are the answer. Empty `services` or `kinds` mean all.
+    fn minute_buckets(
+        &self,
+        start_unix_nano: u64,
+        end_unix_nano: u64,
+        services: &[String],
+        kinds: &[SpanKind],
+    ) -> Result<Option<Vec<MinuteBucket>>, StoreError> {
+        let _ = (start_unix_nano, end_unix_nano, services, kinds);
+        Ok(None)
+    }
 }
 
 /// Whether the earliest span of `trace` started in `[start_unix_nano, end_unix_nano]`:
@@ -181,6 +197,25 @@ pub trait TraceStore: Send + Sync + 'static {
 pub(crate) fn starts_within(trace: &[Span], start_unix_nano: u64, end_unix_nano: u64) -> bool {
     let first = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
     (start_unix_nano..=end_unix_nano).contains(&first)
+}
+
+/// Spans of one series (service, name, kind, status) in one minute whose durations fall in
+/// one bucket of the latency sketch (`spindle_query::sketch`, bucket `i` holds durations in
+/// `(γ^(i-2), γ^(i-1)]` nanoseconds, 0 holds zero): what [`TraceStore::minute_buckets`]
+/// answers, mergeable into the same minute aggregates as spans counted at append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MinuteBucket {
+    /// Minutes since the epoch.
+    pub minute: u64,
+    pub service: String,
+    pub name: String,
+    pub kind: SpanKind,
+    pub status: StatusCode,
+    pub bucket: i32,
+    pub count: u64,
+    pub sum_nanos: u128,
+    pub min_nanos: u64,
+    pub max_nanos: u64,
 }
 
 /// A span reduced to what aggregations read, borrowed from the store's buffers.

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 use spindle_model::SpanKind;
-use spindle_query::spanmetrics::{Point, SeriesFilter, BUCKET_NANOS};
+use spindle_query::spanmetrics::{Point, SeriesFilter, SpanMetrics, BUCKET_NANOS};
 
 use super::params::{format_rfc3339_millis, now_unix_nano, ParamError, Params};
 use super::TenantState;
@@ -115,8 +115,9 @@ async fn serve(state: ApiState, raw: Option<String>, metric: Metric) -> Response
         Err(e) => return error(StatusCode::BAD_REQUEST, e.message),
     };
     let metrics = std::sync::Arc::clone(&state.metrics);
+    let store = std::sync::Arc::clone(state.query.store());
     let family = tokio::task::spawn_blocking(move || {
-        metrics.with_minutes(|minutes| {
+        let answer = |minutes: &SpanMetrics| {
             let start = query.end.saturating_sub(query.lookback);
             let mut series: std::collections::BTreeMap<(String, Option<String>), Vec<Value>> = Default::default();
             let mut t = start - start % query.step + query.step;
@@ -145,10 +146,23 @@ async fn serve(state: ApiState, raw: Option<String>, metric: Metric) -> Response
                 t += query.step;
             }
             series
-        })
+        };
+        // A shared store (ClickHouse) computes the minutes over its spans, so every instance
+        // answers alike; otherwise this process's minutes, counted at append, are the answer.
+        let start = query.end.saturating_sub(query.lookback).saturating_sub(query.rate_per);
+        let from = start - start % BUCKET_NANOS;
+        match store.minute_buckets(from, query.end, &query.filter.services, &query.filter.kinds) {
+            Ok(Some(rows)) => Ok(answer(&SpanMetrics::from_minute_buckets(rows))),
+            Ok(None) => Ok(metrics.with_minutes(answer)),
+            Err(e) => Err(e),
+        }
     })
-    .await
-    .unwrap_or_default();
+    .await;
+    let family = match family {
+        Ok(Ok(family)) => family,
+        Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("span metrics unavailable: {e}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("span metrics query failed: {e}")),
+    };
     let (name, help) = match metric {
         Metric::Latencies(q) => ("service_latencies", format!("{q}th quantile latency, grouped by service")),
         Metric::Calls => ("service_call_rate", "calls/sec, grouped by service".to_string()),

@@ -1,0 +1,205 @@
+//! The scans analytics, service graphs and span metrics read through, answered by
+//! ClickHouse rather than by the trait's defaults (which find trace ids, then read every
+//! trace whole). Duplicates of a retried append are dropped in SQL (`LIMIT 1 BY trace_id,
+//! span_id`); duplicates share a trace id, so on a cluster they share a shard.
+
+use std::collections::{BTreeSet, HashMap};
+
+use spindle_model::{AttributeValue, Span, SpanId, SpanKind, StatusCode, TraceId};
+use spindle_query::sketch::GAMMA;
+use spindle_store::{MinuteBucket, QueryControl, RowFields, SpanRow, StoreError, TraceQuery};
+
+use crate::rowbinary::Reader;
+use crate::{day_filter, decode_span, dedupe, kind_code, literal, span_filter, ClickHouseStore};
+
+const MINUTE_NANOS: u64 = 60_000_000_000;
+
+/// Keys [`Span::group_text`] answers from the span's identity, not its attributes.
+fn identity_group(span_service: &str, name: &str, key: &str) -> Option<String> {
+    match key {
+        "service.name" | "service" => Some(span_service.to_string()),
+        "span.name" | "operation" => Some(name.to_string()),
+        _ => None,
+    }
+}
+
+impl ClickHouseStore {
+    /// Every span matching `query`, each once, decoded from its blob.
+    pub(crate) fn scan_matching(&self, query: &TraceQuery, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
+        query.check()?;
+        if query.start_time_min_unix_nano > query.start_time_max_unix_nano {
+            return Ok(());
+        }
+        let bytes =
+            self.rows(&format!("SELECT span FROM spans WHERE {} LIMIT 1 BY trace_id, span_id", span_filter(query)))?;
+        query.check()?;
+        let mut reader = Reader::new(&bytes);
+        while !reader.is_empty() {
+            let span = decode_span(reader.string().map_err(|e| self.malformed(e))?)?;
+            if query.matches_span(&span) {
+                visit(&span);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows for RED statistics: typed columns only, unless the query has attribute pairs
+    /// (decided by the span matcher on blobs) or the group key is held only in a blob (a
+    /// resource attribute, an event's, a bytes or array value).
+    pub(crate) fn scan_span_rows(
+        &self,
+        query: &TraceQuery,
+        fields: &RowFields,
+        visit: &mut dyn FnMut(&SpanRow),
+    ) -> Result<(), StoreError> {
+        if !query.attributes.is_empty() {
+            return self.scan_matching(query, &mut |span| visit(&SpanRow::of(span, fields)));
+        }
+        query.check()?;
+        if query.start_time_min_unix_nano > query.start_time_max_unix_nano {
+            return Ok(());
+        }
+        let attribute_key = fields.group_by.as_deref().filter(|k| identity_group("", "", k).is_none());
+        let group_columns = match attribute_key {
+            None => String::new(),
+            Some(key) => {
+                let k = literal(key.as_bytes());
+                format!(
+                    ", multiIf(has(str_keys, {k}), 1, has(int_keys, {k}), 2, has(bool_keys, {k}), 3, \
+                     has(double_keys, {k}), 4, position(span, {k}) > 0, 5, 0) AS route, \
+                     str_values[indexOf(str_keys, {k})], int_values[indexOf(int_keys, {k})], \
+                     bool_values[indexOf(bool_keys, {k})], double_values[indexOf(double_keys, {k})], \
+                     if(route = 5, span, '')"
+                )
+            }
+        };
+        let bytes = self.rows(&format!(
+            "SELECT trace_id, span_id, service, name, kind, start_ns, duration_ns, status_code{group_columns} \
+             FROM spans WHERE {} LIMIT 1 BY trace_id, span_id",
+            span_filter(query)
+        ))?;
+        query.check()?;
+        let bad = |e| self.malformed(e);
+        let mut reader = Reader::new(&bytes);
+        while !reader.is_empty() {
+            let trace_id = reader.trace_id().map_err(bad)?;
+            let span_id = SpanId(reader.u64().map_err(bad)?);
+            let service = String::from_utf8_lossy(reader.string().map_err(bad)?);
+            let name = String::from_utf8_lossy(reader.string().map_err(bad)?);
+            let kind = SpanKind::from_otlp(i32::from(reader.u8().map_err(bad)?));
+            let start = reader.u64().map_err(bad)?;
+            let duration = reader.u64().map_err(bad)?;
+            let status = StatusCode::from_otlp(i32::from(reader.u8().map_err(bad)?));
+            let group = match (&fields.group_by, attribute_key) {
+                (None, _) => None,
+                (Some(key), None) => identity_group(&service, &name, key),
+                (Some(key), Some(_)) => {
+                    let route = reader.u8().map_err(bad)?;
+                    let text = reader.string().map_err(bad)?;
+                    let int = reader.i64().map_err(bad)?;
+                    let boolean = reader.u8().map_err(bad)?;
+                    let double = reader.f64().map_err(bad)?;
+                    let blob = reader.string().map_err(bad)?;
+                    match route {
+                        1 => Some(String::from_utf8_lossy(text).into_owned()),
+                        2 => Some(AttributeValue::Int(int).to_display_string()),
+                        3 => Some(AttributeValue::Bool(boolean != 0).to_display_string()),
+                        4 => Some(AttributeValue::Double(double).to_display_string()),
+                        5 => decode_span(blob)?.group_text(key).map(|g| g.into_owned()),
+                        _ => None,
+                    }
+                }
+            };
+            let row = SpanRow {
+                trace_id: if fields.ids { trace_id } else { TraceId::default() },
+                span_id: if fields.ids { span_id } else { SpanId::default() },
+                service: &service,
+                name: if fields.operation { &name } else { "" },
+                kind: if fields.operation { kind } else { SpanKind::Unspecified },
+                start_unix_nano: start,
+                duration_nanos: duration,
+                error: status == StatusCode::Error,
+                group: group.map(Into::into),
+            };
+            visit(&row);
+        }
+        Ok(())
+    }
+
+    /// The spans of every trace whose earliest span started in `[start, end]`, one trace at
+    /// a time, each span once.
+    pub(crate) fn scan_whole_traces(
+        &self,
+        start_unix_nano: u64,
+        end_unix_nano: u64,
+        visit: &mut dyn FnMut(&[Span]),
+    ) -> Result<(), StoreError> {
+        QueryControl::check_current()?;
+        let spans = self.spans_where(&format!(
+            "trace_id IN (SELECT trace_id FROM trace_id_ts GROUP BY trace_id \
+             HAVING min(min_start) >= {start_unix_nano} AND min(min_start) <= {end_unix_nano})"
+        ))?;
+        QueryControl::check_current()?;
+        let mut traces: HashMap<TraceId, Vec<Span>> = HashMap::new();
+        for span in spans {
+            traces.entry(span.trace_id).or_default().push(span);
+        }
+        for spans in traces.into_values() {
+            visit(&dedupe(spans));
+        }
+        Ok(())
+    }
+
+    /// Per-minute statistics by series and latency bucket, computed by ClickHouse over the
+    /// spans themselves (each span once), so any instance answers span-metric queries for
+    /// spans any other instance appended.
+    pub(crate) fn minute_statistics(
+        &self,
+        start_unix_nano: u64,
+        end_unix_nano: u64,
+        services: &[String],
+        kinds: &[SpanKind],
+    ) -> Result<Vec<MinuteBucket>, StoreError> {
+        if start_unix_nano >= end_unix_nano {
+            return Ok(Vec::new());
+        }
+        let last = end_unix_nano - 1;
+        let mut filter =
+            format!("{} AND start_ns >= {start_unix_nano} AND start_ns <= {last}", day_filter(start_unix_nano, last));
+        if !services.is_empty() {
+            let list: BTreeSet<String> = services.iter().map(|s| literal(s.as_bytes())).collect();
+            filter.push_str(&format!(" AND service IN ({})", list.into_iter().collect::<Vec<_>>().join(", ")));
+        }
+        if !kinds.is_empty() {
+            let list: BTreeSet<String> = kinds.iter().map(|k| kind_code(*k).to_string()).collect();
+            filter.push_str(&format!(" AND kind IN ({})", list.into_iter().collect::<Vec<_>>().join(", ")));
+        }
+        // The bucket is the sketch's: 0 for zero, else ceil(ln d / ln γ) + 1.
+        let bytes = self.rows(&format!(
+            "SELECT intDiv(start_ns, {MINUTE_NANOS}) AS minute, service, name, kind, status_code, \
+             toInt32(if(duration_ns = 0, 0, ceil(log(duration_ns) / log({GAMMA:?})) + 1)) AS bucket, \
+             count(), sum(duration_ns), min(duration_ns), max(duration_ns) \
+             FROM (SELECT start_ns, service, name, kind, status_code, duration_ns FROM spans WHERE {filter} \
+             LIMIT 1 BY trace_id, span_id) \
+             GROUP BY minute, service, name, kind, status_code, bucket"
+        ))?;
+        let bad = |e| self.malformed(e);
+        let mut reader = Reader::new(&bytes);
+        let mut out = Vec::new();
+        while !reader.is_empty() {
+            out.push(MinuteBucket {
+                minute: reader.u64().map_err(bad)?,
+                service: String::from_utf8_lossy(reader.string().map_err(bad)?).into_owned(),
+                name: String::from_utf8_lossy(reader.string().map_err(bad)?).into_owned(),
+                kind: SpanKind::from_otlp(i32::from(reader.u8().map_err(bad)?)),
+                status: StatusCode::from_otlp(i32::from(reader.u8().map_err(bad)?)),
+                bucket: reader.i32().map_err(bad)?,
+                count: reader.u64().map_err(bad)?,
+                sum_nanos: u128::from(reader.u64().map_err(bad)?),
+                min_nanos: reader.u64().map_err(bad)?,
+                max_nanos: reader.u64().map_err(bad)?,
+            });
+        }
+        Ok(out)
+    }
+}

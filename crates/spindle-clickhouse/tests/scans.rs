@@ -1,0 +1,205 @@
+//! The ClickHouse store's own scans (rows for RED statistics, whole traces for service
+//! graphs, spans for analytics, per-minute statistics for span metrics) against what the
+//! same spans give when computed in Rust, with every span appended twice, against a real
+//! ClickHouse server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use spindle_clickhouse::{ClickHouseOptions, ClickHouseStore};
+use spindle_model::{AttributeValue, Event, KeyValue, Resource, Span, SpanId, SpanKind, Status, StatusCode, TraceId};
+use spindle_query::spanmetrics::{BatchAggregate, SeriesFilter, SpanMetrics, BUCKET_NANOS};
+use spindle_store::{RowFields, SpanFields, SpanRow, TraceQuery, TraceStore};
+use spindle_test_support::ClickHouse;
+
+const T0: u64 = 1_765_000_000_000_000_000;
+
+/// A deterministic mix: three services, string/int/bool/double attributes, a key held
+/// only by the resource, one only in events, one as bytes, errors, zero durations, spans
+/// over six minutes.
+fn spans() -> Vec<Span> {
+    let resources: Vec<Arc<Resource>> = ["api", "db", "worker"]
+        .iter()
+        .enumerate()
+        .map(|(i, service)| {
+            Arc::new(Resource {
+                attributes: vec![
+                    KeyValue::string("service.name", *service),
+                    KeyValue::string("region", ["eu", "us", "ap"][i]),
+                    KeyValue::new("shard", AttributeValue::Int(i as i64)),
+                ],
+                dropped_attributes_count: 0,
+            })
+        })
+        .collect();
+    (0..600u64)
+        .map(|i| {
+            let start = T0 + i * 600_000_000 + i % 7;
+            let duration = if i % 50 == 0 { 0 } else { (i * 7_919) % 3_000_000 + 1 };
+            let mut attributes = vec![KeyValue::string("symbol", ["AAPL", "7203.T", "MSFT"][(i % 3) as usize])];
+            if i % 2 == 0 {
+                attributes.push(KeyValue::new("http.status_code", AttributeValue::Int(200 + (i % 4) as i64)));
+            }
+            if i % 3 == 0 {
+                attributes.push(KeyValue::new("cached", AttributeValue::Bool(i % 6 == 0)));
+            }
+            if i % 5 == 0 {
+                attributes.push(KeyValue::new("score", AttributeValue::Double(i as f64 / 8.0)));
+            }
+            if i % 11 == 0 {
+                attributes.push(KeyValue::new("blob", AttributeValue::Bytes(vec![1, 2, i as u8])));
+                attributes.push(KeyValue::string("region", "override"));
+            }
+            let events = if i % 4 == 0 {
+                vec![Event {
+                    time_unix_nano: start,
+                    name: "retry".into(),
+                    attributes: vec![KeyValue::string("attempt", (i % 3).to_string())],
+                    dropped_attributes_count: 0,
+                }]
+            } else {
+                Vec::new()
+            };
+            Span {
+                trace_id: TraceId(u128::from(i / 4) + 1),
+                span_id: SpanId(i + 1),
+                parent_span_id: if i % 4 == 0 { SpanId::default() } else { SpanId(i / 4 * 4 + 1) },
+                name: ["get", "put", "scan"][(i % 3) as usize].into(),
+                kind: [SpanKind::Server, SpanKind::Client, SpanKind::Internal][(i % 3) as usize],
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + duration,
+                attributes,
+                events,
+                status: Status {
+                    code: if i % 9 == 0 { StatusCode::Error } else { StatusCode::Ok },
+                    message: String::new(),
+                },
+                resource: Arc::clone(&resources[(i / 4 % 3) as usize]),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn window() -> TraceQuery {
+    TraceQuery {
+        start_time_min_unix_nano: T0,
+        start_time_max_unix_nano: T0 + 3_600_000_000_000,
+        limit: usize::MAX,
+        ..TraceQuery::default()
+    }
+}
+
+/// A row as a comparable, owned tuple.
+type Owned = (TraceId, SpanId, String, String, SpanKind, u64, u64, bool, Option<String>);
+
+fn owned(row: &SpanRow) -> Owned {
+    (
+        row.trace_id,
+        row.span_id,
+        row.service.to_string(),
+        row.name.to_string(),
+        row.kind,
+        row.start_unix_nano,
+        row.duration_nanos,
+        row.error,
+        row.group.as_ref().map(|g| g.to_string()),
+    )
+}
+
+#[test]
+fn scans_give_what_the_spans_give_each_span_once() {
+    let server = ClickHouse::start();
+    let store = ClickHouseStore::open(ClickHouseOptions::new(&server.http_url, "scans")).expect("open");
+    let all = spans();
+    // At-least-once: every batch twice.
+    for chunk in all.chunks(150) {
+        store.append(chunk.to_vec()).unwrap();
+        store.append(chunk.to_vec()).unwrap();
+    }
+    assert_eq!(store.stored_span_rows().unwrap(), 2 * all.len() as u64);
+
+    let queries = [
+        window(),
+        TraceQuery { service: Some("api".into()), ..window() },
+        TraceQuery { operation: Some("put".into()), duration_min_nanos: Some(1_000_000), ..window() },
+        TraceQuery { attributes: vec![("symbol".into(), "MSFT".into())], ..window() },
+        TraceQuery { attributes: vec![("attempt".into(), "0".into()), ("error".into(), "true".into())], ..window() },
+        TraceQuery { start_time_max_unix_nano: T0 + 60_000_000_000, ..window() },
+    ];
+    let keys = [
+        None,
+        Some("symbol"),
+        Some("http.status_code"),
+        Some("cached"),
+        Some("score"),
+        Some("region"),
+        Some("shard"),
+        Some("attempt"),
+        Some("blob"),
+        Some("service"),
+        Some("span.name"),
+        Some("absent"),
+    ];
+    for query in &queries {
+        let expected: Vec<&Span> = all.iter().filter(|s| query.matches_span(s)).collect();
+        assert!(!expected.is_empty(), "the workload has spans for {query:?}");
+
+        let mut scanned = Vec::new();
+        store.scan_spans(query, &mut |s| scanned.push(s.clone())).unwrap();
+        scanned.sort_by_key(|s| s.span_id);
+        assert_eq!(scanned.iter().collect::<Vec<_>>(), expected, "scan_spans {query:?}");
+
+        for key in keys {
+            for (ids, operation) in [(true, true), (false, false)] {
+                let fields = RowFields { group_by: key.map(str::to_string), ids, operation };
+                let mut rows: Vec<Owned> = Vec::new();
+                store.scan_rows(query, &fields, &mut |r| rows.push(owned(r))).unwrap();
+                let mut want: Vec<Owned> = expected.iter().map(|s| owned(&SpanRow::of(s, &fields))).collect();
+                rows.sort_by(|a, b| (a.5, a.1, &a.8).cmp(&(b.5, b.1, &b.8)));
+                want.sort_by(|a, b| (a.5, a.1, &a.8).cmp(&(b.5, b.1, &b.8)));
+                assert_eq!(rows, want, "scan_rows by {key:?} (ids {ids}) for {query:?}");
+            }
+        }
+    }
+
+    // Whole traces whose earliest span started in the window.
+    let (from, to) = (T0 + 60_000_000_000, T0 + 180_000_000_000);
+    let mut traces: BTreeMap<TraceId, Vec<Span>> = BTreeMap::new();
+    for s in &all {
+        traces.entry(s.trace_id).or_default().push(s.clone());
+    }
+    let want: BTreeSet<TraceId> = traces
+        .iter()
+        .filter(|(_, spans)| (from..=to).contains(&spans.iter().map(|s| s.start_time_unix_nano).min().unwrap()))
+        .map(|(id, _)| *id)
+        .collect();
+    let mut got = BTreeSet::new();
+    store
+        .scan_traces(from, to, &SpanFields::bare(), &mut |trace| {
+            let mut trace = trace.to_vec();
+            trace.sort_by_key(|s| s.span_id);
+            assert_eq!(trace, traces[&trace[0].trace_id], "each trace whole, each span once");
+            got.insert(trace[0].trace_id);
+        })
+        .unwrap();
+    assert_eq!(got, want);
+    assert!(!got.is_empty());
+
+    // Span metrics computed by ClickHouse equal the ones counted at append.
+    let mut counted = SpanMetrics::default();
+    counted.merge(BatchAggregate::from_spans(&all));
+    let end = T0 + 7 * BUCKET_NANOS;
+    for (services, kinds) in [(vec![], vec![]), (vec!["db".to_string()], vec![SpanKind::Client])] {
+        let rows =
+            store.minute_buckets(T0 - BUCKET_NANOS, end, &services, &kinds).unwrap().expect("computed by ClickHouse");
+        let built = SpanMetrics::from_minute_buckets(rows);
+        let filter = SeriesFilter { services: services.clone(), kinds: kinds.clone(), operation: None };
+        for by_operation in [false, true] {
+            let want = counted.series(&filter, T0 - BUCKET_NANOS, end, BUCKET_NANOS, by_operation);
+            let got = built.series(&filter, T0 - BUCKET_NANOS, end, BUCKET_NANOS, by_operation);
+            assert!(!want.is_empty());
+            assert_eq!(got, want, "minute statistics for {services:?} {kinds:?}, by operation {by_operation}");
+        }
+    }
+}
