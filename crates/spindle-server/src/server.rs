@@ -308,6 +308,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let snapshots = tokio::spawn(tenancy::snapshot_loop(Arc::clone(&tenants), Duration::from_secs(5), stop_rx.clone()));
+    if settings.target == Target::All || settings.target == Target::Ingester {
+        tokio::spawn(tenancy::clickhouse_retention_loop(
+            Arc::clone(&tenants),
+            Duration::from_secs(600),
+            stop_rx.clone(),
+        ));
+    }
     ready.store(true, Ordering::Release);
     tracing::info!(data_dir = %settings.data_dir.display(), "spindle ready");
 

@@ -613,6 +613,55 @@ pub async fn snapshot_loop(tenants: Arc<Tenants>, every: Duration, mut stop: tok
     .await;
 }
 
+/// Retention on ClickHouse (docs/OPERATIONS.md, "Scale-out"), run by the instances that
+/// write (`all`, ingesters) every `every` from their start: each tenant with a retention keeps
+/// it by `TTL` where the server has one (set again each pass, so a changed setting takes
+/// effect), else its whole days that ended before now − retention are dropped. Days are the
+/// unit, so a retention is kept rounded up to whole days. Several instances doing it at once
+/// only repeat the same drops.
+pub async fn clickhouse_retention_loop(
+    tenants: Arc<Tenants>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(databases) = tenants.clickhouse.clone() else { return };
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let all = tenants.all();
+        let default_name = Arc::clone(&tenants.default.name);
+        let databases = Arc::clone(&databases);
+        let now = crate::api::params::now_unix_nano();
+        let _ = tokio::task::spawn_blocking(move || {
+            for tenant in all {
+                let Some(retention) = tenant.limits.retention else { continue };
+                let database = if tenant.name == default_name {
+                    databases.prefix().to_string()
+                } else {
+                    crate::clickhouse::database_of(databases.prefix(), &tenant.name)
+                };
+                let days = retention.as_secs().div_ceil(86_400).max(1);
+                let result = databases.open(&database, false).and_then(|store| match store {
+                    None => Ok(0),
+                    Some(store) => match store.set_retention(Some(u32::try_from(days).unwrap_or(u32::MAX)))? {
+                        true => Ok(0),
+                        false => store.drop_days_before(now.saturating_sub(days * 86_400_000_000_000)),
+                    },
+                });
+                match result {
+                    Ok(0) => {}
+                    Ok(dropped) => tracing::info!(tenant = %tenant.name, %database, dropped, "retention dropped days"),
+                    Err(e) => tracing::warn!(tenant = %tenant.name, %database, error = %e, "retention pass failed"),
+                }
+            }
+        })
+        .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
