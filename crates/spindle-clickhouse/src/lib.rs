@@ -18,31 +18,75 @@ use spindle_store::{Operation, QueryControl, StoreError, TraceQuery, TraceStore}
 
 use rowbinary::{Reader, Writer};
 
-pub use schema::{ServerVersion, MIGRATIONS};
+pub use schema::{SchemaTarget, ServerVersion, Statements, MIGRATIONS};
 
 /// Where a store connects and which database holds its tables.
 #[derive(Debug, Clone)]
 pub struct ClickHouseOptions {
-    /// The HTTP interface, e.g. `http://127.0.0.1:8123`.
+    /// The HTTP interface this process queries and inserts through, e.g.
+    /// `http://127.0.0.1:8123`.
     pub url: String,
     /// Created when missing.
     pub database: String,
     /// Per request; a query running longer fails with an error naming ClickHouse.
     pub timeout: Duration,
+    /// Spread the data over the shards of a cluster (`Distributed` tables); `None` keeps
+    /// everything on the server at `url`.
+    pub cluster: Option<Cluster>,
+}
+
+/// A ClickHouse cluster as its servers' `remote_servers` config names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// The cluster's name in `remote_servers`.
+    pub name: String,
+    /// The HTTP interface of every node, where the store creates the database and the
+    /// local tables at open (there is no `ON CLUSTER` without ZooKeeper) and drops days.
+    pub shard_urls: Vec<String>,
 }
 
 impl ClickHouseOptions {
     pub fn new(url: impl Into<String>, database: impl Into<String>) -> Self {
-        ClickHouseOptions { url: url.into(), database: database.into(), timeout: Duration::from_secs(30) }
+        ClickHouseOptions {
+            url: url.into(),
+            database: database.into(),
+            timeout: Duration::from_secs(30),
+            cluster: None,
+        }
+    }
+
+    /// Cluster mode: queries and inserts through `url`, tables on every shard.
+    pub fn with_cluster(mut self, name: impl Into<String>, shard_urls: Vec<String>) -> Self {
+        self.cluster = Some(Cluster { name: name.into(), shard_urls });
+        self
     }
 }
 
-/// A [`TraceStore`] over one ClickHouse database.
+/// A [`TraceStore`] over one ClickHouse database, on one server or spread over a cluster.
 pub struct ClickHouseStore {
     client: reqwest::blocking::Client,
     url: String,
     database: String,
     version: ServerVersion,
+    target: SchemaTarget,
+    /// Every node holding the database's tables: `url` alone, or each shard.
+    nodes: Vec<String>,
+    /// URL parameters of every request (ClickHouse settings).
+    settings: Vec<(&'static str, &'static str)>,
+}
+
+/// Names that go into SQL unquoted (database, cluster): letters, digits, underscores.
+fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(StoreError::Encode(format!(
+            "ClickHouse {what} name {name:?} must be letters, digits and underscores"
+        )));
+    }
+    Ok(())
+}
+
+fn trim_url(url: &str) -> String {
+    url.trim_end_matches('/').to_string()
 }
 
 /// Bumped when the blob layout changes; reads refuse blobs of another version.
@@ -129,13 +173,30 @@ fn dedupe(spans: Vec<Span>) -> Vec<Span> {
 }
 
 impl ClickHouseStore {
-    /// Connects, creates the database when missing and runs the migrations it lacks.
+    /// Connects, creates the database when missing and runs the migrations it lacks: on
+    /// the server at `url`, or in cluster mode on every shard (each node records its own
+    /// migrations), then checks that the tables are of the mode asked for.
     pub fn open(options: ClickHouseOptions) -> Result<Self, StoreError> {
-        if options.database.is_empty() || !options.database.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(StoreError::Encode(format!(
-                "ClickHouse database name {:?} must be letters, digits and underscores",
-                options.database
-            )));
+        check_name("database", &options.database)?;
+        let url = trim_url(&options.url);
+        let mut nodes = vec![url.clone()];
+        let mut settings = Vec::new();
+        if let Some(cluster) = &options.cluster {
+            check_name("cluster", &cluster.name)?;
+            if cluster.shard_urls.is_empty() {
+                return Err(StoreError::Encode(format!("ClickHouse cluster {:?} lists no shard URLs", cluster.name)));
+            }
+            nodes = cluster.shard_urls.iter().map(|u| trim_url(u)).collect();
+            if !nodes.contains(&url) {
+                // A node that only queries still needs the Distributed tables.
+                nodes.push(url.clone());
+            }
+            // An insert is acknowledged once every shard has its rows, not when the
+            // initiator has queued them for a later send.
+            settings.push(("insert_distributed_sync", "1"));
+            // Subqueries over Distributed tables read each shard's local table: traces are
+            // sharded by id, so a trace and its index rows are always on the same shard.
+            settings.push(("distributed_product_mode", "local"));
         }
         let client = reqwest::blocking::Client::builder()
             .timeout(options.timeout)
@@ -143,49 +204,137 @@ impl ClickHouseStore {
             .map_err(|e| http_error(&options.url, e.to_string()))?;
         let mut store = ClickHouseStore {
             client,
-            url: options.url.trim_end_matches('/').to_string(),
+            url,
             database: options.database,
             version: ServerVersion::default(),
+            target: SchemaTarget { version: ServerVersion::default(), cluster: None },
+            nodes,
+            settings,
         };
-        let version = store.text("SELECT version()", false)?;
-        store.version = ServerVersion::parse(version.trim());
-        store.execute(&format!("CREATE DATABASE IF NOT EXISTS {}", store.database), false)?;
-        schema::migrate(&store)?;
+        // The schema follows the oldest node: every node must accept every statement.
+        let mut version: Option<ServerVersion> = None;
+        for node in &store.nodes {
+            let v = ServerVersion::parse(store.text_on(node, "SELECT version()", false)?.trim());
+            version = Some(version.map_or(v, |old| old.min(v)));
+        }
+        store.version = version.unwrap_or_default();
+        store.target = SchemaTarget {
+            version: store.version,
+            cluster: options.cluster.as_ref().map(|c| (c.name.clone(), store.database.clone())),
+        };
+        for node in &store.nodes {
+            if let Some(cluster) = &options.cluster {
+                let known = store.text_on(
+                    node,
+                    &format!(
+                        "SELECT count() FROM system.clusters WHERE cluster = {}",
+                        literal(cluster.name.as_bytes())
+                    ),
+                    false,
+                )?;
+                if known.trim() == "0" {
+                    return Err(http_error(
+                        node,
+                        format!("no cluster {:?} in this server's remote_servers configuration", cluster.name),
+                    ));
+                }
+            }
+            store.execute_on(node, &format!("CREATE DATABASE IF NOT EXISTS {}", store.database), false)?;
+            schema::migrate(&store, node, &store.target)?;
+            store.check_mode(node)?;
+        }
         Ok(store)
     }
 
-    /// The server's version, as `SELECT version()` gave it when the store opened.
+    /// `IF NOT EXISTS` leaves a table of the other mode in place: refuse to open a
+    /// single-server database as a cluster's, or the reverse, rather than write past it.
+    fn check_mode(&self, node: &str) -> Result<(), StoreError> {
+        let engine = self.text_on(
+            node,
+            &format!(
+                "SELECT engine FROM system.tables WHERE database = {} AND name = 'spans'",
+                literal(self.database.as_bytes())
+            ),
+            false,
+        )?;
+        let distributed = engine.trim() == "Distributed";
+        if distributed != self.target.cluster.is_some() {
+            return Err(StoreError::DataFormat {
+                path: format!("ClickHouse at {node}, database {}", self.database),
+                message: format!(
+                    "its spans table is {}, but the store was opened {}",
+                    engine.trim(),
+                    if distributed { "without a cluster" } else { "in cluster mode" }
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The oldest server version among the nodes, as `SELECT version()` gave it at open;
+    /// the schema's conditional parts follow it.
     pub fn server_version(&self) -> ServerVersion {
         self.version
     }
 
-    /// Migration versions recorded as applied, ascending.
+    /// Migration versions recorded as applied on the server at `url`, ascending.
     pub fn applied_migrations(&self) -> Result<Vec<u32>, StoreError> {
-        schema::applied(self)
+        schema::applied(self, &self.url)
+    }
+
+    /// Migration versions recorded on each node (each shard in cluster mode), ascending.
+    pub fn applied_migrations_by_node(&self) -> Result<Vec<(String, Vec<u32>)>, StoreError> {
+        self.nodes.iter().map(|node| Ok((node.clone(), schema::applied(self, node)?))).collect()
+    }
+
+    /// Keeps `days` days of spans (and their trace-id index rows) by `TTL`, on every node,
+    /// or with `None` keeps everything. Returns `false` when the server has no `TTL` (before
+    /// 19.6, as Debian's 18.16): the caller must then call [`Self::drop_days_before`]
+    /// itself. Removing a TTL needs 20.10.
+    pub fn set_retention(&self, days: Option<u32>) -> Result<bool, StoreError> {
+        if !self.version.has_ttl() {
+            return Ok(false);
+        }
+        if days.is_none() && !self.version.has_remove_ttl() {
+            return Err(http_error(&self.url, "removing a TTL needs ClickHouse 20.10 or later".into()));
+        }
+        for node in &self.nodes {
+            for statement in schema::retention_statements(&self.target, days) {
+                self.execute_on(node, &statement, true)?;
+            }
+        }
+        Ok(true)
     }
 
     /// Drops from `spans` and `trace_id_ts` every day that ended before `cutoff_unix_nano`,
-    /// whole partitions at a time: retention on servers without `TTL`. Returns how many
-    /// partitions went. A trace's index row goes with the day of its latest span, so a
-    /// trace crossing the cutoff stays readable by id with the spans it has left.
+    /// whole partitions at a time: retention on servers without `TTL`. In cluster mode the
+    /// partitions of the local tables go, on every node. Returns how many partitions went
+    /// (summed over the nodes). A trace's index row goes with the day of its latest span,
+    /// so a trace crossing the cutoff stays readable by id with the spans it has left.
     pub fn drop_days_before(&self, cutoff_unix_nano: u64) -> Result<usize, StoreError> {
-        let text = self.text(
-            &format!(
-                "SELECT DISTINCT table, partition_id FROM system.parts WHERE database = {} \
-                 AND table IN ('spans', 'trace_id_ts') AND active AND partition < {}",
-                literal(self.database.as_bytes()),
-                date_literal(day_of(cutoff_unix_nano).min(LAST_DATE_DAY))
-            ),
-            false,
-        )?;
+        let tables = self.target.retained_tables();
         let mut dropped = 0;
-        for line in text.lines() {
-            let Some((table, id)) = line.split_once('\t') else { continue };
-            if !matches!(table, "spans" | "trace_id_ts") || !id.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(http_error(&self.url, format!("unexpected partition row {line:?}")));
+        for node in &self.nodes {
+            let text = self.text_on(
+                node,
+                &format!(
+                    "SELECT DISTINCT table, partition_id FROM system.parts WHERE database = {} \
+                     AND table IN ({}, {}) AND active AND partition < {}",
+                    literal(self.database.as_bytes()),
+                    literal(tables[0].as_bytes()),
+                    literal(tables[1].as_bytes()),
+                    date_literal(day_of(cutoff_unix_nano).min(LAST_DATE_DAY))
+                ),
+                false,
+            )?;
+            for line in text.lines() {
+                let Some((table, id)) = line.split_once('\t') else { continue };
+                if !tables.iter().any(|t| t == table) || !id.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(http_error(node, format!("unexpected partition row {line:?}")));
+                }
+                self.execute_on(node, &format!("ALTER TABLE {table} DROP PARTITION ID '{id}'"), true)?;
+                dropped += 1;
             }
-            self.execute(&format!("ALTER TABLE {table} DROP PARTITION ID '{id}'"), true)?;
-            dropped += 1;
         }
         Ok(dropped)
     }
@@ -196,10 +345,16 @@ impl ClickHouseStore {
         text.trim().parse().map_err(|_| http_error(&self.url, format!("count() answered {text:?}")))
     }
 
-    /// Sends `query` with `data` (an insert's rows) or, without data, the query alone as
-    /// the body: URLs have a length limit that a query's literals may pass.
+    /// Sends `query` to the server at `url` with `data` (an insert's rows) or, without
+    /// data, the query alone as the body: URLs have a length limit that a query's literals
+    /// may pass.
     fn post(&self, query: &str, data: Vec<u8>, in_database: bool) -> Result<Vec<u8>, StoreError> {
-        let mut params: Vec<(&str, &str)> = Vec::new();
+        self.post_to(&self.url, query, data, in_database)
+    }
+
+    /// [`Self::post`] to any node of the store.
+    fn post_to(&self, node: &str, query: &str, data: Vec<u8>, in_database: bool) -> Result<Vec<u8>, StoreError> {
+        let mut params: Vec<(&str, &str)> = self.settings.clone();
         if in_database {
             params.push(("database", &self.database));
         }
@@ -211,28 +366,32 @@ impl ClickHouseStore {
         };
         let response = self
             .client
-            .post(&self.url)
+            .post(node)
             .query(&params)
             .body(body)
             .send()
-            .map_err(|e| http_error(&self.url, e.without_url().to_string()))?;
+            .map_err(|e| http_error(node, e.without_url().to_string()))?;
         let status = response.status();
-        let bytes = response.bytes().map_err(|e| http_error(&self.url, e.without_url().to_string()))?;
+        let bytes = response.bytes().map_err(|e| http_error(node, e.without_url().to_string()))?;
         if !status.is_success() {
             let message = String::from_utf8_lossy(&bytes);
-            return Err(http_error(&self.url, format!("{status}: {}", message.trim())));
+            return Err(http_error(node, format!("{status}: {}", message.trim())));
         }
         Ok(bytes.to_vec())
     }
 
-    /// Runs a statement that returns nothing (DDL, `INSERT ... VALUES`).
-    pub(crate) fn execute(&self, sql: &str, in_database: bool) -> Result<(), StoreError> {
-        self.post(sql, Vec::new(), in_database).map(|_| ())
+    /// Runs a statement that returns nothing (DDL, `INSERT ... VALUES`) on `node`.
+    pub(crate) fn execute_on(&self, node: &str, sql: &str, in_database: bool) -> Result<(), StoreError> {
+        self.post_to(node, sql, Vec::new(), in_database).map(|_| ())
+    }
+
+    pub(crate) fn text_on(&self, node: &str, sql: &str, in_database: bool) -> Result<String, StoreError> {
+        let bytes = self.post_to(node, sql, Vec::new(), in_database)?;
+        String::from_utf8(bytes).map_err(|_| http_error(node, "answer is not UTF-8".into()))
     }
 
     pub(crate) fn text(&self, sql: &str, in_database: bool) -> Result<String, StoreError> {
-        let bytes = self.post(sql, Vec::new(), in_database)?;
-        String::from_utf8(bytes).map_err(|_| http_error(&self.url, "answer is not UTF-8".into()))
+        self.text_on(&self.url, sql, in_database)
     }
 
     /// Runs a `SELECT` and returns its rows in `RowBinary`.

@@ -1,12 +1,18 @@
 //! The schema of ADR 018 as versioned migrations. A store runs, at open, every migration
-//! not yet recorded in `schema_migrations`, in order. Each statement is idempotent
-//! (`IF NOT EXISTS`), so a migration cut short by a crash, or run by two instances opening
-//! at once, is simply run again; a version recorded twice is harmless.
+//! not yet recorded in `schema_migrations`, in order, on every node it writes to (one node,
+//! or every shard of a cluster). Each statement is idempotent (`IF NOT EXISTS`), so a
+//! migration cut short by a crash, or run by two instances opening at once, is simply run
+//! again; a version recorded twice is harmless.
+//!
+//! One schema serves every server and both modes: a migration's statements are generated
+//! from a [`SchemaTarget`] (the server's version, and the cluster if any), so newer servers
+//! get codecs, skipping indexes and `LowCardinality`, and a cluster gets `<table>_local`
+//! tables under `Distributed` tables of the plain names, which every query reads and writes.
 
 use crate::{ClickHouseStore, StoreError};
 
-/// `SELECT version()` of the server, major and minor. Features of later releases (`Map`,
-/// `DateTime64`, `TTL`, data-skipping indexes, codecs) are keyed on it; see ADR 018.
+/// `SELECT version()` of the server, major and minor. Features of later releases are keyed
+/// on it; see ADR 018 for what each needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ServerVersion {
     pub major: u32,
@@ -14,67 +20,205 @@ pub struct ServerVersion {
 }
 
 impl ServerVersion {
+    pub const fn new(major: u32, minor: u32) -> Self {
+        ServerVersion { major, minor }
+    }
+
     /// `18.16.1` → 18.16; unparsable parts read as 0, the oldest.
     pub fn parse(text: &str) -> Self {
         let mut parts = text.split('.').map(|p| p.trim().parse().unwrap_or(0));
         ServerVersion { major: parts.next().unwrap_or(0), minor: parts.next().unwrap_or(0) }
     }
 
-    /// Whether the server has `TTL`, data-skipping indexes and column codecs (19.6 on).
-    pub fn has_ttl_and_skip_indexes(self) -> bool {
-        self >= ServerVersion { major: 19, minor: 6 }
+    /// Per-column compression codecs, `Delta` among them (19.1).
+    pub fn has_codecs(self) -> bool {
+        self >= Self::new(19, 1)
+    }
+
+    /// `LowCardinality` without the experimental setting (19.3).
+    pub fn has_low_cardinality(self) -> bool {
+        self >= Self::new(19, 3)
+    }
+
+    /// Table `TTL` and `ALTER TABLE … MODIFY TTL` (19.6).
+    pub fn has_ttl(self) -> bool {
+        self >= Self::new(19, 6)
+    }
+
+    /// `ALTER TABLE … REMOVE TTL` (20.10).
+    pub fn has_remove_ttl(self) -> bool {
+        self >= Self::new(20, 10)
+    }
+
+    /// Data-skipping indexes (`minmax`, `bloom_filter`, `tokenbf_v1`) without the
+    /// experimental setting: `bloom_filter` came in 19.5, the setting went in 20.1.
+    pub fn has_skip_indexes(self) -> bool {
+        self >= Self::new(20, 1)
     }
 }
 
-/// Version, description and statements of each migration, in order. Never edit a released
-/// one: add the next.
-pub const MIGRATIONS: &[(u32, &str, &[&str])] = &[
-    (
-        1,
-        "spans: typed hot columns, attributes by type, the whole span",
-        &["CREATE TABLE IF NOT EXISTS spans (
-            day Date,
-            start_ns UInt64,
-            trace_id FixedString(16),
-            span_id UInt64,
-            parent_span_id UInt64,
-            service String,
-            name String,
-            kind UInt8,
-            duration_ns UInt64,
-            status_code UInt8,
-            str_keys Array(String),
-            str_values Array(String),
-            int_keys Array(String),
-            int_values Array(Int64),
-            bool_keys Array(String),
-            bool_values Array(UInt8),
-            double_keys Array(String),
-            double_values Array(Float64),
-            resource_keys Array(String),
-            resource_values Array(String),
-            span String
-        ) ENGINE = MergeTree() PARTITION BY day ORDER BY (service, name, start_ns)"],
-    ),
-    (
-        2,
-        "trace_id_ts: trace id to the range of its spans' start times",
-        &["CREATE TABLE IF NOT EXISTS trace_id_ts (
-            day Date,
-            trace_id FixedString(16),
-            min_start UInt64,
-            max_start UInt64
-        ) ENGINE = MergeTree() PARTITION BY day ORDER BY trace_id"],
-    ),
-    (
-        3,
-        "operations: service, span name and kind seen",
-        &["CREATE TABLE IF NOT EXISTS operations (
-            service String,
-            name String,
-            kind UInt8
-        ) ENGINE = ReplacingMergeTree() ORDER BY (service, name, kind)"],
-    ),
+/// What the statements are generated for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaTarget {
+    /// The oldest version among the nodes the statements run on.
+    pub version: ServerVersion,
+    /// `(cluster, database)` in cluster mode: data lives in `<table>_local` on every node,
+    /// and `<table>` is a `Distributed` table over them.
+    pub cluster: Option<(String, String)>,
+}
+
+impl SchemaTarget {
+    /// The table that holds the rows on a node: `<table>_local` in cluster mode.
+    pub fn local(&self, table: &str) -> String {
+        match self.cluster {
+            Some(_) => format!("{table}_local"),
+            None => table.to_string(),
+        }
+    }
+
+    /// Tables with rows on each node, which retention acts on.
+    pub(crate) fn retained_tables(&self) -> [String; 2] {
+        [self.local("spans"), self.local("trace_id_ts")]
+    }
+
+    fn text_type(&self) -> &'static str {
+        if self.version.has_low_cardinality() {
+            "LowCardinality(String)"
+        } else {
+            "String"
+        }
+    }
+
+    fn codec(&self, codec: &'static str) -> Option<&'static str> {
+        self.version.has_codecs().then_some(codec)
+    }
+
+    /// `CREATE TABLE` of `table`'s rows (local in cluster mode), and in cluster mode the
+    /// `Distributed` table of the plain name over them, sharded by `sharding_key`.
+    fn create(
+        &self,
+        table: &str,
+        columns: &[Column],
+        indexes: &[&str],
+        engine: &str,
+        sharding_key: &str,
+    ) -> Vec<String> {
+        let local = self.local(table);
+        let mut definitions: Vec<String> = columns.iter().map(|c| c.definition(true)).collect();
+        if self.version.has_skip_indexes() {
+            definitions.extend(indexes.iter().map(|i| format!("INDEX {i}")));
+        }
+        let mut statements = vec![format!(
+            "CREATE TABLE IF NOT EXISTS {local} (\n    {}\n) ENGINE = {engine}",
+            definitions.join(",\n    ")
+        )];
+        if let Some((cluster, database)) = &self.cluster {
+            // Plain types only: codecs and indexes belong to the tables that store data.
+            let plain: Vec<String> = columns.iter().map(|c| c.definition(false)).collect();
+            statements.push(format!(
+                "CREATE TABLE IF NOT EXISTS {table} (\n    {}\n) ENGINE = Distributed({cluster}, {database}, {local}, {sharding_key})",
+                plain.join(",\n    ")
+            ));
+        }
+        statements
+    }
+}
+
+struct Column {
+    name: &'static str,
+    kind: String,
+    codec: Option<&'static str>,
+}
+
+impl Column {
+    fn definition(&self, with_codec: bool) -> String {
+        match self.codec.filter(|_| with_codec) {
+            Some(codec) => format!("{} {} CODEC({codec})", self.name, self.kind),
+            None => format!("{} {}", self.name, self.kind),
+        }
+    }
+}
+
+fn column(name: &'static str, kind: impl Into<String>, codec: Option<&'static str>) -> Column {
+    Column { name, kind: kind.into(), codec }
+}
+
+/// A trace lives on one shard: trace-by-id, the trace-id index beside it and the per-trace
+/// dedupe and dependency reads stay shard-local.
+const TRACE_SHARDING: &str = "cityHash64(trace_id)";
+const SERVICE_SHARDING: &str = "cityHash64(service)";
+
+fn spans(t: &SchemaTarget) -> Vec<String> {
+    let text = t.text_type();
+    // Starts are sorted within each (service, name) run of the sort key, so their deltas
+    // compress; ids and the blob are random-looking and get ZSTD alone.
+    let time = t.codec("Delta, ZSTD(1)");
+    let zstd = t.codec("ZSTD(1)");
+    let keys = format!("Array({text})");
+    let columns = [
+        column("day", "Date", None),
+        column("start_ns", "UInt64", time),
+        column("trace_id", "FixedString(16)", zstd),
+        column("span_id", "UInt64", zstd),
+        column("parent_span_id", "UInt64", zstd),
+        column("service", text, None),
+        column("name", text, None),
+        column("kind", "UInt8", None),
+        column("duration_ns", "UInt64", zstd),
+        column("status_code", "UInt8", None),
+        column("str_keys", keys.clone(), None),
+        column("str_values", "Array(String)", None),
+        column("int_keys", keys.clone(), None),
+        column("int_values", "Array(Int64)", None),
+        column("bool_keys", keys.clone(), None),
+        column("bool_values", "Array(UInt8)", None),
+        column("double_keys", keys.clone(), None),
+        column("double_values", "Array(Float64)", None),
+        column("resource_keys", keys, None),
+        column("resource_values", "Array(String)", None),
+        column("span", "String", zstd),
+    ];
+    let indexes = [
+        // Trace-by-id reads spans by id inside the index table's time range.
+        "trace_id_bloom trace_id TYPE bloom_filter(0.01) GRANULARITY 1",
+        // Duration bounds of a search skip granules of short spans.
+        "duration_minmax duration_ns TYPE minmax GRANULARITY 4",
+    ];
+    t.create(
+        "spans",
+        &columns,
+        &indexes,
+        "MergeTree() PARTITION BY day ORDER BY (service, name, start_ns)",
+        TRACE_SHARDING,
+    )
+}
+
+fn trace_id_ts(t: &SchemaTarget) -> Vec<String> {
+    let zstd = t.codec("ZSTD(1)");
+    let columns = [
+        column("day", "Date", None),
+        column("trace_id", "FixedString(16)", None),
+        column("min_start", "UInt64", zstd),
+        column("max_start", "UInt64", zstd),
+    ];
+    t.create("trace_id_ts", &columns, &[], "MergeTree() PARTITION BY day ORDER BY trace_id", TRACE_SHARDING)
+}
+
+fn operations(t: &SchemaTarget) -> Vec<String> {
+    let text = t.text_type();
+    let columns = [column("service", text, None), column("name", text, None), column("kind", "UInt8", None)];
+    t.create("operations", &columns, &[], "ReplacingMergeTree() ORDER BY (service, name, kind)", SERVICE_SHARDING)
+}
+
+/// A migration's statements for a target.
+pub type Statements = fn(&SchemaTarget) -> Vec<String>;
+
+/// Version, description and statements of each migration, in order. Never change what a
+/// released one creates for a server it already ran on: add the next.
+pub const MIGRATIONS: &[(u32, &str, Statements)] = &[
+    (1, "spans: typed hot columns, attributes by type, the whole span", spans),
+    (2, "trace_id_ts: trace id to the range of its spans' start times", trace_id_ts),
+    (3, "operations: service, span name and kind seen", operations),
 ];
 
 /// The columns [`MIGRATIONS`] gives `spans`, in the order appends write them.
@@ -82,14 +226,15 @@ pub(crate) const SPAN_INSERT: &str = "spans (day, start_ns, trace_id, span_id, p
      kind, duration_ns, status_code, str_keys, str_values, int_keys, int_values, bool_keys, bool_values, \
      double_keys, double_values, resource_keys, resource_values, span)";
 
+/// Per node, never distributed: each node records what it has run.
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version UInt32,
     description String,
     applied_at DateTime DEFAULT now()
 ) ENGINE = MergeTree() ORDER BY version";
 
-pub(crate) fn applied(store: &ClickHouseStore) -> Result<Vec<u32>, StoreError> {
-    let text = store.text("SELECT DISTINCT version FROM schema_migrations ORDER BY version", true)?;
+pub(crate) fn applied(store: &ClickHouseStore, node: &str) -> Result<Vec<u32>, StoreError> {
+    let text = store.text_on(node, "SELECT DISTINCT version FROM schema_migrations ORDER BY version", true)?;
     text.lines()
         .map(|line| {
             line.trim().parse().map_err(|_| StoreError::DataFormat {
@@ -100,9 +245,10 @@ pub(crate) fn applied(store: &ClickHouseStore) -> Result<Vec<u32>, StoreError> {
         .collect()
 }
 
-pub(crate) fn migrate(store: &ClickHouseStore) -> Result<(), StoreError> {
-    store.execute(MIGRATIONS_TABLE, true)?;
-    let done = applied(store)?;
+/// Runs on `node` the migrations it has not recorded.
+pub(crate) fn migrate(store: &ClickHouseStore, node: &str, target: &SchemaTarget) -> Result<(), StoreError> {
+    store.execute_on(node, MIGRATIONS_TABLE, true)?;
+    let done = applied(store, node)?;
     let newest = MIGRATIONS.last().map_or(0, |m| m.0);
     if let Some(&unknown) = done.iter().find(|&&v| v > newest) {
         return Err(StoreError::DataFormat {
@@ -114,11 +260,12 @@ pub(crate) fn migrate(store: &ClickHouseStore) -> Result<(), StoreError> {
         });
     }
     for (version, description, statements) in MIGRATIONS.iter().filter(|m| !done.contains(&m.0)) {
-        for statement in *statements {
-            store.execute(statement, true)?;
+        for statement in statements(target) {
+            store.execute_on(node, &statement, true)?;
         }
         let description = crate::literal(description.as_bytes());
-        store.execute(
+        store.execute_on(
+            node,
             &format!("INSERT INTO schema_migrations (version, description) VALUES ({version}, {description})"),
             true,
         )?;
@@ -126,21 +273,126 @@ pub(crate) fn migrate(store: &ClickHouseStore) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `ALTER TABLE … MODIFY TTL` (or `REMOVE TTL` for `None`) of the tables retention acts on,
+/// for a server that has `TTL`.
+pub(crate) fn retention_statements(target: &SchemaTarget, days: Option<u32>) -> Vec<String> {
+    target
+        .retained_tables()
+        .iter()
+        .map(|table| match days {
+            Some(days) => format!("ALTER TABLE {table} MODIFY TTL day + toIntervalDay({days})"),
+            None => format!("ALTER TABLE {table} REMOVE TTL"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const OLD: ServerVersion = ServerVersion::new(18, 16);
+    const NEW: ServerVersion = ServerVersion::new(24, 8);
+
+    fn all(target: &SchemaTarget) -> String {
+        MIGRATIONS.iter().flat_map(|m| (m.2)(target)).collect::<Vec<_>>().join(";\n")
+    }
+
+    fn single(version: ServerVersion) -> SchemaTarget {
+        SchemaTarget { version, cluster: None }
+    }
+
+    fn cluster(version: ServerVersion) -> SchemaTarget {
+        SchemaTarget { version, cluster: Some(("spindle".into(), "traces".into())) }
+    }
+
     #[test]
     fn versions_parse_and_order() {
         let v = ServerVersion::parse("18.16.1");
-        assert_eq!(v, ServerVersion { major: 18, minor: 16 });
-        assert!(!v.has_ttl_and_skip_indexes());
-        assert!(ServerVersion::parse("24.8.4.13").has_ttl_and_skip_indexes());
+        assert_eq!(v, OLD);
+        assert!(!v.has_codecs() && !v.has_low_cardinality() && !v.has_ttl() && !v.has_skip_indexes());
+        let new = ServerVersion::parse("24.8.4.13");
+        assert!(new.has_codecs() && new.has_low_cardinality() && new.has_ttl() && new.has_skip_indexes());
+        assert!(new.has_remove_ttl());
+        assert!(ServerVersion::new(19, 6).has_ttl() && !ServerVersion::new(19, 5).has_ttl());
+        assert!(!ServerVersion::new(19, 16).has_skip_indexes() && !ServerVersion::new(20, 9).has_remove_ttl());
         assert_eq!(ServerVersion::parse("garbage"), ServerVersion::default());
     }
 
     #[test]
     fn migration_versions_ascend() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn on_18_16_single_node_tables_are_plain() {
+        let ddl = all(&single(OLD));
+        for absent in ["CODEC", "INDEX", "LowCardinality", "TTL", "Distributed", "_local"] {
+            assert!(!ddl.contains(absent), "{absent} in {ddl}");
+        }
+        for table in ["spans", "trace_id_ts", "operations"] {
+            assert!(ddl.contains(&format!("CREATE TABLE IF NOT EXISTS {table} (")), "{table}");
+        }
+        assert!(ddl.contains("service String,") && ddl.contains("str_keys Array(String),"));
+        assert!(ddl.contains("ENGINE = MergeTree() PARTITION BY day ORDER BY (service, name, start_ns)"));
+    }
+
+    #[test]
+    fn on_24_8_tables_get_codecs_indexes_and_low_cardinality() {
+        let ddl = all(&single(NEW));
+        for present in [
+            "start_ns UInt64 CODEC(Delta, ZSTD(1))",
+            "trace_id FixedString(16) CODEC(ZSTD(1))",
+            "span_id UInt64 CODEC(ZSTD(1))",
+            "span String CODEC(ZSTD(1))",
+            "min_start UInt64 CODEC(ZSTD(1))",
+            "service LowCardinality(String)",
+            "name LowCardinality(String)",
+            "str_keys Array(LowCardinality(String))",
+            "INDEX trace_id_bloom trace_id TYPE bloom_filter(0.01) GRANULARITY 1",
+            "INDEX duration_minmax duration_ns TYPE minmax",
+        ] {
+            assert!(ddl.contains(present), "{present} missing from {ddl}");
+        }
+        // Retention is set apart, by set_retention, never fixed at creation.
+        assert!(!ddl.contains("TTL"));
+        // Values stay plain strings: high cardinality.
+        assert!(ddl.contains("str_values Array(String)") && ddl.contains("resource_values Array(String)"));
+    }
+
+    #[test]
+    fn a_cluster_gets_local_tables_under_distributed_ones() {
+        for version in [OLD, NEW] {
+            let target = cluster(version);
+            let spans = spans(&target);
+            assert_eq!(spans.len(), 2);
+            assert!(spans[0].starts_with("CREATE TABLE IF NOT EXISTS spans_local ("));
+            assert!(spans[0].contains("ENGINE = MergeTree()"));
+            assert!(spans[1].starts_with("CREATE TABLE IF NOT EXISTS spans ("));
+            assert!(spans[1].ends_with("ENGINE = Distributed(spindle, traces, spans_local, cityHash64(trace_id))"));
+            assert!(!spans[1].contains("CODEC") && !spans[1].contains("INDEX"), "{}", spans[1]);
+            assert!(trace_id_ts(&target)[1]
+                .ends_with("ENGINE = Distributed(spindle, traces, trace_id_ts_local, cityHash64(trace_id))"));
+            assert!(operations(&target)[1]
+                .ends_with("ENGINE = Distributed(spindle, traces, operations_local, cityHash64(service))"));
+        }
+        // Same columns, same types, in both tables.
+        let target = cluster(NEW);
+        let spans = spans(&target);
+        assert!(spans[1].contains("service LowCardinality(String)") && spans[1].contains("start_ns UInt64,"));
+    }
+
+    #[test]
+    fn retention_alters_the_tables_that_hold_rows() {
+        assert_eq!(
+            retention_statements(&cluster(NEW), Some(7)),
+            vec![
+                "ALTER TABLE spans_local MODIFY TTL day + toIntervalDay(7)",
+                "ALTER TABLE trace_id_ts_local MODIFY TTL day + toIntervalDay(7)",
+            ]
+        );
+        assert_eq!(
+            retention_statements(&single(NEW), None),
+            vec!["ALTER TABLE spans REMOVE TTL", "ALTER TABLE trace_id_ts REMOVE TTL"]
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Property test: any sequence of appends, retried appends and reopens leaves the
 //! ClickHouse store answering every query exactly as a plain in-memory model of the same
-//! history does, against a real ClickHouse server. The model and strategies follow
+//! history does, against a real ClickHouse server and against a two-shard cluster of two
+//! servers (appending and reading through either node). The model and strategies follow
 //! spindle-store's `tests/model.rs`, minus what only the embedded store has (flushes,
 //! compaction, retention passes).
 
@@ -273,19 +274,20 @@ fn check(store: &ClickHouseStore, model: &Model, queries: &[TraceQuery]) -> Resu
     Ok(())
 }
 
-#[test]
-fn clickhouse_store_matches_model() {
-    let server = ClickHouse::start();
-    let open = |database: &str| ClickHouseStore::open(ClickHouseOptions::new(&server.http_url, database)).unwrap();
+/// Runs `cases` random histories against stores from `open(database, n)`, where `n` counts
+/// the opens of that database (a cluster target opens through a different node each time),
+/// and checks every answer against the model.
+fn run_model(cases: u32, open: &dyn Fn(&str, usize) -> ClickHouseStore) {
     let case = std::sync::atomic::AtomicU32::new(0);
-    let mut runner = TestRunner::new(Config { cases: 24, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let strategy = (ops(), prop::collection::vec(query(), 6));
     runner
         .run(&strategy, |(raw_ops, queries)| {
             // A database per case (shrinking runs cases again), so cases never see each other.
             let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let database = format!("model_{n}");
-            let mut store = open(&database);
+            let mut opens = 0;
+            let mut store = open(&database, opens);
             let mut model = Model::default();
             let mut batches: Vec<Vec<Span>> = Vec::new();
             let mut next_span = 0;
@@ -303,11 +305,32 @@ fn clickhouse_store_matches_model() {
                             model.append(&spans);
                         }
                     }
-                    RawOp::Reopen => store = open(&database),
+                    RawOp::Reopen => {
+                        opens += 1;
+                        store = open(&database, opens);
+                    }
                 }
             }
             check(&store, &model, &queries)?;
-            check(&open(&database), &model, &queries)
+            check(&open(&database, opens + 1), &model, &queries)
         })
         .unwrap();
+}
+
+#[test]
+fn clickhouse_store_matches_model() {
+    let server = ClickHouse::start();
+    run_model(24, &|database, _| ClickHouseStore::open(ClickHouseOptions::new(&server.http_url, database)).unwrap());
+}
+
+/// The same histories through a two-shard cluster: appends and reads through either node
+/// answer as one server does.
+#[test]
+fn clickhouse_cluster_matches_model() {
+    let nodes = ClickHouse::start_cluster(2, "model_shards");
+    let urls: Vec<String> = nodes.iter().map(|n| n.http_url.clone()).collect();
+    run_model(10, &|database, opens| {
+        let via = &urls[opens % urls.len()];
+        ClickHouseStore::open(ClickHouseOptions::new(via, database).with_cluster("model_shards", urls.clone())).unwrap()
+    });
 }
