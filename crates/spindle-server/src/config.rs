@@ -937,6 +937,16 @@ mod tests {
         };
         let wanted = ClickHouseSettings { cluster: Some(cluster), batch_wait: Duration::from_millis(20), ..expected };
         assert_eq!(cli.serve.resolve().unwrap().storage, Storage::ClickHouse(wanted));
+        // The front instance of a scale-out: a collector that also answers queries.
+        let front = ["spindle", "--config", file.to_str().unwrap(), "--target", "collector, query"];
+        let settings = Cli::parse_from(front.iter().chain(&["--kafka-brokers", "k:9092"])).serve.resolve().unwrap();
+        assert_eq!(settings.target, Target::CollectorQuery);
+        assert!(settings.target.receives() && settings.target.stores());
+        let err = format!("{:#}", Cli::parse_from(front).serve.resolve().unwrap_err());
+        assert!(err.contains("needs kafka_brokers"), "{err}");
+        let embedded = Cli::parse_from(["spindle", "--target", "collector,query", "--kafka-brokers", "k:9092"]);
+        let err = format!("{:#}", embedded.serve.resolve().unwrap_err());
+        assert!(err.contains("needs storage = clickhouse"), "{err}");
         for (storage, flag, value, wanted) in [
             ("postgres", "--clickhouse-database", "x", "invalid storage"),
             ("clickhouse", "--clickhouse-database", "a-b", "invalid clickhouse_database"),

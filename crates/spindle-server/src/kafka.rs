@@ -49,17 +49,20 @@ pub enum Target {
     /// The query API, UI and admin over ClickHouse (`storage = clickhouse`); no receivers,
     /// no Kafka.
     Query,
+    /// `collector,query`: a collector that also serves the query API, UI and admin over
+    /// ClickHouse — the stateless front instance of a scaled-out deployment.
+    CollectorQuery,
 }
 
 impl Target {
     /// Whether the receivers run.
     pub fn receives(self) -> bool {
-        matches!(self, Target::All | Target::Collector)
+        matches!(self, Target::All | Target::Collector | Target::CollectorQuery)
     }
 
     /// Whether this instance holds stores (and so serves queries).
     pub fn stores(self) -> bool {
-        matches!(self, Target::All | Target::Ingester | Target::Query)
+        matches!(self, Target::All | Target::Ingester | Target::Query | Target::CollectorQuery)
     }
 }
 
@@ -95,17 +98,21 @@ pub fn settings(
     shared_store: bool,
     args: &crate::config::ServeArgs,
 ) -> anyhow::Result<(Target, Option<KafkaSettings>)> {
-    let target = match args.target.as_deref().unwrap_or("all") {
+    let target = match args.target.as_deref().unwrap_or("all").replace(' ', "").as_str() {
         "all" => Target::All,
         "collector" => Target::Collector,
         "ingester" => Target::Ingester,
         "query" if shared_store => Target::Query,
+        "collector,query" | "query,collector" if shared_store => Target::CollectorQuery,
+        "collector,query" | "query,collector" => anyhow::bail!(
+            "target collector,query needs storage = clickhouse: its queries read the store the ingesters write"
+        ),
         "query" => anyhow::bail!(
             "target query needs storage = clickhouse: a query instance reads a store shared with the \
              ingesters, and the embedded store belongs to the one process that writes it; set storage and \
              clickhouse_url, or run --target ingester, which serves the query API over the store it writes"
         ),
-        other => anyhow::bail!("invalid target {other:?}: expected all, collector, ingester or query"),
+        other => anyhow::bail!("invalid target {other:?}: expected all, collector, ingester, query or collector,query"),
     };
     let brokers = args.kafka_brokers.as_deref().map(str::trim).filter(|b| !b.is_empty());
     let brokers = match (target, brokers) {

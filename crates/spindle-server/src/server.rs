@@ -146,7 +146,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let _ = store_slot.set(Arc::clone(&tenants));
     let mut ingest = Ingest::new(Arc::clone(&tenants), settings.queue_spans, &settings.limits, Arc::clone(&telemetry));
-    if settings.target == Target::Collector {
+    if matches!(settings.target, Target::Collector | Target::CollectorQuery) {
         let kafka = settings.kafka.as_ref().context("a collector needs kafka_brokers")?;
         ingest = ingest.with_kafka(KafkaSink::new(kafka)?);
     }
