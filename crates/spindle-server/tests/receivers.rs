@@ -6,52 +6,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::UdpSocket;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::Spindle;
+use common::{assert_arrived, fixture, Spindle};
 use serde_json::Value;
-use spindle_codec::Decoded;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spindle-codec/tests/fixtures").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Waits until the service's traces hold every span the fixture decodes to, with the
-/// same names and parents.
-fn assert_arrived(spindle: &Spindle, decoded: &Decoded) {
-    let service = decoded.spans[0].service_name().to_string();
-    let trace_id = decoded.spans[0].trace_id.to_jaeger_hex();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let trace = loop {
-        let (status, body) = spindle.get_json(&format!("/api/traces/{trace_id}"));
-        if status == 200 && body["data"][0]["spans"].as_array().map(Vec::len) == Some(decoded.spans.len()) {
-            break body["data"][0].clone();
-        }
-        assert!(Instant::now() < deadline, "{service}: trace {trace_id} incomplete: {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    for span in &decoded.spans {
-        let got = trace["spans"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["spanID"] == span.span_id.to_hex())
-            .unwrap_or_else(|| panic!("{service}: span {} missing", span.name));
-        assert_eq!(got["operationName"], span.name.as_str());
-        assert_eq!(got["startTime"], span.start_time_unix_nano / 1000);
-        let parent = got["references"].as_array().unwrap().iter().find(|r| r["refType"] == "CHILD_OF");
-        assert_eq!(
-            parent.map(|r| r["spanID"].as_str().unwrap().to_string()),
-            span.parent_span_id.is_valid().then(|| span.parent_span_id.to_hex())
-        );
-        let process = &trace["processes"][got["processID"].as_str().unwrap()];
-        assert_eq!(process["serviceName"], service.as_str());
-    }
-    let (_, services) = spindle.get_json("/api/services");
-    assert!(services["data"].as_array().unwrap().iter().any(|s| s == service.as_str()));
-}
 
 fn post(url: String, content_type: &str, body: Vec<u8>) -> (u16, String) {
     let r = reqwest::blocking::Client::new().post(url).header("content-type", content_type).body(body).send().unwrap();
@@ -62,68 +20,9 @@ fn post(url: String, content_type: &str, body: Vec<u8>) -> (u16, String) {
 fn bytes_from_real_clients_arrive_through_every_receiver() {
     let dir = tempfile::tempdir().unwrap();
     let spindle = Spindle::start(dir.path());
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-
-    for name in ["jaeger_compact_otel_python.bin", "jaeger_compact_py_jaeger_client.bin"] {
-        let bytes = fixture(name);
-        udp.send_to(&bytes, spindle.jaeger_compact).unwrap();
-        assert_arrived(&spindle, &spindle_codec::jaeger_thrift::decode_emit_batch_compact(&bytes).unwrap());
+    for (name, decoded) in common::send_client_fixtures(&spindle) {
+        assert_arrived(&spindle, &decoded, name);
     }
-    let bytes = fixture("jaeger_binary_udp_node_jaeger_client.bin");
-    udp.send_to(&bytes, spindle.jaeger_binary).unwrap();
-    assert_arrived(&spindle, &spindle_codec::jaeger_thrift::decode_emit_batch_binary(&bytes).unwrap());
-
-    for (name, content_type) in [
-        ("jaeger_binary_http_otel_python.bin", "application/x-thrift"),
-        ("jaeger_binary_http_node_jaeger_client.bin", "application/vnd.apache.thrift.binary; charset=utf-8"),
-    ] {
-        let bytes = fixture(name);
-        let (status, _) = post(format!("http://{}/api/traces", spindle.jaeger_http), content_type, bytes.clone());
-        assert_eq!(status, 202, "{name}");
-        assert_arrived(&spindle, &spindle_codec::jaeger_thrift::decode_batch_binary(&bytes).unwrap());
-    }
-
-    let bytes = fixture("zipkin_v2_json_otel_python.json");
-    let (status, _) = post(format!("http://{}/api/v2/spans", spindle.zipkin), "application/json", bytes.clone());
-    assert_eq!(status, 202);
-    assert_arrived(&spindle, &spindle_codec::zipkin::decode_v2_json(&bytes).unwrap());
-    let bytes = fixture("zipkin_v2_proto_otel_python.bin");
-    let (status, _) = post(format!("http://{}/api/v2/spans", spindle.zipkin), "application/x-protobuf", bytes.clone());
-    assert_eq!(status, 202);
-    assert_arrived(&spindle, &spindle_codec::zipkin::decode_v2_proto(&bytes).unwrap());
-    let bytes = fixture("zipkin_v1_json_otel_python.json");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut gz, &bytes).unwrap();
-    let r = reqwest::blocking::Client::new()
-        .post(format!("http://{}/api/v1/spans", spindle.zipkin))
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(gz.finish().unwrap())
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    assert_arrived(&spindle, &spindle_codec::zipkin::decode_v1_json(&bytes).unwrap());
-
-    // Jaeger gRPC: the captured PostSpansRequest, sent with a plain tonic client.
-    let bytes = fixture("jaeger_proto_grpc_otel_python.bin");
-    let request: spindle_codec::jaeger_proto::PostSpansRequest = prost::Message::decode(bytes.as_slice()).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spindle.jaeger_grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = tonic::client::Grpc::new(channel);
-        client.ready().await.unwrap();
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/jaeger.api_v2.CollectorService/PostSpans");
-        let codec: tonic_prost::ProstCodec<
-            spindle_codec::jaeger_proto::PostSpansRequest,
-            spindle_codec::jaeger_proto::PostSpansResponse,
-        > = tonic_prost::ProstCodec::default();
-        client.unary(tonic::Request::new(request), path, codec).await.unwrap();
-    });
-    assert_arrived(&spindle, &spindle_codec::jaeger_proto::decode_post_spans_request(&bytes).unwrap());
 
     // UDP counters tell what arrived.
     let metrics = reqwest::blocking::get(format!("http://{}/metrics", spindle.admin)).unwrap().text().unwrap();
@@ -191,7 +90,7 @@ fn malformed_input_on_every_port_is_answered_or_counted_and_the_server_stays_up(
     assert_eq!(rejected, 9, "{metrics}");
     assert!(spindle.is_running());
     udp.send_to(&good, spindle.jaeger_compact).unwrap();
-    assert_arrived(&spindle, &spindle_codec::jaeger_thrift::decode_emit_batch_compact(&good).unwrap());
+    assert_arrived(&spindle, &spindle_codec::jaeger_thrift::decode_emit_batch_compact(&good).unwrap(), "good datagram");
 }
 
 #[test]

@@ -157,3 +157,118 @@ impl Drop for Spindle {
         self.kill9();
     }
 }
+
+/// Bytes captured from a real client library (`crates/spindle-codec/tests/fixtures`).
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spindle-codec/tests/fixtures").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn post_fixture(url: String, content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> u16 {
+    let mut r = reqwest::blocking::Client::new().post(url).header("content-type", content_type);
+    if let Some(encoding) = encoding {
+        r = r.header("content-encoding", encoding);
+    }
+    r.body(body).send().unwrap().status().as_u16()
+}
+
+/// Sends every client capture but OTLP's to its receiver on `spindle` — Jaeger thrift over
+/// both UDP ports and HTTP, Jaeger gRPC, Zipkin v1 JSON (gzipped), v2 JSON and v2 protobuf —
+/// checking each was accepted; returns what each decodes to, to compare with what reads back.
+pub fn send_client_fixtures(spindle: &Spindle) -> Vec<(&'static str, spindle_codec::Decoded)> {
+    use spindle_codec::{jaeger_proto, jaeger_thrift, zipkin};
+    let mut sent = Vec::new();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for name in ["jaeger_compact_otel_python.bin", "jaeger_compact_py_jaeger_client.bin"] {
+        let bytes = fixture(name);
+        udp.send_to(&bytes, spindle.jaeger_compact).unwrap();
+        sent.push((name, jaeger_thrift::decode_emit_batch_compact(&bytes).unwrap()));
+    }
+    let name = "jaeger_binary_udp_node_jaeger_client.bin";
+    let bytes = fixture(name);
+    udp.send_to(&bytes, spindle.jaeger_binary).unwrap();
+    sent.push((name, jaeger_thrift::decode_emit_batch_binary(&bytes).unwrap()));
+    for (name, content_type) in [
+        ("jaeger_binary_http_otel_python.bin", "application/x-thrift"),
+        ("jaeger_binary_http_node_jaeger_client.bin", "application/vnd.apache.thrift.binary; charset=utf-8"),
+    ] {
+        let bytes = fixture(name);
+        let status =
+            post_fixture(format!("http://{}/api/traces", spindle.jaeger_http), content_type, None, bytes.clone());
+        assert_eq!(status, 202, "{name}");
+        sent.push((name, jaeger_thrift::decode_batch_binary(&bytes).unwrap()));
+    }
+    let zipkin_v2 = format!("http://{}/api/v2/spans", spindle.zipkin);
+    let name = "zipkin_v2_json_otel_python.json";
+    let bytes = fixture(name);
+    assert_eq!(post_fixture(zipkin_v2.clone(), "application/json", None, bytes.clone()), 202, "{name}");
+    sent.push((name, zipkin::decode_v2_json(&bytes).unwrap()));
+    let name = "zipkin_v2_proto_otel_python.bin";
+    let bytes = fixture(name);
+    assert_eq!(post_fixture(zipkin_v2, "application/x-protobuf", None, bytes.clone()), 202, "{name}");
+    sent.push((name, zipkin::decode_v2_proto(&bytes).unwrap()));
+    let name = "zipkin_v1_json_otel_python.json";
+    let bytes = fixture(name);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &bytes).unwrap();
+    let url = format!("http://{}/api/v1/spans", spindle.zipkin);
+    assert_eq!(post_fixture(url, "application/json", Some("gzip"), gz.finish().unwrap()), 202, "{name}");
+    sent.push((name, zipkin::decode_v1_json(&bytes).unwrap()));
+
+    // Jaeger gRPC: the captured PostSpansRequest, sent with a plain tonic client.
+    let name = "jaeger_proto_grpc_otel_python.bin";
+    let bytes = fixture(name);
+    let request: jaeger_proto::PostSpansRequest = prost::Message::decode(bytes.as_slice()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spindle.jaeger_grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic::client::Grpc::new(channel);
+        client.ready().await.unwrap();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/jaeger.api_v2.CollectorService/PostSpans");
+        let codec: tonic_prost::ProstCodec<jaeger_proto::PostSpansRequest, jaeger_proto::PostSpansResponse> =
+            tonic_prost::ProstCodec::default();
+        client.unary(tonic::Request::new(request), path, codec).await.unwrap();
+    });
+    sent.push((name, jaeger_proto::decode_post_spans_request(&bytes).unwrap()));
+    sent
+}
+
+/// Waits until `reader`'s traces hold every span `decoded` holds (sent as `name`), with the
+/// same names, start times, parents and service, and the service is listed.
+pub fn assert_arrived(reader: &Spindle, decoded: &spindle_codec::Decoded, name: &str) {
+    let service = decoded.spans[0].service_name().to_string();
+    let trace_id = decoded.spans[0].trace_id.to_jaeger_hex();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let trace = loop {
+        let (status, body) = reader.get_json(&format!("/api/traces/{trace_id}"));
+        if status == 200 && body["data"][0]["spans"].as_array().map(Vec::len) == Some(decoded.spans.len()) {
+            break body["data"][0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} ({service}): trace {trace_id} incomplete: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for span in &decoded.spans {
+        let got = trace["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["spanID"] == span.span_id.to_hex())
+            .unwrap_or_else(|| panic!("{name}: span {} missing", span.name));
+        assert_eq!(got["operationName"], span.name.as_str(), "{name}");
+        assert_eq!(got["startTime"], span.start_time_unix_nano / 1000, "{name}");
+        let parent = got["references"].as_array().unwrap().iter().find(|r| r["refType"] == "CHILD_OF");
+        assert_eq!(
+            parent.map(|r| r["spanID"].as_str().unwrap().to_string()),
+            span.parent_span_id.is_valid().then(|| span.parent_span_id.to_hex()),
+            "{name}"
+        );
+        let process = &trace["processes"][got["processID"].as_str().unwrap()];
+        assert_eq!(process["serviceName"], service.as_str(), "{name}");
+    }
+    let (_, services) = reader.get_json("/api/services");
+    assert!(services["data"].as_array().unwrap().iter().any(|s| s == service.as_str()), "{name}: {services}");
+}
