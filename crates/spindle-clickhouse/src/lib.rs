@@ -8,13 +8,16 @@
 //! writer does) are stored and dropped when read.
 
 mod rowbinary;
+mod scan;
 mod schema;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use spindle_model::{dependency_edges, links_from_edges, AttributeValue, DependencyLink, Span, SpanKind, TraceId};
-use spindle_store::{Operation, QueryControl, StoreError, TraceQuery, TraceStore};
+use spindle_store::{
+    MinuteBucket, Operation, QueryControl, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore,
+};
 
 use rowbinary::{Reader, Writer};
 
@@ -593,6 +596,39 @@ impl TraceStore for ClickHouseStore {
     /// An acknowledged insert is in ClickHouse's parts; there is nothing to flush here.
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn scan_spans(&self, query: &TraceQuery, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
+        self.scan_matching(query, visit)
+    }
+
+    fn scan_rows(
+        &self,
+        query: &TraceQuery,
+        fields: &RowFields,
+        visit: &mut dyn FnMut(&SpanRow),
+    ) -> Result<(), StoreError> {
+        self.scan_span_rows(query, fields, visit)
+    }
+
+    fn scan_traces(
+        &self,
+        start_unix_nano: u64,
+        end_unix_nano: u64,
+        _fields: &SpanFields,
+        visit: &mut dyn FnMut(&[Span]),
+    ) -> Result<(), StoreError> {
+        self.scan_whole_traces(start_unix_nano, end_unix_nano, visit)
+    }
+
+    fn minute_buckets(
+        &self,
+        start_unix_nano: u64,
+        end_unix_nano: u64,
+        services: &[String],
+        kinds: &[SpanKind],
+    ) -> Result<Option<Vec<MinuteBucket>>, StoreError> {
+        self.minute_statistics(start_unix_nano, end_unix_nano, services, kinds).map(Some)
     }
 }
 
