@@ -3,96 +3,30 @@
 //! `--target ingester --storage clickhouse` process appends them to ClickHouse, and a
 //! `--target query --storage clickhouse` process answers the Jaeger API from there, each
 //! tenant apart; every acknowledged span reads back exactly once, also after the ingester
-//! is killed with SIGKILL mid-stream. And `--target all --storage clickhouse` round-trips.
+//! is killed with SIGKILL mid-stream, and after ClickHouse was killed or hung and came back
+//! (meanwhile the collector keeps accepting into Kafka, the ingester holds its offsets and
+//! says it is not ready, the query instance answers 503 with the reason). And
+//! `--target all --storage clickhouse` round-trips.
 
 mod common;
+mod roles;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use common::Spindle;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
-use spindle_model::{Span, TraceId};
+use roles::{
+    assert_exactly_once, client, committed, ends, export_grpc, get, now_nanos, post, readyz, span_ids, spans,
+    wait_ready, wait_unready, with_kafka, Stream, TOPIC,
+};
 use spindle_test_support::{wait_until, ClickHouse, Tansu};
-use spindle_workload::Workload;
 
-const TOPIC: &str = "spindle-spans";
 const TENANT: &str = "team-a";
-
-fn now_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-fn spans(seed: u64, traces: usize) -> Vec<Span> {
-    Workload::new(seed).batch(traces, now_nanos() - 60_000_000_000, 30_000_000_000)
-}
-
-fn request(spans: &[Span]) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest { resource_spans: spindle_codec::otlp::spans_to_resource_spans(spans) }
-}
 
 fn on_clickhouse(dir: &std::path::Path, clickhouse: &ClickHouse, args: &[&str]) -> Spindle {
     let mut all = vec!["--storage", "clickhouse", "--clickhouse-url", &clickhouse.http_url];
     all.extend_from_slice(args);
     Spindle::start_with(dir, &all)
-}
-
-/// POSTs spans over OTLP/HTTP protobuf; the status.
-fn post(client: &reqwest::blocking::Client, spindle: &Spindle, spans: &[Span], tenant: Option<&str>) -> u16 {
-    let mut r = client
-        .post(format!("http://{}/v1/traces", spindle.http))
-        .header("content-type", "application/x-protobuf")
-        .body(request(spans).encode_to_vec());
-    if let Some(t) = tenant {
-        r = r.header("X-Scope-OrgID", t);
-    }
-    r.send().map(|r| r.status().as_u16()).unwrap_or(0)
-}
-
-/// Exports spans over OTLP/gRPC; the gRPC code.
-fn export_grpc(spindle: &Spindle, spans: &[Span]) -> tonic::Code {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let addr = spindle.grpc;
-    let request = request(spans);
-    runtime.block_on(async move {
-        let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connect");
-        match client.export(request).await {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
-        }
-    })
-}
-
-fn get(client: &reqwest::blocking::Client, spindle: &Spindle, path: &str, tenant: Option<&str>) -> serde_json::Value {
-    let mut r = client.get(spindle.query_url(path));
-    if let Some(t) = tenant {
-        r = r.header("X-Scope-OrgID", t);
-    }
-    match r.send() {
-        Ok(response) if response.status().is_success() => response.json().unwrap_or_default(),
-        _ => serde_json::Value::Null,
-    }
-}
-
-/// The span ids the query API answers for a trace, duplicates included.
-fn span_ids(
-    client: &reqwest::blocking::Client,
-    spindle: &Spindle,
-    trace: TraceId,
-    tenant: Option<&str>,
-) -> Vec<String> {
-    let body = get(client, spindle, &format!("/api/traces/{trace}"), tenant);
-    body["data"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default())
-        .filter_map(|s| s["spanID"].as_str().map(str::to_string))
-        .collect()
 }
 
 /// The trace ids a Jaeger search by service answers.
@@ -111,21 +45,18 @@ fn services(client: &reqwest::blocking::Client, spindle: &Spindle, tenant: Optio
     body["data"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).collect()
 }
 
-/// Waits until every trace of `sent` reads back with each of its spans exactly once.
-fn assert_exactly_once(client: &reqwest::blocking::Client, query: &Spindle, sent: &[Span], tenant: Option<&str>) {
-    let mut expected: HashMap<TraceId, HashSet<String>> = HashMap::new();
-    for s in sent {
-        expected.entry(s.trace_id).or_default().insert(s.span_id.to_string());
-    }
-    for (trace, ids) in &expected {
-        let got = wait_until(&format!("trace {trace} complete on the query instance"), Duration::from_secs(30), || {
-            let got = span_ids(client, query, *trace, tenant);
-            (got.len() >= ids.len()).then_some(got)
-        });
-        let unique: HashSet<String> = got.iter().cloned().collect();
-        assert_eq!(got.len(), unique.len(), "trace {trace}: a span is shown twice: {got:?}");
-        assert_eq!(&unique, ids, "trace {trace}: other spans than sent");
-    }
+/// A collector, an ingester and a query instance over `clickhouse`, in `dirs`.
+fn pipeline(
+    dirs: &[tempfile::TempDir; 3],
+    tansu: &Tansu,
+    clickhouse: &ClickHouse,
+    ingester_args: &[&str],
+) -> (Spindle, Spindle, Spindle) {
+    let collector = Spindle::start_with(dirs[0].path(), &with_kafka(&tansu.bootstrap, "collector", &[]));
+    let ingester = on_clickhouse(dirs[1].path(), clickhouse, &with_kafka(&tansu.bootstrap, "ingester", ingester_args));
+    // Started after the ingester, before any tenant but the default has a database.
+    let query = on_clickhouse(dirs[2].path(), clickhouse, &["--target", "query"]);
+    (collector, ingester, query)
 }
 
 #[test]
@@ -133,12 +64,8 @@ fn collector_kafka_ingester_clickhouse_query_every_acknowledged_span_once_per_te
     let clickhouse = ClickHouse::start();
     let tansu = Tansu::start(&[(TOPIC, 2)]);
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let kafka = ["--kafka-brokers", &tansu.bootstrap, "--kafka-topic", TOPIC];
-    let collector = Spindle::start_with(dirs[0].path(), &[&["--target", "collector"][..], &kafka].concat());
-    let mut ingester = on_clickhouse(dirs[1].path(), &clickhouse, &[&["--target", "ingester"][..], &kafka].concat());
-    // Started after the ingester, before any tenant but the default has a database.
-    let query = on_clickhouse(dirs[2].path(), &clickhouse, &["--target", "query"]);
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let (collector, mut ingester, query) = pipeline(&dirs, &tansu, &clickhouse, &[]);
+    let client = client();
 
     // The query instance runs no receivers and no consumer.
     assert!(post(&client, &query, &spans(9, 1), None) == 0, "the query instance serves OTLP/HTTP");
@@ -188,42 +115,113 @@ fn collector_kafka_ingester_clickhouse_query_every_acknowledged_span_once_per_te
 
     // SIGKILL the ingester while batches stream in; every acknowledged span reads once
     // through the query instance after its restart.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(Mutex::new(Vec::<Span>::new()));
-    let sender = {
-        let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
-        let http_addr = collector.http;
-        std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-            let mut seed = 100;
-            while !stop.load(Ordering::Relaxed) {
-                let batch = spans(seed, 4);
-                seed += 1;
-                let status = client
-                    .post(format!("http://{http_addr}/v1/traces"))
-                    .header("content-type", "application/x-protobuf")
-                    .body(request(&batch).encode_to_vec())
-                    .send()
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0);
-                if status == 200 {
-                    acknowledged.lock().unwrap().extend(batch);
-                }
-            }
-        })
-    };
+    let stream = Stream::start(&collector, 100, 4, Duration::ZERO);
     std::thread::sleep(Duration::from_millis(1500));
     ingester.kill9();
     std::thread::sleep(Duration::from_millis(500));
     ingester.restart();
     std::thread::sleep(Duration::from_millis(1000));
-    stop.store(true, Ordering::Relaxed);
-    sender.join().unwrap();
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let (acknowledged, _) = stream.stop();
     assert!(acknowledged.len() > 100, "only {} spans were acknowledged while streaming", acknowledged.len());
     assert_exactly_once(&client, &query, &acknowledged, None);
     assert_exactly_once(&client, &query, &http, None);
     assert_exactly_once(&client, &query, &tenant, Some(TENANT));
+}
+
+/// How ClickHouse fails in [`clickhouse_outage`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outage {
+    /// Killed (SIGKILL), then started again on its data.
+    Killed,
+    /// Hung (SIGSTOP) for longer than the ingester's ClickHouse request timeout (30 s),
+    /// then resumed.
+    Hung,
+}
+
+/// Streams spans through collector → Kafka → ingester → ClickHouse while ClickHouse fails
+/// as `outage` says, and checks what each role does meanwhile and that, once ClickHouse is
+/// back, everything recovers by itself and every acknowledged span reads exactly once.
+fn clickhouse_outage(outage: Outage) {
+    let mut clickhouse = ClickHouse::start();
+    let tansu = Tansu::start(&[(TOPIC, 2)]);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (collector, ingester, query) = pipeline(&dirs, &tansu, &clickhouse, &[]);
+    let client = client();
+    let before = spans(1, 5);
+    assert_eq!(post(&client, &collector, &before, Some(TENANT)), 200);
+    assert_exactly_once(&client, &query, &before, Some(TENANT));
+
+    let stream = Stream::start(&collector, 100, 2, Duration::from_millis(100));
+    wait_until("spans flowing", Duration::from_secs(10), || (stream.acknowledged() > 20).then_some(()));
+    let outage_started = Instant::now();
+    // A query sent as ClickHouse goes: answered 503 with the reason (for a hung server,
+    // once the request to ClickHouse timed out), never hanging for good or claiming no data.
+    let query_url = query.query_url("/api/services");
+    let during = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let r = client.get(query_url).send().expect("the query instance answers");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    });
+    match outage {
+        Outage::Killed => clickhouse.stop(),
+        Outage::Hung => clickhouse.pause(),
+    }
+    // The ingester and the query instance say they are not ready, naming ClickHouse.
+    wait_unready(&client, &ingester, "clickhouse at");
+    wait_unready(&client, &query, "clickhouse at");
+    // Once the ingester's append in flight failed, its offsets stay where they are while the
+    // collector keeps accepting into Kafka.
+    let partitions = [0, 1];
+    std::thread::sleep(Duration::from_secs(2));
+    let held = committed(&tansu.bootstrap, &partitions);
+    let accepted = stream.acknowledged();
+    let outage_lasts = match outage {
+        Outage::Killed => Duration::from_secs(6),
+        Outage::Hung => Duration::from_secs(33),
+    };
+    std::thread::sleep(outage_lasts.saturating_sub(outage_started.elapsed()));
+    assert!(stream.acknowledged() > accepted, "the collector stopped accepting while ClickHouse was down");
+    assert_eq!(committed(&tansu.bootstrap, &partitions), held, "offsets committed while ClickHouse was down");
+    let end = ends(&tansu.bootstrap, &partitions);
+    assert!(end.iter().sum::<i64>() > held.iter().sum::<i64>(), "nothing waits in Kafka: {end:?} vs {held:?}");
+    let (status, body) = during.join().unwrap();
+    assert_eq!(status, 503, "a query while ClickHouse was {outage:?} answered {status}: {body}");
+    assert!(body.contains("ClickHouse"), "the 503 does not say why: {body}");
+    // An answer 503 with ClickHouse's error in the Jaeger API's `errors`, by trace id too.
+    if outage == Outage::Killed {
+        let r = client.get(query.query_url(&format!("/api/traces/{}", before[0].trace_id))).send().unwrap();
+        assert_eq!(r.status().as_u16(), 503);
+        let body: serde_json::Value = r.json().unwrap();
+        assert!(body["errors"][0]["msg"].as_str().unwrap_or_default().contains("ClickHouse"), "{body}");
+    }
+
+    match outage {
+        Outage::Killed => clickhouse.restart(),
+        Outage::Hung => clickhouse.resume(),
+    }
+    // Everything recovers by itself.
+    wait_ready(&client, &ingester);
+    wait_ready(&client, &query);
+    std::thread::sleep(Duration::from_millis(500));
+    let (acknowledged, refused) = stream.stop();
+    assert!(refused.is_empty(), "the collector refused batches: {refused:?}");
+    assert_exactly_once(&client, &query, &acknowledged, None);
+    assert_exactly_once(&client, &query, &before, Some(TENANT));
+    wait_until("every offset committed", Duration::from_secs(15), || {
+        (committed(&tansu.bootstrap, &partitions) == ends(&tansu.bootstrap, &partitions)).then_some(())
+    });
+    assert!(readyz(&client, &collector).is_some_and(|(s, _)| s == 200), "the collector went unready");
+}
+
+#[test]
+fn clickhouse_killed_and_restarted_nothing_acknowledged_is_lost_or_doubled() {
+    clickhouse_outage(Outage::Killed);
+}
+
+#[test]
+fn clickhouse_hung_past_the_request_timeout_and_resumed_nothing_acknowledged_is_lost_or_doubled() {
+    clickhouse_outage(Outage::Hung);
 }
 
 #[test]
@@ -231,7 +229,7 @@ fn all_on_clickhouse_round_trips_a_span_answers_503_without_it_and_query_needs_i
     let clickhouse = ClickHouse::start();
     let dir = tempfile::tempdir().unwrap();
     let all = on_clickhouse(dir.path(), &clickhouse, &["--target", "all"]);
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let client = client();
     let sent = spans(5, 3);
     assert_eq!(post(&client, &all, &sent, None), 200);
     assert_exactly_once(&client, &all, &sent, None);
@@ -254,15 +252,7 @@ fn all_on_clickhouse_round_trips_a_span_answers_503_without_it_and_query_needs_i
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.text().unwrap().contains("ClickHouse"));
     // ...and /readyz says which dependency is missing.
-    let readyz = format!("http://{}/readyz", all.admin);
-    wait_until("/readyz to name ClickHouse", Duration::from_secs(15), || {
-        let r = client.get(&readyz).send().ok()?;
-        (r.status().as_u16() == 503)
-            .then(|| r.text().ok())
-            .flatten()
-            .filter(|b| b.contains("clickhouse at"))
-            .map(|_| ())
-    });
+    wait_unready(&client, &all, "clickhouse at");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_spindle"))
         .args(["serve", "--target", "query", "--data-dir"])

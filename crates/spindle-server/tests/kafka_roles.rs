@@ -2,145 +2,41 @@
 //! `--target collector` process takes OTLP/HTTP and OTLP/gRPC and writes to Kafka; a
 //! `--target ingester` process consumes, stores and serves the query API. Every span a
 //! client was answered 200/OK for is read back exactly once, with its tenant, also after
-//! the ingester is killed with SIGKILL mid-stream; with the broker gone the collector
-//! answers unavailable, never 200.
+//! the ingester is killed with SIGKILL mid-stream, and with two ingesters sharing a topic's
+//! partitions; each compression codec round-trips; an ingester appends many small messages
+//! at once and commits after; with the broker gone the collector answers unavailable,
+//! never 200.
 
 mod common;
+mod roles;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use common::Spindle;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
-use spindle_model::{Span, TraceId};
+use roles::{
+    assert_exactly_once, by_trace, client, committed, ends, export_grpc, metric, post, produce, span_ids, spans,
+    with_kafka, Stream, TOPIC,
+};
 use spindle_test_support::{wait_until, Tansu};
-use spindle_workload::Workload;
 
-const TOPIC: &str = "spindle-spans";
 const TENANT: &str = "team-a";
 
-fn now_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+fn collector(tansu: &Tansu, dir: &std::path::Path, args: &[&str]) -> Spindle {
+    Spindle::start_with(dir, &with_kafka(&tansu.bootstrap, "collector", args))
 }
 
-fn spans(seed: u64, traces: usize) -> Vec<Span> {
-    Workload::new(seed).batch(traces, now_nanos() - 60_000_000_000, 30_000_000_000)
-}
-
-fn request(spans: &[Span]) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest { resource_spans: spindle_codec::otlp::spans_to_resource_spans(spans) }
-}
-
-fn collector(tansu: &Tansu, dir: &std::path::Path) -> Spindle {
-    Spindle::start_with(dir, &["--target", "collector", "--kafka-brokers", &tansu.bootstrap, "--kafka-topic", TOPIC])
-}
-
-fn ingester(tansu: &Tansu, dir: &std::path::Path) -> Spindle {
-    Spindle::start_with(dir, &["--target", "ingester", "--kafka-brokers", &tansu.bootstrap, "--kafka-topic", TOPIC])
-}
-
-/// POSTs spans over OTLP/HTTP protobuf to the collector; the status.
-fn post(client: &reqwest::blocking::Client, spindle: &Spindle, spans: &[Span], tenant: Option<&str>) -> u16 {
-    let mut r = client
-        .post(format!("http://{}/v1/traces", spindle.http))
-        .header("content-type", "application/x-protobuf")
-        .body(request(spans).encode_to_vec());
-    if let Some(t) = tenant {
-        r = r.header("X-Scope-OrgID", t);
-    }
-    r.send().map(|r| r.status().as_u16()).unwrap_or(0)
-}
-
-/// Exports spans over OTLP/gRPC; the gRPC code.
-fn export_grpc(spindle: &Spindle, spans: &[Span]) -> tonic::Code {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let addr = spindle.grpc;
-    let request = request(spans);
-    runtime.block_on(async move {
-        let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connect");
-        match client.export(request).await {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
-        }
-    })
-}
-
-/// The span ids the ingester's query API answers for a trace, duplicates included.
-fn span_ids(
-    client: &reqwest::blocking::Client,
-    spindle: &Spindle,
-    trace: TraceId,
-    tenant: Option<&str>,
-) -> Vec<String> {
-    let mut r = client.get(spindle.query_url(&format!("/api/traces/{trace}")));
-    if let Some(t) = tenant {
-        r = r.header("X-Scope-OrgID", t);
-    }
-    let Ok(response) = r.send() else { return Vec::new() };
-    if !response.status().is_success() {
-        return Vec::new();
-    }
-    let body: serde_json::Value = response.json().unwrap_or_default();
-    body["data"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default())
-        .filter_map(|s| s["spanID"].as_str().map(str::to_string))
-        .collect()
-}
-
-/// Waits until every trace of `sent` reads back with each of its spans exactly once.
-fn assert_exactly_once(client: &reqwest::blocking::Client, ingester: &Spindle, sent: &[Span], tenant: Option<&str>) {
-    let mut expected: HashMap<TraceId, HashSet<String>> = HashMap::new();
-    for s in sent {
-        expected.entry(s.trace_id).or_default().insert(s.span_id.to_string());
-    }
-    for (trace, ids) in &expected {
-        let got = wait_until(&format!("trace {trace} complete on the ingester"), Duration::from_secs(30), || {
-            let got = span_ids(client, ingester, *trace, tenant);
-            (got.len() >= ids.len()).then_some(got)
-        });
-        let unique: HashSet<String> = got.iter().cloned().collect();
-        assert_eq!(got.len(), unique.len(), "trace {trace}: a span is shown twice: {got:?}");
-        assert_eq!(&unique, ids, "trace {trace}: other spans than sent");
-    }
-}
-
-/// Produces `spans` to the topic as a collector does, straight with rdkafka.
-fn redeliver(tansu: &Tansu, tenant: &str, spans: &[Span]) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &tansu.bootstrap)
-        .set("acks", "all")
-        .create()
-        .expect("test producer");
-    let count = spans.len().to_string();
-    let headers = OwnedHeaders::new()
-        .insert(Header { key: "format", value: Some("otlp-proto/1") })
-        .insert(Header { key: "tenant", value: Some(tenant) })
-        .insert(Header { key: "protocol", value: Some("otlp_http") })
-        .insert(Header { key: "spans", value: Some(&count) });
-    let value = request(spans).encode_to_vec();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let record = FutureRecord::to(TOPIC).key(tenant).payload(&value).headers(headers);
-        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce the duplicate");
-    });
+fn ingester(tansu: &Tansu, dir: &std::path::Path, args: &[&str]) -> Spindle {
+    Spindle::start_with(dir, &with_kafka(&tansu.bootstrap, "ingester", args))
 }
 
 #[test]
 fn collector_kafka_ingester_store_every_acknowledged_span_once_across_an_ingester_crash() {
     let tansu = Tansu::start(&[(TOPIC, 2)]);
     let (c_dir, i_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let collector = collector(&tansu, c_dir.path());
-    let mut ingester = ingester(&tansu, i_dir.path());
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let collector = collector(&tansu, c_dir.path(), &[]);
+    let mut ingester = ingester(&tansu, i_dir.path(), &[]);
+    let client = client();
 
     // OTLP/HTTP (default tenant and team-a) and OTLP/gRPC (default tenant).
     let http = spans(1, 10);
@@ -158,9 +54,10 @@ fn collector_kafka_ingester_store_every_acknowledged_span_once_across_an_ingeste
     assert!(span_ids(&client, &ingester, http[0].trace_id, Some(TENANT)).is_empty(), "default's trace read as team-a");
     // A batch delivered twice (as after a crash between the append and the offset commit)
     // reads once: the same message again, then a marker batch behind it in its partition
-    // (same tenant, same key); once the marker is stored, so is the duplicate.
-    redeliver(&tansu, "single-tenant", &http);
-    let marker = spans(4, 2);
+    // (one trace, so the collector keys it by that trace id, the duplicate's key here);
+    // once the marker is stored, so is the duplicate.
+    let marker = spans(4, 1);
+    produce(&tansu.bootstrap, "single-tenant", &http, &marker[0].trace_id.to_bytes());
     assert_eq!(post(&client, &collector, &marker, None), 200);
     assert_exactly_once(&client, &ingester, &marker, None);
     assert_exactly_once(&client, &ingester, &http, None);
@@ -169,43 +66,130 @@ fn collector_kafka_ingester_store_every_acknowledged_span_once_across_an_ingeste
 
     // SIGKILL the ingester while batches stream in; every acknowledged one is there once
     // after its restart.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(Mutex::new(Vec::<Span>::new()));
-    let sender = {
-        let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
-        let http_addr = collector.http;
-        std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-            let mut seed = 100;
-            while !stop.load(Ordering::Relaxed) {
-                let batch = spans(seed, 4);
-                seed += 1;
-                let status = client
-                    .post(format!("http://{http_addr}/v1/traces"))
-                    .header("content-type", "application/x-protobuf")
-                    .body(request(&batch).encode_to_vec())
-                    .send()
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0);
-                if status == 200 {
-                    acknowledged.lock().unwrap().extend(batch);
-                }
-            }
-        })
-    };
+    let stream = Stream::start(&collector, 100, 4, Duration::ZERO);
     std::thread::sleep(Duration::from_millis(1500));
     ingester.kill9();
     std::thread::sleep(Duration::from_millis(500));
     ingester.restart();
     std::thread::sleep(Duration::from_millis(1000));
-    stop.store(true, Ordering::Relaxed);
-    sender.join().unwrap();
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let (acknowledged, _) = stream.stop();
     assert!(acknowledged.len() > 100, "only {} spans were acknowledged while streaming", acknowledged.len());
     assert_exactly_once(&client, &ingester, &acknowledged, None);
     // And the batches from before the crash, once each still.
     assert_exactly_once(&client, &ingester, &http, None);
     assert_exactly_once(&client, &ingester, &tenant, Some(TENANT));
+}
+
+#[test]
+fn two_ingesters_with_disjoint_partitions_read_every_span_once_between_them() {
+    let tansu = Tansu::start(&[(TOPIC, 4)]);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let collector = collector(&tansu, dirs[0].path(), &[]);
+    // Partition 7 does not exist: named in the log, not an error.
+    let ingesters = [
+        ingester(&tansu, dirs[1].path(), &["--kafka-partitions", "0-1"]),
+        ingester(&tansu, dirs[2].path(), &["--kafka-partitions", "2-3,7"]),
+    ];
+    let client = client();
+
+    // Many batches of every tenant: keyed by trace, not by tenant, they spread over the
+    // partitions, so over both ingesters.
+    let mut sent = Vec::new();
+    for seed in 0..40 {
+        let batch = spans(1000 + seed, 1);
+        assert_eq!(post(&client, &collector, &batch, None), 200);
+        sent.extend(batch);
+    }
+    // Each trace reads from one ingester exactly once, and from the other not at all.
+    for (trace, ids) in &by_trace(&sent) {
+        let (reader, got) = wait_until(&format!("trace {trace} on an ingester"), Duration::from_secs(30), || {
+            ingesters.iter().enumerate().find_map(|(i, ingester)| {
+                let got = span_ids(&client, ingester, *trace, None);
+                (got.len() >= ids.len()).then_some((i, got))
+            })
+        });
+        let unique: HashSet<String> = got.iter().cloned().collect();
+        assert_eq!(got.len(), unique.len(), "trace {trace}: a span is shown twice: {got:?}");
+        assert_eq!(&unique, ids, "trace {trace}: other spans than sent");
+        assert!(span_ids(&client, &ingesters[1 - reader], *trace, None).is_empty(), "trace {trace} read by both");
+    }
+    // Both took a share, and together every span once.
+    let stored: Vec<f64> = ingesters.iter().map(|i| metric(&client, i, "spindle_spans_accepted_total")).collect();
+    assert!(stored.iter().all(|n| *n > 0.0), "an ingester stored nothing: {stored:?}");
+    assert_eq!(stored.iter().sum::<f64>() as usize, sent.len(), "{stored:?}");
+    // Each committed its own partitions, to their ends.
+    let partitions = [0, 1, 2, 3];
+    wait_until("every partition committed to its end", Duration::from_secs(15), || {
+        (committed(&tansu.bootstrap, &partitions) == ends(&tansu.bootstrap, &partitions)).then_some(())
+    });
+}
+
+#[test]
+fn every_compression_codec_round_trips_through_the_broker_and_zstd_is_refused() {
+    let tansu = Tansu::start(&[(TOPIC, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let ingester = ingester(&tansu, dir.path(), &[]);
+    let client = client();
+    for (seed, codec) in ["none", "gzip", "snappy", "lz4"].into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let collector = collector(&tansu, dir.path(), &["--kafka-compression", codec, "--kafka-linger", "20ms"]);
+        let batch = spans(2000 + seed as u64, 20);
+        assert_eq!(post(&client, &collector, &batch, None), 200, "{codec}");
+        assert_exactly_once(&client, &ingester, &batch, None);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .args(["serve", "--target", "collector", "--kafka-brokers", &tansu.bootstrap, "--kafka-compression", "zstd"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid kafka_compression \"zstd\""));
+}
+
+#[test]
+fn an_ingester_appends_many_small_messages_at_once_and_commits_them_after() {
+    let tansu = Tansu::start(&[(TOPIC, 1)]);
+    let (c_dir, i_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let collector = collector(&tansu, c_dir.path(), &[]);
+    let client = client();
+    // 60 small messages waiting in Kafka before the ingester starts.
+    let mut sent = Vec::new();
+    for seed in 0..60 {
+        let batch = spans(3000 + seed, 1);
+        assert_eq!(post(&client, &collector, &batch, None), 200);
+        sent.extend(batch);
+    }
+    assert_eq!(ends(&tansu.bootstrap, &[0]), vec![60]);
+    let started = Instant::now();
+    let batcher = ingester(&tansu, i_dir.path(), &["--ingester-batch-wait", "5s", "--ingester-batch-spans", "1000000"]);
+    // Gathering: nothing appended, nothing committed yet.
+    assert_eq!(metric(&client, &batcher, "spindle_ingester_appends_total"), 0.0);
+    assert_eq!(committed(&tansu.bootstrap, &[0]), vec![-1]);
+    assert!(started.elapsed() < Duration::from_secs(4), "too slow to see the gathering: {:?}", started.elapsed());
+    assert_exactly_once(&client, &batcher, &sent, None);
+    // One append of every span, then the commit of all 60 offsets.
+    wait_until("the append counted", Duration::from_secs(5), || {
+        (metric(&client, &batcher, "spindle_ingester_appends_total") > 0.0).then_some(())
+    });
+    assert_eq!(metric(&client, &batcher, "spindle_ingester_appends_total"), 1.0);
+    assert_eq!(metric(&client, &batcher, "spindle_ingester_append_spans_count"), 1.0);
+    assert_eq!(metric(&client, &batcher, "spindle_ingester_append_spans_sum") as usize, sent.len());
+    wait_until("the batch's offsets committed", Duration::from_secs(15), || {
+        (committed(&tansu.bootstrap, &[0]) == vec![60]).then_some(())
+    });
+    // A batch ends at ingester_batch_spans too: with a bound of one span, one append per message.
+    let (i2_dir, more) = (tempfile::tempdir().unwrap(), spans(3100, 3));
+    assert_eq!(post(&client, &collector, &more, None), 200);
+    let small = ingester(
+        &tansu,
+        i2_dir.path(),
+        &["--ingester-batch-wait", "5s", "--ingester-batch-spans", "1", "--kafka-group", "another-group"],
+    );
+    assert_exactly_once(&client, &small, &more, None);
+    wait_until("61 appends of one message each", Duration::from_secs(5), || {
+        (metric(&client, &small, "spindle_ingester_appends_total") == 61.0).then_some(())
+    });
 }
 
 /// A tansu broker on a given port, killed on drop: `Tansu::start` picks a port of its own,
