@@ -107,7 +107,8 @@ impl Databases {
         if let Some(store) = open.get(database) {
             return Ok(Some(Arc::clone(store)));
         }
-        let options = ClickHouseOptions { cluster: self.cluster.clone(), ..ClickHouseOptions::new(&self.url, database) };
+        let options =
+            ClickHouseOptions { cluster: self.cluster.clone(), ..ClickHouseOptions::new(&self.url, database) };
         let store = Arc::new(ClickHouseStore::open(options)?);
         open.insert(database.to_string(), Arc::clone(&store));
         Ok(Some(store))
