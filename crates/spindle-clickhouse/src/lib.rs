@@ -1,12 +1,13 @@
 //! ClickHouse storage behind [`spindle_store::TraceStore`]: the schema of ADR 018, created
 //! by versioned migrations when a store opens, spoken to over ClickHouse's HTTP interface.
 //!
-//! Every span is kept whole (an encoded blob) beside typed columns that queries filter on,
-//! so `get_trace` returns exactly what was appended, and searches push service, time and
-//! duration into SQL, then test the candidates with the query's own span matcher: answers
-//! equal the embedded store's. Duplicates (a batch appended twice, as an at-least-once
+//! Every span is kept in typed columns that queries filter on, plus a blob of what they
+//! cannot hold (events, links, attribute order, …), so `get_trace` rebuilds exactly what
+//! was appended, and searches push service, time and duration into SQL, then test the
+//! candidates with the query's own span matcher: answers equal the embedded store's. Duplicates (a batch appended twice, as an at-least-once
 //! writer does) are stored and dropped when read.
 
+mod blob;
 mod rowbinary;
 mod scan;
 mod schema;
@@ -19,6 +20,7 @@ use spindle_store::{
     MinuteBucket, Operation, QueryControl, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore,
 };
 
+use blob::{Decoder, Encoder, Row, SPAN_COLUMNS};
 use rowbinary::{Reader, Writer};
 
 pub use schema::{SchemaTarget, ServerVersion, Statements, MIGRATIONS};
@@ -92,9 +94,6 @@ fn trim_url(url: &str) -> String {
     url.trim_end_matches('/').to_string()
 }
 
-/// Bumped when the blob layout changes; reads refuse blobs of another version.
-const BLOB_VERSION: u8 = 1;
-
 /// Dates are days since 1970 in a `UInt16`; later spans share the last day.
 fn day_of(unix_nano: u64) -> u16 {
     (unix_nano / 86_400_000_000_000).min(u64::from(u16::MAX)) as u16
@@ -151,21 +150,6 @@ fn trace_literal(id: TraceId) -> String {
 
 fn kind_code(kind: SpanKind) -> u8 {
     kind.to_otlp() as u8
-}
-
-fn encode_span(span: &Span) -> Result<Vec<u8>, StoreError> {
-    let mut blob = vec![BLOB_VERSION];
-    blob.extend(postcard::to_stdvec(span).map_err(|e| StoreError::Encode(e.to_string()))?);
-    Ok(blob)
-}
-
-fn decode_span(blob: &[u8]) -> Result<Span, StoreError> {
-    let bad = |reason: String| StoreError::Block { path: "clickhouse spans.span".into(), reason };
-    match blob.split_first() {
-        Some((&BLOB_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| bad(e.to_string())),
-        Some((v, _)) => Err(bad(format!("span blob version {v}, this release reads {BLOB_VERSION}"))),
-        None => Err(bad("empty span blob".into())),
-    }
 }
 
 /// Keeps the first span of each span id: appends repeated by a retrying writer leave
@@ -407,13 +391,21 @@ impl ClickHouseStore {
     }
 
     fn spans_where(&self, filter: &str) -> Result<Vec<Span>, StoreError> {
-        let bytes = self.rows(&format!("SELECT span FROM spans WHERE {filter}"))?;
-        let mut reader = Reader::new(&bytes);
+        let bytes = self.rows(&format!("SELECT {SPAN_COLUMNS} FROM spans WHERE {filter}"))?;
         let mut spans = Vec::new();
-        while !reader.is_empty() {
-            spans.push(decode_span(reader.string().map_err(|e| self.malformed(e))?)?);
-        }
+        self.read_spans(&bytes, &mut |span| spans.push(span))?;
         Ok(spans)
+    }
+
+    /// Rebuilds the spans of an answer to `SELECT` [`SPAN_COLUMNS`].
+    fn read_spans(&self, bytes: &[u8], visit: &mut dyn FnMut(Span)) -> Result<(), StoreError> {
+        let mut reader = Reader::new(bytes);
+        let mut decoder = Decoder::default();
+        while !reader.is_empty() {
+            let row = Row::read(&mut reader).map_err(|e| self.malformed(e))?;
+            visit(decoder.span(row)?);
+        }
+        Ok(())
     }
 
     fn malformed(&self, what: &str) -> StoreError {
@@ -491,8 +483,9 @@ impl TraceStore for ClickHouseStore {
         }
         self.insert("trace_id_ts (day, trace_id, min_start, max_start)", rows)?;
         let mut rows = Writer::default();
+        let mut blobs = Encoder::default();
         for span in &spans {
-            write_span_row(&mut rows, span)?;
+            write_span_row(&mut rows, span, &mut blobs)?;
         }
         self.insert(schema::SPAN_INSERT, rows)
     }
@@ -633,7 +626,7 @@ impl TraceStore for ClickHouseStore {
 }
 
 /// One row of `spans`, in the column order of [`schema::SPAN_INSERT`].
-fn write_span_row(rows: &mut Writer, span: &Span) -> Result<(), StoreError> {
+fn write_span_row(rows: &mut Writer, span: &Span, blobs: &mut Encoder) -> Result<(), StoreError> {
     let start = span.start_time_unix_nano;
     rows.u16(day_of(start))
         .u64(start)
@@ -645,6 +638,14 @@ fn write_span_row(rows: &mut Writer, span: &Span) -> Result<(), StoreError> {
         .u8(kind_code(span.kind))
         .u64(span.duration_nanos())
         .u8(span.status.code.to_otlp() as u8);
+    write_attribute_columns(rows, span);
+    rows.string(&blobs.encode(span)?);
+    Ok(())
+}
+
+/// `str_keys` to `resource_values`: the attributes the typed arrays hold; the blob holds
+/// the others and the order of all.
+fn write_attribute_columns(rows: &mut Writer, span: &Span) {
     let mut strings = (Vec::new(), Vec::new());
     let mut ints = (Vec::new(), Vec::new());
     let mut bools = (Vec::new(), Vec::new());
@@ -667,7 +668,7 @@ fn write_span_row(rows: &mut Writer, span: &Span) -> Result<(), StoreError> {
                 doubles.0.push(kv.key.as_bytes());
                 doubles.1.push(*d);
             }
-            // Bytes, arrays and maps live in the blob only.
+            // Bytes, arrays and maps go to the blob.
             _ => {}
         }
     }
@@ -692,8 +693,6 @@ fn write_span_row(rows: &mut Writer, span: &Span) -> Result<(), StoreError> {
         .collect();
     rows.strings(&resource.iter().map(|r| r.0).collect::<Vec<_>>());
     rows.strings(&resource.iter().map(|r| r.1).collect::<Vec<_>>());
-    rows.string(&encode_span(span)?);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -713,16 +712,5 @@ mod tests {
     fn literals_escape_quotes_backslashes_and_bytes() {
         assert_eq!(literal(b"a'b\\c"), r"'a\'b\\c'");
         assert_eq!(literal(&[0, 255]), r"'\x00\xFF'");
-    }
-
-    #[test]
-    fn blobs_round_trip_and_refuse_other_versions() {
-        let span = Span { name: "get".into(), start_time_unix_nano: 5, ..Default::default() };
-        let blob = encode_span(&span).unwrap();
-        assert_eq!(decode_span(&blob).unwrap(), span);
-        let mut other = blob.clone();
-        other[0] = BLOB_VERSION + 1;
-        assert!(decode_span(&other).is_err());
-        assert!(decode_span(&[]).is_err());
     }
 }

@@ -134,6 +134,29 @@ impl<'a> Reader<'a> {
         let len = usize::try_from(self.varint()?).map_err(|_| "string too long")?;
         self.take(len)
     }
+
+    /// What is left to read.
+    pub(crate) fn remaining(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// An array whose elements `element` reads.
+    pub(crate) fn array<T>(
+        &mut self,
+        mut element: impl FnMut(&mut Self) -> Result<T, &'static str>,
+    ) -> Result<Vec<T>, &'static str> {
+        let len = usize::try_from(self.varint()?).map_err(|_| "array too long")?;
+        // Every element takes a byte at least: a corrupt length allocates no more than the answer.
+        let mut items = Vec::with_capacity(len.min(self.0.len()));
+        for _ in 0..len {
+            items.push(element(self)?);
+        }
+        Ok(items)
+    }
+
+    pub(crate) fn strings(&mut self) -> Result<Vec<&'a [u8]>, &'static str> {
+        self.array(Self::string)
+    }
 }
 
 #[cfg(test)]
@@ -157,5 +180,13 @@ mod tests {
         assert!(r.is_empty());
         assert_eq!(Reader::new(&(-3i32).to_le_bytes()).i32(), Ok(-3));
         assert!(Reader::new(&[5, 1]).string().is_err());
+        let mut w = Writer::default();
+        w.strings(&[b"a", b"bc"]).array_len(2).i64(1).i64(-1);
+        let bytes = w.into_bytes();
+        let mut r = Reader::new(&bytes);
+        assert_eq!(r.strings(), Ok(vec![&b"a"[..], &b"bc"[..]]));
+        assert_eq!(r.array(Reader::i64), Ok(vec![1, -1]));
+        assert!(r.is_empty() && r.remaining().is_empty());
+        assert!(Reader::new(&[0xff, 0xff, 0xff, 0x7f]).strings().is_err(), "a length past the answer");
     }
 }

@@ -9,8 +9,9 @@ use spindle_model::{AttributeValue, Span, SpanId, SpanKind, StatusCode, TraceId}
 use spindle_query::sketch::GAMMA;
 use spindle_store::{MinuteBucket, QueryControl, RowFields, SpanRow, StoreError, TraceQuery};
 
+use crate::blob::{Decoder, Row, SPAN_COLUMNS, TAIL_COLUMNS};
 use crate::rowbinary::Reader;
-use crate::{day_filter, decode_span, dedupe, kind_code, literal, span_filter, ClickHouseStore};
+use crate::{day_filter, dedupe, kind_code, literal, span_filter, ClickHouseStore};
 
 const MINUTE_NANOS: u64 = 60_000_000_000;
 
@@ -24,28 +25,28 @@ fn identity_group(span_service: &str, name: &str, key: &str) -> Option<String> {
 }
 
 impl ClickHouseStore {
-    /// Every span matching `query`, each once, decoded from its blob.
+    /// Every span matching `query`, each once, rebuilt from its row.
     pub(crate) fn scan_matching(&self, query: &TraceQuery, visit: &mut dyn FnMut(&Span)) -> Result<(), StoreError> {
         query.check()?;
         if query.start_time_min_unix_nano > query.start_time_max_unix_nano {
             return Ok(());
         }
-        let bytes =
-            self.rows(&format!("SELECT span FROM spans WHERE {} LIMIT 1 BY trace_id, span_id", span_filter(query)))?;
+        let bytes = self.rows(&format!(
+            "SELECT {SPAN_COLUMNS} FROM spans WHERE {} LIMIT 1 BY trace_id, span_id",
+            span_filter(query)
+        ))?;
         query.check()?;
-        let mut reader = Reader::new(&bytes);
-        while !reader.is_empty() {
-            let span = decode_span(reader.string().map_err(|e| self.malformed(e))?)?;
+        self.read_spans(&bytes, &mut |span| {
             if query.matches_span(&span) {
                 visit(&span);
             }
-        }
-        Ok(())
+        })
     }
 
     /// Rows for RED statistics: typed columns only, unless the query has attribute pairs
-    /// (decided by the span matcher on blobs) or the group key is held only in a blob (a
-    /// resource attribute, an event's, a bytes or array value).
+    /// (decided by the span matcher on whole spans) or the group key may be held where the
+    /// typed columns cannot say it comes first (a bytes or array value, a non-string
+    /// resource attribute, a key twice).
     pub(crate) fn scan_span_rows(
         &self,
         query: &TraceQuery,
@@ -60,16 +61,39 @@ impl ClickHouseStore {
             return Ok(());
         }
         let attribute_key = fields.group_by.as_deref().filter(|k| identity_group("", "", k).is_none());
+        // `Span::group_text`: the span's first attribute with the key, of any type, else the
+        // resource's. A key in exactly one typed array and nowhere in the blob (which holds
+        // the span's other attributes and the resource's non-string ones) is the span's
+        // first (routes 1-4); a key in no typed array and nowhere in the blob is the
+        // resource's first string attribute, if any (6). Anything else, rare, rebuilds the
+        // span (5): a key twice, a bytes or array value, a non-string resource attribute, a
+        // version-1 blob (which holds every attribute), or a key that merely occurs in the
+        // blob's text (an event's attribute, say).
         let group_columns = match attribute_key {
             None => String::new(),
             Some(key) => {
                 let k = literal(key.as_bytes());
+                let typed = format!(
+                    "countEqual(str_keys, {k}) + countEqual(int_keys, {k}) + countEqual(bool_keys, {k}) \
+                     + countEqual(double_keys, {k})"
+                );
+                let tail: Vec<String> = TAIL_COLUMNS
+                    .iter()
+                    .map(|&c| match c {
+                        "parent_span_id" => c.to_string(),
+                        "span" => "if(route = 5, span, '')".to_string(),
+                        // Empty unless rebuilt; `if` with `[]` is refused by 18.16.
+                        array => format!("arraySlice({array}, 1, if(route = 5, length({array}), 0))"),
+                    })
+                    .collect();
                 format!(
-                    ", multiIf(has(str_keys, {k}), 1, has(int_keys, {k}), 2, has(bool_keys, {k}), 3, \
-                     has(double_keys, {k}), 4, position(span, {k}) > 0, 5, 0) AS route, \
+                    ", multiIf({typed} = 1 AND position(span, {k}) = 0, \
+                     multiIf(has(str_keys, {k}), 1, has(int_keys, {k}), 2, has(bool_keys, {k}), 3, 4), \
+                     {typed} = 0 AND position(span, {k}) = 0, if(has(resource_keys, {k}), 6, 0), 5) AS route, \
                      str_values[indexOf(str_keys, {k})], int_values[indexOf(int_keys, {k})], \
                      bool_values[indexOf(bool_keys, {k})], double_values[indexOf(double_keys, {k})], \
-                     if(route = 5, span, '')"
+                     resource_values[indexOf(resource_keys, {k})], {}",
+                    tail.join(", ")
                 )
             }
         };
@@ -81,15 +105,21 @@ impl ClickHouseStore {
         query.check()?;
         let bad = |e| self.malformed(e);
         let mut reader = Reader::new(&bytes);
+        let mut decoder = Decoder::default();
         while !reader.is_empty() {
-            let trace_id = reader.trace_id().map_err(bad)?;
-            let span_id = SpanId(reader.u64().map_err(bad)?);
+            let mut head = Row::default();
+            head.trace_id = reader.trace_id().map_err(bad)?;
+            head.span_id = SpanId(reader.u64().map_err(bad)?);
             let service = String::from_utf8_lossy(reader.string().map_err(bad)?);
-            let name = String::from_utf8_lossy(reader.string().map_err(bad)?);
-            let kind = SpanKind::from_otlp(i32::from(reader.u8().map_err(bad)?));
-            let start = reader.u64().map_err(bad)?;
-            let duration = reader.u64().map_err(bad)?;
-            let status = StatusCode::from_otlp(i32::from(reader.u8().map_err(bad)?));
+            head.name = reader.string().map_err(bad)?;
+            head.kind = reader.u8().map_err(bad)?;
+            head.start = reader.u64().map_err(bad)?;
+            head.duration = reader.u64().map_err(bad)?;
+            head.status = reader.u8().map_err(bad)?;
+            let (trace_id, span_id, start, duration) = (head.trace_id, head.span_id, head.start, head.duration);
+            let name = String::from_utf8_lossy(head.name);
+            let kind = SpanKind::from_otlp(i32::from(head.kind));
+            let status = StatusCode::from_otlp(i32::from(head.status));
             let group = match (&fields.group_by, attribute_key) {
                 (None, _) => None,
                 (Some(key), None) => identity_group(&service, &name, key),
@@ -99,13 +129,16 @@ impl ClickHouseStore {
                     let int = reader.i64().map_err(bad)?;
                     let boolean = reader.u8().map_err(bad)?;
                     let double = reader.f64().map_err(bad)?;
-                    let blob = reader.string().map_err(bad)?;
+                    let resource_text = reader.string().map_err(bad)?;
+                    let mut row = head;
+                    row.read_tail(&mut reader).map_err(bad)?;
                     match route {
                         1 => Some(String::from_utf8_lossy(text).into_owned()),
                         2 => Some(AttributeValue::Int(int).to_display_string()),
                         3 => Some(AttributeValue::Bool(boolean != 0).to_display_string()),
                         4 => Some(AttributeValue::Double(double).to_display_string()),
-                        5 => decode_span(blob)?.group_text(key).map(|g| g.into_owned()),
+                        5 => decoder.span(row)?.group_text(key).map(|g| g.into_owned()),
+                        6 => Some(String::from_utf8_lossy(resource_text).into_owned()),
                         _ => None,
                     }
                 }

@@ -15,8 +15,9 @@ use spindle_test_support::ClickHouse;
 const T0: u64 = 1_765_000_000_000_000_000;
 
 /// A deterministic mix: three services, string/int/bool/double attributes, a key held
-/// only by the resource, one only in events, one as bytes, errors, zero durations, spans
-/// over six minutes.
+/// only by the resource (as a string, an int, a map), one only in events, one as bytes,
+/// keys held twice with different types (whichever comes first is the group), errors,
+/// zero durations, ends before starts, spans over six minutes.
 fn spans() -> Vec<Span> {
     let resources: Vec<Arc<Resource>> = ["api", "db", "worker"]
         .iter()
@@ -27,6 +28,8 @@ fn spans() -> Vec<Span> {
                     KeyValue::string("service.name", *service),
                     KeyValue::string("region", ["eu", "us", "ap"][i]),
                     KeyValue::new("shard", AttributeValue::Int(i as i64)),
+                    KeyValue::new("labels", AttributeValue::Map(Vec::new())),
+                    KeyValue::string("region", "second"),
                 ],
                 dropped_attributes_count: 0,
             })
@@ -37,11 +40,18 @@ fn spans() -> Vec<Span> {
             let start = T0 + i * 600_000_000 + i % 7;
             let duration = if i % 50 == 0 { 0 } else { (i * 7_919) % 3_000_000 + 1 };
             let mut attributes = vec![KeyValue::string("symbol", ["AAPL", "7203.T", "MSFT"][(i % 3) as usize])];
+            if i % 13 == 0 {
+                // Before the int of the same key, when there is one.
+                attributes.push(KeyValue::new("http.status_code", AttributeValue::Array(vec![AttributeValue::Int(1)])));
+            }
             if i % 2 == 0 {
                 attributes.push(KeyValue::new("http.status_code", AttributeValue::Int(200 + (i % 4) as i64)));
             }
             if i % 3 == 0 {
                 attributes.push(KeyValue::new("cached", AttributeValue::Bool(i % 6 == 0)));
+            }
+            if i % 7 == 0 {
+                attributes.push(KeyValue::string("score", "high"));
             }
             if i % 5 == 0 {
                 attributes.push(KeyValue::new("score", AttributeValue::Double(i as f64 / 8.0)));
@@ -67,7 +77,7 @@ fn spans() -> Vec<Span> {
                 name: ["get", "put", "scan"][(i % 3) as usize].into(),
                 kind: [SpanKind::Server, SpanKind::Client, SpanKind::Internal][(i % 3) as usize],
                 start_time_unix_nano: start,
-                end_time_unix_nano: start + duration,
+                end_time_unix_nano: if i % 23 == 0 { start - 5 } else { start + duration },
                 attributes,
                 events,
                 status: Status {
@@ -135,6 +145,7 @@ fn scans_give_what_the_spans_give_each_span_once() {
         Some("score"),
         Some("region"),
         Some("shard"),
+        Some("labels"),
         Some("attempt"),
         Some("blob"),
         Some("service"),
