@@ -1,6 +1,6 @@
 //! Bytes per span on disk for the reference workload: appends `--spans` spans of
-//! `spindle_workload::Workload::new(1)` in batches of `--batch`, merges every part
-//! (`OPTIMIZE TABLE … FINAL`), then prints compressed bytes per span of `spans` (with its
+//! `spindle_workload::Workload::new(1)` in batches of `--batch`, merges each partition into
+//! one part (`OPTIMIZE TABLE … FINAL`, until it is), then prints compressed bytes per span of `spans` (with its
 //! `span` blob apart) and of `trace_id_ts`, from `system.parts` and `system.columns`.
 //!
 //! ```text
@@ -72,7 +72,26 @@ fn run() -> Result<(), String> {
     let url = args.url.trim_end_matches('/');
     let db = &args.database;
     for table in ["spans", "trace_id_ts"] {
-        sql(&client, url, &format!("OPTIMIZE TABLE {db}.{table} FINAL"))?;
+        // OPTIMIZE does nothing, silently, while a background merge holds the parts: ask
+        // again until every partition is one part.
+        for attempt in 0.. {
+            sql(&client, url, &format!("OPTIMIZE TABLE {db}.{table} FINAL"))?;
+            let most = sql(
+                &client,
+                url,
+                &format!(
+                    "SELECT max(c) FROM (SELECT count() AS c FROM system.parts WHERE database = '{db}' \
+                     AND table = '{table}' AND active GROUP BY partition)"
+                ),
+            )?;
+            if most.trim() == "1" {
+                break;
+            }
+            if attempt == 600 {
+                return Err(format!("{table} still has {} parts per partition after merging", most.trim()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
     }
     let parts = sql(
         &client,
