@@ -151,7 +151,7 @@ const SERVICE_SHARDING: &str = "cityHash64(service)";
 fn spans(t: &SchemaTarget) -> Vec<String> {
     let text = t.text_type();
     // Starts are sorted within each (service, name) run of the sort key, so their deltas
-    // compress; ids and the blob are random-looking and get ZSTD alone.
+    // compress; ids are random-looking and get ZSTD alone, as does the blob.
     let time = t.codec("Delta, ZSTD(1)");
     let zstd = t.codec("ZSTD(1)");
     let keys = format!("Array({text})");
