@@ -38,6 +38,11 @@ pub struct ClickHouseOptions {
     /// Spread the data over the shards of a cluster (`Distributed` tables); `None` keeps
     /// everything on the server at `url`.
     pub cluster: Option<Cluster>,
+    /// The ClickHouse user and password, sent with every request (HTTP basic auth); `None`
+    /// is ClickHouse's `default` user without a password.
+    pub credentials: Option<(String, String)>,
+    /// PEM certificates trusted for `https://` URLs besides the system's roots (a private CA).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// A ClickHouse cluster as its servers' `remote_servers` config names it.
@@ -57,6 +62,29 @@ impl ClickHouseOptions {
             database: database.into(),
             timeout: Duration::from_secs(30),
             cluster: None,
+            credentials: None,
+            ca_pem: None,
+        }
+    }
+
+    /// An HTTP client for these options' servers: their CA trusted, `timeout` per request.
+    pub fn client(&self, timeout: Duration) -> Result<reqwest::blocking::Client, StoreError> {
+        let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
+        if let Some(pem) = &self.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| http_error(&self.url, format!("CA file: {e}")))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        builder.build().map_err(|e| http_error(&self.url, e.to_string()))
+    }
+
+    /// `request` with these options' credentials.
+    pub fn authorize(&self, request: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+        match &self.credentials {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
         }
     }
 
@@ -78,6 +106,8 @@ pub struct ClickHouseStore {
     nodes: Vec<String>,
     /// URL parameters of every request (ClickHouse settings).
     settings: Vec<(&'static str, &'static str)>,
+    /// Credentials and CA, as opened with.
+    access: ClickHouseOptions,
 }
 
 /// Names that go into SQL unquoted (database, cluster): letters, digits, underscores.
@@ -185,11 +215,10 @@ impl ClickHouseStore {
             // sharded by id, so a trace and its index rows are always on the same shard.
             settings.push(("distributed_product_mode", "local"));
         }
-        let client = reqwest::blocking::Client::builder()
-            .timeout(options.timeout)
-            .build()
-            .map_err(|e| http_error(&options.url, e.to_string()))?;
+        let client = options.client(options.timeout)?;
+        let access = options.clone();
         let mut store = ClickHouseStore {
+            access,
             client,
             url,
             database: options.database,
@@ -352,8 +381,8 @@ impl ClickHouseStore {
             data
         };
         let response = self
-            .client
-            .post(node)
+            .access
+            .authorize(self.client.post(node))
             .query(&params)
             .body(body)
             .send()

@@ -101,6 +101,18 @@ fn clickhouse_specific_behaviour() {
     let down = spindle_test_support::free_port();
     let err = ClickHouseStore::open(ClickHouseOptions::new(format!("http://127.0.0.1:{down}"), "x")).err().unwrap();
     assert!(err.to_string().contains("ClickHouse at"), "{err}");
+
+    // Credentials: a user with a password reads and writes; a wrong password is refused
+    // with ClickHouse's reason, before anything is created.
+    let as_user = |password: &str| ClickHouseOptions {
+        credentials: Some((ClickHouse::USER.to_string(), password.to_string())),
+        ..ClickHouseOptions::new(&server.http_url, "with_user")
+    };
+    let err = ClickHouseStore::open(as_user("wrong")).err().expect("a wrong password is refused");
+    assert!(err.to_string().contains("Authentication failed") || err.to_string().contains("password"), "{err}");
+    let store = ClickHouseStore::open(as_user(ClickHouse::PASSWORD)).unwrap();
+    store.append(trace.clone()).unwrap();
+    assert_eq!(store.get_trace(TraceId(7)).unwrap().len(), 2);
 }
 
 /// Spans of every shape the typed columns alone cannot give back: attributes in mixed

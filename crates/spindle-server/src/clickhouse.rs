@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::ClickHouseSettings;
 use crate::group_commit::GroupCommit;
 
-use spindle_clickhouse::{ClickHouseOptions, ClickHouseStore, Cluster};
+use spindle_clickhouse::{ClickHouseOptions, ClickHouseStore};
 use spindle_model::{DependencyLink, Span, SpanKind, TraceId};
 use spindle_store::{MinuteBucket, Operation, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore};
 
@@ -54,7 +54,8 @@ pub fn tenant_of(prefix: &str, database: &str) -> Option<String> {
 pub struct Databases {
     url: String,
     prefix: String,
-    cluster: Option<Cluster>,
+    /// How every store connects: URL, cluster, credentials, CA.
+    options: ClickHouseOptions,
     /// Joined appends (spans, wait) for writers that do not batch themselves.
     group_commit: Option<(usize, Duration)>,
     client: reqwest::blocking::Client,
@@ -67,9 +68,18 @@ impl Databases {
         Ok(Databases {
             url: settings.url.trim_end_matches('/').to_string(),
             prefix: settings.database.clone(),
-            cluster: settings.cluster.clone(),
+            options: ClickHouseOptions {
+                cluster: settings.cluster.clone(),
+                credentials: settings.credentials.clone(),
+                ca_pem: settings.ca_pem.clone(),
+                ..ClickHouseOptions::new(&settings.url, &settings.database)
+            },
             group_commit: group_commit.then_some((settings.batch_spans, settings.batch_wait)),
-            client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            client: ClickHouseOptions {
+                ca_pem: settings.ca_pem.clone(),
+                ..ClickHouseOptions::new(&settings.url, &settings.database)
+            }
+            .client(Duration::from_secs(10))?,
             open: Mutex::default(),
         })
     }
@@ -107,8 +117,7 @@ impl Databases {
         if let Some(store) = open.get(database) {
             return Ok(Some(Arc::clone(store)));
         }
-        let options =
-            ClickHouseOptions { cluster: self.cluster.clone(), ..ClickHouseOptions::new(&self.url, database) };
+        let options = ClickHouseOptions { database: database.to_string(), ..self.options.clone() };
         let store = Arc::new(ClickHouseStore::open(options)?);
         open.insert(database.to_string(), Arc::clone(&store));
         Ok(Some(store))
@@ -135,8 +144,12 @@ impl Databases {
             path: format!("ClickHouse at {}", self.url),
             source: std::io::Error::other(message),
         };
-        let response =
-            self.client.post(&self.url).body(sql.to_string()).send().map_err(|e| error(e.without_url().to_string()))?;
+        let response = self
+            .options
+            .authorize(self.client.post(&self.url))
+            .body(sql.to_string())
+            .send()
+            .map_err(|e| error(e.without_url().to_string()))?;
         let status = response.status();
         let text = response.text().map_err(|e| error(e.without_url().to_string()))?;
         if !status.is_success() {

@@ -373,6 +373,19 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINDLE_CLICKHOUSE_SHARDS", value_name = "URLS")]
     pub clickhouse_shards: Option<String>,
 
+    /// ClickHouse user Spindle connects as (HTTP basic auth) [default: ClickHouse's `default`]
+    #[arg(long, env = "SPINDLE_CLICKHOUSE_USER", value_name = "USER")]
+    pub clickhouse_user: Option<String>,
+
+    /// File holding the ClickHouse user's password (one line), with clickhouse_user
+    #[arg(long, env = "SPINDLE_CLICKHOUSE_PASSWORD_FILE", value_name = "FILE")]
+    pub clickhouse_password_file: Option<PathBuf>,
+
+    /// PEM file of CA certificates trusted for `https://` ClickHouse URLs, besides the
+    /// system's roots
+    #[arg(long, env = "SPINDLE_CLICKHOUSE_CA_FILE", value_name = "FILE")]
+    pub clickhouse_ca_file: Option<PathBuf>,
+
     /// Receivers writing to ClickHouse join concurrent requests into one insert of up to
     /// this many spans [default: 10000]
     #[arg(long, env = "SPINDLE_CLICKHOUSE_BATCH_SPANS", value_name = "N")]
@@ -529,6 +542,9 @@ impl ServeArgs {
             clickhouse_database: self.clickhouse_database.or(file.clickhouse_database),
             clickhouse_cluster: self.clickhouse_cluster.or(file.clickhouse_cluster),
             clickhouse_shards: self.clickhouse_shards.or(file.clickhouse_shards),
+            clickhouse_user: self.clickhouse_user.or(file.clickhouse_user),
+            clickhouse_password_file: self.clickhouse_password_file.or(file.clickhouse_password_file),
+            clickhouse_ca_file: self.clickhouse_ca_file.or(file.clickhouse_ca_file),
             clickhouse_batch_spans: self.clickhouse_batch_spans.or(file.clickhouse_batch_spans),
             clickhouse_batch_wait: self.clickhouse_batch_wait.or(file.clickhouse_batch_wait),
             tenants: self.tenants.or(file.tenants),
@@ -625,6 +641,10 @@ pub struct ClickHouseSettings {
     pub database: String,
     /// Shards of a `Distributed` cluster; `None` for one server.
     pub cluster: Option<spindle_clickhouse::Cluster>,
+    /// User and password (read from `clickhouse_password_file`).
+    pub credentials: Option<(String, String)>,
+    /// The contents of `clickhouse_ca_file`.
+    pub ca_pem: Option<Vec<u8>>,
     /// Group commit of the receivers' appends (`clickhouse_batch_*`).
     pub batch_spans: usize,
     pub batch_wait: Duration,
@@ -663,10 +683,32 @@ fn storage(a: &ServeArgs) -> anyhow::Result<Storage> {
                 }
                 _ => anyhow::bail!("clickhouse_cluster and clickhouse_shards go together"),
             };
+            let credentials = match (a.clickhouse_user.as_deref().map(str::trim), &a.clickhouse_password_file) {
+                (None, None) => None,
+                (Some(user), password_file) if !user.is_empty() => {
+                    let password = match password_file {
+                        None => String::new(),
+                        Some(path) => std::fs::read_to_string(path)
+                            .with_context(|| format!("reading clickhouse_password_file {}", path.display()))?
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string(),
+                    };
+                    Some((user.to_string(), password))
+                }
+                _ => anyhow::bail!("clickhouse_password_file needs clickhouse_user"),
+            };
+            let ca_pem = match &a.clickhouse_ca_file {
+                None => None,
+                Some(path) => Some(
+                    std::fs::read(path).with_context(|| format!("reading clickhouse_ca_file {}", path.display()))?,
+                ),
+            };
             Ok(Storage::ClickHouse(ClickHouseSettings {
                 url,
                 database,
                 cluster,
+                credentials,
+                ca_pem,
                 batch_spans: count("clickhouse_batch_spans", a.clickhouse_batch_spans, 10_000)?,
                 batch_wait: duration(
                     "clickhouse_batch_wait",
@@ -915,6 +957,8 @@ mod tests {
             url,
             database: "traces".into(),
             cluster: None,
+            credentials: None,
+            ca_pem: None,
             batch_spans: 10_000,
             batch_wait: Duration::from_millis(100),
         };
@@ -954,6 +998,7 @@ mod tests {
             ("clickhouse", "--clickhouse-cluster", "a", "go together"),
             ("clickhouse", "--clickhouse-shards", "http://a:1", "go together"),
             ("clickhouse", "--clickhouse-batch-spans", "0", "clickhouse_batch_spans must be positive"),
+            ("clickhouse", "--clickhouse-password-file", "/nonexistent", "needs clickhouse_user"),
         ] {
             let cli = Cli::parse_from(["spindle", "--storage", storage, flag, value]);
             let err = format!("{:#}", cli.serve.resolve().unwrap_err());

@@ -59,10 +59,15 @@ pub struct Dependencies {
 }
 
 impl Dependencies {
-    pub fn new(clickhouse_url: Option<&str>, kafka_brokers: Option<&str>) -> anyhow::Result<Self> {
+    /// `clickhouse`: its URL and the PEM CA certificates trusted for it (`clickhouse_ca_file`).
+    pub fn new(clickhouse: Option<(&str, Option<&[u8]>)>, kafka_brokers: Option<&str>) -> anyhow::Result<Self> {
         let mut probes = Vec::new();
-        if let Some(url) = clickhouse_url {
-            let client = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build()?;
+        if let Some((url, ca_pem)) = clickhouse {
+            let mut builder = reqwest::Client::builder().timeout(PROBE_TIMEOUT);
+            for cert in ca_pem.map(reqwest::Certificate::from_pem_bundle).transpose()?.into_iter().flatten() {
+                builder = builder.add_root_certificate(cert);
+            }
+            let client = builder.build()?;
             probes.push(Probe::ClickHouse { url: url.trim_end_matches('/').to_string(), client });
         }
         if let Some(brokers) = kafka_brokers {

@@ -109,7 +109,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let store_slot: admin::StoreSlot = Arc::default();
     // Readiness also needs the role's dependencies (docs/OPERATIONS.md, "Roles").
     let clickhouse_url = match &settings.storage {
-        Storage::ClickHouse(c) if settings.target.stores() => Some(c.url.as_str()),
+        Storage::ClickHouse(c) if settings.target.stores() => Some((c.url.as_str(), c.ca_pem.as_deref())),
         _ => None,
     };
     let kafka_brokers = settings.kafka.as_ref().map(|k| k.brokers.as_str());

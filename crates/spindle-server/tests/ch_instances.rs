@@ -96,7 +96,12 @@ fn any_instance_answers_span_metrics_analytics_and_graphs_from_clickhouse() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // A takes the spans (receivers, group commit into ClickHouse); B only queries.
     let a = on_clickhouse(a_dir.path(), &clickhouse, &["--clickhouse-batch-wait", "50ms"]);
-    let b = on_clickhouse(b_dir.path(), &clickhouse, &["--target", "query"]);
+    // B connects as a ClickHouse user with a password.
+    let password_file = b_dir.path().join("clickhouse-password");
+    std::fs::write(&password_file, format!("{}\n", ClickHouse::PASSWORD)).unwrap();
+    let password_arg = password_file.to_str().unwrap();
+    let as_user = ["--clickhouse-user", ClickHouse::USER, "--clickhouse-password-file", password_arg];
+    let b = on_clickhouse(b_dir.path(), &clickhouse, &[&["--target", "query"][..], &as_user].concat());
     let end = now_nanos();
     let spans = workload(300, 1, end);
     // Concurrent senders: their requests are joined into fewer inserts.
@@ -192,4 +197,26 @@ fn retention_drops_the_days_past_it_from_clickhouse() {
         assert_eq!(store.get_trace(id).unwrap().len(), 2);
     }
     assert!(old.iter().all(|s| store.get_trace(s.trace_id).unwrap().is_empty()));
+}
+
+#[test]
+fn a_wrong_clickhouse_password_stops_the_start_with_clickhouses_reason() {
+    let clickhouse = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("clickhouse-password");
+    std::fs::write(&password_file, "not-the-password\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .args(["serve", "--target", "query", "--storage", "clickhouse", "--clickhouse-url", &clickhouse.http_url])
+        .args(["--clickhouse-user", ClickHouse::USER, "--clickhouse-password-file", password_file.to_str().unwrap()])
+        .args(["--query-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SPINDLE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // 18.16 says "Wrong password"; later releases "Authentication failed".
+    assert!(stderr.contains("401 Unauthorized") && stderr.contains("spindle"), "{stderr}");
+    assert!(!stderr.contains("not-the-password"), "the password is never printed: {stderr}");
 }

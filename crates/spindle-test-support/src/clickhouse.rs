@@ -31,6 +31,12 @@ const CONFIG: &str = r#"<?xml version="1.0"?>
             <profile>default</profile>
             <quota>default</quota>
         </default>
+        <spindle>
+            <password>spindle-test</password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </spindle>
     </users>
     <profiles><default></default></profiles>
     <quotas><default></default></quotas>
@@ -89,6 +95,11 @@ pub struct ClickHouse {
 }
 
 impl ClickHouse {
+    /// A user every test server has besides `default`, with this password, for tests of
+    /// authenticated access.
+    pub const USER: &'static str = "spindle";
+    pub const PASSWORD: &'static str = "spindle-test";
+
     /// Starts a server and waits until `GET /ping` answers `Ok.`.
     pub fn start() -> Self {
         let (http_port, tcp_port, interserver_port) = (free_port(), free_port(), free_port());
