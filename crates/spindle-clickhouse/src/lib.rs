@@ -12,13 +12,11 @@ mod rowbinary;
 mod scan;
 mod schema;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use spindle_model::{dependency_edges, links_from_edges, AttributeValue, DependencyLink, Span, SpanKind, TraceId};
-use spindle_store::{
-    MinuteBucket, Operation, QueryControl, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore,
-};
+use spindle_store::{MinuteBucket, Operation, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore};
 
 use blob::{Decoder, Encoder, Row, SPAN_COLUMNS};
 use rowbinary::{Reader, Writer};
@@ -598,20 +596,8 @@ impl TraceStore for ClickHouseStore {
     }
 
     fn dependencies(&self, start_unix_nano: u64, end_unix_nano: u64) -> Result<Vec<DependencyLink>, StoreError> {
-        QueryControl::check_current()?;
-        let spans = self.spans_where(&format!(
-            "trace_id IN (SELECT trace_id FROM trace_id_ts GROUP BY trace_id \
-             HAVING min(min_start) >= {start_unix_nano} AND min(min_start) <= {end_unix_nano})"
-        ))?;
-        QueryControl::check_current()?;
-        let mut traces: HashMap<TraceId, Vec<Span>> = HashMap::new();
-        for span in spans {
-            traces.entry(span.trace_id).or_default().push(span);
-        }
         let mut edges = BTreeMap::new();
-        for spans in traces.into_values() {
-            dependency_edges(&dedupe(spans), &mut edges);
-        }
+        self.scan_whole_traces(start_unix_nano, end_unix_nano, &mut |trace| dependency_edges(trace, &mut edges))?;
         Ok(links_from_edges(edges))
     }
 
