@@ -487,28 +487,8 @@ impl TraceStore for ClickHouseStore {
         if spans.is_empty() {
             return Ok(());
         }
-        // The catalog and the trace-id index go first: if a later insert fails, the caller
-        // retries the batch, and rows that point at spans not yet stored are never read
-        // without those spans.
-        let mut operations = BTreeSet::new();
-        let mut traces: BTreeMap<TraceId, (u64, u64)> = BTreeMap::new();
-        for span in &spans {
-            operations.insert((span.service_name(), span.name.as_str(), kind_code(span.kind)));
-            let start = span.start_time_unix_nano;
-            let range = traces.entry(span.trace_id).or_insert((start, start));
-            *range = (range.0.min(start), range.1.max(start));
-        }
-        let mut rows = Writer::default();
-        for (service, name, kind) in operations {
-            rows.string(service.as_bytes()).string(name.as_bytes()).u8(kind);
-        }
-        self.insert("operations (service, name, kind)", rows)?;
-        let mut rows = Writer::default();
-        for (id, (min, max)) in traces {
-            // The day of the latest start: a retention pass drops the row with its last span.
-            rows.u16(day_of(max)).trace_id(id).u64(min).u64(max);
-        }
-        self.insert("trace_id_ts (day, trace_id, min_start, max_start)", rows)?;
+        // The trace-id index and the catalog are the server's: materialized views fill
+        // them from this insert (migration 4).
         let mut rows = Writer::default();
         let mut blobs = Encoder::default();
         for span in &spans {

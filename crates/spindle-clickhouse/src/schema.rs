@@ -210,6 +210,27 @@ fn operations(t: &SchemaTarget) -> Vec<String> {
     t.create("operations", &columns, &[], "ReplacingMergeTree() ORDER BY (service, name, kind)", SERVICE_SHARDING)
 }
 
+/// The trace-id index and the catalog filled by the server from every insert into the
+/// spans table, instead of by two more inserts from each writer: one insert per append, and
+/// no window in which spans are stored without their index rows because a writer stopped
+/// between inserts. On a cluster the views sit on each node's local tables, so a trace's
+/// index rows are written where its spans are. The index row's day is the day of the
+/// block's latest start, clamped as `Date` is, as writers computed it before.
+fn materialized_views(t: &SchemaTarget) -> Vec<String> {
+    let (spans, trace_id_ts, operations) = (t.local("spans"), t.local("trace_id_ts"), t.local("operations"));
+    vec![
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS trace_id_ts_mv TO {trace_id_ts} AS \
+             SELECT CAST(toUInt16(least(intDiv(max(start_ns), 86400000000000), 65535)) AS Date) AS day, \
+             trace_id, min(start_ns) AS min_start, max(start_ns) AS max_start FROM {spans} GROUP BY trace_id"
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS operations_mv TO {operations} AS \
+             SELECT DISTINCT service, name, kind FROM {spans}"
+        ),
+    ]
+}
+
 /// A migration's statements for a target.
 pub type Statements = fn(&SchemaTarget) -> Vec<String>;
 
@@ -219,6 +240,7 @@ pub const MIGRATIONS: &[(u32, &str, Statements)] = &[
     (1, "spans: typed hot columns, attributes by type, the whole span", spans),
     (2, "trace_id_ts: trace id to the range of its spans' start times", trace_id_ts),
     (3, "operations: service, span name and kind seen", operations),
+    (4, "materialized views fill trace_id_ts and operations from each insert into spans", materialized_views),
 ];
 
 /// The columns [`MIGRATIONS`] gives `spans`, in the order appends write them.
