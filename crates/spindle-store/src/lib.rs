@@ -18,6 +18,9 @@ mod query;
 mod scan;
 mod wal;
 
+#[cfg(feature = "test-model")]
+pub mod test_model;
+
 #[cfg(test)]
 #[path = "../tests/support/generator.rs"]
 mod generator;

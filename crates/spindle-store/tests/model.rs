@@ -2,25 +2,27 @@
 //! reopens leaves the embedded store answering every query exactly as a plain in-memory
 //! model of the same history does.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use spindle_model::{
-    dependency_edges, links_from_edges, AttributeValue, Event, KeyValue, Resource, Scope, Span, SpanId, SpanKind,
-    Status, StatusCode, TraceId,
+use spindle_model::{KeyValue, Span, TraceId};
+use spindle_store::test_model::{
+    batch, check_common, query, raw_span, record_operations, sorted, Catalog, RawSpan, SpanModel, Timeline,
 };
-use spindle_store::{
-    EmbeddedStore, Operation, RowFields, SpanFields, SpanRow, StoreOptions, SyncPolicy, TraceQuery, TraceStore,
-};
+use spindle_store::{EmbeddedStore, RowFields, SpanFields, SpanRow, StoreOptions, SyncPolicy, TraceQuery, TraceStore};
 
 const RETENTION: Duration = Duration::from_nanos(1_000);
-const SERVICES: [&str; 3] = ["api", "db-writer", "kafka-consumer"];
-const NAMES: [&str; 3] = ["get", "put", "consume"];
-const KEYS: [&str; 7] =
-    ["symbol", "http.route", "http.response.status_code", "messaging.system", "db.system", "peer.service", "k"];
-const TEXTS: [&str; 4] = ["kafka", "postgresql", "7", "true"];
+
+/// Spans a microsecond apart per raw start, queries anywhere in the first 100 µs, so that
+/// retention cutoffs (also in nanoseconds) fall among them. Event times stay raw: no
+/// query reads them, only the spans' equality does.
+const TIMELINE: Timeline = Timeline {
+    span_start: |start| start * 1_000,
+    event_time: |start| start,
+    query_window: 0..100_000,
+    query_time: |t| t,
+};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -32,105 +34,6 @@ enum Op {
     /// Drops blocks whose newest span started before the cutoff.
     Retention(u64),
     Reopen,
-}
-
-fn value() -> impl Strategy<Value = AttributeValue> {
-    prop_oneof![
-        prop::sample::select(TEXTS.to_vec()).prop_map(|s| AttributeValue::String(s.into())),
-        (0i64..10).prop_map(AttributeValue::Int),
-        any::<bool>().prop_map(AttributeValue::Bool),
-        Just(AttributeValue::Double(7.0)),
-        Just(AttributeValue::Array(vec![AttributeValue::Int(7)])),
-    ]
-}
-
-fn attributes() -> impl Strategy<Value = Vec<KeyValue>> {
-    prop::collection::vec((prop::sample::select(KEYS.to_vec()), value()), 0..4)
-        .prop_map(|kvs| kvs.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect())
-}
-
-/// Spans of a few small traces; span ids are unique, so only retries repeat a span.
-fn batch(next_span: &mut u64, raw: Vec<RawSpan>) -> Vec<Span> {
-    raw.into_iter()
-        .map(|r| {
-            *next_span += 1;
-            let kind =
-                [SpanKind::Server, SpanKind::Client, SpanKind::Producer, SpanKind::Consumer, SpanKind::Unspecified]
-                    [r.kind];
-            Span {
-                trace_id: TraceId(r.trace as u128 + 1),
-                span_id: SpanId(*next_span),
-                parent_span_id: SpanId(if r.parent == 0 { 0 } else { next_span.saturating_sub(r.parent) }),
-                name: NAMES[r.name].into(),
-                kind,
-                start_time_unix_nano: r.start * 1_000,
-                end_time_unix_nano: r.start * 1_000 + r.duration,
-                attributes: r.attributes,
-                events: r
-                    .event
-                    .map(|attrs| {
-                        vec![Event {
-                            time_unix_nano: r.start,
-                            name: "retry".into(),
-                            attributes: attrs,
-                            dropped_attributes_count: 0,
-                        }]
-                    })
-                    .unwrap_or_default(),
-                status: Status {
-                    code: [StatusCode::Unset, StatusCode::Ok, StatusCode::Error][r.status],
-                    message: if r.status == 2 { "boom".into() } else { String::new() },
-                },
-                resource: Arc::new(Resource {
-                    attributes: vec![
-                        KeyValue::string("service.name", SERVICES[r.service]),
-                        KeyValue::string("k", "true"),
-                    ],
-                    dropped_attributes_count: 0,
-                }),
-                scope: Arc::new(Scope {
-                    name: if r.service == 0 { "lib".into() } else { String::new() },
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
-        })
-        .collect()
-}
-
-#[derive(Debug, Clone)]
-struct RawSpan {
-    trace: u8,
-    parent: u64,
-    service: usize,
-    name: usize,
-    kind: usize,
-    start: u64,
-    duration: u64,
-    status: usize,
-    attributes: Vec<KeyValue>,
-    event: Option<Vec<KeyValue>>,
-}
-
-fn raw_span() -> impl Strategy<Value = RawSpan> {
-    (
-        (0u8..6, 0u64..3, 0usize..3, 0usize..3, 0usize..5),
-        (0u64..100, 0u64..5_000, 0usize..3),
-        attributes(),
-        prop::option::weighted(0.2, attributes()),
-    )
-        .prop_map(|((trace, parent, service, name, kind), (start, duration, status), attributes, event)| RawSpan {
-            trace,
-            parent,
-            service,
-            name,
-            kind,
-            start,
-            duration,
-            status,
-            attributes,
-            event,
-        })
 }
 
 #[derive(Debug, Clone)]
@@ -155,56 +58,16 @@ fn ops() -> impl Strategy<Value = Vec<RawOp>> {
     prop::collection::vec(op, 1..25)
 }
 
-fn query() -> impl Strategy<Value = TraceQuery> {
-    (
-        prop::option::of(prop::sample::select(SERVICES.to_vec())),
-        prop::option::weighted(0.3, prop::sample::select(NAMES.to_vec())),
-        prop::option::weighted(0.2, prop::sample::select(vec![SpanKind::Server, SpanKind::Client, SpanKind::Producer])),
-        prop::collection::vec(
-            prop_oneof![
-                (prop::sample::select(KEYS.to_vec()), prop::sample::select(TEXTS.to_vec())),
-                (
-                    prop::sample::select(vec![
-                        "span.kind",
-                        "error",
-                        "otel.status_code",
-                        "otel.status_description",
-                        "otel.scope.name",
-                        "event"
-                    ]),
-                    prop::sample::select(vec!["server", "true", "ERROR", "OK", "boom", "lib", "retry"]),
-                ),
-            ],
-            0..3,
-        ),
-        (0u64..100_000, 0u64..100_000),
-        prop::option::weighted(0.3, 0u64..5_000),
-        prop::option::weighted(0.2, 0u64..5_000),
-        1usize..6,
-    )
-        .prop_map(|(service, operation, span_kind, attributes, (t1, t2), dmin, dmax, limit)| TraceQuery {
-            service: service.map(str::to_string),
-            operation: operation.map(str::to_string),
-            span_kind,
-            attributes: attributes.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            start_time_min_unix_nano: t1.min(t2),
-            start_time_max_unix_nano: t1.max(t2),
-            duration_min_nanos: dmin,
-            duration_max_nanos: dmax,
-            limit,
-            ..TraceQuery::default()
-        })
-}
-
 /// What the store should hold: blocks as groups of spans, plus the head.
 #[derive(Default)]
 struct Model {
     groups: Vec<Vec<Span>>,
     head: Vec<Span>,
-    catalog: BTreeMap<String, BTreeSet<Operation>>,
+    catalog: Catalog,
 }
 
-impl Model {
+impl SpanModel for Model {
+    /// A retry may put a span in the head and in a block; the store answers with it once.
     fn spans(&self) -> Vec<&Span> {
         let mut all: Vec<&Span> = Vec::new();
         for s in self.groups.iter().flatten().chain(&self.head) {
@@ -215,41 +78,9 @@ impl Model {
         all
     }
 
-    fn traces(&self) -> BTreeMap<TraceId, Vec<Span>> {
-        let mut traces: BTreeMap<TraceId, Vec<Span>> = BTreeMap::new();
-        for s in self.spans() {
-            traces.entry(s.trace_id).or_default().push(s.clone());
-        }
-        traces
+    fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
-
-    fn find(&self, q: &TraceQuery) -> Vec<TraceId> {
-        let mut found: Vec<(u64, TraceId)> = self
-            .traces()
-            .into_iter()
-            .filter(|(_, spans)| spans.iter().any(|s| q.matches_span(s)))
-            .map(|(id, spans)| (spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0), id))
-            .collect();
-        found.sort_unstable_by(|a, b| b.cmp(a));
-        found.truncate(q.limit);
-        found.into_iter().map(|(_, id)| id).collect()
-    }
-
-    fn dependencies(&self, start: u64, end: u64) -> Vec<(String, String, u64)> {
-        let mut edges = BTreeMap::new();
-        for spans in self.traces().values() {
-            let first = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-            if first >= start && first <= end {
-                dependency_edges(spans, &mut edges);
-            }
-        }
-        links_from_edges(edges).into_iter().map(|l| (l.parent, l.child, l.call_count)).collect()
-    }
-}
-
-fn sorted(mut spans: Vec<Span>) -> Vec<Span> {
-    spans.sort_by_key(|s| s.span_id);
-    spans
 }
 
 /// Small row groups exercise row-group pruning and scans across groups; larger ones leave
@@ -266,26 +97,7 @@ fn open(dir: &std::path::Path, row_group_spans: usize) -> EmbeddedStore {
 }
 
 fn check(store: &EmbeddedStore, model: &Model, queries: &[TraceQuery]) -> Result<(), TestCaseError> {
-    let traces = model.traces();
-    for t in 1..=6u128 {
-        let want = traces.get(&TraceId(t)).cloned().unwrap_or_default();
-        prop_assert_eq!(sorted(store.get_trace(TraceId(t)).unwrap()), sorted(want), "trace {}", t);
-    }
-    for q in queries {
-        prop_assert_eq!(store.find_trace_ids(q).unwrap(), model.find(q), "query {:?}", q);
-    }
-    let services: Vec<String> = model.catalog.keys().cloned().collect();
-    prop_assert_eq!(store.services().unwrap(), services);
-    for (service, ops) in &model.catalog {
-        prop_assert_eq!(&store.operations(service, None).unwrap(), &ops.iter().cloned().collect::<Vec<_>>());
-        let servers: Vec<Operation> = ops.iter().filter(|o| o.kind == SpanKind::Server).cloned().collect();
-        prop_assert_eq!(store.operations(service, Some(SpanKind::Server)).unwrap(), servers);
-    }
-    for (start, end) in [(0, u64::MAX), (20_000, 60_000)] {
-        let got: Vec<_> =
-            store.dependencies(start, end).unwrap().into_iter().map(|l| (l.parent, l.child, l.call_count)).collect();
-        prop_assert_eq!(got, model.dependencies(start, end));
-    }
+    check_common(store, model, queries, &[(0, u64::MAX), (20_000, 60_000)])?;
     let projections = [
         SpanFields::bare(),
         SpanFields::with_attributes(["symbol", "http.response.status_code"]),
@@ -381,7 +193,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn store_matches_model(raw_ops in ops(), queries in prop::collection::vec(query(), 6), rg in prop::sample::select(vec![3usize, 24])) {
+    fn store_matches_model(raw_ops in ops(), queries in prop::collection::vec(query(&TIMELINE), 6), rg in prop::sample::select(vec![3usize, 24])) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path(), rg);
         let mut model = Model::default();
@@ -389,7 +201,7 @@ proptest! {
         let mut next_span = 0;
         for raw in raw_ops {
             let op = match raw {
-                RawOp::Append(spans) => Op::Append(batch(&mut next_span, spans)),
+                RawOp::Append(spans) => Op::Append(batch(&TIMELINE, &mut next_span, spans)),
                 RawOp::Retry(i) => Op::Retry(i),
                 RawOp::Flush => Op::Flush,
                 RawOp::Compact => Op::Compact,
@@ -399,9 +211,8 @@ proptest! {
             match op {
                 Op::Append(spans) => {
                     store.append(spans.clone()).unwrap();
+                    record_operations(&mut model.catalog, &spans);
                     for s in &spans {
-                        model.catalog.entry(s.service_name().to_string()).or_default()
-                            .insert(Operation { name: s.name.to_string(), kind: s.kind });
                         if !model.head.contains(s) {
                             model.head.push(s.clone());
                         }
@@ -454,6 +265,7 @@ fn model_helpers_agree_with_themselves() {
     // Guards the model against a silently empty history: two spans of one trace, one query.
     let mut next = 0;
     let spans = batch(
+        &TIMELINE,
         &mut next,
         vec![RawSpan {
             trace: 0,
