@@ -479,7 +479,40 @@ fn span_filter(q: &TraceQuery) -> String {
     if let Some(d) = q.duration_max_nanos {
         filter.push_str(&format!(" AND duration_ns <= {d}"));
     }
+    for (key, value) in &q.attributes {
+        if let Some(pre) = attribute_prefilter(key, value) {
+            filter.push_str(&format!(" AND {pre}"));
+        }
+    }
     filter
+}
+
+/// Keys a search matches on the span itself (kind, status, scope, events' names) besides
+/// its attributes (`spindle_store`'s derived tags): no column pre-filters them.
+const DERIVED_KEYS: [&str; 7] = [
+    spindle_model::semconv::JAEGER_SPAN_KIND,
+    spindle_model::semconv::JAEGER_ERROR,
+    spindle_model::semconv::JAEGER_STATUS_CODE,
+    spindle_model::semconv::JAEGER_STATUS_DESCRIPTION,
+    spindle_model::semconv::JAEGER_SCOPE_NAME,
+    spindle_model::semconv::JAEGER_SCOPE_VERSION,
+    spindle_model::semconv::JAEGER_EVENT,
+];
+
+/// A condition every span matching `key=value` meets, so SQL drops most others before
+/// their blobs are decoded: a string span attribute with exactly that value, or the key
+/// anywhere a string attribute cannot be compared in SQL — a typed non-string attribute,
+/// a resource attribute, or the blob (events, bytes and array values, non-string resource
+/// attributes; a version 1 blob holds every key). The span matcher decides on the rest.
+fn attribute_prefilter(key: &str, value: &str) -> Option<String> {
+    if DERIVED_KEYS.contains(&key) {
+        return None;
+    }
+    let (k, v) = (literal(key.as_bytes()), literal(value.as_bytes()));
+    Some(format!(
+        "(arrayExists((a, b) -> a = {k} AND b = {v}, str_keys, str_values) OR has(int_keys, {k}) \
+         OR has(bool_keys, {k}) OR has(double_keys, {k}) OR has(resource_keys, {k}) OR position(span, {k}) > 0)"
+    ))
 }
 
 impl TraceStore for ClickHouseStore {
