@@ -336,17 +336,16 @@ fn promql_metric_names_are_found() {
     );
 }
 
-#[test]
-fn alerts_fire_and_resolve_in_a_real_alertmanager() {
-    let am_dir = tempfile::tempdir().unwrap();
+/// A real Alertmanager on a free port, ready; its port and the process (killed on drop).
+fn alertmanager(dir: &std::path::Path) -> (u16, Process) {
     let am_port = free_port();
-    let am_config = am_dir.path().join("alertmanager.yml");
+    let am_config = dir.join("alertmanager.yml");
     std::fs::write(&am_config, "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n").unwrap();
-    let _alertmanager = spawn(
+    let process = spawn(
         "prometheus-alertmanager",
         &[
             format!("--config.file={}", am_config.display()),
-            format!("--storage.path={}", am_dir.path().join("data").display()),
+            format!("--storage.path={}", dir.join("data").display()),
             format!("--web.listen-address=127.0.0.1:{am_port}"),
             "--cluster.listen-address=".to_string(),
         ],
@@ -355,14 +354,29 @@ fn alerts_fire_and_resolve_in_a_real_alertmanager() {
     wait_until("alertmanager to start", Duration::from_secs(30), || {
         client.get(format!("http://127.0.0.1:{am_port}/-/ready")).send().ok().filter(|r| r.status().is_success())
     });
+    (am_port, process)
+}
+
+const PRICING_ERRORS_RULE: &str = "evaluation_interval: 300ms\nrules:\n  - name: PricingErrors\n    service: pricing\n    window: 4s\n    condition: {type: error_trace}\n    labels: {severity: page}\n    annotations: {summary: pricing failed}\n";
+
+/// One trace of the reference workload, now, whose pricing span failed; and that trace's id.
+fn failing_pricing_trace(seed: u64) -> (Vec<Span>, spindle_model::TraceId) {
+    let mut spans = Workload::new(seed).trace(now_nanos());
+    let failing = spans.iter_mut().find(|s| s.service_name() == "pricing").unwrap();
+    failing.status = spindle_model::Status { code: spindle_model::StatusCode::Error, message: "boom".into() };
+    let id = failing.trace_id;
+    (spans, id)
+}
+
+#[test]
+fn alerts_fire_and_resolve_in_a_real_alertmanager() {
+    let am_dir = tempfile::tempdir().unwrap();
+    let (am_port, _alertmanager) = alertmanager(am_dir.path());
+    let client = reqwest::blocking::Client::new();
 
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yml");
-    std::fs::write(
-        &rules,
-        "evaluation_interval: 300ms\nrules:\n  - name: PricingErrors\n    service: pricing\n    window: 4s\n    condition: {type: error_trace}\n    labels: {severity: page}\n    annotations: {summary: pricing failed}\n",
-    )
-    .unwrap();
+    std::fs::write(&rules, PRICING_ERRORS_RULE).unwrap();
     let data = dir.path().join("data");
     let spindle = Spindle::start_with(
         &data,
@@ -372,10 +386,7 @@ fn alerts_fire_and_resolve_in_a_real_alertmanager() {
     assert_eq!(state["alerts"][0]["name"], "PricingErrors");
 
     // One error span in pricing, now.
-    let mut spans = Workload::new(5).trace(now_nanos());
-    let failing = spans.iter_mut().find(|s| s.service_name() == "pricing").unwrap();
-    failing.status = spindle_model::Status { code: spindle_model::StatusCode::Error, message: "boom".into() };
-    let failing_trace = failing.trace_id;
+    let (spans, failing_trace) = failing_pricing_trace(5);
     spindle.send(&spans);
 
     let alert = wait_until("the alert to reach alertmanager", Duration::from_secs(30), || {
@@ -398,4 +409,41 @@ fn alerts_fire_and_resolve_in_a_real_alertmanager() {
     });
     let (_, state) = spindle.get_json("/api/spindle/alerts");
     assert_eq!(state["alerts"][0]["state"], "inactive");
+}
+
+/// Alert state across instances (docs/adr/020): two query instances over one ClickHouse run
+/// the same rules against the same Alertmanager; spans taken by a third instance make both
+/// fire, and Alertmanager holds the alert once.
+#[test]
+fn instances_over_clickhouse_fire_the_same_alert_once() {
+    let am_dir = tempfile::tempdir().unwrap();
+    let (am_port, _alertmanager) = alertmanager(am_dir.path());
+    let clickhouse = spindle_test_support::ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(&rules, PRICING_ERRORS_RULE).unwrap();
+    let am_url = format!("http://127.0.0.1:{am_port}");
+    let on_clickhouse = |name: &str, args: &[&str]| {
+        let mut all = vec!["--storage", "clickhouse", "--clickhouse-url", &clickhouse.http_url];
+        all.extend_from_slice(args);
+        Spindle::start_with(&dir.path().join(name), &all)
+    };
+    let writer = on_clickhouse("writer", &[]);
+    let query_args = ["--target", "query", "--alert-rules", rules.to_str().unwrap(), "--alertmanager-url", &am_url];
+    let watchers = [on_clickhouse("query-1", &query_args), on_clickhouse("query-2", &query_args)];
+
+    let (spans, failing_trace) = failing_pricing_trace(6);
+    writer.send(&spans);
+    for watcher in &watchers {
+        wait_until("each query instance to fire", Duration::from_secs(30), || {
+            let (_, state) = watcher.get_json("/api/spindle/alerts");
+            (state["alerts"][0]["state"] == "firing").then_some(())
+        });
+    }
+    let client = reqwest::blocking::Client::new();
+    let alerts: Value = client.get(format!("{am_url}/api/v2/alerts?active=true")).send().unwrap().json().unwrap();
+    let firing: Vec<&Value> =
+        alerts.as_array().unwrap().iter().filter(|a| a["labels"]["alertname"] == "PricingErrors").collect();
+    assert_eq!(firing.len(), 1, "Alertmanager deduplicates what both instances send: {alerts}");
+    assert!(firing[0]["annotations"]["example_traces"].as_str().unwrap().contains(&failing_trace.to_jaeger_hex()));
 }
