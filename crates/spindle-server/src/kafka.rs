@@ -117,7 +117,12 @@ pub fn settings(
     let brokers = args.kafka_brokers.as_deref().map(str::trim).filter(|b| !b.is_empty());
     let brokers = match (target, brokers) {
         (Target::All | Target::Query, _) => return Ok((target, None)),
-        (_, None) => anyhow::bail!("target {target:?} needs kafka_brokers (host:port, comma-separated)"),
+        // Without Kafka a collector writes ClickHouse itself, in joined inserts.
+        (Target::Collector, None) if shared_store => return Ok((target, None)),
+        (_, None) => anyhow::bail!(
+            "target {target:?} needs kafka_brokers (host:port, comma-separated){}",
+            if target == Target::Collector { ", or storage = clickhouse to write there directly" } else { "" }
+        ),
         (_, Some(brokers)) => brokers.to_string(),
     };
     let topic = args.kafka_topic.as_deref().unwrap_or("spindle-spans").trim().to_string();

@@ -108,8 +108,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let admin_listener = transport.wrap(Group::Admin, "admin", Alpn::Http1, bind("admin", settings.admin_addr).await?);
     let store_slot: admin::StoreSlot = Arc::default();
     // Readiness also needs the role's dependencies (docs/OPERATIONS.md, "Roles").
+    // Every role but a collector holds stores; a collector without Kafka writes ClickHouse.
+    let holds_stores = settings.target.stores() || settings.kafka.is_none();
     let clickhouse_url = match &settings.storage {
-        Storage::ClickHouse(c) if settings.target.stores() => Some((c.url.as_str(), c.ca_pem.as_deref())),
+        Storage::ClickHouse(c) if holds_stores => Some((c.url.as_str(), c.ca_pem.as_deref())),
         _ => None,
     };
     let kafka_brokers = settings.kafka.as_ref().map(|k| k.brokers.as_str());
@@ -133,7 +135,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // With `storage = clickhouse` every tenant is a ClickHouse database (docs/adr/019,
     // "Query instances"); an unreachable ClickHouse stops the start.
     let (storage, target) = (settings.storage.clone(), settings.target);
-    let tenants: Arc<Tenants> = Arc::new(if settings.target.stores() {
+    let tenants: Arc<Tenants> = Arc::new(if holds_stores {
         tokio::task::spawn_blocking(move || match storage {
             Storage::Embedded => Tenants::open(tenancy, data_dir, sync, t),
             // Receivers' appends are joined into large inserts; an ingester batches itself.
@@ -146,8 +148,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let _ = store_slot.set(Arc::clone(&tenants));
     let mut ingest = Ingest::new(Arc::clone(&tenants), settings.queue_spans, &settings.limits, Arc::clone(&telemetry));
-    if matches!(settings.target, Target::Collector | Target::CollectorQuery) {
-        let kafka = settings.kafka.as_ref().context("a collector needs kafka_brokers")?;
+    if let (Target::Collector | Target::CollectorQuery, Some(kafka)) = (settings.target, &settings.kafka) {
         ingest = ingest.with_kafka(KafkaSink::new(kafka)?);
     }
     let ingest = Arc::new(ingest);
@@ -308,7 +309,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let snapshots = tokio::spawn(tenancy::snapshot_loop(Arc::clone(&tenants), Duration::from_secs(5), stop_rx.clone()));
-    if settings.target == Target::All || settings.target == Target::Ingester {
+    let writes_store = matches!(settings.target, Target::All | Target::Ingester)
+        || (settings.target == Target::Collector && settings.kafka.is_none());
+    if writes_store {
         tokio::spawn(tenancy::clickhouse_retention_loop(
             Arc::clone(&tenants),
             Duration::from_secs(600),

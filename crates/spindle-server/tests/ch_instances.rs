@@ -164,6 +164,17 @@ fn any_instance_answers_span_metrics_analytics_and_graphs_from_clickhouse() {
     let (from_a, from_b) = (json(&a, &deps), json(&b, &deps));
     assert_eq!(from_a, from_b);
     assert_eq!(from_b["data"][0]["callCount"], 300, "{from_b}");
+
+    // A collector without Kafka writes ClickHouse itself; B reads what it took.
+    let c_dir = tempfile::tempdir().unwrap();
+    let collector = on_clickhouse(c_dir.path(), &clickhouse, &["--target", "collector"]);
+    let more = workload(10, 4, end);
+    collector.send(&more);
+    for span in more.iter().step_by(2) {
+        let trace = json(&b, &format!("/api/traces/{}", span.trace_id.to_jaeger_hex()));
+        assert_eq!(trace["data"][0]["spans"].as_array().map(Vec::len), Some(2), "{trace}");
+    }
+    assert!(reqwest::blocking::get(collector.query_url("/api/services")).is_err(), "a collector serves no queries");
 }
 
 #[test]
