@@ -184,11 +184,14 @@ fn spans(t: &SchemaTarget) -> Vec<String> {
         // Duration bounds of a search skip granules of short spans.
         "duration_minmax duration_ns TYPE minmax GRANULARITY 4",
     ];
+    // Granules of 1,024 rows rather than 8,192: a trace's spans sit in one granule per
+    // (service, name) run, and rebuilding them reads every column of those granules, so
+    // trace by id reads an eighth as much; scans read the same bytes (docs/adr/018).
     t.create(
         "spans",
         &columns,
         &indexes,
-        "MergeTree() PARTITION BY day ORDER BY (service, name, start_ns)",
+        "MergeTree() PARTITION BY day ORDER BY (service, name, start_ns) SETTINGS index_granularity = 1024",
         TRACE_SHARDING,
     )
 }
