@@ -95,7 +95,7 @@ fn any_instance_answers_span_metrics_analytics_and_graphs_from_clickhouse() {
     let clickhouse = ClickHouse::start();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // A takes the spans (receivers, group commit into ClickHouse); B only queries.
-    let a = on_clickhouse(a_dir.path(), &clickhouse, &["--clickhouse-batch-wait", "50ms"]);
+    let a = on_clickhouse(a_dir.path(), &clickhouse, &["--clickhouse-batch-wait", "2s"]);
     // B connects as a ClickHouse user with a password.
     let password_file = b_dir.path().join("clickhouse-password");
     std::fs::write(&password_file, format!("{}\n", ClickHouse::PASSWORD)).unwrap();
@@ -105,10 +105,16 @@ fn any_instance_answers_span_metrics_analytics_and_graphs_from_clickhouse() {
     let end = now_nanos();
     let spans = workload(300, 1, end);
     // Concurrent senders: their requests are joined into fewer inserts.
+    // The senders start together and the first insert waits up to 2 s for the others, so
+    // a slow machine still joins them.
+    let start = std::sync::Barrier::new(4);
     std::thread::scope(|scope| {
         for part in spans.chunks(spans.len() / 4) {
-            let a = &a;
-            scope.spawn(move || a.send(part));
+            let (a, start) = (&a, &start);
+            scope.spawn(move || {
+                start.wait();
+                a.send(part)
+            });
         }
     });
     let store = ClickHouseStore::open(ClickHouseOptions::new(&clickhouse.http_url, "spindle")).unwrap();
