@@ -418,7 +418,14 @@ impl ClickHouseStore {
     }
 
     fn spans_where(&self, filter: &str) -> Result<Vec<Span>, StoreError> {
-        let bytes = self.rows(&format!("SELECT {SPAN_COLUMNS} FROM spans WHERE {filter}"))?;
+        self.spans_selected(&format!("WHERE {filter}"))
+    }
+
+    /// The spans of `SELECT … FROM spans {clause}`, where `clause` is a `WHERE`, or a
+    /// `PREWHERE` on narrow columns that drops most rows before the wide ones (attribute
+    /// arrays, blob) are read and tested, then a `WHERE`.
+    fn spans_selected(&self, clause: &str) -> Result<Vec<Span>, StoreError> {
+        let bytes = self.rows(&format!("SELECT {SPAN_COLUMNS} FROM spans {clause}"))?;
         let mut spans = Vec::new();
         self.read_spans(&bytes, &mut |span| spans.push(span))?;
         Ok(spans)
@@ -462,6 +469,18 @@ fn http_error(url: &str, message: String) -> StoreError {
 
 /// The SQL filter of what a query asks that typed columns answer exactly.
 fn span_filter(q: &TraceQuery) -> String {
+    let (typed, attributes) = span_filter_parts(q);
+    format!("{typed} AND {attributes}")
+}
+
+/// [`span_filter`] as `PREWHERE` the typed columns `WHERE` the attribute pre-filter.
+fn span_clause(q: &TraceQuery) -> String {
+    let (typed, attributes) = span_filter_parts(q);
+    format!("PREWHERE {typed} WHERE {attributes}")
+}
+
+/// The conditions on the typed columns, and the attribute pre-filter (`1` without pairs).
+fn span_filter_parts(q: &TraceQuery) -> (String, String) {
     let (min, max) = (q.start_time_min_unix_nano, q.start_time_max_unix_nano);
     let mut filter = format!("{} AND start_ns >= {min} AND start_ns <= {max}", day_filter(min, max));
     if let Some(service) = &q.service {
@@ -479,12 +498,13 @@ fn span_filter(q: &TraceQuery) -> String {
     if let Some(d) = q.duration_max_nanos {
         filter.push_str(&format!(" AND duration_ns <= {d}"));
     }
+    let mut attributes = String::from("1");
     for (key, value) in &q.attributes {
         if let Some(pre) = attribute_prefilter(key, value) {
-            filter.push_str(&format!(" AND {pre}"));
+            attributes.push_str(&format!(" AND {pre}"));
         }
     }
-    filter
+    (filter, attributes)
 }
 
 /// Keys a search matches on the span itself (kind, status, scope, events' names) besides
@@ -540,8 +560,8 @@ impl TraceStore for ClickHouseStore {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let spans = self.spans_where(&format!(
-            "{} AND start_ns >= {min} AND start_ns <= {max} AND trace_id = {id}",
+        let spans = self.spans_selected(&format!(
+            "PREWHERE trace_id = {id} WHERE {} AND start_ns >= {min} AND start_ns <= {max}",
             day_filter(min, max)
         ))?;
         Ok(dedupe(spans))
@@ -559,7 +579,7 @@ impl TraceStore for ClickHouseStore {
         } else {
             // Attribute pairs match where Jaeger looks (span, resource, events, derived
             // tags): the query's own matcher decides on the candidates' spans.
-            let candidates = self.spans_where(&filter)?;
+            let candidates = self.spans_selected(&span_clause(query))?;
             query.check()?;
             let ids: BTreeSet<TraceId> =
                 candidates.iter().filter(|s| query.matches_span(s)).map(|s| s.trace_id).collect();
