@@ -65,21 +65,18 @@ pub struct Databases {
 impl Databases {
     /// Call on a blocking thread: the client is a blocking one.
     pub fn new(settings: &ClickHouseSettings, group_commit: bool) -> anyhow::Result<Self> {
+        let options = ClickHouseOptions {
+            cluster: settings.cluster.clone(),
+            credentials: settings.credentials.clone(),
+            ca_pem: settings.ca_pem.clone(),
+            ..ClickHouseOptions::new(&settings.url, &settings.database)
+        };
         Ok(Databases {
             url: settings.url.trim_end_matches('/').to_string(),
             prefix: settings.database.clone(),
-            options: ClickHouseOptions {
-                cluster: settings.cluster.clone(),
-                credentials: settings.credentials.clone(),
-                ca_pem: settings.ca_pem.clone(),
-                ..ClickHouseOptions::new(&settings.url, &settings.database)
-            },
+            client: options.client(Duration::from_secs(10))?,
+            options,
             group_commit: group_commit.then_some((settings.batch_spans, settings.batch_wait)),
-            client: ClickHouseOptions {
-                ca_pem: settings.ca_pem.clone(),
-                ..ClickHouseOptions::new(&settings.url, &settings.database)
-            }
-            .client(Duration::from_secs(10))?,
             open: Mutex::default(),
         })
     }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::Spindle;
 use roles::{
-    assert_exactly_once, client, committed, ends, export_grpc, get, now_nanos, post, readyz, span_ids, spans,
-    wait_ready, wait_unready, with_kafka, Stream, TOPIC,
+    assert_exactly_once, client, committed, ends, get, now_nanos, post, readyz, send_each_way, spans, wait_ready,
+    wait_unready, with_kafka, Sent, Stream, TOPIC,
 };
 use spindle_test_support::{wait_until, ClickHouse, Tansu};
 
@@ -70,19 +70,8 @@ fn collector_kafka_ingester_clickhouse_query_every_acknowledged_span_once_per_te
     // The query instance runs no receivers and no consumer.
     assert!(post(&client, &query, &spans(9, 1), None) == 0, "the query instance serves OTLP/HTTP");
 
-    let http = spans(1, 10);
-    assert_eq!(post(&client, &collector, &http, None), 200);
-    let tenant = spans(2, 5);
-    assert_eq!(post(&client, &collector, &tenant, Some(TENANT)), 200);
-    let grpc = spans(3, 10);
-    assert_eq!(export_grpc(&collector, &grpc), tonic::Code::Ok);
-
-    assert_exactly_once(&client, &query, &http, None);
-    assert_exactly_once(&client, &query, &grpc, None);
-    assert_exactly_once(&client, &query, &tenant, Some(TENANT));
     // Each tenant apart: by id, by service list and by search.
-    assert!(span_ids(&client, &query, tenant[0].trace_id, None).is_empty(), "team-a's trace read as default");
-    assert!(span_ids(&client, &query, http[0].trace_id, Some(TENANT)).is_empty(), "default's trace read as team-a");
+    let Sent { http, tenant, grpc } = send_each_way(&client, &collector, &query, TENANT);
     let default_services = services(&client, &query, None);
     for s in http.iter().chain(&grpc) {
         assert!(default_services.contains(&s.service_name().to_string()), "{} not listed", s.service_name());

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::Spindle;
 use roles::{
-    assert_exactly_once, by_trace, client, committed, ends, export_grpc, metric, post, produce, span_ids, spans,
-    with_kafka, Stream, TOPIC,
+    assert_exactly_once, by_trace, client, committed, ends, export_grpc, metric, post, produce, send_each_way,
+    span_ids, spans, with_kafka, Sent, Stream, TOPIC,
 };
 use spindle_test_support::{wait_until, Tansu};
 
@@ -38,20 +38,8 @@ fn collector_kafka_ingester_store_every_acknowledged_span_once_across_an_ingeste
     let mut ingester = ingester(&tansu, i_dir.path(), &[]);
     let client = client();
 
-    // OTLP/HTTP (default tenant and team-a) and OTLP/gRPC (default tenant).
-    let http = spans(1, 10);
-    assert_eq!(post(&client, &collector, &http, None), 200);
-    let tenant = spans(2, 5);
-    assert_eq!(post(&client, &collector, &tenant, Some(TENANT)), 200);
-    let grpc = spans(3, 10);
-    assert_eq!(export_grpc(&collector, &grpc), tonic::Code::Ok);
-
-    assert_exactly_once(&client, &ingester, &http, None);
-    assert_exactly_once(&client, &ingester, &grpc, None);
-    assert_exactly_once(&client, &ingester, &tenant, Some(TENANT));
-    // The tenant is kept: team-a's traces are not the default tenant's, and the other way round.
-    assert!(span_ids(&client, &ingester, tenant[0].trace_id, None).is_empty(), "team-a's trace read as default");
-    assert!(span_ids(&client, &ingester, http[0].trace_id, Some(TENANT)).is_empty(), "default's trace read as team-a");
+    // OTLP/HTTP (default tenant and team-a) and OTLP/gRPC (default tenant), each tenant kept.
+    let Sent { http, tenant, .. } = send_each_way(&client, &collector, &ingester, TENANT);
     // A batch delivered twice (as after a crash between the append and the offset commit)
     // reads once: the same message again, then a marker batch behind it in its partition
     // (one trace, so the collector keys it by that trace id, the duplicate's key here);

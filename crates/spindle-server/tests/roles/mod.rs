@@ -128,6 +128,33 @@ pub fn assert_exactly_once(client: &reqwest::blocking::Client, reader: &Spindle,
     }
 }
 
+/// The batches [`send_each_way`] sent: OTLP/HTTP as the default tenant, OTLP/HTTP as the
+/// tenant, OTLP/gRPC as the default tenant.
+pub struct Sent {
+    pub http: Vec<Span>,
+    pub tenant: Vec<Span>,
+    pub grpc: Vec<Span>,
+}
+
+/// Sends one batch each way to `collector`, each acknowledged, and waits until `reader`
+/// reads every span once, each tenant's trace by id apart from the other's.
+pub fn send_each_way(client: &reqwest::blocking::Client, collector: &Spindle, reader: &Spindle, tenant: &str) -> Sent {
+    let sent = Sent { http: spans(1, 10), tenant: spans(2, 5), grpc: spans(3, 10) };
+    assert_eq!(post(client, collector, &sent.http, None), 200);
+    assert_eq!(post(client, collector, &sent.tenant, Some(tenant)), 200);
+    assert_eq!(export_grpc(collector, &sent.grpc), tonic::Code::Ok);
+    assert_exactly_once(client, reader, &sent.http, None);
+    assert_exactly_once(client, reader, &sent.grpc, None);
+    assert_exactly_once(client, reader, &sent.tenant, Some(tenant));
+    let (theirs, default) = (sent.tenant[0].trace_id, sent.http[0].trace_id);
+    assert!(span_ids(client, reader, theirs, None).is_empty(), "{tenant}'s trace read as the default tenant's");
+    assert!(
+        span_ids(client, reader, default, Some(tenant)).is_empty(),
+        "the default tenant's trace read as {tenant}'s"
+    );
+    sent
+}
+
 /// A thread posting batches of `traces` traces to a collector over OTLP/HTTP, one after
 /// the other with `pause` between them, keeping the spans of those answered 200.
 pub struct Stream {
