@@ -12,11 +12,13 @@ mod rowbinary;
 mod scan;
 mod schema;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use spindle_model::{dependency_edges, links_from_edges, AttributeValue, DependencyLink, Span, SpanKind, TraceId};
-use spindle_store::{MinuteBucket, Operation, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore};
+use spindle_store::{
+    MinuteBucket, Operation, RedBucket, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore,
+};
 
 use blob::{Decoder, Encoder, Row, SPAN_COLUMNS};
 use rowbinary::{Reader, Writer};
@@ -155,6 +157,29 @@ fn day_filter(min: u64, max: u64) -> String {
     filter
 }
 
+/// Partition and primary-key pruning for spans started in any of `windows` (inclusive
+/// `[first, last]` nanoseconds): windows less than an hour apart are read as one.
+fn start_windows(windows: impl IntoIterator<Item = (u64, u64)>) -> String {
+    const GAP: u64 = 3_600_000_000_000;
+    let mut windows: Vec<(u64, u64)> = windows.into_iter().collect();
+    windows.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (first, last) in windows {
+        match merged.last_mut() {
+            Some(open) if first <= open.1.saturating_add(GAP) => open.1 = open.1.max(last),
+            _ => merged.push((first, last)),
+        }
+    }
+    let terms: Vec<String> = merged
+        .into_iter()
+        .map(|(min, max)| format!("({} AND start_ns >= {min} AND start_ns <= {max})", day_filter(min, max)))
+        .collect();
+    if terms.is_empty() {
+        return "0".to_string();
+    }
+    format!("({})", terms.join(" OR "))
+}
+
 /// A ClickHouse string literal of arbitrary bytes.
 fn literal(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() + 2);
@@ -195,7 +220,9 @@ impl ClickHouseStore {
         check_name("database", &options.database)?;
         let url = trim_url(&options.url);
         let mut nodes = vec![url.clone()];
-        let mut settings = Vec::new();
+        // Reads by a list of trace ids (a search's matches, a page of traces) spell the ids
+        // out in the query, which may pass the default 256 KiB.
+        let mut settings = vec![("max_query_size", "16777216")];
         if let Some(cluster) = &options.cluster {
             check_name("cluster", &cluster.name)?;
             if cluster.shard_urls.is_empty() {
@@ -446,6 +473,25 @@ impl ClickHouseStore {
         http_error(&self.url, format!("malformed RowBinary answer: {what}"))
     }
 
+    /// The earliest and latest span start of each of `trace_ids` that is stored, from the
+    /// trace-id index (ordered by id, so a lookup reads a granule per id).
+    fn trace_ranges(&self, trace_ids: &[TraceId]) -> Result<HashMap<TraceId, (u64, u64)>, StoreError> {
+        let ids: BTreeSet<String> = trace_ids.iter().map(|id| trace_literal(*id)).collect();
+        let bytes = self.rows(&format!(
+            "SELECT trace_id, min(min_start), max(max_start) FROM trace_id_ts WHERE trace_id IN ({}) GROUP BY trace_id",
+            ids.into_iter().collect::<Vec<_>>().join(", ")
+        ))?;
+        let mut reader = Reader::new(&bytes);
+        let mut out = HashMap::new();
+        while !reader.is_empty() {
+            let id = reader.trace_id().map_err(|e| self.malformed(e))?;
+            let first = reader.u64().map_err(|e| self.malformed(e))?;
+            let last = reader.u64().map_err(|e| self.malformed(e))?;
+            out.insert(id, (first, last));
+        }
+        Ok(out)
+    }
+
     /// `(trace id, earliest start)` of the traces `trace_filter` selects from `trace_id_ts`.
     fn trace_starts(&self, trace_filter: &str, limit: Option<usize>) -> Result<Vec<(u64, TraceId)>, StoreError> {
         let limit = limit.map(|n| format!(" ORDER BY first DESC, trace_id DESC LIMIT {n}")).unwrap_or_default();
@@ -567,6 +613,30 @@ impl TraceStore for ClickHouseStore {
         Ok(dedupe(spans))
     }
 
+    fn get_traces(&self, trace_ids: &[TraceId]) -> Result<Vec<Vec<Span>>, StoreError> {
+        if trace_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ranges = self.trace_ranges(trace_ids)?;
+        let mut by_id: HashMap<TraceId, Vec<Span>> = HashMap::new();
+        if !ranges.is_empty() {
+            let ids: Vec<String> = ranges.keys().map(|id| trace_literal(*id)).collect();
+            let spans = self.spans_selected(&format!(
+                "PREWHERE trace_id IN ({}) WHERE {}",
+                ids.join(", "),
+                start_windows(ranges.values().copied())
+            ))?;
+            for span in spans {
+                by_id.entry(span.trace_id).or_default().push(span);
+            }
+        }
+        if trace_ids.iter().collect::<HashSet<_>>().len() < trace_ids.len() {
+            // An id asked twice gets its spans twice.
+            return Ok(trace_ids.iter().map(|id| dedupe(by_id.get(id).cloned().unwrap_or_default())).collect());
+        }
+        Ok(trace_ids.iter().map(|id| dedupe(by_id.remove(id).unwrap_or_default())).collect())
+    }
+
     fn find_trace_ids(&self, query: &TraceQuery) -> Result<Vec<TraceId>, StoreError> {
         query.check()?;
         if query.limit == 0 || query.start_time_min_unix_nano > query.start_time_max_unix_nano {
@@ -586,11 +656,8 @@ impl TraceStore for ClickHouseStore {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            // The candidates' traces by subquery rather than an id list, which may exceed
-            // ClickHouse's query size limit.
-            let starts =
-                self.trace_starts(&format!("trace_id IN (SELECT trace_id FROM spans WHERE {filter})"), None)?;
-            starts.into_iter().filter(|(_, id)| ids.contains(id)).collect()
+            let ids: Vec<TraceId> = ids.into_iter().collect();
+            self.trace_ranges(&ids)?.into_iter().map(|(id, (first, _))| (first, id)).collect()
         };
         found.sort_unstable_by(|a, b| b.cmp(a));
         found.truncate(query.limit);
@@ -660,6 +727,16 @@ impl TraceStore for ClickHouseStore {
         visit: &mut dyn FnMut(&[Span]),
     ) -> Result<(), StoreError> {
         self.scan_whole_traces(start_unix_nano, end_unix_nano, visit)
+    }
+
+    fn red_buckets(
+        &self,
+        query: &TraceQuery,
+        group_by: Option<&str>,
+        step_nanos: u64,
+        visit: &mut dyn FnMut(&RedBucket),
+    ) -> Result<bool, StoreError> {
+        self.red_statistics(query, group_by, step_nanos, visit)
     }
 
     fn minute_buckets(

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use spindle_model::{AttributeValue, Span, SpanId, SpanKind, StatusCode, TraceId};
 use spindle_query::sketch::GAMMA;
-use spindle_store::{MinuteBucket, QueryControl, RowFields, SpanRow, StoreError, TraceQuery};
+use spindle_store::{MinuteBucket, QueryControl, RedBucket, RowFields, SpanRow, StoreError, TraceQuery};
 
 use crate::blob::{Decoder, Row, SPAN_COLUMNS, TAIL_COLUMNS};
 use crate::rowbinary::Reader;
@@ -22,6 +22,36 @@ fn identity_group(span_service: &str, name: &str, key: &str) -> Option<String> {
         "span.name" | "operation" => Some(name.to_string()),
         _ => None,
     }
+}
+
+/// The int, bool, double and rebuilt-span columns of a RED bucket whose group is a string.
+const NO_VALUE: &str = "toInt64(0), toUInt8(0), toFloat64(0), toFixedString('', 16), toUInt64(0)";
+
+/// Where the value of attribute key `k` (a literal) that [`Span::group_text`] reads is:
+/// 1-4 the span's string, int, bool or double attribute, 6 the resource's string attribute,
+/// 0 nowhere, 5 only a rebuilt span can say. A key in exactly one typed array and nowhere in
+/// the blob (which holds the span's other attributes and the resource's non-string ones) is
+/// the span's first (routes 1-4); a key in no typed array and nowhere in the blob is the
+/// resource's first string attribute, if any (6). Anything else, rare, is route 5: a key
+/// twice, a bytes or array value, a non-string resource attribute, a version-1 blob (which
+/// holds every attribute), or a key that merely occurs in the blob's text (an event's
+/// attribute, say).
+fn group_route(k: &str) -> String {
+    let typed = format!(
+        "countEqual(str_keys, {k}) + countEqual(int_keys, {k}) + countEqual(bool_keys, {k}) \
+         + countEqual(double_keys, {k})"
+    );
+    format!(
+        "multiIf({typed} = 1 AND position(span, {k}) = 0, \
+         multiIf(has(str_keys, {k}), 1, has(int_keys, {k}), 2, has(bool_keys, {k}), 3, 4), \
+         {typed} = 0 AND position(span, {k}) = 0, if(has(resource_keys, {k}), 6, 0), 5)"
+    )
+}
+
+/// The sketch bucket of `duration_ns` in SQL, as `spindle_query::sketch::bucket_index`: 0
+/// for zero, else `ceil(ln d / ln γ) + 1`.
+fn bucket_sql() -> String {
+    format!("toInt32(if(duration_ns = 0, 0, ceil(log(duration_ns) / log({GAMMA:?})) + 1))")
 }
 
 impl ClickHouseStore {
@@ -60,21 +90,12 @@ impl ClickHouseStore {
         }
         let attribute_key = fields.group_by.as_deref().filter(|k| identity_group("", "", k).is_none());
         // `Span::group_text`: the span's first attribute with the key, of any type, else the
-        // resource's. A key in exactly one typed array and nowhere in the blob (which holds
-        // the span's other attributes and the resource's non-string ones) is the span's
-        // first (routes 1-4); a key in no typed array and nowhere in the blob is the
-        // resource's first string attribute, if any (6). Anything else, rare, rebuilds the
-        // span (5): a key twice, a bytes or array value, a non-string resource attribute, a
-        // version-1 blob (which holds every attribute), or a key that merely occurs in the
-        // blob's text (an event's attribute, say).
+        // resource's ([`group_route`]); route 5 rebuilds the span.
         let group_columns = match attribute_key {
             None => String::new(),
             Some(key) => {
                 let k = literal(key.as_bytes());
-                let typed = format!(
-                    "countEqual(str_keys, {k}) + countEqual(int_keys, {k}) + countEqual(bool_keys, {k}) \
-                     + countEqual(double_keys, {k})"
-                );
+                let route = group_route(&k);
                 let tail: Vec<String> = TAIL_COLUMNS
                     .iter()
                     .map(|&c| match c {
@@ -85,9 +106,7 @@ impl ClickHouseStore {
                     })
                     .collect();
                 format!(
-                    ", multiIf({typed} = 1 AND position(span, {k}) = 0, \
-                     multiIf(has(str_keys, {k}), 1, has(int_keys, {k}), 2, has(bool_keys, {k}), 3, 4), \
-                     {typed} = 0 AND position(span, {k}) = 0, if(has(resource_keys, {k}), 6, 0), 5) AS route, \
+                    ", {route} AS route, \
                      str_values[indexOf(str_keys, {k})], int_values[indexOf(int_keys, {k})], \
                      bool_values[indexOf(bool_keys, {k})], double_values[indexOf(double_keys, {k})], \
                      resource_values[indexOf(resource_keys, {k})], {}",
@@ -157,6 +176,120 @@ impl ClickHouseStore {
         Ok(())
     }
 
+    /// RED buckets of the spans matching `query` (without attribute pairs, which only the
+    /// span matcher decides: `false` then), each span once, grouped in SQL by the group's
+    /// value where the columns hold it; spans whose value only a rebuilt span can say (route
+    /// 5 of [`group_route`]) come one per bucket and are rebuilt by a second read.
+    pub(crate) fn red_statistics(
+        &self,
+        query: &TraceQuery,
+        group_by: Option<&str>,
+        step_nanos: u64,
+        visit: &mut dyn FnMut(&RedBucket),
+    ) -> Result<bool, StoreError> {
+        if !query.attributes.is_empty() {
+            return Ok(false);
+        }
+        query.check()?;
+        if query.start_time_min_unix_nano > query.start_time_max_unix_nano {
+            return Ok(true);
+        }
+        let step = step_nanos.max(1);
+        let attribute_key = group_by.filter(|k| identity_group("", "", k).is_none());
+        let (group_columns, inner) = match (group_by, attribute_key) {
+            (None, _) => (format!("toUInt8(0), '', {NO_VALUE}"), String::new()),
+            (Some(key), None) => {
+                let column = if identity_group("service", "name", key).as_deref() == Some("service") {
+                    "service"
+                } else {
+                    "name"
+                };
+                (format!("toUInt8(1), {column}, {NO_VALUE}"), String::new())
+            }
+            (Some(key), Some(_)) => {
+                let k = literal(key.as_bytes());
+                (
+                    "if(route = 6, 1, route) AS r, gs, gi, gb, gd, rt, rs".to_string(),
+                    format!(
+                        ", {route} AS route, \
+                         multiIf(route = 1, str_values[indexOf(str_keys, {k})], \
+                         route = 6, resource_values[indexOf(resource_keys, {k})], '') AS gs, \
+                         if(route = 2, int_values[indexOf(int_keys, {k})], 0) AS gi, \
+                         if(route = 3, bool_values[indexOf(bool_keys, {k})], 0) AS gb, \
+                         if(route = 4, double_values[indexOf(double_keys, {k})], 0) AS gd, \
+                         if(route = 5, trace_id, toFixedString('', 16)) AS rt, if(route = 5, span_id, 0) AS rs",
+                        route = group_route(&k)
+                    ),
+                )
+            }
+        };
+        let having_value = if attribute_key.is_some() { "WHERE route != 0" } else { "" };
+        let bytes = self.rows(&format!(
+            "SELECT {group_columns}, min(start_ns), error, bucket, count(), sum(duration_ns), min(duration_ns), \
+             max(duration_ns) FROM (SELECT service, name, start_ns, duration_ns, status_code = {error} AS error, \
+             {bucket} AS bucket{inner} FROM spans WHERE {filter} LIMIT 1 BY trace_id, span_id) {having_value} \
+             GROUP BY {keys}, intDiv(start_ns, {step}), error, bucket",
+            error = StatusCode::Error.to_otlp(),
+            bucket = bucket_sql(),
+            filter = span_filter(query),
+            keys = if attribute_key.is_some() { "r, gs, gi, gb, gd, rt, rs" } else { "service, name" },
+        ))?;
+        query.check()?;
+        let bad = |e| self.malformed(e);
+        let mut reader = Reader::new(&bytes);
+        // Buckets of route-5 spans, by span, until the spans are rebuilt.
+        let mut rebuild: HashMap<(TraceId, SpanId), RedBucket<'static>> = HashMap::new();
+        while !reader.is_empty() {
+            let route = reader.u8().map_err(bad)?;
+            let text = reader.string().map_err(bad)?;
+            let int = reader.i64().map_err(bad)?;
+            let boolean = reader.u8().map_err(bad)?;
+            let double = reader.f64().map_err(bad)?;
+            let trace_id = reader.trace_id().map_err(bad)?;
+            let span_id = SpanId(reader.u64().map_err(bad)?);
+            let mut bucket = RedBucket {
+                group: None,
+                start_unix_nano: reader.u64().map_err(bad)?,
+                error: reader.u8().map_err(bad)? != 0,
+                bucket: reader.i32().map_err(bad)?,
+                count: reader.u64().map_err(bad)?,
+                sum_nanos: u128::from(reader.u64().map_err(bad)?),
+                min_nanos: reader.u64().map_err(bad)?,
+                max_nanos: reader.u64().map_err(bad)?,
+            };
+            bucket.group = match route {
+                0 => None,
+                1 => Some(String::from_utf8_lossy(text)),
+                2 => Some(AttributeValue::Int(int).to_display_string().into()),
+                3 => Some(AttributeValue::Bool(boolean != 0).to_display_string().into()),
+                4 => Some(AttributeValue::Double(double).to_display_string().into()),
+                _ => {
+                    rebuild.insert((trace_id, span_id), RedBucket { group: None, ..bucket });
+                    continue;
+                }
+            };
+            visit(&bucket);
+        }
+        if let (Some(key), false) = (group_by, rebuild.is_empty()) {
+            let traces: BTreeSet<String> = rebuild.keys().map(|(t, _)| crate::trace_literal(*t)).collect();
+            let spans: BTreeSet<u64> = rebuild.keys().map(|(_, s)| s.0).collect();
+            let list = |items: Vec<String>| items.join(", ");
+            let rebuilt = self.spans_selected(&format!(
+                "PREWHERE trace_id IN ({}) AND span_id IN ({}) WHERE {} LIMIT 1 BY trace_id, span_id",
+                list(traces.into_iter().collect()),
+                list(spans.iter().map(u64::to_string).collect()),
+                span_filter(query)
+            ))?;
+            for span in rebuilt {
+                if let Some(mut bucket) = rebuild.remove(&(span.trace_id, span.span_id)) {
+                    bucket.group = span.group_text(key).map(|g| g.into_owned().into());
+                    visit(&bucket);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// The spans of every trace whose earliest span started in `[start, end]`, one trace at
     /// a time, each span once.
     pub(crate) fn scan_whole_traces(
@@ -205,10 +338,10 @@ impl ClickHouseStore {
             let list: BTreeSet<String> = kinds.iter().map(|k| kind_code(*k).to_string()).collect();
             filter.push_str(&format!(" AND kind IN ({})", list.into_iter().collect::<Vec<_>>().join(", ")));
         }
-        // The bucket is the sketch's: 0 for zero, else ceil(ln d / ln γ) + 1.
+        let bucket = bucket_sql();
         let bytes = self.rows(&format!(
             "SELECT intDiv(start_ns, {MINUTE_NANOS}) AS minute, service, name, kind, status_code, \
-             toInt32(if(duration_ns = 0, 0, ceil(log(duration_ns) / log({GAMMA:?})) + 1)) AS bucket, \
+             {bucket} AS bucket, \
              count(), sum(duration_ns), min(duration_ns), max(duration_ns) \
              FROM (SELECT start_ns, service, name, kind, status_code, duration_ns FROM spans WHERE {filter} \
              LIMIT 1 BY trace_id, span_id) \

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use spindle_model::{for_each_edge_named, semconv, AttributeValue, BrokerNodes, Span, SpanId, SpanKind, TraceId};
-use spindle_store::{RowFields, SpanFields, SpanRow, TraceQuery, GRAPH_KEYS, SCAN_THREADS};
+use spindle_store::{RedBucket, RowFields, SpanFields, SpanRow, TraceQuery, GRAPH_KEYS, SCAN_THREADS};
 
 use crate::sketch::{LatencySketch, SketchBuilder};
 use crate::{QueryError, QueryService, Trace};
@@ -261,6 +261,19 @@ impl RedAggregate {
         point.latency.add(row.duration_nanos);
     }
 
+    /// Adds one bucket of a store's own aggregation, like its spans row by row.
+    fn add_bucket(&mut self, bucket: &RedBucket) {
+        let steps = self.steps;
+        let series = match (self.grouped, bucket.group.as_deref()) {
+            (true, None) => return,
+            (_, text) => self.series(text.unwrap_or_default()),
+        };
+        let point = series.point(bucket.start_unix_nano, &steps);
+        point.calls += bucket.count;
+        point.errors += if bucket.error { bucket.count } else { 0 };
+        point.latency.add_bucket(bucket.bucket, bucket.count, bucket.sum_nanos, bucket.min_nanos, bucket.max_nanos);
+    }
+
     /// The series of group `text`: its own while there is room, else the overflow.
     fn series(&mut self, text: &str) -> &mut Series {
         if let Some(&i) = self.index.get(text) {
@@ -404,7 +417,11 @@ impl QueryService {
         let mut partials: Vec<RedAggregate> =
             (0..SCAN_THREADS).map(|_| RedAggregate::new(steps, grouped, capacity)).collect();
         let fields = RowFields { group_by: group_by.map(str::to_string), ids: false, operation: false };
-        {
+        let computed = {
+            let first = &mut partials[0];
+            self.store.red_buckets(query, group_by, step, &mut |bucket| first.add_bucket(bucket))?
+        };
+        if !computed {
             let mut visitors: Vec<_> =
                 partials.iter_mut().map(|partial| move |row: &SpanRow| partial.add(row)).collect();
             let mut refs: Vec<&mut (dyn FnMut(&SpanRow) + Send)> =

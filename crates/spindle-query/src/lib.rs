@@ -14,6 +14,9 @@ use std::sync::Arc;
 use spindle_model::{DependencyLink, Span, SpanId, SpanKind, TraceId};
 use spindle_store::{Operation, StoreError, TraceQuery, TraceStore};
 
+/// Traces a search reads from the store at once ([`TraceStore::get_traces`]).
+const TRACES_PER_READ: usize = 100;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error(transparent)]
@@ -79,9 +82,13 @@ impl QueryService {
 
     /// The trace, or `None` when no span of it is stored.
     pub fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>, QueryError> {
-        let spans = self.store.get_trace(trace_id)?;
+        Ok(self.trace_of(trace_id, self.store.get_trace(trace_id)?))
+    }
+
+    /// The trace of `spans`, cut to [`QueryService::with_max_trace_spans`]; `None` without spans.
+    fn trace_of(&self, trace_id: TraceId, spans: Vec<Span>) -> Option<Trace> {
         if spans.is_empty() {
-            return Ok(None);
+            return None;
         }
         let mut trace = assemble(trace_id, spans);
         if trace.spans.len() > self.max_trace_spans {
@@ -89,18 +96,21 @@ impl QueryService {
             trace.spans.truncate(self.max_trace_spans);
             trace.spans.shrink_to_fit();
         }
-        Ok(Some(trace))
+        Some(trace)
     }
 
     /// Whole traces with at least one span matching `query`, newest first.
     pub fn find_traces(&self, query: &TraceQuery) -> Result<Vec<Trace>, QueryError> {
         let ids = self.store.find_trace_ids(query)?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            // Assembling a thousand traces takes long too: stop between traces.
+        // Pages of traces read at once; assembling a thousand takes long too, so the query's
+        // time is checked between pages.
+        for page in ids.chunks(TRACES_PER_READ) {
             query.check()?;
-            if let Some(trace) = self.get_trace(id)? {
-                out.push(trace);
+            for (id, spans) in page.iter().zip(self.store.get_traces(page)?) {
+                if let Some(trace) = self.trace_of(*id, spans) {
+                    out.push(trace);
+                }
             }
         }
         Ok(out)

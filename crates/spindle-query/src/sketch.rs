@@ -219,6 +219,23 @@ impl SketchBuilder {
         }
     }
 
+    /// Counts `count` values that all fall into bucket `index`, with their sum and extremes
+    /// (a row of a store's pre-bucketed statistics), as if each had been added.
+    pub fn add_bucket(&mut self, index: i32, count: u64, sum_nanos: u128, min: u64, max: u64) {
+        if count == 0 {
+            return;
+        }
+        if self.count == 0 || min < self.min {
+            self.min = min;
+        }
+        self.max = self.max.max(max);
+        self.count += count;
+        self.sum_nanos += sum_nanos;
+        let index = index.clamp(0, MAX_BUCKETS as i32 - 1);
+        self.cover(index, index);
+        self.counts[(index - self.first) as usize] += count;
+    }
+
     fn count_staged(&mut self) {
         let (Some(&low), Some(&high)) = (self.staged.iter().min(), self.staged.iter().max()) else { return };
         self.cover(low, high);
@@ -299,6 +316,28 @@ mod tests {
 
     fn within(estimate: f64, exact: u64) -> bool {
         (estimate - exact as f64).abs() <= RELATIVE_ERROR * exact as f64 + 1e-9
+    }
+
+    #[test]
+    fn buckets_count_like_their_values() {
+        let values: Vec<u64> = (0..5_000u64).map(|i| (i * 7_919) % 40_000_000 + i % 3).collect();
+        let mut one_by_one = SketchBuilder::default();
+        values.iter().for_each(|v| one_by_one.add(*v));
+        let mut by_bucket: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
+        values.iter().for_each(|v| by_bucket.entry(bucket_index(*v)).or_default().push(*v));
+        let mut bucketed = SketchBuilder::default();
+        // Buckets interleaved with single values, in reverse, as a store's rows may come.
+        for (i, (index, vs)) in by_bucket.iter().rev().enumerate() {
+            let sum = vs.iter().map(|v| u128::from(*v)).sum();
+            let (min, max) = (*vs.iter().min().expect("non-empty"), *vs.iter().max().expect("non-empty"));
+            if i % 2 == 0 {
+                bucketed.add_bucket(*index, vs.len() as u64, sum, min, max);
+            } else {
+                vs.iter().for_each(|v| bucketed.add(*v));
+            }
+        }
+        bucketed.add_bucket(7, 0, 0, 0, 0);
+        assert_eq!(bucketed.build(), one_by_one.build());
     }
 
     #[test]

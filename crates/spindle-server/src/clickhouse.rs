@@ -11,7 +11,9 @@ use crate::group_commit::GroupCommit;
 
 use spindle_clickhouse::{ClickHouseOptions, ClickHouseStore};
 use spindle_model::{DependencyLink, Span, SpanKind, TraceId};
-use spindle_store::{MinuteBucket, Operation, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore};
+use spindle_store::{
+    MinuteBucket, Operation, RedBucket, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore,
+};
 
 /// The database of tenant `name`: `<prefix>_` then the name with `_` written `__`, `.`
 /// written `_d` and `-` written `_h`. The mapping is one to one (each `_` of the result
@@ -186,6 +188,10 @@ impl TraceStore for LazyStore {
         self.store()?.map_or(Ok(Vec::new()), |s| s.find_trace_ids(query))
     }
 
+    fn get_traces(&self, trace_ids: &[TraceId]) -> Result<Vec<Vec<Span>>, StoreError> {
+        self.store()?.map_or_else(|| Ok(vec![Vec::new(); trace_ids.len()]), |s| s.get_traces(trace_ids))
+    }
+
     fn services(&self) -> Result<Vec<String>, StoreError> {
         self.store()?.map_or(Ok(Vec::new()), |s| s.services())
     }
@@ -224,6 +230,16 @@ impl TraceStore for LazyStore {
         visit: &mut dyn FnMut(&[Span]),
     ) -> Result<(), StoreError> {
         self.store()?.map_or(Ok(()), |s| s.scan_traces(start_unix_nano, end_unix_nano, fields, visit))
+    }
+
+    fn red_buckets(
+        &self,
+        query: &TraceQuery,
+        group_by: Option<&str>,
+        step_nanos: u64,
+        visit: &mut dyn FnMut(&RedBucket),
+    ) -> Result<bool, StoreError> {
+        self.store()?.map_or(Ok(true), |s| s.red_buckets(query, group_by, step_nanos, visit))
     }
 
     fn minute_buckets(

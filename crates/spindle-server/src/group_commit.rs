@@ -9,7 +9,9 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use spindle_model::{DependencyLink, Span, SpanKind, TraceId};
-use spindle_store::{MinuteBucket, Operation, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore};
+use spindle_store::{
+    MinuteBucket, Operation, RedBucket, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore,
+};
 
 /// One joined append: its result, once written, for every caller that added to it.
 #[derive(Default)]
@@ -100,6 +102,10 @@ impl<S: TraceStore> TraceStore for GroupCommit<S> {
         self.inner.find_trace_ids(query)
     }
 
+    fn get_traces(&self, trace_ids: &[TraceId]) -> Result<Vec<Vec<Span>>, StoreError> {
+        self.inner.get_traces(trace_ids)
+    }
+
     fn services(&self) -> Result<Vec<String>, StoreError> {
         self.inner.services()
     }
@@ -159,6 +165,16 @@ impl<S: TraceStore> TraceStore for GroupCommit<S> {
         visit: &mut dyn FnMut(&[Span]),
     ) -> Result<(), StoreError> {
         self.inner.scan_traces(start_unix_nano, end_unix_nano, fields, visit)
+    }
+
+    fn red_buckets(
+        &self,
+        query: &TraceQuery,
+        group_by: Option<&str>,
+        step_nanos: u64,
+        visit: &mut dyn FnMut(&RedBucket),
+    ) -> Result<bool, StoreError> {
+        self.inner.red_buckets(query, group_by, step_nanos, visit)
     }
 
     fn minute_buckets(

@@ -73,6 +73,20 @@ pub trait TraceStore: Send + Sync + 'static {
     /// All spans of a trace, in no particular order; empty when the trace is unknown.
     fn get_trace(&self, trace_id: TraceId) -> Result<Vec<Span>, StoreError>;
 
+    /// [`TraceStore::get_trace`] of each id, in the order given. A store that answers a
+    /// lookup per round trip (ClickHouse) reads them all at once: a search's page of traces
+    /// then costs one read, not one per trace. Stops early when the current query's time is
+    /// up.
+    fn get_traces(&self, trace_ids: &[TraceId]) -> Result<Vec<Vec<Span>>, StoreError> {
+        trace_ids
+            .iter()
+            .map(|id| {
+                QueryControl::check_current()?;
+                self.get_trace(*id)
+            })
+            .collect()
+    }
+
     /// Ids of traces with at least one span matching the query, newest trace first,
     /// at most `query.limit` of them.
     fn find_trace_ids(&self, query: &TraceQuery) -> Result<Vec<TraceId>, StoreError>;
@@ -178,6 +192,22 @@ pub trait TraceStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// RED statistics of the spans matching `query`, grouped by `group_by` and by steps of
+    /// `step_nanos` (a span's step is `start / step_nanos`), computed by the store itself:
+    /// a store that runs the aggregation where the rows are (ClickHouse) sends buckets, not
+    /// rows. `false` (the default) means the store does not, and nothing was visited;
+    /// callers then aggregate [`TraceStore::scan_rows`].
+    fn red_buckets(
+        &self,
+        query: &TraceQuery,
+        group_by: Option<&str>,
+        step_nanos: u64,
+        visit: &mut dyn FnMut(&RedBucket),
+    ) -> Result<bool, StoreError> {
+        let _ = (query, group_by, step_nanos, visit);
+        Ok(false)
+    }
+
     /// Per-minute span statistics of `[start_unix_nano, end_unix_nano)` computed by the
     /// store itself, for stores that several processes share (ClickHouse): every instance
     /// then answers span-metric queries the same, whichever process appended the spans.
@@ -193,6 +223,25 @@ pub trait TraceStore: Send + Sync + 'static {
         let _ = (start_unix_nano, end_unix_nano, services, kinds);
         Ok(None)
     }
+}
+
+/// Spans of one group whose starts fall in one step and whose durations fall in one
+/// latency-sketch bucket (as [`MinuteBucket`]), all errors or none: what
+/// [`TraceStore::red_buckets`] visits, mergeable into the RED statistics that span-by-span
+/// rows give.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedBucket<'a> {
+    /// The text of the grouping key as `Span::group_text` reads it; `None` when the spans
+    /// lack the key, or the scan is not grouped.
+    pub group: Option<Cow<'a, str>>,
+    /// The earliest start among the spans, which fixes their step.
+    pub start_unix_nano: u64,
+    pub error: bool,
+    pub bucket: i32,
+    pub count: u64,
+    pub sum_nanos: u128,
+    pub min_nanos: u64,
+    pub max_nanos: u64,
 }
 
 /// Whether the earliest span of `trace` started in `[start_unix_nano, end_unix_nano]`:
