@@ -765,7 +765,31 @@ fn write_span_row(rows: &mut Writer, span: &Span, blobs: &mut Encoder) -> Result
         .u8(span.status.code.to_otlp() as u8);
     write_attribute_columns(rows, span);
     rows.string(&blobs.encode(span)?);
+    rows.u8(u8::from(typed_only(span)));
     Ok(())
+}
+
+/// Whether `Span::group_text` of any attribute key is what the typed arrays say: every span
+/// attribute a string, int, bool or double, no key twice among them (the first of a key
+/// could then be in any array), and every resource attribute a string (`resource_keys`
+/// holds only strings).
+fn typed_only(span: &Span) -> bool {
+    let typed = |v: &AttributeValue| {
+        matches!(
+            v,
+            AttributeValue::String(_) | AttributeValue::Int(_) | AttributeValue::Bool(_) | AttributeValue::Double(_)
+        )
+    };
+    let attributes = &span.attributes;
+    attributes.iter().all(|kv| typed(&kv.value))
+        && if attributes.len() <= 16 {
+            attributes.iter().enumerate().all(|(i, kv)| attributes[..i].iter().all(|other| other.key != kv.key))
+        } else {
+            let mut keys: Vec<&str> = attributes.iter().map(|kv| kv.key.as_str()).collect();
+            keys.sort_unstable();
+            keys.windows(2).all(|pair| pair[0] != pair[1])
+        }
+        && span.resource.attributes.iter().all(|kv| matches!(kv.value, AttributeValue::String(_)))
 }
 
 /// `str_keys` to `resource_values`: the attributes the typed arrays hold; the blob holds

@@ -18,7 +18,8 @@ use spindle_test_support::ClickHouse;
 const T0: u64 = 1_765_000_000_000_000_000;
 
 /// A deterministic mix: three services, string/int/bool/double attributes, a key held
-/// only by the resource (as a string, an int, a map), one only in events, one as bytes,
+/// only by the resource (as a string, an int, a map; one resource has strings only), one
+/// only in events, one as bytes, span ids shared between traces,
 /// keys held twice with different types (whichever comes first is the group), errors,
 /// zero durations, ends before starts, spans over six minutes.
 fn spans() -> Vec<Span> {
@@ -26,16 +27,18 @@ fn spans() -> Vec<Span> {
         .iter()
         .enumerate()
         .map(|(i, service)| {
-            Arc::new(Resource {
-                attributes: vec![
-                    KeyValue::string("service.name", *service),
-                    KeyValue::string("region", ["eu", "us", "ap"][i]),
-                    KeyValue::new("shard", AttributeValue::Int(i as i64)),
-                    KeyValue::new("labels", AttributeValue::Map(Vec::new())),
-                    KeyValue::string("region", "second"),
-                ],
-                dropped_attributes_count: 0,
-            })
+            let mut attributes = vec![
+                KeyValue::string("service.name", *service),
+                KeyValue::string("region", ["eu", "us", "ap"][i]),
+                KeyValue::new("shard", AttributeValue::Int(i as i64)),
+                KeyValue::new("labels", AttributeValue::Map(Vec::new())),
+                KeyValue::string("region", "second"),
+            ];
+            if *service == "worker" {
+                // Strings only: its spans' typed arrays can say every group alone.
+                attributes.retain(|kv| kv.value.as_str().is_some());
+            }
+            Arc::new(Resource { attributes, dropped_attributes_count: 0 })
         })
         .collect();
     (0..600u64)
@@ -75,7 +78,9 @@ fn spans() -> Vec<Span> {
             };
             Span {
                 trace_id: TraceId(u128::from(i / 4) + 1),
-                span_id: SpanId(i + 1),
+                // Some span ids recur in other traces (unique within each), which a
+                // dedupe by span id alone would merge.
+                span_id: if i % 17 == 5 { SpanId(1_000_000 + i % 3) } else { SpanId(i + 1) },
                 parent_span_id: if i % 4 == 0 { SpanId::default() } else { SpanId(i / 4 * 4 + 1) },
                 name: ["get", "put", "scan"][(i % 3) as usize].into(),
                 kind: [SpanKind::Server, SpanKind::Client, SpanKind::Internal][(i % 3) as usize],
@@ -189,12 +194,13 @@ fn scans_give_what_the_spans_give_each_span_once() {
         Some("absent"),
     ];
     for query in &queries {
-        let expected: Vec<&Span> = all.iter().filter(|s| query.matches_span(s)).collect();
+        let mut expected: Vec<&Span> = all.iter().filter(|s| query.matches_span(s)).collect();
+        expected.sort_by_key(|s| (s.span_id, s.trace_id));
         assert!(!expected.is_empty(), "the workload has spans for {query:?}");
 
         let mut scanned = Vec::new();
         store.scan_spans(query, &mut |s| scanned.push(s.clone())).unwrap();
-        scanned.sort_by_key(|s| s.span_id);
+        scanned.sort_by_key(|s| (s.span_id, s.trace_id));
         assert_eq!(scanned.iter().collect::<Vec<_>>(), expected, "scan_spans {query:?}");
 
         for key in keys {
@@ -241,6 +247,7 @@ fn scans_give_what_the_spans_give_each_span_once() {
     for s in &all {
         traces.entry(s.trace_id).or_default().push(s.clone());
     }
+    traces.values_mut().for_each(|spans| spans.sort_by_key(|s| s.span_id));
     let want: BTreeSet<TraceId> = traces
         .iter()
         .filter(|(_, spans)| (from..=to).contains(&spans.iter().map(|s| s.start_time_unix_nano).min().unwrap()))
@@ -303,4 +310,58 @@ fn traces_read_at_once_equal_traces_read_one_by_one() {
         assert_eq!(got.len(), expected, "trace {id:?} whole and each span once");
     }
     assert!(store.get_traces(&[]).unwrap().is_empty());
+}
+
+/// A writer that reuses span ids across many traces (unique within each, as the data model
+/// asks) still gets exact RED statistics: past the rebuild limit they are aggregated by
+/// (trace id, span id).
+#[test]
+fn red_statistics_stay_exact_when_span_ids_recur_across_many_traces() {
+    let server = ClickHouse::start();
+    let store = ClickHouseStore::open(ClickHouseOptions::new(&server.http_url, "recurring")).expect("open");
+    let mut all = spans();
+    let template = all[1].clone();
+    all.extend((0..12_000u64).map(|i| Span {
+        trace_id: TraceId(u128::from(i) + 10_000),
+        span_id: SpanId(7 + i % 2),
+        start_time_unix_nano: T0 + i * 250_000_000,
+        end_time_unix_nano: T0 + i * 250_000_000 + (i * 104_729) % 9_000_000,
+        attributes: vec![KeyValue::string("symbol", ["AAPL", "ZZZ"][(i % 2) as usize])],
+        ..template.clone()
+    }));
+    for chunk in all.chunks(3_000) {
+        store.append(chunk.to_vec()).unwrap();
+        store.append(chunk.to_vec()).unwrap();
+    }
+    let (clickhouse, reference) = (QueryService::new(Arc::new(store)), QueryService::new(Arc::new(Reference(all))));
+    for key in [None, Some("symbol"), Some("score"), Some("service")] {
+        let query = window();
+        let got = clickhouse.red_top(&query, key, 300_000_000_000, usize::MAX).unwrap();
+        let want = reference.red_top(&query, key, 300_000_000_000, usize::MAX).unwrap();
+        if key.is_none() {
+            assert!(want.groups[0].total.calls > 12_000);
+        }
+        assert_eq!(got, want, "RED by {key:?}");
+    }
+}
+
+/// Span metrics of spans whose ids are random, as SDKs draw them (the fast per-id dedupe),
+/// equal the ones counted at append, every batch appended twice.
+#[test]
+fn minute_statistics_of_random_span_ids_equal_the_counted_ones() {
+    let server = ClickHouse::start();
+    let store = ClickHouseStore::open(ClickHouseOptions::new(&server.http_url, "random_ids")).expect("open");
+    let all = spindle_workload::Workload::new(3).batch(2_000, T0, 5 * BUCKET_NANOS);
+    for chunk in all.chunks(4_000) {
+        store.append(chunk.to_vec()).unwrap();
+        store.append(chunk.to_vec()).unwrap();
+    }
+    let mut counted = SpanMetrics::default();
+    counted.merge(BatchAggregate::from_spans(&all));
+    let end = T0 + 7 * BUCKET_NANOS;
+    let built = SpanMetrics::from_minute_buckets(store.minute_buckets(T0, end, &[], &[]).unwrap().expect("computed"));
+    let filter = SeriesFilter { services: Vec::new(), kinds: Vec::new(), operation: None };
+    let want = counted.series(&filter, T0, end, BUCKET_NANOS, true);
+    assert!(!want.is_empty());
+    assert_eq!(built.series(&filter, T0, end, BUCKET_NANOS, true), want);
 }

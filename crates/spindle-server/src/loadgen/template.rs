@@ -5,7 +5,7 @@
 //! shared by both, loadgen measured itself. So each connection generates a pool of batches
 //! once, encodes each into an `ExportTraceServiceRequest` and remembers where the fields
 //! that make a span unique sit in those bytes. Sending a batch copies its bytes and writes
-//! new trace ids, new `request.id` values and the current time into them: every trace sent
+//! new trace and span ids, new `request.id` values and the current time into them: every trace sent
 //! is new, every span keeps the workload's shape, attributes and durations.
 //!
 //! The encoder writes the OTLP protobuf wire format (`opentelemetry/proto/trace/v1/trace.proto`
@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use spindle_codec::otlp::group_by_resource_and_scope;
-use spindle_model::{AttributeValue, KeyValue, Resource, Scope, Span, TraceId};
+use spindle_model::{AttributeValue, KeyValue, Resource, Scope, Span, SpanId, TraceId};
 use spindle_workload::Rng;
 
 /// The attribute whose value is a fresh id per span (16 hex digits).
@@ -32,6 +32,8 @@ struct Writer {
     buf: Vec<u8>,
     /// (offset of 16 trace-id bytes, index of the trace in the batch)
     trace_ids: Vec<(usize, usize)>,
+    /// (offset of 8 span-id bytes, index of the span in the batch): span and parent ids
+    span_ids: Vec<(usize, usize)>,
     /// offsets of 16-byte `request.id` strings
     request_ids: Vec<usize>,
     /// offsets of little-endian u64 timestamps
@@ -90,6 +92,7 @@ impl Writer {
         let at = self.buf.len();
         self.buf.extend_from_slice(&inner.buf);
         self.trace_ids.extend(inner.trace_ids.into_iter().map(|(o, t)| (o + at, t)));
+        self.span_ids.extend(inner.span_ids.into_iter().map(|(o, s)| (o + at, s)));
         self.request_ids.extend(inner.request_ids.into_iter().map(|o| o + at));
         self.times.extend(inner.times.into_iter().map(|o| o + at));
         self.names.extend(inner.names.into_iter().map(|o| o + at));
@@ -150,15 +153,25 @@ impl Writer {
         self.uint(4, u64::from(scope.dropped_attributes_count));
     }
 
-    fn span(&mut self, span: &Span, trace: usize) {
+    /// A span id rewritten per rendering when the batch holds the span it names (`index`).
+    fn span_id(&mut self, field: u32, id: SpanId, index: Option<usize>) {
+        self.key(field, LEN);
+        self.varint(8);
+        if let Some(index) = index {
+            self.span_ids.push((self.buf.len(), index));
+        }
+        self.buf.extend_from_slice(&id.to_bytes());
+    }
+
+    fn span(&mut self, span: &Span, trace: usize, spans: &HashMap<(TraceId, SpanId), usize>) {
         self.key(1, LEN);
         self.varint(16);
         self.trace_ids.push((self.buf.len(), trace));
         self.buf.extend_from_slice(&span.trace_id.to_bytes());
-        self.bytes(2, &span.span_id.to_bytes());
+        self.span_id(2, span.span_id, spans.get(&(span.trace_id, span.span_id)).copied());
         self.bytes(3, span.trace_state.as_bytes());
         if span.parent_span_id.is_valid() {
-            self.bytes(4, &span.parent_span_id.to_bytes());
+            self.span_id(4, span.parent_span_id, spans.get(&(span.trace_id, span.parent_span_id)).copied());
         }
         match self.name_digits {
             Some(digits) if span.name.len() >= digits => {
@@ -248,6 +261,8 @@ impl NameCycle {
 pub struct Template {
     bytes: Vec<u8>,
     trace_ids: Vec<(usize, usize)>,
+    span_ids: Vec<(usize, usize)>,
+    spans: usize,
     request_ids: Vec<usize>,
     times: Vec<usize>,
     /// Offsets of the digits ending each span name, with `--distinct-names`.
@@ -278,6 +293,12 @@ impl Template {
             let next = traces.len();
             traces.entry(span.trace_id).or_insert(next);
         }
+        // Each span's index, so that its id and its children's parent id get one new id.
+        let mut ids: HashMap<(TraceId, SpanId), usize> = HashMap::new();
+        for span in spans {
+            let next = ids.len();
+            ids.entry((span.trace_id, span.span_id)).or_insert(next);
+        }
         let mut w = Writer { name_digits, ..Writer::default() };
         for (resource, scopes) in group_by_resource_and_scope(spans) {
             w.message(1, |w| {
@@ -286,7 +307,7 @@ impl Template {
                     w.message(2, |w| {
                         w.message(1, |w| w.scope(scope));
                         for span in spans {
-                            w.message(2, |w| w.span(span, traces[&span.trace_id]));
+                            w.message(2, |w| w.span(span, traces[&span.trace_id], &ids));
                         }
                     });
                 }
@@ -295,6 +316,8 @@ impl Template {
         Template {
             bytes: w.buf,
             trace_ids: w.trace_ids,
+            span_ids: w.span_ids,
+            spans: ids.len(),
             request_ids: w.request_ids,
             times: w.times,
             names: w.names,
@@ -304,7 +327,7 @@ impl Template {
         }
     }
 
-    /// The batch with new trace ids and request ids drawn from `rng`, its earliest span
+    /// The batch with new trace, span and request ids drawn from `rng`, its earliest span
     /// starting at `start_unix_nano`, and, for a template [`Template::with_names`], the
     /// next span names of `names`.
     pub fn render(&self, rng: &mut Rng, start_unix_nano: u64, names: Option<&mut NameCycle>) -> Vec<u8> {
@@ -321,6 +344,11 @@ impl Template {
             .collect();
         for &(at, trace) in &self.trace_ids {
             out[at..at + 16].copy_from_slice(&ids[trace]);
+        }
+        // New span ids too, as SDKs draw them: random per span, so no two traces share one.
+        let span_ids: Vec<[u8; 8]> = (0..self.spans).map(|_| (rng.next_u64() | 1).to_be_bytes()).collect();
+        for &(at, span) in &self.span_ids {
+            out[at..at + 8].copy_from_slice(&span_ids[span]);
         }
         const HEX: &[u8; 16] = b"0123456789abcdef";
         for &at in &self.request_ids {
@@ -414,16 +442,29 @@ mod tests {
         assert_eq!(request_ids(&first).len(), 200);
         assert!(request_ids(&first).is_disjoint(&request_ids(&second)));
         assert_eq!(first.spans.iter().map(|s| s.start_time_unix_nano).min(), Some(now));
-        // Everything else is the workload's: same shapes, durations, attributes.
-        for (a, b) in spans.iter().zip(&first.spans).filter(|(a, b)| a.span_id == b.span_id) {
+        // New span ids, each once, and parents that still name their rendered parent.
+        let span_ids = |d: &spindle_codec::Decoded| d.spans.iter().map(|s| s.span_id).collect::<HashSet<_>>();
+        assert_eq!(span_ids(&first).len(), 200);
+        assert!(span_ids(&first).is_disjoint(&span_ids(&second)));
+        assert!(span_ids(&first).is_disjoint(&spans.iter().map(|s| s.span_id).collect()));
+        // Everything else is the workload's, span for span in the encoded order: same shapes,
+        // durations, attributes.
+        let encoded: Vec<&Span> = group_by_resource_and_scope(&spans)
+            .into_iter()
+            .flat_map(|(_, scopes)| scopes.into_iter().flat_map(|(_, spans)| spans))
+            .collect();
+        assert_eq!(encoded.len(), first.spans.len());
+        let rendered_id: std::collections::HashMap<SpanId, SpanId> =
+            encoded.iter().zip(&first.spans).map(|(a, b)| (a.span_id, b.span_id)).collect();
+        for (a, b) in encoded.iter().zip(&first.spans) {
             assert_eq!(a.duration_nanos(), b.duration_nanos());
             assert_eq!(a.start_time_unix_nano - 1_000_000_000, b.start_time_unix_nano - now);
             assert_eq!(a.name, b.name);
             assert_eq!(a.attribute("symbol"), b.attribute("symbol"));
             assert_eq!(a.events.len(), b.events.len());
+            let parent = rendered_id.get(&a.parent_span_id).copied().unwrap_or(SpanId::INVALID);
+            assert_eq!(b.parent_span_id, parent, "the parent of {} is rendered with it", a.name);
         }
-        let matched = spans.iter().filter(|a| first.spans.iter().any(|b| b.span_id == a.span_id)).count();
-        assert_eq!(matched, 200);
     }
 
     #[test]
