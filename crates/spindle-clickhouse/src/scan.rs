@@ -3,7 +3,7 @@
 //! trace whole). Duplicates of a retried append are dropped in SQL (`LIMIT 1 BY trace_id,
 //! span_id`); duplicates share a trace id, so on a cluster they share a shard.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use spindle_model::{AttributeValue, Span, SpanId, SpanKind, StatusCode, TraceId};
 use spindle_query::sketch::GAMMA;
@@ -45,8 +45,63 @@ fn group_route(k: &str) -> String {
     )
 }
 
-/// Rows a RED part rebuilds one by one before it aggregates by (trace id, span id) instead.
-const REBUILD_LIMIT: u64 = 10_000;
+/// Span ids occurring more than once in a scan's rows that are read apart, deduplicated;
+/// with more, every row is deduplicated.
+const REPEATED_LIMIT: usize = 10_000;
+
+/// The rows of a scan's filter, each span once. Deduplicating every row (`LIMIT 1 BY
+/// trace_id, span_id`) costs more than the aggregation itself on 18.16, and nearly every span
+/// id occurs once: the ids that occur more than once (a retried append's copies, or another
+/// trace's span with the same id) are found first by a grouping on the id alone, and only
+/// their rows are deduplicated.
+struct Rows {
+    filter: String,
+    repeated: Repeated,
+}
+
+enum Repeated {
+    None,
+    /// The repeated span ids, comma-separated.
+    Ids(String),
+    /// More than [`REPEATED_LIMIT`].
+    Many,
+}
+
+impl Rows {
+    fn of(store: &ClickHouseStore, filter: String) -> Result<Rows, StoreError> {
+        let bytes = store.rows(&format!(
+            "SELECT span_id FROM spans WHERE {filter} GROUP BY span_id HAVING count() > 1 LIMIT {}",
+            REPEATED_LIMIT + 1
+        ))?;
+        let mut reader = Reader::new(&bytes);
+        let mut ids = Vec::new();
+        while !reader.is_empty() {
+            ids.push(reader.u64().map_err(|e| store.malformed(e))?.to_string());
+        }
+        let repeated = match ids.len() {
+            0 => Repeated::None,
+            n if n > REPEATED_LIMIT => Repeated::Many,
+            _ => Repeated::Ids(ids.join(", ")),
+        };
+        Ok(Rows { filter, repeated })
+    }
+
+    /// `SELECT {columns}` of the rows, `part` read first (`PREWHERE`), each span once.
+    fn select(&self, columns: &str, part: &str) -> String {
+        let filter = &self.filter;
+        match &self.repeated {
+            Repeated::None => format!("SELECT {columns} FROM spans PREWHERE {part} WHERE {filter}"),
+            Repeated::Ids(ids) => format!(
+                "SELECT {columns} FROM spans PREWHERE {part} WHERE {filter} AND span_id NOT IN ({ids}) \
+                 UNION ALL SELECT {columns} FROM spans PREWHERE {part} AND span_id IN ({ids}) WHERE {filter} \
+                 LIMIT 1 BY trace_id, span_id"
+            ),
+            Repeated::Many => {
+                format!("SELECT {columns} FROM spans PREWHERE {part} WHERE {filter} LIMIT 1 BY trace_id, span_id")
+            }
+        }
+    }
+}
 
 /// The value columns of [`ClickHouseStore::red_part`] for a group that is always a string.
 fn string_value(text: &str) -> [String; 4] {
@@ -185,9 +240,8 @@ impl ClickHouseStore {
     /// span matcher decides: `false` then), each span once, aggregated in SQL. With an
     /// attribute key, rows whose typed arrays say everything (`typed_only`) and hold the key
     /// as a string are read apart, from the string arrays alone; the rest take
-    /// [`group_route`]. Spans whose group only a rebuilt span can say (route 5), and spans
-    /// whose id another trace's span has too (then the per-id dedupe cannot tell them
-    /// apart), come one per bucket by span id and are rebuilt by a second read.
+    /// [`group_route`], and spans whose group only a rebuilt span can say (route 5) come
+    /// one per bucket and are rebuilt by a second read.
     pub(crate) fn red_statistics(
         &self,
         query: &TraceQuery,
@@ -203,16 +257,19 @@ impl ClickHouseStore {
             return Ok(true);
         }
         let step = step_nanos.max(1);
-        let filter = span_filter(query);
+        let rows = Rows::of(self, span_filter(query))?;
+        let mut rebuild = Vec::new();
         match group_by {
-            None => self.red_part(&filter, "1", string_value("''"), None, step, group_by, visit)?,
+            None => self.red_part(&rows, "1", string_value("''"), None, (step, group_by), &mut rebuild, visit)?,
             Some(key) => match identity_group("service", "name", key) {
-                Some(column) => self.red_part(&filter, "1", string_value(&column), None, step, group_by, visit)?,
+                Some(column) => {
+                    self.red_part(&rows, "1", string_value(&column), None, (step, group_by), &mut rebuild, visit)?
+                }
                 None => {
                     let k = literal(key.as_bytes());
                     let fast = format!("typed_only = 1 AND has(str_keys, {k})");
                     let value = string_value(&format!("str_values[indexOf(str_keys, {k})]"));
-                    self.red_part(&filter, "1", value, Some(&fast), step, group_by, visit)?;
+                    self.red_part(&rows, "1", value, Some(&fast), (step, group_by), &mut rebuild, visit)?;
                     let value = [
                         format!(
                             "multiIf(route = 1, str_values[indexOf(str_keys, {k})], \
@@ -223,86 +280,21 @@ impl ClickHouseStore {
                         format!("if(route = 4, double_values[indexOf(double_keys, {k})], 0)"),
                     ];
                     let rest = format!("NOT ({fast})");
-                    self.red_part(&filter, &group_route(&k), value, Some(&rest), step, group_by, visit)?;
+                    let route = group_route(&k);
+                    self.red_part(&rows, &route, value, Some(&rest), (step, group_by), &mut rebuild, visit)?;
                 }
             },
         }
-        Ok(true)
-    }
-
-    /// One part of [`Self::red_statistics`]: the rows of `filter` (and `part`, read first
-    /// as `PREWHERE`), their route by `route` (an expression of the row; 1 when the value is
-    /// a string), and their group's value by `value`: one string, or the string, int, bool
-    /// and double of [`group_route`]'s routes. Spans it cannot aggregate it rebuilds from
-    /// the rows of the same part, so a span id another part holds too is not counted twice.
-    ///
-    /// Duplicates of a retried append are one span. Grouping by the span id alone is
-    /// several times faster than by (trace id, span id) on 18.16; span ids another trace
-    /// shares are found by their differing trace ids and rebuilt apart. A writer that
-    /// reuses span ids across many traces would make that rebuild large: past
-    /// [`REBUILD_LIMIT`] rows the part is aggregated again by (trace id, span id).
-    #[allow(clippy::too_many_arguments)]
-    fn red_part(
-        &self,
-        filter: &str,
-        route: &str,
-        value: [String; 4],
-        part: Option<&str>,
-        step: u64,
-        group_by: Option<&str>,
-        visit: &mut dyn FnMut(&RedBucket),
-    ) -> Result<(), StoreError> {
-        let [gs, gi, gb, gd] = value;
-        let part = part.unwrap_or("1");
-        let sql = |exact: bool| {
-            let (dedupe, clash, trace) = match exact {
-                true => ("trace_id, span_id", "0", "if(route_any = 5, trace_id, toFixedString('', 16))"),
-                false => ("span_id", "if(min(trace_id) = max(trace_id), 0, 1)", "toFixedString('', 16)"),
-            };
-            format!(
-                "SELECT r, gs, gi, gb, gd, redo, rt, rs, min(s), e, b, count(), sum(d), min(d), max(d), sum(n) FROM ( \
-                   SELECT {clash} AS clash, any(route) AS route_any, if(route_any = 6, 1, route_any) AS r, \
-                   route_any = 5 OR clash = 1 AS redo, {trace} AS rt, if(redo, span_id, 0) AS rs, \
-                   any(gs0) AS gs, any(gi0) AS gi, any(gb0) AS gb, any(gd0) AS gd, any(start_ns) AS s, \
-                   any(duration_ns) AS d, any(error) AS e, any(bucket) AS b, count() AS n FROM ( \
-                     SELECT trace_id, span_id, start_ns, duration_ns, status_code = {error} AS error, \
-                     {bucket} AS bucket, {route} AS route, {gs} AS gs0, {gi} AS gi0, {gb} AS gb0, {gd} AS gd0 \
-                     FROM spans PREWHERE {part} WHERE {filter}) \
-                   GROUP BY {dedupe}) \
-                 WHERE r != 0 OR redo GROUP BY r, gs, gi, gb, gd, redo, rt, rs, intDiv(s, {step}), e, b",
-                error = StatusCode::Error.to_otlp(),
-                bucket = bucket_sql(),
-            )
-        };
-        let mut bytes = self.rows(&sql(false))?;
-        let (mut rebuild, rows) = self.red_rows(&bytes, group_by, &mut |_| {})?;
-        if rows > REBUILD_LIMIT {
-            bytes = self.rows(&sql(true))?;
-            rebuild = self.red_rows(&bytes, group_by, &mut |_| {})?.0;
-        }
-        self.red_rows(&bytes, group_by, visit)?;
+        query.check()?;
         if rebuild.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
-        // Spans of a clash (no trace id) by their ids within the part; route-5 spans of an
-        // exact aggregation by (trace id, span id). Invalid all-zero trace ids are stored
-        // too: those are rebuilt by span id, which only reads more.
-        let (clashes, pairs): (Vec<_>, Vec<_>) = rebuild.into_iter().partition(|(trace, _)| trace.is_none());
-        let mut which = Vec::new();
-        if !clashes.is_empty() {
-            let ids: Vec<String> = clashes.iter().map(|(_, span)| span.to_string()).collect();
-            which.push(format!("span_id IN ({})", ids.join(", ")));
-        }
-        if !pairs.is_empty() {
-            let ids: Vec<String> = pairs
-                .iter()
-                .filter_map(|(trace, span)| trace.map(|t| format!("({}, {span})", crate::trace_literal(t))))
-                .collect();
-            which.push(format!("(trace_id, span_id) IN ({})", ids.join(", ")));
-        }
+        let pairs: Vec<String> =
+            rebuild.iter().map(|(trace, span)| format!("({}, {span})", crate::trace_literal(*trace))).collect();
         let spans = self.spans_selected(&format!(
-            "PREWHERE ({}) AND {part} WHERE {filter} LIMIT 1 BY trace_id, span_id",
-            which.join(" OR ")
+            "PREWHERE (trace_id, span_id) IN ({}) WHERE {} LIMIT 1 BY trace_id, span_id",
+            pairs.join(", "),
+            rows.filter
         ))?;
         for span in spans {
             let duration = span.duration_nanos();
@@ -317,28 +309,47 @@ impl ClickHouseStore {
                 max_nanos: duration,
             });
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Reads an answer of [`Self::red_part`]'s SQL: visits its buckets, and returns the spans
-    /// to rebuild, by trace id (when the answer says it) and span id, and how many rows
-    /// those stand for.
-    fn red_rows(
+    /// One part of [`Self::red_statistics`]: the rows `rows` selects (and `part`, read first
+    /// as `PREWHERE`), their route by `route` (an expression of the row; 1 when the value is
+    /// a string), and their group's value by `value`: one string, or the string, int, bool
+    /// and double of [`group_route`]'s routes, in steps of `step` grouped by `group_by`.
+    /// Route-5 spans go to `rebuild`.
+    #[allow(clippy::too_many_arguments)]
+    fn red_part(
         &self,
-        bytes: &[u8],
-        group_by: Option<&str>,
+        rows: &Rows,
+        route: &str,
+        value: [String; 4],
+        part: Option<&str>,
+        (step, group_by): (u64, Option<&str>),
+        rebuild: &mut Vec<(TraceId, u64)>,
         visit: &mut dyn FnMut(&RedBucket),
-    ) -> Result<(HashSet<(Option<TraceId>, u64)>, u64), StoreError> {
+    ) -> Result<(), StoreError> {
+        let [gs, gi, gb, gd] = value;
+        let columns = format!(
+            "trace_id, span_id, start_ns, duration_ns, status_code = {error} AS error, {bucket} AS bucket, \
+             {route} AS route, {gs} AS gs, {gi} AS gi, {gb} AS gb, {gd} AS gd",
+            error = StatusCode::Error.to_otlp(),
+            bucket = bucket_sql(),
+        );
+        let bytes = self.rows(&format!(
+            "SELECT if(route = 6, 1, route) AS r, gs, gi, gb, gd, if(route = 5, trace_id, toFixedString('', 16)) AS rt, \
+             if(route = 5, span_id, 0) AS rs, min(start_ns), error, bucket, count(), sum(duration_ns), \
+             min(duration_ns), max(duration_ns) FROM ({}) WHERE route != 0 \
+             GROUP BY r, gs, gi, gb, gd, rt, rs, intDiv(start_ns, {step}), error, bucket",
+            rows.select(&columns, part.unwrap_or("1"))
+        ))?;
         let bad = |e| self.malformed(e);
-        let mut reader = Reader::new(bytes);
-        let (mut rebuild, mut rows) = (HashSet::new(), 0);
+        let mut reader = Reader::new(&bytes);
         while !reader.is_empty() {
             let route = reader.u8().map_err(bad)?;
             let text = reader.string().map_err(bad)?;
             let int = reader.i64().map_err(bad)?;
             let boolean = reader.u8().map_err(bad)?;
             let double = reader.f64().map_err(bad)?;
-            let redo = reader.u8().map_err(bad)? != 0;
             let trace_id = reader.trace_id().map_err(bad)?;
             let span_id = reader.u64().map_err(bad)?;
             let mut bucket = RedBucket {
@@ -351,22 +362,20 @@ impl ClickHouseStore {
                 min_nanos: reader.u64().map_err(bad)?,
                 max_nanos: reader.u64().map_err(bad)?,
             };
-            let folded = reader.u64().map_err(bad)?;
-            if redo {
-                rebuild.insert(((trace_id != TraceId::default()).then_some(trace_id), span_id));
-                rows += folded;
-                continue;
-            }
             bucket.group = match (group_by, route) {
-                (None, _) | (_, 0) => None,
+                (None, _) => None,
                 (Some(_), 1) => Some(String::from_utf8_lossy(text)),
                 (Some(_), 2) => Some(AttributeValue::Int(int).to_display_string().into()),
                 (Some(_), 3) => Some(AttributeValue::Bool(boolean != 0).to_display_string().into()),
-                (Some(_), _) => Some(AttributeValue::Double(double).to_display_string().into()),
+                (Some(_), 4) => Some(AttributeValue::Double(double).to_display_string().into()),
+                (Some(_), _) => {
+                    rebuild.push((trace_id, span_id));
+                    continue;
+                }
             };
             visit(&bucket);
         }
-        Ok((rebuild, rows))
+        Ok(())
     }
 
     /// The spans of every trace whose earliest span started in `[start, end]`, one trace at
@@ -417,35 +426,19 @@ impl ClickHouseStore {
             let list: BTreeSet<String> = kinds.iter().map(|k| kind_code(*k).to_string()).collect();
             filter.push_str(&format!(" AND kind IN ({})", list.into_iter().collect::<Vec<_>>().join(", ")));
         }
-        let bucket = bucket_sql();
-        // Each span once: by its id alone, several times faster than by (trace id, span
-        // id) on 18.16, unless a span id recurs in another trace (the `clash` of any row),
-        // when the statistics are computed again by (trace id, span id).
+        let rows = Rows::of(self, filter)?;
         let bytes = self.rows(&format!(
-            "SELECT intDiv(s, {MINUTE_NANOS}) AS minute, sv, nm, k, st, {bucket} AS bucket, \
-             count(), sum(duration_ns), min(duration_ns), max(duration_ns), max(clash) \
-             FROM (SELECT if(min(trace_id) = max(trace_id), 0, 1) AS clash, any(start_ns) AS s, any(service) AS sv, \
-             any(name) AS nm, any(kind) AS k, any(status_code) AS st, any(duration_ns) AS duration_ns \
-             FROM spans WHERE {filter} GROUP BY span_id) \
-             GROUP BY minute, sv, nm, k, st, bucket"
+            "SELECT intDiv(start_ns, {MINUTE_NANOS}) AS minute, service, name, kind, status_code, \
+             {bucket} AS bucket, count(), sum(duration_ns), min(duration_ns), max(duration_ns) \
+             FROM ({}) GROUP BY minute, service, name, kind, status_code, bucket",
+            rows.select("trace_id, span_id, start_ns, service, name, kind, status_code, duration_ns", "1"),
+            bucket = bucket_sql(),
         ))?;
-        let mut out = self.minute_rows(&bytes, true)?;
-        if out.iter().any(|(_, clash)| *clash) {
-            let bytes = self.rows(&format!(
-                "SELECT intDiv(start_ns, {MINUTE_NANOS}) AS minute, service, name, kind, status_code, \
-                 {bucket} AS bucket, count(), sum(duration_ns), min(duration_ns), max(duration_ns) \
-                 FROM (SELECT start_ns, service, name, kind, status_code, duration_ns FROM spans WHERE {filter} \
-                 LIMIT 1 BY trace_id, span_id) \
-                 GROUP BY minute, service, name, kind, status_code, bucket"
-            ))?;
-            out = self.minute_rows(&bytes, false)?;
-        }
-        Ok(out.into_iter().map(|(bucket, _)| bucket).collect())
+        self.minute_rows(&bytes)
     }
 
-    /// The buckets of an answer of [`Self::minute_statistics`], each with its `clash` when
-    /// the answer has that column.
-    fn minute_rows(&self, bytes: &[u8], with_clash: bool) -> Result<Vec<(MinuteBucket, bool)>, StoreError> {
+    /// The buckets of an answer of [`Self::minute_statistics`].
+    fn minute_rows(&self, bytes: &[u8]) -> Result<Vec<MinuteBucket>, StoreError> {
         let bad = |e| self.malformed(e);
         let mut reader = Reader::new(bytes);
         let mut out = Vec::new();
@@ -462,8 +455,7 @@ impl ClickHouseStore {
                 min_nanos: reader.u64().map_err(bad)?,
                 max_nanos: reader.u64().map_err(bad)?,
             };
-            let clash = with_clash && reader.u8().map_err(bad)? != 0;
-            out.push((bucket, clash));
+            out.push(bucket);
         }
         Ok(out)
     }
