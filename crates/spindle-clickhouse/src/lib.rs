@@ -158,15 +158,16 @@ fn day_filter(min: u64, max: u64) -> String {
 }
 
 /// Partition and primary-key pruning for spans started in any of `windows` (inclusive
-/// `[first, last]` nanoseconds): windows less than an hour apart are read as one.
+/// `[first, last]` nanoseconds), overlapping ones merged. Each window stays a range of its
+/// own: the primary key then reads a few granules per trace, where one range over all of
+/// them would read every granule between.
 fn start_windows(windows: impl IntoIterator<Item = (u64, u64)>) -> String {
-    const GAP: u64 = 3_600_000_000_000;
     let mut windows: Vec<(u64, u64)> = windows.into_iter().collect();
     windows.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::new();
     for (first, last) in windows {
         match merged.last_mut() {
-            Some(open) if first <= open.1.saturating_add(GAP) => open.1 = open.1.max(last),
+            Some(open) if first <= open.1 => open.1 = open.1.max(last),
             _ => merged.push((first, last)),
         }
     }
@@ -566,7 +567,8 @@ const DERIVED_KEYS: [&str; 7] = [
 ];
 
 /// A condition every span matching `key=value` meets, so SQL drops most others before
-/// their blobs are decoded: a string span attribute with exactly that value, or the key
+/// their blobs are decoded: a string span attribute key and value both present (cheaper
+/// than pairing them, which the span matcher does on what is left), or the key
 /// anywhere a string attribute cannot be compared in SQL — a typed non-string attribute,
 /// a resource attribute, or the blob (events, bytes and array values, non-string resource
 /// attributes; a version 1 blob holds every key). The span matcher decides on the rest.
@@ -576,7 +578,7 @@ fn attribute_prefilter(key: &str, value: &str) -> Option<String> {
     }
     let (k, v) = (literal(key.as_bytes()), literal(value.as_bytes()));
     Some(format!(
-        "(arrayExists((a, b) -> a = {k} AND b = {v}, str_keys, str_values) OR has(int_keys, {k}) \
+        "((has(str_keys, {k}) AND has(str_values, {v})) OR has(int_keys, {k}) \
          OR has(bool_keys, {k}) OR has(double_keys, {k}) OR has(resource_keys, {k}) OR position(span, {k}) > 0)"
     ))
 }
