@@ -520,10 +520,22 @@ fn span_filter(q: &TraceQuery) -> String {
     format!("{typed} AND {attributes}")
 }
 
-/// [`span_filter`] as `PREWHERE` the typed columns `WHERE` the attribute pre-filter.
-fn span_clause(q: &TraceQuery) -> String {
+/// [`span_filter`] as `PREWHERE` the typed columns `WHERE` the attribute pre-filter, in
+/// parts that together select each row once: with attribute pairs, rows whose typed arrays
+/// and `event_keys` hold every key (`typed_only`) are tested on those alone, and only the
+/// rest on the blob too, which is then read for the granules of candidates only.
+fn span_clauses(q: &TraceQuery) -> Vec<String> {
     let (typed, attributes) = span_filter_parts(q);
-    format!("PREWHERE {typed} WHERE {attributes}")
+    let pairs: Vec<(&String, &String)> =
+        q.attributes.iter().filter(|(k, _)| !DERIVED_KEYS.contains(&k.as_str())).map(|(k, v)| (k, v)).collect();
+    if pairs.is_empty() {
+        return vec![format!("PREWHERE {typed} WHERE {attributes}")];
+    }
+    let typed_only: Vec<String> = pairs.iter().map(|(k, v)| attribute_prefilter(k, v, false)).collect();
+    vec![
+        format!("PREWHERE {typed} AND typed_only = 1 WHERE {}", typed_only.join(" AND ")),
+        format!("PREWHERE {typed} AND typed_only = 0 WHERE {attributes}"),
+    ]
 }
 
 /// The conditions on the typed columns, and the attribute pre-filter (`1` without pairs).
@@ -546,10 +558,8 @@ fn span_filter_parts(q: &TraceQuery) -> (String, String) {
         filter.push_str(&format!(" AND duration_ns <= {d}"));
     }
     let mut attributes = String::from("1");
-    for (key, value) in &q.attributes {
-        if let Some(pre) = attribute_prefilter(key, value) {
-            attributes.push_str(&format!(" AND {pre}"));
-        }
+    for (key, value) in q.attributes.iter().filter(|(k, _)| !DERIVED_KEYS.contains(&k.as_str())) {
+        attributes.push_str(&format!(" AND {}", attribute_prefilter(key, value, true)));
     }
     (filter, attributes)
 }
@@ -566,21 +576,20 @@ const DERIVED_KEYS: [&str; 7] = [
     spindle_model::semconv::JAEGER_EVENT,
 ];
 
-/// A condition every span matching `key=value` meets, so SQL drops most others before
-/// their blobs are decoded: a string span attribute key and value both present (cheaper
-/// than pairing them, which the span matcher does on what is left), or the key
-/// anywhere a string attribute cannot be compared in SQL — a typed non-string attribute,
-/// a resource attribute, or the blob (events, bytes and array values, non-string resource
-/// attributes; a version 1 blob holds every key). The span matcher decides on the rest.
-fn attribute_prefilter(key: &str, value: &str) -> Option<String> {
-    if DERIVED_KEYS.contains(&key) {
-        return None;
-    }
+/// A condition every span matching `key=value` (not a derived key) meets, so SQL drops
+/// most others before their blobs are decoded: a string span attribute key and value both
+/// present (cheaper than pairing them, which the span matcher does on what is left), or the
+/// key anywhere a string attribute cannot be compared in SQL — a typed non-string
+/// attribute, a resource attribute, an event's attribute, and with `blob` the blob (bytes
+/// and array values, non-string resource attributes; a version 1 blob holds every key).
+/// The span matcher decides on the rest.
+fn attribute_prefilter(key: &str, value: &str, blob: bool) -> String {
     let (k, v) = (literal(key.as_bytes()), literal(value.as_bytes()));
-    Some(format!(
+    let last = if blob { format!("position(span, {k}) > 0") } else { format!("has(event_keys, {k})") };
+    format!(
         "((has(str_keys, {k}) AND has(str_values, {v})) OR has(int_keys, {k}) \
-         OR has(bool_keys, {k}) OR has(double_keys, {k}) OR has(resource_keys, {k}) OR position(span, {k}) > 0)"
-    ))
+         OR has(bool_keys, {k}) OR has(double_keys, {k}) OR has(resource_keys, {k}) OR {last})"
+    )
 }
 
 impl TraceStore for ClickHouseStore {
@@ -651,7 +660,10 @@ impl TraceStore for ClickHouseStore {
         } else {
             // Attribute pairs match where Jaeger looks (span, resource, events, derived
             // tags): the query's own matcher decides on the candidates' spans.
-            let candidates = self.spans_selected(&span_clause(query))?;
+            let mut candidates = Vec::new();
+            for clause in span_clauses(query) {
+                candidates.extend(self.spans_selected(&clause)?);
+            }
             query.check()?;
             let ids: BTreeSet<TraceId> =
                 candidates.iter().filter(|s| query.matches_span(s)).map(|s| s.trace_id).collect();
@@ -768,13 +780,19 @@ fn write_span_row(rows: &mut Writer, span: &Span, blobs: &mut Encoder) -> Result
     write_attribute_columns(rows, span);
     rows.string(&blobs.encode(span)?);
     rows.u8(u8::from(typed_only(span)));
+    let mut event_keys: Vec<&[u8]> =
+        span.events.iter().flat_map(|e| e.attributes.iter().map(|kv| kv.key.as_bytes())).collect();
+    event_keys.sort_unstable();
+    event_keys.dedup();
+    rows.strings(&event_keys);
     Ok(())
 }
 
-/// Whether `Span::group_text` of any attribute key is what the typed arrays say: every span
-/// attribute a string, int, bool or double, no key twice among them (the first of a key
-/// could then be in any array), and every resource attribute a string (`resource_keys`
-/// holds only strings).
+/// Whether the typed arrays and `event_keys` say where every attribute a read looks for is:
+/// every span attribute a string, int, bool or double, no key twice among them (the first
+/// of a key could then be in any array, which `Span::group_text` reads), and every
+/// resource attribute a string (`resource_keys` holds only strings). Searches then need not
+/// look into the blob, nor group-bys rebuild the span.
 fn typed_only(span: &Span) -> bool {
     let typed = |v: &AttributeValue| {
         matches!(

@@ -11,7 +11,7 @@ use spindle_store::{MinuteBucket, QueryControl, RedBucket, RowFields, SpanRow, S
 
 use crate::blob::{Decoder, Row, SPAN_COLUMNS, TAIL_COLUMNS};
 use crate::rowbinary::Reader;
-use crate::{day_filter, dedupe, kind_code, literal, span_clause, span_filter, ClickHouseStore};
+use crate::{day_filter, dedupe, kind_code, literal, span_clauses, span_filter, ClickHouseStore};
 
 const MINUTE_NANOS: u64 = 60_000_000_000;
 
@@ -121,14 +121,17 @@ impl ClickHouseStore {
         if query.start_time_min_unix_nano > query.start_time_max_unix_nano {
             return Ok(());
         }
-        let bytes = self
-            .rows(&format!("SELECT {SPAN_COLUMNS} FROM spans {} LIMIT 1 BY trace_id, span_id", span_clause(query)))?;
-        query.check()?;
-        self.read_spans(&bytes, &mut |span| {
-            if query.matches_span(&span) {
-                visit(&span);
-            }
-        })
+        for clause in span_clauses(query) {
+            let bytes =
+                self.rows(&format!("SELECT {SPAN_COLUMNS} FROM spans {clause} LIMIT 1 BY trace_id, span_id"))?;
+            query.check()?;
+            self.read_spans(&bytes, &mut |span| {
+                if query.matches_span(&span) {
+                    visit(&span);
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// Rows for RED statistics: typed columns only, unless the query has attribute pairs

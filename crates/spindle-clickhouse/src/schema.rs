@@ -234,15 +234,26 @@ fn materialized_views(t: &SchemaTarget) -> Vec<String> {
     ]
 }
 
-/// `typed_only`: 1 when the typed arrays alone say every attribute a group-by reads (see
+/// `typed_only`: 1 when the typed arrays and `event_keys` (the keys of the span's events'
+/// attributes) say where every attribute a search or group-by looks for is (see
 /// `write_span_row`), so RED statistics read two arrays instead of every attribute column
-/// and the blob. Rows written before it read 0 and take the exact, slower way.
+/// and the blob, and searches test the blob of no row. Rows written before read 0 and take
+/// the exact, slower way.
 fn typed_only(t: &SchemaTarget) -> Vec<String> {
     let mut tables = vec![t.local("spans")];
     if t.cluster.is_some() {
         tables.push("spans".to_string());
     }
-    tables.into_iter().map(|table| format!("ALTER TABLE {table} ADD COLUMN typed_only UInt8 DEFAULT 0")).collect()
+    let keys = format!("Array({})", t.text_type());
+    tables
+        .into_iter()
+        .flat_map(|table| {
+            [
+                format!("ALTER TABLE {table} ADD COLUMN typed_only UInt8 DEFAULT 0"),
+                format!("ALTER TABLE {table} ADD COLUMN event_keys {keys}"),
+            ]
+        })
+        .collect()
 }
 
 /// A migration's statements for a target.
@@ -255,13 +266,13 @@ pub const MIGRATIONS: &[(u32, &str, Statements)] = &[
     (2, "trace_id_ts: trace id to the range of its spans' start times", trace_id_ts),
     (3, "operations: service, span name and kind seen", operations),
     (4, "materialized views fill trace_id_ts and operations from each insert into spans", materialized_views),
-    (5, "spans.typed_only: the typed arrays hold every attribute a group-by reads", typed_only),
+    (5, "spans.typed_only and event_keys: where every attribute a search or group-by reads is", typed_only),
 ];
 
 /// The columns [`MIGRATIONS`] gives `spans`, in the order appends write them.
 pub(crate) const SPAN_INSERT: &str = "spans (day, start_ns, trace_id, span_id, parent_span_id, service, name, \
      kind, duration_ns, status_code, str_keys, str_values, int_keys, int_values, bool_keys, bool_values, \
-     double_keys, double_values, resource_keys, resource_values, span, typed_only)";
+     double_keys, double_values, resource_keys, resource_values, span, typed_only, event_keys)";
 
 /// Per node, never distributed: each node records what it has run.
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
