@@ -23,7 +23,7 @@ use spindle_store::{
 use blob::{Decoder, Encoder, Row, SPAN_COLUMNS};
 use rowbinary::{Reader, Writer};
 
-pub use schema::{SchemaTarget, ServerVersion, Statements, MIGRATIONS};
+pub use schema::{SchemaTarget, ServerVersion, Statements, MAX_HOT_KEY_BYTES, MIGRATIONS};
 
 /// Where a store connects and which database holds its tables.
 #[derive(Debug, Clone)]
@@ -43,6 +43,9 @@ pub struct ClickHouseOptions {
     pub credentials: Option<(String, String)>,
     /// PEM certificates trusted for `https://` URLs besides the system's roots (a private CA).
     pub ca_pem: Option<Vec<u8>>,
+    /// Attribute keys given dedicated columns at open (`schema::hot_columns`), which
+    /// searches and group-bys by them read instead of the attribute arrays.
+    pub hot_attributes: Vec<String>,
 }
 
 /// A ClickHouse cluster as its servers' `remote_servers` config names it.
@@ -64,6 +67,7 @@ impl ClickHouseOptions {
             cluster: None,
             credentials: None,
             ca_pem: None,
+            hot_attributes: Vec::new(),
         }
     }
 
@@ -108,6 +112,9 @@ pub struct ClickHouseStore {
     settings: Vec<(&'static str, &'static str)>,
     /// Credentials and CA, as opened with.
     access: ClickHouseOptions,
+    /// Attribute keys with dedicated columns, as the spans table had at open (any instance
+    /// may have added them).
+    hot: BTreeSet<String>,
 }
 
 /// Names that go into SQL unquoted (database, cluster): letters, digits, underscores.
@@ -252,6 +259,7 @@ impl ClickHouseStore {
             target: SchemaTarget { version: ServerVersion::default(), cluster: None },
             nodes,
             settings,
+            hot: BTreeSet::new(),
         };
         // The schema follows the oldest node: every node must accept every statement.
         let mut version: Option<ServerVersion> = None;
@@ -284,8 +292,25 @@ impl ClickHouseStore {
             store.execute_on(node, &format!("CREATE DATABASE IF NOT EXISTS {}", store.database), false)?;
             schema::migrate(&store, node, &store.target)?;
             store.check_mode(node)?;
+            for key in &options.hot_attributes {
+                schema::add_hot_columns(&store, node, key)?;
+            }
         }
+        store.hot = schema::hot_keys(&store)?;
         Ok(store)
+    }
+
+    /// The attribute keys with dedicated columns this store reads.
+    pub fn hot_attributes(&self) -> &BTreeSet<String> {
+        &self.hot
+    }
+
+    pub(crate) fn schema_target(&self) -> &SchemaTarget {
+        &self.target
+    }
+
+    pub(crate) fn database_name(&self) -> &str {
+        &self.database
     }
 
     /// `IF NOT EXISTS` leaves a table of the other mode in place: refuse to open a
@@ -524,12 +549,27 @@ fn span_filter(q: &TraceQuery) -> String {
 /// parts that together select each row once: with attribute pairs, rows whose typed arrays
 /// and `event_keys` hold every key (`typed_only`) are tested on those alone, and only the
 /// rest on the blob too, which is then read for the granules of candidates only.
-fn span_clauses(q: &TraceQuery) -> Vec<String> {
+///
+/// A pair whose key has dedicated columns ([`schema::hot_column`]) is tested on those
+/// first, in one part: they say whether the key is a string span attribute alone (then
+/// compared) or may be anywhere else (then the row stays a candidate).
+fn span_clauses(q: &TraceQuery, hot: &BTreeSet<String>) -> Vec<String> {
     let (typed, attributes) = span_filter_parts(q);
     let pairs: Vec<(&String, &String)> =
         q.attributes.iter().filter(|(k, _)| !DERIVED_KEYS.contains(&k.as_str())).map(|(k, v)| (k, v)).collect();
     if pairs.is_empty() {
         return vec![format!("PREWHERE {typed} WHERE {attributes}")];
+    }
+    let hot_pairs: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| hot.contains(k.as_str()))
+        .map(|(k, v)| {
+            let (value, place) = (schema::hot_column(k), schema::hot_place_column(k));
+            format!("(({place} = 1 AND {value} = {}) OR {place} = 2)", literal(v.as_bytes()))
+        })
+        .collect();
+    if !hot_pairs.is_empty() {
+        return vec![format!("PREWHERE {typed} AND {} WHERE {attributes}", hot_pairs.join(" AND "))];
     }
     let typed_only: Vec<String> = pairs.iter().map(|(k, v)| attribute_prefilter(k, v, false)).collect();
     vec![
@@ -661,7 +701,7 @@ impl TraceStore for ClickHouseStore {
             // Attribute pairs match where Jaeger looks (span, resource, events, derived
             // tags): the query's own matcher decides on the candidates' spans.
             let mut candidates = Vec::new();
-            for clause in span_clauses(query) {
+            for clause in span_clauses(query, &self.hot) {
                 candidates.extend(self.spans_selected(&clause)?);
             }
             query.check()?;

@@ -11,7 +11,7 @@ use spindle_store::{MinuteBucket, QueryControl, RedBucket, RowFields, SpanRow, S
 
 use crate::blob::{Decoder, Row, SPAN_COLUMNS, TAIL_COLUMNS};
 use crate::rowbinary::Reader;
-use crate::{day_filter, dedupe, kind_code, literal, span_clauses, span_filter, ClickHouseStore};
+use crate::{day_filter, dedupe, kind_code, literal, schema, span_clauses, span_filter, ClickHouseStore};
 
 const MINUTE_NANOS: u64 = 60_000_000_000;
 
@@ -121,7 +121,7 @@ impl ClickHouseStore {
         if query.start_time_min_unix_nano > query.start_time_max_unix_nano {
             return Ok(());
         }
-        for clause in span_clauses(query) {
+        for clause in span_clauses(query, &self.hot) {
             let bytes =
                 self.rows(&format!("SELECT {SPAN_COLUMNS} FROM spans {clause} LIMIT 1 BY trace_id, span_id"))?;
             query.check()?;
@@ -270,8 +270,15 @@ impl ClickHouseStore {
                 }
                 None => {
                     let k = literal(key.as_bytes());
-                    let fast = format!("typed_only = 1 AND has(str_keys, {k})");
-                    let value = string_value(&format!("str_values[indexOf(str_keys, {k})]"));
+                    let (fast, value) = if self.hot.contains(key) {
+                        (format!("{} = 1", schema::hot_place_column(key)), schema::hot_column(key))
+                    } else {
+                        (
+                            format!("typed_only = 1 AND has(str_keys, {k})"),
+                            format!("str_values[indexOf(str_keys, {k})]"),
+                        )
+                    };
+                    let value = string_value(&value);
                     self.red_part(&rows, "1", value, Some(&fast), (step, group_by), &mut rebuild, visit)?;
                     let value = [
                         format!(

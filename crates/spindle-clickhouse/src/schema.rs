@@ -326,6 +326,80 @@ pub(crate) fn migrate(store: &ClickHouseStore, node: &str, target: &SchemaTarget
     Ok(())
 }
 
+/// The dedicated column holding attribute `key`'s value when it is a string span
+/// attribute: `hot_` and the key's bytes in hex, so any key names a column.
+pub(crate) fn hot_column(key: &str) -> String {
+    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("hot_{hex}")
+}
+
+/// The column saying where attribute `key` is in a row: 0 nowhere, 1 only as one string
+/// span attribute ([`hot_column`] holds it), 2 anywhere else or not known without the
+/// blob (a typed non-string or resource attribute, an event's attribute, a row that is not
+/// `typed_only`).
+pub(crate) fn hot_place_column(key: &str) -> String {
+    format!("{}_place", hot_column(key))
+}
+
+/// Keys longer than this get no dedicated columns (their names would be unwieldy).
+pub const MAX_HOT_KEY_BYTES: usize = 64;
+
+/// Adds the dedicated columns of attribute `key` on `node` (idempotent), with a `DEFAULT`
+/// the server computes at each insert from columns every writer sends, and for parts
+/// written before from those columns when read: writers need not know them. (Not
+/// `MATERIALIZED`: a `Distributed` table would forward the computed column to its shards,
+/// which refuse it.)
+pub(crate) fn add_hot_columns(store: &ClickHouseStore, node: &str, key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > MAX_HOT_KEY_BYTES {
+        return Err(StoreError::Encode(format!(
+            "hot attribute {key:?}: keys of 1 to {MAX_HOT_KEY_BYTES} bytes get dedicated columns"
+        )));
+    }
+    let k = crate::literal(key.as_bytes());
+    let columns = [
+        format!("{} String DEFAULT str_values[indexOf(str_keys, {k})]", hot_column(key)),
+        format!(
+            "{} UInt8 DEFAULT multiIf(typed_only = 0 OR has(int_keys, {k}) OR has(bool_keys, {k}) \
+             OR has(double_keys, {k}) OR has(resource_keys, {k}) OR has(event_keys, {k}), 2, has(str_keys, {k}), 1, 0)",
+            hot_place_column(key)
+        ),
+    ];
+    let target = store.schema_target();
+    let mut tables = vec![target.local("spans")];
+    if target.cluster.is_some() {
+        tables.push("spans".to_string());
+    }
+    for table in tables {
+        for column in &columns {
+            match store.execute_on(node, &format!("ALTER TABLE {table} ADD COLUMN {column}"), true) {
+                Err(e) if e.to_string().contains("Code: 44,") => {}
+                other => other?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The keys with dedicated columns on the spans table the store reads.
+pub(crate) fn hot_keys(store: &ClickHouseStore) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    let text = store.text(
+        &format!(
+            "SELECT name FROM system.columns WHERE database = {} AND table = 'spans' AND position(name, 'hot_') = 1",
+            crate::literal(store.database_name().as_bytes())
+        ),
+        false,
+    )?;
+    Ok(text
+        .lines()
+        .filter_map(|name| {
+            let hex = name.trim().strip_prefix("hot_")?.strip_suffix("_place")?;
+            let bytes: Option<Vec<u8>> =
+                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+            String::from_utf8(bytes?).ok()
+        })
+        .collect())
+}
+
 /// `ALTER TABLE … MODIFY TTL` (or `REMOVE TTL` for `None`) of the tables retention acts on,
 /// for a server that has `TTL`.
 pub(crate) fn retention_statements(target: &SchemaTarget, days: Option<u32>) -> Vec<String> {

@@ -83,7 +83,15 @@ fn a_two_shard_cluster_spreads_traces_and_answers_alike_through_every_node() {
     let mut nodes = ClickHouse::start_cluster(2, CLUSTER);
     let db = "cluster";
     let a = open_via(&nodes, 0, db).expect("open through node A");
-    let b = open_via(&nodes, 1, db).expect("open through node B");
+    // B gives `peer` dedicated columns (on the local and the Distributed tables) and reads
+    // through them; A, opened before, reads the attribute arrays: both answer alike.
+    let b = ClickHouseStore::open(ClickHouseOptions {
+        hot_attributes: vec!["peer".into()],
+        ..ClickHouseOptions::new(&nodes[1].http_url, db).with_cluster(CLUSTER, urls(&nodes))
+    })
+    .expect("open through node B");
+    assert!(a.hot_attributes().is_empty());
+    assert_eq!(b.hot_attributes().iter().collect::<Vec<_>>(), ["peer"]);
     assert_eq!(a.server_version().major, 18, "the tests run on Debian's ClickHouse 18.16");
 
     let all = traces(60);
@@ -123,6 +131,20 @@ fn a_two_shard_cluster_spreads_traces_and_answers_alike_through_every_node() {
         let found = a.find_trace_ids(q).unwrap();
         assert!(!found.is_empty(), "{q:?}");
         assert_eq!(found, b.find_trace_ids(q).unwrap(), "{q:?}");
+    }
+    let red = |store: &ClickHouseStore, key: &str| {
+        let mut buckets = Vec::new();
+        let window = TraceQuery { limit: usize::MAX, ..TraceQuery::default() };
+        let computed =
+            store.red_buckets(&window, Some(key), 3_600_000_000_000, &mut |b| buckets.push(format!("{b:?}"))).unwrap();
+        assert!(computed);
+        buckets.sort();
+        buckets
+    };
+    for key in ["peer", "service"] {
+        let buckets = red(&a, key);
+        assert!(!buckets.is_empty());
+        assert_eq!(buckets, red(&b, key), "RED buckets by {key}");
     }
     let newest: Vec<TraceId> = (41..=60).rev().map(TraceId).collect();
     assert_eq!(

@@ -161,7 +161,19 @@ impl TraceStore for Reference {
 #[test]
 fn scans_give_what_the_spans_give_each_span_once() {
     let server = ClickHouse::start();
-    let store = ClickHouseStore::open(ClickHouseOptions::new(&server.http_url, "scans")).expect("open");
+    check_scans(&server, "scans", &[]);
+    // Every key the spans have, with dedicated columns, and one they lack.
+    let hot = ["symbol", "http.status_code", "cached", "score", "region", "shard", "attempt", "blob", "absent"];
+    check_scans(&server, "scans_hot", &hot);
+}
+
+fn check_scans(server: &ClickHouse, database: &str, hot: &[&str]) {
+    let options = ClickHouseOptions {
+        hot_attributes: hot.iter().map(|k| k.to_string()).collect(),
+        ..ClickHouseOptions::new(&server.http_url, database)
+    };
+    let store = ClickHouseStore::open(options).expect("open");
+    assert_eq!(store.hot_attributes().len(), hot.len());
     let all = spans();
     // At-least-once: some batches twice (their spans are read apart, deduplicated), the
     // others once.
@@ -179,6 +191,9 @@ fn scans_give_what_the_spans_give_each_span_once() {
         TraceQuery { operation: Some("put".into()), duration_min_nanos: Some(1_000_000), ..window() },
         TraceQuery { attributes: vec![("symbol".into(), "MSFT".into())], ..window() },
         TraceQuery { attributes: vec![("attempt".into(), "0".into()), ("error".into(), "true".into())], ..window() },
+        TraceQuery { attributes: vec![("region".into(), "ap".into()), ("score".into(), "high".into())], ..window() },
+        TraceQuery { attributes: vec![("http.status_code".into(), "202".into())], ..window() },
+        TraceQuery { attributes: vec![("shard".into(), "1".into())], ..window() },
         TraceQuery { start_time_max_unix_nano: T0 + 60_000_000_000, ..window() },
     ];
     let keys = [
@@ -200,6 +215,11 @@ fn scans_give_what_the_spans_give_each_span_once() {
         let mut expected: Vec<&Span> = all.iter().filter(|s| query.matches_span(s)).collect();
         expected.sort_by_key(|s| (s.span_id, s.trace_id));
         assert!(!expected.is_empty(), "the workload has spans for {query:?}");
+
+        // Searches find the traces of the matching spans.
+        let want: BTreeSet<TraceId> = expected.iter().map(|s| s.trace_id).collect();
+        let found: BTreeSet<TraceId> = store.find_trace_ids(query).unwrap().into_iter().collect();
+        assert_eq!(found, want, "find_trace_ids {query:?}");
 
         let mut scanned = Vec::new();
         store.scan_spans(query, &mut |s| scanned.push(s.clone())).unwrap();
@@ -337,6 +357,13 @@ fn red_statistics_stay_exact_when_span_ids_recur_across_many_traces() {
         store.append(chunk.to_vec()).unwrap();
         store.append(chunk.to_vec()).unwrap();
     }
+    drop(store);
+    // Dedicated columns added over stored parts: the server computes them when read.
+    let options = ClickHouseOptions {
+        hot_attributes: vec!["symbol".into()],
+        ..ClickHouseOptions::new(&server.http_url, "recurring")
+    };
+    let store = ClickHouseStore::open(options).expect("open with a hot attribute");
     let (clickhouse, reference) = (QueryService::new(Arc::new(store)), QueryService::new(Arc::new(Reference(all))));
     for key in [None, Some("symbol"), Some("score"), Some("service")] {
         let query = window();

@@ -71,6 +71,7 @@ impl Databases {
             cluster: settings.cluster.clone(),
             credentials: settings.credentials.clone(),
             ca_pem: settings.ca_pem.clone(),
+            hot_attributes: settings.hot_attributes.clone(),
             ..ClickHouseOptions::new(&settings.url, &settings.database)
         };
         Ok(Databases {

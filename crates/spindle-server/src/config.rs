@@ -386,6 +386,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINDLE_CLICKHOUSE_CA_FILE", value_name = "FILE")]
     pub clickhouse_ca_file: Option<PathBuf>,
 
+    /// Attribute keys given dedicated ClickHouse columns, comma-separated: searches and
+    /// group-bys by them read one narrow column instead of the attribute arrays [default: none]
+    #[arg(long, env = "SPINDLE_CLICKHOUSE_HOT_ATTRIBUTES", value_name = "KEYS")]
+    pub clickhouse_hot_attributes: Option<String>,
+
     /// Receivers writing to ClickHouse join concurrent requests into one insert of up to
     /// this many spans [default: 10000]
     #[arg(long, env = "SPINDLE_CLICKHOUSE_BATCH_SPANS", value_name = "N")]
@@ -545,6 +550,7 @@ impl ServeArgs {
             clickhouse_user: self.clickhouse_user.or(file.clickhouse_user),
             clickhouse_password_file: self.clickhouse_password_file.or(file.clickhouse_password_file),
             clickhouse_ca_file: self.clickhouse_ca_file.or(file.clickhouse_ca_file),
+            clickhouse_hot_attributes: self.clickhouse_hot_attributes.or(file.clickhouse_hot_attributes),
             clickhouse_batch_spans: self.clickhouse_batch_spans.or(file.clickhouse_batch_spans),
             clickhouse_batch_wait: self.clickhouse_batch_wait.or(file.clickhouse_batch_wait),
             tenants: self.tenants.or(file.tenants),
@@ -645,6 +651,8 @@ pub struct ClickHouseSettings {
     pub credentials: Option<(String, String)>,
     /// The contents of `clickhouse_ca_file`.
     pub ca_pem: Option<Vec<u8>>,
+    /// `clickhouse_hot_attributes`.
+    pub hot_attributes: Vec<String>,
     /// Group commit of the receivers' appends (`clickhouse_batch_*`).
     pub batch_spans: usize,
     pub batch_wait: Duration,
@@ -703,12 +711,20 @@ fn storage(a: &ServeArgs) -> anyhow::Result<Storage> {
                     std::fs::read(path).with_context(|| format!("reading clickhouse_ca_file {}", path.display()))?,
                 ),
             };
+            let hot_attributes = url_list(a.clickhouse_hot_attributes.clone());
+            if let Some(key) = hot_attributes.iter().find(|k| k.len() > spindle_clickhouse::MAX_HOT_KEY_BYTES) {
+                anyhow::bail!(
+                    "invalid clickhouse_hot_attributes {key:?}: keys of up to {} bytes",
+                    spindle_clickhouse::MAX_HOT_KEY_BYTES
+                );
+            }
             Ok(Storage::ClickHouse(ClickHouseSettings {
                 url,
                 database,
                 cluster,
                 credentials,
                 ca_pem,
+                hot_attributes,
                 batch_spans: count("clickhouse_batch_spans", a.clickhouse_batch_spans, 10_000)?,
                 batch_wait: duration(
                     "clickhouse_batch_wait",
