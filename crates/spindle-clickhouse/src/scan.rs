@@ -103,6 +103,40 @@ impl Rows {
     }
 }
 
+/// A group's value as SQL of [`group_route`] answers it: the route, then the string, int,
+/// bool and double it may be.
+struct GroupValue<'a> {
+    route: u8,
+    text: &'a [u8],
+    int: i64,
+    boolean: u8,
+    double: f64,
+}
+
+impl<'a> GroupValue<'a> {
+    fn read(reader: &mut Reader<'a>) -> Result<Self, &'static str> {
+        Ok(GroupValue {
+            route: reader.u8()?,
+            text: reader.string()?,
+            int: reader.i64()?,
+            boolean: reader.u8()?,
+            double: reader.f64()?,
+        })
+    }
+
+    /// The text `Span::group_text` gives for routes 1 to 4 (the span's string, int, bool or
+    /// double attribute); `None` for the others.
+    fn typed_text(&self) -> Option<std::borrow::Cow<'a, str>> {
+        match self.route {
+            1 => Some(String::from_utf8_lossy(self.text)),
+            2 => Some(AttributeValue::Int(self.int).to_display_string().into()),
+            3 => Some(AttributeValue::Bool(self.boolean != 0).to_display_string().into()),
+            4 => Some(AttributeValue::Double(self.double).to_display_string().into()),
+            _ => None,
+        }
+    }
+}
+
 /// The value columns of [`ClickHouseStore::red_part`] for a group that is always a string.
 fn string_value(text: &str) -> [String; 4] {
     [text.to_string(), "toInt64(0)".into(), "toUInt8(0)".into(), "toFloat64(0)".into()]
@@ -204,22 +238,14 @@ impl ClickHouseStore {
                 (None, _) => None,
                 (Some(key), None) => identity_group(&service, &name, key),
                 (Some(key), Some(_)) => {
-                    let route = reader.u8().map_err(bad)?;
-                    let text = reader.string().map_err(bad)?;
-                    let int = reader.i64().map_err(bad)?;
-                    let boolean = reader.u8().map_err(bad)?;
-                    let double = reader.f64().map_err(bad)?;
+                    let value = GroupValue::read(&mut reader).map_err(bad)?;
                     let resource_text = reader.string().map_err(bad)?;
                     let mut row = head;
                     row.read_tail(&mut reader).map_err(bad)?;
-                    match route {
-                        1 => Some(String::from_utf8_lossy(text).into_owned()),
-                        2 => Some(AttributeValue::Int(int).to_display_string()),
-                        3 => Some(AttributeValue::Bool(boolean != 0).to_display_string()),
-                        4 => Some(AttributeValue::Double(double).to_display_string()),
+                    match value.route {
                         5 => decoder.span(row)?.group_text(key).map(|g| g.into_owned()),
                         6 => Some(String::from_utf8_lossy(resource_text).into_owned()),
-                        _ => None,
+                        _ => value.typed_text().map(|g| g.into_owned()),
                     }
                 }
             };
@@ -355,11 +381,7 @@ impl ClickHouseStore {
         let bad = |e| self.malformed(e);
         let mut reader = Reader::new(&bytes);
         while !reader.is_empty() {
-            let route = reader.u8().map_err(bad)?;
-            let text = reader.string().map_err(bad)?;
-            let int = reader.i64().map_err(bad)?;
-            let boolean = reader.u8().map_err(bad)?;
-            let double = reader.f64().map_err(bad)?;
+            let value = GroupValue::read(&mut reader).map_err(bad)?;
             let trace_id = reader.trace_id().map_err(bad)?;
             let span_id = reader.u64().map_err(bad)?;
             let mut bucket = RedBucket {
@@ -372,16 +394,13 @@ impl ClickHouseStore {
                 min_nanos: reader.u64().map_err(bad)?,
                 max_nanos: reader.u64().map_err(bad)?,
             };
-            bucket.group = match (group_by, route) {
+            bucket.group = match (group_by, value.route) {
                 (None, _) => None,
-                (Some(_), 1) => Some(String::from_utf8_lossy(text)),
-                (Some(_), 2) => Some(AttributeValue::Int(int).to_display_string().into()),
-                (Some(_), 3) => Some(AttributeValue::Bool(boolean != 0).to_display_string().into()),
-                (Some(_), 4) => Some(AttributeValue::Double(double).to_display_string().into()),
-                (Some(_), _) => {
+                (Some(_), 5) => {
                     rebuild.push((trace_id, span_id));
                     continue;
                 }
+                (Some(_), _) => value.typed_text(),
             };
             visit(&bucket);
         }

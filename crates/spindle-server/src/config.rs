@@ -638,7 +638,7 @@ pub enum Storage {
     Embedded,
     /// A ClickHouse server: database `database` for the default tenant, `database_<tenant>`
     /// for the others (docs/adr/019, "Query instances").
-    ClickHouse(ClickHouseSettings),
+    ClickHouse(Box<ClickHouseSettings>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -718,7 +718,7 @@ fn storage(a: &ServeArgs) -> anyhow::Result<Storage> {
                     spindle_clickhouse::MAX_HOT_KEY_BYTES
                 );
             }
-            Ok(Storage::ClickHouse(ClickHouseSettings {
+            Ok(Storage::ClickHouse(Box::new(ClickHouseSettings {
                 url,
                 database,
                 cluster,
@@ -731,7 +731,7 @@ fn storage(a: &ServeArgs) -> anyhow::Result<Storage> {
                     a.clickhouse_batch_wait.as_deref(),
                     Duration::from_millis(100),
                 )?,
-            }))
+            })))
         }
         Some(other) => anyhow::bail!("invalid storage {other:?}: expected embedded or clickhouse"),
     }
@@ -975,10 +975,11 @@ mod tests {
             cluster: None,
             credentials: None,
             ca_pem: None,
+            hot_attributes: Vec::new(),
             batch_spans: 10_000,
             batch_wait: Duration::from_millis(100),
         };
-        assert_eq!(settings.storage, Storage::ClickHouse(expected.clone()));
+        assert_eq!(settings.storage, Storage::ClickHouse(Box::new(expected.clone())));
         assert_eq!(settings.target, Target::Query);
         let cli = Cli::parse_from([
             "spindle",
@@ -990,13 +991,24 @@ mod tests {
             "http://a:8123, http://b:8123",
             "--clickhouse-batch-wait",
             "20ms",
+            "--clickhouse-hot-attributes",
+            "symbol, http.route",
         ]);
         let cluster = spindle_clickhouse::Cluster {
             name: "traces".into(),
             shard_urls: vec!["http://a:8123".into(), "http://b:8123".into()],
         };
-        let wanted = ClickHouseSettings { cluster: Some(cluster), batch_wait: Duration::from_millis(20), ..expected };
-        assert_eq!(cli.serve.resolve().unwrap().storage, Storage::ClickHouse(wanted));
+        let wanted = ClickHouseSettings {
+            cluster: Some(cluster),
+            batch_wait: Duration::from_millis(20),
+            hot_attributes: vec!["symbol".into(), "http.route".into()],
+            ..expected
+        };
+        assert_eq!(cli.serve.resolve().unwrap().storage, Storage::ClickHouse(Box::new(wanted)));
+        let long = "k".repeat(spindle_clickhouse::MAX_HOT_KEY_BYTES + 1);
+        let too_long =
+            Cli::parse_from(["spindle", "--config", file.to_str().unwrap(), "--clickhouse-hot-attributes", &long]);
+        assert!(too_long.serve.resolve().is_err());
         // The front instance of a scale-out: a collector that also answers queries.
         let front = ["spindle", "--config", file.to_str().unwrap(), "--target", "collector, query"];
         let settings = Cli::parse_from(front.iter().chain(&["--kafka-brokers", "k:9092"])).serve.resolve().unwrap();
