@@ -648,18 +648,15 @@ impl TraceStore for ClickHouseStore {
     }
 
     fn get_trace(&self, trace_id: TraceId) -> Result<Vec<Span>, StoreError> {
+        // One round trip: the server runs the scalar subqueries on the trace-id index first
+        // and prunes the spans' primary key with their answers (an unknown trace gives 0 and
+        // reads nothing). On a cluster each shard reads its own index, the trace's shard
+        // alone finding a range. No day bound: `day` is the UTC day, and the server's
+        // time zone may differ; the start bounds prune every part's index alike.
         let id = trace_literal(trace_id);
-        let bytes = self
-            .rows(&format!("SELECT count(), min(min_start), max(max_start) FROM trace_id_ts WHERE trace_id = {id}"))?;
-        let mut reader = Reader::new(&bytes);
-        let mut next = || reader.u64().map_err(|e| self.malformed(e));
-        let (count, min, max) = (next()?, next()?, next()?);
-        if count == 0 {
-            return Ok(Vec::new());
-        }
         let spans = self.spans_selected(&format!(
-            "PREWHERE trace_id = {id} WHERE {} AND start_ns >= {min} AND start_ns <= {max}",
-            day_filter(min, max)
+            "PREWHERE trace_id = {id} WHERE start_ns >= (SELECT min(min_start) FROM trace_id_ts WHERE trace_id = {id}) \
+             AND start_ns <= (SELECT max(max_start) FROM trace_id_ts WHERE trace_id = {id})"
         ))?;
         Ok(dedupe(spans))
     }
