@@ -211,10 +211,10 @@ impl ClickHouseStore {
                 )
             }
         };
-        let bytes = self.rows(&format!(
-            "SELECT trace_id, span_id, service, name, kind, start_ns, duration_ns, status_code{group_columns} \
-             FROM spans WHERE {} LIMIT 1 BY trace_id, span_id",
-            span_filter(query)
+        let rows = Rows::of(self, span_filter(query))?;
+        let bytes = self.rows(&rows.select(
+            &format!("trace_id, span_id, service, name, kind, start_ns, duration_ns, status_code{group_columns}"),
+            "1",
         ))?;
         query.check()?;
         let bad = |e| self.malformed(e);
@@ -289,10 +289,10 @@ impl ClickHouseStore {
         let rows = Rows::of(self, span_filter(query))?;
         let mut rebuild = Vec::new();
         match group_by {
-            None => self.red_part(&rows, "1", string_value("''"), None, (step, group_by), &mut rebuild, visit)?,
+            None => self.red_part(&rows, "1", string_value("''"), "1", (step, group_by), &mut rebuild, visit)?,
             Some(key) => match identity_group("service", "name", key) {
                 Some(column) => {
-                    self.red_part(&rows, "1", string_value(&column), None, (step, group_by), &mut rebuild, visit)?
+                    self.red_part(&rows, "1", string_value(&column), "1", (step, group_by), &mut rebuild, visit)?
                 }
                 None => {
                     let k = literal(key.as_bytes());
@@ -305,7 +305,7 @@ impl ClickHouseStore {
                         )
                     };
                     let value = string_value(&value);
-                    self.red_part(&rows, "1", value, Some(&fast), (step, group_by), &mut rebuild, visit)?;
+                    self.red_part(&rows, "1", value, &fast, (step, group_by), &mut rebuild, visit)?;
                     let value = [
                         format!(
                             "multiIf(route = 1, str_values[indexOf(str_keys, {k})], \
@@ -317,7 +317,7 @@ impl ClickHouseStore {
                     ];
                     let rest = format!("NOT ({fast})");
                     let route = group_route(&k);
-                    self.red_part(&rows, &route, value, Some(&rest), (step, group_by), &mut rebuild, visit)?;
+                    self.red_part(&rows, &route, value, &rest, (step, group_by), &mut rebuild, visit)?;
                 }
             },
         }
@@ -348,8 +348,8 @@ impl ClickHouseStore {
         Ok(true)
     }
 
-    /// One part of [`Self::red_statistics`]: the rows `rows` selects (and `part`, read first
-    /// as `PREWHERE`), their route by `route` (an expression of the row; 1 when the value is
+    /// One part of [`Self::red_statistics`]: the rows `rows` selects that meet `part` (read
+    /// first, as `PREWHERE`; `1` for all), their route by `route` (an expression of the row; 1 when the value is
     /// a string), and their group's value by `value`: one string, or the string, int, bool
     /// and double of [`group_route`]'s routes, in steps of `step` grouped by `group_by`.
     /// Route-5 spans go to `rebuild`.
@@ -359,7 +359,7 @@ impl ClickHouseStore {
         rows: &Rows,
         route: &str,
         value: [String; 4],
-        part: Option<&str>,
+        part: &str,
         (step, group_by): (u64, Option<&str>),
         rebuild: &mut Vec<(TraceId, u64)>,
         visit: &mut dyn FnMut(&RedBucket),
@@ -376,7 +376,7 @@ impl ClickHouseStore {
              if(route = 5, span_id, 0) AS rs, min(start_ns), error, bucket, count(), sum(duration_ns), \
              min(duration_ns), max(duration_ns) FROM ({}) WHERE route != 0 \
              GROUP BY r, gs, gi, gb, gd, rt, rs, intDiv(start_ns, {step}), error, bucket",
-            rows.select(&columns, part.unwrap_or("1"))
+            rows.select(&columns, part)
         ))?;
         let bad = |e| self.malformed(e);
         let mut reader = Reader::new(&bytes);
