@@ -24,6 +24,8 @@ export interface TimelineProps {
   onSelect: (span: Span | null) => void;
   critical: Map<string, PathSegment[]> | null;
   matches: Set<string> | null;
+  /** Spans to mark as matched by a query (TraceQL's spansets), by span id. */
+  highlighted?: Set<string> | null;
   /** When set, scrolls this span's row into view (after find or a deep link). */
   scrollTo: Span | null;
 }
@@ -175,6 +177,7 @@ export function Timeline(props: TimelineProps) {
               collapsed={collapsed.has(s.spanID)}
               selected={selected === s}
               dimmed={matches !== null && !matches.has(s.spanID)}
+              matched={!!props.highlighted?.has(s.spanID)}
               segments={critical?.get(s.spanID)}
               onToggle={props.onToggle}
               onSelect={props.onSelect}
@@ -193,25 +196,27 @@ interface RowProps {
   collapsed: boolean;
   selected: boolean;
   dimmed: boolean;
+  matched: boolean;
   segments?: PathSegment[];
   onToggle: (s: Span) => void;
   onSelect: (s: Span) => void;
 }
 
-function Row({ span: s, top, trace, collapsed, selected, dimmed, segments, onToggle, onSelect }: RowProps) {
+function Row({ span: s, top, trace, collapsed, selected, dimmed, matched, segments, onToggle, onSelect }: RowProps) {
   const bar = barGeometry(s.startTime, s.duration, trace.startTime, trace.endTime);
   const color = serviceColor(s.service);
   const labelRight = bar.left + bar.width < 0.75;
   const indent = Math.min(s.depth, MAX_INDENT_LEVELS) * INDENT;
   return (
     <div
-      class={`tl-row${selected ? ' selected' : ''}${dimmed ? ' dimmed' : ''}${s.error ? ' has-error' : ''}`}
+      class={`tl-row${selected ? ' selected' : ''}${dimmed ? ' dimmed' : ''}${matched ? ' matched' : ''}${s.error ? ' has-error' : ''}`}
       style={{ top: `${top}px` }}
       role="treeitem"
       aria-selected={selected}
       aria-expanded={s.children.length ? !collapsed : undefined}
       aria-level={s.depth + 1}
       data-span-id={s.spanID}
+      data-matched={matched ? 'true' : undefined}
       onClick={() => onSelect(s)}
     >
       <div class="tl-name-col" style={{ paddingLeft: `${indent + 4}px` }} title={`${s.service}: ${s.operationName} (depth ${s.depth})`}>

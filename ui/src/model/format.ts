@@ -51,7 +51,7 @@ export function parseDuration(text: string): number | null {
 }
 
 // Twelve hues spread for contrast; a service keeps its colour across pages and reloads.
-const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2', '#edc948', '#ff9da7', '#9c755f', '#7f6dbf', '#86bcb6', '#8cd17d', '#a0cbe8'];
+export const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2', '#edc948', '#ff9da7', '#9c755f', '#7f6dbf', '#86bcb6', '#8cd17d', '#a0cbe8'];
 
 export function serviceColor(service: string): string {
   let h = 2166136261;

@@ -81,3 +81,19 @@ export function findSpans(trace: Trace, text: string): Span[] {
     return terms.every((t) => hay.includes(t));
   });
 }
+
+/** Span ids compared as Tempo and Jaeger may write them: lower case, leading zeros optional. */
+function normalSpanId(id: string): string {
+  return id.trim().toLowerCase().replace(/^0+(?=.)/, '');
+}
+
+/**
+ * The spans a `highlight=<id>,<id>` parameter names (the spans a TraceQL query matched),
+ * in timeline order.
+ */
+export function highlightedSpans(trace: Trace, ids: string | null): Span[] {
+  if (!ids) return [];
+  const want = new Set(ids.split(',').filter((x) => x.trim()).map(normalSpanId));
+  if (!want.size) return [];
+  return trace.spans.filter((s) => want.has(normalSpanId(s.spanID)));
+}

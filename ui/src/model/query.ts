@@ -64,3 +64,21 @@ export function sortSummaries<T extends TraceSummary>(list: T[], key: SortKey): 
   };
   return list.slice().sort((a, b) => by[key](a, b) || a.traceID.localeCompare(b.traceID));
 }
+
+/** The TraceQL equivalent of a Jaeger-style search (service, operation, tags, durations). */
+export function traceqlFromSearch(p: { service?: string | null; operation?: string | null; tags?: Record<string, string>; minDuration?: string | null; maxDuration?: string | null }): string {
+  const conds: string[] = [];
+  if (p.service) conds.push(`resource.service.name = ${traceqlString(p.service)}`);
+  if (p.operation) conds.push(`name = ${traceqlString(p.operation)}`);
+  for (const [k, v] of Object.entries(p.tags ?? {})) {
+    if (k === 'error' && v === 'true') conds.push('status = error');
+    else conds.push(`.${k} = ${/^-?\d+(\.\d+)?$/.test(v) || v === 'true' || v === 'false' ? v : traceqlString(v)}`);
+  }
+  if (p.minDuration) conds.push(`duration >= ${p.minDuration}`);
+  if (p.maxDuration) conds.push(`duration <= ${p.maxDuration}`);
+  return conds.length ? `{ ${conds.join(' && ')} }` : '{ }';
+}
+
+function traceqlString(s: string): string {
+  return `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
+}

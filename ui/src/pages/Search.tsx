@@ -1,12 +1,15 @@
 // Search: the form writes the URL, the URL drives the query, so every search is a link.
+// Two modes: the Jaeger-style form (service, operation, tags, durations) and TraceQL
+// (`mode=traceql`, pages/TraceQL.tsx).
 
 import { useMemo, useState } from 'preact/hooks';
 import * as api from '../api/client';
 import { Empty, ErrorState, Link, Loading, ServiceBadge, useAsync } from '../components/common';
 import { Scatter } from '../components/Scatter';
+import { TimeRangeFields, useTimeRange } from '../components/TimeRangeFields';
 import { localTraces } from '../local-traces';
 import { formatAgo, formatDuration, formatTime, parseDuration, serviceColor } from '../model/format';
-import { LOOKBACKS, type SortKey, parseTags, sortSummaries, timeRange } from '../model/query';
+import { type SortKey, parseTags, sortSummaries, timeRange, traceqlFromSearch } from '../model/query';
 import { type JaegerTrace, buildTrace, rootSpan } from '../model/trace';
 import { href, navigate } from '../router';
 
@@ -43,11 +46,57 @@ const DEFAULT_LIMIT = 20;
 export function SearchPage(props: { query: URLSearchParams }) {
   const q = props.query;
   const fromFile = q.get('source') === 'file';
+  const traceql = q.get('mode') === 'traceql';
   return (
-    <div class="search-page">
-      {/* Keyed by the URL so back/forward refill the form with that search. */}
-      <SearchForm key={searchKey(q)} query={q} />
-      <section class="results">{fromFile ? <Results load={async () => localTraces()} query={q} fileMode /> : <ServerResults query={q} />}</section>
+    <div class="search-shell">
+      <ModeTabs query={q} traceql={traceql} />
+      {traceql ? (
+        <LazyTraceQL query={q} />
+      ) : (
+        <div class="search-page">
+          {/* Keyed by the URL so back/forward refill the form with that search. */}
+          <SearchForm key={searchKey(q)} query={q} />
+          <section class="results">{fromFile ? <Results load={async () => localTraces()} query={q} fileMode /> : <ServerResults query={q} />}</section>
+        </div>
+      )}
+    </div>
+  );
+}
+
+/** The TraceQL mode, loaded on first use: the first page stays as small as it was. */
+function LazyTraceQL(props: { query: URLSearchParams }) {
+  const [mod, retry] = useAsync(() => import('./TraceQL'), []);
+  if (mod.state === 'loading') return <Loading what="the TraceQL editor" />;
+  if (mod.state === 'error') return <ErrorState error={mod.error} retry={retry} />;
+  return <mod.value.TraceQLSearch query={props.query} />;
+}
+
+/**
+ * The switch between the form and TraceQL. Both keep the time range and limit; going to
+ * TraceQL turns the form's search (as in the URL) into the equivalent query.
+ */
+function ModeTabs(props: { query: URLSearchParams; traceql: boolean }) {
+  const q = props.query;
+  const keep = { lookback: q.get('lookback'), start: q.get('start'), end: q.get('end'), limit: q.get('limit') };
+  const toTraceQL = () => {
+    let text: string | undefined;
+    try {
+      const tags = parseTags(q.get('tags') ?? '');
+      const p = { service: q.get('service'), operation: q.get('operation'), tags, minDuration: q.get('minDuration'), maxDuration: q.get('maxDuration') };
+      if (p.service || p.operation || Object.keys(tags).length || p.minDuration || p.maxDuration) text = traceqlFromSearch(p);
+    } catch {
+      /* malformed tags in the URL: start from an empty query */
+    }
+    navigate(href('/search', { mode: 'traceql', q: text, ...keep }));
+  };
+  return (
+    <div class="tabs search-modes" role="tablist" aria-label="Search mode">
+      <button type="button" role="tab" aria-selected={!props.traceql} class={props.traceql ? '' : 'active'} onClick={() => props.traceql && navigate(href('/search', keep))}>
+        Search
+      </button>
+      <button type="button" role="tab" aria-selected={props.traceql} class={props.traceql ? 'active' : ''} onClick={() => !props.traceql && toTraceQL()}>
+        TraceQL
+      </button>
     </div>
   );
 }
@@ -89,9 +138,7 @@ function SearchForm(props: { query: URLSearchParams }) {
   const [tags, setTags] = useState(q.get('tags') ?? '');
   const [minDuration, setMin] = useState(q.get('minDuration') ?? '');
   const [maxDuration, setMax] = useState(q.get('maxDuration') ?? '');
-  const [lookback, setLookback] = useState(q.get('lookback') ?? '1h');
-  const [customStart, setCustomStart] = useState(toLocalInput(Number(q.get('start')) || Date.now() * 1000 - 3600e6));
-  const [customEnd, setCustomEnd] = useState(toLocalInput(Number(q.get('end')) || Date.now() * 1000));
+  const range = useTimeRange(q);
   const [limit, setLimit] = useState(q.get('limit') ?? String(DEFAULT_LIMIT));
   const [problem, setProblem] = useState<string | null>(null);
   const [services] = useAsync((s) => api.services(s), []);
@@ -106,13 +153,7 @@ function SearchForm(props: { query: URLSearchParams }) {
         ['max duration', maxDuration],
       ])
         if (v && parseDuration(v) === null) throw new Error(`${name} "${v}": write a number and a unit, e.g. 150ms, 2s, 1m30s`);
-      const p: Record<string, string> = { service, operation, tags: tags.trim(), minDuration, maxDuration, lookback, limit, sort: q.get('sort') ?? '' };
-      if (lookback === 'custom') {
-        const [s, en] = [Date.parse(customStart) * 1000, Date.parse(customEnd) * 1000];
-        timeRange('custom', String(s), String(en));
-        p.start = String(s);
-        p.end = String(en);
-      }
+      const p: Record<string, string> = { service, operation, tags: tags.trim(), minDuration, maxDuration, ...range.params(), limit, sort: q.get('sort') ?? '' };
       setProblem(null);
       navigate(href('/search', p));
     } catch (err) {
@@ -150,27 +191,7 @@ function SearchForm(props: { query: URLSearchParams }) {
           <input name="maxDuration" placeholder="e.g. 2s" value={maxDuration} onInput={(e) => setMax((e.target as HTMLInputElement).value)} />
         </label>
       </div>
-      <label>
-        Time range
-        <select name="lookback" value={lookback} onChange={(e) => setLookback((e.target as HTMLSelectElement).value)}>
-          {Object.keys(LOOKBACKS).map((k) => (
-            <option value={k}>Last {k}</option>
-          ))}
-          <option value="custom">Custom range…</option>
-        </select>
-      </label>
-      {lookback === 'custom' && (
-        <div class="row2">
-          <label>
-            From
-            <input type="datetime-local" step="1" value={customStart} onInput={(e) => setCustomStart((e.target as HTMLInputElement).value)} />
-          </label>
-          <label>
-            To
-            <input type="datetime-local" step="1" value={customEnd} onInput={(e) => setCustomEnd((e.target as HTMLInputElement).value)} />
-          </label>
-        </div>
-      )}
+      <TimeRangeFields range={range} />
       <label>
         Limit
         <input name="limit" type="number" min="1" max="1500" value={limit} onInput={(e) => setLimit((e.target as HTMLInputElement).value)} />
@@ -186,11 +207,6 @@ function SearchForm(props: { query: URLSearchParams }) {
       {services.state === 'error' && <ErrorState error={services.error} hint="The service list could not be loaded; searching all services still works." />}
     </form>
   );
-}
-
-function toLocalInput(us: number): string {
-  const d = new Date(us / 1000 - new Date().getTimezoneOffset() * 60000);
-  return d.toISOString().slice(0, 19);
 }
 
 function Results(props: { load: (signal: AbortSignal) => Promise<JaegerTrace[]>; query: URLSearchParams; fileMode?: boolean }) {

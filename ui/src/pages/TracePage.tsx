@@ -11,7 +11,7 @@ import { localTrace } from '../local-traces';
 import { criticalPath, segmentsBySpan } from '../model/critical-path';
 import { formatDuration, formatTime } from '../model/format';
 import { jaegerToOtlp } from '../model/formats';
-import { collapseBelow, findSpans, revealSpan } from '../model/layout';
+import { collapseBelow, findSpans, highlightedSpans, revealSpan } from '../model/layout';
 import { type JaegerTrace, type Span, buildTrace, rootSpan, toJaegerTrace } from '../model/trace';
 import { href, navigate, setQuery } from '../router';
 
@@ -66,6 +66,11 @@ function TraceView(props: { raw: JaegerTrace; receivedAt: number; query: URLSear
   const [scrollTo, setScrollTo] = useState<Span | null>(null);
   const tab = (q.get('view') as Tab) || 'timeline';
   const selected = (q.get('span') && trace.byId.get(q.get('span')!)) || null;
+  // The spans a TraceQL query matched (`highlight=<id>,<id>` from its results), marked in the timeline.
+  const highlightParam = q.get('highlight');
+  const highlighted = useMemo(() => highlightedSpans(trace, highlightParam), [trace, highlightParam]);
+  const highlightSet = useMemo(() => (highlighted.length ? new Set(highlighted.map((s) => s.spanID)) : null), [highlighted]);
+  const [highlightIdx, setHighlightIdx] = useState(-1);
 
   // Once per trace (not per selection change): the first paint and the deep-linked span.
   useEffect(() => {
@@ -75,10 +80,14 @@ function TraceView(props: { raw: JaegerTrace; receivedAt: number; query: URLSear
         window.__spindleRender = { traceID: trace.traceID, spans: trace.spans.length, buildMs: built.buildMs, renderMs: performance.now() - props.receivedAt };
       }, 0),
     );
-    // A deep link to a span opens its ancestors and scrolls to it.
+    // A deep link to a span opens its ancestors and scrolls to it; so does one to matched spans.
     if (selected) {
       setCollapsed((c) => revealSpan(c, selected));
       setScrollTo(selected);
+    }
+    if (highlighted.length) {
+      setCollapsed((c) => highlighted.reduce((acc, s) => revealSpan(acc, s), c));
+      if (!selected) setScrollTo(highlighted[0]);
     }
   }, [trace]);
 
@@ -103,6 +112,15 @@ function TraceView(props: { raw: JaegerTrace; receivedAt: number; query: URLSear
     const k = ((i % matches.length) + matches.length) % matches.length;
     setMatchIdx(k);
     const s = matches[k];
+    setCollapsed((c) => revealSpan(c, s));
+    select(s);
+    setScrollTo(s);
+  };
+  const jumpToHighlighted = (i: number) => {
+    if (!highlighted.length) return;
+    const k = ((i % highlighted.length) + highlighted.length) % highlighted.length;
+    setHighlightIdx(k);
+    const s = highlighted[k];
     setCollapsed((c) => revealSpan(c, s));
     select(s);
     setScrollTo(s);
@@ -193,6 +211,21 @@ function TraceView(props: { raw: JaegerTrace; receivedAt: number; query: URLSear
           />
           Critical path <span class="crit-swatch" /> <span class="muted">({path.spanIds.size} spans)</span>
         </label>
+        {highlightParam && (
+          <span class="matched-chip" data-testid="highlight-count" title="Spans the TraceQL query matched, marked in the timeline">
+            <i class="match-swatch" />
+            {highlighted.length} matched
+            <button type="button" class="small" disabled={!highlighted.length} onClick={() => jumpToHighlighted(highlightIdx - 1)} aria-label="previous matched span">
+              ↑
+            </button>
+            <button type="button" class="small" disabled={!highlighted.length} onClick={() => jumpToHighlighted(highlightIdx + 1)} aria-label="next matched span">
+              ↓
+            </button>
+            <button type="button" class="small" onClick={() => setQuery({ highlight: undefined })} aria-label="clear the matched spans" title="Clear">
+              ×
+            </button>
+          </span>
+        )}
         <span class="muted keys" title="Click the timeline first">
           ↑↓ move · ←→ collapse/expand · Enter toggle · / find
         </span>
@@ -243,6 +276,7 @@ function TraceView(props: { raw: JaegerTrace; receivedAt: number; query: URLSear
                 onSelect={select}
                 critical={showCritical ? built.segments : null}
                 matches={matchSet}
+                highlighted={highlightSet}
                 scrollTo={scrollTo}
               />
             ) : (

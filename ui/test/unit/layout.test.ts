@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { barGeometry, collapseBelow, findSpans, revealSpan, timeTicks, visibleRows } from '../../src/model/layout';
+import { barGeometry, collapseBelow, findSpans, highlightedSpans, revealSpan, timeTicks, visibleRows } from '../../src/model/layout';
 import { buildTrace } from '../../src/model/trace';
 import { jaeger } from './helpers';
 
@@ -57,5 +57,21 @@ describe('findSpans', () => {
     expect(ids(findSpans(trace, 'db_write postgresql'))).toEqual(['d']);
     expect(ids(findSpans(trace, 'processor-service'))).toEqual(['b', 'c']);
     expect(findSpans(trace, '  ')).toEqual([]);
+  });
+});
+
+describe('highlightedSpans', () => {
+  test('the spans a highlight parameter names, in timeline order, ids compared without case or leading zeros', () => {
+    const t = buildTrace(
+      jaeger([
+        ['00f067aa0ba902b7', null, 'api', 'root', 0, 100],
+        ['0000000000000abc', '00f067aa0ba902b7', 'api', 'child', 10, 10],
+        ['1111111111111111', '00f067aa0ba902b7', 'api', 'other', 20, 10],
+      ]),
+    );
+    expect(ids(highlightedSpans(t, 'abc,F067AA0BA902B7'))).toEqual(['00f067aa0ba902b7', '0000000000000abc']);
+    expect(highlightedSpans(t, 'ffff')).toEqual([]);
+    expect(highlightedSpans(t, '')).toEqual([]);
+    expect(highlightedSpans(t, null)).toEqual([]);
   });
 });

@@ -2,7 +2,7 @@ import { describe, expect, test } from 'vitest';
 import { attributeKeys, spansOf } from '../../src/model/derive';
 import { formatDuration, parseDuration } from '../../src/model/format';
 import { otlpToJaeger } from '../../src/model/formats';
-import { QueryError, parseTags, sortSummaries, timeRange } from '../../src/model/query';
+import { QueryError, parseTags, sortSummaries, timeRange, traceqlFromSearch } from '../../src/model/query';
 import { buildTrace } from '../../src/model/trace';
 import { pipelineTrace } from '../e2e/fixtures';
 
@@ -43,5 +43,15 @@ describe('attribute keys for group-by', () => {
     expect(keys).toContain('db.system');
     expect(keys.some((k) => k.startsWith('otel.') || k === 'error' || k === 'span.kind')).toBe(false);
     expect(spansOf(traces, 'storage-service', 'db_write')).toHaveLength(4);
+  });
+});
+
+describe('the form as TraceQL', () => {
+  test('service, operation, tags and durations become one spanset', () => {
+    expect(traceqlFromSearch({ service: 'storage-service', operation: 'db_write', tags: { error: 'true', 'db.system': 'postgresql', 'http.response.status_code': '500' }, minDuration: '1ms' })).toBe(
+      '{ resource.service.name = "storage-service" && name = "db_write" && status = error && .db.system = "postgresql" && .http.response.status_code = 500 && duration >= 1ms }',
+    );
+    expect(traceqlFromSearch({})).toBe('{ }');
+    expect(traceqlFromSearch({ service: 'say "hi"\\' })).toBe('{ resource.service.name = "say \\"hi\\"\\\\" }');
   });
 });
