@@ -1,0 +1,734 @@
+//! Runs TraceQL against a [`TraceStore`]: the planner pushes what each spanset filter
+//! requires into the store's own search (`TraceQuery`: service, operation, kind, duration,
+//! `key=value` attributes — dedicated, promoted and hot columns, row-group statistics and
+//! dictionaries on the embedded store; SQL on ClickHouse), intersects the candidate trace
+//! ids of the most selective filters, and only then reads those traces, newest first, a
+//! page at a time, until `limit` traces matched. Structural operators are evaluated on the
+//! candidate traces in memory (ADR 021).
+
+use std::collections::{HashMap, HashSet};
+
+use spindle_model::{semconv, Span, SpanId, SpanKind, StatusCode, TraceId};
+use spindle_query::{QueryError, QueryService};
+use spindle_store::{QueryControl, RowFields, SpanFields, StoreError, TraceQuery, TraceStore};
+
+use crate::ast::*;
+use crate::eval::{eval_field, eval_trace, truthy, Spanset, TraceView};
+use crate::metrics::{self, Accumulator, Series, Window, MAX_SERIES};
+
+/// Spans may start this long after their trace's first span and still make it a candidate.
+pub const TRACE_SLACK_NANOS: u64 = 3600 * 1_000_000_000;
+/// Traces read per store call while evaluating candidates.
+const TRACES_PER_READ: usize = 64;
+/// When the most selective filters leave more candidates than this, the next class of
+/// filters is scanned too and intersected.
+const NARROW_ABOVE: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub limit: usize,
+    /// Spans shown per spanset (`spss`).
+    pub spans_per_spanset: usize,
+    pub min_trace_duration_nanos: Option<u64>,
+    pub max_trace_duration_nanos: Option<u64>,
+    pub control: QueryControl,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchedSpan {
+    pub span_id: SpanId,
+    pub name: String,
+    pub start_unix_nano: u64,
+    pub duration_nanos: u64,
+    /// The attributes the query reads and selects, and the span's service.
+    pub attributes: Vec<(String, Static)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchedSpanset {
+    /// At most `spans_per_spanset` of the matched spans, earliest first.
+    pub spans: Vec<MatchedSpan>,
+    pub matched: usize,
+    /// `by()` values and the aggregate a scalar filter computed.
+    pub attributes: Vec<(String, Static)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceMatch {
+    pub trace_id: TraceId,
+    pub root_service: Option<String>,
+    pub root_name: Option<String>,
+    pub start_unix_nano: u64,
+    pub duration_nanos: u64,
+    pub spansets: Vec<MatchedSpanset>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchAnswer {
+    /// Newest first.
+    pub traces: Vec<TraceMatch>,
+    pub inspected_traces: u64,
+    pub inspected_spans: u64,
+}
+
+/// What a spanset filter requires of a trace, as store searches.
+#[derive(Debug, Clone)]
+enum Need {
+    /// Any trace may match.
+    All,
+    Search(Box<TraceQuery>, Class),
+    And(Vec<Need>),
+    Or(Vec<Need>),
+}
+
+/// How few traces a pushed-down search is expected to leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    /// Kind or duration only: not worth a scan of its own.
+    Weak,
+    /// A service or the error status.
+    Medium,
+    /// An operation or an attribute value.
+    Strong,
+}
+
+impl Need {
+    fn class(&self) -> Class {
+        match self {
+            Need::All => Class::Weak,
+            Need::Search(_, c) => *c,
+            Need::And(children) => children.iter().map(Need::class).max().unwrap_or(Class::Weak),
+            Need::Or(children) => children.iter().map(Need::class).min().unwrap_or(Class::Weak),
+        }
+    }
+}
+
+fn need(expr: &SpansetExpr) -> Need {
+    match expr {
+        SpansetExpr::Filter(field) => match pushdown(field) {
+            Some((query, class, _)) => Need::Search(Box::new(query), class),
+            None => Need::All,
+        },
+        SpansetExpr::Binary(op, l, r) => match op.structural() {
+            None if *op == SpansetOp::Or => Need::Or(vec![need(l), need(r)]),
+            None => Need::And(vec![need(l), need(r)]),
+            Some((_, StructuralMode::Not)) => need(r),
+            Some(_) => Need::And(vec![need(l), need(r)]),
+        },
+        SpansetExpr::Pipeline(first, stages) => {
+            let mut all = vec![need(first)];
+            for stage in stages {
+                if let Stage::Spans(e) = stage {
+                    all.push(need(e));
+                }
+            }
+            Need::And(all)
+        }
+    }
+}
+
+/// The conjuncts of a filter.
+fn conjuncts<'a>(field: &'a Field, out: &mut Vec<&'a Field>) {
+    match field {
+        Field::Binary(BinaryOp::And, l, r) => {
+            conjuncts(l, out);
+            conjuncts(r, out);
+        }
+        other => out.push(other),
+    }
+}
+
+/// The store search a filter implies (every span it selects matches it), its class, and
+/// whether the search is exact (selects exactly the filter's spans).
+fn pushdown(field: &Field) -> Option<(TraceQuery, Class, bool)> {
+    let mut terms = Vec::new();
+    conjuncts(field, &mut terms);
+    let mut query = TraceQuery { limit: usize::MAX, ..TraceQuery::default() };
+    let mut class = Class::Weak;
+    let mut exact = true;
+    let mut pushed = false;
+    for term in terms {
+        let (op, attr, value) = match term {
+            Field::Static(Static::Bool(true)) => continue,
+            Field::Binary(op, l, r) => match (&**l, &**r) {
+                (lhs, Field::Static(v)) if !matches!(lhs, Field::Static(_)) => (*op, lhs, v),
+                (Field::Static(v), rhs) => (flip(*op), rhs, v),
+                _ => {
+                    exact = false;
+                    continue;
+                }
+            },
+            _ => {
+                exact = false;
+                continue;
+            }
+        };
+        let pushed_here = match (op, attr, value) {
+            (BinaryOp::Eq, Field::Attribute(Attribute { scope: Scope::Resource, name }), Static::Str(v))
+                if name == semconv::SERVICE_NAME && query.service.is_none() =>
+            {
+                query.service = Some(v.clone());
+                class = class.max(Class::Medium);
+                true
+            }
+            (BinaryOp::Eq, Field::Intrinsic(Intrinsic::Name), Static::Str(v)) if query.operation.is_none() => {
+                query.operation = Some(v.clone());
+                class = Class::Strong;
+                true
+            }
+            (BinaryOp::Eq, Field::Intrinsic(Intrinsic::Kind), Static::Kind(k)) if query.span_kind.is_none() => {
+                query.span_kind = Some(*k);
+                true
+            }
+            (op, Field::Intrinsic(Intrinsic::Duration), Static::Duration(d)) if *d >= 0 => {
+                let d = *d as u64;
+                match op {
+                    BinaryOp::Gt => query.duration_min_nanos = Some(query.duration_min_nanos.unwrap_or(0).max(d + 1)),
+                    BinaryOp::Ge => query.duration_min_nanos = Some(query.duration_min_nanos.unwrap_or(0).max(d)),
+                    BinaryOp::Lt if d > 0 => {
+                        query.duration_max_nanos = Some(query.duration_max_nanos.unwrap_or(u64::MAX).min(d - 1))
+                    }
+                    BinaryOp::Le => {
+                        query.duration_max_nanos = Some(query.duration_max_nanos.unwrap_or(u64::MAX).min(d))
+                    }
+                    _ => {}
+                }
+                matches!(op, BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Le) || (op == BinaryOp::Lt && d > 0)
+            }
+            (BinaryOp::Eq, Field::Intrinsic(Intrinsic::Status), Static::Status(StatusCode::Error)) => {
+                query.attributes.push((semconv::JAEGER_ERROR.to_string(), "true".to_string()));
+                class = class.max(Class::Medium);
+                exact = false;
+                true
+            }
+            (
+                BinaryOp::Eq,
+                Field::Attribute(Attribute { scope: Scope::Span | Scope::Resource | Scope::Unscoped, name }),
+                v,
+            ) => {
+                let text = match v {
+                    Static::Str(s) => Some(s.clone()),
+                    Static::Int(i) => Some(i.to_string()),
+                    Static::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                };
+                match text {
+                    Some(text) => {
+                        query.attributes.push((name.clone(), text));
+                        class = Class::Strong;
+                        // The store's tag search also looks at events and matches text.
+                        exact = false;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        };
+        pushed |= pushed_here;
+        exact &= pushed_here;
+    }
+    // `{ }` and filters of only `true` push nothing but are exact, selecting everything.
+    (pushed || exact).then_some((query, class, exact))
+}
+
+fn flip(op: BinaryOp) -> BinaryOp {
+    match op {
+        BinaryOp::Lt => BinaryOp::Gt,
+        BinaryOp::Le => BinaryOp::Ge,
+        BinaryOp::Gt => BinaryOp::Lt,
+        BinaryOp::Ge => BinaryOp::Le,
+        other => other,
+    }
+}
+
+/// Candidate traces with the latest start of a matching span; `None` means every trace.
+type Candidates = Option<HashMap<TraceId, u64>>;
+
+fn scan_candidates(
+    store: &dyn TraceStore,
+    query: &TraceQuery,
+    opts: &SearchOptions,
+) -> Result<HashMap<TraceId, u64>, StoreError> {
+    let query = TraceQuery {
+        start_time_min_unix_nano: opts.start_unix_nano,
+        start_time_max_unix_nano: opts.end_unix_nano.saturating_add(TRACE_SLACK_NANOS),
+        limit: usize::MAX,
+        control: opts.control.clone(),
+        ..query.clone()
+    };
+    let mut found: HashMap<TraceId, u64> = HashMap::new();
+    let fields = RowFields { group_by: None, ids: true, operation: false };
+    store.scan_rows(&query, &fields, &mut |row| {
+        let latest = found.entry(row.trace_id).or_insert(0);
+        *latest = (*latest).max(row.start_unix_nano);
+    })?;
+    Ok(found)
+}
+
+fn candidates(store: &dyn TraceStore, need: &Need, opts: &SearchOptions) -> Result<Candidates, StoreError> {
+    match need {
+        Need::All => Ok(None),
+        Need::Search(_, Class::Weak) => Ok(None),
+        Need::Search(query, _) => scan_candidates(store, query, opts).map(Some),
+        Need::Or(children) => {
+            let mut all: HashMap<TraceId, u64> = HashMap::new();
+            for child in children {
+                match candidates(store, child, opts)? {
+                    None => return Ok(None),
+                    Some(found) => {
+                        for (id, at) in found {
+                            let latest = all.entry(id).or_insert(0);
+                            *latest = (*latest).max(at);
+                        }
+                    }
+                }
+            }
+            Ok(Some(all))
+        }
+        Need::And(children) => {
+            let mut ordered: Vec<&Need> = children.iter().filter(|c| c.class() > Class::Weak).collect();
+            ordered.sort_by(|a, b| b.class().cmp(&a.class()));
+            let mut result: Candidates = None;
+            for child in ordered {
+                let enough = result.as_ref().is_some_and(|r| r.len() <= NARROW_ABOVE);
+                if enough {
+                    break;
+                }
+                if let Some(found) = candidates(store, child, opts)? {
+                    result = Some(match result {
+                        None => found,
+                        Some(mut r) => {
+                            r.retain(|id, _| found.contains_key(id));
+                            r
+                        }
+                    });
+                }
+            }
+            Ok(result)
+        }
+    }
+}
+
+/// Attributes a query reads or selects, shown with matched spans.
+fn shown_fields(expr: &SpansetExpr, out: &mut Vec<Field>) {
+    fn walk(field: &Field, out: &mut Vec<Field>) {
+        match field {
+            Field::Attribute(a) if !out.iter().any(|f| matches!(f, Field::Attribute(b) if b == a)) => {
+                out.push(Field::Attribute(a.clone()))
+            }
+            Field::Binary(_, l, r) => {
+                walk(l, out);
+                walk(r, out);
+            }
+            Field::Regex { field, .. } | Field::Not(field) | Field::Negate(field) => walk(field, out),
+            _ => {}
+        }
+    }
+    match expr {
+        SpansetExpr::Filter(f) => walk(f, out),
+        SpansetExpr::Binary(_, l, r) => {
+            shown_fields(l, out);
+            shown_fields(r, out);
+        }
+        SpansetExpr::Pipeline(first, stages) => {
+            shown_fields(first, out);
+            for stage in stages {
+                match stage {
+                    Stage::Spans(e) => shown_fields(e, out),
+                    Stage::By(fields) | Stage::Select(fields) => fields.iter().for_each(|f| walk(f, out)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The answer for one trace, when it matches.
+pub fn match_trace(expr: &SpansetExpr, spans: &[Span], opts: &SearchOptions, shown: &[Field]) -> Option<TraceMatch> {
+    let view = TraceView::new(spans);
+    if view.start_unix_nano < opts.start_unix_nano || view.start_unix_nano > opts.end_unix_nano {
+        return None;
+    }
+    let duration = view.duration_nanos();
+    if opts.min_trace_duration_nanos.is_some_and(|m| duration < m)
+        || opts.max_trace_duration_nanos.is_some_and(|m| duration > m)
+    {
+        return None;
+    }
+    let sets = eval_trace(expr, &view);
+    if sets.is_empty() {
+        return None;
+    }
+    let spansets = sets.iter().map(|set| shown_spanset(set, &view, opts.spans_per_spanset, shown)).collect();
+    Some(TraceMatch {
+        trace_id: spans[0].trace_id,
+        root_service: view.root_service().map(str::to_string),
+        root_name: view.root_name().map(str::to_string),
+        start_unix_nano: view.start_unix_nano,
+        duration_nanos: duration,
+        spansets,
+    })
+}
+
+fn shown_spanset(set: &Spanset, view: &TraceView, limit: usize, shown: &[Field]) -> MatchedSpanset {
+    let mut order = set.spans.clone();
+    order.sort_by_key(|&i| (view.spans[i].start_time_unix_nano, i));
+    let spans = order
+        .iter()
+        .take(limit)
+        .map(|&i| {
+            let span = &view.spans[i];
+            let mut attributes = vec![("service.name".to_string(), Static::Str(span.service_name().to_string()))];
+            for field in shown.iter().chain(&set.select) {
+                let value = eval_field(field, i, view).single();
+                let name = crate::eval::field_text(field);
+                if value != Static::Nil && !attributes.iter().any(|(k, _)| *k == name) {
+                    attributes.push((name, value));
+                }
+            }
+            MatchedSpan {
+                span_id: span.span_id,
+                name: span.name.to_string(),
+                start_unix_nano: span.start_time_unix_nano,
+                duration_nanos: span.duration_nanos(),
+                attributes,
+            }
+        })
+        .collect();
+    let mut attributes: Vec<(String, Static)> = set.by.clone();
+    if let Some(scalar) = &set.scalar {
+        attributes.push(("aggregate".into(), scalar.clone()));
+    }
+    MatchedSpanset { spans, matched: set.spans.len(), attributes }
+}
+
+/// Traces matching `expr`, newest first, at most `opts.limit`.
+pub fn search(store: &dyn TraceStore, expr: &SpansetExpr, opts: &SearchOptions) -> Result<SearchAnswer, StoreError> {
+    let mut shown = Vec::new();
+    shown_fields(expr, &mut shown);
+    let mut answer = SearchAnswer::default();
+    let limit = opts.limit.max(1);
+    match candidates(store, &need(expr), opts)? {
+        Some(found) => {
+            let mut ordered: Vec<(TraceId, u64)> = found.into_iter().collect();
+            ordered.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+            let mut page = TRACES_PER_READ.min(limit * 2).max(8);
+            let mut at = 0;
+            while at < ordered.len() && answer.traces.len() < limit {
+                opts.control.check()?;
+                let ids: Vec<TraceId> = ordered[at..(at + page).min(ordered.len())].iter().map(|(id, _)| *id).collect();
+                at += ids.len();
+                page = (page * 2).min(TRACES_PER_READ * 4);
+                for spans in store.get_traces(&ids)? {
+                    if spans.is_empty() {
+                        continue;
+                    }
+                    answer.inspected_traces += 1;
+                    answer.inspected_spans += spans.len() as u64;
+                    if let Some(m) = match_trace(expr, &spans, opts, &shown) {
+                        answer.traces.push(m);
+                    }
+                }
+            }
+        }
+        None => {
+            let fields = SpanFields { attributes: None, events: true };
+            let mut error = None;
+            store.scan_traces(opts.start_unix_nano, opts.end_unix_nano, &fields, &mut |spans| {
+                if error.is_some() {
+                    return;
+                }
+                if let Err(e) = opts.control.check() {
+                    error = Some(e);
+                    return;
+                }
+                answer.inspected_traces += 1;
+                answer.inspected_spans += spans.len() as u64;
+                if let Some(m) = match_trace(expr, spans, opts, &shown) {
+                    answer.traces.push(m);
+                    // Keep the newest `limit`: trim now and then, not on every match.
+                    if answer.traces.len() >= limit * 4 + 64 {
+                        newest_first(&mut answer.traces, limit);
+                    }
+                }
+            })?;
+            if let Some(e) = error {
+                return Err(e);
+            }
+        }
+    }
+    newest_first(&mut answer.traces, limit);
+    Ok(answer)
+}
+
+fn newest_first(traces: &mut Vec<TraceMatch>, limit: usize) {
+    traces.sort_by(|a, b| b.start_unix_nano.cmp(&a.start_unix_nano).then(b.trace_id.cmp(&a.trace_id)));
+    traces.truncate(limit);
+}
+
+/// What a metrics query answers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsAnswer {
+    pub series: Vec<Series>,
+    /// Series beyond [`MAX_SERIES`] were left out.
+    pub truncated: bool,
+    pub inspected_spans: u64,
+}
+
+fn field_needs_trace(field: &Field) -> bool {
+    match field {
+        Field::Intrinsic(i) => i.needs_trace(),
+        Field::Binary(_, l, r) => field_needs_trace(l) || field_needs_trace(r),
+        Field::Regex { field, .. } | Field::Not(field) | Field::Negate(field) => field_needs_trace(field),
+        _ => false,
+    }
+}
+
+fn function_field(function: &MetricsFunction) -> Option<&Field> {
+    match function {
+        MetricsFunction::SumOverTime(f)
+        | MetricsFunction::MinOverTime(f)
+        | MetricsFunction::MaxOverTime(f)
+        | MetricsFunction::AvgOverTime(f)
+        | MetricsFunction::QuantileOverTime(f, _)
+        | MetricsFunction::HistogramOverTime(f) => Some(f),
+        MetricsFunction::Compare { selection, .. } => Some(selection),
+        _ => None,
+    }
+}
+
+/// Evaluates a metrics expression over `[window.start, window.end)`.
+pub fn metrics(
+    query: &QueryService,
+    expr: &MetricsExpr,
+    window: Window,
+    control: &QueryControl,
+) -> Result<MetricsAnswer, QueryError> {
+    match expr {
+        MetricsExpr::Scalar(v) => {
+            Ok(MetricsAnswer { series: metrics::scalar_series(*v, window), ..MetricsAnswer::default() })
+        }
+        MetricsExpr::Binary(op, l, r) => {
+            let l = metrics(query, l, window, control)?;
+            let r = metrics(query, r, window, control)?;
+            Ok(MetricsAnswer {
+                series: metrics::combine(*op, l.series, r.series),
+                truncated: l.truncated || r.truncated,
+                inspected_spans: l.inspected_spans + r.inspected_spans,
+            })
+        }
+        MetricsExpr::Staged(inner, stages) => {
+            let mut answer = metrics(query, inner, window, control)?;
+            answer.series = metrics::apply_stages(answer.series, stages);
+            Ok(answer)
+        }
+        MetricsExpr::Query(q) => {
+            let mut answer = match fast_metrics(query, q, window, control)? {
+                Some(answer) => answer,
+                None => scan_metrics(query.store().as_ref(), q, window, control)?,
+            };
+            answer.series = metrics::apply_stages(answer.series, &q.stages);
+            Ok(answer)
+        }
+    }
+}
+
+/// The general path: every span the pipeline selects, read from the store.
+fn scan_metrics(
+    store: &dyn TraceStore,
+    q: &MetricsQuery,
+    window: Window,
+    control: &QueryControl,
+) -> Result<MetricsAnswer, StoreError> {
+    let mut acc = Accumulator::new(q, window);
+    let mut inspected = 0u64;
+    let single = match &q.spans {
+        SpansetExpr::Filter(field)
+            if !field_needs_trace(field)
+                && !q.by.iter().any(field_needs_trace)
+                && !function_field(&q.function).is_some_and(field_needs_trace) =>
+        {
+            Some(field)
+        }
+        _ => None,
+    };
+    let fields = SpanFields { attributes: None, events: true };
+    match single {
+        Some(field) => {
+            let pushed = pushdown(field).map(|(query, _, _)| query).unwrap_or_default();
+            let query = TraceQuery {
+                start_time_min_unix_nano: window.start_unix_nano,
+                start_time_max_unix_nano: window.end_unix_nano.saturating_sub(1),
+                limit: usize::MAX,
+                control: control.clone(),
+                ..pushed
+            };
+            store.scan_fields(&query, &fields, &mut |span| {
+                inspected += 1;
+                let view = TraceView::single(span);
+                if truthy(&eval_field(field, 0, &view)) {
+                    acc.add(0, &view);
+                }
+            })?;
+        }
+        None => {
+            let mut error = None;
+            store.scan_traces(
+                window.start_unix_nano,
+                window.end_unix_nano.saturating_sub(1),
+                &fields,
+                &mut |spans| {
+                    if error.is_some() {
+                        return;
+                    }
+                    if let Err(e) = control.check() {
+                        error = Some(e);
+                        return;
+                    }
+                    inspected += spans.len() as u64;
+                    let view = TraceView::new(spans);
+                    let mut seen = HashSet::new();
+                    for set in eval_trace(&q.spans, &view) {
+                        for i in set.spans {
+                            if seen.insert(i) {
+                                acc.add(i, &view);
+                            }
+                        }
+                    }
+                },
+            )?;
+            if let Some(e) = error {
+                return Err(e);
+            }
+        }
+    }
+    let truncated = acc.truncated;
+    Ok(MetricsAnswer { series: acc.finish(), truncated, inspected_spans: inspected })
+}
+
+/// The key RED statistics group by for a by() field, when they group exactly as TraceQL.
+fn red_key(field: &Field) -> Option<String> {
+    match field {
+        Field::Attribute(Attribute { scope: Scope::Resource, name }) if name == semconv::SERVICE_NAME => {
+            Some("service.name".into())
+        }
+        Field::Intrinsic(Intrinsic::Name) => Some("span.name".into()),
+        Field::Attribute(Attribute { scope: Scope::Span | Scope::Unscoped, name })
+            if !matches!(name.as_str(), "service.name" | "service" | "span.name" | "operation") =>
+        {
+            Some(name.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Span-count and duration functions over a filter the store answers exactly, at most one
+/// by() key: the store's RED aggregation (ClickHouse aggregates in SQL, the embedded store
+/// scans typed columns on every core) answers them without building spans.
+fn fast_metrics(
+    query: &QueryService,
+    q: &MetricsQuery,
+    window: Window,
+    control: &QueryControl,
+) -> Result<Option<MetricsAnswer>, QueryError> {
+    let duration = |f: &Field| matches!(f, Field::Intrinsic(Intrinsic::Duration));
+    let supported = match &q.function {
+        MetricsFunction::Rate | MetricsFunction::CountOverTime => true,
+        MetricsFunction::QuantileOverTime(f, _)
+        | MetricsFunction::AvgOverTime(f)
+        | MetricsFunction::MaxOverTime(f)
+        | MetricsFunction::SumOverTime(f) => duration(f),
+        _ => false,
+    };
+    let SpansetExpr::Filter(field) = &q.spans else { return Ok(None) };
+    let Some((pushed, _, true)) = pushdown(field) else { return Ok(None) };
+    if !supported || q.by.len() > 1 {
+        return Ok(None);
+    }
+    let key = match q.by.first() {
+        None => None,
+        Some(f) => match red_key(f) {
+            Some(k) => Some(k),
+            None => return Ok(None),
+        },
+    };
+    let search = TraceQuery {
+        start_time_min_unix_nano: window.start_unix_nano,
+        start_time_max_unix_nano: window.end_unix_nano.saturating_sub(1),
+        limit: usize::MAX,
+        control: control.clone(),
+        ..pushed
+    };
+    let answer = query.red_top(&search, key.as_deref(), window.step_nanos, MAX_SERIES)?;
+    let step_seconds = window.step_nanos as f64 / 1e9;
+    let mut series = Vec::new();
+    let mut inspected = 0;
+    for group in answer.groups {
+        inspected += group.total.calls;
+        let labels: Vec<(String, Static)> = match (&group.group, q.by.first()) {
+            (Some(text), Some(f)) => vec![(crate::eval::field_text(f), Static::Str(text.clone()))],
+            _ => Vec::new(),
+        };
+        let points = |value: &dyn Fn(&spindle_query::analytics::Stats) -> Option<f64>| -> Vec<(u64, f64)> {
+            group
+                .series
+                .iter()
+                .filter_map(|(at, stats)| window.step_at(*at).map(|i| (i, stats)))
+                .filter_map(|(i, stats)| value(stats).map(|v| (window.timestamp_ms(i), v)))
+                .collect()
+        };
+        let every_step = |samples: Vec<(u64, f64)>| -> Vec<(u64, f64)> {
+            let given: HashMap<u64, f64> = samples.into_iter().collect();
+            (0..window.steps())
+                .map(|i| {
+                    let t = window.timestamp_ms(i);
+                    (t, given.get(&t).copied().unwrap_or(0.0))
+                })
+                .collect()
+        };
+        match &q.function {
+            MetricsFunction::Rate => {
+                series.push(Series { labels, samples: every_step(points(&|s| Some(s.calls as f64 / step_seconds))) })
+            }
+            MetricsFunction::CountOverTime => {
+                series.push(Series { labels, samples: every_step(points(&|s| Some(s.calls as f64))) })
+            }
+            MetricsFunction::QuantileOverTime(_, qs) => {
+                for quantile in qs {
+                    let mut with_p = labels.clone();
+                    with_p.push(("p".into(), Static::Float(*quantile)));
+                    series.push(Series {
+                        labels: with_p,
+                        samples: points(&|s| s.latency.quantile(*quantile).map(|n| n / 1e9)),
+                    });
+                }
+            }
+            MetricsFunction::AvgOverTime(_) => series.push(Series {
+                labels,
+                samples: points(&|s| (s.calls > 0).then(|| s.latency.sum_nanos() as f64 / s.calls as f64 / 1e9)),
+            }),
+            MetricsFunction::MaxOverTime(_) => series
+                .push(Series { labels, samples: points(&|s| (s.calls > 0).then(|| s.latency.max() as f64 / 1e9)) }),
+            MetricsFunction::SumOverTime(_) => series.push(Series {
+                labels,
+                samples: points(&|s| (s.calls > 0).then(|| s.latency.sum_nanos() as f64 / 1e9)),
+            }),
+            _ => return Ok(None),
+        }
+    }
+    metrics::sort_series(&mut series);
+    Ok(Some(MetricsAnswer { series, truncated: answer.other.is_some(), inspected_spans: inspected }))
+}
+
+/// Span kinds as TraceQL values, for completions.
+pub const KINDS: [SpanKind; 6] = [
+    SpanKind::Unspecified,
+    SpanKind::Internal,
+    SpanKind::Server,
+    SpanKind::Client,
+    SpanKind::Producer,
+    SpanKind::Consumer,
+];
