@@ -404,6 +404,10 @@ export function errorPosition(message: string, query: string): ErrorPosition | n
   if (line < 1 || column < 1 || line > Math.max(lines.length, 1)) return null;
   let offset = 0;
   for (let k = 0; k < line - 1; k++) offset += lines[k].length + 1;
-  offset = Math.min(offset + column - 1, query.length);
+  // Columns count characters (code points), offsets UTF-16 units; a column past the end of
+  // the line (an error at the end of the input) points just after it.
+  offset += Array.from(lines[line - 1] ?? '')
+    .slice(0, column - 1)
+    .join('').length;
   return { line, column, offset };
 }

@@ -150,7 +150,10 @@ function QueryError(props: { message: string; query: string; onShow: (offset: nu
         <pre class="mono caret-line" data-testid="error-caret" data-column={pos.column} title="Click to put the cursor there" onClick={() => props.onShow(pos.offset)}>
           {line}
           {'\n'}
-          {line.slice(0, pos.column - 1).replace(/[^\t]/g, ' ')}
+          {Array.from(line)
+            .slice(0, pos.column - 1)
+            .map((c) => (c === '\t' ? c : ' '))
+            .join('')}
           <span class="caret">^</span>
         </pre>
       )}

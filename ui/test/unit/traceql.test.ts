@@ -174,6 +174,10 @@ describe('error position', () => {
     const multi = '{ .a = 1 }\n&& { .b = }';
     expect(errorPosition('parse error at line 2, column 11: expected a value', multi)).toEqual({ line: 2, column: 11, offset: 21 });
     expect(multi[21]).toBe('}');
+    // Columns count characters: an emoji before is one column, two UTF-16 units.
+    const emoji = '{ .a = "😀" && }';
+    expect(errorPosition('parse error at line 1, column 15: expected a condition', emoji)?.offset).toBe(15);
+    expect(emoji[15]).toBe('}');
   });
 
   test('no position in the message, or one outside the query: none', () => {
