@@ -9,7 +9,14 @@ import { cssVar } from './Chart';
 
 const LEVEL = 20;
 
-export function FlameGraph(props: { trace: Trace; selected: Span | null; onSelect: (s: Span) => void; critical: Set<string> | null }) {
+export function FlameGraph(props: {
+  trace: Trace;
+  selected: Span | null;
+  onSelect: (s: Span) => void;
+  critical: Set<string> | null;
+  /** Spans a query matched (TraceQL's `highlight=`): outlined. */
+  highlighted?: Set<string> | null;
+}) {
   const { trace, selected } = props;
   const canvas = useRef<HTMLCanvasElement>(null);
   const [width, setWidth] = useState(800);
@@ -45,6 +52,7 @@ export function FlameGraph(props: { trace: Trace; selected: Span | null; onSelec
     const text = cssVar('--flame-text');
     const errorColor = cssVar('--error');
     const fg = cssVar('--fg');
+    const match = cssVar('--match');
     byDepth.forEach((level, depth) => {
       const y = depth * LEVEL;
       for (const s of level) {
@@ -57,6 +65,12 @@ export function FlameGraph(props: { trace: Trace; selected: Span | null; onSelec
         if (s.error) {
           ctx.fillStyle = errorColor;
           ctx.fillRect(x, y + LEVEL - 4, Math.max(w - 1, 0.5), 3);
+        }
+        if (props.highlighted?.has(s.spanID)) {
+          ctx.globalAlpha = 1;
+          ctx.strokeStyle = match;
+          ctx.lineWidth = 3;
+          ctx.strokeRect(x + 1.5, y + 2.5, Math.max(w - 3, 1), LEVEL - 5);
         }
         if (s === selected) {
           ctx.strokeStyle = fg;
@@ -76,7 +90,7 @@ export function FlameGraph(props: { trace: Trace; selected: Span | null; onSelec
       }
     });
     ctx.globalAlpha = 1;
-  }, [byDepth, width, height, selected, props.critical, trace]);
+  }, [byDepth, width, height, selected, props.critical, props.highlighted, trace]);
 
   const spanAt = (e: MouseEvent): Span | null => {
     const rect = (e.target as HTMLCanvasElement).getBoundingClientRect();

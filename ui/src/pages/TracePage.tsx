@@ -282,7 +282,7 @@ function TraceView(props: { raw: JaegerTrace; receivedAt: number; query: URLSear
             ) : (
               <Empty title="This trace has no spans" />
             ))}
-          {tab === 'flame' && <FlameGraph trace={trace} selected={selected} onSelect={select} critical={showCritical ? path.spanIds : null} />}
+          {tab === 'flame' && <FlameGraph trace={trace} selected={selected} onSelect={select} critical={showCritical ? path.spanIds : null} highlighted={highlightSet} />}
           {tab === 'stats' && (
             <StatsTable
               trace={trace}
