@@ -23,3 +23,9 @@ seed zipkin_json 'zipkin_v2_json_*.json'
 seed zipkin_proto 'zipkin_v2_proto_*.bin'
 seed zipkin_v1_json 'zipkin_v1_json_*.json'
 seed sampling_file 'sampling_*.json'
+# TraceQL: every example query of Tempo's documentation, one file each.
+mkdir -p corpus/traceql
+i=0
+grep -v '^#' ../crates/spindle-traceql/tests/doc_examples.txt | grep -v '^$' | while IFS= read -r query; do
+  i=$((i + 1)); printf '%s' "$query" > "corpus/traceql/doc_$i"
+done

@@ -20,6 +20,8 @@ use crate::StoreError;
 pub struct QueryControl {
     deadline: Option<Instant>,
     cancelled: Option<Arc<AtomicBool>>,
+    /// Set by the query itself once it has read enough (a sample of tag names).
+    enough: Option<Arc<AtomicBool>>,
 }
 
 thread_local! {
@@ -28,12 +30,20 @@ thread_local! {
 
 impl QueryControl {
     pub fn new(deadline: Option<Instant>, cancelled: Option<Arc<AtomicBool>>) -> Self {
-        QueryControl { deadline, cancelled }
+        QueryControl { deadline, cancelled, enough: None }
+    }
+
+    /// This control, also stopping the query (as cancelled) once `enough` is set: for
+    /// reads that want a sample, not every row.
+    pub fn stopped_by(&self, enough: Arc<AtomicBool>) -> Self {
+        QueryControl { enough: Some(enough), ..self.clone() }
     }
 
     /// `Err` once the query was cancelled or its deadline passed.
     pub fn check(&self) -> Result<(), StoreError> {
-        if self.cancelled.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+        if self.cancelled.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+            || self.enough.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+        {
             return Err(StoreError::Cancelled);
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {

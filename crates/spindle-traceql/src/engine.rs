@@ -234,6 +234,11 @@ fn pushdown(field: &Field) -> Option<(TraceQuery, Class, bool)> {
     (pushed || exact).then_some((query, class, exact))
 }
 
+/// The store search a one-filter query pushes down (`None`: it pushes nothing).
+pub fn filter_pushdown(field: &Field) -> Option<TraceQuery> {
+    pushdown(field).map(|(query, _, _)| query)
+}
+
 fn flip(op: BinaryOp) -> BinaryOp {
     match op {
         BinaryOp::Lt => BinaryOp::Gt,
@@ -381,7 +386,8 @@ fn shown_spanset(set: &Spanset, view: &TraceView, limit: usize, shown: &[Field])
         .take(limit)
         .map(|&i| {
             let span = &view.spans[i];
-            let mut attributes = vec![("service.name".to_string(), Static::Str(span.service_name().to_string()))];
+            let mut attributes =
+                vec![("resource.service.name".to_string(), Static::Str(span.service_name().to_string()))];
             for field in shown.iter().chain(&set.select) {
                 let value = eval_field(field, i, view).single();
                 let name = crate::eval::field_text(field);

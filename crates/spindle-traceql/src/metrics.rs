@@ -41,8 +41,9 @@ impl Window {
         (i < self.steps()).then_some(i)
     }
 
+    /// The time a step's sample carries: the step's end, as Tempo's.
     pub fn timestamp_ms(&self, index: usize) -> u64 {
-        (self.first() + index as u64) * self.step_nanos / 1_000_000
+        (self.first() + index as u64 + 1) * self.step_nanos / 1_000_000
     }
 }
 

@@ -424,7 +424,7 @@ proptest! {
         for series in &answer.series {
             let labels: Vec<String> = series.labels.iter().filter(|(k, _)| k != "p").map(|(k, v)| format!("{k}={v}")).collect();
             for &(t, v) in &series.samples {
-                let step = ((t * 1_000_000) / window.step_nanos - window.start_unix_nano / window.step_nanos) as usize;
+                let step = ((t * 1_000_000) / window.step_nanos - window.start_unix_nano / window.step_nanos - 1) as usize;
                 if let MetricsFunction::QuantileOverTime(_, _) = &q.function {
                     let values = groups.get(&(labels.join(","), step)).expect("a quantile where spans are");
                     let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));

@@ -15,6 +15,7 @@ pub mod params;
 mod session;
 mod spindle;
 mod spm;
+mod tempo;
 mod v3;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -242,7 +243,7 @@ async fn time_queries(
 ) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
-    if let Some(path) = path.filter(|p| p.as_str().starts_with("/api/")) {
+    if let Some(path) = path.filter(|p| p.as_str().starts_with("/api/") || p.as_str().starts_with("/tempo/api/")) {
         telemetry
             .server
             .query_duration
@@ -260,7 +261,7 @@ fn routes() -> Routes<ApiState> {
         .get("/api/services/{service}/operations", jaeger::service_operations)
         .get("/api/operations", jaeger::operations)
         .get("/api/traces", jaeger::find_traces)
-        .get("/api/traces/{trace_id}", jaeger::get_trace)
+        .get("/api/traces/{trace_id}", tempo::trace_v1_or_jaeger)
         .get("/api/dependencies", jaeger::dependencies)
         .get("/api/v3/services", v3::services)
         .get("/api/v3/operations", v3::operations)
@@ -281,6 +282,29 @@ fn routes() -> Routes<ApiState> {
         .get("/api/spindle/graph", spindle::graph)
         .get("/api/spindle/alerts", spindle::alerts)
         .get("/api/spindle/whoami", session::whoami)
+        // Grafana Tempo's API (docs/TEMPO_API.md), all of it under /tempo, and under /api
+        // where Jaeger's API has no route of the same path.
+        .get("/api/echo", tempo::echo)
+        .get("/api/status/buildinfo", tempo::buildinfo)
+        .get("/api/v2/traces/{trace_id}", tempo::trace_v2)
+        .get("/api/search", tempo::search)
+        .get("/api/search/tags", tempo::tags_v1)
+        .get("/api/v2/search/tags", tempo::tags_v2)
+        .get("/api/search/tag/{tag}/values", tempo::tag_values_v1)
+        .get("/api/v2/search/tag/{tag}/values", tempo::tag_values_v2)
+        .get("/api/metrics/query_range", tempo::query_range)
+        .get("/api/metrics/query", tempo::query_instant)
+        .get("/tempo/api/echo", tempo::echo)
+        .get("/tempo/api/status/buildinfo", tempo::buildinfo)
+        .get("/tempo/api/traces/{trace_id}", tempo::trace_v1)
+        .get("/tempo/api/v2/traces/{trace_id}", tempo::trace_v2)
+        .get("/tempo/api/search", tempo::search)
+        .get("/tempo/api/search/tags", tempo::tags_v1)
+        .get("/tempo/api/v2/search/tags", tempo::tags_v2)
+        .get("/tempo/api/search/tag/{tag}/values", tempo::tag_values_v1)
+        .get("/tempo/api/v2/search/tag/{tag}/values", tempo::tag_values_v2)
+        .get("/tempo/api/metrics/query_range", tempo::query_range)
+        .get("/tempo/api/metrics/query", tempo::query_instant)
         .get("/api/{*rest}", unknown_api)
         .other(crate::ui::serve)
 }
