@@ -20,9 +20,11 @@ use crate::metrics::{self, Accumulator, Series, Window, MAX_SERIES};
 pub const TRACE_SLACK_NANOS: u64 = 3600 * 1_000_000_000;
 /// Traces read per store call while evaluating candidates.
 const TRACES_PER_READ: usize = 64;
-/// When the most selective filters leave more candidates than this, the next class of
-/// filters is scanned too and intersected.
+/// An `&&` of filters scans the next filter's search while candidates are more than this.
 const NARROW_ABOVE: usize = 256;
+/// Candidate traces read without `limit` matches before the next filter's search narrows
+/// the rest.
+const NARROW_AFTER: usize = 128;
 
 #[derive(Debug, Clone)]
 pub struct SearchOptions {
@@ -78,37 +80,52 @@ pub struct SearchAnswer {
 enum Need {
     /// Any trace may match.
     All,
-    Search(Box<TraceQuery>, Class),
+    /// Traces with a span the search finds, and how selective the search is expected to be.
+    Search(Box<TraceQuery>, u32),
     And(Vec<Need>),
     Or(Vec<Need>),
 }
 
-/// How few traces a pushed-down search is expected to leave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Class {
-    /// Kind or duration only: not worth a scan of its own.
-    Weak,
-    /// A service or the error status.
-    Medium,
-    /// An operation or an attribute value.
-    Strong,
-}
+/// Expected selectivity of pushed-down conditions: an attribute value or an operation
+/// leaves few traces, a service or the error status some, a kind or a duration bound many.
+const SCORE_ATTRIBUTE: u32 = 30;
+const SCORE_OPERATION: u32 = 20;
+const SCORE_SERVICE: u32 = 10;
+const SCORE_ERROR: u32 = 10;
+const SCORE_WEAK: u32 = 3;
+/// Searches scoring less are not worth a scan of their own.
+const SCANNABLE: u32 = 10;
 
 impl Need {
-    fn class(&self) -> Class {
+    fn score(&self) -> u32 {
         match self {
-            Need::All => Class::Weak,
-            Need::Search(_, c) => *c,
-            Need::And(children) => children.iter().map(Need::class).max().unwrap_or(Class::Weak),
-            Need::Or(children) => children.iter().map(Need::class).min().unwrap_or(Class::Weak),
+            Need::All => 0,
+            Need::Search(_, score) => *score,
+            Need::And(children) => children.iter().map(Need::score).max().unwrap_or(0),
+            Need::Or(children) => children.iter().map(Need::score).min().unwrap_or(0),
         }
+    }
+
+    /// The conjuncts of a requirement, most selective first, without the unscannable.
+    fn steps(self) -> Vec<Need> {
+        fn flatten(need: Need, out: &mut Vec<Need>) {
+            match need {
+                Need::And(children) => children.into_iter().for_each(|c| flatten(c, out)),
+                other if other.score() >= SCANNABLE => out.push(other),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        flatten(self, &mut out);
+        out.sort_by_key(|n| std::cmp::Reverse(n.score()));
+        out
     }
 }
 
 fn need(expr: &SpansetExpr) -> Need {
     match expr {
         SpansetExpr::Filter(field) => match pushdown(field) {
-            Some((query, class, _)) => Need::Search(Box::new(query), class),
+            Some((query, score, _)) => Need::Search(Box::new(query), score),
             None => Need::All,
         },
         SpansetExpr::Binary(op, l, r) => match op.structural() {
@@ -142,11 +159,11 @@ fn conjuncts<'a>(field: &'a Field, out: &mut Vec<&'a Field>) {
 
 /// The store search a filter implies (every span it selects matches it), its class, and
 /// whether the search is exact (selects exactly the filter's spans).
-fn pushdown(field: &Field) -> Option<(TraceQuery, Class, bool)> {
+fn pushdown(field: &Field) -> Option<(TraceQuery, u32, bool)> {
     let mut terms = Vec::new();
     conjuncts(field, &mut terms);
     let mut query = TraceQuery { limit: usize::MAX, ..TraceQuery::default() };
-    let mut class = Class::Weak;
+    let mut score = 0;
     let mut exact = true;
     let mut pushed = false;
     for term in terms {
@@ -170,16 +187,17 @@ fn pushdown(field: &Field) -> Option<(TraceQuery, Class, bool)> {
                 if name == semconv::SERVICE_NAME && query.service.is_none() =>
             {
                 query.service = Some(v.clone());
-                class = class.max(Class::Medium);
+                score += SCORE_SERVICE;
                 true
             }
             (BinaryOp::Eq, Field::Intrinsic(Intrinsic::Name), Static::Str(v)) if query.operation.is_none() => {
                 query.operation = Some(v.clone());
-                class = Class::Strong;
+                score += SCORE_OPERATION;
                 true
             }
             (BinaryOp::Eq, Field::Intrinsic(Intrinsic::Kind), Static::Kind(k)) if query.span_kind.is_none() => {
                 query.span_kind = Some(*k);
+                score += SCORE_WEAK;
                 true
             }
             (op, Field::Intrinsic(Intrinsic::Duration), Static::Duration(d)) if *d >= 0 => {
@@ -195,11 +213,12 @@ fn pushdown(field: &Field) -> Option<(TraceQuery, Class, bool)> {
                     }
                     _ => {}
                 }
+                score += SCORE_WEAK;
                 matches!(op, BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Le) || (op == BinaryOp::Lt && d > 0)
             }
             (BinaryOp::Eq, Field::Intrinsic(Intrinsic::Status), Static::Status(StatusCode::Error)) => {
                 query.attributes.push((semconv::JAEGER_ERROR.to_string(), "true".to_string()));
-                class = class.max(Class::Medium);
+                score += SCORE_ERROR;
                 exact = false;
                 true
             }
@@ -217,7 +236,7 @@ fn pushdown(field: &Field) -> Option<(TraceQuery, Class, bool)> {
                 match text {
                     Some(text) => {
                         query.attributes.push((name.clone(), text));
-                        class = Class::Strong;
+                        score += SCORE_ATTRIBUTE;
                         // The store's tag search also looks at events and matches text.
                         exact = false;
                         true
@@ -231,7 +250,7 @@ fn pushdown(field: &Field) -> Option<(TraceQuery, Class, bool)> {
         exact &= pushed_here;
     }
     // `{ }` and filters of only `true` push nothing but are exact, selecting everything.
-    (pushed || exact).then_some((query, class, exact))
+    (pushed || exact).then_some((query, score, exact))
 }
 
 /// The store search a one-filter query pushes down (`None`: it pushes nothing).
@@ -276,7 +295,7 @@ fn scan_candidates(
 fn candidates(store: &dyn TraceStore, need: &Need, opts: &SearchOptions) -> Result<Candidates, StoreError> {
     match need {
         Need::All => Ok(None),
-        Need::Search(_, Class::Weak) => Ok(None),
+        Need::Search(_, score) if *score < SCANNABLE => Ok(None),
         Need::Search(query, _) => scan_candidates(store, query, opts).map(Some),
         Need::Or(children) => {
             let mut all: HashMap<TraceId, u64> = HashMap::new();
@@ -294,10 +313,8 @@ fn candidates(store: &dyn TraceStore, need: &Need, opts: &SearchOptions) -> Resu
             Ok(Some(all))
         }
         Need::And(children) => {
-            let mut ordered: Vec<&Need> = children.iter().filter(|c| c.class() > Class::Weak).collect();
-            ordered.sort_by(|a, b| b.class().cmp(&a.class()));
             let mut result: Candidates = None;
-            for child in ordered {
+            for child in Need::And(children.clone()).steps().iter() {
                 let enough = result.as_ref().is_some_and(|r| r.len() <= NARROW_ABOVE);
                 if enough {
                     break;
@@ -417,17 +434,37 @@ pub fn search(store: &dyn TraceStore, expr: &SpansetExpr, opts: &SearchOptions) 
     shown_fields(expr, &mut shown);
     let mut answer = SearchAnswer::default();
     let limit = opts.limit.max(1);
-    match candidates(store, &need(expr), opts)? {
+    let mut steps = need(expr).steps().into_iter();
+    let first = match steps.next() {
+        Some(first) => candidates(store, &first, opts)?,
+        None => None,
+    };
+    match first {
         Some(found) => {
             let mut ordered: Vec<(TraceId, u64)> = found.into_iter().collect();
             ordered.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
             let mut page = TRACES_PER_READ.min(limit * 2).max(8);
             let mut at = 0;
+            let mut since_narrowed = 0;
             while at < ordered.len() && answer.traces.len() < limit {
                 opts.control.check()?;
+                // Few matches among the traces read so far: the next filter's own search
+                // costs less than reading the rest one by one.
+                if since_narrowed >= NARROW_AFTER && ordered.len() - at > NARROW_AFTER {
+                    if let Some(next) = steps.next() {
+                        if let Some(more) = candidates(store, &next, opts)? {
+                            ordered = ordered.split_off(at);
+                            ordered.retain(|(id, _)| more.contains_key(id));
+                            at = 0;
+                        }
+                        since_narrowed = 0;
+                        continue;
+                    }
+                }
                 let ids: Vec<TraceId> = ordered[at..(at + page).min(ordered.len())].iter().map(|(id, _)| *id).collect();
                 at += ids.len();
-                page = (page * 2).min(TRACES_PER_READ * 4);
+                since_narrowed += ids.len();
+                page = (page * 2).min(TRACES_PER_READ);
                 for spans in store.get_traces(&ids)? {
                     if spans.is_empty() {
                         continue;

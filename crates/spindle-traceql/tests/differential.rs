@@ -454,3 +454,54 @@ fn parsed_metrics(parsed: &spindle_traceql::Parsed) -> MetricsExpr {
         Query::Search(_) => unreachable!(),
     }
 }
+
+/// The reference workload, where candidates outnumber matches: reading pages of candidates,
+/// narrowing by the next filter's search, and stopping at `limit` still give the naive
+/// evaluator's traces.
+#[test]
+fn narrowing_and_limits_keep_the_naive_answer() {
+    let mut workload = spindle_workload::Workload::new(7);
+    let traces: Vec<Vec<Span>> = (0..3000).map(|i| workload.trace(START + i * 1_000_000_000)).collect();
+    let (_dir, store) = open(&traces);
+    for text in [
+        "{ resource.service.name = \"pricing\" && span.user.tier = \"pro\" } >> { status = error }",
+        "{ name = \"GET /v1/quote\" } > { name = \"POST pricing\" } >> { name = \"calculate_bsm\" && status = error }",
+        "{ span.user.tier = \"pro\" } && { status = error } && { kind = consumer && duration > 4ms }",
+        "{ span.http.request.method = \"POST\" } ~ { status = error }",
+    ] {
+        let Query::Search(expr) = spindle_traceql::parse(text).unwrap().query else { unreachable!() };
+        let mut want: BTreeMap<TraceId, (u64, BTreeSet<SpanId>)> = BTreeMap::new();
+        for trace in &traces {
+            let view = TraceView::new(trace);
+            let sets = naive(&expr, trace, &view, vec![Set { spans: (0..trace.len()).collect() }]);
+            if !sets.is_empty() {
+                let spans = sets.iter().flat_map(|s| s.spans.iter().map(|&i| trace[i].span_id)).collect();
+                want.insert(trace[0].trace_id, (view.start_unix_nano, spans));
+            }
+        }
+        assert!(!want.is_empty(), "{text} matches nothing in the workload");
+        for limit in [3, 20, 10_000] {
+            let answer = engine::search(store.as_ref(), &expr, &SearchOptions { limit, ..options() }).unwrap();
+            assert_eq!(answer.traces.len(), want.len().min(limit), "{text} limit {limit}");
+            for t in &answer.traces {
+                let spans: BTreeSet<SpanId> =
+                    t.spansets.iter().flat_map(|s| s.spans.iter().map(|x| x.span_id)).collect();
+                assert_eq!(Some(&spans), want.get(&t.trace_id).map(|w| &w.1), "{text}: trace {:?}", t.trace_id);
+            }
+            // The newest matches: workload traces are short, so candidates read newest
+            // first give exactly the `limit` newest.
+            let mut newest: Vec<u64> = want.values().map(|w| w.0).collect();
+            newest.sort_unstable_by(|a, b| b.cmp(a));
+            newest.truncate(limit);
+            let got: Vec<u64> = answer.traces.iter().map(|t| t.start_unix_nano).collect();
+            assert_eq!(got, newest, "{text} limit {limit}");
+            if limit == 3 {
+                assert!(
+                    answer.inspected_traces < want.len() as u64 * 10 + 200,
+                    "{text}: read {}",
+                    answer.inspected_traces
+                );
+            }
+        }
+    }
+}
