@@ -106,7 +106,7 @@ function TraceQLForm(props: { query: URLSearchParams; error: string | null; onRe
   return (
     <form
       class="traceql-form card"
-      aria-label="TraceQL query"
+      aria-label="TraceQL search"
       onSubmit={(e) => {
         e.preventDefault();
         submit();

@@ -86,9 +86,12 @@ beforeAll(async () => {
   for (const t of traces) if (t.matched.length) expected.set(t.traceId, t.matched);
   await postOtlp(spindle, { resourceSpans: traces.flatMap((t) => t.data.resourceSpans) });
   // Searchable once the next sync has run.
-  await expect
-    .poll(async () => (await api<TempoSearchResponse>(`/api/search?q=${encodeURIComponent(QUERY)}&${lastHour()}&limit=20&spss=3`)).traces?.length ?? 0, { timeout: 20_000 })
-    .toBe(expected.size);
+  for (let deadline = Date.now() + 20_000; ; ) {
+    const found = (await api<TempoSearchResponse>(`/api/search?q=${encodeURIComponent(QUERY)}&${lastHour()}&limit=20&spss=3`)).traces?.length ?? 0;
+    if (found === expected.size) break;
+    if (Date.now() > deadline) throw new Error(`/api/search found ${found} traces of ${expected.size} after 20 s`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
   browser = await launch();
   page = await newPage(browser);
 });
@@ -112,7 +115,7 @@ async function offered(p: Page, label: string): Promise<void> {
   await p.locator('[data-testid=completions] li .label', { hasText: label }).first().waitFor();
 }
 
-const editor = '[aria-label="TraceQL query"]';
+const editor = 'textarea[name=traceql]';
 
 describe('TraceQL search', () => {
   test('a query written with completion lists the matching traces and their matched spans, as /api/search answers', async () => {
