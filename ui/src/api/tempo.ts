@@ -221,6 +221,15 @@ export function queryRangeUrl(m: MetricsQuery): string {
   return `/api/metrics/query_range?${p}`;
 }
 
+/**
+ * How a legend names a series: its labels without `__name__` (the function, which a query
+ * without `by()` gets as its only label); null when nothing else is left (the whole query).
+ */
+export function legendLabel(s: Series): string | null {
+  const rest = s.labels.filter(([k]) => k !== '__name__');
+  return rest.length ? seriesLabel(rest) : s.labels.length ? null : s.label === '{}' ? null : s.label;
+}
+
 export function seriesLabel(labels: [string, string][]): string {
   return `{${labels.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(', ')}}`;
 }

@@ -342,7 +342,7 @@ function MetricsResult(props: { series: tempo.Series[]; partial: string | null; 
           return (
             <li data-series={s.label}>
               <i class="swatch" style={{ background: color(k) }} />
-              <span class="mono">{s.label === '{}' ? props.query : s.label}</span>
+              <span class="mono">{tempo.legendLabel(s) ?? props.query}</span>
               <span class="muted">
                 {s.points.length} point{s.points.length === 1 ? '' : 's'}
                 {last ? ` · last ${formatValue(last[1])}` : ''}

@@ -214,6 +214,11 @@ describe('metrics', () => {
     const s = await tempo.queryRange({ q: '{ } | rate()', start: 0, end: 1, stepSec: 60 });
     expect(s.partial).toBe('series limit reached');
     expect(s.series[0].label).toBe('{__name__="rate"}');
+    // The legend names it by the query; other labels keep their series apart.
+    expect(tempo.legendLabel(s.series[0])).toBeNull();
+    expect(tempo.legendLabel({ label: '{}', labels: [], points: [] })).toBeNull();
+    expect(tempo.legendLabel({ label: '', labels: [['__name__', 'quantile_over_time'], ['p', '0.99']], points: [] })).toBe('{p="0.99"}');
+    expect(tempo.legendLabel({ label: '{a="b"}', labels: [], points: [] })).toBe('{a="b"}');
     expect(tempo.alignSeries(s.series)).toEqual([[1700000060, 1700000120], [null, 2]]);
   });
 
