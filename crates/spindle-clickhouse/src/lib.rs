@@ -591,6 +591,9 @@ fn span_filter_parts(q: &TraceQuery) -> (String, String) {
     if let Some(kind) = q.span_kind {
         filter.push_str(&format!(" AND kind = {}", kind_code(kind)));
     }
+    if let Some(status) = q.status {
+        filter.push_str(&format!(" AND status_code = {}", status.to_otlp()));
+    }
     if let Some(d) = q.duration_min_nanos {
         filter.push_str(&format!(" AND duration_ns >= {d}"));
     }

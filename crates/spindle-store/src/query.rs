@@ -96,6 +96,8 @@ pub struct TraceQuery {
     pub service: Option<String>,
     pub operation: Option<String>,
     pub span_kind: Option<SpanKind>,
+    /// The span's status code (TraceQL's `status = error`).
+    pub status: Option<StatusCode>,
     /// `key=value` pairs; a pair matches a span attribute, a resource attribute, an event
     /// attribute, or one of the tags Jaeger derives from kind, status and scope.
     pub attributes: Vec<(String, String)>,
@@ -114,6 +116,7 @@ impl Default for TraceQuery {
             service: None,
             operation: None,
             span_kind: None,
+            status: None,
             attributes: Vec::new(),
             start_time_min_unix_nano: 0,
             start_time_max_unix_nano: u64::MAX,
@@ -184,6 +187,9 @@ impl TraceQuery {
             if span.kind != kind {
                 return false;
             }
+        }
+        if self.status.is_some_and(|status| span.status.code != status) {
+            return false;
         }
         let start = span.start_time_unix_nano;
         if start < self.start_time_min_unix_nano || start > self.start_time_max_unix_nano {

@@ -213,6 +213,8 @@ impl<'a> Matcher<'a> {
         let mut phase1: Vec<&str> = vec!["start_time_unix_nano", "duration_nanos", "resource_ref"];
         if query.span_kind.is_some() || pairs.iter().any(|p| p.derived) {
             phase1.extend(["kind", "status_code", "status_message"]);
+        } else if query.status.is_some() {
+            phase1.push("status_code");
         }
         if pairs.iter().any(|p| p.scopes.iter().any(|m| *m)) {
             phase1.push("scope_ref");
@@ -282,6 +284,11 @@ impl<'a> Matcher<'a> {
         if let Some(kind) = query.span_kind {
             for (slot, k) in mask.iter_mut().zip(&cols.kind.values) {
                 *slot &= *k == kind.to_otlp();
+            }
+        }
+        if let Some(status) = query.status {
+            for (slot, code) in mask.iter_mut().zip(&cols.status_code.values) {
+                *slot &= *code == status.to_otlp();
             }
         }
         if !mask.iter().any(|m| *m) {

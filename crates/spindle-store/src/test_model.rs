@@ -172,18 +172,22 @@ pub fn query(timeline: &Timeline) -> impl Strategy<Value = TraceQuery> {
         prop::option::weighted(0.3, 0u64..5_000),
         prop::option::weighted(0.2, 0u64..5_000),
         1usize..6,
+        prop::option::weighted(0.2, prop::sample::select(vec![StatusCode::Error, StatusCode::Ok, StatusCode::Unset])),
     )
-        .prop_map(move |(service, operation, span_kind, attributes, (t1, t2), dmin, dmax, limit)| TraceQuery {
-            service: service.map(str::to_string),
-            operation: operation.map(str::to_string),
-            span_kind,
-            attributes: attributes.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            start_time_min_unix_nano: query_time(t1.min(t2)),
-            start_time_max_unix_nano: query_time(t1.max(t2)),
-            duration_min_nanos: dmin,
-            duration_max_nanos: dmax,
-            limit,
-            ..TraceQuery::default()
+        .prop_map(move |(service, operation, span_kind, attributes, (t1, t2), dmin, dmax, limit, status)| {
+            TraceQuery {
+                service: service.map(str::to_string),
+                operation: operation.map(str::to_string),
+                span_kind,
+                status,
+                attributes: attributes.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                start_time_min_unix_nano: query_time(t1.min(t2)),
+                start_time_max_unix_nano: query_time(t1.max(t2)),
+                duration_min_nanos: dmin,
+                duration_max_nanos: dmax,
+                limit,
+                ..TraceQuery::default()
+            }
         })
 }
 

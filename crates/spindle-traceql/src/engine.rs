@@ -216,10 +216,11 @@ fn pushdown(field: &Field) -> Option<(TraceQuery, u32, bool)> {
                 score += SCORE_WEAK;
                 matches!(op, BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Le) || (op == BinaryOp::Lt && d > 0)
             }
-            (BinaryOp::Eq, Field::Intrinsic(Intrinsic::Status), Static::Status(StatusCode::Error)) => {
-                query.attributes.push((semconv::JAEGER_ERROR.to_string(), "true".to_string()));
-                score += SCORE_ERROR;
-                exact = false;
+            (BinaryOp::Eq, Field::Intrinsic(Intrinsic::Status), Static::Status(code)) if query.status.is_none() => {
+                query.status = Some(*code);
+                if *code == StatusCode::Error {
+                    score += SCORE_ERROR;
+                }
                 true
             }
             (
