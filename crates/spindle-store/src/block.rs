@@ -851,6 +851,28 @@ impl Block {
         columns.decode(&self.tables).map_err(|e| BlockError::from(e).at(&self.path))
     }
 
+    /// The spans of `trace_id` carrying only `fields` (`TraceStore::get_traces_fields`).
+    pub(crate) fn get_trace_fields(
+        &self,
+        trace_id: TraceId,
+        fields: &crate::SpanFields,
+    ) -> Result<Vec<Span>, StoreError> {
+        let Some((rg, rows)) = self.trace_rows(trace_id)? else { return Ok(Vec::new()) };
+        let keys = fields.attributes.as_deref();
+        let names = SpanColumns::selected_leaves(
+            &self.attribute_columns,
+            keys,
+            fields.events,
+            self.meta.attribute_keys.as_deref(),
+        );
+        let columns = self.read_columns(rg, Some(&names), rows)?;
+        let mask = vec![true; columns.rows()];
+        let spans =
+            columns.decode_selected(&self.tables, &mask, keys).map_err(|e| BlockError::from(e).at(&self.path))?;
+        // Only this trace's rows: the row range may start or end in a neighbour's.
+        Ok(spans.into_iter().filter(|s| s.trace_id == trace_id).collect())
+    }
+
     /// Earliest span start of `trace_id` in this block, if the block holds it.
     pub(crate) fn trace_start(&self, trace_id: TraceId) -> Result<Option<u64>, StoreError> {
         let Some((rg, rows)) = self.trace_rows(trace_id)? else { return Ok(None) };

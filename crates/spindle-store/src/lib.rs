@@ -87,6 +87,14 @@ pub trait TraceStore: Send + Sync + 'static {
             .collect()
     }
 
+    /// [`TraceStore::get_traces`] where the spans need to carry only `fields` (identity,
+    /// name, kind, times, status, resource and scope always; links are not carried): a
+    /// columnar store then reads a few columns of each trace, not all. By default whole.
+    fn get_traces_fields(&self, trace_ids: &[TraceId], fields: &SpanFields) -> Result<Vec<Vec<Span>>, StoreError> {
+        let _ = fields;
+        self.get_traces(trace_ids)
+    }
+
     /// Ids of traces with at least one span matching the query, newest trace first,
     /// at most `query.limit` of them.
     fn find_trace_ids(&self, query: &TraceQuery) -> Result<Vec<TraceId>, StoreError>;

@@ -335,6 +335,76 @@ fn candidates(store: &dyn TraceStore, need: &Need, opts: &SearchOptions) -> Resu
     }
 }
 
+/// What evaluating a query reads of a span beyond what every projection carries.
+#[derive(Debug, Default)]
+struct Reads {
+    keys: Vec<String>,
+    events: bool,
+    links: bool,
+}
+
+impl Reads {
+    fn field(&mut self, field: &Field) {
+        match field {
+            Field::Attribute(Attribute { scope: Scope::Span | Scope::Unscoped, name }) => {
+                if !self.keys.contains(name) {
+                    self.keys.push(name.clone());
+                }
+            }
+            Field::Attribute(Attribute { scope: Scope::Event, .. })
+            | Field::Intrinsic(Intrinsic::EventName | Intrinsic::EventTimeSinceStart) => self.events = true,
+            Field::Attribute(Attribute { scope: Scope::Link, .. })
+            | Field::Intrinsic(Intrinsic::LinkTraceId | Intrinsic::LinkSpanId) => self.links = true,
+            Field::Binary(_, l, r) => {
+                self.field(l);
+                self.field(r);
+            }
+            Field::Regex { field, .. } | Field::Not(field) | Field::Negate(field) => self.field(field),
+            _ => {}
+        }
+    }
+
+    fn scalar(&mut self, scalar: &ScalarExpr) {
+        match scalar {
+            ScalarExpr::Aggregate(_, Some(f)) => self.field(f),
+            ScalarExpr::Binary(_, l, r) => {
+                self.scalar(l);
+                self.scalar(r);
+            }
+            _ => {}
+        }
+    }
+
+    fn spans(&mut self, expr: &SpansetExpr) {
+        match expr {
+            SpansetExpr::Filter(f) => self.field(f),
+            SpansetExpr::Binary(_, l, r) => {
+                self.spans(l);
+                self.spans(r);
+            }
+            SpansetExpr::Pipeline(first, stages) => {
+                self.spans(first);
+                for stage in stages {
+                    match stage {
+                        Stage::Spans(e) => self.spans(e),
+                        Stage::Scalar(f) => {
+                            self.scalar(&f.lhs);
+                            self.scalar(&f.rhs);
+                        }
+                        Stage::By(fields) | Stage::Select(fields) => fields.iter().for_each(|f| self.field(f)),
+                        Stage::Coalesce => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The projection to read, `None` when spans must be whole (links are read).
+    fn projection(&self) -> Option<SpanFields> {
+        (!self.links).then(|| SpanFields { attributes: Some(self.keys.clone()), events: self.events })
+    }
+}
+
 /// Attributes a query reads or selects, shown with matched spans.
 fn shown_fields(expr: &SpansetExpr, out: &mut Vec<Field>) {
     fn walk(field: &Field, out: &mut Vec<Field>) {
@@ -435,11 +505,23 @@ pub fn search(store: &dyn TraceStore, expr: &SpansetExpr, opts: &SearchOptions) 
     shown_fields(expr, &mut shown);
     let mut answer = SearchAnswer::default();
     let limit = opts.limit.max(1);
+    let mut reads = Reads::default();
+    reads.spans(expr);
+    let projection = reads.projection();
     let mut steps = need(expr).steps().into_iter();
-    let first = match steps.next() {
+    let mut first = match steps.next() {
         Some(first) => candidates(store, &first, opts)?,
         None => None,
     };
+    // Many candidates: the next filter's search costs less than reading them. Further
+    // filters narrow only when reading shows few matches (below).
+    if first.as_ref().is_some_and(|f| f.len() > NARROW_ABOVE) {
+        if let Some(next) = steps.next() {
+            if let (Some(f), Some(more)) = (first.as_mut(), candidates(store, &next, opts)?) {
+                f.retain(|id, _| more.contains_key(id));
+            }
+        }
+    }
     match first {
         Some(found) => {
             let mut ordered: Vec<(TraceId, u64)> = found.into_iter().collect();
@@ -466,7 +548,8 @@ pub fn search(store: &dyn TraceStore, expr: &SpansetExpr, opts: &SearchOptions) 
                 at += ids.len();
                 since_narrowed += ids.len();
                 page = (page * 2).min(TRACES_PER_READ);
-                for spans in store.get_traces(&ids)? {
+                let read = read_traces(store, &ids, projection.as_ref(), &opts.control)?;
+                for spans in read {
                     if spans.is_empty() {
                         continue;
                     }
@@ -479,7 +562,7 @@ pub fn search(store: &dyn TraceStore, expr: &SpansetExpr, opts: &SearchOptions) 
             }
         }
         None => {
-            let fields = SpanFields { attributes: None, events: true };
+            let fields = projection.unwrap_or(SpanFields { attributes: None, events: true });
             let mut error = None;
             store.scan_traces(opts.start_unix_nano, opts.end_unix_nano, &fields, &mut |spans| {
                 if error.is_some() {
@@ -506,6 +589,34 @@ pub fn search(store: &dyn TraceStore, expr: &SpansetExpr, opts: &SearchOptions) 
     }
     newest_first(&mut answer.traces, limit);
     Ok(answer)
+}
+
+/// A page of traces, read on two threads: reading a trace is decoding its pages, CPU-bound.
+fn read_traces(
+    store: &dyn TraceStore,
+    ids: &[TraceId],
+    fields: Option<&SpanFields>,
+    control: &QueryControl,
+) -> Result<Vec<Vec<Span>>, StoreError> {
+    let read = |ids: &[TraceId]| {
+        control.run(|| match fields {
+            Some(fields) => store.get_traces_fields(ids, fields),
+            None => store.get_traces(ids),
+        })
+    };
+    if ids.len() < 8 {
+        return read(ids);
+    }
+    let (a, b) = ids.split_at(ids.len() / 2);
+    let (mut first, second) = std::thread::scope(|s| {
+        let other = s.spawn(|| read(b));
+        let mine = read(a);
+        (mine, other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    if let Ok(traces) = first.as_mut() {
+        traces.extend(second?);
+    }
+    first
 }
 
 fn newest_first(traces: &mut Vec<TraceMatch>, limit: usize) {
@@ -599,7 +710,18 @@ fn scan_metrics(
         }
         _ => None,
     };
-    let fields = SpanFields { attributes: None, events: true };
+    let mut reads = Reads::default();
+    reads.spans(&q.spans);
+    q.by.iter().for_each(|f| reads.field(f));
+    if let Some(f) = function_field(&q.function) {
+        reads.field(f);
+    }
+    // compare() counts every attribute of the spans.
+    let all = SpanFields { attributes: None, events: true };
+    let fields = match &q.function {
+        MetricsFunction::Compare { .. } => all,
+        _ => reads.projection().unwrap_or(all),
+    };
     match single {
         Some(field) => {
             let pushed = pushdown(field).map(|(query, _, _)| query).unwrap_or_default();

@@ -158,6 +158,41 @@ fn now_unix_nanos() -> u64 {
 }
 
 impl EmbeddedStore {
+    /// The spans of a trace, whole or carrying only `fields`.
+    fn trace_with(&self, trace_id: TraceId, fields: Option<&SpanFields>) -> Result<Vec<Span>, StoreError> {
+        let (live, frozen, blocks) = self.inner.read_all(|head| head.get(trace_id).map(|t| t.spans.clone()));
+        let mut out: Vec<Span> = Vec::new();
+        let add = |spans: Vec<Span>, out: &mut Vec<Span>| {
+            for s in spans {
+                // A retry can land in two places (head and a block); report it once. A
+                // projected copy is not equal to a whole one: compare what both carry.
+                let same = |o: &Span| match fields {
+                    None => *o == s,
+                    Some(_) => o.start_time_unix_nano == s.start_time_unix_nano && o.name == s.name,
+                };
+                if !out.iter().any(|o| o.span_id == s.span_id && same(o)) {
+                    out.push(s);
+                }
+            }
+        };
+        for b in &blocks {
+            let spans = match fields {
+                None => guarded(&b.path, || b.get_trace(trace_id))?,
+                Some(fields) => guarded(&b.path, || b.get_trace_fields(trace_id, fields))?,
+            };
+            add(spans, &mut out);
+        }
+        for h in &frozen {
+            if let Some(t) = h.get(trace_id) {
+                add(t.spans.clone(), &mut out);
+            }
+        }
+        if let Some(spans) = live {
+            add(spans, &mut out);
+        }
+        Ok(out)
+    }
+
     /// Cuts the head into a block now and waits until the block is durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
@@ -368,29 +403,17 @@ impl TraceStore for EmbeddedStore {
     }
 
     fn get_trace(&self, trace_id: TraceId) -> Result<Vec<Span>, StoreError> {
-        let (live, frozen, blocks) = self.inner.read_all(|head| head.get(trace_id).map(|t| t.spans.clone()));
-        let mut out: Vec<Span> = Vec::new();
-        let add = |spans: Vec<Span>, out: &mut Vec<Span>| {
-            for s in spans {
-                // A retry can land in two places (head and a block); report it once.
-                if !out.iter().any(|o| o.span_id == s.span_id && *o == s) {
-                    out.push(s);
-                }
-            }
-        };
-        for b in &blocks {
-            let spans = guarded(&b.path, || b.get_trace(trace_id))?;
-            add(spans, &mut out);
-        }
-        for h in &frozen {
-            if let Some(t) = h.get(trace_id) {
-                add(t.spans.clone(), &mut out);
-            }
-        }
-        if let Some(spans) = live {
-            add(spans, &mut out);
-        }
-        Ok(out)
+        self.trace_with(trace_id, None)
+    }
+
+    fn get_traces_fields(&self, trace_ids: &[TraceId], fields: &SpanFields) -> Result<Vec<Vec<Span>>, StoreError> {
+        trace_ids
+            .iter()
+            .map(|id| {
+                crate::QueryControl::check_current()?;
+                self.trace_with(*id, Some(fields))
+            })
+            .collect()
     }
 
     fn scan_fields(

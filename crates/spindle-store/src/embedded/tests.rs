@@ -787,3 +787,37 @@ fn block_metas(dir: &Path) -> Vec<PathBuf> {
     metas.sort();
     metas
 }
+
+/// A projected trace read carries the same spans as a whole one — from blocks, the head,
+/// and both when a retry put a span in each — with only the attributes asked for.
+#[test]
+fn projected_trace_reads_carry_the_same_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut first: Vec<Span> = (1..=40).map(|i| span(u128::from(i % 7) + 1, i, 0, "api", "op", 1_000 + i)).collect();
+    for s in &mut first {
+        s.attributes.push(KeyValue::string("other", "x"));
+    }
+    store.append(first.clone()).unwrap();
+    store.flush().unwrap();
+    // A retried span lands in the head again, beside a new one.
+    store.append(vec![first[3].clone(), span(2, 99, 0, "api", "late", 5_000)]).unwrap();
+    let ids: Vec<TraceId> = (1..=8).map(TraceId).collect();
+    let fields = SpanFields::with_attributes(["symbol"]);
+    let projected = store.get_traces_fields(&ids, &fields).unwrap();
+    let whole = store.get_traces(&ids).unwrap();
+    assert_eq!(projected.len(), whole.len());
+    for (p, w) in projected.iter().zip(&whole) {
+        let key = |s: &Span| (s.span_id, s.start_time_unix_nano);
+        let mut p_ids: Vec<_> = p.iter().map(key).collect();
+        let mut w_ids: Vec<_> = w.iter().map(key).collect();
+        p_ids.sort();
+        w_ids.sort();
+        assert_eq!(p_ids, w_ids);
+        for s in p.iter().filter(|s| s.span_id != SpanId(99) && s.span_id != first[3].span_id) {
+            let keys: Vec<&str> = s.attributes.iter().map(|kv| kv.key.as_str()).collect();
+            assert_eq!(keys, ["symbol"], "span {:?}", s.span_id);
+        }
+    }
+    assert_eq!(projected[7], Vec::<Span>::new(), "trace 8 does not exist");
+}
