@@ -45,7 +45,7 @@ fn workload() -> Vec<Vec<Span>> {
 
 type Found = BTreeMap<TraceId, BTreeSet<SpanId>>;
 
-fn search(store: &dyn TraceStore, text: &str, limit: usize) -> Found {
+fn search(store: &Arc<dyn TraceStore>, text: &str, limit: usize) -> Found {
     let Query::Search(expr) = spindle_traceql::parse(text).unwrap().query else { unreachable!() };
     let opts = SearchOptions {
         start_unix_nano: T0,
@@ -56,7 +56,7 @@ fn search(store: &dyn TraceStore, text: &str, limit: usize) -> Found {
         max_trace_duration_nanos: None,
         control: QueryControl::default(),
     };
-    engine::search(store, &expr, &opts)
+    engine::search(&QueryService::new(Arc::clone(store)), &expr, &opts)
         .unwrap()
         .traces
         .into_iter()
@@ -93,9 +93,9 @@ fn traceql_on_clickhouse_answers_as_on_the_embedded_store() {
         }
         for text in SEARCHES {
             for limit in [5, 10_000] {
-                let want = search(embedded.as_ref(), text, limit);
+                let want = search(&embedded, text, limit);
                 assert!(!want.is_empty() || limit == 5, "{text} matches nothing");
-                assert_eq!(search(clickhouse.as_ref(), text, limit), want, "{database}: {text} limit {limit}");
+                assert_eq!(search(&clickhouse, text, limit), want, "{database}: {text} limit {limit}");
             }
         }
         for text in METRICS {

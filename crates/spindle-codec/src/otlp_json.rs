@@ -125,22 +125,25 @@ fn enum_de<'de, D: Deserializer<'de>>(d: D, names: &[&str]) -> Result<i32, D::Er
     }
 }
 
+/// OTLP's span kinds by number, as protobuf's JSON mapping names them.
+pub const SPAN_KIND_NAMES: [&str; 6] = [
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+];
+
+/// OTLP's status codes by number, as protobuf's JSON mapping names them.
+pub const STATUS_CODE_NAMES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+
 fn de_kind<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
-    enum_de(
-        d,
-        &[
-            "SPAN_KIND_UNSPECIFIED",
-            "SPAN_KIND_INTERNAL",
-            "SPAN_KIND_SERVER",
-            "SPAN_KIND_CLIENT",
-            "SPAN_KIND_PRODUCER",
-            "SPAN_KIND_CONSUMER",
-        ],
-    )
+    enum_de(d, &SPAN_KIND_NAMES)
 }
 
 fn de_status_code<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
-    enum_de(d, &["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"])
+    enum_de(d, &STATUS_CODE_NAMES)
 }
 
 /// An id as hex (any case) or, failing that, base64 (standard or URL-safe, padded or not).

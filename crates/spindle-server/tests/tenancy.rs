@@ -82,6 +82,7 @@ fn read_paths(label: &str, trace: TraceId) -> Vec<String> {
     let start_us = now_us - 3_600_000_000;
     let svc = format!("{label}-frontend");
     let window = format!("start={start_us}&end={now_us}");
+    let seconds = format!("start={}&end={}", start_us / 1_000_000, now_us / 1_000_000 + 1);
     let rfc = |us: u64| chrono_like(us);
     vec![
         "/api/services".to_string(),
@@ -114,6 +115,15 @@ fn read_paths(label: &str, trace: TraceId) -> Vec<String> {
         format!("/api/spindle/kafka-hops?{window}"),
         format!("/api/spindle/graph?{window}"),
         "/api/spindle/alerts".to_string(),
+        // Tempo's API (unix seconds).
+        format!("/api/search?q=%7B%20%7D&{seconds}"),
+        format!("/api/search?q=%7B%20resource.service.name%20%3D%20%22{svc}%22%20%7D%20%3E%3E%20%7B%20%7D&{seconds}"),
+        format!("/api/v2/traces/{id}"),
+        format!("/tempo/api/traces/{id}"),
+        format!("/api/v2/search/tags?{seconds}"),
+        format!("/api/v2/search/tag/resource.service.name/values?{seconds}"),
+        format!("/api/search/tag/service.name/values?{seconds}"),
+        format!("/api/metrics/query_range?q=%7B%7D%20%7C%20rate()%20by%20(resource.service.name)&{seconds}&step=60s"),
     ]
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use spindle_model::{semconv, Span, SpanId, SpanKind, StatusCode, TraceId};
+use spindle_model::{semconv, Span, SpanId, StatusCode, TraceId};
 use spindle_query::{QueryError, QueryService};
 use spindle_store::{QueryControl, RowFields, SpanFields, StoreError, TraceQuery, TraceStore};
 
@@ -254,6 +254,48 @@ fn pushdown(field: &Field) -> Option<(TraceQuery, u32, bool)> {
     (pushed || exact).then_some((query, score, exact))
 }
 
+/// Calls `visit` with recent spans matching `filter` (a spanset filter's condition), at
+/// most `max_spans` of them, until it answers `true`: a sample for tag names and values.
+pub fn sample_spans(
+    query: &QueryService,
+    filter: Option<&Field>,
+    start_unix_nano: u64,
+    end_unix_nano: u64,
+    max_spans: u64,
+    control: &QueryControl,
+    visit: &mut dyn FnMut(&Span) -> bool,
+) -> Result<(), QueryError> {
+    let pushed = filter.and_then(filter_pushdown).unwrap_or_default();
+    let enough = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let search = TraceQuery {
+        start_time_min_unix_nano: start_unix_nano,
+        start_time_max_unix_nano: end_unix_nano,
+        limit: usize::MAX,
+        control: control.stopped_by(std::sync::Arc::clone(&enough)),
+        ..pushed
+    };
+    let stop = |e: &std::sync::Arc<std::sync::atomic::AtomicBool>| e.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = 0u64;
+    let result = query.store().scan_fields(&search, &SpanFields { attributes: None, events: true }, &mut |span| {
+        if enough.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Some(f) = filter {
+            if !truthy(&eval_field(f, 0, &TraceView::single(span))) {
+                return;
+            }
+        }
+        seen += 1;
+        if visit(span) || seen >= max_spans {
+            stop(&enough);
+        }
+    });
+    match result {
+        Err(StoreError::Cancelled) if enough.load(std::sync::atomic::Ordering::Relaxed) => Ok(()),
+        other => other.map_err(QueryError::from),
+    }
+}
+
 /// The store search a one-filter query pushes down (`None`: it pushes nothing).
 pub fn filter_pushdown(field: &Field) -> Option<TraceQuery> {
     pushdown(field).map(|(query, _, _)| query)
@@ -346,11 +388,10 @@ struct Reads {
 impl Reads {
     fn field(&mut self, field: &Field) {
         match field {
-            Field::Attribute(Attribute { scope: Scope::Span | Scope::Unscoped, name }) => {
-                if !self.keys.contains(name) {
-                    self.keys.push(name.clone());
-                }
+            Field::Attribute(Attribute { scope: Scope::Span | Scope::Unscoped, name }) if !self.keys.contains(name) => {
+                self.keys.push(name.clone());
             }
+            Field::Attribute(Attribute { scope: Scope::Span | Scope::Unscoped, .. }) => {}
             Field::Attribute(Attribute { scope: Scope::Event, .. })
             | Field::Intrinsic(Intrinsic::EventName | Intrinsic::EventTimeSinceStart) => self.events = true,
             Field::Attribute(Attribute { scope: Scope::Link, .. })
@@ -500,7 +541,8 @@ fn shown_spanset(set: &Spanset, view: &TraceView, limit: usize, shown: &[Field])
 }
 
 /// Traces matching `expr`, newest first, at most `opts.limit`.
-pub fn search(store: &dyn TraceStore, expr: &SpansetExpr, opts: &SearchOptions) -> Result<SearchAnswer, StoreError> {
+pub fn search(query: &QueryService, expr: &SpansetExpr, opts: &SearchOptions) -> Result<SearchAnswer, QueryError> {
+    let store = query.store().as_ref();
     let mut shown = Vec::new();
     shown_fields(expr, &mut shown);
     let mut answer = SearchAnswer::default();
@@ -583,7 +625,7 @@ pub fn search(store: &dyn TraceStore, expr: &SpansetExpr, opts: &SearchOptions) 
                 }
             })?;
             if let Some(e) = error {
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
@@ -888,13 +930,3 @@ fn fast_metrics(
     metrics::sort_series(&mut series);
     Ok(Some(MetricsAnswer { series, truncated: answer.other.is_some(), inspected_spans: inspected }))
 }
-
-/// Span kinds as TraceQL values, for completions.
-pub const KINDS: [SpanKind; 6] = [
-    SpanKind::Unspecified,
-    SpanKind::Internal,
-    SpanKind::Server,
-    SpanKind::Client,
-    SpanKind::Producer,
-    SpanKind::Consumer,
-];

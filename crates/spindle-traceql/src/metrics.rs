@@ -342,7 +342,9 @@ pub fn group_value(field: &Field, i: usize, trace: &TraceView) -> Option<Static>
 
 fn finish_compare(counts: HashMap<(bool, String, Static), Vec<u64>>, top: usize, window: Window) -> Vec<Series> {
     // Per (group, attribute): its values by total count, most first.
-    let mut by_attribute: BTreeMap<(bool, String), Vec<(u64, Static, Vec<u64>)>> = BTreeMap::new();
+    // (selected, attribute) → (total, value, counts per step) of each value.
+    type Values = Vec<(u64, Static, Vec<u64>)>;
+    let mut by_attribute: BTreeMap<(bool, String), Values> = BTreeMap::new();
     for ((selected, name, value), steps) in counts {
         let total = steps.iter().sum();
         by_attribute.entry((selected, name)).or_default().push((total, value, steps));
@@ -376,7 +378,7 @@ fn finish_compare(counts: HashMap<(bool, String, Static), Vec<u64>>, top: usize,
 }
 
 pub fn sort_series(series: &mut [Series]) {
-    series.sort_by(|a, b| label_text(&a.labels).cmp(&label_text(&b.labels)));
+    series.sort_by_key(|s| label_text(&s.labels));
 }
 
 /// Labels as Prometheus writes them: `{resource.service.name="pricing", p="0.99"}`.

@@ -461,10 +461,8 @@ impl Parser<'_> {
             self.next();
             // `^` is right-associative; the rest are left-associative.
             let rhs = self.field(if op == BinaryOp::Pow { prec } else { prec + 1 })?;
-            if op.is_comparison() {
-                if matches!(&lhs, Field::Binary(inner, ..) if inner.is_comparison()) {
-                    return Err(self.error_here("comparisons do not chain; join them with && or ||"));
-                }
+            if op.is_comparison() && matches!(&lhs, Field::Binary(inner, ..) if inner.is_comparison()) {
+                return Err(self.error_here("comparisons do not chain; join them with && or ||"));
             }
             lhs = normalize_comparison(Field::Binary(op, Box::new(lhs), Box::new(rhs)));
         }

@@ -337,7 +337,7 @@ proptest! {
         for text in &queries {
             let parsed = spindle_traceql::parse(text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
             let Query::Search(expr) = parsed.query else { unreachable!() };
-            let answer = engine::search(store.as_ref(), &expr, &options()).expect("search");
+            let answer = engine::search(&QueryService::new(Arc::clone(&store)), &expr, &options()).expect("search");
             let got: BTreeMap<TraceId, BTreeSet<SpanId>> = answer
                 .traces
                 .iter()
@@ -481,7 +481,9 @@ fn narrowing_and_limits_keep_the_naive_answer() {
         }
         assert!(!want.is_empty(), "{text} matches nothing in the workload");
         for limit in [3, 20, 10_000] {
-            let answer = engine::search(store.as_ref(), &expr, &SearchOptions { limit, ..options() }).unwrap();
+            let answer =
+                engine::search(&QueryService::new(Arc::clone(&store)), &expr, &SearchOptions { limit, ..options() })
+                    .unwrap();
             assert_eq!(answer.traces.len(), want.len().min(limit), "{text} limit {limit}");
             for t in &answer.traces {
                 let spans: BTreeSet<SpanId> =

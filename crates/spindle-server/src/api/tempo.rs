@@ -8,8 +8,6 @@
 //! Errors are plain text, as Tempo's.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -17,13 +15,11 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use prost::Message as _;
 use serde_json::{json, Value};
-use spindle_codec::otlp;
+use spindle_codec::{otlp, otlp_json};
 use spindle_model::{Span, TraceId};
-use spindle_query::QueryError;
-use spindle_store::{QueryControl, SpanFields, StoreError, TraceQuery};
 use spindle_traceql::ast::{Field, Intrinsic, MetricsExpr, MetricsFunction, Query, Scope, SpansetExpr, Static};
 use spindle_traceql::engine::{self, SearchAnswer, SearchOptions};
-use spindle_traceql::eval::{eval_field, truthy, TraceView, Value as FieldValue};
+use spindle_traceql::eval::{eval_field, TraceView, Value as FieldValue};
 use spindle_traceql::metrics::{Series, Window};
 
 use super::jaeger::{cap_limit, cap_range, parse_trace_id};
@@ -276,7 +272,7 @@ fn metrics_time(value: &str) -> Option<u64> {
         return Some(if value.len() <= 10 { n.saturating_mul(1_000_000_000) } else { n });
     }
     if let Ok(f) = value.parse::<f64>() {
-        return (f.is_finite() && f >= 0.0).then(|| (f * 1e9) as u64);
+        return (f.is_finite() && f >= 0.0).then_some((f * 1e9) as u64);
     }
     parse_rfc3339_nanos(value)
 }
@@ -377,7 +373,7 @@ pub async fn search(TenantState(state): TenantState, RawQuery(raw): RawQuery) ->
     let mut warnings = Vec::new();
     let limit = cap_limit(&state, limit, "limit", &mut warnings);
     let start = cap_range(&state, start, end, &mut warnings);
-    let store = Arc::clone(state.query.store());
+    let query = state.query.clone();
     let result = heavy(&state, "TraceQL search", move |control| {
         let opts = SearchOptions {
             start_unix_nano: start,
@@ -388,7 +384,7 @@ pub async fn search(TenantState(state): TenantState, RawQuery(raw): RawQuery) ->
             max_trace_duration_nanos: max,
             control: control.clone(),
         };
-        engine::search(store.as_ref(), &expr, &opts).map_err(QueryError::from)
+        engine::search(&query, &expr, &opts)
     })
     .await;
     match result {
@@ -418,7 +414,7 @@ fn trace_protobuf(spans: &[Span]) -> Vec<u8> {
 
 /// OTLP JSON as Tempo writes it (protobuf's JSON mapping): ids as base64, enums by name.
 fn trace_json(spans: &[Span]) -> Value {
-    let mut value = spindle_codec::otlp_json::encode_traces_data(spans);
+    let mut value = otlp_json::encode_traces_data(spans);
     fn rebase(value: &mut Value) {
         match value {
             Value::Object(map) => {
@@ -432,20 +428,9 @@ fn trace_json(spans: &[Span]) -> Value {
                                 *v = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
                             }
                         }
-                    } else if k == "kind" && v.is_u64() {
-                        let names = [
-                            "SPAN_KIND_UNSPECIFIED",
-                            "SPAN_KIND_INTERNAL",
-                            "SPAN_KIND_SERVER",
-                            "SPAN_KIND_CLIENT",
-                            "SPAN_KIND_PRODUCER",
-                            "SPAN_KIND_CONSUMER",
-                        ];
-                        if let Some(name) = v.as_u64().and_then(|i| names.get(i as usize)) {
-                            *v = json!(name);
-                        }
-                    } else if k == "code" && v.is_u64() {
-                        let names = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+                    } else if k == "kind" || k == "code" {
+                        let names: &[&str] =
+                            if k == "kind" { &otlp_json::SPAN_KIND_NAMES } else { &otlp_json::STATUS_CODE_NAMES };
                         if let Some(name) = v.as_u64().and_then(|i| names.get(i as usize)) {
                             *v = json!(name);
                         }
@@ -533,51 +518,6 @@ pub async fn trace_v1_or_jaeger(tenant: TenantState, Path(id): Path<String>, hea
 
 // ---- tags ----
 
-/// A sample of recent spans (at most [`TAG_SAMPLE_SPANS`]) matching `filter`, each passed
-/// to `visit`, which says when it has seen enough.
-fn sample_spans(
-    store: &dyn spindle_store::TraceStore,
-    filter: Option<&Field>,
-    start: u64,
-    end: u64,
-    control: &QueryControl,
-    visit: &mut dyn FnMut(&Span) -> bool,
-) -> Result<(), QueryError> {
-    let pushed = filter.and_then(engine_pushdown).unwrap_or_default();
-    let enough = Arc::new(AtomicBool::new(false));
-    let query = TraceQuery {
-        start_time_min_unix_nano: start,
-        start_time_max_unix_nano: end,
-        limit: usize::MAX,
-        control: control.stopped_by(Arc::clone(&enough)),
-        ..pushed
-    };
-    let mut seen = 0u64;
-    let result = store.scan_fields(&query, &SpanFields { attributes: None, events: true }, &mut |span| {
-        if enough.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Some(f) = filter {
-            if !truthy(&eval_field(f, 0, &TraceView::single(span))) {
-                return;
-            }
-        }
-        seen += 1;
-        if visit(span) || seen >= TAG_SAMPLE_SPANS {
-            enough.store(true, Ordering::Relaxed);
-        }
-    });
-    match result {
-        Err(StoreError::Cancelled) if enough.load(Ordering::Relaxed) => Ok(()),
-        other => other.map_err(QueryError::from),
-    }
-}
-
-fn engine_pushdown(field: &Field) -> Option<TraceQuery> {
-    // The same search the engine pushes down for a one-filter query.
-    engine::filter_pushdown(field)
-}
-
 /// The `q` filter of a tag request, leniently: anything but one spanset filter is ignored.
 fn tag_filter(params: &Params) -> Option<Field> {
     let q = params.value(&["q"]).filter(|v| !v.is_empty())?;
@@ -589,14 +529,17 @@ fn tag_filter(params: &Params) -> Option<Field> {
 
 const SCOPES: [&str; 5] = ["resource", "span", "event", "link", "instrumentation"];
 
-async fn tag_names(state: &ApiState, params: &Params) -> Result<BTreeMap<&'static str, BTreeSet<String>>, Response> {
-    let (start, end) = seconds_range(params).map_err(bad)?;
+async fn tag_names(
+    state: &ApiState,
+    params: &Params,
+) -> Result<BTreeMap<&'static str, BTreeSet<String>>, Box<Response>> {
+    let (start, end) = seconds_range(params).map_err(|e| Box::new(bad(e)))?;
     let filter = tag_filter(params);
-    let store = Arc::clone(state.query.store());
+    let query = state.query.clone();
     let result = heavy(state, "tag names", move |control| {
         let mut names: BTreeMap<&'static str, BTreeSet<String>> =
             SCOPES.iter().map(|s| (*s, BTreeSet::new())).collect();
-        sample_spans(store.as_ref(), filter.as_ref(), start, end, control, &mut |span| {
+        engine::sample_spans(&query, filter.as_ref(), start, end, TAG_SAMPLE_SPANS, control, &mut |span| {
             let mut add = |scope: &'static str, key: &str| {
                 let set = names.get_mut(scope).expect("scope");
                 if set.len() < MAX_TAG_ANSWERS {
@@ -613,14 +556,14 @@ async fn tag_names(state: &ApiState, params: &Params) -> Result<BTreeMap<&'stati
         Ok(names)
     })
     .await;
-    result.map_err(|e| failed(state, e))
+    result.map_err(|e| Box::new(failed(state, e)))
 }
 
-fn scope_param(params: &Params) -> Result<Option<String>, Response> {
+fn scope_param(params: &Params) -> Result<Option<String>, String> {
     match params.value(&["scope"]).filter(|v| !v.is_empty() && *v != "none") {
         None => Ok(None),
         Some(s) if s == "intrinsic" || SCOPES.contains(&s) => Ok(Some(s.to_string())),
-        Some(s) => Err(bad(format!("invalid scope: {s}"))),
+        Some(s) => Err(format!("invalid scope: {s}")),
     }
 }
 
@@ -628,13 +571,13 @@ pub async fn tags_v2(TenantState(state): TenantState, RawQuery(raw): RawQuery) -
     let params = Params::parse(raw.as_deref());
     let scope = match scope_param(&params) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let mut scopes = Vec::new();
     if scope.as_deref() != Some("intrinsic") {
         let names = match tag_names(&state, &params).await {
             Ok(n) => n,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         for (name, tags) in names {
             if scope.as_deref().is_none_or(|s| s == name) {
@@ -652,14 +595,14 @@ pub async fn tags_v1(TenantState(state): TenantState, RawQuery(raw): RawQuery) -
     let params = Params::parse(raw.as_deref());
     let scope = match scope_param(&params) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     if scope.as_deref() == Some("intrinsic") {
         return json_response(StatusCode::OK, &json!({ "tagNames": INTRINSIC_TAGS, "metrics": {} }));
     }
     let names = match tag_names(&state, &params).await {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let all: BTreeSet<&String> = names
         .iter()
@@ -696,7 +639,7 @@ async fn tag_values(
     state: &ApiState,
     field: Field,
     params: &Params,
-) -> Result<BTreeSet<(&'static str, String)>, Response> {
+) -> Result<BTreeSet<(&'static str, String)>, Box<Response>> {
     let fixed: Option<Vec<&str>> = match &field {
         Field::Intrinsic(Intrinsic::Status) => Some(vec!["error", "ok", "unset"]),
         Field::Intrinsic(Intrinsic::Kind) => {
@@ -708,12 +651,12 @@ async fn tag_values(
     if let Some(fixed) = fixed {
         return Ok(fixed.into_iter().map(|v| ("keyword", v.to_string())).collect());
     }
-    let (start, end) = seconds_range(params).map_err(bad)?;
+    let (start, end) = seconds_range(params).map_err(|e| Box::new(bad(e)))?;
     let filter = tag_filter(params);
-    let store = Arc::clone(state.query.store());
+    let query = state.query.clone();
     let result = heavy(state, "tag values", move |control| {
         let mut values: BTreeSet<(&'static str, String)> = BTreeSet::new();
-        sample_spans(store.as_ref(), filter.as_ref(), start, end, control, &mut |span| {
+        engine::sample_spans(&query, filter.as_ref(), start, end, TAG_SAMPLE_SPANS, control, &mut |span| {
             let value = match &field {
                 // Trace-level names read the root spans.
                 Field::Intrinsic(Intrinsic::RootService) if span.is_root() => {
@@ -739,7 +682,7 @@ async fn tag_values(
         Ok(values)
     })
     .await;
-    result.map_err(|e| failed(state, e))
+    result.map_err(|e| Box::new(failed(state, e)))
 }
 
 pub async fn tag_values_v2(
@@ -756,7 +699,7 @@ pub async fn tag_values_v2(
             let values: Vec<Value> = values.into_iter().map(|(t, v)| json!({ "type": t, "value": v })).collect();
             json_response(StatusCode::OK, &json!({ "tagValues": values, "metrics": {} }))
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -776,7 +719,7 @@ pub async fn tag_values_v1(
             let values: BTreeSet<String> = values.into_iter().map(|(_, v)| v).collect();
             json_response(StatusCode::OK, &json!({ "tagValues": values, "metrics": {} }))
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 

@@ -272,3 +272,16 @@ pub fn assert_arrived(reader: &Spindle, decoded: &spindle_codec::Decoded, name: 
     let (_, services) = reader.get_json("/api/services");
     assert!(services["data"].as_array().unwrap().iter().any(|s| s == service.as_str()), "{name}: {services}");
 }
+
+/// Compares `actual` with the committed fixture `tests/fixtures/<name>`; `UPDATE_GOLDEN=1`
+/// rewrites the fixture after an intended change.
+pub fn check_golden(name: &str, actual: &serde_json::Value) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let pretty = serde_json::to_string_pretty(actual).unwrap() + "\n";
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &pretty).unwrap();
+    }
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(actual, &expected, "{name} differs; actual:\n{pretty}");
+}
