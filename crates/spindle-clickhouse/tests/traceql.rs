@@ -68,7 +68,8 @@ fn metrics(store: &Arc<dyn TraceStore>, text: &str) -> Vec<(String, Vec<(u64, f6
     let Query::Metrics(expr) = spindle_traceql::parse(text).unwrap().query else { unreachable!() };
     let window = Window { start_unix_nano: T0, end_unix_nano: T0 + 600_000_000_000, step_nanos: 60_000_000_000 };
     let answer =
-        engine::metrics(&QueryService::new(Arc::clone(store)), &expr, window, &QueryControl::default()).unwrap();
+        engine::metrics(&QueryService::new(Arc::clone(store)), &expr, window, 10_000, &QueryControl::default())
+            .unwrap();
     answer.series.into_iter().map(|s| (spindle_traceql::metrics::label_text(&s.labels), s.samples)).collect()
 }
 

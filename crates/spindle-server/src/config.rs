@@ -230,6 +230,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINDLE_QUERY_MAX_TRACE_SPANS", value_name = "SPANS")]
     pub query_max_trace_spans: Option<usize>,
 
+    /// Series one TraceQL metrics query answers; further ones are left out and the answer
+    /// says it is partial [default: 10000]
+    #[arg(long, env = "SPINDLE_QUERY_MAX_SERIES", value_name = "SERIES")]
+    pub query_max_series: Option<usize>,
+
     /// PEM certificate chain: with `tls_key`, every TCP listener serves TLS (except the
     /// groups in `tls_plaintext`); reloaded when the file changes
     #[arg(long, env = "SPINDLE_TLS_CERT", value_name = "FILE")]
@@ -421,6 +426,7 @@ pub struct TenantOverrides {
     pub query_max_lookback: Option<String>,
     pub query_timeout: Option<String>,
     pub query_max_trace_spans: Option<usize>,
+    pub query_max_series: Option<usize>,
 }
 
 /// The settings in effect, every default applied and every value checked.
@@ -516,6 +522,7 @@ impl ServeArgs {
             query_timeout: self.query_timeout.or(file.query_timeout),
             query_max_concurrent: self.query_max_concurrent.or(file.query_max_concurrent),
             query_max_trace_spans: self.query_max_trace_spans.or(file.query_max_trace_spans),
+            query_max_series: self.query_max_series.or(file.query_max_series),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
@@ -798,6 +805,7 @@ fn limits(a: &ServeArgs) -> anyhow::Result<Limits> {
         query_timeout: duration("query_timeout", a.query_timeout.as_deref(), d.query_timeout)?,
         query_max_concurrent: count("query_max_concurrent", a.query_max_concurrent, d.query_max_concurrent)?,
         query_max_trace_spans: count("query_max_trace_spans", a.query_max_trace_spans, d.query_max_trace_spans)?,
+        query_max_series: count("query_max_series", a.query_max_series, d.query_max_series)?,
     })
 }
 
@@ -905,6 +913,7 @@ fn tenancy(
                     o.query_max_trace_spans,
                     g.query_max_trace_spans,
                 )?,
+                query_max_series: count(&at("query_max_series"), o.query_max_series, g.query_max_series)?,
                 ..g.clone()
             },
         };

@@ -63,6 +63,8 @@ pub struct Limits {
     pub query_max_concurrent: usize,
     /// Spans served of one trace; the rest are left out and the answer says so.
     pub query_max_trace_spans: usize,
+    /// Series one TraceQL metrics query answers; the rest are left out, the answer partial.
+    pub query_max_series: usize,
 }
 
 impl Default for Limits {
@@ -86,6 +88,7 @@ impl Default for Limits {
             query_timeout: Duration::from_secs(30),
             query_max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
             query_max_trace_spans: 100_000,
+            query_max_series: 10_000,
         }
     }
 }
@@ -112,6 +115,7 @@ pub enum Limit {
     QueryTimeout,
     QueryConcurrency,
     TraceSpans,
+    QuerySeries,
     Tenants,
     TenantIngestRate,
 }
@@ -136,6 +140,7 @@ impl Limit {
             Limit::QueryTimeout => "query_timeout",
             Limit::QueryConcurrency => "query_concurrency",
             Limit::TraceSpans => "trace_spans",
+            Limit::QuerySeries => "query_series",
             Limit::Tenants => "tenants",
             Limit::TenantIngestRate => "tenant_ingest_rate",
         }

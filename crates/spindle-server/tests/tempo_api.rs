@@ -161,3 +161,32 @@ fn every_tempo_endpoint_answers_in_tempos_shapes() {
     let (status, _, _) = get(&spindle, "/api/v2/search/tags?scope=nope", None);
     assert_eq!(status, 400);
 }
+
+/// `query_max_series`: a metrics query with more series answers the first, `PARTIAL`, and
+/// the hit is counted in `/metrics`.
+#[test]
+fn metrics_beyond_query_max_series_are_partial_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spindle = Spindle::start_with(dir.path(), &["--query-max-series", "1"]);
+    let body = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/otlp_request.json"))
+        .unwrap();
+    reqwest::blocking::Client::new()
+        .post(format!("http://{}/v1/traces", spindle.http))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    for q in ["{ } | count_over_time() by (name)", "{ } | rate() by (name) | topk(5)"] {
+        let (status, answer) = spindle
+            .get_json(&format!("/api/metrics/query_range?q={}&start=1699999800&end=1700000400&step=60s", encode(q)));
+        assert_eq!(status, 200);
+        assert_eq!(answer["status"], "PARTIAL", "{q}: {answer}");
+        assert!(answer["message"].as_str().unwrap().contains("query_max_series"));
+        assert_eq!(answer["series"].as_array().unwrap().len(), 1, "{q}: {answer}");
+    }
+    let metrics = reqwest::blocking::get(format!("http://{}/metrics", spindle.admin)).unwrap().text().unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("spindle_limit_hits_total{") && l.contains("limit=\"query_series\"")),
+        "{metrics}"
+    );
+}

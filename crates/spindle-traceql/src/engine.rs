@@ -14,7 +14,7 @@ use spindle_store::{QueryControl, RowFields, SpanFields, StoreError, TraceQuery,
 
 use crate::ast::*;
 use crate::eval::{eval_field, eval_trace, truthy, Spanset, TraceView};
-use crate::metrics::{self, Accumulator, Series, Window, MAX_SERIES};
+use crate::metrics::{self, Accumulator, Series, Window};
 
 /// Spans may start this long after their trace's first span and still make it a candidate.
 pub const TRACE_SLACK_NANOS: u64 = 3600 * 1_000_000_000;
@@ -670,7 +670,7 @@ fn newest_first(traces: &mut Vec<TraceMatch>, limit: usize) {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsAnswer {
     pub series: Vec<Series>,
-    /// Series beyond [`MAX_SERIES`] were left out.
+    /// Series beyond the query's `max_series` were left out.
     pub truncated: bool,
     pub inspected_spans: u64,
 }
@@ -697,11 +697,13 @@ fn function_field(function: &MetricsFunction) -> Option<&Field> {
     }
 }
 
-/// Evaluates a metrics expression over `[window.start, window.end)`.
+/// Evaluates a metrics expression over `[window.start, window.end)`, keeping at most
+/// `max_series` series per metrics function.
 pub fn metrics(
     query: &QueryService,
     expr: &MetricsExpr,
     window: Window,
+    max_series: usize,
     control: &QueryControl,
 ) -> Result<MetricsAnswer, QueryError> {
     match expr {
@@ -709,8 +711,8 @@ pub fn metrics(
             Ok(MetricsAnswer { series: metrics::scalar_series(*v, window), ..MetricsAnswer::default() })
         }
         MetricsExpr::Binary(op, l, r) => {
-            let l = metrics(query, l, window, control)?;
-            let r = metrics(query, r, window, control)?;
+            let l = metrics(query, l, window, max_series, control)?;
+            let r = metrics(query, r, window, max_series, control)?;
             Ok(MetricsAnswer {
                 series: metrics::combine(*op, l.series, r.series),
                 truncated: l.truncated || r.truncated,
@@ -718,14 +720,14 @@ pub fn metrics(
             })
         }
         MetricsExpr::Staged(inner, stages) => {
-            let mut answer = metrics(query, inner, window, control)?;
+            let mut answer = metrics(query, inner, window, max_series, control)?;
             answer.series = metrics::apply_stages(answer.series, stages);
             Ok(answer)
         }
         MetricsExpr::Query(q) => {
-            let mut answer = match fast_metrics(query, q, window, control)? {
+            let mut answer = match fast_metrics(query, q, window, max_series, control)? {
                 Some(answer) => answer,
-                None => scan_metrics(query.store().as_ref(), q, window, control)?,
+                None => scan_metrics(query.store().as_ref(), q, window, max_series, control)?,
             };
             answer.series = metrics::apply_stages(answer.series, &q.stages);
             Ok(answer)
@@ -738,9 +740,10 @@ fn scan_metrics(
     store: &dyn TraceStore,
     q: &MetricsQuery,
     window: Window,
+    max_series: usize,
     control: &QueryControl,
 ) -> Result<MetricsAnswer, StoreError> {
-    let mut acc = Accumulator::new(q, window);
+    let mut acc = Accumulator::new(q, window, max_series);
     let mut inspected = 0u64;
     let single = match &q.spans {
         SpansetExpr::Filter(field)
@@ -840,6 +843,7 @@ fn fast_metrics(
     query: &QueryService,
     q: &MetricsQuery,
     window: Window,
+    max_series: usize,
     control: &QueryControl,
 ) -> Result<Option<MetricsAnswer>, QueryError> {
     let duration = |f: &Field| matches!(f, Field::Intrinsic(Intrinsic::Duration));
@@ -870,7 +874,7 @@ fn fast_metrics(
         control: control.clone(),
         ..pushed
     };
-    let answer = query.red_top(&search, key.as_deref(), window.step_nanos, MAX_SERIES)?;
+    let answer = query.red_top(&search, key.as_deref(), window.step_nanos, max_series)?;
     let step_seconds = window.step_nanos as f64 / 1e9;
     let mut series = Vec::new();
     let mut inspected = 0;

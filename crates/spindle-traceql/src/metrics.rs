@@ -54,10 +54,6 @@ pub struct Series {
     pub samples: Vec<(u64, f64)>,
 }
 
-/// Distinct label sets one query keeps apart; spans of further ones are left out and the
-/// answer says it is partial.
-pub const MAX_SERIES: usize = 10_000;
-
 enum Acc {
     Count(Vec<u64>),
     Sum(Vec<f64>, Vec<u64>),
@@ -75,6 +71,8 @@ pub struct Accumulator<'q> {
     groups: HashMap<Vec<Static>, Acc>,
     /// Series of `compare()`: (type, attribute, value) → counts per step.
     compare: HashMap<(bool, String, Static), Vec<u64>>,
+    /// Distinct label sets kept apart; spans of further ones are left out.
+    max_series: usize,
     pub truncated: bool,
 }
 
@@ -89,8 +87,8 @@ fn number_of(value: &Static) -> Option<f64> {
 }
 
 impl<'q> Accumulator<'q> {
-    pub fn new(query: &'q MetricsQuery, window: Window) -> Self {
-        Accumulator { query, window, groups: HashMap::new(), compare: HashMap::new(), truncated: false }
+    pub fn new(query: &'q MetricsQuery, window: Window, max_series: usize) -> Self {
+        Accumulator { query, window, groups: HashMap::new(), compare: HashMap::new(), max_series, truncated: false }
     }
 
     fn new_acc(&self) -> Acc {
@@ -141,7 +139,7 @@ impl<'q> Accumulator<'q> {
             _ => None,
         };
         if !self.groups.contains_key(&key) {
-            if self.groups.len() >= MAX_SERIES {
+            if self.groups.len() >= self.max_series {
                 self.truncated = true;
                 return;
             }

@@ -376,7 +376,7 @@ proptest! {
         let Query::Metrics(MetricsExpr::Query(q)) = &parsed.query else { unreachable!() };
         let window = Window { start_unix_nano: START, end_unix_nano: START + 600_000_000_000, step_nanos: 60_000_000_000 };
         let service = QueryService::new(Arc::clone(&store));
-        let answer = engine::metrics(&service, &parsed_metrics(&parsed), window, &QueryControl::default()).expect("metrics");
+        let answer = engine::metrics(&service, &parsed_metrics(&parsed), window, 10_000, &QueryControl::default()).expect("metrics");
         // Naive: every span of every trace that the filter selects, grouped and bucketed here.
         let SpansetExpr::Filter(f) = &q.spans else { unreachable!() };
         let mut groups: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();

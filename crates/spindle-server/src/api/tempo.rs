@@ -25,6 +25,7 @@ use spindle_traceql::metrics::{Series, Window};
 use super::jaeger::{cap_limit, cap_range, parse_trace_id};
 use super::params::{now_unix_nano, parse_go_duration, parse_rfc3339_nanos, Params};
 use super::{blocking, heavy, json_response, ApiState, TenantState};
+use crate::limits::Limit;
 
 const HOUR_NANOS: u64 = 3_600_000_000_000;
 const DEFAULT_LIMIT: usize = 20;
@@ -464,11 +465,13 @@ pub async fn trace_v2(TenantState(state): TenantState, Path(id): Path<String>, h
         Err(response) => return response,
     };
     let message = (omitted > 0).then(|| {
-        format!(
+        let message = format!(
             "trace has {} spans; only the first {} are served (query_max_trace_spans)",
             spans.len() + omitted,
             spans.len()
-        )
+        );
+        state.hit(Limit::TraceSpans, &message);
+        message
     });
     if wants_protobuf(&headers) {
         // TraceByIDResponse: trace = 1, status = 3 (PARTIAL = 1), message = 4.
@@ -801,7 +804,10 @@ async fn run_metrics(state: &ApiState, raw: Option<String>, instant: bool) -> Re
     let window = Window { start_unix_nano: start, end_unix_nano: end, step_nanos: step };
     let query = state.query.clone();
     let name = metric_name(&expr);
-    let result = heavy(state, "TraceQL metrics", move |control| engine::metrics(&query, &expr, window, control)).await;
+    let max_series = state.limits.query_max_series;
+    let result =
+        heavy(state, "TraceQL metrics", move |control| engine::metrics(&query, &expr, window, max_series, control))
+            .await;
     let answer = match result {
         Ok(a) => a,
         Err(e) => return failed(state, e),
@@ -825,9 +831,10 @@ async fn run_metrics(state: &ApiState, raw: Option<String>, instant: bool) -> Re
         "metrics": { "inspectedSpans": answer.inspected_spans.to_string(), "completedJobs": 1, "totalJobs": 1 },
     });
     if answer.truncated {
+        let message = format!("more than {max_series} series: the rest are left out (query_max_series)");
+        state.hit(Limit::QuerySeries, &message);
         body["status"] = json!("PARTIAL");
-        body["message"] =
-            json!(format!("more than {} series: the rest are left out", spindle_traceql::metrics::MAX_SERIES));
+        body["message"] = json!(message);
     }
     if !warnings.is_empty() {
         body["warnings"] = json!(warnings);
