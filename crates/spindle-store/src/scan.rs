@@ -157,6 +157,8 @@ pub(crate) struct Matcher<'a> {
     event_kv: Vec<String>,
     min_duration: u64,
     max_duration: u64,
+    /// Whether callers read the start column the filter read (trace-start bounds).
+    keep_start: bool,
 }
 
 impl<'a> Matcher<'a> {
@@ -229,16 +231,56 @@ impl<'a> Matcher<'a> {
         let event_kv = kv_paths("events.event.attributes.key_value", &texts);
         let min_duration = query.duration_min_nanos.unwrap_or(0);
         let max_duration = query.duration_max_nanos.unwrap_or(u64::MAX);
-        Some(Matcher { block, query, pairs, service_ok, phase1, span_kv, event_kv, min_duration, max_duration })
+        Some(Matcher {
+            block,
+            query,
+            pairs,
+            service_ok,
+            phase1,
+            span_kv,
+            event_kv,
+            min_duration,
+            max_duration,
+            keep_start: false,
+        })
+    }
+
+    /// This matcher, always reading the start column (its callers read starts).
+    pub(crate) fn keeping_start(self) -> Self {
+        Matcher { keep_start: true, ..self }
+    }
+
+    /// The columns the filter reads for row group `rg`: `phase1` without the start and
+    /// duration columns when the row group's statistics already prove every row within the
+    /// query's window and duration bounds, nor the resource column when no condition reads
+    /// it. Such a row group is decided from fewer columns.
+    fn phase1_for(&self, rg: usize) -> Vec<&'a str> {
+        let Some(stats) = self.block.meta.row_groups.get(rg) else { return self.phase1.clone() };
+        let q = self.query;
+        let within_window =
+            stats.min_start >= q.start_time_min_unix_nano && stats.max_start <= q.start_time_max_unix_nano;
+        let within_durations = stats.min_duration >= self.min_duration && stats.max_duration <= self.max_duration;
+        let resources_read = q.service.is_some() || self.pairs.iter().any(|p| p.resources.iter().any(|m| *m));
+        self.phase1
+            .iter()
+            .copied()
+            .filter(|name| match *name {
+                "start_time_unix_nano" => self.keep_start || !within_window,
+                "duration_nanos" => !within_durations,
+                "resource_ref" => resources_read,
+                _ => true,
+            })
+            .collect()
     }
 
     /// Leaves `names` of every row of row group `rg`, taking over from `filtered` (the
     /// columns [`Matcher::row_mask`] read for it) those the filter read already instead of
     /// reading them twice.
     fn read_all_rows(&self, rg: usize, mut filtered: SpanColumns, names: &[&str]) -> Result<SpanColumns, StoreError> {
-        let missing: Vec<&str> = names.iter().filter(|n| !self.phase1.contains(n)).copied().collect();
+        let read = self.phase1_for(rg);
+        let missing: Vec<&str> = names.iter().filter(|n| !read.contains(n)).copied().collect();
         let mut cols = self.block.read_columns(rg, Some(&missing), self.block.all_rows(rg))?;
-        cols.take_leaves(&mut filtered, &self.phase1);
+        cols.take_leaves(&mut filtered, &read);
         recycle_columns(filtered);
         Ok(cols)
     }
@@ -246,7 +288,7 @@ impl<'a> Matcher<'a> {
     /// Which rows of row group `rg_index` match, with the columns read to decide it;
     /// `None` when none does.
     pub(crate) fn row_mask(&self, rg_index: usize) -> Result<Option<(Vec<bool>, SpanColumns)>, StoreError> {
-        let Matcher { block, query, pairs, service_ok, phase1, span_kv, event_kv, min_duration, max_duration } = self;
+        let Matcher { block, query, pairs, service_ok, span_kv, event_kv, min_duration, max_duration, .. } = self;
         let (block, query, min_duration, max_duration) = (*block, *query, *min_duration, *max_duration);
         // Every scan of a block goes through here once per row group: where a query that
         // timed out or lost its client stops.
@@ -261,20 +303,30 @@ impl<'a> Matcher<'a> {
             return Ok(None);
         }
         let rows = block.all_rows(rg_index);
-        let cols = block.read_columns(rg_index, Some(phase1), rows)?;
+        let read = self.phase1_for(rg_index);
+        let cols = block.read_columns(rg_index, Some(&read), rows)?;
         let n = rows.take;
-        let mut mask = vec![false; n];
+        let (by_start, by_duration, by_resource) =
+            (read.contains(&"start_time_unix_nano"), read.contains(&"duration_nanos"), read.contains(&"resource_ref"));
+        let mut mask = vec![true; n];
         let refs = &cols.resource_ref.values;
-        for (row, slot) in mask.iter_mut().enumerate() {
-            let start = cols.start.values.get(row).map_or(0, |v| *v as u64);
-            let raw = cols.duration.values.get(row).copied().unwrap_or(0);
-            let duration = if raw < 0 { 0 } else { raw as u64 };
-            let resource = refs.get(row).map_or(0, |r| *r as usize);
-            *slot = start >= query.start_time_min_unix_nano
-                && start <= query.start_time_max_unix_nano
-                && duration >= min_duration
-                && duration <= max_duration
-                && service_ok.get(resource).copied().unwrap_or(false);
+        if by_start {
+            for (slot, v) in mask.iter_mut().zip(cols.start.values.iter().chain(std::iter::repeat(&0))) {
+                let start = *v as u64;
+                *slot &= start >= query.start_time_min_unix_nano && start <= query.start_time_max_unix_nano;
+            }
+        }
+        if by_duration {
+            for (slot, v) in mask.iter_mut().zip(cols.duration.values.iter().chain(std::iter::repeat(&0))) {
+                let duration = if *v < 0 { 0 } else { *v as u64 };
+                *slot &= duration >= min_duration && duration <= max_duration;
+            }
+        }
+        if by_resource {
+            for (row, slot) in mask.iter_mut().enumerate() {
+                let resource = refs.get(row).map_or(0, |r| *r as usize);
+                *slot &= service_ok.get(resource).copied().unwrap_or(false);
+            }
         }
         if let Some(op) = &query.operation {
             if mask.iter().any(|m| *m) {
@@ -461,7 +513,7 @@ pub(crate) fn find_in_block(
     query: &TraceQuery,
     into: &mut HashMap<TraceId, u64>,
 ) -> Result<(), StoreError> {
-    let Some(matcher) = Matcher::new(block, query) else { return Ok(()) };
+    let Some(matcher) = Matcher::new(block, query).map(Matcher::keeping_start) else { return Ok(()) };
     let meta = &block.meta;
     // Row groups are independent: two workers scan alternate ones, each into its own map.
     let scan_row_group = |rg_index: usize, into: &mut HashMap<TraceId, u64>| -> Result<(), StoreError> {
