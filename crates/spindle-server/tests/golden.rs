@@ -18,14 +18,7 @@ fn check(name: &str, actual: &Value) {
 fn otlp_json_in_jaeger_and_otlp_json_out() {
     let dir = tempfile::tempdir().unwrap();
     let spindle = Spindle::start(dir.path());
-    let body = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/otlp_request.json"))
-        .unwrap();
-    let reply = reqwest::blocking::Client::new()
-        .post(format!("http://{}/v1/traces", spindle.http))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .unwrap();
+    let reply = spindle.post_otlp_fixture();
     assert_eq!(reply.status().as_u16(), 200);
     assert_eq!(reply.json::<Value>().unwrap(), serde_json::json!({}));
 

@@ -36,14 +36,7 @@ fn get(spindle: &Spindle, path: &str, accept: Option<&str>) -> (u16, String, Vec
 fn every_tempo_endpoint_answers_in_tempos_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let spindle = Spindle::start(dir.path());
-    let body = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/otlp_request.json"))
-        .unwrap();
-    let reply = reqwest::blocking::Client::new()
-        .post(format!("http://{}/v1/traces", spindle.http))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .unwrap();
+    let reply = spindle.post_otlp_fixture();
     assert_eq!(reply.status().as_u16(), 200);
 
     // Liveness and version, as Grafana's data source asks first.
@@ -168,14 +161,7 @@ fn every_tempo_endpoint_answers_in_tempos_shapes() {
 fn metrics_beyond_query_max_series_are_partial_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let spindle = Spindle::start_with(dir.path(), &["--query-max-series", "1"]);
-    let body = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/otlp_request.json"))
-        .unwrap();
-    reqwest::blocking::Client::new()
-        .post(format!("http://{}/v1/traces", spindle.http))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .unwrap();
+    assert_eq!(spindle.post_otlp_fixture().status().as_u16(), 200);
     for q in ["{ } | count_over_time() by (name)", "{ } | rate() by (name) | topk(5)"] {
         let (status, answer) = spindle
             .get_json(&format!("/api/metrics/query_range?q={}&start=1699999800&end=1700000400&step=60s", encode(q)));

@@ -139,6 +139,19 @@ impl Spindle {
         }
     }
 
+    /// Posts `tests/fixtures/otlp_request.json` (one trace, two spans) over OTLP JSON; the
+    /// receiver's answer.
+    pub fn post_otlp_fixture(&self) -> reqwest::blocking::Response {
+        let body = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/otlp_request.json"))
+            .expect("fixture");
+        reqwest::blocking::Client::new()
+            .post(format!("http://{}/v1/traces", self.http))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .expect("POST")
+    }
+
     pub fn query_url(&self, path: &str) -> String {
         format!("http://{}{}", self.query, path)
     }
