@@ -174,6 +174,62 @@ pub enum Field {
     Negate(Box<Field>),
 }
 
+impl Field {
+    /// Calls `visit` with each leaf of the expression: the attributes, intrinsics and
+    /// values it reads.
+    pub fn for_each_leaf(&self, visit: &mut dyn FnMut(&Field)) {
+        match self {
+            Field::Binary(_, l, r) => {
+                l.for_each_leaf(visit);
+                r.for_each_leaf(visit);
+            }
+            Field::Regex { field, .. } | Field::Not(field) | Field::Negate(field) => field.for_each_leaf(visit),
+            leaf => visit(leaf),
+        }
+    }
+}
+
+impl ScalarExpr {
+    fn for_each_field(&self, visit: &mut dyn FnMut(&Field)) {
+        match self {
+            ScalarExpr::Aggregate(_, Some(field)) => visit(field),
+            ScalarExpr::Binary(_, l, r) => {
+                l.for_each_field(visit);
+                r.for_each_field(visit);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl SpansetExpr {
+    /// Calls `visit` with every field expression of the query: filters, `by(…)` and
+    /// `select(…)`, and with `aggregates` the fields of aggregate filters (`avg(…) > 1`).
+    pub fn for_each_field(&self, aggregates: bool, visit: &mut dyn FnMut(&Field)) {
+        match self {
+            SpansetExpr::Filter(field) => visit(field),
+            SpansetExpr::Binary(_, l, r) => {
+                l.for_each_field(aggregates, visit);
+                r.for_each_field(aggregates, visit);
+            }
+            SpansetExpr::Pipeline(first, stages) => {
+                first.for_each_field(aggregates, visit);
+                for stage in stages {
+                    match stage {
+                        Stage::Spans(e) => e.for_each_field(aggregates, visit),
+                        Stage::Scalar(f) if aggregates => {
+                            f.lhs.for_each_field(visit);
+                            f.rhs.for_each_field(visit);
+                        }
+                        Stage::By(fields) | Stage::Select(fields) => fields.iter().for_each(&mut *visit),
+                        Stage::Scalar(_) | Stage::Coalesce => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinaryOp {
     And,

@@ -107,10 +107,10 @@ impl Need {
     }
 
     /// The conjuncts of a requirement, most selective first, without the unscannable.
-    fn steps(self) -> Vec<Need> {
-        fn flatten(need: Need, out: &mut Vec<Need>) {
+    fn steps(&self) -> Vec<&Need> {
+        fn flatten<'a>(need: &'a Need, out: &mut Vec<&'a Need>) {
             match need {
-                Need::And(children) => children.into_iter().for_each(|c| flatten(c, out)),
+                Need::And(children) => children.iter().for_each(|c| flatten(c, out)),
                 other if other.score() >= SCANNABLE => out.push(other),
                 _ => {}
             }
@@ -355,9 +355,9 @@ fn candidates(store: &dyn TraceStore, need: &Need, opts: &SearchOptions) -> Resu
             }
             Ok(Some(all))
         }
-        Need::And(children) => {
+        Need::And(_) => {
             let mut result: Candidates = None;
-            for child in Need::And(children.clone()).steps().iter() {
+            for child in need.steps() {
                 let enough = result.as_ref().is_some_and(|r| r.len() <= NARROW_ABOVE);
                 if enough {
                     break;
@@ -387,57 +387,20 @@ struct Reads {
 
 impl Reads {
     fn field(&mut self, field: &Field) {
-        match field {
+        field.for_each_leaf(&mut |leaf| match leaf {
             Field::Attribute(Attribute { scope: Scope::Span | Scope::Unscoped, name }) if !self.keys.contains(name) => {
                 self.keys.push(name.clone());
             }
-            Field::Attribute(Attribute { scope: Scope::Span | Scope::Unscoped, .. }) => {}
             Field::Attribute(Attribute { scope: Scope::Event, .. })
             | Field::Intrinsic(Intrinsic::EventName | Intrinsic::EventTimeSinceStart) => self.events = true,
             Field::Attribute(Attribute { scope: Scope::Link, .. })
             | Field::Intrinsic(Intrinsic::LinkTraceId | Intrinsic::LinkSpanId) => self.links = true,
-            Field::Binary(_, l, r) => {
-                self.field(l);
-                self.field(r);
-            }
-            Field::Regex { field, .. } | Field::Not(field) | Field::Negate(field) => self.field(field),
             _ => {}
-        }
-    }
-
-    fn scalar(&mut self, scalar: &ScalarExpr) {
-        match scalar {
-            ScalarExpr::Aggregate(_, Some(f)) => self.field(f),
-            ScalarExpr::Binary(_, l, r) => {
-                self.scalar(l);
-                self.scalar(r);
-            }
-            _ => {}
-        }
+        });
     }
 
     fn spans(&mut self, expr: &SpansetExpr) {
-        match expr {
-            SpansetExpr::Filter(f) => self.field(f),
-            SpansetExpr::Binary(_, l, r) => {
-                self.spans(l);
-                self.spans(r);
-            }
-            SpansetExpr::Pipeline(first, stages) => {
-                self.spans(first);
-                for stage in stages {
-                    match stage {
-                        Stage::Spans(e) => self.spans(e),
-                        Stage::Scalar(f) => {
-                            self.scalar(&f.lhs);
-                            self.scalar(&f.rhs);
-                        }
-                        Stage::By(fields) | Stage::Select(fields) => fields.iter().for_each(|f| self.field(f)),
-                        Stage::Coalesce => {}
-                    }
-                }
-            }
-        }
+        expr.for_each_field(true, &mut |field| self.field(field));
     }
 
     /// The projection to read, `None` when spans must be whole (links are read).
@@ -447,37 +410,18 @@ impl Reads {
 }
 
 /// Attributes a query reads or selects, shown with matched spans.
-fn shown_fields(expr: &SpansetExpr, out: &mut Vec<Field>) {
-    fn walk(field: &Field, out: &mut Vec<Field>) {
-        match field {
-            Field::Attribute(a) if !out.iter().any(|f| matches!(f, Field::Attribute(b) if b == a)) => {
-                out.push(Field::Attribute(a.clone()))
+fn shown_fields(expr: &SpansetExpr) -> Vec<Field> {
+    let mut out: Vec<Field> = Vec::new();
+    expr.for_each_field(false, &mut |field| {
+        field.for_each_leaf(&mut |leaf| {
+            if matches!(leaf, Field::Attribute(_))
+                && !out.iter().any(|f| matches!((f, leaf), (Field::Attribute(a), Field::Attribute(b)) if a == b))
+            {
+                out.push(leaf.clone());
             }
-            Field::Binary(_, l, r) => {
-                walk(l, out);
-                walk(r, out);
-            }
-            Field::Regex { field, .. } | Field::Not(field) | Field::Negate(field) => walk(field, out),
-            _ => {}
-        }
-    }
-    match expr {
-        SpansetExpr::Filter(f) => walk(f, out),
-        SpansetExpr::Binary(_, l, r) => {
-            shown_fields(l, out);
-            shown_fields(r, out);
-        }
-        SpansetExpr::Pipeline(first, stages) => {
-            shown_fields(first, out);
-            for stage in stages {
-                match stage {
-                    Stage::Spans(e) => shown_fields(e, out),
-                    Stage::By(fields) | Stage::Select(fields) => fields.iter().for_each(|f| walk(f, out)),
-                    _ => {}
-                }
-            }
-        }
-    }
+        })
+    });
+    out
 }
 
 /// The answer for one trace, when it matches.
@@ -543,23 +487,23 @@ fn shown_spanset(set: &Spanset, view: &TraceView, limit: usize, shown: &[Field])
 /// Traces matching `expr`, newest first, at most `opts.limit`.
 pub fn search(query: &QueryService, expr: &SpansetExpr, opts: &SearchOptions) -> Result<SearchAnswer, QueryError> {
     let store = query.store().as_ref();
-    let mut shown = Vec::new();
-    shown_fields(expr, &mut shown);
+    let shown = shown_fields(expr);
     let mut answer = SearchAnswer::default();
     let limit = opts.limit.max(1);
     let mut reads = Reads::default();
     reads.spans(expr);
     let projection = reads.projection();
-    let mut steps = need(expr).steps().into_iter();
+    let requirement = need(expr);
+    let mut steps = requirement.steps().into_iter();
     let mut first = match steps.next() {
-        Some(first) => candidates(store, &first, opts)?,
+        Some(first) => candidates(store, first, opts)?,
         None => None,
     };
     // Many candidates: the next filter's search costs less than reading them. Further
     // filters narrow only when reading shows few matches (below).
     if first.as_ref().is_some_and(|f| f.len() > NARROW_ABOVE) {
         if let Some(next) = steps.next() {
-            if let (Some(f), Some(more)) = (first.as_mut(), candidates(store, &next, opts)?) {
+            if let (Some(f), Some(more)) = (first.as_mut(), candidates(store, next, opts)?) {
                 f.retain(|id, _| more.contains_key(id));
             }
         }
@@ -577,7 +521,7 @@ pub fn search(query: &QueryService, expr: &SpansetExpr, opts: &SearchOptions) ->
                 // costs less than reading the rest one by one.
                 if since_narrowed >= NARROW_AFTER && ordered.len() - at > NARROW_AFTER {
                     if let Some(next) = steps.next() {
-                        if let Some(more) = candidates(store, &next, opts)? {
+                        if let Some(more) = candidates(store, next, opts)? {
                             ordered = ordered.split_off(at);
                             ordered.retain(|(id, _)| more.contains_key(id));
                             at = 0;
@@ -676,12 +620,9 @@ pub struct MetricsAnswer {
 }
 
 fn field_needs_trace(field: &Field) -> bool {
-    match field {
-        Field::Intrinsic(i) => i.needs_trace(),
-        Field::Binary(_, l, r) => field_needs_trace(l) || field_needs_trace(r),
-        Field::Regex { field, .. } | Field::Not(field) | Field::Negate(field) => field_needs_trace(field),
-        _ => false,
-    }
+    let mut needs = false;
+    field.for_each_leaf(&mut |leaf| needs |= matches!(leaf, Field::Intrinsic(i) if i.needs_trace()));
+    needs
 }
 
 fn function_field(function: &MetricsFunction) -> Option<&Field> {

@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use spindle_model::{AttributeValue, KeyValue, Span, SpanId, SpanKind, StatusCode};
+use spindle_model::{AttributeValue, KeyValue, Span, SpanId};
 
 use crate::ast::*;
 
@@ -131,10 +131,6 @@ fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AttributeValue>
     attributes.iter().find(|kv| kv.key == key).map(|kv| &kv.value)
 }
 
-fn status_of(code: StatusCode) -> Static {
-    Static::Status(code)
-}
-
 /// The value of an attribute on span `i`.
 pub fn attribute_value(attribute: &Attribute, span: &Span) -> Value {
     let name = attribute.name.as_str();
@@ -170,7 +166,7 @@ pub fn intrinsic_value(intrinsic: Intrinsic, i: usize, trace: &TraceView) -> Val
     let one = Value::One;
     match intrinsic {
         Intrinsic::Name => one(Static::Str(span.name.to_string())),
-        Intrinsic::Status => one(status_of(span.status.code)),
+        Intrinsic::Status => one(Static::Status(span.status.code)),
         Intrinsic::StatusMessage => one(Static::Str(span.status.message.clone())),
         Intrinsic::Kind => one(Static::Kind(span.kind)),
         Intrinsic::Duration => one(Static::Duration(span.duration_nanos().min(i64::MAX as u64) as i64)),
@@ -667,17 +663,4 @@ pub fn field_text(field: &Field) -> String {
 pub fn eval_trace(expr: &SpansetExpr, trace: &TraceView) -> Vec<Spanset> {
     let all = Spanset { spans: (0..trace.spans.len()).collect(), ..Spanset::default() };
     eval_spansets(expr, trace, vec![all])
-}
-
-/// A status as the word TraceQL writes.
-pub fn status_word(code: StatusCode) -> &'static str {
-    match code {
-        StatusCode::Error => "error",
-        StatusCode::Ok => "ok",
-        StatusCode::Unset => "unset",
-    }
-}
-
-pub fn kind_word(kind: SpanKind) -> &'static str {
-    kind_name(kind)
 }
