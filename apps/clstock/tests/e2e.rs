@@ -155,10 +155,10 @@ fn request_flow_prediction_and_data_fetching_are_each_one_trace_across_both_serv
     // An unknown symbol is a 404: not a server error on the market-data side.
     let reply = api.get("/predict/ZZZZ");
     assert_eq!(reply.status, 404, "{reply:?}");
-    // The two services export separately: wait for the market-data side, not a span count
-    // the API's five spans alone already reach.
-    let trace = spindle.wait_for_trace(reply.trace_id(), "the market-data server span", |t| {
-        t.named(MARKET, "GET /v1/history/{ticker}").next().is_some()
+    // The two services export separately, each in its own batches: wait for a span of each
+    // side, not a span count one side alone may reach.
+    let trace = spindle.wait_for_trace(reply.trace_id(), "the market-data server span and the API's fetch", |t| {
+        t.named(MARKET, "GET /v1/history/{ticker}").next().is_some() && t.named(API, "get_stock_data").next().is_some()
     });
     let server = trace.one(MARKET, "GET /v1/history/{ticker}");
     assert_eq!(server.tag("http.response.status_code"), Some("404"));
