@@ -167,6 +167,11 @@ impl Database {
         Ok(Self { pool, namespace, server_address, server_port })
     }
 
+    /// The pool, for its metrics (a handle: pools are shared).
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     /// Creates the table and index if missing. Concurrent instances serialise on an
     /// advisory lock, so two first starts do not race on the catalog.
     pub async fn ensure_schema(&self) -> Result<(), DbError> {

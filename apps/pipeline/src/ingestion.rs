@@ -3,7 +3,9 @@
 //!
 //! Spans per snapshot, as the seed draws them:
 //! `fetch_instrument_data` (root, `symbol`) → `enrich_context`, `send_to_kafka` (PRODUCER,
-//! messaging attributes, context into the record headers).
+//! messaging attributes, context into the record headers). `enrich_context` reads the
+//! symbol's reference data through the Redis cache ([`crate::reference`]): a CLIENT span
+//! `GET` below it, and `SET` after a miss.
 //!
 //! Symbols are taken round-robin from the configured universe; the key of every record is
 //! its symbol, so one symbol's snapshots stay in order on one partition. Up to
@@ -39,6 +41,7 @@ use crate::market::MarketDataSource;
 use crate::messaging::{self, Outgoing};
 use crate::metrics::Metrics;
 use crate::record::{encode, InstrumentMessage, OptionSnapshot};
+use crate::reference::{ReferenceCache, ReferenceCacheConfig};
 
 /// Flushes of ingestion's spans start at least this far apart, so that at a steady rate
 /// each exports the spans of several snapshots: at 1000 snapshots a second one flush per
@@ -76,6 +79,12 @@ pub struct IngestionConfig {
     /// Snapshots awaiting the broker's acknowledgement at most.
     #[arg(long, default_value_t = 1000)]
     pub max_in_flight: usize,
+    /// How long the simulator's reference-data lookup takes (what the cache saves),
+    /// milliseconds.
+    #[arg(long, env = "PIPELINE_REFERENCE_LATENCY_MS", default_value_t = 20)]
+    pub reference_latency_ms: u64,
+    #[command(flatten)]
+    pub cache: ReferenceCacheConfig,
     /// Address of /metrics and /healthz.
     #[arg(long, env = "INGESTION_METRICS_ADDR", default_value = "0.0.0.0:9101")]
     pub metrics_addr: SocketAddr,
@@ -109,6 +118,7 @@ pub async fn run<S: MarketDataSource>(
         return Err(Error::Config { name: "rate", reason: format!("{} is not a non-negative number", config.rate) });
     }
     let in_flight_limit = u32::try_from(config.max_in_flight.clamp(1, 1_000_000)).unwrap_or(1_000_000);
+    let mut cache = ReferenceCache::new(&config.cache, Arc::clone(&metrics))?;
     let producer = messaging::producer(&config.brokers, SERVICE)?;
     let permits = Arc::new(Semaphore::new(in_flight_limit as usize));
     let counts = Arc::new(Counts::default());
@@ -153,7 +163,7 @@ pub async fn run<S: MarketDataSource>(
                 continue;
             }
         };
-        let message = root.in_scope(|| enrich_context(snapshot, source.name(), sequence));
+        let message = enrich_context(snapshot, &source, &mut cache, sequence).instrument(root.clone()).await;
         sequence += 1;
         let ready = root.in_scope(|| send_to_kafka(&config.topic, message, started, permit));
         // The snapshot's spans end here, before the publisher's flush.
@@ -179,14 +189,36 @@ pub async fn run<S: MarketDataSource>(
     Ok(summary)
 }
 
-/// The `enrich_context` step: adds the contract identifier, the source, the sequence number
-/// and the publication time.
-fn enrich_context(snapshot: OptionSnapshot, source: &str, sequence: u64) -> InstrumentMessage {
-    let span = tracing::info_span!("enrich_context", instrument.contract = Empty, instrument.sequence = sequence);
-    let _entered = span.enter();
+/// The `enrich_context` step: adds the contract identifier, the symbol's reference data
+/// (through the cache), the source, the sequence number and the publication time.
+async fn enrich_context<S: MarketDataSource>(
+    snapshot: OptionSnapshot,
+    source: &S,
+    cache: &mut ReferenceCache,
+    sequence: u64,
+) -> InstrumentMessage {
+    let span = tracing::info_span!(
+        "enrich_context",
+        instrument.contract = Empty,
+        instrument.sequence = sequence,
+        instrument.exchange = Empty,
+        reference.cache = Empty,
+    );
     let contract = snapshot.contract_id();
     span.record("instrument.contract", contract.as_str());
-    InstrumentMessage { snapshot, contract, source: source.to_owned(), sequence, ingested_at_ms: unix_ms() }
+    let (reference, lookup) = cache.lookup(source, &snapshot.symbol).instrument(span.clone()).await;
+    span.record("reference.cache", lookup.as_str());
+    if let Some(reference) = &reference {
+        span.record("instrument.exchange", reference.exchange.as_str());
+    }
+    InstrumentMessage {
+        snapshot,
+        contract,
+        source: source.name().to_owned(),
+        sequence,
+        ingested_at_ms: unix_ms(),
+        reference,
+    }
 }
 
 /// A snapshot whose spans have ended, ready to be handed to the producer.

@@ -13,9 +13,10 @@
 //!
 //! Modules: [`bsm`] and [`record`] are the pure core (valuation, records, validation — no
 //! IO); [`market`] is the data source; [`messaging`] and [`db`] the Kafka and PostgreSQL
-//! plumbing; [`ingestion`], [`processor`] and [`storage`] the three services, each with its
-//! configuration; [`metrics`], [`shutdown`], [`flush`] and [`service`] what every binary
-//! shares.
+//! plumbing; [`reference`] the Redis cache of reference data in front of the source;
+//! [`ingestion`], [`processor`] and [`storage`] the three services, each with its
+//! configuration; [`metrics`], [`process`], [`shutdown`], [`flush`] and [`service`] what
+//! every binary shares.
 
 pub mod bsm;
 pub mod db;
@@ -25,8 +26,10 @@ pub mod ingestion;
 pub mod market;
 pub mod messaging;
 pub mod metrics;
+pub mod process;
 pub mod processor;
 pub mod record;
+pub mod reference;
 pub mod service;
 pub mod shutdown;
 pub mod storage;

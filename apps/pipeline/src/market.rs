@@ -11,8 +11,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 
+use std::time::Duration;
+
 use crate::bsm::{Contract, OptionType};
-use crate::record::{OptionSnapshot, YEAR_MS};
+use crate::record::{InstrumentReference, OptionSnapshot, YEAR_MS};
 
 /// Why a source could not deliver a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,10 @@ pub trait MarketDataSource: Send {
 
     /// The current snapshot of one option on `symbol`.
     fn fetch(&mut self, symbol: &str) -> impl Future<Output = Result<OptionSnapshot, SourceError>> + Send;
+
+    /// The reference data of `symbol`, from the source of record: slow next to a quote,
+    /// which is why ingestion reads it through a cache ([`crate::reference`]).
+    fn reference(&self, symbol: &str) -> impl Future<Output = Result<InstrumentReference, SourceError>> + Send;
 }
 
 /// Settings of the simulator.
@@ -43,11 +49,20 @@ pub struct SimulatorSettings {
     pub step_ms: i64,
     /// Risk-free rate quoted with every snapshot.
     pub risk_free_rate: f64,
+    /// How long a reference-data lookup takes: the round trip to a reference-data service
+    /// that the cache saves.
+    pub reference_latency: Duration,
 }
 
 impl Default for SimulatorSettings {
     fn default() -> Self {
-        Self { seed: 42, start_ms: 1_735_689_600_000, step_ms: 10, risk_free_rate: 0.045 }
+        Self {
+            seed: 42,
+            start_ms: 1_735_689_600_000,
+            step_ms: 10,
+            risk_free_rate: 0.045,
+            reference_latency: Duration::from_millis(20),
+        }
     }
 }
 
@@ -147,6 +162,24 @@ impl MarketDataSource for SimulatedMarket {
     fn fetch(&mut self, symbol: &str) -> impl Future<Output = Result<OptionSnapshot, SourceError>> + Send {
         std::future::ready(self.next_snapshot(symbol))
     }
+
+    fn reference(&self, symbol: &str) -> impl Future<Output = Result<InstrumentReference, SourceError>> + Send {
+        let latency = self.settings.reference_latency;
+        let reference = simulated_reference(symbol);
+        async move {
+            tokio::time::sleep(latency).await;
+            reference
+        }
+    }
+}
+
+/// The simulator's reference data: Tokyo for `.T` symbols, Nasdaq otherwise.
+pub fn simulated_reference(symbol: &str) -> Result<InstrumentReference, SourceError> {
+    if symbol.is_empty() || symbol.contains(char::is_whitespace) {
+        return Err(SourceError::UnknownSymbol(symbol.to_owned()));
+    }
+    let (exchange, currency) = if symbol.ends_with(".T") { ("XTKS", "JPY") } else { ("XNAS", "USD") };
+    Ok(InstrumentReference { exchange: exchange.into(), currency: currency.into(), contract_multiplier: 100 })
 }
 
 impl Underlying {

@@ -463,9 +463,10 @@ pub fn committable<'a>(batch: &'a [OwnedMessage], processed: &[bool]) -> Vec<&'a
     out
 }
 
-/// Every `interval`, sets `pipeline_consumer_lag{topic,partition}` for the partitions
-/// assigned to `consumer`: high watermark minus the next offset to commit (or the fetch
-/// position before anything was processed).
+/// Every `interval`, sets `pipeline_consumer_lag{group,topic,partition}` for the partitions
+/// assigned to `consumer` (and drops the series of partitions assigned no longer): high
+/// watermark minus the next offset to commit (or the fetch position before anything was
+/// processed).
 pub fn spawn_lag_monitor(
     consumer: Arc<StreamConsumer>,
     progress: Progress,
@@ -490,15 +491,18 @@ fn measure_lag(consumer: &StreamConsumer, progress: &Progress, metrics: &Metrics
     let assignment = consumer.assignment()?;
     let positions = consumer.position()?;
     let done = progress.snapshot();
+    let mut lags = Vec::new();
     for element in assignment.elements() {
         let (topic, partition) = (element.topic(), element.partition());
         let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(2))?;
         let position = positions.find_partition(topic, partition).and_then(|p| p.offset().to_raw()).filter(|o| *o >= 0);
         let next = done.get(&(topic.to_owned(), partition)).copied().or(position);
         if let Some(next) = next {
-            metrics.set_lag(topic, partition, (high - next).max(0));
+            lags.push((topic.to_owned(), partition, (high - next).max(0)));
         }
     }
+    let lags: Vec<_> = lags.iter().map(|(t, p, l)| (t.as_str(), *p, *l)).collect();
+    metrics.set_lags(&lags);
     Ok(())
 }
 

@@ -95,6 +95,9 @@ pub async fn run(
     metrics: Arc<Metrics>,
     spans: SpanFlush,
 ) -> Result<(), Error> {
+    metrics.set_consumer_group(&config.group_id);
+    // The dead-letter series at 0 from the start: a rate of it has data before the first.
+    metrics.messages_out(&config.dead_letter_topic, 0);
     let instance = config.group_instance_id.clone().or_else(|| messaging::default_instance_id(&config.group_id));
     let consumer = Arc::new(messaging::consumer(
         &config.brokers,

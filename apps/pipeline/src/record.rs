@@ -2,6 +2,8 @@
 //! the processor's `clean_data` step applies.
 //!
 //! - [`OptionSnapshot`]: what a market-data source returns for one option.
+//! - [`InstrumentReference`]: static reference data of a symbol (exchange, currency, contract
+//!   multiplier), which ingestion reads through the Redis cache.
 //! - [`InstrumentMessage`]: a snapshot plus ingestion context, on the `market-data` topic.
 //! - [`EnrichedRecord`]: an instrument plus its BSM analytics, on the `enriched-data` topic
 //!   and, one row each, in PostgreSQL.
@@ -36,6 +38,18 @@ pub struct OptionSnapshot {
     pub historical_volatility: f64,
 }
 
+/// Reference data of a symbol: what changes rarely and comes from a slower source than the
+/// quotes, hence cached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstrumentReference {
+    /// Listing exchange's MIC (`XNAS`, `XTKS`).
+    pub exchange: String,
+    /// ISO 4217 currency of the prices (`USD`).
+    pub currency: String,
+    /// Shares per option contract.
+    pub contract_multiplier: u32,
+}
+
 /// A snapshot with the context `enrich_context` adds: the message on `market-data`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstrumentMessage {
@@ -50,6 +64,9 @@ pub struct InstrumentMessage {
     pub sequence: u64,
     /// When ingestion published it, unix milliseconds.
     pub ingested_at_ms: i64,
+    /// The symbol's reference data; absent when neither the cache nor the source had it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<InstrumentReference>,
 }
 
 /// Black–Scholes–Merton analytics of one instrument.
@@ -226,6 +243,11 @@ mod tests {
             source: "simulator".into(),
             sequence: 7,
             ingested_at_ms: 1_734_393_600_001,
+            reference: Some(InstrumentReference {
+                exchange: "XNAS".into(),
+                currency: "USD".into(),
+                contract_multiplier: 100,
+            }),
         };
         let bytes = encode(&message);
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("json");

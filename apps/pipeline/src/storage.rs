@@ -90,6 +90,7 @@ pub async fn run(
     spans: SpanFlush,
 ) -> Result<(), Error> {
     let db = Database::new(&config.database_url, config.pool_size)?;
+    metrics.watch_db_pool(db.pool());
     let writer = Writer {
         db: &db,
         stop: &stop,
@@ -106,6 +107,9 @@ pub async fn run(
     }
     tracing::info!(table = TABLE, database = %db.namespace, "schema ready");
 
+    metrics.set_consumer_group(&config.group_id);
+    // The dead-letter series at 0 from the start: a rate of it has data before the first.
+    metrics.messages_out(&config.dead_letter_topic, 0);
     let instance = config.group_instance_id.clone().or_else(|| messaging::default_instance_id(&config.group_id));
     let consumer = Arc::new(messaging::consumer(
         &config.brokers,
@@ -278,7 +282,13 @@ impl Writer<'_> {
     /// Inserts `rows`, retrying transient failures. `Err(None)`: stopped while retrying;
     /// `Err(Some(reason))`: refused (an event on each span says so).
     async fn insert(&self, rows: &[Row], spans: &[Span]) -> Result<(), Option<String>> {
-        match self.retrying("write", || self.db.insert(rows)).await {
+        let timed = || async {
+            let started = Instant::now();
+            let result = self.db.insert(rows).await;
+            self.metrics.db_write(started.elapsed());
+            result
+        };
+        match self.retrying("write", timed).await {
             None => Err(None),
             Some(Ok(_)) => Ok(()),
             Some(Err(reason)) => {

@@ -1,23 +1,29 @@
-//! The pipeline end to end against real peers: tansu, PostgreSQL and a spindle server, all
-//! started here, with the three service binaries exporting to spindle over OTLP gRPC.
+//! The pipeline end to end against real peers: tansu, PostgreSQL, Redis and a spindle
+//! server, all started here, with the service binaries exporting to spindle over OTLP gRPC;
+//! two processors and two storage services share their consumer groups.
 //!
 //! N instruments go in; then, through spindle's API, every trace is the seed's expected
-//! trace (names, services, kinds, parentage across both Kafka hops), `/api/dependencies` is
-//! the seed's graph with N calls per edge, PostgreSQL holds exactly N rows, `symbol` finds
-//! exactly the traces of that symbol, the services' metrics add up, a replay through a
-//! second consumer group adds no rows, and SIGTERM stops every service cleanly.
+//! trace (names, services, kinds, parentage across both Kafka hops) with the cache's Redis
+//! `GET` (and `SET` after each miss), `/api/dependencies` is the seed's graph plus the
+//! `redis` node, PostgreSQL holds exactly N rows, each instance holds one partition,
+//! `symbol` finds exactly the traces of that symbol, the services' metrics add up; then one
+//! processor and one storage service stop, the others take their partitions over and M more
+//! instruments arrive whole and once; a replay through a second consumer group adds no rows,
+//! and SIGTERM stops every service cleanly.
 //!
-//! Needs `tansu` (`cargo install tansu --locked --features dynostore`) and PostgreSQL on
-//! 127.0.0.1:5432 (or `PIPELINE_TEST_DATABASE_URL`); fails without them.
+//! Needs `tansu` (`cargo install tansu --locked --features dynostore`), `redis-server` and
+//! PostgreSQL on 127.0.0.1:5432 (or `PIPELINE_TEST_DATABASE_URL`); fails without them.
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use support::{SpanView, TracedPeers};
+use support::{ServiceProcess, SpanView, TracedPeers};
 
 const N: u64 = 24;
+/// Instruments after one processor and one storage service stopped.
+const M: u64 = 12;
 const SYMBOLS: [&str; 3] = ["AAPL", "MSFT", "7203.T"];
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -41,8 +47,30 @@ fn by_name<'a>(spans: &'a [SpanView], name: &str) -> &'a SpanView {
     found[0]
 }
 
-fn assert_seed_trace(trace_id: &str, symbol: &str, spans: &[SpanView]) {
-    assert_eq!(spans.len(), EXPECTED.len(), "trace {trace_id}: {spans:#?}");
+/// Asserts the seed's trace and the cache's spans; returns whether the snapshot missed the
+/// cache (a `SET` follows the `GET`).
+fn assert_seed_trace(trace_id: &str, symbol: &str, spans: &[SpanView]) -> bool {
+    let missed = spans.iter().any(|s| s.name == "SET");
+    let cache_spans: &[&str] = if missed { &["GET", "SET"] } else { &["GET"] };
+    assert_eq!(spans.len(), EXPECTED.len() + cache_spans.len(), "trace {trace_id}: {spans:#?}");
+    for name in cache_spans {
+        let span = by_name(spans, name);
+        assert_eq!(span.service, "ingestion-service", "{span:?}");
+        assert_eq!(span.tag("span.kind"), Some("client"), "{span:?}");
+        assert_eq!(
+            span.parent.as_ref(),
+            Some(&by_name(spans, "enrich_context").span_id),
+            "{name} is under enrich_context"
+        );
+        assert_eq!(span.tag("db.system"), Some("redis"), "{span:?}");
+        assert_eq!(span.tag("db.operation.name"), Some(*name), "{span:?}");
+        assert_eq!(span.tag("server.address"), Some("127.0.0.1"), "{span:?}");
+        assert!(!span.is_error(), "{span:?}");
+    }
+    let enrich = by_name(spans, "enrich_context");
+    assert_eq!(enrich.tag("reference.cache"), Some(if missed { "miss" } else { "hit" }), "{enrich:?}");
+    let exchange = if symbol.ends_with(".T") { "XTKS" } else { "XNAS" };
+    assert_eq!(enrich.tag("instrument.exchange"), Some(exchange), "reference data added: {enrich:?}");
     for (service, name, kind, parent) in EXPECTED {
         let span = by_name(spans, name);
         assert_eq!(span.service, service, "{name} of trace {trace_id}");
@@ -79,15 +107,70 @@ fn assert_seed_trace(trace_id: &str, symbol: &str, spans: &[SpanView]) {
     let iv: f64 =
         calculate.tag("bsm.implied_volatility").and_then(|v| v.parse().ok()).expect("implied volatility recorded");
     assert!(iv > 0.0 && iv < 5.0, "{calculate:?}");
+    missed
+}
+
+/// Trace `trace_id` once it holds the seed's spans and its cache spans (a `GET`, and a
+/// `SET` when it missed).
+fn whole_trace(api: &support::SpindleApi<'_>, trace_id: &str) -> Vec<SpanView> {
+    support::wait_until(&format!("trace {trace_id} whole in spindle"), WAIT, || {
+        let spans = api.trace(trace_id);
+        let cache = 1 + usize::from(spans.iter().any(|s| s.name == "SET"));
+        (spans.len() >= EXPECTED.len() + cache).then_some(spans)
+    })
+}
+
+/// The partitions of `service`'s `pipeline_consumer_lag` series: those assigned to it.
+fn assigned(service: &ServiceProcess) -> BTreeSet<String> {
+    let Some((_, body)) = support::http_get(&format!("http://{}/metrics", service.metrics_addr)) else {
+        return BTreeSet::new();
+    };
+    body.lines()
+        .filter(|l| l.starts_with("pipeline_consumer_lag{"))
+        .filter_map(|l| l.split("partition=\"").nth(1)?.split('"').next().map(str::to_owned))
+        .collect()
+}
+
+/// The sum of a metric over instances.
+fn total(services: &[&ServiceProcess], prefix: &str) -> f64 {
+    services.iter().map(|s| s.metric(prefix)).sum()
+}
+
+/// The seed's dependency graph with `n` calls per edge, plus `redis` under ingestion with
+/// `cache_calls`.
+fn seed_graph(n: u64, cache_calls: u64) -> BTreeMap<(String, String), u64> {
+    [
+        ("ingestion-service", "kafka", n),
+        ("kafka", "processor-service", n),
+        ("processor-service", "kafka", n),
+        ("kafka", "storage-service", n),
+        ("storage-service", "postgresql", n),
+        ("ingestion-service", "redis", cache_calls),
+    ]
+    .into_iter()
+    .map(|(p, c, calls)| ((p.to_owned(), c.to_owned()), calls))
+    .collect()
 }
 
 #[test]
-fn n_instruments_become_n_seed_traces_n_rows_and_the_seed_dependency_graph() {
+fn n_instruments_through_two_instances_per_consumer_become_n_seed_traces_n_rows_and_the_seed_graph() {
     let stack = TracedPeers::start();
     let (db, peers, api) = (&stack.db, stack.peers(), stack.api());
 
-    let mut storage = peers.storage(&[]);
-    let mut processor = peers.processor(&[]);
+    // Two instances of each consumer, each with its own static member id.
+    let storages =
+        [peers.storage(&["--group-instance-id", "storage-1"]), peers.storage(&["--group-instance-id", "storage-2"])];
+    let processors = [
+        peers.processor(&["--group-instance-id", "processor-1"]),
+        peers.processor(&["--group-instance-id", "processor-2"]),
+    ];
+    // Each instance holds one of the two partitions before data flows.
+    for group in [&processors, &storages] {
+        support::wait_until("one partition per instance", WAIT, || {
+            let [a, b] = [assigned(&group[0]), assigned(&group[1])];
+            (a.len() == 1 && b.len() == 1 && a != b).then_some(())
+        });
+    }
     let count = N.to_string();
     let symbols = SYMBOLS.join(",");
     let mut ingestion = peers.ingestion(&["--count", &count, "--rate", "40", "--symbols", &symbols]);
@@ -97,34 +180,49 @@ fn n_instruments_become_n_seed_traces_n_rows_and_the_seed_dependency_graph() {
     std::thread::sleep(Duration::from_secs(1)); // would-be extra rows arrive
     assert_eq!(db.count(), N, "exactly one row per instrument");
 
-    // Every row's trace is the seed's trace.
+    // Every row's trace is the seed's trace; the first snapshot of each symbol missed the
+    // (empty) cache, every other one hit it.
     let rows = db.query("SELECT trace_id, symbol FROM option_analytics ORDER BY sequence");
     let mut traces_by_symbol: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut misses = BTreeMap::new();
     for row in &rows {
         let (trace_id, symbol) = (&row[0], &row[1]);
         assert_eq!(trace_id.len(), 32, "row carries its trace id: {row:?}");
-        let spans = api.wait_for_trace(trace_id, EXPECTED.len(), WAIT);
-        assert_seed_trace(trace_id, symbol, &spans);
+        let spans = whole_trace(&api, trace_id);
+        if assert_seed_trace(trace_id, symbol, &spans) {
+            *misses.entry(symbol.clone()).or_insert(0) += 1;
+        }
         traces_by_symbol.entry(symbol.clone()).or_default().insert(trace_id.clone());
     }
     assert_eq!(traces_by_symbol.len(), SYMBOLS.len(), "round-robin over the universe");
+    assert_eq!(misses, SYMBOLS.iter().map(|s| (s.to_string(), 1)).collect(), "one miss per symbol");
+    let cached = stack.redis.command("EXISTS pipeline:reference:AAPL").expect("redis answers");
+    assert!(cached.starts_with(":1"), "the reference data is in Redis: {cached}");
+    let hits = N - SYMBOLS.len() as u64;
+    assert_eq!(
+        ingestion
+            .metric(r#"pipeline_cache_requests_total{service="ingestion-service",cache="reference",result="hit"}"#),
+        hits as f64
+    );
+    assert_eq!(
+        ingestion
+            .metric(r#"pipeline_cache_requests_total{service="ingestion-service",cache="reference",result="miss"}"#),
+        SYMBOLS.len() as f64
+    );
+    assert_eq!(
+        ingestion
+            .metric(r#"pipeline_cache_requests_total{service="ingestion-service",cache="reference",result="error"}"#),
+        0.0
+    );
 
-    // The dependency graph: services and the virtual kafka and postgresql nodes.
-    let expected_links: BTreeMap<(String, String), u64> = [
-        ("ingestion-service", "kafka"),
-        ("kafka", "processor-service"),
-        ("processor-service", "kafka"),
-        ("kafka", "storage-service"),
-        ("storage-service", "postgresql"),
-    ]
-    .into_iter()
-    .map(|(p, c)| ((p.to_owned(), c.to_owned()), N))
-    .collect();
+    // The dependency graph: services, the virtual kafka and postgresql nodes, and redis
+    // (one call per GET and SET).
+    let expected = seed_graph(N, N + SYMBOLS.len() as u64);
     let links = support::wait_until("the dependency graph", WAIT, || {
         let links = api.dependencies();
-        (links == expected_links).then_some(links)
+        (links == expected).then_some(links)
     });
-    assert_eq!(links, expected_links);
+    assert_eq!(links, expected);
 
     // `symbol` is a searchable tag: each symbol finds exactly its own traces.
     for (symbol, expected) in &traces_by_symbol {
@@ -134,40 +232,75 @@ fn n_instruments_become_n_seed_traces_n_rows_and_the_seed_dependency_graph() {
         }
     }
 
-    // Metrics add up; lag drains to zero; health is ok.
+    // Metrics add up over the instances; lag drains to zero; health is ok.
+    let all: Vec<&ServiceProcess> = processors.iter().chain(&storages).collect();
     support::wait_until("consumer lag to reach 0", WAIT, || {
-        let lags = [&processor, &storage].map(|s| s.metric_if_present("pipeline_consumer_lag{"));
-        (lags == [Some(0.0), Some(0.0)]).then_some(())
+        let lags: Vec<_> = all.iter().map(|s| s.metric_if_present("pipeline_consumer_lag{")).collect();
+        lags.iter().all(|l| *l == Some(0.0)).then_some(())
     });
-    assert_eq!(processor.metric("pipeline_messages_in_total{"), N as f64);
+    let [p, s] = [[&processors[0], &processors[1]], [&storages[0], &storages[1]]];
+    assert_eq!(total(&p, "pipeline_messages_in_total{"), N as f64);
     assert_eq!(
-        processor.metric(r#"pipeline_messages_out_total{service="processor-service",destination="enriched-data"}"#),
+        total(&p, r#"pipeline_messages_out_total{service="processor-service",destination="enriched-data"}"#),
         N as f64
     );
-    assert_eq!(storage.metric("pipeline_messages_in_total{"), N as f64);
+    assert_eq!(total(&s, "pipeline_messages_in_total{"), N as f64);
     assert_eq!(
-        storage.metric(r#"pipeline_messages_out_total{service="storage-service",destination="postgresql"}"#),
+        total(&s, r#"pipeline_messages_out_total{service="storage-service",destination="postgresql"}"#),
         N as f64
     );
-    assert_eq!(processor.metric("pipeline_errors_total{") + storage.metric("pipeline_errors_total{"), 0.0);
-    assert_eq!(storage.metric("pipeline_processing_duration_seconds_count{"), N as f64);
-    for service in [&processor, &storage] {
+    assert_eq!(total(&all, "pipeline_errors_total{"), 0.0);
+    assert_eq!(total(&s, "pipeline_processing_duration_seconds_count{"), N as f64);
+    for service in &all {
         assert_eq!(service.healthz().map(|(code, _)| code), Some(200), "{} /healthz", service.name);
     }
+
+    // One instance of each stops: the other takes its partition over (static members wait
+    // out the session timeout, 10 s, before the group rebalances) and the next instruments
+    // arrive whole, once.
+    let [processor, mut processor_2] = processors;
+    let [storage, mut storage_2] = storages;
+    for stopped in [&mut processor_2, &mut storage_2] {
+        assert!(stopped.terminate(Duration::from_secs(30)).success(), "{} stops cleanly", stopped.name);
+    }
+    drop((processor_2, storage_2));
+    for survivor in [&processor, &storage] {
+        support::wait_until(&format!("{} to take both partitions", survivor.name), WAIT, || {
+            (assigned(survivor).len() == 2).then_some(())
+        });
+    }
+    let count = M.to_string();
+    let mut ingestion = peers.ingestion(&["--count", &count, "--rate", "40", "--symbols", &symbols]);
+    assert!(ingestion.wait_exit(WAIT).success());
+    support::wait_until(&format!("{} rows", N + M), WAIT, || (db.count() >= N + M).then_some(()));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(db.count(), N + M, "every instrument once after the rebalance");
+    let later = db.query(&format!("SELECT trace_id, symbol FROM option_analytics ORDER BY ingested_at DESC LIMIT {M}"));
+    for row in &later {
+        let spans = whole_trace(&api, &row[0]);
+        assert!(!assert_seed_trace(&row[0], &row[1], &spans), "the cache still holds every symbol");
+    }
+    let expected = seed_graph(N + M, N + M + SYMBOLS.len() as u64);
+    let links = support::wait_until("the dependency graph after the rebalance", WAIT, || {
+        let links = api.dependencies();
+        (links == expected).then_some(links)
+    });
+    assert_eq!(links, expected, "still the seed's graph");
 
     // At-least-once replay: a second storage group reads every record again; no new row.
     let mut replay = peers.storage(&["--group-id", "storage-replay"]);
     support::wait_until("the replay to read every record", WAIT, || {
-        (replay.metric("pipeline_messages_in_total{") >= N as f64).then_some(())
+        (replay.metric("pipeline_messages_in_total{") >= (N + M) as f64).then_some(())
     });
     support::wait_until("the replay to write", WAIT, || {
         (replay.metric(r#"pipeline_messages_out_total{service="storage-service",destination="postgresql"}"#)
-            >= N as f64)
+            >= (N + M) as f64)
             .then_some(())
     });
-    assert_eq!(db.count(), N, "replayed records are not stored twice");
+    assert_eq!(db.count(), N + M, "replayed records are not stored twice");
 
     // Graceful shutdown: every service exits 0 on SIGTERM, committing what it processed.
+    let (mut storage, mut processor) = (storage, processor);
     for service in [&mut replay, &mut storage, &mut processor] {
         let status = service.terminate(Duration::from_secs(30));
         assert!(status.success(), "{} exits cleanly on SIGTERM: {status}\n{}", service.name, service.log_text());
@@ -202,7 +335,7 @@ fn services_restarted_mid_stream_lose_nothing_process_nothing_twice_and_flush_th
     // redelivery), and the stopped services exported their last spans on the way out.
     let rows = db.query("SELECT trace_id, symbol FROM option_analytics");
     for row in &rows {
-        api.wait_for_trace(&row[0], EXPECTED.len(), WAIT);
+        whole_trace(&api, &row[0]);
     }
     std::thread::sleep(Duration::from_secs(1)); // a second processing would show by now
     for row in &rows {

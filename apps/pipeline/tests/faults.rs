@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use spindle_pipeline::market::{SimulatedMarket, SimulatorSettings};
 use spindle_pipeline::record::{encode, InstrumentMessage};
-use support::{Peers, Tansu, TcpProxy, TestDatabase, TracedPeers, Tracing, TOPICS};
+use support::{Peers, Redis, Tansu, TcpProxy, TestDatabase, TracedPeers, Tracing, TOPICS};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -29,6 +29,7 @@ fn invalid_instrument() -> Vec<u8> {
         source: "test".into(),
         sequence: 0,
         ingested_at_ms: 0,
+        reference: None,
     })
 }
 
@@ -106,7 +107,9 @@ fn a_postgresql_outage_is_retried_with_backoff_and_loses_nothing() {
     let db = TestDatabase::create();
     let mut proxy = TcpProxy::new(db.server());
     let through_proxy = db.url_through(&format!("127.0.0.1:{}", proxy.port));
-    let peers = Peers { brokers: &tansu.bootstrap, database_url: &through_proxy, tracing: Tracing::Off };
+    let redis = Redis::start();
+    let peers =
+        Peers { brokers: &tansu.bootstrap, database_url: &through_proxy, redis_url: &redis.url, tracing: Tracing::Off };
     let storage = peers.storage(&["--max-retry-backoff-ms", "400"]);
     let _processor = peers.processor(&[]);
     let n: u64 = 60;

@@ -98,6 +98,10 @@ pub struct Spindle {
     pub otlp_grpc: String,
     pub otlp_http: String,
     pub query: String,
+    /// `127.0.0.1:PORT` of `/metrics`, `/healthz` and `/readyz`.
+    pub admin: String,
+    /// `http://127.0.0.1:PORT` of the Zipkin receiver.
+    pub zipkin: String,
     child: Child,
     _data: tempfile::TempDir,
 }
@@ -160,7 +164,7 @@ impl Spindle {
     pub fn start() -> Self {
         let binary = spindle_binary();
         let data = tempfile::tempdir().expect("temporary data dir");
-        let [grpc, http, query, admin] = [free_port(), free_port(), free_port(), free_port()];
+        let [grpc, http, query, admin, zipkin] = [free_port(), free_port(), free_port(), free_port(), free_port()];
         let addr = |p: u16| format!("127.0.0.1:{p}");
         let mut child = Command::new(&binary)
             .arg("serve")
@@ -170,7 +174,7 @@ impl Spindle {
             .args(["--query-addr", &addr(query), "--admin-addr", &addr(admin)])
             // The other receivers on free ports too, so parallel tests never collide.
             .args(["--jaeger-http-addr", &addr(free_port()), "--jaeger-grpc-addr", &addr(free_port())])
-            .args(["--zipkin-addr", &addr(free_port()), "--sampling-addr", &addr(free_port())])
+            .args(["--zipkin-addr", &addr(zipkin), "--sampling-addr", &addr(free_port())])
             .args(["--jaeger-compact-addr", &addr(free_udp_port()), "--jaeger-binary-addr", &addr(free_udp_port())])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env("SPINDLE_LOG", "warn")
@@ -190,6 +194,8 @@ impl Spindle {
             otlp_grpc: format!("http://{}", addr(grpc)),
             otlp_http: format!("http://{}", addr(http)),
             query: format!("http://{}", addr(query)),
+            admin: addr(admin),
+            zipkin: format!("http://{}", addr(zipkin)),
             child,
             _data: data,
         }

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         let settings = SimulatorSettings {
             seed: config.seed,
             start_ms: config.start_ms.unwrap_or_else(ingestion::unix_ms),
+            reference_latency: std::time::Duration::from_millis(config.reference_latency_ms),
             ..SimulatorSettings::default()
         };
         ingestion::run(&config, SimulatedMarket::new(settings), stop, metrics, spans).await.map(|_| ())

@@ -1,8 +1,9 @@
 //! Harness of the pipeline's integration tests and benchmark: real peers started here and
 //! killed on drop — the tansu broker and the spindle server (`spindle-test-support`'s
-//! launchers), a throwaway PostgreSQL database per test, the three service
-//! binaries, a TCP proxy to cut PostgreSQL off, and readers for Kafka topics and Spindle's
-//! query API. A missing peer fails the test with instructions; nothing is skipped.
+//! launchers), a throwaway PostgreSQL database per test, a Redis server per test (stoppable
+//! and restartable on its port), the three service binaries, a TCP proxy to cut PostgreSQL
+//! off, and readers for Kafka topics and Spindle's query API. A missing peer fails the test
+//! with instructions; nothing is skipped.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -138,6 +139,74 @@ impl Drop for TestDatabase {
             })
         })
         .join();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis
+
+/// A `redis-server` of one test on a free loopback port, without persistence; killed on
+/// drop. [`Redis::stop`] and [`Redis::start_again`] take it down and up on the same port.
+pub struct Redis {
+    pub port: u16,
+    /// `redis://127.0.0.1:PORT`, what ingestion's `--redis-url` takes.
+    pub url: String,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut redis = Self { port, url: format!("redis://127.0.0.1:{port}"), child: None };
+        redis.start_again();
+        redis
+    }
+
+    /// Starts the server (again) on its port and waits for its PONG.
+    pub fn start_again(&mut self) {
+        let binary = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_owned());
+        let port = self.port.to_string();
+        let child = Command::new(&binary)
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "redis-server is required by this test and cannot be started ({binary}: {e}); \
+                     install it (apt-get install redis-server; scripts/test does) or set REDIS_SERVER_BIN"
+                )
+            });
+        self.child = Some(child);
+        wait_until(&format!("redis-server on port {port} to answer PING"), Duration::from_secs(30), || {
+            self.command("PING").filter(|reply| reply.starts_with("+PONG"))
+        });
+    }
+
+    /// Kills the server (SIGKILL: connections drop as in a crash) and waits for it to be
+    /// gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends one inline command and returns the first line of the reply; `None` when the
+    /// server is not reachable.
+    pub fn command(&self, command: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+        let mut reply = [0u8; 512];
+        let n = stream.read(&mut reply).ok()?;
+        Some(String::from_utf8_lossy(&reply[..n]).into_owned())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -312,16 +381,22 @@ pub fn pid_with_arg(arg: &str) -> Option<u32> {
 }
 
 /// What a traced test of the whole pipeline runs against: spindle, tansu holding the
-/// pipeline's topics, and a database of its own.
+/// pipeline's topics, and a database and a Redis of its own.
 pub struct TracedPeers {
     pub spindle: Spindle,
     pub tansu: Tansu,
     pub db: TestDatabase,
+    pub redis: Redis,
 }
 
 impl TracedPeers {
     pub fn start() -> Self {
-        Self { spindle: Spindle::start(), tansu: Tansu::start(&TOPICS), db: TestDatabase::create() }
+        Self {
+            spindle: Spindle::start(),
+            tansu: Tansu::start(&TOPICS),
+            db: TestDatabase::create(),
+            redis: Redis::start(),
+        }
     }
 
     /// The services' peers, their spans exported to this spindle over OTLP gRPC.
@@ -329,6 +404,7 @@ impl TracedPeers {
         Peers {
             brokers: &self.tansu.bootstrap,
             database_url: &self.db.url,
+            redis_url: &self.redis.url,
             tracing: Tracing::To(self.spindle.otlp_grpc.clone()),
         }
     }
@@ -342,12 +418,14 @@ impl TracedPeers {
 pub struct Peers<'a> {
     pub brokers: &'a str,
     pub database_url: &'a str,
+    /// Ingestion's reference-data cache.
+    pub redis_url: &'a str,
     pub tracing: Tracing,
 }
 
 impl Peers<'_> {
     pub fn ingestion(&self, extra: &[&str]) -> ServiceProcess {
-        let args = [&["--brokers", self.brokers][..], extra].concat();
+        let args = [&["--brokers", self.brokers, "--redis-url", self.redis_url][..], extra].concat();
         self.start("ingestion-service", env!("CARGO_BIN_EXE_ingestion-service"), &args)
     }
 
@@ -681,7 +759,8 @@ impl RunStats {
 pub fn timed_run(tracing: Tracing, messages: u64, rate: f64) -> RunStats {
     let tansu = Tansu::start(&TOPICS);
     let db = TestDatabase::create();
-    let peers = Peers { brokers: &tansu.bootstrap, database_url: &db.url, tracing };
+    let redis = Redis::start();
+    let peers = Peers { brokers: &tansu.bootstrap, database_url: &db.url, redis_url: &redis.url, tracing };
     let storage = peers.storage(&[]);
     let processor = peers.processor(&[]);
     // The table exists once storage is consuming: creating it is not part of the run.

@@ -57,6 +57,8 @@ mod tests {
             "spindle_spans_accepted_total{protocol=\"otlp_grpc\"} 3".to_string(),
             "# TYPE spindle_storage_bytes gauge".to_string(),
             "spindle_storage_bytes 4096".to_string(),
+            "# TYPE process_cpu_seconds counter".to_string(),
+            "# TYPE process_resident_memory_bytes gauge".to_string(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

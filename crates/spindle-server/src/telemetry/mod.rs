@@ -10,10 +10,13 @@
 //! - [`persistence`]: the per-minute aggregates, snapshotted to
 //!   `DATA_DIR/spanmetrics/state.bin` and trimmed to the retention window (an unreadable
 //!   snapshot is set aside, never deleted);
+//! - [`process`]: the standard `process_*` metrics (CPU, memory), read from `/proc/self` at
+//!   each scrape;
 //! - [`exposition`]: the registry encoded by `prometheus-client` as OpenMetrics text.
 
 mod exposition;
 mod persistence;
+mod process;
 mod self_metrics;
 mod span_metrics;
 
@@ -59,6 +62,7 @@ impl Telemetry {
     /// series and services limits.
     pub fn new(data_dir: &Path, limits: &Limits) -> Self {
         let mut registry = Registry::default();
+        registry.register_collector(Box::new(process::ProcessCollector));
         let server = SelfMetrics::register(&mut registry);
         let hits = LimitHits::register(&mut registry);
         let spans = SpanSeries::register(
