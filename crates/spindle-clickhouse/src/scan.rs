@@ -185,6 +185,20 @@ impl ClickHouseStore {
         if query.start_time_min_unix_nano > query.start_time_max_unix_nano {
             return Ok(());
         }
+        if fields.trace_only {
+            // A repeated span changes neither answer, so no deduplication; one row per trace.
+            let filter = span_filter(query);
+            let bytes =
+                self.rows(&format!("SELECT trace_id, max(start_ns) FROM spans WHERE {filter} GROUP BY trace_id"))?;
+            query.check()?;
+            let mut reader = Reader::new(&bytes);
+            while !reader.is_empty() {
+                let trace_id = reader.trace_id().map_err(|e| self.malformed(e))?;
+                let start = reader.u64().map_err(|e| self.malformed(e))?;
+                visit(&SpanRow::of_trace(trace_id, start));
+            }
+            return Ok(());
+        }
         let attribute_key = fields.group_by.as_deref().filter(|k| identity_group("", "", k).is_none());
         // `Span::group_text`: the span's first attribute with the key, of any type, else the
         // resource's ([`group_route`]); route 5 rebuilds the span.

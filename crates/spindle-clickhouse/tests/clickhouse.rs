@@ -227,7 +227,7 @@ fn assert_reads_back(store: &ClickHouseStore, spans: &[Span], what: &str) {
         assert_eq!(got, want, "{what}: search {key}={value}");
     }
     for key in ["region", "n", "symbol", "flag", "empty", "shard", "labels", "service.name", "attempt", "x"] {
-        let fields = RowFields { group_by: Some(key.into()), ids: true, operation: true };
+        let fields = RowFields { group_by: Some(key.into()), ids: true, operation: true, trace_only: false };
         let mut got: Vec<(SpanId, u64, Option<String>)> = Vec::new();
         store
             .scan_rows(&TraceQuery::default(), &fields, &mut |r| {

@@ -228,7 +228,7 @@ fn check_scans(server: &ClickHouse, database: &str, hot: &[&str]) {
 
         for key in keys {
             for (ids, operation) in [(true, true), (false, false)] {
-                let fields = RowFields { group_by: key.map(str::to_string), ids, operation };
+                let fields = RowFields { group_by: key.map(str::to_string), ids, operation, trace_only: false };
                 let mut rows: Vec<Owned> = Vec::new();
                 store.scan_rows(query, &fields, &mut |r| rows.push(owned(r))).unwrap();
                 let mut want: Vec<Owned> = expected.iter().map(|s| owned(&SpanRow::of(s, &fields))).collect();

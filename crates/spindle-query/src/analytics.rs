@@ -416,7 +416,7 @@ impl QueryService {
         let capacity = max_groups.saturating_mul(TRACKED_GROUPS_PER_SHOWN);
         let mut partials: Vec<RedAggregate> =
             (0..SCAN_THREADS).map(|_| RedAggregate::new(steps, grouped, capacity)).collect();
-        let fields = RowFields { group_by: group_by.map(str::to_string), ids: false, operation: false };
+        let fields = RowFields { group_by: group_by.map(str::to_string), ..RowFields::default() };
         let computed = {
             let first = &mut partials[0];
             self.store.red_buckets(query, group_by, step, &mut |bucket| first.add_bucket(bucket))?
@@ -445,7 +445,7 @@ impl QueryService {
     /// The `limit` longest spans matching `query`, longest first.
     pub fn slowest(&self, query: &TraceQuery, limit: usize) -> Result<Vec<SpanRef>, QueryError> {
         let mut top: Vec<SpanRef> = Vec::new();
-        self.store.scan_rows(query, &RowFields { group_by: None, ids: true, operation: true }, &mut |row| {
+        self.store.scan_rows(query, &RowFields { ids: true, operation: true, ..RowFields::default() }, &mut |row| {
             let duration = row.duration_nanos;
             if top.len() < limit || top.last().is_some_and(|last| duration > last.duration_nanos) {
                 let at = top.partition_point(|s| s.duration_nanos >= duration);

@@ -54,6 +54,14 @@ impl DictColumn {
         }
     }
 
+    /// Sets `hit[row]` for every row whose value is `value`, leaving the others as they are.
+    pub(crate) fn mark_equal(&self, value: &[u8], hit: &mut [bool]) {
+        let equal: Vec<bool> = self.entries.iter().map(|e| &e[..] == value).collect();
+        for (slot, index) in hit.iter_mut().zip(&self.rows) {
+            *slot |= equal.get(*index as usize).copied().unwrap_or(false);
+        }
+    }
+
     /// Keeps only the rows of `runs` (ascending, disjoint `(first row, count)` pairs), one
     /// after the other.
     pub(crate) fn select(&mut self, runs: &[(usize, usize)]) -> Result<(), FormatError> {

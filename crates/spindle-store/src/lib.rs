@@ -295,7 +295,25 @@ pub struct SpanRow<'a> {
 }
 
 impl<'a> SpanRow<'a> {
+    /// A row of [`RowFields::trace_only`]: the trace and the span's start, nothing else.
+    pub fn of_trace(trace_id: TraceId, start_unix_nano: u64) -> Self {
+        SpanRow {
+            trace_id,
+            span_id: SpanId::default(),
+            service: "",
+            name: "",
+            kind: SpanKind::Unspecified,
+            start_unix_nano,
+            duration_nanos: 0,
+            error: false,
+            group: None,
+        }
+    }
+
     pub fn of(span: &'a Span, fields: &RowFields) -> Self {
+        if fields.trace_only {
+            return SpanRow::of_trace(span.trace_id, span.start_time_unix_nano);
+        }
         SpanRow {
             trace_id: if fields.ids { span.trace_id } else { TraceId::default() },
             span_id: if fields.ids { span.span_id } else { SpanId::default() },
@@ -320,6 +338,11 @@ pub struct RowFields {
     /// Whether [`SpanRow::name`] and [`SpanRow::kind`] are needed; without, they are empty
     /// and `Unspecified`, and a columnar store leaves their columns unread.
     pub operation: bool,
+    /// Only [`SpanRow::trace_id`] and [`SpanRow::start_unix_nano`] (which traces have a
+    /// matching span, and when): the other fields are empty and a columnar store leaves
+    /// their columns unread. `group_by`, `ids` and `operation` are then ignored. A store may
+    /// visit each trace once, with the latest start of its matching spans.
+    pub trace_only: bool,
 }
 
 /// Span attributes that decide service-graph edges (see `spindle_model::for_each_edge`).

@@ -221,8 +221,9 @@ impl<'a> Matcher<'a> {
         if pairs.iter().any(|p| p.scopes.iter().any(|m| *m)) {
             phase1.push("scope_ref");
         }
+        // Dedicated string columns are read as dictionary indices (`row_mask`), not here.
         for p in &pairs {
-            if let Some((_, column, _)) = p.dedicated {
+            if let Some((_, column, DedicatedType::Int)) = p.dedicated {
                 phase1.push(column);
             }
         }
@@ -379,15 +380,10 @@ impl<'a> Matcher<'a> {
                     *slot |= derived_matches(kind, status, message, pair.key, pair.text);
                 }
             }
-            if let Some((position, _, ty)) = pair.dedicated {
+            if let Some((position, column, ty)) = pair.dedicated {
                 match ty {
                     DedicatedType::Str => {
-                        if let Some(leaf) = cols.dedicated_str.get(position) {
-                            let mut c = leaf.cursor();
-                            for slot in hit.iter_mut() {
-                                *slot |= c.next().1.is_some_and(|v| v.data() == pair.text.as_bytes());
-                            }
-                        }
+                        block.read_dict_column(rg_index, column, &[(0, n)])?.mark_equal(pair.text.as_bytes(), &mut hit);
                     }
                     DedicatedType::Int => {
                         if let Some(leaf) = cols.dedicated_int.get(position) {
@@ -825,6 +821,11 @@ impl<'b> RowScan<'b> {
     fn new(block: &'b Block, query: &'b TraceQuery, fields: &RowFields) -> Option<Self> {
         let matcher = Matcher::new(block, query)?;
         let group = fields.group_by.as_deref().map(|key| GroupSource::of(block, key));
+        if fields.trace_only {
+            let names = vec!["start_time_unix_nano", "trace_id"];
+            let with_all_values = names.clone();
+            return Some(RowScan { block, matcher, group: None, names, with_all_values });
+        }
         let mut names = vec!["start_time_unix_nano", "duration_nanos", "status_code", "resource_ref"];
         if fields.operation {
             names.extend(["name", "kind"]);
@@ -1008,6 +1009,12 @@ impl MatchedRows {
 }
 
 /// The matched rows of one row group as [`SpanRow`]s.
+fn row_trace_id(cols: &SpanColumns, row: usize) -> Result<TraceId, FormatError> {
+    let value = cols.trace_id.values.get(row).ok_or(FormatError::Malformed("trace_id"))?;
+    let bytes: [u8; 16] = value.data().try_into().map_err(|_| FormatError::Malformed("trace_id"))?;
+    Ok(TraceId::from_bytes(bytes))
+}
+
 fn visit_rows(
     block: &Block,
     found: &MatchedRows,
@@ -1019,6 +1026,13 @@ fn visit_rows(
     let ids = fields.ids;
     let rows = cols.start.values.len();
     let tables = &block.tables;
+    if fields.trace_only {
+        for row in (0..rows).filter(|row| found.keeps(*row)) {
+            let start = *cols.start.values.get(row).ok_or(FormatError::Malformed("start_time_unix_nano"))?;
+            visit(&SpanRow::of_trace(row_trace_id(cols, row)?, start as u64));
+        }
+        return Ok(());
+    }
     let mut dedicated_int = None;
     if let Some(GroupSource::Attribute { dedicated: Some((position, _, DedicatedType::Int)), .. }) = group {
         dedicated_int = cols.dedicated_int.get(*position).map(Leaf::cursor);
@@ -1103,19 +1117,7 @@ fn visit_rows(
         };
         let start = *cols.start.values.get(row).ok_or(FormatError::Malformed("start_time_unix_nano"))? as u64;
         let duration = *cols.duration.values.get(row).ok_or(FormatError::Malformed("duration_nanos"))?;
-        let trace_id = if ids {
-            let bytes: [u8; 16] = cols
-                .trace_id
-                .values
-                .get(row)
-                .ok_or(FormatError::Malformed("trace_id"))?
-                .data()
-                .try_into()
-                .map_err(|_| FormatError::Malformed("trace_id"))?;
-            TraceId::from_bytes(bytes)
-        } else {
-            TraceId::default()
-        };
+        let trace_id = if ids { row_trace_id(cols, row)? } else { TraceId::default() };
         visit(&SpanRow {
             trace_id,
             span_id: SpanId(if ids {

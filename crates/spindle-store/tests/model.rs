@@ -120,12 +120,18 @@ fn check(store: &EmbeddedStore, model: &Model, queries: &[TraceQuery]) -> Result
     }
     let row_fields = [
         RowFields::default(),
-        RowFields { group_by: Some("symbol".into()), ids: true, operation: true },
-        RowFields { group_by: Some("http.response.status_code".into()), ids: false, operation: false },
-        RowFields { group_by: Some("messaging.system".into()), ids: true, operation: false },
-        RowFields { group_by: Some("service.name".into()), ids: false, operation: true },
-        RowFields { group_by: Some("k".into()), ids: true, operation: true },
-        RowFields { group_by: Some("span.name".into()), ids: false, operation: false },
+        RowFields { group_by: Some("symbol".into()), ids: true, operation: true, trace_only: false },
+        RowFields {
+            group_by: Some("http.response.status_code".into()),
+            ids: false,
+            operation: false,
+            trace_only: false,
+        },
+        RowFields { group_by: Some("messaging.system".into()), ids: true, operation: false, trace_only: false },
+        RowFields { group_by: Some("service.name".into()), ids: false, operation: true, trace_only: false },
+        RowFields { group_by: Some("k".into()), ids: true, operation: true, trace_only: false },
+        RowFields { group_by: Some("span.name".into()), ids: false, operation: false, trace_only: false },
+        RowFields { trace_only: true, ..RowFields::default() },
     ];
     for q in queries {
         for fields in &row_fields {

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use spindle_model::{semconv, Span, SpanId, StatusCode, TraceId};
 use spindle_query::{QueryError, QueryService};
-use spindle_store::{QueryControl, RowFields, SpanFields, StoreError, TraceQuery, TraceStore};
+use spindle_store::{QueryControl, RowFields, SpanFields, SpanRow, StoreError, TraceQuery, TraceStore, SCAN_THREADS};
 
 use crate::ast::*;
 use crate::eval::{eval_field, eval_trace, truthy, Spanset, TraceView};
@@ -22,8 +22,8 @@ pub const TRACE_SLACK_NANOS: u64 = 3600 * 1_000_000_000;
 const TRACES_PER_READ: usize = 64;
 /// An `&&` of filters scans the next filter's search while candidates are more than this.
 const NARROW_ABOVE: usize = 256;
-/// Candidate traces read without `limit` matches before the next filter's search narrows
-/// the rest.
+/// Reading more candidate traces than this to reach `limit`, at the rate they have matched
+/// so far, costs more than the next filter's search: it narrows the rest first.
 const NARROW_AFTER: usize = 128;
 
 #[derive(Debug, Clone)]
@@ -95,6 +95,11 @@ const SCORE_ERROR: u32 = 10;
 const SCORE_WEAK: u32 = 3;
 /// Searches scoring less are not worth a scan of their own.
 const SCANNABLE: u32 = 10;
+/// A search of typed columns alone (no attribute values, whose lists are the costly read)
+/// scoring at least this — an operation with the error status, say — is scanned before
+/// any search of attributes: a low-cardinality attribute (a tier, a region) scores as high
+/// as an id but leaves a third of the traces.
+const CHEAP_FIRST: u32 = SCORE_OPERATION + SCORE_ERROR;
 
 impl Need {
     fn score(&self) -> u32 {
@@ -106,7 +111,17 @@ impl Need {
         }
     }
 
-    /// The conjuncts of a requirement, most selective first, without the unscannable.
+    /// Whether the store answers it from typed columns alone.
+    fn typed_only(&self) -> bool {
+        match self {
+            Need::All => true,
+            Need::Search(query, _) => query.attributes.is_empty(),
+            Need::And(children) | Need::Or(children) => children.iter().all(Need::typed_only),
+        }
+    }
+
+    /// The conjuncts of a requirement, most selective first (selective typed-column searches
+    /// before attribute searches), without the unscannable.
     fn steps(&self) -> Vec<&Need> {
         fn flatten<'a>(need: &'a Need, out: &mut Vec<&'a Need>) {
             match need {
@@ -117,7 +132,7 @@ impl Need {
         }
         let mut out = Vec::new();
         flatten(self, &mut out);
-        out.sort_by_key(|n| std::cmp::Reverse(n.score()));
+        out.sort_by_key(|n| std::cmp::Reverse((n.typed_only() && n.score() >= CHEAP_FIRST, n.score())));
         out
     }
 }
@@ -312,13 +327,16 @@ fn flip(op: BinaryOp) -> BinaryOp {
 }
 
 /// Candidate traces with the latest start of a matching span; `None` means every trace.
-type Candidates = Option<HashMap<TraceId, u64>>;
+/// Trace ids (random, from clients) to the latest start of their matching spans; ahash:
+/// SipHash was a sixth of a scan of error spans.
+type TraceStarts = HashMap<TraceId, u64, ahash::RandomState>;
+type Candidates = Option<TraceStarts>;
 
 fn scan_candidates(
     store: &dyn TraceStore,
     query: &TraceQuery,
     opts: &SearchOptions,
-) -> Result<HashMap<TraceId, u64>, StoreError> {
+) -> Result<TraceStarts, StoreError> {
     let query = TraceQuery {
         start_time_min_unix_nano: opts.start_unix_nano,
         start_time_max_unix_nano: opts.end_unix_nano.saturating_add(TRACE_SLACK_NANOS),
@@ -326,12 +344,30 @@ fn scan_candidates(
         control: opts.control.clone(),
         ..query.clone()
     };
-    let mut found: HashMap<TraceId, u64> = HashMap::new();
-    let fields = RowFields { group_by: None, ids: true, operation: false };
-    store.scan_rows(&query, &fields, &mut |row| {
-        let latest = found.entry(row.trace_id).or_insert(0);
-        *latest = (*latest).max(row.start_unix_nano);
-    })?;
+    let fields = RowFields { trace_only: true, ..RowFields::default() };
+    // One map per scanning thread, merged at the end: the scan decodes on every core.
+    let mut parts: Vec<TraceStarts> = (0..SCAN_THREADS).map(|_| TraceStarts::default()).collect();
+    {
+        let mut visitors: Vec<_> = parts
+            .iter_mut()
+            .map(|found| {
+                move |row: &SpanRow| {
+                    let latest = found.entry(row.trace_id).or_insert(0);
+                    *latest = (*latest).max(row.start_unix_nano);
+                }
+            })
+            .collect();
+        let mut refs: Vec<&mut (dyn FnMut(&SpanRow) + Send)> =
+            visitors.iter_mut().map(|v| v as &mut (dyn FnMut(&SpanRow) + Send)).collect();
+        store.scan_rows_split(&query, &fields, &mut refs)?;
+    }
+    let mut found = parts.pop().unwrap_or_default();
+    for part in parts {
+        for (id, at) in part {
+            let latest = found.entry(id).or_insert(0);
+            *latest = (*latest).max(at);
+        }
+    }
     Ok(found)
 }
 
@@ -341,7 +377,7 @@ fn candidates(store: &dyn TraceStore, need: &Need, opts: &SearchOptions) -> Resu
         Need::Search(_, score) if *score < SCANNABLE => Ok(None),
         Need::Search(query, _) => scan_candidates(store, query, opts).map(Some),
         Need::Or(children) => {
-            let mut all: HashMap<TraceId, u64> = HashMap::new();
+            let mut all = TraceStarts::default();
             for child in children {
                 match candidates(store, child, opts)? {
                     None => return Ok(None),
@@ -495,44 +531,39 @@ pub fn search(query: &QueryService, expr: &SpansetExpr, opts: &SearchOptions) ->
     let projection = reads.projection();
     let requirement = need(expr);
     let mut steps = requirement.steps().into_iter();
-    let mut first = match steps.next() {
+    let first = match steps.next() {
         Some(first) => candidates(store, first, opts)?,
         None => None,
     };
-    // Many candidates: the next filter's search costs less than reading them. Further
-    // filters narrow only when reading shows few matches (below).
-    if first.as_ref().is_some_and(|f| f.len() > NARROW_ABOVE) {
-        if let Some(next) = steps.next() {
-            if let (Some(f), Some(more)) = (first.as_mut(), candidates(store, next, opts)?) {
-                f.retain(|id, _| more.contains_key(id));
-            }
-        }
-    }
     match first {
         Some(found) => {
             let mut ordered: Vec<(TraceId, u64)> = found.into_iter().collect();
             ordered.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
-            let mut page = TRACES_PER_READ.min(limit * 2).max(8);
+            let first_page = TRACES_PER_READ.min(limit * 2).max(8);
+            let mut page = first_page;
             let mut at = 0;
-            let mut since_narrowed = 0;
+            // Traces read and matched since the candidates were last narrowed: the first
+            // page is a sample of how many match.
+            let (mut read_since, mut matched_since) = (0usize, 0usize);
             while at < ordered.len() && answer.traces.len() < limit {
                 opts.control.check()?;
-                // Few matches among the traces read so far: the next filter's own search
-                // costs less than reading the rest one by one.
-                if since_narrowed >= NARROW_AFTER && ordered.len() - at > NARROW_AFTER {
+                let left = ordered.len() - at;
+                let wanted = limit - answer.traces.len();
+                let reads_needed = (wanted.saturating_mul(read_since) / matched_since.max(1)).min(left);
+                if read_since >= first_page && reads_needed > NARROW_AFTER {
                     if let Some(next) = steps.next() {
                         if let Some(more) = candidates(store, next, opts)? {
                             ordered = ordered.split_off(at);
                             ordered.retain(|(id, _)| more.contains_key(id));
                             at = 0;
                         }
-                        since_narrowed = 0;
+                        (read_since, matched_since) = (0, 0);
                         continue;
                     }
                 }
                 let ids: Vec<TraceId> = ordered[at..(at + page).min(ordered.len())].iter().map(|(id, _)| *id).collect();
                 at += ids.len();
-                since_narrowed += ids.len();
+                read_since += ids.len();
                 page = (page * 2).min(TRACES_PER_READ);
                 let read = read_traces(store, &ids, projection.as_ref(), &opts.control)?;
                 for spans in read {
@@ -543,6 +574,7 @@ pub fn search(query: &QueryService, expr: &SpansetExpr, opts: &SearchOptions) ->
                     answer.inspected_spans += spans.len() as u64;
                     if let Some(m) = match_trace(expr, &spans, opts, &shown) {
                         answer.traces.push(m);
+                        matched_since += 1;
                     }
                 }
             }
