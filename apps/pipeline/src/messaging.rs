@@ -466,7 +466,7 @@ pub fn committable<'a>(batch: &'a [OwnedMessage], processed: &[bool]) -> Vec<&'a
 /// Every `interval`, sets `pipeline_consumer_lag{group,topic,partition}` for the partitions
 /// assigned to `consumer` (and drops the series of partitions assigned no longer): high
 /// watermark minus the next offset to commit (or the fetch position before anything was
-/// processed).
+/// processed, or the committed offset before the first fetch).
 pub fn spawn_lag_monitor(
     consumer: Arc<StreamConsumer>,
     progress: Progress,
@@ -491,15 +491,28 @@ fn measure_lag(consumer: &StreamConsumer, progress: &Progress, metrics: &Metrics
     let assignment = consumer.assignment()?;
     let positions = consumer.position()?;
     let done = progress.snapshot();
+    let offset = |list: &TopicPartitionList, topic: &str, partition: i32| {
+        list.find_partition(topic, partition).and_then(|p| p.offset().to_raw()).filter(|o| *o >= 0)
+    };
+    // Before the first fetch a partition has no position: its lag counts from the group's
+    // committed offset, or from the start (auto.offset.reset=earliest), so that a newly
+    // assigned partition is reported at once.
+    let committed = if assignment.elements().iter().any(|e| offset(&positions, e.topic(), e.partition()).is_none()) {
+        Some(consumer.committed_offsets(assignment.clone(), Duration::from_secs(2))?)
+    } else {
+        None
+    };
     let mut lags = Vec::new();
     for element in assignment.elements() {
         let (topic, partition) = (element.topic(), element.partition());
-        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(2))?;
-        let position = positions.find_partition(topic, partition).and_then(|p| p.offset().to_raw()).filter(|o| *o >= 0);
-        let next = done.get(&(topic.to_owned(), partition)).copied().or(position);
-        if let Some(next) = next {
-            lags.push((topic.to_owned(), partition, (high - next).max(0)));
-        }
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(2))?;
+        let next = done
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .or_else(|| offset(&positions, topic, partition))
+            .or_else(|| committed.as_ref().and_then(|c| offset(c, topic, partition)))
+            .unwrap_or(low);
+        lags.push((topic.to_owned(), partition, (high - next).max(0)));
     }
     let lags: Vec<_> = lags.iter().map(|(t, p, l)| (t.as_str(), *p, *l)).collect();
     metrics.set_lags(&lags);

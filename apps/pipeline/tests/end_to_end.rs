@@ -157,14 +157,15 @@ fn n_instruments_through_two_instances_per_consumer_become_n_seed_traces_n_rows_
     let stack = TracedPeers::start();
     let (db, peers, api) = (&stack.db, stack.peers(), stack.api());
 
-    // Two instances of each consumer, each with its own static member id.
-    let storages =
-        [peers.storage(&["--group-instance-id", "storage-1"]), peers.storage(&["--group-instance-id", "storage-2"])];
-    let processors = [
-        peers.processor(&["--group-instance-id", "processor-1"]),
-        peers.processor(&["--group-instance-id", "processor-2"]),
-    ];
-    // Each instance holds one of the two partitions before data flows.
+    // Two instances of each consumer, dynamic members of their groups: a clean stop then
+    // leaves the group, and the broker hands the partitions to the other instance at once.
+    // (A static member keeps its partitions for its return: until the session timeout on
+    // Kafka, and on tansu 0.6 until it comes back; see the README, "Several instances".)
+    let dynamic = ["--group-instance-id", ""];
+    let storages = [peers.storage(&dynamic), peers.storage(&dynamic)];
+    let processors = [peers.processor(&dynamic), peers.processor(&dynamic)];
+    // The group settles before data flows (a rebalance mid-stream would redeliver, which the
+    // traces would show as second processing branches): each instance holds one partition.
     for group in [&processors, &storages] {
         support::wait_until("one partition per instance", WAIT, || {
             let [a, b] = [assigned(&group[0]), assigned(&group[1])];
@@ -198,22 +199,8 @@ fn n_instruments_through_two_instances_per_consumer_become_n_seed_traces_n_rows_
     assert_eq!(misses, SYMBOLS.iter().map(|s| (s.to_string(), 1)).collect(), "one miss per symbol");
     let cached = stack.redis.command("EXISTS pipeline:reference:AAPL").expect("redis answers");
     assert!(cached.starts_with(":1"), "the reference data is in Redis: {cached}");
-    let hits = N - SYMBOLS.len() as u64;
-    assert_eq!(
-        ingestion
-            .metric(r#"pipeline_cache_requests_total{service="ingestion-service",cache="reference",result="hit"}"#),
-        hits as f64
-    );
-    assert_eq!(
-        ingestion
-            .metric(r#"pipeline_cache_requests_total{service="ingestion-service",cache="reference",result="miss"}"#),
-        SYMBOLS.len() as f64
-    );
-    assert_eq!(
-        ingestion
-            .metric(r#"pipeline_cache_requests_total{service="ingestion-service",cache="reference",result="error"}"#),
-        0.0
-    );
+    // (The hit, miss and error counters are checked in tests/cache.rs, against a running
+    // ingestion; this one has exited.)
 
     // The dependency graph: services, the virtual kafka and postgresql nodes, and redis
     // (one call per GET and SET).
@@ -255,9 +242,8 @@ fn n_instruments_through_two_instances_per_consumer_become_n_seed_traces_n_rows_
         assert_eq!(service.healthz().map(|(code, _)| code), Some(200), "{} /healthz", service.name);
     }
 
-    // One instance of each stops: the other takes its partition over (static members wait
-    // out the session timeout, 10 s, before the group rebalances) and the next instruments
-    // arrive whole, once.
+    // One instance of each stops (SIGTERM: it commits, then leaves its group): the other
+    // takes its partition over, and the next instruments arrive whole, once.
     let [processor, mut processor_2] = processors;
     let [storage, mut storage_2] = storages;
     for stopped in [&mut processor_2, &mut storage_2] {

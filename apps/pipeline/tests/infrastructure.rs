@@ -97,6 +97,9 @@ fn every_dashboard_panel_has_data_and_the_alert_rules_reach_alertmanager() {
     let processor = peers.processor(&[]);
     let ingestion = peers.ingestion(&["--rate", "20"]);
     let client = reqwest::blocking::Client::new();
+    // A record that is not JSON: dead-lettered, and an error trace in processor-service.
+    let malformed = || support::produce_raw(&stack.tansu.bootstrap, "market-data", Some("AAPL"), b"{not json", &[]);
+    malformed();
 
     // Spindle's own failure paths, so that their panels have data: a request that does not
     // decode, and a span that is refused (trace id 0).
@@ -164,9 +167,14 @@ fn every_dashboard_panel_has_data_and_the_alert_rules_reach_alertmanager() {
         let up = get_json(&client, &format!("{prom}/api/v1/query"), &[("query", "sum(up)")])?;
         (up["data"]["result"][0]["value"][1].as_str() == Some("4")).then_some(())
     });
-    // Now that Prometheus watches, a record that is not JSON: dead-lettered, and an error
-    // trace in processor-service (the alerts look at increases).
-    support::produce_raw(&stack.tansu.bootstrap, "market-data", Some("AAPL"), b"{not json", &[]);
+    // Once Prometheus holds the error series, a second malformed record: the alerts look at
+    // increases, and a series' first sample is none (alerts.yml says so).
+    let errors = r#"traces_span_metrics_calls_total{service_name="processor-service",status_code="STATUS_CODE_ERROR"}"#;
+    support::wait_until("prometheus to hold processor-service's error spans", WAIT, || {
+        let result = get_json(&client, &format!("{prom}/api/v1/query"), &[("query", errors)])?;
+        (!result["data"]["result"].as_array()?.is_empty()).then_some(())
+    });
+    malformed();
     // Queries to Spindle, for its query-latency panel.
     api.search_by_tag("ingestion-service", "symbol", "AAPL");
 
@@ -230,14 +238,24 @@ fn every_dashboard_panel_has_data_and_the_alert_rules_reach_alertmanager() {
 
     // The error trace and the dead-lettered record fire their alerts, which reach
     // Alertmanager with their labels and annotations.
-    let alerts = support::wait_until("TraceErrors and RecordsDeadLettered at alertmanager", WAIT, || {
-        let alerts = get_json(&client, &format!("{am}/api/v2/alerts"), &[("active", "true")])?;
-        let list = alerts.as_array()?.clone();
+    let deadline = std::time::Instant::now() + WAIT;
+    let alerts = loop {
+        let list = get_json(&client, &format!("{am}/api/v2/alerts"), &[("active", "true")])
+            .and_then(|a| a.as_array().cloned())
+            .unwrap_or_default();
         let has = |name: &str, key: &str| {
             list.iter().any(|a| a["labels"]["alertname"] == name && a["labels"][key] == "processor-service")
         };
-        (has("TraceErrors", "service_name") && has("RecordsDeadLettered", "service")).then_some(list)
-    });
+        if has("TraceErrors", "service_name") && has("RecordsDeadLettered", "service") {
+            break list;
+        }
+        let rules = get_json(&client, &format!("{prom}/api/v1/alerts"), &[]);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TraceErrors and RecordsDeadLettered not at alertmanager: {list:#?}\nprometheus: {rules:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let errors = alerts.iter().find(|a| a["labels"]["alertname"] == "TraceErrors").expect("TraceErrors");
     assert_eq!(errors["labels"]["severity"], "warning");
     assert!(
