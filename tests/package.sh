@@ -39,6 +39,9 @@ grafana/dashboards/service-performance.json
 grafana/dashboards/trace-analytics.json
 grafana/provisioning/dashboards/spindle.yml
 grafana/provisioning/datasources/spindle.yml
+prometheus/alertmanager.yml
+prometheus/alerts.test.yml
+prometheus/alerts.yml
 prometheus/prometheus.yml
 spindle
 spindle.service
@@ -58,6 +61,7 @@ for f in "$pkg"/grafana/dashboards/*.json; do
 done
 if command -v promtool >/dev/null 2>&1; then
   promtool check config "$pkg/prometheus/prometheus.yml" >/dev/null || fail "promtool rejects prometheus.yml"
+  promtool test rules "$pkg/prometheus/alerts.test.yml" >/dev/null || fail "the alert rules fail their unit tests"
 else
   log "promtool not installed: prometheus.yml not checked"
 fi
