@@ -79,7 +79,9 @@ impl Lookup {
 }
 
 /// The cache, with its connection (one, multiplexed: ingestion looks up one symbol at a
-/// time).
+/// time). Not redis' `ConnectionManager`: it reconnects by itself, and commands wait for its
+/// reconnection attempts; here a failure must fall back to the source at once and the next
+/// attempt wait `retry`.
 pub struct ReferenceCache {
     redis: Option<Redis>,
     metrics: Arc<Metrics>,
