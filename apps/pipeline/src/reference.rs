@@ -116,6 +116,8 @@ enum CacheError {
 impl CacheError {
     fn kind(&self) -> &'static str {
         match self {
+            // The client's own timeouts (set to the same bound) are timeouts too.
+            Self::Redis(e) if e.is_timeout() => "timeout",
             Self::Redis(e) if e.is_connection_refusal() || e.is_io_error() => "redis_unavailable",
             Self::Redis(_) => "redis_error",
             Self::Timeout(_) => "timeout",

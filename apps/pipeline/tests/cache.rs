@@ -1,5 +1,6 @@
-//! The reference-data cache against a real Redis that the test stops and starts again:
-//! while Redis is down ingestion keeps publishing at its rate, reading the source (the miss
+//! The reference-data cache against a real Redis that the test stops and starts again, and
+//! against a server that accepts connections and never answers (a hung Redis). While Redis
+//! is down or hung ingestion keeps publishing at its rate, reading the source (the miss
 //! path) with its `GET` spans marked as errors and the errors counted; once Redis is back the
 //! lookups hit again. A Redis URL that does not parse stops the service with a clear error.
 //!
@@ -74,6 +75,40 @@ fn redis_down_degrades_to_the_source_with_error_spans_and_never_stops_ingestion(
         let span = spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("{name} in {spans:#?}"));
         assert!(!span.is_error(), "the snapshot itself succeeded: {span:?}");
     }
+}
+
+#[test]
+fn a_hung_redis_times_out_and_ingestion_keeps_its_rate() {
+    // A server that accepts connections and never answers: a hung Redis.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let url = format!("redis://{}", silent.local_addr().expect("bound"));
+    std::thread::spawn(move || silent.incoming().map_while(Result::ok).take(100).collect::<Vec<_>>());
+    let TracedPeers { spindle, tansu, db, redis: _redis } = TracedPeers::start();
+    let tracing = Tracing::To(spindle.otlp_grpc.clone());
+    let peers = Peers { brokers: &tansu.bootstrap, database_url: &db.url, redis_url: &url, tracing };
+    let api = support::SpindleApi(&spindle.query);
+    // 200 ms per attempt, one attempt a second after a failure: at most a fifth of the time
+    // goes to waiting for Redis.
+    let ingestion = peers.ingestion(&["--rate", "20", "--redis-timeout-ms", "200", "--redis-retry-ms", "1000"]);
+    support::wait_until("the first snapshots", WAIT, || (ingestion.metric(PUBLISHED) >= 10.0).then_some(()));
+    let (before, started) = (ingestion.metric(PUBLISHED), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let rate = (ingestion.metric(PUBLISHED) - before) / started.elapsed().as_secs_f64();
+    eprintln!("publishing at {rate:.1} snapshots/s of 20 with redis hanging");
+    // Generous: the bound is 16 a second, a loaded machine may fall short of it.
+    assert!(rate >= 10.0, "ingestion published {rate:.1} snapshots/s with redis hanging");
+    assert_eq!(ingestion.metric(HIT) + ingestion.metric(MISS), 0.0, "nothing came from the hung redis");
+    assert_eq!(ingestion.metric(ERROR), ingestion.metric(PUBLISHED), "every lookup counted as an error");
+    // One lookup a second waits out the timeout; the others skip Redis. Both are error spans.
+    let traces = api.search_by_tag("ingestion-service", "reference.cache", "error");
+    let kinds: Vec<String> = traces
+        .iter()
+        .filter_map(|id| api.trace(id).into_iter().find(|s| s.name == "GET"))
+        .inspect(|get| assert!(get.is_error(), "{get:?}"))
+        .filter_map(|get| get.tag("error.type").map(str::to_owned))
+        .collect();
+    assert!(kinds.iter().any(|k| k == "timeout"), "a GET timed out: {kinds:?}");
+    assert!(kinds.iter().any(|k| k == "redis_unavailable"), "GETs skipped redis meanwhile: {kinds:?}");
 }
 
 #[test]

@@ -425,10 +425,12 @@ pub struct Peers<'a> {
 
 impl Peers<'_> {
     pub fn ingestion(&self, extra: &[&str]) -> ServiceProcess {
-        // A generous Redis timeout: on a loaded test machine a debug build's GET can take
-        // longer than the default 200 ms, and the tests assert that no lookup failed.
-        let cache = ["--redis-url", self.redis_url, "--redis-timeout-ms", "5000"];
-        let args = [&["--brokers", self.brokers][..], &cache, extra].concat();
+        // A generous Redis timeout unless the test sets one: on a loaded test machine a debug
+        // build's GET can take longer than the default 200 ms, and the tests assert that no
+        // lookup failed.
+        let timeout: &[&str] =
+            if extra.contains(&"--redis-timeout-ms") { &[] } else { &["--redis-timeout-ms", "5000"] };
+        let args = [&["--brokers", self.brokers, "--redis-url", self.redis_url][..], timeout, extra].concat();
         self.start("ingestion-service", env!("CARGO_BIN_EXE_ingestion-service"), &args)
     }
 
