@@ -26,7 +26,6 @@ pub mod ingestion;
 pub mod market;
 pub mod messaging;
 pub mod metrics;
-pub mod process;
 pub mod processor;
 pub mod record;
 pub mod reference;

@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::process::ProcessCollector;
+use spindle_process_metrics::ProcessCollector;
 
 type Labels = Vec<(&'static str, String)>;
 

@@ -16,7 +16,6 @@
 
 mod exposition;
 mod persistence;
-mod process;
 mod self_metrics;
 mod span_metrics;
 
@@ -62,7 +61,7 @@ impl Telemetry {
     /// series and services limits.
     pub fn new(data_dir: &Path, limits: &Limits) -> Self {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(process::ProcessCollector));
+        registry.register_collector(Box::new(spindle_process_metrics::ProcessCollector));
         let server = SelfMetrics::register(&mut registry);
         let hits = LimitHits::register(&mut registry);
         let spans = SpanSeries::register(

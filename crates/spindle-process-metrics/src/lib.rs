@@ -1,10 +1,11 @@
-//! The standard `process_*` metrics of the running service (CPU, memory, file descriptors,
-//! start time), read from `/proc/self` at each scrape.
+//! The standard `process_*` metrics of the running process (CPU, memory, file descriptors,
+//! start time), read from `/proc/self` at each scrape, for Spindle and the seed apps alike.
 //!
 //! prometheus-client has no process collector, and the Infrastructure dashboard charts the
-//! CPU and memory of every service by these names, as every Prometheus client library
-//! exports them. Linux only: elsewhere the collector writes nothing. A file that cannot be
-//! read or parsed leaves its metrics out of that scrape; it never fails the scrape.
+//! CPU and memory of Spindle and of every service by these names, as every Prometheus
+//! client library exports them. Linux only: elsewhere the collector writes nothing. A file
+//! that cannot be read or parsed leaves its metrics out of that scrape; it never fails the
+//! scrape.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
