@@ -98,7 +98,14 @@ fn a_hung_redis_times_out_and_ingestion_keeps_its_rate() {
     // Generous: the bound is 16 a second, a loaded machine may fall short of it.
     assert!(rate >= 10.0, "ingestion published {rate:.1} snapshots/s with redis hanging");
     assert_eq!(ingestion.metric(HIT) + ingestion.metric(MISS), 0.0, "nothing came from the hung redis");
-    assert_eq!(ingestion.metric(ERROR), ingestion.metric(PUBLISHED), "every lookup counted as an error");
+    // A snapshot's lookup is counted before it is published, and ingestion runs on between
+    // the two reads: the later read may be a snapshot or two ahead.
+    let published = ingestion.metric(PUBLISHED);
+    let errors = ingestion.metric(ERROR);
+    assert!(
+        errors >= published && errors <= published + 2.0,
+        "every lookup counted as an error: {errors} errors, {published} published"
+    );
     // One lookup a second waits out the timeout; the others skip Redis. Both are error spans.
     let traces = api.search_by_tag("ingestion-service", "reference.cache", "error");
     let kinds: Vec<String> = traces
