@@ -39,7 +39,7 @@ use crate::error::Error;
 use crate::flush::SpanFlush;
 use crate::market::MarketDataSource;
 use crate::messaging::{self, Outgoing};
-use crate::metrics::Metrics;
+use crate::metrics::{CacheResult, Metrics};
 use crate::record::{encode, InstrumentMessage, OptionSnapshot};
 use crate::reference::{ReferenceCache, ReferenceCacheConfig};
 
@@ -207,7 +207,7 @@ async fn enrich_context<S: MarketDataSource>(
     let contract = snapshot.contract_id();
     span.record("instrument.contract", contract.as_str());
     let (reference, lookup) = cache.lookup(source, &snapshot.symbol).instrument(span.clone()).await;
-    span.record("reference.cache", lookup.as_str());
+    span.record("reference.cache", lookup.map_or("uncached", CacheResult::as_str));
     if let Some(reference) = &reference {
         span.record("instrument.exchange", reference.exchange.as_str());
     }

@@ -3,7 +3,7 @@
 //!
 //! Every metric name starts with `pipeline_` and carries a constant `service` label, so one
 //! Prometheus job can scrape all three services; beside them the standard `process_*`
-//! metrics ([`crate::process`]), with the same label. The exposition is OpenMetrics text,
+//! metrics (`spindle_process_metrics`), with the same label. The exposition is OpenMetrics text,
 //! which Prometheus reads natively.
 
 use std::collections::BTreeSet;

@@ -56,28 +56,6 @@ pub struct ReferenceCacheConfig {
     pub redis_retry_ms: u64,
 }
 
-/// Where a lookup's value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
-    Hit,
-    Miss,
-    /// Redis failed or was skipped; the source answered.
-    Error,
-    /// No cache configured; the source answered.
-    Uncached,
-}
-
-impl Lookup {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hit => "hit",
-            Self::Miss => "miss",
-            Self::Error => "error",
-            Self::Uncached => "uncached",
-        }
-    }
-}
-
 /// The cache, with its connection (one, multiplexed: ingestion looks up one symbol at a
 /// time). Not redis' `ConnectionManager`: it reconnects by itself, and commands wait for its
 /// reconnection attempts; here a failure must fall back to the source at once and the next
@@ -164,14 +142,15 @@ impl ReferenceCache {
     }
 
     /// The reference data of `symbol`: from Redis, or from `source` on a miss or a Redis
-    /// failure (then written back on a miss). `None` when the source fails too (logged).
+    /// failure (then written back on a miss), and which of them it was (`None`: no cache
+    /// configured). No data when the source fails too (logged).
     pub async fn lookup<S: MarketDataSource>(
         &mut self,
         source: &S,
         symbol: &str,
-    ) -> (Option<InstrumentReference>, Lookup) {
+    ) -> (Option<InstrumentReference>, Option<CacheResult>) {
         let Some(redis) = self.redis.as_mut() else {
-            return (from_source(source, symbol).await, Lookup::Uncached);
+            return (from_source(source, symbol).await, None);
         };
         let key = format!("{}{symbol}", redis.key_prefix);
         let get = redis.span("GET");
@@ -181,28 +160,28 @@ impl ReferenceCache {
                 Ok(reference) => {
                     get.record("db.response.returned_rows", 1);
                     self.metrics.cache_request(CACHE, CacheResult::Hit);
-                    return (Some(reference), Lookup::Hit);
+                    return (Some(reference), Some(CacheResult::Hit));
                 }
                 Err(error) => {
                     // Not ours or from an older release: replaced below, as a miss.
                     tracing::debug!(parent: &get, %error, %key, "cached reference data unreadable");
-                    Lookup::Miss
+                    CacheResult::Miss
                 }
             },
-            Ok(None) => Lookup::Miss,
+            Ok(None) => CacheResult::Miss,
             Err(error) => {
                 mark_failed(&get, error.kind(), &error);
                 if !matches!(error, CacheError::Skipped(..)) {
                     tracing::warn!(%error, retry_in_ms = redis.retry.as_millis() as u64, "reference cache unavailable, reading the source");
                 }
-                Lookup::Error
+                CacheResult::Error
             }
         };
         get.record("db.response.returned_rows", 0);
         drop(get);
-        self.metrics.cache_request(CACHE, if outcome == Lookup::Miss { CacheResult::Miss } else { CacheResult::Error });
+        self.metrics.cache_request(CACHE, outcome);
         let reference = from_source(source, symbol).await;
-        if let (Lookup::Miss, Some(value)) = (outcome, &reference) {
+        if let (CacheResult::Miss, Some(value)) = (outcome, &reference) {
             let set = redis.span("SET");
             let json = serde_json::to_string(value).unwrap_or_default();
             if let Err(error) = redis.set(&key, &json).instrument(set.clone()).await {
@@ -210,7 +189,7 @@ impl ReferenceCache {
                 tracing::warn!(%error, "reference data not cached");
             }
         }
-        (reference, outcome)
+        (reference, Some(outcome))
     }
 }
 

@@ -48,18 +48,22 @@ impl DictColumn {
     /// Clears `mask[row]` for every row whose value is not `value` (nulls included): one
     /// comparison per entry, not per row.
     pub(crate) fn retain_equal(&self, value: &[u8], mask: &mut [bool]) {
-        let equal: Vec<bool> = self.entries.iter().map(|e| &e[..] == value).collect();
-        for (slot, index) in mask.iter_mut().zip(&self.rows) {
-            *slot &= equal.get(*index as usize).copied().unwrap_or(false);
+        for (slot, equal) in mask.iter_mut().zip(self.equal_rows(value)) {
+            *slot &= equal;
         }
     }
 
     /// Sets `hit[row]` for every row whose value is `value`, leaving the others as they are.
     pub(crate) fn mark_equal(&self, value: &[u8], hit: &mut [bool]) {
-        let equal: Vec<bool> = self.entries.iter().map(|e| &e[..] == value).collect();
-        for (slot, index) in hit.iter_mut().zip(&self.rows) {
-            *slot |= equal.get(*index as usize).copied().unwrap_or(false);
+        for (slot, equal) in hit.iter_mut().zip(self.equal_rows(value)) {
+            *slot |= equal;
         }
+    }
+
+    /// Whether each row's value is `value` (nulls are not), one comparison per entry.
+    fn equal_rows<'s>(&'s self, value: &[u8]) -> impl Iterator<Item = bool> + 's {
+        let equal: Vec<bool> = self.entries.iter().map(|e| &e[..] == value).collect();
+        self.rows.iter().map(move |index| equal.get(*index as usize).copied().unwrap_or(false))
     }
 
     /// Keeps only the rows of `runs` (ascending, disjoint `(first row, count)` pairs), one

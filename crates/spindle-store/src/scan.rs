@@ -1008,13 +1008,14 @@ impl MatchedRows {
     }
 }
 
-/// The matched rows of one row group as [`SpanRow`]s.
+/// The trace id of row `row`.
 fn row_trace_id(cols: &SpanColumns, row: usize) -> Result<TraceId, FormatError> {
     let value = cols.trace_id.values.get(row).ok_or(FormatError::Malformed("trace_id"))?;
     let bytes: [u8; 16] = value.data().try_into().map_err(|_| FormatError::Malformed("trace_id"))?;
     Ok(TraceId::from_bytes(bytes))
 }
 
+/// The matched rows of one row group as [`SpanRow`]s.
 fn visit_rows(
     block: &Block,
     found: &MatchedRows,

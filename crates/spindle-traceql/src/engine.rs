@@ -332,6 +332,12 @@ fn flip(op: BinaryOp) -> BinaryOp {
 type TraceStarts = HashMap<TraceId, u64, ahash::RandomState>;
 type Candidates = Option<TraceStarts>;
 
+/// Records that `id` has a matching span starting at `start`, keeping the latest.
+fn note_start(starts: &mut TraceStarts, id: TraceId, start: u64) {
+    let latest = starts.entry(id).or_insert(0);
+    *latest = (*latest).max(start);
+}
+
 fn scan_candidates(
     store: &dyn TraceStore,
     query: &TraceQuery,
@@ -350,12 +356,7 @@ fn scan_candidates(
     {
         let mut visitors: Vec<_> = parts
             .iter_mut()
-            .map(|found| {
-                move |row: &SpanRow| {
-                    let latest = found.entry(row.trace_id).or_insert(0);
-                    *latest = (*latest).max(row.start_unix_nano);
-                }
-            })
+            .map(|found| move |row: &SpanRow| note_start(found, row.trace_id, row.start_unix_nano))
             .collect();
         let mut refs: Vec<&mut (dyn FnMut(&SpanRow) + Send)> =
             visitors.iter_mut().map(|v| v as &mut (dyn FnMut(&SpanRow) + Send)).collect();
@@ -363,10 +364,7 @@ fn scan_candidates(
     }
     let mut found = parts.pop().unwrap_or_default();
     for part in parts {
-        for (id, at) in part {
-            let latest = found.entry(id).or_insert(0);
-            *latest = (*latest).max(at);
-        }
+        part.into_iter().for_each(|(id, at)| note_start(&mut found, id, at));
     }
     Ok(found)
 }
@@ -382,10 +380,7 @@ fn candidates(store: &dyn TraceStore, need: &Need, opts: &SearchOptions) -> Resu
                 match candidates(store, child, opts)? {
                     None => return Ok(None),
                     Some(found) => {
-                        for (id, at) in found {
-                            let latest = all.entry(id).or_insert(0);
-                            *latest = (*latest).max(at);
-                        }
+                        found.into_iter().for_each(|(id, at)| note_start(&mut all, id, at));
                     }
                 }
             }

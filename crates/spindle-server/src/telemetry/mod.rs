@@ -10,8 +10,8 @@
 //! - [`persistence`]: the per-minute aggregates, snapshotted to
 //!   `DATA_DIR/spanmetrics/state.bin` and trimmed to the retention window (an unreadable
 //!   snapshot is set aside, never deleted);
-//! - [`process`]: the standard `process_*` metrics (CPU, memory), read from `/proc/self` at
-//!   each scrape;
+//! - `spindle_process_metrics`'s collector: the standard `process_*` metrics (CPU, memory),
+//!   read from `/proc/self` at each scrape;
 //! - [`exposition`]: the registry encoded by `prometheus-client` as OpenMetrics text.
 
 mod exposition;
