@@ -20,7 +20,7 @@ use spindle_sdk::rdkafka::message::{Header, Headers, Message, OwnedHeaders, Owne
 use spindle_sdk::rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use spindle_sdk::rdkafka::util::Timeout;
 use spindle_sdk::rdkafka::{Offset, TopicPartitionList};
-use spindle_sdk::tracing_opentelemetry::OpenTelemetrySpanExt;
+use spindle_sdk::SpanExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};

@@ -26,7 +26,7 @@ use spindle_sdk::opentelemetry::trace::TraceContextExt;
 use spindle_sdk::opentelemetry::KeyValue;
 use spindle_sdk::rdkafka::message::{Message, OwnedMessage};
 use spindle_sdk::rdkafka::producer::FutureProducer;
-use spindle_sdk::tracing_opentelemetry::OpenTelemetrySpanExt;
+use spindle_sdk::SpanExt;
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::Span;

@@ -1,10 +1,11 @@
 //! The bounded span queue and the export worker that drains it.
 //!
-//! [`QueuedSpanProcessor`] is the only way spans leave the process. Application threads only
-//! ever `try_send` a finished span into a bounded channel: when the channel is full the span is
-//! dropped and counted, so a slow or dead backend costs the service an atomic increment, never
-//! a wait or unbounded memory. Nobody waits on that channel, so a send wakes no thread: the
-//! worker is woken once per full batch (and by its timer), not once per span.
+//! [`SpanQueue`] is the only way spans leave the process. Application threads only ever push
+//! a finished span's record into it, under a lock held for the push alone: when it is full
+//! the span is dropped and counted, so a slow or dead backend costs the service a counter
+//! increment, never a wait or unbounded memory. Nobody waits on the queue, so a push wakes no
+//! thread: the worker is woken once per full batch (and by its timer), not once per span, and
+//! takes the whole queue at once, handing back the emptied buffer of its last take.
 //!
 //! The worker is a dedicated OS thread running its own current-thread tokio runtime, and the
 //! exporter (tonic or reqwest) is built inside it. Export, flush and shutdown therefore never
@@ -21,8 +22,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::BatchSettings;
 use crate::error::{InitError, ShutdownError};
+use crate::record::SpanRecord;
 
 thread_local! {
     static ON_EXPORT_WORKER: Cell<bool> = const { Cell::new(false) };
@@ -76,24 +77,30 @@ impl StatsCounters {
     }
 }
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// An object-safe view of [`SpanExporter`], whose `export` returns `impl Future`.
+/// What the export worker sends batches of records through: the SDK's OTLP exporter
+/// natively, any OpenTelemetry [`SpanExporter`] through [`SdkExporter`].
 pub(crate) trait DynSpanExporter: Send + Sync + std::fmt::Debug {
-    fn export_boxed(&self, batch: Vec<SpanData>) -> BoxFuture<'_, OTelSdkResult>;
+    fn export_boxed<'a>(&'a self, batch: &'a [SpanRecord]) -> BoxFuture<'a, OTelSdkResult>;
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult;
     fn set_resource(&mut self, resource: &Resource);
 }
 
-impl<E: SpanExporter> DynSpanExporter for E {
-    fn export_boxed(&self, batch: Vec<SpanData>) -> BoxFuture<'_, OTelSdkResult> {
-        Box::pin(self.export(batch))
+/// An OpenTelemetry exporter, given `SpanData` made from the records.
+#[derive(Debug)]
+pub(crate) struct SdkExporter<E>(pub(crate) E);
+
+impl<E: SpanExporter> DynSpanExporter for SdkExporter<E> {
+    fn export_boxed<'a>(&'a self, batch: &'a [SpanRecord]) -> BoxFuture<'a, OTelSdkResult> {
+        let data = batch.iter().cloned().map(SpanRecord::into_span_data).collect();
+        Box::pin(self.0.export(data))
     }
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        SpanExporter::shutdown_with_timeout(self, timeout)
+        SpanExporter::shutdown_with_timeout(&self.0, timeout)
     }
     fn set_resource(&mut self, resource: &Resource) {
-        SpanExporter::set_resource(self, resource)
+        SpanExporter::set_resource(&mut self.0, resource)
     }
 }
 
@@ -108,21 +115,74 @@ enum Control {
     SetResource(Resource),
 }
 
-/// What application threads and the worker share besides the channel itself.
+/// The bounded queue of finished spans between the service's threads and the export worker.
 #[derive(Debug)]
-struct QueueSignal {
-    /// Spans in the channel (sent and not yet received).
+pub(crate) struct SpanQueue {
+    spans: Mutex<Vec<SpanRecord>>,
+    /// Spans in the queue, readable without the lock.
     len: AtomicUsize,
-    /// Woken when `len` reaches a full batch.
-    batch_ready: Notify,
+    capacity: usize,
     batch_size: usize,
+    /// Woken when the queue reaches a full batch.
+    batch_ready: Notify,
+    /// Set when the worker stops: later spans are dropped and counted.
+    closed: AtomicBool,
+    stats: Arc<StatsCounters>,
 }
 
-/// A span processor with a bounded queue, drained by a dedicated export thread.
+impl SpanQueue {
+    fn new(batch: &BatchSettings, stats: Arc<StatsCounters>) -> Self {
+        Self {
+            spans: Mutex::new(Vec::with_capacity(batch.max_export_batch_size.min(batch.max_queue_size))),
+            len: AtomicUsize::new(0),
+            capacity: batch.max_queue_size,
+            batch_size: batch.max_export_batch_size,
+            batch_ready: Notify::new(),
+            closed: AtomicBool::new(false),
+            stats,
+        }
+    }
+
+    /// Queues a finished span, or drops and counts it when the queue is full or closed.
+    pub(crate) fn push(&self, record: SpanRecord) {
+        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        if spans.len() >= self.capacity || self.closed.load(Ordering::Relaxed) {
+            drop(spans);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        spans.push(record);
+        let len = spans.len();
+        self.len.store(len, Ordering::Release);
+        drop(spans);
+        if len == self.batch_size {
+            self.batch_ready.notify_one();
+        }
+    }
+
+    /// Moves every queued span into `into` (which must be empty), leaving `into`'s buffer
+    /// in the queue.
+    fn take(&self, into: &mut Vec<SpanRecord>) {
+        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *spans, into);
+        self.len.store(0, Ordering::Release);
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A span processor with a bounded queue, drained by a dedicated export thread. The SDK's
+/// layer pushes its records into [`QueuedSpanProcessor::queue`]; spans of the OpenTelemetry
+/// API come through [`SpanProcessor::on_end`].
 #[derive(Debug)]
 pub(crate) struct QueuedSpanProcessor {
-    spans: SyncSender<SpanData>,
-    signal: Arc<QueueSignal>,
+    queue: Arc<SpanQueue>,
     control: mpsc::UnboundedSender<Control>,
     stats: Arc<StatsCounters>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -231,13 +291,8 @@ impl QueuedSpanProcessor {
         drop_log_interval: Duration,
         stats: Arc<StatsCounters>,
     ) -> Result<Self, InitError> {
-        let (span_tx, span_rx) = std::sync::mpsc::sync_channel(batch.max_queue_size);
-        let signal = Arc::new(QueueSignal {
-            len: AtomicUsize::new(0),
-            batch_ready: Notify::new(),
-            batch_size: batch.max_export_batch_size,
-        });
-        let worker_signal = Arc::clone(&signal);
+        let queue = Arc::new(SpanQueue::new(&batch, Arc::clone(&stats)));
+        let worker_queue = Arc::clone(&queue);
         let waiters = Arc::new(FlushWaiters::default());
         let worker_waiters = Arc::clone(&waiters);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -271,8 +326,8 @@ impl QueuedSpanProcessor {
                 let _ = ready_tx.send(Ok(()));
                 let worker = ExportWorker {
                     exporter,
-                    spans: span_rx,
-                    signal: worker_signal,
+                    queue: worker_queue,
+                    pending: Vec::new(),
                     waiters: worker_waiters,
                     batch,
                     stats: worker_stats,
@@ -281,7 +336,9 @@ impl QueuedSpanProcessor {
                     logged_dropped: 0,
                     last_drop_log: None,
                 };
+                let queue = Arc::clone(&worker.queue);
                 runtime.block_on(worker.run(control_rx));
+                queue.close();
             })
             .map_err(InitError::Worker)?;
         match ready_rx.recv() {
@@ -296,8 +353,7 @@ impl QueuedSpanProcessor {
             }
         }
         Ok(Self {
-            spans: span_tx,
-            signal,
+            queue,
             control: control_tx,
             stats,
             worker: Mutex::new(Some(worker)),
@@ -305,6 +361,11 @@ impl QueuedSpanProcessor {
             flush_timeout: batch.export_timeout.saturating_mul(2),
             waiters,
         })
+    }
+
+    /// The queue the SDK's layer pushes finished spans into.
+    pub(crate) fn queue(&self) -> Arc<SpanQueue> {
+        Arc::clone(&self.queue)
     }
 
     /// A [`SpanFlusher`] for this processor's worker.
@@ -342,14 +403,7 @@ impl SpanProcessor for QueuedSpanProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        // Counted before the send so the worker never sees the count below what it receives.
-        let queued = self.signal.len.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.spans.try_send(span).is_err() {
-            self.signal.len.fetch_sub(1, Ordering::AcqRel);
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        } else if queued == self.signal.batch_size {
-            self.signal.batch_ready.notify_one();
-        }
+        self.queue.push(SpanRecord::from_span_data(span));
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -364,6 +418,8 @@ impl SpanProcessor for QueuedSpanProcessor {
             return Err(OTelSdkError::AlreadyShutdown);
         }
         let result = self.request(Control::Shutdown, timeout);
+        // Spans ended from now on are dropped and counted, even if the worker did not answer.
+        self.queue.close();
         if result.is_ok() {
             // The worker answered and is returning: joining takes microseconds. After a
             // timeout the thread is left to finish on its own rather than waited for.
@@ -416,8 +472,9 @@ impl RateLimitedLog {
 
 struct ExportWorker {
     exporter: Box<dyn DynSpanExporter>,
-    spans: Receiver<SpanData>,
-    signal: Arc<QueueSignal>,
+    queue: Arc<SpanQueue>,
+    /// The spans of the last take; its buffer goes back to the queue on the next.
+    pending: Vec<SpanRecord>,
     waiters: Arc<FlushWaiters>,
     batch: BatchSettings,
     stats: Arc<StatsCounters>,
@@ -440,7 +497,7 @@ impl ExportWorker {
     async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
         let mut ticker = tokio::time::interval(self.batch.scheduled_delay);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let signal = Arc::clone(&self.signal);
+        let queue = Arc::clone(&self.queue);
         loop {
             tokio::select! {
                 biased;
@@ -479,7 +536,7 @@ impl ExportWorker {
                     let _ = self.drain(Drain::Everything).await;
                     self.log_drops(false);
                 }
-                _ = signal.batch_ready.notified() => {
+                _ = queue.batch_ready.notified() => {
                     let _ = self.drain(Drain::FullBatches).await;
                     ticker.reset();
                 }
@@ -489,36 +546,29 @@ impl ExportWorker {
 
     /// Exports queued spans in batches; the result of the last failed export, if any.
     async fn drain(&mut self, how: Drain) -> OTelSdkResult {
-        let size = self.batch.max_export_batch_size;
+        let size = self.batch.max_export_batch_size.max(1);
         let mut result = Ok(());
         loop {
-            let queued = self.signal.len.load(Ordering::Acquire);
+            let queued = self.queue.len();
             if queued == 0 || (how == Drain::FullBatches && queued < size) {
                 return result;
             }
-            let mut batch = Vec::with_capacity(queued.min(size));
-            while batch.len() < size {
-                match self.spans.try_recv() {
-                    Ok(span) => {
-                        self.signal.len.fetch_sub(1, Ordering::AcqRel);
-                        batch.push(span);
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            self.pending.clear();
+            self.queue.take(&mut self.pending);
+            let pending = std::mem::take(&mut self.pending);
+            for batch in pending.chunks(size) {
+                if let Err(e) = self.export(batch).await {
+                    result = Err(e);
                 }
+                // Drops happen while exports are slow: report them between batches too.
+                self.log_drops(false);
             }
-            if batch.is_empty() {
-                // Counted but not yet sent by its thread: picked up on the next pass.
-                return result;
-            }
-            if let Err(e) = self.export(batch).await {
-                result = Err(e);
-            }
-            // Drops happen while exports are slow: report them between batches too.
-            self.log_drops(false);
+            self.pending = pending;
+            self.pending.clear();
         }
     }
 
-    async fn export(&mut self, batch: Vec<SpanData>) -> OTelSdkResult {
+    async fn export(&mut self, batch: &[SpanRecord]) -> OTelSdkResult {
         if batch.is_empty() {
             return Ok(());
         }
@@ -613,11 +663,11 @@ mod tests {
     }
 
     fn start(
-        exporter: impl DynSpanExporter + 'static,
+        exporter: impl SpanExporter + 'static,
         batch: BatchSettings,
     ) -> (QueuedSpanProcessor, Arc<StatsCounters>) {
         let stats = Arc::new(StatsCounters::default());
-        let make: MakeExporter = Box::new(move || Ok(Box::new(exporter) as Box<dyn DynSpanExporter>));
+        let make: MakeExporter = Box::new(move || Ok(Box::new(SdkExporter(exporter)) as Box<dyn DynSpanExporter>));
         let p = QueuedSpanProcessor::start(
             make,
             Resource::builder_empty().build(),
@@ -663,7 +713,8 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_secs(2), "on_end never waits for export");
         let s = stats.snapshot();
-        assert!(s.dropped >= 10_000 - 16 - 4, "queue is bounded: {s:?}");
+        // At most a queue's worth waits, and a queue's worth is in the hanging export.
+        assert!(s.dropped >= 10_000 - 2 * 16, "queue is bounded: {s:?}");
         // Shutdown waits at most its timeout even though the exporter hangs.
         let started = Instant::now();
         let _ = p.shutdown_with_timeout(Duration::from_secs(3));

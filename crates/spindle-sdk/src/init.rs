@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry::{KeyValue, Value};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use opentelemetry_sdk::Resource;
@@ -20,7 +19,8 @@ use tracing_subscriber::{Layer, Registry};
 
 use crate::config::{BuilderSettings, Compression, LogFormat, Protocol, SamplerConfig, Settings};
 use crate::error::InitError;
-use crate::export::{on_export_worker, DynSpanExporter, MakeExporter, QueuedSpanProcessor, StatsCounters};
+use crate::export::{on_export_worker, DynSpanExporter, MakeExporter, QueuedSpanProcessor, SdkExporter, StatsCounters};
+use crate::layer::{LayerSettings, SpanLayer};
 use crate::guard::TracingGuard;
 use crate::otlp::OtlpExporter;
 use crate::transport::ClientTls;
@@ -216,7 +216,7 @@ impl SpindleBuilder {
     /// Sends spans to `exporter` instead of OTLP (for example an in-memory exporter in tests).
     /// The exporter still runs on the SDK's own export thread behind the bounded queue.
     pub fn exporter<E: SpanExporter + 'static>(mut self, exporter: E) -> Self {
-        self.exporter = Some(Box::new(exporter));
+        self.exporter = Some(Box::new(SdkExporter(exporter)));
         self
     }
 
@@ -377,22 +377,20 @@ where
         Arc::clone(&stats),
     )?;
     let flusher = processor.flusher();
+    let layer = SpanLayer::new(
+        processor.queue(),
+        LayerSettings {
+            sampler: settings.sampler,
+            details: settings.span_details,
+            activation: settings.otel_context_activation,
+        },
+    );
+    // The OpenTelemetry API's spans (`global::tracer`) share the queue and the sampler.
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(settings.sampler.to_sampler())
         .with_resource(resource)
         .build();
-    let tracer = provider.tracer_with_scope(
-        InstrumentationScope::builder("spindle-sdk").with_version(env!("CARGO_PKG_VERSION")).build(),
-    );
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_error_records_to_exceptions(true)
-        .with_location(settings.span_details)
-        .with_target(settings.span_details)
-        .with_threads(settings.span_details)
-        .with_tracked_inactivity(settings.span_details)
-        .with_context_activation(settings.otel_context_activation);
     // The export worker's own transport spans (h2, hyper, tonic) never become spans.
     let not_on_worker = filter_fn(|_| !on_export_worker());
     let layer: BoxedLayer<S> = match span_filter {
@@ -419,7 +417,7 @@ fn otlp_exporter(settings: &Settings, tls: Option<ClientTls>) -> MakeExporter {
             }
             // An async client, run on the export worker's runtime (never the blocking client,
             // which would start a runtime inside ours).
-            Protocol::HttpJson => Box::new(
+            Protocol::HttpJson => Box::new(SdkExporter(
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
@@ -431,7 +429,7 @@ fn otlp_exporter(settings: &Settings, tls: Option<ClientTls>) -> MakeExporter {
                     .with_timeout(timeout)
                     .build()
                     .map_err(|source| InitError::Exporter { endpoint: endpoint.clone(), source })?,
-            ),
+            )),
         };
         Ok(exporter)
     })
@@ -476,7 +474,7 @@ impl opentelemetry_http::HttpClient for HeaderClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{Span as _, SpanId, Tracer as _};
+    use opentelemetry::trace::{Span as _, SpanId, Tracer as _, TracerProvider as _};
     use opentelemetry_sdk::trace::InMemorySpanExporter;
     use tracing::Dispatch;
 

@@ -43,7 +43,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tracing::field::Empty;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use crate::SpanExt;
 
 use crate::propagation::{current_context, extract_context, inject_context, record_error, set_remote_parent};
 

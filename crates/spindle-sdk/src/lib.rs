@@ -90,8 +90,11 @@ mod error;
 mod export;
 mod guard;
 mod init;
+mod layer;
 pub mod otlp;
 pub mod propagation;
+mod record;
+mod span_ext;
 pub mod task;
 mod transport;
 
@@ -109,6 +112,7 @@ pub use export::{ExportStats, SpanFlusher};
 pub use guard::TracingGuard;
 pub use init::{BoxedLayer, SpindleBuilder};
 pub use propagation::{current_context, current_trace_id, record_error};
+pub use span_ext::SpanExt;
 pub use task::{join_all_in_current_span, spawn_blocking_in_current_span, spawn_in_current_span};
 
 // The exact versions the SDK is built with, so services never mix incompatible releases.
@@ -116,7 +120,6 @@ pub use opentelemetry;
 pub use opentelemetry_otlp;
 pub use opentelemetry_sdk;
 pub use tracing;
-pub use tracing_opentelemetry;
 pub use tracing_subscriber;
 
 #[cfg(feature = "kafka")]

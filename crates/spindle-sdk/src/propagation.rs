@@ -12,7 +12,7 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use crate::SpanExt;
 
 /// The W3C `traceparent` / `tracestate` plus `baggage` propagator the SDK always speaks.
 pub fn w3c_propagator() -> &'static TextMapCompositePropagator {
@@ -61,7 +61,7 @@ pub fn set_remote_parent(span: &tracing::Span, parent: Context) -> bool {
     if !parent.span().span_context().is_valid() && parent.baggage().is_empty() {
         return false;
     }
-    span.set_parent(parent).is_ok()
+    span.set_parent(parent)
 }
 
 /// Marks `span` as failed: status `ERROR` with the error's message, and an `exception` event

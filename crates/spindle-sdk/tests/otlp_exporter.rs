@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
 use serde_json::Value;
-use spindle_sdk::tracing_opentelemetry::OpenTelemetrySpanExt;
+use spindle_sdk::SpanExt;
 use spindle_sdk::{Compression, Protocol, SamplerConfig};
 use support::Spindle;
 use support::{free_port, wait_until, TestService};

@@ -19,7 +19,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use tracing::field::Empty;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use crate::SpanExt;
 
 use crate::propagation::record_error;
 

@@ -1,4 +1,4 @@
-//! `SpanData` straight to the bytes of an OTLP `ExportTraceServiceRequest`.
+//! The SDK's span records straight to the bytes of an OTLP `ExportTraceServiceRequest`.
 //!
 //! Written from the protobuf definitions of opentelemetry-proto
 //! (`opentelemetry/proto/collector/trace/v1/trace_service.proto`, `trace/v1/trace.proto`,
@@ -14,10 +14,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceState};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
-use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
+
+use crate::record::{sdk_scope, AttrValue, SpanRecord};
 
 /// Protobuf wire types.
 const VARINT: u32 = 0;
@@ -105,7 +108,8 @@ pub(crate) struct TraceRequestEncoder {
 
 #[derive(Debug)]
 struct ScopeGroup {
-    scope: InstrumentationScope,
+    /// `None`: the SDK's own scope.
+    scope: Option<Arc<InstrumentationScope>>,
     spans: Vec<u8>,
 }
 
@@ -125,15 +129,15 @@ impl TraceRequestEncoder {
     }
 
     /// The `ExportTraceServiceRequest` carrying `batch`.
-    pub(crate) fn encode(&mut self, batch: &[SpanData]) -> Vec<u8> {
+    pub(crate) fn encode(&mut self, batch: &[SpanRecord]) -> Vec<u8> {
         for group in &mut self.scopes {
             group.spans.clear();
         }
         let mut last = usize::MAX;
         for span in batch {
             let index = match self.scopes.get(last) {
-                Some(group) if group.scope == span.instrumentation_scope => last,
-                _ => self.scope_index(&span.instrumentation_scope),
+                Some(group) if same_scope(&group.scope, &span.scope) => last,
+                _ => self.scope_index(&span.scope),
             };
             last = index;
             self.span.clear();
@@ -150,7 +154,7 @@ impl TraceRequestEncoder {
         }
         for group in &self.scopes {
             let mut header = Vec::with_capacity(64);
-            let scope = &group.scope;
+            let scope = group.scope.as_deref().unwrap_or_else(|| sdk_scope());
             let mut scope_msg = Vec::with_capacity(32);
             put_string(&mut scope_msg, SCOPE_NAME, scope.name());
             put_string(&mut scope_msg, SCOPE_VERSION, scope.version().unwrap_or_default());
@@ -187,8 +191,8 @@ impl TraceRequestEncoder {
         out
     }
 
-    fn scope_index(&mut self, scope: &InstrumentationScope) -> usize {
-        match self.scopes.iter().position(|g| &g.scope == scope) {
+    fn scope_index(&mut self, scope: &Option<Arc<InstrumentationScope>>) -> usize {
+        match self.scopes.iter().position(|g| same_scope(&g.scope, scope)) {
             Some(index) => index,
             None => {
                 self.scopes.push(ScopeGroup { scope: scope.clone(), spans: Vec::with_capacity(4096) });
@@ -198,22 +202,34 @@ impl TraceRequestEncoder {
     }
 }
 
-fn put_span(buf: &mut Vec<u8>, span: &SpanData) {
-    let cx = &span.span_context;
-    put_bytes(buf, SPAN_TRACE_ID, &cx.trace_id().to_bytes());
-    put_bytes(buf, SPAN_SPAN_ID, &cx.span_id().to_bytes());
-    put_trace_state(buf, SPAN_TRACE_STATE, cx.trace_state());
+fn same_scope(a: &Option<Arc<InstrumentationScope>>, b: &Option<Arc<InstrumentationScope>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    }
+}
+
+fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
+    put_bytes(buf, SPAN_TRACE_ID, &span.trace_id.to_bytes());
+    put_bytes(buf, SPAN_SPAN_ID, &span.span_id.to_bytes());
+    put_trace_state(buf, SPAN_TRACE_STATE, &span.trace_state);
     if span.parent_span_id != SpanId::INVALID {
         put_bytes(buf, SPAN_PARENT_SPAN_ID, &span.parent_span_id.to_bytes());
     }
-    put_string(buf, SPAN_NAME, &span.name);
-    put_uint(buf, SPAN_KIND, kind_number(&span.span_kind));
-    put_fixed64(buf, SPAN_START_TIME, unix_nanos(span.start_time));
-    put_fixed64(buf, SPAN_END_TIME, unix_nanos(span.end_time));
-    for kv in &span.attributes {
-        put_key_value(buf, SPAN_ATTRIBUTES, kv.key.as_str(), &kv.value);
+    put_string(buf, SPAN_NAME, span.name());
+    put_uint(buf, SPAN_KIND, kind_number(&span.kind));
+    put_fixed64(buf, SPAN_START_TIME, unix_nanos(span.start));
+    put_fixed64(buf, SPAN_END_TIME, unix_nanos(span.end));
+    for attr in &span.attrs {
+        match &attr.value {
+            AttrValue::Value(value) => put_key_value(buf, SPAN_ATTRIBUTES, attr.key.as_str(), value),
+            AttrValue::Text(..) => {
+                put_key_string(buf, SPAN_ATTRIBUTES, attr.key.as_str(), span.attr_str(&attr.value).unwrap_or_default())
+            }
+        }
     }
-    put_uint(buf, SPAN_DROPPED_ATTRIBUTES, u64::from(span.dropped_attributes_count));
+    put_uint(buf, SPAN_DROPPED_ATTRIBUTES, u64::from(span.dropped_attrs));
     for event in span.events.iter() {
         let len = fixed64_field_len(EVENT_TIME)
             + string_field_len(EVENT_NAME, &event.name)
@@ -228,7 +244,7 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanData) {
         }
         put_uint(buf, EVENT_DROPPED_ATTRIBUTES, u64::from(event.dropped_attributes_count));
     }
-    put_uint(buf, SPAN_DROPPED_EVENTS, u64::from(span.events.dropped_count));
+    put_uint(buf, SPAN_DROPPED_EVENTS, u64::from(span.dropped_events));
     for link in span.links.iter() {
         let lcx = &link.span_context;
         let state = trace_state_header(lcx.trace_state());
@@ -249,7 +265,7 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanData) {
         put_uint(buf, LINK_DROPPED_ATTRIBUTES, u64::from(link.dropped_attributes_count));
         put_fixed32(buf, LINK_FLAGS, span_flags(lcx.trace_flags().to_u8(), lcx.is_remote()));
     }
-    put_uint(buf, SPAN_DROPPED_LINKS, u64::from(span.links.dropped_count));
+    put_uint(buf, SPAN_DROPPED_LINKS, u64::from(span.dropped_links));
     match &span.status {
         Status::Unset => {}
         Status::Ok => {
@@ -265,7 +281,7 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanData) {
             put_uint(buf, STATUS_CODE, 2);
         }
     }
-    put_fixed32(buf, SPAN_FLAGS, span_flags(cx.trace_flags().to_u8(), span.parent_span_is_remote));
+    put_fixed32(buf, SPAN_FLAGS, span_flags(span.flags.to_u8(), span.parent_is_remote));
 }
 
 /// `Span.flags` / `Link.flags`: the W3C trace flags in the low byte, and whether the parent
@@ -402,6 +418,17 @@ fn attributes_len(field: u32, attributes: &[KeyValue]) -> usize {
 
 fn key_value_len(key: &str, value: &Value) -> usize {
     string_field_len(KEY_VALUE_KEY, key) + field_len(KEY_VALUE_VALUE, any_value_len(value))
+}
+
+/// A key-value whose value is a string, without making a `Value` of it.
+fn put_key_string(buf: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+    let value_len = any_string_len(value);
+    put_tag(buf, field, LEN);
+    put_varint(buf, (string_field_len(KEY_VALUE_KEY, key) + field_len(KEY_VALUE_VALUE, value_len)) as u64);
+    put_string(buf, KEY_VALUE_KEY, key);
+    put_tag(buf, KEY_VALUE_VALUE, LEN);
+    put_varint(buf, value_len as u64);
+    put_message(buf, ANY_STRING, value.as_bytes());
 }
 
 fn put_key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
@@ -598,7 +625,7 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Status as ProtoStatus};
     use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
     use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
     use proptest::prelude::*;
     use prost::Message;
 
@@ -728,6 +755,26 @@ mod tests {
         resource_spans
     }
 
+    /// The records the SDK would make of `batch`, string attributes in the record's text
+    /// buffer as the layer writes them.
+    fn records(batch: &[SpanData]) -> Vec<SpanRecord> {
+        batch
+            .iter()
+            .cloned()
+            .map(|span| {
+                let mut record = SpanRecord::from_span_data(span);
+                let attrs = std::mem::take(&mut record.attrs);
+                for attr in attrs {
+                    match attr.value {
+                        AttrValue::Value(Value::String(s)) => record.push_text_attr(attr.key, s.as_str()),
+                        value => record.push_attr(attr.key, value),
+                    }
+                }
+                record
+            })
+            .collect()
+    }
+
     fn decode(bytes: &[u8]) -> Vec<ResourceSpans> {
         normalize(ExportTraceServiceRequest::decode(bytes).expect("valid protobuf").resource_spans)
     }
@@ -744,7 +791,7 @@ mod tests {
             span(3, scope("spindle-sdk")),
         ];
         let mut encoder = TraceRequestEncoder::new(&resource);
-        let bytes = encoder.encode(&batch);
+        let bytes = encoder.encode(&records(&batch));
         let decoded = decode(&bytes);
         assert_eq!(decoded, expected(&batch, &resource));
         let spans = &decoded[0].scope_spans;
@@ -764,8 +811,8 @@ mod tests {
         let mut encoder = TraceRequestEncoder::new(&resource);
         let first = vec![span(1, scope("a")), span(2, scope("b"))];
         let second = vec![span(3, scope("b"))];
-        encoder.encode(&first);
-        let decoded = decode(&encoder.encode(&second));
+        encoder.encode(&records(&first));
+        let decoded = decode(&encoder.encode(&records(&second)));
         assert_eq!(decoded, expected(&second, &resource));
         assert_eq!(decoded[0].scope_spans.len(), 1, "scope a is not carried over");
         assert!(encoder.encode(&[]).len() < 200, "an empty batch is a resource only");
@@ -777,7 +824,7 @@ mod tests {
         let other = Resource::builder_empty().with_attributes([KeyValue::new("service.name", "x")]).build();
         encoder.set_resource(&other);
         let batch = vec![span(1, scope("a"))];
-        assert_eq!(decode(&encoder.encode(&batch)), expected(&batch, &other));
+        assert_eq!(decode(&encoder.encode(&records(&batch))), expected(&batch, &other));
     }
 
     #[test]
@@ -850,7 +897,7 @@ mod tests {
             s.dropped_attributes_count = dropped;
             let batch = vec![s];
             let resource = resource();
-            let bytes = TraceRequestEncoder::new(&resource).encode(&batch);
+            let bytes = TraceRequestEncoder::new(&resource).encode(&records(&batch));
             prop_assert_eq!(decode(&bytes), expected(&batch, &resource));
         }
     }

@@ -36,6 +36,8 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Compression;
+use crate::export::{BoxFuture, DynSpanExporter};
+use crate::record::SpanRecord;
 use crate::error::InitError;
 use crate::transport::{ClientTls, Headers, TlsFiles};
 use encode::{decode_partial_success, TraceRequestEncoder};
@@ -161,7 +163,7 @@ impl OtlpExporter {
         }
     }
 
-    fn encode(&self, batch: &[SpanData]) -> Result<Vec<u8>, OTelSdkError> {
+    fn encode(&self, batch: &[SpanRecord]) -> Result<Vec<u8>, OTelSdkError> {
         let mut encoder =
             self.encoder.lock().map_err(|_| OTelSdkError::InternalFailure("otlp encoder poisoned".to_owned()))?;
         Ok(encoder.encode(batch))
@@ -258,8 +260,9 @@ fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     encoder.finish()
 }
 
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+impl OtlpExporter {
+    /// Exports a batch of the SDK's records: the export worker's path.
+    pub(crate) async fn export_records(&self, batch: &[SpanRecord]) -> OTelSdkResult {
         if batch.is_empty() {
             return Ok(());
         }
@@ -268,9 +271,7 @@ impl SpanExporter for OtlpExporter {
             // Bounded by the worker's export timeout, like any export.
             tokio::time::sleep_until(at.into()).await;
         }
-        let request = self.encode(&batch)?;
-        // The spans' memory goes back before the network wait, not after.
-        drop(batch);
+        let request = self.encode(batch)?;
         let result = self.send(request).await;
         if let Ok(mut backoff) = self.backoff.lock() {
             match &result {
@@ -281,10 +282,35 @@ impl SpanExporter for OtlpExporter {
         result
     }
 
-    fn set_resource(&mut self, resource: &Resource) {
+    fn set_encoder_resource(&mut self, resource: &Resource) {
         if let Ok(encoder) = self.encoder.get_mut() {
             encoder.set_resource(resource);
         }
+    }
+}
+
+impl SpanExporter for OtlpExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let records: Vec<SpanRecord> = batch.into_iter().map(SpanRecord::from_span_data).collect();
+        self.export_records(&records).await
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.set_encoder_resource(resource);
+    }
+}
+
+impl DynSpanExporter for OtlpExporter {
+    fn export_boxed<'a>(&'a self, batch: &'a [SpanRecord]) -> BoxFuture<'a, OTelSdkResult> {
+        Box::pin(self.export_records(batch))
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.set_encoder_resource(resource);
     }
 }
 
