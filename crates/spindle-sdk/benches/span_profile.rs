@@ -19,7 +19,8 @@
 //! untraced. `SPAN_PROFILE_MODE=off` runs only the untraced service (for a callgrind
 //! baseline). `SPAN_PROFILE_EVICT_KB=4096` writes over 4 MiB before each request and reports
 //! the median request: closer to the overhead benchmark, where every request starts with
-//! caches that other processes have just used.
+//! caches that other processes have just used. `SPAN_PROFILE_ACTIVATION=0` turns the
+//! OpenTelemetry context activation off.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -98,6 +99,7 @@ fn main() {
             .exporter(support::DiscardingExporter)
             .sampler(SamplerConfig::AlwaysOn)
             .max_queue_size(1 << 16)
+            .otel_context_activation(std::env::var("SPAN_PROFILE_ACTIVATION").map_or(true, |v| v != "0"))
             .into_layer::<Registry>()
             .expect("pipeline");
         let sdk = Dispatch::new(Registry::default().with(layer));

@@ -82,7 +82,7 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What the export worker sends batches of records through: the SDK's OTLP exporter
 /// natively, any OpenTelemetry [`SpanExporter`] through [`SdkExporter`].
 pub(crate) trait DynSpanExporter: Send + Sync + std::fmt::Debug {
-    fn export_boxed<'a>(&'a self, batch: &'a [SpanRecord]) -> BoxFuture<'a, OTelSdkResult>;
+    fn export_boxed<'a>(&'a self, batch: &'a [Box<SpanRecord>]) -> BoxFuture<'a, OTelSdkResult>;
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult;
     fn set_resource(&mut self, resource: &Resource);
 }
@@ -92,8 +92,8 @@ pub(crate) trait DynSpanExporter: Send + Sync + std::fmt::Debug {
 pub(crate) struct SdkExporter<E>(pub(crate) E);
 
 impl<E: SpanExporter> DynSpanExporter for SdkExporter<E> {
-    fn export_boxed<'a>(&'a self, batch: &'a [SpanRecord]) -> BoxFuture<'a, OTelSdkResult> {
-        let data = batch.iter().cloned().map(SpanRecord::into_span_data).collect();
+    fn export_boxed<'a>(&'a self, batch: &'a [Box<SpanRecord>]) -> BoxFuture<'a, OTelSdkResult> {
+        let data = batch.iter().map(|record| SpanRecord::clone(record).into_span_data()).collect();
         Box::pin(self.0.export(data))
     }
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -118,7 +118,9 @@ enum Control {
 /// The bounded queue of finished spans between the service's threads and the export worker.
 #[derive(Debug)]
 pub(crate) struct SpanQueue {
-    spans: Mutex<Vec<SpanRecord>>,
+    spans: Mutex<Vec<Box<SpanRecord>>>,
+    /// Emptied records of exported spans, their buffers kept, for the layer to fill again.
+    free: Mutex<Vec<Box<SpanRecord>>>,
     /// Spans in the queue, readable without the lock.
     len: AtomicUsize,
     capacity: usize,
@@ -134,6 +136,7 @@ impl SpanQueue {
     fn new(batch: &BatchSettings, stats: Arc<StatsCounters>) -> Self {
         Self {
             spans: Mutex::new(Vec::with_capacity(batch.max_export_batch_size.min(batch.max_queue_size))),
+            free: Mutex::new(Vec::new()),
             len: AtomicUsize::new(0),
             capacity: batch.max_queue_size,
             batch_size: batch.max_export_batch_size,
@@ -144,7 +147,7 @@ impl SpanQueue {
     }
 
     /// Queues a finished span, or drops and counts it when the queue is full or closed.
-    pub(crate) fn push(&self, record: SpanRecord) {
+    pub(crate) fn push(&self, record: Box<SpanRecord>) {
         let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
         if spans.len() >= self.capacity || self.closed.load(Ordering::Relaxed) {
             drop(spans);
@@ -162,7 +165,7 @@ impl SpanQueue {
 
     /// Moves every queued span into `into` (which must be empty), leaving `into`'s buffer
     /// in the queue.
-    fn take(&self, into: &mut Vec<SpanRecord>) {
+    fn take(&self, into: &mut Vec<Box<SpanRecord>>) {
         let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::swap(&mut *spans, into);
         self.len.store(0, Ordering::Release);
@@ -170,6 +173,28 @@ impl SpanQueue {
 
     fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
+    }
+
+    /// Moves up to `count` emptied records into `into`, for a thread's own cache.
+    pub(crate) fn refill(&self, into: &mut Vec<Box<SpanRecord>>, count: usize) {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let from = free.len().saturating_sub(count);
+        into.extend(free.drain(from..));
+    }
+
+    /// Empties the exported records in `spent` and keeps them for reuse, as many as the queue
+    /// holds at most; the others, and those that grew unusually large, are freed.
+    fn recycle(&self, spent: &mut Vec<Box<SpanRecord>>) {
+        let mut kept = Vec::new();
+        for mut record in spent.drain(..) {
+            if record.clear_for_reuse() {
+                kept.push(record);
+            }
+        }
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = self.capacity.saturating_sub(free.len());
+        kept.truncate(room);
+        free.append(&mut kept);
     }
 
     fn close(&self) {
@@ -403,7 +428,7 @@ impl SpanProcessor for QueuedSpanProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        self.queue.push(SpanRecord::from_span_data(span));
+        self.queue.push(Box::new(SpanRecord::from_span_data(span)));
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -474,7 +499,7 @@ struct ExportWorker {
     exporter: Box<dyn DynSpanExporter>,
     queue: Arc<SpanQueue>,
     /// The spans of the last take; its buffer goes back to the queue on the next.
-    pending: Vec<SpanRecord>,
+    pending: Vec<Box<SpanRecord>>,
     waiters: Arc<FlushWaiters>,
     batch: BatchSettings,
     stats: Arc<StatsCounters>,
@@ -564,11 +589,11 @@ impl ExportWorker {
                 self.log_drops(false);
             }
             self.pending = pending;
-            self.pending.clear();
+            self.queue.recycle(&mut self.pending);
         }
     }
 
-    async fn export(&mut self, batch: &[SpanRecord]) -> OTelSdkResult {
+    async fn export(&mut self, batch: &[Box<SpanRecord>]) -> OTelSdkResult {
         if batch.is_empty() {
             return Ok(());
         }
@@ -806,5 +831,32 @@ mod tests {
         assert!(log.ready(t0));
         assert!(!log.ready(t0 + Duration::from_secs(9)));
         assert!(log.ready(t0 + Duration::from_secs(10)));
+    }
+}
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    #[test]
+    fn exported_records_come_back_for_reuse() {
+        let stats = Arc::new(StatsCounters::default());
+        let make: MakeExporter = Box::new(move || {
+            Ok(Box::new(SdkExporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())) as Box<dyn DynSpanExporter>)
+        });
+        let batch = BatchSettings {
+            max_queue_size: 100,
+            max_export_batch_size: 10,
+            scheduled_delay: Duration::from_secs(3600),
+            export_timeout: Duration::from_secs(5),
+        };
+        let p = QueuedSpanProcessor::start(make, Resource::builder_empty().build(), batch, Duration::from_secs(10), stats)
+            .expect("starts");
+        let queue = p.queue();
+        for _ in 0..25 {
+            queue.push(Box::new(SpanRecord::new("x", 2)));
+        }
+        p.force_flush().expect("flush");
+        let mut spare = Vec::new();
+        queue.refill(&mut spare, 100);
+        assert_eq!(spare.len(), 25);
     }
 }

@@ -44,7 +44,7 @@ use crate::record::{AttrValue, SpanRecord, Str};
 
 /// What the layer keeps per span, in the registry's extensions.
 pub(crate) struct SpanState {
-    pub(crate) record: SpanRecord,
+    pub(crate) record: Box<SpanRecord>,
     /// The parent's context when it carries more than a span (baggage): handed on to the
     /// children and to [`crate::SpanExt::context`].
     extra: Option<Context>,
@@ -164,6 +164,8 @@ thread_local! {
     /// State of this thread's id generator (wyrand), seeded from the standard library's
     /// per-process random keys and the thread.
     static RNG: Cell<u64> = Cell::new(seed());
+    /// Emptied records this thread took from the export worker's, to fill without locking.
+    static SPARE: RefCell<Vec<Box<SpanRecord>>> = const { RefCell::new(Vec::new()) };
     /// Guards of the contexts attached on enter, with their span's id.
     static ATTACHED: RefCell<Vec<(u64, ContextGuard)>> = const { RefCell::new(Vec::new()) };
 }
@@ -205,6 +207,9 @@ fn new_trace_id() -> TraceId {
     }
 }
 
+/// How many emptied records a thread takes at once.
+const SPARE_REFILL: usize = 32;
+
 /// The layer's settings besides the queue.
 #[derive(Debug, Clone)]
 pub(crate) struct LayerSettings {
@@ -244,6 +249,25 @@ where
     pub(crate) fn new(queue: Arc<SpanQueue>, settings: LayerSettings) -> Self {
         let access = WithSpanState { with: Self::with_state, sampler: settings.sampler };
         Self { queue, settings, access, _subscriber: std::marker::PhantomData }
+    }
+
+    /// An empty record: one this thread kept from an earlier span, else one the export worker
+    /// emptied, else a new one.
+    fn fresh_record(&self, name: &'static str) -> Box<SpanRecord> {
+        let reused = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.is_empty() {
+                self.queue.refill(&mut spare, SPARE_REFILL);
+            }
+            spare.pop()
+        });
+        match reused {
+            Ok(Some(mut record)) => {
+                record.name = Str::Static(name);
+                record
+            }
+            _ => Box::new(SpanRecord::new(name, 8)),
+        }
     }
 
     fn with_state(dispatch: &Dispatch, id: &Id, f: &mut dyn FnMut(&mut SpanState)) {
@@ -305,8 +329,7 @@ where
         let trace_id = parent.as_ref().map_or_else(new_trace_id, |p| p.trace_id);
         let flags = sample(&self.settings.sampler, parent.as_ref(), trace_id);
         let details = self.settings.details && flags.is_sampled();
-        let capacity = if flags.is_sampled() { attrs.fields().len() + if details { 6 } else { 0 } } else { 0 };
-        let mut record = SpanRecord::new(meta.name(), capacity);
+        let mut record = self.fresh_record(meta.name());
         record.start = SystemTime::now();
         record.trace_id = trace_id;
         record.span_id = new_span_id();
@@ -320,6 +343,7 @@ where
             if details {
                 push_details(&mut record, meta);
             }
+            record.attrs.reserve(attrs.fields().len());
             attrs.record(&mut SpanFields { record: &mut record });
         }
         let timings = details.then(|| Timings { idle: 0, busy: 0, last: Instant::now(), entered: 0 });

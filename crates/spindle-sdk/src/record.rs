@@ -24,6 +24,9 @@ pub(crate) const MAX_ATTRIBUTES: usize = 128;
 pub(crate) const MAX_EVENTS: usize = 128;
 pub(crate) const MAX_LINKS: usize = 128;
 
+/// A reused record keeps a text buffer of at most this many bytes.
+const MAX_KEPT_TEXT: usize = 16 * 1024;
+
 /// A string of a record: the call site's, or a range of the record's `text`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Str {
@@ -98,6 +101,28 @@ impl SpanRecord {
             status: Status::Unset,
             scope: None,
         }
+    }
+
+    /// Empties the record for another span, keeping its buffers; `false` when they grew so
+    /// large (a span with huge attributes) that the record is better freed.
+    pub(crate) fn clear_for_reuse(&mut self) -> bool {
+        if self.text.capacity() > MAX_KEPT_TEXT || self.attrs.capacity() > MAX_ATTRIBUTES {
+            return false;
+        }
+        self.parent_span_id = SpanId::INVALID;
+        self.parent_is_remote = false;
+        self.trace_state = TraceState::NONE;
+        self.kind = SpanKind::Internal;
+        self.attrs.clear();
+        self.dropped_attrs = 0;
+        self.text.clear();
+        self.events = Vec::new();
+        self.dropped_events = 0;
+        self.links = Vec::new();
+        self.dropped_links = 0;
+        self.status = Status::Unset;
+        self.scope = None;
+        true
     }
 
     pub(crate) fn str(&self, s: Str) -> &str {

@@ -129,7 +129,7 @@ impl TraceRequestEncoder {
     }
 
     /// The `ExportTraceServiceRequest` carrying `batch`.
-    pub(crate) fn encode(&mut self, batch: &[SpanRecord]) -> Vec<u8> {
+    pub(crate) fn encode(&mut self, batch: &[Box<SpanRecord>]) -> Vec<u8> {
         for group in &mut self.scopes {
             group.spans.clear();
         }
@@ -757,12 +757,12 @@ mod tests {
 
     /// The records the SDK would make of `batch`, string attributes in the record's text
     /// buffer as the layer writes them.
-    fn records(batch: &[SpanData]) -> Vec<SpanRecord> {
+    fn records(batch: &[SpanData]) -> Vec<Box<SpanRecord>> {
         batch
             .iter()
             .cloned()
             .map(|span| {
-                let mut record = SpanRecord::from_span_data(span);
+                let mut record = Box::new(SpanRecord::from_span_data(span));
                 let attrs = std::mem::take(&mut record.attrs);
                 for attr in attrs {
                     match attr.value {

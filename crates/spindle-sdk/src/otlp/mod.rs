@@ -163,7 +163,7 @@ impl OtlpExporter {
         }
     }
 
-    fn encode(&self, batch: &[SpanRecord]) -> Result<Vec<u8>, OTelSdkError> {
+    fn encode(&self, batch: &[Box<SpanRecord>]) -> Result<Vec<u8>, OTelSdkError> {
         let mut encoder =
             self.encoder.lock().map_err(|_| OTelSdkError::InternalFailure("otlp encoder poisoned".to_owned()))?;
         Ok(encoder.encode(batch))
@@ -262,7 +262,7 @@ fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
 
 impl OtlpExporter {
     /// Exports a batch of the SDK's records: the export worker's path.
-    pub(crate) async fn export_records(&self, batch: &[SpanRecord]) -> OTelSdkResult {
+    pub(crate) async fn export_records(&self, batch: &[Box<SpanRecord>]) -> OTelSdkResult {
         if batch.is_empty() {
             return Ok(());
         }
@@ -291,7 +291,8 @@ impl OtlpExporter {
 
 impl SpanExporter for OtlpExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let records: Vec<SpanRecord> = batch.into_iter().map(SpanRecord::from_span_data).collect();
+        let records: Vec<Box<SpanRecord>> =
+            batch.into_iter().map(|span| Box::new(SpanRecord::from_span_data(span))).collect();
         self.export_records(&records).await
     }
 
@@ -301,7 +302,7 @@ impl SpanExporter for OtlpExporter {
 }
 
 impl DynSpanExporter for OtlpExporter {
-    fn export_boxed<'a>(&'a self, batch: &'a [SpanRecord]) -> BoxFuture<'a, OTelSdkResult> {
+    fn export_boxed<'a>(&'a self, batch: &'a [Box<SpanRecord>]) -> BoxFuture<'a, OTelSdkResult> {
         Box::pin(self.export_records(batch))
     }
 
