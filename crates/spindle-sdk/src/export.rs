@@ -82,7 +82,7 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What the export worker sends batches of records through: the SDK's OTLP exporter
 /// natively, any OpenTelemetry [`SpanExporter`] through [`SdkExporter`].
 pub(crate) trait DynSpanExporter: Send + Sync + std::fmt::Debug {
-    fn export_boxed<'a>(&'a self, batch: &'a [Box<SpanRecord>]) -> BoxFuture<'a, OTelSdkResult>;
+    fn export_boxed<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, OTelSdkResult>;
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult;
     fn set_resource(&mut self, resource: &Resource);
 }
@@ -92,8 +92,10 @@ pub(crate) trait DynSpanExporter: Send + Sync + std::fmt::Debug {
 pub(crate) struct SdkExporter<E>(pub(crate) E);
 
 impl<E: SpanExporter> DynSpanExporter for SdkExporter<E> {
-    fn export_boxed<'a>(&'a self, batch: &'a [Box<SpanRecord>]) -> BoxFuture<'a, OTelSdkResult> {
-        let data = batch.iter().map(|record| SpanRecord::clone(record).into_span_data()).collect();
+    fn export_boxed<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, OTelSdkResult> {
+        // The layer encodes spans itself only for the SDK's own exporter.
+        debug_assert!(batch.encoded.is_empty());
+        let data = batch.records.iter().map(|record| SpanRecord::clone(record).into_span_data()).collect();
         Box::pin(self.0.export(data))
     }
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -103,6 +105,35 @@ impl<E: SpanExporter> DynSpanExporter for SdkExporter<E> {
         SpanExporter::set_resource(&mut self.0, resource)
     }
 }
+
+/// What one export request carries: spans the layer encoded already, as OTLP
+/// `ScopeSpans.spans` entries of the SDK's scope back to back, and span records.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batch<'a> {
+    pub(crate) encoded: &'a [u8],
+    pub(crate) encoded_spans: usize,
+    pub(crate) records: &'a [Box<SpanRecord>],
+}
+
+impl<'a> Batch<'a> {
+    pub(crate) fn records(records: &'a [Box<SpanRecord>]) -> Self {
+        Self { encoded: &[], encoded_spans: 0, records }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.encoded_spans + self.records.len()
+    }
+}
+
+/// Spans the layer encoded, back to back, with where each ends.
+#[derive(Debug, Default)]
+struct Encoded {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// The encoded spans a queue holds at most, whatever their number.
+const MAX_ENCODED_BYTES: usize = 16 << 20;
 
 /// Builds the exporter; runs on the worker thread, inside its runtime.
 pub(crate) type MakeExporter = Box<dyn FnOnce() -> Result<Box<dyn DynSpanExporter>, InitError> + Send>;
@@ -119,6 +150,9 @@ enum Control {
 #[derive(Debug)]
 pub(crate) struct SpanQueue {
     spans: Mutex<Vec<Box<SpanRecord>>>,
+    /// Spans the layer encoded itself (when the exporter is the SDK's own).
+    encoded: Mutex<Encoded>,
+    encodes: bool,
     /// Emptied records of exported spans, their buffers kept, for the layer to fill again.
     free: Mutex<Vec<Box<SpanRecord>>>,
     /// Spans in the queue, readable without the lock.
@@ -133,9 +167,11 @@ pub(crate) struct SpanQueue {
 }
 
 impl SpanQueue {
-    fn new(batch: &BatchSettings, stats: Arc<StatsCounters>) -> Self {
+    fn new(batch: &BatchSettings, encodes: bool, stats: Arc<StatsCounters>) -> Self {
         Self {
             spans: Mutex::new(Vec::with_capacity(batch.max_export_batch_size.min(batch.max_queue_size))),
+            encoded: Mutex::new(Encoded::default()),
+            encodes,
             free: Mutex::new(Vec::new()),
             len: AtomicUsize::new(0),
             capacity: batch.max_queue_size,
@@ -146,29 +182,65 @@ impl SpanQueue {
         }
     }
 
-    /// Queues a finished span, or drops and counts it when the queue is full or closed.
-    pub(crate) fn push(&self, record: Box<SpanRecord>) {
-        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
-        if spans.len() >= self.capacity || self.closed.load(Ordering::Relaxed) {
-            drop(spans);
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        spans.push(record);
-        let len = spans.len();
-        self.len.store(len, Ordering::Release);
-        drop(spans);
+    /// Whether the layer should hand over spans encoded ([`SpanQueue::push_encoded`]) rather
+    /// than as records: true when the exporter is the SDK's own, which then only joins them.
+    pub(crate) fn encodes(&self) -> bool {
+        self.encodes
+    }
+
+    fn full(&self) -> bool {
+        self.len.load(Ordering::Acquire) >= self.capacity || self.closed.load(Ordering::Relaxed)
+    }
+
+    fn queued(&self) {
+        let len = self.len.fetch_add(1, Ordering::AcqRel) + 1;
         if len == self.batch_size {
             self.batch_ready.notify_one();
         }
     }
 
-    /// Moves every queued span into `into` (which must be empty), leaving `into`'s buffer
-    /// in the queue.
-    fn take(&self, into: &mut Vec<Box<SpanRecord>>) {
+    fn dropped(&self) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queues a finished span, or drops and counts it when the queue is full or closed.
+    pub(crate) fn push(&self, record: Box<SpanRecord>) {
         let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::swap(&mut *spans, into);
-        self.len.store(0, Ordering::Release);
+        if self.full() {
+            drop(spans);
+            self.dropped();
+            return;
+        }
+        spans.push(record);
+        drop(spans);
+        self.queued();
+    }
+
+    /// Queues a finished span the layer encoded ([`crate::otlp::encode::encode_span_entry`]).
+    pub(crate) fn push_encoded(&self, entry: &[u8]) {
+        let mut encoded = self.encoded.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.full() || encoded.bytes.len() + entry.len() > MAX_ENCODED_BYTES {
+            drop(encoded);
+            self.dropped();
+            return;
+        }
+        encoded.bytes.extend_from_slice(entry);
+        let end = encoded.bytes.len();
+        encoded.ends.push(end);
+        drop(encoded);
+        self.queued();
+    }
+
+    /// Moves every queued span into `records` and `encoded` (which must be empty), leaving
+    /// their buffers in the queue.
+    fn take(&self, records: &mut Vec<Box<SpanRecord>>, encoded: &mut Encoded) {
+        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *spans, records);
+        self.len.fetch_sub(records.len(), Ordering::AcqRel);
+        drop(spans);
+        let mut queued = self.encoded.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *queued, encoded);
+        self.len.fetch_sub(encoded.ends.len(), Ordering::AcqRel);
     }
 
     fn len(&self) -> usize {
@@ -315,8 +387,9 @@ impl QueuedSpanProcessor {
         batch: BatchSettings,
         drop_log_interval: Duration,
         stats: Arc<StatsCounters>,
+        encode_in_layer: bool,
     ) -> Result<Self, InitError> {
-        let queue = Arc::new(SpanQueue::new(&batch, Arc::clone(&stats)));
+        let queue = Arc::new(SpanQueue::new(&batch, encode_in_layer, Arc::clone(&stats)));
         let worker_queue = Arc::clone(&queue);
         let waiters = Arc::new(FlushWaiters::default());
         let worker_waiters = Arc::clone(&waiters);
@@ -353,6 +426,7 @@ impl QueuedSpanProcessor {
                     exporter,
                     queue: worker_queue,
                     pending: Vec::new(),
+                    pending_encoded: Encoded::default(),
                     waiters: worker_waiters,
                     batch,
                     stats: worker_stats,
@@ -500,6 +574,7 @@ struct ExportWorker {
     queue: Arc<SpanQueue>,
     /// The spans of the last take; its buffer goes back to the queue on the next.
     pending: Vec<Box<SpanRecord>>,
+    pending_encoded: Encoded,
     waiters: Arc<FlushWaiters>,
     batch: BatchSettings,
     stats: Arc<StatsCounters>,
@@ -579,22 +654,40 @@ impl ExportWorker {
                 return result;
             }
             self.pending.clear();
-            self.queue.take(&mut self.pending);
+            let mut encoded = std::mem::take(&mut self.pending_encoded);
+            encoded.bytes.clear();
+            encoded.ends.clear();
+            self.queue.take(&mut self.pending, &mut encoded);
             let pending = std::mem::take(&mut self.pending);
-            for batch in pending.chunks(size) {
+            let mut start = 0;
+            let batches = encoded
+                .ends
+                .chunks(size)
+                .map(|ends| {
+                    let end = ends.last().copied().unwrap_or(start);
+                    let batch = Batch { encoded: &encoded.bytes[start..end], encoded_spans: ends.len(), records: &[] };
+                    start = end;
+                    batch
+                })
+                .chain(pending.chunks(size).map(Batch::records));
+            for batch in batches.collect::<Vec<_>>() {
                 if let Err(e) = self.export(batch).await {
                     result = Err(e);
                 }
                 // Drops happen while exports are slow: report them between batches too.
                 self.log_drops(false);
             }
+            // A burst's buffer is not kept for ever.
+            if encoded.bytes.capacity() <= MAX_ENCODED_BYTES / 4 {
+                self.pending_encoded = encoded;
+            }
             self.pending = pending;
             self.queue.recycle(&mut self.pending);
         }
     }
 
-    async fn export(&mut self, batch: &[Box<SpanRecord>]) -> OTelSdkResult {
-        if batch.is_empty() {
+    async fn export(&mut self, batch: Batch<'_>) -> OTelSdkResult {
+        if batch.len() == 0 {
             return Ok(());
         }
         let count = batch.len() as u64;
@@ -699,6 +792,7 @@ mod tests {
             batch,
             Duration::from_secs(10),
             Arc::clone(&stats),
+            false,
         )
         .expect("worker starts");
         (p, stats)
@@ -848,8 +942,9 @@ mod pool_tests {
             scheduled_delay: Duration::from_secs(3600),
             export_timeout: Duration::from_secs(5),
         };
-        let p = QueuedSpanProcessor::start(make, Resource::builder_empty().build(), batch, Duration::from_secs(10), stats)
-            .expect("starts");
+        let p =
+            QueuedSpanProcessor::start(make, Resource::builder_empty().build(), batch, Duration::from_secs(10), stats, false)
+                .expect("starts");
         let queue = p.queue();
         for _ in 0..25 {
             queue.push(Box::new(SpanRecord::new("x", 2)));

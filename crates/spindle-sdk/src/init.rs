@@ -356,6 +356,8 @@ where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
     let span_filter = SpanFilter::parse(&settings.span_filter)?;
+    // The SDK's own OTLP exporter takes spans the layer has encoded already.
+    let encode_in_layer = exporter.is_none() && settings.protocol != Protocol::HttpJson;
     let make_exporter: MakeExporter = match exporter {
         Some(e) => Box::new(move || Ok(e)),
         None => {
@@ -375,6 +377,7 @@ where
         settings.batch,
         settings.drop_log_interval,
         Arc::clone(&stats),
+        encode_in_layer,
     )?;
     let flusher = processor.flusher();
     let layer = SpanLayer::new(

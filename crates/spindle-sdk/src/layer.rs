@@ -40,6 +40,7 @@ use tracing_subscriber::Layer;
 
 use crate::config::{ParentBasedRoot, SamplerConfig};
 use crate::export::SpanQueue;
+use crate::otlp::encode::encode_span_entry;
 use crate::record::{AttrValue, SpanRecord, Str};
 
 /// What the layer keeps per span, in the registry's extensions.
@@ -166,6 +167,8 @@ thread_local! {
     static RNG: Cell<u64> = Cell::new(seed());
     /// Emptied records this thread took from the export worker's, to fill without locking.
     static SPARE: RefCell<Vec<Box<SpanRecord>>> = const { RefCell::new(Vec::new()) };
+    /// A closed span's encoded entry, and the encoder's scratch buffer.
+    static ENCODING: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     /// Guards of the contexts attached on enter, with their span's id.
     static ATTACHED: RefCell<Vec<(u64, ContextGuard)>> = const { RefCell::new(Vec::new()) };
 }
@@ -207,8 +210,9 @@ fn new_trace_id() -> TraceId {
     }
 }
 
-/// How many emptied records a thread takes at once.
+/// How many emptied records a thread takes at once, and keeps at most.
 const SPARE_REFILL: usize = 32;
+const SPARE_KEPT: usize = 64;
 
 /// The layer's settings besides the queue.
 #[derive(Debug, Clone)]
@@ -481,7 +485,26 @@ where
             record.push_attr(Key::from_static_str("busy_ns"), AttrValue::Value(Value::I64(timings.busy)));
             record.push_attr(Key::from_static_str("idle_ns"), AttrValue::Value(Value::I64(timings.idle)));
         }
-        self.queue.push(record);
+        if !self.queue.encodes() {
+            self.queue.push(record);
+            return;
+        }
+        // Encoded here, while the record is in this core's cache, and kept by this thread for
+        // its next span: the export worker only joins the bytes.
+        let _ = ENCODING.try_with(|buffers| {
+            let (entry, scratch) = &mut *buffers.borrow_mut();
+            entry.clear();
+            encode_span_entry(entry, scratch, &record);
+            self.queue.push_encoded(entry);
+        });
+        if record.clear_for_reuse() {
+            let _ = SPARE.try_with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_KEPT {
+                    spare.push(record);
+                }
+            });
+        }
     }
 
     // SAFETY: the pointers returned point to `self` or to its field of the asked-for type,

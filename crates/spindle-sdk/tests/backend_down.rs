@@ -161,7 +161,8 @@ fn a_dead_backend_costs_under_two_percent_and_bounded_memory() {
     assert!(growth < 32 << 20, "memory bounded: grew {growth} bytes for {made} spans");
     assert!(stats.dropped > 0, "the bounded queue dropped spans: {stats:?}");
     assert!(
-        stats.dropped + stats.failed + 2048 + 512 >= made,
+        // At most a queue's worth waits, and a queue's worth is in the failing export.
+        stats.dropped + stats.failed + 2 * 2048 >= made,
         "every span is queued, exported, failed or dropped: made {made}, {stats:?}"
     );
 

@@ -129,9 +129,20 @@ impl TraceRequestEncoder {
     }
 
     /// The `ExportTraceServiceRequest` carrying `batch`.
+    #[cfg(test)]
     pub(crate) fn encode(&mut self, batch: &[Box<SpanRecord>]) -> Vec<u8> {
+        self.encode_batch(&[], batch)
+    }
+
+    /// The `ExportTraceServiceRequest` carrying `encoded`, spans of the SDK's scope already
+    /// encoded as `ScopeSpans.spans` entries ([`encode_span_entry`]), and `batch`.
+    pub(crate) fn encode_batch(&mut self, encoded: &[u8], batch: &[Box<SpanRecord>]) -> Vec<u8> {
         for group in &mut self.scopes {
             group.spans.clear();
+        }
+        if !encoded.is_empty() {
+            let index = self.scope_index(&None);
+            self.scopes[index].spans.extend_from_slice(encoded);
         }
         let mut last = usize::MAX;
         for span in batch {
@@ -200,6 +211,14 @@ impl TraceRequestEncoder {
             }
         }
     }
+}
+
+/// Appends `span` to `out` as one `ScopeSpans.spans` entry (tag, length, `Span`), using
+/// `scratch` for the span's fields while their length is not known.
+pub(crate) fn encode_span_entry(out: &mut Vec<u8>, scratch: &mut Vec<u8>, span: &SpanRecord) {
+    scratch.clear();
+    put_span(scratch, span);
+    put_message(out, SCOPE_SPANS_SPANS, scratch);
 }
 
 fn same_scope(a: &Option<Arc<InstrumentationScope>>, b: &Option<Arc<InstrumentationScope>>) -> bool {
@@ -803,6 +822,27 @@ mod tests {
         assert_eq!(rich.events[0].attributes.len(), 2);
         assert_eq!(rich.links[0].flags, 0x300);
         assert_eq!(rich.status.as_ref().map(|s| s.message.as_str()), Some("payment declined"));
+    }
+
+    /// Spans the layer encoded one by one make the same request as their records.
+    #[test]
+    fn spans_encoded_by_the_layer_join_into_the_same_request() {
+        let resource = resource();
+        let mut batch = records(&[span(1, scope("x")), rich_span(), span(2, scope("x"))]);
+        for record in &mut batch {
+            record.scope = None;
+        }
+        let other = records(&[span(3, scope("other-lib"))]);
+        let (mut entries, mut scratch) = (Vec::new(), Vec::new());
+        for record in &batch {
+            encode_span_entry(&mut entries, &mut scratch, record);
+        }
+        let mut encoder = TraceRequestEncoder::new(&resource);
+        let joined = decode(&encoder.encode_batch(&entries, &other));
+        let all: Vec<Box<SpanRecord>> = batch.iter().chain(&other).cloned().collect();
+        assert_eq!(joined, decode(&encoder.encode(&all)));
+        assert_eq!(joined[0].scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("spindle-sdk"));
+        assert_eq!(joined[0].scope_spans[0].spans.len(), 3);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Compression;
-use crate::export::{BoxFuture, DynSpanExporter};
+use crate::export::{Batch, BoxFuture, DynSpanExporter};
 use crate::record::SpanRecord;
 use crate::error::InitError;
 use crate::transport::{ClientTls, Headers, TlsFiles};
@@ -163,10 +163,10 @@ impl OtlpExporter {
         }
     }
 
-    fn encode(&self, batch: &[Box<SpanRecord>]) -> Result<Vec<u8>, OTelSdkError> {
+    fn encode(&self, batch: &Batch<'_>) -> Result<Vec<u8>, OTelSdkError> {
         let mut encoder =
             self.encoder.lock().map_err(|_| OTelSdkError::InternalFailure("otlp encoder poisoned".to_owned()))?;
-        Ok(encoder.encode(batch))
+        Ok(encoder.encode_batch(batch.encoded, batch.records))
     }
 
     async fn send(&self, request: Vec<u8>) -> OTelSdkResult {
@@ -262,8 +262,8 @@ fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
 
 impl OtlpExporter {
     /// Exports a batch of the SDK's records: the export worker's path.
-    pub(crate) async fn export_records(&self, batch: &[Box<SpanRecord>]) -> OTelSdkResult {
-        if batch.is_empty() {
+    pub(crate) async fn export_records(&self, batch: Batch<'_>) -> OTelSdkResult {
+        if batch.len() == 0 {
             return Ok(());
         }
         let retry_at = self.backoff.lock().ok().and_then(|b| b.retry_at);
@@ -271,7 +271,7 @@ impl OtlpExporter {
             // Bounded by the worker's export timeout, like any export.
             tokio::time::sleep_until(at.into()).await;
         }
-        let request = self.encode(batch)?;
+        let request = self.encode(&batch)?;
         let result = self.send(request).await;
         if let Ok(mut backoff) = self.backoff.lock() {
             match &result {
@@ -293,7 +293,7 @@ impl SpanExporter for OtlpExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let records: Vec<Box<SpanRecord>> =
             batch.into_iter().map(|span| Box::new(SpanRecord::from_span_data(span))).collect();
-        self.export_records(&records).await
+        self.export_records(Batch::records(&records)).await
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -302,7 +302,7 @@ impl SpanExporter for OtlpExporter {
 }
 
 impl DynSpanExporter for OtlpExporter {
-    fn export_boxed<'a>(&'a self, batch: &'a [Box<SpanRecord>]) -> BoxFuture<'a, OTelSdkResult> {
+    fn export_boxed<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, OTelSdkResult> {
         Box::pin(self.export_records(batch))
     }
 
