@@ -1,8 +1,10 @@
 //! What the SDK costs a service: the same CPU-bound HTTP service run without the SDK and
 //! with it (100% sampling, every span exported to a live spindle), in the same process and
-//! the same run, requests alternating between the two so both see the same machine.
+//! the same run, requests alternating between the two so both see the same machine. The
+//! traced service can instead use another stack, so that the SDK is compared with it under
+//! the same conditions.
 //!
-//! Reports the ratio of CPU time (the service thread, plus the SDK's export thread for the
+//! Reports the ratio of CPU time (the service thread, plus the stack's export threads for the
 //! traced service) and of p50 / p99 latency seen by the client. The CPU ratio is given twice:
 //! from the totals, and paired — the median over adjacent request pairs of the traced
 //! request's extra CPU, plus the export thread's mean per request, over the median untraced
@@ -15,24 +17,40 @@
 //! Knobs: `OVERHEAD_HANDLER_US` (CPU per request, default 2000), `OVERHEAD_PAIRS` (default
 //! 2000), `OVERHEAD_BACKEND=sink` (an in-process OTLP receiver instead of spindle),
 //! `OVERHEAD_CONTROL=1` (both services untraced: the ratios then show the measurement's own
-//! noise on this machine).
+//! noise on this machine), `OVERHEAD_SPANS` (spans per traced request, default 5: SERVER and
+//! four internal ones; more adds empty child spans, the CPU work stays the same),
+//! `OVERHEAD_STACK`, the traced service's tracing stack:
+//! - `spindle` (default): `tracing` spans through the SDK's layer, queue and exporter;
+//! - `tracing-opentelemetry`: the same `tracing` spans and `ServerTracingLayer` through
+//!   `tracing-opentelemetry` into the OpenTelemetry SDK (`BatchSpanProcessor`, the
+//!   `opentelemetry-otlp` gRPC exporter);
+//! - `otel`: no `tracing`: the same spans made with the OpenTelemetry API, into the same
+//!   OpenTelemetry SDK pipeline.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::SdkTracer;
 use spindle_sdk::http::axum::ServerTracingLayer;
 use spindle_sdk::tracing::Dispatch;
 use spindle_sdk::tracing_subscriber::layer::SubscriberExt;
 use spindle_sdk::tracing_subscriber::Registry;
 use spindle_sdk::SamplerConfig;
-use support::workload::{calibrate, handle_request};
+use support::stacks::{OtlpStack, BATCH_PROCESSOR_THREAD, OTLP_RUNTIME_THREAD};
+use support::workload::{calibrate, handle_request_otel, handle_request_with_steps};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -51,8 +69,10 @@ fn thread_cpu_ns(tid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Thread ids of this process whose name starts with `prefix`.
+/// Thread ids of this process whose name starts with `prefix` (of which the kernel keeps the
+/// first 15 bytes).
 fn threads_named(prefix: &str) -> Vec<i32> {
+    let prefix = &prefix[..prefix.len().min(15)];
     std::fs::read_dir("/proc/self/task")
         .map(|dir| {
             dir.filter_map(|e| {
@@ -65,8 +85,120 @@ fn threads_named(prefix: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-async fn price(State(strikes): State<usize>, Path(id): Path<u64>) -> String {
-    handle_request(id, strikes).to_string()
+/// CPU time of each thread named after one of `prefixes`. Read again at the end of the run,
+/// so that threads a runtime starts meanwhile are counted too.
+fn threads_cpu(prefixes: &[&str]) -> HashMap<i32, u64> {
+    prefixes.iter().flat_map(|p| threads_named(p)).map(|tid| (tid, thread_cpu_ns(tid))).collect()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stack {
+    Spindle,
+    TracingOpentelemetry,
+    Otel,
+}
+
+impl Stack {
+    fn from_env() -> Self {
+        match std::env::var("OVERHEAD_STACK").as_deref() {
+            Err(_) | Ok("spindle") => Self::Spindle,
+            Ok("tracing-opentelemetry") => Self::TracingOpentelemetry,
+            Ok("otel") => Self::Otel,
+            Ok(other) => panic!("OVERHEAD_STACK={other}: expected spindle, tracing-opentelemetry or otel"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Spindle => "spindle (spindle-sdk: its layer, queue and OTLP/gRPC exporter)",
+            Self::TracingOpentelemetry => {
+                "tracing-opentelemetry (tracing-opentelemetry 0.34, opentelemetry_sdk BatchSpanProcessor, \
+                 opentelemetry-otlp gRPC)"
+            }
+            Self::Otel => {
+                "otel (OpenTelemetry API, no tracing; opentelemetry_sdk BatchSpanProcessor, opentelemetry-otlp gRPC)"
+            }
+        }
+    }
+
+    /// Name prefixes of the threads that export the stack's spans: their CPU is the traced
+    /// service's too.
+    fn export_threads(self) -> &'static [&'static str] {
+        match self {
+            Self::Spindle => &["spindle-sdk-exp"],
+            Self::TracingOpentelemetry | Self::Otel => &[BATCH_PROCESSOR_THREAD, OTLP_RUNTIME_THREAD],
+        }
+    }
+}
+
+/// The export pipeline of the traced service.
+enum Pipeline {
+    Spindle(spindle_sdk::TracingGuard),
+    Otel(OtlpStack),
+}
+
+#[derive(Clone, Copy)]
+struct Work {
+    strikes: usize,
+    /// Extra child spans per request.
+    steps: usize,
+}
+
+async fn price(State(work): State<Work>, Path(id): Path<u64>) -> String {
+    handle_request_with_steps(id, work.strikes, work.steps).to_string()
+}
+
+async fn price_otel(State((work, tracer)): State<(Work, SdkTracer)>, Path(id): Path<u64>) -> String {
+    handle_request_otel(&tracer, id, work.strikes, work.steps).to_string()
+}
+
+/// The SERVER span of `ServerTracingLayer`, with the same name and attributes, made with the
+/// OpenTelemetry API; the request is handled in its context.
+async fn otel_server_span(State(tracer): State<SdkTracer>, request: Request, next: Next) -> Response {
+    let method = request.method().as_str();
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let mut name = String::from(method);
+    let mut attributes = Vec::with_capacity(6);
+    attributes.push(KeyValue::new("http.request.method", method.to_owned()));
+    if let Some(route) = route {
+        name.push(' ');
+        name.push_str(route);
+        attributes.push(KeyValue::new("http.route", route.to_owned()));
+    }
+    attributes.push(KeyValue::new("url.path", request.uri().path().to_owned()));
+    if let Some(scheme) = request.uri().scheme_str() {
+        attributes.push(KeyValue::new("url.scheme", scheme.to_owned()));
+    }
+    if let Some(agent) = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+    }
+    let span = tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes).start(&tracer);
+    let cx = Context::current_with_span(span);
+    let response = next.run(request).with_context(cx.clone()).await;
+    let span = cx.span();
+    let status = response.status();
+    span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+    if status.is_server_error() {
+        span.set_attribute(KeyValue::new("error.type", status.as_str().to_owned()));
+        span.set_status(Status::error(""));
+    }
+    span.end();
+    response
+}
+
+/// Spans the backend has accepted so far.
+fn backend_spans(spindle: Option<&support::Spindle>, sink: Option<&support::OtlpSink>) -> u64 {
+    if let Some(sink) = sink {
+        return sink.spans().len() as u64;
+    }
+    let spindle = spindle.expect("a backend");
+    support::http_get(&format!("http://{}/metrics", spindle.admin))
+        .and_then(|(_, metrics)| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("spindle_spans_accepted_total{protocol=\"otlp_grpc\"} ")?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Serves `app` on a named thread with its own current-thread runtime under `dispatch`;
@@ -106,6 +238,9 @@ fn main() {
     let pairs: usize = env_or("OVERHEAD_PAIRS", 2000);
     let use_sink = std::env::var("OVERHEAD_BACKEND").is_ok_and(|v| v == "sink");
     let control = std::env::var("OVERHEAD_CONTROL").is_ok_and(|v| v == "1");
+    let stack = Stack::from_env();
+    let spans: usize = env_or("OVERHEAD_SPANS", 5);
+    assert!(spans >= 5, "OVERHEAD_SPANS={spans}: a request has at least its 5 spans");
 
     let (spindle, sink) =
         if use_sink { (None, Some(support::OtlpSink::start())) } else { (Some(support::Spindle::start()), None) };
@@ -114,23 +249,41 @@ fn main() {
         .map(|s| s.otlp_grpc.clone())
         .or_else(|| sink.as_ref().map(|s| s.grpc_endpoint.clone()))
         .expect("a backend");
-    let (layer, guard) = spindle_sdk::builder("overhead-bench")
-        .endpoint(endpoint.clone())
-        .sampler(SamplerConfig::AlwaysOn)
-        .into_layer::<Registry>()
-        .expect("pipeline");
-    let sdk = Dispatch::new(Registry::default().with(layer));
-
-    let strikes = calibrate(handler);
-    let app = Router::new().route("/price/{id}", get(price)).with_state(strikes);
-    let (off_port, off_tid) = serve("svc-off", app.clone(), Dispatch::none());
-    let (on_port, on_tid) = if control {
-        serve("svc-on", app, Dispatch::none())
-    } else {
-        serve("svc-on", app.layer(ServerTracingLayer::new()), sdk)
+    let (pipeline, sdk) = match stack {
+        Stack::Spindle => {
+            let (layer, guard) = spindle_sdk::builder("overhead-bench")
+                .endpoint(endpoint.clone())
+                .sampler(SamplerConfig::AlwaysOn)
+                .into_layer::<Registry>()
+                .expect("pipeline");
+            (Pipeline::Spindle(guard), Dispatch::new(Registry::default().with(layer)))
+        }
+        Stack::TracingOpentelemetry | Stack::Otel => {
+            // 2048, the OpenTelemetry SDK's default queue, is the SDK's too.
+            let otel = OtlpStack::new("overhead-bench", &endpoint, 2048);
+            let dispatch = if stack == Stack::Otel { Dispatch::none() } else { otel.tracing_dispatch() };
+            (Pipeline::Otel(otel), dispatch)
+        }
     };
-    let exporter_tids = threads_named("spindle-sdk-exp");
-    assert_eq!(exporter_tids.len(), 1, "one export thread: {exporter_tids:?}");
+
+    let work = Work { strikes: calibrate(handler), steps: spans - 5 };
+    let app = Router::new().route("/price/{id}", get(price)).with_state(work);
+    let (off_port, off_tid) = serve("svc-off", app.clone(), Dispatch::none());
+    let (on_port, on_tid) = match (&pipeline, control) {
+        (_, true) => serve("svc-on", app, Dispatch::none()),
+        (Pipeline::Otel(otel), false) if stack == Stack::Otel => {
+            let app = Router::new()
+                .route("/price/{id}", get(price_otel))
+                .with_state((work, otel.tracer.clone()))
+                .layer(axum::middleware::from_fn_with_state(otel.tracer.clone(), otel_server_span));
+            serve("svc-on", app, Dispatch::none())
+        }
+        (_, false) => serve("svc-on", app.layer(ServerTracingLayer::new()), sdk),
+    };
+    for prefix in stack.export_threads() {
+        assert!(!threads_named(prefix).is_empty(), "an export thread named {prefix}");
+    }
+    let pipeline = &pipeline;
 
     let client = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let result = client.block_on(async move {
@@ -158,7 +311,7 @@ fn main() {
             call(off_port, id).await;
         }
         let cpu = |tids: &[i32]| tids.iter().map(|t| thread_cpu_ns(*t)).sum::<u64>();
-        let (off_cpu0, on_cpu0, exp_cpu0) = (cpu(&[off_tid]), cpu(&[on_tid]), cpu(&exporter_tids));
+        let (off_cpu0, on_cpu0, exp_cpu0) = (cpu(&[off_tid]), cpu(&[on_tid]), threads_cpu(stack.export_threads()));
         let (mut off_lat, mut on_lat) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
         // Each service's CPU is read just before its own next request, when it has been idle
         // since the other service's request: the difference is one request, all of it.
@@ -183,10 +336,17 @@ fn main() {
             }
         }
         let wall = wall.elapsed();
-        // Let the last batch leave before reading the exporter's CPU.
+        // Let the last batch leave before reading the exporter's CPU. The OpenTelemetry
+        // SDK's batch processor exports every 5 s by default, so it is flushed.
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        if let Pipeline::Otel(otel) = pipeline {
+            otel.flush();
+        }
         let off_cpu = cpu(&[off_tid]) - off_cpu0;
-        let export_cpu = cpu(&exporter_tids) - exp_cpu0;
+        let export_cpu = threads_cpu(stack.export_threads())
+            .into_iter()
+            .map(|(tid, ns)| ns - exp_cpu0.get(&tid).copied().unwrap_or(0))
+            .sum::<u64>();
         let on_cpu = cpu(&[on_tid]) - on_cpu0 + export_cpu;
         // Paired: the median over adjacent pairs of the extra CPU of the traced request, which
         // a preemption or a cache flush by another process on this shared machine moves far
@@ -196,8 +356,14 @@ fn main() {
         (off_cpu, on_cpu, export_cpu, off_lat, on_lat, wall, paired)
     });
     let (off_cpu, on_cpu, export_cpu, mut off_lat, mut on_lat, wall, (extra_ns, typical_ns)) = result;
-    guard.flush().expect("flush");
-    let stats = guard.stats();
+    let stats = match pipeline {
+        Pipeline::Spindle(guard) => {
+            guard.flush().expect("flush");
+            Some(guard.stats())
+        }
+        // Flushed before its export threads' CPU was read.
+        Pipeline::Otel(_) => None,
+    };
     off_lat.sort_by(f64::total_cmp);
     on_lat.sort_by(f64::total_cmp);
     let (off50, on50) = (percentile(&off_lat, 0.5), percentile(&on_lat, 0.5));
@@ -205,11 +371,12 @@ fn main() {
     let per_request = |ns: u64| ns as f64 / pairs as f64 / 1e3;
 
     println!("overhead benchmark: {pairs} requests per side, ~{handler:?} CPU-bound handler");
+    println!("  stack: {}", stack.describe());
     println!("  backend: {} at {endpoint}", if use_sink { "in-process OTLP sink" } else { "spindle" });
     if control {
         println!("  CONTROL RUN: neither service is traced");
     } else {
-        println!("  spans per traced request: 5 (SERVER + 4 internal), sampling 100%");
+        println!("  spans per traced request: {spans} (SERVER + {} internal), sampling 100%", spans - 1);
     }
     println!("  run took {wall:.1?}");
     println!("                      sdk off     sdk on   on/off");
@@ -220,9 +387,9 @@ fn main() {
         on_cpu as f64 / off_cpu as f64
     );
     println!(
-        "    of which export thread       {:>8.1} us ({:.2} us per span)",
+        "    of which export threads      {:>8.1} us ({:.2} us per span)",
         per_request(export_cpu),
-        per_request(export_cpu) / 5.0
+        per_request(export_cpu) / spans as f64
     );
     let export_per_request = export_cpu as f64 / pairs as f64;
     println!(
@@ -234,11 +401,24 @@ fn main() {
     );
     println!("  latency p50      {off50:>8.3} ms {on50:>8.3} ms   {:.4}", on50 / off50);
     println!("  latency p99      {off99:>8.3} ms {on99:>8.3} ms   {:.4}", on99 / off99);
-    println!("  export: {stats:?}");
-    let expected = if control { 0 } else { (pairs as u64 + 50) * 5 };
-    assert!(
-        stats.exported >= expected,
-        "every span of the traced service reached the backend: {} of {expected}",
-        stats.exported
-    );
+    let expected = if control { 0 } else { (pairs as u64 + 50) * spans as u64 };
+    // The backend's count may lag its acknowledgement of the last export a little.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut received = backend_spans(spindle.as_ref(), sink.as_ref());
+    while received < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        received = backend_spans(spindle.as_ref(), sink.as_ref());
+    }
+    match stats {
+        Some(stats) => println!("  export: {stats:?}; backend accepted {received} spans"),
+        None => println!("  export: backend accepted {received} spans"),
+    }
+    if let Some(stats) = stats {
+        assert!(
+            stats.exported >= expected,
+            "every span of the traced service was exported: {} of {expected}",
+            stats.exported
+        );
+    }
+    assert!(received >= expected, "every span of the traced service reached the backend: {received} of {expected}");
 }

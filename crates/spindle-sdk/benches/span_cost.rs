@@ -2,7 +2,9 @@
 //!
 //! `span/*`: start and end a `tracing` span through the whole SDK pipeline (layer, sampler,
 //! bounded queue, export worker, with an exporter that discards) against no subscriber at
-//! all. `export/*`: one OTLP batch of 512 spans encoded and sent to a local receiver.
+//! all (`sdk_on`, `sdk_off`), and side by side the same spans through `tracing-opentelemetry`
+//! into the OpenTelemetry SDK (`tracing_opentelemetry`) and made with the OpenTelemetry API
+//! alone (`otel_api`), both with the SDK's `BatchSpanProcessor` and an exporter that discards. `export/*`: one OTLP batch of 512 spans encoded and sent to a local receiver.
 //! `propagation/*`: W3C inject and extract in HTTP headers and Kafka record headers.
 //!
 //! Times are CPU time of the benchmarking thread, not wall time: on a shared machine other
@@ -19,11 +21,14 @@ use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+    TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanEvents, SpanExporter, SpanLinks};
 use rdkafka::message::OwnedHeaders;
 use spindle_sdk::tracing::Dispatch;
 use spindle_sdk::tracing_subscriber::layer::SubscriberExt;
@@ -104,6 +109,52 @@ macro_rules! span_benches {
     };
 }
 
+/// The OpenTelemetry SDK's pipeline with the SDK bench's queue and delay; the exporter
+/// discards and counts.
+fn otel_provider() -> (SdkTracerProvider, support::stacks::CountingExporter) {
+    let exporter = support::stacks::CountingExporter::default();
+    let provider = support::stacks::otel_provider("bench", exporter.clone(), 1 << 16, Some(Duration::from_millis(100)));
+    (provider, exporter)
+}
+
+/// `span_benches!` through the OpenTelemetry API: the same spans and attributes, the
+/// parent passed to the child as a context.
+fn otel_api_benches(group: &mut BenchmarkGroup<'_, ThreadCpuTime>, tracer: &SdkTracer) {
+    group.bench_function("start_end/otel_api", |b| {
+        b.iter(|| {
+            let mut span = tracer.start("calculate_bsm");
+            black_box(1);
+            span.end();
+        })
+    });
+    group.bench_function("start_4_attributes_end/otel_api", |b| {
+        let mut id = 0_i64;
+        b.iter(|| {
+            id += 1;
+            let mut span = tracer
+                .span_builder("calculate_bsm")
+                .with_attributes([
+                    KeyValue::new("symbol", "AAPL"),
+                    KeyValue::new("message.id", id),
+                    KeyValue::new("strike", 150.5_f64),
+                    KeyValue::new("model", "bsm"),
+                ])
+                .start(tracer);
+            black_box(1);
+            span.end();
+        })
+    });
+    group.bench_function("parent_with_child/otel_api", |b| {
+        b.iter(|| {
+            let cx = Context::current_with_span(tracer.start("process_message"));
+            let mut child = tracer.start_with_context("clean_data", &cx);
+            black_box(1);
+            child.end();
+            cx.span().end();
+        })
+    });
+}
+
 fn spans(c: &mut Cpu) {
     let (sdk, guard) = sdk_dispatch();
     let mut group = c.benchmark_group("span");
@@ -113,11 +164,28 @@ fn spans(c: &mut Cpu) {
     tracing::dispatcher::with_default(&sdk, || {
         span_benches!(group, "sdk_on");
     });
+    let (layered, layered_spans) = otel_provider();
+    let tracing_otel = support::stacks::tracing_opentelemetry_dispatch(layered.tracer("bench"));
+    tracing::dispatcher::with_default(&tracing_otel, || {
+        span_benches!(group, "tracing_opentelemetry");
+    });
+    let (direct, direct_spans) = otel_provider();
+    tracing::dispatcher::with_default(&Dispatch::none(), || {
+        otel_api_benches(&mut group, &direct.tracer("bench"));
+    });
     group.finish();
     guard.flush().expect("flush");
     let stats = guard.stats();
     assert!(stats.exported > 1000 && stats.failed == 0, "the sdk_on spans were recorded: {stats:?}");
     println!("span pipeline during the benches: {stats:?}");
+    for (mode, provider, exporter) in
+        [("tracing_opentelemetry", &layered, &layered_spans), ("otel_api", &direct, &direct_spans)]
+    {
+        provider.force_flush().expect("otel flush");
+        let exported = exporter.spans.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(exported > 1000, "the {mode} spans were recorded: {exported}");
+        println!("{mode} spans exported during the benches: {exported}");
+    }
 }
 
 /// A request through an axum router with and without `ServerTracingLayer` (in process, no

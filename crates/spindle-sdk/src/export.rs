@@ -18,6 +18,10 @@
 //! This module must not log from the application's thread inside `on_end`: that runs inside a
 //! `tracing` subscriber callback, where events would be discarded or recurse.
 
+// Records (a few hundred bytes each) move between the layer, the queue and the worker by
+// pointer, and the worker hands the boxes back for reuse.
+#![allow(clippy::vec_box)]
+
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -780,10 +784,7 @@ mod tests {
         }
     }
 
-    fn start(
-        exporter: impl SpanExporter + 'static,
-        batch: BatchSettings,
-    ) -> (QueuedSpanProcessor, Arc<StatsCounters>) {
+    fn start(exporter: impl SpanExporter + 'static, batch: BatchSettings) -> (QueuedSpanProcessor, Arc<StatsCounters>) {
         let stats = Arc::new(StatsCounters::default());
         let make: MakeExporter = Box::new(move || Ok(Box::new(SdkExporter(exporter)) as Box<dyn DynSpanExporter>));
         let p = QueuedSpanProcessor::start(
@@ -934,7 +935,8 @@ mod pool_tests {
     fn exported_records_come_back_for_reuse() {
         let stats = Arc::new(StatsCounters::default());
         let make: MakeExporter = Box::new(move || {
-            Ok(Box::new(SdkExporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())) as Box<dyn DynSpanExporter>)
+            Ok(Box::new(SdkExporter(opentelemetry_sdk::trace::InMemorySpanExporter::default()))
+                as Box<dyn DynSpanExporter>)
         });
         let batch = BatchSettings {
             max_queue_size: 100,
@@ -942,9 +944,15 @@ mod pool_tests {
             scheduled_delay: Duration::from_secs(3600),
             export_timeout: Duration::from_secs(5),
         };
-        let p =
-            QueuedSpanProcessor::start(make, Resource::builder_empty().build(), batch, Duration::from_secs(10), stats, false)
-                .expect("starts");
+        let p = QueuedSpanProcessor::start(
+            make,
+            Resource::builder_empty().build(),
+            batch,
+            Duration::from_secs(10),
+            stats,
+            false,
+        )
+        .expect("starts");
         let queue = p.queue();
         for _ in 0..25 {
             queue.push(Box::new(SpanRecord::new("x", 2)));

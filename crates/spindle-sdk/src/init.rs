@@ -20,8 +20,8 @@ use tracing_subscriber::{Layer, Registry};
 use crate::config::{BuilderSettings, Compression, LogFormat, Protocol, SamplerConfig, Settings};
 use crate::error::InitError;
 use crate::export::{on_export_worker, DynSpanExporter, MakeExporter, QueuedSpanProcessor, SdkExporter, StatsCounters};
-use crate::layer::{LayerSettings, SpanLayer};
 use crate::guard::TracingGuard;
+use crate::layer::{LayerSettings, SpanLayer};
 use crate::otlp::OtlpExporter;
 use crate::transport::ClientTls;
 

@@ -35,6 +35,7 @@
 use std::fmt::Display;
 use std::future::Future;
 
+use crate::SpanExt;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::Context;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, ToBytes};
@@ -43,7 +44,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tracing::field::Empty;
 use tracing::Instrument;
-use crate::SpanExt;
 
 use crate::propagation::{current_context, extract_context, inject_context, record_error, set_remote_parent};
 

@@ -19,6 +19,10 @@
 //!   started inside an OpenTelemetry API span becomes that span's child;
 //! - [`crate::SpanExt`] reads and changes a span's context, attributes, events and status.
 
+// Records (a few hundred bytes each) move between the layer, the queue and the worker by
+// pointer, and the worker hands the boxes back for reuse.
+#![allow(clippy::vec_box)]
+
 use std::any::TypeId;
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -224,10 +228,12 @@ pub(crate) struct LayerSettings {
     pub(crate) activation: bool,
 }
 
+type WithFn = fn(&Dispatch, &Id, &mut dyn FnMut(&mut SpanState));
+
 /// What [`crate::SpanExt`] finds through `Dispatch::downcast_ref`: a way to the state of a
 /// span of this layer's subscriber, and the sampler for new parents.
 pub(crate) struct WithSpanState {
-    with: fn(&Dispatch, &Id, &mut dyn FnMut(&mut SpanState)),
+    with: WithFn,
     pub(crate) sampler: SamplerConfig,
 }
 
@@ -521,7 +527,8 @@ where
 }
 
 fn push_details(record: &mut SpanRecord, meta: &tracing::Metadata<'static>) {
-    let mut push = |key: &'static str, value: Value| record.push_attr(Key::from_static_str(key), AttrValue::Value(value));
+    let mut push =
+        |key: &'static str, value: Value| record.push_attr(Key::from_static_str(key), AttrValue::Value(value));
     if let Some(file) = meta.file() {
         push("code.file.path", Value::from(file));
     }

@@ -7,12 +7,12 @@
 
 use std::sync::OnceLock;
 
+use crate::SpanExt;
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use crate::SpanExt;
 
 /// The W3C `traceparent` / `tracestate` plus `baggage` propagator the SDK always speaks.
 pub fn w3c_propagator() -> &'static TextMapCompositePropagator {

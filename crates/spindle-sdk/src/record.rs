@@ -226,7 +226,8 @@ impl SpanRecord {
         record.kind = span.span_kind;
         record.start = span.start_time;
         record.end = span.end_time;
-        record.attrs = span.attributes.into_iter().map(|kv| Attr { key: kv.key, value: AttrValue::Value(kv.value) }).collect();
+        record.attrs =
+            span.attributes.into_iter().map(|kv| Attr { key: kv.key, value: AttrValue::Value(kv.value) }).collect();
         record.dropped_attrs = span.dropped_attributes_count;
         record.dropped_events = span.events.dropped_count;
         record.events = span.events.events;

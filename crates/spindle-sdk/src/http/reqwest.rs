@@ -14,12 +14,12 @@
 //! # let _ = client;
 //! ```
 
+use crate::SpanExt;
 use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use tracing::field::Empty;
 use tracing::Instrument;
-use crate::SpanExt;
 
 use crate::propagation::record_error;
 

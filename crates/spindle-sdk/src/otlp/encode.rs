@@ -776,6 +776,7 @@ mod tests {
 
     /// The records the SDK would make of `batch`, string attributes in the record's text
     /// buffer as the layer writes them.
+    #[allow(clippy::vec_box)] // the encoder takes records as the queue holds them
     fn records(batch: &[SpanData]) -> Vec<Box<SpanRecord>> {
         batch
             .iter()

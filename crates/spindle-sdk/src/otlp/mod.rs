@@ -36,9 +36,9 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Compression;
+use crate::error::InitError;
 use crate::export::{Batch, BoxFuture, DynSpanExporter};
 use crate::record::SpanRecord;
-use crate::error::InitError;
 use crate::transport::{ClientTls, Headers, TlsFiles};
 use encode::{decode_partial_success, TraceRequestEncoder};
 

@@ -6,6 +6,7 @@
 
 pub mod otlp_sink;
 pub mod scenarios;
+pub mod stacks;
 pub mod tls_sink;
 pub mod workload;
 

@@ -32,13 +32,81 @@ pub fn price_chain(spot: f64, strikes: usize) -> f64 {
 /// One request of the seed's processor service: four spans with attributes around
 /// `strikes` option prices. Without a subscriber the spans cost (almost) nothing.
 pub fn handle_request(id: u64, strikes: usize) -> f64 {
-    let symbol = ["7203", "6758", "9984", "AAPL"][(id % 4) as usize];
+    handle_request_with_steps(id, strikes, 0)
+}
+
+/// [`handle_request`] with `steps` more (empty) child spans of `process_message`: more spans
+/// per request for the same CPU work.
+pub fn handle_request_with_steps(id: u64, strikes: usize, steps: usize) -> f64 {
+    let symbol = SYMBOLS[(id % 4) as usize];
     let span = tracing::info_span!("process_message", symbol, message.id = id, partition = 0_i64);
     let _entered = span.enter();
     let spot = tracing::info_span!("clean_data", symbol, records = 4_i64).in_scope(|| 100.0 + (id % 7) as f64);
     let value = tracing::info_span!("calculate_bsm", symbol, strikes = strikes as i64, model = "bsm", vol = 0.2)
         .in_scope(|| price_chain(spot, strikes));
+    for i in 0..steps {
+        tracing::info_span!("step", i = i as i64).in_scope(|| black_box(i));
+    }
     tracing::info_span!("send_enriched", topic = "enriched-data", symbol, bytes = 96_i64).in_scope(|| black_box(value))
+}
+
+const SYMBOLS: [&str; 4] = ["7203", "6758", "9984", "AAPL"];
+
+/// [`handle_request_with_steps`] through the OpenTelemetry API alone, no `tracing`: the same
+/// spans with the same attributes (integers as `i64`, as the `tracing` layers record them),
+/// children of the context current when it is called. Parents are passed as contexts, never
+/// attached: the cheapest correct use of the API.
+pub fn handle_request_otel<T>(tracer: &T, id: u64, strikes: usize, steps: usize) -> f64
+where
+    T: opentelemetry::trace::Tracer,
+    T::Span: Send + Sync + 'static,
+{
+    use opentelemetry::trace::{Span as _, TraceContextExt as _};
+    use opentelemetry::{Context, KeyValue};
+
+    let symbol = SYMBOLS[(id % 4) as usize];
+    let child = |cx: &Context, name: &'static str, attributes: Vec<KeyValue>| {
+        tracer.span_builder(name).with_attributes(attributes).start_with_context(tracer, cx)
+    };
+    let process = child(
+        &Context::current(),
+        "process_message",
+        vec![
+            KeyValue::new("symbol", symbol),
+            KeyValue::new("message.id", id as i64),
+            KeyValue::new("partition", 0_i64),
+        ],
+    );
+    let cx = Context::current_with_span(process);
+    let mut span = child(&cx, "clean_data", vec![KeyValue::new("symbol", symbol), KeyValue::new("records", 4_i64)]);
+    let spot = 100.0 + (id % 7) as f64;
+    span.end();
+    let mut span = child(
+        &cx,
+        "calculate_bsm",
+        vec![
+            KeyValue::new("symbol", symbol),
+            KeyValue::new("strikes", strikes as i64),
+            KeyValue::new("model", "bsm"),
+            KeyValue::new("vol", 0.2),
+        ],
+    );
+    let value = price_chain(spot, strikes);
+    span.end();
+    for i in 0..steps {
+        let mut span = child(&cx, "step", vec![KeyValue::new("i", i as i64)]);
+        black_box(i);
+        span.end();
+    }
+    let mut span = child(
+        &cx,
+        "send_enriched",
+        vec![KeyValue::new("topic", "enriched-data"), KeyValue::new("symbol", symbol), KeyValue::new("bytes", 96_i64)],
+    );
+    let value = black_box(value);
+    span.end();
+    cx.span().end();
+    value
 }
 
 /// CPU time of the whole process (every thread, the SDK's export thread included).
