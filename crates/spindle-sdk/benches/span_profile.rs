@@ -2,8 +2,8 @@
 //!
 //! Runs the overhead benchmark's axum service (`ServerTracingLayer` + the four-span handler,
 //! here with a near-empty workload) in-process: each request is handed straight to the
-//! `Router`, on one current-thread runtime, with the SDK at 100% sampling and an exporter that
-//! discards. What one request costs the service thread is then almost only the SDK.
+//! `Router`, on one current-thread runtime, with the SDK at 100% sampling exporting over OTLP
+//! gRPC to an in-process receiver. What one request costs the service thread is then almost only the SDK.
 //!
 //! Run under callgrind (deterministic, unaffected by machine load), then read the inclusive
 //! cost of `requests` on the main thread and divide by the number of requests:
@@ -95,8 +95,10 @@ fn main() {
     let evict = std::env::var("SPAN_PROFILE_EVICT_KB").ok().and_then(|v| v.parse().ok()).unwrap_or(0_usize) << 10;
     let app = Router::new().route("/price/{id}", get(price)).with_state(1_usize);
     if mode != "off" {
+        // The SDK's own OTLP exporter, to an in-process receiver: the path a service takes.
+        let sink = support::OtlpSink::start();
         let (layer, guard) = spindle_sdk::builder("span-profile")
-            .exporter(support::DiscardingExporter)
+            .endpoint(sink.grpc_endpoint.clone())
             .sampler(SamplerConfig::AlwaysOn)
             .max_queue_size(1 << 16)
             .otel_context_activation(std::env::var("SPAN_PROFILE_ACTIVATION").map_or(true, |v| v != "0"))
