@@ -112,11 +112,11 @@ impl SpindleBuilder {
     /// Whether every entered `tracing` span also becomes the current OpenTelemetry context
     /// (`opentelemetry::Context::current()`), so that spans started through the OpenTelemetry
     /// API (`global::tracer(..).start(..)`) inside a `tracing` span become its children. On
-    /// by default, as in `tracing-opentelemetry`. Turning it off saves a context clone and
-    /// two thread-local stack operations on every enter and exit of every span (about 5,000
-    /// instructions on a request of five spans, a tenth of what the SDK adds; see
+    /// by default. Turning it off saves a span lookup, a context clone and two thread-local
+    /// stack operations on every enter and exit of every span (about 4,000 instructions on a
+    /// request of five spans, a seventh of what the SDK adds; see
     /// docs/adr/004-otel-context-activation-off.md); `tracing` spans still nest, and
-    /// [`crate::current_context`] (or `OpenTelemetrySpanExt::context`) gives the
+    /// [`crate::current_context`] (or [`crate::SpanExt::context`]) gives the
     /// OpenTelemetry API the current span's context to use as a parent.
     pub fn otel_context_activation(mut self, enabled: bool) -> Self {
         self.settings.otel_context_activation = Some(enabled);

@@ -1,8 +1,10 @@
 //! Tracing for Rust services in one call, with context that crosses Kafka, HTTP and async work.
 //!
-//! `spindle-sdk` sets up the standard stack — [`tracing`] spans and events, exported as
-//! OpenTelemetry spans over OTLP by [`tracing_opentelemetry`] — the way the Spindle backend
-//! (or any OpenTelemetry collector) expects it, and adds what the standard crates leave out:
+//! `spindle-sdk` turns [`tracing`] spans and events into OpenTelemetry spans with a layer of
+//! its own, exports them over OTLP the way the Spindle backend (or any OpenTelemetry
+//! collector) expects, interoperates with the [`opentelemetry`] API (its spans join the same
+//! traces; [`SpanExt`] gives `tracing` spans the OpenTelemetry operations), and adds what the
+//! standard crates leave out:
 //!
 //! - **one-call init** ([`init`], [`builder`]) with readable logs, OTLP gRPC or HTTP export,
 //!   samplers, resource attributes and the `OTEL_*` environment variables;

@@ -79,8 +79,7 @@ where
             match &result {
                 Ok(response) => {
                     let status = response.status();
-                    // As i64: `tracing-opentelemetry` turns other integer types (u16, u64)
-                    // into strings, and the conventions want an int.
+                    // As i64, the conventions' int type.
                     span.record("http.response.status_code", i64::from(status.as_u16()));
                     if status.is_server_error() {
                         span.record("otel.status_code", "ERROR");

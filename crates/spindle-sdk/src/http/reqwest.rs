@@ -64,7 +64,7 @@ impl Middleware for ClientTracingMiddleware {
         match &result {
             Ok(response) => {
                 let status = response.status();
-                // As i64: `tracing-opentelemetry` turns u16 and u64 into strings.
+                // As i64, the conventions' int type.
                 span.record("http.response.status_code", i64::from(status.as_u16()));
                 if status.is_client_error() || status.is_server_error() {
                     span.record("otel.status_code", "ERROR");
