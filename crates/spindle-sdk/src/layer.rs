@@ -338,7 +338,10 @@ where
         let (parent, extra) = self.parent(attrs, &ctx);
         let trace_id = parent.as_ref().map_or_else(new_trace_id, |p| p.trace_id);
         let flags = sample(&self.settings.sampler, parent.as_ref(), trace_id);
-        let details = self.settings.details && flags.is_sampled();
+        // A root the sampler dropped may still get a sampled remote parent (`set_parent`, as the
+        // HTTP and Kafka helpers do right after creating their spans), so its fields are kept.
+        let recording = flags.is_sampled() || parent.is_none();
+        let details = self.settings.details && recording;
         let mut record = self.fresh_record(meta.name());
         record.start = SystemTime::now();
         record.trace_id = trace_id;
@@ -349,7 +352,7 @@ where
             record.parent_is_remote = parent.remote;
             record.trace_state = parent.trace_state;
         }
-        if flags.is_sampled() {
+        if recording {
             if details {
                 push_details(&mut record, meta);
             }
@@ -364,7 +367,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
         if let Some(state) = extensions.get_mut::<SpanState>() {
-            if state.record.is_sampled() {
+            if state.record.is_sampled() || state.record.parent_span_id == SpanId::INVALID {
                 values.record(&mut SpanFields { record: &mut state.record });
             }
         }
@@ -411,7 +414,8 @@ where
         if *meta.level() == tracing::Level::ERROR && record.status == Status::Unset {
             record.status = Status::error("");
         }
-        if let Some(status) = fields.status {
+        // `Ok`, once set, is final (the OpenTelemetry API's rule).
+        if let Some(status) = fields.status.filter(|_| record.status != Status::Ok) {
             record.status = status;
         }
         for kv in fields.span_attributes {
