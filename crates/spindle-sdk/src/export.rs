@@ -196,11 +196,11 @@ impl SpanQueue {
         self.len.load(Ordering::Acquire) >= self.capacity || self.closed.load(Ordering::Relaxed)
     }
 
-    fn queued(&self) {
-        let len = self.len.fetch_add(1, Ordering::AcqRel) + 1;
-        if len == self.batch_size {
-            self.batch_ready.notify_one();
-        }
+    /// Counts a span in; called with the lock it was pushed under still held, so the worker's
+    /// `take` never subtracts a span before it was counted. `true` when the queue just reached
+    /// a full batch.
+    fn counted(&self) -> bool {
+        self.len.fetch_add(1, Ordering::AcqRel) + 1 == self.batch_size
     }
 
     fn dropped(&self) {
@@ -216,8 +216,11 @@ impl SpanQueue {
             return;
         }
         spans.push(record);
+        let full_batch = self.counted();
         drop(spans);
-        self.queued();
+        if full_batch {
+            self.batch_ready.notify_one();
+        }
     }
 
     /// Queues a finished span the layer encoded ([`crate::otlp::encode::encode_span_entry`]).
@@ -231,8 +234,11 @@ impl SpanQueue {
         encoded.bytes.extend_from_slice(entry);
         let end = encoded.bytes.len();
         encoded.ends.push(end);
+        let full_batch = self.counted();
         drop(encoded);
-        self.queued();
+        if full_batch {
+            self.batch_ready.notify_one();
+        }
     }
 
     /// Moves every queued span into `records` and `encoded` (which must be empty), leaving
@@ -929,8 +935,59 @@ mod tests {
     }
 }
 #[cfg(test)]
-mod pool_tests {
+mod queue_tests {
     use super::*;
+
+    /// Threads pushing while the worker takes: every span is exported or dropped and counted
+    /// once, and the count never goes below zero (debug builds check the arithmetic).
+    #[test]
+    fn concurrent_pushes_and_takes_count_every_span_once() {
+        let stats = Arc::new(StatsCounters::default());
+        /// Takes encoded batches, as the SDK's OTLP exporter does.
+        #[derive(Debug)]
+        struct Accepting;
+        impl DynSpanExporter for Accepting {
+            fn export_boxed<'a>(&'a self, _batch: Batch<'a>) -> BoxFuture<'a, OTelSdkResult> {
+                Box::pin(async { Ok(()) })
+            }
+            fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+                Ok(())
+            }
+            fn set_resource(&mut self, _resource: &Resource) {}
+        }
+        let make: MakeExporter = Box::new(move || Ok(Box::new(Accepting) as Box<dyn DynSpanExporter>));
+        let batch = BatchSettings {
+            max_queue_size: 64,
+            max_export_batch_size: 7,
+            scheduled_delay: Duration::from_millis(5),
+            export_timeout: Duration::from_secs(5),
+        };
+        let p = QueuedSpanProcessor::start(
+            make,
+            Resource::builder_empty().build(),
+            batch,
+            Duration::from_secs(10),
+            Arc::clone(&stats),
+            true,
+        )
+        .expect("starts");
+        let queue = p.queue();
+        let (threads, per_thread) = (4, 100_000_u64);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let queue = Arc::clone(&queue);
+                scope.spawn(move || {
+                    for _ in 0..per_thread {
+                        queue.push_encoded(&[0x12, 0x00]);
+                    }
+                });
+            }
+        });
+        p.force_flush().expect("flush");
+        let s = stats.snapshot();
+        assert_eq!(s.exported + s.dropped + s.failed, threads * per_thread, "{s:?}");
+        assert_eq!(queue.len(), 0);
+    }
     #[test]
     fn exported_records_come_back_for_reuse() {
         let stats = Arc::new(StatsCounters::default());

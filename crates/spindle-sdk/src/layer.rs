@@ -5,7 +5,8 @@
 //! built ([`SpanRecord`]), the parent's context when it carries baggage, and the span as an
 //! OpenTelemetry [`Context`] once something asks for it. Nothing goes through
 //! `opentelemetry_sdk`'s tracer: ids come from a per-thread generator, the sampler is the
-//! configured one applied here, and a closed span's record is moved into the export queue.
+//! configured one applied here, and a closed span is encoded into the export queue (or, for
+//! an exporter other than the SDK's, its record is moved there).
 //!
 //! What users of `tracing-opentelemetry` rely on keeps working the same way:
 //! - `otel.name`, `otel.kind`, `otel.status_code`, `otel.status_description` fields;
@@ -26,7 +27,7 @@
 use std::any::TypeId;
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash as _, Hasher};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -169,7 +170,8 @@ thread_local! {
     /// State of this thread's id generator (wyrand), seeded from the standard library's
     /// per-process random keys and the thread.
     static RNG: Cell<u64> = Cell::new(seed());
-    /// Emptied records this thread took from the export worker's, to fill without locking.
+    /// Emptied records for this thread's next spans: its own, or taken from the export
+    /// worker's, to fill without locking.
     static SPARE: RefCell<Vec<Box<SpanRecord>>> = const { RefCell::new(Vec::new()) };
     /// A closed span's encoded entry, and the encoder's scratch buffer.
     static ENCODING: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
@@ -184,8 +186,6 @@ fn seed() -> u64 {
     hasher.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     hasher.finish()
 }
-
-use std::hash::Hash as _;
 
 fn next_u64() -> u64 {
     RNG.with(|state| {
