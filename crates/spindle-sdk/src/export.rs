@@ -791,15 +791,23 @@ mod tests {
     }
 
     fn start(exporter: impl SpanExporter + 'static, batch: BatchSettings) -> (QueuedSpanProcessor, Arc<StatsCounters>) {
+        start_with(SdkExporter(exporter), batch, false)
+    }
+
+    fn start_with(
+        exporter: impl DynSpanExporter + 'static,
+        batch: BatchSettings,
+        encode_in_layer: bool,
+    ) -> (QueuedSpanProcessor, Arc<StatsCounters>) {
         let stats = Arc::new(StatsCounters::default());
-        let make: MakeExporter = Box::new(move || Ok(Box::new(SdkExporter(exporter)) as Box<dyn DynSpanExporter>));
+        let make: MakeExporter = Box::new(move || Ok(Box::new(exporter) as Box<dyn DynSpanExporter>));
         let p = QueuedSpanProcessor::start(
             make,
             Resource::builder_empty().build(),
             batch,
             Duration::from_secs(10),
             Arc::clone(&stats),
-            false,
+            encode_in_layer,
         )
         .expect("worker starts");
         (p, stats)
@@ -933,16 +941,11 @@ mod tests {
         assert!(!log.ready(t0 + Duration::from_secs(9)));
         assert!(log.ready(t0 + Duration::from_secs(10)));
     }
-}
-#[cfg(test)]
-mod queue_tests {
-    use super::*;
 
     /// Threads pushing while the worker takes: every span is exported or dropped and counted
     /// once, and the count never goes below zero (debug builds check the arithmetic).
     #[test]
     fn concurrent_pushes_and_takes_count_every_span_once() {
-        let stats = Arc::new(StatsCounters::default());
         /// Takes encoded batches, as the SDK's OTLP exporter does.
         #[derive(Debug)]
         struct Accepting;
@@ -955,22 +958,8 @@ mod queue_tests {
             }
             fn set_resource(&mut self, _resource: &Resource) {}
         }
-        let make: MakeExporter = Box::new(move || Ok(Box::new(Accepting) as Box<dyn DynSpanExporter>));
-        let batch = BatchSettings {
-            max_queue_size: 64,
-            max_export_batch_size: 7,
-            scheduled_delay: Duration::from_millis(5),
-            export_timeout: Duration::from_secs(5),
-        };
-        let p = QueuedSpanProcessor::start(
-            make,
-            Resource::builder_empty().build(),
-            batch,
-            Duration::from_secs(10),
-            Arc::clone(&stats),
-            true,
-        )
-        .expect("starts");
+        let batch = BatchSettings { scheduled_delay: Duration::from_millis(5), ..settings(64, 7) };
+        let (p, stats) = start_with(Accepting, batch, true);
         let queue = p.queue();
         let (threads, per_thread) = (4, 100_000_u64);
         std::thread::scope(|scope| {
@@ -988,28 +977,10 @@ mod queue_tests {
         assert_eq!(s.exported + s.dropped + s.failed, threads * per_thread, "{s:?}");
         assert_eq!(queue.len(), 0);
     }
+
     #[test]
     fn exported_records_come_back_for_reuse() {
-        let stats = Arc::new(StatsCounters::default());
-        let make: MakeExporter = Box::new(move || {
-            Ok(Box::new(SdkExporter(opentelemetry_sdk::trace::InMemorySpanExporter::default()))
-                as Box<dyn DynSpanExporter>)
-        });
-        let batch = BatchSettings {
-            max_queue_size: 100,
-            max_export_batch_size: 10,
-            scheduled_delay: Duration::from_secs(3600),
-            export_timeout: Duration::from_secs(5),
-        };
-        let p = QueuedSpanProcessor::start(
-            make,
-            Resource::builder_empty().build(),
-            batch,
-            Duration::from_secs(10),
-            stats,
-            false,
-        )
-        .expect("starts");
+        let (p, _stats) = start(InMemorySpanExporter::default(), settings(100, 10));
         let queue = p.queue();
         for _ in 0..25 {
             queue.push(Box::new(SpanRecord::new("x", 2)));

@@ -65,7 +65,7 @@ impl SpanState {
         if let Some(cx) = &self.cx {
             return cx.clone();
         }
-        let sc = self.record.span_context(false);
+        let sc = self.record.span_context();
         let cx = match &self.extra {
             Some(extra) => extra.with_remote_span_context(sc),
             None => Context::new().with_remote_span_context(sc),
@@ -307,16 +307,10 @@ where
             }
         }
         Context::map_current(|cx| {
-            if !cx.has_active_span() {
-                let extra = (!cx.baggage().is_empty()).then(|| cx.clone());
-                return (None, extra);
-            }
+            let extra = (!cx.baggage().is_empty()).then(|| cx.clone());
             let span = cx.span();
             let sc = span.span_context();
-            if !sc.is_valid() {
-                return (None, (!cx.baggage().is_empty()).then(|| cx.clone()));
-            }
-            (Some(Parent::of(sc)), (!cx.baggage().is_empty()).then(|| cx.clone()))
+            (sc.is_valid().then(|| Parent::of(sc)), extra)
         })
     }
 }
@@ -375,7 +369,7 @@ where
 
     fn on_follows_from(&self, id: &Id, follows: &Id, ctx: LayerContext<'_, S>) {
         let Some(follows) = ctx.span(follows) else { return };
-        let Some(linked) = follows.extensions().get::<SpanState>().map(|s| s.record.span_context(false)) else {
+        let Some(linked) = follows.extensions().get::<SpanState>().map(|s| s.record.span_context()) else {
             return;
         };
         let Some(span) = ctx.span(id) else { return };
@@ -501,12 +495,17 @@ where
         }
         // Encoded here, while the record is in this core's cache, and kept by this thread for
         // its next span: the export worker only joins the bytes.
-        let _ = ENCODING.try_with(|buffers| {
+        let encoded = ENCODING.try_with(|buffers| {
             let (entry, scratch) = &mut *buffers.borrow_mut();
             entry.clear();
             encode_span_entry(entry, scratch, &record);
             self.queue.push_encoded(entry);
         });
+        if encoded.is_err() {
+            // A span closed while its thread exits: the worker encodes it.
+            self.queue.push(record);
+            return;
+        }
         if record.clear_for_reuse() {
             let _ = SPARE.try_with(|spare| {
                 let mut spare = spare.borrow_mut();

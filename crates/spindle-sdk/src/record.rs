@@ -202,8 +202,9 @@ impl SpanRecord {
         }
     }
 
-    pub(crate) fn span_context(&self, is_remote: bool) -> SpanContext {
-        SpanContext::new(self.trace_id, self.span_id, self.flags, is_remote, self.trace_state.clone())
+    /// The span's own context (a local one: this process made the span).
+    pub(crate) fn span_context(&self) -> SpanContext {
+        SpanContext::new(self.trace_id, self.span_id, self.flags, false, self.trace_state.clone())
     }
 
     pub(crate) fn is_sampled(&self) -> bool {

@@ -177,5 +177,7 @@ fn a_dead_backend_costs_under_two_percent_and_bounded_memory() {
     assert!(drop_logs <= elapsed_intervals && failure_logs <= elapsed_intervals);
     let started = Instant::now();
     drop(guard);
-    assert!(started.elapsed() < Duration::from_secs(7), "shutdown is bounded");
+    let shutdown = started.elapsed();
+    println!("guard shutdown with the backend down: {shutdown:?}");
+    assert!(shutdown < Duration::from_secs(7), "shutdown is bounded");
 }
