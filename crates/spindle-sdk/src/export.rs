@@ -241,15 +241,29 @@ impl SpanQueue {
         }
     }
 
-    /// Moves every queued span into `records` and `encoded` (which must be empty), leaving
-    /// their buffers in the queue.
-    fn take(&self, records: &mut Vec<Box<SpanRecord>>, encoded: &mut Encoded) {
+    /// Moves the queued spans into `records` and `encoded` (which must be empty), leaving
+    /// their buffers in the queue. With `whole_batches`, spans beyond a whole number of
+    /// batches of that size stay queued: the one or two spans that ended while the worker
+    /// woke up would otherwise cost an export request of their own.
+    fn take(&self, records: &mut Vec<Box<SpanRecord>>, encoded: &mut Encoded, whole_batches: Option<usize>) {
         let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::swap(&mut *spans, records);
+        if let Some(size) = whole_batches {
+            let keep = records.len() % size;
+            spans.extend(records.drain(records.len() - keep..));
+        }
         self.len.fetch_sub(records.len(), Ordering::AcqRel);
         drop(spans);
         let mut queued = self.encoded.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::swap(&mut *queued, encoded);
+        if let Some(size) = whole_batches {
+            let taken = encoded.ends.len() - encoded.ends.len() % size;
+            let from = taken.checked_sub(1).map_or(0, |last| encoded.ends[last]);
+            queued.bytes.extend_from_slice(&encoded.bytes[from..]);
+            queued.ends.extend(encoded.ends[taken..].iter().map(|end| end - from));
+            encoded.bytes.truncate(from);
+            encoded.ends.truncate(taken);
+        }
         self.len.fetch_sub(encoded.ends.len(), Ordering::AcqRel);
     }
 
@@ -667,8 +681,12 @@ impl ExportWorker {
             let mut encoded = std::mem::take(&mut self.pending_encoded);
             encoded.bytes.clear();
             encoded.ends.clear();
-            self.queue.take(&mut self.pending, &mut encoded);
+            let whole_batches = (how == Drain::FullBatches).then_some(size);
+            self.queue.take(&mut self.pending, &mut encoded, whole_batches);
             let pending = std::mem::take(&mut self.pending);
+            // Full batches of neither kind (some spans encoded, some records): the timer
+            // exports them.
+            let nothing_taken = pending.is_empty() && encoded.ends.is_empty();
             let mut start = 0;
             let batches = encoded
                 .ends
@@ -693,6 +711,9 @@ impl ExportWorker {
             }
             self.pending = pending;
             self.queue.recycle(&mut self.pending);
+            if nothing_taken {
+                return result;
+            }
         }
     }
 
@@ -976,6 +997,51 @@ mod tests {
         let s = stats.snapshot();
         assert_eq!(s.exported + s.dropped + s.failed, threads * per_thread, "{s:?}");
         assert_eq!(queue.len(), 0);
+    }
+
+    /// A full batch wakes the worker; the spans that end while it wakes stay queued for the
+    /// next batch instead of going out as a request of their own.
+    #[test]
+    fn a_full_batch_leaves_what_ended_after_it_queued() {
+        #[derive(Debug, Default, Clone)]
+        struct Recording(Arc<Mutex<Vec<Vec<u8>>>>);
+        impl DynSpanExporter for Recording {
+            fn export_boxed<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, OTelSdkResult> {
+                assert_eq!(batch.encoded.len(), batch.encoded_spans * 3, "whole three-byte entries");
+                self.0.lock().expect("lock").push(batch.encoded.to_vec());
+                Box::pin(async { Ok(()) })
+            }
+            fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+                Ok(())
+            }
+            fn set_resource(&mut self, _resource: &Resource) {}
+        }
+        let exporter = Recording::default();
+        let (p, stats) = start_with(exporter.clone(), settings(100, 10), true);
+        let queue = p.queue();
+        let wait_for = |exported: u64| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while stats.snapshot().exported < exported {
+                assert!(std::time::Instant::now() < deadline, "{:?}", stats.snapshot());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        for n in 0..13_u8 {
+            queue.push_encoded(&[0x12, 0x01, n]);
+        }
+        wait_for(10);
+        for n in 13..25_u8 {
+            queue.push_encoded(&[0x12, 0x01, n]);
+        }
+        wait_for(20);
+        assert_eq!(queue.len(), 5, "what does not fill a batch waits");
+        p.force_flush().expect("flush");
+        let batches = exporter.0.lock().expect("lock").clone();
+        let sizes: Vec<usize> = batches.iter().map(|b| b.len() / 3).collect();
+        assert_eq!(sizes, [10, 10, 5]);
+        let mut seen: Vec<u8> = batches.concat().chunks(3).map(|entry| entry[2]).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..25).collect::<Vec<u8>>(), "every span once, its bytes intact");
     }
 
     #[test]

@@ -23,7 +23,6 @@ use axum::extract::MatchedPath;
 use http::{Request, Response};
 use tower::{Layer, Service};
 use tracing::field::Empty;
-use tracing::Instrument;
 
 use crate::propagation::{record_error, set_remote_parent};
 
@@ -54,18 +53,24 @@ pub struct ServerTracingService<S> {
     inner: S,
 }
 
-/// The response future of [`ServerTracingService`].
-pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+pin_project_lite::pin_project! {
+    /// The response future of [`ServerTracingService`]: the inner future, polled inside the
+    /// request's span, which gets the response status when it is ready.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+    }
+}
 
 impl<S, B, ResBody> Service<Request<B>> for ServerTracingService<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
     S::Error: Display,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Response, S::Error>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -73,26 +78,41 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let span = server_span(&request);
-        let future = span.in_scope(|| self.inner.call(request));
-        Box::pin(async move {
-            let result = future.instrument(span.clone()).await;
-            match &result {
-                Ok(response) => {
-                    let status = response.status();
-                    // As i64, the conventions' int type.
-                    span.record("http.response.status_code", i64::from(status.as_u16()));
-                    if status.is_server_error() {
-                        span.record("otel.status_code", "ERROR");
-                        span.record("error.type", status.as_str());
-                    }
-                }
-                Err(error) => {
-                    span.record("error.type", "service_error");
-                    record_error(&span, error);
+        let inner = span.in_scope(|| self.inner.call(request));
+        ResponseFuture { inner, span }
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Display,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _entered = this.span.enter();
+            std::task::ready!(this.inner.poll(cx))
+        };
+        let span = &*this.span;
+        match &result {
+            Ok(response) => {
+                let status = response.status();
+                // As i64, the conventions' int type.
+                span.record("http.response.status_code", i64::from(status.as_u16()));
+                if status.is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", status.as_str());
                 }
             }
-            result
-        })
+            Err(error) => {
+                span.record("error.type", "service_error");
+                record_error(span, error);
+            }
+        }
+        Poll::Ready(result)
     }
 }
 
