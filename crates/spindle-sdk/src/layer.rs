@@ -103,7 +103,7 @@ struct Timings {
 }
 
 /// A parent's span context, copied out of its state or of an OpenTelemetry context.
-struct Parent {
+pub(crate) struct Parent {
     trace_id: TraceId,
     span_id: SpanId,
     flags: TraceFlags,
@@ -112,7 +112,7 @@ struct Parent {
 }
 
 impl Parent {
-    fn of(sc: &SpanContext) -> Self {
+    pub(crate) fn of(sc: &SpanContext) -> Self {
         Self {
             trace_id: sc.trace_id(),
             span_id: sc.span_id(),
@@ -122,7 +122,7 @@ impl Parent {
         }
     }
 
-    fn of_record(record: &SpanRecord) -> Self {
+    pub(crate) fn of_record(record: &SpanRecord) -> Self {
         Self {
             trace_id: record.trace_id,
             span_id: record.span_id,
@@ -218,6 +218,196 @@ fn new_trace_id() -> TraceId {
 const SPARE_REFILL: usize = 32;
 const SPARE_KEPT: usize = 64;
 
+/// An empty record: one this thread kept from an earlier span, else one the export worker
+/// emptied, else a new one.
+fn fresh_record(queue: &SpanQueue, name: &'static str) -> Box<SpanRecord> {
+    let reused = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.is_empty() {
+            queue.refill(&mut spare, SPARE_REFILL);
+        }
+        spare.pop()
+    });
+    match reused {
+        Ok(Some(mut record)) => {
+            record.name = Str::Static(name);
+            record
+        }
+        _ => Box::new(SpanRecord::new(name, 8)),
+    }
+}
+
+/// A new span's state: ids, sampling decision, start time and fields.
+pub(crate) fn start_span(
+    queue: &SpanQueue,
+    settings: &LayerSettings,
+    attrs: &Attributes<'_>,
+    parent: Option<Parent>,
+    extra: Option<Context>,
+) -> SpanState {
+    let meta = attrs.metadata();
+    let trace_id = parent.as_ref().map_or_else(new_trace_id, |p| p.trace_id);
+    let flags = sample(&settings.sampler, parent.as_ref(), trace_id);
+    // A root the sampler dropped may still get a sampled remote parent (`set_parent`, as the
+    // HTTP and Kafka helpers do right after creating their spans), so its fields are kept.
+    let recording = flags.is_sampled() || parent.is_none();
+    let details = settings.details && recording;
+    let mut record = fresh_record(queue, meta.name());
+    record.start = SystemTime::now();
+    record.trace_id = trace_id;
+    record.span_id = new_span_id();
+    record.flags = flags;
+    if let Some(parent) = parent {
+        record.parent_span_id = parent.span_id;
+        record.parent_is_remote = parent.remote;
+        record.trace_state = parent.trace_state;
+    }
+    if recording {
+        if details {
+            push_details(&mut record, meta);
+        }
+        record.attrs.reserve(attrs.fields().len());
+        attrs.record(&mut SpanFields { record: &mut record });
+    }
+    let timings = details.then(|| Timings { idle: 0, busy: 0, last: Instant::now(), entered: 0 });
+    SpanState { record, extra, cx: None, timings }
+}
+
+/// Fields recorded after the span was created.
+pub(crate) fn record_values(state: &mut SpanState, values: &Record<'_>) {
+    if state.record.is_sampled() || state.record.parent_span_id == SpanId::INVALID {
+        values.record(&mut SpanFields { record: &mut state.record });
+    }
+}
+
+/// `follows_from`: a link to `linked`.
+pub(crate) fn add_follows_from(state: &mut SpanState, linked: SpanContext) {
+    if state.record.is_sampled() {
+        state.record.push_link(Link::with_context(linked));
+    }
+}
+
+/// An event inside the span: a span event, and the status it implies.
+pub(crate) fn add_event(state: &mut SpanState, event: &Event<'_>, details: bool) {
+    if !state.record.is_sampled() {
+        return;
+    }
+    let meta = event.metadata();
+    let mut fields = EventFields {
+        name: None,
+        attributes: vec![
+            KeyValue::new("level", meta.level().as_str()),
+            KeyValue::new("target", Value::String(StringValue::from(meta.target()))),
+        ],
+        status: None,
+        span_attributes: Vec::new(),
+    };
+    event.record(&mut fields);
+    let record = &mut state.record;
+    if *meta.level() == tracing::Level::ERROR && record.status == Status::Unset {
+        record.status = Status::error("");
+    }
+    // `Ok`, once set, is final (the OpenTelemetry API's rule).
+    if let Some(status) = fields.status.filter(|_| record.status != Status::Ok) {
+        record.status = status;
+    }
+    for kv in fields.span_attributes {
+        record.push_attr(kv.key, AttrValue::Value(kv.value));
+    }
+    if details {
+        if let Some(file) = meta.file() {
+            fields.attributes.push(KeyValue::new("code.file.path", file));
+        }
+        if let Some(module) = meta.module_path() {
+            fields.attributes.push(KeyValue::new("code.module.name", module));
+        }
+        if let Some(line) = meta.line() {
+            fields.attributes.push(KeyValue::new("code.line.number", i64::from(line)));
+        }
+    }
+    let name = fields.name.unwrap_or(Cow::Borrowed(meta.name()));
+    record.push_event(OtelEvent::new(name, SystemTime::now(), fields.attributes, 0));
+}
+
+/// The span `id` is entered on this thread: its busy / idle time, and with activation its
+/// context becomes the current OpenTelemetry context.
+pub(crate) fn enter_span(state: &mut SpanState, id: &Id, activation: bool) {
+    if let Some(timings) = &mut state.timings {
+        if timings.entered == 0 {
+            let now = Instant::now();
+            timings.idle += (now - timings.last).as_nanos() as i64;
+            timings.last = now;
+        }
+        timings.entered += 1;
+    }
+    if activation {
+        let guard = state.context().attach();
+        ATTACHED.with(|stack| stack.borrow_mut().push((id.into_u64(), guard)));
+    }
+}
+
+/// The span `id` is exited on this thread: the context its enter attached is detached.
+pub(crate) fn detach(id: &Id) {
+    let raw = id.into_u64();
+    // Dropped outside the borrow: dropping a guard touches the context stack only.
+    let guard = ATTACHED.with(|stack| {
+        let mut stack = stack.borrow_mut();
+        let at = stack.iter().rposition(|(entry, _)| *entry == raw)?;
+        Some(stack.remove(at))
+    });
+    drop(guard);
+}
+
+/// Busy time of a span exited as often as it was entered.
+pub(crate) fn exit_timings(state: &mut SpanState) {
+    if let Some(timings) = &mut state.timings {
+        timings.entered = timings.entered.saturating_sub(1);
+        if timings.entered == 0 {
+            let now = Instant::now();
+            timings.busy += (now - timings.last).as_nanos() as i64;
+            timings.last = now;
+        }
+    }
+}
+
+/// A closed span: encoded into the export queue (or its record moved there).
+pub(crate) fn end_span(queue: &SpanQueue, state: SpanState) {
+    let SpanState { mut record, timings, .. } = state;
+    if !record.is_sampled() {
+        return;
+    }
+    record.end = SystemTime::now();
+    if let Some(timings) = timings {
+        record.push_attr(Key::from_static_str("busy_ns"), AttrValue::Value(Value::I64(timings.busy)));
+        record.push_attr(Key::from_static_str("idle_ns"), AttrValue::Value(Value::I64(timings.idle)));
+    }
+    if !queue.encodes() {
+        queue.push(record);
+        return;
+    }
+    // Encoded here, while the record is in this core's cache, and kept by this thread for
+    // its next span: the export worker only joins the bytes.
+    let encoded = ENCODING.try_with(|buffers| {
+        let (entry, scratch) = &mut *buffers.borrow_mut();
+        entry.clear();
+        encode_span_entry(entry, scratch, &record);
+        queue.push_encoded(entry);
+    });
+    if encoded.is_err() {
+        // A span closed while its thread exits: the worker encodes it.
+        queue.push(record);
+        return;
+    }
+    if record.clear_for_reuse() {
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_KEPT {
+                spare.push(record);
+            }
+        });
+    }
+}
+
 /// The layer's settings besides the queue.
 #[derive(Debug, Clone)]
 pub(crate) struct LayerSettings {
@@ -259,25 +449,6 @@ where
     pub(crate) fn new(queue: Arc<SpanQueue>, settings: LayerSettings) -> Self {
         let access = WithSpanState { with: Self::with_state, sampler: settings.sampler };
         Self { queue, settings, access, _subscriber: std::marker::PhantomData }
-    }
-
-    /// An empty record: one this thread kept from an earlier span, else one the export worker
-    /// emptied, else a new one.
-    fn fresh_record(&self, name: &'static str) -> Box<SpanRecord> {
-        let reused = SPARE.try_with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.is_empty() {
-                self.queue.refill(&mut spare, SPARE_REFILL);
-            }
-            spare.pop()
-        });
-        match reused {
-            Ok(Some(mut record)) => {
-                record.name = Str::Static(name);
-                record
-            }
-            _ => Box::new(SpanRecord::new(name, 8)),
-        }
     }
 
     fn with_state(dispatch: &Dispatch, id: &Id, f: &mut dyn FnMut(&mut SpanState)) {
@@ -328,42 +499,16 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: LayerContext<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let meta = attrs.metadata();
         let (parent, extra) = self.parent(attrs, &ctx);
-        let trace_id = parent.as_ref().map_or_else(new_trace_id, |p| p.trace_id);
-        let flags = sample(&self.settings.sampler, parent.as_ref(), trace_id);
-        // A root the sampler dropped may still get a sampled remote parent (`set_parent`, as the
-        // HTTP and Kafka helpers do right after creating their spans), so its fields are kept.
-        let recording = flags.is_sampled() || parent.is_none();
-        let details = self.settings.details && recording;
-        let mut record = self.fresh_record(meta.name());
-        record.start = SystemTime::now();
-        record.trace_id = trace_id;
-        record.span_id = new_span_id();
-        record.flags = flags;
-        if let Some(parent) = parent {
-            record.parent_span_id = parent.span_id;
-            record.parent_is_remote = parent.remote;
-            record.trace_state = parent.trace_state;
-        }
-        if recording {
-            if details {
-                push_details(&mut record, meta);
-            }
-            record.attrs.reserve(attrs.fields().len());
-            attrs.record(&mut SpanFields { record: &mut record });
-        }
-        let timings = details.then(|| Timings { idle: 0, busy: 0, last: Instant::now(), entered: 0 });
-        span.extensions_mut().insert(SpanState { record, extra, cx: None, timings });
+        let state = start_span(&self.queue, &self.settings, attrs, parent, extra);
+        span.extensions_mut().insert(state);
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: LayerContext<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
         if let Some(state) = extensions.get_mut::<SpanState>() {
-            if state.record.is_sampled() || state.record.parent_span_id == SpanId::INVALID {
-                values.record(&mut SpanFields { record: &mut state.record });
-            }
+            record_values(state, values);
         }
     }
 
@@ -375,9 +520,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
         if let Some(state) = extensions.get_mut::<SpanState>() {
-            if state.record.is_sampled() {
-                state.record.push_link(Link::with_context(linked));
-            }
+            add_follows_from(state, linked);
         }
     }
 
@@ -389,45 +532,9 @@ where
         };
         let Some(span) = span else { return };
         let mut extensions = span.extensions_mut();
-        let Some(state) = extensions.get_mut::<SpanState>() else { return };
-        if !state.record.is_sampled() {
-            return;
+        if let Some(state) = extensions.get_mut::<SpanState>() {
+            add_event(state, event, self.settings.details);
         }
-        let meta = event.metadata();
-        let mut fields = EventFields {
-            name: None,
-            attributes: vec![
-                KeyValue::new("level", meta.level().as_str()),
-                KeyValue::new("target", Value::String(StringValue::from(meta.target()))),
-            ],
-            status: None,
-            span_attributes: Vec::new(),
-        };
-        event.record(&mut fields);
-        let record = &mut state.record;
-        if *meta.level() == tracing::Level::ERROR && record.status == Status::Unset {
-            record.status = Status::error("");
-        }
-        // `Ok`, once set, is final (the OpenTelemetry API's rule).
-        if let Some(status) = fields.status.filter(|_| record.status != Status::Ok) {
-            record.status = status;
-        }
-        for kv in fields.span_attributes {
-            record.push_attr(kv.key, AttrValue::Value(kv.value));
-        }
-        if self.settings.details {
-            if let Some(file) = meta.file() {
-                fields.attributes.push(KeyValue::new("code.file.path", file));
-            }
-            if let Some(module) = meta.module_path() {
-                fields.attributes.push(KeyValue::new("code.module.name", module));
-            }
-            if let Some(line) = meta.line() {
-                fields.attributes.push(KeyValue::new("code.line.number", i64::from(line)));
-            }
-        }
-        let name = fields.name.unwrap_or(Cow::Borrowed(meta.name()));
-        record.push_event(OtelEvent::new(name, SystemTime::now(), fields.attributes, 0));
     }
 
     fn on_enter(&self, id: &Id, ctx: LayerContext<'_, S>) {
@@ -436,84 +543,29 @@ where
         }
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
-        let Some(state) = extensions.get_mut::<SpanState>() else { return };
-        if let Some(timings) = &mut state.timings {
-            if timings.entered == 0 {
-                let now = Instant::now();
-                timings.idle += (now - timings.last).as_nanos() as i64;
-                timings.last = now;
-            }
-            timings.entered += 1;
-        }
-        if self.settings.activation {
-            let guard = state.context().attach();
-            ATTACHED.with(|stack| stack.borrow_mut().push((id.into_u64(), guard)));
+        if let Some(state) = extensions.get_mut::<SpanState>() {
+            enter_span(state, id, self.settings.activation);
         }
     }
 
     fn on_exit(&self, id: &Id, ctx: LayerContext<'_, S>) {
         if self.settings.activation {
-            let raw = id.into_u64();
-            // Dropped outside the borrow: dropping a guard touches the context stack only.
-            let guard = ATTACHED.with(|stack| {
-                let mut stack = stack.borrow_mut();
-                let at = stack.iter().rposition(|(entry, _)| *entry == raw)?;
-                Some(stack.remove(at))
-            });
-            drop(guard);
+            detach(id);
         }
         if !self.settings.details {
             return;
         }
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
-        if let Some(timings) = extensions.get_mut::<SpanState>().and_then(|s| s.timings.as_mut()) {
-            timings.entered = timings.entered.saturating_sub(1);
-            if timings.entered == 0 {
-                let now = Instant::now();
-                timings.busy += (now - timings.last).as_nanos() as i64;
-                timings.last = now;
-            }
+        if let Some(state) = extensions.get_mut::<SpanState>() {
+            exit_timings(state);
         }
     }
 
     fn on_close(&self, id: Id, ctx: LayerContext<'_, S>) {
         let Some(span) = ctx.span(&id) else { return };
         let Some(state) = span.extensions_mut().remove::<SpanState>() else { return };
-        let SpanState { mut record, timings, .. } = state;
-        if !record.is_sampled() {
-            return;
-        }
-        record.end = SystemTime::now();
-        if let Some(timings) = timings {
-            record.push_attr(Key::from_static_str("busy_ns"), AttrValue::Value(Value::I64(timings.busy)));
-            record.push_attr(Key::from_static_str("idle_ns"), AttrValue::Value(Value::I64(timings.idle)));
-        }
-        if !self.queue.encodes() {
-            self.queue.push(record);
-            return;
-        }
-        // Encoded here, while the record is in this core's cache, and kept by this thread for
-        // its next span: the export worker only joins the bytes.
-        let encoded = ENCODING.try_with(|buffers| {
-            let (entry, scratch) = &mut *buffers.borrow_mut();
-            entry.clear();
-            encode_span_entry(entry, scratch, &record);
-            self.queue.push_encoded(entry);
-        });
-        if encoded.is_err() {
-            // A span closed while its thread exits: the worker encodes it.
-            self.queue.push(record);
-            return;
-        }
-        if record.clear_for_reuse() {
-            let _ = SPARE.try_with(|spare| {
-                let mut spare = spare.borrow_mut();
-                if spare.len() < SPARE_KEPT {
-                    spare.push(record);
-                }
-            });
-        }
+        end_span(&self.queue, state);
     }
 
     // SAFETY: the pointers returned point to `self` or to its field of the asked-for type,

@@ -140,10 +140,8 @@ impl TraceRequestEncoder {
         for group in &mut self.scopes {
             group.spans.clear();
         }
-        if !encoded.is_empty() {
-            let index = self.scope_index(&None);
-            self.scopes[index].spans.extend_from_slice(encoded);
-        }
+        // The layer's entries are written once, straight into the request.
+        let sdk_group = (!encoded.is_empty()).then(|| self.scope_index(&None));
         let mut last = usize::MAX;
         for span in batch {
             let index = match self.scopes.get(last) {
@@ -151,12 +149,11 @@ impl TraceRequestEncoder {
                 _ => self.scope_index(&span.scope),
             };
             last = index;
-            self.span.clear();
-            put_span(&mut self.span, span);
-            put_message(&mut self.scopes[index].spans, SCOPE_SPANS_SPANS, &self.span);
+            encode_span_entry(&mut self.scopes[index].spans, &mut self.span, span);
         }
         // Scopes seen in earlier batches but not in this one are dropped here.
-        self.scopes.retain(|group| !group.spans.is_empty());
+        self.scopes.retain(|group| !group.spans.is_empty() || (group.scope.is_none() && sdk_group.is_some()));
+        let extra = |group: &ScopeGroup| if group.scope.is_none() { encoded } else { &[][..] };
 
         let mut scope_spans = Vec::with_capacity(self.scopes.len());
         let mut resource_spans_len = field_len(RESOURCE_SPANS_RESOURCE, self.resource.len());
@@ -173,13 +170,14 @@ impl TraceRequestEncoder {
                 put_key_value(&mut scope_msg, SCOPE_ATTRIBUTES, kv.key.as_str(), &kv.value);
             }
             let schema = scope.schema_url().unwrap_or_default();
+            let spans_len = group.spans.len() + extra(group).len();
             let body_len = field_len(SCOPE_SPANS_SCOPE, scope_msg.len())
-                + group.spans.len()
+                + spans_len
                 + string_field_len(SCOPE_SPANS_SCHEMA_URL, schema);
             put_tag(&mut header, RESOURCE_SPANS_SCOPE_SPANS, LEN);
             put_varint(&mut header, body_len as u64);
             put_message(&mut header, SCOPE_SPANS_SCOPE, &scope_msg);
-            resource_spans_len += header.len() + group.spans.len();
+            resource_spans_len += header.len() + spans_len;
             let mut trailer = Vec::new();
             put_string(&mut trailer, SCOPE_SPANS_SCHEMA_URL, schema);
             resource_spans_len += trailer.len();
@@ -193,6 +191,7 @@ impl TraceRequestEncoder {
         for (group, (header, trailer)) in self.scopes.iter().zip(&scope_spans) {
             out.extend_from_slice(header);
             out.extend_from_slice(&group.spans);
+            out.extend_from_slice(extra(group));
             out.extend_from_slice(trailer);
         }
         if let Some(url) = &self.resource_schema_url {
@@ -214,11 +213,28 @@ impl TraceRequestEncoder {
 }
 
 /// Appends `span` to `out` as one `ScopeSpans.spans` entry (tag, length, `Span`), using
-/// `scratch` for the span's fields while their length is not known.
+/// `scratch` for the span's fields while their length is not known (one copy of the fields
+/// costs less than a pass that computes their length first).
 pub(crate) fn encode_span_entry(out: &mut Vec<u8>, scratch: &mut Vec<u8>, span: &SpanRecord) {
     scratch.clear();
     put_span(scratch, span);
     put_message(out, SCOPE_SPANS_SPANS, scratch);
+}
+
+fn event_len(event: &opentelemetry::trace::Event) -> usize {
+    fixed64_field_len(EVENT_TIME)
+        + string_field_len(EVENT_NAME, &event.name)
+        + attributes_len(EVENT_ATTRIBUTES, &event.attributes)
+        + uint_field_len(EVENT_DROPPED_ATTRIBUTES, u64::from(event.dropped_attributes_count))
+}
+
+fn link_len(link: &opentelemetry::trace::Link, state: &str) -> usize {
+    field_len(LINK_TRACE_ID, 16)
+        + field_len(LINK_SPAN_ID, 8)
+        + string_field_len(LINK_TRACE_STATE, state)
+        + attributes_len(LINK_ATTRIBUTES, &link.attributes)
+        + uint_field_len(LINK_DROPPED_ATTRIBUTES, u64::from(link.dropped_attributes_count))
+        + fixed32_field_len(LINK_FLAGS)
 }
 
 fn same_scope(a: &Option<Arc<InstrumentationScope>>, b: &Option<Arc<InstrumentationScope>>) -> bool {
@@ -250,12 +266,8 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
     }
     put_uint(buf, SPAN_DROPPED_ATTRIBUTES, u64::from(span.dropped_attrs));
     for event in span.events.iter() {
-        let len = fixed64_field_len(EVENT_TIME)
-            + string_field_len(EVENT_NAME, &event.name)
-            + attributes_len(EVENT_ATTRIBUTES, &event.attributes)
-            + uint_field_len(EVENT_DROPPED_ATTRIBUTES, u64::from(event.dropped_attributes_count));
         put_tag(buf, SPAN_EVENTS, LEN);
-        put_varint(buf, len as u64);
+        put_varint(buf, event_len(event) as u64);
         put_fixed64(buf, EVENT_TIME, unix_nanos(event.timestamp));
         put_string(buf, EVENT_NAME, &event.name);
         for kv in &event.attributes {
@@ -267,14 +279,8 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
     for link in span.links.iter() {
         let lcx = &link.span_context;
         let state = trace_state_header(lcx.trace_state());
-        let len = field_len(LINK_TRACE_ID, 16)
-            + field_len(LINK_SPAN_ID, 8)
-            + string_field_len(LINK_TRACE_STATE, &state)
-            + attributes_len(LINK_ATTRIBUTES, &link.attributes)
-            + uint_field_len(LINK_DROPPED_ATTRIBUTES, u64::from(link.dropped_attributes_count))
-            + fixed32_field_len(LINK_FLAGS);
         put_tag(buf, SPAN_LINKS, LEN);
-        put_varint(buf, len as u64);
+        put_varint(buf, link_len(link, &state) as u64);
         put_bytes(buf, LINK_TRACE_ID, &lcx.trace_id().to_bytes());
         put_bytes(buf, LINK_SPAN_ID, &lcx.span_id().to_bytes());
         put_string(buf, LINK_TRACE_STATE, &state);
@@ -439,11 +445,15 @@ fn key_value_len(key: &str, value: &Value) -> usize {
     string_field_len(KEY_VALUE_KEY, key) + field_len(KEY_VALUE_VALUE, any_value_len(value))
 }
 
+fn key_string_len(key: &str, value: &str) -> usize {
+    string_field_len(KEY_VALUE_KEY, key) + field_len(KEY_VALUE_VALUE, any_string_len(value))
+}
+
 /// A key-value whose value is a string, without making a `Value` of it.
 fn put_key_string(buf: &mut Vec<u8>, field: u32, key: &str, value: &str) {
     let value_len = any_string_len(value);
     put_tag(buf, field, LEN);
-    put_varint(buf, (string_field_len(KEY_VALUE_KEY, key) + field_len(KEY_VALUE_VALUE, value_len)) as u64);
+    put_varint(buf, key_string_len(key, value) as u64);
     put_string(buf, KEY_VALUE_KEY, key);
     put_tag(buf, KEY_VALUE_VALUE, LEN);
     put_varint(buf, value_len as u64);
