@@ -251,12 +251,15 @@ fn main() {
         .expect("a backend");
     let (pipeline, sdk) = match stack {
         Stack::Spindle => {
-            let (layer, guard) = spindle_sdk::builder("overhead-bench")
-                .endpoint(endpoint.clone())
-                .sampler(SamplerConfig::AlwaysOn)
-                .into_layer::<Registry>()
-                .expect("pipeline");
-            (Pipeline::Spindle(guard), Dispatch::new(Registry::default().with(layer)))
+            let builder =
+                spindle_sdk::builder("overhead-bench").endpoint(endpoint.clone()).sampler(SamplerConfig::AlwaysOn);
+            let (dispatch, guard) = if std::env::var("SDK_SUBSCRIBER").is_ok_and(|v| v == "registry") {
+                let (layer, guard) = builder.into_layer::<Registry>().expect("pipeline");
+                (Dispatch::new(Registry::default().with(layer)), guard)
+            } else {
+                builder.into_dispatch().expect("pipeline")
+            };
+            (Pipeline::Spindle(guard), dispatch)
         }
         Stack::TracingOpentelemetry | Stack::Otel => {
             // 2048, the OpenTelemetry SDK's default queue, is the SDK's too.

@@ -97,14 +97,17 @@ fn main() {
     if mode != "off" {
         // The SDK's own OTLP exporter, to an in-process receiver: the path a service takes.
         let sink = support::OtlpSink::start();
-        let (layer, guard) = spindle_sdk::builder("span-profile")
+        let builder = spindle_sdk::builder("span-profile")
             .endpoint(sink.grpc_endpoint.clone())
             .sampler(SamplerConfig::AlwaysOn)
             .max_queue_size(1 << 16)
-            .otel_context_activation(std::env::var("SPAN_PROFILE_ACTIVATION").map_or(true, |v| v != "0"))
-            .into_layer::<Registry>()
-            .expect("pipeline");
-        let sdk = Dispatch::new(Registry::default().with(layer));
+            .otel_context_activation(std::env::var("SPAN_PROFILE_ACTIVATION").map_or(true, |v| v != "0"));
+        let (sdk, guard) = if std::env::var("SDK_SUBSCRIBER").is_ok_and(|v| v == "registry") {
+            let (layer, guard) = builder.into_layer::<Registry>().expect("pipeline");
+            (Dispatch::new(Registry::default().with(layer)), guard)
+        } else {
+            builder.into_dispatch().expect("pipeline")
+        };
         let traced = run(app.clone().layer(ServerTracingLayer::new()), &sdk, count, evict);
         guard.flush().expect("flush");
         let stats = guard.stats();

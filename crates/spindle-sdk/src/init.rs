@@ -11,7 +11,7 @@ use opentelemetry::{KeyValue, Value};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use opentelemetry_sdk::Resource;
-use tracing::Subscriber;
+use tracing::{Dispatch, Subscriber};
 use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -19,10 +19,13 @@ use tracing_subscriber::{Layer, Registry};
 
 use crate::config::{BuilderSettings, Compression, LogFormat, Protocol, SamplerConfig, Settings};
 use crate::error::InitError;
-use crate::export::{on_export_worker, DynSpanExporter, MakeExporter, QueuedSpanProcessor, SdkExporter, StatsCounters};
+use crate::export::{
+    on_export_worker, DynSpanExporter, MakeExporter, QueuedSpanProcessor, SdkExporter, SpanQueue, StatsCounters,
+};
 use crate::guard::TracingGuard;
 use crate::layer::{LayerSettings, SpanLayer};
 use crate::otlp::OtlpExporter;
+use crate::subscriber::SpanSubscriber;
 use crate::transport::ClientTls;
 
 /// A `tracing` layer as returned by [`SpindleBuilder::into_layer`].
@@ -295,6 +298,34 @@ impl SpindleBuilder {
     }
 }
 
+impl SpindleBuilder {
+    /// The SDK's own subscriber, exporting spans and nothing else, not installed: for a
+    /// thread or a test that runs under a dispatcher of its own (`tracing::dispatcher::
+    /// with_default`). It does without `tracing-subscriber`'s registry, so a span costs less
+    /// than through [`SpindleBuilder::into_layer`]; the span filter must then be target and
+    /// level directives only (`info,h2=off`), else this fails with
+    /// [`InitError::InvalidSetting`].
+    pub fn into_dispatch(self) -> Result<(Dispatch, TracingGuard), InitError> {
+        crate::transport::crypto_provider();
+        let mut settings = Settings::resolve(&self.settings, |k| std::env::var(k).ok())?;
+        if settings.disabled {
+            settings.sampler = SamplerConfig::AlwaysOff;
+        }
+        warn_unused_tls(&settings);
+        let directives = settings.span_filter.clone();
+        let Pipeline { queue, layer_settings, span_filter, guard } = build_parts(settings, self.exporter)?;
+        let SpanFilter::Targets(targets) = span_filter else {
+            let _ = guard.shutdown();
+            return Err(InitError::InvalidSetting {
+                name: "span_filter",
+                value: directives,
+                reason: "the SDK's own subscriber takes target and level directives only".to_owned(),
+            });
+        };
+        Ok((Dispatch::new(SpanSubscriber::new(queue, layer_settings, targets)), guard))
+    }
+}
+
 /// TLS files given for a plain `http://` endpoint are not used: say so, since whoever set
 /// them expects the connection to be encrypted.
 fn warn_unused_tls(settings: &Settings) {
@@ -348,13 +379,15 @@ where
     }
 }
 
-fn build_pipeline<S>(
-    settings: Settings,
-    exporter: Option<Box<dyn DynSpanExporter>>,
-) -> Result<(BoxedLayer<S>, TracingGuard), InitError>
-where
-    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
-{
+/// What a pipeline is made of, before a layer or a subscriber takes its queue.
+struct Pipeline {
+    queue: Arc<SpanQueue>,
+    layer_settings: LayerSettings,
+    span_filter: SpanFilter,
+    guard: TracingGuard,
+}
+
+fn build_parts(settings: Settings, exporter: Option<Box<dyn DynSpanExporter>>) -> Result<Pipeline, InitError> {
     let span_filter = SpanFilter::parse(&settings.span_filter)?;
     // The SDK's own OTLP exporter takes spans the layer has encoded already.
     let encode_in_layer = exporter.is_none() && settings.protocol != Protocol::HttpJson;
@@ -380,27 +413,37 @@ where
         encode_in_layer,
     )?;
     let flusher = processor.flusher();
-    let layer = SpanLayer::new(
-        processor.queue(),
-        LayerSettings {
-            sampler: settings.sampler,
-            details: settings.span_details,
-            activation: settings.otel_context_activation,
-        },
-    );
+    let queue = processor.queue();
+    let layer_settings = LayerSettings {
+        sampler: settings.sampler,
+        details: settings.span_details,
+        activation: settings.otel_context_activation,
+    };
     // The OpenTelemetry API's spans (`global::tracer`) share the queue and the sampler.
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(settings.sampler.to_sampler())
         .with_resource(resource)
         .build();
+    let guard = TracingGuard::exporting(provider, stats, settings.shutdown_timeout, flusher);
+    Ok(Pipeline { queue, layer_settings, span_filter, guard })
+}
+
+fn build_pipeline<S>(
+    settings: Settings,
+    exporter: Option<Box<dyn DynSpanExporter>>,
+) -> Result<(BoxedLayer<S>, TracingGuard), InitError>
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    let Pipeline { queue, layer_settings, span_filter, guard } = build_parts(settings, exporter)?;
+    let layer = SpanLayer::new(queue, layer_settings);
     // The export worker's own transport spans (h2, hyper, tonic) never become spans.
     let not_on_worker = filter_fn(|_| !on_export_worker());
     let layer: BoxedLayer<S> = match span_filter {
         SpanFilter::Targets(targets) => Box::new(layer.with_filter(targets.and(not_on_worker))),
         SpanFilter::Env(env) => Box::new(layer.with_filter((*env).and(not_on_worker))),
     };
-    let guard = TracingGuard::exporting(provider, stats, settings.shutdown_timeout, flusher);
     Ok((layer, guard))
 }
 

@@ -53,7 +53,7 @@ pub(crate) struct SpanState {
     pub(crate) record: Box<SpanRecord>,
     /// The parent's context when it carries more than a span (baggage): handed on to the
     /// children and to [`crate::SpanExt::context`].
-    extra: Option<Context>,
+    pub(crate) extra: Option<Context>,
     /// This span as an OpenTelemetry context, built when first needed.
     cx: Option<Context>,
     timings: Option<Timings>,
@@ -428,6 +428,10 @@ pub(crate) struct WithSpanState {
 }
 
 impl WithSpanState {
+    pub(crate) fn new(with: WithFn, sampler: SamplerConfig) -> Self {
+        Self { with, sampler }
+    }
+
     /// Calls `f` with the state of span `id`, if this layer records it.
     pub(crate) fn with(&self, dispatch: &Dispatch, id: &Id, f: &mut dyn FnMut(&mut SpanState)) {
         (self.with)(dispatch, id, f)
@@ -477,13 +481,19 @@ where
                 return from_state(&span.extensions());
             }
         }
-        Context::map_current(|cx| {
-            let extra = (!cx.baggage().is_empty()).then(|| cx.clone());
-            let span = cx.span();
-            let sc = span.span_context();
-            (sc.is_valid().then(|| Parent::of(sc)), extra)
-        })
+        current_otel_parent()
     }
+}
+
+/// The current OpenTelemetry context as a parent, with the context itself when it carries
+/// baggage.
+pub(crate) fn current_otel_parent() -> (Option<Parent>, Option<Context>) {
+    Context::map_current(|cx| {
+        let extra = (!cx.baggage().is_empty()).then(|| cx.clone());
+        let span = cx.span();
+        let sc = span.span_context();
+        (sc.is_valid().then(|| Parent::of(sc)), extra)
+    })
 }
 
 fn from_state(extensions: &tracing_subscriber::registry::Extensions<'_>) -> (Option<Parent>, Option<Context>) {

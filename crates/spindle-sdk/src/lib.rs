@@ -97,6 +97,7 @@ pub mod otlp;
 pub mod propagation;
 mod record;
 mod span_ext;
+mod subscriber;
 pub mod task;
 mod transport;
 

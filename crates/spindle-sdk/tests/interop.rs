@@ -40,16 +40,26 @@ fn pipeline(name: &str, sampler: SamplerConfig) -> Pipeline {
     pipeline_with(name, sampler, true)
 }
 
+/// Whether these tests run on the SDK's own subscriber (`into_dispatch`): they do when this
+/// file is compiled as a module of `interop_subscriber.rs`, else on the registry with the
+/// SDK's layer (`into_layer`).
+fn own_subscriber() -> bool {
+    module_path!().starts_with("interop_subscriber")
+}
+
 fn pipeline_with(name: &str, sampler: SamplerConfig, activation: bool) -> Pipeline {
     let exporter = InMemorySpanExporter::default();
-    let (layer, guard) = spindle_sdk::builder(name)
+    let builder = spindle_sdk::builder(name)
         .exporter(exporter.clone())
         .sampler(sampler)
         .otel_context_activation(activation)
         // Room for the ratio test's spans: a drop would read as a sampling decision.
-        .max_queue_size(65_536)
-        .into_layer::<Registry>()
-        .expect("pipeline builds");
+        .max_queue_size(65_536);
+    if own_subscriber() {
+        let (dispatch, guard) = builder.into_dispatch().expect("pipeline builds");
+        return Pipeline { exporter, guard, dispatch };
+    }
+    let (layer, guard) = builder.into_layer::<Registry>().expect("pipeline builds");
     Pipeline { exporter, guard, dispatch: Dispatch::new(Registry::default().with(layer)) }
 }
 

@@ -1,0 +1,426 @@
+//! The SDK's own `tracing` subscriber: the span layer's work (module `layer`) without
+//! `tracing-subscriber`'s registry under it (docs/adr/022-sdk-span-layer.md).
+//!
+//! A span is one slot of a slab that only grows: its state ([`SpanState`]) behind a lock
+//! nobody else holds in practice, its reference count, and a generation that changes when
+//! the span closes, so an id kept after its span closed finds nothing instead of another
+//! span. Each thread keeps the stack of spans it has entered. Spans and events are filtered
+//! once per call site with the span filter's target and level directives; the subscriber
+//! never asks again per span.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use opentelemetry::Context;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Dispatch, Event, Metadata, Subscriber};
+use tracing_core::span::Current;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+
+use crate::export::{on_export_worker, SpanQueue};
+use crate::layer::{
+    add_event, add_follows_from, detach, end_span, enter_span, exit_timings, record_values, start_span, LayerSettings,
+    Parent, SpanState, WithSpanState,
+};
+
+/// Slots in the slab's first chunk; chunk `k` holds `FIRST_CHUNK << k`.
+const FIRST_CHUNK: usize = 256;
+/// Enough chunks for 2^40 spans open at once.
+const CHUNKS: usize = 32;
+
+struct Entry {
+    /// The slot's generation this entry belongs to.
+    generation: u32,
+    meta: &'static Metadata<'static>,
+    /// `None` for a span that is not exported (another thread's transport span of the
+    /// export worker).
+    state: Option<SpanState>,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: AtomicU32,
+    refs: AtomicUsize,
+    entry: Mutex<Option<Entry>>,
+}
+
+/// Spans by index; chunks are allocated as the number of open spans grows and never freed.
+struct Slab {
+    chunks: [OnceLock<Box<[Slot]>>; CHUNKS],
+    /// Indices never used yet start here.
+    next: AtomicUsize,
+    free: Mutex<Vec<u32>>,
+}
+
+impl Slab {
+    fn new() -> Self {
+        Self {
+            chunks: std::array::from_fn(|_| OnceLock::new()),
+            next: AtomicUsize::new(0),
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn slot(&self, index: usize) -> Option<&Slot> {
+        let chunk = (index / FIRST_CHUNK + 1).ilog2() as usize;
+        let offset = index - FIRST_CHUNK * ((1 << chunk) - 1);
+        self.chunks.get(chunk)?.get()?.get(offset)
+    }
+
+    /// A free slot's index, allocating its chunk when it is the first use.
+    fn allocate(&self) -> Option<usize> {
+        if let Some(index) = self.free.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+            return Some(index as usize);
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed);
+        if index > u32::MAX as usize {
+            return None;
+        }
+        let chunk = (index / FIRST_CHUNK + 1).ilog2() as usize;
+        self.chunks.get(chunk)?.get_or_init(|| (0..FIRST_CHUNK << chunk).map(|_| Slot::default()).collect());
+        Some(index)
+    }
+
+    fn release(&self, index: usize) {
+        self.free.lock().unwrap_or_else(PoisonError::into_inner).push(index as u32);
+    }
+}
+
+fn id_of(index: usize, generation: u32) -> Id {
+    Id::from_u64((u64::from(generation) << 32) | (index as u64 + 1))
+}
+
+/// The slot index and generation of `id`.
+fn parts(id: &Id) -> (usize, u32) {
+    let raw = id.into_u64();
+    (((raw & 0xffff_ffff) - 1) as usize, (raw >> 32) as u32)
+}
+
+thread_local! {
+    /// The spans this thread has entered, innermost last, with their subscriber (its slab's
+    /// address: several subscribers may take turns on one thread).
+    static ENTERED: RefCell<Vec<(usize, Id, &'static Metadata<'static>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The SDK's subscriber; see the module documentation.
+pub(crate) struct SpanSubscriber {
+    queue: Arc<SpanQueue>,
+    settings: LayerSettings,
+    filter: Targets,
+    max_level: LevelFilter,
+    access: WithSpanState,
+    slab: Slab,
+}
+
+impl SpanSubscriber {
+    pub(crate) fn new(queue: Arc<SpanQueue>, settings: LayerSettings, filter: Targets) -> Self {
+        let access = WithSpanState::new(Self::with_state, settings.sampler);
+        let max_level = tracing_subscriber::layer::Filter::<tracing_subscriber::Registry>::max_level_hint(&filter)
+            .unwrap_or(LevelFilter::TRACE);
+        Self { queue, settings, filter, max_level, access, slab: Slab::new() }
+    }
+
+    fn key(&self) -> usize {
+        &self.slab as *const Slab as usize
+    }
+
+    /// The entry of the live span `id`, locked.
+    fn entry(&self, id: &Id) -> Option<MutexGuard<'_, Option<Entry>>> {
+        let (index, generation) = parts(id);
+        let slot = self.slab.slot(index)?;
+        let entry = slot.entry.lock().unwrap_or_else(PoisonError::into_inner);
+        entry.as_ref().filter(|e| e.generation == generation)?;
+        Some(entry)
+    }
+
+    /// Calls `f` with the state of span `id`, if it has one.
+    fn with<R>(&self, id: &Id, f: impl FnOnce(&mut SpanState) -> R) -> Option<R> {
+        let mut entry = self.entry(id)?;
+        entry.as_mut()?.state.as_mut().map(f)
+    }
+
+    fn with_state(dispatch: &Dispatch, id: &Id, f: &mut dyn FnMut(&mut SpanState)) {
+        if let Some(subscriber) = dispatch.downcast_ref::<Self>() {
+            subscriber.with(id, f);
+        }
+    }
+
+    /// The innermost span this thread entered, of this subscriber.
+    fn current(&self) -> Option<(Id, &'static Metadata<'static>)> {
+        let key = self.key();
+        ENTERED
+            .try_with(|stack| {
+                stack.borrow().iter().rev().find(|(k, ..)| *k == key).map(|(_, id, meta)| (id.clone(), *meta))
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// The parent of a new span (as the layer decides it).
+    fn parent(&self, attrs: &Attributes<'_>) -> (Option<Parent>, Option<Context>) {
+        let from = |id: &Id| {
+            self.with(id, |state| (Some(Parent::of_record(&state.record)), state.extra.clone())).unwrap_or((None, None))
+        };
+        if let Some(id) = attrs.parent() {
+            return from(id);
+        }
+        if !attrs.is_contextual() {
+            return (None, None);
+        }
+        if !self.settings.activation {
+            if let Some((id, _)) = self.current() {
+                return from(&id);
+            }
+        }
+        crate::layer::current_otel_parent()
+    }
+
+    fn exported(&self, meta: &Metadata<'_>) -> bool {
+        self.filter.would_enable(meta.target(), meta.level())
+    }
+}
+
+impl Subscriber for SpanSubscriber {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if self.exported(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        self.exported(meta)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.max_level)
+    }
+
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let meta = attrs.metadata();
+        let state = (!on_export_worker()).then(|| {
+            let (parent, extra) = self.parent(attrs);
+            start_span(&self.queue, &self.settings, attrs, parent, extra)
+        });
+        let Some(index) = self.slab.allocate() else {
+            // Four billion spans open at once: this one is not recorded.
+            return id_of(u32::MAX as usize, u32::MAX);
+        };
+        let Some(slot) = self.slab.slot(index) else { return id_of(u32::MAX as usize, u32::MAX) };
+        let generation = slot.generation.load(Ordering::Acquire);
+        slot.refs.store(1, Ordering::Release);
+        *slot.entry.lock().unwrap_or_else(PoisonError::into_inner) = Some(Entry { generation, meta, state });
+        id_of(index, generation)
+    }
+
+    fn record(&self, id: &Id, values: &Record<'_>) {
+        self.with(id, |state| record_values(state, values));
+    }
+
+    fn record_follows_from(&self, id: &Id, follows: &Id) {
+        if let Some(linked) = self.with(follows, |state| state.record.span_context()) {
+            self.with(id, |state| add_follows_from(state, linked));
+        }
+    }
+
+    fn event(&self, event: &Event<'_>) {
+        let span = match event.parent() {
+            Some(id) => Some(id.clone()),
+            None if event.is_contextual() => self.current().map(|(id, _)| id),
+            None => None,
+        };
+        if let Some(id) = span {
+            self.with(&id, |state| add_event(state, event, self.settings.details));
+        }
+    }
+
+    fn enter(&self, id: &Id) {
+        let Some(mut entry) = self.entry(id) else { return };
+        let Some(entry) = entry.as_mut() else { return };
+        let meta = entry.meta;
+        if let Some(state) = entry.state.as_mut() {
+            if self.settings.activation || self.settings.details {
+                enter_span(state, id, self.settings.activation);
+            }
+        }
+        let _ = ENTERED.try_with(|stack| stack.borrow_mut().push((self.key(), id.clone(), meta)));
+    }
+
+    fn exit(&self, id: &Id) {
+        let key = self.key();
+        let _ = ENTERED.try_with(|stack| {
+            let mut stack = stack.borrow_mut();
+            if let Some(at) = stack.iter().rposition(|(k, entered, _)| *k == key && entered == id) {
+                stack.remove(at);
+            }
+        });
+        if self.settings.activation {
+            detach(id);
+        }
+        if self.settings.details {
+            self.with(id, exit_timings);
+        }
+    }
+
+    fn clone_span(&self, id: &Id) -> Id {
+        let (index, generation) = parts(id);
+        // Whoever clones holds a handle, so the span cannot close meanwhile; an id kept from
+        // a closed span must not count a reference to the span in its slot now.
+        if let Some(slot) = self.slab.slot(index).filter(|s| s.generation.load(Ordering::Acquire) == generation) {
+            slot.refs.fetch_add(1, Ordering::Relaxed);
+        }
+        id.clone()
+    }
+
+    fn try_close(&self, id: Id) -> bool {
+        let (index, generation) = parts(&id);
+        let Some(slot) = self.slab.slot(index) else { return false };
+        let entry = {
+            let mut entry = slot.entry.lock().unwrap_or_else(PoisonError::into_inner);
+            if entry.as_ref().is_none_or(|e| e.generation != generation)
+                || slot.refs.fetch_sub(1, Ordering::AcqRel) != 1
+            {
+                return false;
+            }
+            slot.generation.fetch_add(1, Ordering::AcqRel);
+            entry.take()
+        };
+        self.slab.release(index);
+        if let Some(state) = entry.and_then(|e| e.state) {
+            end_span(&self.queue, state);
+        }
+        true
+    }
+
+    fn current_span(&self) -> Current {
+        match self.current() {
+            Some((id, meta)) => Current::new(id, meta),
+            None => Current::none(),
+        }
+    }
+
+    // SAFETY: the pointers returned point to `self` or to its field of the asked-for type,
+    // valid as long as `self` is.
+    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        if id == std::any::TypeId::of::<Self>() {
+            Some(self as *const Self as *const ())
+        } else if id == std::any::TypeId::of::<WithSpanState>() {
+            Some(&self.access as *const WithSpanState as *const ())
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_sdk::trace::InMemorySpanExporter;
+
+    fn pipeline() -> (Dispatch, crate::TracingGuard, InMemorySpanExporter) {
+        let exporter = InMemorySpanExporter::default();
+        let (dispatch, guard) = crate::builder("subscriber")
+            .exporter(exporter.clone())
+            .sampler(crate::SamplerConfig::AlwaysOn)
+            .max_queue_size(1 << 16)
+            .into_dispatch()
+            .expect("pipeline builds");
+        (dispatch, guard, exporter)
+    }
+
+    #[test]
+    fn slot_indices_map_onto_growing_chunks() {
+        let slab = Slab::new();
+        for _ in 0..FIRST_CHUNK * 7 {
+            let index = slab.allocate().expect("room");
+            assert!(slab.slot(index).is_some(), "slot {index} allocated");
+        }
+        // Chunks 0, 1 and 2 hold 256, 512 and 1024 slots: 1792 in all, then chunk 3.
+        assert!(slab.chunks[2].get().is_some() && slab.chunks[3].get().is_none());
+        assert!(slab.slot(FIRST_CHUNK * 7 - 1).is_some());
+        assert!(slab.slot(FIRST_CHUNK * 15).is_none(), "beyond the allocated chunks");
+    }
+
+    /// A span closes when its last handle is dropped; its slot is reused, and an id kept from
+    /// the closed span reaches nothing, not the span that took the slot over.
+    #[test]
+    fn a_closed_spans_id_never_reaches_the_span_that_reuses_its_slot() {
+        let (dispatch, guard, exporter) = pipeline();
+        tracing::dispatcher::with_default(&dispatch, || {
+            let first = tracing::info_span!("first", n = tracing::field::Empty);
+            let handle = first.clone();
+            let stale = first.id().expect("enabled");
+            drop(first);
+            handle.record("n", 1_i64);
+            drop(handle);
+            let second = tracing::info_span!("second", n = tracing::field::Empty);
+            let (stale_index, _) = parts(&stale);
+            assert_eq!(parts(&second.id().expect("enabled")).0, stale_index, "the freed slot is reused");
+            dispatch
+                .record(&stale, &tracing::span::Record::new(&second.metadata().expect("meta").fields().value_set(&[])));
+            dispatch.enter(&stale);
+            dispatch.exit(&stale);
+            assert!(!dispatch.try_close(stale.clone()), "a stale id closes nothing");
+            second.record("n", 2_i64);
+        });
+        guard.flush().expect("flush");
+        let spans = exporter.get_finished_spans().expect("spans");
+        let n = |name: &str| {
+            let span = spans.iter().find(|s| s.name == name).expect(name);
+            span.attributes.iter().find(|kv| kv.key.as_str() == "n").map(|kv| kv.value.clone())
+        };
+        assert_eq!(spans.len(), 2);
+        assert_eq!(n("first"), Some(opentelemetry::Value::I64(1)));
+        assert_eq!(n("second"), Some(opentelemetry::Value::I64(2)));
+    }
+
+    /// Thousands of spans open at once across threads, each closed on another thread than
+    /// the one that made it: every one is exported once, with its parent.
+    #[test]
+    fn spans_opened_on_one_thread_close_on_another() {
+        let (dispatch, guard, exporter) = pipeline();
+        let (tx, rx) = std::sync::mpsc::channel::<tracing::Span>();
+        let closer = std::thread::spawn(move || rx.into_iter().count());
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (dispatch, tx) = (dispatch.clone(), tx.clone());
+                scope.spawn(move || {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        let root = tracing::info_span!("root", t);
+                        let mut open = Vec::new();
+                        for i in 0..1_000_i64 {
+                            open.push(root.in_scope(|| tracing::info_span!("child", i)));
+                        }
+                        for span in open {
+                            tx.send(span).expect("closer running");
+                        }
+                    });
+                });
+            }
+        });
+        drop(tx);
+        assert_eq!(closer.join().expect("closer"), 4_000);
+        guard.flush().expect("flush");
+        let spans = exporter.get_finished_spans().expect("spans");
+        assert_eq!(spans.len(), 4_004);
+        let roots: std::collections::HashMap<_, _> =
+            spans.iter().filter(|s| s.name == "root").map(|s| (s.span_context.span_id(), s)).collect();
+        for child in spans.iter().filter(|s| s.name == "child") {
+            let root = roots.get(&child.parent_span_id).expect("every child's parent is a root");
+            assert_eq!(child.span_context.trace_id(), root.span_context.trace_id());
+        }
+    }
+
+    #[test]
+    fn only_target_and_level_directives_make_the_subscriber() {
+        let error = crate::builder("subscriber")
+            .exporter(InMemorySpanExporter::default())
+            .span_filter("info,[request{id=1}]=debug")
+            .into_dispatch()
+            .expect_err("span directives need the registry");
+        assert!(error.to_string().contains("span_filter"), "{error}");
+    }
+}
