@@ -24,6 +24,7 @@ use crate::export::{
 };
 use crate::guard::TracingGuard;
 use crate::layer::{LayerSettings, SpanLayer};
+use crate::logs::Logs;
 use crate::otlp::OtlpExporter;
 use crate::subscriber::SpanSubscriber;
 use crate::transport::ClientTls;
@@ -259,12 +260,33 @@ impl SpindleBuilder {
             tracing::info!(service = %settings.service_name, "span export disabled, logging only");
             return Ok(TracingGuard::disabled());
         }
-        let (otel_layer, guard) = build_pipeline(settings.clone(), self.exporter)?;
-        let subscriber = Registry::default().with(log_layer).with(otel_layer);
-        if tracing::subscriber::set_global_default(subscriber).is_err() {
-            let _ = guard.shutdown();
-            return Err(InitError::SubscriberAlreadySet);
-        }
+        let own_logs = match SpanFilter::parse(&settings.log_filter)? {
+            SpanFilter::Targets(targets) => Some(Logs::new(targets, settings.log_format)),
+            SpanFilter::Env(_) => None,
+        };
+        let guard = match (own_logs, SpanFilter::parse(&settings.span_filter)?) {
+            // Target and level directives only (nearly always): the SDK's own subscriber,
+            // which logs too.
+            (Some(logs), SpanFilter::Targets(targets)) => {
+                let Pipeline { queue, layer_settings, guard, .. } = build_parts(settings.clone(), self.exporter)?;
+                let subscriber = SpanSubscriber::new(queue, layer_settings, targets, Some(logs));
+                if tracing::subscriber::set_global_default(subscriber).is_err() {
+                    let _ = guard.shutdown();
+                    return Err(InitError::SubscriberAlreadySet);
+                }
+                guard
+            }
+            // Span or field directives need the registry and `EnvFilter`.
+            _ => {
+                let (otel_layer, guard) = build_pipeline(settings.clone(), self.exporter)?;
+                let subscriber = Registry::default().with(log_layer).with(otel_layer);
+                if tracing::subscriber::set_global_default(subscriber).is_err() {
+                    let _ = guard.shutdown();
+                    return Err(InitError::SubscriberAlreadySet);
+                }
+                guard
+            }
+        };
         if let Some(provider) = guard.provider() {
             opentelemetry::global::set_tracer_provider(provider.clone());
         }
@@ -322,7 +344,7 @@ impl SpindleBuilder {
                 reason: "the SDK's own subscriber takes target and level directives only".to_owned(),
             });
         };
-        Ok((Dispatch::new(SpanSubscriber::new(queue, layer_settings, targets)), guard))
+        Ok((Dispatch::new(SpanSubscriber::new(queue, layer_settings, targets, None)), guard))
     }
 }
 
@@ -418,6 +440,7 @@ fn build_parts(settings: Settings, exporter: Option<Box<dyn DynSpanExporter>>) -
         sampler: settings.sampler,
         details: settings.span_details,
         activation: settings.otel_context_activation,
+        keep_fields: false,
     };
     // The OpenTelemetry API's spans (`global::tracer`) share the queue and the sampler.
     let provider = SdkTracerProvider::builder()

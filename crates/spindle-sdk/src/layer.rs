@@ -250,7 +250,7 @@ pub(crate) fn start_span(
     let flags = sample(&settings.sampler, parent.as_ref(), trace_id);
     // A root the sampler dropped may still get a sampled remote parent (`set_parent`, as the
     // HTTP and Kafka helpers do right after creating their spans), so its fields are kept.
-    let recording = flags.is_sampled() || parent.is_none();
+    let recording = flags.is_sampled() || parent.is_none() || settings.keep_fields;
     let details = settings.details && recording;
     let mut record = fresh_record(queue, meta.name());
     record.start = SystemTime::now();
@@ -274,8 +274,8 @@ pub(crate) fn start_span(
 }
 
 /// Fields recorded after the span was created.
-pub(crate) fn record_values(state: &mut SpanState, values: &Record<'_>) {
-    if state.record.is_sampled() || state.record.parent_span_id == SpanId::INVALID {
+pub(crate) fn record_values(state: &mut SpanState, values: &Record<'_>, keep_fields: bool) {
+    if keep_fields || state.record.is_sampled() || state.record.parent_span_id == SpanId::INVALID {
         values.record(&mut SpanFields { record: &mut state.record });
     }
 }
@@ -416,6 +416,8 @@ pub(crate) struct LayerSettings {
     pub(crate) details: bool,
     /// Each entered span becomes the current OpenTelemetry context.
     pub(crate) activation: bool,
+    /// Fields of spans the sampler dropped are kept too (log lines show them).
+    pub(crate) keep_fields: bool,
 }
 
 type WithFn = fn(&Dispatch, &Id, &mut dyn FnMut(&mut SpanState));
@@ -518,7 +520,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
         if let Some(state) = extensions.get_mut::<SpanState>() {
-            record_values(state, values);
+            record_values(state, values, false);
         }
     }
 

@@ -93,6 +93,7 @@ mod export;
 mod guard;
 mod init;
 mod layer;
+mod logs;
 pub mod otlp;
 pub mod propagation;
 mod record;

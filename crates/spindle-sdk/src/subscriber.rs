@@ -24,6 +24,7 @@ use crate::layer::{
     add_event, add_follows_from, detach, end_span, enter_span, exit_timings, record_values, start_span, LayerSettings,
     Parent, SpanState, WithSpanState,
 };
+use crate::logs::Logs;
 
 /// Slots in the slab's first chunk; chunk `k` holds `FIRST_CHUNK << k`.
 const FIRST_CHUNK: usize = 256;
@@ -34,9 +35,13 @@ struct Entry {
     /// The slot's generation this entry belongs to.
     generation: u32,
     meta: &'static Metadata<'static>,
-    /// `None` for a span that is not exported (another thread's transport span of the
-    /// export worker).
+    /// `None` for a span of the export worker's own transport.
     state: Option<SpanState>,
+    /// Exported when it closes (else kept for log lines only).
+    exported: bool,
+    /// The `tracing` parent, kept open while this span is, for the scope of log lines (only
+    /// when logging).
+    parent: Option<Id>,
 }
 
 #[derive(Default)]
@@ -112,14 +117,17 @@ pub(crate) struct SpanSubscriber {
     max_level: LevelFilter,
     access: WithSpanState,
     slab: Slab,
+    logs: Option<Logs>,
 }
 
 impl SpanSubscriber {
-    pub(crate) fn new(queue: Arc<SpanQueue>, settings: LayerSettings, filter: Targets) -> Self {
+    pub(crate) fn new(queue: Arc<SpanQueue>, mut settings: LayerSettings, filter: Targets, logs: Option<Logs>) -> Self {
         let access = WithSpanState::new(Self::with_state, settings.sampler);
-        let max_level = tracing_subscriber::layer::Filter::<tracing_subscriber::Registry>::max_level_hint(&filter)
+        let spans = tracing_subscriber::layer::Filter::<tracing_subscriber::Registry>::max_level_hint(&filter)
             .unwrap_or(LevelFilter::TRACE);
-        Self { queue, settings, filter, max_level, access, slab: Slab::new() }
+        let max_level = logs.as_ref().map_or(spans, |logs| spans.max(logs.max_level()));
+        settings.keep_fields = logs.is_some();
+        Self { queue, settings, filter, max_level, access, slab: Slab::new(), logs }
     }
 
     fn key(&self) -> usize {
@@ -180,11 +188,26 @@ impl SpanSubscriber {
     fn exported(&self, meta: &Metadata<'_>) -> bool {
         self.filter.would_enable(meta.target(), meta.level())
     }
+
+    fn logged(&self, meta: &Metadata<'_>) -> bool {
+        self.logs.as_ref().is_some_and(|logs| logs.enabled(meta))
+    }
+
+    /// The spans around a log line, from `innermost` out.
+    fn scope(&self, innermost: Option<Id>) -> Vec<Id> {
+        let mut scope = Vec::new();
+        let mut next = innermost;
+        while let Some(id) = next.take() {
+            next = self.entry(&id).and_then(|entry| entry.as_ref().and_then(|e| e.parent.clone()));
+            scope.push(id);
+        }
+        scope
+    }
 }
 
 impl Subscriber for SpanSubscriber {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        if self.exported(meta) {
+        if self.exported(meta) || self.logged(meta) {
             Interest::always()
         } else {
             Interest::never()
@@ -192,7 +215,7 @@ impl Subscriber for SpanSubscriber {
     }
 
     fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        self.exported(meta)
+        self.exported(meta) || self.logged(meta)
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
@@ -201,9 +224,18 @@ impl Subscriber for SpanSubscriber {
 
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
         let meta = attrs.metadata();
+        let exported = self.exported(meta);
         let state = (!on_export_worker()).then(|| {
             let (parent, extra) = self.parent(attrs);
             start_span(&self.queue, &self.settings, attrs, parent, extra)
+        });
+        let parent = self.logs.as_ref().and_then(|_| {
+            let parent = match attrs.parent() {
+                Some(id) => Some(id.clone()),
+                None if attrs.is_contextual() => self.current().map(|(id, _)| id),
+                None => None,
+            }?;
+            Some(self.clone_span(&parent))
         });
         let Some(index) = self.slab.allocate() else {
             // Four billion spans open at once: this one is not recorded.
@@ -212,12 +244,13 @@ impl Subscriber for SpanSubscriber {
         let Some(slot) = self.slab.slot(index) else { return id_of(u32::MAX as usize, u32::MAX) };
         let generation = slot.generation.load(Ordering::Acquire);
         slot.refs.store(1, Ordering::Release);
-        *slot.entry.lock().unwrap_or_else(PoisonError::into_inner) = Some(Entry { generation, meta, state });
+        *slot.entry.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Entry { generation, meta, state, exported, parent });
         id_of(index, generation)
     }
 
     fn record(&self, id: &Id, values: &Record<'_>) {
-        self.with(id, |state| record_values(state, values));
+        self.with(id, |state| record_values(state, values, self.settings.keep_fields));
     }
 
     fn record_follows_from(&self, id: &Id, follows: &Id) {
@@ -232,8 +265,17 @@ impl Subscriber for SpanSubscriber {
             None if event.is_contextual() => self.current().map(|(id, _)| id),
             None => None,
         };
-        if let Some(id) = span {
-            self.with(&id, |state| add_event(state, event, self.settings.details));
+        let meta = event.metadata();
+        if let Some(id) = span.as_ref().filter(|_| self.exported(meta)) {
+            self.with(id, |state| add_event(state, event, self.settings.details));
+        }
+        if let Some(logs) = self.logs.as_ref().filter(|logs| logs.enabled(meta)) {
+            let scope = self.scope(span);
+            logs.write(event, &mut |f| {
+                for id in scope.iter().rev() {
+                    self.with(id, |state| f(&state.record));
+                }
+            });
         }
     }
 
@@ -289,7 +331,11 @@ impl Subscriber for SpanSubscriber {
             entry.take()
         };
         self.slab.release(index);
-        if let Some(state) = entry.and_then(|e| e.state) {
+        let Some(entry) = entry else { return true };
+        if let Some(parent) = entry.parent {
+            self.try_close(parent);
+        }
+        if let Some(state) = entry.state.filter(|_| entry.exported) {
             end_span(&self.queue, state);
         }
         true
