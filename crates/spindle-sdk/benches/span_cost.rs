@@ -68,13 +68,21 @@ impl Measurement for ThreadCpuTime {
 
 type Cpu = Criterion<ThreadCpuTime>;
 
-fn sdk_dispatch() -> (Dispatch, spindle_sdk::TracingGuard) {
-    let (layer, guard) = spindle_sdk::builder("bench")
+fn sdk_builder() -> spindle_sdk::SpindleBuilder {
+    spindle_sdk::builder("bench")
         .exporter(support::DiscardingExporter)
         .max_queue_size(1 << 16)
         .scheduled_delay(Duration::from_millis(100))
-        .into_layer::<Registry>()
-        .expect("pipeline builds");
+}
+
+/// What `init()` installs: the SDK's own subscriber.
+fn sdk_dispatch() -> (Dispatch, spindle_sdk::TracingGuard) {
+    sdk_builder().into_dispatch().expect("pipeline builds")
+}
+
+/// The SDK's layer on `tracing-subscriber`'s registry (`into_layer`).
+fn sdk_registry_dispatch() -> (Dispatch, spindle_sdk::TracingGuard) {
+    let (layer, guard) = sdk_builder().into_layer::<Registry>().expect("pipeline builds");
     (Dispatch::new(Registry::default().with(layer)), guard)
 }
 
@@ -164,6 +172,10 @@ fn spans(c: &mut Cpu) {
     tracing::dispatcher::with_default(&sdk, || {
         span_benches!(group, "sdk_on");
     });
+    let (registry, registry_guard) = sdk_registry_dispatch();
+    tracing::dispatcher::with_default(&registry, || {
+        span_benches!(group, "sdk_registry");
+    });
     let (layered, layered_spans) = otel_provider();
     let tracing_otel = support::stacks::tracing_opentelemetry_dispatch(layered.tracer("bench"));
     tracing::dispatcher::with_default(&tracing_otel, || {
@@ -174,10 +186,12 @@ fn spans(c: &mut Cpu) {
         otel_api_benches(&mut group, &direct.tracer("bench"));
     });
     group.finish();
-    guard.flush().expect("flush");
-    let stats = guard.stats();
-    assert!(stats.exported > 1000 && stats.failed == 0, "the sdk_on spans were recorded: {stats:?}");
-    println!("span pipeline during the benches: {stats:?}");
+    for (mode, guard) in [("sdk_on", &guard), ("sdk_registry", &registry_guard)] {
+        guard.flush().expect("flush");
+        let stats = guard.stats();
+        assert!(stats.exported > 1000 && stats.failed == 0, "the {mode} spans were recorded: {stats:?}");
+        println!("{mode} span pipeline during the benches: {stats:?}");
+    }
     for (mode, provider, exporter) in
         [("tracing_opentelemetry", &layered, &layered_spans), ("otel_api", &direct, &direct_spans)]
     {

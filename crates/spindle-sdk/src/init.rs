@@ -260,14 +260,10 @@ impl SpindleBuilder {
             tracing::info!(service = %settings.service_name, "span export disabled, logging only");
             return Ok(TracingGuard::disabled());
         }
-        let own_logs = match SpanFilter::parse(&settings.log_filter)? {
-            SpanFilter::Targets(targets) => Some(Logs::new(targets, settings.log_format)),
-            SpanFilter::Env(_) => None,
-        };
-        let guard = match (own_logs, SpanFilter::parse(&settings.span_filter)?) {
+        let guard = match own_filters(&settings) {
             // Target and level directives only (nearly always): the SDK's own subscriber,
             // which logs too.
-            (Some(logs), SpanFilter::Targets(targets)) => {
+            Ok((targets, logs)) => {
                 let Pipeline { queue, layer_settings, guard, .. } = build_parts(settings.clone(), self.exporter)?;
                 let subscriber = SpanSubscriber::new(queue, layer_settings, targets, Some(logs));
                 if tracing::subscriber::set_global_default(subscriber).is_err() {
@@ -321,12 +317,12 @@ impl SpindleBuilder {
 }
 
 impl SpindleBuilder {
-    /// The SDK's own subscriber, exporting spans and nothing else, not installed: for a
-    /// thread or a test that runs under a dispatcher of its own (`tracing::dispatcher::
-    /// with_default`). It does without `tracing-subscriber`'s registry, so a span costs less
-    /// than through [`SpindleBuilder::into_layer`]; the span filter must then be target and
-    /// level directives only (`info,h2=off`), else this fails with
-    /// [`InitError::InvalidSetting`].
+    /// The subscriber [`SpindleBuilder::init`] installs — span export and log lines — not
+    /// installed: for a thread or a test that runs under a dispatcher of its own
+    /// (`tracing::dispatcher::with_default`). It does without `tracing-subscriber`'s
+    /// registry, so a span costs less than through [`SpindleBuilder::into_layer`]; the span
+    /// and log filters must then be target and level directives only (`info,h2=off`), else
+    /// this fails with [`InitError::InvalidSetting`].
     pub fn into_dispatch(self) -> Result<(Dispatch, TracingGuard), InitError> {
         crate::transport::crypto_provider();
         let mut settings = Settings::resolve(&self.settings, |k| std::env::var(k).ok())?;
@@ -334,18 +330,26 @@ impl SpindleBuilder {
             settings.sampler = SamplerConfig::AlwaysOff;
         }
         warn_unused_tls(&settings);
-        let directives = settings.span_filter.clone();
-        let Pipeline { queue, layer_settings, span_filter, guard } = build_parts(settings, self.exporter)?;
-        let SpanFilter::Targets(targets) = span_filter else {
-            let _ = guard.shutdown();
-            return Err(InitError::InvalidSetting {
-                name: "span_filter",
-                value: directives,
-                reason: "the SDK's own subscriber takes target and level directives only".to_owned(),
-            });
-        };
-        Ok((Dispatch::new(SpanSubscriber::new(queue, layer_settings, targets, None)), guard))
+        let (targets, logs) = own_filters(&settings)?;
+        let Pipeline { queue, layer_settings, guard, .. } = build_parts(settings, self.exporter)?;
+        Ok((Dispatch::new(SpanSubscriber::new(queue, layer_settings, targets, Some(logs))), guard))
     }
+}
+
+/// The span filter and the log lines of the SDK's own subscriber: both filters must be target
+/// and level directives.
+fn own_filters(settings: &Settings) -> Result<(Targets, Logs), InitError> {
+    let targets = |name: &'static str, directives: &str| match SpanFilter::parse(directives)? {
+        SpanFilter::Targets(targets) => Ok(targets),
+        SpanFilter::Env(_) => Err(InitError::InvalidSetting {
+            name,
+            value: directives.to_owned(),
+            reason: "the SDK's own subscriber takes target and level directives only".to_owned(),
+        }),
+    };
+    let spans = targets("span_filter", &settings.span_filter)?;
+    let logs = Logs::new(targets("log_filter", &settings.log_filter)?, settings.log_format);
+    Ok((spans, logs))
 }
 
 /// TLS files given for a plain `http://` endpoint are not used: say so, since whoever set

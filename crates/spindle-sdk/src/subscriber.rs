@@ -372,6 +372,7 @@ mod tests {
             .exporter(exporter.clone())
             .sampler(crate::SamplerConfig::AlwaysOn)
             .max_queue_size(1 << 16)
+            .log_filter("off")
             .into_dispatch()
             .expect("pipeline builds");
         (dispatch, guard, exporter)
@@ -462,11 +463,13 @@ mod tests {
 
     #[test]
     fn only_target_and_level_directives_make_the_subscriber() {
-        let error = crate::builder("subscriber")
-            .exporter(InMemorySpanExporter::default())
-            .span_filter("info,[request{id=1}]=debug")
-            .into_dispatch()
-            .expect_err("span directives need the registry");
-        assert!(error.to_string().contains("span_filter"), "{error}");
+        for filter in ["span_filter", "log_filter"] {
+            let builder = crate::builder("subscriber").exporter(InMemorySpanExporter::default());
+            let directives = "info,[request{id=1}]=debug";
+            let builder =
+                if filter == "span_filter" { builder.span_filter(directives) } else { builder.log_filter(directives) };
+            let error = builder.into_dispatch().expect_err("span directives need the registry");
+            assert!(error.to_string().contains(filter), "{error}");
+        }
     }
 }

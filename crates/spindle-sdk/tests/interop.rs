@@ -54,7 +54,9 @@ fn pipeline_with(name: &str, sampler: SamplerConfig, activation: bool) -> Pipeli
         .sampler(sampler)
         .otel_context_activation(activation)
         // Room for the ratio test's spans: a drop would read as a sampling decision.
-        .max_queue_size(65_536);
+        .max_queue_size(65_536)
+        // The events these tests make are for the spans, not for the test's output.
+        .log_filter("off");
     if own_subscriber() {
         let (dispatch, guard) = builder.into_dispatch().expect("pipeline builds");
         return Pipeline { exporter, guard, dispatch };
