@@ -80,7 +80,7 @@ impl Slab {
             return Some(index as usize);
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed);
-        if index > u32::MAX as usize {
+        if index >= u32::MAX as usize - 1 {
             return None;
         }
         let chunk = (index / FIRST_CHUNK + 1).ilog2() as usize;
@@ -93,14 +93,18 @@ impl Slab {
     }
 }
 
+/// The id of a span the slab has no room for: it reaches no slot.
+const UNRECORDED: u64 = u64::MAX;
+
 fn id_of(index: usize, generation: u32) -> Id {
     Id::from_u64((u64::from(generation) << 32) | (index as u64 + 1))
 }
 
-/// The slot index and generation of `id`.
+/// The slot index and generation of `id` (an id this subscriber did not make yields an index
+/// beyond its slots).
 fn parts(id: &Id) -> (usize, u32) {
     let raw = id.into_u64();
-    (((raw & 0xffff_ffff) - 1) as usize, (raw >> 32) as u32)
+    ((raw & 0xffff_ffff).wrapping_sub(1) as u32 as usize, (raw >> 32) as u32)
 }
 
 thread_local! {
@@ -237,11 +241,9 @@ impl Subscriber for SpanSubscriber {
             }?;
             Some(self.clone_span(&parent))
         });
-        let Some(index) = self.slab.allocate() else {
-            // Four billion spans open at once: this one is not recorded.
-            return id_of(u32::MAX as usize, u32::MAX);
-        };
-        let Some(slot) = self.slab.slot(index) else { return id_of(u32::MAX as usize, u32::MAX) };
+        // Four billion spans open at once: this one is not recorded.
+        let Some(index) = self.slab.allocate() else { return Id::from_u64(UNRECORDED) };
+        let Some(slot) = self.slab.slot(index) else { return Id::from_u64(UNRECORDED) };
         let generation = slot.generation.load(Ordering::Acquire);
         slot.refs.store(1, Ordering::Release);
         *slot.entry.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -459,6 +461,25 @@ mod tests {
             let root = roots.get(&child.parent_span_id).expect("every child's parent is a root");
             assert_eq!(child.span_context.trace_id(), root.span_context.trace_id());
         }
+    }
+
+    /// Ids this subscriber never made (zero low bits, the unrecorded id, far beyond the
+    /// slab) reach no span and cost no panic.
+    #[test]
+    fn made_up_ids_reach_nothing() {
+        let (dispatch, guard, exporter) = pipeline();
+        tracing::dispatcher::with_default(&dispatch, || {
+            let live = tracing::info_span!("live");
+            for raw in [1_u64 << 32, UNRECORDED, 0x0000_0001_7fff_ffff, 3] {
+                let id = Id::from_u64(raw);
+                dispatch.enter(&id);
+                dispatch.exit(&id);
+                assert!(!dispatch.try_close(dispatch.clone_span(&id)));
+            }
+            drop(live);
+        });
+        guard.flush().expect("flush");
+        assert_eq!(exporter.get_finished_spans().expect("spans").len(), 1, "the live span alone");
     }
 
     #[test]
