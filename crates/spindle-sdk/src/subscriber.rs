@@ -153,18 +153,31 @@ impl SpanSubscriber {
         entry.as_mut()?.state.as_mut().map(f)
     }
 
+    /// [`SpanSubscriber::with`] for a span that is exported: one kept for log lines only
+    /// is nobody's parent and gets no span events, as a span the layer's filter leaves out.
+    fn with_exported<R>(&self, id: &Id, f: impl FnOnce(&mut SpanState) -> R) -> Option<R> {
+        let mut entry = self.entry(id)?;
+        entry.as_mut().filter(|e| e.exported)?.state.as_mut().map(f)
+    }
+
     fn with_state(dispatch: &Dispatch, id: &Id, f: &mut dyn FnMut(&mut SpanState)) {
         if let Some(subscriber) = dispatch.downcast_ref::<Self>() {
             subscriber.with(id, f);
         }
     }
 
-    /// The innermost span this thread entered, of this subscriber.
-    fn current(&self) -> Option<(Id, &'static Metadata<'static>)> {
+    /// The innermost span this thread entered, of this subscriber (and exported, with
+    /// `exported_only`).
+    fn current(&self, exported_only: bool) -> Option<(Id, &'static Metadata<'static>)> {
         let key = self.key();
         ENTERED
             .try_with(|stack| {
-                stack.borrow().iter().rev().find(|(k, ..)| *k == key).map(|(_, id, meta)| (id.clone(), *meta))
+                stack
+                    .borrow()
+                    .iter()
+                    .rev()
+                    .find(|(k, _, meta)| *k == key && (!exported_only || self.exported(meta)))
+                    .map(|(_, id, meta)| (id.clone(), *meta))
             })
             .ok()
             .flatten()
@@ -173,7 +186,8 @@ impl SpanSubscriber {
     /// The parent of a new span (as the layer decides it).
     fn parent(&self, attrs: &Attributes<'_>) -> (Option<Parent>, Option<Context>) {
         let from = |id: &Id| {
-            self.with(id, |state| (Some(Parent::of_record(&state.record)), state.extra.clone())).unwrap_or((None, None))
+            self.with_exported(id, |state| (Some(Parent::of_record(&state.record)), state.extra.clone()))
+                .unwrap_or((None, None))
         };
         if let Some(id) = attrs.parent() {
             return from(id);
@@ -182,7 +196,7 @@ impl SpanSubscriber {
             return (None, None);
         }
         if !self.settings.activation {
-            if let Some((id, _)) = self.current() {
+            if let Some((id, _)) = self.current(true) {
                 return from(&id);
             }
         }
@@ -236,7 +250,7 @@ impl Subscriber for SpanSubscriber {
         let parent = self.logs.as_ref().and_then(|_| {
             let parent = match attrs.parent() {
                 Some(id) => Some(id.clone()),
-                None if attrs.is_contextual() => self.current().map(|(id, _)| id),
+                None if attrs.is_contextual() => self.current(false).map(|(id, _)| id),
                 None => None,
             }?;
             Some(self.clone_span(&parent))
@@ -262,16 +276,24 @@ impl Subscriber for SpanSubscriber {
     }
 
     fn event(&self, event: &Event<'_>) {
-        let span = match event.parent() {
-            Some(id) => Some(id.clone()),
-            None if event.is_contextual() => self.current().map(|(id, _)| id),
-            None => None,
-        };
         let meta = event.metadata();
-        if let Some(id) = span.as_ref().filter(|_| self.exported(meta)) {
-            self.with(id, |state| add_event(state, event, self.settings.details));
+        let explicit = event.parent().cloned();
+        if self.exported(meta) {
+            let span = match &explicit {
+                Some(id) => Some(id.clone()),
+                None if event.is_contextual() => self.current(true).map(|(id, _)| id),
+                None => None,
+            };
+            if let Some(id) = span {
+                self.with_exported(&id, |state| add_event(state, event, self.settings.details));
+            }
         }
         if let Some(logs) = self.logs.as_ref().filter(|logs| logs.enabled(meta)) {
+            let span = match explicit {
+                Some(id) => Some(id),
+                None if event.is_contextual() => self.current(false).map(|(id, _)| id),
+                None => None,
+            };
             let scope = self.scope(span);
             logs.write(event, &mut |f| {
                 for id in scope.iter().rev() {
@@ -285,7 +307,7 @@ impl Subscriber for SpanSubscriber {
         let Some(mut entry) = self.entry(id) else { return };
         let Some(entry) = entry.as_mut() else { return };
         let meta = entry.meta;
-        if let Some(state) = entry.state.as_mut() {
+        if let Some(state) = entry.state.as_mut().filter(|_| entry.exported) {
             if self.settings.activation || self.settings.details {
                 enter_span(state, id, self.settings.activation);
             }
@@ -344,7 +366,7 @@ impl Subscriber for SpanSubscriber {
     }
 
     fn current_span(&self) -> Current {
-        match self.current() {
+        match self.current(false) {
             Some((id, meta)) => Current::new(id, meta),
             None => Current::none(),
         }
@@ -460,6 +482,42 @@ mod tests {
         for child in spans.iter().filter(|s| s.name == "child") {
             let root = roots.get(&child.parent_span_id).expect("every child's parent is a root");
             assert_eq!(child.span_context.trace_id(), root.span_context.trace_id());
+        }
+    }
+
+    /// A span kept for log lines only (the span filter leaves it out, the log filter wants
+    /// it) is not exported, is nobody's parent and gets no span events: they go to the
+    /// nearest exported span around it, as with the layer's per-layer filter.
+    #[test]
+    fn a_span_kept_for_logs_only_is_transparent_to_the_exported_ones() {
+        for activation in [true, false] {
+            let exporter = InMemorySpanExporter::default();
+            let (dispatch, guard) = crate::builder("subscriber")
+                .exporter(exporter.clone())
+                .sampler(crate::SamplerConfig::AlwaysOn)
+                .otel_context_activation(activation)
+                .span_filter("info,noisy=off")
+                .log_filter("off,noisy=info")
+                .into_dispatch()
+                .expect("pipeline builds");
+            tracing::dispatcher::with_default(&dispatch, || {
+                tracing::info_span!(target: "app", "outer").in_scope(|| {
+                    let hidden = tracing::info_span!(target: "noisy", "hidden");
+                    hidden.in_scope(|| {
+                        tracing::info!(target: "app", "in hidden");
+                        tracing::info_span!(target: "app", "inner").in_scope(|| {});
+                    });
+                    tracing::info_span!(target: "app", parent: &hidden, "explicit").in_scope(|| {});
+                });
+            });
+            guard.flush().expect("flush");
+            let spans = exporter.get_finished_spans().expect("spans");
+            let find = |name: &str| spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(spans.len(), 3, "activation {activation}: outer, inner, explicit");
+            let outer = find("outer");
+            assert_eq!(find("inner").parent_span_id, outer.span_context.span_id(), "activation {activation}");
+            assert_eq!(outer.events.len(), 1, "the event goes to the nearest exported span");
+            assert_eq!(find("explicit").parent_span_id, opentelemetry::trace::SpanId::INVALID, "a root");
         }
     }
 
