@@ -46,8 +46,6 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::SdkTracer;
 use spindle_sdk::http::axum::ServerTracingLayer;
 use spindle_sdk::tracing::Dispatch;
-use spindle_sdk::tracing_subscriber::layer::SubscriberExt;
-use spindle_sdk::tracing_subscriber::Registry;
 use spindle_sdk::SamplerConfig;
 use support::stacks::{OtlpStack, BATCH_PROCESSOR_THREAD, OTLP_RUNTIME_THREAD};
 use support::workload::{calibrate, handle_request_otel, handle_request_with_steps};
@@ -253,12 +251,7 @@ fn main() {
         Stack::Spindle => {
             let builder =
                 spindle_sdk::builder("overhead-bench").endpoint(endpoint.clone()).sampler(SamplerConfig::AlwaysOn);
-            let (dispatch, guard) = if std::env::var("SDK_SUBSCRIBER").is_ok_and(|v| v == "registry") {
-                let (layer, guard) = builder.into_layer::<Registry>().expect("pipeline");
-                (Dispatch::new(Registry::default().with(layer)), guard)
-            } else {
-                builder.into_dispatch().expect("pipeline")
-            };
+            let (dispatch, guard) = support::stacks::spindle_dispatch(builder);
             (Pipeline::Spindle(guard), dispatch)
         }
         Stack::TracingOpentelemetry | Stack::Otel => {

@@ -35,8 +35,6 @@ use axum::routing::get;
 use axum::Router;
 use spindle_sdk::http::axum::ServerTracingLayer;
 use spindle_sdk::tracing::Dispatch;
-use spindle_sdk::tracing_subscriber::layer::SubscriberExt;
-use spindle_sdk::tracing_subscriber::Registry;
 use spindle_sdk::SamplerConfig;
 use support::workload::{handle_request, thread_cpu_time};
 use tower::Service;
@@ -102,12 +100,7 @@ fn main() {
             .sampler(SamplerConfig::AlwaysOn)
             .max_queue_size(1 << 16)
             .otel_context_activation(std::env::var("SPAN_PROFILE_ACTIVATION").map_or(true, |v| v != "0"));
-        let (sdk, guard) = if std::env::var("SDK_SUBSCRIBER").is_ok_and(|v| v == "registry") {
-            let (layer, guard) = builder.into_layer::<Registry>().expect("pipeline");
-            (Dispatch::new(Registry::default().with(layer)), guard)
-        } else {
-            builder.into_dispatch().expect("pipeline")
-        };
+        let (sdk, guard) = support::stacks::spindle_dispatch(builder);
         let traced = run(app.clone().layer(ServerTracingLayer::new()), &sdk, count, evict);
         guard.flush().expect("flush");
         let stats = guard.stats();

@@ -253,9 +253,9 @@ impl SpindleBuilder {
         crate::transport::crypto_provider();
         let settings = Settings::resolve(&self.settings, |k| std::env::var(k).ok())?;
         let log_filter = env_filter("log_filter", &settings.log_filter)?;
-        let log_layer = fmt_layer(settings.log_format).with_filter(log_filter);
+        let log_layer = || fmt_layer(settings.log_format).with_filter(log_filter);
         if settings.disabled {
-            tracing::subscriber::set_global_default(Registry::default().with(log_layer))
+            tracing::subscriber::set_global_default(Registry::default().with(log_layer()))
                 .map_err(|_| InitError::SubscriberAlreadySet)?;
             tracing::info!(service = %settings.service_name, "span export disabled, logging only");
             return Ok(TracingGuard::disabled());
@@ -265,22 +265,12 @@ impl SpindleBuilder {
             // which logs too.
             Ok((targets, logs)) => {
                 let Pipeline { queue, layer_settings, guard, .. } = build_parts(settings.clone(), self.exporter)?;
-                let subscriber = SpanSubscriber::new(queue, layer_settings, targets, Some(logs));
-                if tracing::subscriber::set_global_default(subscriber).is_err() {
-                    let _ = guard.shutdown();
-                    return Err(InitError::SubscriberAlreadySet);
-                }
-                guard
+                install(SpanSubscriber::new(queue, layer_settings, targets, Some(logs)), guard)?
             }
             // Span or field directives need the registry and `EnvFilter`.
-            _ => {
+            Err(_) => {
                 let (otel_layer, guard) = build_pipeline(settings.clone(), self.exporter)?;
-                let subscriber = Registry::default().with(log_layer).with(otel_layer);
-                if tracing::subscriber::set_global_default(subscriber).is_err() {
-                    let _ = guard.shutdown();
-                    return Err(InitError::SubscriberAlreadySet);
-                }
-                guard
+                install(Registry::default().with(log_layer()).with(otel_layer), guard)?
             }
         };
         if let Some(provider) = guard.provider() {
@@ -334,6 +324,19 @@ impl SpindleBuilder {
         let Pipeline { queue, layer_settings, guard, .. } = build_parts(settings, self.exporter)?;
         Ok((Dispatch::new(SpanSubscriber::new(queue, layer_settings, targets, Some(logs))), guard))
     }
+}
+
+/// Installs `subscriber` as the process's, or shuts the pipeline behind `guard` down when
+/// another was installed first.
+fn install(
+    subscriber: impl Subscriber + Send + Sync + 'static,
+    guard: TracingGuard,
+) -> Result<TracingGuard, InitError> {
+    if tracing::subscriber::set_global_default(subscriber).is_err() {
+        let _ = guard.shutdown();
+        return Err(InitError::SubscriberAlreadySet);
+    }
+    Ok(guard)
 }
 
 /// The span filter and the log lines of the SDK's own subscriber: both filters must be target

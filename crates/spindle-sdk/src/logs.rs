@@ -19,6 +19,12 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use crate::config::LogFormat;
 use crate::record::{AttrValue, SpanRecord};
 
+/// The most verbose level `filter` enables anywhere.
+pub(crate) fn max_level(filter: &Targets) -> LevelFilter {
+    tracing_subscriber::layer::Filter::<tracing_subscriber::Registry>::max_level_hint(filter)
+        .unwrap_or(LevelFilter::TRACE)
+}
+
 /// Calls its argument with the record of each span around an event, outermost first.
 pub(crate) type Scope<'a> = dyn FnMut(&mut dyn FnMut(&SpanRecord)) + 'a;
 
@@ -35,9 +41,7 @@ thread_local! {
 
 impl Logs {
     pub(crate) fn new(filter: Targets, format: LogFormat) -> Self {
-        let max_level = tracing_subscriber::layer::Filter::<tracing_subscriber::Registry>::max_level_hint(&filter)
-            .unwrap_or(LevelFilter::TRACE);
-        Self { filter, max_level, format }
+        Self { max_level: max_level(&filter), filter, format }
     }
 
     pub(crate) fn enabled(&self, meta: &Metadata<'_>) -> bool {

@@ -4,9 +4,10 @@
 //! A span is one slot of a slab that only grows: its state ([`SpanState`]) behind a lock
 //! nobody else holds in practice, its reference count, and a generation that changes when
 //! the span closes, so an id kept after its span closed finds nothing instead of another
-//! span. Each thread keeps the stack of spans it has entered. Spans and events are filtered
-//! once per call site with the span filter's target and level directives; the subscriber
-//! never asks again per span.
+//! span. Each thread keeps the stack of spans it has entered. Whether a call site's spans and
+//! events are wanted at all is decided once per call site, from the span and log filters'
+//! target and level directives; a span the log filter alone wants is told apart (kept for
+//! log lines, not exported) when it is created.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -127,8 +128,7 @@ pub(crate) struct SpanSubscriber {
 impl SpanSubscriber {
     pub(crate) fn new(queue: Arc<SpanQueue>, mut settings: LayerSettings, filter: Targets, logs: Option<Logs>) -> Self {
         let access = WithSpanState::new(Self::with_state, settings.sampler);
-        let spans = tracing_subscriber::layer::Filter::<tracing_subscriber::Registry>::max_level_hint(&filter)
-            .unwrap_or(LevelFilter::TRACE);
+        let spans = crate::logs::max_level(&filter);
         let max_level = logs.as_ref().map_or(spans, |logs| spans.max(logs.max_level()));
         settings.keep_fields = logs.is_some();
         Self { queue, settings, filter, max_level, access, slab: Slab::new(), logs }

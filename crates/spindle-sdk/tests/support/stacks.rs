@@ -94,6 +94,16 @@ impl Drop for OtlpStack {
 }
 
 /// `tracing-opentelemetry`'s layer with its default settings, over `tracer`.
+/// The SDK built by `builder` as a service gets it from `init()` (its own subscriber), or with
+/// `SDK_SUBSCRIBER=registry` its layer on `tracing-subscriber`'s registry (`into_layer`).
+pub fn spindle_dispatch(builder: spindle_sdk::SpindleBuilder) -> (Dispatch, spindle_sdk::TracingGuard) {
+    if std::env::var("SDK_SUBSCRIBER").is_ok_and(|v| v == "registry") {
+        let (layer, guard) = builder.into_layer::<Registry>().expect("pipeline");
+        return (Dispatch::new(Registry::default().with(layer)), guard);
+    }
+    builder.into_dispatch().expect("pipeline")
+}
+
 pub fn tracing_opentelemetry_dispatch(tracer: SdkTracer) -> Dispatch {
     Dispatch::new(Registry::default().with(tracing_opentelemetry::layer().with_tracer(tracer)))
 }
