@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use spindle_sdk::tracing::{Dispatch, Event, Level, Subscriber};
 use spindle_sdk::tracing_subscriber::layer::{Context, SubscriberExt};
 use spindle_sdk::tracing_subscriber::{Layer, Registry};
-use support::workload::{calibrate, handle_request, median, process_cpu_time, resident_bytes};
+use support::workload::{calibrate, handle_request, median, process_cpu_time, resident_bytes, threads_cpu};
 
 /// Counts the SDK's warnings about dropped spans and failed exports.
 struct WarningCounter {
@@ -68,6 +68,7 @@ fn run_round(requests: u64, strikes: usize) -> Round {
 /// Medians of adjacent pairs cancel what neighbours on a shared machine do to CPU time;
 /// wall-clock throughput is reported, not asserted.
 fn measure_throughput_ratio(pairs: usize, strikes: usize, sdk_off: &Dispatch) -> f64 {
+    let threads_before = threads_cpu();
     let (mut off, mut on) = (Round::default(), Round::default());
     let (mut off_cpu, mut extra_cpu) = (Vec::new(), Vec::new());
     for _ in 0..pairs {
@@ -88,6 +89,15 @@ fn measure_throughput_ratio(pairs: usize, strikes: usize, sdk_off: &Dispatch) ->
          {total_cpu_ratio:.4} (total cpu), {wall_throughput_ratio:.4} (wall); \
          ~{per_span:.1} us of cpu per span"
     );
+    // Where the CPU went, by thread: a ratio under the bar then says which thread spent it.
+    let threads: Vec<String> = threads_cpu()
+        .into_iter()
+        .map(|(tid, name, cpu)| {
+            let before = threads_before.iter().find(|(t, ..)| *t == tid).map_or(Duration::ZERO, |(.., c)| *c);
+            format!("{name} {:.1} ms", (cpu.saturating_sub(before)).as_secs_f64() * 1e3)
+        })
+        .collect();
+    println!("  cpu by thread during the measurement: {}", threads.join(", "));
     cpu_throughput_ratio
 }
 

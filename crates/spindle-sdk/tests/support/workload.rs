@@ -127,6 +127,21 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// CPU time of each thread of the process: its id, name and CPU time
+/// (`/proc/self/task/*/schedstat`).
+pub fn threads_cpu() -> Vec<(u32, String, Duration)> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    dir.filter_map(|task| {
+        let task = task.ok()?;
+        let tid = task.file_name().to_str()?.parse().ok()?;
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).ok()?.trim_end().to_owned();
+        let ns = std::fs::read_to_string(path.join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()?;
+        Some((tid, name, Duration::from_nanos(ns)))
+    })
+    .collect()
+}
+
 /// Resident set size of the process in bytes.
 pub fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm readable");
