@@ -199,9 +199,9 @@ fn backend_spans(spindle: Option<&support::Spindle>, sink: Option<&support::Otlp
         .unwrap_or(0)
 }
 
-/// Serves `app` on a named thread with its own current-thread runtime under `dispatch`;
-/// returns the port and the thread id.
-fn serve(name: &str, app: Router, dispatch: Dispatch) -> (u16, i32) {
+/// Serves `app` on a named thread with its own current-thread runtime under `dispatch` (the
+/// global default when `None`); returns the port and the thread id.
+fn serve(name: &str, app: Router, dispatch: Option<Dispatch>) -> (u16, i32) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     listener.set_nonblocking(true).expect("nonblocking");
@@ -211,13 +211,17 @@ fn serve(name: &str, app: Router, dispatch: Dispatch) -> (u16, i32) {
         .name(name.to_owned())
         .spawn(move || {
             tid_out.store(gettid(), Ordering::SeqCst);
-            tracing::dispatcher::with_default(&dispatch, || {
+            let run = || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                     let _ = axum::serve(listener, app).await;
                 });
-            });
+            };
+            match dispatch {
+                Some(dispatch) => tracing::dispatcher::with_default(&dispatch, run),
+                None => run(),
+            }
         })
         .expect("server thread");
     while tid.load(Ordering::SeqCst) == 0 {
@@ -264,17 +268,22 @@ fn main() {
 
     let work = Work { strikes: calibrate(handler), steps: spans - 5 };
     let app = Router::new().route("/price/{id}", get(price)).with_state(work);
-    let (off_port, off_tid) = serve("svc-off", app.clone(), Dispatch::none());
+    let (off_port, off_tid) = serve("svc-off", app.clone(), Some(Dispatch::none()));
     let (on_port, on_tid) = match (&pipeline, control) {
-        (_, true) => serve("svc-on", app, Dispatch::none()),
+        (_, true) => serve("svc-on", app, Some(Dispatch::none())),
         (Pipeline::Otel(otel), false) if stack == Stack::Otel => {
             let app = Router::new()
                 .route("/price/{id}", get(price_otel))
                 .with_state((work, otel.tracer.clone()))
                 .layer(axum::middleware::from_fn_with_state(otel.tracer.clone(), otel_server_span));
-            serve("svc-on", app, Dispatch::none())
+            serve("svc-on", app, Some(Dispatch::none()))
         }
-        (_, false) => serve("svc-on", app.layer(ServerTracingLayer::new()), sdk),
+        (_, false) => {
+            // The process's default, as `init()` installs it: a span then refers to its
+            // subscriber without counting a reference, as in a traced service.
+            tracing::dispatcher::set_global_default(sdk).expect("the first global subscriber");
+            serve("svc-on", app.layer(ServerTracingLayer::new()), None)
+        }
     };
     for prefix in stack.export_threads() {
         assert!(!threads_named(prefix).is_empty(), "an export thread named {prefix}");

@@ -55,11 +55,11 @@ async fn requests(app: &mut Router, first: u64, count: u64) {
     }
 }
 
-/// Thread CPU time per request of `count` requests through `app` under `dispatch`: the mean
-/// of a hot loop, or with `evict` the median of requests each preceded by writing over
-/// `evict` bytes (caches as cold as after another process ran).
-fn run(app: Router, dispatch: &Dispatch, count: u64, evict: usize) -> Duration {
-    tracing::dispatcher::with_default(dispatch, || {
+/// Thread CPU time per request of `count` requests through `app` under `dispatch` (the global
+/// default when `None`): the mean of a hot loop, or with `evict` the median of requests each
+/// preceded by writing over `evict` bytes (caches as cold as after another process ran).
+fn run(app: Router, dispatch: Option<&Dispatch>, count: u64, evict: usize) -> Duration {
+    let run = || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
             let mut app = app;
@@ -84,7 +84,11 @@ fn run(app: Router, dispatch: &Dispatch, count: u64, evict: usize) -> Duration {
             times.sort_unstable();
             times[times.len() / 2]
         })
-    })
+    };
+    match dispatch {
+        Some(dispatch) => tracing::dispatcher::with_default(dispatch, run),
+        None => run(),
+    }
 }
 
 fn main() {
@@ -101,14 +105,16 @@ fn main() {
             .max_queue_size(1 << 16)
             .otel_context_activation(std::env::var("SPAN_PROFILE_ACTIVATION").map_or(true, |v| v != "0"));
         let (sdk, guard) = support::stacks::spindle_dispatch(builder);
-        let traced = run(app.clone().layer(ServerTracingLayer::new()), &sdk, count, evict);
+        // The process's default, as `init()` installs it.
+        tracing::dispatcher::set_global_default(sdk).expect("the first global subscriber");
+        let traced = run(app.clone().layer(ServerTracingLayer::new()), None, count, evict);
         guard.flush().expect("flush");
         let stats = guard.stats();
         assert_eq!(stats.exported, (count + 100) * 5, "every span exported: {stats:?}");
         println!("traced:   {:>8.2} us per request (5 spans)", traced.as_secs_f64() * 1e6);
     }
     if mode != "on" {
-        let untraced = run(app, &Dispatch::none(), count, evict);
+        let untraced = run(app, Some(&Dispatch::none()), count, evict);
         println!("untraced: {:>8.2} us per request", untraced.as_secs_f64() * 1e6);
     }
 }

@@ -48,6 +48,10 @@ impl Logs {
         self.filter.would_enable(meta.target(), meta.level())
     }
 
+    pub(crate) fn filter(&self) -> &Targets {
+        &self.filter
+    }
+
     pub(crate) fn max_level(&self) -> LevelFilter {
         self.max_level
     }

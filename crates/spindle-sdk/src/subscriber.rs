@@ -119,6 +119,9 @@ pub(crate) struct SpanSubscriber {
     queue: Arc<SpanQueue>,
     settings: LayerSettings,
     filter: Targets,
+    /// Every span the subscriber records is exported: the log filter enables no span the
+    /// span filter leaves out (it is the same, the default, or there are no logs).
+    all_exported: bool,
     max_level: LevelFilter,
     access: WithSpanState,
     slab: Slab,
@@ -131,7 +134,8 @@ impl SpanSubscriber {
         let spans = crate::logs::max_level(&filter);
         let max_level = logs.as_ref().map_or(spans, |logs| spans.max(logs.max_level()));
         settings.keep_fields = logs.is_some();
-        Self { queue, settings, filter, max_level, access, slab: Slab::new(), logs }
+        let all_exported = logs.as_ref().is_none_or(|logs| *logs.filter() == filter);
+        Self { queue, settings, filter, all_exported, max_level, access, slab: Slab::new(), logs }
     }
 
     fn key(&self) -> usize {
@@ -242,7 +246,7 @@ impl Subscriber for SpanSubscriber {
 
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
         let meta = attrs.metadata();
-        let exported = self.exported(meta);
+        let exported = self.all_exported || self.exported(meta);
         let state = (!on_export_worker()).then(|| {
             let (parent, extra) = self.parent(attrs);
             start_span(&self.queue, &self.settings, attrs, parent, extra)

@@ -135,11 +135,15 @@ pub fn server_span<B>(request: &Request<B>) -> tracing::Span {
     // Most requests carry no trace context; extracting from them would only build an empty
     // context. The W3C propagator reads nothing but these two headers.
     let headers = request.headers();
-    if headers.contains_key("traceparent") || headers.contains_key("baggage") {
+    if headers.contains_key(&TRACEPARENT) || headers.contains_key(&BAGGAGE) {
         set_remote_parent(&span, super::extract_from_headers(headers));
     }
     span
 }
+
+// Parsed once: a header looked up by `&str` is parsed on every lookup.
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
 
 thread_local! {
     static SPAN_NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
