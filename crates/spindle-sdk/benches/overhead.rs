@@ -17,7 +17,8 @@
 //! Knobs: `OVERHEAD_HANDLER_US` (CPU per request, default 2000), `OVERHEAD_PAIRS` (default
 //! 2000), `OVERHEAD_BACKEND=sink` (an in-process OTLP receiver instead of spindle),
 //! `OVERHEAD_CONTROL=1` (both services untraced: the ratios then show the measurement's own
-//! noise on this machine), `OVERHEAD_SPANS` (spans per traced request, default 5: SERVER and
+//! noise on this machine), `OVERHEAD_ACTIVATION=0` (the SDK without OpenTelemetry context
+//! activation), `OVERHEAD_SPANS` (spans per traced request, default 5: SERVER and
 //! four internal ones; more adds empty child spans, the CPU work stays the same),
 //! `OVERHEAD_STACK`, the traced service's tracing stack:
 //! - `spindle` (default): `tracing` spans through the SDK's layer, queue and exporter;
@@ -199,6 +200,26 @@ fn backend_spans(spindle: Option<&support::Spindle>, sink: Option<&support::Otlp
         .unwrap_or(0)
 }
 
+/// Keeps the calling thread on the first CPU the process may use. Both services run there,
+/// so neither is the one the scheduler happens to leave on a slower CPU for a whole run (a
+/// virtual CPU whose host core is busier, a sibling thread busy with the backend); the
+/// client, the export threads and the backend run anywhere.
+fn pin_to_first_cpu() {
+    // SAFETY: cpu_set_t is plain data; the calls read and write the one set given.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return;
+        }
+        let Some(first) = (0..libc::CPU_SETSIZE as usize).find(|&cpu| libc::CPU_ISSET(cpu, &allowed)) else {
+            return;
+        };
+        let mut only: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(first, &mut only);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &only);
+    }
+}
+
 /// Serves `app` on a named thread with its own current-thread runtime under `dispatch` (the
 /// global default when `None`); returns the port and the thread id.
 fn serve(name: &str, app: Router, dispatch: Option<Dispatch>) -> (u16, i32) {
@@ -210,6 +231,7 @@ fn serve(name: &str, app: Router, dispatch: Option<Dispatch>) -> (u16, i32) {
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
+            pin_to_first_cpu();
             tid_out.store(gettid(), Ordering::SeqCst);
             let run = || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -253,8 +275,10 @@ fn main() {
         .expect("a backend");
     let (pipeline, sdk) = match stack {
         Stack::Spindle => {
-            let builder =
-                spindle_sdk::builder("overhead-bench").endpoint(endpoint.clone()).sampler(SamplerConfig::AlwaysOn);
+            let builder = spindle_sdk::builder("overhead-bench")
+                .endpoint(endpoint.clone())
+                .sampler(SamplerConfig::AlwaysOn)
+                .otel_context_activation(std::env::var("OVERHEAD_ACTIVATION").map_or(true, |v| v != "0"));
             let (dispatch, guard) = support::stacks::spindle_dispatch(builder);
             (Pipeline::Spindle(guard), dispatch)
         }

@@ -130,6 +130,8 @@ pub(crate) struct SpanSubscriber {
 
 impl SpanSubscriber {
     pub(crate) fn new(queue: Arc<SpanQueue>, mut settings: LayerSettings, filter: Targets, logs: Option<Logs>) -> Self {
+        // Log lines nobody wants need no span fields kept, nor parents held for their scope.
+        let logs = logs.filter(|logs| logs.max_level() != LevelFilter::OFF);
         let access = WithSpanState::new(Self::with_state, settings.sampler);
         let spans = crate::logs::max_level(&filter);
         let max_level = logs.as_ref().map_or(spans, |logs| spans.max(logs.max_level()));

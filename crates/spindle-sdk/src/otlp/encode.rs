@@ -212,13 +212,85 @@ impl TraceRequestEncoder {
     }
 }
 
-/// Appends `span` to `out` as one `ScopeSpans.spans` entry (tag, length, `Span`), using
-/// `scratch` for the span's fields while their length is not known (one copy of the fields
-/// costs less than a pass that computes their length first).
+/// Appends `span` to `out` as one `ScopeSpans.spans` entry (tag, length, `Span`).
+///
+/// The fields are written into room made for an upper bound of their length ([`span_bound`]),
+/// behind room for a two-byte length, through a [`Cursor`] whose position stays in a register
+/// (a vector's length is reloaded after every byte written through it). A span the bound
+/// does not cover is written into `scratch` first, then copied behind its length.
 pub(crate) fn encode_span_entry(out: &mut Vec<u8>, scratch: &mut Vec<u8>, span: &SpanRecord) {
+    let start = out.len();
+    if let Some(bound) = span_bound(span) {
+        let body = start + 3;
+        out.resize(body + bound, 0);
+        let mut cursor = Cursor { buf: &mut out[body..], pos: 0 };
+        put_span(&mut cursor, span);
+        let len = cursor.pos;
+        if len <= bound {
+            let end = if len < 0x80 {
+                out.copy_within(body..body + len, start + 2);
+                out[start + 1] = len as u8;
+                start + 2 + len
+            } else {
+                out[start + 1] = (len as u8) | 0x80;
+                out[start + 2] = (len >> 7) as u8;
+                body + len
+            };
+            out[start] = SPAN_ENTRY_TAG;
+            out.truncate(end);
+            return;
+        }
+        out.truncate(start);
+    }
     scratch.clear();
     put_span(scratch, span);
     put_message(out, SCOPE_SPANS_SPANS, scratch);
+}
+
+/// The tag of a `ScopeSpans.spans` entry, one byte.
+const SPAN_ENTRY_TAG: u8 = ((SCOPE_SPANS_SPANS << 3) | LEN) as u8;
+
+/// An upper bound of the length of `span`'s fields as [`put_span`] writes them, below 2^14
+/// (a two-byte length); `None` when the span is larger, or has what is not worth bounding
+/// (links, a trace state, array values).
+fn span_bound(span: &SpanRecord) -> Option<usize> {
+    if !span.links.is_empty() || span.trace_state != TraceState::NONE {
+        return None;
+    }
+    // Ids, kind, times, counts, flags and the status's fields take 102 bytes at most; the
+    // text of `Text` attribute values (and perhaps the name) is in `span.text`.
+    let mut bound = 128 + span.name().len() + span.text.len();
+    if let Status::Error { description } = &span.status {
+        bound += description.len();
+    }
+    for attr in &span.attrs {
+        let value = match &attr.value {
+            AttrValue::Text(..) => 0,
+            AttrValue::Value(value) => value_bound(value)?,
+        };
+        bound += KEY_VALUE_BOUND + attr.key.as_str().len() + value;
+    }
+    for event in span.events.iter() {
+        // Tag, length, time, name's tag and length, dropped count.
+        bound += 32 + event.name.len();
+        for kv in &event.attributes {
+            bound += KEY_VALUE_BOUND + kv.key.as_str().len() + value_bound(&kv.value)?;
+        }
+    }
+    (bound < 1 << 14).then_some(bound)
+}
+
+/// The most a key-value takes besides its key's bytes and [`value_bound`]: tags and lengths
+/// of the key-value, its key, its value and the value's member (24), or a scalar value (29).
+const KEY_VALUE_BOUND: usize = 32;
+
+/// The bytes of a value's text; scalars are in [`KEY_VALUE_BOUND`].
+fn value_bound(value: &Value) -> Option<usize> {
+    match value {
+        Value::Bool(_) | Value::I64(_) | Value::F64(_) => Some(0),
+        Value::String(s) => Some(s.as_str().len()),
+        _ => None,
+    }
 }
 
 fn event_len(event: &opentelemetry::trace::Event) -> usize {
@@ -245,7 +317,7 @@ fn same_scope(a: &Option<Arc<InstrumentationScope>>, b: &Option<Arc<Instrumentat
     }
 }
 
-fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
+fn put_span(buf: &mut impl Out, span: &SpanRecord) {
     put_id(buf, SPAN_TRACE_ID, span.trace_id.to_bytes());
     put_id(buf, SPAN_SPAN_ID, span.span_id.to_bytes());
     put_trace_state(buf, SPAN_TRACE_STATE, &span.trace_state);
@@ -342,7 +414,7 @@ fn trace_state_header(state: &TraceState) -> String {
     }
 }
 
-fn put_trace_state(buf: &mut Vec<u8>, field: u32, state: &TraceState) {
+fn put_trace_state(buf: &mut impl Out, field: u32, state: &TraceState) {
     // The common case, no trace state, costs a comparison and no allocation.
     if *state != TraceState::NONE {
         put_string(buf, field, &state.header());
@@ -351,24 +423,67 @@ fn put_trace_state(buf: &mut Vec<u8>, field: u32, state: &TraceState) {
 
 // --- protobuf primitives ---------------------------------------------------------------
 
+/// Where encoded bytes go: a growing vector, or room made beforehand ([`Cursor`]).
+trait Out {
+    fn put(&mut self, byte: u8);
+    fn put_slice(&mut self, bytes: &[u8]);
+}
+
+impl Out for Vec<u8> {
+    #[inline]
+    fn put(&mut self, byte: u8) {
+        self.push(byte);
+    }
+
+    #[inline]
+    fn put_slice(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Writes into a slice; what does not fit is counted but not written, so a bound that was
+/// too small shows as `pos` beyond the slice, never as a panic.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Out for Cursor<'_> {
+    #[inline]
+    fn put(&mut self, byte: u8) {
+        if let Some(slot) = self.buf.get_mut(self.pos) {
+            *slot = byte;
+        }
+        self.pos += 1;
+    }
+
+    #[inline]
+    fn put_slice(&mut self, bytes: &[u8]) {
+        if let Some(room) = self.buf.get_mut(self.pos..self.pos + bytes.len()) {
+            room.copy_from_slice(bytes);
+        }
+        self.pos += bytes.len();
+    }
+}
+
 fn varint_len(value: u64) -> usize {
     // 7 bits per byte; 0 still takes one byte.
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
+fn put_varint(buf: &mut impl Out, mut value: u64) {
     while value >= 0x80 {
-        buf.push((value as u8) | 0x80);
+        buf.put((value as u8) | 0x80);
         value >>= 7;
     }
-    buf.push(value as u8);
+    buf.put(value as u8);
 }
 
 fn tag_len(field: u32) -> usize {
     varint_len(u64::from(field) << 3)
 }
 
-fn put_tag(buf: &mut Vec<u8>, field: u32, wire_type: u32) {
+fn put_tag(buf: &mut impl Out, field: u32, wire_type: u32) {
     put_varint(buf, u64::from((field << 3) | wire_type));
 }
 
@@ -377,22 +492,22 @@ fn field_len(field: u32, len: usize) -> usize {
     tag_len(field) + varint_len(len as u64) + len
 }
 
-fn put_message(buf: &mut Vec<u8>, field: u32, payload: &[u8]) {
+fn put_message(buf: &mut impl Out, field: u32, payload: &[u8]) {
     put_tag(buf, field, LEN);
     put_varint(buf, payload.len() as u64);
-    buf.extend_from_slice(payload);
+    buf.put_slice(payload);
 }
 
-fn put_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+fn put_bytes(buf: &mut impl Out, field: u32, bytes: &[u8]) {
     put_message(buf, field, bytes);
 }
 
 /// A trace or span id (16 or 8 bytes): a length known when compiled makes the copy two
 /// moves instead of a call.
-fn put_id<const N: usize>(buf: &mut Vec<u8>, field: u32, id: [u8; N]) {
+fn put_id<const N: usize>(buf: &mut impl Out, field: u32, id: [u8; N]) {
     put_tag(buf, field, LEN);
-    buf.push(N as u8);
-    buf.extend_from_slice(&id);
+    buf.put(N as u8);
+    buf.put_slice(&id);
 }
 
 fn string_field_len(field: u32, value: &str) -> usize {
@@ -404,7 +519,7 @@ fn string_field_len(field: u32, value: &str) -> usize {
 }
 
 /// Writes a proto3 string field; the empty string is the default and is left out.
-fn put_string(buf: &mut Vec<u8>, field: u32, value: &str) {
+fn put_string(buf: &mut impl Out, field: u32, value: &str) {
     if !value.is_empty() {
         put_message(buf, field, value.as_bytes());
     }
@@ -419,7 +534,7 @@ fn uint_field_len(field: u32, value: u64) -> usize {
 }
 
 /// Writes a proto3 varint field (uint32, enum); zero is the default and is left out.
-fn put_uint(buf: &mut Vec<u8>, field: u32, value: u64) {
+fn put_uint(buf: &mut impl Out, field: u32, value: u64) {
     if value != 0 {
         put_tag(buf, field, VARINT);
         put_varint(buf, value);
@@ -430,18 +545,18 @@ fn fixed64_field_len(field: u32) -> usize {
     tag_len(field) + 8
 }
 
-fn put_fixed64(buf: &mut Vec<u8>, field: u32, value: u64) {
+fn put_fixed64(buf: &mut impl Out, field: u32, value: u64) {
     put_tag(buf, field, FIXED64);
-    buf.extend_from_slice(&value.to_le_bytes());
+    buf.put_slice(&value.to_le_bytes());
 }
 
 fn fixed32_field_len(field: u32) -> usize {
     tag_len(field) + 4
 }
 
-fn put_fixed32(buf: &mut Vec<u8>, field: u32, value: u32) {
+fn put_fixed32(buf: &mut impl Out, field: u32, value: u32) {
     put_tag(buf, field, FIXED32);
-    buf.extend_from_slice(&value.to_le_bytes());
+    buf.put_slice(&value.to_le_bytes());
 }
 
 // --- attributes ------------------------------------------------------------------------
@@ -459,7 +574,7 @@ fn key_string_len(key: &str, value: &str) -> usize {
 }
 
 /// A key-value whose value is a string, without making a `Value` of it.
-fn put_key_string(buf: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+fn put_key_string(buf: &mut impl Out, field: u32, key: &str, value: &str) {
     let value_len = any_string_len(value);
     put_tag(buf, field, LEN);
     put_varint(buf, key_string_len(key, value) as u64);
@@ -469,7 +584,7 @@ fn put_key_string(buf: &mut Vec<u8>, field: u32, key: &str, value: &str) {
     put_message(buf, ANY_STRING, value.as_bytes());
 }
 
-fn put_key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+fn put_key_value(buf: &mut impl Out, field: u32, key: &str, value: &Value) {
     put_tag(buf, field, LEN);
     put_varint(buf, key_value_len(key, value) as u64);
     put_string(buf, KEY_VALUE_KEY, key);
@@ -495,7 +610,7 @@ fn any_value_len(value: &Value) -> usize {
     }
 }
 
-fn put_any_value(buf: &mut Vec<u8>, value: &Value) {
+fn put_any_value(buf: &mut impl Out, value: &Value) {
     match value {
         Value::Bool(v) => {
             put_tag(buf, ANY_BOOL, VARINT);
@@ -508,7 +623,7 @@ fn put_any_value(buf: &mut Vec<u8>, value: &Value) {
         }
         Value::F64(v) => {
             put_tag(buf, ANY_DOUBLE, FIXED64);
-            buf.extend_from_slice(&v.to_le_bytes());
+            buf.put_slice(&v.to_le_bytes());
         }
         Value::String(s) => put_message(buf, ANY_STRING, s.as_str().as_bytes()),
         Value::Array(array) => {
@@ -534,7 +649,7 @@ fn array_len(array: &Array) -> usize {
     }
 }
 
-fn put_array(buf: &mut Vec<u8>, array: &Array) {
+fn put_array(buf: &mut impl Out, array: &Array) {
     match array {
         Array::Bool(items) => {
             for v in items {
@@ -567,7 +682,7 @@ fn put_array(buf: &mut Vec<u8>, array: &Array) {
     }
 }
 
-fn put_element(buf: &mut Vec<u8>, value: &Value) {
+fn put_element(buf: &mut impl Out, value: &Value) {
     put_tag(buf, ARRAY_VALUES, LEN);
     put_varint(buf, any_value_len(value) as u64);
     put_any_value(buf, value);
@@ -658,6 +773,7 @@ mod tests {
     use std::time::Duration;
 
     use opentelemetry::trace::{SpanContext, TraceFlags, TraceId};
+    use opentelemetry::Key;
     use opentelemetry::KeyValue;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Status as ProtoStatus};
@@ -865,6 +981,51 @@ mod tests {
         assert_eq!(joined[0].scope_spans[0].spans.len(), 3);
     }
 
+    /// A span entry as written without a bound: the fields into a buffer of their own, then
+    /// copied behind their length.
+    fn entry_without_bound(record: &SpanRecord) -> Vec<u8> {
+        let mut fields = Vec::new();
+        put_span(&mut fields, record);
+        let mut entry = Vec::new();
+        put_message(&mut entry, SCOPE_SPANS_SPANS, &fields);
+        entry
+    }
+
+    fn entry(record: &SpanRecord) -> Vec<u8> {
+        // Behind bytes already there, as in the layer's buffer.
+        let (mut out, mut scratch) = (vec![7_u8; 3], Vec::new());
+        encode_span_entry(&mut out, &mut scratch, record);
+        assert_eq!(out[..3], [7, 7, 7], "what was there stays");
+        out.split_off(3)
+    }
+
+    /// Spans written into room made for their bound are the same bytes as spans written
+    /// without one: with a one- and a two-byte length, events, an error status, text values.
+    #[test]
+    fn spans_written_into_bounded_room_are_the_same_bytes() {
+        let mut tiny = span(1, scope("x"));
+        tiny.attributes.clear();
+        tiny.name = "t".into();
+        let mut with_events = rich_span();
+        with_events.links = SpanLinks::default();
+        with_events.span_context =
+            SpanContext::new(TraceId::from(7u128), SpanId::from(8u64), TraceFlags::SAMPLED, true, TraceState::NONE);
+        with_events.attributes.retain(|kv| !matches!(kv.value, Value::Array(_)));
+        let mut long = span(2, scope("x"));
+        long.attributes.push(KeyValue::new("long", "x".repeat(3000)));
+        let mut records = records(&[tiny, span(3, scope("x")), with_events, long]);
+        records[1].push_text_attr(Key::from_static_str("text"), "a text value");
+        for record in &records {
+            assert!(span_bound(record).is_some(), "{} is written into bounded room", record.name());
+            assert_eq!(entry(record), entry_without_bound(record), "{}", record.name());
+        }
+        assert!(entry(&records[0]).len() < 0x80 + 2, "the tiny span has a one-byte length");
+        // Links and trace state are written without a bound.
+        let rich = &self::records(&[rich_span()])[0];
+        assert!(span_bound(rich).is_none());
+        assert_eq!(entry(rich), entry_without_bound(rich));
+    }
+
     #[test]
     fn buffers_are_reused_without_leaking_spans_between_batches() {
         let resource = resource();
@@ -957,7 +1118,9 @@ mod tests {
             s.dropped_attributes_count = dropped;
             let batch = vec![s];
             let resource = resource();
-            let bytes = TraceRequestEncoder::new(&resource).encode(&records(&batch));
+            let records = records(&batch);
+            prop_assert_eq!(entry(&records[0]), entry_without_bound(&records[0]));
+            let bytes = TraceRequestEncoder::new(&resource).encode(&records);
             prop_assert_eq!(decode(&bytes), expected(&batch, &resource));
         }
     }
