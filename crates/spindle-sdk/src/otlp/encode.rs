@@ -134,9 +134,15 @@ impl TraceRequestEncoder {
         self.encode_batch(&[], batch)
     }
 
-    /// The `ExportTraceServiceRequest` carrying `encoded`, spans of the SDK's scope already
-    /// encoded as `ScopeSpans.spans` entries ([`encode_span_entry`]), and `batch`.
+    #[cfg(test)]
     pub(crate) fn encode_batch(&mut self, encoded: &[u8], batch: &[Box<SpanRecord>]) -> Vec<u8> {
+        self.encode_batch_into(Vec::new(), encoded, batch)
+    }
+
+    /// The `ExportTraceServiceRequest` carrying `encoded`, spans of the SDK's scope already
+    /// encoded as `ScopeSpans.spans` entries ([`encode_span_entry`]), and `batch`, written
+    /// into `out` (emptied first: a request's buffer used again).
+    pub(crate) fn encode_batch_into(&mut self, mut out: Vec<u8>, encoded: &[u8], batch: &[Box<SpanRecord>]) -> Vec<u8> {
         for group in &mut self.scopes {
             group.spans.clear();
         }
@@ -184,7 +190,8 @@ impl TraceRequestEncoder {
             scope_spans.push((header, trailer));
         }
 
-        let mut out = Vec::with_capacity(field_len(REQUEST_RESOURCE_SPANS, resource_spans_len));
+        out.clear();
+        out.reserve(field_len(REQUEST_RESOURCE_SPANS, resource_spans_len));
         put_tag(&mut out, REQUEST_RESOURCE_SPANS, LEN);
         put_varint(&mut out, resource_spans_len as u64);
         put_message(&mut out, RESOURCE_SPANS_RESOURCE, &self.resource);

@@ -25,13 +25,13 @@
 
 pub(crate) mod encode;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
@@ -92,6 +92,9 @@ pub struct OtlpExporter {
     compression: Compression,
     last_partial_log: Mutex<Option<Instant>>,
     backoff: Mutex<Backoff>,
+    /// The last gRPC request's buffer, back from tonic once copied, for the next request: a
+    /// buffer of a batch's size allocated anew every time costs the export thread page faults.
+    spare: Arc<Mutex<Vec<u8>>>,
 }
 
 impl OtlpExporter {
@@ -160,13 +163,15 @@ impl OtlpExporter {
             compression,
             last_partial_log: Mutex::new(None),
             backoff: Mutex::new(Backoff::default()),
+            spare: Arc::default(),
         }
     }
 
     fn encode(&self, batch: &Batch<'_>) -> Result<Vec<u8>, OTelSdkError> {
         let mut encoder =
             self.encoder.lock().map_err(|_| OTelSdkError::InternalFailure("otlp encoder poisoned".to_owned()))?;
-        Ok(encoder.encode_batch(batch.encoded, batch.records))
+        let buffer = self.spare.lock().map(|mut spare| std::mem::take(&mut *spare)).unwrap_or_default();
+        Ok(encoder.encode_batch_into(buffer, batch.encoded, batch.records))
     }
 
     async fn send(&self, request: Vec<u8>) -> OTelSdkResult {
@@ -177,8 +182,9 @@ impl OtlpExporter {
                     .await
                     .map_err(|e| OTelSdkError::InternalFailure(format!("otlp grpc connection: {}", error_chain(&e))))?;
                 let path = PathAndQuery::from_static(EXPORT_PATH);
+                let codec = RawProtobuf { size: request.len(), spare: Some(Arc::clone(&self.spare)) };
                 let request = tonic::Request::from_parts(metadata.clone(), tonic::Extensions::default(), request);
-                let response = grpc.unary(request, path, RawProtobuf).await.map_err(|status| {
+                let response = grpc.unary(request, path, codec).await.map_err(|status| {
                     // A transport failure (a refused handshake) says what it was in its causes.
                     let text = format!("otlp grpc export: {:?}: {}", status.code(), status.message());
                     OTelSdkError::InternalFailure(with_causes(text, std::error::Error::source(&status)))
@@ -317,8 +323,16 @@ impl DynSpanExporter for OtlpExporter {
 
 /// A tonic codec for bytes that are already protobuf: the request is sent as it is, the
 /// response handed back undecoded.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawProtobuf;
+#[derive(Debug, Clone, Default)]
+struct RawProtobuf {
+    /// The request's length: tonic's buffer is made that large at once, not grown by copies.
+    size: usize,
+    /// Where the request's buffer goes once copied, to be used again.
+    spare: Option<Arc<Mutex<Vec<u8>>>>,
+}
+
+/// The largest request buffer kept for the next request.
+const MAX_SPARE_BYTES: usize = 8 << 20;
 
 impl Codec for RawProtobuf {
     type Encode = Vec<u8>;
@@ -327,11 +341,11 @@ impl Codec for RawProtobuf {
     type Decoder = RawProtobuf;
 
     fn encoder(&mut self) -> Self::Encoder {
-        RawProtobuf
+        self.clone()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RawProtobuf
+        RawProtobuf::default()
     }
 }
 
@@ -339,9 +353,22 @@ impl Encoder for RawProtobuf {
     type Item = Vec<u8>;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(&mut self, mut item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
         bytes::BufMut::put_slice(dst, &item);
+        if let Some(spare) = &self.spare {
+            if item.capacity() <= MAX_SPARE_BYTES {
+                item.clear();
+                if let Ok(mut spare) = spare.lock() {
+                    *spare = item;
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        // The gRPC message header, then the request; tonic's default yield threshold.
+        BufferSettings::new((self.size + 5).max(8 << 10), 32 << 10)
     }
 }
 
