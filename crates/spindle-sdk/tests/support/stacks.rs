@@ -13,6 +13,7 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 use spindle_sdk::tracing::Dispatch;
+use spindle_sdk::tracing_subscriber::filter::LevelFilter;
 use spindle_sdk::tracing_subscriber::layer::SubscriberExt;
 use spindle_sdk::tracing_subscriber::Registry;
 
@@ -76,10 +77,12 @@ impl OtlpStack {
         self.provider.force_flush().expect("otel flush");
     }
 
-    /// `tracing` spans of a thread under the returned dispatch go through
-    /// `tracing-opentelemetry` to this provider.
+    /// `tracing` spans under the returned dispatch go through `tracing-opentelemetry` to this
+    /// provider; at `info` and above, as a service installs it as its default: the
+    /// exporter's own `debug` and `trace` spans (h2, tonic) would otherwise be traced too.
     pub fn tracing_dispatch(&self) -> Dispatch {
-        tracing_opentelemetry_dispatch(self.tracer.clone())
+        let layer = tracing_opentelemetry::layer().with_tracer(self.tracer.clone());
+        Dispatch::new(Registry::default().with(LevelFilter::INFO).with(layer))
     }
 }
 
