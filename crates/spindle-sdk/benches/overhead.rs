@@ -60,34 +60,19 @@ fn gettid() -> i32 {
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
-/// CPU time of thread `tid` of this process, in nanoseconds (from the scheduler's account).
 fn thread_cpu_ns(tid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+    support::workload::thread_cpu(tid).as_nanos() as u64
 }
 
-/// Thread ids of this process whose name starts with `prefix` (of which the kernel keeps the
-/// first 15 bytes).
-fn threads_named(prefix: &str) -> Vec<i32> {
-    let prefix = &prefix[..prefix.len().min(15)];
-    std::fs::read_dir("/proc/self/task")
-        .map(|dir| {
-            dir.filter_map(|e| {
-                let e = e.ok()?;
-                let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-                comm.starts_with(prefix).then(|| e.file_name().to_str()?.parse().ok())?
-            })
-            .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// CPU time of each thread named after one of `prefixes`. Read again at the end of the run,
-/// so that threads a runtime starts meanwhile are counted too.
+/// CPU time of each thread whose name starts with one of `prefixes` (of which the kernel
+/// keeps the first 15 bytes). Read again at the end of the run, so that threads a runtime
+/// starts meanwhile are counted too.
 fn threads_cpu(prefixes: &[&str]) -> HashMap<i32, u64> {
-    prefixes.iter().flat_map(|p| threads_named(p)).map(|tid| (tid, thread_cpu_ns(tid))).collect()
+    support::workload::threads_cpu()
+        .into_iter()
+        .filter(|(_, name, _)| prefixes.iter().any(|p| name.starts_with(&p[..p.len().min(15)])))
+        .map(|(tid, _, cpu)| (tid, cpu.as_nanos() as u64))
+        .collect()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -310,7 +295,7 @@ fn main() {
         }
     };
     for prefix in stack.export_threads() {
-        assert!(!threads_named(prefix).is_empty(), "an export thread named {prefix}");
+        assert!(!threads_cpu(&[prefix]).is_empty(), "an export thread named {prefix}");
     }
     let pipeline = &pipeline;
 

@@ -127,17 +127,24 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// CPU time of each thread of the process: its id, name and CPU time
-/// (`/proc/self/task/*/schedstat`).
-pub fn threads_cpu() -> Vec<(u32, String, Duration)> {
+/// CPU time of thread `tid` of this process, from the scheduler's account
+/// (`/proc/self/task/<tid>/schedstat`); zero for a thread that has ended.
+pub fn thread_cpu(tid: i32) -> Duration {
+    let ns = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
+/// Each thread of the process: its id, name (the kernel keeps 15 bytes) and CPU time.
+pub fn threads_cpu() -> Vec<(i32, String, Duration)> {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
     dir.filter_map(|task| {
         let task = task.ok()?;
         let tid = task.file_name().to_str()?.parse().ok()?;
-        let path = task.path();
-        let name = std::fs::read_to_string(path.join("comm")).ok()?.trim_end().to_owned();
-        let ns = std::fs::read_to_string(path.join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()?;
-        Some((tid, name, Duration::from_nanos(ns)))
+        let name = std::fs::read_to_string(task.path().join("comm")).ok()?.trim_end().to_owned();
+        Some((tid, name, thread_cpu(tid)))
     })
     .collect()
 }
