@@ -17,7 +17,7 @@
 //! Knobs: `OVERHEAD_HANDLER_US` (CPU per request, default 2000), `OVERHEAD_PAIRS` (default
 //! 2000), `OVERHEAD_BACKEND=sink` (an in-process OTLP receiver instead of spindle),
 //! `OVERHEAD_CONTROL=1` (both services untraced: the ratios then show the measurement's own
-//! noise on this machine), `OVERHEAD_ACTIVATION=0` (the SDK without OpenTelemetry context
+//! noise on this machine), `OVERHEAD_ACTIVATION=1` (the SDK with OpenTelemetry context
 //! activation), `OVERHEAD_SPANS` (spans per traced request, default 5: SERVER and
 //! four internal ones; more adds empty child spans, the CPU work stays the same),
 //! `OVERHEAD_STACK`, the traced service's tracing stack:
@@ -263,7 +263,7 @@ fn main() {
             let builder = spindle_sdk::builder("overhead-bench")
                 .endpoint(endpoint.clone())
                 .sampler(SamplerConfig::AlwaysOn)
-                .otel_context_activation(std::env::var("OVERHEAD_ACTIVATION").map_or(true, |v| v != "0"));
+                .otel_context_activation(std::env::var("OVERHEAD_ACTIVATION").is_ok_and(|v| v == "1"));
             let (dispatch, guard) = support::stacks::spindle_dispatch(builder);
             (Pipeline::Spindle(guard), dispatch)
         }

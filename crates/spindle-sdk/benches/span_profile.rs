@@ -19,8 +19,8 @@
 //! untraced. `SPAN_PROFILE_MODE=off` runs only the untraced service (for a callgrind
 //! baseline). `SPAN_PROFILE_EVICT_KB=4096` writes over 4 MiB before each request and reports
 //! the median request: closer to the overhead benchmark, where every request starts with
-//! caches that other processes have just used. `SPAN_PROFILE_ACTIVATION=0` turns the
-//! OpenTelemetry context activation off.
+//! caches that other processes have just used. `SPAN_PROFILE_ACTIVATION=1` turns the
+//! OpenTelemetry context activation on.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -103,7 +103,7 @@ fn main() {
             .endpoint(sink.grpc_endpoint.clone())
             .sampler(SamplerConfig::AlwaysOn)
             .max_queue_size(1 << 16)
-            .otel_context_activation(std::env::var("SPAN_PROFILE_ACTIVATION").map_or(true, |v| v != "0"));
+            .otel_context_activation(std::env::var("SPAN_PROFILE_ACTIVATION").is_ok_and(|v| v == "1"));
         let (sdk, guard) = support::stacks::spindle_dispatch(builder);
         // The process's default, as `init()` installs it.
         tracing::dispatcher::set_global_default(sdk).expect("the first global subscriber");

@@ -419,7 +419,7 @@ impl Settings {
             span_filter: builder.span_filter.clone().unwrap_or_else(|| "info".to_owned()),
             log_format: builder.log_format,
             span_details: builder.span_details,
-            otel_context_activation: builder.otel_context_activation.unwrap_or(true),
+            otel_context_activation: builder.otel_context_activation.unwrap_or(false),
             batch,
             shutdown_timeout: builder.shutdown_timeout.unwrap_or(Duration::from_secs(5)),
             drop_log_interval: builder.drop_log_interval.unwrap_or(Duration::from_secs(10)),

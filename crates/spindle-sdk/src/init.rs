@@ -114,14 +114,14 @@ impl SpindleBuilder {
     }
 
     /// Whether every entered `tracing` span also becomes the current OpenTelemetry context
-    /// (`opentelemetry::Context::current()`), so that spans started through the OpenTelemetry
-    /// API (`global::tracer(..).start(..)`) inside a `tracing` span become its children. On
-    /// by default. Turning it off saves a span lookup, a context clone and two thread-local
-    /// stack operations on every enter and exit of every span (about 4,000 instructions on a
-    /// request of five spans, a seventh of what the SDK adds; see
-    /// docs/adr/004-otel-context-activation-off.md); `tracing` spans still nest, and
-    /// [`crate::current_context`] (or [`crate::SpanExt::context`]) gives the
-    /// OpenTelemetry API the current span's context to use as a parent.
+    /// (`opentelemetry::Context::current()`). Off by default: the OpenTelemetry API sees the
+    /// current `tracing` span anyway where it asks for a parent — the global tracer that
+    /// `init()` installs makes a span started without one (`global::tracer(..).start(..)`)
+    /// a child of the current `tracing` span, the global propagator injects it, and a span
+    /// carrying baggage is made current regardless (docs/adr/024-otel-api-bridged-not-activated.md).
+    /// Turn it on for code that reads `Context::current().span()` itself; it costs a
+    /// context attach and detach on every enter and exit of every span (about 2.6 µs on a
+    /// request of five spans, see docs/PERFORMANCE.md).
     pub fn otel_context_activation(mut self, enabled: bool) -> Self {
         self.settings.otel_context_activation = Some(enabled);
         self
@@ -274,9 +274,11 @@ impl SpindleBuilder {
             }
         };
         if let Some(provider) = guard.provider() {
-            opentelemetry::global::set_tracer_provider(provider.clone());
+            opentelemetry::global::set_tracer_provider(crate::bridge::BridgedTracerProvider(provider.clone()));
         }
-        opentelemetry::global::set_text_map_propagator(crate::propagation::new_w3c_propagator());
+        opentelemetry::global::set_text_map_propagator(crate::bridge::BridgedPropagator(
+            crate::propagation::new_w3c_propagator(),
+        ));
         tracing::info!(
             service = %settings.service_name,
             endpoint = %settings.endpoint,
@@ -554,41 +556,97 @@ mod tests {
     use opentelemetry_sdk::trace::InMemorySpanExporter;
     use tracing::Dispatch;
 
-    /// OpenTelemetry API spans started inside a `tracing` span: with an explicit parent from
-    /// `current_context()` they are its children either way; relying on
-    /// `Context::current()` needs `otel_context_activation(true)`.
+    /// The OpenTelemetry API and `tracing` spans mixed, with context activation off (the
+    /// default) and on, through the SDK's subscriber and through its layer on the registry:
+    /// the global tracer and propagator see the current `tracing` span either way, an
+    /// OpenTelemetry span made current inside a `tracing` span is the parent of the `tracing`
+    /// spans started inside it, a context attached before a `tracing` span is that span's
+    /// parent only, and baggage is in `Context::current()` inside the span that carries it.
     #[test]
-    fn otel_api_spans_inside_tracing_spans_with_and_without_context_activation() {
+    fn otel_api_and_tracing_spans_nest_with_and_without_context_activation() {
+        use opentelemetry::baggage::BaggageExt as _;
+        use opentelemetry::propagation::TextMapPropagator as _;
+        use opentelemetry::trace::TraceContextExt as _;
+        use opentelemetry::{Context, KeyValue};
+        use std::collections::HashMap;
+
         for activation in [false, true] {
-            let exporter = InMemorySpanExporter::default();
-            let (layer, guard) = crate::builder("activation")
-                .exporter(exporter.clone())
-                .sampler(SamplerConfig::AlwaysOn)
-                .otel_context_activation(activation)
-                .into_layer::<Registry>()
-                .expect("pipeline builds");
-            let dispatch = Dispatch::new(Registry::default().with(layer));
-            let tracer = guard.provider().expect("exporting").tracer("direct");
-            tracing::dispatcher::with_default(&dispatch, || {
-                tracing::info_span!("request").in_scope(|| {
-                    tracer.start_with_context("explicit", &crate::current_context()).end();
-                    tracer.start("implicit").end();
+            for own_subscriber in [true, false] {
+                let case = format!("activation {activation}, own subscriber {own_subscriber}");
+                let exporter = InMemorySpanExporter::default();
+                let builder = crate::builder("activation")
+                    .exporter(exporter.clone())
+                    .sampler(SamplerConfig::AlwaysOn)
+                    .log_filter("off")
+                    .otel_context_activation(activation);
+                let (dispatch, guard) = if own_subscriber {
+                    builder.into_dispatch().expect("pipeline builds")
+                } else {
+                    let (layer, guard) = builder.into_layer::<Registry>().expect("pipeline builds");
+                    (Dispatch::new(Registry::default().with(layer)), guard)
+                };
+                let provider = guard.provider().expect("exporting").clone();
+                let tracer = crate::bridge::BridgedTracerProvider(provider.clone()).tracer("bridged");
+                let raw = provider.tracer("raw");
+                let propagator = crate::bridge::BridgedPropagator(crate::propagation::new_w3c_propagator());
+                let remote = crate::propagation::extract_context(&HashMap::from([(
+                    "traceparent".to_owned(),
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+                )]));
+                let with_baggage = Context::new().with_baggage([KeyValue::new("tenant", "acme")]);
+                let mut injected = HashMap::new();
+                let mut outside = HashMap::new();
+                let mut baggage_inside = None;
+                tracing::dispatcher::with_default(&dispatch, || {
+                    tracing::info_span!("request").in_scope(|| {
+                        tracer.start_with_context("explicit", &crate::current_context()).end();
+                        tracer.start("implicit").end();
+                        raw.start("raw").end();
+                        propagator.inject(&mut injected);
+                        let otel = tracer.start("otel");
+                        let _attached = Context::current_with_span(otel).attach();
+                        tracing::info_span!("inside_otel").in_scope(|| tracer.start("api_leaf").end());
+                    });
+                    {
+                        let _remote = remote.clone().attach();
+                        tracing::info_span!("under_remote").in_scope(|| tracing::info_span!("leaf").in_scope(|| {}));
+                    }
+                    let span = tracing::info_span!("carrying_baggage");
+                    crate::propagation::set_remote_parent(&span, with_baggage.clone());
+                    span.in_scope(|| {
+                        baggage_inside = Context::current().baggage().get("tenant").map(|v| v.to_string());
+                    });
+                    propagator.inject(&mut outside);
                 });
-            });
-            guard.flush().expect("flush");
-            let spans = exporter.get_finished_spans().expect("readable");
-            let find = |name: &str| spans.iter().find(|s| s.name == name).cloned().expect(name);
-            let request = find("request").span_context;
-            let explicit = find("explicit");
-            assert_eq!(explicit.parent_span_id, request.span_id(), "activation {activation}");
-            assert_eq!(explicit.span_context.trace_id(), request.trace_id());
-            let implicit = find("implicit");
-            if activation {
-                assert_eq!(implicit.parent_span_id, request.span_id());
-                assert_eq!(implicit.span_context.trace_id(), request.trace_id());
-            } else {
-                assert_eq!(implicit.parent_span_id, SpanId::INVALID, "no implicit parent");
-                assert_ne!(implicit.span_context.trace_id(), request.trace_id());
+                guard.flush().expect("flush");
+                let spans = exporter.get_finished_spans().expect("readable");
+                let find = |name: &str| spans.iter().find(|s| s.name == name).cloned().expect(name);
+                let request = find("request").span_context;
+                for child in ["explicit", "implicit", "otel"] {
+                    let span = find(child);
+                    assert_eq!(span.parent_span_id, request.span_id(), "{child}, {case}");
+                    assert_eq!(span.span_context.trace_id(), request.trace_id(), "{child}, {case}");
+                }
+                // The SDK's tracer provider itself (not the global one) has only
+                // `Context::current()` to go by.
+                let raw_parent = find("raw").parent_span_id;
+                if activation {
+                    assert_eq!(raw_parent, request.span_id(), "{case}");
+                } else {
+                    assert_eq!(raw_parent, SpanId::INVALID, "{case}");
+                }
+                let otel = find("otel").span_context;
+                let inside_otel = find("inside_otel").span_context;
+                assert_eq!(find("inside_otel").parent_span_id, otel.span_id(), "{case}");
+                assert_eq!(find("api_leaf").parent_span_id, inside_otel.span_id(), "{case}");
+                let traceparent = injected.get("traceparent").expect("injected");
+                assert!(traceparent.contains(&request.span_id().to_string()), "{traceparent}, {case}");
+                assert!(outside.is_empty(), "nothing current outside spans: {outside:?}, {case}");
+                let under_remote = find("under_remote");
+                assert_eq!(under_remote.parent_span_id.to_string(), "b7ad6b7169203331", "{case}");
+                assert_eq!(under_remote.span_context.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+                assert_eq!(find("leaf").parent_span_id, under_remote.span_context.span_id(), "{case}");
+                assert_eq!(baggage_inside.as_deref(), Some("acme"), "{case}");
             }
         }
     }

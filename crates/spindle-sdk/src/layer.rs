@@ -15,9 +15,10 @@
 //!   `exception` event with `exception.message` and sets the status to that message;
 //! - `Error` values recorded as fields add `exception.message` and `exception.stacktrace`;
 //! - `follows_from` becomes a link;
-//! - with context activation each entered span is the current OpenTelemetry context, so the
-//!   OpenTelemetry API's spans started inside become its children, and a `tracing` span
-//!   started inside an OpenTelemetry API span becomes that span's child;
+//! - the OpenTelemetry API's spans started inside a `tracing` span become its children (through
+//!   the SDK's global tracer, module `bridge`, or with context activation because each entered
+//!   span is then the current OpenTelemetry context), and a `tracing` span started inside an
+//!   OpenTelemetry API span made current becomes that span's child;
 //! - [`crate::SpanExt`] reads and changes a span's context, attributes, events and status.
 
 // Records (a few hundred bytes each) move between the layer, the queue and the worker by
@@ -56,6 +57,9 @@ pub(crate) struct SpanState {
     pub(crate) extra: Option<Context>,
     /// This span as an OpenTelemetry context, built when first needed.
     cx: Option<Context>,
+    /// The span of the current OpenTelemetry context when this span was created (without
+    /// activation): one attached since is nearer than this span to what starts inside it.
+    otel_outer: SpanId,
     timings: Option<Timings>,
 }
 
@@ -244,6 +248,7 @@ pub(crate) fn start_span(
     attrs: &Attributes<'_>,
     parent: Option<Parent>,
     extra: Option<Context>,
+    otel_outer: SpanId,
 ) -> SpanState {
     let meta = attrs.metadata();
     let trace_id = parent.as_ref().map_or_else(new_trace_id, |p| p.trace_id);
@@ -270,7 +275,7 @@ pub(crate) fn start_span(
         attrs.record(&mut SpanFields { record: &mut record });
     }
     let timings = details.then(|| Timings { idle: 0, busy: 0, last: Instant::now(), entered: 0 });
-    SpanState { record, extra, cx: None, timings }
+    SpanState { record, extra, cx: None, otel_outer, timings }
 }
 
 /// Fields recorded after the span was created.
@@ -352,6 +357,9 @@ pub(crate) fn detach(id: &Id) {
     // Dropped outside the borrow: dropping a guard touches the context stack only.
     let guard = ATTACHED.with(|stack| {
         let mut stack = stack.borrow_mut();
+        if stack.is_empty() {
+            return None;
+        }
         let at = stack.iter().rposition(|(entry, _)| *entry == raw)?;
         Some(stack.remove(at))
     });
@@ -470,7 +478,12 @@ where
     /// OpenTelemetry context with activation, which is the current `tracing` span unless the
     /// OpenTelemetry API made one of its own spans current inside it). The second value is
     /// the parent's context when it carries baggage.
-    fn parent(&self, attrs: &Attributes<'_>, ctx: &LayerContext<'_, S>) -> (Option<Parent>, Option<Context>) {
+    fn parent(
+        &self,
+        attrs: &Attributes<'_>,
+        ctx: &LayerContext<'_, S>,
+        otel: SpanId,
+    ) -> (Option<Parent>, Option<Context>) {
         if let Some(id) = attrs.parent() {
             // A parent this layer does not record (filtered out) makes the span a root.
             return ctx.span(id).map_or((None, None), |span| from_state(&span.extensions()));
@@ -480,11 +493,30 @@ where
         }
         if !self.settings.activation {
             if let Some(span) = ctx.lookup_current() {
-                return from_state(&span.extensions());
+                let extensions = span.extensions();
+                match extensions.get::<SpanState>() {
+                    Some(state) if tracing_span_is_nearer(state, otel) => {
+                        return (Some(Parent::of_record(&state.record)), state.extra.clone())
+                    }
+                    Some(_) => {}
+                    None => return (None, None),
+                }
             }
         }
         current_otel_parent()
     }
+}
+
+/// The span of the current OpenTelemetry context; the invalid id when it has none.
+pub(crate) fn otel_current_span() -> SpanId {
+    Context::map_current(|cx| if cx.has_active_span() { cx.span().span_context().span_id() } else { SpanId::INVALID })
+}
+
+/// Without activation: whether the current `tracing` span (`state`), rather than `otel`, the
+/// span of the current OpenTelemetry context, is the parent of a span starting now. It is,
+/// unless the OpenTelemetry API attached a span of its own since `state` was created.
+pub(crate) fn tracing_span_is_nearer(state: &SpanState, otel: SpanId) -> bool {
+    otel == SpanId::INVALID || otel == state.record.span_id || otel == state.otel_outer
 }
 
 /// The current OpenTelemetry context as a parent, with the context itself when it carries
@@ -511,8 +543,9 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: LayerContext<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let (parent, extra) = self.parent(attrs, &ctx);
-        let state = start_span(&self.queue, &self.settings, attrs, parent, extra);
+        let otel = if self.settings.activation { SpanId::INVALID } else { otel_current_span() };
+        let (parent, extra) = self.parent(attrs, &ctx, otel);
+        let state = start_span(&self.queue, &self.settings, attrs, parent, extra, otel);
         span.extensions_mut().insert(state);
     }
 
@@ -550,20 +583,20 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: LayerContext<'_, S>) {
-        if !self.settings.activation && !self.settings.details {
-            return;
-        }
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
         if let Some(state) = extensions.get_mut::<SpanState>() {
-            enter_span(state, id, self.settings.activation);
+            // Without activation a span carrying baggage is still made current, for
+            // `Context::current().baggage()`.
+            let activate = self.settings.activation || state.extra.is_some();
+            if activate || self.settings.details {
+                enter_span(state, id, activate);
+            }
         }
     }
 
     fn on_exit(&self, id: &Id, ctx: LayerContext<'_, S>) {
-        if self.settings.activation {
-            detach(id);
-        }
+        detach(id);
         if !self.settings.details {
             return;
         }

@@ -87,6 +87,7 @@
 
 #![warn(missing_docs)]
 
+mod bridge;
 mod config;
 mod error;
 mod export;

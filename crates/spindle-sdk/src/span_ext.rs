@@ -3,10 +3,10 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
-use opentelemetry::trace::{Event, Link, SpanContext, Status};
+use opentelemetry::trace::{Event, Link, SpanContext, SpanId, Status};
 use opentelemetry::{Context, Key, KeyValue, Value};
 
-use crate::layer::{SpanState, WithSpanState};
+use crate::layer::{tracing_span_is_nearer, SpanState, WithSpanState};
 use crate::record::AttrValue;
 
 /// What the OpenTelemetry API can do with a span, on a `tracing` span recorded by the SDK.
@@ -47,6 +47,19 @@ pub trait SpanExt {
 
     /// Links the span to another span's context, with attributes describing the link.
     fn add_link_with_attributes(&self, cx: SpanContext, attributes: Vec<KeyValue>);
+}
+
+/// `span`'s context when it, rather than `otel` (the span of the current OpenTelemetry
+/// context, or the invalid id), is the parent of what starts now; `None` when the SDK does not
+/// record `span`.
+pub(crate) fn context_if_nearer(span: &tracing::Span, otel: SpanId) -> Option<Context> {
+    let mut cx = None;
+    with_state(span, |state, _| {
+        if tracing_span_is_nearer(state, otel) {
+            cx = Some(state.context());
+        }
+    });
+    cx
 }
 
 fn with_state(span: &tracing::Span, mut f: impl FnMut(&mut SpanState, &WithSpanState)) -> bool {

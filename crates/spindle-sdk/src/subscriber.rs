@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
+use opentelemetry::trace::SpanId;
 use opentelemetry::Context;
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
@@ -22,8 +23,8 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 
 use crate::export::{on_export_worker, SpanQueue};
 use crate::layer::{
-    add_event, add_follows_from, detach, end_span, enter_span, exit_timings, record_values, start_span, LayerSettings,
-    Parent, SpanState, WithSpanState,
+    add_event, add_follows_from, detach, end_span, enter_span, exit_timings, otel_current_span, record_values,
+    start_span, tracing_span_is_nearer, LayerSettings, Parent, SpanState, WithSpanState,
 };
 use crate::logs::Logs;
 
@@ -110,8 +111,9 @@ fn parts(id: &Id) -> (usize, u32) {
 
 thread_local! {
     /// The spans this thread has entered, innermost last, with their subscriber (its slab's
-    /// address: several subscribers may take turns on one thread).
-    static ENTERED: RefCell<Vec<(usize, Id, &'static Metadata<'static>)>> = const { RefCell::new(Vec::new()) };
+    /// address: several subscribers may take turns on one thread) and whether the enter
+    /// attached an OpenTelemetry context.
+    static ENTERED: RefCell<Vec<(usize, Id, &'static Metadata<'static>, bool)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The SDK's subscriber; see the module documentation.
@@ -182,15 +184,15 @@ impl SpanSubscriber {
                     .borrow()
                     .iter()
                     .rev()
-                    .find(|(k, _, meta)| *k == key && (!exported_only || self.exported(meta)))
-                    .map(|(_, id, meta)| (id.clone(), *meta))
+                    .find(|(k, _, meta, _)| *k == key && (!exported_only || self.exported(meta)))
+                    .map(|(_, id, meta, _)| (id.clone(), *meta))
             })
             .ok()
             .flatten()
     }
 
     /// The parent of a new span (as the layer decides it).
-    fn parent(&self, attrs: &Attributes<'_>) -> (Option<Parent>, Option<Context>) {
+    fn parent(&self, attrs: &Attributes<'_>, otel: SpanId) -> (Option<Parent>, Option<Context>) {
         let from = |id: &Id| {
             self.with_exported(id, |state| (Some(Parent::of_record(&state.record)), state.extra.clone()))
                 .unwrap_or((None, None))
@@ -203,7 +205,15 @@ impl SpanSubscriber {
         }
         if !self.settings.activation {
             if let Some((id, _)) = self.current(true) {
-                return from(&id);
+                let nearer = self.with_exported(&id, |state| {
+                    tracing_span_is_nearer(state, otel)
+                        .then(|| (Some(Parent::of_record(&state.record)), state.extra.clone()))
+                });
+                match nearer {
+                    Some(Some(parent)) => return parent,
+                    Some(None) => {}
+                    None => return (None, None),
+                }
             }
         }
         crate::layer::current_otel_parent()
@@ -250,8 +260,9 @@ impl Subscriber for SpanSubscriber {
         let meta = attrs.metadata();
         let exported = self.all_exported || self.exported(meta);
         let state = (!on_export_worker()).then(|| {
-            let (parent, extra) = self.parent(attrs);
-            start_span(&self.queue, &self.settings, attrs, parent, extra)
+            let otel = if self.settings.activation { SpanId::INVALID } else { otel_current_span() };
+            let (parent, extra) = self.parent(attrs, otel);
+            start_span(&self.queue, &self.settings, attrs, parent, extra, otel)
         });
         let parent = self.logs.as_ref().and_then(|_| {
             let parent = match attrs.parent() {
@@ -313,23 +324,26 @@ impl Subscriber for SpanSubscriber {
         let Some(mut entry) = self.entry(id) else { return };
         let Some(entry) = entry.as_mut() else { return };
         let meta = entry.meta;
+        let mut attached = false;
         if let Some(state) = entry.state.as_mut().filter(|_| entry.exported) {
-            if self.settings.activation || self.settings.details {
-                enter_span(state, id, self.settings.activation);
+            // Without activation a span carrying baggage is still made current, for
+            // `Context::current().baggage()`.
+            attached = self.settings.activation || state.extra.is_some();
+            if attached || self.settings.details {
+                enter_span(state, id, attached);
             }
         }
-        let _ = ENTERED.try_with(|stack| stack.borrow_mut().push((self.key(), id.clone(), meta)));
+        let _ = ENTERED.try_with(|stack| stack.borrow_mut().push((self.key(), id.clone(), meta, attached)));
     }
 
     fn exit(&self, id: &Id) {
         let key = self.key();
-        let _ = ENTERED.try_with(|stack| {
+        let attached = ENTERED.try_with(|stack| {
             let mut stack = stack.borrow_mut();
-            if let Some(at) = stack.iter().rposition(|(k, entered, _)| *k == key && entered == id) {
-                stack.remove(at);
-            }
+            let at = stack.iter().rposition(|(k, entered, _, _)| *k == key && entered == id)?;
+            Some(stack.remove(at).3)
         });
-        if self.settings.activation {
+        if attached.ok().flatten().unwrap_or(true) {
             detach(id);
         }
         if self.settings.details {
@@ -350,11 +364,14 @@ impl Subscriber for SpanSubscriber {
     fn try_close(&self, id: Id) -> bool {
         let (index, generation) = parts(&id);
         let Some(slot) = self.slab.slot(index) else { return false };
+        // Whoever closes holds a handle, so the span cannot close meanwhile: a handle that is
+        // not the last one is let go without the lock.
+        if slot.generation.load(Ordering::Acquire) != generation || slot.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return false;
+        }
         let entry = {
             let mut entry = slot.entry.lock().unwrap_or_else(PoisonError::into_inner);
-            if entry.as_ref().is_none_or(|e| e.generation != generation)
-                || slot.refs.fetch_sub(1, Ordering::AcqRel) != 1
-            {
+            if entry.as_ref().is_none_or(|e| e.generation != generation) {
                 return false;
             }
             slot.generation.fetch_add(1, Ordering::AcqRel);
