@@ -136,6 +136,20 @@ struct Encoded {
     ends: Vec<usize>,
 }
 
+/// How many queued spans wake the export worker: two full batches when the queue holds at
+/// least four (the defaults, 512 and 2,048), else one. An export's cost is mostly fixed —
+/// the worker waking, the HTTP/2 and runtime code it runs coming back into cache — so the
+/// second request of a wake costs much less than the first (docs/PERFORMANCE.md, "SDK");
+/// half the queue stays free for what ends while the two are sent.
+fn wake_threshold(batch: &BatchSettings) -> usize {
+    let size = batch.max_export_batch_size.max(1);
+    if batch.max_queue_size / size >= 4 {
+        2 * size
+    } else {
+        size
+    }
+}
+
 /// The encoded spans a queue holds at most, whatever their number.
 const MAX_ENCODED_BYTES: usize = 16 << 20;
 
@@ -162,8 +176,9 @@ pub(crate) struct SpanQueue {
     /// Spans in the queue, readable without the lock.
     len: AtomicUsize,
     capacity: usize,
-    batch_size: usize,
-    /// Woken when the queue reaches a full batch.
+    /// The worker is woken when this many spans are queued; see [`wake_threshold`].
+    wake_at: usize,
+    /// Woken when the queue reaches `wake_at` spans.
     batch_ready: Notify,
     /// Set when the worker stops: later spans are dropped and counted.
     closed: AtomicBool,
@@ -179,7 +194,7 @@ impl SpanQueue {
             free: Mutex::new(Vec::new()),
             len: AtomicUsize::new(0),
             capacity: batch.max_queue_size,
-            batch_size: batch.max_export_batch_size,
+            wake_at: wake_threshold(batch),
             batch_ready: Notify::new(),
             closed: AtomicBool::new(false),
             stats,
@@ -200,7 +215,7 @@ impl SpanQueue {
     /// `take` never subtracts a span before it was counted. `true` when the queue just reached
     /// a full batch.
     fn counted(&self) -> bool {
-        self.len.fetch_add(1, Ordering::AcqRel) + 1 == self.batch_size
+        self.len.fetch_add(1, Ordering::AcqRel) + 1 == self.wake_at
     }
 
     fn dropped(&self) {
@@ -619,7 +634,10 @@ enum Drain {
 
 impl ExportWorker {
     async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
-        let mut ticker = tokio::time::interval(self.batch.scheduled_delay);
+        // The first tick a delay from now, not at once: nothing has ended yet. A delay of
+        // zero (`OTEL_BSP_SCHEDULE_DELAY=0`) is taken as the shortest a timer has.
+        let delay = self.batch.scheduled_delay.max(Duration::from_millis(1));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + delay, delay);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let queue = Arc::clone(&self.queue);
         loop {
@@ -849,6 +867,22 @@ mod tests {
         assert!(p.force_flush().is_err(), "flush after shutdown is refused");
     }
 
+    /// `OTEL_BSP_SCHEDULE_DELAY=0`: the worker exports at once instead of dying on a timer of
+    /// no period.
+    #[test]
+    fn a_zero_schedule_delay_exports_soon() {
+        let exporter = InMemorySpanExporter::default();
+        let batch = BatchSettings { scheduled_delay: Duration::ZERO, ..settings(100, 50) };
+        let (p, stats) = start(exporter.clone(), batch);
+        p.on_end(span(1));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stats.snapshot().exported < 1 {
+            assert!(std::time::Instant::now() < deadline, "not exported: {:?}", stats.snapshot());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        p.shutdown_with_timeout(Duration::from_secs(5)).expect("the worker is alive");
+    }
+
     /// An exporter that never finishes, like a backend that accepts the connection and hangs.
     #[derive(Debug)]
     struct HangingExporter;
@@ -999,7 +1033,15 @@ mod tests {
         assert_eq!(queue.len(), 0);
     }
 
-    /// A full batch wakes the worker; the spans that end while it wakes stay queued for the
+    #[test]
+    fn the_worker_wakes_at_two_batches_when_the_queue_holds_four() {
+        assert_eq!(wake_threshold(&settings(2048, 512)), 1024, "the defaults");
+        assert_eq!(wake_threshold(&settings(2047, 512)), 512);
+        assert_eq!(wake_threshold(&settings(100, 100)), 100);
+        assert_eq!(wake_threshold(&settings(100, 0)), 2, "a zero batch size is refused before; no panic");
+    }
+
+    /// Full batches wake the worker; the spans that end while it wakes stay queued for the
     /// next batch instead of going out as a request of their own.
     #[test]
     fn a_full_batch_leaves_what_ended_after_it_queued() {
@@ -1026,10 +1068,12 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             }
         };
+        // A queue of ten batches: the worker wakes at two.
         for n in 0..13_u8 {
             queue.push_encoded(&[0x12, 0x01, n]);
         }
-        wait_for(10);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(stats.snapshot().exported, 0, "one batch does not wake the worker");
         for n in 13..25_u8 {
             queue.push_encoded(&[0x12, 0x01, n]);
         }
