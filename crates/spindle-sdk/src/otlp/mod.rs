@@ -130,7 +130,8 @@ impl OtlpExporter {
         if compression == Compression::Gzip {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
-        grpc = grpc.accept_compressed(CompressionEncoding::Gzip);
+        // Responses are not accepted compressed: they are a few bytes at most, and a server
+        // that may compress them then does, costing a gzip decoder's set-up per export.
         Ok(Self::new(Transport::Grpc { grpc, metadata: headers.to_metadata()? }, compression))
     }
 
