@@ -4,8 +4,9 @@
 //! a finished span's record into it, under a lock held for the push alone: when it is full
 //! the span is dropped and counted, so a slow or dead backend costs the service a counter
 //! increment, never a wait or unbounded memory. Nobody waits on the queue, so a push wakes no
-//! thread: the worker is woken once per full batch (and by its timer), not once per span, and
-//! takes the whole queue at once, handing back the emptied buffer of its last take.
+//! thread: the worker is woken once per two full batches (one, for a queue of fewer than
+//! four; and by its timer), not once per span, and takes the whole queue at once, handing
+//! back the emptied buffer of its last take.
 //!
 //! The worker is a dedicated OS thread running its own current-thread tokio runtime, and the
 //! exporter (tonic or reqwest) is built inside it. Export, flush and shutdown therefore never
