@@ -18,7 +18,7 @@ use opentelemetry::{Context, InstrumentationScope};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 
 use crate::layer::otel_current_span;
-use crate::span_ext::context_if_nearer;
+use crate::span_ext::span_context_if_nearer;
 
 /// `cx` with the current `tracing` span as its span, when `cx` is the current OpenTelemetry
 /// context (or holds no span) and the `tracing` span is nearer to what starts now than the
@@ -33,8 +33,7 @@ fn with_tracing_span(cx: &Context) -> Option<Context> {
     if span.is_disabled() {
         return None;
     }
-    let current = context_if_nearer(&span, otel)?;
-    let sc = current.span().span_context().clone();
+    let sc = span_context_if_nearer(&span, otel)?;
     sc.is_valid().then(|| cx.with_remote_span_context(sc))
 }
 

@@ -120,8 +120,8 @@ impl SpindleBuilder {
     /// a child of the current `tracing` span, the global propagator injects it, and a span
     /// carrying baggage is made current regardless (docs/adr/024-otel-api-bridged-not-activated.md).
     /// Turn it on for code that reads `Context::current().span()` itself; it costs a
-    /// context attach and detach on every enter and exit of every span (about 2.6 µs on a
-    /// request of five spans, see docs/PERFORMANCE.md).
+    /// context attach and detach on every enter and exit of every span (about 2,800
+    /// instructions on a request of five spans, see docs/PERFORMANCE.md).
     pub fn otel_context_activation(mut self, enabled: bool) -> Self {
         self.settings.otel_context_activation = Some(enabled);
         self

@@ -334,9 +334,10 @@ pub(crate) fn add_event(state: &mut SpanState, event: &Event<'_>, details: bool)
     record.push_event(OtelEvent::new(name, SystemTime::now(), fields.attributes, 0));
 }
 
-/// The span `id` is entered on this thread: its busy / idle time, and with activation its
-/// context becomes the current OpenTelemetry context.
-pub(crate) fn enter_span(state: &mut SpanState, id: &Id, activation: bool) {
+/// The span `id` is entered on this thread: its busy / idle time, and its context becomes the
+/// current OpenTelemetry context with activation, or without it when the span carries
+/// baggage (for `Context::current().baggage()`). Whether a context was attached.
+pub(crate) fn enter_span(state: &mut SpanState, id: &Id, activation: bool) -> bool {
     if let Some(timings) = &mut state.timings {
         if timings.entered == 0 {
             let now = Instant::now();
@@ -345,10 +346,12 @@ pub(crate) fn enter_span(state: &mut SpanState, id: &Id, activation: bool) {
         }
         timings.entered += 1;
     }
-    if activation {
+    let attach = activation || state.extra.is_some();
+    if attach {
         let guard = state.context().attach();
         ATTACHED.with(|stack| stack.borrow_mut().push((id.into_u64(), guard)));
     }
+    attach
 }
 
 /// The span `id` is exited on this thread: the context its enter attached is detached.
@@ -357,9 +360,6 @@ pub(crate) fn detach(id: &Id) {
     // Dropped outside the borrow: dropping a guard touches the context stack only.
     let guard = ATTACHED.with(|stack| {
         let mut stack = stack.borrow_mut();
-        if stack.is_empty() {
-            return None;
-        }
         let at = stack.iter().rposition(|(entry, _)| *entry == raw)?;
         Some(stack.remove(at))
     });
@@ -493,12 +493,9 @@ where
         }
         if !self.settings.activation {
             if let Some(span) = ctx.lookup_current() {
-                let extensions = span.extensions();
-                match extensions.get::<SpanState>() {
-                    Some(state) if tracing_span_is_nearer(state, otel) => {
-                        return (Some(Parent::of_record(&state.record)), state.extra.clone())
-                    }
-                    Some(_) => {}
+                match span.extensions().get::<SpanState>().map(|state| parent_if_nearer(state, otel)) {
+                    Some(Some(parent)) => return parent,
+                    Some(None) => {}
                     None => return (None, None),
                 }
             }
@@ -517,6 +514,12 @@ pub(crate) fn otel_current_span() -> SpanId {
 /// unless the OpenTelemetry API attached a span of its own since `state` was created.
 pub(crate) fn tracing_span_is_nearer(state: &SpanState, otel: SpanId) -> bool {
     otel == SpanId::INVALID || otel == state.record.span_id || otel == state.otel_outer
+}
+
+/// `state`'s span as the parent of a span starting now (with its context when it carries
+/// baggage), if it is nearer than `otel` ([`tracing_span_is_nearer`]).
+pub(crate) fn parent_if_nearer(state: &SpanState, otel: SpanId) -> Option<(Option<Parent>, Option<Context>)> {
+    tracing_span_is_nearer(state, otel).then(|| (Some(Parent::of_record(&state.record)), state.extra.clone()))
 }
 
 /// The current OpenTelemetry context as a parent, with the context itself when it carries
@@ -586,12 +589,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
         if let Some(state) = extensions.get_mut::<SpanState>() {
-            // Without activation a span carrying baggage is still made current, for
-            // `Context::current().baggage()`.
-            let activate = self.settings.activation || state.extra.is_some();
-            if activate || self.settings.details {
-                enter_span(state, id, activate);
-            }
+            enter_span(state, id, self.settings.activation);
         }
     }
 

@@ -49,17 +49,17 @@ pub trait SpanExt {
     fn add_link_with_attributes(&self, cx: SpanContext, attributes: Vec<KeyValue>);
 }
 
-/// `span`'s context when it, rather than `otel` (the span of the current OpenTelemetry
+/// `span`'s span context when it, rather than `otel` (the span of the current OpenTelemetry
 /// context, or the invalid id), is the parent of what starts now; `None` when the SDK does not
 /// record `span`.
-pub(crate) fn context_if_nearer(span: &tracing::Span, otel: SpanId) -> Option<Context> {
-    let mut cx = None;
+pub(crate) fn span_context_if_nearer(span: &tracing::Span, otel: SpanId) -> Option<SpanContext> {
+    let mut sc = None;
     with_state(span, |state, _| {
         if tracing_span_is_nearer(state, otel) {
-            cx = Some(state.context());
+            sc = Some(state.record.span_context());
         }
     });
-    cx
+    sc
 }
 
 fn with_state(span: &tracing::Span, mut f: impl FnMut(&mut SpanState, &WithSpanState)) -> bool {

@@ -23,8 +23,8 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 
 use crate::export::{on_export_worker, SpanQueue};
 use crate::layer::{
-    add_event, add_follows_from, detach, end_span, enter_span, exit_timings, otel_current_span, record_values,
-    start_span, tracing_span_is_nearer, LayerSettings, Parent, SpanState, WithSpanState,
+    add_event, add_follows_from, detach, end_span, enter_span, exit_timings, otel_current_span, parent_if_nearer,
+    record_values, start_span, LayerSettings, Parent, SpanState, WithSpanState,
 };
 use crate::logs::Logs;
 
@@ -205,11 +205,7 @@ impl SpanSubscriber {
         }
         if !self.settings.activation {
             if let Some((id, _)) = self.current(true) {
-                let nearer = self.with_exported(&id, |state| {
-                    tracing_span_is_nearer(state, otel)
-                        .then(|| (Some(Parent::of_record(&state.record)), state.extra.clone()))
-                });
-                match nearer {
+                match self.with_exported(&id, |state| parent_if_nearer(state, otel)) {
                     Some(Some(parent)) => return parent,
                     Some(None) => {}
                     None => return (None, None),
@@ -324,15 +320,10 @@ impl Subscriber for SpanSubscriber {
         let Some(mut entry) = self.entry(id) else { return };
         let Some(entry) = entry.as_mut() else { return };
         let meta = entry.meta;
-        let mut attached = false;
-        if let Some(state) = entry.state.as_mut().filter(|_| entry.exported) {
-            // Without activation a span carrying baggage is still made current, for
-            // `Context::current().baggage()`.
-            attached = self.settings.activation || state.extra.is_some();
-            if attached || self.settings.details {
-                enter_span(state, id, attached);
-            }
-        }
+        let attached = match entry.state.as_mut().filter(|_| entry.exported) {
+            Some(state) => enter_span(state, id, self.settings.activation),
+            None => false,
+        };
         let _ = ENTERED.try_with(|stack| stack.borrow_mut().push((self.key(), id.clone(), meta, attached)));
     }
 

@@ -81,8 +81,7 @@ impl OtlpStack {
     /// provider; at `info` and above, as a service installs it as its default: the
     /// exporter's own `debug` and `trace` spans (h2, tonic) would otherwise be traced too.
     pub fn tracing_dispatch(&self) -> Dispatch {
-        let layer = tracing_opentelemetry::layer().with_tracer(self.tracer.clone());
-        Dispatch::new(Registry::default().with(LevelFilter::INFO).with(layer))
+        tracing_opentelemetry_dispatch(self.tracer.clone())
     }
 }
 
@@ -96,7 +95,6 @@ impl Drop for OtlpStack {
     }
 }
 
-/// `tracing-opentelemetry`'s layer with its default settings, over `tracer`.
 /// The SDK built by `builder` as a service gets it from `init()` (its own subscriber), or with
 /// `SDK_SUBSCRIBER=registry` its layer on `tracing-subscriber`'s registry (`into_layer`).
 pub fn spindle_dispatch(builder: spindle_sdk::SpindleBuilder) -> (Dispatch, spindle_sdk::TracingGuard) {
@@ -107,8 +105,11 @@ pub fn spindle_dispatch(builder: spindle_sdk::SpindleBuilder) -> (Dispatch, spin
     builder.into_dispatch().expect("pipeline")
 }
 
+/// `tracing-opentelemetry`'s layer with its default settings, over `tracer`, at `info` and
+/// above.
 pub fn tracing_opentelemetry_dispatch(tracer: SdkTracer) -> Dispatch {
-    Dispatch::new(Registry::default().with(tracing_opentelemetry::layer().with_tracer(tracer)))
+    let layer = tracing_opentelemetry::layer().with_tracer(tracer);
+    Dispatch::new(Registry::default().with(LevelFilter::INFO).with(layer))
 }
 
 /// An exporter that discards every batch and counts its spans, to check that benchmarked
