@@ -8,8 +8,9 @@
 //! four; and by its timer), not once per span, and takes the whole queue at once, handing
 //! back the emptied buffer of its last take.
 //!
-//! The worker is a dedicated OS thread running its own current-thread tokio runtime, and the
-//! exporter (tonic or reqwest) is built inside it. Export, flush and shutdown therefore never
+//! The worker is a dedicated OS thread with its own current-thread tokio runtime, and the
+//! exporter (tonic or reqwest) is built inside it. Between exports it waits on a condition
+//! variable ([`Inbox`]), not in the runtime: the runtime runs only while it exports. Export, flush and shutdown therefore never
 //! need a worker of the application's runtime: shutting down from a `current_thread` runtime,
 //! or from a multi-thread runtime with one worker, cannot deadlock (the failure mode of
 //! opentelemetry-rust issues #2715 and #2802, where the exporter's tasks live on the
@@ -24,17 +25,17 @@
 #![allow(clippy::vec_box)]
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
-use tokio::sync::{mpsc, Notify};
 
 use crate::config::BatchSettings;
 use crate::error::{InitError, ShutdownError};
@@ -157,6 +158,138 @@ const MAX_ENCODED_BYTES: usize = 16 << 20;
 /// Builds the exporter; runs on the worker thread, inside its runtime.
 pub(crate) type MakeExporter = Box<dyn FnOnce() -> Result<Box<dyn DynSpanExporter>, InitError> + Send>;
 
+/// What the export worker waits for between exports: control messages, the queue's signal
+/// that it reached its wake threshold, and the worker's timer.
+///
+/// The worker waits here, on a condition variable, rather than in its tokio runtime: a timer
+/// a second away sits high in tokio's timer wheel and wakes the thread once more on its way
+/// down, and each wake of an idle thread costs tens of microseconds of CPU, more than an
+/// export's own work (docs/PERFORMANCE.md, "SDK"). Waiting here, the worker wakes once per
+/// export cycle, and connection traffic that arrives meanwhile waits in the socket for the
+/// next cycle instead of waking it.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    state: Mutex<InboxState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    controls: VecDeque<Control>,
+    batch_ready: bool,
+    /// Live [`ControlSender`]s; at zero the worker exports what is left and stops.
+    senders: usize,
+    /// Set when the worker stops: later messages are refused.
+    closed: bool,
+}
+
+/// Why the worker woke.
+enum Wake {
+    Control(Control),
+    BatchReady,
+    Timer,
+    /// Every sender is gone without a shutdown.
+    Disconnected,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The queue reached its wake threshold.
+    fn batch_ready(&self) {
+        self.lock().batch_ready = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits for a message, the batch signal or `deadline`, in that order of priority.
+    fn wait(&self, deadline: Instant) -> Wake {
+        let mut state = self.lock();
+        loop {
+            if let Some(control) = state.controls.pop_front() {
+                return Wake::Control(control);
+            }
+            if state.senders == 0 {
+                return Wake::Disconnected;
+            }
+            if std::mem::take(&mut state.batch_ready) {
+                return Wake::BatchReady;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Wake::Timer;
+            }
+            state = self.wake.wait_timeout(state, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
+    /// The worker stops: messages queued and sent later are dropped, which their callers
+    /// see as a closed reply channel.
+    fn close(&self) {
+        let controls = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.controls)
+        };
+        drop(controls);
+    }
+}
+
+/// Sends control messages to the export worker; the worker stops once every sender is gone.
+#[derive(Debug)]
+struct ControlSender(Arc<Inbox>);
+
+impl ControlSender {
+    fn new(inbox: Arc<Inbox>) -> Self {
+        inbox.lock().senders += 1;
+        Self(inbox)
+    }
+
+    fn send(&self, control: Control) -> Result<(), Control> {
+        let mut state = self.0.lock();
+        if state.closed {
+            return Err(control);
+        }
+        state.controls.push_back(control);
+        drop(state);
+        self.0.wake.notify_one();
+        Ok(())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.lock().closed
+    }
+}
+
+impl Clone for ControlSender {
+    fn clone(&self) -> Self {
+        Self::new(Arc::clone(&self.0))
+    }
+}
+
+impl Drop for ControlSender {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.0.lock();
+            state.senders -= 1;
+            state.senders == 0
+        };
+        if last {
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+/// Closes the inbox when the worker thread ends, however it ends.
+struct CloseOnExit(Arc<Inbox>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 enum Control {
     Flush(std::sync::mpsc::Sender<OTelSdkResult>),
     /// A flush for every caller of [`SpanFlusher::flush`] waiting in [`FlushWaiters`].
@@ -179,15 +312,15 @@ pub(crate) struct SpanQueue {
     capacity: usize,
     /// The worker is woken when this many spans are queued; see [`wake_threshold`].
     wake_at: usize,
-    /// Woken when the queue reaches `wake_at` spans.
-    batch_ready: Notify,
+    /// Rung when the queue reaches `wake_at` spans.
+    inbox: Arc<Inbox>,
     /// Set when the worker stops: later spans are dropped and counted.
     closed: AtomicBool,
     stats: Arc<StatsCounters>,
 }
 
 impl SpanQueue {
-    fn new(batch: &BatchSettings, encodes: bool, stats: Arc<StatsCounters>) -> Self {
+    fn new(batch: &BatchSettings, encodes: bool, stats: Arc<StatsCounters>, inbox: Arc<Inbox>) -> Self {
         Self {
             spans: Mutex::new(Vec::with_capacity(batch.max_export_batch_size.min(batch.max_queue_size))),
             encoded: Mutex::new(Encoded::default()),
@@ -196,7 +329,7 @@ impl SpanQueue {
             len: AtomicUsize::new(0),
             capacity: batch.max_queue_size,
             wake_at: wake_threshold(batch),
-            batch_ready: Notify::new(),
+            inbox,
             closed: AtomicBool::new(false),
             stats,
         }
@@ -235,7 +368,7 @@ impl SpanQueue {
         let full_batch = self.counted();
         drop(spans);
         if full_batch {
-            self.batch_ready.notify_one();
+            self.inbox.batch_ready();
         }
     }
 
@@ -253,7 +386,7 @@ impl SpanQueue {
         let full_batch = self.counted();
         drop(encoded);
         if full_batch {
-            self.batch_ready.notify_one();
+            self.inbox.batch_ready();
         }
     }
 
@@ -320,7 +453,7 @@ impl SpanQueue {
 #[derive(Debug)]
 pub(crate) struct QueuedSpanProcessor {
     queue: Arc<SpanQueue>,
-    control: mpsc::UnboundedSender<Control>,
+    control: ControlSender,
     stats: Arc<StatsCounters>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     is_shut_down: AtomicBool,
@@ -363,7 +496,7 @@ pub struct SpanFlusher {
 
 #[derive(Debug, Clone)]
 struct FlusherInner {
-    control: mpsc::UnboundedSender<Control>,
+    control: ControlSender,
     waiters: Arc<FlushWaiters>,
     stats: Arc<StatsCounters>,
 }
@@ -429,17 +562,19 @@ impl QueuedSpanProcessor {
         stats: Arc<StatsCounters>,
         encode_in_layer: bool,
     ) -> Result<Self, InitError> {
-        let queue = Arc::new(SpanQueue::new(&batch, encode_in_layer, Arc::clone(&stats)));
+        let inbox = Arc::new(Inbox::default());
+        let queue = Arc::new(SpanQueue::new(&batch, encode_in_layer, Arc::clone(&stats), Arc::clone(&inbox)));
         let worker_queue = Arc::clone(&queue);
         let waiters = Arc::new(FlushWaiters::default());
         let worker_waiters = Arc::clone(&waiters);
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let control_tx = ControlSender::new(Arc::clone(&inbox));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), InitError>>();
         let worker_stats = Arc::clone(&stats);
         let worker = std::thread::Builder::new()
             .name("spindle-sdk-export".to_owned())
             .spawn(move || {
                 ON_EXPORT_WORKER.with(|f| f.set(true));
+                let _close = CloseOnExit(Arc::clone(&inbox));
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -476,7 +611,7 @@ impl QueuedSpanProcessor {
                     last_drop_log: None,
                 };
                 let queue = Arc::clone(&worker.queue);
-                runtime.block_on(worker.run(control_rx));
+                worker.run(&runtime, &inbox);
                 queue.close();
             })
             .map_err(InitError::Worker)?;
@@ -634,54 +769,52 @@ enum Drain {
 }
 
 impl ExportWorker {
-    async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
-        // The first tick a delay from now, not at once: nothing has ended yet. A delay of
-        // zero (`OTEL_BSP_SCHEDULE_DELAY=0`) is taken as the shortest a timer has.
+    fn run(mut self, runtime: &tokio::runtime::Runtime, inbox: &Inbox) {
+        // A delay of zero (`OTEL_BSP_SCHEDULE_DELAY=0`) is taken as a millisecond.
         let delay = self.batch.scheduled_delay.max(Duration::from_millis(1));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + delay, delay);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let queue = Arc::clone(&self.queue);
+        let mut deadline = Instant::now() + delay;
         loop {
-            tokio::select! {
-                biased;
-                message = control.recv() => match message {
-                    Some(Control::Flush(reply)) => {
-                        let result = self.drain(Drain::Everything).await;
-                        let _ = reply.send(result);
-                    }
-                    Some(Control::FlushWaiters) => {
-                        // Taken before draining: a caller that joins during the drain queues
-                        // the next flush, which exports what it ended meanwhile.
-                        let waiters = self.waiters.take();
-                        let result = self.drain(Drain::Everything).await;
-                        for reply in waiters {
-                            let _ = reply.send(copy_result(&result));
-                        }
-                    }
-                    Some(Control::SetResource(resource)) => self.exporter.set_resource(&resource),
-                    Some(Control::Shutdown(reply)) => {
-                        let result = self.drain(Drain::Everything).await;
-                        for waiter in self.waiters.take() {
-                            let _ = waiter.send(copy_result(&result));
-                        }
-                        self.log_drops(true);
-                        let shutdown = self.exporter.shutdown_with_timeout(self.batch.export_timeout);
-                        let _ = reply.send(result.and(shutdown));
-                        return;
-                    }
-                    None => {
-                        // The processor is gone without a shutdown: export what is left.
-                        let _ = self.drain(Drain::Everything).await;
-                        return;
-                    }
-                },
-                _ = ticker.tick() => {
-                    let _ = self.drain(Drain::Everything).await;
-                    self.log_drops(false);
+            match inbox.wait(deadline) {
+                Wake::Control(Control::Flush(reply)) => {
+                    let result = runtime.block_on(self.drain(Drain::Everything));
+                    let _ = reply.send(result);
                 }
-                _ = queue.batch_ready.notified() => {
-                    let _ = self.drain(Drain::FullBatches).await;
-                    ticker.reset();
+                Wake::Control(Control::FlushWaiters) => {
+                    // Taken before draining: a caller that joins during the drain queues the
+                    // next flush, which exports what it ended meanwhile.
+                    let waiters = self.waiters.take();
+                    let result = runtime.block_on(self.drain(Drain::Everything));
+                    for reply in waiters {
+                        let _ = reply.send(copy_result(&result));
+                    }
+                }
+                Wake::Control(Control::SetResource(resource)) => self.exporter.set_resource(&resource),
+                Wake::Control(Control::Shutdown(reply)) => {
+                    let result = runtime.block_on(self.drain(Drain::Everything));
+                    for waiter in self.waiters.take() {
+                        let _ = waiter.send(copy_result(&result));
+                    }
+                    self.log_drops(true);
+                    let shutdown = self.exporter.shutdown_with_timeout(self.batch.export_timeout);
+                    let _ = reply.send(result.and(shutdown));
+                    return;
+                }
+                Wake::Disconnected => {
+                    // The processor is gone without a shutdown: export what is left.
+                    let _ = runtime.block_on(self.drain(Drain::Everything));
+                    return;
+                }
+                Wake::Timer => {
+                    // An idle service's tick costs the wake alone, not a pass of the runtime.
+                    if self.queue.len() > 0 {
+                        let _ = runtime.block_on(self.drain(Drain::Everything));
+                    }
+                    self.log_drops(false);
+                    deadline = Instant::now() + delay;
+                }
+                Wake::BatchReady => {
+                    let _ = runtime.block_on(self.drain(Drain::FullBatches));
+                    deadline = Instant::now() + delay;
                 }
             }
         }
@@ -689,6 +822,10 @@ impl ExportWorker {
 
     /// Exports queued spans in batches; the result of the last failed export, if any.
     async fn drain(&mut self, how: Drain) -> OTelSdkResult {
+        // The connection's tasks first take in what arrived while the worker waited outside
+        // the runtime (a server closing an idle connection), so the export below goes out on
+        // a connection known to be open.
+        tokio::task::yield_now().await;
         let size = self.batch.max_export_batch_size.max(1);
         let mut result = Ok(());
         loop {
@@ -876,12 +1013,53 @@ mod tests {
         let batch = BatchSettings { scheduled_delay: Duration::ZERO, ..settings(100, 50) };
         let (p, stats) = start(exporter.clone(), batch);
         p.on_end(span(1));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while stats.snapshot().exported < 1 {
-            assert!(std::time::Instant::now() < deadline, "not exported: {:?}", stats.snapshot());
+        wait_for(&stats, 1);
+        p.shutdown_with_timeout(Duration::from_secs(5)).expect("the worker is alive");
+    }
+
+    fn wait_for(stats: &StatsCounters, exported: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.snapshot().exported < exported {
+            assert!(Instant::now() < deadline, "not exported: {:?}", stats.snapshot());
             std::thread::sleep(Duration::from_millis(5));
         }
-        p.shutdown_with_timeout(Duration::from_secs(5)).expect("the worker is alive");
+    }
+
+    /// The timer is an hour away: only the queue reaching its threshold wakes the worker.
+    #[test]
+    fn a_full_batch_wakes_the_worker_before_its_timer() {
+        let (p, stats) = start(InMemorySpanExporter::default(), settings(100, 10));
+        for n in 0..25 {
+            p.on_end(span(n));
+        }
+        // Two whole batches of the 25 (the threshold: four batches fit in the queue).
+        wait_for(&stats, 20);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(stats.snapshot().exported, 20, "the partial batch waits for the timer or a flush");
+        p.shutdown_with_timeout(Duration::from_secs(5)).expect("shutdown succeeds");
+        assert_eq!(stats.snapshot().exported, 25, "shutdown exports the rest");
+    }
+
+    /// A processor dropped without a shutdown (and with no flusher left) still gets its spans
+    /// out: the worker exports what is queued and stops.
+    #[test]
+    fn a_dropped_processor_exports_what_is_left() {
+        let (p, stats) = start(InMemorySpanExporter::default(), settings(100, 10));
+        let flusher = p.flusher();
+        let queue = p.queue();
+        for n in 0..3 {
+            p.on_end(span(n));
+        }
+        drop(p);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(stats.snapshot().exported, 0, "a flusher still holds the worker");
+        drop(flusher);
+        wait_for(&stats, 3);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !queue.full() {
+            assert!(Instant::now() < deadline, "the worker stopped and closed the queue");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// An exporter that never finishes, like a backend that accepts the connection and hangs.
