@@ -249,6 +249,14 @@ pub(crate) fn encode_span_entry(out: &mut Vec<u8>, scratch: &mut Vec<u8>, span: 
         }
         out.truncate(start);
     }
+    encode_span_entry_unbounded(out, scratch, span);
+}
+
+/// [`encode_span_entry`] for spans [`span_bound`] does not cover: out of line, so the common
+/// path's code stays small (what a traced request pays is mostly its code coming into cache).
+#[cold]
+#[inline(never)]
+fn encode_span_entry_unbounded(out: &mut Vec<u8>, scratch: &mut Vec<u8>, span: &SpanRecord) {
     scratch.clear();
     put_span(scratch, span);
     put_message(out, SCOPE_SPANS_SPANS, scratch);
