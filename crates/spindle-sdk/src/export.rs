@@ -10,12 +10,12 @@
 //!
 //! The worker is a dedicated OS thread with its own current-thread tokio runtime, and the
 //! exporter (tonic or reqwest) is built inside it. Between exports it waits on a condition
-//! variable ([`Inbox`]), not in the runtime: the runtime runs only while it exports. Export, flush and shutdown therefore never
-//! need a worker of the application's runtime: shutting down from a `current_thread` runtime,
-//! or from a multi-thread runtime with one worker, cannot deadlock (the failure mode of
-//! opentelemetry-rust issues #2715 and #2802, where the exporter's tasks live on the
-//! application's runtime while its only thread blocks on shutdown). Every wait on the worker
-//! is bounded by a timeout.
+//! variable ([`Inbox`]), not in the runtime: the runtime runs only while it exports. Export,
+//! flush and shutdown therefore never need a worker of the application's runtime: shutting
+//! down from a `current_thread` runtime, or from a multi-thread runtime with one worker,
+//! cannot deadlock (the failure mode of opentelemetry-rust issues #2715 and #2802, where the
+//! exporter's tasks live on the application's runtime while its only thread blocks on
+//! shutdown). Every wait on the worker is bounded by a timeout.
 //!
 //! This module must not log from the application's thread inside `on_end`: that runs inside a
 //! `tracing` subscriber callback, where events would be discarded or recurse.
@@ -168,7 +168,7 @@ pub(crate) type MakeExporter = Box<dyn FnOnce() -> Result<Box<dyn DynSpanExporte
 /// export cycle, and connection traffic that arrives meanwhile waits in the socket for the
 /// next cycle instead of waking it.
 #[derive(Debug, Default)]
-pub(crate) struct Inbox {
+struct Inbox {
     state: Mutex<InboxState>,
     wake: Condvar,
 }
