@@ -3,7 +3,7 @@
 //!
 //! Everything here runs once, at init: files are read and checked then, so a bad file is an
 //! [`InitError`] naming it, never a failed export later or a panic. Exports reuse what was
-//! built: a rustls client configuration for reqwest, the same trust and key for tonic, and
+//! built: a rustls client configuration for reqwest and for the gRPC client (ALPN `h2`), and
 //! headers already validated for HTTP and gRPC alike.
 
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ use crate::error::InitError;
 ///
 /// A build whose rustls has more than one provider (reqwest brings aws-lc-rs) has no default
 /// until one is installed, and `rustls::ClientConfig::builder()` panics without one:
-/// installing ring keeps the service's own TLS clients working, and tonic and reqwest take
+/// installing ring keeps the service's own TLS clients working, and the exporters take
 /// it as theirs. A provider the service installed first is kept and used.
 pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
     #[allow(deprecated)] // ring: the provider of every TLS configuration the workspace builds
@@ -121,22 +121,6 @@ impl Headers {
         }
         Ok(map)
     }
-
-    /// As gRPC request metadata.
-    pub(crate) fn to_metadata(&self) -> Result<tonic::metadata::MetadataMap, InitError> {
-        let mut map = tonic::metadata::MetadataMap::with_capacity(self.0.len());
-        for (name, value) in &self.0 {
-            let invalid =
-                |reason: String| InitError::InvalidSetting { name: "header", value: format!("{name}=…"), reason };
-            let key = tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes())
-                .map_err(|e| invalid(format!("not a gRPC metadata key (a `-bin` key needs binary values): {e}")))?;
-            let mut value = tonic::metadata::AsciiMetadataValue::try_from(value.as_str())
-                .map_err(|e| invalid(format!("not a gRPC metadata value: {e}")))?;
-            value.set_sensitive(true);
-            map.insert(key, value);
-        }
-        Ok(map)
-    }
 }
 
 /// Checks that a header can be sent as HTTP header and gRPC metadata alike.
@@ -203,7 +187,7 @@ impl TlsFiles {
     }
 }
 
-/// TLS material, read and checked: what reqwest and tonic are configured with.
+/// TLS material, read and checked: what reqwest and the gRPC client are configured with.
 #[derive(Clone)]
 pub(crate) struct ClientTls {
     provider: Arc<CryptoProvider>,
@@ -213,8 +197,6 @@ pub(crate) struct ClientTls {
 
 #[derive(Clone)]
 struct Identity {
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
 }
@@ -269,7 +251,7 @@ impl ClientTls {
                 let key_pem = read(KEY, key)?;
                 let parsed = PrivateKeyDer::from_pem_slice(&key_pem)
                     .map_err(|e| file_error(KEY, key, format!("no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}")))?;
-                Some(Identity { cert_pem, key_pem, chain, key: Arc::new(parsed) })
+                Some(Identity { chain, key: Arc::new(parsed) })
             }
             (Some(cert), None) => return Err(half_identity(cert, "client key")),
             (None, Some(key)) => return Err(half_identity(key, "client certificate")),
@@ -310,19 +292,6 @@ impl ClientTls {
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
-    }
-
-    /// The same trust and client certificate for tonic; `timeout` bounds the handshake.
-    pub(crate) fn tonic_config(&self, timeout: Duration) -> tonic::transport::ClientTlsConfig {
-        let mut config = tonic::transport::ClientTlsConfig::new()
-            .trust_anchors(self.roots.roots.iter().cloned())
-            // gRPC needs HTTP/2: also over a TLS terminator that does not announce it.
-            .assume_http2(true)
-            .timeout(timeout);
-        if let Some(id) = &self.identity {
-            config = config.identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
-        }
-        config
     }
 }
 
@@ -416,10 +385,8 @@ mod tests {
         let shown = format!("{headers:?}");
         assert!(!shown.contains("Bearer"), "{shown}");
         assert_eq!(headers.to_header_map().expect("http").len(), 2);
-        let metadata = headers.to_metadata().expect("grpc");
-        assert_eq!(metadata.get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer two"));
-        let (http, grpc) = (format!("{:?}", headers.to_header_map().expect("http")), format!("{metadata:?}"));
-        assert!(!http.contains("Bearer") && !grpc.contains("Bearer"), "values are sensitive: {http} {grpc}");
+        let http = format!("{:?}", headers.to_header_map().expect("http"));
+        assert!(!http.contains("Bearer"), "values are sensitive: {http}");
     }
 
     #[test]

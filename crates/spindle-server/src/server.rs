@@ -27,6 +27,11 @@ use crate::telemetry::Telemetry;
 use crate::tenancy::{self, Tenants};
 use crate::{admin, api, otlp_grpc, otlp_http};
 
+/// The largest HTTP/2 frame the gRPC receivers accept (advertised as
+/// `SETTINGS_MAX_FRAME_SIZE`; HTTP/2's default is 16 KiB). An export then arrives in one
+/// DATA frame where it would take one per 16 KiB, each its own write and wake on both sides.
+const GRPC_MAX_FRAME_BYTES: u32 = 1 << 20;
+
 async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {what} listener on {addr}"))?;
     tracing::info!(%addr, "{what} listening");
@@ -202,6 +207,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
+                .max_frame_size(Some(GRPC_MAX_FRAME_BYTES))
                 .add_routes(auth::protect_grpc(tonic::service::Routes::new(grpc), grpc_auth))
                 .serve_with_incoming_shutdown(grpc_incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;

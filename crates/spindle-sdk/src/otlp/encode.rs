@@ -136,13 +136,20 @@ impl TraceRequestEncoder {
 
     #[cfg(test)]
     pub(crate) fn encode_batch(&mut self, encoded: &[u8], batch: &[Box<SpanRecord>]) -> Vec<u8> {
-        self.encode_batch_into(Vec::new(), encoded, batch)
+        self.encode_batch_into(Vec::new(), 0, encoded, batch)
     }
 
     /// The `ExportTraceServiceRequest` carrying `encoded`, spans of the SDK's scope already
     /// encoded as `ScopeSpans.spans` entries ([`encode_span_entry`]), and `batch`, written
-    /// into `out` (emptied first: a request's buffer used again).
-    pub(crate) fn encode_batch_into(&mut self, mut out: Vec<u8>, encoded: &[u8], batch: &[Box<SpanRecord>]) -> Vec<u8> {
+    /// into `out` (emptied first: a request's buffer used again) after `room` zero bytes, for
+    /// a transport's framing.
+    pub(crate) fn encode_batch_into(
+        &mut self,
+        mut out: Vec<u8>,
+        room: usize,
+        encoded: &[u8],
+        batch: &[Box<SpanRecord>],
+    ) -> Vec<u8> {
         for group in &mut self.scopes {
             group.spans.clear();
         }
@@ -191,7 +198,8 @@ impl TraceRequestEncoder {
         }
 
         out.clear();
-        out.reserve(field_len(REQUEST_RESOURCE_SPANS, resource_spans_len));
+        out.reserve(room + field_len(REQUEST_RESOURCE_SPANS, resource_spans_len));
+        out.resize(room, 0);
         put_tag(&mut out, REQUEST_RESOURCE_SPANS, LEN);
         put_varint(&mut out, resource_spans_len as u64);
         put_message(&mut out, RESOURCE_SPANS_RESOURCE, &self.resource);
@@ -204,7 +212,7 @@ impl TraceRequestEncoder {
         if let Some(url) = &self.resource_schema_url {
             put_string(&mut out, RESOURCE_SPANS_SCHEMA_URL, url);
         }
-        debug_assert_eq!(out.len(), field_len(REQUEST_RESOURCE_SPANS, resource_spans_len));
+        debug_assert_eq!(out.len(), room + field_len(REQUEST_RESOURCE_SPANS, resource_spans_len));
         out
     }
 

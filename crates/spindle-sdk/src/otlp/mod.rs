@@ -2,8 +2,8 @@
 //!
 //! [`OtlpExporter`] encodes a batch of `SpanData` directly into the bytes of an
 //! `ExportTraceServiceRequest` (module `encode`) and sends them as they are: a unary gRPC call
-//! (`/opentelemetry.proto.collector.trace.v1.TraceService/Export`) over tonic's HTTP/2
-//! channel, or an OTLP/HTTP `POST` with `Content-Type: application/x-protobuf` over reqwest.
+//! (`/opentelemetry.proto.collector.trace.v1.TraceService/Export`) over HTTP/2 (module
+//! `grpc`), or an OTLP/HTTP `POST` with `Content-Type: application/x-protobuf` over reqwest.
 //! Optionally gzip-compressed. It replaces opentelemetry-otlp's exporter for these two
 //! protocols because that one converts every span into owned protobuf structs first, which
 //! cost 2–4 µs per span on the export thread (docs/adr/007-sdk-otlp-encoder.md); `http/json` still goes
@@ -24,16 +24,14 @@
 //! retries — a failed batch is counted by the worker and dropped.
 
 pub(crate) mod encode;
+mod grpc;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
-use tonic::codec::{BufferSettings, Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Compression;
 use crate::error::InitError;
@@ -41,6 +39,7 @@ use crate::export::{Batch, BoxFuture, DynSpanExporter};
 use crate::record::SpanRecord;
 use crate::transport::{ClientTls, Headers, TlsFiles};
 use encode::{decode_partial_success, TraceRequestEncoder};
+use grpc::{GrpcClient, MESSAGE_HEADER_BYTES};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -73,10 +72,7 @@ impl Backoff {
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // one per exporter
 enum Transport {
-    Grpc {
-        grpc: tonic::client::Grpc<Channel>,
-        metadata: tonic::metadata::MetadataMap,
-    },
+    Grpc(GrpcClient),
     /// The client sends the headers itself (its default headers).
     Http {
         client: reqwest::Client,
@@ -90,11 +86,13 @@ pub struct OtlpExporter {
     encoder: Mutex<TraceRequestEncoder>,
     transport: Transport,
     compression: Compression,
+    /// Bounds an export through [`SpanExporter::export`]; the SDK's worker bounds its own.
+    timeout: Duration,
     last_partial_log: Mutex<Option<Instant>>,
     backoff: Mutex<Backoff>,
-    /// The last gRPC request's buffer, back from tonic once copied, for the next request: a
-    /// buffer of a batch's size allocated anew every time costs the export thread page faults.
-    spare: Arc<Mutex<Vec<u8>>>,
+    /// The last gRPC request's buffer, back once sent, for the next request: a buffer of a
+    /// batch's size allocated anew every time costs the export thread page faults.
+    spare: Mutex<Vec<u8>>,
 }
 
 impl OtlpExporter {
@@ -116,23 +114,10 @@ impl OtlpExporter {
         tls: Option<&ClientTls>,
         headers: &Headers,
     ) -> Result<Self, InitError> {
-        let mut channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| invalid_endpoint(endpoint, e))?
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .tcp_nodelay(true);
-        if let Some(tls) = tls {
-            channel = channel
-                .tls_config(tls.tonic_config(timeout))
-                .map_err(|e| InitError::Tls { endpoint: endpoint.to_owned(), reason: error_chain(&e) })?;
-        }
-        let mut grpc = tonic::client::Grpc::new(channel.connect_lazy());
-        if compression == Compression::Gzip {
-            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
-        }
         // Responses are not accepted compressed: they are a few bytes at most, and a server
         // that may compress them then does, costing a gzip decoder's set-up per export.
-        Ok(Self::new(Transport::Grpc { grpc, metadata: headers.to_metadata()? }, compression))
+        let client = GrpcClient::new(endpoint, EXPORT_PATH, timeout, tls, headers, compression == Compression::Gzip)?;
+        Ok(Self::new(Transport::Grpc(client), compression, timeout))
     }
 
     /// An OTLP/HTTP protobuf exporter posting to `url`, the full URL (`http://host:4318/v1/traces`,
@@ -154,17 +139,18 @@ impl OtlpExporter {
     ) -> Result<Self, InitError> {
         reqwest::Url::parse(url).map_err(|e| invalid_endpoint(url, e))?;
         let client = crate::transport::http_client(url, timeout, tls, headers)?;
-        Ok(Self::new(Transport::Http { client, url: url.to_owned() }, compression))
+        Ok(Self::new(Transport::Http { client, url: url.to_owned() }, compression, timeout))
     }
 
-    fn new(transport: Transport, compression: Compression) -> Self {
+    fn new(transport: Transport, compression: Compression, timeout: Duration) -> Self {
         Self {
+            timeout,
             encoder: Mutex::new(TraceRequestEncoder::new(&Resource::builder_empty().build())),
             transport,
             compression,
             last_partial_log: Mutex::new(None),
             backoff: Mutex::new(Backoff::default()),
-            spare: Arc::default(),
+            spare: Mutex::default(),
         }
     }
 
@@ -172,25 +158,35 @@ impl OtlpExporter {
         let mut encoder =
             self.encoder.lock().map_err(|_| OTelSdkError::InternalFailure("otlp encoder poisoned".to_owned()))?;
         let buffer = self.spare.lock().map(|mut spare| std::mem::take(&mut *spare)).unwrap_or_default();
-        Ok(encoder.encode_batch_into(buffer, batch.encoded, batch.records))
+        // gRPC's message header goes before the message, in room left for it.
+        let room = if matches!(self.transport, Transport::Grpc(_)) { MESSAGE_HEADER_BYTES } else { 0 };
+        Ok(encoder.encode_batch_into(buffer, room, batch.encoded, batch.records))
     }
 
     async fn send(&self, request: Vec<u8>) -> OTelSdkResult {
         let response = match &self.transport {
-            Transport::Grpc { grpc, metadata } => {
-                let mut grpc = grpc.clone();
-                grpc.ready()
-                    .await
-                    .map_err(|e| OTelSdkError::InternalFailure(format!("otlp grpc connection: {}", error_chain(&e))))?;
-                let path = PathAndQuery::from_static(EXPORT_PATH);
-                let codec = RawProtobuf { size: request.len(), spare: Some(Arc::clone(&self.spare)) };
-                let request = tonic::Request::from_parts(metadata.clone(), tonic::Extensions::default(), request);
-                let response = grpc.unary(request, path, codec).await.map_err(|status| {
-                    // A transport failure (a refused handshake) says what it was in its causes.
-                    let text = format!("otlp grpc export: {:?}: {}", status.code(), status.message());
-                    OTelSdkError::InternalFailure(with_causes(text, std::error::Error::source(&status)))
+            Transport::Grpc(client) => {
+                let (request, compressed) = match self.compression {
+                    Compression::None => (request, false),
+                    Compression::Gzip => {
+                        let mut framed = vec![0; MESSAGE_HEADER_BYTES];
+                        gzip_into(&mut framed, &request[MESSAGE_HEADER_BYTES..])
+                            .map_err(|e| OTelSdkError::InternalFailure(format!("gzip: {e}")))?;
+                        (framed, true)
+                    }
+                };
+                let (response, spare) = client.unary(request, compressed).await;
+                if let Some(mut spare) = spare.filter(|s| s.capacity() <= MAX_SPARE_BYTES) {
+                    spare.clear();
+                    if let Ok(mut kept) = self.spare.lock() {
+                        *kept = spare;
+                    }
+                }
+                let response = response.map_err(|e| {
+                    let what = if e.connection { "connection" } else { "export" };
+                    OTelSdkError::InternalFailure(format!("otlp grpc {what}: {}", e.text))
                 })?;
-                response.into_inner()
+                response.to_vec()
             }
             Transport::Http { client, url } => {
                 let mut post =
@@ -199,7 +195,10 @@ impl OtlpExporter {
                     Compression::None => request,
                     Compression::Gzip => {
                         post = post.header(reqwest::header::CONTENT_ENCODING, "gzip");
-                        gzip(&request).map_err(|e| OTelSdkError::InternalFailure(format!("gzip: {e}")))?
+                        let mut body = Vec::with_capacity(request.len() / 4);
+                        gzip_into(&mut body, &request)
+                            .map_err(|e| OTelSdkError::InternalFailure(format!("gzip: {e}")))?;
+                        body
                     }
                 };
                 let response = post.body(body).send().await.map_err(|e| {
@@ -260,12 +259,17 @@ fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 's
     text
 }
 
-fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Appends `bytes`, gzip-compressed, to `out`.
+fn gzip_into(out: &mut Vec<u8>, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::fast());
+    out.reserve(bytes.len() / 4);
+    let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     encoder.write_all(bytes)?;
-    encoder.finish()
+    encoder.finish().map(|_| ())
 }
+
+/// The largest request buffer kept for the next request.
+const MAX_SPARE_BYTES: usize = 8 << 20;
 
 impl OtlpExporter {
     /// Exports a batch of the SDK's records: the export worker's path.
@@ -300,7 +304,10 @@ impl SpanExporter for OtlpExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let records: Vec<Box<SpanRecord>> =
             batch.into_iter().map(|span| Box::new(SpanRecord::from_span_data(span))).collect();
-        self.export_records(Batch::records(&records)).await
+        match tokio::time::timeout(self.timeout, self.export_records(Batch::records(&records))).await {
+            Ok(result) => result,
+            Err(_) => Err(OTelSdkError::Timeout(self.timeout)),
+        }
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -319,69 +326,6 @@ impl DynSpanExporter for OtlpExporter {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.set_encoder_resource(resource);
-    }
-}
-
-/// A tonic codec for bytes that are already protobuf: the request is sent as it is, the
-/// response handed back undecoded.
-#[derive(Debug, Clone, Default)]
-struct RawProtobuf {
-    /// The request's length: tonic's buffer is made that large at once, not grown by copies.
-    size: usize,
-    /// Where the request's buffer goes once copied, to be used again.
-    spare: Option<Arc<Mutex<Vec<u8>>>>,
-}
-
-/// The largest request buffer kept for the next request.
-const MAX_SPARE_BYTES: usize = 8 << 20;
-
-impl Codec for RawProtobuf {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawProtobuf;
-    type Decoder = RawProtobuf;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        self.clone()
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawProtobuf::default()
-    }
-}
-
-impl Encoder for RawProtobuf {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, mut item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        if let Some(spare) = &self.spare {
-            if item.capacity() <= MAX_SPARE_BYTES {
-                item.clear();
-                if let Ok(mut spare) = spare.lock() {
-                    *spare = item;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        // The gRPC message header, then the request; tonic's default yield threshold.
-        BufferSettings::new((self.size + 5).max(8 << 10), 32 << 10)
-    }
-}
-
-impl Decoder for RawProtobuf {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use bytes::Buf;
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
     }
 }
 
