@@ -150,3 +150,26 @@ fn remote_sampling_serves_the_strategies_file_and_follows_its_changes() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The OTLP gRPC receiver offers large HTTP/2 frames, so an export (often 100 KB and more)
+/// arrives in one DATA frame instead of one per 16 KiB, each its own write and wake.
+#[test]
+fn otlp_grpc_advertises_one_mebibyte_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let spindle = Spindle::start(dir.path());
+    let mut conn = std::net::TcpStream::connect(spindle.grpc).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The client preface, then an empty SETTINGS frame.
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    // The server's first frame is its SETTINGS: a 9-byte header, then 6-byte parameters.
+    let mut head = [0u8; 9];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!((head[3], head[4] & 1), (0x4, 0), "a SETTINGS frame, not an acknowledgement: {head:?}");
+    let mut payload = vec![0u8; usize::from(head[1]) << 8 | usize::from(head[2])];
+    conn.read_exact(&mut payload).unwrap();
+    let max_frame = payload
+        .chunks_exact(6)
+        .find(|p| u16::from_be_bytes([p[0], p[1]]) == 0x5)
+        .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+    assert_eq!(max_frame, Some(1 << 20), "SETTINGS_MAX_FRAME_SIZE in {payload:?}");
+}
