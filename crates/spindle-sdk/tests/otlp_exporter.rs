@@ -259,3 +259,61 @@ fn malformed_backend_answers_fail_the_export() {
     let stats = odd.guard.stats();
     assert_eq!((stats.exported, stats.failed), (1, 0), "http 200: {stats:?}");
 }
+
+/// Relays connections on a port of its own to `target` until told to cut them all; returns
+/// the port and the switch.
+fn cutting_relay(target: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Connections opened before the generation changes are cut.
+    let generation = std::sync::Arc::new(AtomicU64::new(0));
+    let current = std::sync::Arc::clone(&generation);
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let server = std::net::TcpStream::connect(target.trim_start_matches("http://")).expect("target");
+            let born = current.load(Ordering::SeqCst);
+            for (mut from, mut to) in
+                [(client.try_clone().expect("clone"), server.try_clone().expect("clone")), (server, client)]
+            {
+                let current = std::sync::Arc::clone(&current);
+                std::thread::spawn(move || {
+                    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+                    let mut buf = [0u8; 16 << 10];
+                    while current.load(Ordering::SeqCst) == born {
+                        match from.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) if to.write_all(&buf[..n]).is_ok() => {}
+                            Ok(_) => break,
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    (port, generation)
+}
+
+#[test]
+fn a_connection_the_backend_closed_is_replaced_by_the_next_export() {
+    let sink = support::OtlpSink::start();
+    let (port, generation) = cutting_relay(sink.grpc_endpoint.clone());
+    let svc = service("exporter-reconnect", &format!("http://127.0.0.1:{port}"), Protocol::Grpc, Compression::None);
+    one_span_flushed(&svc);
+    assert_eq!((svc.guard.stats().exported, svc.guard.stats().failed), (1, 0), "{:?}", svc.guard.stats());
+    // The backend goes away with the connection open (a restart, an idle timeout).
+    generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    one_span_flushed(&svc);
+    let stats = svc.guard.stats();
+    assert_eq!((stats.exported, stats.failed), (2, 0), "the next export connected anew: {stats:?}");
+    assert_eq!(sink.spans().len(), 2, "{:?}", sink.spans());
+}

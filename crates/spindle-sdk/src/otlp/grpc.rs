@@ -9,9 +9,13 @@
 //! with a message that says what came back.
 //!
 //! One connection is kept and used again; when it fails or the server closes it, the next
-//! export connects anew. Its task runs on the export worker's runtime, so it only runs while
+//! export connects anew. The worker sleeps outside its runtime, so a close that arrived
+//! meanwhile may only show when a request goes out on that connection: a request on a kept
+//! connection that fails with an I/O error, a GOAWAY or a refused stream is sent once more,
+//! on a new connection, as HTTP clients do with a request the server never took. Its task runs on the export worker's runtime, so it only runs while
 //! the worker exports (module `export`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -51,6 +55,21 @@ impl CallError {
     }
 }
 
+/// How an attempt failed: on a kept connection that turned out to be closed before the
+/// request reached it (worth one more attempt on a new one), or for good.
+enum Failure {
+    Stale(CallError),
+    Final(CallError),
+}
+
+impl Failure {
+    fn into_error(self) -> CallError {
+        match self {
+            Self::Stale(e) | Self::Final(e) => e,
+        }
+    }
+}
+
 /// A gRPC client for one method of one endpoint; see the module docs.
 pub(crate) struct GrpcClient {
     /// Scheme, authority and the method's path: what every request's pseudo-headers say.
@@ -61,7 +80,15 @@ pub(crate) struct GrpcClient {
     /// `content-type`, `te`, `user-agent`, `grpc-encoding` and the configured metadata.
     headers: HeaderMap,
     connect_timeout: Duration,
-    connection: Mutex<Option<SendRequest<Bytes>>>,
+    connection: Mutex<Option<Connection>>,
+}
+
+/// A kept connection: its request handle and whether its task has ended (the server closed
+/// it, or it failed).
+#[derive(Clone)]
+struct Connection {
+    sender: SendRequest<Bytes>,
+    ended: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for GrpcClient {
@@ -156,52 +183,85 @@ impl GrpcClient {
     }
 
     async fn call(&self, body: Bytes) -> Result<Bytes, CallError> {
-        let mut sender = self.ready().await?;
-        let mut request = Request::post(self.uri.clone()).body(()).map_err(|e| CallError::call(e.to_string()))?;
+        match self.attempt(body.clone()).await {
+            // A kept connection the server had closed while the worker slept (an idle
+            // timeout, a restart): the request never reached it. Once more, on a new one.
+            Err(Failure::Stale(_)) => {
+                self.forget();
+                self.attempt(body).await.map_err(Failure::into_error)
+            }
+            result => result.map_err(Failure::into_error),
+        }
+    }
+
+    async fn attempt(&self, body: Bytes) -> Result<Bytes, Failure> {
+        let (mut sender, kept) = self.ready().await.map_err(Failure::Final)?;
+        let failed = |error: h2::Error| {
+            let stale =
+                kept && (error.is_io() || error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM));
+            let error = self.failed(error);
+            if stale {
+                Failure::Stale(error)
+            } else {
+                Failure::Final(error)
+            }
+        };
+        let mut request =
+            Request::post(self.uri.clone()).body(()).map_err(|e| Failure::Final(CallError::call(e.to_string())))?;
         *request.headers_mut() = self.headers.clone();
-        let (response, mut stream) = sender.send_request(request, false).map_err(|e| self.failed(e))?;
-        stream.send_data(body, true).map_err(|e| self.failed(e))?;
-        let response = response.await.map_err(|e| self.failed(e))?;
+        let (response, mut stream) = sender.send_request(request, false).map_err(failed)?;
+        stream.send_data(body, true).map_err(failed)?;
+        let response = response.await.map_err(failed)?;
         let (parts, mut body) = response.into_parts();
         if parts.status != http::StatusCode::OK {
-            return Err(CallError::call(format!("HTTP status {} from the gRPC endpoint", parts.status)));
+            return Err(Failure::Final(CallError::call(format!(
+                "HTTP status {} from the gRPC endpoint",
+                parts.status
+            ))));
         }
         // A trailers-only answer carries its status in the headers.
         if let Some(status) = parts.headers.get("grpc-status") {
-            check_status(status, &parts.headers)?;
+            check_status(status, &parts.headers).map_err(Failure::Final)?;
             return Ok(Bytes::new());
         }
+        let final_error = |error: h2::Error| Failure::Final(self.failed(error));
         let mut message = BytesMut::new();
         while let Some(chunk) = body.data().await {
-            let chunk = chunk.map_err(|e| self.failed(e))?;
+            let chunk = chunk.map_err(final_error)?;
             let _ = body.flow_control().release_capacity(chunk.len());
             if message.len() + chunk.len() > MAX_RESPONSE_BYTES + MESSAGE_HEADER_BYTES {
-                return Err(CallError::call("the response is larger than an export response can be"));
+                return Err(Failure::Final(CallError::call("the response is larger than an export response can be")));
             }
             message.extend_from_slice(&chunk);
         }
-        let trailers = body.trailers().await.map_err(|e| self.failed(e))?.unwrap_or_default();
+        let trailers = body.trailers().await.map_err(final_error)?.unwrap_or_default();
         match trailers.get("grpc-status") {
-            Some(status) => check_status(status, &trailers)?,
-            None => return Err(CallError::call("the response ended without a grpc-status")),
+            Some(status) => check_status(status, &trailers).map_err(Failure::Final)?,
+            None => return Err(Failure::Final(CallError::call("the response ended without a grpc-status"))),
         }
-        response_message(message.freeze())
+        response_message(message.freeze()).map_err(Failure::Final)
     }
 
-    /// The kept connection, ready for a request, or a new one.
-    async fn ready(&self) -> Result<SendRequest<Bytes>, CallError> {
+    /// The kept connection, ready for a request (`true`), or a new one.
+    async fn ready(&self) -> Result<(SendRequest<Bytes>, bool), CallError> {
         let kept = self.connection.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some(sender) = kept {
-            if let Ok(sender) = sender.ready().await {
-                return Ok(sender);
+        if let Some(kept) = kept.filter(|c| !c.ended.load(Ordering::Acquire)) {
+            if let Ok(sender) = kept.sender.ready().await {
+                return Ok((sender, true));
             }
         }
-        let sender = self.connect().await?;
-        *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
-        sender.ready().await.map_err(|e| CallError::connection(e.to_string()))
+        let connection = self.connect().await?;
+        let sender = connection.sender.clone();
+        *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection);
+        let sender = sender.ready().await.map_err(|e| CallError::connection(e.to_string()))?;
+        Ok((sender, false))
     }
 
-    async fn connect(&self) -> Result<SendRequest<Bytes>, CallError> {
+    fn forget(&self) {
+        *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    async fn connect(&self) -> Result<Connection, CallError> {
         let connecting = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
@@ -226,13 +286,13 @@ impl GrpcClient {
     /// The error of a request that failed on its connection, which is then not used again.
     fn failed(&self, error: h2::Error) -> CallError {
         if !error.is_remote() || error.is_go_away() || error.is_io() {
-            *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            self.forget();
         }
         CallError::call(super::error_chain(&error))
     }
 }
 
-async fn handshake<T>(io: T) -> Result<SendRequest<Bytes>, CallError>
+async fn handshake<T>(io: T) -> Result<Connection, CallError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -243,11 +303,14 @@ where
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| CallError::connection(format!("HTTP/2 handshake: {}", super::error_chain(&e))))?;
+    let ended = Arc::new(AtomicBool::new(false));
+    let done = Arc::clone(&ended);
     tokio::spawn(async move {
         // Ends when the server closes the connection or it fails; the next export connects anew.
         let _ = connection.await;
+        done.store(true, Ordering::Release);
     });
-    Ok(sender)
+    Ok(Connection { sender, ended })
 }
 
 /// `Ok` for `grpc-status: 0`; else the status's code and message.

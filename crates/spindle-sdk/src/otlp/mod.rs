@@ -21,7 +21,9 @@
 //! The SDK installs it itself (see [`crate::SpindleBuilder`]); it is public for services
 //! that build their own tracer provider and for the benchmarks. Within the SDK it runs on the
 //! export worker's runtime only, which bounds every call with its own timeout; it never
-//! retries — a failed batch is counted by the worker and dropped.
+//! retries a batch the backend failed or refused — that batch is counted by the worker and
+//! dropped. (A gRPC request that found its kept connection closed by the backend meanwhile
+//! never reached it; it goes once more on a new connection, module `grpc`.)
 
 pub(crate) mod encode;
 mod grpc;
