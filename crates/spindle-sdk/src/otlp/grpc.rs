@@ -412,6 +412,28 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// What a backend answers is outside input: any bytes give a message or an error.
+        #[test]
+        fn any_answer_is_read_or_refused_without_panicking(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            status in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+            message in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            if let Ok(message) = response_message(Bytes::from(body.clone())) {
+                proptest::prop_assert!(message.is_empty() || message.len() + MESSAGE_HEADER_BYTES == body.len());
+            }
+            let _ = percent_decode(&message);
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_bytes(&message) {
+                headers.insert("grpc-message", value);
+            }
+            if let Ok(status) = HeaderValue::from_bytes(&status) {
+                let _ = check_status(&status, &headers);
+            }
+        }
+    }
+
     #[test]
     fn metadata_goes_out_as_sensitive_headers() {
         let mut headers = Headers::default();
