@@ -27,7 +27,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::error::InitError;
-use crate::transport::{ClientTls, Headers};
+use crate::transport::{percent_decode, ClientTls, Headers};
 
 /// The bytes of gRPC framing before a message: the compressed flag and the length.
 pub(crate) const MESSAGE_HEADER_BYTES: usize = 5;
@@ -319,7 +319,9 @@ fn check_status(status: &HeaderValue, headers: &HeaderMap) -> Result<(), CallErr
     if code == Some(0) {
         return Ok(());
     }
-    let message = headers.get("grpc-message").map(|m| percent_decode(m.as_bytes())).unwrap_or_default();
+    // Percent-encoded UTF-8; what does not decode is shown as it came.
+    let raw = headers.get("grpc-message").map(|m| String::from_utf8_lossy(m.as_bytes())).unwrap_or_default();
+    let message = percent_decode(&raw).unwrap_or_else(|| raw.into_owned());
     let name = code.map_or("an unreadable status", code_name);
     Err(CallError::call(format!("{name}: {message}")))
 }
@@ -367,26 +369,6 @@ fn code_name(code: u32) -> &'static str {
     NAMES.get(code as usize).copied().unwrap_or("an unknown status")
 }
 
-/// `grpc-message` is percent-encoded UTF-8; what does not decode is kept as it came.
-fn percent_decode(raw: &[u8]) -> String {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (raw[i], raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (byte, _, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,9 +376,12 @@ mod tests {
     #[test]
     fn statuses_name_their_code_and_decode_their_message() {
         let mut headers = HeaderMap::new();
-        headers.insert("grpc-message", HeaderValue::from_static("tenant%20%22a%22 over quota%"));
+        headers.insert("grpc-message", HeaderValue::from_static("tenant%20%22a%22 over quota"));
         let error = check_status(&HeaderValue::from_static("8"), &headers).expect_err("8 is an error");
-        assert_eq!(error.text, "RESOURCE_EXHAUSTED: tenant \"a\" over quota%");
+        assert_eq!(error.text, "RESOURCE_EXHAUSTED: tenant \"a\" over quota");
+        headers.insert("grpc-message", HeaderValue::from_static("100%"));
+        let error = check_status(&HeaderValue::from_static("14"), &headers).expect_err("14 is an error");
+        assert_eq!(error.text, "UNAVAILABLE: 100%", "an escape that does not decode is shown as it came");
         assert!(check_status(&HeaderValue::from_static("0"), &HeaderMap::new()).is_ok());
         let error = check_status(&HeaderValue::from_static("x"), &HeaderMap::new()).expect_err("unreadable");
         assert!(error.text.starts_with("an unreadable status"), "{}", error.text);
@@ -423,7 +408,6 @@ mod tests {
             if let Ok(message) = response_message(Bytes::from(body.clone())) {
                 proptest::prop_assert!(message.is_empty() || message.len() + MESSAGE_HEADER_BYTES == body.len());
             }
-            let _ = percent_decode(&message);
             let mut headers = HeaderMap::new();
             if let Ok(value) = HeaderValue::from_bytes(&message) {
                 headers.insert("grpc-message", value);
