@@ -185,23 +185,30 @@ fn backend_spans(spindle: Option<&support::Spindle>, sink: Option<&support::Otlp
         .unwrap_or(0)
 }
 
-/// Keeps the calling thread on the first CPU the process may use. Both services run there,
-/// so neither is the one the scheduler happens to leave on a slower CPU for a whole run (a
-/// virtual CPU whose host core is busier, a sibling thread busy with the backend); the
-/// client, the export threads and the backend run anywhere.
-fn pin_to_first_cpu() {
+/// Keeps the calling thread on the first CPU the process may use (`first`), or off it, on
+/// the others, when there are others (`!first`). Both services run on the first, so neither
+/// is the one the scheduler happens to leave on a slower CPU for a whole run (a virtual CPU
+/// whose host core is busier, a sibling thread busy with the backend). The client runs on
+/// the others, as a service's clients run elsewhere, so that its code never runs between a
+/// service's requests on their CPU; the export threads and the backend run anywhere.
+fn pin_first_cpu(first: bool) {
     // SAFETY: cpu_set_t is plain data; the calls read and write the one set given.
     unsafe {
         let mut allowed: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
             return;
         }
-        let Some(first) = (0..libc::CPU_SETSIZE as usize).find(|&cpu| libc::CPU_ISSET(cpu, &allowed)) else {
-            return;
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &allowed)).collect();
+        let chosen = match (first, cpus.split_first()) {
+            (true, Some((first, _))) => std::slice::from_ref(first),
+            (false, Some((_, others))) if !others.is_empty() => others,
+            _ => return,
         };
-        let mut only: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(first, &mut only);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &only);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in chosen {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -216,7 +223,7 @@ fn serve(name: &str, app: Router, dispatch: Option<Dispatch>) -> (u16, i32) {
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            pin_to_first_cpu();
+            pin_first_cpu(true);
             tid_out.store(gettid(), Ordering::SeqCst);
             let run = || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -275,7 +282,15 @@ fn main() {
         }
     };
 
-    let work = Work { strikes: calibrate(handler), steps: spans - 5 };
+    // Calibrated on the CPU the services are kept on: the two virtual CPUs differ in speed,
+    // and the handler is meant to take `handler` where it runs.
+    let strikes = std::thread::spawn(move || {
+        pin_first_cpu(true);
+        calibrate(handler)
+    })
+    .join()
+    .expect("calibration");
+    let work = Work { strikes, steps: spans - 5 };
     let app = Router::new().route("/price/{id}", get(price)).with_state(work);
     let (off_port, off_tid) = serve("svc-off", app.clone(), Some(Dispatch::none()));
     let (on_port, on_tid) = match (&pipeline, control) {
@@ -299,6 +314,7 @@ fn main() {
     }
     let pipeline = &pipeline;
 
+    pin_first_cpu(false);
     let client = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let result = client.block_on(async move {
         let http = reqwest::Client::new();

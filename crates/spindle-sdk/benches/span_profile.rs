@@ -43,6 +43,10 @@ async fn price(State(strikes): State<usize>, Path(id): Path<u64>) -> String {
     handle_request(id, strikes).to_string()
 }
 
+/// Requests before the measured ones: call-site interest, the slab's pages, and three of the
+/// export worker's cycles, so that the queue's buffers have grown to their steady size.
+const WARMUP: u64 = 600;
+
 /// Sends `count` requests through `app`; the function callgrind's figures are read from.
 #[inline(never)]
 async fn requests(app: &mut Router, first: u64, count: u64) {
@@ -63,16 +67,15 @@ fn run(app: Router, dispatch: Option<&Dispatch>, count: u64, evict: usize) -> Du
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
             let mut app = app;
-            // Warm-up: call-site interest, the registry's slab pages, the channel.
-            requests(&mut app, 0, 100).await;
+            requests(&mut app, 0, WARMUP).await;
             if evict == 0 {
                 let started = thread_cpu_time();
-                requests(&mut app, 100, count).await;
+                requests(&mut app, WARMUP, count).await;
                 return (thread_cpu_time() - started) / count as u32;
             }
             let mut buffer = vec![0_u8; evict];
             let mut times = Vec::with_capacity(count as usize);
-            for id in 100..100 + count {
+            for id in WARMUP..WARMUP + count {
                 for (i, line) in buffer.chunks_mut(64).enumerate() {
                     line[0] = line[0].wrapping_add(i as u8);
                 }
@@ -110,7 +113,7 @@ fn main() {
         let traced = run(app.clone().layer(ServerTracingLayer::new()), None, count, evict);
         guard.flush().expect("flush");
         let stats = guard.stats();
-        assert_eq!(stats.exported, (count + 100) * 5, "every span exported: {stats:?}");
+        assert_eq!(stats.exported, (count + WARMUP) * 5, "every span exported: {stats:?}");
         println!("traced:   {:>8.2} us per request (5 spans)", traced.as_secs_f64() * 1e6);
     }
     if mode != "on" {

@@ -301,12 +301,12 @@ enum Control {
 /// The bounded queue of finished spans between the service's threads and the export worker.
 #[derive(Debug)]
 pub(crate) struct SpanQueue {
-    spans: Mutex<Vec<Box<SpanRecord>>>,
+    spans: parking_lot::Mutex<Vec<Box<SpanRecord>>>,
     /// Spans the layer encoded itself (when the exporter is the SDK's own).
-    encoded: Mutex<Encoded>,
+    encoded: parking_lot::Mutex<Encoded>,
     encodes: bool,
     /// Emptied records of exported spans, their buffers kept, for the layer to fill again.
-    free: Mutex<Vec<Box<SpanRecord>>>,
+    free: parking_lot::Mutex<Vec<Box<SpanRecord>>>,
     /// Spans in the queue, readable without the lock.
     len: AtomicUsize,
     capacity: usize,
@@ -322,10 +322,10 @@ pub(crate) struct SpanQueue {
 impl SpanQueue {
     fn new(batch: &BatchSettings, encodes: bool, stats: Arc<StatsCounters>, inbox: Arc<Inbox>) -> Self {
         Self {
-            spans: Mutex::new(Vec::with_capacity(batch.max_export_batch_size.min(batch.max_queue_size))),
-            encoded: Mutex::new(Encoded::default()),
+            spans: parking_lot::Mutex::new(Vec::with_capacity(batch.max_export_batch_size.min(batch.max_queue_size))),
+            encoded: parking_lot::Mutex::new(Encoded::default()),
             encodes,
-            free: Mutex::new(Vec::new()),
+            free: parking_lot::Mutex::new(Vec::new()),
             len: AtomicUsize::new(0),
             capacity: batch.max_queue_size,
             wake_at: wake_threshold(batch),
@@ -358,7 +358,7 @@ impl SpanQueue {
 
     /// Queues a finished span, or drops and counts it when the queue is full or closed.
     pub(crate) fn push(&self, record: Box<SpanRecord>) {
-        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut spans = self.spans.lock();
         if self.full() {
             drop(spans);
             self.dropped();
@@ -374,7 +374,7 @@ impl SpanQueue {
 
     /// Queues a finished span the layer encoded ([`crate::otlp::encode::encode_span_entry`]).
     pub(crate) fn push_encoded(&self, entry: &[u8]) {
-        let mut encoded = self.encoded.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut encoded = self.encoded.lock();
         if self.full() || encoded.bytes.len() + entry.len() > MAX_ENCODED_BYTES {
             drop(encoded);
             self.dropped();
@@ -395,7 +395,7 @@ impl SpanQueue {
     /// batches of that size stay queued: the one or two spans that ended while the worker
     /// woke up would otherwise cost an export request of their own.
     fn take(&self, records: &mut Vec<Box<SpanRecord>>, encoded: &mut Encoded, whole_batches: Option<usize>) {
-        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut spans = self.spans.lock();
         std::mem::swap(&mut *spans, records);
         if let Some(size) = whole_batches {
             let keep = records.len() % size;
@@ -403,7 +403,7 @@ impl SpanQueue {
         }
         self.len.fetch_sub(records.len(), Ordering::AcqRel);
         drop(spans);
-        let mut queued = self.encoded.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut queued = self.encoded.lock();
         std::mem::swap(&mut *queued, encoded);
         if let Some(size) = whole_batches {
             let taken = encoded.ends.len() - encoded.ends.len() % size;
@@ -422,7 +422,7 @@ impl SpanQueue {
 
     /// Moves up to `count` emptied records into `into`, for a thread's own cache.
     pub(crate) fn refill(&self, into: &mut Vec<Box<SpanRecord>>, count: usize) {
-        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut free = self.free.lock();
         let from = free.len().saturating_sub(count);
         into.extend(free.drain(from..));
     }
@@ -436,7 +436,7 @@ impl SpanQueue {
                 kept.push(record);
             }
         }
-        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut free = self.free.lock();
         let room = self.capacity.saturating_sub(free.len());
         kept.truncate(room);
         free.append(&mut kept);

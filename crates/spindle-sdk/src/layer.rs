@@ -225,19 +225,29 @@ const SPARE_KEPT: usize = 64;
 /// An empty record: one this thread kept from an earlier span, else one the export worker
 /// emptied, else a new one.
 fn fresh_record(queue: &SpanQueue, name: &'static str) -> Box<SpanRecord> {
+    let kept = SPARE.try_with(|spare| spare.borrow_mut().pop());
+    let mut record = match kept {
+        Ok(Some(record)) => record,
+        _ => refilled_record(queue),
+    };
+    record.name = Str::Static(name);
+    record
+}
+
+/// A record when this thread kept none: one the export worker emptied (a few taken at once),
+/// else a new one. Out of line: a thread takes this path once every [`SPARE_REFILL`] spans at
+/// most.
+#[cold]
+#[inline(never)]
+fn refilled_record(queue: &SpanQueue) -> Box<SpanRecord> {
     let reused = SPARE.try_with(|spare| {
         let mut spare = spare.borrow_mut();
-        if spare.is_empty() {
-            queue.refill(&mut spare, SPARE_REFILL);
-        }
+        queue.refill(&mut spare, SPARE_REFILL);
         spare.pop()
     });
     match reused {
-        Ok(Some(mut record)) => {
-            record.name = Str::Static(name);
-            record
-        }
-        _ => Box::new(SpanRecord::new(name, 8)),
+        Ok(Some(record)) => record,
+        _ => Box::new(SpanRecord::new("", 8)),
     }
 }
 
@@ -386,8 +396,7 @@ pub(crate) fn end_span(queue: &SpanQueue, state: SpanState) {
     }
     record.end = SystemTime::now();
     if let Some(timings) = timings {
-        record.push_attr(Key::from_static_str("busy_ns"), AttrValue::Value(Value::I64(timings.busy)));
-        record.push_attr(Key::from_static_str("idle_ns"), AttrValue::Value(Value::I64(timings.idle)));
+        push_timings(&mut record, &timings);
     }
     if !queue.encodes() {
         queue.push(record);
@@ -414,6 +423,13 @@ pub(crate) fn end_span(queue: &SpanQueue, state: SpanState) {
             }
         });
     }
+}
+
+#[cold]
+#[inline(never)]
+fn push_timings(record: &mut SpanRecord, timings: &Timings) {
+    record.push_attr(Key::from_static_str("busy_ns"), AttrValue::Value(Value::I64(timings.busy)));
+    record.push_attr(Key::from_static_str("idle_ns"), AttrValue::Value(Value::I64(timings.idle)));
 }
 
 /// The layer's settings besides the queue.
@@ -624,6 +640,8 @@ where
     }
 }
 
+#[cold]
+#[inline(never)]
 fn push_details(record: &mut SpanRecord, meta: &tracing::Metadata<'static>) {
     let mut push =
         |key: &'static str, value: Value| record.push_attr(Key::from_static_str(key), AttrValue::Value(value));
@@ -651,6 +669,19 @@ fn thread_number(id: std::thread::ThreadId) -> i64 {
 }
 
 fn span_kind(text: &str) -> Option<SpanKind> {
+    match text {
+        "server" => Some(SpanKind::Server),
+        "client" => Some(SpanKind::Client),
+        "producer" => Some(SpanKind::Producer),
+        "consumer" => Some(SpanKind::Consumer),
+        "internal" => Some(SpanKind::Internal),
+        _ => span_kind_any_case(text),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn span_kind_any_case(text: &str) -> Option<SpanKind> {
     const KINDS: [(&str, SpanKind); 5] = [
         ("server", SpanKind::Server),
         ("client", SpanKind::Client),
@@ -659,6 +690,18 @@ fn span_kind(text: &str) -> Option<SpanKind> {
         ("internal", SpanKind::Internal),
     ];
     KINDS.into_iter().find(|(name, _)| text.eq_ignore_ascii_case(name)).map(|(_, kind)| kind)
+}
+
+/// `otel.status_code`, `otel.status_description` and `otel.status_message`.
+#[cold]
+#[inline(never)]
+fn special_status(record: &mut SpanRecord, name: &str, text: Str) -> bool {
+    match name {
+        "otel.status_code" => record.status = status(record.str(text)),
+        "otel.status_description" | "otel.status_message" => record.status = Status::error(record.str(text).to_owned()),
+        _ => return false,
+    }
+    true
 }
 
 fn status(text: &str) -> Status {
@@ -688,19 +731,20 @@ struct SpanFields<'a> {
 }
 
 impl SpanFields<'_> {
+    /// An `otel.*` field (`name` starts with `otel.`): the span's name, kind or status
+    /// rather than an attribute. Names and kinds are the common case (the HTTP and Kafka
+    /// helpers set them on every span), so they are told apart by one byte here and the
+    /// status fields are handled out of line.
     fn special(&mut self, name: &str, text: Str) -> bool {
         let record = &mut *self.record;
-        match name {
-            "otel.name" => record.name = text,
-            "otel.kind" => {
+        match name.as_bytes().get(5) {
+            Some(b'n') if name == "otel.name" => record.name = text,
+            Some(b'k') if name == "otel.kind" => {
                 if let Some(kind) = span_kind(record.str(text)) {
                     record.kind = kind;
                 }
             }
-            "otel.status_code" => record.status = status(record.str(text)),
-            "otel.status_description" | "otel.status_message" => {
-                record.status = Status::error(record.str(text).to_owned())
-            }
+            Some(b's') => return special_status(record, name, text),
             _ => return false,
         }
         true

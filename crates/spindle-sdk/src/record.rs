@@ -111,18 +111,33 @@ impl SpanRecord {
         }
         self.parent_span_id = SpanId::INVALID;
         self.parent_is_remote = false;
-        self.trace_state = TraceState::NONE;
         self.kind = SpanKind::Internal;
         self.attrs.clear();
         self.dropped_attrs = 0;
         self.text.clear();
+        if self.trace_state != TraceState::NONE
+            || !self.events.is_empty()
+            || !self.links.is_empty()
+            || self.status != Status::Unset
+            || self.scope.is_some()
+            || (self.dropped_events | self.dropped_links) != 0
+        {
+            self.clear_rare();
+        }
+        true
+    }
+
+    /// Clears what most spans do not have: a trace state, events, links, a status, a scope.
+    #[cold]
+    #[inline(never)]
+    fn clear_rare(&mut self) {
+        self.trace_state = TraceState::NONE;
         self.events = Vec::new();
         self.dropped_events = 0;
         self.links = Vec::new();
         self.dropped_links = 0;
         self.status = Status::Unset;
         self.scope = None;
-        true
     }
 
     pub(crate) fn str(&self, s: Str) -> &str {

@@ -11,10 +11,11 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry::trace::SpanId;
 use opentelemetry::Context;
+use parking_lot::{Mutex, MutexGuard};
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Dispatch, Event, Metadata, Subscriber};
@@ -78,7 +79,7 @@ impl Slab {
 
     /// A free slot's index, allocating its chunk when it is the first use.
     fn allocate(&self) -> Option<usize> {
-        if let Some(index) = self.free.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+        if let Some(index) = self.free.lock().pop() {
             return Some(index as usize);
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed);
@@ -91,7 +92,7 @@ impl Slab {
     }
 
     fn release(&self, index: usize) {
-        self.free.lock().unwrap_or_else(PoisonError::into_inner).push(index as u32);
+        self.free.lock().push(index as u32);
     }
 }
 
@@ -150,7 +151,7 @@ impl SpanSubscriber {
     fn entry(&self, id: &Id) -> Option<MutexGuard<'_, Option<Entry>>> {
         let (index, generation) = parts(id);
         let slot = self.slab.slot(index)?;
-        let entry = slot.entry.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = slot.entry.lock();
         entry.as_ref().filter(|e| e.generation == generation)?;
         Some(entry)
     }
@@ -215,6 +216,16 @@ impl SpanSubscriber {
         crate::layer::current_otel_parent()
     }
 
+    /// The `tracing` parent a new span holds open for the scope of log lines.
+    fn log_parent(&self, attrs: &Attributes<'_>) -> Option<Id> {
+        let parent = match attrs.parent() {
+            Some(id) => Some(id.clone()),
+            None if attrs.is_contextual() => self.current(false).map(|(id, _)| id),
+            None => None,
+        }?;
+        Some(self.clone_span(&parent))
+    }
+
     fn exported(&self, meta: &Metadata<'_>) -> bool {
         self.filter.would_enable(meta.target(), meta.level())
     }
@@ -260,21 +271,13 @@ impl Subscriber for SpanSubscriber {
             let (parent, extra) = self.parent(attrs, otel);
             start_span(&self.queue, &self.settings, attrs, parent, extra, otel)
         });
-        let parent = self.logs.as_ref().and_then(|_| {
-            let parent = match attrs.parent() {
-                Some(id) => Some(id.clone()),
-                None if attrs.is_contextual() => self.current(false).map(|(id, _)| id),
-                None => None,
-            }?;
-            Some(self.clone_span(&parent))
-        });
+        let parent = if self.logs.is_some() { self.log_parent(attrs) } else { None };
         // Four billion spans open at once: this one is not recorded.
         let Some(index) = self.slab.allocate() else { return Id::from_u64(UNRECORDED) };
         let Some(slot) = self.slab.slot(index) else { return Id::from_u64(UNRECORDED) };
         let generation = slot.generation.load(Ordering::Acquire);
         slot.refs.store(1, Ordering::Release);
-        *slot.entry.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Entry { generation, meta, state, exported, parent });
+        *slot.entry.lock() = Some(Entry { generation, meta, state, exported, parent });
         id_of(index, generation)
     }
 
@@ -361,7 +364,7 @@ impl Subscriber for SpanSubscriber {
             return false;
         }
         let entry = {
-            let mut entry = slot.entry.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut entry = slot.entry.lock();
             if entry.as_ref().is_none_or(|e| e.generation != generation) {
                 return false;
             }

@@ -529,6 +529,9 @@ fn otel_fields_and_typed_attributes() {
         span.record("later", 5_i64);
         drop(span);
         tracing::info_span!("server-ok", otel.kind = "server", otel.status_code = "OK").in_scope(|| {});
+        tracing::info_span!("described", otel.kind = "Consumer", otel.status_description = "timed out", otel.tag = "x")
+            .in_scope(|| {});
+        tracing::info_span!("messaged", otel.kind = "PRODUCER", otel.status_message = "refused").in_scope(|| {});
     });
     let spans = p.finished();
     let span = find(&spans, "GET /quote");
@@ -550,6 +553,13 @@ fn otel_fields_and_typed_attributes() {
     let ok = find(&spans, "server-ok");
     assert_eq!(ok.span_kind, SpanKind::Server);
     assert_eq!(ok.status, Status::Ok);
+    let described = find(&spans, "described");
+    assert_eq!(described.span_kind, SpanKind::Consumer, "kinds in any case");
+    assert_eq!(described.status, Status::error("timed out"));
+    assert_eq!(attr(described, "otel.tag"), Some(&Value::from("x")), "other otel.* fields stay attributes");
+    let messaged = find(&spans, "messaged");
+    assert_eq!(messaged.span_kind, SpanKind::Producer);
+    assert_eq!(messaged.status, Status::error("refused"));
 }
 
 /// Scenario 8: Spawned and fanned-out work stays in the caller's trace, with or without context

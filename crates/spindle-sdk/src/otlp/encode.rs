@@ -352,14 +352,37 @@ fn put_span(buf: &mut impl Out, span: &SpanRecord) {
     put_fixed64(buf, SPAN_START_TIME, unix_nanos(span.start));
     put_fixed64(buf, SPAN_END_TIME, unix_nanos(span.end));
     for attr in &span.attrs {
+        let key = attr.key.as_str();
         match &attr.value {
-            AttrValue::Value(value) => put_key_value(buf, SPAN_ATTRIBUTES, attr.key.as_str(), value),
-            AttrValue::Text(..) => {
-                put_key_string(buf, SPAN_ATTRIBUTES, attr.key.as_str(), span.attr_str(&attr.value).unwrap_or_default())
+            AttrValue::Text(..) | AttrValue::Value(Value::String(_)) => {
+                put_key_string(buf, SPAN_ATTRIBUTES, key, span.attr_str(&attr.value).unwrap_or_default())
             }
+            AttrValue::Value(Value::I64(v)) => put_key_scalar(buf, key, ANY_INT, VARINT, *v as u64),
+            AttrValue::Value(Value::F64(v)) => put_key_scalar(buf, key, ANY_DOUBLE, FIXED64, v.to_bits()),
+            AttrValue::Value(Value::Bool(v)) => put_key_scalar(buf, key, ANY_BOOL, VARINT, u64::from(*v)),
+            AttrValue::Value(value) => put_key_value_out_of_line(buf, SPAN_ATTRIBUTES, key, value),
         }
     }
     put_uint(buf, SPAN_DROPPED_ATTRIBUTES, u64::from(span.dropped_attrs));
+    // Events, links and a status are rare on the spans a service makes by the thousand: out
+    // of line, so that the common path's code stays small (docs/adr/022-sdk-span-layer.md).
+    if !span.events.is_empty() {
+        put_events(buf, span);
+    }
+    put_uint(buf, SPAN_DROPPED_EVENTS, u64::from(span.dropped_events));
+    if !span.links.is_empty() {
+        put_links(buf, span);
+    }
+    put_uint(buf, SPAN_DROPPED_LINKS, u64::from(span.dropped_links));
+    if span.status != Status::Unset {
+        put_status(buf, &span.status);
+    }
+    put_fixed32(buf, SPAN_FLAGS, span_flags(span.flags.to_u8(), span.parent_is_remote));
+}
+
+#[cold]
+#[inline(never)]
+fn put_events(buf: &mut impl Out, span: &SpanRecord) {
     for event in span.events.iter() {
         put_tag(buf, SPAN_EVENTS, LEN);
         put_varint(buf, event_len(event) as u64);
@@ -370,7 +393,11 @@ fn put_span(buf: &mut impl Out, span: &SpanRecord) {
         }
         put_uint(buf, EVENT_DROPPED_ATTRIBUTES, u64::from(event.dropped_attributes_count));
     }
-    put_uint(buf, SPAN_DROPPED_EVENTS, u64::from(span.dropped_events));
+}
+
+#[cold]
+#[inline(never)]
+fn put_links(buf: &mut impl Out, span: &SpanRecord) {
     for link in span.links.iter() {
         let lcx = &link.span_context;
         let state = trace_state_header(lcx.trace_state());
@@ -385,8 +412,12 @@ fn put_span(buf: &mut impl Out, span: &SpanRecord) {
         put_uint(buf, LINK_DROPPED_ATTRIBUTES, u64::from(link.dropped_attributes_count));
         put_fixed32(buf, LINK_FLAGS, span_flags(lcx.trace_flags().to_u8(), lcx.is_remote()));
     }
-    put_uint(buf, SPAN_DROPPED_LINKS, u64::from(span.dropped_links));
-    match &span.status {
+}
+
+#[cold]
+#[inline(never)]
+fn put_status(buf: &mut impl Out, status: &Status) {
+    match status {
         Status::Unset => {}
         Status::Ok => {
             put_tag(buf, SPAN_STATUS, LEN);
@@ -401,7 +432,6 @@ fn put_span(buf: &mut impl Out, span: &SpanRecord) {
             put_uint(buf, STATUS_CODE, 2);
         }
     }
-    put_fixed32(buf, SPAN_FLAGS, span_flags(span.flags.to_u8(), span.parent_is_remote));
 }
 
 /// `Span.flags` / `Link.flags`: the W3C trace flags in the low byte, and whether the parent
@@ -597,6 +627,7 @@ fn key_string_len(key: &str, value: &str) -> usize {
 }
 
 /// A key-value whose value is a string, without making a `Value` of it.
+#[inline(always)]
 fn put_key_string(buf: &mut impl Out, field: u32, key: &str, value: &str) {
     let value_len = any_string_len(value);
     put_tag(buf, field, LEN);
@@ -605,6 +636,30 @@ fn put_key_string(buf: &mut impl Out, field: u32, key: &str, value: &str) {
     put_tag(buf, KEY_VALUE_VALUE, LEN);
     put_varint(buf, value_len as u64);
     put_message(buf, ANY_STRING, value.as_bytes());
+}
+
+/// A `Span.attributes` entry whose value is an int (`VARINT`), a bool (`VARINT`) or a
+/// double (`FIXED64`, `bits` its IEEE bits).
+#[inline(always)]
+fn put_key_scalar(buf: &mut impl Out, key: &str, member: u32, wire_type: u32, bits: u64) {
+    let value_len = tag_len(member) + if wire_type == FIXED64 { 8 } else { varint_len(bits) };
+    put_tag(buf, SPAN_ATTRIBUTES, LEN);
+    put_varint(buf, (string_field_len(KEY_VALUE_KEY, key) + field_len(KEY_VALUE_VALUE, value_len)) as u64);
+    put_string(buf, KEY_VALUE_KEY, key);
+    put_tag(buf, KEY_VALUE_VALUE, LEN);
+    put_varint(buf, value_len as u64);
+    put_tag(buf, member, wire_type);
+    if wire_type == FIXED64 {
+        buf.put_slice(&bits.to_le_bytes());
+    } else {
+        put_varint(buf, bits);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn put_key_value_out_of_line(buf: &mut impl Out, field: u32, key: &str, value: &Value) {
+    put_key_value(buf, field, key, value);
 }
 
 fn put_key_value(buf: &mut impl Out, field: u32, key: &str, value: &Value) {

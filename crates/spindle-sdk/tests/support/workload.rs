@@ -158,18 +158,26 @@ pub fn resident_bytes() -> u64 {
     pages * page.max(4096) as u64
 }
 
-/// The number of strikes that makes one request cost about `target` of CPU here.
+/// The number of strikes that makes one request cost about `target` of CPU on the calling
+/// thread's CPU: the median of three measurements of at least 20 ms each, in the thread's own
+/// CPU time (the process's other threads are not counted).
 pub fn calibrate(target: Duration) -> usize {
     let mut strikes = 1_000;
-    loop {
-        let start = process_cpu_time();
-        black_box(price_chain(100.0, strikes));
-        let spent = process_cpu_time() - start;
-        if spent >= Duration::from_millis(20) {
-            return ((strikes as f64) * target.as_secs_f64() / spent.as_secs_f64()).max(1.0) as usize;
-        }
+    let mut spent = Duration::ZERO;
+    while spent < Duration::from_millis(20) {
         strikes *= 2;
+        let start = thread_cpu_time();
+        black_box(price_chain(100.0, strikes));
+        spent = thread_cpu_time() - start;
     }
+    let mut rates: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = thread_cpu_time();
+            black_box(price_chain(100.0, strikes));
+            strikes as f64 / (thread_cpu_time() - start).as_secs_f64()
+        })
+        .collect();
+    (median(&mut rates) * target.as_secs_f64()).max(1.0) as usize
 }
 
 /// The median of `values` (which must not be empty).
