@@ -46,7 +46,7 @@ use tracing_subscriber::Layer;
 
 use crate::config::{ParentBasedRoot, SamplerConfig};
 use crate::export::SpanQueue;
-use crate::otlp::encode::encode_span_entry;
+use crate::otlp::encode::write_span_entry;
 use crate::record::{AttrValue, SpanRecord, Str};
 
 /// What the layer keeps per span, in the registry's extensions.
@@ -171,18 +171,21 @@ fn ratio_sampled(ratio: f64, trace_id: TraceId) -> bool {
 }
 
 thread_local! {
-    /// State of this thread's id generator (wyrand), seeded from the standard library's
-    /// per-process random keys and the thread.
-    static RNG: Cell<u64> = Cell::new(seed());
+    /// State of this thread's id generator (wyrand), seeded on first use from the standard
+    /// library's per-process random keys and the thread.
+    static RNG: Cell<u64> = const { Cell::new(0) };
     /// Emptied records for this thread's next spans: its own, or taken from the export
     /// worker's, to fill without locking.
     static SPARE: RefCell<Vec<Box<SpanRecord>>> = const { RefCell::new(Vec::new()) };
-    /// A closed span's encoded entry, and the encoder's scratch buffer.
+    /// A closed span's encoded entry (at the start; the buffer keeps its length, see
+    /// [`write_span_entry`]), and the encoder's scratch buffer.
     static ENCODING: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     /// Guards of the contexts attached on enter, with their span's id.
     static ATTACHED: RefCell<Vec<(u64, ContextGuard)>> = const { RefCell::new(Vec::new()) };
 }
 
+#[cold]
+#[inline(never)]
 fn seed() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(std::process::id().into());
@@ -193,7 +196,12 @@ fn seed() -> u64 {
 
 fn next_u64() -> u64 {
     RNG.with(|state| {
-        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        // Zero: not seeded yet (a state that steps onto zero is seeded again, which is harmless).
+        let mut s = state.get();
+        if s == 0 {
+            s = seed();
+        }
+        let s = s.wrapping_add(0xa076_1d64_78bd_642f);
         state.set(s);
         let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
         (t >> 64) as u64 ^ t as u64
@@ -406,9 +414,8 @@ pub(crate) fn end_span(queue: &SpanQueue, state: SpanState) {
     // its next span: the export worker only joins the bytes.
     let encoded = ENCODING.try_with(|buffers| {
         let (entry, scratch) = &mut *buffers.borrow_mut();
-        entry.clear();
-        encode_span_entry(entry, scratch, &record);
-        queue.push_encoded(entry);
+        let len = write_span_entry(entry, 0, scratch, &record);
+        queue.push_encoded(&entry[..len]);
     });
     if encoded.is_err() {
         // A span closed while its thread exits: the worker encodes it.

@@ -185,7 +185,7 @@ impl SpanSubscriber {
                     .borrow()
                     .iter()
                     .rev()
-                    .find(|(k, _, meta, _)| *k == key && (!exported_only || self.exported(meta)))
+                    .find(|(k, _, meta, _)| *k == key && (!exported_only || self.all_exported || self.exported(meta)))
                     .map(|(_, id, meta, _)| (id.clone(), *meta))
             })
             .ok()

@@ -228,36 +228,45 @@ impl TraceRequestEncoder {
 }
 
 /// Appends `span` to `out` as one `ScopeSpans.spans` entry (tag, length, `Span`).
+pub(crate) fn encode_span_entry(out: &mut Vec<u8>, scratch: &mut Vec<u8>, span: &SpanRecord) {
+    let start = out.len();
+    let len = write_span_entry(out, start, scratch, span);
+    out.truncate(start + len);
+}
+
+/// Writes `span` as one `ScopeSpans.spans` entry at `start` of `out` and returns its length.
+/// `out` is lengthened when it is too short, else written over: bytes past the entry are
+/// left as they were, so a buffer kept for entries is not zeroed again for each.
 ///
 /// The fields are written into room made for an upper bound of their length ([`span_bound`]),
 /// behind room for a two-byte length, through a [`Cursor`] whose position stays in a register
 /// (a vector's length is reloaded after every byte written through it). A span the bound
 /// does not cover is written into `scratch` first, then copied behind its length.
-pub(crate) fn encode_span_entry(out: &mut Vec<u8>, scratch: &mut Vec<u8>, span: &SpanRecord) {
-    let start = out.len();
+pub(crate) fn write_span_entry(out: &mut Vec<u8>, start: usize, scratch: &mut Vec<u8>, span: &SpanRecord) -> usize {
     if let Some(bound) = span_bound(span) {
         let body = start + 3;
-        out.resize(body + bound, 0);
-        let mut cursor = Cursor { buf: &mut out[body..], pos: 0 };
+        if out.len() < body + bound {
+            out.resize(body + bound, 0);
+        }
+        let mut cursor = Cursor { buf: &mut out[body..body + bound], pos: 0 };
         put_span(&mut cursor, span);
         let len = cursor.pos;
         if len <= bound {
-            let end = if len < 0x80 {
+            out[start] = SPAN_ENTRY_TAG;
+            return if len < 0x80 {
                 out.copy_within(body..body + len, start + 2);
                 out[start + 1] = len as u8;
-                start + 2 + len
+                2 + len
             } else {
                 out[start + 1] = (len as u8) | 0x80;
                 out[start + 2] = (len >> 7) as u8;
-                body + len
+                3 + len
             };
-            out[start] = SPAN_ENTRY_TAG;
-            out.truncate(end);
-            return;
         }
-        out.truncate(start);
     }
+    out.truncate(start);
     encode_span_entry_unbounded(out, scratch, span);
+    out.len() - start
 }
 
 /// [`encode_span_entry`] for spans [`span_bound`] does not cover: out of line, so the common
@@ -1102,6 +1111,22 @@ mod tests {
         let rich = &self::records(&[rich_span()])[0];
         assert!(span_bound(rich).is_none());
         assert_eq!(entry(rich), entry_without_bound(rich));
+    }
+
+    /// The layer's kept buffer: each entry written over the bytes of a longer one before it
+    /// reads back as the entry alone.
+    #[test]
+    fn entries_written_over_a_kept_buffer_are_the_same_bytes() {
+        let mut long = span(2, scope("x"));
+        long.attributes.push(KeyValue::new("long", "x".repeat(3000)));
+        let mut huge = span(4, scope("x"));
+        huge.attributes.push(KeyValue::new("huge", "y".repeat(20_000)));
+        let records = records(&[long, span(1, scope("x")), huge, rich_span(), span(3, scope("x"))]);
+        let (mut kept, mut scratch) = (vec![0xff_u8; 64], Vec::new());
+        for record in &records {
+            let len = write_span_entry(&mut kept, 0, &mut scratch, record);
+            assert_eq!(kept[..len], entry(record)[..], "{}", record.name());
+        }
     }
 
     #[test]
