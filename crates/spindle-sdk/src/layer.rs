@@ -682,21 +682,16 @@ fn span_kind(text: &str) -> Option<SpanKind> {
         "producer" => Some(SpanKind::Producer),
         "consumer" => Some(SpanKind::Consumer),
         "internal" => Some(SpanKind::Internal),
-        _ => span_kind_any_case(text),
+        _ if text.bytes().any(|b| b.is_ascii_uppercase()) => span_kind_lowercased(text),
+        _ => None,
     }
 }
 
+/// A kind written with capitals (`SERVER`, `Consumer`): out of line, as rare.
 #[cold]
 #[inline(never)]
-fn span_kind_any_case(text: &str) -> Option<SpanKind> {
-    const KINDS: [(&str, SpanKind); 5] = [
-        ("server", SpanKind::Server),
-        ("client", SpanKind::Client),
-        ("producer", SpanKind::Producer),
-        ("consumer", SpanKind::Consumer),
-        ("internal", SpanKind::Internal),
-    ];
-    KINDS.into_iter().find(|(name, _)| text.eq_ignore_ascii_case(name)).map(|(_, kind)| kind)
+fn span_kind_lowercased(text: &str) -> Option<SpanKind> {
+    span_kind(&text.to_ascii_lowercase())
 }
 
 /// `otel.status_code`, `otel.status_description` and `otel.status_message`.

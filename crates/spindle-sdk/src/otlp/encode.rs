@@ -369,7 +369,7 @@ fn put_span(buf: &mut impl Out, span: &SpanRecord) {
             AttrValue::Value(Value::I64(v)) => put_key_scalar(buf, key, ANY_INT, VARINT, *v as u64),
             AttrValue::Value(Value::F64(v)) => put_key_scalar(buf, key, ANY_DOUBLE, FIXED64, v.to_bits()),
             AttrValue::Value(Value::Bool(v)) => put_key_scalar(buf, key, ANY_BOOL, VARINT, u64::from(*v)),
-            AttrValue::Value(value) => put_key_value_out_of_line(buf, SPAN_ATTRIBUTES, key, value),
+            AttrValue::Value(value) => put_key_value(buf, SPAN_ATTRIBUTES, key, value),
         }
     }
     put_uint(buf, SPAN_DROPPED_ATTRIBUTES, u64::from(span.dropped_attrs));
@@ -665,12 +665,10 @@ fn put_key_scalar(buf: &mut impl Out, key: &str, member: u32, wire_type: u32, bi
     }
 }
 
+/// Any other value (arrays, and what `put_span` does not write itself): out of line, as it is
+/// rare on a service's spans.
 #[cold]
 #[inline(never)]
-fn put_key_value_out_of_line(buf: &mut impl Out, field: u32, key: &str, value: &Value) {
-    put_key_value(buf, field, key, value);
-}
-
 fn put_key_value(buf: &mut impl Out, field: u32, key: &str, value: &Value) {
     put_tag(buf, field, LEN);
     put_varint(buf, key_value_len(key, value) as u64);
