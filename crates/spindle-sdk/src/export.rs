@@ -1272,7 +1272,7 @@ mod tests {
         let (p, _stats) = start(InMemorySpanExporter::default(), settings(100, 10));
         let queue = p.queue();
         for _ in 0..25 {
-            queue.push(Box::new(SpanRecord::new("x", 2)));
+            queue.push(Box::new(SpanRecord::new("x", 2, 0)));
         }
         p.force_flush().expect("flush");
         let mut spare = Vec::new();

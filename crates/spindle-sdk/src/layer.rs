@@ -47,34 +47,50 @@ use tracing_subscriber::Layer;
 use crate::config::{ParentBasedRoot, SamplerConfig};
 use crate::export::SpanQueue;
 use crate::otlp::encode::write_span_entry;
-use crate::record::{AttrValue, SpanRecord, Str};
+use crate::record::{AttrValue, Scalar, SpanRecord, Str};
 
 /// What the layer keeps per span, in the registry's extensions.
 pub(crate) struct SpanState {
     pub(crate) record: Box<SpanRecord>,
-    /// The parent's context when it carries more than a span (baggage): handed on to the
-    /// children and to [`crate::SpanExt::context`].
-    pub(crate) extra: Option<Context>,
-    /// This span as an OpenTelemetry context, built when first needed.
-    cx: Option<Context>,
     /// The span of the current OpenTelemetry context when this span was created (without
     /// activation): one attached since is nearer than this span to what starts inside it.
     otel_outer: SpanId,
+    /// What most spans lack, apart: a span's state stays small enough for its slot in the
+    /// SDK's subscriber to take one cache line.
+    rare: Option<Box<RareState>>,
+}
+
+#[derive(Default)]
+struct RareState {
+    /// The parent's context when it carries more than a span (baggage): handed on to the
+    /// children and to [`crate::SpanExt::context`].
+    extra: Option<Context>,
+    /// This span as an OpenTelemetry context, built when first needed.
+    cx: Option<Context>,
     timings: Option<Timings>,
 }
 
 impl SpanState {
+    /// The parent's context when it carries more than a span (baggage).
+    pub(crate) fn extra(&self) -> Option<&Context> {
+        self.rare.as_ref()?.extra.as_ref()
+    }
+
+    fn timings(&mut self) -> Option<&mut Timings> {
+        self.rare.as_mut()?.timings.as_mut()
+    }
+
     /// This span as an OpenTelemetry context (its baggage included).
     pub(crate) fn context(&mut self) -> Context {
-        if let Some(cx) = &self.cx {
+        if let Some(cx) = self.rare.as_ref().and_then(|rare| rare.cx.as_ref()) {
             return cx.clone();
         }
         let sc = self.record.span_context();
-        let cx = match &self.extra {
+        let cx = match self.extra() {
             Some(extra) => extra.with_remote_span_context(sc),
             None => Context::new().with_remote_span_context(sc),
         };
-        self.cx = Some(cx.clone());
+        self.rare.get_or_insert_with(Box::default).cx = Some(cx.clone());
         cx
     }
 
@@ -93,8 +109,12 @@ impl SpanState {
         self.record.parent_is_remote = parent.as_ref().is_some_and(|p| p.remote);
         self.record.trace_state = parent.as_ref().map_or(TraceState::NONE, |p| p.trace_state.clone());
         self.record.flags = sample(sampler, parent.as_ref(), trace_id);
-        self.extra = (!cx.baggage().is_empty()).then(|| cx.clone());
-        self.cx = None;
+        let extra = (!cx.baggage().is_empty()).then(|| cx.clone());
+        if extra.is_some() || self.rare.is_some() {
+            let rare = self.rare.get_or_insert_with(Box::default);
+            rare.extra = extra;
+            rare.cx = None;
+        }
     }
 }
 
@@ -255,7 +275,7 @@ fn refilled_record(queue: &SpanQueue) -> Box<SpanRecord> {
     });
     match reused {
         Ok(Some(record)) => record,
-        _ => Box::new(SpanRecord::new("", 8)),
+        _ => Box::new(SpanRecord::new("", 0, 256)),
     }
 }
 
@@ -289,11 +309,11 @@ pub(crate) fn start_span(
         if details {
             push_details(&mut record, meta);
         }
-        record.attrs.reserve(attrs.fields().len());
         attrs.record(&mut SpanFields { record: &mut record });
     }
     let timings = details.then(|| Timings { idle: 0, busy: 0, last: Instant::now(), entered: 0 });
-    SpanState { record, extra, cx: None, otel_outer, timings }
+    let rare = (extra.is_some() || timings.is_some()).then(|| Box::new(RareState { extra, cx: None, timings }));
+    SpanState { record, otel_outer, rare }
 }
 
 /// Fields recorded after the span was created.
@@ -356,7 +376,7 @@ pub(crate) fn add_event(state: &mut SpanState, event: &Event<'_>, details: bool)
 /// current OpenTelemetry context with activation, or without it when the span carries
 /// baggage (for `Context::current().baggage()`). Whether a context was attached.
 pub(crate) fn enter_span(state: &mut SpanState, id: &Id, activation: bool) -> bool {
-    if let Some(timings) = &mut state.timings {
+    if let Some(timings) = state.timings() {
         if timings.entered == 0 {
             let now = Instant::now();
             timings.idle += (now - timings.last).as_nanos() as i64;
@@ -364,7 +384,7 @@ pub(crate) fn enter_span(state: &mut SpanState, id: &Id, activation: bool) -> bo
         }
         timings.entered += 1;
     }
-    let attach = activation || state.extra.is_some();
+    let attach = activation || state.extra().is_some();
     if attach {
         let guard = state.context().attach();
         ATTACHED.with(|stack| stack.borrow_mut().push((id.into_u64(), guard)));
@@ -386,7 +406,7 @@ pub(crate) fn detach(id: &Id) {
 
 /// Busy time of a span exited as often as it was entered.
 pub(crate) fn exit_timings(state: &mut SpanState) {
-    if let Some(timings) = &mut state.timings {
+    if let Some(timings) = state.timings() {
         timings.entered = timings.entered.saturating_sub(1);
         if timings.entered == 0 {
             let now = Instant::now();
@@ -398,12 +418,12 @@ pub(crate) fn exit_timings(state: &mut SpanState) {
 
 /// A closed span: encoded into the export queue (or its record moved there).
 pub(crate) fn end_span(queue: &SpanQueue, state: SpanState) {
-    let SpanState { mut record, timings, .. } = state;
+    let SpanState { mut record, rare, .. } = state;
     if !record.is_sampled() {
         return;
     }
     record.end = SystemTime::now();
-    if let Some(timings) = timings {
+    if let Some(timings) = rare.and_then(|rare| rare.timings) {
         push_timings(&mut record, &timings);
     }
     if !queue.encodes() {
@@ -542,7 +562,7 @@ pub(crate) fn tracing_span_is_nearer(state: &SpanState, otel: SpanId) -> bool {
 /// `state`'s span as the parent of a span starting now (with its context when it carries
 /// baggage), if it is nearer than `otel` ([`tracing_span_is_nearer`]).
 pub(crate) fn parent_if_nearer(state: &SpanState, otel: SpanId) -> Option<(Option<Parent>, Option<Context>)> {
-    tracing_span_is_nearer(state, otel).then(|| (Some(Parent::of_record(&state.record)), state.extra.clone()))
+    tracing_span_is_nearer(state, otel).then(|| (Some(Parent::of_record(&state.record)), state.extra().cloned()))
 }
 
 /// The current OpenTelemetry context as a parent, with the context itself when it carries
@@ -558,7 +578,7 @@ pub(crate) fn current_otel_parent() -> (Option<Parent>, Option<Context>) {
 
 fn from_state(extensions: &tracing_subscriber::registry::Extensions<'_>) -> (Option<Parent>, Option<Context>) {
     match extensions.get::<SpanState>() {
-        Some(state) => (Some(Parent::of_record(&state.record)), state.extra.clone()),
+        Some(state) => (Some(Parent::of_record(&state.record)), state.extra().cloned()),
         None => (None, None),
     }
 }
@@ -752,29 +772,29 @@ impl SpanFields<'_> {
         true
     }
 
-    fn value(&mut self, field: &Field, value: Value) {
-        self.record.push_attr(Key::from_static_str(field.name()), AttrValue::Value(value));
+    fn scalar(&mut self, field: &Field, value: Scalar) {
+        self.record.push_field_scalar(field.name(), value);
     }
 }
 
 impl Visit for SpanFields<'_> {
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.value(field, Value::Bool(value));
+        self.scalar(field, Scalar::Bool(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.value(field, Value::I64(value));
+        self.scalar(field, Scalar::I64(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         match i64::try_from(value) {
-            Ok(value) => self.value(field, Value::I64(value)),
+            Ok(value) => self.scalar(field, Scalar::I64(value)),
             Err(_) => self.record_debug(field, &value),
         }
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.value(field, Value::F64(value));
+        self.scalar(field, Scalar::F64(value));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
@@ -785,7 +805,7 @@ impl Visit for SpanFields<'_> {
                 return;
             }
         }
-        self.record.push_text_attr(Key::from_static_str(name), value);
+        self.record.push_field_str(name, value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -794,11 +814,10 @@ impl Visit for SpanFields<'_> {
         if name.starts_with("otel.") && self.special(name, text) {
             return;
         }
-        let value = match text {
-            Str::Text(from, to) => AttrValue::Text(from, to),
-            Str::Static(s) => AttrValue::Value(Value::from(s)),
-        };
-        self.record.push_attr(Key::from_static_str(name), value);
+        match text {
+            Str::Text(from, _) => self.record.push_field_text(name, from),
+            Str::Static(s) => self.record.push_field_str(name, s),
+        }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {

@@ -17,7 +17,7 @@ use tracing::{Event, Metadata};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 
 use crate::config::LogFormat;
-use crate::record::{AttrValue, SpanRecord};
+use crate::record::{AttrView, Scalar, SpanRecord};
 
 /// The most verbose level `filter` enables anywhere.
 pub(crate) fn max_level(filter: &Targets) -> LevelFilter {
@@ -81,15 +81,16 @@ fn text_line(line: &mut String, event: &Event<'_>, scope: &mut Scope<'_>) {
     scope(&mut |record| {
         any = true;
         line.push_str(record.name());
-        if !record.attrs.is_empty() {
+        let mut attributes = record.attributes().peekable();
+        if attributes.peek().is_some() {
             line.push('{');
-            for (i, attr) in record.attrs.iter().enumerate() {
+            for (i, (key, value)) in attributes.enumerate() {
                 if i > 0 {
                     line.push(' ');
                 }
-                line.push_str(attr.key.as_str());
+                line.push_str(key);
                 line.push('=');
-                text_value(line, record, &attr.value);
+                text_value(line, value);
             }
             line.push('}');
         }
@@ -112,18 +113,12 @@ fn text_line(line: &mut String, event: &Event<'_>, scope: &mut Scope<'_>) {
     line.push_str(&rest);
 }
 
-fn text_value(line: &mut String, record: &SpanRecord, value: &AttrValue) {
-    match value {
-        AttrValue::Text(..) => {
-            let _ = write!(line, "{:?}", record.attr_str(value).unwrap_or_default());
-        }
-        AttrValue::Value(Value::String(s)) => {
-            let _ = write!(line, "{:?}", s.as_str());
-        }
-        AttrValue::Value(v) => {
-            let _ = write!(line, "{v}");
-        }
-    }
+fn text_value(line: &mut String, value: AttrView<'_>) {
+    let _ = match value {
+        AttrView::Str(s) => write!(line, "{s:?}"),
+        AttrView::Scalar(scalar) => write!(line, "{}", Value::from(scalar)),
+        AttrView::Other(v) => write!(line, "{v}"),
+    };
 }
 
 /// An event's fields as text: the message first, then `name=value` pairs.
@@ -176,10 +171,10 @@ fn json_line(line: &mut String, event: &Event<'_>, scope: &mut Scope<'_>) {
     scope(&mut |record| {
         innermost.clear();
         innermost.push('{');
-        for attr in &record.attrs {
-            json_string(&mut innermost, attr.key.as_str());
+        for (key, value) in record.attributes() {
+            json_string(&mut innermost, key);
             innermost.push(':');
-            json_value(&mut innermost, record, &attr.value);
+            json_value(&mut innermost, value);
             innermost.push(',');
         }
         innermost.push_str("\"name\":");
@@ -200,19 +195,20 @@ fn json_line(line: &mut String, event: &Event<'_>, scope: &mut Scope<'_>) {
     line.push('}');
 }
 
-fn json_value(line: &mut String, record: &SpanRecord, value: &AttrValue) {
+fn json_value(line: &mut String, value: AttrView<'_>) {
     match value {
-        AttrValue::Text(..) => json_string(line, record.attr_str(value).unwrap_or_default()),
-        AttrValue::Value(Value::Bool(b)) => {
+        AttrView::Str(s) => json_string(line, s),
+        AttrView::Scalar(Scalar::Bool(b)) => {
             let _ = write!(line, "{b}");
         }
-        AttrValue::Value(Value::I64(i)) => {
+        AttrView::Scalar(Scalar::I64(i)) => {
             let _ = write!(line, "{i}");
         }
-        AttrValue::Value(Value::F64(f)) if f.is_finite() => {
+        AttrView::Scalar(Scalar::F64(f)) if f.is_finite() => {
             let _ = write!(line, "{f}");
         }
-        AttrValue::Value(v) => json_string(line, &v.as_str()),
+        AttrView::Scalar(scalar) => json_string(line, &Value::from(scalar).as_str()),
+        AttrView::Other(v) => json_string(line, &v.as_str()),
     }
 }
 

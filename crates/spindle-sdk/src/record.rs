@@ -18,6 +18,8 @@ use opentelemetry::trace::{Event, Link, SpanContext, SpanId, SpanKind, Status, T
 use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
+use crate::otlp::encode;
+
 /// At most this many attributes, events and links per span, as the OpenTelemetry SDK's
 /// default span limits; more are counted as dropped.
 pub(crate) const MAX_ATTRIBUTES: usize = 128;
@@ -41,6 +43,42 @@ pub(crate) enum AttrValue {
     Value(Value),
 }
 
+/// An int, double or bool attribute value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Scalar {
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+}
+
+impl From<Scalar> for Value {
+    fn from(scalar: Scalar) -> Self {
+        match scalar {
+            Scalar::I64(v) => Value::I64(v),
+            Scalar::F64(v) => Value::F64(v),
+            Scalar::Bool(v) => Value::Bool(v),
+        }
+    }
+}
+
+/// An attribute's value as [`SpanRecord::attributes`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum AttrView<'a> {
+    Str(&'a str),
+    Scalar(Scalar),
+    Other(&'a Value),
+}
+
+impl AttrView<'_> {
+    pub(crate) fn to_value(self) -> Value {
+        match self {
+            AttrView::Str(s) => Value::from(s.to_owned()),
+            AttrView::Scalar(scalar) => scalar.into(),
+            AttrView::Other(value) => value.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Attr {
     pub(crate) key: Key,
@@ -60,6 +98,13 @@ pub(crate) struct SpanRecord {
     pub(crate) kind: SpanKind,
     pub(crate) start: SystemTime,
     pub(crate) end: SystemTime,
+    /// Attributes recorded from `tracing` fields (strings and scalars), already as the OTLP
+    /// `Span.attributes` entries the exporter sends: the encoder copies them as they are.
+    pub(crate) fields: Vec<u8>,
+    /// How many entries `fields` holds.
+    pub(crate) field_count: u32,
+    /// Every other attribute (arrays, errors' chains, those set through [`crate::SpanExt`]
+    /// or taken from the OpenTelemetry API).
     pub(crate) attrs: Vec<Attr>,
     pub(crate) dropped_attrs: u32,
     pub(crate) text: String,
@@ -79,7 +124,7 @@ pub(crate) fn sdk_scope() -> &'static InstrumentationScope {
 }
 
 impl SpanRecord {
-    pub(crate) fn new(name: &'static str, attr_capacity: usize) -> Self {
+    pub(crate) fn new(name: &'static str, attr_capacity: usize, field_capacity: usize) -> Self {
         Self {
             trace_id: TraceId::INVALID,
             span_id: SpanId::INVALID,
@@ -91,6 +136,8 @@ impl SpanRecord {
             kind: SpanKind::Internal,
             start: SystemTime::UNIX_EPOCH,
             end: SystemTime::UNIX_EPOCH,
+            fields: Vec::with_capacity(field_capacity),
+            field_count: 0,
             attrs: Vec::with_capacity(attr_capacity),
             dropped_attrs: 0,
             text: String::new(),
@@ -106,16 +153,21 @@ impl SpanRecord {
     /// Empties the record for another span, keeping its buffers; `false` when they grew so
     /// large (a span with huge attributes) that the record is better freed.
     pub(crate) fn clear_for_reuse(&mut self) -> bool {
-        if self.text.capacity() > MAX_KEPT_TEXT || self.attrs.capacity() > MAX_ATTRIBUTES {
+        if self.text.capacity() > MAX_KEPT_TEXT
+            || self.fields.capacity() > MAX_KEPT_TEXT
+            || self.attrs.capacity() > MAX_ATTRIBUTES
+        {
             return false;
         }
         self.parent_span_id = SpanId::INVALID;
         self.parent_is_remote = false;
         self.kind = SpanKind::Internal;
-        self.attrs.clear();
+        self.fields.clear();
+        self.field_count = 0;
         self.dropped_attrs = 0;
         self.text.clear();
-        if self.trace_state != TraceState::NONE
+        if !self.attrs.is_empty()
+            || self.trace_state != TraceState::NONE
             || !self.events.is_empty()
             || !self.links.is_empty()
             || self.status != Status::Unset
@@ -131,6 +183,7 @@ impl SpanRecord {
     #[cold]
     #[inline(never)]
     fn clear_rare(&mut self) {
+        self.attrs.clear();
         self.trace_state = TraceState::NONE;
         self.events = Vec::new();
         self.dropped_events = 0;
@@ -181,8 +234,59 @@ impl SpanRecord {
         }
     }
 
+    /// Whether one more attribute is within the limit; counts it dropped when not.
+    fn room_for_attr(&mut self) -> bool {
+        if self.attrs.len() + (self.field_count as usize) < MAX_ATTRIBUTES {
+            true
+        } else {
+            self.dropped_attrs += 1;
+            false
+        }
+    }
+
+    /// A string attribute from a `tracing` field.
+    pub(crate) fn push_field_str(&mut self, key: &str, value: &str) {
+        if self.room_for_attr() {
+            encode::put_field_string(&mut self.fields, key, value);
+            self.field_count += 1;
+        }
+    }
+
+    /// A string attribute from a `tracing` field whose value is the text buffer from `from`
+    /// on; that text is then let go (the buffer is scratch space for it).
+    pub(crate) fn push_field_text(&mut self, key: &str, from: u32) {
+        if self.room_for_attr() {
+            encode::put_field_string(&mut self.fields, key, self.text.get(from as usize..).unwrap_or_default());
+            self.field_count += 1;
+        }
+        self.text.truncate(from as usize);
+    }
+
+    /// An int, double or bool attribute from a `tracing` field.
+    pub(crate) fn push_field_scalar(&mut self, key: &str, value: Scalar) {
+        if self.room_for_attr() {
+            encode::put_field_scalar(&mut self.fields, key, value);
+            self.field_count += 1;
+        }
+    }
+
+    /// Every attribute: those from fields, then the others.
+    pub(crate) fn attributes(&self) -> impl Iterator<Item = (&str, AttrView<'_>)> {
+        encode::read_fields(&self.fields).chain(self.attrs.iter().map(|attr| {
+            let view = match &attr.value {
+                AttrValue::Text(..) => AttrView::Str(self.attr_str(&attr.value).unwrap_or_default()),
+                AttrValue::Value(Value::String(s)) => AttrView::Str(s.as_str()),
+                AttrValue::Value(Value::I64(v)) => AttrView::Scalar(Scalar::I64(*v)),
+                AttrValue::Value(Value::F64(v)) => AttrView::Scalar(Scalar::F64(*v)),
+                AttrValue::Value(Value::Bool(v)) => AttrView::Scalar(Scalar::Bool(*v)),
+                AttrValue::Value(value) => AttrView::Other(value),
+            };
+            (attr.key.as_str(), view)
+        }))
+    }
+
     pub(crate) fn push_attr(&mut self, key: Key, value: AttrValue) {
-        if self.attrs.len() < MAX_ATTRIBUTES {
+        if self.attrs.len() + (self.field_count as usize) < MAX_ATTRIBUTES {
             self.attrs.push(Attr { key, value });
         } else {
             self.dropped_attrs += 1;
@@ -190,7 +294,7 @@ impl SpanRecord {
     }
 
     pub(crate) fn push_text_attr(&mut self, key: Key, value: &str) {
-        if self.attrs.len() < MAX_ATTRIBUTES {
+        if self.attrs.len() + (self.field_count as usize) < MAX_ATTRIBUTES {
             let value = match self.push_text(value) {
                 Str::Text(from, to) => AttrValue::Text(from, to),
                 Str::Static(s) => AttrValue::Value(Value::from(s)),
@@ -228,7 +332,7 @@ impl SpanRecord {
 
     /// The record of a span from the OpenTelemetry API.
     pub(crate) fn from_span_data(span: SpanData) -> Self {
-        let mut record = Self::new("", span.attributes.len());
+        let mut record = Self::new("", span.attributes.len(), 0);
         record.trace_id = span.span_context.trace_id();
         record.span_id = span.span_context.span_id();
         record.flags = span.span_context.trace_flags();
@@ -256,16 +360,8 @@ impl SpanRecord {
 
     /// The `SpanData` an OpenTelemetry exporter takes.
     pub(crate) fn into_span_data(self) -> SpanData {
-        let attributes = self
-            .attrs
-            .iter()
-            .map(|attr| match &attr.value {
-                AttrValue::Text(..) => {
-                    KeyValue::new(attr.key.clone(), self.attr_str(&attr.value).unwrap_or_default().to_owned())
-                }
-                AttrValue::Value(value) => KeyValue::new(attr.key.clone(), value.clone()),
-            })
-            .collect();
+        let attributes =
+            self.attributes().map(|(key, value)| KeyValue::new(key.to_owned(), value.to_value())).collect();
         let name = match self.name {
             Str::Static(name) => Cow::Borrowed(name),
             Str::Text(..) => Cow::Owned(self.name().to_owned()),
@@ -300,7 +396,7 @@ mod tests {
 
     #[test]
     fn strings_share_one_buffer_and_read_back() {
-        let mut record = SpanRecord::new("op", 4);
+        let mut record = SpanRecord::new("op", 4, 0);
         record.push_text_attr(Key::from_static_str("a"), "first");
         let debug = record.push_debug(&vec![1, 2]);
         record.push_text_attr(Key::from_static_str("b"), "second");
@@ -310,9 +406,49 @@ mod tests {
         assert_eq!(record.name(), "op");
     }
 
+    /// Field attributes are kept encoded; they read back as written, ahead of the others,
+    /// and count toward the same limit.
+    #[test]
+    fn field_attributes_read_back_in_order() {
+        let mut record = SpanRecord::new("op", 0, 0);
+        let long = "x".repeat(300);
+        record.push_field_str("symbol", "AAPL");
+        record.push_field_scalar("n", Scalar::I64(-5));
+        record.push_field_scalar("vol", Scalar::F64(0.25));
+        record.push_field_scalar("ok", Scalar::Bool(true));
+        record.push_attr(Key::from_static_str("late"), AttrValue::Value(Value::I64(1)));
+        record.push_field_str("long", &long);
+        let from = match record.push_debug(&[1, 2]) {
+            Str::Text(from, _) => from,
+            Str::Static(_) => unreachable!("short text"),
+        };
+        record.push_field_text("debug", from);
+        assert!(record.text.is_empty(), "the debug text was scratch");
+        let read: Vec<_> = record.attributes().collect();
+        assert_eq!(
+            read,
+            [
+                ("symbol", AttrView::Str("AAPL")),
+                ("n", AttrView::Scalar(Scalar::I64(-5))),
+                ("vol", AttrView::Scalar(Scalar::F64(0.25))),
+                ("ok", AttrView::Scalar(Scalar::Bool(true))),
+                ("long", AttrView::Str(&long)),
+                ("debug", AttrView::Str("[1, 2]")),
+                ("late", AttrView::Scalar(Scalar::I64(1))),
+            ]
+        );
+        for _ in 0..MAX_ATTRIBUTES {
+            record.push_field_scalar("k", Scalar::I64(0));
+        }
+        assert_eq!(record.attributes().count(), MAX_ATTRIBUTES);
+        assert_eq!(record.dropped_attrs, 7);
+        assert!(record.clear_for_reuse());
+        assert_eq!(record.attributes().count(), 0);
+    }
+
     #[test]
     fn limits_count_what_they_drop() {
-        let mut record = SpanRecord::new("op", 0);
+        let mut record = SpanRecord::new("op", 0, 0);
         for i in 0..MAX_ATTRIBUTES + 3 {
             record.push_attr(Key::from_static_str("k"), AttrValue::Value(Value::I64(i as i64)));
         }
@@ -325,7 +461,7 @@ mod tests {
 
     #[test]
     fn span_data_round_trips() {
-        let mut record = SpanRecord::new("static", 2);
+        let mut record = SpanRecord::new("static", 2, 0);
         record.trace_id = TraceId::from(7_u128);
         record.span_id = SpanId::from(9_u64);
         record.parent_span_id = SpanId::from(3_u64);

@@ -20,7 +20,7 @@ use opentelemetry::trace::{SpanId, SpanKind, Status, TraceState};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::Resource;
 
-use crate::record::{sdk_scope, AttrValue, SpanRecord};
+use crate::record::{sdk_scope, AttrValue, AttrView, Scalar, SpanRecord};
 
 /// Protobuf wire types.
 const VARINT: u32 = 0;
@@ -291,7 +291,7 @@ fn span_bound(span: &SpanRecord) -> Option<usize> {
     }
     // Ids, kind, times, counts, flags and the status's fields take 102 bytes at most; the
     // text of `Text` attribute values (and perhaps the name) is in `span.text`.
-    let mut bound = 128 + span.name().len() + span.text.len();
+    let mut bound = 128 + span.name().len() + span.text.len() + span.fields.len();
     if let Status::Error { description } = &span.status {
         bound += description.len();
     }
@@ -360,6 +360,7 @@ fn put_span(buf: &mut impl Out, span: &SpanRecord) {
     put_uint(buf, SPAN_KIND, kind_number(&span.kind));
     put_fixed64(buf, SPAN_START_TIME, unix_nanos(span.start));
     put_fixed64(buf, SPAN_END_TIME, unix_nanos(span.end));
+    buf.put_slice(&span.fields);
     for attr in &span.attrs {
         let key = attr.key.as_str();
         match &attr.value {
@@ -663,6 +664,55 @@ fn put_key_scalar(buf: &mut impl Out, key: &str, member: u32, wire_type: u32, bi
     } else {
         put_varint(buf, bits);
     }
+}
+
+/// A `Span.attributes` entry with a string value, for [`SpanRecord::fields`].
+pub(crate) fn put_field_string(buf: &mut Vec<u8>, key: &str, value: &str) {
+    put_key_string(buf, SPAN_ATTRIBUTES, key, value);
+}
+
+/// A `Span.attributes` entry with an int, double or bool value, for [`SpanRecord::fields`].
+pub(crate) fn put_field_scalar(buf: &mut Vec<u8>, key: &str, value: Scalar) {
+    match value {
+        Scalar::I64(v) => put_key_scalar(buf, key, ANY_INT, VARINT, v as u64),
+        Scalar::F64(v) => put_key_scalar(buf, key, ANY_DOUBLE, FIXED64, v.to_bits()),
+        Scalar::Bool(v) => put_key_scalar(buf, key, ANY_BOOL, VARINT, u64::from(v)),
+    }
+}
+
+/// The attributes [`put_field_string`] and [`put_field_scalar`] wrote into `fields`, in order.
+pub(crate) fn read_fields(fields: &[u8]) -> impl Iterator<Item = (&str, AttrView<'_>)> {
+    let mut reader = Reader { bytes: fields, pos: 0 };
+    std::iter::from_fn(move || {
+        let (SPAN_ATTRIBUTES, LEN) = reader.tag()? else { return None };
+        read_key_value(reader.len_delimited()?)
+    })
+}
+
+fn read_key_value(bytes: &[u8]) -> Option<(&str, AttrView<'_>)> {
+    let mut reader = Reader { bytes, pos: 0 };
+    let mut key = "";
+    let mut value = None;
+    while let Some((field, wire_type)) = reader.tag() {
+        match (field, wire_type) {
+            (KEY_VALUE_KEY, LEN) => key = std::str::from_utf8(reader.len_delimited()?).ok()?,
+            (KEY_VALUE_VALUE, LEN) => {
+                let mut any = Reader { bytes: reader.len_delimited()?, pos: 0 };
+                value = Some(match any.tag()? {
+                    (ANY_STRING, LEN) => AttrView::Str(std::str::from_utf8(any.len_delimited()?).ok()?),
+                    (ANY_INT, VARINT) => AttrView::Scalar(Scalar::I64(any.varint()? as i64)),
+                    (ANY_BOOL, VARINT) => AttrView::Scalar(Scalar::Bool(any.varint()? != 0)),
+                    (ANY_DOUBLE, FIXED64) => {
+                        let bits = any.bytes.get(any.pos..any.pos + 8)?;
+                        AttrView::Scalar(Scalar::F64(f64::from_le_bytes(bits.try_into().ok()?)))
+                    }
+                    _ => return None,
+                });
+            }
+            _ => reader.skip(wire_type)?,
+        }
+    }
+    Some((key, value?))
 }
 
 /// Any other value (arrays, and what `put_span` does not write itself): out of line, as it is
@@ -972,6 +1022,13 @@ mod tests {
     /// opentelemetry-proto's conversion, in the shape our encoder produces: scopes in order of
     /// first appearance and an unset status written as no status (both mean the same).
     fn expected(batch: &[SpanData], resource: &Resource) -> Vec<ResourceSpans> {
+        // A record holds the attributes of `tracing` fields (strings and scalars) encoded,
+        // ahead of the others.
+        let mut batch = batch.to_vec();
+        for span in &mut batch {
+            span.attributes.sort_by_key(|kv| matches!(kv.value, Value::Array(_)));
+        }
+        let batch = &batch[..];
         let mut expected =
             group_spans_by_resource_and_scope(batch.to_vec(), &ResourceAttributesWithSchema::from(resource));
         for rs in &mut expected {
@@ -1005,8 +1062,12 @@ mod tests {
                 let mut record = Box::new(SpanRecord::from_span_data(span));
                 let attrs = std::mem::take(&mut record.attrs);
                 for attr in attrs {
+                    let key = attr.key.as_str();
                     match attr.value {
-                        AttrValue::Value(Value::String(s)) => record.push_text_attr(attr.key, s.as_str()),
+                        AttrValue::Value(Value::String(s)) => record.push_field_str(key, s.as_str()),
+                        AttrValue::Value(Value::I64(v)) => record.push_field_scalar(key, Scalar::I64(v)),
+                        AttrValue::Value(Value::F64(v)) => record.push_field_scalar(key, Scalar::F64(v)),
+                        AttrValue::Value(Value::Bool(v)) => record.push_field_scalar(key, Scalar::Bool(v)),
                         value => record.push_attr(attr.key, value),
                     }
                 }
