@@ -668,16 +668,57 @@ fn put_key_scalar(buf: &mut impl Out, key: &str, member: u32, wire_type: u32, bi
 
 /// A `Span.attributes` entry with a string value, for [`SpanRecord::fields`].
 pub(crate) fn put_field_string(buf: &mut Vec<u8>, key: &str, value: &str) {
-    put_key_string(buf, SPAN_ATTRIBUTES, key, value);
+    let mut head = [0; 24];
+    let mut value_head = Cursor { buf: &mut head, pos: 0 };
+    put_tag(&mut value_head, KEY_VALUE_VALUE, LEN);
+    put_varint(&mut value_head, any_string_len(value) as u64);
+    put_tag(&mut value_head, ANY_STRING, LEN);
+    put_varint(&mut value_head, value.len() as u64);
+    let len = value_head.pos;
+    put_field(buf, key, &head[..len], value.as_bytes());
 }
 
 /// A `Span.attributes` entry with an int, double or bool value, for [`SpanRecord::fields`].
 pub(crate) fn put_field_scalar(buf: &mut Vec<u8>, key: &str, value: Scalar) {
+    let mut head = [0; 24];
+    // The `AnyValue` from the third byte on, its tag and length before it.
+    let mut any = Cursor { buf: &mut head[2..], pos: 0 };
     match value {
-        Scalar::I64(v) => put_key_scalar(buf, key, ANY_INT, VARINT, v as u64),
-        Scalar::F64(v) => put_key_scalar(buf, key, ANY_DOUBLE, FIXED64, v.to_bits()),
-        Scalar::Bool(v) => put_key_scalar(buf, key, ANY_BOOL, VARINT, u64::from(v)),
+        Scalar::I64(v) => {
+            put_tag(&mut any, ANY_INT, VARINT);
+            put_varint(&mut any, v as u64);
+        }
+        Scalar::F64(v) => {
+            put_tag(&mut any, ANY_DOUBLE, FIXED64);
+            any.put_slice(&v.to_bits().to_le_bytes());
+        }
+        Scalar::Bool(v) => {
+            put_tag(&mut any, ANY_BOOL, VARINT);
+            any.put(u8::from(v));
+        }
     }
+    let len = any.pos;
+    head[0] = ((KEY_VALUE_VALUE << 3) | LEN) as u8;
+    head[1] = len as u8;
+    put_field(buf, key, &head[..2 + len], &[]);
+}
+
+/// A `Span.attributes` entry: its key, then `value_head` and `value`, the encoded value.
+fn put_field(buf: &mut Vec<u8>, key: &str, value_head: &[u8], value: &[u8]) {
+    let mut head = [0; 24];
+    let mut cursor = Cursor { buf: &mut head, pos: 0 };
+    put_tag(&mut cursor, SPAN_ATTRIBUTES, LEN);
+    put_varint(&mut cursor, (string_field_len(KEY_VALUE_KEY, key) + value_head.len() + value.len()) as u64);
+    if !key.is_empty() {
+        put_tag(&mut cursor, KEY_VALUE_KEY, LEN);
+        put_varint(&mut cursor, key.len() as u64);
+    }
+    let len = cursor.pos;
+    buf.reserve(len + key.len() + value_head.len() + value.len());
+    buf.extend_from_slice(&head[..len]);
+    buf.extend_from_slice(key.as_bytes());
+    buf.extend_from_slice(value_head);
+    buf.extend_from_slice(value);
 }
 
 /// The attributes [`put_field_string`] and [`put_field_scalar`] wrote into `fields`, in order.
