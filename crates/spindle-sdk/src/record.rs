@@ -26,7 +26,7 @@ pub(crate) const MAX_ATTRIBUTES: usize = 128;
 pub(crate) const MAX_EVENTS: usize = 128;
 pub(crate) const MAX_LINKS: usize = 128;
 
-/// A reused record keeps a text buffer of at most this many bytes.
+/// A reused record keeps a text buffer and a fields buffer of at most this many bytes each.
 const MAX_KEPT_TEXT: usize = 16 * 1024;
 
 /// A string of a record: the call site's, or a range of the record's `text`.
@@ -286,22 +286,18 @@ impl SpanRecord {
     }
 
     pub(crate) fn push_attr(&mut self, key: Key, value: AttrValue) {
-        if self.attrs.len() + (self.field_count as usize) < MAX_ATTRIBUTES {
+        if self.room_for_attr() {
             self.attrs.push(Attr { key, value });
-        } else {
-            self.dropped_attrs += 1;
         }
     }
 
     pub(crate) fn push_text_attr(&mut self, key: Key, value: &str) {
-        if self.attrs.len() + (self.field_count as usize) < MAX_ATTRIBUTES {
+        if self.room_for_attr() {
             let value = match self.push_text(value) {
                 Str::Text(from, to) => AttrValue::Text(from, to),
                 Str::Static(s) => AttrValue::Value(Value::from(s)),
             };
             self.attrs.push(Attr { key, value });
-        } else {
-            self.dropped_attrs += 1;
         }
     }
 
