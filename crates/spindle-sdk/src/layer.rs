@@ -772,6 +772,14 @@ impl SpanFields<'_> {
         true
     }
 
+    /// A field attribute whose value was just written to the text buffer (which lets it go).
+    fn text_field(&mut self, name: &str, text: Str) {
+        match text {
+            Str::Text(from, _) => self.record.push_field_text(name, from),
+            Str::Static(s) => self.record.push_field_str(name, s),
+        }
+    }
+
     fn scalar(&mut self, field: &Field, value: Scalar) {
         self.record.push_field_scalar(field.name(), value);
     }
@@ -799,24 +807,20 @@ impl Visit for SpanFields<'_> {
 
     fn record_str(&mut self, field: &Field, value: &str) {
         let name = field.name();
-        if name.starts_with("otel.") {
-            let text = self.record.push_text(value);
-            if self.special(name, text) {
-                return;
-            }
+        if !name.starts_with("otel.") {
+            return self.record.push_field_str(name, value);
         }
-        self.record.push_field_str(name, value);
+        let text = self.record.push_text(value);
+        if !self.special(name, text) {
+            self.text_field(name, text);
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         let name = field.name();
         let text = self.record.push_debug(value);
-        if name.starts_with("otel.") && self.special(name, text) {
-            return;
-        }
-        match text {
-            Str::Text(from, _) => self.record.push_field_text(name, from),
-            Str::Static(s) => self.record.push_field_str(name, s),
+        if !(name.starts_with("otel.") && self.special(name, text)) {
+            self.text_field(name, text);
         }
     }
 
