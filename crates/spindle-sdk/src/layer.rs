@@ -47,7 +47,7 @@ use tracing_subscriber::Layer;
 use crate::config::{ParentBasedRoot, SamplerConfig};
 use crate::export::SpanQueue;
 use crate::otlp::encode::write_span_entry;
-use crate::record::{AttrValue, Scalar, SpanRecord, Str};
+use crate::record::{unix_nanos_now, AttrValue, Scalar, SpanRecord, Str};
 
 /// What the layer keeps per span, in the registry's extensions.
 pub(crate) struct SpanState {
@@ -296,7 +296,7 @@ pub(crate) fn start_span(
     let recording = flags.is_sampled() || parent.is_none() || settings.keep_fields;
     let details = settings.details && recording;
     let mut record = fresh_record(queue, meta.name());
-    record.start = SystemTime::now();
+    record.start = unix_nanos_now();
     record.trace_id = trace_id;
     record.span_id = new_span_id();
     record.flags = flags;
@@ -422,7 +422,7 @@ pub(crate) fn end_span(queue: &SpanQueue, state: SpanState) {
     if !record.is_sampled() {
         return;
     }
-    record.end = SystemTime::now();
+    record.end = unix_nanos_now();
     if let Some(timings) = rare.and_then(|rare| rare.timings) {
         push_timings(&mut record, &timings);
     }

@@ -12,8 +12,6 @@
 //!
 //! Pure: no IO, cannot fail, never panics.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use std::sync::Arc;
 
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceState};
@@ -248,6 +246,20 @@ pub(crate) fn write_span_entry(out: &mut Vec<u8>, start: usize, scratch: &mut Ve
             return len;
         }
     }
+    write_general_entry(out, start, scratch, span)
+}
+
+/// Lengthens `out` to `len` with zeros: a kept buffer rarely needs it.
+#[cold]
+#[inline(never)]
+fn lengthen(out: &mut Vec<u8>, len: usize) {
+    out.resize(len, 0);
+}
+
+/// [`write_span_entry`] for a span that is not plain: out of line, so that the plain path's
+/// code is a few lines in a row.
+#[inline(never)]
+fn write_general_entry(out: &mut Vec<u8>, start: usize, scratch: &mut Vec<u8>, span: &SpanRecord) -> usize {
     if let Some(bound) = span_bound(span) {
         let body = start + 3;
         if out.len() < body + bound {
@@ -289,6 +301,7 @@ fn is_plain(span: &SpanRecord) -> bool {
 /// [`write_span_entry`] for a plain span ([`is_plain`]): its length is known before it is
 /// written, so the entry is written in place, straight through, with the fields [`put_span`]
 /// writes for it in the same order. `None` (never expected) leaves it to the general path.
+#[inline]
 fn write_plain_entry(out: &mut Vec<u8>, start: usize, span: &SpanRecord) -> Option<usize> {
     let name = span.name();
     let parent = span.parent_span_id != SpanId::INVALID;
@@ -304,7 +317,7 @@ fn write_plain_entry(out: &mut Vec<u8>, start: usize, span: &SpanRecord) -> Opti
         + fixed32_field_len(SPAN_FLAGS);
     let total = 1 + varint_len(len as u64) + len;
     if out.len() < start + total {
-        out.resize(start + total, 0);
+        lengthen(out, start + total);
     }
     // The fixed parts laid out at offsets known when compiled: a few moves each.
     let mut ids = [0; 38];
@@ -321,9 +334,9 @@ fn write_plain_entry(out: &mut Vec<u8>, start: usize, span: &SpanRecord) -> Opti
     times[0] = tag_byte(SPAN_KIND, VARINT);
     times[1] = kind_number(&span.kind) as u8;
     times[2] = tag_byte(SPAN_START_TIME, FIXED64);
-    times[3..11].copy_from_slice(&unix_nanos(span.start).to_le_bytes());
+    times[3..11].copy_from_slice(&span.start.to_le_bytes());
     times[11] = tag_byte(SPAN_END_TIME, FIXED64);
-    times[12..20].copy_from_slice(&unix_nanos(span.end).to_le_bytes());
+    times[12..20].copy_from_slice(&span.end.to_le_bytes());
     let mut cursor = Cursor { buf: &mut out[start..start + total], pos: 0 };
     cursor.put(SPAN_ENTRY_TAG);
     put_varint(&mut cursor, len as u64);
@@ -425,8 +438,8 @@ fn put_span(buf: &mut impl Out, span: &SpanRecord) {
     }
     put_string(buf, SPAN_NAME, span.name());
     put_uint(buf, SPAN_KIND, kind_number(&span.kind));
-    put_fixed64(buf, SPAN_START_TIME, unix_nanos(span.start));
-    put_fixed64(buf, SPAN_END_TIME, unix_nanos(span.end));
+    put_fixed64(buf, SPAN_START_TIME, span.start);
+    put_fixed64(buf, SPAN_END_TIME, span.end);
     buf.put_slice(&span.fields);
     for attr in &span.attrs {
         let key = attr.key.as_str();
@@ -463,7 +476,7 @@ fn put_events(buf: &mut impl Out, span: &SpanRecord) {
     for event in span.events.iter() {
         put_tag(buf, SPAN_EVENTS, LEN);
         put_varint(buf, event_len(event) as u64);
-        put_fixed64(buf, EVENT_TIME, unix_nanos(event.timestamp));
+        put_fixed64(buf, EVENT_TIME, crate::record::unix_nanos(event.timestamp));
         put_string(buf, EVENT_NAME, &event.name);
         for kv in &event.attributes {
             put_key_value(buf, EVENT_ATTRIBUTES, kv.key.as_str(), &kv.value);
@@ -529,11 +542,6 @@ fn kind_number(kind: &SpanKind) -> u64 {
         SpanKind::Producer => 4,
         SpanKind::Consumer => 5,
     }
-}
-
-fn unix_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos())))
 }
 
 fn trace_state_header(state: &TraceState) -> String {
@@ -1018,7 +1026,7 @@ mod tests {
 
     use super::*;
     use std::borrow::Cow;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use opentelemetry::trace::{SpanContext, TraceFlags, TraceId};
     use opentelemetry::Key;
@@ -1274,8 +1282,8 @@ mod tests {
             record.parent_is_remote = remote;
             record.flags = TraceFlags::SAMPLED;
             record.kind = SpanKind::Consumer;
-            record.start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-            record.end = record.start + Duration::from_micros(250);
+            record.start = 1_700_000_000_123_456_789;
+            record.end = record.start + 250_000;
             record.dropped_attrs = dropped;
             for i in 0..fields {
                 record.push_field_str("symbol", "AAPL");
