@@ -233,8 +233,8 @@ pub(crate) fn encode_span_entry(out: &mut Vec<u8>, scratch: &mut Vec<u8>, span: 
 }
 
 /// Writes `span` as one `ScopeSpans.spans` entry at `start` of `out` and returns its length.
-/// `out` is lengthened when it is too short, else written over: bytes past the entry are
-/// left as they were, so a buffer kept for entries is not zeroed again for each.
+/// `out` is lengthened when it is too short, else written over; what follows the entry in
+/// `out` afterwards is unspecified.
 ///
 /// The fields are written into room made for an upper bound of their length ([`span_bound`]),
 /// behind room for a two-byte length, through a [`Cursor`] whose position stays in a register
@@ -247,13 +247,6 @@ pub(crate) fn write_span_entry(out: &mut Vec<u8>, start: usize, scratch: &mut Ve
         }
     }
     write_general_entry(out, start, scratch, span)
-}
-
-/// Lengthens `out` to `len` with zeros: a kept buffer rarely needs it.
-#[cold]
-#[inline(never)]
-fn lengthen(out: &mut Vec<u8>, len: usize) {
-    out.resize(len, 0);
 }
 
 /// [`write_span_entry`] for a span that is not plain: out of line, so that the plain path's
@@ -298,38 +291,49 @@ fn is_plain(span: &SpanRecord) -> bool {
         && span.trace_state == TraceState::NONE
 }
 
-/// [`write_span_entry`] for a plain span ([`is_plain`]): its length is known before it is
-/// written, so the entry is written in place, straight through, with the fields [`put_span`]
-/// writes for it in the same order. `None` (never expected) leaves it to the general path.
+/// [`write_span_entry`] for a plain span ([`is_plain`]) with a name shorter than 128 bytes,
+/// no attribute dropped and an entry shorter than 16 KiB: the entry is appended at `start`
+/// in five pieces — tag, length, ids and the name's tag and length; the name; kind and
+/// times; the fields; the flags — the fields [`put_span`] writes for it, in the same order,
+/// with the fixed parts laid out at offsets known when compiled. `None` leaves any other span
+/// to the general path.
 #[inline]
 fn write_plain_entry(out: &mut Vec<u8>, start: usize, span: &SpanRecord) -> Option<usize> {
-    let name = span.name();
-    let parent = span.parent_span_id != SpanId::INVALID;
-    // Ids (tag, length, bytes), kind (a one-byte number), times, flags (a two-byte tag).
-    let len = 18
-        + 10
-        + if parent { 10 } else { 0 }
-        + string_field_len(SPAN_NAME, name)
-        + 2
-        + 2 * fixed64_field_len(SPAN_START_TIME)
-        + span.fields.len()
-        + uint_field_len(SPAN_DROPPED_ATTRIBUTES, u64::from(span.dropped_attrs))
-        + fixed32_field_len(SPAN_FLAGS);
-    let total = 1 + varint_len(len as u64) + len;
-    if out.len() < start + total {
-        lengthen(out, start + total);
+    let name = span.name().as_bytes();
+    if name.len() >= 0x80 || span.dropped_attrs != 0 {
+        return None;
     }
-    // The fixed parts laid out at offsets known when compiled: a few moves each.
-    let mut ids = [0; 38];
-    ids[0] = tag_byte(SPAN_TRACE_ID, LEN);
-    ids[1] = 16;
-    ids[2..18].copy_from_slice(&span.trace_id.to_bytes());
-    ids[18] = tag_byte(SPAN_SPAN_ID, LEN);
-    ids[19] = 8;
-    ids[20..28].copy_from_slice(&span.span_id.to_bytes());
-    ids[28] = tag_byte(SPAN_PARENT_SPAN_ID, LEN);
-    ids[29] = 8;
-    ids[30..38].copy_from_slice(&span.parent_span_id.to_bytes());
+    let parent = span.parent_span_id != SpanId::INVALID;
+    let ids = if parent { 38 } else { 28 };
+    let name_head = if name.is_empty() { 0 } else { 2 };
+    let len = ids + name_head + name.len() + 20 + span.fields.len() + 6;
+    if len >= 1 << 14 {
+        return None;
+    }
+    // The entry's tag and length end at byte 3: one length byte or two.
+    let mut head = [0; 3 + 38 + 2];
+    let from = if len < 0x80 {
+        head[1] = SPAN_ENTRY_TAG;
+        head[2] = len as u8;
+        1
+    } else {
+        head[0] = SPAN_ENTRY_TAG;
+        head[1] = (len as u8) | 0x80;
+        head[2] = (len >> 7) as u8;
+        0
+    };
+    head[3] = tag_byte(SPAN_TRACE_ID, LEN);
+    head[4] = 16;
+    head[5..21].copy_from_slice(&span.trace_id.to_bytes());
+    head[21] = tag_byte(SPAN_SPAN_ID, LEN);
+    head[22] = 8;
+    head[23..31].copy_from_slice(&span.span_id.to_bytes());
+    head[31] = tag_byte(SPAN_PARENT_SPAN_ID, LEN);
+    head[32] = 8;
+    head[33..41].copy_from_slice(&span.parent_span_id.to_bytes());
+    let name_at = 3 + ids;
+    head[name_at] = tag_byte(SPAN_NAME, LEN);
+    head[name_at + 1] = name.len() as u8;
     let mut times = [0; 20];
     times[0] = tag_byte(SPAN_KIND, VARINT);
     times[1] = kind_number(&span.kind) as u8;
@@ -337,17 +341,20 @@ fn write_plain_entry(out: &mut Vec<u8>, start: usize, span: &SpanRecord) -> Opti
     times[3..11].copy_from_slice(&span.start.to_le_bytes());
     times[11] = tag_byte(SPAN_END_TIME, FIXED64);
     times[12..20].copy_from_slice(&span.end.to_le_bytes());
-    let mut cursor = Cursor { buf: &mut out[start..start + total], pos: 0 };
-    cursor.put(SPAN_ENTRY_TAG);
-    put_varint(&mut cursor, len as u64);
-    cursor.put_slice(&ids[..if parent { 38 } else { 28 }]);
-    put_string(&mut cursor, SPAN_NAME, name);
-    cursor.put_slice(&times);
-    cursor.put_slice(&span.fields);
-    put_uint(&mut cursor, SPAN_DROPPED_ATTRIBUTES, u64::from(span.dropped_attrs));
-    put_fixed32(&mut cursor, SPAN_FLAGS, span_flags(span.flags.to_u8(), span.parent_is_remote));
-    (cursor.pos == total).then_some(total)
+    let mut flags = [FLAGS_TAG[0], FLAGS_TAG[1], 0, 0, 0, 0];
+    flags[2..].copy_from_slice(&span_flags(span.flags.to_u8(), span.parent_is_remote).to_le_bytes());
+    out.truncate(start);
+    out.reserve(3 + len);
+    out.extend_from_slice(&head[from..name_at + name_head]);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&times);
+    out.extend_from_slice(&span.fields);
+    out.extend_from_slice(&flags);
+    Some(out.len() - start)
 }
+
+/// The two-byte tag of `Span.flags`.
+const FLAGS_TAG: [u8; 2] = [(((SPAN_FLAGS << 3) | FIXED32) as u8) | 0x80, (((SPAN_FLAGS << 3) | FIXED32) >> 7) as u8];
 
 /// [`encode_span_entry`] for spans [`span_bound`] does not cover: out of line, so the common
 /// path's code stays small (what a traced request pays is mostly its code coming into cache).
@@ -1267,13 +1274,19 @@ mod tests {
     }
 
     /// Plain spans, written straight through, are the bytes the general path writes: with
-    /// and without a parent and a name, remote parents, dropped attributes, and fields long
-    /// enough for a two-byte entry length.
+    /// and without a parent and a name, remote parents, and fields long enough for a two-byte
+    /// entry length. Dropped attributes and names of 128 bytes and more take the general path.
     #[test]
     fn plain_spans_are_the_same_bytes_as_through_the_general_path() {
-        for (parent, name, remote, dropped, fields) in
-            [(0, "", false, 0, 0), (3, "op", true, 0, 2), (0, "GET /x", false, 5, 9), (9, "n", false, 0, 40)]
-        {
+        let long_name = "n".repeat(128);
+        for (parent, name, remote, dropped, fields) in [
+            (0, "", false, 0, 0),
+            (3, "op", true, 0, 2),
+            (0, "GET /x", false, 5, 9),
+            (9, "n", false, 0, 40),
+            (9, &long_name[1..], false, 0, 1),
+            (9, &long_name[..], false, 0, 1),
+        ] {
             let mut record = SpanRecord::new("", 0, 0);
             record.name = record.push_text(name);
             record.trace_id = TraceId::from(0x0102_u128 << 64 | 7);
@@ -1291,9 +1304,14 @@ mod tests {
             }
             assert!(is_plain(&record));
             let mut out = vec![9_u8; 4];
-            let len = write_plain_entry(&mut out, 4, &record).expect("written straight through");
-            assert_eq!(out[4..4 + len], entry_without_bound(&record)[..], "{name} with {fields} fields");
-            assert_eq!(out[..4], [9; 4]);
+            match write_plain_entry(&mut out, 4, &record) {
+                Some(len) => {
+                    assert!(dropped == 0 && name.len() < 128, "{name}: written straight through");
+                    assert_eq!(out[4..4 + len], entry_without_bound(&record)[..], "{name} with {fields} fields");
+                    assert_eq!(out[..4], [9; 4]);
+                }
+                None => assert!(dropped > 0 || name.len() >= 128, "{name}: left to the general path"),
+            }
             assert_eq!(entry(&record), entry_without_bound(&record));
         }
     }
