@@ -755,6 +755,19 @@ fn put_key_scalar(buf: &mut impl Out, key: &str, member: u32, wire_type: u32, bi
 
 /// A `Span.attributes` entry with a string value, for [`SpanRecord::fields`].
 pub(crate) fn put_field_string(buf: &mut Vec<u8>, key: &str, value: &str) {
+    // Nearly every field's value: its lengths one byte each.
+    if value.len() < 0x80 - 2 {
+        let head =
+            [tag_byte(KEY_VALUE_VALUE, LEN), value.len() as u8 + 2, tag_byte(ANY_STRING, LEN), value.len() as u8];
+        put_field(buf, key, &head, value.as_bytes());
+    } else {
+        put_long_field_string(buf, key, value);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn put_long_field_string(buf: &mut Vec<u8>, key: &str, value: &str) {
     let mut head = [0; 24];
     let mut value_head = Cursor { buf: &mut head, pos: 0 };
     put_tag(&mut value_head, KEY_VALUE_VALUE, LEN);
@@ -762,7 +775,7 @@ pub(crate) fn put_field_string(buf: &mut Vec<u8>, key: &str, value: &str) {
     put_tag(&mut value_head, ANY_STRING, LEN);
     put_varint(&mut value_head, value.len() as u64);
     let len = value_head.pos;
-    put_field(buf, key, &head[..len], value.as_bytes());
+    put_long_field(buf, key, &head[..len], value.as_bytes());
 }
 
 /// A `Span.attributes` entry with an int, double or bool value, for [`SpanRecord::fields`].
@@ -791,7 +804,29 @@ pub(crate) fn put_field_scalar(buf: &mut Vec<u8>, key: &str, value: Scalar) {
 }
 
 /// A `Span.attributes` entry: its key, then `value_head` and `value`, the encoded value.
+#[inline]
 fn put_field(buf: &mut Vec<u8>, key: &str, value_head: &[u8], value: &[u8]) {
+    let len = 2 + key.len() + value_head.len() + value.len();
+    // A short entry (nearly every one): its two lengths one byte each.
+    if len < 0x80 && !key.is_empty() {
+        buf.reserve(2 + len);
+        buf.extend_from_slice(&[
+            tag_byte(SPAN_ATTRIBUTES, LEN),
+            len as u8,
+            tag_byte(KEY_VALUE_KEY, LEN),
+            key.len() as u8,
+        ]);
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(value_head);
+        buf.extend_from_slice(value);
+    } else {
+        put_long_field(buf, key, value_head, value);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn put_long_field(buf: &mut Vec<u8>, key: &str, value_head: &[u8], value: &[u8]) {
     let mut head = [0; 24];
     let mut cursor = Cursor { buf: &mut head, pos: 0 };
     put_tag(&mut cursor, SPAN_ATTRIBUTES, LEN);
