@@ -1308,6 +1308,26 @@ mod tests {
         out.split_off(3)
     }
 
+    /// Field attributes written from a four-byte head are the bytes the general writer gives,
+    /// on both sides of the one-byte lengths' limits.
+    #[test]
+    fn short_field_attributes_are_the_same_bytes_as_through_the_general_writer() {
+        let text = "k".repeat(200);
+        for key_len in [0, 1, 60, 120, 125, 126, 127, 130] {
+            for value_len in 0..=130 {
+                let (key, value) = (&text[..key_len], &text[..value_len]);
+                let (mut short, mut long) = (vec![1_u8], vec![1_u8]);
+                put_field_string(&mut short, key, value);
+                put_long_field_string(&mut long, key, value);
+                assert_eq!(short, long, "key {key_len} value {value_len}");
+                let (mut short, mut long) = (Vec::new(), Vec::new());
+                put_field(&mut short, key, &[1, 2], value.as_bytes());
+                put_long_field(&mut long, key, &[1, 2], value.as_bytes());
+                assert_eq!(short, long, "key {key_len} value {value_len}");
+            }
+        }
+    }
+
     /// Plain spans, written straight through, are the bytes the general path writes: with
     /// and without a parent and a name, remote parents, and fields long enough for a two-byte
     /// entry length. Dropped attributes and names of 128 bytes and more take the general path.
