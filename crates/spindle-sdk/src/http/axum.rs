@@ -17,12 +17,13 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context as TaskContext, Poll};
 
 use axum::extract::MatchedPath;
 use http::{Request, Response};
 use tower::{Layer, Service};
-use tracing::field::Empty;
+use tracing::field::{Empty, Field};
 
 use crate::propagation::{record_error, set_remote_parent};
 
@@ -101,7 +102,10 @@ where
             Ok(response) => {
                 let status = response.status();
                 // As i64, the conventions' int type.
-                span.record("http.response.status_code", i64::from(status.as_u16()));
+                match status_code_field(span) {
+                    Some(field) => span.record(field, i64::from(status.as_u16())),
+                    None => span.record("http.response.status_code", i64::from(status.as_u16())),
+                };
                 if status.is_server_error() {
                     span.record("otel.status_code", "ERROR");
                     span.record("error.type", status.as_str());
@@ -114,6 +118,14 @@ where
         }
         Poll::Ready(result)
     }
+}
+
+/// The `http.response.status_code` field of the SERVER span's call site, found once rather
+/// than by name on every response.
+fn status_code_field(span: &tracing::Span) -> Option<&'static Field> {
+    static FIELD: OnceLock<Option<Field>> = OnceLock::new();
+    let meta = span.metadata()?;
+    FIELD.get_or_init(|| meta.fields().field("http.response.status_code")).as_ref()
 }
 
 /// The SERVER span for `request`, parented on the W3C context in its headers.
