@@ -194,12 +194,11 @@ thread_local! {
     /// State of this thread's id generator (wyrand), seeded on first use from the standard
     /// library's per-process random keys and the thread.
     static RNG: Cell<u64> = const { Cell::new(0) };
-    /// Emptied records for this thread's next spans: its own, or taken from the export
-    /// worker's, to fill without locking.
-    static SPARE: RefCell<Vec<Box<SpanRecord>>> = const { RefCell::new(Vec::new()) };
-    /// A closed span's encoded entry (at the start; the buffer keeps its length, see
-    /// [`write_span_entry`]), and the encoder's scratch buffer.
-    static ENCODING: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// This thread's buffers for spans, one thread-local so that closing a span reaches them
+    /// at once.
+    static BUFFERS: RefCell<SpanBuffers> = const {
+        RefCell::new(SpanBuffers { spare: Vec::new(), entry: Vec::new(), scratch: Vec::new() })
+    };
     /// Guards of the contexts attached on enter, with their span's id.
     static ATTACHED: RefCell<Vec<(u64, ContextGuard)>> = const { RefCell::new(Vec::new()) };
 }
@@ -246,6 +245,15 @@ fn new_trace_id() -> TraceId {
     }
 }
 
+struct SpanBuffers {
+    /// Emptied records for this thread's next spans: its own, or taken from the export
+    /// worker's, to fill without locking.
+    spare: Vec<Box<SpanRecord>>,
+    /// A closed span's encoded entry ([`write_span_entry`]), and the encoder's scratch buffer.
+    entry: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
 /// How many emptied records a thread takes at once, and keeps at most.
 const SPARE_REFILL: usize = 32;
 const SPARE_KEPT: usize = 64;
@@ -253,7 +261,7 @@ const SPARE_KEPT: usize = 64;
 /// An empty record: one this thread kept from an earlier span, else one the export worker
 /// emptied, else a new one.
 fn fresh_record(queue: &SpanQueue, name: &'static str) -> Box<SpanRecord> {
-    let kept = SPARE.try_with(|spare| spare.borrow_mut().pop());
+    let kept = BUFFERS.try_with(|buffers| buffers.borrow_mut().spare.pop());
     let mut record = match kept {
         Ok(Some(record)) => record,
         _ => refilled_record(queue),
@@ -268,9 +276,9 @@ fn fresh_record(queue: &SpanQueue, name: &'static str) -> Box<SpanRecord> {
 #[cold]
 #[inline(never)]
 fn refilled_record(queue: &SpanQueue) -> Box<SpanRecord> {
-    let reused = SPARE.try_with(|spare| {
-        let mut spare = spare.borrow_mut();
-        queue.refill(&mut spare, SPARE_REFILL);
+    let reused = BUFFERS.try_with(|buffers| {
+        let spare = &mut buffers.borrow_mut().spare;
+        queue.refill(spare, SPARE_REFILL);
         spare.pop()
     });
     match reused {
@@ -432,23 +440,19 @@ pub(crate) fn end_span(queue: &SpanQueue, state: SpanState) {
     }
     // Encoded here, while the record is in this core's cache, and kept by this thread for
     // its next span: the export worker only joins the bytes.
-    let encoded = ENCODING.try_with(|buffers| {
-        let (entry, scratch) = &mut *buffers.borrow_mut();
-        let len = write_span_entry(entry, 0, scratch, &record);
-        queue.push_encoded(&entry[..len]);
+    let mut record = Some(record);
+    let _ = BUFFERS.try_with(|buffers| {
+        let Some(mut span) = record.take() else { return };
+        let buffers = &mut *buffers.borrow_mut();
+        let len = write_span_entry(&mut buffers.entry, 0, &mut buffers.scratch, &span);
+        queue.push_encoded(&buffers.entry[..len]);
+        if buffers.spare.len() < SPARE_KEPT && span.clear_for_reuse() {
+            buffers.spare.push(span);
+        }
     });
-    if encoded.is_err() {
+    if let Some(record) = record {
         // A span closed while its thread exits: the worker encodes it.
         queue.push(record);
-        return;
-    }
-    if record.clear_for_reuse() {
-        let _ = SPARE.try_with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < SPARE_KEPT {
-                spare.push(record);
-            }
-        });
     }
 }
 
