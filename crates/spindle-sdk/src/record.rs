@@ -126,7 +126,7 @@ pub(crate) fn unix_nanos(time: SystemTime) -> u64 {
 
 /// Now, in nanoseconds since the Unix epoch (0 before it). Read from the realtime clock
 /// directly: `SystemTime::now()` and its conversion to nanoseconds check and convert the
-/// clock's reading twice, some fifty instructions a span's start and end do not need.
+/// reading twice, on every span's start and end.
 #[cfg(unix)]
 pub(crate) fn unix_nanos_now() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };

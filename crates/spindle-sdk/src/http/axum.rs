@@ -102,10 +102,9 @@ where
             Ok(response) => {
                 let status = response.status();
                 // As i64, the conventions' int type.
-                match status_code_field(span) {
-                    Some(field) => span.record(field, i64::from(status.as_u16())),
-                    None => span.record("http.response.status_code", i64::from(status.as_u16())),
-                };
+                if let Some(field) = status_code_field(span) {
+                    span.record(field, i64::from(status.as_u16()));
+                }
                 if status.is_server_error() {
                     span.record("otel.status_code", "ERROR");
                     span.record("error.type", status.as_str());
@@ -121,7 +120,7 @@ where
 }
 
 /// The `http.response.status_code` field of the SERVER span's call site, found once rather
-/// than by name on every response.
+/// than by name on every response; `None` when no subscriber records the span.
 fn status_code_field(span: &tracing::Span) -> Option<&'static Field> {
     static FIELD: OnceLock<Option<Field>> = OnceLock::new();
     let meta = span.metadata()?;
