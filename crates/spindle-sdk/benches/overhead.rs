@@ -26,7 +26,10 @@
 //!   `tracing-opentelemetry` into the OpenTelemetry SDK (`BatchSpanProcessor`, the
 //!   `opentelemetry-otlp` gRPC exporter);
 //! - `otel`: no `tracing`: the same spans made with the OpenTelemetry API, into the same
-//!   OpenTelemetry SDK pipeline.
+//!   OpenTelemetry SDK pipeline;
+//! - `floor`: the same `tracing` spans and `ServerTracingLayer` into a subscriber that takes
+//!   every span and keeps nothing: what `tracing`'s dispatch and the layer cost by
+//!   themselves, the part of the SDK's figure no subscriber can take away.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -80,6 +83,7 @@ enum Stack {
     Spindle,
     TracingOpentelemetry,
     Otel,
+    Floor,
 }
 
 impl Stack {
@@ -88,7 +92,8 @@ impl Stack {
             Err(_) | Ok("spindle") => Self::Spindle,
             Ok("tracing-opentelemetry") => Self::TracingOpentelemetry,
             Ok("otel") => Self::Otel,
-            Ok(other) => panic!("OVERHEAD_STACK={other}: expected spindle, tracing-opentelemetry or otel"),
+            Ok("floor") => Self::Floor,
+            Ok(other) => panic!("OVERHEAD_STACK={other}: expected spindle, tracing-opentelemetry, otel or floor"),
         }
     }
 
@@ -102,6 +107,7 @@ impl Stack {
             Self::Otel => {
                 "otel (OpenTelemetry API, no tracing; opentelemetry_sdk BatchSpanProcessor, opentelemetry-otlp gRPC)"
             }
+            Self::Floor => "floor (the same tracing spans and ServerTracingLayer into a subscriber that keeps nothing)",
         }
     }
 
@@ -111,6 +117,7 @@ impl Stack {
         match self {
             Self::Spindle => &["spindle-sdk-exp"],
             Self::TracingOpentelemetry | Self::Otel => &[BATCH_PROCESSOR_THREAD, OTLP_RUNTIME_THREAD],
+            Self::Floor => &[],
         }
     }
 }
@@ -119,6 +126,28 @@ impl Stack {
 enum Pipeline {
     Spindle(spindle_sdk::TracingGuard),
     Otel(OtlpStack),
+    Floor,
+}
+
+/// Takes every span and keeps nothing: what `tracing`'s own dispatch and the SERVER layer
+/// cost a request, below which no subscriber goes.
+struct FloorSubscriber(std::sync::atomic::AtomicU64);
+
+impl tracing::Subscriber for FloorSubscriber {
+    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::always()
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(self.0.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 #[derive(Clone, Copy)]
@@ -280,6 +309,7 @@ fn main() {
             let dispatch = if stack == Stack::Otel { Dispatch::none() } else { otel.tracing_dispatch() };
             (Pipeline::Otel(otel), dispatch)
         }
+        Stack::Floor => (Pipeline::Floor, Dispatch::new(FloorSubscriber(std::sync::atomic::AtomicU64::new(0)))),
     };
 
     // Calibrated on the CPU the services are kept on: the two virtual CPUs differ in speed,
@@ -392,7 +422,7 @@ fn main() {
             Some(guard.stats())
         }
         // Flushed before its export threads' CPU was read.
-        Pipeline::Otel(_) => None,
+        Pipeline::Otel(_) | Pipeline::Floor => None,
     };
     off_lat.sort_by(f64::total_cmp);
     on_lat.sort_by(f64::total_cmp);
@@ -431,7 +461,7 @@ fn main() {
     );
     println!("  latency p50      {off50:>8.3} ms {on50:>8.3} ms   {:.4}", on50 / off50);
     println!("  latency p99      {off99:>8.3} ms {on99:>8.3} ms   {:.4}", on99 / off99);
-    let expected = if control { 0 } else { (pairs as u64 + 50) * spans as u64 };
+    let expected = if control || stack == Stack::Floor { 0 } else { (pairs as u64 + 50) * spans as u64 };
     // The backend's count may lag its acknowledgement of the last export a little.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut received = backend_spans(spindle.as_ref(), sink.as_ref());
