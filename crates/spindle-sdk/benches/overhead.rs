@@ -35,7 +35,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -152,17 +152,18 @@ impl tracing::Subscriber for FloorSubscriber {
 
 #[derive(Clone, Copy)]
 struct Work {
-    strikes: usize,
+    /// Set again after the warm-up (shared by both services, read at each request).
+    strikes: &'static AtomicUsize,
     /// Extra child spans per request.
     steps: usize,
 }
 
 async fn price(State(work): State<Work>, Path(id): Path<u64>) -> String {
-    handle_request_with_steps(id, work.strikes, work.steps).to_string()
+    handle_request_with_steps(id, work.strikes.load(Ordering::Relaxed), work.steps).to_string()
 }
 
 async fn price_otel(State((work, tracer)): State<(Work, SdkTracer)>, Path(id): Path<u64>) -> String {
-    handle_request_otel(&tracer, id, work.strikes, work.steps).to_string()
+    handle_request_otel(&tracer, id, work.strikes.load(Ordering::Relaxed), work.steps).to_string()
 }
 
 /// The SERVER span of `ServerTracingLayer`, with the same name and attributes, made with the
@@ -320,6 +321,7 @@ fn main() {
     })
     .join()
     .expect("calibration");
+    let strikes: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(strikes)));
     let work = Work { strikes, steps: spans - 5 };
     let app = Router::new().route("/price/{id}", get(price)).with_state(work);
     let (off_port, off_tid) = serve("svc-off", app.clone(), Some(Dispatch::none()));
@@ -371,6 +373,20 @@ fn main() {
             call(off_port, id).await;
         }
         let cpu = |tids: &[i32]| tids.iter().map(|t| thread_cpu_ns(*t)).sum::<u64>();
+        // Calibrated again on the untraced service itself, warm: the CPU's speed when the
+        // handler was first calibrated, before the services started, can differ from its
+        // speed now by a quarter on this shared host, and the handler is meant to take
+        // `handler` in the run.
+        let mut untraced: Vec<f64> = Vec::with_capacity(21);
+        for id in 0..21 {
+            let before = cpu(&[off_tid]);
+            call(off_port, id).await;
+            untraced.push((cpu(&[off_tid]) - before) as f64);
+        }
+        let measured = support::workload::median(&mut untraced);
+        let calibrated = work.strikes.load(Ordering::Relaxed);
+        let strikes = ((calibrated as f64 * handler.as_nanos() as f64 / measured).round() as usize).max(1);
+        work.strikes.store(strikes, Ordering::Relaxed);
         let (off_cpu0, on_cpu0, exp_cpu0) = (cpu(&[off_tid]), cpu(&[on_tid]), threads_cpu(stack.export_threads()));
         let (mut off_lat, mut on_lat) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
         // Each service's CPU is read just before its own next request, when it has been idle
@@ -413,9 +429,10 @@ fn main() {
         // less than it moves the totals.
         let mut extra: Vec<f64> = on_req.iter().zip(&off_req).map(|(on, off)| on - off).collect();
         let paired = (support::workload::median(&mut extra), support::workload::median(&mut off_req));
-        (off_cpu, on_cpu, export_cpu, off_lat, on_lat, wall, paired)
+        (off_cpu, on_cpu, export_cpu, off_lat, on_lat, wall, paired, (calibrated, measured))
     });
-    let (off_cpu, on_cpu, export_cpu, mut off_lat, mut on_lat, wall, (extra_ns, typical_ns)) = result;
+    let (off_cpu, on_cpu, export_cpu, mut off_lat, mut on_lat, wall, (extra_ns, typical_ns), (calibrated, measured)) =
+        result;
     let stats = match pipeline {
         Pipeline::Spindle(guard) => {
             guard.flush().expect("flush");
@@ -438,6 +455,11 @@ fn main() {
     } else {
         println!("  spans per traced request: {spans} (SERVER + {} internal), sampling 100%", spans - 1);
     }
+    println!(
+        "  handler: {calibrated} strikes took {:.0} us warm, run with {}",
+        measured / 1e3,
+        work.strikes.load(Ordering::Relaxed)
+    );
     println!("  run took {wall:.1?}");
     println!("                      sdk off     sdk on   on/off");
     println!(
