@@ -35,7 +35,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,7 +131,7 @@ enum Pipeline {
 
 /// Takes every span and keeps nothing: what `tracing`'s own dispatch and the SERVER layer
 /// cost a request, below which no subscriber goes.
-struct FloorSubscriber(std::sync::atomic::AtomicU64);
+struct FloorSubscriber(AtomicU64);
 
 impl tracing::Subscriber for FloorSubscriber {
     fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
@@ -310,7 +310,7 @@ fn main() {
             let dispatch = if stack == Stack::Otel { Dispatch::none() } else { otel.tracing_dispatch() };
             (Pipeline::Otel(otel), dispatch)
         }
-        Stack::Floor => (Pipeline::Floor, Dispatch::new(FloorSubscriber(std::sync::atomic::AtomicU64::new(0)))),
+        Stack::Floor => (Pipeline::Floor, Dispatch::new(FloorSubscriber(AtomicU64::new(0)))),
     };
 
     // Calibrated on the CPU the services are kept on: the two virtual CPUs differ in speed,
@@ -373,9 +373,8 @@ fn main() {
             call(off_port, id).await;
         }
         let cpu = |tids: &[i32]| tids.iter().map(|t| thread_cpu_ns(*t)).sum::<u64>();
-        // Calibrated again on the untraced service itself, warm: the CPU's speed when the
-        // handler was first calibrated, before the services started, can differ from its
-        // speed now by a quarter on this shared host, and the handler is meant to take
+        // Calibrated again on the untraced service itself, warm: on a shared host the CPU's
+        // speed drifts between start-up and the run, and the handler is meant to take
         // `handler` in the run.
         let mut untraced: Vec<f64> = Vec::with_capacity(21);
         for id in 0..21 {
